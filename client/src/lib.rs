@@ -1,0 +1,56 @@
+//! berth: a Rust client for berthd (and any containerd v1 API server).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), berth::Error> {
+//! let channel = berth::connect("/run/berth/berthd.sock").await?;
+//! let mut version = berth::api::services::version::v1::version_client::VersionClient::new(channel);
+//! let v = version.version(()).await?.into_inner();
+//! println!("{}", v.version);
+//! # Ok(()) }
+//! ```
+//! Namespaced calls carry the `containerd-namespace` header: wrap requests with [`with_namespace`].
+
+pub use berth_api::containerd as api;
+use std::path::{Path, PathBuf};
+use tonic::transport::{Channel, Endpoint};
+
+/// containerd's clients send and accept messages up to this size.
+pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connect to {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error(transparent)]
+    Rpc(#[from] tonic::Status),
+}
+
+/// Connect to a berthd (or containerd) unix socket.
+pub async fn connect(socket: impl AsRef<Path>) -> Result<Channel, Error> {
+    let path = socket.as_ref().to_path_buf();
+    let dial = path.clone();
+    // The URI is required by tonic but unused: every connection goes to the unix socket.
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let dial = dial.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(dial).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .map_err(|source| Error::Connect { path, source })
+}
+
+/// Attach the namespace header to a request.
+pub fn with_namespace<T>(namespace: &str, message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    if let Ok(v) = namespace.parse() {
+        req.metadata_mut().insert("containerd-namespace", v);
+    }
+    req
+}
