@@ -1,0 +1,75 @@
+//! The event exchange: every mutation publishes containerd's topic and event message here, and
+//! Events/Subscribe streams them out. In memory only, as in containerd: events are notifications,
+//! not a log.
+
+use crate::error::{Error, Result};
+use crate::filters::{Adaptor, Filter};
+use berth_api::containerd::services::events::v1::Envelope;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// How many events a slow subscriber may fall behind before it starts missing some.
+const BACKLOG: usize = 4096;
+
+#[derive(Clone)]
+pub struct Exchange {
+    tx: broadcast::Sender<Arc<Envelope>>,
+}
+
+impl Default for Exchange {
+    fn default() -> Self {
+        Exchange {
+            tx: broadcast::channel(BACKLOG).0,
+        }
+    }
+}
+
+impl Exchange {
+    pub fn publish<M: prost::Name>(&self, namespace: &str, topic: &str, event: &M) {
+        self.forward(Envelope {
+            timestamp: Some(crate::metadata::now()),
+            namespace: namespace.to_string(),
+            topic: topic.to_string(),
+            event: Some(berth_api::pack_any(event)),
+        });
+    }
+
+    /// Deliver an envelope as is (Events/Forward keeps the sender's timestamp and namespace).
+    pub fn forward(&self, envelope: Envelope) {
+        tracing::debug!(topic = %envelope.topic, namespace = %envelope.namespace, "event");
+        // No subscribers is not an error: nobody is listening.
+        let _ = self.tx.send(Arc::new(envelope));
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Envelope>> {
+        self.tx.subscribe()
+    }
+}
+
+/// containerd's topic rule: `/`-separated, non-empty components, each an identifier.
+pub fn validate_topic(topic: &str) -> Result<()> {
+    let rest = topic
+        .strip_prefix('/')
+        .ok_or_else(|| Error::invalid(format!("event topic {topic:?} must start with '/'")))?;
+    for part in rest.split('/') {
+        crate::validate::identifier("event topic component", part)
+            .map_err(|e| Error::invalid(format!("event topic {topic:?}: {e}")))?;
+    }
+    Ok(())
+}
+
+pub struct EnvelopeFields<'a>(pub &'a Envelope);
+
+impl Adaptor for EnvelopeFields<'_> {
+    fn field(&self, path: &[&str]) -> Option<String> {
+        match path {
+            ["namespace"] => Some(self.0.namespace.clone()),
+            ["topic"] => Some(self.0.topic.clone()),
+            _ => None,
+        }
+    }
+}
+
+pub fn matches(filter: &Filter, envelope: &Envelope) -> bool {
+    filter.matches(&EnvelopeFields(envelope))
+}

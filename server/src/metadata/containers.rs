@@ -1,0 +1,160 @@
+//! Container records: the spec, runtime, image and snapshot a task will later be made from.
+
+use super::{keys, now, Metadata};
+use crate::error::{Error, Result};
+use crate::filters::{label_field, Adaptor, Filter};
+use crate::validate;
+use berth_api::containerd::services::containers::v1::Container;
+
+impl Metadata {
+    pub fn get_container(&self, ns: &str, id: &str) -> Result<Container> {
+        self.get(&keys::object(ns, keys::CONTAINERS, id))?
+            .ok_or_else(|| {
+                Error::not_found(format!("container {id:?} in namespace {ns:?}: not found"))
+            })
+    }
+
+    pub fn list_containers(&self, ns: &str, filter: &Filter) -> Result<Vec<Container>> {
+        Ok(self
+            .scan::<Container>(&keys::objects(ns, keys::CONTAINERS))?
+            .into_iter()
+            .map(|(_, c)| c)
+            .filter(|c| filter.matches(&ContainerFields(c)))
+            .collect())
+    }
+
+    pub async fn create_container(&self, ns: &str, mut c: Container) -> Result<Container> {
+        validate_container(&c)?;
+        self.update(|tx| {
+            let key = keys::object(ns, keys::CONTAINERS, &c.id);
+            if tx.exists(&key)? {
+                return Err(Error::exists(format!(
+                    "container {:?}: already exists",
+                    c.id
+                )));
+            }
+            tx.ensure_namespace(ns)?;
+            let t = now();
+            c.created_at = Some(t);
+            c.updated_at = Some(t);
+            tx.put(key, &c);
+            Ok(c)
+        })
+        .await
+    }
+
+    /// containerd's update rules: `labels[.KEY]`, `extensions[.KEY]`, `spec`, `image`, `snapshotkey`;
+    /// without a mask those five are replaced and the immutable fields must not change.
+    pub async fn update_container(
+        &self,
+        ns: &str,
+        c: Container,
+        paths: &[String],
+    ) -> Result<Container> {
+        if c.id.is_empty() {
+            return Err(Error::invalid("must specify a container id"));
+        }
+        self.update(|tx| {
+            let key = keys::object(ns, keys::CONTAINERS, &c.id);
+            let mut updated: Container = tx
+                .get(&key)?
+                .ok_or_else(|| Error::not_found(format!("container {:?}: not found", c.id)))?;
+            let default_paths;
+            let paths = if paths.is_empty() {
+                if updated.snapshotter != c.snapshotter {
+                    return Err(Error::invalid("container.Snapshotter field is immutable"));
+                }
+                let runtime_name = |c: &Container| c.runtime.as_ref().map(|r| r.name.clone());
+                if runtime_name(&updated) != runtime_name(&c) {
+                    return Err(Error::invalid("container.Runtime.Name field is immutable"));
+                }
+                default_paths =
+                    ["labels", "spec", "extensions", "image", "snapshotkey"].map(String::from);
+                &default_paths[..]
+            } else {
+                paths
+            };
+            for path in paths {
+                if validate::apply_label_path(path, &mut updated.labels, &c.labels) {
+                    continue;
+                }
+                if let Some(k) = path.strip_prefix("extensions.") {
+                    match c.extensions.get(k) {
+                        Some(v) => updated.extensions.insert(k.to_string(), v.clone()),
+                        None => updated.extensions.remove(k),
+                    };
+                    continue;
+                }
+                match path.as_str() {
+                    "spec" => updated.spec = c.spec.clone(),
+                    "extensions" => updated.extensions = c.extensions.clone(),
+                    "image" => updated.image = c.image.clone(),
+                    "snapshotkey" => updated.snapshot_key = c.snapshot_key.clone(),
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "cannot update {path:?} field on {:?}",
+                            c.id
+                        )))
+                    }
+                }
+            }
+            validate_container(&updated)
+                .map_err(|e| Error::invalid(format!("update failed validation: {e}")))?;
+            updated.updated_at = Some(now());
+            tx.put(key, &updated);
+            Ok(updated)
+        })
+        .await
+    }
+
+    pub async fn delete_container(&self, ns: &str, id: &str) -> Result<()> {
+        self.update(|tx| {
+            let key = keys::object(ns, keys::CONTAINERS, id);
+            if !tx.exists(&key)? {
+                return Err(Error::not_found(format!("container {id:?}: not found")));
+            }
+            tx.delete(key);
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn validate_container(c: &Container) -> Result<()> {
+    validate::identifier("container.ID", &c.id)?;
+    if c.extensions.keys().any(|k| k.is_empty()) {
+        return Err(Error::invalid(
+            "container.Extension keys must not be zero-length",
+        ));
+    }
+    validate::labels(&c.labels)?;
+    if c.runtime.as_ref().is_none_or(|r| r.name.is_empty()) {
+        return Err(Error::invalid("container.Runtime.Name must be set"));
+    }
+    if c.spec.is_none() {
+        return Err(Error::invalid("container.Spec must be set"));
+    }
+    if !c.snapshot_key.is_empty() && c.snapshotter.is_empty() {
+        return Err(Error::invalid(
+            "container.Snapshotter must be set if container.SnapshotKey is set",
+        ));
+    }
+    Ok(())
+}
+
+/// Filter fields of a container, as containerd's adaptor names them.
+struct ContainerFields<'a>(&'a Container);
+
+impl Adaptor for ContainerFields<'_> {
+    fn field(&self, path: &[&str]) -> Option<String> {
+        let c = self.0;
+        match path {
+            ["id"] => Some(c.id.clone()),
+            ["image"] => Some(c.image.clone()),
+            ["runtime", "name"] => c.runtime.as_ref().map(|r| r.name.clone()),
+            ["snapshotter"] => Some(c.snapshotter.clone()),
+            ["labels", ..] => label_field(&c.labels, path),
+            _ => None,
+        }
+    }
+}

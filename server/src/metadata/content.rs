@@ -1,0 +1,144 @@
+//! Content records: which namespace holds which blob, with its labels. The bytes live in the
+//! content store (`crate::content`), shared by all namespaces.
+
+use super::{keys, now, Metadata, Tx};
+use crate::content::Digest;
+use crate::error::{Error, Result};
+use crate::filters::{label_field, Adaptor, Filter};
+use crate::validate;
+use berth_api::containerd::services::content::v1::Info;
+use std::collections::HashMap;
+
+impl Metadata {
+    pub fn content_info(&self, ns: &str, digest: &Digest) -> Result<Info> {
+        self.get(&keys::object(ns, keys::CONTENT, digest.as_str()))?
+            .ok_or_else(|| Error::not_found(format!("content {digest}: not found")))
+    }
+
+    pub fn has_content(&self, ns: &str, digest: &Digest) -> Result<bool> {
+        Ok(self
+            .get::<Info>(&keys::object(ns, keys::CONTENT, digest.as_str()))?
+            .is_some())
+    }
+
+    pub fn list_content(&self, ns: &str, filter: &Filter) -> Result<Vec<Info>> {
+        Ok(self
+            .scan::<Info>(&keys::objects(ns, keys::CONTENT))?
+            .into_iter()
+            .map(|(_, i)| i)
+            .filter(|i| filter.matches(&InfoFields(i)))
+            .collect())
+    }
+
+    /// Record a committed blob in `ns` (and in `lease`, if the client holds one).
+    /// AlreadyExists when the namespace already had it, as containerd's Commit answers.
+    pub async fn add_content(
+        &self,
+        ns: &str,
+        digest: &Digest,
+        size: i64,
+        labels: HashMap<String, String>,
+        lease: Option<&str>,
+    ) -> Result<Info> {
+        validate::labels(&labels)?;
+        self.update(|tx| {
+            let key = keys::object(ns, keys::CONTENT, digest.as_str());
+            if tx.exists(&key)? {
+                return Err(Error::exists(format!("content {digest}: already exists")));
+            }
+            tx.ensure_namespace(ns)?;
+            if let Some(lease) = lease {
+                add_to_lease(tx, ns, lease, "content", digest.as_str())?;
+            }
+            let t = now();
+            let info = Info {
+                digest: digest.to_string(),
+                size,
+                created_at: Some(t),
+                updated_at: Some(t),
+                labels: labels.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
+            };
+            tx.put(key, &info);
+            Ok(info)
+        })
+        .await
+    }
+
+    /// Only labels can change (`labels`, `labels.KEY`); no mask replaces all labels.
+    pub async fn update_content(&self, ns: &str, info: Info, paths: &[String]) -> Result<Info> {
+        let digest = Digest::parse(&info.digest)?;
+        validate::labels(&info.labels)?;
+        self.update(|tx| {
+            let key = keys::object(ns, keys::CONTENT, digest.as_str());
+            let mut current: Info = tx
+                .get(&key)?
+                .ok_or_else(|| Error::not_found(format!("content {digest}: not found")))?;
+            if paths.is_empty() {
+                current.labels = info.labels.clone();
+                current.labels.retain(|_, v| !v.is_empty());
+            }
+            for path in paths {
+                if !validate::apply_label_path(path, &mut current.labels, &info.labels) {
+                    return Err(Error::invalid(format!(
+                        "cannot update {path:?} field on content info {digest}"
+                    )));
+                }
+            }
+            current.updated_at = Some(now());
+            tx.put(key, &current);
+            Ok(current)
+        })
+        .await
+    }
+
+    /// Remove the blob from `ns`. Returns true when no namespace references it any more, so the
+    /// caller may delete the bytes.
+    pub async fn remove_content(&self, ns: &str, digest: &Digest) -> Result<bool> {
+        self.update(|tx| {
+            let key = keys::object(ns, keys::CONTENT, digest.as_str());
+            if !tx.exists(&key)? {
+                return Err(Error::not_found(format!("content {digest}: not found")));
+            }
+            tx.delete(key);
+            let mut elsewhere = false;
+            for ns_key in tx.scan_keys(keys::NAMESPACES)? {
+                let other = String::from_utf8_lossy(&ns_key[keys::NAMESPACES.len()..]).into_owned();
+                if other != ns
+                    && tx.exists(&keys::object(&other, keys::CONTENT, digest.as_str()))?
+                {
+                    elsewhere = true;
+                    break;
+                }
+            }
+            Ok(!elsewhere)
+        })
+        .await
+    }
+
+    /// Tie an ingest to the caller's lease so a later GC keeps it while the client writes.
+    pub async fn lease_ingest(&self, ns: &str, lease: &str, ingest_ref: &str) -> Result<()> {
+        self.update(|tx| add_to_lease(tx, ns, lease, "ingests", ingest_ref))
+            .await
+    }
+}
+
+fn add_to_lease(tx: &mut Tx<'_>, ns: &str, lease: &str, kind: &str, id: &str) -> Result<()> {
+    if !tx.exists(&keys::object(ns, keys::LEASES, lease))? {
+        return Err(Error::not_found(format!("lease {lease:?} does not exist")));
+    }
+    tx.put(keys::lease_resource(ns, lease, kind, id), &());
+    Ok(())
+}
+
+struct InfoFields<'a>(&'a Info);
+
+impl Adaptor for InfoFields<'_> {
+    fn field(&self, path: &[&str]) -> Option<String> {
+        match path {
+            ["digest"] => Some(self.0.digest.clone()),
+            ["size"] => Some(self.0.size.to_string()),
+            ["labels", ..] => label_field(&self.0.labels, path),
+            _ => None,
+        }
+    }
+}
