@@ -1,0 +1,121 @@
+//! berthd's configuration: a TOML file shaped like containerd's, where every flag can also be set.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Read when no `--config` is given and the file exists.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Config format version.
+    pub version: u32,
+    /// Persistent data: metadata, content, snapshots.
+    pub root: PathBuf,
+    /// Runtime state that does not survive a reboot: sockets, task bundles.
+    pub state: PathBuf,
+    pub grpc: GrpcConfig,
+    pub debug: DebugConfig,
+    pub leases: LeaseConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// The API socket (created mode 0660 once the daemon is ready).
+    pub address: PathBuf,
+    /// Owner of the socket, so a group of non-root users can be granted access.
+    pub uid: u32,
+    pub gid: u32,
+    /// containerd's clients send and accept up to 16 MiB.
+    pub max_recv_message_size: usize,
+    pub max_send_message_size: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    /// trace, debug, info, warn or error; RUST_LOG, when set, takes precedence.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// How often leases past their `containerd.io/gc.expire` time are removed.
+    pub expiry_interval_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            version: 1,
+            root: "/var/lib/berth".into(),
+            state: "/run/berth".into(),
+            grpc: GrpcConfig::default(),
+            debug: DebugConfig::default(),
+            leases: LeaseConfig::default(),
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            address: "/run/berth/berthd.sock".into(),
+            uid: 0,
+            gid: 0,
+            max_recv_message_size: 16 << 20,
+            max_send_message_size: 16 << 20,
+        }
+    }
+}
+
+impl Default for DebugConfig {
+    fn default() -> Self {
+        DebugConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            expiry_interval_secs: 60,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("read config {}", path.display()), e))?;
+        toml::from_str(&text).map_err(|e| Error::invalid(format!("config {}: {e}", path.display())))
+    }
+
+    pub fn to_toml(&self) -> String {
+        // Serializing a plain struct of strings and numbers cannot fail.
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_round_trips() {
+        let text = Config::default().to_toml();
+        let back: Config = toml::from_str(&text).expect("default config parses");
+        assert_eq!(back.grpc.address, PathBuf::from("/run/berth/berthd.sock"));
+        assert_eq!(back.grpc.max_recv_message_size, 16 << 20);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<Config>("rooot = \"/x\"").is_err());
+    }
+}

@@ -1,0 +1,222 @@
+//! Daemon lifecycle: directories and locks, opening the stores, serving the API on a unix socket,
+//! readiness notification and a clean shutdown.
+
+use crate::config::Config;
+use crate::content::ContentStore;
+use crate::error::{Error, Result};
+use crate::events::Exchange;
+use crate::metadata::Metadata;
+use crate::services::{self, *};
+use berth_api::containerd::services as api;
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{self, DirBuilder, File};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+/// Run berthd until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<()> {
+    make_dir(&config.root, 0o711)?;
+    make_dir(&config.state, 0o711)?;
+    let _root_lock = lock_root(&config.root)?;
+
+    make_dir(&config.root.join("meta"), 0o700)?;
+    let meta = Arc::new(Metadata::open(&config.root.join("meta"))?);
+    let content = Arc::new(ContentStore::open(&config.root.join("content"))?);
+    let state = Arc::new(State {
+        meta: meta.clone(),
+        content,
+        events: Exchange::default(),
+    });
+    tokio::spawn(expire_leases(
+        meta.clone(),
+        config.leases.expiry_interval_secs,
+    ));
+
+    let listener = bind_socket(&config)?;
+    let address = config.grpc.address.clone();
+    tracing::info!(address = %address.display(), root = %config.root.display(), "berthd ready");
+    notify_ready();
+
+    let result = router(&config, state)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .await;
+    // Stop accepting first: the socket disappears as soon as we stop serving.
+    let _ = fs::remove_file(&address);
+    meta.sync_blocking()?;
+    tracing::info!("berthd stopped");
+    result.map_err(|e| Error::Internal(format!("grpc server: {e}")))
+}
+
+fn router(config: &Config, state: Arc<State>) -> tonic::transport::server::Router {
+    let recv = config.grpc.max_recv_message_size;
+    let send = config.grpc.max_send_message_size;
+    macro_rules! svc {
+        ($server:path, $inner:expr) => {{
+            use $server as S;
+            S::new($inner)
+                .max_decoding_message_size(recv)
+                .max_encoding_message_size(send)
+        }};
+    }
+    tonic::transport::Server::builder()
+        .trace_fn(|req| {
+            let ns = req
+                .headers()
+                .get(NAMESPACE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!("rpc", method = %req.uri().path(), namespace = %ns)
+        })
+        .add_service(svc!(
+            api::version::v1::version_server::VersionServer,
+            version::VersionService
+        ))
+        .add_service(svc!(
+            api::introspection::v1::introspection_server::IntrospectionServer,
+            introspection::IntrospectionService {
+                state: state.clone(),
+                plugins: introspection::plugin_list(&config.root),
+            }
+        ))
+        .add_service(svc!(
+            api::namespaces::v1::namespaces_server::NamespacesServer,
+            namespaces::NamespacesService(state.clone())
+        ))
+        .add_service(svc!(
+            api::containers::v1::containers_server::ContainersServer,
+            containers::ContainersService(state.clone())
+        ))
+        .add_service(svc!(
+            api::images::v1::images_server::ImagesServer,
+            images::ImagesService(state.clone())
+        ))
+        .add_service(svc!(
+            api::leases::v1::leases_server::LeasesServer,
+            leases::LeasesService(state.clone())
+        ))
+        .add_service(svc!(
+            api::content::v1::content_server::ContentServer,
+            content::ContentService(state.clone())
+        ))
+        .add_service(svc!(
+            api::events::v1::events_server::EventsServer,
+            services::events::EventsService(state)
+        ))
+        .add_service(not_yet::SnapshotsNotYet)
+        .add_service(not_yet::DiffNotYet)
+        .add_service(not_yet::TasksNotYet)
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+    // The mode of an existing directory is enforced too: an earlier, looser one is tightened.
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(format!("chmod {}", path.display()), e))
+}
+
+/// One daemon per root: a second berthd on the same root would corrupt the stores.
+fn lock_root(root: &Path) -> Result<Flock<File>> {
+    let path = root.join("berthd.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        Error::precondition(format!(
+            "another berthd holds the root {} ({errno}); stop it first or use another --root",
+            root.display()
+        ))
+    })
+}
+
+/// Bind under a temporary name and rename into place, so the socket appears only with its final
+/// mode and owner, once the daemon can serve.
+fn bind_socket(config: &Config) -> Result<UnixListener> {
+    let address = &config.grpc.address;
+    if let Some(dir) = address.parent() {
+        if !dir.exists() {
+            make_dir(dir, 0o711)?;
+        }
+    }
+    if address.exists() {
+        if UnixStream::connect(address).is_ok() {
+            return Err(Error::precondition(format!(
+                "another daemon is serving on {}; stop it first or use another --address",
+                address.display()
+            )));
+        }
+        fs::remove_file(address)
+            .map_err(|e| Error::io(format!("remove stale socket {}", address.display()), e))?;
+    }
+    let tmp = address.with_extension(format!("tmp{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let listener =
+        UnixListener::bind(&tmp).map_err(|e| Error::io(format!("bind {}", tmp.display()), e))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o660))
+        .map_err(|e| Error::io(format!("chmod {}", tmp.display()), e))?;
+    nix::unistd::chown(
+        &tmp,
+        Some(nix::unistd::Uid::from_raw(config.grpc.uid)),
+        Some(nix::unistd::Gid::from_raw(config.grpc.gid)),
+    )
+    .map_err(|e| Error::io(format!("chown {}", tmp.display()), e.into()))?;
+    fs::rename(&tmp, address)
+        .map_err(|e| Error::io(format!("rename socket to {}", address.display()), e))?;
+    Ok(listener)
+}
+
+/// systemd Type=notify readiness; a no-op when not started by systemd.
+fn notify_ready() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| UnixDatagram::unbound()?.send_to_addr(b"READY=1", &addr));
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "could not notify systemd of readiness");
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop berthd with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+async fn expire_leases(meta: Arc<Metadata>, interval_secs: u64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(interval_secs.max(1)));
+    loop {
+        tick.tick().await;
+        match meta.expire_leases(SystemTime::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "expired leases removed"),
+            Err(e) => tracing::warn!(error = %e, "lease expiry failed"),
+        }
+    }
+}

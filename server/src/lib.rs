@@ -1,0 +1,16 @@
+//! berthd: a container-management daemon serving containerd's v1 gRPC API.
+//!
+//! Layout: `services` (gRPC, thin) → domain modules `metadata`, `content`, `events` (no gRPC) →
+//! storage (`metadata::backend`, files under the root). `daemon` wires them together.
+
+pub mod config;
+pub mod content;
+pub mod daemon;
+pub mod error;
+pub mod events;
+pub mod filters;
+pub mod metadata;
+pub mod services;
+pub mod validate;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,120 @@
+//! The berthd binary: flags (containerd's names), config file, logging, then `daemon::run`.
+
+use berthd::config::{Config, DEFAULT_CONFIG_PATH};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "berthd",
+    version,
+    about = "berth container-management daemon (containerd v1 API)"
+)]
+struct Cli {
+    /// Persistent data directory
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Runtime state directory
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// API socket path
+    #[arg(long, short = 'a')]
+    address: Option<PathBuf>,
+    /// TOML config file (default /etc/berth/config.toml when it exists)
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// trace, debug, info, warn or error (RUST_LOG overrides)
+    #[arg(long, short = 'l')]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Configuration helpers
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the full default configuration
+    Default,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Config {
+        what: ConfigCommand::Default,
+    }) = cli.command
+    {
+        print!("{}", Config::default().to_toml());
+        return ExitCode::SUCCESS;
+    }
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berthd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config.debug.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("berthd")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berthd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(berthd::daemon::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "berthd failed");
+            eprintln!("berthd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> berthd::error::Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None if std::path::Path::new(DEFAULT_CONFIG_PATH).exists() => {
+            Config::load(std::path::Path::new(DEFAULT_CONFIG_PATH))?
+        }
+        None => Config::default(),
+    };
+    if let Some(root) = &cli.root {
+        config.root = root.clone();
+    }
+    if let Some(state) = &cli.state {
+        config.state = state.clone();
+    }
+    if let Some(address) = &cli.address {
+        config.grpc.address = address.clone();
+    }
+    if let Some(level) = &cli.log_level {
+        config.debug.level = level.clone();
+    }
+    Ok(config)
+}
+
+fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    // The transport crates are chatty at debug level; --log-level is about berthd itself.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn,sled=warn"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,113 @@
+use super::{mask_paths, namespace, reply, RpcResult, State};
+use crate::error::Error;
+use crate::filters::Filter;
+use berth_api::containerd::events::{
+    container_create, ContainerCreate, ContainerDelete, ContainerUpdate,
+};
+use berth_api::containerd::services::containers::v1::{containers_server::Containers, *};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+pub struct ContainersService(pub Arc<State>);
+
+type ContainerStream = Pin<Box<dyn Stream<Item = Result<ListContainerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Containers for ContainersService {
+    async fn get(&self, req: Request<GetContainerRequest>) -> RpcResult<GetContainerResponse> {
+        let ns = namespace(&req)?;
+        let container = self.0.meta.get_container(&ns, &req.get_ref().id)?;
+        reply(GetContainerResponse {
+            container: Some(container),
+        })
+    }
+
+    async fn list(&self, req: Request<ListContainersRequest>) -> RpcResult<ListContainersResponse> {
+        let ns = namespace(&req)?;
+        let filter = Filter::parse_all(&req.get_ref().filters)?;
+        reply(ListContainersResponse {
+            containers: self.0.meta.list_containers(&ns, &filter)?,
+        })
+    }
+
+    type ListStreamStream = ContainerStream;
+
+    async fn list_stream(
+        &self,
+        req: Request<ListContainersRequest>,
+    ) -> Result<Response<ContainerStream>, Status> {
+        let ns = namespace(&req)?;
+        let filter = Filter::parse_all(&req.get_ref().filters)?;
+        let containers = self.0.meta.list_containers(&ns, &filter)?;
+        let stream = tokio_stream::iter(
+            containers
+                .into_iter()
+                .map(|c| Ok(ListContainerMessage { container: Some(c) })),
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn create(
+        &self,
+        req: Request<CreateContainerRequest>,
+    ) -> RpcResult<CreateContainerResponse> {
+        let ns = namespace(&req)?;
+        let c = req
+            .into_inner()
+            .container
+            .ok_or_else(|| Error::invalid("container must be set"))?;
+        let c = self.0.meta.create_container(&ns, c).await?;
+        self.0.events.publish(
+            &ns,
+            "/containers/create",
+            &ContainerCreate {
+                id: c.id.clone(),
+                image: c.image.clone(),
+                runtime: c.runtime.as_ref().map(|r| container_create::Runtime {
+                    name: r.name.clone(),
+                    options: r.options.clone(),
+                }),
+            },
+        );
+        reply(CreateContainerResponse { container: Some(c) })
+    }
+
+    async fn update(
+        &self,
+        req: Request<UpdateContainerRequest>,
+    ) -> RpcResult<UpdateContainerResponse> {
+        let ns = namespace(&req)?;
+        let req = req.into_inner();
+        let c = req
+            .container
+            .ok_or_else(|| Error::invalid("container must be set"))?;
+        let c = self
+            .0
+            .meta
+            .update_container(&ns, c, &mask_paths(req.update_mask))
+            .await?;
+        self.0.events.publish(
+            &ns,
+            "/containers/update",
+            &ContainerUpdate {
+                id: c.id.clone(),
+                image: c.image.clone(),
+                labels: c.labels.clone(),
+                snapshot_key: c.snapshot_key.clone(),
+            },
+        );
+        reply(UpdateContainerResponse { container: Some(c) })
+    }
+
+    async fn delete(&self, req: Request<DeleteContainerRequest>) -> RpcResult<()> {
+        let ns = namespace(&req)?;
+        let id = req.into_inner().id;
+        self.0.meta.delete_container(&ns, &id).await?;
+        self.0
+            .events
+            .publish(&ns, "/containers/delete", &ContainerDelete { id });
+        reply(())
+    }
+}

@@ -1,0 +1,96 @@
+use super::{reply, RpcResult, State};
+use crate::filters::{Adaptor, Filter};
+use berth_api::containerd::services::introspection::v1::{introspection_server::Introspection, *};
+use berth_api::containerd::types::Platform;
+use std::sync::Arc;
+use tonic::Request;
+
+pub struct IntrospectionService {
+    pub state: Arc<State>,
+    pub plugins: Vec<Plugin>,
+}
+
+/// The plugins this daemon really runs, in containerd's type/id vocabulary, so tools that inspect
+/// `ctr plugins ls` see what is there (and what is not yet).
+pub fn plugin_list(root: &std::path::Path) -> Vec<Plugin> {
+    let platform = Platform {
+        os: "linux".into(),
+        architecture: std::env::consts::ARCH
+            .replace("x86_64", "amd64")
+            .replace("aarch64", "arm64"),
+        variant: String::new(),
+    };
+    let plugin = |r#type: &str, id: &str, requires: &[&str]| Plugin {
+        r#type: r#type.to_string(),
+        id: id.to_string(),
+        requires: requires.iter().map(|s| s.to_string()).collect(),
+        platforms: vec![],
+        exports: Default::default(),
+        capabilities: vec![],
+        init_err: None,
+    };
+    let mut content = plugin("io.containerd.content.v1", "content", &[]);
+    content.exports.insert(
+        "root".into(),
+        root.join("content").to_string_lossy().into_owned(),
+    );
+    let mut metadata = plugin(
+        "io.containerd.metadata.v1",
+        "sled",
+        &["io.containerd.content.v1"],
+    );
+    metadata.platforms.push(platform);
+    let grpc = "io.containerd.grpc.v1";
+    let deps = &["io.containerd.metadata.v1"];
+    vec![
+        content,
+        metadata,
+        plugin("io.containerd.event.v1", "exchange", &[]),
+        plugin(grpc, "containers", deps),
+        plugin(grpc, "content", deps),
+        plugin(grpc, "events", &["io.containerd.event.v1"]),
+        plugin(grpc, "images", deps),
+        plugin(grpc, "introspection", &[]),
+        plugin(grpc, "leases", deps),
+        plugin(grpc, "namespaces", deps),
+        plugin(grpc, "version", &[]),
+    ]
+}
+
+#[tonic::async_trait]
+impl Introspection for IntrospectionService {
+    async fn plugins(&self, req: Request<PluginsRequest>) -> RpcResult<PluginsResponse> {
+        let filter = Filter::parse_all(&req.get_ref().filters)?;
+        reply(PluginsResponse {
+            plugins: self
+                .plugins
+                .iter()
+                .filter(|p| filter.matches(&PluginFields(p)))
+                .cloned()
+                .collect(),
+        })
+    }
+
+    async fn server(&self, _: Request<()>) -> RpcResult<ServerResponse> {
+        reply(ServerResponse {
+            uuid: self.state.meta.server_uuid().to_string(),
+        })
+    }
+}
+
+struct PluginFields<'a>(&'a Plugin);
+
+impl Adaptor for PluginFields<'_> {
+    fn field(&self, path: &[&str]) -> Option<String> {
+        let p = self.0;
+        match path {
+            ["type"] => Some(p.r#type.clone()),
+            ["id"] => Some(p.id.clone()),
+            // containerd reports "ok" or "error" under the status field
+            ["status"] => Some(if p.init_err.is_some() { "error" } else { "ok" }.into()),
+            ["capabilities"] => Some(p.capabilities.join(",")),
+            ["platforms"] => None,
+            _ => None,
+        }
+    }
+}

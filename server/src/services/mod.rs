@@ -1,0 +1,68 @@
+//! The gRPC layer: one thin module per containerd service. A handler reads the namespace, validates,
+//! calls the domain (metadata, content, events) and lets `Error -> Status` map the failure.
+
+pub mod containers;
+pub mod content;
+pub mod events;
+pub mod images;
+pub mod introspection;
+pub mod leases;
+pub mod namespaces;
+pub mod not_yet;
+pub mod version;
+
+use crate::content::ContentStore;
+use crate::error::{Error, Result};
+use crate::events::Exchange;
+use crate::metadata::Metadata;
+use std::sync::Arc;
+use tonic::Request;
+
+pub const NAMESPACE_HEADER: &str = "containerd-namespace";
+pub const LEASE_HEADER: &str = "containerd-lease";
+
+/// What every service shares.
+pub struct State {
+    pub meta: Arc<Metadata>,
+    pub content: Arc<ContentStore>,
+    pub events: Exchange,
+}
+
+/// The namespace a call acts in, from the `containerd-namespace` header; required like in containerd.
+pub fn namespace<T>(req: &Request<T>) -> Result<String> {
+    let ns = req
+        .metadata()
+        .get(NAMESPACE_HEADER)
+        .ok_or_else(|| {
+            Error::precondition(
+                "namespace is required: set the containerd-namespace gRPC metadata header (ctr -n NAME)",
+            )
+        })?
+        .to_str()
+        .map_err(|_| Error::invalid("containerd-namespace header is not valid ASCII"))?;
+    crate::validate::identifier("namespace", ns)?;
+    Ok(ns.to_string())
+}
+
+/// The lease the client holds for this call, if any (`containerd-lease` header).
+pub fn lease<T>(req: &Request<T>) -> Result<Option<String>> {
+    match req.metadata().get(LEASE_HEADER) {
+        None => Ok(None),
+        Some(v) => Ok(Some(
+            v.to_str()
+                .map_err(|_| Error::invalid("containerd-lease header is not valid ASCII"))?
+                .to_string(),
+        )),
+    }
+}
+
+/// Field-mask paths of an optional mask.
+pub fn mask_paths(mask: Option<prost_types::FieldMask>) -> Vec<String> {
+    mask.map(|m| m.paths).unwrap_or_default()
+}
+
+pub type RpcResult<T> = std::result::Result<tonic::Response<T>, tonic::Status>;
+
+pub fn reply<T>(t: T) -> RpcResult<T> {
+    Ok(tonic::Response::new(t))
+}
