@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what berth's build, demo and tests need on Debian (run as root). Idempotent.
+set -euo pipefail
+packages=(
+  containerd            # its `ctr` client drives berthd in the tests; its daemon is the benchmark baseline
+  runc                  # the OCI runtime
+  busybox-static        # the tests build a busybox OCI image from it
+  protobuf-compiler     # protoc, for the containerd-client crate's build script (berth itself needs none)
+  libprotobuf-dev       # the well-known .proto files protoc includes
+  golang-github-containerd-containerd-dev  # upstream .proto files the wire-compatibility test compares against
+  golang-github-gogo-protobuf-dev          # gogo.proto, imported by the upstream files
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+command -v cargo >/dev/null || { echo "berth needs a Rust toolchain (cargo): install it with rustup" >&2; exit 1; }
