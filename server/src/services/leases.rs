@@ -13,7 +13,12 @@ impl Leases for LeasesService {
         let ns = namespace(&req)?;
         let req = req.into_inner();
         let lease = Lease {
-            id: req.id,
+            // Like containerd, a lease without an id gets a random one (`ctr leases create`).
+            id: if req.id.is_empty() {
+                random_lease_id()
+            } else {
+                req.id
+            },
             created_at: None,
             labels: req.labels,
         };
@@ -70,4 +75,21 @@ impl Leases for LeasesService {
             resources: self.0.meta.list_lease_resources(&ns, &req.get_ref().id)?,
         })
     }
+}
+
+/// containerd's random lease id shape: `<nanoseconds>-<url-safe base64 of random bytes>`.
+fn random_lease_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let random = uuid::Uuid::new_v4();
+    let suffix: String = random.as_bytes()[..6]
+        .iter()
+        .map(|b| {
+            let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            alphabet[(b & 63) as usize] as char
+        })
+        .collect();
+    format!("{nanos}-{suffix}")
 }

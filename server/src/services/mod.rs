@@ -30,16 +30,18 @@ pub struct State {
 
 /// The namespace a call acts in, from the `containerd-namespace` header; required like in containerd.
 pub fn namespace<T>(req: &Request<T>) -> Result<String> {
-    let ns = req
-        .metadata()
-        .get(NAMESPACE_HEADER)
-        .ok_or_else(|| {
-            Error::precondition(
-                "namespace is required: set the containerd-namespace gRPC metadata header (ctr -n NAME)",
-            )
-        })?
-        .to_str()
-        .map_err(|_| Error::invalid("containerd-namespace header is not valid ASCII"))?;
+    let ns = match req.metadata().get(NAMESPACE_HEADER) {
+        // containerd treats an empty header like a missing one.
+        None => "",
+        Some(v) => v
+            .to_str()
+            .map_err(|_| Error::invalid("containerd-namespace header is not valid ASCII"))?,
+    };
+    if ns.is_empty() {
+        return Err(Error::precondition(
+            "namespace is required: set the containerd-namespace gRPC metadata header (ctr -n NAME)",
+        ));
+    }
     crate::validate::identifier("namespace", ns)?;
     Ok(ns.to_string())
 }
