@@ -1,0 +1,139 @@
+//! Figures: one row of the report each, measured on both daemons in the same run.
+//!
+//! Every measured figure keeps all samples of both daemons and one ratio berth/containerd per A/B
+//! round (the two runs of a round are back to back, so slow drift cancels within a pair).
+
+pub mod content;
+pub mod footprint;
+pub mod metadata;
+pub mod pending;
+
+use crate::daemon::Kind;
+use crate::stats::{median, summarize, Summary};
+use serde::Serialize;
+
+/// Which direction is good for a figure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Better {
+    /// Latencies, memory: ratio berth/containerd < 1 means berth is better.
+    Lower,
+    /// Rates: ratio berth/containerd > 1 means berth is better.
+    Higher,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    Measured {
+        berth: Summary,
+        containerd: Summary,
+        /// One ratio berth/containerd per round (for rates and latencies alike: berth's value over
+        /// containerd's; see `better`).
+        ratio: Summary,
+    },
+    /// Needs a capability berthd does not have yet (or a fixture the bench does not build yet).
+    NotYet {
+        needs: String,
+    },
+    Skipped {
+        why: String,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct Figure {
+    pub group: &'static str,
+    pub id: String,
+    pub title: String,
+    pub unit: &'static str,
+    pub better: Better,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Figure {
+    pub fn new(
+        group: &'static str,
+        id: impl Into<String>,
+        title: impl Into<String>,
+        unit: &'static str,
+        better: Better,
+    ) -> Figure {
+        Figure {
+            group,
+            id: id.into(),
+            title: title.into(),
+            unit,
+            better,
+            outcome: Outcome::Skipped {
+                why: "not run".into(),
+            },
+            note: None,
+        }
+    }
+
+    pub fn with(mut self, outcome: Outcome) -> Figure {
+        self.outcome = outcome;
+        self
+    }
+
+    pub fn note(mut self, note: impl Into<String>) -> Figure {
+        self.note = Some(note.into());
+        self
+    }
+
+    /// The headline ratio (median of the per-round ratios), if measured.
+    pub fn ratio(&self) -> Option<f64> {
+        match &self.outcome {
+            Outcome::Measured { ratio, .. } if ratio.median.is_finite() => Some(ratio.median),
+            _ => None,
+        }
+    }
+}
+
+/// Samples of both daemons for one figure, collected round by round.
+#[derive(Default)]
+pub struct Samples {
+    berth: Vec<f64>,
+    containerd: Vec<f64>,
+    ratios: Vec<f64>,
+}
+
+impl Samples {
+    /// One round: the samples each daemon produced in it; the round's ratio is of their medians.
+    pub fn round(&mut self, berth: &[f64], containerd: &[f64]) {
+        self.berth.extend_from_slice(berth);
+        self.containerd.extend_from_slice(containerd);
+        let (b, c) = (median(berth), median(containerd));
+        if b.is_finite() && c.is_finite() && c != 0.0 {
+            self.ratios.push(b / c);
+        }
+    }
+
+    /// Convenience for figures that collect `[berth, containerd]` per round.
+    pub fn round_by_kind(&mut self, per_kind: &[Vec<f64>; 2]) {
+        self.round(&per_kind[0], &per_kind[1]);
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        Outcome::Measured {
+            berth: summarize(&self.berth),
+            containerd: summarize(&self.containerd),
+            ratio: summarize(&self.ratios),
+        }
+    }
+}
+
+/// Index of a daemon in `[berth, containerd]` pairs.
+pub fn slot(kind: Kind) -> usize {
+    match kind {
+        Kind::Berth => 0,
+        Kind::Containerd => 1,
+    }
+}

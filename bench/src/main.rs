@@ -1,0 +1,229 @@
+//! berth-bench: berthd side by side with containerd (issue 5).
+//!
+//! One entry point: `cargo run --release -p berth-bench -- all` (or a group name). It starts a fresh
+//! berthd and a fresh containerd on one temp root, drives both with the same client code (berth's
+//! generated gRPC clients; both daemons speak the same wire protocol), alternates A/B rounds so drift
+//! hits both equally, and writes a table, `results.json`, `results.md` and `ratios.svg`.
+//!
+//! A benchmark, not a test: it never decides whether CI passes.
+//!
+//! Adding a figure: write it in the group's module under `figures/` (returning [`figures::Figure`]s)
+//! and drop its row from `figures::pending`, which lists what cannot be measured yet.
+
+mod daemon;
+mod figures;
+mod machine;
+mod report;
+mod stats;
+
+use clap::{Parser, ValueEnum};
+use daemon::{Kind, Lab};
+use figures::{Figure, Outcome};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "berth-bench",
+    about = "Benchmark berthd against containerd, side by side (issue 5)"
+)]
+pub struct Opts {
+    /// Groups to run (default: all)
+    #[arg(value_enum)]
+    groups: Vec<Group>,
+    /// Smoke run: few iterations, skips the 10,000-container List (under a minute in total)
+    #[arg(long)]
+    quick: bool,
+    /// Where results.json, results.md and ratios.svg go (default: bench/results)
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// berthd binary (default: berthd next to this binary, i.e. target/release/berthd)
+    #[arg(long)]
+    berthd: Option<PathBuf>,
+    /// containerd binary
+    #[arg(long, default_value = "containerd")]
+    containerd: PathBuf,
+    /// Directory under which the temp root of both daemons is made (same filesystem for both)
+    #[arg(long, default_value = "/var/tmp")]
+    tmp: PathBuf,
+    /// Rounds per figure (A/B pairs); default 6, or 2 with --quick
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Keep the temp root (daemon logs, stores) instead of removing it
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Group {
+    /// Every group below
+    All,
+    /// containers CRUD, List, durable single write
+    Metadata,
+    /// content Write and Read of a 100 MiB blob
+    Content,
+    /// daemon RSS/PSS, start-to-ready, restart-to-ready
+    Footprint,
+    /// images import/pull, diff, snapshots (not yet measurable)
+    Images,
+    /// tasks (not yet measurable)
+    Tasks,
+}
+
+impl Group {
+    pub fn name(self) -> &'static str {
+        match self {
+            Group::All => "all",
+            Group::Metadata => "metadata",
+            Group::Content => "content",
+            Group::Footprint => "footprint",
+            Group::Images => "images",
+            Group::Tasks => "tasks",
+        }
+    }
+}
+
+impl Opts {
+    pub fn rounds(&self) -> usize {
+        self.rounds.unwrap_or(if self.quick { 2 } else { 6 }).max(1)
+    }
+    fn wants(&self, g: Group) -> bool {
+        self.groups.is_empty() || self.groups.contains(&Group::All) || self.groups.contains(&g)
+    }
+}
+
+fn main() -> ExitCode {
+    let opts = Opts::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, String>;
+
+async fn run(opts: Opts) -> Result<()> {
+    let started = Instant::now();
+    // The documented way to run it, with this run's arguments.
+    let command = std::iter::once("cargo run --release -p berth-bench --".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let berthd = match &opts.berthd {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot find this binary: {e}"))?
+            .with_file_name("berthd"),
+    };
+    if !berthd.exists() {
+        return Err(format!(
+            "{} not found: build it with `cargo build --release -p berthd` or pass --berthd",
+            berthd.display()
+        ));
+    }
+    let out = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"));
+
+    daemon::install_signal_handler();
+    let lab = Lab::start(&berthd, &opts.containerd, &opts.tmp, opts.keep).await?;
+    let machine = machine::describe(lab.root());
+    let versions = machine::versions(&lab).await;
+    report::print_header(&machine, &versions, &opts, &command);
+
+    let mut figs: Vec<Figure> = Vec::new();
+    let mut lab = lab;
+    if opts.wants(Group::Footprint) {
+        figs.extend(group(
+            "footprint (idle)",
+            figures::footprint::at_start(&lab).await,
+        ));
+    }
+    let mut stored = 0;
+    if opts.wants(Group::Metadata) {
+        let (f, n) = match figures::metadata::run(&lab, &opts).await {
+            Ok((f, n)) => (Ok(f), n),
+            Err(e) => (Err(e), 0),
+        };
+        figs.extend(group("metadata", f));
+        stored = n;
+    }
+    if opts.wants(Group::Content) {
+        figs.extend(group("content", figures::content::run(&lab, &opts).await));
+    }
+    if opts.wants(Group::Footprint) {
+        figs.extend(group(
+            "footprint (after load)",
+            figures::footprint::after_load(&mut lab, &opts, stored, opts.wants(Group::Content))
+                .await,
+        ));
+    }
+    let caps = figures::pending::probe(lab.daemon(Kind::Berth)).await;
+    for g in [
+        Group::Metadata,
+        Group::Content,
+        Group::Images,
+        Group::Tasks,
+        Group::Footprint,
+    ] {
+        if opts.wants(g) {
+            figs.extend(figures::pending::rows(g, &caps));
+        }
+    }
+    lab.stop();
+    drop(lab);
+
+    let elapsed = started.elapsed();
+    let date = machine::now_utc();
+    report::print_table(&figs);
+    let rep = report::Report {
+        date,
+        command,
+        quick: opts.quick,
+        rounds: opts.rounds(),
+        elapsed_s: elapsed.as_secs_f64(),
+        machine,
+        versions,
+        figures: figs,
+    };
+    report::write_all(&rep, &out)?;
+    eprintln!(
+        "\nresults: {}/results.json, results.md, ratios.svg  (total {:.1} s)",
+        out.display(),
+        elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A group that failed as a whole still shows up in the table, as one failed row.
+fn group(name: &'static str, r: Result<Vec<Figure>>) -> Vec<Figure> {
+    match r {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("[{name}] failed: {e}");
+            vec![Figure::new(
+                name,
+                "failed",
+                format!("{name} group"),
+                "",
+                figures::Better::Lower,
+            )
+            .with(Outcome::Failed { error: e })]
+        }
+    }
+}
