@@ -1,11 +1,109 @@
 //! berth-snapshotter: copy-on-write filesystem snapshots for container root filesystems.
 //!
-//! This crate knows nothing of gRPC or of the metadata store. The overlayfs and native
-//! implementations and their conformance suite arrive with the snapshots issue; what is here is the
-//! vocabulary they share with berthd.
+//! It owns the [`Snapshotter`] trait (containerd's snapshot operations, synchronous), the
+//! [`OverlaySnapshotter`] (`overlayfs`) and [`NativeSnapshotter`] (`native`) implementations, their
+//! shared on-disk metadata (`store.rs`), a mount helper ([`Mount::mount`]) and, behind the
+//! `testsuite` feature, the conformance suite every implementation passes.
+//!
+//! **Invariant:** this crate knows nothing of gRPC, namespaces or berthd's metadata store. Keys are
+//! opaque unique strings (berthd namespaces them before they get here) and are never used as paths.
+//!
+//! On disk, under the root given to `open`:
+//! ```text
+//! <root>/snapshots/<id>/info.json   key, parent key, kind, labels, times, usage (atomic writes)
+//! <root>/snapshots/<id>/fs/         the layer: overlay upperdir, or native's full copy
+//! <root>/snapshots/<id>/work/       overlay workdir (overlayfs active snapshots only)
+//! ```
+//! `<id>` is a short decimal number so that long parent chains fit the mount-option size limit.
+
+/// The `Snapshotter` methods both implementations answer from the shared `store::MetaStore`
+/// (field `store`).
+macro_rules! delegate_to_store {
+    () => {
+        fn stat(&self, key: &str) -> $crate::Result<$crate::Info> {
+            self.store.stat(key)
+        }
+        fn update(
+            &self,
+            info: $crate::Info,
+            fieldpaths: &[String],
+        ) -> $crate::Result<$crate::Info> {
+            self.store.update(info, fieldpaths)
+        }
+        fn usage(&self, key: &str) -> $crate::Result<$crate::Usage> {
+            self.store.usage(key)
+        }
+        fn mounts(&self, key: &str) -> $crate::Result<Vec<$crate::Mount>> {
+            Ok(self.mounts_of(&self.store.get_snapshot(key)?))
+        }
+        fn prepare(
+            &self,
+            key: &str,
+            parent: &str,
+            labels: std::collections::HashMap<String, String>,
+        ) -> $crate::Result<Vec<$crate::Mount>> {
+            let populate = |s: &$crate::store::Snapshot, d: &std::path::Path| self.populate(s, d);
+            let snap = self
+                .store
+                .create($crate::Kind::Active, key, parent, labels, &populate)?;
+            Ok(self.mounts_of(&snap))
+        }
+        fn view(
+            &self,
+            key: &str,
+            parent: &str,
+            labels: std::collections::HashMap<String, String>,
+        ) -> $crate::Result<Vec<$crate::Mount>> {
+            let populate = |s: &$crate::store::Snapshot, d: &std::path::Path| self.populate(s, d);
+            let snap = self
+                .store
+                .create($crate::Kind::View, key, parent, labels, &populate)?;
+            Ok(self.mounts_of(&snap))
+        }
+        fn commit(
+            &self,
+            name: &str,
+            key: &str,
+            labels: std::collections::HashMap<String, String>,
+        ) -> $crate::Result<()> {
+            self.store.commit(name, key, labels)
+        }
+        fn remove(&self, key: &str) -> $crate::Result<()> {
+            self.store.remove(key)
+        }
+        fn walk(
+            &self,
+            f: &mut dyn FnMut(&$crate::Info) -> $crate::Result<()>,
+        ) -> $crate::Result<()> {
+            self.store.walk(f)
+        }
+        fn cleanup(&self) -> $crate::Result<()> {
+            self.store.cleanup()
+        }
+        fn active_dir(&self, key: &str) -> $crate::Result<std::path::PathBuf> {
+            self.store.active_dir(key)
+        }
+    };
+}
+
+mod copy;
+mod error;
+mod fsutil;
+mod mount;
+mod native;
+mod overlay;
+mod store;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::SystemTime;
+
+pub use error::{Error, Result};
+pub use mount::{mount_all, unmount, Mount};
+pub use native::NativeSnapshotter;
+pub use overlay::{supported as overlay_supported, OverlaySnapshotter};
 
 /// containerd's snapshot kinds; the numbers are the wire values of `containerd.snapshots.v1.Kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,6 +125,24 @@ impl Kind {
             _ => None,
         }
     }
+
+    /// The name containerd's filters use (`kind==active`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::View => "view",
+            Kind::Active => "active",
+            Kind::Committed => "committed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "view" => Some(Kind::View),
+            "active" => Some(Kind::Active),
+            "committed" => Some(Kind::Committed),
+            _ => None,
+        }
+    }
 }
 
 /// What a snapshotter knows about one snapshot.
@@ -45,8 +161,63 @@ pub struct Info {
 /// Disk usage of one snapshot (its own layer, not its parents).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Bytes allocated (st_blocks × 512, as containerd counts), hardlinks counted once.
     pub size: i64,
     pub inodes: i64,
+}
+
+/// containerd's limit on one label: key and value together at most 4096 bytes.
+pub const MAX_LABEL_SIZE: usize = 4096;
+
+/// The operations of containerd's `snapshots.Snapshotter`, synchronous (berthd calls them from
+/// `spawn_blocking`). Errors follow containerd's: see [`Error`].
+pub trait Snapshotter: Send + Sync {
+    /// "overlayfs" or "native".
+    fn name(&self) -> &str;
+    /// Info of any snapshot by key or committed name.
+    fn stat(&self, key: &str) -> Result<Info>;
+    /// Updates labels: field paths `labels` or `labels.KEY` (an empty value deletes); no paths
+    /// replaces all labels. Anything else is InvalidArgument.
+    fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info>;
+    /// Bytes and inodes of the snapshot's own layer. Walks the tree for an active snapshot; a
+    /// committed one reports what was measured at commit; a view reports zero (as containerd).
+    fn usage(&self, key: &str) -> Result<Usage>;
+    /// The mounts of an active or view snapshot; a committed one is FailedPrecondition.
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>>;
+    /// A new writable snapshot on top of `parent` (a committed name, or "" for none).
+    fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>>;
+    /// A new read-only snapshot of `parent`.
+    fn view(&self, key: &str, parent: &str, labels: HashMap<String, String>) -> Result<Vec<Mount>>;
+    /// Turns the active snapshot `key` into the committed snapshot `name` (labels replaced, not
+    /// inherited); `key` disappears. The layer is durable on disk before this returns.
+    fn commit(&self, name: &str, key: &str, labels: HashMap<String, String>) -> Result<()>;
+    /// Removes a snapshot and its layer; a committed one with children is FailedPrecondition.
+    fn remove(&self, key: &str) -> Result<()>;
+    /// Calls `f` for every snapshot (ordered by key). `f` may call back into the snapshotter.
+    fn walk(&self, f: &mut dyn FnMut(&Info) -> Result<()>) -> Result<()>;
+    /// Removes leftover directories no snapshot owns (failed removals, crashed creations).
+    fn cleanup(&self) -> Result<()>;
+    /// For the diff service's fast path: the directory a layer tar is extracted into for an active
+    /// snapshot (overlay: its upperdir; native: its full tree). Not active is FailedPrecondition.
+    fn active_dir(&self, key: &str) -> Result<PathBuf>;
+}
+
+/// Checks labels against containerd's size limit.
+pub fn validate_labels(labels: &HashMap<String, String>) -> Result<()> {
+    for (k, v) in labels {
+        if k.len() + v.len() > MAX_LABEL_SIZE {
+            let short: String = k.chars().take(10).collect();
+            return Err(Error::InvalidArgument(format!(
+                "label key and value greater than maximum size ({MAX_LABEL_SIZE} bytes), key: {short}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -57,8 +228,21 @@ mod tests {
     fn kinds_round_trip_their_wire_values() {
         for k in [Kind::View, Kind::Active, Kind::Committed] {
             assert_eq!(Kind::from_wire(k as i32), Some(k));
+            assert_eq!(Kind::parse(k.as_str()), Some(k));
         }
         assert_eq!(Kind::from_wire(0), None);
         assert_eq!(Kind::from_wire(4), None);
+    }
+
+    #[test]
+    fn labels_over_the_limit_are_invalid() {
+        let mut l = HashMap::new();
+        l.insert("k".to_string(), "v".repeat(MAX_LABEL_SIZE - 1));
+        assert!(validate_labels(&l).is_ok());
+        l.insert("k2".to_string(), "v".repeat(MAX_LABEL_SIZE - 1));
+        assert!(matches!(
+            validate_labels(&l),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 }

@@ -1,0 +1,649 @@
+//! Snapshot metadata shared by the implementations (containerd's `snapshots/storage`): the rules
+//! (names unique across kinds, parents committed, no removal of a parent), ids, and the on-disk
+//! records, without a database.
+//!
+//! Each snapshot is `<root>/snapshots/<id>/` with an `info.json` written atomically; the in-memory
+//! index (key → entry, with child counts) is rebuilt at open by scanning. A numbered directory
+//! without a valid `info.json` is a creation that died half-way and is removed at open; so are
+//! `rm-<id>` directories (removals that died before deleting the tree) and snapshots whose parent
+//! is gone.
+//!
+//! Concurrency: one mutex guards the index and is held only for bookkeeping. Slow work (copying a
+//! tree, measuring and syncing a layer, fsyncs) runs unlocked while the entry is marked: a
+//! `Creating` entry reserves its key but is invisible; a `Busy` one (commit or update in flight)
+//! is visible, and other mutations of it wait on a condvar.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::at;
+use crate::fsutil::{disk_usage, fsync_dir, mkdir_mode, usage_and_sync, write_atomic, write_new};
+use crate::{validate_labels, Error, Info, Kind, Result, Usage};
+
+const INFO_FILE: &str = "info.json";
+
+/// What an implementation needs to build mounts: the snapshot's id and its parents' ids, nearest
+/// first.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    pub id: u64,
+    pub kind: Kind,
+    pub parent_ids: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Ready,
+    Creating,
+    Busy,
+}
+
+struct Entry {
+    id: u64,
+    info: Info,
+    /// Measured at commit; active snapshots are measured on demand.
+    usage: Usage,
+    children: usize,
+    state: State,
+}
+
+impl Entry {
+    fn visible(&self) -> bool {
+        self.state != State::Creating
+    }
+}
+
+struct Index {
+    entries: BTreeMap<String, Entry>,
+    next_id: u64,
+}
+
+pub(crate) struct MetaStore {
+    dir: PathBuf,
+    index: Mutex<Index>,
+    idle: Condvar,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Timestamp {
+    secs: u64,
+    nanos: u32,
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Self {
+        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        Timestamp {
+            secs: d.as_secs(),
+            nanos: d.subsec_nanos(),
+        }
+    }
+}
+
+impl From<&Timestamp> for SystemTime {
+    fn from(t: &Timestamp) -> Self {
+        UNIX_EPOCH + Duration::new(t.secs, t.nanos)
+    }
+}
+
+/// The `info.json` record.
+#[derive(Serialize, Deserialize)]
+struct InfoFile {
+    key: String,
+    #[serde(default)]
+    parent: String,
+    kind: String,
+    #[serde(default)]
+    labels: HashMap<String, String>,
+    created: Timestamp,
+    updated: Timestamp,
+    #[serde(default)]
+    size: i64,
+    #[serde(default)]
+    inodes: i64,
+}
+
+/// Writes `info.json`: in place of an old one atomically, or fresh in a new snapshot directory.
+fn write_info(dir: &Path, info: &Info, usage: Usage, fresh: bool) -> Result<()> {
+    let rec = InfoFile {
+        key: info.name.clone(),
+        parent: info.parent.clone(),
+        kind: info.kind.as_str().to_string(),
+        labels: info.labels.clone(),
+        created: info.created.into(),
+        updated: info.updated.into(),
+        size: usage.size,
+        inodes: usage.inodes,
+    };
+    let data = serde_json::to_vec(&rec).map_err(|e| Error::io("encode snapshot info", e.into()))?;
+    if fresh {
+        write_new(dir, INFO_FILE, &data)
+    } else {
+        write_atomic(dir, INFO_FILE, &data)
+    }
+}
+
+fn read_info(dir: &Path) -> Option<(Info, Usage)> {
+    let data = fs::read(dir.join(INFO_FILE)).ok()?;
+    let rec: InfoFile = serde_json::from_slice(&data).ok()?;
+    let info = Info {
+        name: rec.key,
+        parent: rec.parent,
+        kind: Kind::parse(&rec.kind)?,
+        labels: rec.labels,
+        created: (&rec.created).into(),
+        updated: (&rec.updated).into(),
+    };
+    if info.name.is_empty() || !dir.join("fs").is_dir() {
+        return None;
+    }
+    Some((
+        info,
+        Usage {
+            size: rec.size,
+            inodes: rec.inodes,
+        },
+    ))
+}
+
+/// A canonical decimal id (no sign, no leading zeros), so `007` is not taken for `7`.
+fn parse_id(name: &str) -> Option<u64> {
+    let id: u64 = name.parse().ok()?;
+    (id.to_string() == name).then_some(id)
+}
+
+fn not_found(key: &str) -> Error {
+    Error::NotFound(key.to_string())
+}
+
+/// Removes a directory tree or a stray file; already gone is fine.
+fn remove_path(path: &Path) -> std::io::Result<()> {
+    let res = match path.symlink_metadata() {
+        Ok(md) if md.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match res {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn new_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(at("mkdir", path))
+}
+
+impl MetaStore {
+    /// Opens (creating) `<root>/snapshots`, rebuilds the index and removes what crashed
+    /// operations left behind.
+    pub fn open(root: &Path) -> Result<MetaStore> {
+        let dir = root.join("snapshots");
+        new_dir(root)?;
+        new_dir(&dir)?;
+        let mut found: Vec<(u64, Info, Usage)> = Vec::new();
+        let mut max_id = 0;
+        for entry in fs::read_dir(&dir).map_err(at("read dir", &dir))? {
+            let entry = entry.map_err(at("read dir", &dir))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let path = entry.path();
+            if let Some(id) = parse_id(&name) {
+                max_id = max_id.max(id);
+                if let Some((info, usage)) = read_info(&path) {
+                    found.push((id, info, usage));
+                    continue;
+                }
+            } else if let Some(id) = name.strip_prefix("rm-").and_then(parse_id) {
+                max_id = max_id.max(id);
+            }
+            // Half-created, half-removed or foreign: nothing refers to it. Failures are left
+            // for cleanup().
+            let _ = remove_path(&path);
+        }
+
+        // Newest first, so that if a key somehow appears twice the newer snapshot wins.
+        found.sort_by_key(|f| std::cmp::Reverse(f.0));
+        let mut entries = BTreeMap::new();
+        for (id, info, usage) in found {
+            if entries.contains_key(&info.name) {
+                let _ = fs::remove_dir_all(dir.join(id.to_string()));
+                continue;
+            }
+            let e = Entry {
+                id,
+                info,
+                usage,
+                children: 0,
+                state: State::Ready,
+            };
+            entries.insert(e.info.name.clone(), e);
+        }
+        // A snapshot whose parent is missing or not committed cannot be mounted; drop it, and
+        // then its own children.
+        loop {
+            let orphans: Vec<String> = entries
+                .iter()
+                .filter(|(_, e)| {
+                    !e.info.parent.is_empty()
+                        && entries
+                            .get(&e.info.parent)
+                            .is_none_or(|p: &Entry| p.info.kind != Kind::Committed)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            if orphans.is_empty() {
+                break;
+            }
+            for k in orphans {
+                if let Some(e) = entries.remove(&k) {
+                    let _ = fs::remove_dir_all(dir.join(e.id.to_string()));
+                }
+            }
+        }
+        let parents: Vec<String> = entries.values().map(|e| e.info.parent.clone()).collect();
+        for p in parents.iter().filter(|p| !p.is_empty()) {
+            if let Some(e) = entries.get_mut(p) {
+                e.children += 1;
+            }
+        }
+        Ok(MetaStore {
+            dir,
+            index: Mutex::new(Index {
+                entries,
+                next_id: max_id + 1,
+            }),
+            idle: Condvar::new(),
+        })
+    }
+
+    pub fn snapshot_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(id.to_string())
+    }
+
+    /// The layer directory: overlay's upperdir, native's tree.
+    pub fn fs_dir(&self, id: u64) -> PathBuf {
+        self.snapshot_dir(id).join("fs")
+    }
+
+    pub fn work_dir(&self, id: u64) -> PathBuf {
+        self.snapshot_dir(id).join("work")
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        // A panic while holding the lock cannot leave the index half-updated in a way later
+        // operations would misread, so poisoning is ignored.
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Locks the index once `key` has no commit or update in flight.
+    fn lock_idle(&self, key: &str) -> MutexGuard<'_, Index> {
+        let mut g = self.lock();
+        while g.entries.get(key).is_some_and(|e| e.state == State::Busy) {
+            g = self.idle.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        g
+    }
+
+    fn get<'a>(g: &'a Index, key: &str) -> Result<&'a Entry> {
+        g.entries
+            .get(key)
+            .filter(|e| e.visible())
+            .ok_or_else(|| not_found(key))
+    }
+
+    /// Parent ids of a snapshot whose parent is `parent`, nearest first.
+    fn chain(g: &Index, parent: &str) -> Result<Vec<u64>> {
+        let mut ids = Vec::new();
+        let mut p = parent;
+        while !p.is_empty() {
+            let e = g.entries.get(p).ok_or_else(|| not_found(p))?;
+            ids.push(e.id);
+            p = &e.info.parent;
+            if ids.len() > g.entries.len() {
+                return Err(Error::FailedPrecondition(format!(
+                    "parent chain of {parent:?} has a cycle"
+                )));
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn stat(&self, key: &str) -> Result<Info> {
+        Ok(Self::get(&self.lock(), key)?.info.clone())
+    }
+
+    /// An active or view snapshot, for its mounts.
+    pub fn get_snapshot(&self, key: &str) -> Result<Snapshot> {
+        let g = self.lock();
+        let e = Self::get(&g, key)?;
+        if e.info.kind == Kind::Committed {
+            return Err(Error::FailedPrecondition(format!(
+                "snapshot {key:?} is committed, not active or view"
+            )));
+        }
+        Ok(Snapshot {
+            id: e.id,
+            kind: e.info.kind,
+            parent_ids: Self::chain(&g, &e.info.parent)?,
+        })
+    }
+
+    pub fn active_dir(&self, key: &str) -> Result<PathBuf> {
+        let g = self.lock();
+        let e = Self::get(&g, key)?;
+        if e.info.kind != Kind::Active {
+            return Err(Error::FailedPrecondition(format!(
+                "snapshot {key:?} is not active"
+            )));
+        }
+        Ok(self.fs_dir(e.id))
+    }
+
+    /// Creates an active or view snapshot. `populate` fills the new snapshot directory (it exists,
+    /// empty) without the lock held; a failure or crash before `info.json` is written leaves
+    /// nothing behind.
+    pub fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+        populate: &dyn Fn(&Snapshot, &Path) -> Result<()>,
+    ) -> Result<Snapshot> {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument(
+                "snapshot key must not be empty".into(),
+            ));
+        }
+        validate_labels(&labels)?;
+        let (snap, info) = {
+            let mut g = self.lock();
+            // containerd checks the parent before the key.
+            let parent_ids = if parent.is_empty() {
+                Vec::new()
+            } else {
+                let p = Self::get(&g, parent)?;
+                if p.info.kind != Kind::Committed {
+                    return Err(Error::InvalidArgument(format!(
+                        "parent {parent:?} is not a committed snapshot"
+                    )));
+                }
+                Self::chain(&g, parent)?
+            };
+            if g.entries.contains_key(key) {
+                return Err(Error::AlreadyExists(key.to_string()));
+            }
+            let id = g.next_id;
+            g.next_id += 1;
+            let now = SystemTime::now();
+            let info = Info {
+                name: key.to_string(),
+                parent: parent.to_string(),
+                kind,
+                labels,
+                created: now,
+                updated: now,
+            };
+            let e = Entry {
+                id,
+                info: info.clone(),
+                usage: Usage::default(),
+                children: 0,
+                state: State::Creating,
+            };
+            g.entries.insert(key.to_string(), e);
+            if let Some(p) = g.entries.get_mut(parent) {
+                p.children += 1;
+            }
+            (
+                Snapshot {
+                    id,
+                    kind,
+                    parent_ids,
+                },
+                info,
+            )
+        };
+
+        let dir = self.snapshot_dir(snap.id);
+        let res = mkdir_mode(&dir, 0o700)
+            .and_then(|()| populate(&snap, &dir))
+            .and_then(|()| write_info(&dir, &info, Usage::default(), true))
+            .and_then(|()| fsync_dir(&self.dir));
+        let mut g = self.lock();
+        match res {
+            Ok(()) => {
+                if let Some(e) = g.entries.get_mut(key) {
+                    e.state = State::Ready;
+                }
+                Ok(snap)
+            }
+            Err(err) => {
+                let _ = fs::remove_dir_all(&dir);
+                g.entries.remove(key);
+                if let Some(p) = g.entries.get_mut(parent) {
+                    p.children = p.children.saturating_sub(1);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Commits the active snapshot `key` as `name`: measures and syncs its layer, then rewrites
+    /// its record in place (same id, same directory).
+    pub fn commit(&self, name: &str, key: &str, labels: HashMap<String, String>) -> Result<()> {
+        if name.is_empty() || key.is_empty() {
+            return Err(Error::InvalidArgument(
+                "snapshot name and key must not be empty".into(),
+            ));
+        }
+        validate_labels(&labels)?;
+        let (id, info) = {
+            let mut g = self.lock_idle(key);
+            if g.entries.contains_key(name) {
+                return Err(Error::AlreadyExists(name.to_string()));
+            }
+            let e = g
+                .entries
+                .get_mut(key)
+                .filter(|e| e.visible())
+                .ok_or_else(|| not_found(key))?;
+            if e.info.kind != Kind::Active {
+                return Err(Error::FailedPrecondition(format!(
+                    "snapshot {key:?} is not active"
+                )));
+            }
+            e.state = State::Busy;
+            let now = SystemTime::now();
+            let info = Info {
+                name: name.to_string(),
+                parent: e.info.parent.clone(),
+                kind: Kind::Committed,
+                labels, // replaced, not inherited (containerd)
+                created: now,
+                updated: now,
+            };
+            let id = e.id;
+            let reserved = Entry {
+                id,
+                info: info.clone(),
+                usage: Usage::default(),
+                children: 0,
+                state: State::Creating,
+            };
+            g.entries.insert(name.to_string(), reserved);
+            (id, info)
+        };
+
+        let res = usage_and_sync(&self.fs_dir(id))
+            .and_then(|u| write_info(&self.snapshot_dir(id), &info, u, false).map(|()| u));
+        let mut g = self.lock();
+        let out = match res {
+            Ok(usage) => {
+                g.entries.remove(key);
+                if let Some(e) = g.entries.get_mut(name) {
+                    e.usage = usage;
+                    e.state = State::Ready;
+                }
+                Ok(())
+            }
+            Err(err) => {
+                g.entries.remove(name);
+                if let Some(e) = g.entries.get_mut(key) {
+                    e.state = State::Ready;
+                }
+                Err(err)
+            }
+        };
+        drop(g);
+        self.idle.notify_all();
+        out
+    }
+
+    /// Removes a snapshot: its directory is renamed away under the lock (so a crash never leaves
+    /// a record without a tree or the reverse), then deleted unlocked.
+    pub fn remove(&self, key: &str) -> Result<()> {
+        let trash = {
+            let mut g = self.lock_idle(key);
+            let e = Self::get(&g, key)?;
+            if e.children > 0 {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot remove snapshot {key:?} with child"
+                )));
+            }
+            let (id, parent) = (e.id, e.info.parent.clone());
+            let trash = self.dir.join(format!("rm-{id}"));
+            let dir = self.snapshot_dir(id);
+            match fs::rename(&dir, &trash) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("rename {}", dir.display()), e)),
+            }
+            g.entries.remove(key);
+            if let Some(p) = g.entries.get_mut(&parent) {
+                p.children = p.children.saturating_sub(1);
+            }
+            trash
+        };
+        // The removal is done in memory; making it durable and freeing the space are best
+        // effort (open() and cleanup() finish whatever is left).
+        let _ = fsync_dir(&self.dir);
+        let _ = fs::remove_dir_all(&trash);
+        Ok(())
+    }
+
+    pub fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
+        let name = info.name.as_str();
+        if name.is_empty() {
+            return Err(Error::InvalidArgument(
+                "snapshot name must not be empty".into(),
+            ));
+        }
+        let (id, usage, updated) = {
+            let mut g = self.lock_idle(name);
+            let e = g
+                .entries
+                .get_mut(name)
+                .filter(|e| e.visible())
+                .ok_or_else(|| not_found(name))?;
+            let mut labels = e.info.labels.clone();
+            if fieldpaths.is_empty() {
+                labels = info.labels;
+            } else {
+                for path in fieldpaths {
+                    if let Some(k) = path.strip_prefix("labels.") {
+                        match info.labels.get(k) {
+                            Some(v) => labels.insert(k.to_string(), v.clone()),
+                            None => labels.remove(k),
+                        };
+                    } else if path == "labels" {
+                        labels = info.labels.clone();
+                    } else {
+                        return Err(Error::InvalidArgument(format!(
+                            "cannot update {path:?} field on snapshot {name:?}"
+                        )));
+                    }
+                }
+            }
+            // containerd stores no empty label values: setting one to "" deletes it.
+            labels.retain(|_, v| !v.is_empty());
+            validate_labels(&labels)?;
+            let mut updated = e.info.clone();
+            updated.labels = labels;
+            updated.updated = SystemTime::now();
+            e.state = State::Busy;
+            (e.id, e.usage, updated)
+        };
+
+        let res = write_info(&self.snapshot_dir(id), &updated, usage, false);
+        let mut g = self.lock();
+        if let Some(e) = g.entries.get_mut(name) {
+            e.state = State::Ready;
+            if res.is_ok() {
+                e.info = updated.clone();
+            }
+        }
+        drop(g);
+        self.idle.notify_all();
+        res.map(|()| updated)
+    }
+
+    pub fn usage(&self, key: &str) -> Result<Usage> {
+        let (kind, id, stored) = {
+            let g = self.lock();
+            let e = Self::get(&g, key)?;
+            (e.info.kind, e.id, e.usage)
+        };
+        if kind == Kind::Active {
+            return disk_usage(&self.fs_dir(id));
+        }
+        Ok(stored)
+    }
+
+    /// Calls `f` on a snapshot of the index, unlocked, so `f` may call back in.
+    pub fn walk(&self, f: &mut dyn FnMut(&Info) -> Result<()>) -> Result<()> {
+        let infos: Vec<Info> = {
+            let g = self.lock();
+            g.entries
+                .values()
+                .filter(|e| e.visible())
+                .map(|e| e.info.clone())
+                .collect()
+        };
+        infos.iter().try_for_each(f)
+    }
+
+    /// Removes every directory under `snapshots/` that no snapshot owns; the first failure is
+    /// returned after trying them all.
+    pub fn cleanup(&self) -> Result<()> {
+        // List first, then read the ids: an entry is registered before its directory is made,
+        // so a listed directory that is not in the index afterwards is garbage.
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(at("read dir", &self.dir))? {
+            names.push(entry.map_err(at("read dir", &self.dir))?.file_name());
+        }
+        let live: std::collections::HashSet<u64> =
+            self.lock().entries.values().map(|e| e.id).collect();
+        let mut first_err = None;
+        for name in names {
+            if parse_id(&name.to_string_lossy()).is_some_and(|id| live.contains(&id)) {
+                continue;
+            }
+            let path = self.dir.join(&name);
+            if let Err(e) = remove_path(&path) {
+                first_err.get_or_insert(Error::io(format!("remove {}", path.display()), e));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
