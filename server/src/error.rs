@@ -93,3 +93,16 @@ impl From<sled::Error> for Error {
         Error::Store(e.to_string())
     }
 }
+
+impl From<berth_snapshotter::Error> for Error {
+    fn from(e: berth_snapshotter::Error) -> Self {
+        use berth_snapshotter::Error as S;
+        match e {
+            S::NotFound(_) => Error::NotFound(e.to_string()),
+            S::AlreadyExists(_) => Error::AlreadyExists(e.to_string()),
+            S::FailedPrecondition(m) => Error::FailedPrecondition(m),
+            S::InvalidArgument(m) => Error::InvalidArgument(m),
+            S::Io { context, source } => Error::Io { context, source },
+        }
+    }
+}

@@ -11,6 +11,7 @@ pub mod events;
 pub mod filters;
 pub mod metadata;
 pub mod services;
+pub mod snapshots;
 pub mod validate;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

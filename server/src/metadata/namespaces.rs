@@ -16,6 +16,11 @@ impl Metadata {
         }))
     }
 
+    /// Writes outside the metadata store (snapshots) create their namespace too; free when it exists.
+    pub async fn touch_namespace(&self, ns: &str) -> Result<()> {
+        self.update(|tx| tx.ensure_namespace(ns)).await
+    }
+
     pub fn list_namespaces(&self) -> Result<Vec<Namespace>> {
         Ok(self
             .scan::<Namespace>(keys::NAMESPACES)?

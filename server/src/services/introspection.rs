@@ -12,7 +12,7 @@ pub struct IntrospectionService {
 
 /// The plugins this daemon really runs, in containerd's type/id vocabulary, so tools that inspect
 /// `ctr plugins ls` see what is there (and what is not yet).
-pub fn plugin_list(root: &std::path::Path) -> Vec<Plugin> {
+pub fn plugin_list(root: &std::path::Path, snapshotter_errors: &[(String, String)]) -> Vec<Plugin> {
     let platform = Platform {
         os: "linux".into(),
         architecture: std::env::consts::ARCH
@@ -39,11 +39,33 @@ pub fn plugin_list(root: &std::path::Path) -> Vec<Plugin> {
         "sled",
         &["io.containerd.content.v1"],
     );
-    metadata.platforms.push(platform);
+    metadata.platforms.push(platform.clone());
+    let snapshotter = |id: &str| {
+        let mut p = plugin("io.containerd.snapshotter.v1", id, &[]);
+        p.platforms.push(platform.clone());
+        p.exports.insert(
+            "root".into(),
+            root.join("snapshots")
+                .join(id)
+                .to_string_lossy()
+                .into_owned(),
+        );
+        p.init_err = snapshotter_errors
+            .iter()
+            .find(|(name, _)| name == id)
+            .map(|(_, err)| berth_api::google::rpc::Status {
+                code: tonic::Code::FailedPrecondition as i32,
+                message: err.clone(),
+                details: vec![],
+            });
+        p
+    };
     let grpc = "io.containerd.grpc.v1";
     let deps = &["io.containerd.metadata.v1"];
     vec![
         content,
+        snapshotter("native"),
+        snapshotter("overlayfs"),
         metadata,
         plugin("io.containerd.event.v1", "exchange", &[]),
         plugin(grpc, "containers", deps),
@@ -53,6 +75,7 @@ pub fn plugin_list(root: &std::path::Path) -> Vec<Plugin> {
         plugin(grpc, "introspection", &[]),
         plugin(grpc, "leases", deps),
         plugin(grpc, "namespaces", deps),
+        plugin(grpc, "snapshots", &["io.containerd.snapshotter.v1"]),
         plugin(grpc, "version", &[]),
     ]
 }
@@ -89,7 +112,6 @@ impl Adaptor for PluginFields<'_> {
             // containerd reports "ok" or "error" under the status field
             ["status"] => Some(if p.init_err.is_some() { "error" } else { "ok" }.into()),
             ["capabilities"] => Some(p.capabilities.join(",")),
-            ["platforms"] => None,
             _ => None,
         }
     }

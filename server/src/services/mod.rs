@@ -9,12 +9,14 @@ pub mod introspection;
 pub mod leases;
 pub mod namespaces;
 pub mod not_yet;
+pub mod snapshots;
 pub mod version;
 
 use crate::content::ContentStore;
 use crate::error::{Error, Result};
 use crate::events::Exchange;
 use crate::metadata::Metadata;
+use crate::snapshots::Snapshotters;
 use std::sync::Arc;
 use tonic::Request;
 
@@ -26,6 +28,7 @@ pub struct State {
     pub meta: Arc<Metadata>,
     pub content: Arc<ContentStore>,
     pub events: Exchange,
+    pub snapshotters: Snapshotters,
 }
 
 /// The namespace a call acts in, from the `containerd-namespace` header; required like in containerd.

@@ -74,6 +74,16 @@ impl Namespaces for NamespacesService {
 
     async fn delete(&self, req: Request<DeleteNamespaceRequest>) -> RpcResult<()> {
         let name = req.into_inner().name;
+        crate::validate::identifier("namespace", &name)?;
+        let snapshotters = self.0.snapshotters.clone();
+        let ns = name.clone();
+        let in_use = super::snapshots::blocking(move || snapshotters.namespace_in_use(&ns)).await?;
+        if in_use {
+            return Err(Error::precondition(format!(
+                "namespace {name:?} must be empty, but it still has snapshots"
+            ))
+            .into());
+        }
         self.0.meta.delete_namespace(&name).await?;
         self.0.events.publish(
             &name,

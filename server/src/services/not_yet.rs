@@ -36,11 +36,6 @@ macro_rules! not_yet {
 }
 
 not_yet!(
-    SnapshotsNotYet,
-    "containerd.services.snapshots.v1.Snapshots",
-    "berthd does not serve snapshots yet; the overlayfs snapshotter comes with the snapshots issue"
-);
-not_yet!(
     DiffNotYet,
     "containerd.services.diff.v1.Diff",
     "berthd does not apply or compute layers yet; the diff service comes with the snapshots issue"

@@ -19,7 +19,9 @@ use containerd_client::services::v1::introspection_client::IntrospectionClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::namespaces_client::NamespacesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
-use containerd_client::services::v1::snapshots::ListSnapshotsRequest;
+use containerd_client::services::v1::snapshots::{
+    ListSnapshotsRequest, PrepareSnapshotRequest, StatSnapshotRequest,
+};
 use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
     AbortRequest, AddResourceRequest, Container, CreateContainerRequest, CreateImageRequest,
@@ -2275,23 +2277,81 @@ async fn introspection_uuid_is_stable_and_plugins_filter() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshots_answer_unimplemented_naming_the_issue() {
+async fn snapshots_are_isolated_by_namespace() {
     let d = Daemon::start();
     let api = Api::connect(&d).await;
-    let req = ListSnapshotsRequest {
+    let prepare = |key: &str| PrepareSnapshotRequest {
         snapshotter: "overlayfs".into(),
-        filters: vec![],
+        key: key.into(),
+        parent: String::new(),
+        labels: HashMap::new(),
     };
-    let r = api.snapshots.clone().list(ns_req("default", req)).await;
-    let st = fails(
+    let mut snapshots = api.snapshots.clone();
+    snapshots
+        .prepare(ns_req("tenant-a", prepare("shared-key")))
+        .await
+        .expect("prepare in tenant-a");
+    // The same key in another namespace is another snapshot, not a conflict.
+    snapshots
+        .prepare(ns_req("tenant-b", prepare("shared-key")))
+        .await
+        .expect("prepare the same key in tenant-b");
+    snapshots
+        .prepare(ns_req("tenant-a", prepare("only-a")))
+        .await
+        .expect("prepare only-a");
+    let stat = |key: &str| StatSnapshotRequest {
+        snapshotter: "overlayfs".into(),
+        key: key.into(),
+    };
+    let r = snapshots.stat(ns_req("tenant-b", stat("only-a"))).await;
+    fails(
         into_inner(r).map(drop),
-        Code::Unimplemented,
-        "Snapshots/List",
+        Code::NotFound,
+        "Stat of another namespace's snapshot",
     );
-    assert!(
-        st.message().contains("snapshots issue"),
-        "the message should name the issue that brings snapshots: {:?}",
-        st.message()
+    let list = |ns: &'static str| {
+        let mut s = snapshots.clone();
+        async move {
+            let mut stream = s
+                .list(ns_req(
+                    ns,
+                    ListSnapshotsRequest {
+                        snapshotter: "overlayfs".into(),
+                        filters: vec![],
+                    },
+                ))
+                .await
+                .expect("list")
+                .into_inner();
+            let mut names = BTreeSet::new();
+            while let Some(msg) = stream.message().await.expect("list message") {
+                names.extend(msg.info.into_iter().map(|i| i.name));
+            }
+            names
+        }
+    };
+    assert_eq!(
+        list("tenant-a").await,
+        BTreeSet::from(["only-a".to_string(), "shared-key".to_string()])
+    );
+    assert_eq!(
+        list("tenant-b").await,
+        BTreeSet::from(["shared-key".to_string()])
+    );
+    let r = snapshots
+        .prepare(ns_req(
+            "tenant-a",
+            PrepareSnapshotRequest {
+                snapshotter: "no-such-snapshotter".into(),
+                ..prepare("x")
+            },
+        ))
+        .await;
+    fails(
+        into_inner(r).map(drop),
+        Code::InvalidArgument,
+        "unknown snapshotter",
     );
 }
 

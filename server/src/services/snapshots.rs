@@ -1,0 +1,240 @@
+//! Snapshots service: any loaded snapshotter, by the name the client asks for, scoped to the
+//! caller's namespace. Snapshotter calls touch the filesystem, so they run on blocking threads.
+
+use super::{lease, mask_paths, namespace, reply, RpcResult, State};
+use crate::error::{Error, Result};
+use crate::filters::{label_field, Adaptor, Filter};
+use crate::snapshots::Scoped;
+use berth_api::containerd::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
+use berth_api::containerd::services::leases::v1::Resource;
+use berth_api::containerd::services::snapshots::v1::{snapshots_server::Snapshots, *};
+use berth_api::containerd::types::Mount as ApiMount;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+pub struct SnapshotsService(pub Arc<State>);
+
+/// Infos per List message, as containerd batches them.
+const LIST_BATCH: usize = 100;
+
+/// Run a snapshotter call off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("snapshotter task failed: {e}")))?
+}
+
+pub fn to_api_mounts(mounts: Vec<berth_snapshotter::Mount>) -> Vec<ApiMount> {
+    mounts
+        .into_iter()
+        .map(|m| ApiMount {
+            r#type: m.r#type,
+            source: m.source,
+            target: m.target,
+            options: m.options,
+        })
+        .collect()
+}
+
+fn to_api_info(i: berth_snapshotter::Info) -> Info {
+    Info {
+        name: i.name,
+        parent: i.parent,
+        kind: match i.kind {
+            berth_snapshotter::Kind::View => Kind::View,
+            berth_snapshotter::Kind::Active => Kind::Active,
+            berth_snapshotter::Kind::Committed => Kind::Committed,
+        } as i32,
+        created_at: Some(i.created.into()),
+        updated_at: Some(i.updated.into()),
+        labels: i.labels,
+    }
+}
+
+impl SnapshotsService {
+    fn scoped<T>(&self, req: &Request<T>, snapshotter: &str) -> Result<(String, Scoped)> {
+        let ns = namespace(req)?;
+        let scoped = self.0.snapshotters.scoped(snapshotter, &ns)?;
+        Ok((ns, scoped))
+    }
+
+    /// Snapshots made under a client's lease belong to it until the lease goes.
+    async fn lease(
+        &self,
+        ns: &str,
+        lease: Option<String>,
+        snapshotter: &str,
+        key: &str,
+    ) -> Result<()> {
+        if let Some(lease) = lease {
+            let resource = Resource {
+                id: key.to_string(),
+                r#type: format!("snapshots/{snapshotter}"),
+            };
+            self.0
+                .meta
+                .add_lease_resource(ns, &lease, &resource)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Snapshots for SnapshotsService {
+    async fn prepare(
+        &self,
+        req: Request<PrepareSnapshotRequest>,
+    ) -> RpcResult<PrepareSnapshotResponse> {
+        let (ns, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
+        let lease_id = lease(&req)?;
+        let r = req.into_inner();
+        crate::validate::labels(&r.labels)?;
+        let (key, parent) = (r.key.clone(), r.parent.clone());
+        self.0.meta.touch_namespace(&ns).await?;
+        let mounts = blocking(move || s.prepare(&r.key, &r.parent, r.labels)).await?;
+        self.lease(&ns, lease_id, &r.snapshotter, &key).await?;
+        self.0
+            .events
+            .publish(&ns, "/snapshot/prepare", &SnapshotPrepare { key, parent });
+        reply(PrepareSnapshotResponse {
+            mounts: to_api_mounts(mounts),
+        })
+    }
+
+    async fn view(&self, req: Request<ViewSnapshotRequest>) -> RpcResult<ViewSnapshotResponse> {
+        let (ns, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
+        let lease_id = lease(&req)?;
+        let r = req.into_inner();
+        crate::validate::labels(&r.labels)?;
+        let key = r.key.clone();
+        self.0.meta.touch_namespace(&ns).await?;
+        let mounts = blocking(move || s.view(&r.key, &r.parent, r.labels)).await?;
+        self.lease(&ns, lease_id, &r.snapshotter, &key).await?;
+        reply(ViewSnapshotResponse {
+            mounts: to_api_mounts(mounts),
+        })
+    }
+
+    async fn mounts(&self, req: Request<MountsRequest>) -> RpcResult<MountsResponse> {
+        let (_, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
+        let key = req.into_inner().key;
+        let mounts = blocking(move || s.mounts(&key)).await?;
+        reply(MountsResponse {
+            mounts: to_api_mounts(mounts),
+        })
+    }
+
+    async fn commit(&self, req: Request<CommitSnapshotRequest>) -> RpcResult<()> {
+        let (ns, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
+        let lease_id = lease(&req)?;
+        let r = req.into_inner();
+        crate::validate::labels(&r.labels)?;
+        let (key, name) = (r.key.clone(), r.name.clone());
+        blocking(move || s.commit(&r.name, &r.key, r.labels)).await?;
+        self.lease(&ns, lease_id, &r.snapshotter, &name).await?;
+        self.0
+            .events
+            .publish(&ns, "/snapshot/commit", &SnapshotCommit { key, name });
+        reply(())
+    }
+
+    async fn remove(&self, req: Request<RemoveSnapshotRequest>) -> RpcResult<()> {
+        let (ns, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
+        let key = req.into_inner().key;
+        let k = key.clone();
+        blocking(move || s.remove(&k)).await?;
+        self.0
+            .events
+            .publish(&ns, "/snapshot/remove", &SnapshotRemove { key });
+        reply(())
+    }
+
+    async fn stat(&self, req: Request<StatSnapshotRequest>) -> RpcResult<StatSnapshotResponse> {
+        let (_, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
+        let key = req.into_inner().key;
+        let info = blocking(move || s.stat(&key)).await?;
+        reply(StatSnapshotResponse {
+            info: Some(to_api_info(info)),
+        })
+    }
+
+    async fn update(
+        &self,
+        req: Request<UpdateSnapshotRequest>,
+    ) -> RpcResult<UpdateSnapshotResponse> {
+        let (_, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
+        let r = req.into_inner();
+        let info = r.info.ok_or_else(|| Error::invalid("info must be set"))?;
+        crate::validate::labels(&info.labels)?;
+        let paths = mask_paths(r.update_mask);
+        let updated = blocking(move || {
+            // Only labels may change; the rest of the info is taken from the snapshot itself.
+            let mut current = s.stat(&info.name)?;
+            current.labels = info.labels;
+            s.update(current, &paths)
+        })
+        .await?;
+        reply(UpdateSnapshotResponse {
+            info: Some(to_api_info(updated)),
+        })
+    }
+
+    type ListStream = Pin<Box<dyn Stream<Item = Result<ListSnapshotsResponse, Status>> + Send>>;
+
+    async fn list(
+        &self,
+        req: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
+        let (_, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
+        let filter = Filter::parse_all(&req.get_ref().filters)?;
+        let infos = blocking(move || s.list()).await?;
+        let infos: Vec<Info> = infos
+            .into_iter()
+            .map(to_api_info)
+            .filter(|i| filter.matches(&InfoFields(i)))
+            .collect();
+        let batches: Vec<_> = infos
+            .chunks(LIST_BATCH)
+            .map(|c| Ok(ListSnapshotsResponse { info: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(batches))))
+    }
+
+    async fn usage(&self, req: Request<UsageRequest>) -> RpcResult<UsageResponse> {
+        let (_, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
+        let key = req.into_inner().key;
+        let usage = blocking(move || s.usage(&key)).await?;
+        reply(UsageResponse {
+            size: usage.size,
+            inodes: usage.inodes,
+        })
+    }
+
+    async fn cleanup(&self, req: Request<CleanupRequest>) -> RpcResult<()> {
+        let (_, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
+        blocking(move || s.cleanup()).await?;
+        reply(())
+    }
+}
+
+struct InfoFields<'a>(&'a Info);
+
+impl Adaptor for InfoFields<'_> {
+    fn field(&self, path: &[&str]) -> Option<String> {
+        let i = self.0;
+        match path {
+            ["name"] => Some(i.name.clone()),
+            ["parent"] => Some(i.parent.clone()),
+            ["kind"] => Kind::try_from(i.kind)
+                .ok()
+                .map(|k| k.as_str_name().to_lowercase()),
+            ["labels", ..] => label_field(&i.labels, path),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Snapshotters by name, seen through namespaces.
+//!
+//! A snapshotter stores opaque keys; berthd prefixes every key and committed name with
+//! `<namespace>/`, so two namespaces can hold the same chain ID or key without seeing each other.
+
+use crate::error::{Error, Result};
+use berth_snapshotter::{Info, Mount, Snapshotter, Usage};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+#[derive(Default, Clone)]
+pub struct Snapshotters {
+    by_name: BTreeMap<String, Arc<dyn Snapshotter>>,
+}
+
+impl Snapshotters {
+    pub fn insert(&mut self, s: Arc<dyn Snapshotter>) {
+        self.by_name.insert(s.name().to_string(), s);
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
+    /// One snapshotter, scoped to a namespace.
+    pub fn scoped(&self, name: &str, ns: &str) -> Result<Scoped> {
+        let inner = self.by_name.get(name).cloned().ok_or_else(|| {
+            Error::invalid(format!(
+                "snapshotter {name:?} is not loaded (available: {})",
+                self.names().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        Ok(Scoped {
+            inner,
+            prefix: format!("{ns}/"),
+        })
+    }
+
+    /// Whether any snapshotter holds a snapshot of `ns` (a namespace must be empty to go).
+    pub fn namespace_in_use(&self, ns: &str) -> Result<bool> {
+        let prefix = format!("{ns}/");
+        for s in self.by_name.values() {
+            let mut found = false;
+            s.walk(&mut |info| {
+                found |= info.name.starts_with(&prefix);
+                Ok(())
+            })?;
+            if found {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// A snapshotter as one namespace sees it. Blocking: call from `spawn_blocking`.
+pub struct Scoped {
+    inner: Arc<dyn Snapshotter>,
+    prefix: String,
+}
+
+impl Scoped {
+    pub fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn key(&self, key: &str) -> Result<String> {
+        if key.is_empty() {
+            return Err(Error::invalid("snapshot key must not be empty"));
+        }
+        Ok(format!("{}{key}", self.prefix))
+    }
+
+    /// Parents are optional; an empty one stays empty.
+    fn parent(&self, parent: &str) -> String {
+        if parent.is_empty() {
+            String::new()
+        } else {
+            format!("{}{parent}", self.prefix)
+        }
+    }
+
+    fn unscope(&self, mut info: Info) -> Info {
+        info.name = info
+            .name
+            .strip_prefix(&self.prefix)
+            .unwrap_or(&info.name)
+            .to_string();
+        info.parent = info
+            .parent
+            .strip_prefix(&self.prefix)
+            .unwrap_or(&info.parent)
+            .to_string();
+        info
+    }
+
+    /// Error messages name the client's key, not our namespaced one.
+    fn err(&self, e: berth_snapshotter::Error) -> Error {
+        use berth_snapshotter::Error as S;
+        let strip = |name: &str| name.strip_prefix(&self.prefix).unwrap_or(name).to_string();
+        match e {
+            S::NotFound(name) => {
+                Error::not_found(format!("snapshot {:?}: not found", strip(&name)))
+            }
+            S::AlreadyExists(name) => {
+                Error::exists(format!("snapshot {:?}: already exists", strip(&name)))
+            }
+            S::FailedPrecondition(m) => Error::precondition(m.replace(&self.prefix, "")),
+            S::InvalidArgument(m) => Error::invalid(m.replace(&self.prefix, "")),
+            other => other.into(),
+        }
+    }
+
+    pub fn stat(&self, key: &str) -> Result<Info> {
+        let info = self.inner.stat(&self.key(key)?).map_err(|e| self.err(e))?;
+        Ok(self.unscope(info))
+    }
+
+    pub fn update(&self, mut info: Info, paths: &[String]) -> Result<Info> {
+        info.name = self.key(&info.name)?;
+        info.parent = self.parent(&info.parent);
+        let info = self.inner.update(info, paths).map_err(|e| self.err(e))?;
+        Ok(self.unscope(info))
+    }
+
+    pub fn usage(&self, key: &str) -> Result<Usage> {
+        self.inner.usage(&self.key(key)?).map_err(|e| self.err(e))
+    }
+
+    pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        self.inner.mounts(&self.key(key)?).map_err(|e| self.err(e))
+    }
+
+    pub fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        self.inner
+            .prepare(&self.key(key)?, &self.parent(parent), labels)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn view(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        self.inner
+            .view(&self.key(key)?, &self.parent(parent), labels)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn commit(&self, name: &str, key: &str, labels: HashMap<String, String>) -> Result<()> {
+        self.inner
+            .commit(&self.key(name)?, &self.key(key)?, labels)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn remove(&self, key: &str) -> Result<()> {
+        self.inner.remove(&self.key(key)?).map_err(|e| self.err(e))
+    }
+
+    /// Every snapshot of this namespace.
+    pub fn list(&self) -> Result<Vec<Info>> {
+        let mut out = Vec::new();
+        self.inner.walk(&mut |info| {
+            if info.name.starts_with(&self.prefix) {
+                out.push(info.clone());
+            }
+            Ok(())
+        })?;
+        Ok(out.into_iter().map(|i| self.unscope(i)).collect())
+    }
+
+    pub fn active_dir(&self, key: &str) -> Result<std::path::PathBuf> {
+        self.inner
+            .active_dir(&self.key(key)?)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn cleanup(&self) -> Result<()> {
+        Ok(self.inner.cleanup()?)
+    }
+}
