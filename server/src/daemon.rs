@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::events::Exchange;
 use crate::metadata::Metadata;
 use crate::services::{self, *};
+use crate::snapshots::Snapshotters;
 use berth_api::containerd::services as api;
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{self, DirBuilder, File};
@@ -18,6 +19,9 @@ use std::time::{Duration, SystemTime};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
+/// How long in-flight calls may run after SIGTERM before berthd stops regardless.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Run berthd until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<()> {
     make_dir(&config.root, 0o711)?;
@@ -27,10 +31,12 @@ pub async fn run(config: Config) -> Result<()> {
     make_dir(&config.root.join("meta"), 0o700)?;
     let meta = Arc::new(Metadata::open(&config.root.join("meta"))?);
     let content = Arc::new(ContentStore::open(&config.root.join("content"))?);
+    let (snapshotters, snapshotter_errors) = open_snapshotters(&config.root)?;
     let state = Arc::new(State {
         meta: meta.clone(),
         content,
         events: Exchange::default(),
+        snapshotters,
     });
     tokio::spawn(expire_leases(
         meta.clone(),
@@ -42,9 +48,25 @@ pub async fn run(config: Config) -> Result<()> {
     tracing::info!(address = %address.display(), root = %config.root.display(), "berthd ready");
     notify_ready();
 
-    let result = router(&config, state)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
-        .await;
+    let events = state.events.clone();
+    let stopping = async move {
+        shutdown_signal().await;
+        events.close();
+    };
+    let serve = router(&config, state.clone(), &snapshotter_errors)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopping);
+    // In-flight calls get a bounded time to finish once the signal came; a client that never
+    // ends its stream must not keep the daemon up.
+    let result = tokio::select! {
+        r = serve => r,
+        _ = async {
+            state.events.closed().await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } => {
+            tracing::warn!("in-flight calls did not finish within {DRAIN_TIMEOUT:?}; stopping anyway");
+            Ok(())
+        }
+    };
     // Stop accepting first: the socket disappears as soon as we stop serving.
     let _ = fs::remove_file(&address);
     meta.sync_blocking()?;
@@ -52,7 +74,11 @@ pub async fn run(config: Config) -> Result<()> {
     result.map_err(|e| Error::Internal(format!("grpc server: {e}")))
 }
 
-fn router(config: &Config, state: Arc<State>) -> tonic::transport::server::Router {
+fn router(
+    config: &Config,
+    state: Arc<State>,
+    snapshotter_errors: &[(String, String)],
+) -> tonic::transport::server::Router {
     let recv = config.grpc.max_recv_message_size;
     let send = config.grpc.max_send_message_size;
     macro_rules! svc {
@@ -80,7 +106,7 @@ fn router(config: &Config, state: Arc<State>) -> tonic::transport::server::Route
             api::introspection::v1::introspection_server::IntrospectionServer,
             introspection::IntrospectionService {
                 state: state.clone(),
-                plugins: introspection::plugin_list(&config.root),
+                plugins: introspection::plugin_list(&config.root, snapshotter_errors),
             }
         ))
         .add_service(svc!(
@@ -105,11 +131,35 @@ fn router(config: &Config, state: Arc<State>) -> tonic::transport::server::Route
         ))
         .add_service(svc!(
             api::events::v1::events_server::EventsServer,
-            services::events::EventsService(state)
+            services::events::EventsService(state.clone())
         ))
-        .add_service(not_yet::SnapshotsNotYet)
+        .add_service(svc!(
+            api::snapshots::v1::snapshots_server::SnapshotsServer,
+            snapshots::SnapshotsService(state)
+        ))
         .add_service(not_yet::DiffNotYet)
         .add_service(not_yet::TasksNotYet)
+}
+
+/// The built-in snapshotters under `<root>/snapshots/<name>`. overlayfs needs a filesystem that
+/// can hold an overlay upper dir; where it cannot, it is reported as a failed plugin (as containerd
+/// does) and native remains. Returns the init errors by snapshotter name.
+fn open_snapshotters(root: &Path) -> Result<(Snapshotters, Vec<(String, String)>)> {
+    use berth_snapshotter::{overlay_supported, NativeSnapshotter, OverlaySnapshotter};
+    let dir = root.join("snapshots");
+    make_dir(&dir, 0o700)?;
+    let mut snapshotters = Snapshotters::default();
+    let mut errors = Vec::new();
+    let overlay_root = dir.join("overlayfs");
+    match overlay_supported(&dir).and_then(|()| OverlaySnapshotter::open(&overlay_root)) {
+        Ok(s) => snapshotters.insert(Arc::new(s)),
+        Err(e) => {
+            tracing::warn!(error = %e, "overlayfs snapshotter unavailable");
+            errors.push(("overlayfs".to_string(), e.to_string()));
+        }
+    }
+    snapshotters.insert(Arc::new(NativeSnapshotter::open(&dir.join("native"))?));
+    Ok((snapshotters, errors))
 }
 
 fn make_dir(path: &Path, mode: u32) -> Result<()> {

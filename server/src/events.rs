@@ -14,12 +14,15 @@ const BACKLOG: usize = 4096;
 #[derive(Clone)]
 pub struct Exchange {
     tx: broadcast::Sender<Arc<Envelope>>,
+    /// Set at shutdown: subscriber streams end so the server can drain.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for Exchange {
     fn default() -> Self {
         Exchange {
             tx: broadcast::channel(BACKLOG).0,
+            closed: tokio::sync::watch::channel(false).0,
         }
     }
 }
@@ -43,6 +46,20 @@ impl Exchange {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Envelope>> {
         self.tx.subscribe()
+    }
+
+    /// End every subscription (daemon shutdown): long-lived streams would otherwise hold the
+    /// graceful drain open forever.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Resolves once `close` has been called.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closed.subscribe();
+        async move {
+            let _ = rx.wait_for(|closed| *closed).await;
+        }
     }
 }
 

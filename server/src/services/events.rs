@@ -55,11 +55,14 @@ impl Events for EventsService {
     ) -> Result<Response<EnvelopeStream>, Status> {
         let filter = Filter::parse_all(&req.get_ref().filters)?;
         let mut rx = self.0.events.subscribe();
+        let closed = self.0.events.closed();
         let stream = async_stream(move |tx| async move {
+            tokio::pin!(closed);
             loop {
                 let next = tokio::select! {
                     next = rx.recv() => next,
                     _ = tx.closed() => return, // the subscriber went away
+                    _ = &mut closed => return, // the daemon is shutting down
                 };
                 match next {
                     Ok(env) if matches(&filter, &env) => {
