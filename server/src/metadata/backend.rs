@@ -28,6 +28,14 @@ pub trait Backend: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// All pairs whose key starts with `prefix`, in key order.
     fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// At most `limit` pairs under `prefix` with keys after `after` (all when None), in key order:
+    /// lets long listings stream page by page instead of materialising everything.
+    fn scan_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Whether any key starts with `prefix` (cheaper than a scan).
     fn any_with_prefix(&self, prefix: &[u8]) -> Result<bool>;
     /// Apply all writes of `batch` atomically (all or none survive a crash).
@@ -62,6 +70,28 @@ impl Backend for SledBackend {
     fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.db
             .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn scan_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(k) => Bound::Excluded(k.to_vec()),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        self.db
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+            .take(limit)
             .map(|kv| {
                 let (k, v) = kv?;
                 Ok((k.to_vec(), v.to_vec()))

@@ -23,6 +23,30 @@ impl Metadata {
             .collect())
     }
 
+    /// Containers page by page, for streaming: up to `limit` records after the key `after`,
+    /// filtered; returns the last key read (None when done).
+    pub fn list_containers_page(
+        &self,
+        ns: &str,
+        filter: &Filter,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Container>, Option<Vec<u8>>)> {
+        let page =
+            self.scan_page::<Container>(&keys::objects(ns, keys::CONTAINERS), after, limit)?;
+        let last = if page.len() == limit {
+            page.last().map(|(k, _)| k.clone())
+        } else {
+            None
+        };
+        let matching = page
+            .into_iter()
+            .map(|(_, c)| c)
+            .filter(|c| filter.matches(&ContainerFields(c)))
+            .collect();
+        Ok((matching, last))
+    }
+
     pub async fn create_container(&self, ns: &str, mut c: Container) -> Result<Container> {
         validate_container(&c)?;
         self.update(|tx| {

@@ -142,6 +142,20 @@ impl Metadata {
             .collect()
     }
 
+    /// One page of records under `prefix` after the key `after`; see `Backend::scan_page`.
+    pub fn scan_page<M: Message + Default>(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, M)>> {
+        self.backend
+            .scan_page(prefix, after, limit)?
+            .into_iter()
+            .map(|(k, v)| Ok((k, decode(&v)?)))
+            .collect()
+    }
+
     /// Run `f` as one atomic transaction and return once its writes are durable.
     pub async fn update<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
         let (out, seq) = {

@@ -12,6 +12,9 @@ use tonic::{Request, Response, Status};
 
 pub struct ContainersService(pub Arc<State>);
 
+/// Records read from the store per step of a ListStream.
+const LIST_PAGE: usize = 64;
+
 type ContainerStream = Pin<Box<dyn Stream<Item = Result<ListContainerMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -40,13 +43,40 @@ impl Containers for ContainersService {
     ) -> Result<Response<ContainerStream>, Status> {
         let ns = namespace(&req)?;
         let filter = Filter::parse_all(&req.get_ref().filters)?;
-        let containers = self.0.meta.list_containers(&ns, &filter)?;
-        let stream = tokio_stream::iter(
-            containers
-                .into_iter()
-                .map(|c| Ok(ListContainerMessage { container: Some(c) })),
-        );
-        Ok(Response::new(Box::pin(stream)))
+        // Page through the store while sending, so memory stays bounded by a page however many
+        // containers the namespace holds.
+        let (tx, rx) = tokio::sync::mpsc::channel(LIST_PAGE);
+        let state = self.0.clone();
+        tokio::spawn(async move {
+            let mut after = None;
+            loop {
+                let page = tokio::task::block_in_place(|| {
+                    state
+                        .meta
+                        .list_containers_page(&ns, &filter, after.as_deref(), LIST_PAGE)
+                });
+                let (containers, last) = match page {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                for c in containers {
+                    let msg = ListContainerMessage { container: Some(c) };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return; // the client went away
+                    }
+                }
+                match last {
+                    Some(k) => after = Some(k),
+                    None => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn create(
