@@ -55,7 +55,8 @@ const CLIENT_MAX_MESSAGE: usize = 32 << 20;
 const PATIENCE: Duration = Duration::from_secs(20);
 const RUNC: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
-const SAMPLE_SPEC: &str = "/work/shared/reference/ctr-traces/sample_spec_run_rm.json";
+/// A realistic OCI runtime spec, as `ctr run` sends in Containers/Create.
+const SAMPLE_SPEC: &[u8] = include_bytes!("spec.json");
 const LEASE_HEADER: &str = "containerd-lease";
 const INDEX_MT: &str = "application/vnd.oci.image.index.v1+json";
 const MANIFEST_MT: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -240,7 +241,7 @@ async fn eventually<F: FnMut() -> bool>(what: &str, mut cond: F) {
 fn spec_any() -> Any {
     Any {
         type_url: SPEC_TYPE_URL.into(),
-        value: std::fs::read(SAMPLE_SPEC).expect("read the sample spec"),
+        value: SAMPLE_SPEC.to_vec(),
     }
 }
 
