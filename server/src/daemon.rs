@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::content::ContentStore;
 use crate::error::{Error, Result};
 use crate::events::Exchange;
+use crate::gc::Collector;
 use crate::metadata::Metadata;
 use crate::services::{self, *};
 use crate::snapshots::Snapshotters;
@@ -32,11 +33,18 @@ pub async fn run(config: Config) -> Result<()> {
     let meta = Arc::new(Metadata::open(&config.root.join("meta"))?);
     let content = Arc::new(ContentStore::open(&config.root.join("content"))?);
     let (snapshotters, snapshotter_errors) = open_snapshotters(&config.root)?;
+    let gc = Arc::new(Collector::new(
+        meta.clone(),
+        content.clone(),
+        snapshotters.clone(),
+    ));
+    tokio::spawn(gc.clone().run_scheduled());
     let state = Arc::new(State {
         meta: meta.clone(),
         content,
         events: Exchange::default(),
         snapshotters,
+        gc,
     });
     tokio::spawn(expire_leases(
         meta.clone(),

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod error;
 pub mod events;
 pub mod filters;
+pub mod gc;
 pub mod metadata;
 pub mod services;
 pub mod snapshots;

@@ -316,7 +316,53 @@ pub async fn run(lab: &Lab, opts: &Opts) -> Result<(Vec<Figure>, usize)> {
     figs.push(durable_write(lab, opts).await?);
     let (list_figs, stored) = list(lab, opts, &chans, &spec).await?;
     figs.extend(list_figs);
-    Ok((figs, stored))
+    let (small_fig, small) = list_small(opts, &chans).await?;
+    figs.push(small_fig);
+    Ok((figs, stored + small))
+}
+
+/// Unary List of containers whose records are small (a minimal spec, no labels): the cost of the
+/// listing itself rather than of moving ~100 MB of specs.
+async fn list_small(opts: &Opts, chans: &[Vec<Channel>; 2]) -> Result<(Figure, usize)> {
+    const NS: &str = "bench-list-small";
+    let size = if opts.quick { 1_000 } else { 10_000 };
+    let spec = Arc::new(prost_types::Any {
+        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+        value: br#"{"ociVersion":"1.0.2-dev"}"#.to_vec(),
+    });
+    for kind in [Kind::Berth, Kind::Containerd] {
+        populate(&chans[slot(kind)], NS, 0, size, &spec).await?;
+    }
+    let mut clients = [
+        containers(chans[0][0].clone()),
+        containers(chans[1][0].clone()),
+    ];
+    let reps = if opts.quick { 6 } else { 20 };
+    let mut samples = Samples::default();
+    for rep in 0..reps {
+        let mut per: [Vec<f64>; 2] = Default::default();
+        for kind in order(rep) {
+            let (d, n) = list_once(&mut clients[slot(kind)], NS, false)
+                .await
+                .map_err(|s| format!("{}: List: {}", kind.name(), s.message()))?;
+            if n != size {
+                return Err(format!("{}: List returned {n}, expected {size}", kind.name()).into());
+            }
+            per[slot(kind)].push(d.as_secs_f64() * 1e3);
+        }
+        samples.round_by_kind(&per);
+    }
+    let fig = Figure::new(
+        G,
+        format!("containers.list_small.{size}"),
+        format!(
+            "containers List, {} minimal containers (one call)",
+            thousands(size)
+        ),
+        "ms",
+        Better::Lower,
+    );
+    Ok((fig.with(samples.outcome()), size))
 }
 
 /// The latency of one durable write: sequential namespaces Create (one small record, fsynced before
@@ -383,6 +429,7 @@ async fn durable_write(lab: &Lab, opts: &Opts) -> Result<Figure> {
 /// Create containers `from..to` in the list namespace, spread over the 8 connections.
 async fn populate(
     chans: &[Channel],
+    ns: &'static str,
     from: usize,
     to: usize,
     spec: &Arc<prost_types::Any>,
@@ -396,7 +443,7 @@ async fn populate(
                 call(
                     &mut client,
                     Op::Create,
-                    LIST_NS,
+                    ns,
                     &format!("list-{i:05}"),
                     &spec,
                     0,
@@ -415,9 +462,10 @@ async fn populate(
 
 async fn list_once(
     client: &mut ContainersClient<Channel>,
+    ns: &str,
     stream: bool,
 ) -> std::result::Result<(Duration, usize), tonic::Status> {
-    let req = with_namespace(LIST_NS, ListContainersRequest { filters: vec![] });
+    let req = with_namespace(ns, ListContainersRequest { filters: vec![] });
     let t = Instant::now();
     let n = if stream {
         let mut s = client.list_stream(req).await?.into_inner();
@@ -450,7 +498,7 @@ async fn list(
     for &size in sizes {
         let t0 = Instant::now();
         for kind in [Kind::Berth, Kind::Containerd] {
-            populate(&chans[slot(kind)], have, size, spec).await?;
+            populate(&chans[slot(kind)], LIST_NS, have, size, spec).await?;
         }
         eprintln!(
             "[metadata] populated {} containers on both daemons in {:.1} s",
@@ -493,7 +541,7 @@ async fn list(
             'reps: for rep in 0..reps {
                 let mut per: [Vec<f64>; 2] = Default::default();
                 for kind in order(rep) {
-                    match list_once(&mut clients[slot(kind)], stream).await {
+                    match list_once(&mut clients[slot(kind)], LIST_NS, stream).await {
                         Ok((d, n)) if n == size => per[slot(kind)].push(d.as_secs_f64() * 1e3),
                         Ok((_, n)) => {
                             failed = Some(format!(

@@ -115,6 +115,53 @@ impl Metadata {
         .await
     }
 
+    /// Garbage collection's sweep: drop the records of `digests` in `ns` in one transaction, except
+    /// those created or updated at or after `marked_at` (written while the collector was marking).
+    /// Returns the digests no namespace references any more, whose bytes can go.
+    pub async fn remove_unreferenced_content(
+        &self,
+        ns: &str,
+        digests: &[Digest],
+        marked_at: std::time::SystemTime,
+    ) -> Result<Vec<Digest>> {
+        let marked_at = prost_types::Timestamp::from(marked_at);
+        let before = |t: &Option<prost_types::Timestamp>| {
+            t.as_ref()
+                .is_some_and(|t| (t.seconds, t.nanos) < (marked_at.seconds, marked_at.nanos))
+        };
+        self.update(|tx| {
+            let namespaces: Vec<String> = tx
+                .scan_keys(keys::NAMESPACES)?
+                .into_iter()
+                .map(|k| String::from_utf8_lossy(&k[keys::NAMESPACES.len()..]).into_owned())
+                .filter(|other| other != ns)
+                .collect();
+            let mut orphaned = Vec::new();
+            for digest in digests {
+                let key = keys::object(ns, keys::CONTENT, digest.as_str());
+                let Some(info) = tx.get::<Info>(&key)? else {
+                    continue;
+                };
+                if !(before(&info.created_at) && before(&info.updated_at)) {
+                    continue;
+                }
+                tx.delete(key);
+                let mut elsewhere = false;
+                for other in &namespaces {
+                    if tx.exists(&keys::object(other, keys::CONTENT, digest.as_str()))? {
+                        elsewhere = true;
+                        break;
+                    }
+                }
+                if !elsewhere {
+                    orphaned.push(digest.clone());
+                }
+            }
+            Ok(orphaned)
+        })
+        .await
+    }
+
     /// Tie an ingest to the caller's lease so a later GC keeps it while the client writes.
     pub async fn lease_ingest(&self, ns: &str, lease: &str, ingest_ref: &str) -> Result<()> {
         self.update(|tx| add_to_lease(tx, ns, lease, "ingests", ingest_ref))

@@ -138,6 +138,7 @@ impl Containers for ContainersService {
         self.0
             .events
             .publish(&ns, "/containers/delete", &ContainerDelete { id });
+        self.0.gc.schedule();
         reply(())
     }
 }

@@ -65,11 +65,13 @@ impl Images for ImagesService {
 
     async fn delete(&self, req: Request<DeleteImageRequest>) -> RpcResult<()> {
         let ns = namespace(&req)?;
-        let name = req.into_inner().name;
+        let req = req.into_inner();
+        let name = req.name;
         self.0.meta.delete_image(&ns, &name).await?;
         self.0
             .events
             .publish(&ns, "/images/delete", &ImageDelete { name });
+        super::collect_garbage(&self.0, req.sync).await?;
         reply(())
     }
 }

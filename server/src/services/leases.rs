@@ -28,7 +28,9 @@ impl Leases for LeasesService {
 
     async fn delete(&self, req: Request<DeleteRequest>) -> RpcResult<()> {
         let ns = namespace(&req)?;
-        self.0.meta.delete_lease(&ns, &req.get_ref().id).await?;
+        let req = req.into_inner();
+        self.0.meta.delete_lease(&ns, &req.id).await?;
+        super::collect_garbage(&self.0, req.sync).await?;
         reply(())
     }
 

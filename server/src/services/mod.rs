@@ -29,6 +29,7 @@ pub struct State {
     pub content: Arc<ContentStore>,
     pub events: Exchange,
     pub snapshotters: Snapshotters,
+    pub gc: Arc<crate::gc::Collector>,
 }
 
 /// The namespace a call acts in, from the `containerd-namespace` header; required like in containerd.
@@ -67,6 +68,16 @@ pub fn mask_paths(mask: Option<prost_types::FieldMask>) -> Vec<String> {
 }
 
 pub type RpcResult<T> = std::result::Result<tonic::Response<T>, tonic::Status>;
+
+/// After a deletion: collect now when the client asked to wait (`sync`), else soon.
+pub async fn collect_garbage(state: &State, sync: bool) -> Result<()> {
+    if sync {
+        state.gc.collect().await?;
+    } else {
+        state.gc.schedule();
+    }
+    Ok(())
+}
 
 pub fn reply<T>(t: T) -> RpcResult<T> {
     Ok(tonic::Response::new(t))

@@ -4,7 +4,7 @@
 use super::{lease, mask_paths, namespace, reply, RpcResult, State};
 use crate::error::{Error, Result};
 use crate::filters::{label_field, Adaptor, Filter};
-use crate::snapshots::Scoped;
+use crate::snapshots::{blocking, Scoped};
 use berth_api::containerd::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
 use berth_api::containerd::services::leases::v1::Resource;
 use berth_api::containerd::services::snapshots::v1::{snapshots_server::Snapshots, *};
@@ -18,15 +18,6 @@ pub struct SnapshotsService(pub Arc<State>);
 
 /// Infos per List message, as containerd batches them.
 const LIST_BATCH: usize = 100;
-
-/// Run a snapshotter call off the async threads.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("snapshotter task failed: {e}")))?
-}
 
 pub fn to_api_mounts(mounts: Vec<berth_snapshotter::Mount>) -> Vec<ApiMount> {
     mounts

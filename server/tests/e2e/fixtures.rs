@@ -47,10 +47,11 @@ pub struct OciArchive {
 }
 
 impl OciArchive {
-    /// The blobs `ctr images import` stores in the content store: index.json, manifest, config
-    /// and layer.
-    pub fn blobs(&self) -> [&Blob; 4] {
-        [&self.index, &self.manifest, &self.config, &self.layer]
+    /// The blobs the imported image references, which garbage collection keeps: manifest, config
+    /// and layer. (`ctr images import` also stores the archive's index.json, which nothing
+    /// references once the import's lease ends, so the collector removes it, as containerd's does.)
+    pub fn blobs(&self) -> [&Blob; 3] {
+        [&self.manifest, &self.config, &self.layer]
     }
 
     /// manifest + config + layer: what `ctr images ls` reports as the image's size.
