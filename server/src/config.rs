@@ -19,6 +19,26 @@ pub struct Config {
     pub grpc: GrpcConfig,
     pub debug: DebugConfig,
     pub leases: LeaseConfig,
+    pub diff: DiffConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiffConfig {
+    /// Largest uncompressed layer Apply accepts: bounds a decompression bomb.
+    pub max_uncompressed_bytes: u64,
+    /// Most tar entries in one layer: bounds an inode bomb.
+    pub max_entries: u64,
+}
+
+impl Default for DiffConfig {
+    fn default() -> Self {
+        let limits = crate::diff::Limits::default();
+        DiffConfig {
+            max_uncompressed_bytes: limits.max_uncompressed_bytes,
+            max_entries: limits.max_entries,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,6 +77,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             debug: DebugConfig::default(),
             leases: LeaseConfig::default(),
+            diff: DiffConfig::default(),
         }
     }
 }

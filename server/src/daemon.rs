@@ -27,6 +27,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(config: Config) -> Result<()> {
     make_dir(&config.root, 0o711)?;
     make_dir(&config.state, 0o711)?;
+    make_dir(&config.state.join("mounts"), 0o700)?;
     let _root_lock = lock_root(&config.root)?;
 
     make_dir(&config.root.join("meta"), 0o700)?;
@@ -143,9 +144,20 @@ fn router(
         ))
         .add_service(svc!(
             api::snapshots::v1::snapshots_server::SnapshotsServer,
-            snapshots::SnapshotsService(state)
+            snapshots::SnapshotsService(state.clone())
         ))
-        .add_service(not_yet::DiffNotYet)
+        .add_service(svc!(
+            api::diff::v1::diff_server::DiffServer,
+            diff::DiffService {
+                state: state.clone(),
+                snapshots_root: config.root.join("snapshots"),
+                mounts_dir: config.state.join("mounts"),
+                limits: crate::diff::Limits {
+                    max_uncompressed_bytes: config.diff.max_uncompressed_bytes,
+                    max_entries: config.diff.max_entries,
+                },
+            }
+        ))
         .add_service(not_yet::TasksNotYet)
 }
 

@@ -36,11 +36,6 @@ macro_rules! not_yet {
 }
 
 not_yet!(
-    DiffNotYet,
-    "containerd.services.diff.v1.Diff",
-    "berthd does not apply or compute layers yet; the diff service comes with the snapshots issue"
-);
-not_yet!(
     TasksNotYet,
     "containerd.services.tasks.v1.Tasks",
     "berthd does not run tasks yet; the shim and runc support come with the tasks issue"

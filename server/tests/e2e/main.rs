@@ -6,3 +6,4 @@ mod api;
 mod ctr;
 mod fixtures;
 mod harness;
+mod images;
