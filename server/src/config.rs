@@ -20,6 +20,26 @@ pub struct Config {
     pub debug: DebugConfig,
     pub leases: LeaseConfig,
     pub diff: DiffConfig,
+    /// External plugins reached over a unix socket, as containerd's `[proxy_plugins.NAME]`.
+    pub proxy_plugins: std::collections::BTreeMap<String, ProxyPlugin>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyPlugin {
+    /// Only "snapshot" is supported.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The plugin's unix socket.
+    pub address: PathBuf,
+    /// The snapshotter name to ask the remote for (berth extension; default: the plugin's name).
+    #[serde(default)]
+    pub snapshotter: Option<String>,
+    /// Accepted for containerd config compatibility; berth does not use them.
+    #[serde(default)]
+    pub platform: Option<String>,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +98,7 @@ impl Default for Config {
             debug: DebugConfig::default(),
             leases: LeaseConfig::default(),
             diff: DiffConfig::default(),
+            proxy_plugins: Default::default(),
         }
     }
 }

@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::events::Exchange;
 use crate::gc::Collector;
 use crate::metadata::Metadata;
+use crate::remote_snapshotter::RemoteSnapshotter;
 use crate::services::{self, *};
 use crate::snapshots::Snapshotters;
 use berth_api::containerd::services as api;
@@ -33,7 +34,7 @@ pub async fn run(config: Config) -> Result<()> {
     make_dir(&config.root.join("meta"), 0o700)?;
     let meta = Arc::new(Metadata::open(&config.root.join("meta"))?);
     let content = Arc::new(ContentStore::open(&config.root.join("content"))?);
-    let (snapshotters, snapshotter_errors) = open_snapshotters(&config.root)?;
+    let (snapshotters, snapshotter_errors) = open_snapshotters(&config)?;
     let gc = Arc::new(Collector::new(
         meta.clone(),
         content.clone(),
@@ -115,7 +116,15 @@ fn router(
             api::introspection::v1::introspection_server::IntrospectionServer,
             introspection::IntrospectionService {
                 state: state.clone(),
-                plugins: introspection::plugin_list(&config.root, snapshotter_errors),
+                plugins: introspection::plugin_list(
+                    &config.root,
+                    &state
+                        .snapshotters
+                        .names()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>(),
+                    snapshotter_errors,
+                ),
             }
         ))
         .add_service(svc!(
@@ -164,7 +173,8 @@ fn router(
 /// The built-in snapshotters under `<root>/snapshots/<name>`. overlayfs needs a filesystem that
 /// can hold an overlay upper dir; where it cannot, it is reported as a failed plugin (as containerd
 /// does) and native remains. Returns the init errors by snapshotter name.
-fn open_snapshotters(root: &Path) -> Result<(Snapshotters, Vec<(String, String)>)> {
+fn open_snapshotters(config: &Config) -> Result<(Snapshotters, Vec<(String, String)>)> {
+    let root = &config.root;
     use berth_snapshotter::{overlay_supported, NativeSnapshotter, OverlaySnapshotter};
     let dir = root.join("snapshots");
     make_dir(&dir, 0o700)?;
@@ -179,6 +189,18 @@ fn open_snapshotters(root: &Path) -> Result<(Snapshotters, Vec<(String, String)>
         }
     }
     snapshotters.insert(Arc::new(NativeSnapshotter::open(&dir.join("native"))?));
+    for (name, plugin) in &config.proxy_plugins {
+        if plugin.kind != "snapshot" {
+            return Err(Error::invalid(format!(
+                "proxy plugin {name:?}: type {:?} is not supported (berthd proxies snapshotters only)",
+                plugin.kind
+            )));
+        }
+        let remote_name = plugin.snapshotter.as_deref().unwrap_or(name);
+        let remote = RemoteSnapshotter::new(name, remote_name, &plugin.address)?;
+        tracing::info!(name, address = %plugin.address.display(), "proxy snapshotter");
+        snapshotters.insert(Arc::new(remote));
+    }
     Ok((snapshotters, errors))
 }
 

@@ -12,6 +12,7 @@ pub mod events;
 pub mod filters;
 pub mod gc;
 pub mod metadata;
+pub mod remote_snapshotter;
 pub mod services;
 pub mod snapshots;
 pub mod validate;

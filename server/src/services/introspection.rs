@@ -12,7 +12,11 @@ pub struct IntrospectionService {
 
 /// The plugins this daemon really runs, in containerd's type/id vocabulary, so tools that inspect
 /// `ctr plugins ls` see what is there (and what is not yet).
-pub fn plugin_list(root: &std::path::Path, snapshotter_errors: &[(String, String)]) -> Vec<Plugin> {
+pub fn plugin_list(
+    root: &std::path::Path,
+    snapshotters: &[String],
+    snapshotter_errors: &[(String, String)],
+) -> Vec<Plugin> {
     let platform = Platform {
         os: "linux".into(),
         architecture: std::env::consts::ARCH
@@ -62,10 +66,16 @@ pub fn plugin_list(root: &std::path::Path, snapshotter_errors: &[(String, String
     };
     let grpc = "io.containerd.grpc.v1";
     let deps = &["io.containerd.metadata.v1"];
-    vec![
-        content,
-        snapshotter("native"),
-        snapshotter("overlayfs"),
+    let mut names: Vec<&str> = snapshotters
+        .iter()
+        .map(String::as_str)
+        .chain(snapshotter_errors.iter().map(|(n, _)| n.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut plugins = vec![content];
+    plugins.extend(names.into_iter().map(snapshotter));
+    plugins.extend([
         metadata,
         plugin("io.containerd.event.v1", "exchange", &[]),
         plugin(grpc, "containers", deps),
@@ -77,7 +87,8 @@ pub fn plugin_list(root: &std::path::Path, snapshotter_errors: &[(String, String
         plugin(grpc, "namespaces", deps),
         plugin(grpc, "snapshots", &["io.containerd.snapshotter.v1"]),
         plugin(grpc, "version", &[]),
-    ]
+    ]);
+    plugins
 }
 
 #[tonic::async_trait]

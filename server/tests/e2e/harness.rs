@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 pub struct Daemon {
     child: Option<Child>,
+    /// A config file passed with --config, if the test wrote one.
+    config: Option<PathBuf>,
     /// Holds root, state and socket; removed when the test ends.
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
@@ -21,14 +23,25 @@ pub fn require_root() {
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Self::start_with_config("")
+    }
+
+    /// Start with extra TOML configuration (e.g. proxy plugins); flags still set the paths.
+    pub fn start_with_config(toml: &str) -> Daemon {
         require_root();
         let dir = tempfile::Builder::new()
             .prefix("berth-e2e-")
             .tempdir()
             .expect("create temp dir");
         let socket = dir.path().join("berthd.sock");
+        let config = (!toml.is_empty()).then(|| {
+            let path = dir.path().join("config.toml");
+            std::fs::write(&path, toml).expect("write config");
+            path
+        });
         let mut d = Daemon {
             child: None,
+            config,
             dir,
             socket,
         };
@@ -56,7 +69,11 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("berthd.log"))
             .expect("open log");
-        let child = Command::new(env!("CARGO_BIN_EXE_berthd"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berthd"));
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
+        let child = cmd
             .arg("--root")
             .arg(self.root())
             .arg("--state")

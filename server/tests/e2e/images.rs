@@ -38,14 +38,17 @@ fn import_unpacks_into_overlay_snapshots() {
     let d = Daemon::start();
     let dir = tempfile::tempdir().unwrap();
     let image = archive(dir.path());
-    d.ctr("default", &["images", "import", image.path.to_str().unwrap()]);
+    d.ctr(
+        "default",
+        &["images", "import", image.path.to_str().unwrap()],
+    );
 
     // ctr computed the chain ID and committed the layer under it; berthd applied the layer.
     let keys = snapshot_keys(&d, "default");
     assert!(keys.contains(&chain_id(&image).to_string()), "{keys:?}");
     let check = d.ctr("default", &["images", "check"]);
     assert!(check.contains("complete"), "{check}");
-    assert!(!check.contains("unpacked: false") , "{check}");
+    assert!(!check.contains("unpacked: false"), "{check}");
 
     // The layer's uncompressed digest is recorded where ctr reads it back.
     let ls = d.ctr("default", &["content", "ls"]);
@@ -56,7 +59,10 @@ fn import_unpacks_into_overlay_snapshots() {
 
     // A container's rootfs: prepare on top of the chain, mount it on the host like ctr does,
     // and find busybox and the image's files there.
-    d.ctr("default", &["snapshots", "prepare", "rootfs-1", chain_id(&image)]);
+    d.ctr(
+        "default",
+        &["snapshots", "prepare", "rootfs-1", chain_id(&image)],
+    );
     let mounts = d.ctr("default", &["snapshots", "mounts", "/mnt/x", "rootfs-1"]);
     assert!(mounts.starts_with("mount -t overlay"), "{mounts}");
     let target = dir.path().join("rootfs");
@@ -77,7 +83,10 @@ fn import_unpacks_into_overlay_snapshots() {
     let passwd = std::fs::read_to_string(target.join("etc/passwd"));
     // Write through the overlay: it lands in the container's own layer, not the image's.
     std::fs::write(target.join("new-file"), b"container data").unwrap();
-    let status = std::process::Command::new("umount").arg(&target).status().unwrap();
+    let status = std::process::Command::new("umount")
+        .arg(&target)
+        .status()
+        .unwrap();
     assert!(status.success());
     assert!(busybox.expect("bin/busybox in the rootfs").len() > 100_000);
     assert!(passwd.expect("etc/passwd").starts_with("root:"));
@@ -87,9 +96,11 @@ fn import_unpacks_into_overlay_snapshots() {
     // Removing the image and the container's snapshot frees the layer snapshot too.
     d.ctr("default", &["snapshots", "rm", "rootfs-1"]);
     d.ctr("default", &["images", "rm", "--sync", IMAGE]);
-    poll(Duration::from_secs(10), "the layer snapshot to be collected", || {
-        snapshot_keys(&d, "default").is_empty()
-    });
+    poll(
+        Duration::from_secs(10),
+        "the layer snapshot to be collected",
+        || snapshot_keys(&d, "default").is_empty(),
+    );
     let layers = d.root().join("snapshots/overlayfs/snapshots");
     let left: Vec<_> = std::fs::read_dir(&layers)
         .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
@@ -103,9 +114,15 @@ fn run_creates_the_container_and_stops_at_tasks() {
     let d = Daemon::start();
     let dir = tempfile::tempdir().unwrap();
     let image = archive(dir.path());
-    d.ctr("default", &["images", "import", image.path.to_str().unwrap()]);
+    d.ctr(
+        "default",
+        &["images", "import", image.path.to_str().unwrap()],
+    );
     let err = d.ctr_err("default", &["run", IMAGE, "c1", "echo", "hi"]);
-    assert!(err.contains("tasks issue"), "ctr run should stop at task creation: {err}");
+    assert!(
+        err.contains("tasks issue"),
+        "ctr run should stop at task creation: {err}"
+    );
     // Everything before the task exists: the container record and its rootfs snapshot.
     let containers = d.ctr("default", &["containers", "ls", "-q"]);
     assert_eq!(containers.trim(), "c1");
@@ -121,12 +138,91 @@ fn export_round_trips_an_imported_image() {
     let d = Daemon::start();
     let dir = tempfile::tempdir().unwrap();
     let image = archive(dir.path());
-    d.ctr("default", &["images", "import", image.path.to_str().unwrap()]);
+    d.ctr(
+        "default",
+        &["images", "import", image.path.to_str().unwrap()],
+    );
     let out = dir.path().join("export.tar");
-    d.ctr("default", &["images", "export", out.to_str().unwrap(), IMAGE]);
+    d.ctr(
+        "default",
+        &["images", "export", out.to_str().unwrap(), IMAGE],
+    );
     // Import the export into another namespace: same manifest, unpacked again.
     d.ctr("other", &["images", "import", out.to_str().unwrap()]);
     let ls = d.ctr("other", &["images", "ls"]);
     assert!(ls.contains(&image.manifest.digest), "{ls}");
     assert!(snapshot_keys(&d, "other").contains(&chain_id(&image).to_string()));
+}
+
+#[test]
+fn a_second_berthd_serves_as_a_proxy_snapshotter() {
+    // The remote: a plain berthd whose overlayfs snapshotter the first one reaches over its socket.
+    let remote = Daemon::start();
+    let d = Daemon::start_with_config(&format!(
+        "[proxy_plugins.remote]\ntype = \"snapshot\"\naddress = {:?}\nsnapshotter = \"overlayfs\"\n",
+        remote.socket
+    ));
+    let plugins = d.ctr("default", &["plugins", "ls"]);
+    assert!(
+        plugins
+            .lines()
+            .any(|l| l.contains("io.containerd.snapshotter.v1") && l.contains("remote")),
+        "{plugins}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let image = archive(dir.path());
+    d.ctr(
+        "default",
+        &[
+            "images",
+            "import",
+            "--snapshotter",
+            "remote",
+            image.path.to_str().unwrap(),
+        ],
+    );
+    let snapshots = |d: &Daemon, ns: &str, snapshotter: &str| {
+        d.ctr(ns, &["snapshots", "--snapshotter", snapshotter, "ls"])
+    };
+    // Through the proxy the layer is listed under its chain ID...
+    assert!(snapshots(&d, "default", "remote").contains(chain_id(&image)));
+    // ...nothing landed in the local overlayfs snapshotter...
+    assert!(!snapshots(&d, "default", "overlayfs").contains(chain_id(&image)));
+    // ...and the remote daemon really holds it (keys carry the proxy's namespace prefix).
+    assert!(snapshots(&remote, "berth", "overlayfs").contains(chain_id(&image)));
+    let check = d.ctr("default", &["images", "check", "--snapshotter", "remote"]);
+    assert!(check.contains("complete"), "{check}");
+    // The unpacked layer is readable through the remote's mounts.
+    d.ctr(
+        "default",
+        &[
+            "snapshots",
+            "--snapshotter",
+            "remote",
+            "view",
+            "v1",
+            chain_id(&image),
+        ],
+    );
+    let mounts = d.ctr(
+        "default",
+        &["snapshots", "--snapshotter", "remote", "mounts", "/x", "v1"],
+    );
+    let source = mounts
+        .split_whitespace()
+        .nth(3)
+        .expect("bind source")
+        .to_string();
+    assert!(Path::new(&source).join("bin/busybox").exists(), "{mounts}");
+    d.ctr(
+        "default",
+        &["snapshots", "--snapshotter", "remote", "rm", "v1"],
+    );
+    // Removing the image collects the remote layer too.
+    d.ctr("default", &["images", "rm", "--sync", IMAGE]);
+    poll(
+        Duration::from_secs(10),
+        "the remote layer to be collected",
+        || !snapshots(&remote, "berth", "overlayfs").contains(chain_id(&image)),
+    );
 }

@@ -1,0 +1,262 @@
+//! A snapshotter reached over a unix socket that speaks containerd's Snapshots API (containerd's
+//! proxy plugins: `[proxy_plugins.NAME] type = "snapshot"`). Another berthd can be one.
+//!
+//! The `Snapshotter` trait is synchronous and berthd only calls it from blocking threads, so each
+//! call is run to completion on the daemon's runtime with `Handle::block_on`.
+
+use berth_api::containerd::services::snapshots::v1::{
+    self as api, snapshots_client::SnapshotsClient,
+};
+use berth_snapshotter::{Error, Info, Kind, Mount, Result, Snapshotter, Usage};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+use tonic::transport::{Channel, Endpoint};
+
+/// The namespace sent to the remote: berthd has already scoped keys by its own namespaces.
+const REMOTE_NAMESPACE: &str = "berth";
+
+pub struct RemoteSnapshotter {
+    /// The name clients use on this daemon.
+    name: String,
+    /// The name the remote knows it by.
+    remote_name: String,
+    client: SnapshotsClient<Channel>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl RemoteSnapshotter {
+    /// Connects lazily: a remote that is not up yet fails its first call, not berthd's start.
+    pub fn new(name: &str, remote_name: &str, address: &Path) -> Result<RemoteSnapshotter> {
+        let path = address.to_path_buf();
+        let channel = Endpoint::from_static("http://localhost").connect_with_connector_lazy(
+            tower::service_fn(move |_| {
+                let path: PathBuf = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }),
+        );
+        Ok(RemoteSnapshotter {
+            name: name.to_string(),
+            remote_name: remote_name.to_string(),
+            client: SnapshotsClient::new(channel)
+                .max_decoding_message_size(16 << 20)
+                .max_encoding_message_size(16 << 20),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.metadata_mut().insert(
+            crate::services::NAMESPACE_HEADER,
+            tonic::metadata::MetadataValue::from_static(REMOTE_NAMESPACE),
+        );
+        req
+    }
+
+    fn call<T, F>(&self, f: impl FnOnce(SnapshotsClient<Channel>) -> F) -> Result<T>
+    where
+        F: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.runtime
+            .block_on(f(self.client.clone()))
+            .map(tonic::Response::into_inner)
+            .map_err(|s| from_status(&self.name, s))
+    }
+}
+
+fn from_status(name: &str, s: tonic::Status) -> Error {
+    let msg = format!("remote snapshotter {name}: {}", s.message());
+    match s.code() {
+        tonic::Code::NotFound => Error::NotFound(msg),
+        tonic::Code::AlreadyExists => Error::AlreadyExists(msg),
+        tonic::Code::FailedPrecondition => Error::FailedPrecondition(msg),
+        tonic::Code::InvalidArgument => Error::InvalidArgument(msg),
+        _ => Error::Io {
+            context: msg,
+            source: std::io::Error::other(format!("{:?}", s.code())),
+        },
+    }
+}
+
+fn to_mounts(m: Vec<berth_api::containerd::types::Mount>) -> Vec<Mount> {
+    m.into_iter()
+        .map(|m| Mount {
+            r#type: m.r#type,
+            source: m.source,
+            target: m.target,
+            options: m.options,
+        })
+        .collect()
+}
+
+fn to_info(i: api::Info) -> Info {
+    let time = |t: Option<prost_types::Timestamp>| {
+        t.and_then(|t| SystemTime::try_from(t).ok())
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    };
+    Info {
+        name: i.name,
+        parent: i.parent,
+        kind: Kind::from_wire(i.kind).unwrap_or(Kind::Active),
+        labels: i.labels,
+        created: time(i.created_at),
+        updated: time(i.updated_at),
+    }
+}
+
+fn from_info(i: Info) -> api::Info {
+    api::Info {
+        name: i.name,
+        parent: i.parent,
+        kind: i.kind as i32,
+        created_at: Some(i.created.into()),
+        updated_at: Some(i.updated.into()),
+        labels: i.labels,
+    }
+}
+
+impl Snapshotter for RemoteSnapshotter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn stat(&self, key: &str) -> Result<Info> {
+        let req = self.request(api::StatSnapshotRequest {
+            snapshotter: self.remote_name.clone(),
+            key: key.into(),
+        });
+        let info = self.call(|mut c| async move { c.stat(req).await })?.info;
+        info.map(to_info).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "remote snapshotter {}: empty Stat answer",
+                self.name
+            ))
+        })
+    }
+
+    fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
+        let req = self.request(api::UpdateSnapshotRequest {
+            snapshotter: self.remote_name.clone(),
+            info: Some(from_info(info)),
+            update_mask: Some(prost_types::FieldMask {
+                paths: fieldpaths.to_vec(),
+            }),
+        });
+        let info = self.call(|mut c| async move { c.update(req).await })?.info;
+        info.map(to_info).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "remote snapshotter {}: empty Update answer",
+                self.name
+            ))
+        })
+    }
+
+    fn usage(&self, key: &str) -> Result<Usage> {
+        let req = self.request(api::UsageRequest {
+            snapshotter: self.remote_name.clone(),
+            key: key.into(),
+        });
+        let u = self.call(|mut c| async move { c.usage(req).await })?;
+        Ok(Usage {
+            size: u.size,
+            inodes: u.inodes,
+        })
+    }
+
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        let req = self.request(api::MountsRequest {
+            snapshotter: self.remote_name.clone(),
+            key: key.into(),
+        });
+        Ok(to_mounts(
+            self.call(|mut c| async move { c.mounts(req).await })?
+                .mounts,
+        ))
+    }
+
+    fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        let req = self.request(api::PrepareSnapshotRequest {
+            snapshotter: self.remote_name.clone(),
+            key: key.into(),
+            parent: parent.into(),
+            labels,
+        });
+        Ok(to_mounts(
+            self.call(|mut c| async move { c.prepare(req).await })?
+                .mounts,
+        ))
+    }
+
+    fn view(&self, key: &str, parent: &str, labels: HashMap<String, String>) -> Result<Vec<Mount>> {
+        let req = self.request(api::ViewSnapshotRequest {
+            snapshotter: self.remote_name.clone(),
+            key: key.into(),
+            parent: parent.into(),
+            labels,
+        });
+        Ok(to_mounts(
+            self.call(|mut c| async move { c.view(req).await })?.mounts,
+        ))
+    }
+
+    fn commit(&self, name: &str, key: &str, labels: HashMap<String, String>) -> Result<()> {
+        let req = self.request(api::CommitSnapshotRequest {
+            snapshotter: self.remote_name.clone(),
+            name: name.into(),
+            key: key.into(),
+            labels,
+        });
+        self.call(|mut c| async move { c.commit(req).await })
+    }
+
+    fn remove(&self, key: &str) -> Result<()> {
+        let req = self.request(api::RemoveSnapshotRequest {
+            snapshotter: self.remote_name.clone(),
+            key: key.into(),
+        });
+        self.call(|mut c| async move { c.remove(req).await })
+    }
+
+    fn walk(&self, f: &mut dyn FnMut(&Info) -> Result<()>) -> Result<()> {
+        let req = self.request(api::ListSnapshotsRequest {
+            snapshotter: self.remote_name.clone(),
+            filters: vec![],
+        });
+        let name = self.name.clone();
+        let infos = self.runtime.block_on(async move {
+            let mut stream = self.client.clone().list(req).await?.into_inner();
+            let mut infos = Vec::new();
+            while let Some(msg) = stream.message().await? {
+                infos.extend(msg.info);
+            }
+            Ok::<_, tonic::Status>(infos)
+        });
+        for info in infos.map_err(|s| from_status(&name, s))? {
+            f(&to_info(info))?;
+        }
+        Ok(())
+    }
+
+    fn cleanup(&self) -> Result<()> {
+        let req = self.request(api::CleanupRequest {
+            snapshotter: self.remote_name.clone(),
+        });
+        self.call(|mut c| async move { c.cleanup(req).await })
+    }
+
+    fn active_dir(&self, key: &str) -> Result<PathBuf> {
+        Err(Error::FailedPrecondition(format!(
+            "snapshot {key:?} lives in remote snapshotter {}: no local directory",
+            self.name
+        )))
+    }
+}
