@@ -5,6 +5,8 @@ packages=(
   containerd            # its `ctr` client drives berthd in the tests; its daemon is the benchmark baseline
   runc                  # the OCI runtime
   busybox-static        # the tests build a busybox OCI image from it
+  docker-registry       # a real registry on loopback for the pull tests
+  skopeo                # pushes the test images into that registry and makes docker-archives
   protobuf-compiler     # protoc, for the containerd-client crate's build script (berth itself needs none)
   libprotobuf-dev       # the well-known .proto files protoc includes
   golang-github-containerd-containerd-dev  # upstream .proto files the wire-compatibility test compares against
