@@ -77,9 +77,11 @@ impl Collector {
         self.meta.expire_leases(marked_at).await?;
         let mut stats = Stats::default();
         for ns in self.meta.list_namespaces()? {
-            let live = self.mark(&ns.name).await?;
+            let (live, seen) = self.mark(&ns.name).await?;
             stats.blobs_removed += self.sweep_content(&ns.name, &live, marked_at).await?;
-            stats.snapshots_removed += self.sweep_snapshots(&ns.name, &live, marked_at).await?;
+            stats.snapshots_removed += self
+                .sweep_snapshots(&ns.name, &live, &seen, marked_at)
+                .await?;
         }
         if stats != Stats::default() {
             tracing::info!(
@@ -92,7 +94,9 @@ impl Collector {
         Ok(stats)
     }
 
-    async fn mark(&self, ns: &str) -> Result<Live> {
+    /// Returns what is reachable, and the snapshots marking saw: only those may be swept, since
+    /// a snapshot still being created is invisible to marking (and its roots with it).
+    async fn mark(&self, ns: &str) -> Result<(Live, SnapshotInfos)> {
         let all = Filter::parse_all::<&str>(&[])?;
         let mut live = Live::default();
         let mut content_labels = HashMap::new();
@@ -158,7 +162,7 @@ impl Collector {
                 break;
             }
         }
-        Ok(live)
+        Ok((live, snapshots))
     }
 
     /// Every snapshot of `ns`, by snapshotter and key.
@@ -205,20 +209,31 @@ impl Collector {
     }
 
     /// Remove unreachable snapshots, children before parents.
-    async fn sweep_snapshots(&self, ns: &str, live: &Live, marked_at: SystemTime) -> Result<usize> {
+    async fn sweep_snapshots(
+        &self,
+        ns: &str,
+        live: &Live,
+        seen: &SnapshotInfos,
+        marked_at: SystemTime,
+    ) -> Result<usize> {
         let snapshotters = self.snapshotters.clone();
         let ns = ns.to_string();
-        let live = live.snapshots.clone();
+        let candidates: Vec<(String, Vec<berth_snapshotter::Info>)> = seen
+            .iter()
+            .map(|(name, infos)| {
+                let dead = infos
+                    .values()
+                    .filter(|i| !live.snapshots.contains(&(name.clone(), i.name.clone())))
+                    .filter(|i| i.created < marked_at && i.updated < marked_at)
+                    .cloned()
+                    .collect();
+                (name.clone(), dead)
+            })
+            .collect();
         blocking(move || {
             let mut removed = 0;
-            for name in snapshotters.names().map(str::to_string).collect::<Vec<_>>() {
+            for (name, mut dead) in candidates {
                 let scoped = snapshotters.scoped(&name, &ns)?;
-                let mut dead: Vec<_> = scoped
-                    .list()?
-                    .into_iter()
-                    .filter(|i| !live.contains(&(name.clone(), i.name.clone())))
-                    .filter(|i| i.created < marked_at && i.updated < marked_at)
-                    .collect();
                 // Removing leaves first; a snapshot whose children are still there waits a round.
                 while !dead.is_empty() {
                     let before = dead.len();

@@ -16,6 +16,19 @@ use tonic::transport::{Channel, Endpoint};
 /// The namespace sent to the remote: berthd has already scoped keys by its own namespaces.
 const REMOTE_NAMESPACE: &str = "berth";
 
+/// Snapshots are created on the remote with this gc.root value: this daemon's collector decides
+/// their life, so a remote with a collector of its own (another berthd) must keep them. The label
+/// is hidden again from what this daemon reports.
+const ROOT_LABEL: &str = "containerd.io/gc.root";
+const PROXY_ROOT: &str = "held-by-proxy";
+
+fn held(mut labels: HashMap<String, String>) -> HashMap<String, String> {
+    labels
+        .entry(ROOT_LABEL.to_string())
+        .or_insert_with(|| PROXY_ROOT.to_string());
+    labels
+}
+
 pub struct RemoteSnapshotter {
     /// The name clients use on this daemon.
     name: String,
@@ -93,7 +106,10 @@ fn to_mounts(m: Vec<berth_api::containerd::types::Mount>) -> Vec<Mount> {
         .collect()
 }
 
-fn to_info(i: api::Info) -> Info {
+fn to_info(mut i: api::Info) -> Info {
+    if i.labels.get(ROOT_LABEL).map(String::as_str) == Some(PROXY_ROOT) {
+        i.labels.remove(ROOT_LABEL);
+    }
     let time = |t: Option<prost_types::Timestamp>| {
         t.and_then(|t| SystemTime::try_from(t).ok())
             .unwrap_or(SystemTime::UNIX_EPOCH)
@@ -138,7 +154,11 @@ impl Snapshotter for RemoteSnapshotter {
         })
     }
 
-    fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
+    fn update(&self, mut info: Info, fieldpaths: &[String]) -> Result<Info> {
+        // A full label replacement must not drop the hold.
+        if fieldpaths.is_empty() || fieldpaths.iter().any(|p| p == "labels") {
+            info.labels = held(info.labels);
+        }
         let req = self.request(api::UpdateSnapshotRequest {
             snapshotter: self.remote_name.clone(),
             info: Some(from_info(info)),
@@ -188,7 +208,7 @@ impl Snapshotter for RemoteSnapshotter {
             snapshotter: self.remote_name.clone(),
             key: key.into(),
             parent: parent.into(),
-            labels,
+            labels: held(labels),
         });
         Ok(to_mounts(
             self.call(|mut c| async move { c.prepare(req).await })?
@@ -201,7 +221,7 @@ impl Snapshotter for RemoteSnapshotter {
             snapshotter: self.remote_name.clone(),
             key: key.into(),
             parent: parent.into(),
-            labels,
+            labels: held(labels),
         });
         Ok(to_mounts(
             self.call(|mut c| async move { c.view(req).await })?.mounts,
@@ -213,7 +233,7 @@ impl Snapshotter for RemoteSnapshotter {
             snapshotter: self.remote_name.clone(),
             name: name.into(),
             key: key.into(),
-            labels,
+            labels: held(labels),
         });
         self.call(|mut c| async move { c.commit(req).await })
     }

@@ -87,8 +87,8 @@ impl Snapshots for SnapshotsService {
         crate::validate::labels(&r.labels)?;
         let (key, parent) = (r.key.clone(), r.parent.clone());
         self.0.meta.touch_namespace(&ns).await?;
-        let mounts = blocking(move || s.prepare(&r.key, &r.parent, r.labels)).await?;
         self.lease(&ns, lease_id, &r.snapshotter, &key).await?;
+        let mounts = blocking(move || s.prepare(&r.key, &r.parent, r.labels)).await?;
         self.0
             .events
             .publish(&ns, "/snapshot/prepare", &SnapshotPrepare { key, parent });
@@ -104,8 +104,8 @@ impl Snapshots for SnapshotsService {
         crate::validate::labels(&r.labels)?;
         let key = r.key.clone();
         self.0.meta.touch_namespace(&ns).await?;
-        let mounts = blocking(move || s.view(&r.key, &r.parent, r.labels)).await?;
         self.lease(&ns, lease_id, &r.snapshotter, &key).await?;
+        let mounts = blocking(move || s.view(&r.key, &r.parent, r.labels)).await?;
         reply(ViewSnapshotResponse {
             mounts: to_api_mounts(mounts),
         })
@@ -126,8 +126,8 @@ impl Snapshots for SnapshotsService {
         let r = req.into_inner();
         crate::validate::labels(&r.labels)?;
         let (key, name) = (r.key.clone(), r.name.clone());
-        blocking(move || s.commit(&r.name, &r.key, r.labels)).await?;
         self.lease(&ns, lease_id, &r.snapshotter, &name).await?;
+        blocking(move || s.commit(&r.name, &r.key, r.labels)).await?;
         self.0
             .events
             .publish(&ns, "/snapshot/commit", &SnapshotCommit { key, name });
