@@ -7,3 +7,4 @@ mod ctr;
 mod fixtures;
 mod harness;
 mod images;
+mod registry;

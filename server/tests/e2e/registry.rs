@@ -1,0 +1,755 @@
+//! Images through a real registry on loopback: Debian's `docker-registry` (distribution 2.8),
+//! filled by `skopeo` with the busybox fixture, pulled by the real `ctr` into berthd. Also the
+//! docker-archive (`docker save` format) import, built by skopeo from the same fixture.
+//!
+//! All registry HTTP happens in ctr; berthd only stores what ctr writes and unpacks it. Each test
+//! starts its own registry on a free port (tests run in parallel threads) and kills it on drop.
+
+use crate::fixtures::{busybox_oci_archive, sha256};
+use crate::harness::Daemon;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const REPO: &str = "library/busybox";
+const TAG: &str = "latest";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `docker-registry` process serving a throwaway storage directory on 127.0.0.1.
+struct Registry {
+    /// Declared first so it is dropped (killed) before the storage directory is removed.
+    process: Process,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+/// A child process killed and reaped on drop, panic or not.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Registry {
+    /// Start a registry on a free loopback port and wait until `GET /v2/` answers 200.
+    ///
+    /// The port is found by binding port 0 and dropping the listener, so another process (or a
+    /// parallel test's registry) may take it first. Each registry therefore sends a header unique
+    /// to it, and only a 200 carrying that header counts; a registry that lost the port exits, and
+    /// we try again with another.
+    fn start() -> Registry {
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let mut dir = tempfile::Builder::new()
+            .prefix("berth-registry-")
+            .tempdir()
+            .expect("create registry dir");
+        let config = dir.path().join("config.yml");
+        let log_path = dir.path().join("registry.log");
+        for _attempt in 0..5 {
+            let port = free_port();
+            let token = format!(
+                "{}-{}-{port}",
+                std::process::id(),
+                STARTED.fetch_add(1, Ordering::Relaxed)
+            );
+            std::fs::write(&config, registry_config(dir.path(), port, &token))
+                .expect("write registry config");
+            let log = std::fs::File::create(&log_path).expect("create registry log");
+            let child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("dup registry log"))
+                .stderr(log)
+                .spawn()
+                .expect("spawn docker-registry (apt-get install docker-registry)");
+            // From here on, dropping the registry kills the process, even if a wait panics.
+            let mut registry = Registry {
+                process: Process(child),
+                dir,
+                port,
+            };
+            if registry.wait_ready(&token) {
+                return registry;
+            }
+            // It exited (the port was taken): reap it and try another port.
+            let Registry { dir: d, .. } = registry;
+            dir = d;
+        }
+        panic!(
+            "docker-registry did not start on a free port after 5 attempts; last log:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+
+    /// Poll `GET /v2/` until this registry (recognised by its token header) answers 200. False if
+    /// the process exits first (the port was taken).
+    fn wait_ready(&mut self, token: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self
+                .process
+                .0
+                .try_wait()
+                .expect("poll docker-registry")
+                .is_some()
+            {
+                return false;
+            }
+            // A short timeout: whatever else holds the port may accept and never answer.
+            if let Ok(resp) = http_get(self.port, "/v2/", &[], Duration::from_millis(500)) {
+                if resp.status == 200 && resp.header("x-berth-registry") == Some(token) {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "docker-registry did not answer GET /v2/ within 20s:\n{}",
+            self.log()
+        );
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// `127.0.0.1:<port>`, the host part of references into this registry.
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The reference ctr pulls: `127.0.0.1:<port>/library/busybox:latest`.
+    fn reference(&self) -> String {
+        format!("{}/{REPO}:{TAG}", self.host())
+    }
+
+    /// Push the busybox fixture (an OCI archive) as `library/busybox:latest` with skopeo, then
+    /// read back what the registry serves for it.
+    fn push_busybox(&self, work: &Path) -> Served {
+        let fixture = busybox_oci_archive(work, &format!("docker.io/{REPO}:{TAG}"));
+        // skopeo's oci-archive reference is PATH[:NAME], NAME matching the index's
+        // org.opencontainers.image.ref.name annotation, which the fixture sets to the tag.
+        let src = format!("oci-archive:{}:{TAG}", fixture.path.display());
+        let dest = format!("docker://{}", self.reference());
+        skopeo(&["copy", "--dest-tls-verify=false", &src, &dest]);
+        let served = self.served(REPO, TAG);
+        // skopeo copies the OCI manifest as is: same bytes, same digests.
+        assert_eq!(served.manifest_digest, fixture.manifest.digest);
+        assert_eq!(served.config_digest, fixture.config.digest);
+        assert_eq!(served.layer_digest, fixture.layer.digest);
+        assert_eq!(served.diff_id, fixture.diff_id);
+        served
+    }
+
+    /// What the registry serves for REPO:TAG, read over HTTP, checked against the bytes.
+    fn served(&self, repo: &str, tag: &str) -> Served {
+        let resp = http_get(
+            self.port,
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &[OCI_MANIFEST, DOCKER_MANIFEST],
+            HTTP_TIMEOUT,
+        )
+        .expect("GET manifest");
+        assert_eq!(resp.status, 200, "GET manifest: {resp:?}\n{}", self.log());
+        let manifest_digest = sha256(&resp.body);
+        assert_eq!(
+            resp.header("docker-content-digest"),
+            Some(manifest_digest.as_str())
+        );
+        let manifest: serde_json::Value = serde_json::from_slice(&resp.body).expect("manifest");
+        let media_type = resp
+            .header("content-type")
+            .expect("manifest content type")
+            .to_string();
+        let config_digest = manifest["config"]["digest"]
+            .as_str()
+            .expect("config digest")
+            .to_string();
+        let layers = manifest["layers"].as_array().expect("layers");
+        assert_eq!(layers.len(), 1, "the fixture has one layer: {manifest}");
+        let layer_digest = layers[0]["digest"]
+            .as_str()
+            .expect("layer digest")
+            .to_string();
+
+        let config = http_get(
+            self.port,
+            &format!("/v2/{repo}/blobs/{config_digest}"),
+            &[],
+            HTTP_TIMEOUT,
+        )
+        .expect("GET config");
+        assert_eq!(config.status, 200, "GET config: {config:?}");
+        assert_eq!(sha256(&config.body), config_digest);
+        let config: serde_json::Value = serde_json::from_slice(&config.body).expect("config");
+        let diff_id = config["rootfs"]["diff_ids"][0]
+            .as_str()
+            .expect("diff id")
+            .to_string();
+        Served {
+            media_type,
+            manifest_digest,
+            config_digest,
+            layer_digest,
+            diff_id,
+        }
+    }
+}
+
+/// The image as the registry serves it.
+#[derive(Debug)]
+struct Served {
+    media_type: String,
+    manifest_digest: String,
+    config_digest: String,
+    layer_digest: String,
+    /// The layer's uncompressed digest, from the config; with one layer, also the chain ID.
+    diff_id: String,
+}
+
+impl Served {
+    fn blobs(&self) -> [&str; 3] {
+        [
+            &self.manifest_digest,
+            &self.config_digest,
+            &self.layer_digest,
+        ]
+    }
+
+    fn chain_id(&self) -> &str {
+        &self.diff_id
+    }
+}
+
+fn registry_config(dir: &Path, port: u16, token: &str) -> String {
+    format!(
+        "version: 0.1\n\
+         log:\n  level: info\n\
+         storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+         http:\n  addr: 127.0.0.1:{port}\n  headers:\n    X-Berth-Registry: [\"{token}\"]\n",
+        dir.join("storage").display()
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("bind a free loopback port")
+        .port()
+}
+
+#[derive(Debug)]
+struct HttpResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl HttpResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A bare HTTP/1.0 GET on 127.0.0.1:PORT: the server closes the connection after the body.
+/// TIMEOUT bounds each read and write.
+fn http_get(
+    port: u16,
+    path: &str,
+    accept: &[&str],
+    timeout: Duration,
+) -> std::io::Result<HttpResponse> {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
+    for a in accept {
+        req.push_str(&format!("Accept: {a}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    })
+}
+
+/// Run `skopeo --insecure-policy ARGS…` and insist it succeeds. (The policy is for signature
+/// verification, which plays no part here; this keeps the tests independent of
+/// /etc/containers/policy.json.)
+fn skopeo(args: &[&str]) {
+    let out = Command::new("skopeo")
+        .arg("--insecure-policy")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run skopeo (apt-get install skopeo)");
+    assert!(
+        out.status.success(),
+        "skopeo {} failed: {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// The first column of each row of a ctr table (the header skipped).
+fn first_column(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+fn snapshot_keys(d: &Daemon, ns: &str) -> Vec<String> {
+    first_column(&d.ctr(ns, &["snapshots", "ls"]))
+}
+
+fn content_digests(d: &Daemon, ns: &str) -> Vec<String> {
+    let mut v: Vec<_> = d
+        .ctr(ns, &["content", "ls", "-q"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+/// `ctr content ls` as digest → sorted labels (`k=v,k=v`), leaving out the AGE column, which moves.
+fn content_labels(d: &Daemon, ns: &str) -> std::collections::BTreeMap<String, String> {
+    d.ctr(ns, &["content", "ls"])
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let words: Vec<_> = l.split_whitespace().collect();
+            // ctr prints labels in Go map order, which varies from run to run.
+            let mut labels: Vec<_> = match words.last() {
+                Some(w) if w.contains('=') => w.split(',').collect(),
+                _ => Vec::new(),
+            };
+            labels.sort_unstable();
+            (words[0].to_string(), labels.join(","))
+        })
+        .collect()
+}
+
+/// The row of `ctr images ls` for REF, split into columns.
+fn image_row(d: &Daemon, ns: &str, reference: &str) -> Vec<String> {
+    let ls = d.ctr(ns, &["images", "ls"]);
+    ls.lines()
+        .find(|l| l.split_whitespace().next() == Some(reference))
+        .unwrap_or_else(|| panic!("{reference} not in `ctr -n {ns} images ls`:\n{ls}"))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `ctr images check` says the image is complete and unpacked.
+fn assert_complete(d: &Daemon, ns: &str, reference: &str) {
+    let check = d.ctr(ns, &["images", "check"]);
+    let row = check
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(reference))
+        .unwrap_or_else(|| panic!("{reference} not in `ctr -n {ns} images check`:\n{check}"));
+    assert!(row.contains("complete (2/2)"), "{check}");
+    assert!(row.trim_end().ends_with("true"), "not unpacked:\n{check}");
+}
+
+/// The layer directories of berthd's overlayfs snapshotter.
+fn layer_dirs(d: &Daemon) -> Vec<PathBuf> {
+    std::fs::read_dir(d.root().join("snapshots/overlayfs/snapshots"))
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// Pull the registry's busybox into NS and check what ctr and berthd made of it.
+fn pull_and_check(d: &Daemon, ns: &str, registry: &Registry, served: &Served) {
+    let reference = registry.reference();
+    let out = d.ctr(ns, &["images", "pull", "--plain-http", &reference]);
+    assert!(out.contains("unpacking"), "{out}");
+
+    // The image record points at the manifest the registry serves.
+    let row = image_row(d, ns, &reference);
+    assert_eq!(row[1], served.media_type, "{row:?}");
+    assert_eq!(row[2], served.manifest_digest, "{row:?}");
+    assert_complete(d, ns, &reference);
+
+    // ctr committed the layer under its chain ID; berthd applied it.
+    let snapshots = d.ctr(ns, &["snapshots", "ls"]);
+    let layer = snapshots
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(served.chain_id()))
+        .unwrap_or_else(|| panic!("no snapshot {}:\n{snapshots}", served.chain_id()));
+    assert!(layer.contains("Committed"), "{snapshots}");
+
+    // Every blob carries the distribution source ctr set, and the references and uncompressed
+    // digest labels of the unpack.
+    let content = d.ctr(ns, &["content", "ls"]);
+    // The key holds the registry's host name without the port: ctr takes url.Hostname().
+    let source = format!("containerd.io/distribution.source.127.0.0.1={REPO}");
+    for blob in served.blobs() {
+        let line = content
+            .lines()
+            .find(|l| l.starts_with(blob))
+            .unwrap_or_else(|| panic!("{blob} not in content ls:\n{content}"));
+        assert!(line.contains(&source), "{blob} lacks {source}:\n{content}");
+    }
+    let line_of = |digest: &str| content.lines().find(|l| l.starts_with(digest)).unwrap();
+    let manifest = line_of(&served.manifest_digest);
+    assert!(
+        manifest.contains(&format!(
+            "containerd.io/gc.ref.content.config={}",
+            served.config_digest
+        )),
+        "{content}"
+    );
+    assert!(
+        manifest.contains(&format!(
+            "containerd.io/gc.ref.content.l.0={}",
+            served.layer_digest
+        )),
+        "{content}"
+    );
+    assert!(
+        line_of(&served.layer_digest)
+            .contains(&format!("containerd.io/uncompressed={}", served.diff_id)),
+        "{content}"
+    );
+    assert!(
+        line_of(&served.config_digest).contains(&format!(
+            "containerd.io/gc.ref.snapshot.overlayfs={}",
+            served.chain_id()
+        )),
+        "{content}"
+    );
+    assert_eq!(content_digests(d, ns), sorted(served.blobs()));
+}
+
+fn sorted(blobs: [&str; 3]) -> Vec<String> {
+    let mut v: Vec<_> = blobs.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+/// The committed layer's files as a client finds them through a snapshot's mounts: prepare a
+/// rootfs on top of the chain (`ctr snapshots prepare` sets `containerd.io/gc.root`, so the
+/// collector leaves it alone; a `view` has no such label and may be collected at any moment, as in
+/// containerd) and read the layer from the overlay's lowerdir. Its busybox must be the host's.
+fn assert_layer_content(d: &Daemon, ns: &str, chain_id: &str) {
+    let mounts = d.ctr(
+        ns,
+        &[
+            "snapshots",
+            "prepare",
+            "--target",
+            "/mnt/x",
+            "check-rootfs",
+            chain_id,
+        ],
+    );
+    // `mount -t overlay overlay /mnt/x -o …,lowerdir=<layer>`
+    assert!(mounts.starts_with("mount -t overlay "), "{mounts}");
+    let options = mounts.split(" -o ").nth(1).expect("mount options").trim();
+    let lower = options
+        .split(',')
+        .find_map(|o| o.strip_prefix("lowerdir="))
+        .unwrap_or_else(|| panic!("no lowerdir: {mounts}"));
+    assert!(!lower.contains(':'), "one layer, one lowerdir: {mounts}");
+    let layer = Path::new(lower);
+    let busybox = std::fs::read(layer.join("bin/busybox")).expect("bin/busybox in the layer");
+    assert!(
+        busybox == std::fs::read("/bin/busybox").unwrap(),
+        "the layer's bin/busybox differs from the host's"
+    );
+    let passwd = std::fs::read_to_string(layer.join("etc/passwd")).expect("etc/passwd");
+    assert!(passwd.starts_with("root:"), "{passwd}");
+    d.ctr(ns, &["snapshots", "rm", "check-rootfs"]);
+}
+
+/// Poll until OK holds, failing after TIMEOUT.
+fn poll(timeout: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn pull_from_a_registry_unpacks_and_labels_and_is_idempotent() {
+    let d = Daemon::start();
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let served = registry.push_busybox(work.path());
+
+    pull_and_check(&d, "default", &registry, &served);
+    assert_layer_content(&d, "default", served.chain_id());
+
+    // Pulling again changes nothing and succeeds: blobs exist, the image is updated in place,
+    // the layer is already unpacked.
+    let before_content = content_labels(&d, "default");
+    let before_snapshots = d.ctr("default", &["snapshots", "ls"]);
+    let before_dirs = layer_dirs(&d);
+    d.ctr(
+        "default",
+        &["images", "pull", "--plain-http", &registry.reference()],
+    );
+    assert_eq!(content_labels(&d, "default"), before_content);
+    assert_eq!(d.ctr("default", &["snapshots", "ls"]), before_snapshots);
+    assert_eq!(layer_dirs(&d), before_dirs);
+    assert_eq!(
+        first_column(&d.ctr("default", &["images", "ls"])),
+        [registry.reference()]
+    );
+    assert_complete(&d, "default", &registry.reference());
+}
+
+#[test]
+fn pulls_into_two_namespaces_stay_isolated() {
+    let d = Daemon::start();
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let served = registry.push_busybox(work.path());
+    let reference = registry.reference();
+
+    pull_and_check(&d, "one", &registry, &served);
+    // Nothing of it is visible from another namespace.
+    assert_eq!(d.ctr("two", &["images", "ls", "-q"]), "");
+    assert_eq!(d.ctr("two", &["content", "ls", "-q"]), "");
+    assert!(snapshot_keys(&d, "two").is_empty());
+
+    // The same blobs already sit in berthd's shared store: the second pull still gets its own
+    // records, labels and snapshot.
+    pull_and_check(&d, "two", &registry, &served);
+
+    // Removing it from one namespace leaves the other whole.
+    d.ctr("two", &["images", "rm", "--sync", &reference]);
+    assert_eq!(d.ctr("two", &["images", "ls", "-q"]), "");
+    assert_eq!(content_digests(&d, "two"), Vec::<String>::new());
+    assert!(snapshot_keys(&d, "two").is_empty());
+    assert_complete(&d, "one", &reference);
+    assert_eq!(content_digests(&d, "one"), sorted(served.blobs()));
+    assert_eq!(snapshot_keys(&d, "one"), [served.chain_id()]);
+    assert_layer_content(&d, "one", served.chain_id());
+}
+
+#[test]
+fn run_on_a_pulled_image_then_remove_it_all() {
+    let d = Daemon::start();
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let served = registry.push_busybox(work.path());
+    let reference = registry.reference();
+    pull_and_check(&d, "default", &registry, &served);
+
+    // ctr run gets as far as task creation, which is the next issue's.
+    let err = d.ctr_err("default", &["run", &reference, "c1", "echo", "hi"]);
+    assert!(
+        err.contains("tasks issue"),
+        "ctr run should stop at task creation: {err}"
+    );
+    assert_eq!(d.ctr("default", &["containers", "ls", "-q"]).trim(), "c1");
+    let snapshots = d.ctr("default", &["snapshots", "ls"]);
+    let rootfs = snapshots
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("c1"))
+        .unwrap_or_else(|| panic!("no rootfs snapshot c1:\n{snapshots}"));
+    assert_eq!(
+        rootfs.split_whitespace().collect::<Vec<_>>(),
+        ["c1", served.chain_id(), "Active"]
+    );
+    let info = d.ctr("default", &["containers", "info", "c1"]);
+    assert!(
+        info.contains(&format!("\"Image\": \"{reference}\"")),
+        "{info}"
+    );
+
+    d.ctr("default", &["containers", "rm", "c1"]);
+    assert_eq!(d.ctr("default", &["containers", "ls", "-q"]), "");
+    assert_eq!(snapshot_keys(&d, "default"), [served.chain_id()]);
+
+    // Removing the image with --sync collects everything before ctr returns: content, the
+    // snapshot and its directory on disk.
+    d.ctr("default", &["images", "rm", "--sync", &reference]);
+    assert_eq!(d.ctr("default", &["images", "ls", "-q"]), "");
+    assert_eq!(d.ctr("default", &["content", "ls", "-q"]), "");
+    assert!(snapshot_keys(&d, "default").is_empty());
+    assert_eq!(layer_dirs(&d), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_pull_survives_kill_9() {
+    let mut d = Daemon::start();
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let served = registry.push_busybox(work.path());
+    let reference = registry.reference();
+    pull_and_check(&d, "default", &registry, &served);
+
+    let labels = content_labels(&d, "default");
+    let snapshots = d.ctr("default", &["snapshots", "ls"]);
+
+    // No shutdown path: whatever the pull and unpack wrote must already be durable, labels too
+    // (the collector follows them).
+    d.kill9();
+    d.spawn();
+    assert_complete(&d, "default", &reference);
+    assert_eq!(
+        image_row(&d, "default", &reference)[2],
+        served.manifest_digest
+    );
+    assert_eq!(d.ctr("default", &["snapshots", "ls"]), snapshots);
+    assert_eq!(content_labels(&d, "default"), labels);
+    assert_layer_content(&d, "default", served.chain_id());
+    // And the image is usable: a pull is a no-op, a container can be created on it.
+    d.ctr("default", &["images", "pull", "--plain-http", &reference]);
+    let err = d.ctr_err("default", &["run", &reference, "c1", "true"]);
+    assert!(err.contains("tasks issue"), "{err}");
+}
+
+#[test]
+fn docker_archive_import_unpacks() {
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let fixture = busybox_oci_archive(work.path(), "docker.io/berth/busybox:latest");
+    // A `docker save`-format tar: manifest.json, the config and uncompressed layer tars.
+    let archive = work.path().join("busybox.docker.tar");
+    let name = "docker.io/berth/busybox:docker";
+    skopeo(&[
+        "copy",
+        &format!("oci-archive:{}:latest", fixture.path.display()),
+        &format!("docker-archive:{}:{name}", archive.display()),
+    ]);
+
+    let out = d.ctr("default", &["images", "import", archive.to_str().unwrap()]);
+    assert!(out.contains(name), "{out}");
+    assert_complete(&d, "default", name);
+    // The layer went in uncompressed, so its digest is the diff ID and the chain ID.
+    assert_eq!(snapshot_keys(&d, "default"), [fixture.diff_id.as_str()]);
+    assert_layer_content(&d, "default", &fixture.diff_id);
+
+    // ctr stored every file of the tar as a blob (manifest.json aside) and built an index and a
+    // manifest of its own. Once its lease is gone the collector (which runs in the background,
+    // as containerd's) keeps what the image references: manifest, config, layer.
+    let image = image_row(&d, "default", name);
+    assert_eq!(image[1], DOCKER_MANIFEST, "{image:?}");
+    let manifest = image[2].clone();
+    let expected = [
+        (
+            manifest.clone(),
+            format!(
+                "containerd.io/gc.ref.content.config={},containerd.io/gc.ref.content.l.0={}",
+                fixture.config.digest, fixture.diff_id
+            ),
+        ),
+        (
+            fixture.config.digest.clone(),
+            format!(
+                "containerd.io/gc.ref.snapshot.overlayfs={}",
+                fixture.diff_id
+            ),
+        ),
+        (
+            fixture.diff_id.clone(),
+            format!("containerd.io/uncompressed={}", fixture.diff_id),
+        ),
+    ]
+    .into_iter()
+    .collect::<std::collections::BTreeMap<_, _>>();
+    poll(
+        Duration::from_secs(10),
+        "the import's leftovers to be collected",
+        || content_labels(&d, "default") == expected,
+    );
+
+    // Importing the same archive again is a no-op success.
+    d.ctr("default", &["images", "import", archive.to_str().unwrap()]);
+    assert_complete(&d, "default", name);
+    assert_eq!(image_row(&d, "default", name)[2], manifest);
+    assert_eq!(snapshot_keys(&d, "default"), [fixture.diff_id.as_str()]);
+    poll(
+        Duration::from_secs(10),
+        "the re-import's leftovers to be collected",
+        || content_labels(&d, "default") == expected,
+    );
+}
+
+#[test]
+fn docker_archive_import_finds_a_compressed_layer_by_label() {
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let fixture = busybox_oci_archive(work.path(), "docker.io/berth/busybox:oci");
+    let archive = work.path().join("busybox.docker.tar");
+    let name = "docker.io/berth/busybox:docker";
+    skopeo(&[
+        "copy",
+        &format!("oci-archive:{}:oci", fixture.path.display()),
+        &format!("docker-archive:{}:{name}", archive.display()),
+    ]);
+
+    // The OCI import leaves the gzip layer labelled with its uncompressed digest, which a label
+    // filter on Content/List finds.
+    d.ctr(
+        "default",
+        &["images", "import", fixture.path.to_str().unwrap()],
+    );
+    let filter = format!("labels.\"containerd.io/uncompressed\"=={}", fixture.diff_id);
+    assert_eq!(
+        d.ctr("default", &["content", "ls", "-q", &filter]).trim(),
+        fixture.layer.digest
+    );
+
+    // ctr's docker-archive importer asks Content/List for exactly that filter and, finding the
+    // gzip blob, makes the image's manifest point at it instead of the uncompressed tar.
+    d.ctr("default", &["images", "import", archive.to_str().unwrap()]);
+    assert_complete(&d, "default", name);
+    assert_complete(&d, "default", "docker.io/berth/busybox:oci");
+    let manifest = image_row(&d, "default", name)[2].clone();
+    let labels = content_labels(&d, "default");
+    assert_eq!(
+        labels[&manifest],
+        format!(
+            "containerd.io/gc.ref.content.config={},containerd.io/gc.ref.content.l.0={}",
+            fixture.config.digest, fixture.layer.digest
+        )
+    );
+    // One layer, one snapshot, shared by both images.
+    assert_eq!(snapshot_keys(&d, "default"), [fixture.diff_id.as_str()]);
+    poll(
+        Duration::from_secs(10),
+        "the uncompressed tar to be collected",
+        || !content_digests(&d, "default").contains(&fixture.diff_id),
+    );
+}
