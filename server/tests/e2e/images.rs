@@ -230,3 +230,157 @@ fn a_second_berthd_serves_as_a_proxy_snapshotter() {
         || !snapshots(&remote, "berth", "overlayfs").contains(chain_id(&image)),
     );
 }
+
+/// Mount `key`'s mounts (as `ctr snapshots mounts` prints them) on `target`, run `f`, unmount.
+fn with_snapshot_mounted(d: &Daemon, key: &str, target: &Path, f: impl FnOnce()) {
+    let mounts = d.ctr("default", &["snapshots", "mounts", "/unused", key]);
+    let (kind, rest) = mounts
+        .trim()
+        .strip_prefix("mount -t ")
+        .and_then(|m| m.split_once(' '))
+        .expect("a mount command");
+    let source = rest.split_whitespace().next().expect("mount source");
+    let opts = rest.split(" -o ").nth(1).expect("mount options").trim();
+    std::fs::create_dir_all(target).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", kind, source, "-o", opts])
+        .arg(target)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount {mounts}");
+    f();
+    let status = std::process::Command::new("umount")
+        .arg(target)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn snapshot_commands_and_a_computed_layer() {
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let image = archive(dir.path());
+    d.ctr(
+        "default",
+        &["images", "import", image.path.to_str().unwrap()],
+    );
+    let chain = chain_id(&image);
+    // Let the collection that the import's lease ended finish (it takes the archive's index).
+    poll(Duration::from_secs(10), "the import's collection", || {
+        !d.ctr("default", &["content", "ls", "-q"])
+            .contains(&image.index.digest)
+    });
+
+    // A view is read-only and, unlike a prepared snapshot, not labelled gc.root by ctr: label it
+    // so later collections keep it.
+    d.ctr("default", &["snapshots", "view", "v0", chain]);
+    d.ctr(
+        "default",
+        &[
+            "snapshots",
+            "label",
+            "v0",
+            "containerd.io/gc.root=2026-01-01T00:00:00Z",
+        ],
+    );
+    let view = dir.path().join("view0");
+    with_snapshot_mounted(&d, "v0", &view, || {
+        assert!(view.join("bin/busybox").exists());
+        assert!(
+            std::fs::write(view.join("x"), b"").is_err(),
+            "a view is read-only"
+        );
+    });
+
+    // A container-like change on top of the image: a new file and a deleted one.
+    d.ctr("default", &["snapshots", "prepare", "work", chain]);
+    let rootfs = dir.path().join("rootfs");
+    with_snapshot_mounted(&d, "work", &rootfs, || {
+        std::fs::write(rootfs.join("hello.txt"), b"hello layer").unwrap();
+        std::fs::remove_file(rootfs.join("etc/group")).unwrap();
+    });
+
+    // Diff: berthd computes the layer and stores it (ctr prints it), labelled with its
+    // uncompressed digest.
+    let out = d.ctr_raw("default", &["snapshots", "diff", "--keep", "work"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let layer = out.stdout;
+    let digest = crate::fixtures::sha256(&layer);
+    let listed = d.ctr("default", &["content", "ls"]);
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(&digest))
+        .unwrap_or_else(|| panic!("{digest} not in content ls:\n{listed}"));
+    assert!(row.contains("containerd.io/uncompressed=sha256:"), "{row}");
+    let mut names = Vec::new();
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(layer.as_slice()));
+    for entry in tar.entries().expect("a gzip tar") {
+        let entry = entry.expect("tar entry");
+        names.push(entry.path().unwrap().to_string_lossy().into_owned());
+    }
+    assert!(
+        names
+            .iter()
+            .any(|n| n.trim_start_matches("./") == "hello.txt"),
+        "{names:?}"
+    );
+    assert!(
+        names
+            .iter()
+            .any(|n| n.trim_start_matches("./") == "etc/.wh.group"),
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.contains("busybox")),
+        "unchanged files in the diff: {names:?}"
+    );
+
+    // commit, tree, info, label, view, usage, rm
+    d.ctr("default", &["snapshots", "commit", "layer2", "work"]);
+    let tree = d.ctr("default", &["snapshots", "tree"]);
+    let chain_line = tree
+        .lines()
+        .position(|l| l.trim() == chain)
+        .expect("chain in tree");
+    assert!(
+        tree.lines()
+            .nth(chain_line + 1)
+            .is_some_and(|l| l.contains("layer2")),
+        "{tree}"
+    );
+    d.ctr("default", &["snapshots", "label", "layer2", "team=berth"]);
+    let info = d.ctr("default", &["snapshots", "info", "layer2"]);
+    assert!(info.contains("\"Kind\": \"Committed\""), "{info}");
+    assert!(info.contains(&format!("\"Parent\": \"{chain}\"")), "{info}");
+    assert!(info.contains("\"team\": \"berth\""), "{info}");
+    d.ctr("default", &["snapshots", "prepare", "c2", "layer2"]);
+    let merged = dir.path().join("merged");
+    with_snapshot_mounted(&d, "c2", &merged, || {
+        assert_eq!(
+            std::fs::read(merged.join("hello.txt")).unwrap(),
+            b"hello layer"
+        );
+        assert!(
+            !merged.join("etc/group").exists(),
+            "the whiteout hides etc/group"
+        );
+        assert!(merged.join("bin/busybox").exists());
+    });
+    let usage = d.ctr("default", &["snapshots", "usage", "layer2"]);
+    assert!(usage.lines().any(|l| l.starts_with("layer2")), "{usage}");
+    let err = d.ctr_err("default", &["snapshots", "rm", "layer2"]);
+    assert!(
+        err.contains("failed precondition"),
+        "a parent with children cannot go: {err}"
+    );
+    d.ctr("default", &["snapshots", "rm", "c2"]);
+    d.ctr("default", &["snapshots", "rm", "layer2"]);
+    d.ctr("default", &["snapshots", "rm", "v0"]);
+    let err = d.ctr_err("default", &["snapshots", "info", "layer2"]);
+    assert!(err.contains("not found"), "{err}");
+}
