@@ -1,0 +1,426 @@
+//! A process's stdio, with containerd's FIFO semantics.
+//!
+//! The client (ctr) creates the FIFOs and opens its ends with blocking opens; the shim opens
+//! the other ends, never blocking: the read end first with O_NONBLOCK (which never blocks),
+//! then the write end (which a reader makes non-blocking to open).
+//!
+//! - stdout/stderr: the shim holds a writer and a spare reader it never reads, so a client
+//!   that goes away (`ctr run -d`) causes no EPIPE; output just waits in the FIFO.
+//! - stdin: the shim holds a spare writer, so the process sees EOF only after `close_io`
+//!   (and the client's own writer closing), not whenever a client detaches.
+//! - Like containerd, the process gets pipes, not the FIFOs, and the shim copies between
+//!   them. So when the process exits the shim can flush and then close every FIFO writer it
+//!   holds, even if a daemonised grandchild still has the pipe: ctr waits for that EOF.
+//! - With a terminal, the pty master (received from runc over the console socket) replaces
+//!   the pipes: stdin FIFO -> master, master -> stdout FIFO.
+//!
+//! Every fd is O_CLOEXEC (std and pipe2 flags), so nothing but the pipes reaches runc.
+
+use crate::runc::ProcStdio;
+use nix::cmsg_space;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+use nix::unistd::{fchown, pipe2, Gid, Uid};
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSliceMut, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+const BUF_SIZE: usize = 16 * 1024;
+
+/// Where one stdio stream goes, parsed from the request's path string.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    None,
+    Fifo(PathBuf),
+    /// `file://` (stdout/stderr only): appended to a regular file.
+    File(PathBuf),
+}
+
+pub fn parse_target(s: &str) -> Result<Target, String> {
+    let (path, file) = if s.is_empty() {
+        return Ok(Target::None);
+    } else if let Some(p) = s.strip_prefix("file://") {
+        (p, true)
+    } else if let Some(p) = s.strip_prefix("fifo://") {
+        (p, false)
+    } else if s.contains("://") {
+        return Err(format!(
+            "unsupported stdio URI {s:?} (only FIFO paths and file://)"
+        ));
+    } else {
+        (s, false)
+    };
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(format!("stdio path {s:?} is not absolute"));
+    }
+    Ok(if file {
+        Target::File(path)
+    } else {
+        Target::Fifo(path)
+    })
+}
+
+fn open(path: &Path, read: bool, flags: OFlag) -> io::Result<File> {
+    OpenOptions::new()
+        .read(read)
+        .write(!read)
+        .custom_flags(flags.bits())
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+fn open_fifo(path: &Path, read: bool) -> io::Result<File> {
+    let f = open(path, read, OFlag::O_NONBLOCK)?;
+    if !f.metadata()?.file_type().is_fifo() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a FIFO", path.display()),
+        ));
+    }
+    Ok(f)
+}
+
+fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
+    let flags = if on {
+        flags | OFlag::O_NONBLOCK
+    } else {
+        flags - OFlag::O_NONBLOCK
+    };
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags))?;
+    Ok(())
+}
+
+/// A pipe (both ends blocking; callers make the shim's end non-blocking), owned by the
+/// process's user so the process can re-open /dev/stdout.
+fn pipe(owner: Option<(u32, u32)>) -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = pipe2(OFlag::O_CLOEXEC)?;
+    if let Some((uid, gid)) = owner {
+        for fd in [&r, &w] {
+            fchown(
+                fd.as_raw_fd(),
+                Some(Uid::from_raw(uid)),
+                Some(Gid::from_raw(gid)),
+            )?;
+        }
+    }
+    Ok((r, w))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// FIFO -> process.
+    Stdin,
+    /// process -> FIFO/file.
+    Output,
+}
+
+/// Copies one stream through a small buffer, driven by the event loop.
+pub struct Copier {
+    pub dir: Direction,
+    src: File,
+    dst: File,
+    /// Held open only to keep the FIFO readable (stdout/stderr spare reader).
+    _spare: Option<File>,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The process has exited: once the source has nothing more to give, the copy is done.
+    exited: bool,
+    /// The source is a pty master: wait for its EIO rather than the first empty read, since
+    /// the line discipline may still be pushing the last output after the exit.
+    pty: bool,
+}
+
+pub enum Interest<'a> {
+    Read(BorrowedFd<'a>),
+    Write(BorrowedFd<'a>),
+}
+
+impl Copier {
+    fn new(dir: Direction, src: File, dst: File, spare: Option<File>, pty: bool) -> Self {
+        Copier {
+            dir,
+            src,
+            dst,
+            _spare: spare,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            exited: false,
+            pty,
+        }
+    }
+
+    pub fn interest(&self) -> Interest<'_> {
+        if self.start < self.end {
+            Interest::Write(self.dst.as_fd())
+        } else {
+            Interest::Read(self.src.as_fd())
+        }
+    }
+
+    pub fn set_exited(&mut self) {
+        self.exited = true;
+    }
+
+    /// Move as much as possible without blocking. Returns false when the copy is finished
+    /// (the caller drops it, closing the destination and spare fds).
+    pub fn step(&mut self) -> bool {
+        loop {
+            if self.start < self.end {
+                match self.dst.write(&self.buf[self.start..self.end]) {
+                    Ok(n) => self.start += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // EPIPE: the process closed its stdin; nothing else can be done.
+                    Err(_) => return false,
+                }
+                continue;
+            }
+            if self.buf.is_empty() {
+                self.buf = vec![0; BUF_SIZE];
+            }
+            match self.src.read(&mut self.buf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.start = 0;
+                    self.end = n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return !self.exited || self.pty,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // EIO from a pty master: every slave fd is closed.
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// The shim's side of one process's stdio.
+#[derive(Default)]
+pub struct ProcessIo {
+    pub copiers: Vec<Copier>,
+    /// The spare stdin writer; dropped by close_io.
+    pub stdin_spare: Option<File>,
+    /// The pty master, for resize.
+    pub console: Option<File>,
+}
+
+/// Opened stdio before runc runs: the process-side fds for runc, and for terminal mode the
+/// FIFO ends that get wired to the pty master once runc has sent it.
+pub struct Prepared {
+    pub io: ProcessIo,
+    pub proc_stdio: ProcStdio,
+    pty_stdin: Option<File>,
+    pty_stdout: Option<(File, Option<File>)>,
+}
+
+/// Open the FIFOs/files for a process. For terminal mode, runc gets /dev/null and the
+/// console comes later through [`Prepared::attach_console`].
+pub fn prepare(
+    stdin: &Target,
+    stdout: &Target,
+    stderr: &Target,
+    terminal: bool,
+    owner: Option<(u32, u32)>,
+) -> io::Result<Prepared> {
+    let mut io = ProcessIo::default();
+    let mut proc_stdio = ProcStdio::null();
+    let mut pty_stdin = None;
+    let mut pty_stdout = None;
+
+    match stdin {
+        Target::None => {}
+        Target::File(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "file:// is not supported for stdin",
+            ))
+        }
+        Target::Fifo(p) => {
+            let reader = open_fifo(p, true)?;
+            // Opened after the reader, so it cannot block; held until close_io.
+            io.stdin_spare = Some(open_fifo(p, false)?);
+            if terminal {
+                pty_stdin = Some(reader);
+            } else {
+                let (r, w) = pipe(owner)?;
+                set_nonblocking(w.as_fd(), true)?;
+                io.copiers.push(Copier::new(
+                    Direction::Stdin,
+                    reader,
+                    File::from(w),
+                    None,
+                    false,
+                ));
+                proc_stdio.stdin = Stdio::from(r);
+            }
+        }
+    }
+
+    for (target, is_err) in [(stdout, false), (stderr, true)] {
+        let (dst, spare) = match target {
+            Target::None => continue,
+            Target::Fifo(p) => {
+                let spare = open_fifo(p, true)?;
+                (open_fifo(p, false)?, Some(spare))
+            }
+            Target::File(p) => {
+                let f = OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .custom_flags(OFlag::O_NONBLOCK.bits())
+                    .open(p)
+                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
+                (f, None)
+            }
+        };
+        if terminal {
+            if !is_err {
+                pty_stdout = Some((dst, spare));
+            }
+            continue;
+        }
+        let (r, w) = pipe(owner)?;
+        set_nonblocking(r.as_fd(), true)?;
+        io.copiers.push(Copier::new(
+            Direction::Output,
+            File::from(r),
+            dst,
+            spare,
+            false,
+        ));
+        if is_err {
+            proc_stdio.stderr = Stdio::from(w);
+        } else {
+            proc_stdio.stdout = Stdio::from(w);
+        }
+    }
+    Ok(Prepared {
+        io,
+        proc_stdio,
+        pty_stdin,
+        pty_stdout,
+    })
+}
+
+impl Prepared {
+    /// Split off the fds runc needs; the shim keeps the rest.
+    pub fn take_proc_stdio(&mut self) -> ProcStdio {
+        std::mem::replace(&mut self.proc_stdio, ProcStdio::null())
+    }
+
+    /// Wire the pty master between the FIFOs.
+    pub fn attach_console(mut self, master: File) -> io::Result<ProcessIo> {
+        set_nonblocking(master.as_fd(), true)?;
+        if let Some(reader) = self.pty_stdin.take() {
+            let m = master.try_clone()?;
+            self.io
+                .copiers
+                .push(Copier::new(Direction::Stdin, reader, m, None, false));
+        }
+        if let Some((dst, spare)) = self.pty_stdout.take() {
+            let m = master.try_clone()?;
+            self.io
+                .copiers
+                .push(Copier::new(Direction::Output, m, dst, spare, true));
+        }
+        self.io.console = Some(master);
+        Ok(self.io)
+    }
+
+    pub fn into_io(self) -> ProcessIo {
+        self.io
+    }
+}
+
+/// The socket runc sends the pty master to (`--console-socket`).
+pub struct ConsoleSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ConsoleSocket {
+    pub fn bind(path: PathBuf) -> io::Result<Self> {
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Ok(ConsoleSocket { listener, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Called after runc returned successfully, so its connection is already queued.
+    pub fn receive_master(&self) -> io::Result<File> {
+        self.listener.set_nonblocking(true)?;
+        let (conn, _) = self.listener.accept()?;
+        let mut byte = [0u8; 64];
+        let mut iov = [IoSliceMut::new(&mut byte)];
+        let mut space = cmsg_space!([std::os::fd::RawFd; 2]);
+        let msg = recvmsg::<UnixAddr>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        let mut master = None;
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                for fd in fds {
+                    // SAFETY: the kernel just installed this fd for us (close-on-exec); we own it.
+                    let f = unsafe { File::from_raw_fd(fd) };
+                    master.get_or_insert(f);
+                }
+            }
+        }
+        master.ok_or_else(|| io::Error::other("runc sent no pty master on the console socket"))
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+nix::ioctl_write_ptr_bad!(tiocswinsz, nix::libc::TIOCSWINSZ, nix::libc::winsize);
+
+pub fn resize(console: &File, width: u16, height: u16) -> io::Result<()> {
+    let ws = nix::libc::winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which is valid for the call.
+    unsafe { tiocswinsz(console.as_raw_fd(), &ws) }?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(parse_target("").unwrap(), Target::None);
+        assert_eq!(parse_target("/a/b").unwrap(), Target::Fifo("/a/b".into()));
+        assert_eq!(
+            parse_target("fifo:///a").unwrap(),
+            Target::Fifo("/a".into())
+        );
+        assert_eq!(
+            parse_target("file:///l").unwrap(),
+            Target::File("/l".into())
+        );
+        assert!(parse_target("binary:///x").is_err());
+        assert!(parse_target("rel/path").is_err());
+    }
+}

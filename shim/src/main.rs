@@ -1,0 +1,114 @@
+//! berth-shim: the per-container supervisor. This file only parses arguments; the shape of
+//! the program is: detach.rs (becoming a daemon) -> server.rs (the event loop) using
+//! process.rs (state machine, exit records), io.rs (stdio), runc.rs, reaper.rs.
+
+mod detach;
+mod io;
+mod process;
+mod reaper;
+mod runc;
+mod server;
+
+use std::path::PathBuf;
+
+/// One line on stderr (the --log file once detached). Never panics, unlike eprintln!.
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let t = berth_shim::protocol::Timestamp::now();
+        let _ = writeln!(
+            std::io::stderr(),
+            "{}.{:03} berth-shim[{}]: {}",
+            t.seconds,
+            t.nanos / 1_000_000,
+            std::process::id(),
+            format_args!($($arg)*)
+        );
+    }};
+}
+
+const USAGE: &str = "usage: berth-shim start --namespace NS --id ID --bundle DIR \
+[--runtime-binary runc] --runtime-root DIR [--systemd-cgroup] [--log FILE]
+       berth-shim --version";
+
+pub struct Options {
+    pub namespace: String,
+    pub id: String,
+    pub bundle: PathBuf,
+    pub runtime_binary: PathBuf,
+    pub runtime_root: PathBuf,
+    pub systemd_cgroup: bool,
+    pub log: Option<PathBuf>,
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut namespace = None;
+    let mut id = None;
+    let mut bundle = None;
+    let mut runtime_binary = PathBuf::from("runc");
+    let mut runtime_root = None;
+    let mut systemd_cgroup = false;
+    let mut log = None;
+    while let Some(a) = args.next() {
+        let mut val = || args.next().ok_or_else(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--namespace" => namespace = Some(val()?),
+            "--id" => id = Some(val()?),
+            "--bundle" => bundle = Some(PathBuf::from(val()?)),
+            "--runtime-binary" => runtime_binary = PathBuf::from(val()?),
+            "--runtime-root" => runtime_root = Some(PathBuf::from(val()?)),
+            "--systemd-cgroup" => systemd_cgroup = true,
+            "--log" => log = Some(PathBuf::from(val()?)),
+            _ => return Err(format!("unknown argument {a:?}")),
+        }
+    }
+    let id: String = id.ok_or("--id is required")?;
+    // runc validates ids too; this keeps odd ones out of our own file names and logs.
+    if id.is_empty()
+        || id.len() > 128
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(format!("invalid container id {id:?}"));
+    }
+    let bundle = bundle.ok_or("--bundle is required")?;
+    if !bundle.is_absolute() || !bundle.is_dir() {
+        return Err(format!(
+            "bundle {} is not an absolute directory path",
+            bundle.display()
+        ));
+    }
+    let runtime_root = runtime_root.ok_or("--runtime-root is required")?;
+    if !runtime_root.is_absolute() {
+        return Err("--runtime-root must be absolute".into());
+    }
+    Ok(Options {
+        namespace: namespace.ok_or("--namespace is required")?,
+        id,
+        bundle,
+        runtime_binary,
+        runtime_root,
+        systemd_cgroup,
+        log,
+    })
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("start") => match parse(args) {
+            Ok(opts) => detach::start(opts),
+            Err(e) => {
+                eprintln!("berth-shim: {e}\n{USAGE}");
+                std::process::exit(2);
+            }
+        },
+        Some("--version") => println!("berth-shim {}", env!("CARGO_PKG_VERSION")),
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}

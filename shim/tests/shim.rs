@@ -1,0 +1,520 @@
+//! berth-shim against real runc (needs root). Every test cleans up after itself and checks
+//! that no container, mount, cgroup or process is left (`Bundle::finish`).
+
+mod common;
+
+use berth_shim::protocol::*;
+use common::*;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::time::Duration;
+
+#[test]
+fn echo_hello_through_fifos() {
+    let b = Bundle::new("hello", &["echo", "hello"], false);
+    let (out, err) = (b.fifo("out"), b.fifo("err"));
+    let (rx_out, rx_err) = (read_fifo(&out), read_fifo(&err));
+    let pid = b.create("", out.to_str().unwrap(), err.to_str().unwrap(), false);
+    assert!(pid > 0);
+    let st = b.state("").unwrap();
+    assert_eq!(
+        (st.status, st.pid, st.id.as_str()),
+        (Status::Created, pid, b.id.as_str())
+    );
+    assert_eq!(
+        st.stdout,
+        out.to_str().unwrap(),
+        "paths are echoed back verbatim"
+    );
+
+    let waiter = b.wait_async("");
+    assert_eq!(b.start(""), pid);
+    assert_eq!(recv(&rx_out, "stdout EOF"), b"hello\n");
+    assert_eq!(recv(&rx_err, "stderr EOF"), b"");
+    let exit = recv(&waiter, "wait").unwrap();
+    assert_eq!((exit.pid, exit.exit_status), (pid, 0));
+    assert!(exit.exited_at.is_some());
+
+    let st = b.state(&b.id).unwrap();
+    assert_eq!(st.status, Status::Stopped);
+    assert_eq!(st.exited_at, exit.exited_at);
+    let rec = ExitRecord::read(b.bundle(), "init").expect("exit record");
+    assert_eq!((rec.pid, rec.exit_status), (pid, 0));
+
+    let del = b.delete("", false).unwrap();
+    assert_eq!((del.pid, del.exit_status), (pid, 0));
+    assert_eq!(shim_error(b.state("")).kind, ErrorKind::NotFound);
+    let _: Empty = b.call(Request::Shutdown).unwrap();
+    b.assert_clean();
+}
+
+#[test]
+fn nonzero_exit_and_wrong_transitions() {
+    let b = Bundle::new("exit3", &["sh", "-c", "exit 3"], false);
+    b.create("", "", "", false);
+    assert_eq!(
+        shim_error(b.call::<Empty>(Request::Pause)).kind,
+        ErrorKind::FailedPrecondition
+    );
+    b.start("");
+    assert_eq!(b.wait("").exit_status, 3);
+
+    let e = shim_error(b.call::<PidReply>(Request::Start { exec_id: "".into() }));
+    assert_eq!(e.kind, ErrorKind::FailedPrecondition);
+    assert!(e.message.starts_with("start: "), "{}", e.message);
+    let e = shim_error(b.call::<Empty>(Request::Pause));
+    assert_eq!(e.kind, ErrorKind::FailedPrecondition);
+    assert_eq!(shim_error(b.kill("", 9, false)).kind, ErrorKind::NotFound);
+    let e = shim_error(b.call::<Empty>(Request::Shutdown));
+    assert_eq!(
+        e.kind,
+        ErrorKind::FailedPrecondition,
+        "shutdown before delete"
+    );
+    let e = shim_error(b.call::<PidReply>(Request::Create(CreateRequest::default())));
+    assert_eq!(e.kind, ErrorKind::AlreadyExists);
+    let e = shim_error(b.state("nope"));
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    b.finish();
+}
+
+#[test]
+fn protocol_errors() {
+    let b = Bundle::new("proto", &["true"], false);
+    use std::io::{BufRead, BufReader};
+    let mut s = std::os::unix::net::UnixStream::connect(&b.sock).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(b"{\"v\":9,\"op\":\"state\"}\nnot json\n{\"v\":1,\"op\":\"version\"}\n")
+        .unwrap();
+    let mut lines = BufReader::new(s).lines();
+    let mut next =
+        || -> Response { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    assert_eq!(next().error.unwrap().kind, ErrorKind::Unimplemented);
+    assert_eq!(next().error.unwrap().kind, ErrorKind::InvalidArgument);
+    let v: VersionReply = serde_json::from_value(next().result.unwrap()).unwrap();
+    assert_eq!((v.protocol, v.pid), (PROTOCOL_VERSION, b.shim_pid));
+    // Nothing created yet: the shim may shut down.
+    let _: Empty = b.call(Request::Shutdown).unwrap();
+    b.assert_clean();
+}
+
+#[test]
+fn sigkill_reports_137_and_running_delete_is_refused() {
+    let b = Bundle::new("kill", &["sleep", "1000"], false);
+    b.create("", "", "", false);
+    b.start("");
+    assert_eq!(b.state("").unwrap().status, Status::Running);
+    let e = shim_error(b.delete("", false));
+    assert_eq!(e.kind, ErrorKind::FailedPrecondition);
+    let waiter = b.wait_async("");
+    // Requests pipelined behind a wait on one connection are answered after it, in order.
+    let mut c = b.client();
+    c.send(&Request::Wait { exec_id: "".into() }).unwrap();
+    c.send(&Request::State { exec_id: "".into() }).unwrap();
+    b.kill("", 9, false).unwrap();
+    let exit = recv(&waiter, "wait").unwrap();
+    assert_eq!(exit.exit_status, 137);
+    assert_eq!(c.recv::<ExitReply>().unwrap(), exit);
+    assert_eq!(c.recv::<ProcessState>().unwrap().status, Status::Stopped);
+    assert_eq!(b.delete("", false).unwrap().exit_status, 137);
+    let _: Empty = b.call(Request::Shutdown).unwrap();
+    b.assert_clean();
+}
+
+fn counter(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/root/tmp/counter"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn pause_freezes_and_resume_thaws() {
+    let script = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; usleep 20000; done";
+    let b = Bundle::new("pause", &["sh", "-c", script], false);
+    let pid = b.create("", "", "", false);
+    b.start("");
+    eventually("counter starts", || counter(pid) > 2);
+    let _: Empty = b.call(Request::Pause).unwrap();
+    assert_eq!(b.state("").unwrap().status, Status::Paused);
+    let e = shim_error(b.call::<Empty>(Request::Pause));
+    assert_eq!(e.kind, ErrorKind::FailedPrecondition);
+    let frozen = counter(pid);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(counter(pid), frozen, "counter advanced while paused");
+    let e = shim_error(b.delete("", false));
+    assert_eq!(
+        e.kind,
+        ErrorKind::FailedPrecondition,
+        "paused delete without force"
+    );
+
+    let _: Empty = b.call(Request::Resume).unwrap();
+    assert_eq!(b.state("").unwrap().status, Status::Running);
+    eventually("counter advances after resume", || {
+        counter(pid) > frozen + 2
+    });
+    let pids: PidsReply = b.call(Request::Pids).unwrap();
+    assert!(pids
+        .processes
+        .iter()
+        .any(|p| p.pid == pid && p.exec_id.is_none()));
+
+    // Pause again and force-delete the paused container.
+    let _: Empty = b.call(Request::Pause).unwrap();
+    let exit = b.delete("", true).unwrap();
+    assert_eq!(exit.exit_status, 137);
+    let _: Empty = b.call(Request::Shutdown).unwrap();
+    b.assert_clean();
+}
+
+#[test]
+fn exec_output_exit_code_and_fifo_eof() {
+    let b = Bundle::new("exec", &["sleep", "1000"], false);
+    b.create("", "", "", false);
+    b.start("");
+
+    let (out, err) = (b.fifo("e1-out"), b.fifo("e1-err"));
+    let (rx_out, rx_err) = (read_fifo(&out), read_fifo(&err));
+    let _: Empty = b
+        .call(Request::Exec(ExecRequest {
+            exec_id: "e1".into(),
+            spec: exec_spec(
+                &["sh", "-c", "echo from-exec; echo oops >&2; exit 5"],
+                false,
+            ),
+            stdin: String::new(),
+            stdout: out.to_str().unwrap().into(),
+            stderr: err.to_str().unwrap().into(),
+            terminal: false,
+        }))
+        .unwrap();
+    assert_eq!(b.state("e1").unwrap().status, Status::Created);
+    let waiter = b.wait_async("e1");
+    let epid = b.start("e1");
+    // Reading to EOF proves the shim closed its FIFO writers when the exec ended.
+    assert_eq!(recv(&rx_out, "exec stdout EOF"), b"from-exec\n");
+    assert_eq!(recv(&rx_err, "exec stderr EOF"), b"oops\n");
+    let exit = recv(&waiter, "exec wait").unwrap();
+    assert_eq!((exit.pid, exit.exit_status), (epid, 5));
+    let st = b.state("e1").unwrap();
+    assert_eq!((st.status, st.id.as_str()), (Status::Stopped, "e1"));
+    assert!(b.bundle().join("exits/e1").exists());
+    assert_eq!(b.delete("e1", false).unwrap().exit_status, 5);
+    assert!(!b.bundle().join("exits/e1").exists());
+    assert_eq!(shim_error(b.state("e1")).kind, ErrorKind::NotFound);
+
+    // A grandchild keeps the exec's stdout pipe open; the FIFO still reaches EOF.
+    let out2 = b.fifo("e2-out");
+    let rx2 = read_fifo(&out2);
+    let _: Empty = b
+        .call(Request::Exec(ExecRequest {
+            exec_id: "e2".into(),
+            spec: exec_spec(&["sh", "-c", "sleep 1000 & echo bg-started"], false),
+            stdin: String::new(),
+            stdout: out2.to_str().unwrap().into(),
+            stderr: String::new(),
+            terminal: false,
+        }))
+        .unwrap();
+    b.start("e2");
+    assert_eq!(recv(&rx2, "e2 stdout EOF"), b"bg-started\n");
+    assert_eq!(b.wait("e2").exit_status, 0);
+
+    // Bad exec requests.
+    let bad = |id: &str| {
+        b.call::<Empty>(Request::Exec(ExecRequest {
+            exec_id: id.into(),
+            spec: exec_spec(&["true"], false),
+            stdin: String::new(),
+            stdout: String::new(),
+            stderr: String::new(),
+            terminal: false,
+        }))
+    };
+    assert_eq!(shim_error(bad("init")).kind, ErrorKind::InvalidArgument);
+    assert_eq!(shim_error(bad("../x")).kind, ErrorKind::InvalidArgument);
+    assert_eq!(shim_error(bad("e2")).kind, ErrorKind::AlreadyExists);
+
+    // A running exec: delete refused, then killed by signal.
+    let _: Empty = bad("e3").unwrap();
+    b.call::<Empty>(Request::Exec(ExecRequest {
+        exec_id: "e4".into(),
+        spec: exec_spec(&["sleep", "1000"], false),
+        stdin: String::new(),
+        stdout: String::new(),
+        stderr: String::new(),
+        terminal: false,
+    }))
+    .unwrap();
+    assert_eq!(
+        shim_error(b.kill("e4", 15, false)).kind,
+        ErrorKind::FailedPrecondition
+    );
+    let e4 = b.start("e4");
+    let pids: PidsReply = b.call(Request::Pids).unwrap();
+    assert!(pids
+        .processes
+        .iter()
+        .any(|p| p.pid == e4 && p.exec_id.as_deref() == Some("e4")));
+    assert_eq!(
+        shim_error(b.delete("e4", false)).kind,
+        ErrorKind::FailedPrecondition
+    );
+    b.kill("e4", 15, false).unwrap();
+    assert_eq!(b.wait("e4").exit_status, 128 + 15);
+    b.finish();
+}
+
+#[test]
+fn close_io_gives_stdin_eof() {
+    let b = Bundle::new("stdin", &["cat"], false);
+    let (inp, out) = (b.fifo("in"), b.fifo("out"));
+    let rx_out = read_fifo(&out);
+    let inp2 = inp.clone();
+    // ctr opens stdin with a blocking O_WRONLY open in the background.
+    let writer = std::thread::spawn(move || {
+        let mut w = fs::OpenOptions::new().write(true).open(inp2).unwrap();
+        w.write_all(b"data\n").unwrap();
+    });
+    b.create(inp.to_str().unwrap(), out.to_str().unwrap(), "", false);
+    b.start("");
+    writer.join().unwrap();
+    // The client's writer is closed, but the shim's spare writer keeps cat waiting.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(b.state("").unwrap().status, Status::Running);
+    let _: Empty = b.call(Request::CloseIo { exec_id: "".into() }).unwrap();
+    assert_eq!(b.wait("").exit_status, 0);
+    assert_eq!(recv(&rx_out, "cat output"), b"data\n");
+    b.finish();
+}
+
+#[test]
+fn terminal_through_pty() {
+    let b = Bundle::new("tty", &["sh", "-c", "tty; stty size; echo term-ok"], true);
+    let out = b.fifo("out");
+    let rx = read_fifo(&out);
+    b.create("", out.to_str().unwrap(), "", true);
+    let _: Empty = b
+        .call(Request::ResizePty {
+            exec_id: "".into(),
+            width: 100,
+            height: 40,
+        })
+        .unwrap();
+    b.start("");
+    let text = String::from_utf8(recv(&rx, "pty output")).unwrap();
+    assert!(text.contains("/dev/pts/0"), "{text:?}");
+    assert!(text.contains("40 100"), "{text:?}");
+    assert!(text.contains("term-ok"), "{text:?}");
+    assert_eq!(b.wait("").exit_status, 0);
+    b.finish();
+}
+
+#[test]
+fn exec_with_terminal() {
+    let b = Bundle::new("exectty", &["sleep", "1000"], false);
+    b.create("", "", "", false);
+    b.start("");
+    let out = b.fifo("t-out");
+    let rx = read_fifo(&out);
+    let _: Empty = b
+        .call(Request::Exec(ExecRequest {
+            exec_id: "t1".into(),
+            spec: exec_spec(&["sh", "-c", "tty && exit 4"], true),
+            stdin: String::new(),
+            stdout: out.to_str().unwrap().into(),
+            stderr: String::new(),
+            terminal: true,
+        }))
+        .unwrap();
+    let e = shim_error(b.call::<Empty>(Request::Exec(ExecRequest {
+        exec_id: "t2".into(),
+        spec: exec_spec(&["true"], true),
+        stdin: String::new(),
+        stdout: String::new(),
+        stderr: "/x".into(),
+        terminal: true,
+    })));
+    assert_eq!(
+        e.kind,
+        ErrorKind::InvalidArgument,
+        "a terminal has no stderr"
+    );
+    b.start("t1");
+    let text = String::from_utf8(recv(&rx, "exec pty output")).unwrap();
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+    assert_eq!(b.wait("t1").exit_status, 4);
+    b.finish();
+}
+
+#[test]
+fn survives_its_starter_and_serves_new_connections() {
+    let b = Bundle::prepare("detach", &["sleep", "1000"], false);
+    // The "daemon" is a shell that starts the shim and exits.
+    let b = b.start_shim_with(&["sh", "-c", "exec \"$0\" \"$@\"", SHIM]);
+    let (ppid, sid) = ppid_and_sid(b.shim_pid);
+    let (_, my_sid) = ppid_and_sid(std::process::id());
+    assert_ne!(ppid, std::process::id(), "shim must not be our child");
+    assert_ne!(sid, my_sid, "shim must have its own session");
+    assert_ne!(sid, b.shim_pid, "shim must not be a session leader");
+
+    let mut c1 = b.client();
+    let _: PidReply = c1.call(&Request::Create(CreateRequest::default())).unwrap();
+    let _: PidReply = c1.call(&Request::Start { exec_id: "".into() }).unwrap();
+    // A client that disconnects mid-wait changes nothing.
+    c1.send(&Request::Wait { exec_id: "".into() }).unwrap();
+    drop(c1);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(process_alive(b.shim_pid));
+    assert_eq!(b.state("").unwrap().status, Status::Running);
+    let waiter = b.wait_async("");
+    b.kill("", 9, true).unwrap();
+    assert_eq!(recv(&waiter, "wait").unwrap().exit_status, 137);
+    assert_eq!(b.delete("", false).unwrap().exit_status, 137);
+    let _: Empty = b.call(Request::Shutdown).unwrap();
+    b.assert_clean();
+}
+
+#[test]
+fn exit_while_nobody_is_connected() {
+    let b = Bundle::new("offline", &["sh", "-c", "usleep 300000; exit 7"], false);
+    b.create("", "", "", false);
+    b.start("");
+    // No connection is open now; the exit is recorded on disk on its own.
+    eventually("exit record", || b.bundle().join("exits/init").exists());
+    let rec = ExitRecord::read(b.bundle(), "init").unwrap();
+    assert_eq!(rec.exit_status, 7);
+    let st = b.state("").unwrap();
+    assert_eq!((st.status, st.exit_status), (Status::Stopped, 7));
+    assert_eq!(st.exited_at, Some(rec.exited_at));
+    let w = b.wait("");
+    assert_eq!((w.exit_status, w.exited_at), (7, Some(rec.exited_at)));
+    b.finish();
+}
+
+#[test]
+fn container_gets_only_stdio_fds_and_socket_is_private() {
+    let b = Bundle::new("fds", &["sleep", "1000"], false);
+    let meta = fs::metadata(&b.sock).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let (inp, out, err) = (b.fifo("in"), b.fifo("out"), b.fifo("err"));
+    let _keep = (read_fifo(&out), read_fifo(&err));
+    let pid = b.create(
+        inp.to_str().unwrap(),
+        out.to_str().unwrap(),
+        err.to_str().unwrap(),
+        false,
+    );
+    b.start("");
+    let fds = |pid: u32| -> Vec<String> {
+        // runc start returns before runc init has exec'd the process (runc's own fds are
+        // still open until then): look once the process runs its program.
+        eventually("process execs", || {
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        });
+        let mut v: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let target = fs::read_link(e.path()).unwrap_or_default();
+                format!(
+                    "{}:{}",
+                    e.file_name().into_string().unwrap(),
+                    target.display()
+                )
+            })
+            .collect();
+        v.sort();
+        v.into_iter()
+            .map(|s| {
+                assert!(
+                    s.starts_with(['0', '1', '2']) && s.len() > 2,
+                    "unexpected fd {s}"
+                );
+                s[..1].to_string()
+            })
+            .collect()
+    };
+    assert_eq!(fds(pid), ["0", "1", "2"]);
+    let _: Empty = b
+        .call(Request::Exec(ExecRequest {
+            exec_id: "x".into(),
+            spec: exec_spec(&["sleep", "1000"], false),
+            stdin: String::new(),
+            stdout: String::new(),
+            stderr: String::new(),
+            terminal: false,
+        }))
+        .unwrap();
+    let epid = b.start("x");
+    assert_eq!(fds(epid), ["0", "1", "2"]);
+    // The process gets pipes from the shim, never the host FIFOs themselves.
+    let link = fs::read_link(format!("/proc/{pid}/fd/1")).unwrap();
+    assert!(link.to_string_lossy().starts_with("pipe:"), "{link:?}");
+    b.finish();
+}
+
+#[test]
+fn update_resources() {
+    let b = Bundle::new("update", &["sleep", "1000"], false);
+    b.create("", "", "", false);
+    b.start("");
+    let _: Empty = b
+        .call(Request::Update {
+            resources: serde_json::json!({"pids": {"limit": 42}}),
+        })
+        .unwrap();
+    let limit = format!("/sys/fs/cgroup/pids/{}/pids.max", b.id);
+    if std::path::Path::new(&limit).exists() {
+        assert_eq!(fs::read_to_string(limit).unwrap().trim(), "42");
+    }
+    b.finish();
+}
+
+/// Not a pass/fail figure in debug builds; `cargo test --release -p berth-shim shim_memory
+/// -- --nocapture` prints the numbers the README reports.
+#[test]
+fn shim_memory() {
+    let b = Bundle::new("rss", &["sleep", "1000"], false);
+    let out = b.fifo("out");
+    let _rx = read_fifo(&out);
+    b.create("", out.to_str().unwrap(), "", false);
+    b.start("");
+    std::thread::sleep(Duration::from_millis(200));
+    let field = |file: &str, key: &str| -> u64 {
+        fs::read_to_string(format!("/proc/{}/{file}", b.shim_pid))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    let rss = field("status", "VmRSS:");
+    let pss = field("smaps_rollup", "Pss:");
+    println!("berth-shim with a running container: VmRSS {rss} kB, Pss {pss} kB");
+    if !cfg!(debug_assertions) {
+        assert!(rss < 2048, "VmRSS {rss} kB");
+    }
+    b.finish();
+}
+
+#[test]
+fn delete_a_created_container() {
+    let b = Bundle::new("created", &["sleep", "1000"], false);
+    let pid = b.create("", "", "", false);
+    let waiter = b.wait_async("");
+    // runc delete kills the init that waits for start; its exit is still collected.
+    let exit = b.delete("", false).unwrap();
+    assert_eq!((exit.pid, exit.exit_status), (pid, 137));
+    assert_eq!(recv(&waiter, "wait").unwrap().exit_status, 137);
+    assert_eq!(shim_error(b.state("")).kind, ErrorKind::NotFound);
+    let e = shim_error(b.call::<PidReply>(Request::Create(CreateRequest::default())));
+    assert_eq!(e.kind, ErrorKind::AlreadyExists, "one container per shim");
+    let _: Empty = b.call(Request::Shutdown).unwrap();
+    b.assert_clean();
+}
