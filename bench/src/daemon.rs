@@ -111,6 +111,8 @@ fn emergency_cleanup() {
 pub struct Daemon {
     pub kind: Kind,
     pub socket: PathBuf,
+    /// The daemon's own dir (its root, state, log and socket are under it).
+    pub dir: PathBuf,
     /// Extra sockets to remove before a restart (containerd's ttrpc socket).
     stale: Vec<PathBuf>,
     program: PathBuf,
@@ -137,6 +139,7 @@ impl Daemon {
         Ok(Daemon {
             kind: Kind::Berth,
             socket,
+            dir: dir.to_path_buf(),
             stale: vec![],
             program: program.to_path_buf(),
             args,
@@ -185,6 +188,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         Ok(Daemon {
             kind: Kind::Containerd,
             socket,
+            dir: dir.to_path_buf(),
             stale: vec![ttrpc],
             program: program.to_path_buf(),
             args: vec!["--config".into(), path_str(&cfg)],
@@ -198,9 +202,23 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         self.child.as_ref().map(|c| c.id())
     }
 
-    /// CPU time used so far by the daemon's live threads, in ns (0 when not running).
+    /// CPU time used so far by the daemon, in ns (0 when not running).
+    /// The process CPU clock (`clock_getcpuclockid`) counts every thread, also those that have
+    /// exited (berthd runs each layer's decompression on a thread of its own); the sum over live
+    /// threads' schedstat is only a fallback.
     pub fn cpu_ns(&self) -> u64 {
         let Some(pid) = self.pid() else { return 0 };
+        let mut clock: libc::clockid_t = 0;
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: both calls only write to the two locals passed by pointer.
+        if unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) } == 0
+            && unsafe { libc::clock_gettime(clock, &mut ts) } == 0
+        {
+            return ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        }
         let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
             return 0;
         };
@@ -313,6 +331,88 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 }
 
 impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A helper process the bench starts (the loopback registry): in the same registry of live children
+/// as the daemons, so every exit path stops it too; SIGTERM then SIGKILL on drop.
+pub struct Helper {
+    name: &'static str,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Helper {
+    pub fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Result<Helper> {
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("open {}: {e}", log.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone().map_err(|e| e.to_string())?)
+            .stderr(out)
+            .process_group(0);
+        // SAFETY: as for the daemons: only asks the kernel to SIGKILL the child if we die.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| format!("start {name}: {e}"))?;
+        register_pid(child.id());
+        Ok(Helper {
+            name,
+            child: Some(child),
+            log: log.to_path_buf(),
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Err with the log tail if the process has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(child) = self.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let pid = child.id();
+                self.child = None;
+                unregister_pid(pid);
+                return Err(format!(
+                    "{} exited ({status}); log tail:\n{}",
+                    self.name,
+                    log_tail(&self.log)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            unregister_pid(child.id());
+        }
+    }
+}
+
+impl Drop for Helper {
     fn drop(&mut self) {
         self.stop();
     }

@@ -131,13 +131,14 @@ pub fn print_table(figs: &[Figure]) {
                 let [c0, c1, c2] = cols(containerd, f.better);
                 let r = f.ratio();
                 println!(
-                    "{:<9} {:<w$} {:>6} | {b0:>8} {b1:>8} {b2:>8} | {c0:>8} {c1:>8} {c2:>8} | {:>6}  {}{}",
+                    "{:<9} {:<w$} {:>6} | {b0:>8} {b1:>8} {b2:>8} | {c0:>8} {c1:>8} {c2:>8} | {:>6}  {}{}{}",
                     f.group,
                     f.title,
                     f.unit,
                     r.map(num).unwrap_or_else(|| "-".into()),
                     r.map(|r| verdict(r, f.better)).unwrap_or_default(),
                     if f.better == Better::Higher { " (higher is better)" } else { "" },
+                    f.target_text().map(|t| format!("; {t}")).unwrap_or_default(),
                 );
             }
             o => println!(
@@ -189,6 +190,9 @@ pub fn markdown(rep: &Report) -> String {
                     f.unit,
                     r.map(num).unwrap_or_else(|| "-".into()),
                     r.map(|r| verdict(r, f.better)).unwrap_or_default()
+                        + &f.target_text()
+                            .map(|t| format!("; {t}"))
+                            .unwrap_or_default()
                 );
             }
             o => {

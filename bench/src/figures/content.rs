@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 const G: &str = "content";
-const NS: &str = "bench";
+pub(super) const NS: &str = "bench";
 const CHUNK: usize = 1 << 20;
 const BLOB: usize = 100 << 20;
 const MIB: f64 = (1 << 20) as f64;
@@ -43,14 +43,14 @@ fn digest(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
-fn client(ch: Channel) -> ContentClient<Channel> {
+pub(super) fn client(ch: Channel) -> ContentClient<Channel> {
     ContentClient::new(ch)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20)
 }
 
 /// One lock-step Write of `blob`; returns the time from the first request to the COMMIT answer.
-async fn write(
+pub(super) async fn write(
     client: &mut ContentClient<Channel>,
     r#ref: &str,
     blob: &[u8],

@@ -309,7 +309,7 @@ pub async fn run(lab: &Lab, opts: &Opts) -> Result<(Vec<Figure>, usize)> {
                 Better::Lower,
             )
             .with(cpu.outcome())
-            .note("CPU time of all the daemon's threads (/proc/PID/task/*/schedstat)"),
+            .note("the daemon's process CPU clock (clock_getcpuclockid: all threads, also exited ones)"),
         );
     }
 
@@ -346,7 +346,10 @@ async fn list_small(opts: &Opts, chans: &[Vec<Channel>; 2]) -> Result<(Figure, u
                 .await
                 .map_err(|s| format!("{}: List: {}", kind.name(), s.message()))?;
             if n != size {
-                return Err(format!("{}: List returned {n}, expected {size}", kind.name()).into());
+                return Err(format!(
+                    "{}: List returned {n}, expected {size}",
+                    kind.name()
+                ));
             }
             per[slot(kind)].push(d.as_secs_f64() * 1e3);
         }

@@ -5,6 +5,7 @@
 
 pub mod content;
 pub mod footprint;
+pub mod images;
 pub mod metadata;
 pub mod pending;
 
@@ -55,6 +56,10 @@ pub struct Figure {
     pub outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// A target for the ratio berth/containerd set by an issue: at most this for `Better::Lower`
+    /// figures, at least this for `Better::Higher` ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<f64>,
 }
 
 impl Figure {
@@ -75,7 +80,26 @@ impl Figure {
                 why: "not run".into(),
             },
             note: None,
+            target: None,
         }
+    }
+
+    pub fn target(mut self, ratio: f64) -> Figure {
+        self.target = Some(ratio);
+        self
+    }
+
+    /// "target <= 0.80x: met" / "target >= 2.00x: MISSED", for measured figures with a target.
+    pub fn target_text(&self) -> Option<String> {
+        let (t, r) = (self.target?, self.ratio()?);
+        let (op, met) = match self.better {
+            Better::Lower => ("<=", r <= t),
+            Better::Higher => (">=", r >= t),
+        };
+        Some(format!(
+            "target {op} {t:.2}: {}",
+            if met { "met" } else { "MISSED" }
+        ))
     }
 
     pub fn with(mut self, outcome: Outcome) -> Figure {

@@ -87,42 +87,6 @@ struct Pending {
 const PENDING: &[Pending] = &[
     Pending {
         group: Group::Images,
-        id: "images.import",
-        title: "ctr images import of the Debian image archive (~110 MB, 2 layers)",
-        unit: "s",
-        better: Better::Lower,
-        caps: &[Cap::Snapshots, Cap::Diff],
-        also: "the Debian image fixture (debootstrap + umoci)",
-    },
-    Pending {
-        group: Group::Images,
-        id: "images.pull",
-        title: "ctr images pull --plain-http from a loopback registry (fetch + unpack)",
-        unit: "s",
-        better: Better::Lower,
-        caps: &[Cap::Snapshots, Cap::Diff],
-        also: "the loopback registry fixture (Debian's docker-registry)",
-    },
-    Pending {
-        group: Group::Images,
-        id: "diff.apply",
-        title: "diff Apply of the 95 MB layer",
-        unit: "s",
-        better: Better::Lower,
-        caps: &[Cap::Snapshots, Cap::Diff],
-        also: "the Debian image fixture",
-    },
-    Pending {
-        group: Group::Images,
-        id: "snapshots.prepare_commit",
-        title: "snapshot Prepare+Commit pairs",
-        unit: "pairs/s",
-        better: Better::Higher,
-        caps: &[Cap::Snapshots],
-        also: "",
-    },
-    Pending {
-        group: Group::Images,
         id: "berth.pull",
         title: "berth pull (berthd) vs ctr images pull (containerd)",
         unit: "s",
@@ -137,7 +101,7 @@ const PENDING: &[Pending] = &[
         unit: "ms",
         better: Better::Lower,
         caps: &[Cap::Tasks, Cap::Snapshots],
-        also: "the busybox image fixture (Debian's busybox-static)",
+        also: "",
     },
     Pending {
         group: Group::Tasks,
@@ -146,7 +110,7 @@ const PENDING: &[Pending] = &[
         unit: "ms",
         better: Better::Lower,
         caps: &[Cap::Tasks, Cap::Snapshots],
-        also: "the busybox image fixture",
+        also: "",
     },
     Pending {
         group: Group::Tasks,
@@ -155,7 +119,7 @@ const PENDING: &[Pending] = &[
         unit: "runs/s",
         better: Better::Higher,
         caps: &[Cap::Tasks, Cap::Snapshots],
-        also: "the busybox image fixture",
+        also: "",
     },
     Pending {
         group: Group::Tasks,
@@ -164,7 +128,7 @@ const PENDING: &[Pending] = &[
         unit: "ms",
         better: Better::Lower,
         caps: &[Cap::Tasks, Cap::Snapshots],
-        also: "the busybox image fixture",
+        also: "",
     },
     Pending {
         group: Group::Footprint,
@@ -173,7 +137,7 @@ const PENDING: &[Pending] = &[
         unit: "MiB",
         better: Better::Lower,
         caps: &[Cap::Tasks, Cap::Snapshots],
-        also: "the busybox image fixture",
+        also: "",
     },
     Pending {
         group: Group::Footprint,
@@ -182,7 +146,7 @@ const PENDING: &[Pending] = &[
         unit: "MiB",
         better: Better::Lower,
         caps: &[Cap::Tasks, Cap::Snapshots],
-        also: "the busybox image fixture",
+        also: "",
     },
     Pending {
         group: Group::Footprint,
@@ -191,7 +155,7 @@ const PENDING: &[Pending] = &[
         unit: "ms",
         better: Better::Lower,
         caps: &[Cap::Tasks, Cap::Snapshots],
-        also: "the busybox image fixture",
+        also: "",
     },
 ];
 
