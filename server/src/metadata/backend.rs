@@ -28,6 +28,9 @@ pub trait Backend: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// All pairs whose key starts with `prefix`, in key order.
     fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Call `f` with every pair under `prefix`, in key order, without copying them out first
+    /// (listings decode straight from the store's buffers).
+    fn for_each(&self, prefix: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()>;
     /// At most `limit` pairs under `prefix` with keys after `after` (all when None), in key order:
     /// lets long listings stream page by page instead of materialising everything.
     fn scan_page(
@@ -75,6 +78,14 @@ impl Backend for SledBackend {
                 Ok((k.to_vec(), v.to_vec()))
             })
             .collect()
+    }
+
+    fn for_each(&self, prefix: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+        for kv in self.db.scan_prefix(prefix) {
+            let (k, v) = kv?;
+            f(&k, &v)?;
+        }
+        Ok(())
     }
 
     fn scan_page(

@@ -15,12 +15,10 @@ impl Metadata {
     }
 
     pub fn list_containers(&self, ns: &str, filter: &Filter) -> Result<Vec<Container>> {
-        Ok(self
-            .scan::<Container>(&keys::objects(ns, keys::CONTAINERS))?
-            .into_iter()
-            .map(|(_, c)| c)
-            .filter(|c| filter.matches(&ContainerFields(c)))
-            .collect())
+        let all = filter.matches_all();
+        self.list::<Container>(&keys::objects(ns, keys::CONTAINERS), |r| {
+            all || filter.matches(&ContainerFields(r))
+        })
     }
 
     /// Containers page by page, for streaming: up to `limit` records after the key `after`,

@@ -22,12 +22,10 @@ impl Metadata {
     }
 
     pub fn list_content(&self, ns: &str, filter: &Filter) -> Result<Vec<Info>> {
-        Ok(self
-            .scan::<Info>(&keys::objects(ns, keys::CONTENT))?
-            .into_iter()
-            .map(|(_, i)| i)
-            .filter(|i| filter.matches(&InfoFields(i)))
-            .collect())
+        let all = filter.matches_all();
+        self.list::<Info>(&keys::objects(ns, keys::CONTENT), |r| {
+            all || filter.matches(&InfoFields(r))
+        })
     }
 
     /// Record a committed blob in `ns` (and in `lease`, if the client holds one).

@@ -14,12 +14,10 @@ impl Metadata {
     }
 
     pub fn list_images(&self, ns: &str, filter: &Filter) -> Result<Vec<Image>> {
-        Ok(self
-            .scan::<Image>(&keys::objects(ns, keys::IMAGES))?
-            .into_iter()
-            .map(|(_, i)| i)
-            .filter(|i| filter.matches(&ImageFields(i)))
-            .collect())
+        let all = filter.matches_all();
+        self.list::<Image>(&keys::objects(ns, keys::IMAGES), |r| {
+            all || filter.matches(&ImageFields(r))
+        })
     }
 
     pub async fn create_image(&self, ns: &str, mut image: Image) -> Result<Image> {

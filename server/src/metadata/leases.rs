@@ -13,12 +13,10 @@ pub const EXPIRE_LABEL: &str = "containerd.io/gc.expire";
 
 impl Metadata {
     pub fn list_leases(&self, ns: &str, filter: &Filter) -> Result<Vec<Lease>> {
-        Ok(self
-            .scan::<Lease>(&keys::objects(ns, keys::LEASES))?
-            .into_iter()
-            .map(|(_, l)| l)
-            .filter(|l| filter.matches(&LeaseFields(l)))
-            .collect())
+        let all = filter.matches_all();
+        self.list::<Lease>(&keys::objects(ns, keys::LEASES), |r| {
+            all || filter.matches(&LeaseFields(r))
+        })
     }
 
     pub async fn create_lease(&self, ns: &str, mut lease: Lease) -> Result<Lease> {

@@ -142,6 +142,23 @@ impl Metadata {
             .collect()
     }
 
+    /// Decode every record under `prefix` that `keep` accepts, straight from the store's buffers.
+    pub fn list<M: Message + Default>(
+        &self,
+        prefix: &[u8],
+        mut keep: impl FnMut(&M) -> bool,
+    ) -> Result<Vec<M>> {
+        let mut out = Vec::new();
+        self.backend.for_each(prefix, &mut |_, v| {
+            let m: M = decode(v)?;
+            if keep(&m) {
+                out.push(m);
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     /// One page of records under `prefix` after the key `after`; see `Backend::scan_page`.
     pub fn scan_page<M: Message + Default>(
         &self,
