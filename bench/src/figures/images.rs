@@ -716,6 +716,21 @@ pub async fn run(lab: &Lab, opts: &Opts) -> Result<Vec<Figure>> {
             }
         }
     }
+    if opts.wants_figure("gc.") {
+        match super::gc::run(lab, opts).await {
+            Ok(f) => figs.extend(f),
+            Err(e) => {
+                eprintln!("[images] GC figure failed: {e}");
+                figs.push(failed(
+                    "gc.collect",
+                    "GC of 1,000 images",
+                    "ms",
+                    Better::Lower,
+                    e,
+                ));
+            }
+        }
+    }
     Ok(figs)
 }
 

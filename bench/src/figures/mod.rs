@@ -5,6 +5,7 @@
 
 pub mod content;
 pub mod footprint;
+pub mod gc;
 pub mod images;
 pub mod metadata;
 pub mod pending;
