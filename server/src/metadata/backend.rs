@@ -24,13 +24,16 @@ impl Batch {
     }
 }
 
+/// A visitor of key-value pairs, as `Backend::for_each` calls it.
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
+
 pub trait Backend: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// All pairs whose key starts with `prefix`, in key order.
     fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Call `f` with every pair under `prefix`, in key order, without copying them out first
     /// (listings decode straight from the store's buffers).
-    fn for_each(&self, prefix: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()>;
+    fn for_each(&self, prefix: &[u8], f: &mut Visit<'_>) -> Result<()>;
     /// At most `limit` pairs under `prefix` with keys after `after` (all when None), in key order:
     /// lets long listings stream page by page instead of materialising everything.
     fn scan_page(
@@ -80,7 +83,7 @@ impl Backend for SledBackend {
             .collect()
     }
 
-    fn for_each(&self, prefix: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+    fn for_each(&self, prefix: &[u8], f: &mut Visit<'_>) -> Result<()> {
         for kv in self.db.scan_prefix(prefix) {
             let (k, v) = kv?;
             f(&k, &v)?;
