@@ -1,9 +1,24 @@
 #!/usr/bin/env bash
 # The whole test suite: installs dependencies, builds once, runs every crate's tests (unit, wire
-# compatibility, end-to-end against a real berthd with the real ctr). Run as root.
+# compatibility, end-to-end against a real berthd with the real ctr, the shim against real runc).
+# Run as root. Ends with one line totalling every test binary's results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "the end-to-end tests mount, lock and chown: run as root" >&2; exit 1; }
 scripts/deps.sh
 cargo build --workspace --all-targets --locked
-cargo test --workspace --locked -- --test-threads=2
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked -- --test-threads=2 2>&1 | tee "$log" || status=$?
+# cargo prints one "test result:" line per test binary (the last is often an empty doc-test run):
+# add them up so the closing line speaks for the whole suite.
+awk '/^test result:/ {
+       for (i = 1; i <= NF; i++) {
+         if ($(i) ~ /^passed;?$/)  passed  += $(i-1)
+         if ($(i) ~ /^failed;?$/)  failed  += $(i-1)
+         if ($(i) ~ /^ignored;?$/) ignored += $(i-1)
+       }
+     }
+     END { printf "total: %d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"
+exit "$status"
