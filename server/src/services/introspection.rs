@@ -78,8 +78,15 @@ pub fn plugin_list(
     plugins.extend([
         metadata,
         plugin("io.containerd.event.v1", "exchange", &[]),
+        plugin(
+            "io.containerd.differ.v1",
+            "layer",
+            &["io.containerd.content.v1"],
+        ),
+        plugin("io.containerd.gc.v1", "collector", deps),
         plugin(grpc, "containers", deps),
         plugin(grpc, "content", deps),
+        plugin(grpc, "diff", &["io.containerd.differ.v1"]),
         plugin(grpc, "events", &["io.containerd.event.v1"]),
         plugin(grpc, "images", deps),
         plugin(grpc, "introspection", &[]),
