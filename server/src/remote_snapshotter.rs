@@ -4,6 +4,7 @@
 //! The `Snapshotter` trait is synchronous and berthd only calls it from blocking threads, so each
 //! call is run to completion on the daemon's runtime with `Handle::block_on`.
 
+use crate::snapshots::from_api_mounts;
 use berth_api::containerd::services::snapshots::v1::{
     self as api, snapshots_client::SnapshotsClient,
 };
@@ -95,17 +96,6 @@ fn from_status(name: &str, s: tonic::Status) -> Error {
     }
 }
 
-fn to_mounts(m: Vec<berth_api::containerd::types::Mount>) -> Vec<Mount> {
-    m.into_iter()
-        .map(|m| Mount {
-            r#type: m.r#type,
-            source: m.source,
-            target: m.target,
-            options: m.options,
-        })
-        .collect()
-}
-
 fn to_info(mut i: api::Info) -> Info {
     if i.labels.get(ROOT_LABEL).map(String::as_str) == Some(PROXY_ROOT) {
         i.labels.remove(ROOT_LABEL);
@@ -192,7 +182,7 @@ impl Snapshotter for RemoteSnapshotter {
             snapshotter: self.remote_name.clone(),
             key: key.into(),
         });
-        Ok(to_mounts(
+        Ok(from_api_mounts(
             self.call(|mut c| async move { c.mounts(req).await })?
                 .mounts,
         ))
@@ -210,7 +200,7 @@ impl Snapshotter for RemoteSnapshotter {
             parent: parent.into(),
             labels: held(labels),
         });
-        Ok(to_mounts(
+        Ok(from_api_mounts(
             self.call(|mut c| async move { c.prepare(req).await })?
                 .mounts,
         ))
@@ -223,7 +213,7 @@ impl Snapshotter for RemoteSnapshotter {
             parent: parent.into(),
             labels: held(labels),
         });
-        Ok(to_mounts(
+        Ok(from_api_mounts(
             self.call(|mut c| async move { c.view(req).await })?.mounts,
         ))
     }

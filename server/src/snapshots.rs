@@ -17,6 +17,33 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
 }
 
+/// Mounts as snapshotters describe them, in the API's type (both are foreign to berthd, so these
+/// are functions rather than `From` impls).
+pub fn to_api_mounts(mounts: Vec<Mount>) -> Vec<berth_api::containerd::types::Mount> {
+    mounts
+        .into_iter()
+        .map(|m| berth_api::containerd::types::Mount {
+            r#type: m.r#type,
+            source: m.source,
+            target: m.target,
+            options: m.options,
+        })
+        .collect()
+}
+
+/// Mounts a client (or a remote snapshotter) sent, in the snapshotter crate's type.
+pub fn from_api_mounts(mounts: Vec<berth_api::containerd::types::Mount>) -> Vec<Mount> {
+    mounts
+        .into_iter()
+        .map(|m| Mount {
+            r#type: m.r#type,
+            source: m.source,
+            target: m.target,
+            options: m.options,
+        })
+        .collect()
+}
+
 #[derive(Default, Clone)]
 pub struct Snapshotters {
     by_name: BTreeMap<String, Arc<dyn Snapshotter>>,

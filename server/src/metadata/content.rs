@@ -98,17 +98,8 @@ impl Metadata {
                 return Err(Error::not_found(format!("content {digest}: not found")));
             }
             tx.delete(key);
-            let mut elsewhere = false;
-            for ns_key in tx.scan_keys(keys::NAMESPACES)? {
-                let other = String::from_utf8_lossy(&ns_key[keys::NAMESPACES.len()..]).into_owned();
-                if other != ns
-                    && tx.exists(&keys::object(&other, keys::CONTENT, digest.as_str()))?
-                {
-                    elsewhere = true;
-                    break;
-                }
-            }
-            Ok(!elsewhere)
+            let others = other_namespaces(tx, ns)?;
+            Ok(!held_by_any(tx, &others, digest)?)
         })
         .await
     }
@@ -128,12 +119,7 @@ impl Metadata {
                 .is_some_and(|t| (t.seconds, t.nanos) < (marked_at.seconds, marked_at.nanos))
         };
         self.update(|tx| {
-            let namespaces: Vec<String> = tx
-                .scan_keys(keys::NAMESPACES)?
-                .into_iter()
-                .map(|k| String::from_utf8_lossy(&k[keys::NAMESPACES.len()..]).into_owned())
-                .filter(|other| other != ns)
-                .collect();
+            let others = other_namespaces(tx, ns)?;
             let mut orphaned = Vec::new();
             for digest in digests {
                 let key = keys::object(ns, keys::CONTENT, digest.as_str());
@@ -144,14 +130,7 @@ impl Metadata {
                     continue;
                 }
                 tx.delete(key);
-                let mut elsewhere = false;
-                for other in &namespaces {
-                    if tx.exists(&keys::object(other, keys::CONTENT, digest.as_str()))? {
-                        elsewhere = true;
-                        break;
-                    }
-                }
-                if !elsewhere {
+                if !held_by_any(tx, &others, digest)? {
                     orphaned.push(digest.clone());
                 }
             }
@@ -165,6 +144,26 @@ impl Metadata {
         self.update(|tx| add_to_lease(tx, ns, lease, "ingests", ingest_ref))
             .await
     }
+}
+
+/// Every namespace but `ns`.
+fn other_namespaces(tx: &Tx<'_>, ns: &str) -> Result<Vec<String>> {
+    Ok(tx
+        .scan_keys(keys::NAMESPACES)?
+        .into_iter()
+        .map(|k| String::from_utf8_lossy(&k[keys::NAMESPACES.len()..]).into_owned())
+        .filter(|other| other != ns)
+        .collect())
+}
+
+/// Whether any of `namespaces` still records `digest`: then its bytes must stay on disk.
+fn held_by_any(tx: &Tx<'_>, namespaces: &[String], digest: &Digest) -> Result<bool> {
+    for other in namespaces {
+        if tx.exists(&keys::object(other, keys::CONTENT, digest.as_str()))? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn add_to_lease(tx: &mut Tx<'_>, ns: &str, lease: &str, kind: &str, id: &str) -> Result<()> {

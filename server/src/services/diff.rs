@@ -10,9 +10,9 @@ use super::{namespace, reply, RpcResult, State};
 use crate::content::{Digest, Writer};
 use crate::diff::{apply_layer_with_parents, compute_layer, Applied, Limits, Whiteouts};
 use crate::error::{Error, Result};
-use crate::snapshots::blocking;
+use crate::snapshots::{blocking, from_api_mounts};
 use berth_api::containerd::services::diff::v1::{diff_server::Diff, *};
-use berth_api::containerd::types::{Descriptor, Mount as ApiMount};
+use berth_api::containerd::types::Descriptor;
 use berth_snapshotter::Mount;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,17 +30,6 @@ pub struct DiffService {
     /// Where temporary mounts go.
     pub mounts_dir: PathBuf,
     pub limits: Limits,
-}
-
-fn from_api(m: &[ApiMount]) -> Vec<Mount> {
-    m.iter()
-        .map(|m| Mount {
-            r#type: m.r#type.clone(),
-            source: m.source.clone(),
-            target: m.target.clone(),
-            options: m.options.clone(),
-        })
-        .collect()
 }
 
 /// Where a layer goes for a given set of mounts.
@@ -130,7 +119,7 @@ impl Diff for DiffService {
             return Err(Error::invalid("no mounts to apply the layer to").into());
         }
         let blob = self.state.content.open_blob(&digest)?;
-        let plan = self.plan(from_api(&req.mounts));
+        let plan = self.plan(from_api_mounts(req.mounts));
         let (limits, mounts_dir, media_type) = (
             self.limits.clone(),
             self.mounts_dir.clone(),
@@ -205,7 +194,7 @@ impl Diff for DiffService {
             req.r#ref.clone()
         };
         let writer = self.state.content.writer(&format!("{ns}/{ref}"), 0, None)?;
-        let (left, right) = (from_api(&req.left), from_api(&req.right));
+        let (left, right) = (from_api_mounts(req.left), from_api_mounts(req.right));
         let mounts_dir = self.mounts_dir.clone();
         let (digest, size, diff_id) = blocking(move || {
             with_mounted(&mounts_dir, &left, |lower| {

@@ -4,11 +4,10 @@
 use super::{lease, mask_paths, namespace, reply, RpcResult, State};
 use crate::error::{Error, Result};
 use crate::filters::{label_field, Adaptor, Filter};
-use crate::snapshots::{blocking, Scoped};
+use crate::snapshots::{blocking, to_api_mounts, Scoped};
 use berth_api::containerd::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
 use berth_api::containerd::services::leases::v1::Resource;
 use berth_api::containerd::services::snapshots::v1::{snapshots_server::Snapshots, *};
-use berth_api::containerd::types::Mount as ApiMount;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;
@@ -18,18 +17,6 @@ pub struct SnapshotsService(pub Arc<State>);
 
 /// Infos per List message, as containerd batches them.
 const LIST_BATCH: usize = 100;
-
-pub fn to_api_mounts(mounts: Vec<berth_snapshotter::Mount>) -> Vec<ApiMount> {
-    mounts
-        .into_iter()
-        .map(|m| ApiMount {
-            r#type: m.r#type,
-            source: m.source,
-            target: m.target,
-            options: m.options,
-        })
-        .collect()
-}
 
 fn to_api_info(i: berth_snapshotter::Info) -> Info {
     Info {
