@@ -23,7 +23,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
 pub fn start(opts: Options) -> ! {
-    let sock = opts.bundle.join("shim.sock");
+    let sock = opts.socket_dir.join("shim.sock");
     let (r, w) = match pipe2(OFlag::O_CLOEXEC) {
         Ok(p) => p,
         Err(e) => fail(&format!("pipe: {e}")),
@@ -134,6 +134,7 @@ fn setup(opts: &Options, sock: &Path) -> Result<Server, String> {
         opts.namespace.clone(),
         opts.id.clone(),
         opts.bundle.clone(),
+        opts.socket_dir.clone(),
         runc,
         listener,
         reaper,

@@ -29,13 +29,16 @@ macro_rules! log {
 }
 
 const USAGE: &str = "usage: berth-shim start --namespace NS --id ID --bundle DIR \
-[--runtime-binary runc] --runtime-root DIR [--systemd-cgroup] [--log FILE]
+[--socket-dir DIR] [--runtime-binary runc] --runtime-root DIR [--systemd-cgroup] [--log FILE]
        berth-shim --version";
 
 pub struct Options {
     pub namespace: String,
     pub id: String,
     pub bundle: PathBuf,
+    /// Where shim.sock and console.sock are bound (default: the bundle). A short directory
+    /// keeps socket paths under the 108-byte limit whatever the bundle path's length.
+    pub socket_dir: PathBuf,
     pub runtime_binary: PathBuf,
     pub runtime_root: PathBuf,
     pub systemd_cgroup: bool,
@@ -46,6 +49,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
     let mut namespace = None;
     let mut id = None;
     let mut bundle = None;
+    let mut socket_dir = None;
     let mut runtime_binary = PathBuf::from("runc");
     let mut runtime_root = None;
     let mut systemd_cgroup = false;
@@ -56,6 +60,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--namespace" => namespace = Some(val()?),
             "--id" => id = Some(val()?),
             "--bundle" => bundle = Some(PathBuf::from(val()?)),
+            "--socket-dir" => socket_dir = Some(PathBuf::from(val()?)),
             "--runtime-binary" => runtime_binary = PathBuf::from(val()?),
             "--runtime-root" => runtime_root = Some(PathBuf::from(val()?)),
             "--systemd-cgroup" => systemd_cgroup = true,
@@ -80,6 +85,13 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             bundle.display()
         ));
     }
+    let socket_dir = socket_dir.unwrap_or_else(|| bundle.clone());
+    if !socket_dir.is_absolute() || !socket_dir.is_dir() {
+        return Err(format!(
+            "socket dir {} is not an absolute directory path",
+            socket_dir.display()
+        ));
+    }
     let runtime_root = runtime_root.ok_or("--runtime-root is required")?;
     if !runtime_root.is_absolute() {
         return Err("--runtime-root must be absolute".into());
@@ -88,6 +100,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         namespace: namespace.ok_or("--namespace is required")?,
         id,
         bundle,
+        socket_dir,
         runtime_binary,
         runtime_root,
         systemd_cgroup,

@@ -62,6 +62,9 @@ pub enum Request {
     Resume,
     /// `runc ps`; reply [`PidsReply`].
     Pids,
+    /// Every process the shim knows (init first, then execs by id); reply [`ListReply`].
+    /// What a restarted daemon asks to rebuild its view.
+    List,
     /// Reply [`ProcessState`].
     State {
         #[serde(default)]
@@ -100,6 +103,7 @@ impl Request {
             Request::Pause => "pause",
             Request::Resume => "resume",
             Request::Pids => "pids",
+            Request::List => "list",
             Request::State { .. } => "state",
             Request::Wait { .. } => "wait",
             Request::Delete { .. } => "delete",
@@ -148,6 +152,11 @@ pub struct VersionReply {
     pub version: String,
     /// The shim's own pid.
     pub pid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListReply {
+    pub processes: Vec<ProcessState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,8 +8,9 @@ use crate::process::{self, Process};
 use crate::reaper::Reaper;
 use crate::runc::{read_pid_file, Runc};
 use berth_shim::protocol::{
-    decode_request, CreateRequest, Empty, ErrorKind, ExecRequest, PidInfo, PidReply, PidsReply,
-    Request, Response, ShimError, Status, VersionReply, MAX_REQUEST_LINE, PROTOCOL_VERSION,
+    decode_request, CreateRequest, Empty, ErrorKind, ExecRequest, ListReply, PidInfo, PidReply,
+    PidsReply, Request, Response, ShimError, Status, VersionReply, MAX_REQUEST_LINE,
+    PROTOCOL_VERSION,
 };
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -81,6 +82,8 @@ pub struct Server {
     namespace: String,
     id: String,
     bundle: PathBuf,
+    /// Where the control and console sockets live (the bundle unless --socket-dir).
+    sockets: PathBuf,
     exits_dir: PathBuf,
     runc: Runc,
     listener: UnixListener,
@@ -103,6 +106,7 @@ impl Server {
         namespace: String,
         id: String,
         bundle: PathBuf,
+        sockets: PathBuf,
         runc: Runc,
         listener: UnixListener,
         reaper: Reaper,
@@ -114,6 +118,7 @@ impl Server {
             namespace,
             id,
             bundle,
+            sockets,
             exits_dir,
             runc,
             listener,
@@ -187,7 +192,7 @@ impl Server {
                 break;
             }
         }
-        let _ = std::fs::remove_file(self.bundle.join("shim.sock"));
+        let _ = std::fs::remove_file(self.sockets.join("shim.sock"));
         let _ = std::fs::remove_file(self.bundle.join("shim.pid"));
         log!("shut down");
     }
@@ -414,6 +419,9 @@ impl Server {
             Request::Pause => self.pause_resume(op, true),
             Request::Resume => self.pause_resume(op, false),
             Request::Pids => self.pids(op),
+            Request::List => ok(ListReply {
+                processes: self.procs.values().map(|p| p.state()).collect(),
+            }),
             Request::State { exec_id } => {
                 let key = self.key(&exec_id);
                 self.proc(op, &key).map(|p| p.state()).and_then(ok)
@@ -585,7 +593,7 @@ impl Server {
             .map_err(|e| internal(op, format!("opening stdio: {e}")))?;
         let console = match c.terminal {
             true => Some(
-                ConsoleSocket::bind(self.bundle.join("console.sock"))
+                ConsoleSocket::bind(self.sockets.join("console.sock"))
                     .map_err(|e| internal(op, format!("console socket: {e}")))?,
             ),
             false => None,
@@ -688,7 +696,7 @@ impl Server {
                 .map_err(|e| format!("opening stdio: {e}"))?;
             let console = match terminal {
                 true => Some(
-                    ConsoleSocket::bind(self.bundle.join("console.sock"))
+                    ConsoleSocket::bind(self.sockets.join("console.sock"))
                         .map_err(|e| format!("console socket: {e}"))?,
                 ),
                 false => None,
