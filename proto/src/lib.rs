@@ -122,6 +122,26 @@ pub mod containerd {
     }
 }
 
+/// Packages `io.containerd.*`: payloads containerd's runtimes put in `Any`s.
+pub mod io {
+    /// Packages `io.containerd.*` (nesting mirrors the protobuf package).
+    pub mod containerd {
+        /// Packages `io.containerd.cgroups.*`: task metrics.
+        pub mod cgroups {
+            generated!(
+                /// `io.containerd.cgroups.v1`: metrics of a task whose
+                /// controllers are in cgroup v1 (pure v1 or hybrid hosts).
+                v1 => "io.containerd.cgroups.v1.rs"
+            );
+            generated!(
+                /// `io.containerd.cgroups.v2`: metrics of a task in the
+                /// unified hierarchy.
+                v2 => "io.containerd.cgroups.v2.rs"
+            );
+        }
+    }
+}
+
 /// Packages `google.*` not covered by `prost_types`.
 pub mod google {
     generated!(

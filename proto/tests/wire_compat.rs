@@ -1,8 +1,9 @@
 //! Proves our `.proto` files are wire-identical to upstream containerd's:
 //! every upstream message/enum/service must exist in ours with identical
 //! field numbers, names, types, type names and labels, enum values and rpc
-//! signatures. Upstream comes from the Debian package
-//! `golang-github-containerd-containerd-dev`.
+//! signatures. Upstream comes from the Debian packages
+//! `golang-github-containerd-containerd-dev` (the API) and
+//! `golang-github-containerd-cgroups-dev` (the task metrics payloads).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use prost_types::{
 
 const GOCODE: &str = "/usr/share/gocode/src";
 const CONTAINERD: &str = "github.com/containerd/containerd";
+const CGROUPS: &str = "github.com/containerd/cgroups";
 
 /// Upstream files (relative to `GOCODE`) that make up containerd's v1 API.
 const UPSTREAM_FILES: &[&str] = &[
@@ -42,6 +44,10 @@ const UPSTREAM_FILES: &[&str] = &[
     "api/services/ttrpc/events/v1/events.proto",
     "runtime/v2/runc/options/oci.proto",
 ];
+
+/// Upstream files (relative to `CGROUPS`): the metrics a task reports, in
+/// packages `io.containerd.cgroups.v1` and `io.containerd.cgroups.v2`.
+const UPSTREAM_CGROUPS_FILES: &[&str] = &["stats/v1/metrics.proto", "v2/stats/metrics.proto"];
 
 /// Packages that only carry code-generation options upstream (or are
 /// well-known types provided by protox) and so are not compared.
@@ -94,9 +100,23 @@ fn compile_upstream() -> FileDescriptorSet {
         our_proto_dir()
     };
 
+    let cgroups = Path::new(GOCODE).join(CGROUPS);
+    assert!(
+        cgroups.join(UPSTREAM_CGROUPS_FILES[0]).is_file(),
+        "upstream cgroups metrics protos not found under {}: install the Debian package \
+         golang-github-containerd-cgroups-dev (apt-get install \
+         golang-github-containerd-cgroups-dev)",
+        cgroups.display()
+    );
+
     let files: Vec<String> = UPSTREAM_FILES
         .iter()
         .map(|f| format!("{CONTAINERD}/{f}"))
+        .chain(
+            UPSTREAM_CGROUPS_FILES
+                .iter()
+                .map(|f| format!("{CGROUPS}/{f}")),
+        )
         .collect();
     let includes = [PathBuf::from(GOCODE), gogo, status_root];
     protox::compile(&files, &includes)
@@ -236,6 +256,15 @@ fn wire_compatible_with_upstream_containerd() {
     // Sanity: make sure we actually compared something substantial.
     assert!(upstream.messages.len() > 100, "too few upstream messages");
     assert!(upstream.services.len() >= 12, "too few upstream services");
+    for metrics in [
+        ".io.containerd.cgroups.v1.Metrics",
+        ".io.containerd.cgroups.v2.Metrics",
+    ] {
+        assert!(
+            upstream.messages.contains_key(metrics),
+            "upstream {metrics} not compared"
+        );
+    }
 
     let mut diffs = Vec::new();
     diff_maps("message", &upstream.messages, &ours.messages, &mut diffs);
