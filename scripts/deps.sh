@@ -4,6 +4,9 @@ set -euo pipefail
 packages=(
   containerd            # its `ctr` client drives berthd in the tests; its daemon is the benchmark baseline
   runc                  # the OCI runtime
+  crun                  # a second runc-compatible runtime (ctr run --runc-binary crun)
+  criu                  # checkpoint/restore through runc
+  golang-github-containerd-cgroups-dev     # upstream cgroups metrics .proto files, compared by the wire test
   busybox-static        # the tests build a busybox OCI image from it
   docker-registry       # a real registry on loopback for the pull tests
   skopeo                # pushes the test images into that registry and makes docker-archives

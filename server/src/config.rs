@@ -22,6 +22,57 @@ pub struct Config {
     pub diff: DiffConfig,
     /// External plugins reached over a unix socket, as containerd's `[proxy_plugins.NAME]`.
     pub proxy_plugins: std::collections::BTreeMap<String, ProxyPlugin>,
+    pub tasks: TasksConfig,
+    /// Runtimes a container may name (`Container.runtime.name`), as containerd's CRI
+    /// `runtimes.NAME`. `io.containerd.runc.v2` (berth-shim + runc) is always there.
+    pub runtimes: std::collections::BTreeMap<String, RuntimeConfig>,
+}
+
+/// The runtime containerd's clients ask for by default.
+pub const DEFAULT_RUNTIME: &str = "io.containerd.runc.v2";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TasksConfig {
+    /// The berth-shim binary; empty: the one beside berthd.
+    pub shim: PathBuf,
+    /// How long a restarted daemon waits for each shim to answer before treating it as dead.
+    pub shim_connect_timeout_ms: u64,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        TasksConfig {
+            shim: PathBuf::new(),
+            shim_connect_timeout_ms: 1000,
+        }
+    }
+}
+
+/// One named runtime: containerd's runc options (`containerd.runc.v1.Options`) as defaults that
+/// a container's or a task's own options override.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Only `io.containerd.runc.v2` (berth's shim driving a runc-compatible binary) exists.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The OCI runtime binary: runc, crun, ...
+    pub binary_name: String,
+    /// runc's `--root`; empty: `<state>/runc`. The namespace is appended, as containerd does.
+    pub root: PathBuf,
+    pub systemd_cgroup: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            kind: DEFAULT_RUNTIME.into(),
+            binary_name: "runc".into(),
+            root: PathBuf::new(),
+            systemd_cgroup: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +150,8 @@ impl Default for Config {
             leases: LeaseConfig::default(),
             diff: DiffConfig::default(),
             proxy_plugins: Default::default(),
+            tasks: TasksConfig::default(),
+            runtimes: [(DEFAULT_RUNTIME.to_string(), RuntimeConfig::default())].into(),
         }
     }
 }
@@ -135,7 +188,23 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(format!("read config {}", path.display()), e))?;
-        toml::from_str(&text).map_err(|e| Error::invalid(format!("config {}: {e}", path.display())))
+        let mut config: Config = toml::from_str(&text)
+            .map_err(|e| Error::invalid(format!("config {}: {e}", path.display())))?;
+        // A file naming other runtimes keeps the default one.
+        config
+            .runtimes
+            .entry(DEFAULT_RUNTIME.to_string())
+            .or_default();
+        for (name, rt) in &config.runtimes {
+            if rt.kind != DEFAULT_RUNTIME {
+                return Err(Error::invalid(format!(
+                    "config {}: runtime {name:?} has type {:?}; berth supports {DEFAULT_RUNTIME}",
+                    path.display(),
+                    rt.kind
+                )));
+            }
+        }
+        Ok(config)
     }
 
     pub fn to_toml(&self) -> String {

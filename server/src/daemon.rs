@@ -8,6 +8,7 @@ use crate::events::Exchange;
 use crate::gc::Collector;
 use crate::metadata::Metadata;
 use crate::remote_snapshotter::RemoteSnapshotter;
+use crate::runtime::TaskManager;
 use crate::services::{self, *};
 use crate::snapshots::Snapshotters;
 use berth_api::containerd::services as api;
@@ -15,7 +16,7 @@ use nix::fcntl::{Flock, FlockArg};
 use std::fs::{self, DirBuilder, File};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::net::UnixListener;
@@ -53,6 +54,18 @@ pub async fn run(config: Config) -> Result<()> {
         config.leases.expiry_interval_secs,
     ));
 
+    let tasks = Arc::new(TaskManager::new(
+        &config.state,
+        shim_binary(&config)?,
+        config.runtimes.clone(),
+        Duration::from_millis(config.tasks.shim_connect_timeout_ms),
+        state.events.clone(),
+    )?);
+    let recovered = tasks.recover().await?;
+    if recovered > 0 {
+        tracing::info!(tasks = recovered, "reconnected to running shims");
+    }
+
     let listener = bind_socket(&config)?;
     let address = config.grpc.address.clone();
     tracing::info!(address = %address.display(), root = %config.root.display(), "berthd ready");
@@ -63,7 +76,7 @@ pub async fn run(config: Config) -> Result<()> {
         shutdown_signal().await;
         events.close();
     };
-    let serve = router(&config, state.clone(), &snapshotter_errors)
+    let serve = router(&config, state.clone(), tasks, &snapshotter_errors)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopping);
     // In-flight calls get a bounded time to finish once the signal came; a client that never
     // ends its stream must not keep the daemon up.
@@ -87,6 +100,7 @@ pub async fn run(config: Config) -> Result<()> {
 fn router(
     config: &Config,
     state: Arc<State>,
+    tasks: Arc<TaskManager>,
     snapshotter_errors: &[(String, String)],
 ) -> tonic::transport::server::Router {
     let recv = config.grpc.max_recv_message_size;
@@ -167,7 +181,13 @@ fn router(
                 },
             }
         ))
-        .add_service(not_yet::TasksNotYet)
+        .add_service(svc!(
+            api::tasks::v1::tasks_server::TasksServer,
+            services::tasks::TasksService {
+                state: state.clone(),
+                tasks,
+            }
+        ))
 }
 
 /// The built-in snapshotters under `<root>/snapshots/<name>`. overlayfs needs a filesystem that
@@ -204,7 +224,17 @@ fn open_snapshotters(config: &Config) -> Result<(Snapshotters, Vec<(String, Stri
     Ok((snapshotters, errors))
 }
 
-fn make_dir(path: &Path, mode: u32) -> Result<()> {
+/// berth-shim: as configured, else beside the berthd binary (where packages install both).
+fn shim_binary(config: &Config) -> Result<PathBuf> {
+    if !config.tasks.shim.as_os_str().is_empty() {
+        return Ok(config.tasks.shim.clone());
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::io("locate the berthd binary (to find berth-shim beside it)", e))?;
+    Ok(exe.with_file_name("berth-shim"))
+}
+
+pub(crate) fn make_dir(path: &Path, mode: u32) -> Result<()> {
     DirBuilder::new()
         .recursive(true)
         .mode(mode)

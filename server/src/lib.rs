@@ -13,6 +13,7 @@ pub mod filters;
 pub mod gc;
 pub mod metadata;
 pub mod remote_snapshotter;
+pub mod runtime;
 pub mod services;
 pub mod snapshots;
 pub mod validate;

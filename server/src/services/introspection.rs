@@ -84,6 +84,7 @@ pub fn plugin_list(
             &["io.containerd.content.v1"],
         ),
         plugin("io.containerd.gc.v1", "collector", deps),
+        plugin("io.containerd.runtime.v2", "task", deps),
         plugin(grpc, "containers", deps),
         plugin(grpc, "content", deps),
         plugin(grpc, "diff", &["io.containerd.differ.v1"]),
@@ -93,6 +94,7 @@ pub fn plugin_list(
         plugin(grpc, "leases", deps),
         plugin(grpc, "namespaces", deps),
         plugin(grpc, "snapshots", &["io.containerd.snapshotter.v1"]),
+        plugin(grpc, "tasks", &["io.containerd.runtime.v2"]),
         plugin(grpc, "version", &[]),
     ]);
     plugins

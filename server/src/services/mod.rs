@@ -9,8 +9,8 @@ pub mod images;
 pub mod introspection;
 pub mod leases;
 pub mod namespaces;
-pub mod not_yet;
 pub mod snapshots;
+pub mod tasks;
 pub mod version;
 
 use crate::content::ContentStore;

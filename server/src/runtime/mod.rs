@@ -1,0 +1,833 @@
+//! Tasks: running containers through one berth-shim per container (shim/README.md is the
+//! shim's contract).
+//!
+//! The shim is the source of truth for a task's processes: berthd keeps only which tasks exist
+//! and where their shims listen, asks the shim for state on every call, and rebuilds its table
+//! from the bundles on disk after a restart (`recover`). Every transition publishes containerd's
+//! event.
+//!
+//! On disk, under the state dir (tmpfs in production: tasks do not survive a reboot):
+//! - `tasks/<ns>/<id>/` the bundle (0700): `config.json` (the container's spec verbatim),
+//!   `rootfs/` (the snapshot mounts), `task.json` (how berthd launched it), the shim's files;
+//! - `s/<hash>/` the shim's sockets (0700): short, so socket paths fit whatever the ids;
+//! - `runc/<ns>/` runc's state (the default runtime root).
+
+pub mod cgroups;
+mod recovery;
+pub mod shim;
+
+use crate::config::{RuntimeConfig, DEFAULT_RUNTIME};
+use crate::error::{Error, Result};
+use crate::events::Exchange;
+use crate::snapshots::blocking;
+use berth_api::containerd::events::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIo, TaskOom, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use berth_api::containerd::runc::v1::Options as RuncOptions;
+use berth_api::containerd::services::containers::v1::Container;
+use berth_api::containerd::types::Mount;
+use berth_shim::protocol::{
+    CreateRequest, Empty, ExecRequest, ExitReply, ListReply, PidReply, PidsReply, ProcessState,
+    Request, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use shim::{ShimSocket, QUICK_CALL, SLOW_CALL};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The longest socket name the shim binds in its socket dir is `console.sock`; sun_path is 108.
+const MAX_SOCKET_DIR_LEN: usize = 107 - "/console.sock".len();
+
+/// How berthd launched a task's shim: enough to clean up after a shim that died.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub namespace: String,
+    pub id: String,
+    pub runtime: String,
+    pub binary_name: String,
+    /// runc's --root, the namespace included.
+    pub runc_root: PathBuf,
+    pub systemd_cgroup: bool,
+    /// Whether berthd mounted the rootfs on `<bundle>/rootfs` (and so must unmount it).
+    pub rootfs_mounted: bool,
+}
+
+/// A task berthd knows: where its bundle is and how to reach its shim.
+#[derive(Debug)]
+pub struct Task {
+    pub record: TaskRecord,
+    pub bundle: PathBuf,
+    socket_dir: PathBuf,
+    pub shim: ShimSocket,
+    /// The init process's pid (fixed at create).
+    pub pid: u32,
+}
+
+/// The stdio of a process as the client named it.
+#[derive(Debug, Clone, Default)]
+pub struct Stdio {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+pub struct CreateTask {
+    pub namespace: String,
+    pub container: Container,
+    pub rootfs: Vec<Mount>,
+    pub stdio: Stdio,
+    /// `containerd.runc.v1.Options` for this task; overrides the container's.
+    pub options: Option<prost_types::Any>,
+}
+
+/// A table slot: `Busy` while a create or a cleanup owns the id, so nothing else races it.
+enum Slot {
+    Busy,
+    Ready(Arc<Task>),
+}
+
+pub struct TaskManager {
+    state_dir: PathBuf,
+    shim_binary: PathBuf,
+    runtimes: BTreeMap<String, RuntimeConfig>,
+    connect_timeout: Duration,
+    events: Exchange,
+    tasks: Mutex<HashMap<(String, String), Slot>>,
+}
+
+/// The slot stays Busy until this is dropped: released on every path, errors included.
+struct Reservation<'a> {
+    manager: &'a TaskManager,
+    key: (String, String),
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut tasks = self.manager.lock();
+        if matches!(tasks.get(&self.key), Some(Slot::Busy)) {
+            tasks.remove(&self.key);
+        }
+    }
+}
+
+impl TaskManager {
+    pub fn new(
+        state_dir: &Path,
+        shim_binary: PathBuf,
+        runtimes: BTreeMap<String, RuntimeConfig>,
+        connect_timeout: Duration,
+        events: Exchange,
+    ) -> Result<TaskManager> {
+        let manager = TaskManager {
+            state_dir: state_dir.to_path_buf(),
+            shim_binary,
+            runtimes,
+            connect_timeout,
+            events,
+            tasks: Mutex::new(HashMap::new()),
+        };
+        let probe = manager.socket_dir("n", "i");
+        if probe.as_os_str().len() > MAX_SOCKET_DIR_LEN {
+            return Err(Error::invalid(format!(
+                "state dir {} is too long for the shims' unix sockets (at most {} bytes)",
+                state_dir.display(),
+                MAX_SOCKET_DIR_LEN - (probe.as_os_str().len() - state_dir.as_os_str().len())
+            )));
+        }
+        for dir in [manager.tasks_dir(), manager.state_dir.join("s")] {
+            crate::daemon::make_dir(&dir, 0o711)?;
+        }
+        Ok(manager)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Slot>> {
+        // A poisoned lock only means another thread panicked mid-update of a plain map.
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tasks_dir(&self) -> PathBuf {
+        self.state_dir.join("tasks")
+    }
+
+    fn bundle_dir(&self, ns: &str, id: &str) -> PathBuf {
+        self.tasks_dir().join(ns).join(id)
+    }
+
+    fn socket_dir(&self, ns: &str, id: &str) -> PathBuf {
+        let hash = Sha256::digest(format!("{ns}/{id}").as_bytes());
+        self.state_dir.join("s").join(&hex::encode(hash)[..16])
+    }
+
+    fn reserve(&self, ns: &str, id: &str) -> Result<Reservation<'_>> {
+        let key = (ns.to_string(), id.to_string());
+        let mut tasks = self.lock();
+        match tasks.get(&key) {
+            Some(Slot::Ready(_)) => Err(Error::exists(format!("task {id} already exists"))),
+            Some(Slot::Busy) => Err(Error::Unavailable(format!(
+                "task {id} is being created or cleaned up; retry"
+            ))),
+            None => {
+                tasks.insert(key.clone(), Slot::Busy);
+                Ok(Reservation { manager: self, key })
+            }
+        }
+    }
+
+    /// The task of container `id` in `ns`.
+    pub fn get(&self, ns: &str, id: &str) -> Result<Arc<Task>> {
+        match self.lock().get(&(ns.to_string(), id.to_string())) {
+            Some(Slot::Ready(t)) => Ok(t.clone()),
+            _ => Err(Error::not_found(format!("no task for container {id}"))),
+        }
+    }
+
+    /// Every task of a namespace, by id.
+    pub fn in_namespace(&self, ns: &str) -> Vec<Arc<Task>> {
+        let mut v: Vec<_> = self
+            .lock()
+            .iter()
+            .filter_map(|((n, _), slot)| match slot {
+                Slot::Ready(t) if n == ns => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        v.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+        v
+    }
+
+    /// How many tasks exist (for introspection and tests).
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The runtime a container asks for, with the task's own runc options applied on top.
+    fn resolve_runtime(
+        &self,
+        ns: &str,
+        container: &Container,
+        task_options: Option<&prost_types::Any>,
+    ) -> Result<(String, RuntimeConfig)> {
+        let name = container
+            .runtime
+            .as_ref()
+            .map(|r| r.name.as_str())
+            .filter(|n| !n.is_empty())
+            .unwrap_or(DEFAULT_RUNTIME);
+        let mut rt = self.runtimes.get(name).cloned().ok_or_else(|| {
+            Error::not_found(format!(
+                "runtime {name:?} is not configured (configured: {})",
+                self.runtimes.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let container_options = container.runtime.as_ref().and_then(|r| r.options.as_ref());
+        let options = task_options
+            .filter(|a| !a.type_url.is_empty())
+            .or(container_options.filter(|a| !a.type_url.is_empty()));
+        if let Some(any) = options {
+            let o: RuncOptions = berth_api::unpack_any(any).map_err(|e| {
+                Error::invalid(format!(
+                    "runtime options: {e} (berth's runtime takes containerd.runc.v1.Options)"
+                ))
+            })?;
+            if !o.binary_name.is_empty() {
+                rt.binary_name = o.binary_name;
+            }
+            if !o.root.is_empty() {
+                rt.root = PathBuf::from(o.root);
+            }
+            rt.systemd_cgroup |= o.systemd_cgroup;
+        }
+        if rt.root.as_os_str().is_empty() {
+            rt.root = self.state_dir.join("runc");
+        }
+        if !rt.root.is_absolute() {
+            return Err(Error::invalid(format!(
+                "runtime root {} must be an absolute path",
+                rt.root.display()
+            )));
+        }
+        // containerd keeps one runc root per namespace: container ids are unique only there.
+        rt.root = rt.root.join(ns);
+        Ok((name.to_string(), rt))
+    }
+
+    /// Create the task of a container: bundle, rootfs, shim, `runc create`. On failure nothing
+    /// is left behind.
+    pub async fn create(self: &Arc<Self>, req: CreateTask) -> Result<Arc<Task>> {
+        let ns = req.namespace.clone();
+        let id = req.container.id.clone();
+        let reservation = self.reserve(&ns, &id)?;
+        let (runtime, rt) = self.resolve_runtime(&ns, &req.container, req.options.as_ref())?;
+        let spec = req
+            .container
+            .spec
+            .as_ref()
+            .map(|s| s.value.clone())
+            .ok_or_else(|| Error::precondition(format!("container {id} has no spec")))?;
+        serde_json::from_slice::<serde_json::Value>(&spec)
+            .map_err(|e| Error::invalid(format!("container {id}: spec is not JSON: {e}")))?;
+
+        let bundle = self.bundle_dir(&ns, &id);
+        let socket_dir = self.socket_dir(&ns, &id);
+        let record = TaskRecord {
+            namespace: ns.clone(),
+            id: id.clone(),
+            runtime,
+            binary_name: rt.binary_name.clone(),
+            runc_root: rt.root.clone(),
+            systemd_cgroup: rt.systemd_cgroup,
+            rootfs_mounted: !req.rootfs.is_empty(),
+        };
+        // Leftovers of a create that died with an earlier daemon go first.
+        remove_task_dirs(&bundle, &socket_dir).await?;
+        {
+            let (bundle, socket_dir, record) = (bundle.clone(), socket_dir.clone(), record.clone());
+            let rootfs = crate::snapshots::from_api_mounts(req.rootfs.clone());
+            blocking(move || prepare_bundle(&bundle, &socket_dir, &record, &spec, &rootfs)).await?;
+        }
+        let launched = self.launch(&record, &bundle, &socket_dir, &req.stdio).await;
+        let (shim, pid) = match launched {
+            Ok(ok) => ok,
+            Err(e) => {
+                if let Err(clean) = remove_task_dirs(&bundle, &socket_dir).await {
+                    tracing::warn!(task = %id, error = %clean, "cleaning up after a failed create");
+                }
+                return Err(e);
+            }
+        };
+        let task = Arc::new(Task {
+            record,
+            bundle: bundle.clone(),
+            socket_dir,
+            shim,
+            pid,
+        });
+        self.lock()
+            .insert((ns.clone(), id.clone()), Slot::Ready(task.clone()));
+        drop(reservation);
+        self.watch_exit(task.clone(), String::new());
+        self.events.publish(
+            &ns,
+            "/tasks/create",
+            &TaskCreate {
+                container_id: id,
+                bundle: bundle.display().to_string(),
+                rootfs: req.rootfs,
+                io: Some(TaskIo {
+                    stdin: req.stdio.stdin,
+                    stdout: req.stdio.stdout,
+                    stderr: req.stdio.stderr,
+                    terminal: req.stdio.terminal,
+                }),
+                checkpoint: String::new(),
+                pid,
+            },
+        );
+        Ok(task)
+    }
+
+    async fn launch(
+        &self,
+        record: &TaskRecord,
+        bundle: &Path,
+        socket_dir: &Path,
+        stdio: &Stdio,
+    ) -> Result<(ShimSocket, u32)> {
+        let path = shim::launch(&shim::Launch {
+            shim: &self.shim_binary,
+            namespace: &record.namespace,
+            id: &record.id,
+            bundle,
+            socket_dir,
+            runtime_binary: &record.binary_name,
+            runtime_root: &record.runc_root,
+            systemd_cgroup: record.systemd_cgroup,
+        })
+        .await?;
+        let shim = ShimSocket {
+            task: record.id.clone(),
+            path,
+        };
+        let created = shim
+            .call::<PidReply>(
+                &Request::Create(CreateRequest {
+                    stdin: stdio.stdin.clone(),
+                    stdout: stdio.stdout.clone(),
+                    stderr: stdio.stderr.clone(),
+                    terminal: stdio.terminal,
+                }),
+                Some(SLOW_CALL),
+            )
+            .await;
+        match created {
+            Ok(r) => Ok((shim, r.pid)),
+            Err(e) => {
+                // Nothing was created: the shim may go.
+                let _ = shim
+                    .call::<Empty>(&Request::Shutdown, Some(QUICK_CALL))
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Publish /tasks/exit when a process ends (one open `wait` per process). If init's wait
+    /// breaks because the shim died (not because the task was deleted), the task is cleaned up
+    /// as a restart would, and its exit reported from the shim's record (or 255, as containerd).
+    fn watch_exit(self: &Arc<Self>, task: Arc<Task>, exec_id: String) {
+        let manager = self.clone();
+        tokio::spawn(async move {
+            let req = Request::Wait {
+                exec_id: exec_id.clone(),
+            };
+            let id = if exec_id.is_empty() {
+                task.record.id.clone()
+            } else {
+                exec_id.clone()
+            };
+            let exit = match task.shim.call::<ExitReply>(&req, None).await {
+                Ok(exit) => exit,
+                Err(_) if exec_id.is_empty() && manager.shim_died(&task).await => {
+                    let record = berth_shim::protocol::ExitRecord::read(&task.bundle, "init");
+                    manager.clean_up_dead(
+                        task.bundle.clone(),
+                        task.socket_dir.clone(),
+                        Some(task.record.clone()),
+                        "the shim exited unexpectedly".into(),
+                    );
+                    ExitReply {
+                        pid: task.pid,
+                        exit_status: record.as_ref().map_or(255, |r| r.exit_status),
+                        exited_at: Some(record.map_or_else(Timestamp::now, |r| r.exited_at)),
+                    }
+                }
+                // Deleted (Delete publishes its own event), or the daemon is going away.
+                Err(_) => return,
+            };
+            manager.events.publish(
+                &task.record.namespace,
+                "/tasks/exit",
+                &TaskExit {
+                    container_id: task.record.id.clone(),
+                    id,
+                    pid: exit.pid,
+                    exit_status: exit.exit_status,
+                    exited_at: exit.exited_at.map(timestamp),
+                },
+            );
+        });
+    }
+
+    /// Whether `task` is still this daemon's live task but its shim no longer answers.
+    async fn shim_died(&self, task: &Arc<Task>) -> bool {
+        let current = match self
+            .lock()
+            .get(&(task.record.namespace.clone(), task.record.id.clone()))
+        {
+            Some(Slot::Ready(t)) => Arc::ptr_eq(t, task),
+            _ => false,
+        };
+        current
+            && task
+                .shim
+                .call::<berth_shim::protocol::VersionReply>(
+                    &Request::Version,
+                    Some(self.connect_timeout),
+                )
+                .await
+                .is_err()
+    }
+
+    /// Publish /tasks/oom for every OOM kill in the task's cgroup while it lives.
+    fn watch_oom(&self, task: &Arc<Task>) {
+        let monitor = cgroups::Cgroup::of_pid(task.pid).and_then(|c| c.oom_monitor());
+        let mut monitor = match monitor {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(task = %task.record.id, error = %e, "no OOM monitoring");
+                return;
+            }
+        };
+        let events = self.events.clone();
+        let (ns, id) = (task.record.namespace.clone(), task.record.id.clone());
+        tokio::spawn(async move {
+            while let Ok(true) = monitor.next().await {
+                events.publish(
+                    &ns,
+                    "/tasks/oom",
+                    &TaskOom {
+                        container_id: id.clone(),
+                    },
+                );
+            }
+        });
+    }
+
+    pub async fn start(self: &Arc<Self>, ns: &str, id: &str, exec_id: &str) -> Result<u32> {
+        let task = self.get(ns, id)?;
+        let r: PidReply = task
+            .shim
+            .call(
+                &Request::Start {
+                    exec_id: exec_id.to_string(),
+                },
+                Some(SLOW_CALL),
+            )
+            .await?;
+        if exec_id.is_empty() {
+            self.watch_oom(&task);
+            self.events.publish(
+                ns,
+                "/tasks/start",
+                &TaskStart {
+                    container_id: id.to_string(),
+                    pid: r.pid,
+                },
+            );
+        } else {
+            self.events.publish(
+                ns,
+                "/tasks/exec-started",
+                &TaskExecStarted {
+                    container_id: id.to_string(),
+                    exec_id: exec_id.to_string(),
+                    pid: r.pid,
+                },
+            );
+        }
+        Ok(r.pid)
+    }
+
+    /// The state of init (`exec_id` "") or of an exec.
+    pub async fn state(&self, ns: &str, id: &str, exec_id: &str) -> Result<ProcessState> {
+        let task = self.get(ns, id)?;
+        task.state(exec_id).await
+    }
+
+    /// Init's state of every task of a namespace, asked of all shims at once.
+    pub async fn list(&self, ns: &str) -> Vec<(Arc<Task>, ProcessState)> {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, task) in self.in_namespace(ns).into_iter().enumerate() {
+            set.spawn(async move {
+                let state = task.state("").await;
+                (i, task, state)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((i, task, Ok(state))) => out.push((i, task, state)),
+                // Deleted meanwhile, or its shim is gone: not a task to show.
+                Ok((_, task, Err(e))) => {
+                    tracing::debug!(task = %task.record.id, error = %e, "not listed")
+                }
+                Err(e) => tracing::warn!(error = %e, "listing a task failed"),
+            }
+        }
+        out.sort_by_key(|(i, ..)| *i);
+        out.into_iter().map(|(_, t, s)| (t, s)).collect()
+    }
+
+    pub async fn kill(
+        &self,
+        ns: &str,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<()> {
+        let task = self.get(ns, id)?;
+        let _: Empty = task
+            .shim
+            .call(
+                &Request::Kill {
+                    exec_id: exec_id.to_string(),
+                    signal,
+                    all,
+                },
+                Some(SLOW_CALL),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn exec(
+        self: &Arc<Self>,
+        ns: &str,
+        id: &str,
+        exec_id: &str,
+        spec: serde_json::Value,
+        stdio: Stdio,
+    ) -> Result<()> {
+        let task = self.get(ns, id)?;
+        let _: Empty = task
+            .shim
+            .call(
+                &Request::Exec(ExecRequest {
+                    exec_id: exec_id.to_string(),
+                    spec,
+                    stdin: stdio.stdin,
+                    stdout: stdio.stdout,
+                    stderr: stdio.stderr,
+                    terminal: stdio.terminal,
+                }),
+                Some(QUICK_CALL),
+            )
+            .await?;
+        self.watch_exit(task, exec_id.to_string());
+        self.events.publish(
+            ns,
+            "/tasks/exec-added",
+            &TaskExecAdded {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            },
+        );
+        Ok(())
+    }
+
+    pub async fn resize_pty(
+        &self,
+        ns: &str,
+        id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<()> {
+        let task = self.get(ns, id)?;
+        let _: Empty = task
+            .shim
+            .call(
+                &Request::ResizePty {
+                    exec_id: exec_id.to_string(),
+                    width,
+                    height,
+                },
+                Some(QUICK_CALL),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn close_stdin(&self, ns: &str, id: &str, exec_id: &str) -> Result<()> {
+        let task = self.get(ns, id)?;
+        let _: Empty = task
+            .shim
+            .call(
+                &Request::CloseIo {
+                    exec_id: exec_id.to_string(),
+                },
+                Some(QUICK_CALL),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn pause(&self, ns: &str, id: &str, pause: bool) -> Result<()> {
+        let task = self.get(ns, id)?;
+        let req = if pause {
+            Request::Pause
+        } else {
+            Request::Resume
+        };
+        let _: Empty = task.shim.call(&req, Some(SLOW_CALL)).await?;
+        let container_id = id.to_string();
+        if pause {
+            self.events
+                .publish(ns, "/tasks/paused", &TaskPaused { container_id });
+        } else {
+            self.events
+                .publish(ns, "/tasks/resumed", &TaskResumed { container_id });
+        }
+        Ok(())
+    }
+
+    pub async fn pids(&self, ns: &str, id: &str) -> Result<PidsReply> {
+        let task = self.get(ns, id)?;
+        task.shim.call(&Request::Pids, Some(SLOW_CALL)).await
+    }
+
+    pub async fn update(&self, ns: &str, id: &str, resources: serde_json::Value) -> Result<()> {
+        let task = self.get(ns, id)?;
+        let _: Empty = task
+            .shim
+            .call(&Request::Update { resources }, Some(SLOW_CALL))
+            .await?;
+        Ok(())
+    }
+
+    /// Block until the process has exited (at once if it has).
+    pub async fn wait(&self, ns: &str, id: &str, exec_id: &str) -> Result<ExitReply> {
+        let task = self.get(ns, id)?;
+        task.shim
+            .call(
+                &Request::Wait {
+                    exec_id: exec_id.to_string(),
+                },
+                None,
+            )
+            .await
+    }
+
+    /// Delete an exec process that has finished.
+    pub async fn delete_process(&self, ns: &str, id: &str, exec_id: &str) -> Result<ExitReply> {
+        let task = self.get(ns, id)?;
+        let exit: ExitReply = task
+            .shim
+            .call(
+                &Request::Delete {
+                    exec_id: exec_id.to_string(),
+                    force: false,
+                },
+                Some(SLOW_CALL),
+            )
+            .await?;
+        self.publish_delete(ns, id, exec_id, &exit);
+        Ok(exit)
+    }
+
+    /// Delete a stopped (or never started) task: `runc delete`, the shim, the rootfs mount and
+    /// the bundle. A running or paused task is refused (kill it first).
+    pub async fn delete(&self, ns: &str, id: &str) -> Result<ExitReply> {
+        let task = self.get(ns, id)?;
+        let exit: ExitReply = task
+            .shim
+            .call(
+                &Request::Delete {
+                    exec_id: String::new(),
+                    force: false,
+                },
+                Some(SLOW_CALL),
+            )
+            .await?;
+        {
+            let mut tasks = self.lock();
+            tasks.insert((ns.to_string(), id.to_string()), Slot::Busy);
+        }
+        let reservation = Reservation {
+            manager: self,
+            key: (ns.to_string(), id.to_string()),
+        };
+        if let Err(e) = task
+            .shim
+            .call::<Empty>(&Request::Shutdown, Some(QUICK_CALL))
+            .await
+        {
+            tracing::warn!(task = %id, error = %e, "shim shutdown");
+        }
+        let cleaned = remove_task_dirs(&task.bundle, &task.socket_dir).await;
+        drop(reservation);
+        cleaned?;
+        self.publish_delete(ns, id, "", &exit);
+        Ok(exit)
+    }
+
+    fn publish_delete(&self, ns: &str, id: &str, exec_id: &str, exit: &ExitReply) {
+        self.events.publish(
+            ns,
+            "/tasks/delete",
+            &TaskDelete {
+                container_id: id.to_string(),
+                pid: exit.pid,
+                exit_status: exit.exit_status,
+                exited_at: exit.exited_at.map(timestamp),
+                id: if exec_id.is_empty() { id } else { exec_id }.to_string(),
+            },
+        );
+    }
+}
+
+impl Task {
+    pub async fn state(&self, exec_id: &str) -> Result<ProcessState> {
+        self.shim
+            .call(
+                &Request::State {
+                    exec_id: exec_id.to_string(),
+                },
+                Some(QUICK_CALL),
+            )
+            .await
+    }
+
+    /// Every process of the task (init first).
+    pub async fn processes(&self, timeout: Duration) -> Result<Vec<ProcessState>> {
+        let r: ListReply = self.shim.call(&Request::List, Some(timeout)).await?;
+        Ok(r.processes)
+    }
+}
+
+pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.seconds,
+        nanos: t.nanos as i32,
+    }
+}
+
+/// Bundle (0700) with config.json, task.json and the mounted rootfs; the socket dir (0700).
+fn prepare_bundle(
+    bundle: &Path,
+    socket_dir: &Path,
+    record: &TaskRecord,
+    spec: &[u8],
+    rootfs: &[berth_snapshotter::Mount],
+) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(ns_dir) = bundle.parent() {
+        crate::daemon::make_dir(ns_dir, 0o711)?;
+    }
+    let mkdir = |dir: &Path| {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))
+    };
+    mkdir(bundle)?;
+    mkdir(socket_dir)?;
+    let write = |name: &str, bytes: &[u8]| {
+        let path = bundle.join(name);
+        std::fs::write(&path, bytes).map_err(|e| Error::io(format!("write {}", path.display()), e))
+    };
+    let record_json = serde_json::to_vec(record)
+        .map_err(|e| Error::Internal(format!("encoding task record: {e}")))?;
+    write("task.json", &record_json)?;
+    write("config.json", spec)?;
+    if !rootfs.is_empty() {
+        let target = bundle.join("rootfs");
+        mkdir(&target)?;
+        berth_snapshotter::mount_all(rootfs, &target)?;
+    }
+    Ok(())
+}
+
+/// Unmount the rootfs and remove the bundle and socket dir; absent is
+/// fine.
+async fn remove_task_dirs(bundle: &Path, socket_dir: &Path) -> Result<()> {
+    let (bundle, socket_dir) = (bundle.to_path_buf(), socket_dir.to_path_buf());
+    blocking(move || {
+        let rootfs = bundle.join("rootfs");
+        // Unmount even when the record says nothing was mounted: removing a bundle through a
+        // live mount would delete the container's files.
+        if rootfs.exists() {
+            berth_snapshotter::unmount(&rootfs)?;
+        }
+        for dir in [&bundle, &socket_dir] {
+            match std::fs::remove_dir_all(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(format!("remove {}", dir.display()), e))
+                }
+                _ => {}
+            }
+        }
+        // The namespace dir goes with its last task; another task racing in recreates it.
+        if let Some(ns_dir) = bundle.parent() {
+            let _ = std::fs::remove_dir(ns_dir);
+        }
+        Ok(())
+    })
+    .await
+}

@@ -1,0 +1,214 @@
+//! After a restart: find every task from the bundles on disk and ask its shim how it is.
+//!
+//! All shims are probed at once, each with a short timeout, so a hung or dead shim costs at most
+//! that timeout and never blocks start-up for long (containerd once took an hour here). A dead
+//! shim's task (shim killed, or a stale state dir) is cleaned up in the background: `runc delete
+//! --force`, unmount, remove — its slot stays Busy until then, so no new task races the cleanup.
+
+use super::shim::{ShimSocket, QUICK_CALL};
+use super::{remove_task_dirs, Slot, Task, TaskManager, TaskRecord};
+use crate::error::{Error, Result};
+use berth_shim::protocol::{Empty, ExitRecord, Request, Status, VersionReply};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What probing one bundle found.
+enum Found {
+    Live(Arc<Task>, Vec<berth_shim::protocol::ProcessState>),
+    /// The shim is gone or answers nothing useful: clean up.
+    Dead {
+        bundle: PathBuf,
+        socket_dir: PathBuf,
+        record: Option<TaskRecord>,
+        why: String,
+    },
+}
+
+impl TaskManager {
+    /// Rebuild the task table from `<state>/tasks/<ns>/<id>`. Returns how many live tasks were
+    /// found; dead ones are being cleaned up when this returns.
+    pub async fn recover(self: &Arc<Self>) -> Result<usize> {
+        let bundles = blocking_list_bundles(&self.tasks_dir())?;
+        let mut probes = tokio::task::JoinSet::new();
+        for (ns, id, bundle) in bundles {
+            let manager = self.clone();
+            probes.spawn(async move { manager.probe(ns, id, bundle).await });
+        }
+        let mut live = 0;
+        while let Some(joined) = probes.join_next().await {
+            let found = match joined {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(error = %e, "probing a task failed");
+                    continue;
+                }
+            };
+            match found {
+                Found::Live(task, processes) => {
+                    live += 1;
+                    self.adopt(task, processes);
+                }
+                Found::Dead {
+                    bundle,
+                    socket_dir,
+                    record,
+                    why,
+                } => self.clean_up_dead(bundle, socket_dir, record, why),
+            }
+        }
+        Ok(live)
+    }
+
+    async fn probe(&self, ns: String, id: String, bundle: PathBuf) -> Found {
+        let socket_dir = self.socket_dir(&ns, &id);
+        let dead = |record: Option<TaskRecord>, why: String| Found::Dead {
+            bundle: bundle.clone(),
+            socket_dir: socket_dir.clone(),
+            record,
+            why,
+        };
+        let record: TaskRecord = match std::fs::read(bundle.join("task.json"))
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(r) => r,
+            // Written before the shim is launched: without it, no shim ever ran here.
+            Err(e) => return dead(None, format!("no task record ({e})")),
+        };
+        let shim = ShimSocket {
+            task: id.clone(),
+            path: socket_dir.join("shim.sock"),
+        };
+        let version = shim
+            .call::<VersionReply>(&Request::Version, Some(self.connect_timeout))
+            .await;
+        if let Err(e) = version {
+            return dead(Some(record), format!("shim not answering: {e}"));
+        }
+        let processes = match shim
+            .call::<berth_shim::protocol::ListReply>(&Request::List, Some(QUICK_CALL))
+            .await
+        {
+            Ok(l) => l.processes,
+            Err(e) => return dead(Some(record), format!("shim list: {e}")),
+        };
+        // Init deleted but the shim still up: the daemon died in the middle of a Delete.
+        let Some(init) = processes.iter().find(|p| p.id == id) else {
+            let _ = shim
+                .call::<Empty>(&Request::Shutdown, Some(QUICK_CALL))
+                .await;
+            return dead(Some(record), "init process already deleted".into());
+        };
+        let task = Arc::new(Task {
+            pid: init.pid,
+            record,
+            bundle,
+            socket_dir,
+            shim,
+        });
+        Found::Live(task, processes)
+    }
+
+    /// Back in the table, with a `wait` per process so exits — including those that happened
+    /// while berthd was down — are published.
+    fn adopt(
+        self: &Arc<Self>,
+        task: Arc<Task>,
+        processes: Vec<berth_shim::protocol::ProcessState>,
+    ) {
+        let key = (task.record.namespace.clone(), task.record.id.clone());
+        tracing::info!(namespace = %key.0, task = %key.1, processes = processes.len(), "recovered task");
+        for p in &processes {
+            let exec_id = if p.id == task.record.id {
+                if matches!(p.status, Status::Running | Status::Paused) {
+                    self.watch_oom(&task);
+                }
+                String::new()
+            } else {
+                p.id.clone()
+            };
+            self.watch_exit(task.clone(), exec_id);
+        }
+        self.lock().insert(key, Slot::Ready(task));
+    }
+
+    pub(super) fn clean_up_dead(
+        self: &Arc<Self>,
+        bundle: PathBuf,
+        socket_dir: PathBuf,
+        record: Option<TaskRecord>,
+        why: String,
+    ) {
+        let (ns, id) = match (
+            bundle.parent().and_then(Path::file_name),
+            bundle.file_name(),
+        ) {
+            (Some(ns), Some(id)) => (
+                ns.to_string_lossy().into_owned(),
+                id.to_string_lossy().into_owned(),
+            ),
+            _ => return,
+        };
+        let exit = ExitRecord::read(&bundle, "init");
+        tracing::warn!(
+            namespace = %ns, task = %id, reason = %why,
+            exit_status = exit.as_ref().map(|e| e.exit_status),
+            "cleaning up a task whose shim is gone"
+        );
+        self.lock().insert((ns.clone(), id.clone()), Slot::Busy);
+        let manager = self.clone();
+        tokio::spawn(async move {
+            if let Some(r) = &record {
+                // The container's processes outlive a killed shim until this.
+                let out = tokio::process::Command::new(&r.binary_name)
+                    .arg("--root")
+                    .arg(&r.runc_root)
+                    .args(["delete", "--force", &r.id])
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .await;
+                if let Ok(out) = out {
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    if !out.status.success() && !err.contains("does not exist") {
+                        tracing::warn!(task = %id, error = %err.trim(), "runc delete");
+                    }
+                }
+            }
+            if let Err(e) = remove_task_dirs(&bundle, &socket_dir).await {
+                tracing::warn!(task = %id, error = %e, "removing a dead task's bundle");
+            }
+            let mut tasks = manager.lock();
+            if matches!(tasks.get(&(ns.clone(), id.clone())), Some(Slot::Busy)) {
+                tasks.remove(&(ns, id));
+            }
+        });
+    }
+}
+
+/// `(namespace, id, bundle)` of every bundle directory.
+fn blocking_list_bundles(tasks_dir: &Path) -> Result<Vec<(String, String, PathBuf)>> {
+    let mut out = Vec::new();
+    let read = |dir: &Path| {
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("read {}", dir.display()), e))
+    };
+    if !tasks_dir.exists() {
+        return Ok(out);
+    }
+    for ns in read(tasks_dir)? {
+        let ns = ns.map_err(|e| Error::io("read tasks dir", e))?;
+        if !ns.path().is_dir() {
+            continue;
+        }
+        for task in read(&ns.path())? {
+            let task = task.map_err(|e| Error::io("read tasks dir", e))?;
+            if task.path().is_dir() {
+                out.push((
+                    ns.file_name().to_string_lossy().into_owned(),
+                    task.file_name().to_string_lossy().into_owned(),
+                    task.path(),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
