@@ -119,16 +119,16 @@ fn run_on_an_imported_image_keeps_the_container() {
         &["images", "import", image.path.to_str().unwrap()],
     );
     // Without --rm, ctr deletes the task after it exits but keeps the container and its rootfs.
-    let out = d.ctr("default", &["run", IMAGE, "c1", "echo", "hi"]);
+    let out = d.ctr("default", &["run", IMAGE, "imported-run", "echo", "hi"]);
     assert_eq!(out.trim(), "hi");
     assert_eq!(d.ctr("default", &["tasks", "ls", "-q"]), "");
     let containers = d.ctr("default", &["containers", "ls", "-q"]);
-    assert_eq!(containers.trim(), "c1");
-    assert!(snapshot_keys(&d, "default").contains(&"c1".to_string()));
-    let info = d.ctr("default", &["containers", "info", "c1"]);
+    assert_eq!(containers.trim(), "imported-run");
+    assert!(snapshot_keys(&d, "default").contains(&"imported-run".to_string()));
+    let info = d.ctr("default", &["containers", "info", "imported-run"]);
     assert!(info.contains("\"echo\""), "{info}");
-    d.ctr("default", &["containers", "rm", "c1"]);
-    assert!(!snapshot_keys(&d, "default").contains(&"c1".to_string()));
+    d.ctr("default", &["containers", "rm", "imported-run"]);
+    assert!(!snapshot_keys(&d, "default").contains(&"imported-run".to_string()));
 }
 
 #[test]

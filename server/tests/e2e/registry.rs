@@ -575,25 +575,28 @@ fn run_on_a_pulled_image_then_remove_it_all() {
     pull_and_check(&d, "default", &registry, &served);
 
     // The container runs on the pulled layers; without --rm its record and rootfs stay.
-    let out = d.ctr("default", &["run", &reference, "c1", "echo", "hi"]);
+    let out = d.ctr("default", &["run", &reference, "pulled-run", "echo", "hi"]);
     assert_eq!(out.trim(), "hi");
-    assert_eq!(d.ctr("default", &["containers", "ls", "-q"]).trim(), "c1");
+    assert_eq!(
+        d.ctr("default", &["containers", "ls", "-q"]).trim(),
+        "pulled-run"
+    );
     let snapshots = d.ctr("default", &["snapshots", "ls"]);
     let rootfs = snapshots
         .lines()
-        .find(|l| l.split_whitespace().next() == Some("c1"))
-        .unwrap_or_else(|| panic!("no rootfs snapshot c1:\n{snapshots}"));
+        .find(|l| l.split_whitespace().next() == Some("pulled-run"))
+        .unwrap_or_else(|| panic!("no rootfs snapshot pulled-run:\n{snapshots}"));
     assert_eq!(
         rootfs.split_whitespace().collect::<Vec<_>>(),
-        ["c1", served.chain_id(), "Active"]
+        ["pulled-run", served.chain_id(), "Active"]
     );
-    let info = d.ctr("default", &["containers", "info", "c1"]);
+    let info = d.ctr("default", &["containers", "info", "pulled-run"]);
     assert!(
         info.contains(&format!("\"Image\": \"{reference}\"")),
         "{info}"
     );
 
-    d.ctr("default", &["containers", "rm", "c1"]);
+    d.ctr("default", &["containers", "rm", "pulled-run"]);
     assert_eq!(d.ctr("default", &["containers", "ls", "-q"]), "");
     assert_eq!(snapshot_keys(&d, "default"), [served.chain_id()]);
 
@@ -632,7 +635,10 @@ fn a_pull_survives_kill_9() {
     assert_layer_content(&d, "default", served.chain_id());
     // And the image is usable: a pull is a no-op, a container runs on it.
     d.ctr("default", &["images", "pull", "--plain-http", &reference]);
-    let out = d.ctr("default", &["run", "--rm", &reference, "c1", "echo", "ok"]);
+    let out = d.ctr(
+        "default",
+        &["run", "--rm", &reference, "after-kill9-run", "echo", "ok"],
+    );
     assert_eq!(out.trim(), "ok");
 }
 
