@@ -311,6 +311,9 @@ impl TaskManager {
             .insert((ns.clone(), id.clone()), Slot::Ready(task.clone()));
         drop(reservation);
         self.watch_exit(task.clone(), String::new());
+        // From create, not start: runc has put init in its cgroup, and a process that runs out
+        // of memory at once must not slip past the monitor.
+        self.watch_oom(&task);
         self.events.publish(
             &ns,
             "/tasks/create",
@@ -480,7 +483,6 @@ impl TaskManager {
             )
             .await?;
         if exec_id.is_empty() {
-            self.watch_oom(&task);
             self.events.publish(
                 ns,
                 "/tasks/start",

@@ -120,7 +120,7 @@ impl TaskManager {
         tracing::info!(namespace = %key.0, task = %key.1, processes = processes.len(), "recovered task");
         for p in &processes {
             let exec_id = if p.id == task.record.id {
-                if matches!(p.status, Status::Running | Status::Paused) {
+                if p.status != Status::Stopped {
                     self.watch_oom(&task);
                 }
                 String::new()
