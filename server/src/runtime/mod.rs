@@ -65,6 +65,9 @@ pub struct Task {
     pub shim: ShimSocket,
     /// The init process's pid (fixed at create).
     pub pid: u32,
+    /// Held by Start until its event is out, and taken by the exit watchers before they publish:
+    /// a process that exits at once is still reported started before exited.
+    lifecycle: tokio::sync::Mutex<()>,
 }
 
 /// The stdio of a process as the client named it.
@@ -178,11 +181,16 @@ impl TaskManager {
         }
     }
 
-    /// The task of container `id` in `ns`.
+    /// The task of container `id` in `ns`. A task being created or cleaned up is Unavailable,
+    /// not NotFound: a client must not take it for gone (ctr removes the container's snapshot
+    /// on NotFound, which may still be mounted).
     pub fn get(&self, ns: &str, id: &str) -> Result<Arc<Task>> {
         match self.lock().get(&(ns.to_string(), id.to_string())) {
             Some(Slot::Ready(t)) => Ok(t.clone()),
-            _ => Err(Error::not_found(format!("no task for container {id}"))),
+            Some(Slot::Busy) => Err(Error::Unavailable(format!(
+                "task {id} is being created or cleaned up; retry"
+            ))),
+            None => Err(Error::not_found(format!("no task for container {id}"))),
         }
     }
 
@@ -306,6 +314,7 @@ impl TaskManager {
             socket_dir,
             shim,
             pid,
+            lifecycle: Default::default(),
         });
         self.lock()
             .insert((ns.clone(), id.clone()), Slot::Ready(task.clone()));
@@ -412,6 +421,7 @@ impl TaskManager {
                 // Deleted (Delete publishes its own event), or the daemon is going away.
                 Err(_) => return,
             };
+            let _started = task.lifecycle.lock().await;
             manager.events.publish(
                 &task.record.namespace,
                 "/tasks/exit",
@@ -473,6 +483,7 @@ impl TaskManager {
 
     pub async fn start(self: &Arc<Self>, ns: &str, id: &str, exec_id: &str) -> Result<u32> {
         let task = self.get(ns, id)?;
+        let _lifecycle = task.lifecycle.lock().await;
         let r: PidReply = task
             .shim
             .call(
@@ -794,6 +805,14 @@ fn prepare_bundle(
         let path = bundle.join(name);
         std::fs::write(&path, bytes).map_err(|e| Error::io(format!("write {}", path.display()), e))
     };
+    if let Some(gid) = remapped_root_gid(spec)? {
+        // With a user namespace, runc's container root must reach the rootfs through the bundle
+        // (as containerd does): group of the remapped root, 0710; others still get nothing.
+        use std::os::unix::fs::PermissionsExt;
+        std::os::unix::fs::chown(bundle, None, Some(gid))
+            .and_then(|()| std::fs::set_permissions(bundle, std::fs::Permissions::from_mode(0o710)))
+            .map_err(|e| Error::io(format!("chown {} to gid {gid}", bundle.display()), e))?;
+    }
     let record_json = serde_json::to_vec(record)
         .map_err(|e| Error::Internal(format!("encoding task record: {e}")))?;
     write("task.json", &record_json)?;
@@ -804,6 +823,38 @@ fn prepare_bundle(
         berth_snapshotter::mount_all(rootfs, &target)?;
     }
     Ok(())
+}
+
+/// The host gid of the container's root group, when the spec asks for a user namespace.
+fn remapped_root_gid(spec: &[u8]) -> Result<Option<u32>> {
+    #[derive(Deserialize)]
+    struct Spec {
+        linux: Option<Linux>,
+    }
+    #[derive(Deserialize)]
+    struct Linux {
+        #[serde(rename = "gidMappings", default)]
+        gid_mappings: Vec<IdMapping>,
+    }
+    #[derive(Deserialize)]
+    struct IdMapping {
+        #[serde(rename = "containerID")]
+        container_id: u32,
+        #[serde(rename = "hostID")]
+        host_id: u32,
+        size: u32,
+    }
+    let spec: Spec =
+        serde_json::from_slice(spec).map_err(|e| Error::invalid(format!("spec: {e}")))?;
+    let mappings = spec.linux.map(|l| l.gid_mappings).unwrap_or_default();
+    if mappings.is_empty() {
+        return Ok(None);
+    }
+    mappings
+        .iter()
+        .find(|m| m.container_id == 0 && m.size > 0)
+        .map(|m| Some(m.host_id))
+        .ok_or_else(|| Error::invalid("spec: the gid mappings do not map the container's gid 0"))
 }
 
 /// Unmount the rootfs and remove the bundle and socket dir; absent is

@@ -105,6 +105,7 @@ impl TaskManager {
             bundle,
             socket_dir,
             shim,
+            lifecycle: Default::default(),
         });
         Found::Live(task, processes)
     }
