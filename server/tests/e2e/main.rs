@@ -8,3 +8,4 @@ mod fixtures;
 mod harness;
 mod images;
 mod registry;
+mod tasks;
