@@ -64,10 +64,15 @@ impl Fixture {
     /// A daemon with the busybox image imported (and unpacked) into namespace `ns`, which must be
     /// unique to the test (see the module comment).
     fn start(ns: &'static str) -> Fixture {
+        Self::start_with_config(ns, "")
+    }
+
+    /// With extra berthd configuration (TOML).
+    fn start_with_config(ns: &'static str, toml: &str) -> Fixture {
         let images = tempfile::tempdir().expect("temp dir");
         let image = busybox_oci_archive(images.path(), IMAGE);
         let f = Fixture {
-            d: Daemon::start(),
+            d: Daemon::start_with_config(toml),
             ns,
             _images: images,
         };
@@ -1054,6 +1059,59 @@ fn run_with_a_tty() {
 fn on_path(binary: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(binary).is_file()))
+}
+
+#[test]
+fn a_runtime_named_in_the_config_is_used() {
+    // A runc-compatible binary of our own: logs each call, then is runc.
+    let tools = tempfile::tempdir().expect("temp dir");
+    let calls = tools.path().join("calls");
+    let wrapper = tools.path().join("logging-runc");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}\nexec runc \"$@\"\n",
+            calls.display()
+        ),
+    )
+    .expect("write wrapper");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod wrapper");
+    let f = Fixture::start_with_config(
+        "berth-e2e-runtimes",
+        &format!(
+            "[runtimes.logged]\nbinary_name = \"{}\"\n",
+            wrapper.display()
+        ),
+    );
+
+    let out = f.run(
+        &["--runtime", "logged"],
+        "named-rt",
+        &["echo", "via the named runtime"],
+    );
+    f.assert_exit(&out, 0, "ctr run --rm --runtime logged");
+    assert_eq!(stdout(&out), "via the named runtime\n");
+    let log = std::fs::read_to_string(&calls).unwrap_or_default();
+    for op in ["create", "start", "delete"] {
+        assert!(
+            log.lines().any(|l| l.split_whitespace().any(|w| w == op)),
+            "the configured binary was not asked to {op}:\n{log}"
+        );
+    }
+
+    // The default runtime is still there, and an unknown name is refused with its reason.
+    assert_eq!(f.run_ok("default-rt", &["echo", "ok"]), "ok\n");
+    let out = f.run(&["--runtime", "nosuch"], "unknown-rt", &["true"]);
+    assert!(!out.status.success(), "an unknown runtime ran");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not configured"), "{stderr}");
+    // Nothing is left of it: no task, and ctr's --rm removed the container.
+    assert!(f.tasks().is_empty(), "{:?}", f.tasks());
+    assert_eq!(f.ctr(&["containers", "ls", "-q"]).trim(), "");
 }
 
 #[test]
