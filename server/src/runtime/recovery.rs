@@ -11,10 +11,18 @@ use crate::error::{Error, Result};
 use berth_shim::protocol::{Empty, ExitRecord, Request, Status, VersionReply};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What probing one bundle found.
 enum Found {
     Live(Arc<Task>, Vec<berth_shim::protocol::ProcessState>),
+    /// The shim process lives but did not answer in time (busy in a long runc call, or
+    /// stopped): never kill its container for that; keep asking in the background.
+    Slow {
+        ns: String,
+        id: String,
+        bundle: PathBuf,
+    },
     /// The shim is gone or answers nothing useful: clean up.
     Dead {
         bundle: PathBuf,
@@ -48,6 +56,7 @@ impl TaskManager {
                     live += 1;
                     self.adopt(task, processes);
                 }
+                Found::Slow { ns, id, bundle } => self.keep_probing(ns, id, bundle),
                 Found::Dead {
                     bundle,
                     socket_dir,
@@ -57,6 +66,29 @@ impl TaskManager {
             }
         }
         Ok(live)
+    }
+
+    /// A slow shim's task stays Busy (Unavailable to clients) until its shim answers, or dies.
+    fn keep_probing(self: &Arc<Self>, ns: String, id: String, bundle: PathBuf) {
+        tracing::warn!(namespace = %ns, task = %id, "shim alive but not answering; will keep asking");
+        self.lock().insert((ns.clone(), id.clone()), Slot::Busy);
+        let manager = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match manager.probe(ns.clone(), id.clone(), bundle.clone()).await {
+                    Found::Slow { .. } => continue,
+                    Found::Live(task, processes) => manager.adopt(task, processes),
+                    Found::Dead {
+                        bundle,
+                        socket_dir,
+                        record,
+                        why,
+                    } => manager.clean_up_dead(bundle, socket_dir, record, why),
+                }
+                return;
+            }
+        });
     }
 
     async fn probe(&self, ns: String, id: String, bundle: PathBuf) -> Found {
@@ -79,11 +111,16 @@ impl TaskManager {
             task: id.clone(),
             path: socket_dir.join("shim.sock"),
         };
-        let version = shim
-            .call::<VersionReply>(&Request::Version, Some(self.connect_timeout))
-            .await;
-        if let Err(e) = version {
-            return dead(Some(record), format!("shim not answering: {e}"));
+        let version = tokio::time::timeout(
+            self.connect_timeout,
+            shim.call::<VersionReply>(&Request::Version, None),
+        )
+        .await;
+        match version {
+            Ok(Ok(_)) => {}
+            Err(_) if shim_process_alive(&bundle) => return Found::Slow { ns, id, bundle },
+            Err(_) => return dead(Some(record), "shim not answering and not running".into()),
+            Ok(Err(e)) => return dead(Some(record), format!("shim not answering: {e}")),
         }
         let processes = match shim
             .call::<berth_shim::protocol::ListReply>(&Request::List, Some(QUICK_CALL))
@@ -184,6 +221,19 @@ impl TaskManager {
             }
         });
     }
+}
+
+/// Whether the shim recorded in `<bundle>/shim.pid` is still a running berth-shim.
+fn shim_process_alive(bundle: &Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(bundle.join("shim.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("berth-shim"))
+        .unwrap_or(false)
 }
 
 /// `(namespace, id, bundle)` of every bundle directory.

@@ -1757,6 +1757,51 @@ fn fd_targets(pid: u32) -> Vec<String> {
 }
 
 #[test]
+fn a_stopped_shim_neither_blocks_start_nor_loses_its_container() {
+    let mut f = Fixture::start("berth-e2e-hung");
+    let dir = f.d.dir.path().to_path_buf();
+    let frozen = f.run_d("hung-frozen", &["sleep", "1000"]);
+    let fine = f.run_d("hung-fine", &["sleep", "1000"]);
+    let shim = shim_of(f.ns, &dir, "hung-frozen").expect("the shim of hung-frozen");
+    let signal = |s| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim as i32), s).expect("signal the shim")
+    };
+
+    f.d.kill9();
+    // A shim that cannot answer (stopped, or busy in a long runc call) when the daemon returns.
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    let t = Instant::now();
+    f.d.spawn();
+    let ready = t.elapsed();
+    assert!(
+        ready < Duration::from_secs(3),
+        "a stopped shim held up start for {ready:?}"
+    );
+    assert_eq!(f.task("hung-fine").map(|r| r.pid), Some(fine));
+    // Not answering is not dead: its container is not killed, and the task is Unavailable (retry
+    // later), not NotFound (gone).
+    let g = Grpc::connect(&f);
+    assert_code(
+        "Get hung-frozen",
+        g.get("hung-frozen", ""),
+        Code::Unavailable,
+    );
+    assert!(alive(frozen), "the frozen shim's container was killed");
+
+    signal(nix::sys::signal::Signal::SIGCONT);
+    wait_for(
+        Duration::from_secs(10),
+        "hung-frozen to be adopted",
+        || match g.get("hung-frozen", "") {
+            Ok(p) if p.pid == frozen && status_of(&p) == ProcessStatus::Running => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    f.remove("hung-frozen");
+    f.remove("hung-fine");
+}
+
+#[test]
 fn a_hundred_runs_leak_nothing() {
     let f = Fixture::start("berth-e2e-leak");
     let dir = f.d.dir.path().to_path_buf();
