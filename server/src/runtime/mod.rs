@@ -291,6 +291,7 @@ impl TaskManager {
             systemd_cgroup: rt.systemd_cgroup,
             rootfs_mounted: !req.rootfs.is_empty(),
         };
+        let started = std::time::Instant::now();
         // Leftovers of a create that died with an earlier daemon go first.
         remove_task_dirs(&bundle, &socket_dir).await?;
         {
@@ -298,6 +299,7 @@ impl TaskManager {
             let rootfs = crate::snapshots::from_api_mounts(req.rootfs.clone());
             blocking(move || prepare_bundle(&bundle, &socket_dir, &record, &spec, &rootfs)).await?;
         }
+        let bundle_ready = started.elapsed();
         let launched = self.launch(&record, &bundle, &socket_dir, &req.stdio).await;
         let (shim, pid) = match launched {
             Ok(ok) => ok,
@@ -308,6 +310,12 @@ impl TaskManager {
                 return Err(e);
             }
         };
+        tracing::debug!(
+            task = %id,
+            bundle_ms = bundle_ready.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "task created"
+        );
         let task = Arc::new(Task {
             record,
             bundle: bundle.clone(),
@@ -361,6 +369,7 @@ impl TaskManager {
             systemd_cgroup: record.systemd_cgroup,
         })
         .await?;
+        let launched = std::time::Instant::now();
         let shim = ShimSocket {
             task: record.id.clone(),
             path,
@@ -376,6 +385,11 @@ impl TaskManager {
                 Some(SLOW_CALL),
             )
             .await;
+        tracing::debug!(
+            task = %record.id,
+            runc_create_ms = launched.elapsed().as_secs_f64() * 1e3,
+            "shim launched, runc create done"
+        );
         match created {
             Ok(r) => Ok((shim, r.pid)),
             Err(e) => {
