@@ -1,6 +1,11 @@
 //! The two daemons under test: started on fresh dirs under one temp root, stopped (and the root
 //! removed) on every exit path: normal return, error, panic (Drop guards), Ctrl-C / SIGTERM (signal
 //! handler over a registry of live children), and the bench itself being killed (PDEATHSIG).
+//!
+//! Containers outlive their daemon (the shims are daemonized by design), so the temp root is also
+//! swept before it is removed ([`sweep`]): runc containers under it are force-deleted, shims and
+//! container processes killed, mounts under it detached, the containers' cgroups removed. Only a
+//! SIGKILL of the bench itself can leave containers behind (their daemons die with it).
 
 use crate::Result;
 use berth::api::services::version::v1::version_client::VersionClient;
@@ -38,7 +43,18 @@ pub fn order(round: usize) -> [Kind; 2] {
 
 /// Live children and temp roots, for the signal handler (Drop does not run on `exit`).
 static LIVE_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-static ROOTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Temp roots, and whether to keep their files (they are swept either way).
+static ROOTS: Mutex<Vec<(PathBuf, bool)>> = Mutex::new(Vec::new());
+/// Namespaces the tasks group runs containers in: their cgroups are `/<ns>/<id>` (ctr's default).
+static TASK_NAMESPACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Record a namespace containers run in, so a sweep finds their processes and cgroups.
+pub fn register_task_namespace(ns: &str) {
+    let mut v = TASK_NAMESPACES.lock().unwrap_or_else(|e| e.into_inner());
+    if !v.iter().any(|n| n == ns) {
+        v.push(ns.to_string());
+    }
+}
 
 fn register_pid(pid: u32) {
     LIVE_PIDS
@@ -102,8 +118,14 @@ fn emergency_cleanup() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    for root in ROOTS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        let _ = fs::remove_dir_all(root);
+    for (root, keep) in ROOTS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let left = sweep(root, true);
+        if !left.is_empty() {
+            eprintln!("berth-bench: stopped leftovers: {}", left.describe());
+        }
+        if !keep {
+            let _ = fs::remove_dir_all(root);
+        }
     }
 }
 
@@ -418,6 +440,10 @@ struct TempRoot {
 
 impl Drop for TempRoot {
     fn drop(&mut self) {
+        let left = sweep(&self.path, true);
+        if !left.is_empty() {
+            eprintln!("berth-bench: stopped leftovers: {}", left.describe());
+        }
         if self.keep {
             eprintln!("kept temp root {}", self.path.display());
         } else {
@@ -426,7 +452,7 @@ impl Drop for TempRoot {
         ROOTS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|p| p != &self.path);
+            .retain(|(p, _)| p != &self.path);
     }
 }
 
@@ -448,12 +474,10 @@ impl Lab {
         for d in [&bdir, &cdir] {
             fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
         }
-        if !keep {
-            ROOTS
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(path.clone());
-        }
+        ROOTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((path.clone(), keep));
         let root = TempRoot { path, keep };
         let mut lab = Lab {
             berth: Daemon::berthd(berthd, &bdir)?,
@@ -505,4 +529,286 @@ fn log_tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// What a [`sweep`] found under a temp root (and, when asked to, stopped or removed).
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// runc containers (`runc-root/ns/id`) still in a runc state dir under the root.
+    pub containers: Vec<String>,
+    /// Processes: shims and anything else naming the root on its command line, and processes in
+    /// the cgroups of the registered task namespaces (`pid comm`).
+    pub processes: Vec<String>,
+    /// Mount points under the root.
+    pub mounts: Vec<String>,
+}
+
+impl Leftovers {
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty() && self.processes.is_empty() && self.mounts.is_empty()
+    }
+
+    pub fn describe(&self) -> String {
+        let part = |what: &str, v: &[String]| {
+            if v.is_empty() {
+                None
+            } else {
+                let shown: Vec<&str> = v.iter().take(5).map(String::as_str).collect();
+                let more = if v.len() > 5 {
+                    format!(", … ({} in all)", v.len())
+                } else {
+                    String::new()
+                };
+                Some(format!("{what}: {}{more}", shown.join(", ")))
+            }
+        };
+        [
+            part("runc containers", &self.containers),
+            part("processes", &self.processes),
+            part("mounts", &self.mounts),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("; ")
+    }
+}
+
+/// The runc state dirs under `root`: every `<dir>/runc/<ns>/<id>/state.json` up to 3 levels down
+/// (the bench passes `<daemon dir>/runc` as runc root; berthd's default is `state/runc`).
+fn runc_containers(root: &Path) -> Vec<(PathBuf, String)> {
+    fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let p = e.path();
+            if e.file_name() == "runc" {
+                out.push(p);
+            } else if depth > 0 && e.file_name() != "snapshots" && e.file_name() != "content" {
+                walk(&p, depth - 1, out);
+            }
+        }
+    }
+    let mut runc_dirs = Vec::new();
+    walk(root, 3, &mut runc_dirs);
+    let mut found = Vec::new();
+    for rd in runc_dirs {
+        let Ok(namespaces) = fs::read_dir(&rd) else {
+            continue;
+        };
+        for ns in namespaces.flatten() {
+            let Ok(ids) = fs::read_dir(ns.path()) else {
+                continue;
+            };
+            for id in ids.flatten() {
+                if id.path().join("state.json").exists() {
+                    found.push((ns.path(), id.file_name().to_string_lossy().into_owned()));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Mount points under `root` (from /proc/self/mountinfo, octal escapes decoded), deepest first.
+fn mounts_under(root: &Path) -> Vec<String> {
+    let prefix = format!("{}/", root.to_string_lossy().trim_end_matches('/'));
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mount_path)
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    v.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    v.dedup();
+    v
+}
+
+fn unescape_mount_path(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The programs a sweep may kill when their command line names the temp root.
+const RUNTIME_PROGRAMS: &[&str] = &["berth-shim", "containerd-shim", "runc", "ctr"];
+
+/// Processes that belong to a run under `root`: one of [`RUNTIME_PROGRAMS`] whose command line
+/// names the root (shims, runc, ctr), or anything in a cgroup `/<ns>/...` of a registered task
+/// namespace (container processes).
+/// Our own pid and the registered live children (the daemons, stopped on their own) are left out.
+fn processes_under(root: &Path) -> Vec<(u32, String, Vec<String>)> {
+    let needle = root.to_string_lossy().into_owned();
+    let namespaces: Vec<String> = TASK_NAMESPACES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|n| format!("/{n}/"))
+        .collect();
+    let me = std::process::id();
+    let live: Vec<u32> = LIVE_PIDS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let mut found = Vec::new();
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me || live.contains(&pid) {
+            continue;
+        }
+        let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let argv: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let program = argv
+            .first()
+            .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+            .unwrap_or_default();
+        let named = RUNTIME_PROGRAMS.iter().any(|p| program.starts_with(p))
+            && argv.iter().any(|a| a.contains(&needle));
+        let in_cgroup = !namespaces.is_empty()
+            && fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|cg| {
+                cg.lines().any(|l| {
+                    let path = l.splitn(3, ':').nth(2).unwrap_or("");
+                    namespaces.iter().any(|n| path.starts_with(n.as_str()))
+                })
+            });
+        if named || in_cgroup {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            found.push((pid, comm.trim().to_string(), argv));
+        }
+    }
+    found
+}
+
+/// containerd 1.6 puts a shim's socket at `/run/containerd/s/<sha256(address/ns/id)>` whatever
+/// its root: remove it for a shim that was killed (a clean shim exit removes it itself).
+fn containerd_shim_socket(argv: &[String]) -> Option<PathBuf> {
+    use sha2::{Digest, Sha256};
+    let arg = |name: &str| {
+        argv.iter()
+            .position(|a| a == name)
+            .and_then(|i| argv.get(i + 1))
+            .cloned()
+    };
+    let (ns, id, address) = (arg("-namespace")?, arg("-id")?, arg("-address")?);
+    let digest = Sha256::digest(format!("{address}/{ns}/{id}").as_bytes());
+    Some(Path::new("/run/containerd/s").join(hex::encode(digest)))
+}
+
+/// Find what runs on, or is mounted under, the temp root `root`, outside the daemons. With `kill`:
+/// force-delete the runc containers, SIGKILL the processes, detach the mounts, remove the task
+/// namespaces' (empty) cgroups; the result lists what was found before that.
+pub fn sweep(root: &Path, kill: bool) -> Leftovers {
+    let containers = runc_containers(root);
+    let mut left = Leftovers {
+        containers: containers
+            .iter()
+            .map(|(r, id)| format!("{}/{id}", r.display()))
+            .collect(),
+        ..Default::default()
+    };
+    if kill {
+        for (runc_root, id) in &containers {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(runc_root)
+                .args(["delete", "--force", id])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let procs = processes_under(root);
+    left.processes = procs
+        .iter()
+        .map(|(pid, comm, _)| format!("{pid} {comm}"))
+        .collect();
+    if kill && !procs.is_empty() {
+        for (pid, _, _) in &procs {
+            signal(*pid, libc::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while procs
+            .iter()
+            .any(|(pid, _, _)| Path::new(&format!("/proc/{pid}")).exists())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for (_, comm, argv) in &procs {
+            if comm.starts_with("containerd-shim") {
+                if let Some(sock) = containerd_shim_socket(argv) {
+                    let _ = fs::remove_file(sock);
+                }
+            }
+        }
+    }
+    left.mounts = mounts_under(root);
+    if kill {
+        for m in &left.mounts {
+            if let Ok(c) = std::ffi::CString::new(m.as_str()) {
+                // SAFETY: umount2 with a NUL-terminated path we own; no memory is shared.
+                unsafe {
+                    libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+                }
+            }
+        }
+        remove_task_cgroups();
+    }
+    left
+}
+
+/// rmdir the (empty) cgroups `/<ns>` and below of the registered task namespaces, in every
+/// cgroup hierarchy; a cgroup with processes left stays (rmdir fails).
+fn remove_task_cgroups() {
+    fn rmdir_tree(dir: &Path) {
+        if let Ok(rd) = fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    rmdir_tree(&e.path());
+                }
+            }
+        }
+        let _ = fs::remove_dir(dir);
+    }
+    let namespaces = TASK_NAMESPACES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if namespaces.is_empty() {
+        return;
+    }
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for l in mounts.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2") {
+            for ns in &namespaces {
+                rmdir_tree(&Path::new(f[1]).join(ns));
+            }
+        }
+    }
 }

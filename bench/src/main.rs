@@ -54,10 +54,15 @@ pub struct Opts {
     /// Keep the temp root (daemon logs, stores) instead of removing it
     #[arg(long)]
     keep: bool,
-    /// Images group only: run just the figures whose id contains one of these (comma-separated),
-    /// e.g. `--only diff.apply` or `--only pull.debian,prepare_commit` (to profile one of them)
+    /// Images and tasks groups: run just the figures whose id contains one of these
+    /// (comma-separated), e.g. `--only diff.apply`, `--only pull.debian,prepare_commit` or
+    /// `--only run_rm,exec` (to profile one of them)
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Keep the figures of the groups not run from the results.json already in the output dir
+    /// (e.g. `tasks --merge` refreshes the tasks rows of a full run's results)
+    #[arg(long)]
+    merge: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -72,11 +77,20 @@ pub enum Group {
     Footprint,
     /// images pull/import (Debian ~110 MB, busybox), diff Apply, snapshot Prepare+Commit
     Images,
-    /// tasks (not yet measurable)
+    /// tasks: ctr run --rm, task Create+Start, 4-client run cycles, exec, 100 running containers
     Tasks,
 }
 
 impl Group {
+    /// Every group, in the order a full run measures them.
+    const EACH: [Group; 5] = [
+        Group::Footprint,
+        Group::Metadata,
+        Group::Content,
+        Group::Images,
+        Group::Tasks,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Group::All => "all",
@@ -149,6 +163,12 @@ async fn run(opts: Opts) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"));
 
+    let previous = if opts.merge {
+        report::load_previous(&out)?
+    } else {
+        None
+    };
+
     daemon::install_signal_handler();
     let lab = Lab::start(&berthd, &opts.containerd, &opts.tmp, opts.keep).await?;
     let machine = machine::describe(lab.root());
@@ -185,6 +205,14 @@ async fn run(opts: Opts) -> Result<()> {
     if opts.wants(Group::Images) {
         figs.extend(group("images", figures::images::run(&lab, &opts).await));
     }
+    if opts.wants(Group::Tasks) {
+        figs.extend(group("tasks", figures::tasks::run(&mut lab, &opts).await));
+    }
+    let (mut figs, carried_over) = carry_over(&opts, previous, figs);
+    let carried: Vec<&str> = carried_over
+        .iter()
+        .flat_map(|c| c.groups.iter().map(String::as_str))
+        .collect();
     let caps = figures::pending::probe(lab.daemon(Kind::Berth)).await;
     for g in [
         Group::Metadata,
@@ -193,7 +221,7 @@ async fn run(opts: Opts) -> Result<()> {
         Group::Tasks,
         Group::Footprint,
     ] {
-        if opts.wants(g) {
+        if opts.wants(g) || carried.contains(&g.name()) {
             figs.extend(figures::pending::rows(g, &caps));
         }
     }
@@ -211,6 +239,7 @@ async fn run(opts: Opts) -> Result<()> {
         elapsed_s: elapsed.as_secs_f64(),
         machine,
         versions,
+        carried_over,
         figures: figs,
     };
     report::write_all(&rep, &out)?;
@@ -220,6 +249,71 @@ async fn run(opts: Opts) -> Result<()> {
         elapsed.as_secs_f64()
     );
     Ok(())
+}
+
+/// `--merge`: the figures of the groups this run did not measure, from the earlier results (their
+/// "not yet measurable" rows are left out: they are made afresh), then this run's figures.
+fn carry_over(
+    opts: &Opts,
+    previous: Option<report::Previous>,
+    figs: Vec<Figure>,
+) -> (Vec<Figure>, Vec<report::Carried>) {
+    let Some(prev) = previous else {
+        return (figs, vec![]);
+    };
+    let group_of = |f: &Figure| Group::EACH.into_iter().find(|g| f.in_group(g.name()));
+    let mut kept = Vec::new();
+    let mut groups: Vec<Group> = Vec::new();
+    for f in prev.figures {
+        match group_of(&f) {
+            Some(g) if !opts.wants(g) && !matches!(f.outcome, Outcome::NotYet { .. }) => {
+                if !groups.contains(&g) {
+                    groups.push(g);
+                }
+                kept.push(f);
+            }
+            _ => {}
+        }
+    }
+    // Groups the earlier results had carried over themselves keep their own origin.
+    let mut carried: Vec<report::Carried> = prev
+        .carried_over
+        .into_iter()
+        .filter_map(|mut c| {
+            c.groups
+                .retain(|n| groups.iter().any(|g| g.name() == n.as_str()));
+            (!c.groups.is_empty()).then_some(c)
+        })
+        .collect();
+    let older: Vec<String> = carried.iter().flat_map(|c| c.groups.clone()).collect();
+    let own: Vec<String> = groups
+        .iter()
+        .map(|g| g.name().to_string())
+        .filter(|n| !older.contains(n))
+        .collect();
+    if !own.is_empty() {
+        carried.insert(
+            0,
+            report::Carried {
+                groups: own,
+                date: prev.date,
+                command: prev.command,
+            },
+        );
+    }
+    if !carried.is_empty() {
+        eprintln!(
+            "--merge: carried over {} figures ({})",
+            kept.len(),
+            carried
+                .iter()
+                .map(|c| format!("{} from {}", c.groups.join(", "), c.date))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    kept.extend(figs);
+    (kept, carried)
 }
 
 /// A group that failed as a whole still shows up in the table, as one failed row.

@@ -5,7 +5,7 @@ use crate::figures::{Better, Figure, Outcome};
 use crate::machine::{Machine, Versions};
 use crate::stats::Summary;
 use crate::{Opts, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -18,7 +18,41 @@ pub struct Report {
     pub elapsed_s: f64,
     pub machine: Machine,
     pub versions: Versions,
+    /// With `--merge`: where the figures of the groups this run did not measure come from.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub carried_over: Vec<Carried>,
     pub figures: Vec<Figure>,
+}
+
+/// Figures of some groups taken over from an earlier run (`--merge`).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Carried {
+    pub groups: Vec<String>,
+    pub date: String,
+    pub command: String,
+}
+
+/// What `--merge` reads back from an earlier results.json.
+#[derive(Deserialize)]
+pub struct Previous {
+    pub date: String,
+    pub command: String,
+    #[serde(default)]
+    pub carried_over: Vec<Carried>,
+    pub figures: Vec<Figure>,
+}
+
+/// The results.json in `out`, if there is one.
+pub fn load_previous(out: &Path) -> Result<Option<Previous>> {
+    let p = out.join("results.json");
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("read {}: {e}", p.display())),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("--merge: cannot read {}: {e}", p.display()))
 }
 
 pub fn print_header(m: &Machine, v: &Versions, opts: &Opts, command: &str) {
@@ -168,6 +202,15 @@ pub fn markdown(rep: &Report) -> String {
         rep.rounds,
         rep.elapsed_s
     );
+    for c in &rep.carried_over {
+        let _ = writeln!(
+            s,
+            "Figures of the {} group(s) are carried over from the run of {} with `{}` (`--merge`).\n",
+            c.groups.join(", "),
+            c.date,
+            c.command
+        );
+    }
     for (k, v) in machine_lines(&rep.machine, &rep.versions) {
         let _ = writeln!(s, "- **{k}**: {v}");
     }

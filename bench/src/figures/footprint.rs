@@ -1,6 +1,8 @@
-//! Footprint figures (issue 5, item 5), the parts measurable without tasks: daemon RSS and PSS idle
-//! after start and after the load of the other groups, start-to-ready on a fresh root, and
-//! restart-to-ready after kill -9 with whatever the store holds by then.
+//! Footprint figures (issue 5, item 5), the parts without running containers: daemon RSS and PSS
+//! idle after start and after the load of the other groups, start-to-ready on a fresh root, and
+//! restart-to-ready after kill -9 with whatever the store holds by then. The figures with 100
+//! running containers (daemon and shim memory, restart-to-ready) are the tasks group's
+//! (`tasks.rs`), which starts the containers.
 
 use super::{slot, Better, Figure, Samples};
 use crate::daemon::{order, Kind, Lab};

@@ -9,13 +9,14 @@ pub mod gc;
 pub mod images;
 pub mod metadata;
 pub mod pending;
+pub mod tasks;
 
 use crate::daemon::Kind;
 use crate::stats::{median, summarize, Summary};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Which direction is good for a figure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Better {
     /// Latencies, memory: ratio berth/containerd < 1 means berth is better.
@@ -24,7 +25,7 @@ pub enum Better {
     Higher,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
     Measured {
@@ -46,12 +47,13 @@ pub enum Outcome {
     },
 }
 
-#[derive(Debug, Serialize)]
+/// (Deserialize: `--merge` reads the figures of an earlier results.json back.)
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Figure {
-    pub group: &'static str,
+    pub group: String,
     pub id: String,
     pub title: String,
-    pub unit: &'static str,
+    pub unit: String,
     pub better: Better,
     #[serde(flatten)]
     pub outcome: Outcome,
@@ -72,10 +74,10 @@ impl Figure {
         better: Better,
     ) -> Figure {
         Figure {
-            group,
+            group: group.to_string(),
             id: id.into(),
             title: title.into(),
-            unit,
+            unit: unit.to_string(),
             better,
             outcome: Outcome::Skipped {
                 why: "not run".into(),
@@ -111,6 +113,12 @@ impl Figure {
     pub fn note(mut self, note: impl Into<String>) -> Figure {
         self.note = Some(note.into());
         self
+    }
+
+    /// Whether this figure belongs to group `g` (failed whole-group rows are named e.g.
+    /// "footprint (idle)").
+    pub fn in_group(&self, g: &str) -> bool {
+        self.group == g || self.group.starts_with(&format!("{g} "))
     }
 
     /// The headline ratio (median of the per-round ratios), if measured.

@@ -10,8 +10,6 @@ use berth::api::services::diff::v1::diff_client::DiffClient;
 use berth::api::services::diff::v1::ApplyRequest;
 use berth::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use berth::api::services::snapshots::v1::ListSnapshotsRequest;
-use berth::api::services::tasks::v1::tasks_client::TasksClient;
-use berth::api::services::tasks::v1::ListTasksRequest;
 use berth::with_namespace;
 
 /// The berthd services later figures need.
@@ -19,7 +17,6 @@ use berth::with_namespace;
 pub enum Cap {
     Snapshots,
     Diff,
-    Tasks,
 }
 
 impl Cap {
@@ -27,7 +24,6 @@ impl Cap {
         match self {
             Cap::Snapshots => "snapshots",
             Cap::Diff => "diff",
-            Cap::Tasks => "tasks",
         }
     }
 }
@@ -55,19 +51,12 @@ pub async fn probe(berthd: &Daemon) -> Caps {
     if served(snap) {
         caps.push(Cap::Snapshots);
     }
-    let diff = DiffClient::new(ch.clone())
+    let diff = DiffClient::new(ch)
         .apply(with_namespace("bench", ApplyRequest::default()))
         .await
         .map(drop);
     if served(diff) {
         caps.push(Cap::Diff);
-    }
-    let tasks = TasksClient::new(ch)
-        .list(with_namespace("bench", ListTasksRequest::default()))
-        .await
-        .map(drop);
-    if served(tasks) {
-        caps.push(Cap::Tasks);
     }
     Caps(caps)
 }
@@ -84,80 +73,15 @@ struct Pending {
     also: &'static str,
 }
 
-const PENDING: &[Pending] = &[
-    Pending {
-        group: Group::Images,
-        id: "berth.pull",
-        title: "berth pull (berthd) vs ctr images pull (containerd)",
-        unit: "s",
-        better: Better::Lower,
-        caps: &[Cap::Snapshots, Cap::Diff],
-        also: "berth's own pull",
-    },
-    Pending {
-        group: Group::Tasks,
-        id: "tasks.run_rm",
-        title: "ctr run --rm busybox /bin/true, end to end",
-        unit: "ms",
-        better: Better::Lower,
-        caps: &[Cap::Tasks, Cap::Snapshots],
-        also: "",
-    },
-    Pending {
-        group: Group::Tasks,
-        id: "tasks.create_start",
-        title: "task Create+Start alone",
-        unit: "ms",
-        better: Better::Lower,
-        caps: &[Cap::Tasks, Cap::Snapshots],
-        also: "",
-    },
-    Pending {
-        group: Group::Tasks,
-        id: "tasks.cycles",
-        title: "4 clients x 100 run cycles, throughput",
-        unit: "runs/s",
-        better: Better::Higher,
-        caps: &[Cap::Tasks, Cap::Snapshots],
-        also: "",
-    },
-    Pending {
-        group: Group::Tasks,
-        id: "tasks.exec",
-        title: "ctr tasks exec latency",
-        unit: "ms",
-        better: Better::Lower,
-        caps: &[Cap::Tasks, Cap::Snapshots],
-        also: "",
-    },
-    Pending {
-        group: Group::Footprint,
-        id: "rss.100_running",
-        title: "daemon RSS with 100 running containers",
-        unit: "MiB",
-        better: Better::Lower,
-        caps: &[Cap::Tasks, Cap::Snapshots],
-        also: "",
-    },
-    Pending {
-        group: Group::Footprint,
-        id: "shim.rss_pss",
-        title: "per-container shim RSS and PSS, 100 running containers",
-        unit: "MiB",
-        better: Better::Lower,
-        caps: &[Cap::Tasks, Cap::Snapshots],
-        also: "",
-    },
-    Pending {
-        group: Group::Footprint,
-        id: "restart_to_ready.100_running",
-        title: "restart-to-ready after kill -9 with 100 running containers",
-        unit: "ms",
-        better: Better::Lower,
-        caps: &[Cap::Tasks, Cap::Snapshots],
-        also: "",
-    },
-];
+const PENDING: &[Pending] = &[Pending {
+    group: Group::Images,
+    id: "berth.pull",
+    title: "berth pull (berthd) vs ctr images pull (containerd)",
+    unit: "s",
+    better: Better::Lower,
+    caps: &[Cap::Snapshots, Cap::Diff],
+    also: "berth's own pull",
+}];
 
 /// The not-yet-measurable rows of one group.
 pub fn rows(group: Group, caps: &Caps) -> Vec<Figure> {
