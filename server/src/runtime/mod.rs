@@ -472,14 +472,13 @@ impl TaskManager {
 
     /// Publish /tasks/oom for every OOM kill in the task's cgroup while it lives.
     fn watch_oom(&self, task: &Arc<Task>) {
-        let monitor = cgroups::Cgroup::of_pid(task.pid).and_then(|c| c.oom_monitor());
-        let mut monitor = match monitor {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(task = %task.record.id, error = %e, "no OOM monitoring");
-                return;
-            }
-        };
+        match cgroups::Cgroup::of_pid(task.pid).and_then(|c| c.oom_monitor()) {
+            Ok(monitor) => self.publish_ooms(task, monitor),
+            Err(e) => tracing::debug!(task = %task.record.id, error = %e, "no OOM monitoring"),
+        }
+    }
+
+    fn publish_ooms(&self, task: &Arc<Task>, mut monitor: cgroups::OomMonitor) {
         let events = self.events.clone();
         let (ns, id) = (task.record.namespace.clone(), task.record.id.clone());
         tokio::spawn(async move {

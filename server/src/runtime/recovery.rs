@@ -6,9 +6,9 @@
 //! --force`, unmount, remove — its slot stays Busy until then, so no new task races the cleanup.
 
 use super::shim::{ShimSocket, QUICK_CALL};
-use super::{remove_task_dirs, Slot, Task, TaskManager, TaskRecord};
+use super::{cgroups, remove_task_dirs, Slot, Task, TaskManager, TaskRecord};
 use crate::error::{Error, Result};
-use berth_shim::protocol::{Empty, ExitRecord, Request, Status, VersionReply};
+use berth_shim::protocol::{Empty, ExitRecord, ListReply, Request, Status};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,23 +111,17 @@ impl TaskManager {
             task: id.clone(),
             path: socket_dir.join("shim.sock"),
         };
-        let version = tokio::time::timeout(
+        // One round trip: a shim that lists its processes is alive.
+        let listed = tokio::time::timeout(
             self.connect_timeout,
-            shim.call::<VersionReply>(&Request::Version, None),
+            shim.call::<ListReply>(&Request::List, None),
         )
         .await;
-        match version {
-            Ok(Ok(_)) => {}
+        let processes = match listed {
+            Ok(Ok(l)) => l.processes,
             Err(_) if shim_process_alive(&bundle) => return Found::Slow { ns, id, bundle },
             Err(_) => return dead(Some(record), "shim not answering and not running".into()),
             Ok(Err(e)) => return dead(Some(record), format!("shim not answering: {e}")),
-        }
-        let processes = match shim
-            .call::<berth_shim::protocol::ListReply>(&Request::List, Some(QUICK_CALL))
-            .await
-        {
-            Ok(l) => l.processes,
-            Err(e) => return dead(Some(record), format!("shim list: {e}")),
         };
         // Init deleted but the shim still up: the daemon died in the middle of a Delete.
         let Some(init) = processes.iter().find(|p| p.id == id) else {
@@ -159,7 +153,7 @@ impl TaskManager {
         for p in &processes {
             let exec_id = if p.id == task.record.id {
                 if p.status != Status::Stopped {
-                    self.watch_oom(&task);
+                    self.watch_oom_in_background(&task);
                 }
                 String::new()
             } else {
@@ -168,6 +162,22 @@ impl TaskManager {
             self.watch_exit(task.clone(), exec_id);
         }
         self.lock().insert(key, Slot::Ready(task));
+    }
+
+    /// As `watch_oom`, but resolving the cgroup (files under /proc) off the recovery path.
+    fn watch_oom_in_background(self: &Arc<Self>, task: &Arc<Task>) {
+        let (manager, task) = (self.clone(), task.clone());
+        tokio::spawn(async move {
+            let pid = task.pid;
+            let cgroup = tokio::task::spawn_blocking(move || cgroups::Cgroup::of_pid(pid)).await;
+            match cgroup.map(|c| c.and_then(|c| c.oom_monitor())) {
+                Ok(Ok(monitor)) => manager.publish_ooms(&task, monitor),
+                Ok(Err(e)) => {
+                    tracing::debug!(task = %task.record.id, error = %e, "no OOM monitoring")
+                }
+                Err(e) => tracing::warn!(error = %e, "resolving a cgroup failed"),
+            }
+        });
     }
 
     pub(super) fn clean_up_dead(
