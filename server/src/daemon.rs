@@ -145,10 +145,15 @@ fn router(
             api::namespaces::v1::namespaces_server::NamespacesServer,
             namespaces::NamespacesService(state.clone())
         ))
-        .add_service(svc!(
-            api::containers::v1::containers_server::ContainersServer,
-            containers::ContainersService(state.clone())
-        ))
+        .add_service(containers_list::WithRawList {
+            inner: svc!(
+                api::containers::v1::containers_server::ContainersServer,
+                containers::ContainersService(state.clone())
+            ),
+            state: state.clone(),
+            max_decoding: recv,
+            max_encoding: send,
+        })
         .add_service(svc!(
             api::images::v1::images_server::ImagesServer,
             images::ImagesService(state.clone())

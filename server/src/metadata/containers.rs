@@ -21,6 +21,25 @@ impl Metadata {
         })
     }
 
+    /// Every container of `ns` as an encoded `ListContainersResponse`: each stored record (the
+    /// API's own encoding) behind the tag and length of the response's field 1.
+    pub fn containers_response_bytes(&self, ns: &str) -> Result<Vec<u8>> {
+        const CONTAINERS_FIELD: u32 = 1;
+        let mut out = Vec::new();
+        self.backend
+            .for_each(&keys::objects(ns, keys::CONTAINERS), &mut |_, v| {
+                prost::encoding::encode_key(
+                    CONTAINERS_FIELD,
+                    prost::encoding::WireType::LengthDelimited,
+                    &mut out,
+                );
+                prost::encoding::encode_varint(v.len() as u64, &mut out);
+                out.extend_from_slice(v);
+                Ok(())
+            })?;
+        Ok(out)
+    }
+
     /// Containers page by page, for streaming: up to `limit` records after the key `after`,
     /// filtered; returns the last key read (None when done).
     pub fn list_containers_page(

@@ -2,6 +2,7 @@
 //! calls the domain (metadata, content, events) and lets `Error -> Status` map the failure.
 
 pub mod containers;
+pub mod containers_list;
 pub mod content;
 pub mod diff;
 pub mod events;

@@ -681,13 +681,18 @@ fn digests(v: &[Info]) -> Vec<String> {
     sorted(v.iter().map(|i| i.digest.clone()))
 }
 
-/// Sorted container ids from both List and ListStream, which must agree.
+/// Sorted container ids from both List and ListStream, which must agree record for record (an
+/// unfiltered List sends the stored encodings as they are; ListStream decodes and re-encodes).
 async fn container_ids_both_ways(api: &Api, ns: &str, filters: &[&str]) -> Vec<String> {
-    let listed = container_ids(&ok(
+    let by_id = |mut v: Vec<Container>| {
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    };
+    let listed = by_id(ok(
         api.list_containers(ns, filters).await,
         &format!("Containers/List {filters:?}"),
     ));
-    let streamed = container_ids(&ok(
+    let streamed = by_id(ok(
         api.list_stream_containers(ns, filters).await,
         &format!("Containers/ListStream {filters:?}"),
     ));
@@ -695,7 +700,7 @@ async fn container_ids_both_ways(api: &Api, ns: &str, filters: &[&str]) -> Vec<S
         listed, streamed,
         "List and ListStream disagree for {filters:?}"
     );
-    listed
+    container_ids(&listed)
 }
 
 // ---------------------------------------------------------------------------------------------
