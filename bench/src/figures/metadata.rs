@@ -232,7 +232,14 @@ pub async fn run(lab: &Lab, opts: &Opts) -> Result<(Vec<Figure>, usize)> {
     }
 
     let mut figs = Vec::new();
+    // `--only list_small` (say) skips the rest of the group.
+    let crud = ["create", "get", "update", "delete", "lifecycle"]
+        .iter()
+        .any(|op| opts.wants_figure(&format!("containers.{op}")));
     for clients in [1, CLIENTS] {
+        if !crud {
+            break;
+        }
         let per_client = match (opts.quick, clients) {
             (true, 1) => 40,
             (true, _) => 10,
@@ -313,12 +320,21 @@ pub async fn run(lab: &Lab, opts: &Opts) -> Result<(Vec<Figure>, usize)> {
         );
     }
 
-    figs.push(durable_write(lab, opts).await?);
-    let (list_figs, stored) = list(lab, opts, &chans, &spec).await?;
-    figs.extend(list_figs);
-    let (small_fig, small) = list_small(opts, &chans).await?;
-    figs.push(small_fig);
-    Ok((figs, stored + small))
+    if opts.wants_figure("durable") {
+        figs.push(durable_write(lab, opts).await?);
+    }
+    let mut stored = 0;
+    if opts.wants_figure("containers.list.") || opts.wants_figure("containers.list_stream") {
+        let (list_figs, n) = list(lab, opts, &chans, &spec).await?;
+        figs.extend(list_figs);
+        stored += n;
+    }
+    if opts.wants_figure("containers.list_small") {
+        let (small_fig, n) = list_small(opts, &chans).await?;
+        figs.push(small_fig);
+        stored += n;
+    }
+    Ok((figs, stored))
 }
 
 /// Unary List of containers whose records are small (a minimal spec, no labels): the cost of the
