@@ -4,6 +4,7 @@
 
 mod api;
 mod ctr;
+mod events;
 mod fixtures;
 mod harness;
 mod images;

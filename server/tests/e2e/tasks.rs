@@ -12,9 +12,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,7 @@ use containerd_client::types::Mount;
 use containerd_client::with_namespace;
 use prost_types::{Any, FieldMask};
 
+use crate::events::Events;
 use crate::fixtures::busybox_oci_archive;
 use crate::harness::{ctr_command, Daemon};
 
@@ -660,122 +661,6 @@ fn assert_code<T: std::fmt::Debug>(what: &str, r: Result<T, Status>, code: Code)
 // ---------------------------------------------------------------------------------------------
 // `ctr events`
 // ---------------------------------------------------------------------------------------------
-
-/// One line of `ctr events`: `DATE TIME ZONE-OFFSET ZONE NAMESPACE TOPIC JSON`.
-#[derive(Debug, Clone)]
-struct EventLine {
-    namespace: String,
-    topic: String,
-    body: serde_json::Value,
-    line: String,
-}
-
-impl EventLine {
-    fn parse(line: &str) -> EventLine {
-        let mut parts = line.splitn(7, ' ');
-        let namespace = parts.nth(4).unwrap_or_default().to_string();
-        let topic = parts.next().unwrap_or_default().to_string();
-        let body = parts
-            .next()
-            .and_then(|b| serde_json::from_str(b).ok())
-            .unwrap_or(serde_json::Value::Null);
-        EventLine {
-            namespace,
-            topic,
-            body,
-            line: line.to_string(),
-        }
-    }
-
-    fn is(&self, ns: &str, topic: &str, container: &str) -> bool {
-        self.namespace == ns && self.topic == topic && self.body["container_id"] == container
-    }
-}
-
-/// A running `ctr events`; killed on drop.
-struct Events {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<EventLine>,
-}
-
-impl Events {
-    /// Start `ctr events` and wait until it is subscribed (it sees a namespace being created).
-    fn start(d: &Daemon) -> Events {
-        let mut child = ctr_command(&d.socket, "default", &["events"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run ctr events");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let ev = Events {
-            child,
-            lines,
-            seen: vec![],
-        };
-        let mut i = 0;
-        wait_for(Duration::from_secs(10), "ctr events to subscribe", || {
-            i += 1;
-            let name = format!("events-sync-{i}");
-            d.ctr("default", &["namespaces", "create", &name]);
-            let deadline = Instant::now() + Duration::from_millis(300);
-            while let Ok(line) = ev
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                let e = EventLine::parse(&line);
-                if e.topic == "/namespaces/create" {
-                    return Ok(());
-                }
-            }
-            Err(format!("no event for {name}"))
-        });
-        ev
-    }
-
-    /// Wait until an event satisfies `pred`; returns its index in `seen` (arrival order).
-    fn expect(&mut self, what: &str, pred: impl Fn(&EventLine) -> bool) -> usize {
-        if let Some(i) = self.seen.iter().position(&pred) {
-            return i;
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(EventLine::parse(&line));
-                    if pred(self.seen.last().expect("just pushed")) {
-                        return self.seen.len() - 1;
-                    }
-                }
-                Err(_) => panic!(
-                    "no event {what} within 15s; ctr events printed:\n{}",
-                    self.seen
-                        .iter()
-                        .map(|e| e.line.as_str())
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                ),
-            }
-        }
-    }
-}
-
-impl Drop for Events {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // A pty for `ctr run -t`
