@@ -28,8 +28,8 @@ use berth_api::containerd::runc::v1::Options as RuncOptions;
 use berth_api::containerd::services::containers::v1::Container;
 use berth_api::containerd::types::Mount;
 use berth_shim::protocol::{
-    CreateRequest, Empty, ExecRequest, ExitReply, ListReply, PidReply, PidsReply, ProcessState,
-    Request, Timestamp,
+    CreateRequest, Empty, ExecRequest, ExitReply, PidReply, PidsReply, ProcessState, Request,
+    Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -206,11 +206,6 @@ impl TaskManager {
             .collect();
         v.sort_by(|a, b| a.record.id.cmp(&b.record.id));
         v
-    }
-
-    /// How many tasks exist (for introspection and tests).
-    pub fn count(&self) -> usize {
-        self.lock().len()
     }
 
     /// The runtime a container asks for, with the task's own runc options applied on top.
@@ -778,12 +773,6 @@ impl Task {
                 Some(QUICK_CALL),
             )
             .await
-    }
-
-    /// Every process of the task (init first).
-    pub async fn processes(&self, timeout: Duration) -> Result<Vec<ProcessState>> {
-        let r: ListReply = self.shim.call(&Request::List, Some(timeout)).await?;
-        Ok(r.processes)
     }
 }
 

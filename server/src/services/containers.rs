@@ -27,6 +27,8 @@ impl Containers for ContainersService {
         })
     }
 
+    /// The reference implementation: berthd serves unary List through
+    /// `containers_list::WithRawList`, which answers the same from stored bytes.
     async fn list(&self, req: Request<ListContainersRequest>) -> RpcResult<ListContainersResponse> {
         let ns = namespace(&req)?;
         let filter = Filter::parse_all(&req.get_ref().filters)?;
