@@ -947,6 +947,40 @@ fn on_path(binary: &str) -> bool {
 }
 
 #[test]
+fn task_state_has_tight_modes() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let f = Fixture::start("berth-e2e-modes");
+    f.run_d("modes-1", &["sleep", "1000"]);
+    let state = f.d.state();
+    let mode = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    // The bundle: the spec and the mounted rootfs, for root only.
+    let bundle = state.join("tasks").join(f.ns).join("modes-1");
+    assert_eq!(mode(&bundle), 0o700, "{}", bundle.display());
+    assert!(bundle.join("config.json").is_file());
+    // The shim's control socket: a filesystem socket (never abstract), 0600 in a 0700 dir.
+    let dirs: Vec<PathBuf> = std::fs::read_dir(state.join("s"))
+        .expect("socket dirs")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    assert_eq!(mode(&dirs[0]), 0o700, "{}", dirs[0].display());
+    let socket = dirs[0].join("shim.sock");
+    let md = std::fs::symlink_metadata(&socket).expect("shim.sock");
+    assert!(md.file_type().is_socket(), "{}", socket.display());
+    assert_eq!(mode(&socket), 0o600, "{}", socket.display());
+    f.remove("modes-1");
+    // Gone with the task.
+    assert!(!bundle.exists(), "{}", bundle.display());
+    assert!(!dirs[0].exists(), "{}", dirs[0].display());
+}
+
+#[test]
 fn a_runtime_named_in_the_config_is_used() {
     // A runc-compatible binary of our own: logs each call, then is runc.
     let tools = tempfile::tempdir().expect("temp dir");
