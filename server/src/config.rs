@@ -62,6 +62,10 @@ pub struct RuntimeConfig {
     /// runc's `--root`; empty: `<state>/runc`. The namespace is appended, as containerd does.
     pub root: PathBuf,
     pub systemd_cgroup: bool,
+    /// `runc create --no-pivot`, for a rootfs on a ramdisk.
+    pub no_pivot_root: bool,
+    /// `runc create --no-new-keyring`.
+    pub no_new_keyring: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -71,6 +75,8 @@ impl Default for RuntimeConfig {
             binary_name: "runc".into(),
             root: PathBuf::new(),
             systemd_cgroup: false,
+            no_pivot_root: false,
+            no_new_keyring: false,
         }
     }
 }

@@ -127,6 +127,8 @@ fn setup(opts: &Options, sock: &Path) -> Result<Server, String> {
         binary: opts.runtime_binary.clone(),
         root: opts.runtime_root.clone(),
         systemd_cgroup: opts.systemd_cgroup,
+        no_pivot_root: opts.no_pivot_root,
+        no_new_keyring: opts.no_new_keyring,
         bundle: opts.bundle.clone(),
         reaped: Vec::new(),
     };

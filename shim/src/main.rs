@@ -29,7 +29,8 @@ macro_rules! log {
 }
 
 const USAGE: &str = "usage: berth-shim start --namespace NS --id ID --bundle DIR \
-[--socket-dir DIR] [--runtime-binary runc] --runtime-root DIR [--systemd-cgroup] [--log FILE]
+[--socket-dir DIR] [--runtime-binary runc] --runtime-root DIR [--systemd-cgroup] \
+[--no-pivot-root] [--no-new-keyring] [--log FILE]
        berth-shim --version";
 
 pub struct Options {
@@ -42,6 +43,8 @@ pub struct Options {
     pub runtime_binary: PathBuf,
     pub runtime_root: PathBuf,
     pub systemd_cgroup: bool,
+    pub no_pivot_root: bool,
+    pub no_new_keyring: bool,
     pub log: Option<PathBuf>,
 }
 
@@ -53,6 +56,8 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
     let mut runtime_binary = PathBuf::from("runc");
     let mut runtime_root = None;
     let mut systemd_cgroup = false;
+    let mut no_pivot_root = false;
+    let mut no_new_keyring = false;
     let mut log = None;
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or_else(|| format!("{a} needs a value"));
@@ -64,6 +69,8 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--runtime-binary" => runtime_binary = PathBuf::from(val()?),
             "--runtime-root" => runtime_root = Some(PathBuf::from(val()?)),
             "--systemd-cgroup" => systemd_cgroup = true,
+            "--no-pivot-root" => no_pivot_root = true,
+            "--no-new-keyring" => no_new_keyring = true,
             "--log" => log = Some(PathBuf::from(val()?)),
             _ => return Err(format!("unknown argument {a:?}")),
         }
@@ -104,6 +111,8 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         runtime_binary,
         runtime_root,
         systemd_cgroup,
+        no_pivot_root,
+        no_new_keyring,
         log,
     })
 }

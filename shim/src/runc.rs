@@ -18,6 +18,10 @@ pub struct Runc {
     pub binary: PathBuf,
     pub root: PathBuf,
     pub systemd_cgroup: bool,
+    /// `runc create --no-pivot` (a rootfs on a ramdisk cannot be pivoted away from).
+    pub no_pivot_root: bool,
+    /// `runc create --no-new-keyring`: the container keeps the shim's session keyring.
+    pub no_new_keyring: bool,
     /// The bundle: runc's --log file and scratch files live there.
     pub bundle: PathBuf,
     /// (pid, status) of children other than runc reaped while runc ran.
@@ -165,6 +169,12 @@ impl Runc {
         ];
         if let Some(s) = console_socket {
             args.extend(["--console-socket".as_ref(), s.as_os_str()]);
+        }
+        if self.no_pivot_root {
+            args.push("--no-pivot".as_ref());
+        }
+        if self.no_new_keyring {
+            args.push("--no-new-keyring".as_ref());
         }
         args.push(id.as_ref());
         self.run_with_stdio(args, stdio)

@@ -52,6 +52,10 @@ pub struct TaskRecord {
     /// runc's --root, the namespace included.
     pub runc_root: PathBuf,
     pub systemd_cgroup: bool,
+    #[serde(default)]
+    pub no_pivot_root: bool,
+    #[serde(default)]
+    pub no_new_keyring: bool,
     /// Whether berthd mounted the rootfs on `<bundle>/rootfs` (and so must unmount it).
     pub rootfs_mounted: bool,
 }
@@ -228,10 +232,13 @@ impl TaskManager {
             ))
         })?;
         let container_options = container.runtime.as_ref().and_then(|r| r.options.as_ref());
-        let options = task_options
+        // The container's options, then the task's on top, field by field: `ctr run
+        // --runc-binary crun --no-pivot` puts the binary in the first and the flag in the second.
+        for any in [container_options, task_options]
+            .into_iter()
+            .flatten()
             .filter(|a| !a.type_url.is_empty())
-            .or(container_options.filter(|a| !a.type_url.is_empty()));
-        if let Some(any) = options {
+        {
             let o: RuncOptions = berth_api::unpack_any(any).map_err(|e| {
                 Error::invalid(format!(
                     "runtime options: {e} (berth's runtime takes containerd.runc.v1.Options)"
@@ -244,6 +251,8 @@ impl TaskManager {
                 rt.root = PathBuf::from(o.root);
             }
             rt.systemd_cgroup |= o.systemd_cgroup;
+            rt.no_pivot_root |= o.no_pivot_root;
+            rt.no_new_keyring |= o.no_new_keyring;
         }
         if rt.root.as_os_str().is_empty() {
             rt.root = self.state_dir.join("runc");
@@ -284,6 +293,8 @@ impl TaskManager {
             binary_name: rt.binary_name.clone(),
             runc_root: rt.root.clone(),
             systemd_cgroup: rt.systemd_cgroup,
+            no_pivot_root: rt.no_pivot_root,
+            no_new_keyring: rt.no_new_keyring,
             rootfs_mounted: !req.rootfs.is_empty(),
         };
         let started = std::time::Instant::now();
@@ -362,6 +373,8 @@ impl TaskManager {
             runtime_binary: &record.binary_name,
             runtime_root: &record.runc_root,
             systemd_cgroup: record.systemd_cgroup,
+            no_pivot_root: record.no_pivot_root,
+            no_new_keyring: record.no_new_keyring,
         })
         .await?;
         let launched = std::time::Instant::now();

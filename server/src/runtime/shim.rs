@@ -114,6 +114,8 @@ pub struct Launch<'a> {
     pub runtime_binary: &'a str,
     pub runtime_root: &'a Path,
     pub systemd_cgroup: bool,
+    pub no_pivot_root: bool,
+    pub no_new_keyring: bool,
 }
 
 /// Run `berth-shim start`: it daemonizes (its own session, reparented away from berthd) and
@@ -137,8 +139,14 @@ pub async fn launch(l: &Launch<'_>) -> Result<PathBuf> {
         .arg(l.bundle.join("shim.log"))
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
-    if l.systemd_cgroup {
-        cmd.arg("--systemd-cgroup");
+    for (set, flag) in [
+        (l.systemd_cgroup, "--systemd-cgroup"),
+        (l.no_pivot_root, "--no-pivot-root"),
+        (l.no_new_keyring, "--no-new-keyring"),
+    ] {
+        if set {
+            cmd.arg(flag);
+        }
     }
     let out = cmd.output().await.map_err(|e| {
         Error::Internal(format!(

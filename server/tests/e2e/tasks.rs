@@ -1034,6 +1034,32 @@ fn a_runtime_named_in_the_config_is_used() {
 }
 
 #[test]
+fn runc_options_reach_runc() {
+    // ctr run --no-pivot sends containerd.runc.v1.Options{no_pivot_root} with the task; the
+    // shim runs `runc create --no-pivot`, and the container still runs.
+    let f = Fixture::start("berth-e2e-runcopts");
+    let out = f.run(&["--no-pivot"], "nopivot-rm", &["echo", "unpivoted"]);
+    f.assert_exit(&out, 0, "ctr run --rm --no-pivot");
+    assert_eq!(stdout(&out), "unpivoted\n");
+    f.run_d_with(&["--no-pivot"], "nopivot-d", &["sleep", "1000"]);
+    let shim = shim_of(f.ns, f.d.dir.path(), "nopivot-d").expect("the shim of nopivot-d");
+    let args = cmdline(shim).unwrap_or_default();
+    assert!(
+        args.iter().any(|a| a == "--no-pivot-root"),
+        "the shim was not told --no-pivot-root: {args:?}"
+    );
+    // Without the flag, no such option.
+    f.run_d("pivot-d", &["sleep", "1000"]);
+    let shim = shim_of(f.ns, f.d.dir.path(), "pivot-d").expect("the shim of pivot-d");
+    assert!(!cmdline(shim)
+        .unwrap_or_default()
+        .iter()
+        .any(|a| a == "--no-pivot-root"));
+    f.remove("nopivot-d");
+    f.remove("pivot-d");
+}
+
+#[test]
 fn run_with_crun() {
     if !on_path("crun") {
         eprintln!("skipped: crun is not installed (scripts/deps.sh installs Debian's crun)");
