@@ -229,6 +229,34 @@ fn a_second_berthd_serves_as_a_proxy_snapshotter() {
     );
 }
 
+/// Snapshots.View with a `containerd.io/gc.root` label, in one call.
+fn view_kept_from_collection(d: &Daemon, key: &str, parent: &str) {
+    use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+    use containerd_client::services::v1::snapshots::ViewSnapshotRequest;
+    use containerd_client::tonic::Request;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let mut client = SnapshotsClient::new(d.channel().await);
+        let req = ViewSnapshotRequest {
+            snapshotter: "overlayfs".into(),
+            key: key.into(),
+            parent: parent.into(),
+            labels: [(
+                "containerd.io/gc.root".to_string(),
+                "2026-01-01T00:00:00Z".to_string(),
+            )]
+            .into(),
+        };
+        client
+            .view(containerd_client::with_namespace!(req, "default"))
+            .await
+            .expect("Snapshots.View");
+    });
+}
+
 /// Mount `key`'s mounts (as `ctr snapshots mounts` prints them) on `target`, run `f`, unmount.
 fn with_snapshot_mounted(d: &Daemon, key: &str, target: &Path, f: impl FnOnce()) {
     let mounts = d.ctr("default", &["snapshots", "mounts", "/unused", key]);
@@ -270,18 +298,23 @@ fn snapshot_commands_and_a_computed_layer() {
             .contains(&image.index.digest)
     });
 
-    // A view is read-only and, unlike a prepared snapshot, not labelled gc.root by ctr: label it
-    // so later collections keep it.
-    d.ctr("default", &["snapshots", "view", "v0", chain]);
-    d.ctr(
+    // `ctr snapshots view` makes a read-only view: one read-only bind mount of the single layer.
+    let printed = d.ctr(
         "default",
-        &[
-            "snapshots",
-            "label",
-            "v0",
-            "containerd.io/gc.root=2026-01-01T00:00:00Z",
-        ],
+        &["snapshots", "view", "--mounts", "v-ctr", chain],
     );
+    let mounts: serde_json::Value = serde_json::from_str(&printed).expect("mounts as JSON");
+    assert_eq!(mounts[0]["Type"], "bind", "{printed}");
+    assert!(
+        mounts[0]["Options"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|x| x == "ro")),
+        "{printed}"
+    );
+    // Unlike a prepared snapshot, ctr labels no view gc.root, and it holds no lease: any
+    // collection may take it at once (as containerd's would). The view used below is made with
+    // its gc.root label in the same call, so no collection can slip in between.
+    view_kept_from_collection(&d, "v0", chain);
     let view = dir.path().join("view0");
     with_snapshot_mounted(&d, "v0", &view, || {
         assert!(view.join("bin/busybox").exists());
