@@ -982,9 +982,8 @@ fn images_rm_of_the_last_image_frees_its_content() {
     let d = Daemon::start();
     let dir = tempfile::tempdir().unwrap();
     let image = archive(&dir);
-    import(&d, "default", &image);
-    d.ctr("default", &["images", "tag", IMAGE, "second:tag"]);
-    // A blob held by a gc.root label survives every collection.
+    // A blob held by a gc.root label survives every collection. Ingested and labelled first,
+    // while no collection is due: unlabelled and unleased, any collection could take it.
     let kept = pseudo_random(10_000, 5);
     let kept_digest = ingest(&d, "default", "kept", &kept);
     d.ctr(
@@ -996,6 +995,8 @@ fn images_rm_of_the_last_image_frees_its_content() {
             "containerd.io/gc.root=2026-01-01T00:00:00Z",
         ],
     );
+    import(&d, "default", &image);
+    d.ctr("default", &["images", "tag", IMAGE, "second:tag"]);
     let blob_file = |digest: &str| {
         d.root()
             .join("content/blobs/sha256")
