@@ -56,8 +56,6 @@ pub struct TaskRecord {
     pub no_pivot_root: bool,
     #[serde(default)]
     pub no_new_keyring: bool,
-    /// Whether berthd mounted the rootfs on `<bundle>/rootfs` (and so must unmount it).
-    pub rootfs_mounted: bool,
 }
 
 /// A task berthd knows: where its bundle is and how to reach its shim.
@@ -295,18 +293,20 @@ impl TaskManager {
             systemd_cgroup: rt.systemd_cgroup,
             no_pivot_root: rt.no_pivot_root,
             no_new_keyring: rt.no_new_keyring,
-            rootfs_mounted: !req.rootfs.is_empty(),
         };
         let started = std::time::Instant::now();
         // Leftovers of a create that died with an earlier daemon go first.
         remove_task_dirs(&bundle, &socket_dir).await?;
-        {
+        let prepared = {
             let (bundle, socket_dir, record) = (bundle.clone(), socket_dir.clone(), record.clone());
             let rootfs = crate::snapshots::from_api_mounts(req.rootfs.clone());
-            blocking(move || prepare_bundle(&bundle, &socket_dir, &record, &spec, &rootfs)).await?;
-        }
+            blocking(move || prepare_bundle(&bundle, &socket_dir, &record, &spec, &rootfs)).await
+        };
         let bundle_ready = started.elapsed();
-        let launched = self.launch(&record, &bundle, &socket_dir, &req.stdio).await;
+        let launched = match prepared {
+            Ok(()) => self.launch(&record, &bundle, &socket_dir, &req.stdio).await,
+            Err(e) => Err(e),
+        };
         let (shim, pid) = match launched {
             Ok(ok) => ok,
             Err(e) => {

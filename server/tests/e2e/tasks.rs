@@ -1344,6 +1344,29 @@ fn wrong_transitions_and_bad_input_are_refused_and_change_nothing() {
         Code::NotFound,
     );
 
+    // Rootfs mounts that cannot be mounted: refused, and no bundle, socket dir or mount left.
+    let bogus = vec![Mount {
+        r#type: "overlay".into(),
+        source: "overlay".into(),
+        options: vec!["lowerdir=/nonexistent/berth-e2e".into()],
+        ..Default::default()
+    }];
+    let err = g
+        .create_with("codes-a", bogus)
+        .expect_err("Create with unmountable rootfs");
+    assert_ne!(err.code(), Code::Ok);
+    assert_code("Get after it", g.get("codes-a", ""), Code::NotFound);
+    let state = f.d.state();
+    assert!(
+        !state.join("tasks").join(f.ns).join("codes-a").exists(),
+        "bundle left behind"
+    );
+    let sockets: Vec<_> = std::fs::read_dir(state.join("s"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(sockets.is_empty(), "socket dirs left behind: {sockets:?}");
+    assert_eq!(mount_points_under(f.d.dir.path()), Vec::<PathBuf>::new());
+
     // Created.
     let pid = g.create("codes-a").expect("Tasks.Create").pid;
     assert!(pid > 0);
