@@ -28,8 +28,28 @@ impl Metadata {
         })
     }
 
+    /// Whether `ns` holds `digest`; if it does and the client holds `lease`, the blob joins the
+    /// lease, as containerd's Writer does, so a collection running during the client's work
+    /// (an image import finding its blobs already there) cannot take it.
+    pub async fn lease_content_if_present(
+        &self,
+        ns: &str,
+        lease: &str,
+        digest: &Digest,
+    ) -> Result<bool> {
+        self.update(|tx| {
+            if !tx.exists(&keys::object(ns, keys::CONTENT, digest.as_str()))? {
+                return Ok(false);
+            }
+            add_to_lease(tx, ns, lease, "content", digest.as_str())?;
+            Ok(true)
+        })
+        .await
+    }
+
     /// Record a committed blob in `ns` (and in `lease`, if the client holds one).
-    /// AlreadyExists when the namespace already had it, as containerd's Commit answers.
+    /// AlreadyExists when the namespace already had it, as containerd's Commit answers; the blob
+    /// joins the lease all the same.
     pub async fn add_content(
         &self,
         ns: &str,
@@ -39,27 +59,32 @@ impl Metadata {
         lease: Option<&str>,
     ) -> Result<Info> {
         validate::labels(&labels)?;
-        self.update(|tx| {
-            let key = keys::object(ns, keys::CONTENT, digest.as_str());
-            if tx.exists(&key)? {
-                return Err(Error::exists(format!("content {digest}: already exists")));
-            }
-            tx.ensure_namespace(ns)?;
-            if let Some(lease) = lease {
-                add_to_lease(tx, ns, lease, "content", digest.as_str())?;
-            }
-            let t = now();
-            let info = Info {
-                digest: digest.to_string(),
-                size,
-                created_at: Some(t),
-                updated_at: Some(t),
-                labels: labels.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
-            };
-            tx.put(key, &info);
-            Ok(info)
-        })
-        .await
+        let added = self
+            .update(|tx| {
+                let key = keys::object(ns, keys::CONTENT, digest.as_str());
+                if tx.exists(&key)? {
+                    if let Some(lease) = lease {
+                        add_to_lease(tx, ns, lease, "content", digest.as_str())?;
+                    }
+                    return Ok(None);
+                }
+                tx.ensure_namespace(ns)?;
+                if let Some(lease) = lease {
+                    add_to_lease(tx, ns, lease, "content", digest.as_str())?;
+                }
+                let t = now();
+                let info = Info {
+                    digest: digest.to_string(),
+                    size,
+                    created_at: Some(t),
+                    updated_at: Some(t),
+                    labels: labels.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
+                };
+                tx.put(key, &info);
+                Ok(Some(info))
+            })
+            .await?;
+        added.ok_or_else(|| Error::exists(format!("content {digest}: already exists")))
     }
 
     /// Only labels can change (`labels`, `labels.KEY`); no mask replaces all labels.

@@ -231,7 +231,16 @@ impl WriteSession {
         let r#ref = first.r#ref.clone();
         let expected = parse_expected(&first.expected)?;
         if let Some(d) = &expected {
-            if self.state.meta.has_content(&self.ns, d)? {
+            let present = match &self.lease {
+                Some(lease) => {
+                    self.state
+                        .meta
+                        .lease_content_if_present(&self.ns, lease, d)
+                        .await?
+                }
+                None => self.state.meta.has_content(&self.ns, d)?,
+            };
+            if present {
                 return Err(Error::exists(format!("content {d}: already exists")).into());
             }
         }

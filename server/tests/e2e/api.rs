@@ -1975,6 +1975,21 @@ async fn leases_and_their_resources() {
         "content written under lease l2 is one of its resources: {res:?}"
     );
 
+    // Writing a blob the namespace already has answers AlreadyExists, and the blob joins the
+    // writer's lease all the same (containerd's Writer does this), so a collection during the
+    // client's work cannot take what the client relies on.
+    fails(
+        api.write_blob(ns, Some("l1"), "again-ref", &data, HashMap::new())
+            .await,
+        Code::AlreadyExists,
+        "the same blob again, under lease l1",
+    );
+    let res = ok(api.list_resources(ns, "l1").await, "ListResources l1");
+    assert!(
+        res.contains(&("content".to_string(), written.clone())),
+        "an existing blob written under l1 is one of its resources: {res:?}"
+    );
+
     ok(api.delete_lease(ns, "l1").await, "Delete l1");
     assert_eq!(
         lease_ids(&ok(api.list_leases(ns, &[]).await, "List")),
