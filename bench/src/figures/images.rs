@@ -34,7 +34,7 @@ use berth::api::services::leases::v1::leases_client::LeasesClient;
 use berth::api::services::leases::v1::{AddResourceRequest, CreateRequest, Resource};
 use berth::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use berth::api::services::snapshots::v1::{
-    CommitSnapshotRequest, Kind as SnapshotKind, ListSnapshotsRequest, PrepareSnapshotRequest,
+    CommitSnapshotRequest, Kind as SnapshotKind, PrepareSnapshotRequest,
 };
 use berth::api::types::Descriptor;
 use berth::with_namespace;
@@ -146,30 +146,9 @@ async fn keep_snapshots(d: &Daemon, ns: &str) -> Result<usize> {
     let ch = d.connect().await?;
     let lease = "bench-keep-snapshots";
     create_lease(ch.clone(), kind, ns, lease).await?;
-    let mut stream = SnapshotsClient::new(ch.clone())
-        .list(with_namespace(
-            ns,
-            ListSnapshotsRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                filters: vec![],
-            },
-        ))
+    let names = super::snapshot_names(ch.clone(), ns, SnapshotKind::Committed)
         .await
-        .map_err(status(kind, "Snapshots.List"))?
-        .into_inner();
-    let mut names = Vec::new();
-    while let Some(m) = stream
-        .message()
-        .await
-        .map_err(status(kind, "Snapshots.List"))?
-    {
-        names.extend(
-            m.info
-                .into_iter()
-                .filter(|i| i.kind == SnapshotKind::Committed as i32)
-                .map(|i| i.name),
-        );
-    }
+        .map_err(status(kind, "Snapshots.List"))?;
     let mut leases = LeasesClient::new(ch);
     for name in &names {
         leases

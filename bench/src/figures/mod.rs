@@ -13,6 +13,8 @@ pub mod tasks;
 
 use crate::daemon::Kind;
 use crate::stats::{median, summarize, Summary};
+use berth::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
+use berth::api::services::snapshots::v1::{Kind as SnapshotKind, ListSnapshotsRequest};
 use serde::{Deserialize, Serialize};
 
 /// Which direction is good for a figure.
@@ -169,4 +171,32 @@ pub fn slot(kind: Kind) -> usize {
         Kind::Berth => 0,
         Kind::Containerd => 1,
     }
+}
+
+/// Names of the overlayfs snapshots of `kind` in namespace `ns` (Snapshots.List, streamed).
+pub async fn snapshot_names(
+    ch: tonic::transport::Channel,
+    ns: &str,
+    kind: SnapshotKind,
+) -> std::result::Result<Vec<String>, tonic::Status> {
+    let mut stream = SnapshotsClient::new(ch)
+        .list(berth::with_namespace(
+            ns,
+            ListSnapshotsRequest {
+                snapshotter: "overlayfs".into(),
+                filters: vec![],
+            },
+        ))
+        .await?
+        .into_inner();
+    let mut names = Vec::new();
+    while let Some(m) = stream.message().await? {
+        names.extend(
+            m.info
+                .into_iter()
+                .filter(|i| i.kind == kind as i32)
+                .map(|i| i.name),
+        );
+    }
+    Ok(names)
 }

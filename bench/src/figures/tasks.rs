@@ -37,7 +37,7 @@ use berth::api::services::leases::v1::{
 };
 use berth::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use berth::api::services::snapshots::v1::{
-    Kind as SnapshotKind, ListSnapshotsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
+    Kind as SnapshotKind, PrepareSnapshotRequest, RemoveSnapshotRequest,
 };
 use berth::api::services::tasks::v1::tasks_client::TasksClient;
 use berth::api::services::tasks::v1::{
@@ -317,26 +317,9 @@ async fn cleanup(lab: &Lab, s: &Side) -> Result<usize> {
         remove_container(&ch, s, id).await?;
     }
     // Snapshots a failed run prepared but no container holds.
-    let mut stream = SnapshotsClient::new(ch.clone())
-        .list(with_namespace(
-            ns,
-            ListSnapshotsRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                filters: vec![],
-            },
-        ))
+    let active = super::snapshot_names(ch.clone(), ns, SnapshotKind::Active)
         .await
-        .map_err(rpc(s, "Snapshots.List"))?
-        .into_inner();
-    let mut active = Vec::new();
-    while let Some(m) = stream.message().await.map_err(rpc(s, "Snapshots.List"))? {
-        active.extend(
-            m.info
-                .into_iter()
-                .filter(|i| i.kind == SnapshotKind::Active as i32)
-                .map(|i| i.name),
-        );
-    }
+        .map_err(rpc(s, "Snapshots.List"))?;
     for key in active {
         let _ = SnapshotsClient::new(ch.clone())
             .remove(with_namespace(

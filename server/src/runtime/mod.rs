@@ -537,6 +537,17 @@ impl TaskManager {
         Ok(r.pid)
     }
 
+    /// One request to the shim of task `id`.
+    async fn ask<T: serde::de::DeserializeOwned>(
+        &self,
+        ns: &str,
+        id: &str,
+        req: &Request,
+        timeout: Option<Duration>,
+    ) -> Result<T> {
+        self.get(ns, id)?.shim.call(req, timeout).await
+    }
+
     /// The state of init (`exec_id` "") or of an exec.
     pub async fn state(&self, ns: &str, id: &str, exec_id: &str) -> Result<ProcessState> {
         let task = self.get(ns, id)?;
@@ -575,18 +586,12 @@ impl TaskManager {
         signal: u32,
         all: bool,
     ) -> Result<()> {
-        let task = self.get(ns, id)?;
-        let _: Empty = task
-            .shim
-            .call(
-                &Request::Kill {
-                    exec_id: exec_id.to_string(),
-                    signal,
-                    all,
-                },
-                Some(SLOW_CALL),
-            )
-            .await?;
+        let req = Request::Kill {
+            exec_id: exec_id.to_string(),
+            signal,
+            all,
+        };
+        self.ask::<Empty>(ns, id, &req, Some(SLOW_CALL)).await?;
         Ok(())
     }
 
@@ -633,43 +638,30 @@ impl TaskManager {
         width: u32,
         height: u32,
     ) -> Result<()> {
-        let task = self.get(ns, id)?;
-        let _: Empty = task
-            .shim
-            .call(
-                &Request::ResizePty {
-                    exec_id: exec_id.to_string(),
-                    width,
-                    height,
-                },
-                Some(QUICK_CALL),
-            )
-            .await?;
+        let req = Request::ResizePty {
+            exec_id: exec_id.to_string(),
+            width,
+            height,
+        };
+        self.ask::<Empty>(ns, id, &req, Some(QUICK_CALL)).await?;
         Ok(())
     }
 
     pub async fn close_stdin(&self, ns: &str, id: &str, exec_id: &str) -> Result<()> {
-        let task = self.get(ns, id)?;
-        let _: Empty = task
-            .shim
-            .call(
-                &Request::CloseIo {
-                    exec_id: exec_id.to_string(),
-                },
-                Some(QUICK_CALL),
-            )
-            .await?;
+        let req = Request::CloseIo {
+            exec_id: exec_id.to_string(),
+        };
+        self.ask::<Empty>(ns, id, &req, Some(QUICK_CALL)).await?;
         Ok(())
     }
 
     pub async fn pause(&self, ns: &str, id: &str, pause: bool) -> Result<()> {
-        let task = self.get(ns, id)?;
         let req = if pause {
             Request::Pause
         } else {
             Request::Resume
         };
-        let _: Empty = task.shim.call(&req, Some(SLOW_CALL)).await?;
+        self.ask::<Empty>(ns, id, &req, Some(SLOW_CALL)).await?;
         let container_id = id.to_string();
         if pause {
             self.events
@@ -682,30 +674,21 @@ impl TaskManager {
     }
 
     pub async fn pids(&self, ns: &str, id: &str) -> Result<PidsReply> {
-        let task = self.get(ns, id)?;
-        task.shim.call(&Request::Pids, Some(SLOW_CALL)).await
+        self.ask(ns, id, &Request::Pids, Some(SLOW_CALL)).await
     }
 
     pub async fn update(&self, ns: &str, id: &str, resources: serde_json::Value) -> Result<()> {
-        let task = self.get(ns, id)?;
-        let _: Empty = task
-            .shim
-            .call(&Request::Update { resources }, Some(SLOW_CALL))
-            .await?;
+        let req = Request::Update { resources };
+        self.ask::<Empty>(ns, id, &req, Some(SLOW_CALL)).await?;
         Ok(())
     }
 
     /// Block until the process has exited (at once if it has).
     pub async fn wait(&self, ns: &str, id: &str, exec_id: &str) -> Result<ExitReply> {
-        let task = self.get(ns, id)?;
-        task.shim
-            .call(
-                &Request::Wait {
-                    exec_id: exec_id.to_string(),
-                },
-                None,
-            )
-            .await
+        let req = Request::Wait {
+            exec_id: exec_id.to_string(),
+        };
+        self.ask(ns, id, &req, None).await
     }
 
     /// Delete an exec process that has finished.
