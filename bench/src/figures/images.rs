@@ -584,8 +584,61 @@ async fn prepare_commit(lab: &Lab, opts: &Opts, clients: usize) -> Result<Figure
     )))
 }
 
+/// The figures that need the image fixtures (the Debian one takes minutes to build the first
+/// time), so a run of only the snapshot or GC figures skips them.
+const IMAGE_FIGURES: [&str; 5] = [
+    "images.pull.debian",
+    "images.import.debian",
+    "images.pull.busybox",
+    "images.import.busybox",
+    "diff.apply",
+];
+
 pub async fn run(lab: &Lab, opts: &Opts) -> Result<Vec<Figure>> {
+    let mut figs = Vec::new();
+    if IMAGE_FIGURES.iter().any(|id| opts.wants_figure(id)) {
+        figs.extend(image_figures(lab, opts).await?);
+    }
+    for clients in [1, 8] {
+        if !opts.wants_figure(&format!("snapshots.prepare_commit.c{clients}")) {
+            continue;
+        }
+        match prepare_commit(lab, opts, clients).await {
+            Ok(f) => figs.push(f),
+            Err(e) => {
+                eprintln!("[images] snapshot Prepare+Commit failed: {e}");
+                figs.push(failed(
+                    &format!("snapshots.prepare_commit.c{clients}"),
+                    "snapshot Prepare+Commit pairs",
+                    "pairs/s",
+                    Better::Higher,
+                    e,
+                ));
+            }
+        }
+    }
+    if opts.wants_figure("gc.") {
+        match super::gc::run(lab, opts).await {
+            Ok(f) => figs.extend(f),
+            Err(e) => {
+                eprintln!("[images] GC figure failed: {e}");
+                figs.push(failed(
+                    "gc.collect",
+                    "GC of 1,000 images",
+                    "ms",
+                    Better::Lower,
+                    e,
+                ));
+            }
+        }
+    }
+    Ok(figs)
+}
+
+/// The ctr pull/import figures and the diff Apply, on the Debian and busybox fixtures.
+async fn image_figures(lab: &Lab, opts: &Opts) -> Result<Vec<Figure>> {
     let debian = tokio::task::block_in_place(fixtures::debian)?;
+    let mut figs = Vec::new();
     let busybox = fixtures::busybox(&lab.root().join("fixtures"))?;
     eprintln!("[images] {}", debian.describe());
     let mut registry = Registry::start(&lab.root().join("registry"))?;
@@ -595,7 +648,6 @@ pub async fn run(lab: &Lab, opts: &Opts) -> Result<Vec<Figure>> {
             registry.push(&busybox, "bench/busybox")?,
         ))
     })?;
-    let mut figs = Vec::new();
     let debian_title = format!(
         "Debian image (~{:.0} MB, {} layers)",
         debian.compressed_size() as f64 / 1e6,
@@ -671,39 +723,6 @@ pub async fn run(lab: &Lab, opts: &Opts) -> Result<Vec<Figure>> {
                     "diff.apply",
                     "diff Apply of the big layer",
                     "s",
-                    Better::Lower,
-                    e,
-                ));
-            }
-        }
-    }
-    for clients in [1, 8] {
-        if !opts.wants_figure(&format!("snapshots.prepare_commit.c{clients}")) {
-            continue;
-        }
-        match prepare_commit(lab, opts, clients).await {
-            Ok(f) => figs.push(f),
-            Err(e) => {
-                eprintln!("[images] snapshot Prepare+Commit failed: {e}");
-                figs.push(failed(
-                    &format!("snapshots.prepare_commit.c{clients}"),
-                    "snapshot Prepare+Commit pairs",
-                    "pairs/s",
-                    Better::Higher,
-                    e,
-                ));
-            }
-        }
-    }
-    if opts.wants_figure("gc.") {
-        match super::gc::run(lab, opts).await {
-            Ok(f) => figs.extend(f),
-            Err(e) => {
-                eprintln!("[images] GC figure failed: {e}");
-                figs.push(failed(
-                    "gc.collect",
-                    "GC of 1,000 images",
-                    "ms",
                     Better::Lower,
                     e,
                 ));
