@@ -10,7 +10,8 @@
 //!
 //! On disk, under the root given to `open`:
 //! ```text
-//! <root>/snapshots/<id>/info.json   key, parent key, kind, labels, times, usage (atomic writes)
+//! <root>/metadata.log               the journal of snapshot records: key, parent key, kind,
+//!                                   labels, times, usage (one append and flush per change)
 //! <root>/snapshots/<id>/fs/         the layer: overlay upperdir, or native's full copy
 //! <root>/snapshots/<id>/work/       overlay workdir (overlayfs active snapshots only)
 //! ```
@@ -89,6 +90,7 @@ macro_rules! delegate_to_store {
 mod copy;
 mod error;
 mod fsutil;
+mod journal;
 mod mount;
 mod native;
 mod overlay;

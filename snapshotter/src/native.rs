@@ -19,9 +19,11 @@ pub struct NativeSnapshotter {
 impl NativeSnapshotter {
     /// Opens the snapshotter rooted at `root` (created if missing).
     pub fn open(root: &Path) -> Result<NativeSnapshotter> {
-        Ok(NativeSnapshotter {
+        let sn = NativeSnapshotter {
             store: MetaStore::open(root)?,
-        })
+        };
+        sn.store.restore_missing(&|s, d| sn.populate(s, d))?;
+        Ok(sn)
     }
 
     fn populate(&self, snap: &Snapshot, dir: &Path) -> Result<()> {

@@ -28,13 +28,15 @@ impl OverlaySnapshotter {
     /// works there: berthd calls [`supported`] first to report a plugin init error.
     pub fn open(root: &Path) -> Result<OverlaySnapshotter> {
         let store = MetaStore::open(root)?;
-        Ok(OverlaySnapshotter {
+        let sn = OverlaySnapshotter {
             store,
             // Without index=off, a layer mounted once with the index feature refuses later mounts
             // with another upper (containerd sets it whenever the kernel knows the option).
             index_off: Path::new("/sys/module/overlay/parameters/index").exists(),
             userxattr: needs_userxattr(root),
-        })
+        };
+        sn.store.restore_missing(&|s, d| sn.populate(s, d))?;
+        Ok(sn)
     }
 
     fn populate(&self, snap: &Snapshot, dir: &Path) -> Result<()> {

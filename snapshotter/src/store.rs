@@ -1,16 +1,21 @@
 //! Snapshot metadata shared by the implementations (containerd's `snapshots/storage`): the rules
-//! (names unique across kinds, parents committed, no removal of a parent), ids, and the on-disk
-//! records, without a database.
+//! (names unique across kinds, parents committed, no removal of a parent), ids, and their
+//! persistence, without a database.
 //!
-//! Each snapshot is `<root>/snapshots/<id>/` with an `info.json` written atomically; the in-memory
-//! index (key → entry, with child counts) is rebuilt at open by scanning. A numbered directory
-//! without a valid `info.json` is a creation that died half-way and is removed at open; so are
-//! `rm-<id>` directories (removals that died before deleting the tree) and snapshots whose parent
-//! is gone.
+//! Each snapshot is `<root>/snapshots/<id>/`; its record (key, parent, kind, labels, times, usage)
+//! lives in the journal (`journal.rs`, `<root>/metadata.log`), which is the truth: one append and
+//! one flush per change. At open the index (key → entry, with child counts) is rebuilt from it, and
+//! what a crash left is mended:
+//! - a numbered directory without a record (a creation that died before its record, a removal
+//!   that died before deleting the tree) and `rm-<id>` directories are removed;
+//! - a record whose directory is missing (its creation never reached the disk) gets an empty one
+//!   again if it held nothing durable: an active or view snapshot, or an empty committed layer.
+//!   A committed layer with content is synced before its record is written, so it cannot go
+//!   missing short of outside damage; such a snapshot is dropped, and with it its children.
 //!
 //! Concurrency: one mutex guards the index and is held only for bookkeeping. Slow work (copying a
-//! tree, measuring and syncing a layer, fsyncs) runs unlocked while the entry is marked: a
-//! `Creating` entry reserves its key but is invisible; a `Busy` one (commit or update in flight)
+//! tree, measuring and syncing a layer, journal flushes) runs unlocked while the entry is marked:
+//! a `Creating` entry reserves its key but is invisible; a `Busy` one (commit or update in flight)
 //! is visible, and other mutations of it wait on a condvar.
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,13 +24,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::error::at;
-use crate::fsutil::{disk_usage, fsync_dir, mkdir_mode, usage_and_sync, write_atomic, write_new};
+use crate::fsutil::{disk_usage, fsync_dir, mkdir_mode, usage_and_sync};
+use crate::journal::{Journal, Record};
 use crate::{validate_labels, Error, Info, Kind, Result, Usage};
 
-const INFO_FILE: &str = "info.json";
+/// A snapshot's record in the layout before the journal, read once to seed it.
+const LEGACY_INFO_FILE: &str = "info.json";
 
 /// What an implementation needs to build mounts: the snapshot's id and its parents' ids, nearest
 /// first.
@@ -35,6 +42,9 @@ pub(crate) struct Snapshot {
     pub kind: Kind,
     pub parent_ids: Vec<u64>,
 }
+
+/// Fills a new snapshot directory (which exists, empty): the implementation's part of a create.
+pub(crate) type Populate<'a> = &'a dyn Fn(&Snapshot, &Path) -> Result<()>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -65,90 +75,105 @@ struct Index {
 
 pub(crate) struct MetaStore {
     dir: PathBuf,
+    journal: Journal,
     index: Mutex<Index>,
     idle: Condvar,
+    /// Ids whose directories open() found missing, for restore_missing().
+    missing: Mutex<Vec<u64>>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Timestamp {
+fn to_stamp(t: SystemTime) -> (u64, u32) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs(), d.subsec_nanos())
+}
+
+fn from_stamp((secs, nanos): (u64, u32)) -> SystemTime {
+    UNIX_EPOCH + Duration::new(secs, nanos.min(999_999_999))
+}
+
+fn to_record(info: &Info, usage: Usage) -> Record {
+    Record {
+        key: info.name.clone(),
+        parent: info.parent.clone(),
+        kind: info.kind.as_str().to_string(),
+        labels: info
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        created: to_stamp(info.created),
+        updated: to_stamp(info.updated),
+        size: usage.size,
+        inodes: usage.inodes,
+    }
+}
+
+fn from_record(rec: Record) -> Option<(Info, Usage)> {
+    let info = Info {
+        kind: Kind::parse(&rec.kind)?,
+        name: rec.key,
+        parent: rec.parent,
+        labels: rec.labels.into_iter().collect(),
+        created: from_stamp(rec.created),
+        updated: from_stamp(rec.updated),
+    };
+    let usage = Usage {
+        size: rec.size,
+        inodes: rec.inodes,
+    };
+    (!info.name.is_empty()).then_some((info, usage))
+}
+
+#[derive(Deserialize)]
+struct LegacyTimestamp {
     secs: u64,
     nanos: u32,
 }
 
-impl From<SystemTime> for Timestamp {
-    fn from(t: SystemTime) -> Self {
-        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-        Timestamp {
-            secs: d.as_secs(),
-            nanos: d.subsec_nanos(),
-        }
-    }
-}
-
-impl From<&Timestamp> for SystemTime {
-    fn from(t: &Timestamp) -> Self {
-        UNIX_EPOCH + Duration::new(t.secs, t.nanos)
-    }
-}
-
-/// The `info.json` record.
-#[derive(Serialize, Deserialize)]
-struct InfoFile {
+/// The `info.json` record of the layout before the journal.
+#[derive(Deserialize)]
+struct LegacyInfo {
     key: String,
     #[serde(default)]
     parent: String,
     kind: String,
     #[serde(default)]
-    labels: HashMap<String, String>,
-    created: Timestamp,
-    updated: Timestamp,
+    labels: BTreeMap<String, String>,
+    created: LegacyTimestamp,
+    updated: LegacyTimestamp,
     #[serde(default)]
     size: i64,
     #[serde(default)]
     inodes: i64,
 }
 
-/// Writes `info.json`: in place of an old one atomically, or fresh in a new snapshot directory.
-fn write_info(dir: &Path, info: &Info, usage: Usage, fresh: bool) -> Result<()> {
-    let rec = InfoFile {
-        key: info.name.clone(),
-        parent: info.parent.clone(),
-        kind: info.kind.as_str().to_string(),
-        labels: info.labels.clone(),
-        created: info.created.into(),
-        updated: info.updated.into(),
-        size: usage.size,
-        inodes: usage.inodes,
-    };
-    let data = serde_json::to_vec(&rec).map_err(|e| Error::io("encode snapshot info", e.into()))?;
-    if fresh {
-        write_new(dir, INFO_FILE, &data)
-    } else {
-        write_atomic(dir, INFO_FILE, &data)
+/// The records of a root written before the journal: every numbered directory's `info.json`.
+fn legacy_records(dir: &Path) -> Result<BTreeMap<u64, Record>> {
+    let mut found = BTreeMap::new();
+    for entry in fs::read_dir(dir).map_err(at("read dir", dir))? {
+        let entry = entry.map_err(at("read dir", dir))?;
+        let Some(id) = parse_id(&entry.file_name().to_string_lossy()) else {
+            continue;
+        };
+        let Ok(data) = fs::read(entry.path().join(LEGACY_INFO_FILE)) else {
+            continue;
+        };
+        let Ok(old) = serde_json::from_slice::<LegacyInfo>(&data) else {
+            continue;
+        };
+        let rec = Record {
+            key: old.key,
+            parent: old.parent,
+            kind: old.kind,
+            labels: old.labels,
+            created: (old.created.secs, old.created.nanos),
+            updated: (old.updated.secs, old.updated.nanos),
+            size: old.size,
+            inodes: old.inodes,
+        };
+        found.insert(id, rec);
     }
-}
-
-fn read_info(dir: &Path) -> Option<(Info, Usage)> {
-    let data = fs::read(dir.join(INFO_FILE)).ok()?;
-    let rec: InfoFile = serde_json::from_slice(&data).ok()?;
-    let info = Info {
-        name: rec.key,
-        parent: rec.parent,
-        kind: Kind::parse(&rec.kind)?,
-        labels: rec.labels,
-        created: (&rec.created).into(),
-        updated: (&rec.updated).into(),
-    };
-    if info.name.is_empty() || !dir.join("fs").is_dir() {
-        return None;
-    }
-    Some((
-        info,
-        Usage {
-            size: rec.size,
-            inodes: rec.inodes,
-        },
-    ))
+    Ok(found)
 }
 
 /// A canonical decimal id (no sign, no leading zeros), so `007` is not taken for `7`.
@@ -184,14 +209,29 @@ fn new_dir(path: &Path) -> Result<()> {
 }
 
 impl MetaStore {
-    /// Opens (creating) `<root>/snapshots`, rebuilds the index and removes what crashed
-    /// operations left behind.
+    /// Opens (creating) `<root>/snapshots` and its journal, rebuilds the index and removes what
+    /// crashed operations left behind. Snapshots whose directory is to be made again are kept
+    /// for [`MetaStore::restore_missing`], which the implementation calls next.
     pub fn open(root: &Path) -> Result<MetaStore> {
         let dir = root.join("snapshots");
         new_dir(root)?;
         new_dir(&dir)?;
+        let migrated = std::cell::Cell::new(false);
+        let (journal, records) = Journal::open(root, || {
+            migrated.set(true);
+            legacy_records(&dir)
+        })?;
+
+        let mut dropped: Vec<u64> = Vec::new();
         let mut found: Vec<(u64, Info, Usage)> = Vec::new();
-        let mut max_id = 0;
+        for (id, rec) in records {
+            match from_record(rec) {
+                Some((info, usage)) => found.push((id, info, usage)),
+                None => dropped.push(id),
+            }
+        }
+        let owned: std::collections::HashSet<u64> = found.iter().map(|f| f.0).collect();
+        let mut max_id = owned.iter().chain(&dropped).copied().max().unwrap_or(0);
         for entry in fs::read_dir(&dir).map_err(at("read dir", &dir))? {
             let entry = entry.map_err(at("read dir", &dir))?;
             let name = entry.file_name();
@@ -199,8 +239,10 @@ impl MetaStore {
             let path = entry.path();
             if let Some(id) = parse_id(&name) {
                 max_id = max_id.max(id);
-                if let Some((info, usage)) = read_info(&path) {
-                    found.push((id, info, usage));
+                if owned.contains(&id) {
+                    if migrated.get() {
+                        let _ = fs::remove_file(path.join(LEGACY_INFO_FILE));
+                    }
                     continue;
                 }
             } else if let Some(id) = name.strip_prefix("rm-").and_then(parse_id) {
@@ -214,10 +256,17 @@ impl MetaStore {
         // Newest first, so that if a key somehow appears twice the newer snapshot wins.
         found.sort_by_key(|f| std::cmp::Reverse(f.0));
         let mut entries = BTreeMap::new();
+        let mut missing = Vec::new();
         for (id, info, usage) in found {
-            if entries.contains_key(&info.name) {
-                let _ = fs::remove_dir_all(dir.join(id.to_string()));
+            let has_dir = dir.join(id.to_string()).join("fs").is_dir();
+            let lost = !has_dir && info.kind == Kind::Committed && usage.inodes > 1;
+            if lost || entries.contains_key(&info.name) {
+                let _ = remove_path(&dir.join(id.to_string()));
+                dropped.push(id);
                 continue;
+            }
+            if !has_dir {
+                missing.push(id);
             }
             let e = Entry {
                 id,
@@ -246,9 +295,14 @@ impl MetaStore {
             }
             for k in orphans {
                 if let Some(e) = entries.remove(&k) {
-                    let _ = fs::remove_dir_all(dir.join(e.id.to_string()));
+                    let _ = remove_path(&dir.join(e.id.to_string()));
+                    missing.retain(|&id| id != e.id);
+                    dropped.push(e.id);
                 }
             }
+        }
+        if !dropped.is_empty() {
+            journal.remove_all(&dropped)?;
         }
         let parents: Vec<String> = entries.values().map(|e| e.info.parent.clone()).collect();
         for p in parents.iter().filter(|p| !p.is_empty()) {
@@ -256,14 +310,45 @@ impl MetaStore {
                 e.children += 1;
             }
         }
+        missing.sort_unstable();
         Ok(MetaStore {
             dir,
+            journal,
             index: Mutex::new(Index {
                 entries,
                 next_id: max_id + 1,
             }),
             idle: Condvar::new(),
+            missing: Mutex::new(missing),
         })
+    }
+
+    /// Makes the directories of snapshots whose records reached the disk but whose directories
+    /// did not (see the module doc), parents first. An empty committed layer is made as the
+    /// active snapshot it was, so it gets its parent's owner and mode again.
+    pub fn restore_missing(&self, populate: Populate<'_>) -> Result<()> {
+        let ids = std::mem::take(&mut *self.missing.lock().unwrap_or_else(|e| e.into_inner()));
+        for id in ids {
+            let snap = {
+                let g = self.lock();
+                let Some(e) = g.entries.values().find(|e| e.id == id) else {
+                    continue;
+                };
+                Snapshot {
+                    id,
+                    kind: match e.info.kind {
+                        Kind::Committed => Kind::Active,
+                        kind => kind,
+                    },
+                    parent_ids: Self::chain(&g, &e.info.parent)?,
+                }
+            };
+            let dir = self.snapshot_dir(id);
+            remove_path(&dir).map_err(|e| Error::io(format!("remove {}", dir.display()), e))?;
+            mkdir_mode(&dir, 0o700)?;
+            populate(&snap, &dir)?;
+        }
+        Ok(())
     }
 
     pub fn snapshot_dir(&self, id: u64) -> PathBuf {
@@ -350,7 +435,7 @@ impl MetaStore {
     }
 
     /// Creates an active or view snapshot. `populate` fills the new snapshot directory (it exists,
-    /// empty) without the lock held; a failure or crash before `info.json` is written leaves
+    /// empty) without the lock held; a failure, or a crash before the record is durable, leaves
     /// nothing behind.
     pub fn create(
         &self,
@@ -358,7 +443,7 @@ impl MetaStore {
         key: &str,
         parent: &str,
         labels: HashMap<String, String>,
-        populate: &dyn Fn(&Snapshot, &Path) -> Result<()>,
+        populate: Populate<'_>,
     ) -> Result<Snapshot> {
         if key.is_empty() {
             return Err(Error::InvalidArgument(
@@ -416,10 +501,18 @@ impl MetaStore {
         };
 
         let dir = self.snapshot_dir(snap.id);
+        let mut recorded = false;
         let res = mkdir_mode(&dir, 0o700)
             .and_then(|()| populate(&snap, &dir))
-            .and_then(|()| write_info(&dir, &info, Usage::default(), true))
-            .and_then(|()| fsync_dir(&self.dir));
+            .and_then(|()| {
+                recorded = true;
+                self.journal
+                    .put(snap.id, to_record(&info, Usage::default()))
+            });
+        if res.is_err() && recorded {
+            // The record may have reached the file although its flush failed.
+            let _ = self.journal.remove(snap.id);
+        }
         let mut g = self.lock();
         match res {
             Ok(()) => {
@@ -439,8 +532,8 @@ impl MetaStore {
         }
     }
 
-    /// Commits the active snapshot `key` as `name`: measures and syncs its layer, then rewrites
-    /// its record in place (same id, same directory).
+    /// Commits the active snapshot `key` as `name`: measures and syncs its layer, then replaces
+    /// its record (same id, same directory).
     pub fn commit(&self, name: &str, key: &str, labels: HashMap<String, String>) -> Result<()> {
         if name.is_empty() || key.is_empty() {
             return Err(Error::InvalidArgument(
@@ -485,8 +578,15 @@ impl MetaStore {
             (id, info)
         };
 
-        let res = usage_and_sync(&self.fs_dir(id))
-            .and_then(|u| write_info(&self.snapshot_dir(id), &info, u, false).map(|()| u));
+        let res = usage_and_sync(&self.fs_dir(id)).and_then(|u| {
+            if u.inodes > 1 {
+                // The layer has content: its directory's own entries must be durable too. An
+                // empty one needs nothing (open() makes a lost one again).
+                fsync_dir(&self.snapshot_dir(id))?;
+                fsync_dir(&self.dir)?;
+            }
+            self.journal.put(id, to_record(&info, u)).map(|()| u)
+        });
         let mut g = self.lock();
         let out = match res {
             Ok(usage) => {
@@ -510,10 +610,11 @@ impl MetaStore {
         out
     }
 
-    /// Removes a snapshot: its directory is renamed away under the lock (so a crash never leaves
-    /// a record without a tree or the reverse), then deleted unlocked.
+    /// Removes a snapshot: its record first (staged under the lock, so records of a parent and
+    /// its children reach the journal in the order they changed), then its tree, unlocked. A
+    /// crash in between leaves a tree without a record, which open() removes.
     pub fn remove(&self, key: &str) -> Result<()> {
-        let trash = {
+        let (id, seq) = {
             let mut g = self.lock_idle(key);
             let e = Self::get(&g, key)?;
             if e.children > 0 {
@@ -522,23 +623,16 @@ impl MetaStore {
                 )));
             }
             let (id, parent) = (e.id, e.info.parent.clone());
-            let trash = self.dir.join(format!("rm-{id}"));
-            let dir = self.snapshot_dir(id);
-            match fs::rename(&dir, &trash) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("rename {}", dir.display()), e)),
-            }
+            let seq = self.journal.stage_remove(id)?;
             g.entries.remove(key);
             if let Some(p) = g.entries.get_mut(&parent) {
                 p.children = p.children.saturating_sub(1);
             }
-            trash
+            (id, seq)
         };
-        // The removal is done in memory; making it durable and freeing the space are best
-        // effort (open() and cleanup() finish whatever is left).
-        let _ = fsync_dir(&self.dir);
-        let _ = fs::remove_dir_all(&trash);
+        self.journal.sync_to(seq)?;
+        // Freeing the space is best effort: cleanup() removes whatever is left.
+        let _ = fs::remove_dir_all(self.snapshot_dir(id));
         Ok(())
     }
 
@@ -585,7 +679,7 @@ impl MetaStore {
             (e.id, e.usage, updated)
         };
 
-        let res = write_info(&self.snapshot_dir(id), &updated, usage, false);
+        let res = self.journal.put(id, to_record(&updated, usage));
         let mut g = self.lock();
         if let Some(e) = g.entries.get_mut(name) {
             e.state = State::Ready;

@@ -4,8 +4,9 @@
 //! that run even when an assertion fails; each case then checks `/proc/self/mountinfo` for mounts
 //! left under its scratch directory.
 //!
-//! Cases marked *layout* (`crash_leftovers`) plant files in berth's on-disk layout
-//! (`<root>/snapshots/<id>/info.json`) and so apply to this crate's implementations only.
+//! Cases marked *layout* (`crash_leftovers`, `legacy_layout`) plant files in berth's on-disk
+//! layout (`<root>/metadata.log`, `<root>/snapshots/<id>/`) and so apply to this crate's
+//! implementations only.
 //!
 //! Scratch directories go under `$BERTH_SNAPSHOTTER_TEST_DIR`, default `/var/tmp` (it must support
 //! overlay upper directories, xattrs and device nodes).
@@ -40,6 +41,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("walk", walk),
     ("restart", restart),
     ("crash_leftovers", crash_leftovers),
+    ("legacy_layout", legacy_layout),
     ("concurrent", concurrent),
     ("metadata_preserved", metadata_preserved),
     ("active_dir", active_dir),
@@ -820,20 +822,33 @@ pub fn restart(factory: Factory) {
     }
 }
 
-/// *Layout.* What a crash leaves (a half-created snapshot, a half-removed one, a corrupt record,
-/// an orphan) is removed at open, never reused; cleanup() removes strays while running.
+/// *Layout.* What a crash leaves is mended at open, never reused: directories without a record (a
+/// half-created snapshot, a half-removed one, strays) are removed; a torn record at the journal's
+/// tail is cut off, so later records survive; a record whose directory never reached the disk
+/// gets its directory again if it held nothing durable (an active snapshot, a view, an empty
+/// committed layer), while a committed layer whose content is gone is dropped with its children.
+/// cleanup() removes strays while running.
 pub fn crash_leftovers(factory: Factory) {
     let env = Env::new("crash");
     let dir = env.root().join("snapshots");
+    let journal = env.root().join("metadata.log");
+    let mnt = env.mnt("m");
     {
         let sn = factory(&env.root());
-        sn.prepare("c1-a", "", HashMap::new()).expect("prepare");
+        sn.prepare("c1-a", "", HashMap::new()).expect("prepare"); // 1
+        let c1 = sn.active_dir("c1-a").expect("dir");
+        write(&c1.join("f"), "from c1");
+        fs::set_permissions(&c1, fs::Permissions::from_mode(0o750)).expect("chmod");
         sn.commit("c1", "c1-a", HashMap::new()).expect("commit");
-        sn.prepare("a1", "c1", HashMap::new()).expect("prepare");
-        sn.prepare("gone-a", "", HashMap::new()).expect("prepare");
+        sn.prepare("a1", "c1", HashMap::new()).expect("prepare"); // 2
+        sn.prepare("gone-a", "", HashMap::new()).expect("prepare"); // 3
+        write(&sn.active_dir("gone-a").expect("dir").join("g"), "x");
         sn.commit("gone", "gone-a", HashMap::new()).expect("commit");
         sn.prepare("orphan", "gone", HashMap::new())
-            .expect("prepare");
+            .expect("prepare"); // 4
+        sn.prepare("e-a", "", HashMap::new()).expect("prepare"); // 5
+        sn.commit("e", "e-a", HashMap::new()).expect("commit");
+        sn.view("v", "e", HashMap::new()).expect("view"); // 6
     }
     let ls = || {
         let mut v: Vec<String> = fs::read_dir(&dir)
@@ -843,40 +858,110 @@ pub fn crash_leftovers(factory: Factory) {
         v.sort();
         v
     };
-    assert_eq!(ls(), ["1", "2", "3", "4"]);
-    // Simulate crashes: the parent "gone" (3) vanished with its record, leaving its child 4.
-    fs::remove_dir_all(dir.join("3")).expect("rm");
+    assert_eq!(ls(), ["1", "2", "3", "4", "5", "6"]);
+    // The committed layer "gone" lost its content; a1, e and v lost directories that never held
+    // anything durable.
+    for id in ["2", "3", "5", "6"] {
+        fs::remove_dir_all(dir.join(id)).expect("rm");
+    }
     write(&dir.join("900/fs/half-created"), "x");
-    write(&dir.join("901/info.json"), "{");
-    fs::create_dir(dir.join("901/fs")).expect("mkdir");
     write(&dir.join("rm-7/fs/half-removed"), "x");
     write(&dir.join("stray-file"), "x");
+    // A record torn mid-write: a length and checksum, then half a payload.
+    let mut torn = fs::OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .expect("open journal");
+    std::io::Write::write_all(&mut torn, &[60, 0, 0, 0, 1, 2, 3, 4, b'{']).expect("write");
+    drop(torn);
 
+    {
+        let sn = factory(&env.root());
+        assert_eq!(ls(), ["1", "2", "5", "6"]);
+        assert_err!(sn.stat("orphan"), Error::NotFound(_));
+        assert_err!(sn.stat("gone"), Error::NotFound(_));
+        assert_eq!(sn.stat("a1").expect("stat").parent, "c1");
+        assert_eq!(sn.stat("e").expect("stat").kind, Kind::Committed);
+        // The restored snapshots work: a1 shows its parent, with the parent's root mode.
+        {
+            let g = mount(&sn.mounts("a1").expect("mounts"), &mnt);
+            assert_eq!(read(&mnt.join("f")), "from c1");
+            let mode = fs::metadata(&mnt).expect("stat").mode() & 0o7777;
+            assert_eq!(mode, 0o750, "the restored layer has its parent's root mode");
+            write(&mnt.join("new-file"), "y");
+            g.unmount();
+        }
+        {
+            let g = mount(&sn.mounts("v").expect("mounts"), &mnt);
+            assert!(tree(&mnt).is_empty(), "view of an empty layer");
+            g.unmount();
+        }
+        let ms = sn.prepare("new", "", HashMap::new()).expect("prepare");
+        assert!(
+            ms[0].source.ends_with("/snapshots/901/fs"),
+            "ids are not reused: {ms:?}"
+        );
+    }
+    // The record written after the torn one was kept: the tail was cut off, not appended to.
     let sn = factory(&env.root());
-    assert_eq!(ls(), ["1", "2"]);
-    assert_err!(sn.stat("orphan"), Error::NotFound(_));
-    assert_err!(sn.stat("gone"), Error::NotFound(_));
-    assert_eq!(sn.stat("a1").expect("stat").parent, "c1");
-    let ms = sn.prepare("new", "", HashMap::new()).expect("prepare");
-    assert!(
-        ms[0].source.ends_with("/snapshots/902/fs"),
-        "ids are not reused: {ms:?}"
-    );
+    assert_eq!(sn.stat("new").expect("stat").kind, Kind::Active);
+    assert_eq!(ls(), ["1", "2", "5", "6", "901"]);
 
     write(&dir.join("77777/fs/stray"), "x");
     write(&dir.join("junk/x"), "x");
     sn.cleanup().expect("cleanup");
     assert_eq!(
         ls().len(),
-        3,
-        "cleanup keeps the 3 live snapshots only: {:?}",
+        5,
+        "cleanup keeps the 5 live snapshots only: {:?}",
         ls()
     );
-    let mnt = env.mnt("m");
     let g = mount(&sn.mounts("new").expect("mounts"), &mnt);
     g.unmount();
-    sn.remove("new").expect("remove");
-    assert_eq!(ls(), ["1", "2"], "remove leaves no directory");
+    for k in ["new", "v", "e", "a1", "c1"] {
+        sn.remove(k).unwrap_or_else(|e| panic!("remove {k}: {e}"));
+    }
+    assert!(ls().is_empty(), "remove leaves no directory: {:?}", ls());
+}
+
+/// *Layout.* A root written before the journal (an `info.json` beside each layer) opens with its
+/// snapshots, which are then kept in the journal.
+pub fn legacy_layout(factory: Factory) {
+    let env = Env::new("legacy");
+    let dir = env.root().join("snapshots");
+    let record = |key: &str, parent: &str, kind: &str| {
+        format!(
+            r#"{{"key":"{key}","parent":"{parent}","kind":"{kind}","labels":{{"l":"v"}},"created":{{"secs":1700000000,"nanos":5}},"updated":{{"secs":1700000001,"nanos":0}},"size":4096,"inodes":2}}"#
+        )
+    };
+    write(&dir.join("1/fs/f"), "base");
+    write(&dir.join("1/info.json"), &record("base", "", "committed"));
+    write(&dir.join("3/info.json"), &record("top", "base", "active"));
+    fs::create_dir_all(dir.join("3/fs")).expect("mkdir");
+    fs::create_dir_all(dir.join("3/work")).expect("mkdir");
+    write(&dir.join("4/info.json"), "{");
+    fs::create_dir_all(dir.join("4/fs")).expect("mkdir");
+    for _ in 0..2 {
+        let sn = factory(&env.root());
+        let base = sn.stat("base").expect("stat base");
+        assert_eq!(base.kind, Kind::Committed);
+        assert_eq!(base.labels.get("l").map(String::as_str), Some("v"));
+        assert_eq!(
+            base.created,
+            UNIX_EPOCH + Duration::new(1_700_000_000, 5),
+            "times are kept"
+        );
+        assert_eq!(sn.usage("base").expect("usage").size, 4096);
+        assert_eq!(sn.stat("top").expect("stat top").parent, "base");
+        assert!(!dir.join("1/info.json").exists(), "the old record is gone");
+        assert!(
+            !dir.join("4").exists(),
+            "a corrupt record's directory is removed"
+        );
+    }
+    let sn = factory(&env.root());
+    sn.remove("top").expect("remove");
+    sn.remove("base").expect("remove");
 }
 
 /// Many threads preparing, committing and removing at once; contended keys have one winner.
@@ -1151,6 +1236,7 @@ mod tests {
         walk,
         restart,
         crash_leftovers,
+        legacy_layout,
         concurrent,
         metadata_preserved,
         active_dir,
