@@ -1,7 +1,7 @@
 //! Leases: client-held references that keep content, ingests and snapshots alive while they work.
 //! The garbage collector (a later issue) treats them as roots; `containerd.io/gc.expire` ends them.
 
-use super::{keys, now, Metadata};
+use super::{keys, now, Metadata, Pending};
 use crate::error::{Error, Result};
 use crate::filters::{label_field, Adaptor, Filter};
 use crate::validate;
@@ -57,15 +57,21 @@ impl Metadata {
     }
 
     pub async fn add_lease_resource(&self, ns: &str, lease: &str, r: &Resource) -> Result<()> {
+        self.stage_lease_resource(ns, lease, r)?.durable().await
+    }
+
+    /// Adds a resource to a lease, visible (to the collector) at once, durable when the returned
+    /// [`Pending`] says so.
+    pub fn stage_lease_resource(&self, ns: &str, lease: &str, r: &Resource) -> Result<Pending<'_>> {
         validate_resource(r)?;
-        self.update(|tx| {
+        let ((), pending) = self.apply(|tx| {
             if !tx.exists(&keys::object(ns, keys::LEASES, lease))? {
                 return Err(Error::not_found(format!("lease {lease:?}: not found")));
             }
             tx.put(keys::lease_resource(ns, lease, &r.r#type, &r.id), &());
             Ok(())
-        })
-        .await
+        })?;
+        Ok(pending)
     }
 
     pub async fn delete_lease_resource(&self, ns: &str, lease: &str, r: &Resource) -> Result<()> {

@@ -175,27 +175,31 @@ impl Metadata {
 
     /// Run `f` as one atomic transaction and return once its writes are durable.
     pub async fn update<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
-        let (out, seq) = {
-            let _writer = self
-                .write_lock
-                .lock()
-                .map_err(|_| Error::Internal("metadata writer lock poisoned".into()))?;
-            let mut tx = Tx {
-                backend: self.backend.as_ref(),
-                batch: Batch::default(),
-            };
-            let out = f(&mut tx)?;
-            if tx.batch.is_empty() {
-                (out, 0)
-            } else {
-                self.backend.apply(tx.batch)?;
-                (out, self.applied.fetch_add(1, Ordering::SeqCst) + 1)
-            }
-        };
-        if seq > 0 {
-            self.make_durable(seq).await?;
-        }
+        let (out, pending) = self.apply(f)?;
+        pending.durable().await?;
         Ok(out)
+    }
+
+    /// Run `f` as one atomic transaction, visible to readers at once; the caller waits for
+    /// durability through the returned [`Pending`], possibly while doing other work that is
+    /// acknowledged together with it.
+    pub fn apply<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<(T, Pending<'_>)> {
+        let _writer = self
+            .write_lock
+            .lock()
+            .map_err(|_| Error::Internal("metadata writer lock poisoned".into()))?;
+        let mut tx = Tx {
+            backend: self.backend.as_ref(),
+            batch: Batch::default(),
+        };
+        let out = f(&mut tx)?;
+        let seq = if tx.batch.is_empty() {
+            0
+        } else {
+            self.backend.apply(tx.batch)?;
+            self.applied.fetch_add(1, Ordering::SeqCst) + 1
+        };
+        Ok((out, Pending { meta: self, seq }))
     }
 
     /// Group commit: whoever holds the sync lock flushes everything applied so far; writers that queued
@@ -217,6 +221,24 @@ impl Metadata {
     /// Flush everything (clean shutdown).
     pub fn sync_blocking(&self) -> Result<()> {
         self.backend.sync()
+    }
+}
+
+/// An applied transaction that may not be durable yet; see [`Metadata::apply`]. Nothing may be
+/// acknowledged to a client on its behalf before [`Pending::durable`] returns.
+#[must_use = "a change must be made durable before it is acknowledged"]
+pub struct Pending<'a> {
+    meta: &'a Metadata,
+    /// 0 when the transaction wrote nothing.
+    seq: u64,
+}
+
+impl Pending<'_> {
+    pub async fn durable(self) -> Result<()> {
+        if self.seq == 0 {
+            return Ok(());
+        }
+        self.meta.make_durable(self.seq).await
     }
 }
 

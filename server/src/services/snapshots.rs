@@ -40,25 +40,37 @@ impl SnapshotsService {
         Ok((ns, scoped))
     }
 
-    /// Snapshots made under a client's lease belong to it until the lease goes.
-    async fn lease(
+    /// Runs a snapshotter call that creates `key` under the client's lease, if it names one.
+    /// The lease holds the snapshot before the call starts (the collector never sees it
+    /// unreferenced); the lease's flush and the snapshotter's own run side by side, and the call
+    /// is answered once both are durable.
+    async fn under_lease<T: Send + 'static>(
         &self,
         ns: &str,
         lease: Option<String>,
         snapshotter: &str,
         key: &str,
-    ) -> Result<()> {
-        if let Some(lease) = lease {
-            let resource = Resource {
-                id: key.to_string(),
-                r#type: format!("snapshots/{snapshotter}"),
-            };
-            self.0
-                .meta
-                .add_lease_resource(ns, &lease, &resource)
-                .await?;
-        }
-        Ok(())
+        call: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let pending = match lease {
+            Some(lease) => {
+                let resource = Resource {
+                    id: key.to_string(),
+                    r#type: format!("snapshots/{snapshotter}"),
+                };
+                Some(self.0.meta.stage_lease_resource(ns, &lease, &resource)?)
+            }
+            None => None,
+        };
+        let durable = async {
+            match pending {
+                Some(p) => p.durable().await,
+                None => Ok(()),
+            }
+        };
+        let (durable, out) = tokio::join!(durable, blocking(call));
+        durable?;
+        out
     }
 }
 
@@ -74,8 +86,12 @@ impl Snapshots for SnapshotsService {
         crate::validate::labels(&r.labels)?;
         let (key, parent) = (r.key.clone(), r.parent.clone());
         self.0.meta.touch_namespace(&ns).await?;
-        self.lease(&ns, lease_id, &r.snapshotter, &key).await?;
-        let mounts = blocking(move || s.prepare(&r.key, &r.parent, r.labels)).await?;
+        let snapshotter = r.snapshotter.clone();
+        let mounts = self
+            .under_lease(&ns, lease_id, &snapshotter, &key, move || {
+                s.prepare(&r.key, &r.parent, r.labels)
+            })
+            .await?;
         self.0
             .events
             .publish(&ns, "/snapshot/prepare", &SnapshotPrepare { key, parent });
@@ -91,8 +107,12 @@ impl Snapshots for SnapshotsService {
         crate::validate::labels(&r.labels)?;
         let key = r.key.clone();
         self.0.meta.touch_namespace(&ns).await?;
-        self.lease(&ns, lease_id, &r.snapshotter, &key).await?;
-        let mounts = blocking(move || s.view(&r.key, &r.parent, r.labels)).await?;
+        let snapshotter = r.snapshotter.clone();
+        let mounts = self
+            .under_lease(&ns, lease_id, &snapshotter, &key, move || {
+                s.view(&r.key, &r.parent, r.labels)
+            })
+            .await?;
         reply(ViewSnapshotResponse {
             mounts: to_api_mounts(mounts),
         })
@@ -113,8 +133,11 @@ impl Snapshots for SnapshotsService {
         let r = req.into_inner();
         crate::validate::labels(&r.labels)?;
         let (key, name) = (r.key.clone(), r.name.clone());
-        self.lease(&ns, lease_id, &r.snapshotter, &name).await?;
-        blocking(move || s.commit(&r.name, &r.key, r.labels)).await?;
+        let snapshotter = r.snapshotter.clone();
+        self.under_lease(&ns, lease_id, &snapshotter, &name, move || {
+            s.commit(&r.name, &r.key, r.labels)
+        })
+        .await?;
         self.0
             .events
             .publish(&ns, "/snapshot/commit", &SnapshotCommit { key, name });
