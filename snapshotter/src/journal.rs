@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -278,7 +279,13 @@ fn write_compacted(dir: &Path, live: &BTreeMap<u64, Record>) -> Result<()> {
             record: record.clone(),
         })?);
     }
-    let mut f = File::create(&tmp).map_err(at("create", &tmp))?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(at("create", &tmp))?;
     f.write_all(&data).map_err(at("write", &tmp))?;
     f.sync_all().map_err(at("fsync", &tmp))?;
     drop(f);
@@ -289,6 +296,7 @@ fn write_compacted(dir: &Path, live: &BTreeMap<u64, Record>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn rec(key: &str) -> Record {
         Record {
@@ -390,6 +398,11 @@ mod tests {
         let (_, live) =
             Journal::open(d.path(), || Ok(BTreeMap::from([(7, rec("old"))]))).expect("open");
         assert_eq!(live[&7].key, "old");
+        let mode = fs::metadata(d.path().join(JOURNAL_FILE))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the journal is the daemon's alone");
         let (_, live) = Journal::open(d.path(), || panic!("seeded again")).expect("reopen");
         assert_eq!(live[&7].key, "old");
     }
