@@ -9,4 +9,5 @@ mod fixtures;
 mod harness;
 mod images;
 mod registry;
+mod snapshots;
 mod tasks;
