@@ -11,7 +11,7 @@ use crate::content::{ContentStore, Digest};
 use crate::error::{Error, Result};
 use crate::filters::Filter;
 use crate::metadata::Metadata;
-use crate::snapshots::{blocking, Snapshotters};
+use crate::snapshots::{blocking, NamespaceSnapshots, Snapshotters};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -76,8 +76,11 @@ impl Collector {
         let marked_at = SystemTime::now();
         self.meta.expire_leases(marked_at).await?;
         let mut stats = Stats::default();
+        let snapshotters = self.snapshotters.clone();
+        let mut snapshots = blocking(move || snapshotters.list_by_namespace()).await?;
         for ns in self.meta.list_namespaces()? {
-            let (live, seen) = self.mark(&ns.name).await?;
+            let seen = snapshots.remove(&ns.name).unwrap_or_default();
+            let live = self.mark(&ns.name, &seen)?;
             stats.blobs_removed += self.sweep_content(&ns.name, &live, marked_at).await?;
             stats.snapshots_removed += self
                 .sweep_snapshots(&ns.name, &live, &seen, marked_at)
@@ -94,9 +97,10 @@ impl Collector {
         Ok(stats)
     }
 
-    /// Returns what is reachable, and the snapshots marking saw: only those may be swept, since
-    /// a snapshot still being created is invisible to marking (and its roots with it).
-    async fn mark(&self, ns: &str) -> Result<(Live, SnapshotInfos)> {
+    /// Returns what is reachable from the roots of `ns`, whose snapshots were listed (`seen`)
+    /// before marking began: only those may be swept, since a snapshot created later may have
+    /// roots marking did not see.
+    fn mark(&self, ns: &str, snapshots: &NamespaceSnapshots) -> Result<Live> {
         let all = Filter::parse_all::<&str>(&[])?;
         let mut live = Live::default();
         let mut content_labels = HashMap::new();
@@ -131,8 +135,7 @@ impl Collector {
                 }
             }
         }
-        let snapshots = self.snapshot_infos(ns).await?;
-        for (snapshotter, infos) in &snapshots {
+        for (snapshotter, infos) in snapshots {
             for (key, info) in infos {
                 if info.labels.contains_key(ROOT_LABEL) {
                     live.snapshot_queue.push((snapshotter.clone(), key.clone()));
@@ -162,25 +165,7 @@ impl Collector {
                 break;
             }
         }
-        Ok((live, snapshots))
-    }
-
-    /// Every snapshot of `ns`, by snapshotter and key.
-    async fn snapshot_infos(&self, ns: &str) -> Result<SnapshotInfos> {
-        let snapshotters = self.snapshotters.clone();
-        let ns = ns.to_string();
-        blocking(move || {
-            let mut out = HashMap::new();
-            for name in snapshotters.names().map(str::to_string).collect::<Vec<_>>() {
-                let infos = snapshotters.scoped(&name, &ns)?.list()?;
-                out.insert(
-                    name,
-                    infos.into_iter().map(|i| (i.name.clone(), i)).collect(),
-                );
-            }
-            Ok(out)
-        })
-        .await
+        Ok(live)
     }
 
     async fn sweep_content(&self, ns: &str, live: &Live, marked_at: SystemTime) -> Result<usize> {
@@ -213,7 +198,7 @@ impl Collector {
         &self,
         ns: &str,
         live: &Live,
-        seen: &SnapshotInfos,
+        seen: &NamespaceSnapshots,
         marked_at: SystemTime,
     ) -> Result<usize> {
         let snapshotters = self.snapshotters.clone();
@@ -257,8 +242,6 @@ impl Collector {
         .await
     }
 }
-
-type SnapshotInfos = HashMap<String, HashMap<String, berth_snapshotter::Info>>;
 
 #[derive(Default)]
 struct Live {

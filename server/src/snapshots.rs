@@ -44,6 +44,9 @@ pub fn from_api_mounts(mounts: Vec<berth_api::containerd::types::Mount>) -> Vec<
         .collect()
 }
 
+/// One namespace's snapshots: by snapshotter, then by key.
+pub type NamespaceSnapshots = HashMap<String, HashMap<String, Info>>;
+
 #[derive(Default, Clone)]
 pub struct Snapshotters {
     by_name: BTreeMap<String, Arc<dyn Snapshotter>>,
@@ -70,6 +73,36 @@ impl Snapshotters {
             inner,
             prefix: format!("{ns}/"),
         })
+    }
+
+    /// Every snapshot of every snapshotter, by namespace, snapshotter and key (names and parents
+    /// as the namespace sees them): one walk of each snapshotter, however many namespaces.
+    pub fn list_by_namespace(&self) -> Result<HashMap<String, NamespaceSnapshots>> {
+        let mut out: HashMap<String, NamespaceSnapshots> = HashMap::new();
+        for (name, s) in &self.by_name {
+            s.walk(&mut |info| {
+                // Every key berthd stores is `<ns>/<key>`; anything else is not a tenant's.
+                let Some((ns, key)) = info.name.split_once('/') else {
+                    return Ok(());
+                };
+                let prefix_len = ns.len() + 1;
+                let mut info = info.clone();
+                info.parent = info
+                    .parent
+                    .get(prefix_len..)
+                    .unwrap_or_default()
+                    .to_string();
+                let key = key.to_string();
+                info.name = key.clone();
+                out.entry(ns.to_string())
+                    .or_default()
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(key, info);
+                Ok(())
+            })?;
+        }
+        Ok(out)
     }
 
     /// Whether any snapshotter holds a snapshot of `ns` (a namespace must be empty to go).
