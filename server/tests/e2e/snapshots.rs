@@ -32,6 +32,15 @@ fn req<T>(msg: T) -> Request<T> {
     r
 }
 
+fn prepare_req(key: &str, parent: &str) -> Request<PrepareSnapshotRequest> {
+    req(PrepareSnapshotRequest {
+        snapshotter: SNAPSHOTTER.into(),
+        key: key.into(),
+        parent: parent.into(),
+        labels: HashMap::new(),
+    })
+}
+
 /// What a key should be after the restart.
 #[derive(Debug, Clone, PartialEq)]
 enum Want {
@@ -80,15 +89,7 @@ async fn writer(mut sn: SnapshotsClient<Channel>, w: usize, ledger: Arc<Mutex<Le
             }
         };
         let labels: HashMap<String, String> = [("n".to_string(), i.to_string())].into();
-        let r = sn
-            .prepare(req(PrepareSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key: key.clone(),
-                parent: parent.clone(),
-                labels: HashMap::new(),
-            }))
-            .await;
-        if r.is_err() {
+        if sn.prepare(prepare_req(&key, &parent)).await.is_err() {
             return step(&[&key], vec![]);
         }
         step(&[], vec![(key.clone(), exists(Kind::Active, &parent, &[]))]);
@@ -151,15 +152,7 @@ async fn writer(mut sn: SnapshotsClient<Channel>, w: usize, ledger: Arc<Mutex<Le
         }
         if i % 5 == 2 {
             let scratch = format!("w{w}-{i}-s");
-            let r = sn
-                .prepare(req(PrepareSnapshotRequest {
-                    snapshotter: SNAPSHOTTER.into(),
-                    key: scratch.clone(),
-                    parent: name.clone(),
-                    labels: HashMap::new(),
-                }))
-                .await;
-            if r.is_err() {
+            if sn.prepare(prepare_req(&scratch, &name)).await.is_err() {
                 return step(&[&scratch], vec![]);
             }
             let r = sn
@@ -298,12 +291,7 @@ async fn acknowledged_snapshot_changes_survive_kill_9() {
         .map(|i| i.name.clone())
         .max()
         .expect("a committed snapshot");
-    sn.prepare(req(PrepareSnapshotRequest {
-        snapshotter: SNAPSHOTTER.into(),
-        key: "after-restart".into(),
-        parent: tip,
-        labels: HashMap::new(),
-    }))
-    .await
-    .expect("prepare after restart");
+    sn.prepare(prepare_req("after-restart", &tip))
+        .await
+        .expect("prepare after restart");
 }
