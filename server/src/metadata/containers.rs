@@ -6,7 +6,24 @@ use crate::filters::{label_field, Adaptor, Filter};
 use crate::validate;
 use berth_api::containerd::services::containers::v1::Container;
 
+/// What the collector needs of a container (its roots): the stored record read with only these
+/// fields of `Container` (same numbers), so the spec and extensions are skipped, not decoded.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ContainerRoots {
+    #[prost(map = "string, string", tag = "2")]
+    pub labels: std::collections::HashMap<String, String>,
+    #[prost(string, tag = "6")]
+    pub snapshotter: String,
+    #[prost(string, tag = "7")]
+    pub snapshot_key: String,
+}
+
 impl Metadata {
+    /// Every container of `ns`, as far as garbage collection is concerned.
+    pub fn container_roots(&self, ns: &str) -> Result<Vec<ContainerRoots>> {
+        self.list::<ContainerRoots>(&keys::objects(ns, keys::CONTAINERS), |_| true)
+    }
+
     pub fn get_container(&self, ns: &str, id: &str) -> Result<Container> {
         self.get(&keys::object(ns, keys::CONTAINERS, id))?
             .ok_or_else(|| {
@@ -197,5 +214,31 @@ impl Adaptor for ContainerFields<'_> {
             ["labels", ..] => label_field(&c.labels, path),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn container_roots_read_a_stored_container() {
+        let c = Container {
+            id: "c1".into(),
+            labels: [("containerd.io/gc.ref.content.l".into(), "sha256:ab".into())].into(),
+            image: "img".into(),
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                value: vec![7; 4096],
+            }),
+            snapshotter: "overlayfs".into(),
+            snapshot_key: "c1-snap".into(),
+            ..Default::default()
+        };
+        let roots = ContainerRoots::decode(c.encode_to_vec().as_slice()).expect("decode");
+        assert_eq!(roots.labels, c.labels);
+        assert_eq!(roots.snapshotter, "overlayfs");
+        assert_eq!(roots.snapshot_key, "c1-snap");
     }
 }

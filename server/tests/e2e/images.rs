@@ -124,6 +124,10 @@ fn run_on_an_imported_image_keeps_the_container() {
     assert_eq!(d.ctr("default", &["tasks", "ls", "-q"]), "");
     let containers = d.ctr("default", &["containers", "ls", "-q"]);
     assert_eq!(containers.trim(), "imported-run");
+    // A collection that runs to the end (a synchronous lease deletion) keeps the container's
+    // snapshot: the container is its root.
+    d.ctr("default", &["leases", "create", "--id", "scratch"]);
+    d.ctr("default", &["leases", "rm", "--sync", "scratch"]);
     assert!(snapshot_keys(&d, "default").contains(&"imported-run".to_string()));
     let info = d.ctr("default", &["containers", "info", "imported-run"]);
     assert!(info.contains("\"echo\""), "{info}");
