@@ -16,6 +16,7 @@
 //!
 //! Every fd is O_CLOEXEC (std and pipe2 flags), so nothing but the pipes reaches runc.
 
+use crate::logger;
 use crate::runc::ProcStdio;
 use nix::cmsg_space;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -38,18 +39,23 @@ pub enum Target {
     Fifo(PathBuf),
     /// `file://` (stdout/stderr only): appended to a regular file.
     File(PathBuf),
+    /// `binary://` (stdout/stderr only): a logging program the shim starts, which reads the
+    /// process's output itself (containerd's logging plugins, as nerdctl uses).
+    Binary(logger::Command),
 }
 
 pub fn parse_target(s: &str) -> Result<Target, String> {
     let (path, file) = if s.is_empty() {
         return Ok(Target::None);
+    } else if s.starts_with("binary://") {
+        return logger::Command::parse(s).map(Target::Binary);
     } else if let Some(p) = s.strip_prefix("file://") {
         (p, true)
     } else if let Some(p) = s.strip_prefix("fifo://") {
         (p, false)
     } else if s.contains("://") {
         return Err(format!(
-            "unsupported stdio URI {s:?} (only FIFO paths and file://)"
+            "unsupported stdio URI {s:?} (only FIFO paths, file:// and binary://)"
         ));
     } else {
         (s, false)
@@ -209,6 +215,8 @@ pub struct ProcessIo {
     pub stdin_spare: Option<File>,
     /// The pty master, for resize.
     pub console: Option<File>,
+    /// The `binary://` logging program, told to stop when this goes (the process's delete).
+    pub logger: Option<logger::Logger>,
 }
 
 /// Opened stdio before runc runs: the process-side fds for runc, and for terminal mode the
@@ -228,6 +236,7 @@ pub fn prepare(
     stderr: &Target,
     terminal: bool,
     owner: Option<(u32, u32)>,
+    env: &logger::Env<'_>,
 ) -> io::Result<Prepared> {
     let mut io = ProcessIo::default();
     let mut proc_stdio = ProcStdio::null();
@@ -236,10 +245,10 @@ pub fn prepare(
 
     match stdin {
         Target::None => {}
-        Target::File(_) => {
+        Target::File(_) | Target::Binary(_) => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "file:// is not supported for stdin",
+                "file:// and binary:// are not supported for stdin",
             ))
         }
         Target::Fifo(p) => {
@@ -263,9 +272,39 @@ pub fn prepare(
         }
     }
 
+    // A logging program takes both output streams, as in containerd (the client names it as
+    // stdout, and as stderr too or not at all).
+    let binary =
+        match (stdout, stderr) {
+            (Target::Binary(cmd), Target::Binary(other)) if cmd == other => Some(cmd),
+            (Target::Binary(cmd), Target::None) => Some(cmd),
+            (Target::Binary(_), _) | (_, Target::Binary(_)) => return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a binary:// logger takes stdout and stderr together: name the same one for both",
+            )),
+            _ => None,
+        };
+    if let Some(cmd) = binary {
+        let (out_r, out_w) = pipe(owner)?;
+        let (err_r, err_w) = pipe(owner)?;
+        io.logger = Some(logger::Logger::start(cmd, env, out_r, err_r)?);
+        if terminal {
+            pty_stdout = Some((File::from(out_w), None));
+        } else {
+            proc_stdio.stdout = Stdio::from(out_w);
+            proc_stdio.stderr = Stdio::from(err_w);
+        }
+        return Ok(Prepared {
+            io,
+            proc_stdio,
+            pty_stdin,
+            pty_stdout,
+        });
+    }
+
     for (target, is_err) in [(stdout, false), (stderr, true)] {
         let (dst, spare) = match target {
-            Target::None => continue,
+            Target::None | Target::Binary(_) => continue,
             Target::Fifo(p) => {
                 let spare = open_fifo(p, true)?;
                 (open_fifo(p, false)?, Some(spare))
@@ -420,7 +459,12 @@ mod tests {
             parse_target("file:///l").unwrap(),
             Target::File("/l".into())
         );
-        assert!(parse_target("binary:///x").is_err());
+        assert!(matches!(
+            parse_target("binary:///usr/bin/log?a=1"),
+            Ok(Target::Binary(_))
+        ));
+        assert!(parse_target("binary://rel").is_err());
+        assert!(parse_target("tcp://host:1").is_err());
         assert!(parse_target("rel/path").is_err());
     }
 }

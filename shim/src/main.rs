@@ -4,6 +4,7 @@
 
 mod detach;
 mod io;
+mod logger;
 mod process;
 mod reaper;
 mod runc;

@@ -114,7 +114,8 @@ impl Request {
 }
 
 /// Stdio of a process. Each path is "" (no stream), a FIFO path (optionally `fifo://`
-/// prefixed) that the client created, or `file://<path>` for an append-only log file.
+/// prefixed) that the client created, `file://<path>` for an append-only log file, or
+/// `binary://<path>?<args>` for a logging program (stdout and stderr alike; see shim/README.md).
 /// With `terminal`, stderr must be "" and stdout carries the pty output.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CreateRequest {

@@ -4,6 +4,7 @@
 
 use crate::io::{self, ConsoleSocket, Interest};
 use crate::log;
+use crate::logger;
 use crate::process::{self, Process};
 use crate::reaper::Reaper;
 use crate::runc::{read_pid_file, Runc};
@@ -496,6 +497,16 @@ impl Server {
     /// known yet are kept until the pid file is read.
     fn handle_exits(&mut self, exits: Vec<(u32, u32)>, from_runc: bool) {
         for (pid, status) in exits {
+            // A process's logging program (io::logger): gone, so never signalled again.
+            let logger = self
+                .procs
+                .values_mut()
+                .filter_map(|p| p.io.logger.as_mut())
+                .find(|l| l.pid() == pid);
+            if let Some(l) = logger {
+                l.set_reaped();
+                continue;
+            }
             let key = self
                 .procs
                 .iter()
@@ -589,7 +600,11 @@ impl Server {
         let owner = config
             .get("process")
             .and_then(|p| process::io_owner(&config, p));
-        let mut prepared = io::prepare(&stdin, &stdout, &stderr, c.terminal, owner)
+        let env = logger::Env {
+            id: &self.id,
+            namespace: &self.namespace,
+        };
+        let mut prepared = io::prepare(&stdin, &stdout, &stderr, c.terminal, owner, &env)
             .map_err(|e| internal(op, format!("opening stdio: {e}")))?;
         let console = match c.terminal {
             true => Some(
@@ -692,7 +707,11 @@ impl Server {
         std::fs::write(&spec_file, serde_json::to_vec(&spec).unwrap_or_default())
             .map_err(|e| internal(op, format!("{}: {e}", spec_file.display())))?;
         let result = (|| {
-            let mut prepared = io::prepare(&stdin, &stdout, &stderr, terminal, owner)
+            let env = logger::Env {
+                id: key,
+                namespace: &self.namespace,
+            };
+            let mut prepared = io::prepare(&stdin, &stdout, &stderr, terminal, owner, &env)
                 .map_err(|e| format!("opening stdio: {e}"))?;
             let console = match terminal {
                 true => Some(

@@ -518,3 +518,131 @@ fn delete_a_created_container() {
     let _: Empty = b.call(Request::Shutdown).unwrap();
     b.assert_clean();
 }
+
+/// A `binary://` logger as containerd starts one: its arguments from the query, only
+/// CONTAINER_ID and CONTAINER_NAMESPACE in its environment, the output pipes on fds 3 and 4, the
+/// process created only after it closed fd 5, and SIGTERM at delete. Also for an exec, whose id
+/// it gets.
+#[test]
+fn binary_logger_gets_the_output_and_stops_at_delete() {
+    let b = Bundle::new(
+        "binlog",
+        &["sh", "-c", "echo out-line; echo err-line >&2; sleep 1000"],
+        false,
+    );
+    let logs = tempfile::tempdir().unwrap();
+    let script = logs.path().join("logger");
+    // The copies run in the background without fd 5, so closing it says "ready".
+    fs::write(
+        &script,
+        "#!/bin/sh\n\
+         out=\"$2\"\n\
+         { echo \"args=$*\"; echo \"id=$CONTAINER_ID ns=$CONTAINER_NAMESPACE\"; } > \"$out.meta\"\n\
+         /usr/bin/tr '\\0' '\\n' < /proc/$$/environ > \"$out.environ\"\n\
+         trap 'echo TERM >> \"$out.meta\"; exit 0' TERM\n\
+         /bin/cat <&3 > \"$out.stdout\" 5>&- &\n\
+         /bin/cat <&4 > \"$out.stderr\" 5>&- &\n\
+         exec 5>&-\n\
+         while :; do /bin/sleep 0.05; done\n",
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let base = logs.path().join("init");
+    let uri = format!("binary://{}?file={}", script.display(), base.display());
+    let pid = b.create("", &uri, &uri, false);
+    assert_eq!(b.start(""), pid);
+    let read = |p: &std::path::Path| fs::read_to_string(p).unwrap_or_default();
+    let with = |ext: &str| base.with_extension(ext);
+    eventually("the logger got stdout", || {
+        read(&with("stdout")) == "out-line\n"
+    });
+    eventually("the logger got stderr", || {
+        read(&with("stderr")) == "err-line\n"
+    });
+    let meta = read(&with("meta"));
+    assert!(
+        meta.starts_with(&format!("args=file {}\n", base.display())),
+        "{meta}"
+    );
+    assert!(meta.contains(&format!("id={} ns=test\n", b.id)), "{meta}");
+    assert_eq!(
+        read(&with("environ")),
+        format!("CONTAINER_ID={}\nCONTAINER_NAMESPACE=test\n", b.id),
+        "the logger's whole environment"
+    );
+
+    // An exec logs through its own logger, which knows the exec's id.
+    let exec_base = logs.path().join("exec");
+    let exec_uri = format!("binary://{}?file={}", script.display(), exec_base.display());
+    let _: Empty = b
+        .call(Request::Exec(ExecRequest {
+            exec_id: "e1".into(),
+            spec: exec_spec(&["echo", "from-exec"], false),
+            stdin: String::new(),
+            stdout: exec_uri.clone(),
+            stderr: exec_uri,
+            terminal: false,
+        }))
+        .unwrap();
+    b.start("e1");
+    assert_eq!(b.wait("e1").exit_status, 0);
+    let exec_read = |ext: &str| read(&exec_base.with_extension(ext));
+    eventually("the exec's logger got its output", || {
+        exec_read("stdout") == "from-exec\n"
+    });
+    assert!(
+        exec_read("meta").contains("id=e1 ns=test"),
+        "{}",
+        exec_read("meta")
+    );
+    b.delete("e1", false).unwrap();
+    eventually("the exec's logger was told to stop", || {
+        exec_read("meta").ends_with("TERM\n")
+    });
+    assert!(
+        !read(&with("meta")).contains("TERM"),
+        "init's logger still runs"
+    );
+
+    b.kill("", 9, false).unwrap();
+    assert_eq!(b.wait("").exit_status, 137);
+    b.delete("", false).unwrap();
+    eventually("init's logger was told to stop", || {
+        read(&with("meta")).ends_with("TERM\n")
+    });
+    let _: Empty = b.call(Request::Shutdown).unwrap();
+    b.assert_clean();
+}
+
+#[test]
+fn binary_logger_errors() {
+    let b = Bundle::new("binlog-bad", &["true"], false);
+    // Not absolute, and a logger that never exists.
+    for uri in ["binary://relative/logger", "binary:///nonexistent/logger"] {
+        let e = shim_error(b.call::<PidReply>(Request::Create(CreateRequest {
+            stdin: String::new(),
+            stdout: uri.into(),
+            stderr: uri.into(),
+            terminal: false,
+        })));
+        assert!(
+            matches!(e.kind, ErrorKind::InvalidArgument | ErrorKind::Internal),
+            "{uri}: {e:?}"
+        );
+        assert!(
+            e.message.contains("logger") || e.message.contains("logging"),
+            "{e:?}"
+        );
+    }
+    // stdout and stderr must name the same logger.
+    let e = shim_error(b.call::<PidReply>(Request::Create(CreateRequest {
+        stdin: String::new(),
+        stdout: "binary:///bin/true".into(),
+        stderr: "file:///tmp/x".into(),
+        terminal: false,
+    })));
+    assert!(e.message.contains("stdout and stderr together"), "{e:?}");
+    assert_eq!(shim_error(b.state("")).kind, ErrorKind::NotFound);
+    let _: Empty = b.call(Request::Shutdown).unwrap();
+    b.assert_clean();
+}

@@ -703,6 +703,61 @@ fn run_rm_prints_output_and_propagates_the_exit_status() {
     assert_eq!(f.ctr(&["containers", "ls", "-q"]).trim(), "");
 }
 
+/// `ctr run --log-uri binary://…`, how nerdctl logs: the shim starts the logging program with
+/// containerd's contract (query as arguments, CONTAINER_ID/CONTAINER_NAMESPACE, output on fds 3
+/// and 4, ready on fd 5), the program gets the container's output, and the task's delete stops it.
+#[test]
+fn run_with_a_binary_logging_program() {
+    let f = Fixture::start("berth-e2e-binlog");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("logger");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n\
+         out=\"$2\"\n\
+         echo \"args=$* id=$CONTAINER_ID ns=$CONTAINER_NAMESPACE\" > \"$out.meta\"\n\
+         trap 'echo TERM >> \"$out.meta\"; exit 0' TERM\n\
+         /bin/cat <&3 > \"$out.stdout\" 5>&- &\n\
+         /bin/cat <&4 > \"$out.stderr\" 5>&- &\n\
+         exec 5>&-\n\
+         while :; do /bin/sleep 0.05; done\n",
+    )
+    .expect("write logger");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let base = dir.path().join("binlog-1");
+    let uri = format!("binary://{}?file={}", script.display(), base.display());
+    let cmd = ["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 4"];
+    let out = f.run(&["--log-uri", &uri], "binlog-1", &cmd);
+    f.assert_exit(&out, 4, "ctr run --rm --log-uri binary://…");
+    assert_eq!(
+        stdout(&out),
+        "",
+        "the output went to the logger, not to ctr"
+    );
+    let read = |ext: &str| std::fs::read_to_string(base.with_extension(ext)).unwrap_or_default();
+    wait_for(Duration::from_secs(5), "the logger's copies", || {
+        match (read("stdout").as_str(), read("stderr").as_str()) {
+            ("to-stdout\n", "to-stderr\n") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let want = format!(
+        "args=file {} id=binlog-1 ns=berth-e2e-binlog\n",
+        base.display()
+    );
+    assert!(read("meta").starts_with(&want), "{:?}", read("meta"));
+    // ctr run --rm deleted the task, which stops the logger.
+    wait_for(
+        Duration::from_secs(5),
+        "the logger's SIGTERM",
+        || match read("meta").ends_with("TERM\n") {
+            true => Ok(()),
+            false => Err(read("meta")),
+        },
+    );
+}
+
 // =============================================================================================
 // 2. run -d: ls, ps, metrics, exec, pause/resume, kill, delete
 // =============================================================================================
