@@ -164,9 +164,44 @@ pub fn io_owner(config: &serde_json::Value, process: &serde_json::Value) -> Opti
     Some((map(uid, "uidMappings"), map(gid, "gidMappings")))
 }
 
+/// Whether the OCI spec gives the container a pid namespace of its own (one without a path): if
+/// not, its processes outlive init unless someone kills them.
+pub fn has_own_pid_namespace(config: &serde_json::Value) -> bool {
+    config
+        .pointer("/linux/namespaces")
+        .and_then(|n| n.as_array())
+        .is_some_and(|namespaces| {
+            namespaces.iter().any(|ns| {
+                ns.get("type").and_then(|t| t.as_str()) == Some("pid")
+                    && ns
+                        .get("path")
+                        .and_then(|p| p.as_str())
+                        .is_none_or(str::is_empty)
+            })
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_pid_namespace() {
+        let with = |ns: serde_json::Value| serde_json::json!({"linux": {"namespaces": ns}});
+        assert!(has_own_pid_namespace(&with(
+            serde_json::json!([{"type": "pid"}])
+        )));
+        assert!(has_own_pid_namespace(&with(
+            serde_json::json!([{"type": "mount"}, {"type": "pid", "path": ""}])
+        )));
+        assert!(!has_own_pid_namespace(&with(
+            serde_json::json!([{"type": "pid", "path": "/proc/1/ns/pid"}])
+        )));
+        assert!(!has_own_pid_namespace(&with(
+            serde_json::json!([{"type": "mount"}])
+        )));
+        assert!(!has_own_pid_namespace(&serde_json::json!({})));
+    }
 
     #[test]
     fn exec_ids() {

@@ -94,6 +94,9 @@ pub struct Server {
     /// Key "" is init; other keys are exec ids.
     procs: BTreeMap<String, Process>,
     init_deleted: bool,
+    /// The container has no pid namespace of its own (it shares the host's or another's), so
+    /// its other processes do not die with init: they are killed when init exits (containerd).
+    kill_all_on_init_exit: bool,
     /// Exits reaped during a runc call whose pid was not known yet (see reaper.rs).
     unknown_exits: HashMap<u32, u32>,
     /// Connections whose wait was answered: their buffered requests are handled from the
@@ -128,6 +131,7 @@ impl Server {
             next_conn: 0,
             procs: BTreeMap::new(),
             init_deleted: false,
+            kill_all_on_init_exit: false,
             unknown_exits: HashMap::new(),
             resume: Vec::new(),
             shutting_down: false,
@@ -538,10 +542,20 @@ impl Server {
         if let Err(e) = process::write_exit_record(&self.exits_dir, name, &rec) {
             log!("recording exit of {name}: {e}");
         }
+        log!("{} (pid {}) exited with status {status}", p.id, rec.pid);
+        if key.is_empty() && self.kill_all_on_init_exit {
+            // Before the output is pulled: the killed processes close their ends of the pipes.
+            let id = self.id.clone();
+            if let Err(e) = self.runc.kill(&id, Signal::SIGKILL as u32, true) {
+                log!("killing the rest of the container after init's exit: {e}");
+            }
+            self.after_runc();
+        }
         // Pull what the process left in its pipes now: with a grandchild holding the pipe, no
         // readiness event would ever come.
-        p.io.copiers.retain_mut(|c| c.step());
-        log!("{} (pid {}) exited with status {status}", p.id, rec.pid);
+        if let Some(p) = self.procs.get_mut(key) {
+            p.io.copiers.retain_mut(|c| c.step());
+        }
     }
 
     /// Output that cannot be delivered in time (nobody reads the FIFO) is dropped.
@@ -600,6 +614,7 @@ impl Server {
         let owner = config
             .get("process")
             .and_then(|p| process::io_owner(&config, p));
+        self.kill_all_on_init_exit = !process::has_own_pid_namespace(&config);
         let env = logger::Env {
             id: &self.id,
             namespace: &self.namespace,

@@ -646,3 +646,35 @@ fn binary_logger_errors() {
     let _: Empty = b.call(Request::Shutdown).unwrap();
     b.assert_clean();
 }
+
+/// Without a pid namespace of its own, a container's other processes do not die with init: the
+/// shim kills them when init exits (containerd's KillAll), so the output ends and nothing is left.
+#[test]
+fn init_exit_kills_the_rest_without_a_pid_namespace() {
+    let b = Bundle::prepare(
+        "killall",
+        &["sh", "-c", "sleep 1000 & echo $!; exit 3"],
+        false,
+    );
+    let config = b.bundle().join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|ns| ns["type"] != "pid");
+    fs::write(&config, spec.to_string()).unwrap();
+    let b = b.start_shim_with(&[SHIM]);
+    let out = b.fifo("out");
+    let rx = read_fifo(&out);
+    b.create("", out.to_str().unwrap(), "", false);
+    let waiter = b.wait_async("");
+    b.start("");
+    assert_eq!(recv(&waiter, "wait").unwrap().exit_status, 3);
+    // In the host's pid namespace, the printed pid is the host's.
+    let printed = String::from_utf8(recv(&rx, "stdout EOF")).unwrap();
+    let sleep: u32 = printed.trim().parse().expect("the background sleep's pid");
+    eventually("the background sleep is killed", || !process_alive(sleep));
+    b.delete("", false).unwrap();
+    let _: Empty = b.call(Request::Shutdown).unwrap();
+    b.assert_clean();
+}
