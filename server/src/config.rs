@@ -38,6 +38,9 @@ pub struct TasksConfig {
     pub shim: PathBuf,
     /// How long a restarted daemon waits for each shim to answer before treating it as dead.
     pub shim_connect_timeout_ms: u64,
+    /// How often the restart monitor brings containers labelled `containerd.io/restart.status`
+    /// back to that status (containerd's restart plugin `interval`).
+    pub restart_interval_ms: u64,
 }
 
 impl Default for TasksConfig {
@@ -45,6 +48,7 @@ impl Default for TasksConfig {
         TasksConfig {
             shim: PathBuf::new(),
             shim_connect_timeout_ms: 1000,
+            restart_interval_ms: 10_000,
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::events::Exchange;
 use crate::gc::Collector;
 use crate::metadata::Metadata;
 use crate::remote_snapshotter::RemoteSnapshotter;
+use crate::runtime::restart::RestartMonitor;
 use crate::runtime::TaskManager;
 use crate::services::{self, *};
 use crate::snapshots::Snapshotters;
@@ -65,6 +66,15 @@ pub async fn run(config: Config) -> Result<()> {
     if recovered > 0 {
         tracing::info!(tasks = recovered, "reconnected to running shims");
     }
+    tokio::spawn(
+        RestartMonitor {
+            meta: meta.clone(),
+            snapshotters: state.snapshotters.clone(),
+            tasks: tasks.clone(),
+            interval: Duration::from_millis(config.tasks.restart_interval_ms.max(100)),
+        }
+        .run(),
+    );
 
     let listener = bind_socket(&config)?;
     let address = config.grpc.address.clone();

@@ -14,6 +14,7 @@
 
 pub mod cgroups;
 mod recovery;
+pub mod restart;
 pub mod shim;
 
 use crate::config::{RuntimeConfig, DEFAULT_RUNTIME};

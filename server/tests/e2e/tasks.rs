@@ -758,6 +758,86 @@ fn run_with_a_binary_logging_program() {
     );
 }
 
+/// The restart monitor (containerd's, which nerdctl's --restart relies on): containers labelled
+/// `containerd.io/restart.status=running` get a new task when theirs dies, as their policy
+/// allows, with the count label raised and the log label honoured; `stopped` kills the task.
+#[test]
+fn restart_monitor_keeps_labelled_containers_in_their_status() {
+    let f = Fixture::start_with_config("berth-e2e-restart", "[tasks]\nrestart_interval_ms = 200\n");
+    let logs = tempfile::tempdir().expect("temp dir");
+    let log = logs.path().join("always.log");
+    let label = |id: &str, kv: &str| f.ctr(&["containers", "label", id, kv]);
+    let labels = |id: &str| -> serde_json::Value {
+        let info: serde_json::Value =
+            serde_json::from_str(&f.ctr(&["containers", "info", id])).expect("info JSON");
+        info["Labels"].clone()
+    };
+    // Labelled once the task runs: a monitor round between ctr's container and task creation
+    // would otherwise start the task itself.
+    let first = f.run_d("rs-always", &["sh", "-c", "echo up; exec sleep 1000"]);
+    label(
+        "rs-always",
+        &format!("containerd.io/restart.logpath={}", log.display()),
+    );
+    label("rs-always", "containerd.io/restart.status=running");
+    f.ctr(&["tasks", "kill", "-s", "SIGKILL", "rs-always"]);
+    wait_for(Duration::from_secs(10), "rs-always restarted", || {
+        match f.task("rs-always") {
+            Some(r) if r.status == "RUNNING" && r.pid != first => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert_eq!(labels("rs-always")["containerd.io/restart.count"], "1");
+    wait_for(
+        Duration::from_secs(5),
+        "the restarted task's log",
+        || match std::fs::read_to_string(&log) {
+            Ok(s) if s == "up\n" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+
+    // on-failure:2 — restarted after each failure, twice, then left stopped.
+    f.run_d("rs-fail", &["sh", "-c", "sleep 0.5; exit 3"]);
+    label("rs-fail", "containerd.io/restart.policy=on-failure:2");
+    label("rs-fail", "containerd.io/restart.status=running");
+    wait_for(
+        Duration::from_secs(15),
+        "two restarts, then stopped",
+        || {
+            let count = labels("rs-fail")["containerd.io/restart.count"].clone();
+            match (count.as_str(), f.task("rs-fail")) {
+                (Some("2"), Some(r)) if r.status == "STOPPED" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(labels("rs-fail")["containerd.io/restart.count"], "2");
+    assert_eq!(f.task("rs-fail").map(|r| r.status), Some("STOPPED".into()));
+
+    // Desired status stopped: the monitor kills and deletes the running task.
+    label("rs-always", "containerd.io/restart.status=stopped");
+    wait_for(Duration::from_secs(10), "rs-always stopped", || {
+        match f.task("rs-always") {
+            None => Ok(()),
+            Some(r) => Err(format!("{r:?}")),
+        }
+    });
+    // Stopped is what rs-fail should stay: its task can go without the monitor starting another.
+    label("rs-fail", "containerd.io/restart.status=stopped");
+    f.ctr(&["tasks", "delete", "rs-fail"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        f.task("rs-fail"),
+        None,
+        "a stopped-labelled container is not started"
+    );
+    for id in ["rs-always", "rs-fail"] {
+        f.ctr(&["containers", "rm", id]);
+    }
+}
+
 // =============================================================================================
 // 2. run -d: ls, ps, metrics, exec, pause/resume, kill, delete
 // =============================================================================================
