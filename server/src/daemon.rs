@@ -71,6 +71,7 @@ pub async fn run(config: Config) -> Result<()> {
             meta: meta.clone(),
             snapshotters: state.snapshotters.clone(),
             tasks: tasks.clone(),
+            events: state.events.clone(),
             interval: Duration::from_millis(config.tasks.restart_interval_ms.max(100)),
         }
         .run(),

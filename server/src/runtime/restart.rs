@@ -16,9 +16,11 @@
 
 use super::{CreateTask, Stdio, TaskManager};
 use crate::error::{Error, Result};
+use crate::events::Exchange;
 use crate::filters::Filter;
 use crate::metadata::Metadata;
 use crate::snapshots::{blocking, to_api_mounts, Snapshotters};
+use berth_api::containerd::events::ContainerUpdate;
 use berth_api::containerd::services::containers::v1::Container;
 use berth_shim::protocol::Status;
 use std::sync::Arc;
@@ -37,8 +39,13 @@ pub struct RestartMonitor {
     pub meta: Arc<Metadata>,
     pub snapshotters: Snapshotters,
     pub tasks: Arc<TaskManager>,
+    pub events: Exchange,
     pub interval: Duration,
 }
+
+/// How long a killed task may take to exit before the monitor gives up on it for this round
+/// (the others must not wait behind it).
+const KILL_PATIENCE: Duration = Duration::from_secs(10);
 
 /// What a container's task looks like to the monitor.
 enum Current {
@@ -147,7 +154,13 @@ impl RestartMonitor {
         match self.tasks.state(ns, id, "").await {
             Ok(s) if s.status != Status::Stopped => {
                 self.tasks.kill(ns, id, "", SIGKILL, true).await?;
-                self.tasks.wait(ns, id, "").await?;
+                tokio::time::timeout(KILL_PATIENCE, self.tasks.wait(ns, id, ""))
+                    .await
+                    .map_err(|_| {
+                        Error::Unavailable(format!(
+                            "task {id} did not exit within {KILL_PATIENCE:?} of SIGKILL"
+                        ))
+                    })??;
             }
             Ok(_) => {}
             Err(Error::NotFound(_)) => return Ok(()),
@@ -176,6 +189,16 @@ impl RestartMonitor {
             .meta
             .update_container(ns, update, &[format!("labels.{COUNT_LABEL}")])
             .await?;
+        self.events.publish(
+            ns,
+            "/containers/update",
+            &ContainerUpdate {
+                id: c.id.clone(),
+                image: c.image.clone(),
+                labels: c.labels.clone(),
+                snapshot_key: c.snapshot_key.clone(),
+            },
+        );
         self.kill_task(ns, &c.id).await?;
         let rootfs = if c.snapshot_key.is_empty() {
             Vec::new()

@@ -780,6 +780,7 @@ fn restart_monitor_keeps_labelled_containers_in_their_status() {
         &format!("containerd.io/restart.logpath={}", log.display()),
     );
     label("rs-always", "containerd.io/restart.status=running");
+    let mut ev = Events::start(&f.d);
     f.ctr(&["tasks", "kill", "-s", "SIGKILL", "rs-always"]);
     wait_for(Duration::from_secs(10), "rs-always restarted", || {
         match f.task("rs-always") {
@@ -788,6 +789,22 @@ fn restart_monitor_keeps_labelled_containers_in_their_status() {
         }
     });
     assert_eq!(labels("rs-always")["containerd.io/restart.count"], "1");
+    // Clients see the restart as they would see one of their own making.
+    let ns = "berth-e2e-restart";
+    let update = ev.expect("/containers/update", |e| {
+        e.namespace == ns && e.topic == "/containers/update" && e.body["id"] == "rs-always"
+    });
+    assert_eq!(
+        ev.seen[update].body["labels"]["containerd.io/restart.count"], "1",
+        "{:?}",
+        ev.seen[update]
+    );
+    let create = ev.expect("/tasks/create", |e| e.is(ns, "/tasks/create", "rs-always"));
+    let start = ev.expect("/tasks/start", |e| e.is(ns, "/tasks/start", "rs-always"));
+    assert!(
+        update < create && create < start,
+        "{update} {create} {start}"
+    );
     wait_for(
         Duration::from_secs(5),
         "the restarted task's log",
