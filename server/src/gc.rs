@@ -116,7 +116,7 @@ impl Collector {
             }
             live.refs_from(&image.labels);
         }
-        for c in self.meta.container_roots(ns)? {
+        for c in self.meta.container_summaries(ns)? {
             if !c.snapshot_key.is_empty() {
                 live.snapshot_queue
                     .push((c.snapshotter.clone(), c.snapshot_key.clone()));

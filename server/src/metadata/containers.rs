@@ -6,10 +6,13 @@ use crate::filters::{label_field, Adaptor, Filter};
 use crate::validate;
 use berth_api::containerd::services::containers::v1::Container;
 
-/// What the collector needs of a container (its roots): the stored record read with only these
-/// fields of `Container` (same numbers), so the spec and extensions are skipped, not decoded.
+/// A container as background loops need it (the collector's roots, the restart monitor's
+/// labels): the stored record read with only these fields of `Container` (same numbers), so the
+/// spec and extensions are skipped, not decoded.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ContainerRoots {
+pub struct ContainerSummary {
+    #[prost(string, tag = "1")]
+    pub id: String,
     #[prost(map = "string, string", tag = "2")]
     pub labels: std::collections::HashMap<String, String>,
     #[prost(string, tag = "6")]
@@ -19,9 +22,9 @@ pub struct ContainerRoots {
 }
 
 impl Metadata {
-    /// Every container of `ns`, as far as garbage collection is concerned.
-    pub fn container_roots(&self, ns: &str) -> Result<Vec<ContainerRoots>> {
-        self.list::<ContainerRoots>(&keys::objects(ns, keys::CONTAINERS), |_| true)
+    /// Every container of `ns`, summarized.
+    pub fn container_summaries(&self, ns: &str) -> Result<Vec<ContainerSummary>> {
+        self.list::<ContainerSummary>(&keys::objects(ns, keys::CONTAINERS), |_| true)
     }
 
     pub fn get_container(&self, ns: &str, id: &str) -> Result<Container> {
@@ -223,7 +226,7 @@ mod tests {
     use prost::Message;
 
     #[test]
-    fn container_roots_read_a_stored_container() {
+    fn summaries_read_a_stored_container() {
         let c = Container {
             id: "c1".into(),
             labels: [("containerd.io/gc.ref.content.l".into(), "sha256:ab".into())].into(),
@@ -236,9 +239,10 @@ mod tests {
             snapshot_key: "c1-snap".into(),
             ..Default::default()
         };
-        let roots = ContainerRoots::decode(c.encode_to_vec().as_slice()).expect("decode");
-        assert_eq!(roots.labels, c.labels);
-        assert_eq!(roots.snapshotter, "overlayfs");
-        assert_eq!(roots.snapshot_key, "c1-snap");
+        let summary = ContainerSummary::decode(c.encode_to_vec().as_slice()).expect("decode");
+        assert_eq!(summary.id, "c1");
+        assert_eq!(summary.labels, c.labels);
+        assert_eq!(summary.snapshotter, "overlayfs");
+        assert_eq!(summary.snapshot_key, "c1-snap");
     }
 }

@@ -17,7 +17,7 @@
 use super::{CreateTask, Stdio, TaskManager};
 use crate::error::{Error, Result};
 use crate::events::Exchange;
-use crate::filters::Filter;
+use crate::metadata::containers::ContainerSummary;
 use crate::metadata::Metadata;
 use crate::snapshots::{blocking, to_api_mounts, Snapshotters};
 use berth_api::containerd::events::ContainerUpdate;
@@ -97,14 +97,14 @@ impl RestartMonitor {
         }
     }
 
-    /// One pass over every labelled container of every namespace.
+    /// One pass over every labelled container of every namespace. Records are read as
+    /// summaries (no spec decoded); only a container to act on is read whole.
     pub async fn reconcile(&self) -> Result<()> {
-        let labelled = Filter::parse_all(&[format!("labels.{STATUS_LABEL:?}")])?;
         for ns in self.meta.list_namespaces()? {
-            for c in self.meta.list_containers(&ns.name, &labelled)? {
-                let id = c.id.clone();
-                if let Err(e) = self.reconcile_one(&ns.name, c).await {
-                    tracing::warn!(namespace = %ns.name, container = %id, error = %e, "restart monitor");
+            let labelled = self.meta.container_summaries(&ns.name)?.into_iter();
+            for c in labelled.filter(|c| c.labels.contains_key(STATUS_LABEL)) {
+                if let Err(e) = self.reconcile_one(&ns.name, &c).await {
+                    tracing::warn!(namespace = %ns.name, container = %c.id, error = %e, "restart monitor");
                 }
             }
         }
@@ -125,18 +125,18 @@ impl RestartMonitor {
         }
     }
 
-    async fn reconcile_one(&self, ns: &str, c: Container) -> Result<()> {
+    async fn reconcile_one(&self, ns: &str, c: &ContainerSummary) -> Result<()> {
         let current = self.current(ns, &c.id).await?;
         let desired = c.labels.get(STATUS_LABEL).map_or("", String::as_str);
         match (desired, current) {
             (_, Current::Busy) => Ok(()),
             // No task at all (a reboot, a deletion) reads as a clean exit, as in containerd.
             ("running", Current::Absent) if should_restart(&c.labels, 0) => {
-                self.restart(ns, c).await
+                self.restart(ns, &c.id).await
             }
             ("running", Current::Stopped { exit_status }) => {
                 if should_restart(&c.labels, exit_status) {
-                    self.restart(ns, c).await
+                    self.restart(ns, &c.id).await
                 } else {
                     Ok(())
                 }
@@ -172,7 +172,8 @@ impl RestartMonitor {
         }
     }
 
-    async fn restart(&self, ns: &str, mut c: Container) -> Result<()> {
+    async fn restart(&self, ns: &str, id: &str) -> Result<()> {
+        let c = self.meta.get_container(ns, id)?;
         let count: u64 = c
             .labels
             .get(COUNT_LABEL)
@@ -185,7 +186,7 @@ impl RestartMonitor {
             labels: [(COUNT_LABEL.to_string(), count.to_string())].into(),
             ..Default::default()
         };
-        c = self
+        let c = self
             .meta
             .update_container(ns, update, &[format!("labels.{COUNT_LABEL}")])
             .await?;
