@@ -4,6 +4,8 @@
 
 use crate::error::{Error, Result};
 use crate::filters::{Adaptor, Filter};
+use berth_api::containerd::events::ContainerUpdate;
+use berth_api::containerd::services::containers::v1::Container;
 use berth_api::containerd::services::events::v1::Envelope;
 use std::sync::Arc;
 use tokio::sync::broadcast;
@@ -38,6 +40,18 @@ impl Exchange {
     }
 
     /// Deliver an envelope as is (Events/Forward keeps the sender's timestamp and namespace).
+    /// `/containers/update` for a container as stored after an update (by a client through the
+    /// Containers service, or by the restart monitor).
+    pub fn publish_container_update(&self, namespace: &str, c: &Container) {
+        let event = ContainerUpdate {
+            id: c.id.clone(),
+            image: c.image.clone(),
+            labels: c.labels.clone(),
+            snapshot_key: c.snapshot_key.clone(),
+        };
+        self.publish(namespace, "/containers/update", &event);
+    }
+
     pub fn forward(&self, envelope: Envelope) {
         tracing::debug!(topic = %envelope.topic, namespace = %envelope.namespace, "event");
         // No subscribers is not an error: nobody is listening.

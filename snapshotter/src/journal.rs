@@ -28,7 +28,15 @@ const MAX_RECORD: usize = 16 << 20;
 /// Compact once the journal holds this many records more than there are live snapshots.
 const COMPACT_SLACK: usize = 4096;
 
-/// One snapshot as stored: what `Info` and `Usage` hold, by id.
+/// A time as stored: seconds and nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Stamp {
+    pub secs: u64,
+    pub nanos: u32,
+}
+
+/// One snapshot as stored: what `Info` and `Usage` hold, by id. The same JSON as the
+/// `info.json` files of the layout before the journal, which therefore read as records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Record {
     pub key: String,
@@ -37,8 +45,8 @@ pub(crate) struct Record {
     pub kind: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    pub created: (u64, u32),
-    pub updated: (u64, u32),
+    pub created: Stamp,
+    pub updated: Stamp,
     #[serde(default)]
     pub size: i64,
     #[serde(default)]
@@ -304,8 +312,8 @@ mod tests {
             parent: String::new(),
             kind: "committed".into(),
             labels: BTreeMap::new(),
-            created: (1, 2),
-            updated: (3, 4),
+            created: Stamp { secs: 1, nanos: 2 },
+            updated: Stamp { secs: 3, nanos: 4 },
             size: 5,
             inodes: 1,
         }

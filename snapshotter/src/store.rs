@@ -24,11 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Deserialize;
-
 use crate::error::at;
 use crate::fsutil::{disk_usage, fsync_dir, mkdir_mode, usage_and_sync};
-use crate::journal::{Journal, Record};
+use crate::journal::{Journal, Record, Stamp};
 use crate::{validate_labels, Error, Info, Kind, Result, Usage};
 
 /// A snapshot's record in the layout before the journal, read once to seed it.
@@ -82,13 +80,16 @@ pub(crate) struct MetaStore {
     missing: Mutex<Vec<u64>>,
 }
 
-fn to_stamp(t: SystemTime) -> (u64, u32) {
+fn to_stamp(t: SystemTime) -> Stamp {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    (d.as_secs(), d.subsec_nanos())
+    Stamp {
+        secs: d.as_secs(),
+        nanos: d.subsec_nanos(),
+    }
 }
 
-fn from_stamp((secs, nanos): (u64, u32)) -> SystemTime {
-    UNIX_EPOCH + Duration::new(secs, nanos.min(999_999_999))
+fn from_stamp(t: Stamp) -> SystemTime {
+    UNIX_EPOCH + Duration::new(t.secs, t.nanos.min(999_999_999))
 }
 
 fn to_record(info: &Info, usage: Usage) -> Record {
@@ -124,29 +125,6 @@ fn from_record(rec: Record) -> Option<(Info, Usage)> {
     (!info.name.is_empty()).then_some((info, usage))
 }
 
-#[derive(Deserialize)]
-struct LegacyTimestamp {
-    secs: u64,
-    nanos: u32,
-}
-
-/// The `info.json` record of the layout before the journal.
-#[derive(Deserialize)]
-struct LegacyInfo {
-    key: String,
-    #[serde(default)]
-    parent: String,
-    kind: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    created: LegacyTimestamp,
-    updated: LegacyTimestamp,
-    #[serde(default)]
-    size: i64,
-    #[serde(default)]
-    inodes: i64,
-}
-
 /// The records of a root written before the journal: every numbered directory's `info.json`.
 fn legacy_records(dir: &Path) -> Result<BTreeMap<u64, Record>> {
     let mut found = BTreeMap::new();
@@ -158,20 +136,9 @@ fn legacy_records(dir: &Path) -> Result<BTreeMap<u64, Record>> {
         let Ok(data) = fs::read(entry.path().join(LEGACY_INFO_FILE)) else {
             continue;
         };
-        let Ok(old) = serde_json::from_slice::<LegacyInfo>(&data) else {
-            continue;
-        };
-        let rec = Record {
-            key: old.key,
-            parent: old.parent,
-            kind: old.kind,
-            labels: old.labels,
-            created: (old.created.secs, old.created.nanos),
-            updated: (old.updated.secs, old.updated.nanos),
-            size: old.size,
-            inodes: old.inodes,
-        };
-        found.insert(id, rec);
+        if let Ok(rec) = serde_json::from_slice::<Record>(&data) {
+            found.insert(id, rec);
+        }
     }
     Ok(found)
 }

@@ -24,14 +24,14 @@
 //! written back on the next one's clock.
 
 use super::content;
-use super::{slot, Better, Figure, Samples};
+use super::{create_lease, rpc_error, slot, Better, Figure, Samples};
 use crate::daemon::{order, Daemon, Kind, Lab};
 use crate::fixtures::{self, Image, Registry};
 use crate::{Opts, Result};
 use berth::api::services::diff::v1::diff_client::DiffClient;
 use berth::api::services::diff::v1::ApplyRequest;
 use berth::api::services::leases::v1::leases_client::LeasesClient;
-use berth::api::services::leases::v1::{AddResourceRequest, CreateRequest, Resource};
+use berth::api::services::leases::v1::{AddResourceRequest, Resource};
 use berth::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use berth::api::services::snapshots::v1::{
     CommitSnapshotRequest, Kind as SnapshotKind, PrepareSnapshotRequest,
@@ -70,10 +70,6 @@ fn leased<T>(ns: &str, lease: &str, msg: T) -> tonic::Request<T> {
         r.metadata_mut().insert(LEASE_HEADER, v);
     }
     r
-}
-
-fn status(kind: Kind, what: &str) -> impl Fn(tonic::Status) -> String + '_ {
-    move |s| format!("{}: {what}: {:?}: {}", kind.name(), s.code(), s.message())
 }
 
 /// Run `ctr --address SOCK --namespace NS ARGS...` to completion; its wall time, or its stderr.
@@ -124,21 +120,6 @@ fn remove_images(d: &Daemon, ns: &str) -> Result<()> {
     ctr(d, ns, &args).map(drop)
 }
 
-/// Create lease `id` in `ns` (never deleted: what it holds stays until the temp root goes).
-async fn create_lease(ch: Channel, kind: Kind, ns: &str, id: &str) -> Result<()> {
-    LeasesClient::new(ch)
-        .create(with_namespace(
-            ns,
-            CreateRequest {
-                id: id.into(),
-                labels: Default::default(),
-            },
-        ))
-        .await
-        .map_err(status(kind, "Leases.Create"))?;
-    Ok(())
-}
-
 /// Hold every committed snapshot of namespace `ns` with a lease, so removing the images there
 /// frees their content but deletes no unpacked layer (see the module doc).
 async fn keep_snapshots(d: &Daemon, ns: &str) -> Result<usize> {
@@ -148,7 +129,7 @@ async fn keep_snapshots(d: &Daemon, ns: &str) -> Result<usize> {
     create_lease(ch.clone(), kind, ns, lease).await?;
     let names = super::snapshot_names(ch.clone(), ns, SnapshotKind::Committed)
         .await
-        .map_err(status(kind, "Snapshots.List"))?;
+        .map_err(rpc_error(kind, "Snapshots.List"))?;
     let mut leases = LeasesClient::new(ch);
     for name in &names {
         leases
@@ -163,7 +144,7 @@ async fn keep_snapshots(d: &Daemon, ns: &str) -> Result<usize> {
                 },
             ))
             .await
-            .map_err(status(kind, "Leases.AddResource"))?;
+            .map_err(rpc_error(kind, "Leases.AddResource"))?;
     }
     Ok(names.len())
 }
@@ -371,7 +352,7 @@ async fn apply_figures(lab: &Lab, opts: &Opts, img: &Image) -> Result<Vec<Figure
                     },
                 ))
                 .await
-                .map_err(status(kind, "Snapshots.Prepare"))?
+                .map_err(rpc_error(kind, "Snapshots.Prepare"))?
                 .into_inner()
                 .mounts;
             let apply_req = leased(
@@ -399,7 +380,7 @@ async fn apply_figures(lab: &Lab, opts: &Opts, img: &Image) -> Result<Vec<Figure
             let applied = diff
                 .apply(apply_req)
                 .await
-                .map_err(status(kind, "Diff.Apply"))?
+                .map_err(rpc_error(kind, "Diff.Apply"))?
                 .into_inner()
                 .applied;
             let ta = t.elapsed();
@@ -407,7 +388,7 @@ async fn apply_figures(lab: &Lab, opts: &Opts, img: &Image) -> Result<Vec<Figure
             snaps
                 .commit(commit_req)
                 .await
-                .map_err(status(kind, "Snapshots.Commit"))?;
+                .map_err(rpc_error(kind, "Snapshots.Commit"))?;
             let tc = t.elapsed();
             let got = applied.map(|a| a.digest).unwrap_or_default();
             if let Some(want) = &diff_id {

@@ -13,6 +13,8 @@ pub mod tasks;
 
 use crate::daemon::Kind;
 use crate::stats::{median, summarize, Summary};
+use berth::api::services::leases::v1::leases_client::LeasesClient;
+use berth::api::services::leases::v1::CreateRequest as CreateLeaseRequest;
 use berth::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use berth::api::services::snapshots::v1::{Kind as SnapshotKind, ListSnapshotsRequest};
 use serde::{Deserialize, Serialize};
@@ -163,6 +165,31 @@ impl Samples {
             ratio: summarize(&self.ratios),
         }
     }
+}
+
+/// Maps a failed call of `kind`'s daemon to the bench's error text.
+pub fn rpc_error(kind: Kind, what: &str) -> impl Fn(tonic::Status) -> String + '_ {
+    move |s| format!("{}: {what}: {:?}: {}", kind.name(), s.code(), s.message())
+}
+
+/// Create lease `id` in `ns`.
+pub async fn create_lease(
+    ch: tonic::transport::Channel,
+    kind: Kind,
+    ns: &str,
+    id: &str,
+) -> crate::Result<()> {
+    LeasesClient::new(ch)
+        .create(berth::with_namespace(
+            ns,
+            CreateLeaseRequest {
+                id: id.into(),
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .map_err(rpc_error(kind, "Leases.Create"))?;
+    Ok(())
 }
 
 /// Index of a daemon in `[berth, containerd]` pairs.

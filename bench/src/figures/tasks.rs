@@ -22,7 +22,7 @@
 //! the temp root; `daemon::sweep` catches whatever an error, panic or Ctrl-C leaves.
 
 use super::footprint::memory;
-use super::{slot, Better, Figure, Outcome, Samples};
+use super::{create_lease, rpc_error, slot, Better, Figure, Outcome, Samples};
 use crate::daemon::{self, order, Kind, Lab};
 use crate::fixtures::{self, Image};
 use crate::{Opts, Result};
@@ -32,9 +32,7 @@ use berth::api::services::containers::v1::{
     ListContainersRequest,
 };
 use berth::api::services::leases::v1::leases_client::LeasesClient;
-use berth::api::services::leases::v1::{
-    CreateRequest as CreateLeaseRequest, DeleteRequest as DeleteLeaseRequest,
-};
+use berth::api::services::leases::v1::DeleteRequest as DeleteLeaseRequest;
 use berth::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use berth::api::services::snapshots::v1::{
     Kind as SnapshotKind, PrepareSnapshotRequest, RemoveSnapshotRequest,
@@ -190,10 +188,6 @@ fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
 
-fn rpc<'a>(s: &'a Side, what: &'static str) -> impl Fn(tonic::Status) -> String + 'a {
-    move |e| format!("{}: {what}: {:?}: {}", s.name(), e.code(), e.message())
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -226,7 +220,7 @@ async fn remove_container(ch: &Channel, s: &Side, id: &str) -> Result<()> {
     match tokio::time::timeout(Duration::from_secs(30), wait).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) if gone(&e) => {}
-        Ok(Err(e)) => return Err(rpc(s, "Tasks.Wait")(e)),
+        Ok(Err(e)) => return Err(rpc_error(s.kind, "Tasks.Wait")(e)),
         Err(_) => {
             return Err(format!(
                 "{}: task {id} still running 30 s after kill -9",
@@ -245,7 +239,7 @@ async fn remove_container(ch: &Channel, s: &Side, id: &str) -> Result<()> {
     {
         Ok(_) => {}
         Err(e) if gone(&e) => {}
-        Err(e) => return Err(rpc(s, "Tasks.Delete")(e)),
+        Err(e) => return Err(rpc_error(s.kind, "Tasks.Delete")(e)),
     }
     let mut containers = ContainersClient::new(ch.clone());
     let key = match containers
@@ -257,7 +251,7 @@ async fn remove_container(ch: &Channel, s: &Side, id: &str) -> Result<()> {
             .container
             .map(|c| (c.snapshotter, c.snapshot_key)),
         Err(e) if gone(&e) => None,
-        Err(e) => return Err(rpc(s, "Containers.Get")(e)),
+        Err(e) => return Err(rpc_error(s.kind, "Containers.Get")(e)),
     };
     match containers
         .delete(with_namespace(ns, DeleteContainerRequest { id: id.into() }))
@@ -265,7 +259,7 @@ async fn remove_container(ch: &Channel, s: &Side, id: &str) -> Result<()> {
     {
         Ok(_) => {}
         Err(e) if gone(&e) => {}
-        Err(e) => return Err(rpc(s, "Containers.Delete")(e)),
+        Err(e) => return Err(rpc_error(s.kind, "Containers.Delete")(e)),
     }
     if let Some((snapshotter, key)) = key.filter(|(_, k)| !k.is_empty()) {
         match SnapshotsClient::new(ch.clone())
@@ -277,7 +271,7 @@ async fn remove_container(ch: &Channel, s: &Side, id: &str) -> Result<()> {
         {
             Ok(_) => {}
             Err(e) if gone(&e) => {}
-            Err(e) => return Err(rpc(s, "Snapshots.Remove")(e)),
+            Err(e) => return Err(rpc_error(s.kind, "Snapshots.Remove")(e)),
         }
     }
     Ok(())
@@ -290,7 +284,7 @@ async fn cleanup(lab: &Lab, s: &Side) -> Result<usize> {
     let listed = TasksClient::new(ch.clone())
         .list(with_namespace(ns, ListTasksRequest::default()))
         .await
-        .map_err(rpc(s, "Tasks.List"))?
+        .map_err(rpc_error(s.kind, "Tasks.List"))?
         .into_inner()
         .tasks;
     let mut ids: Vec<String> = listed
@@ -307,7 +301,7 @@ async fn cleanup(lab: &Lab, s: &Side) -> Result<usize> {
         .max_decoding_message_size(1 << 30)
         .list(with_namespace(ns, ListContainersRequest::default()))
         .await
-        .map_err(rpc(s, "Containers.List"))?
+        .map_err(rpc_error(s.kind, "Containers.List"))?
         .into_inner()
         .containers;
     ids.extend(containers.into_iter().map(|c| c.id));
@@ -319,7 +313,7 @@ async fn cleanup(lab: &Lab, s: &Side) -> Result<usize> {
     // Snapshots a failed run prepared but no container holds.
     let active = super::snapshot_names(ch.clone(), ns, SnapshotKind::Active)
         .await
-        .map_err(rpc(s, "Snapshots.List"))?;
+        .map_err(rpc_error(s.kind, "Snapshots.List"))?;
     for key in active {
         let _ = SnapshotsClient::new(ch.clone())
             .remove(with_namespace(
@@ -476,7 +470,7 @@ async fn ctr_spec(lab: &Lab, s: &Side) -> Result<Value> {
     let c = ContainersClient::new(ch)
         .get(with_namespace(&s.ns, GetContainerRequest { id: id.into() }))
         .await
-        .map_err(rpc(s, "Containers.Get"))?
+        .map_err(rpc_error(s.kind, "Containers.Get"))?
         .into_inner()
         .container
         .ok_or("Containers.Get returned no container")?;
@@ -497,16 +491,7 @@ async fn create_start_once(
     // As containerd's Go client creates a container (ctr run): under a lease, a snapshot of the
     // image's top layer with the container id as key, then the container.
     let lease = format!("bench-{id}");
-    LeasesClient::new(ch.clone())
-        .create(with_namespace(
-            ns,
-            CreateLeaseRequest {
-                id: lease.clone(),
-                labels: Default::default(),
-            },
-        ))
-        .await
-        .map_err(rpc(s, "Leases.Create"))?;
+    create_lease(ch.clone(), s.kind, ns, &lease).await?;
     fn leased<T>(lease: &str, mut r: tonic::Request<T>) -> tonic::Request<T> {
         if let Ok(v) = lease.parse() {
             r.metadata_mut().insert(LEASE_HEADER, v);
@@ -527,7 +512,7 @@ async fn create_start_once(
             ),
         ))
         .await
-        .map_err(rpc(s, "Snapshots.Prepare"))?
+        .map_err(rpc_error(s.kind, "Snapshots.Prepare"))?
         .into_inner()
         .mounts;
     let mut spec = spec.clone();
@@ -558,7 +543,7 @@ async fn create_start_once(
             ),
         ))
         .await
-        .map_err(rpc(s, "Containers.Create"))?;
+        .map_err(rpc_error(s.kind, "Containers.Create"))?;
     LeasesClient::new(ch.clone())
         .delete(with_namespace(
             ns,
@@ -568,7 +553,7 @@ async fn create_start_once(
             },
         ))
         .await
-        .map_err(rpc(s, "Leases.Delete"))?;
+        .map_err(rpc_error(s.kind, "Leases.Delete"))?;
     let mut tasks = TasksClient::new(ch.clone());
     let create = with_namespace(
         ns,
@@ -586,8 +571,14 @@ async fn create_start_once(
         },
     );
     let t = Instant::now();
-    tasks.create(create).await.map_err(rpc(s, "Tasks.Create"))?;
-    tasks.start(start).await.map_err(rpc(s, "Tasks.Start"))?;
+    tasks
+        .create(create)
+        .await
+        .map_err(rpc_error(s.kind, "Tasks.Create"))?;
+    tasks
+        .start(start)
+        .await
+        .map_err(rpc_error(s.kind, "Tasks.Start"))?;
     let dt = t.elapsed();
     remove_container(ch, s, id).await?;
     Ok(dt)

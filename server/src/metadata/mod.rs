@@ -234,6 +234,11 @@ pub struct Pending<'a> {
 }
 
 impl Pending<'_> {
+    /// Nothing to wait for (no transaction was needed).
+    pub fn none(meta: &Metadata) -> Pending<'_> {
+        Pending { meta, seq: 0 }
+    }
+
     pub async fn durable(self) -> Result<()> {
         if self.seq == 0 {
             return Ok(());

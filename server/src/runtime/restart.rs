@@ -20,7 +20,6 @@ use crate::events::Exchange;
 use crate::metadata::containers::ContainerSummary;
 use crate::metadata::Metadata;
 use crate::snapshots::{blocking, to_api_mounts, Snapshotters};
-use berth_api::containerd::events::ContainerUpdate;
 use berth_api::containerd::services::containers::v1::Container;
 use berth_shim::protocol::Status;
 use std::sync::Arc;
@@ -190,16 +189,7 @@ impl RestartMonitor {
             .meta
             .update_container(ns, update, &[format!("labels.{COUNT_LABEL}")])
             .await?;
-        self.events.publish(
-            ns,
-            "/containers/update",
-            &ContainerUpdate {
-                id: c.id.clone(),
-                image: c.image.clone(),
-                labels: c.labels.clone(),
-                snapshot_key: c.snapshot_key.clone(),
-            },
-        );
+        self.events.publish_container_update(ns, &c);
         self.kill_task(ns, &c.id).await?;
         let rootfs = if c.snapshot_key.is_empty() {
             Vec::new()

@@ -1,9 +1,7 @@
 use super::{mask_paths, namespace, reply, RpcResult, State};
 use crate::error::Error;
 use crate::filters::Filter;
-use berth_api::containerd::events::{
-    container_create, ContainerCreate, ContainerDelete, ContainerUpdate,
-};
+use berth_api::containerd::events::{container_create, ContainerCreate, ContainerDelete};
 use berth_api::containerd::services::containers::v1::{containers_server::Containers, *};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -120,16 +118,7 @@ impl Containers for ContainersService {
             .meta
             .update_container(&ns, c, &mask_paths(req.update_mask))
             .await?;
-        self.0.events.publish(
-            &ns,
-            "/containers/update",
-            &ContainerUpdate {
-                id: c.id.clone(),
-                image: c.image.clone(),
-                labels: c.labels.clone(),
-                snapshot_key: c.snapshot_key.clone(),
-            },
-        );
+        self.0.events.publish_container_update(&ns, &c);
         reply(UpdateContainerResponse { container: Some(c) })
     }
 

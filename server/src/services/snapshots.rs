@@ -4,6 +4,7 @@
 use super::{lease, mask_paths, namespace, reply, RpcResult, State};
 use crate::error::{Error, Result};
 use crate::filters::{label_field, Adaptor, Filter};
+use crate::metadata::Pending;
 use crate::snapshots::{blocking, to_api_mounts, Scoped};
 use berth_api::containerd::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
 use berth_api::containerd::services::leases::v1::Resource;
@@ -58,17 +59,11 @@ impl SnapshotsService {
                     id: key.to_string(),
                     r#type: format!("snapshots/{snapshotter}"),
                 };
-                Some(self.0.meta.stage_lease_resource(ns, &lease, &resource)?)
+                self.0.meta.stage_lease_resource(ns, &lease, &resource)?
             }
-            None => None,
+            None => Pending::none(&self.0.meta),
         };
-        let durable = async {
-            match pending {
-                Some(p) => p.durable().await,
-                None => Ok(()),
-            }
-        };
-        let (durable, out) = tokio::join!(durable, blocking(call));
+        let (durable, out) = tokio::join!(pending.durable(), blocking(call));
         durable?;
         out
     }
