@@ -3,6 +3,7 @@
 //! protos). One test binary, so the workspace links it once.
 
 mod api;
+mod authority;
 mod ctr;
 mod events;
 mod fixtures;
