@@ -66,3 +66,8 @@ pub fn run_client_example(lang: &str) {
 fn go_client_example_runs_against_berthd() {
     run_client_example("go");
 }
+
+#[test]
+fn python_client_example_runs_against_berthd() {
+    run_client_example("python");
+}

@@ -422,7 +422,7 @@ func exitEvent(sub grpc.ServerStreamingClient[eventsapi.Envelope], id string) (*
 // runContainer runs the example's container on the unpacked image and removes it again.
 func runContainer(ctx, leased context.Context, c clients, ns, image string, chain []string) (err error) {
 	id := fmt.Sprintf("example-go-%d", time.Now().UnixNano())
-	mounts, err := c.snapshots.Prepare(leased, &snapshots.PrepareSnapshotRequest{Snapshotter: snapshotter, Key: id, Parent: chain[len(chain)-1]})
+	_, err = c.snapshots.Prepare(leased, &snapshots.PrepareSnapshotRequest{Snapshotter: snapshotter, Key: id, Parent: chain[len(chain)-1]})
 	if err != nil {
 		return fmt.Errorf("prepare rootfs: %w", err)
 	}
@@ -500,6 +500,10 @@ func runContainer(ctx, leased context.Context, c clients, ns, image string, chai
 		exited <- err
 	}()
 
+	mounts, err := c.snapshots.Mounts(ctx, &snapshots.MountsRequest{Snapshotter: snapshotter, Key: id})
+	if err != nil {
+		return fmt.Errorf("rootfs mounts: %w", err)
+	}
 	created, err := c.tasks.Create(ctx, &tasks.CreateTaskRequest{ContainerId: id, Rootfs: mounts.GetMounts(), Stdout: stdout})
 	if err != nil {
 		return fmt.Errorf("create task: %w", err)
