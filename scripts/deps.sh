@@ -25,3 +25,4 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 command -v cargo >/dev/null || { echo "berth needs a Rust toolchain (cargo): install it with rustup" >&2; exit 1; }
+for d in "$(dirname "$0")"/../clients/*/deps.sh; do "$d"; done  # each generated client's system needs
