@@ -26,3 +26,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v cargo >/dev/null || { echo "berth needs a Rust toolchain (cargo): install it with rustup" >&2; exit 1; }
 "$(dirname "$0")/deps-grpc-peers.sh"   # grpcio and @grpc/grpc-js for the :authority e2e test
+for d in "$(dirname "$0")"/../clients/*/deps.sh; do "$d"; done  # each generated client's system needs

@@ -4,6 +4,7 @@
 
 mod api;
 mod authority;
+mod clients;
 mod ctr;
 mod events;
 mod fixtures;
