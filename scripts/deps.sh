@@ -25,3 +25,4 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 command -v cargo >/dev/null || { echo "berth needs a Rust toolchain (cargo): install it with rustup" >&2; exit 1; }
+"$(dirname "$0")"/../clients/deps-typescript-java.sh  # node/npm, JDK 17 and Maven for the TypeScript and Java clients
