@@ -3,6 +3,7 @@
 //! protos). One test binary, so the workspace links it once.
 
 mod api;
+mod clients;
 mod ctr;
 mod events;
 mod fixtures;
