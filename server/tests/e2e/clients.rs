@@ -71,3 +71,13 @@ fn go_client_example_runs_against_berthd() {
 fn python_client_example_runs_against_berthd() {
     run_client_example("python");
 }
+
+#[test]
+fn typescript_client_example_runs_against_berthd() {
+    run_client_example("typescript");
+}
+
+#[test]
+fn java_client_example_runs_against_berthd() {
+    run_client_example("java");
+}
