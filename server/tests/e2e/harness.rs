@@ -13,6 +13,21 @@ pub struct Daemon {
     pub socket: PathBuf,
 }
 
+/// A token unique to this test process on this host (its pid and a random part, for pid
+/// namespaces): names that the host shares between processes — namespaces, which become cgroup
+/// paths `/<ns>/<id>` — carry it, so two runs of the suite at once (CI beside a developer) never
+/// meet.
+pub fn process_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS per process: random enough, without a dependency.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        format!("{}-{:04x}", std::process::id(), h.finish() & 0xffff)
+    })
+}
+
 /// The tests mount, chown and lock as a daemon does; say so rather than fail obscurely.
 pub fn require_root() {
     assert!(
