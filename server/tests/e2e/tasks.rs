@@ -971,11 +971,12 @@ fn detached_task_lifecycle() {
     let pid = f.run_d("life-sleep", &["sleep", "1000"]);
     let row = f.task("life-sleep").expect("listed");
     assert_eq!(row.status, "RUNNING", "{row:?}");
-    assert_eq!(
-        cmdline(pid).as_deref(),
-        Some(&["sleep".to_string(), "1000".to_string()][..]),
-        "the pid in tasks ls is the container's init as the host sees it"
-    );
+    // The pid in tasks ls is the container's init as the host sees it. `runc start` returns
+    // once it has told the init to go, which may still be `runc init` a moment before its exec.
+    wait_for(PATIENCE, "the init to exec sleep", || match cmdline(pid) {
+        Some(args) if args == ["sleep", "1000"] => Ok(()),
+        other => Err(format!("{pid} runs {other:?}")),
+    });
 
     // tasks ps lists the init pid.
     let ps = f.ctr(&["tasks", "ps", "life-sleep"]);
@@ -1941,14 +1942,15 @@ fn tasks_survive_a_daemon_restart_in_their_true_states() {
     assert!(left.is_empty(), "task state remains: {left:?}");
 }
 
-/// Paths under `dir` whose file name contains `needle` (bundles, sockets, runc state…).
+/// Paths under `dir` whose file name starts with `needle` (bundles, sockets, runc state…): the
+/// test's container ids do, its namespace (`berth-e2e-<test>-<token>`) does not.
 fn files_naming(dir: &Path, needle: &str) -> Vec<PathBuf> {
     let mut found = vec![];
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let path = e.path();
-            if e.file_name().to_string_lossy().contains(needle) {
+            if e.file_name().to_string_lossy().starts_with(needle) {
                 found.push(path.clone());
             }
             if e.file_type().is_ok_and(|t| t.is_dir()) {
