@@ -41,6 +41,8 @@ use containerd_client::with_namespace;
 use prost_types::{Any, FieldMask};
 
 use crate::events::Events;
+use berth_testkit::skip::{skip, skip_unless_ci};
+
 use crate::fixtures::busybox_oci_archive;
 use crate::harness::{ctr_command, process_token, Daemon};
 
@@ -1319,7 +1321,10 @@ fn runc_options_reach_runc() {
 #[test]
 fn run_with_crun() {
     if !on_path("crun") {
-        eprintln!("skipped: crun is not installed (scripts/deps.sh installs Debian's crun)");
+        skip_unless_ci(
+            "tasks::run_with_crun",
+            "crun is not installed (scripts/deps.sh installs Debian's crun)",
+        );
         return;
     }
     let f = Fixture::start("berth-e2e-crun");
@@ -1328,9 +1333,10 @@ fn run_with_crun() {
         // crun refuses such hosts ("cgroups in hybrid mode not supported"), as it would under
         // containerd. Its own refusal still proves berthd ran crun rather than runc; and the failed
         // create must leave nothing behind.
-        eprintln!(
-            "crun cannot run containers on this host (cgroup v1 with controllers on the v2 \
-             hierarchy): checking only that berthd ran crun and cleaned up after its refusal"
+        skip(
+            "tasks::run_with_crun (a container under crun)",
+            "crun refuses this host's hybrid cgroups (v1, with controllers on the v2 hierarchy); \
+             checked only that berthd ran crun and cleaned up after its refusal",
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
