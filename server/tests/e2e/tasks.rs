@@ -935,6 +935,7 @@ fn restart_monitor_keeps_labelled_containers_in_their_status() {
             }
         },
     );
+    // That no third restart comes is an absence, seen over a window: four monitor rounds.
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(labels("rs-fail")["containerd.io/restart.count"], "2");
     assert_eq!(f.task("rs-fail").map(|r| r.status), Some("STOPPED".into()));
@@ -950,6 +951,7 @@ fn restart_monitor_keeps_labelled_containers_in_their_status() {
     // Stopped is what rs-fail should stay: its task can go without the monitor starting another.
     label("rs-fail", "containerd.io/restart.status=stopped");
     f.ctr(&["tasks", "delete", "rs-fail"]);
+    // An absence again: two monitor rounds and more.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         f.task("rs-fail"),
@@ -1031,7 +1033,8 @@ fn detached_task_lifecycle() {
         Code::NotFound,
     );
 
-    // SIGTERM does not kill a PID-1 sleep (no handler): still running a moment later.
+    // SIGTERM does not kill a PID-1 sleep (no handler): still running a moment later (an absence,
+    // seen over a window).
     f.ctr(&["tasks", "kill", "life-sleep"]);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(f.task("life-sleep").expect("listed").status, "RUNNING");
@@ -1094,28 +1097,64 @@ fn pause_freezes_the_container_and_resume_thaws_it() {
             .map(drop)
             .map_err(|e| e.to_string())
     });
-    let a = count();
-    std::thread::sleep(Duration::from_millis(300));
-    let b = count();
-    assert!(b > a, "the counter does not run before pausing ({a} → {b})");
+    let advances = |what: &str| {
+        let from = count();
+        wait_for(PATIENCE, what, || match count() {
+            n if n > from => Ok(()),
+            n => Err(format!("{from} → {n}")),
+        });
+    };
+    advances("the counter to run before pausing");
 
     f.ctr(&["tasks", "pause", "pause-count"]);
     assert_eq!(f.task("pause-count").expect("listed").status, "PAUSED");
-    // Frozen: not even a write in progress completes, so compare the raw contents.
+    // The kernel's word that every process of the container is frozen.
+    wait_for(
+        PATIENCE,
+        "the container's cgroup to be frozen",
+        || match freezer_state(pid)? {
+            true => Ok(()),
+            false => Err("not frozen".into()),
+        },
+    );
+    // Frozen: not even a write in progress completes, so compare the raw contents. That nothing
+    // happens needs a window to see (ten ticks of the counter); once the freezer says FROZEN its
+    // length cannot fail a correct daemon, only make the check weaker.
     let before = std::fs::read_to_string(&count_file).expect("read count");
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(200));
     let after = std::fs::read_to_string(&count_file).expect("read count");
     assert_eq!(before, after, "the counter advanced while paused");
 
     f.ctr(&["tasks", "resume", "pause-count"]);
     assert_eq!(f.task("pause-count").expect("listed").status, "RUNNING");
-    let c = count();
-    std::thread::sleep(Duration::from_millis(300));
-    let d = count();
-    assert!(d > c, "the counter does not run after resume ({c} → {d})");
+    advances("the counter to run after resume");
 
     f.remove("pause-count");
     assert!(f.tasks().is_empty(), "{:?}", f.tasks());
+}
+
+/// Whether the freezer holds the cgroup of `pid`: cgroup v1's `freezer.state` is FROZEN, or v2's
+/// `cgroup.events` says `frozen 1`. (Paths in /proc/PID/cgroup are relative to the hierarchies'
+/// roots: the tests run in the host's cgroup namespace.)
+fn freezer_state(pid: u32) -> Result<bool, String> {
+    let read = |p: String| std::fs::read_to_string(&p).map_err(|e| format!("{p}: {e}"));
+    let cgroups = read(format!("/proc/{pid}/cgroup"))?;
+    let mut unified = None;
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let controllers = fields.nth(1).unwrap_or_default();
+        let path = fields.next().unwrap_or_default().trim_start_matches('/');
+        if controllers.split(',').any(|c| c == "freezer") {
+            let state = read(format!("/sys/fs/cgroup/freezer/{path}/freezer.state"))?;
+            return Ok(state.trim() == "FROZEN");
+        }
+        if controllers.is_empty() {
+            unified = Some(path.to_string());
+        }
+    }
+    let path = unified.ok_or_else(|| format!("no freezer in the cgroups of {pid}: {cgroups}"))?;
+    let events = read(format!("/sys/fs/cgroup/{path}/cgroup.events"))?;
+    Ok(events.lines().any(|l| l == "frozen 1"))
 }
 
 // =============================================================================================
