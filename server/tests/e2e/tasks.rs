@@ -264,6 +264,11 @@ impl Drop for Fixture {
             self.cleanup_through_daemon();
         }
         let leftovers = force_clean(self.d.dir.path(), &self.d.state());
+        // runc leaves the namespace level `/<ns>` of the cgroups behind (containerd leaves
+        // /default too); the namespace is this fixture's alone, and rmdir refuses a non-empty one.
+        for dir in namespace_cgroups(self.ns) {
+            let _ = std::fs::remove_dir(dir);
+        }
         if !leftovers.is_empty() && !std::thread::panicking() {
             // The test passed but left something the daemon should have removed: say so loudly
             // (a panic in drop would abort), the leak test is where this is asserted.
