@@ -49,3 +49,34 @@ fn record(line: &str) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // One test, as it sets the process's environment.
+    #[test]
+    fn skips_are_recorded_and_ci_refuses_what_it_provides() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("skips");
+        std::env::set_var("BERTH_TEST_SKIPS", &file);
+        std::env::set_var("CI", "false");
+        skip("a::case", "the host cannot");
+        skip_unless_ci("b::case", "no crun here");
+        std::env::set_var("CI", "true");
+        skip("c::case", "the host still cannot");
+        let refused = std::panic::catch_unwind(|| skip_unless_ci("d::case", "not root"));
+        std::env::remove_var("CI");
+        std::env::remove_var("BERTH_TEST_SKIPS");
+        assert!(
+            refused.is_err(),
+            "CI=true let a skip of what CI provides pass"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "SKIPPED: a::case: the host cannot\n\
+             SKIPPED: b::case: no crun here\n\
+             SKIPPED: c::case: the host still cannot\n"
+        );
+    }
+}
