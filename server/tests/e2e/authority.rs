@@ -42,7 +42,7 @@ async fn prepare(d: &Daemon) -> (Container, VersionResponse) {
         }),
         spec: Some(Any {
             type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
-            value: include_bytes!("spec.json").to_vec(),
+            value: berth_testkit::SPEC_JSON.to_vec(),
         }),
         snapshotter: "overlayfs".into(),
         snapshot_key: "authority-probe".into(),

@@ -4,7 +4,7 @@
 //! /tasks/exit event, cleanup). What the example left behind is checked here with `ctr`.
 
 use crate::fixtures::busybox_oci_archive;
-use crate::harness::Daemon;
+use crate::harness::{process_token, Daemon};
 use std::path::Path;
 use std::process::Command;
 
@@ -14,7 +14,8 @@ const IMAGE: &str = "docker.io/berth/busybox:clients";
 /// `clients/<lang>/run-example` against them; insist it succeeds and did what it says.
 pub fn run_client_example(lang: &str) {
     let d = Daemon::start();
-    let ns = format!("client-{lang}");
+    // The container's cgroup path names the namespace: unique to this test process.
+    let ns = format!("client-{lang}-{}", process_token());
     let dir = tempfile::tempdir().expect("temp dir");
     let archive = busybox_oci_archive(dir.path(), IMAGE);
     let layout = dir.path().join("layout");
