@@ -96,11 +96,19 @@ pub struct ProxyPlugin {
     /// The snapshotter name to ask the remote for (berth extension; default: the plugin's name).
     #[serde(default)]
     pub snapshotter: Option<String>,
+    /// The bound on each call to the plugin, connecting included (berth extension): a hung plugin
+    /// fails the call with DeadlineExceeded instead of holding its caller.
+    #[serde(default = "default_proxy_timeout_ms")]
+    pub timeout_ms: u64,
     /// Accepted for containerd config compatibility; berth does not use them.
     #[serde(default)]
     pub platform: Option<String>,
     #[serde(default)]
     pub capabilities: Vec<String>,
+}
+
+fn default_proxy_timeout_ms() -> u64 {
+    30_000
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -233,7 +233,12 @@ fn open_snapshotters(config: &Config) -> Result<(Snapshotters, Vec<(String, Stri
             )));
         }
         let remote_name = plugin.snapshotter.as_deref().unwrap_or(name);
-        let remote = RemoteSnapshotter::new(name, remote_name, &plugin.address)?;
+        let remote = RemoteSnapshotter::new(
+            name,
+            remote_name,
+            &plugin.address,
+            Duration::from_millis(plugin.timeout_ms.max(1)),
+        )?;
         tracing::info!(name, address = %plugin.address.display(), "proxy snapshotter");
         snapshotters.insert(Arc::new(remote));
     }

@@ -71,13 +71,17 @@ impl Collector {
 
     /// Collect now and return what went (`sync` deletions wait for this).
     pub async fn collect(&self) -> Result<Stats> {
-        let _one_at_a_time = self.running.lock().await;
         let started = Instant::now();
         let marked_at = SystemTime::now();
-        self.meta.expire_leases(marked_at).await?;
-        let mut stats = Stats::default();
+        // Listed before taking the lock: a proxy snapshotter's listing may take up to its bound,
+        // and must not hold up other collections (and the synchronous deletes waiting on them)
+        // meanwhile. A listing older than another collection's sweep is still safe: only what it
+        // lists may be swept, and removing what is already gone is ignored.
         let snapshotters = self.snapshotters.clone();
         let mut snapshots = blocking(move || snapshotters.list_by_namespace()).await?;
+        let _one_at_a_time = self.running.lock().await;
+        self.meta.expire_leases(marked_at).await?;
+        let mut stats = Stats::default();
         for ns in self.meta.list_namespaces()? {
             let seen = snapshots.remove(&ns.name).unwrap_or_default();
             let live = self.mark(&ns.name, &seen)?;
