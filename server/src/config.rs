@@ -41,6 +41,12 @@ pub struct TasksConfig {
     /// How often the restart monitor brings containers labelled `containerd.io/restart.status`
     /// back to that status (containerd's restart plugin `interval`).
     pub restart_interval_ms: u64,
+    /// How long `berth-shim start` may take to print its socket; past it the launcher is killed
+    /// and the task's create fails with DeadlineExceeded.
+    pub shim_start_timeout_ms: u64,
+    /// How long one runc (runtime) command inside a shim may run before the shim kills it and
+    /// fails the call with DeadlineExceeded. Keep it under the daemon's 120 s wait for such calls.
+    pub runtime_timeout_ms: u64,
 }
 
 impl Default for TasksConfig {
@@ -49,6 +55,8 @@ impl Default for TasksConfig {
             shim: PathBuf::new(),
             shim_connect_timeout_ms: 1000,
             restart_interval_ms: 10_000,
+            shim_start_timeout_ms: 30_000,
+            runtime_timeout_ms: 60_000,
         }
     }
 }

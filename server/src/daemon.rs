@@ -55,13 +55,19 @@ pub async fn run(config: Config) -> Result<()> {
         config.leases.expiry_interval_secs,
     ));
 
-    let tasks = Arc::new(TaskManager::new(
-        &config.state,
-        shim_binary(&config)?,
-        config.runtimes.clone(),
-        Duration::from_millis(config.tasks.shim_connect_timeout_ms),
-        state.events.clone(),
-    )?);
+    let tasks = Arc::new(
+        TaskManager::new(
+            &config.state,
+            shim_binary(&config)?,
+            config.runtimes.clone(),
+            Duration::from_millis(config.tasks.shim_connect_timeout_ms),
+            state.events.clone(),
+        )?
+        .with_timeouts(
+            Duration::from_millis(config.tasks.shim_start_timeout_ms.max(1)),
+            Duration::from_millis(config.tasks.runtime_timeout_ms.max(1)),
+        ),
+    );
     let recovered = tasks.recover().await?;
     if recovered > 0 {
         tracing::info!(tasks = recovered, "reconnected to running shims");
