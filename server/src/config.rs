@@ -23,6 +23,7 @@ pub struct Config {
     /// External plugins reached over a unix socket, as containerd's `[proxy_plugins.NAME]`.
     pub proxy_plugins: std::collections::BTreeMap<String, ProxyPlugin>,
     pub tasks: TasksConfig,
+    pub events: EventsConfig,
     /// Runtimes a container may name (`Container.runtime.name`), as containerd's CRI
     /// `runtimes.NAME`. `io.containerd.runc.v2` (berth-shim + runc) is always there.
     pub runtimes: std::collections::BTreeMap<String, RuntimeConfig>,
@@ -57,6 +58,29 @@ impl Default for TasksConfig {
             restart_interval_ms: 10_000,
             shim_start_timeout_ms: 30_000,
             runtime_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// What one client may make the event exchange hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Largest event (encoded envelope) Events.Publish and Events.Forward accept.
+    pub max_event_bytes: usize,
+    /// A subscriber further behind than this many events, or bytes, is dropped with
+    /// ResourceExhausted (it may subscribe again).
+    pub backlog_events: usize,
+    pub backlog_bytes: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        let limits = crate::events::Limits::default();
+        EventsConfig {
+            max_event_bytes: limits.max_event_bytes,
+            backlog_events: limits.backlog_events,
+            backlog_bytes: limits.backlog_bytes,
         }
     }
 }
@@ -177,6 +201,7 @@ impl Default for Config {
             diff: DiffConfig::default(),
             proxy_plugins: Default::default(),
             tasks: TasksConfig::default(),
+            events: EventsConfig::default(),
             runtimes: [(DEFAULT_RUNTIME.to_string(), RuntimeConfig::default())].into(),
         }
     }

@@ -46,7 +46,11 @@ pub async fn run(config: Config) -> Result<()> {
     let state = Arc::new(State {
         meta: meta.clone(),
         content,
-        events: Exchange::default(),
+        events: Exchange::new(crate::events::Limits {
+            max_event_bytes: config.events.max_event_bytes,
+            backlog_events: config.events.backlog_events.max(1),
+            backlog_bytes: config.events.backlog_bytes,
+        }),
         snapshotters,
         gc,
     });

@@ -25,6 +25,9 @@ pub enum Error {
     Unimplemented(String),
     #[error("{0}")]
     Canceled(String),
+    /// A per-client limit was reached (an event too large, a subscriber too far behind).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A wait ran past its bound (a hung proxy snapshotter, shim or runtime).
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -82,6 +85,7 @@ impl From<Error> for tonic::Status {
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Canceled(_) => Code::Cancelled,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => Code::NotFound,
             Error::Io { .. } | Error::Store(_) | Error::Internal(_) => Code::Internal,
         };
