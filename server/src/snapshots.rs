@@ -8,7 +8,12 @@ use berth_snapshotter::{Info, Mount, Snapshotter, Usage};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
 
-/// Run filesystem work (snapshotter calls, tree walks) off the async threads.
+/// berthd's one way to offload: file system, sled, hashing and process work never runs on a
+/// tokio worker thread (one stalled worker stalls every connection it serves). Such work goes
+/// through here — not `spawn_blocking` directly, nor `block_in_place` (which panics on a
+/// current-thread runtime and blocks the tasks queued on its worker until it is handed off);
+/// streaming work is `tokio::spawn(blocking(...))`. Not yet covered: metadata calls in request
+/// handlers (in-memory sled reads and transactions; flushes are offloaded), see ARCHITECTURE.md.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
