@@ -23,6 +23,7 @@ pub struct Config {
     /// External plugins reached over a unix socket, as containerd's `[proxy_plugins.NAME]`.
     pub proxy_plugins: std::collections::BTreeMap<String, ProxyPlugin>,
     pub tasks: TasksConfig,
+    pub events: EventsConfig,
     /// Runtimes a container may name (`Container.runtime.name`), as containerd's CRI
     /// `runtimes.NAME`. `io.containerd.runc.v2` (berth-shim + runc) is always there.
     pub runtimes: std::collections::BTreeMap<String, RuntimeConfig>,
@@ -41,6 +42,12 @@ pub struct TasksConfig {
     /// How often the restart monitor brings containers labelled `containerd.io/restart.status`
     /// back to that status (containerd's restart plugin `interval`).
     pub restart_interval_ms: u64,
+    /// How long `berth-shim start` may take to print its socket; past it the launcher is killed
+    /// and the task's create fails with DeadlineExceeded.
+    pub shim_start_timeout_ms: u64,
+    /// How long one runc (runtime) command inside a shim may run before the shim kills it and
+    /// fails the call with DeadlineExceeded. Keep it under the daemon's 120 s wait for such calls.
+    pub runtime_timeout_ms: u64,
 }
 
 impl Default for TasksConfig {
@@ -49,6 +56,31 @@ impl Default for TasksConfig {
             shim: PathBuf::new(),
             shim_connect_timeout_ms: 1000,
             restart_interval_ms: 10_000,
+            shim_start_timeout_ms: 30_000,
+            runtime_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// What one client may make the event exchange hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Largest event (encoded envelope) Events.Publish and Events.Forward accept.
+    pub max_event_bytes: usize,
+    /// A subscriber further behind than this many events, or bytes, is dropped with
+    /// ResourceExhausted (it may subscribe again).
+    pub backlog_events: usize,
+    pub backlog_bytes: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        let limits = crate::events::Limits::default();
+        EventsConfig {
+            max_event_bytes: limits.max_event_bytes,
+            backlog_events: limits.backlog_events,
+            backlog_bytes: limits.backlog_bytes,
         }
     }
 }
@@ -96,11 +128,19 @@ pub struct ProxyPlugin {
     /// The snapshotter name to ask the remote for (berth extension; default: the plugin's name).
     #[serde(default)]
     pub snapshotter: Option<String>,
+    /// The bound on each call to the plugin, connecting included (berth extension): a hung plugin
+    /// fails the call with DeadlineExceeded instead of holding its caller.
+    #[serde(default = "default_proxy_timeout_ms")]
+    pub timeout_ms: u64,
     /// Accepted for containerd config compatibility; berth does not use them.
     #[serde(default)]
     pub platform: Option<String>,
     #[serde(default)]
     pub capabilities: Vec<String>,
+}
+
+fn default_proxy_timeout_ms() -> u64 {
+    30_000
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,6 +201,7 @@ impl Default for Config {
             diff: DiffConfig::default(),
             proxy_plugins: Default::default(),
             tasks: TasksConfig::default(),
+            events: EventsConfig::default(),
             runtimes: [(DEFAULT_RUNTIME.to_string(), RuntimeConfig::default())].into(),
         }
     }

@@ -48,7 +48,11 @@ pub async fn run(config: Config) -> Result<()> {
     let state = Arc::new(State {
         meta: meta.clone(),
         content,
-        events: Exchange::default(),
+        events: Exchange::new(crate::events::Limits {
+            max_event_bytes: config.events.max_event_bytes,
+            backlog_events: config.events.backlog_events.max(1),
+            backlog_bytes: config.events.backlog_bytes,
+        }),
         snapshotters,
         gc,
     });
@@ -57,13 +61,19 @@ pub async fn run(config: Config) -> Result<()> {
         config.leases.expiry_interval_secs,
     ));
 
-    let tasks = Arc::new(TaskManager::new(
-        &config.state,
-        shim_binary(&config)?,
-        config.runtimes.clone(),
-        Duration::from_millis(config.tasks.shim_connect_timeout_ms),
-        state.events.clone(),
-    )?);
+    let tasks = Arc::new(
+        TaskManager::new(
+            &config.state,
+            shim_binary(&config)?,
+            config.runtimes.clone(),
+            Duration::from_millis(config.tasks.shim_connect_timeout_ms),
+            state.events.clone(),
+        )?
+        .with_timeouts(
+            Duration::from_millis(config.tasks.shim_start_timeout_ms.max(1)),
+            Duration::from_millis(config.tasks.runtime_timeout_ms.max(1)),
+        ),
+    );
     let recovered = tasks.recover().await?;
     if recovered > 0 {
         tracing::info!(tasks = recovered, "reconnected to running shims");
@@ -240,7 +250,12 @@ fn open_snapshotters(config: &Config) -> Result<(Snapshotters, Vec<(String, Stri
             )));
         }
         let remote_name = plugin.snapshotter.as_deref().unwrap_or(name);
-        let remote = RemoteSnapshotter::new(name, remote_name, &plugin.address)?;
+        let remote = RemoteSnapshotter::new(
+            name,
+            remote_name,
+            &plugin.address,
+            Duration::from_millis(plugin.timeout_ms.max(1)),
+        )?;
         tracing::info!(name, address = %plugin.address.display(), "proxy snapshotter");
         snapshotters.insert(Arc::new(remote));
     }

@@ -25,6 +25,12 @@ pub enum Error {
     Unimplemented(String),
     #[error("{0}")]
     Canceled(String),
+    /// A per-client limit was reached (an event too large, a subscriber too far behind).
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A wait ran past its bound (a hung proxy snapshotter, shim or runtime).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -78,6 +84,8 @@ impl From<Error> for tonic::Status {
             Error::OutOfRange(_) => Code::OutOfRange,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Canceled(_) => Code::Cancelled,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => Code::NotFound,
             Error::Io { .. } | Error::Store(_) | Error::Internal(_) => Code::Internal,
         };
@@ -102,6 +110,8 @@ impl From<berth_snapshotter::Error> for Error {
             S::AlreadyExists(_) => Error::AlreadyExists(e.to_string()),
             S::FailedPrecondition(m) => Error::FailedPrecondition(m),
             S::InvalidArgument(m) => Error::InvalidArgument(m),
+            S::Unavailable(m) => Error::Unavailable(m),
+            S::DeadlineExceeded(m) => Error::DeadlineExceeded(m),
             S::Io { context, source } => Error::Io { context, source },
         }
     }

@@ -6,9 +6,14 @@
 use crate::error::{Error, Result};
 use berth_snapshotter::{Info, Mount, Snapshotter, Usage};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-/// Run filesystem work (snapshotter calls, tree walks) off the async threads.
+/// berthd's one way to offload: file system, sled, hashing and process work never runs on a
+/// tokio worker thread (one stalled worker stalls every connection it serves). Such work goes
+/// through here — not `spawn_blocking` directly, nor `block_in_place` (which panics on a
+/// current-thread runtime and blocks the tasks queued on its worker until it is handed off);
+/// streaming work is `tokio::spawn(blocking(...))`. Not yet covered: metadata calls in request
+/// handlers (in-memory sled reads and transactions; flushes are offloaded), see ARCHITECTURE.md.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
@@ -50,11 +55,29 @@ pub type NamespaceSnapshots = HashMap<String, HashMap<String, Info>>;
 #[derive(Default, Clone)]
 pub struct Snapshotters {
     by_name: BTreeMap<String, Arc<dyn Snapshotter>>,
+    /// Per namespace: creating a snapshot holds it shared, deleting the namespace exclusive, so
+    /// the "no snapshots" check and the deletion cannot straddle a Prepare or View.
+    guards: Arc<std::sync::Mutex<HashMap<String, Weak<tokio::sync::RwLock<()>>>>>,
 }
 
 impl Snapshotters {
     pub fn insert(&mut self, s: Arc<dyn Snapshotter>) {
         self.by_name.insert(s.name().to_string(), s);
+    }
+
+    /// The guard of namespace `ns` (see `guards`); take it shared around creating a snapshot,
+    /// exclusive around deleting the namespace.
+    pub fn namespace_guard(&self, ns: &str) -> Arc<tokio::sync::RwLock<()>> {
+        // A poisoned lock only means a panic mid-update of a plain map.
+        let mut guards = self.guards.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = guards.get(ns).and_then(Weak::upgrade) {
+            return g;
+        }
+        // Entries live only while someone holds them.
+        guards.retain(|_, g| g.strong_count() > 0);
+        let g = Arc::new(tokio::sync::RwLock::new(()));
+        guards.insert(ns.to_string(), Arc::downgrade(&g));
+        g
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

@@ -741,3 +741,71 @@ fn init_exit_kills_the_rest_without_a_pid_namespace() {
     let _: Empty = b.call(Request::Shutdown).unwrap();
     b.assert_clean();
 }
+
+#[test]
+fn a_hung_runtime_is_killed_at_the_bound_and_the_shim_keeps_serving() {
+    // runc for everything but `start`, which hangs (recording its pid first).
+    let b = Bundle::prepare("hungrunc", &["sleep", "100"], false);
+    let tools = tempfile::tempdir().unwrap();
+    let hung_pid = tools.path().join("hung.pid");
+    let wrapper = tools.path().join("runc-hangs-in-start");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nfor a; do\n  if [ \"$a\" = start ]; then echo $$ > {}; exec sleep 600; fi\ndone\nexec runc \"$@\"\n",
+            hung_pid.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut args = b.shim_args();
+    let runtime = args.iter().position(|a| a == "--runtime-binary").unwrap() + 1;
+    args[runtime] = wrapper.display().to_string();
+    args.extend(["--runtime-timeout-ms".to_string(), "1000".to_string()]);
+    let out = std::process::Command::new(SHIM)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut b = b;
+    b.shim_pid = fs::read_to_string(b.bundle().join("shim.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    b.create("", "", "", false);
+    let started = std::time::Instant::now();
+    let r = b.call::<PidReply>(Request::Start {
+        exec_id: String::new(),
+    });
+    let elapsed = started.elapsed();
+    match r {
+        Err(berth_shim::client::CallError::Shim(e)) => {
+            assert_eq!(e.kind, ErrorKind::DeadlineExceeded, "{e:?}");
+            assert!(e.message.contains("did not finish within"), "{e:?}");
+        }
+        other => panic!("start through a hung runtime answered {other:?}"),
+    }
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5),
+        "{elapsed:?}"
+    );
+    // The hung runtime was killed...
+    let pid: u32 = fs::read_to_string(&hung_pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        !process_alive(pid),
+        "the hung runtime {pid} is still running"
+    );
+    // ...and the shim serves on: the init is still just created.
+    let state = b.state("").expect("state after the timeout");
+    assert_eq!(state.status, Status::Created, "{state:?}");
+}

@@ -12,6 +12,12 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     InvalidArgument(String),
+    /// The store cannot be reached now (a proxy snapshotter's socket); the client may retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The store did not answer within its bound (a hung proxy snapshotter).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("{context}: {source}")]
     Io {
         context: String,

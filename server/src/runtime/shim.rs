@@ -34,7 +34,7 @@ impl ShimSocket {
         let exchange = self.exchange(req);
         let resp = match timeout {
             Some(t) => tokio::time::timeout(t, exchange).await.map_err(|_| {
-                Error::Internal(format!(
+                Error::DeadlineExceeded(format!(
                     "task {}: the shim did not answer {} within {t:?}",
                     self.task,
                     req.op()
@@ -99,6 +99,7 @@ impl ShimSocket {
             ErrorKind::FailedPrecondition => Error::FailedPrecondition(msg),
             ErrorKind::Unimplemented => Error::Unimplemented(msg),
             ErrorKind::Unavailable => Error::Unavailable(msg),
+            ErrorKind::DeadlineExceeded => Error::DeadlineExceeded(msg),
             ErrorKind::Internal => Error::Internal(msg),
         }
     }
@@ -116,6 +117,10 @@ pub struct Launch<'a> {
     pub systemd_cgroup: bool,
     pub no_pivot_root: bool,
     pub no_new_keyring: bool,
+    /// The bound on `berth-shim start` itself.
+    pub timeout: Duration,
+    /// Passed to the shim: the bound on each runtime command it runs.
+    pub runtime_timeout: Duration,
 }
 
 /// Run `berth-shim start`: it daemonizes (its own session, reparented away from berthd) and
@@ -135,9 +140,15 @@ pub async fn launch(l: &Launch<'_>) -> Result<PathBuf> {
         .arg(l.runtime_binary)
         .arg("--runtime-root")
         .arg(l.runtime_root)
+        .arg("--runtime-timeout-ms")
+        .arg(l.runtime_timeout.as_millis().max(1).to_string())
         .arg("--log")
         .arg(l.bundle.join("shim.log"))
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        // Its own group, so that on timeout whatever it started and did not detach goes too.
+        .process_group(0)
         .kill_on_drop(true);
     for (set, flag) in [
         (l.systemd_cgroup, "--systemd-cgroup"),
@@ -148,12 +159,34 @@ pub async fn launch(l: &Launch<'_>) -> Result<PathBuf> {
             cmd.arg(flag);
         }
     }
-    let out = cmd.output().await.map_err(|e| {
+    let child = cmd.spawn().map_err(|e| {
         Error::Internal(format!(
             "cannot run the shim {}: {e} (berth-shim belongs beside berthd, or set [tasks] shim)",
             l.shim.display()
         ))
     })?;
+    let group = child.id();
+    // On timeout the child is dropped, so killed (kill_on_drop), and reaped by tokio; the
+    // caller's reservation of the task then ends with the error.
+    let out = match tokio::time::timeout(l.timeout, child.wait_with_output()).await {
+        Ok(out) => out.map_err(|e| {
+            Error::Internal(format!("waiting for the shim {}: {e}", l.shim.display()))
+        })?,
+        Err(_) => {
+            if let Some(pgid) = group {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pgid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            return Err(Error::DeadlineExceeded(format!(
+                "starting the shim for task {}: {} start did not finish within {:?}; it was killed",
+                l.id,
+                l.shim.display(),
+                l.timeout
+            )));
+        }
+    };
     if !out.status.success() {
         return Err(Error::Internal(format!(
             "starting the shim for task {}: {} ({})",

@@ -2132,3 +2132,60 @@ fn a_hundred_runs_leak_nothing() {
         fds_after.len()
     );
 }
+
+#[test]
+fn a_hung_shim_launch_is_bounded_and_frees_the_task() {
+    // A stand-in for berth-shim whose `start` never prints its socket (recording its pid first).
+    let tools = tempfile::tempdir().expect("temp dir");
+    let pids = tools.path().join("pids");
+    let shim = tools.path().join("hung-shim");
+    std::fs::write(
+        &shim,
+        format!("#!/bin/sh\necho $$ >> {}\nexec sleep 600\n", pids.display()),
+    )
+    .expect("write stand-in shim");
+    std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod stand-in shim");
+    let f = Fixture::start_with_config(
+        "berth-e2e-hung-shim",
+        &format!(
+            "[tasks]\nshim = \"{}\"\nshim_start_timeout_ms = 1000\n",
+            shim.display()
+        ),
+    );
+    f.ctr(&["containers", "create", IMAGE, "hung-launch", "true"]);
+    // Twice: the first attempt's slot is free again, so the second times out too instead of
+    // being told the task is still being created.
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let out = f.ctr_raw(&["tasks", "start", "hung-launch"]);
+        let elapsed = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "attempt {attempt}: a hung shim started"
+        );
+        assert!(
+            stderr.contains("did not finish within"),
+            "attempt {attempt}: {stderr}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(8),
+            "attempt {attempt}: {elapsed:?}"
+        );
+    }
+    // Each launcher was killed, and nothing of the task is left.
+    let launched = std::fs::read_to_string(&pids).unwrap_or_default();
+    assert_eq!(launched.lines().count(), 2, "{launched}");
+    for pid in launched.lines() {
+        let pid: u32 = pid.trim().parse().expect("pid");
+        wait_for(PATIENCE, "the hung launcher to be gone", || {
+            match alive(pid) {
+                true => Err(format!("{pid} still runs")),
+                false => Ok(()),
+            }
+        });
+    }
+    assert!(f.tasks().is_empty(), "{:?}", f.tasks());
+    f.ctr(&["containers", "rm", "hung-launch"]);
+}
