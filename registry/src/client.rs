@@ -767,7 +767,7 @@ impl Client {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .map(|s| s.to_string());
-        let length = resp.content_length();
+        let length = crate::client::header_length(&resp);
         let max = self.inner.config.limits.max_manifest_size;
         if let Some(l) = length {
             if l > max {
@@ -890,7 +890,7 @@ impl Client {
         let shown = shown_url(resp.url());
         check_status(&resp, &shown, reference)?;
         let served = content_type(&resp);
-        if let Some(l) = resp.content_length() {
+        if let Some(l) = crate::client::header_length(&resp) {
             if l != desc.size {
                 return Err(Error::SizeMismatch {
                     what: what.to_string(),
@@ -1195,7 +1195,9 @@ impl Client {
             .send(self.req(host, Method::HEAD, suffix, scopes))
             .await?;
         match resp.status() {
-            StatusCode::OK => Ok(resp.content_length().is_none_or(|l| l == desc.size)),
+            StatusCode::OK => {
+                Ok(crate::client::header_length(&resp).is_none_or(|l| l == desc.size))
+            }
             StatusCode::NOT_FOUND => Ok(false),
             s => Err(status_error(&resp, s)),
         }
@@ -1566,7 +1568,7 @@ async fn read_bounded(
     max: u64,
     limit: Duration,
 ) -> Result<Bytes, Error> {
-    if let Some(l) = resp.content_length() {
+    if let Some(l) = crate::client::header_length(&resp) {
         if l > max {
             return Err(Error::TooLarge {
                 what: shown.to_string(),
@@ -1596,4 +1598,13 @@ async fn read_bounded(
         out.extend_from_slice(&chunk);
     }
     Ok(out.freeze())
+}
+
+/// The Content-Length header as sent. reqwest's `content_length()` is the body's size hint,
+/// which is 0 for any HEAD answer.
+pub(crate) fn header_length(resp: &reqwest::Response) -> Option<u64> {
+    resp.headers()
+        .get(reqwest::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse().ok())
 }

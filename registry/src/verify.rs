@@ -148,7 +148,7 @@ impl BlobReader {
                 })
             }
         };
-        if let Some(l) = resp.content_length() {
+        if let Some(l) = crate::client::header_length(&resp) {
             if l != expected_len {
                 return Err(Error::SizeMismatch {
                     what: what.to_string(),
