@@ -6,7 +6,7 @@ mod support;
 
 use berth_registry::{
     BlobSource, Client, ClientConfig, Credentials, Descriptor, Document, Error, HostsConfig,
-    Platform, PushOptions, PushOutcome, Reference, StaticCredentials,
+    Platform, PushOptions, PushOutcome, Reference, Resume, StaticCredentials,
 };
 use bytes::Bytes;
 use std::sync::Arc;
@@ -374,4 +374,323 @@ async fn mirror_used_then_server_when_mirror_is_down() {
     );
     let r = Reference::parse("nowhere.example/multi/app:v1").unwrap();
     assert!(matches!(c.resolve(&r).await, Err(Error::Http { .. })));
+}
+
+/// A stand-in registry at `host` reached over plain HTTP through hosts.toml.
+fn standin_client(root: &std::path::Path, host: &str, limits: berth_registry::Limits) -> Client {
+    hosts_dir(
+        root,
+        &host.replace(':', "_"),
+        &format!("server = \"http://{host}\"\n"),
+    );
+    Client::new(ClientConfig {
+        hosts: HostsConfig::with_config_path(root),
+        limits,
+        ..ClientConfig::default()
+    })
+}
+
+/// Read what a reader hands out until it ends or fails; the bytes and the outcome.
+async fn drain(
+    c: &Client,
+    r: &Reference,
+    d: &Descriptor,
+    resume: Option<Resume>,
+) -> (Vec<u8>, Result<(), Error>) {
+    let mut out = Vec::new();
+    let mut reader = match c.fetch_blob(r, d, resume).await {
+        Ok(r) => r,
+        Err(e) => return (out, Err(e)),
+    };
+    loop {
+        match reader.next_chunk().await {
+            Ok(Some(b)) => out.extend_from_slice(&b),
+            Ok(None) => return (out, Ok(())),
+            Err(e) => return (out, Err(e)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_blobs_fail_before_the_caller_has_them_all() {
+    let good: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let size = good.len();
+    let body = good.clone();
+    let standin = StandIn::start(move |req| {
+        let mut wrong = body.clone();
+        wrong[size / 2] ^= 1;
+        let octet = ("Content-Type", "application/octet-stream".to_string());
+        // The repository name (`case/<name>`) picks the behaviour.
+        let case = req.path.split('/').nth(3).unwrap_or("");
+        match case {
+            "wrong" => response("200 OK", &[octet], &wrong),
+            "short" => {
+                // Promise the whole blob, send most of it, close.
+                let mut raw = format!(
+                    "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {size}\r\n\r\n"
+                )
+                .into_bytes();
+                raw.extend_from_slice(&body[..size - 1000]);
+                Reply::Raw(raw)
+            }
+            "long" => {
+                // Chunked, so no Content-Length gives it away: more bytes than the descriptor.
+                let mut raw =
+                    b"HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        .to_vec();
+                let extra = [&body[..], b"trailing junk"].concat();
+                raw.extend_from_slice(format!("{:x}\r\n", extra.len()).as_bytes());
+                raw.extend_from_slice(&extra);
+                raw.extend_from_slice(b"\r\n0\r\n\r\n");
+                Reply::Raw(raw)
+            }
+            "huge" => {
+                Reply::Stall(b"HTTP/1.1 200 OK\r\nContent-Length: 10737418240\r\n\r\n".to_vec())
+            }
+            "stall" => Reply::Stall(
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n").into_bytes(),
+            ),
+            _ => response("404 Not Found", &[], b"{}"),
+        }
+    })
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let limits = berth_registry::Limits {
+        progress_timeout: std::time::Duration::from_secs(1),
+        ..Default::default()
+    };
+    let c = standin_client(root.path(), &standin.host(), limits);
+    let r = Reference::parse(&format!("{}/hostile/app:v1", standin.host())).unwrap();
+    let digest = sha256(&good);
+
+    for name in ["wrong", "short", "long", "huge", "stall"] {
+        let d = Descriptor::new(OCI_LAYER, &digest, size as u64);
+        let r = r.with_repository(&format!("case/{name}")).unwrap();
+        let started = std::time::Instant::now();
+        let (got, outcome) = drain(&c, &r, &d, None).await;
+        let err = outcome.expect_err(name);
+        assert!(
+            got.len() < size,
+            "{name}: the caller was handed the whole blob before the error {err}"
+        );
+        match name {
+            "wrong" => assert!(matches!(err, Error::DigestMismatch { .. }), "{name}: {err}"),
+            "short" => assert!(
+                matches!(err, Error::Http { .. } | Error::SizeMismatch { .. }),
+                "{name}: {err}"
+            ),
+            "long" => assert!(matches!(err, Error::SizeMismatch { .. }), "{name}: {err}"),
+            "huge" => {
+                assert!(
+                    matches!(
+                        err,
+                        Error::SizeMismatch {
+                            actual: 10737418240,
+                            ..
+                        }
+                    ),
+                    "{name}: {err}"
+                );
+                assert!(got.is_empty());
+            }
+            "stall" => {
+                assert!(matches!(err, Error::Timeout { .. }), "{name}: {err}");
+                assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            }
+            _ => unreachable!(),
+        }
+    }
+    assert_eq!(standin.requests().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_manifests_stopped_at_their_bounds() {
+    let d = sha256(b"x");
+    let schema1 = br#"{"schemaVersion":1,"name":"a","tag":"b","fsLayers":[]}"#.to_vec();
+    let standin = StandIn::start(move |req| {
+        let case = req.path.split('/').nth(3).unwrap_or("").to_string();
+        let head = |extra: &str| {
+            format!("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: {OCI_MANIFEST}\r\n{extra}\r\n")
+                .into_bytes()
+        };
+        match (req.method.as_str(), case.as_str()) {
+            // HEAD says nothing useful; GET never ends.
+            ("HEAD", "endless") => response("200 OK", &[], b""),
+            ("GET", "endless") => Reply::Endless(head("Transfer-Encoding: chunked\r\n")),
+            (_, "huge") => Reply::Stall(head(&format!(
+                "Content-Length: 10737418240\r\nDocker-Content-Digest: {d}\r\n"
+            ))),
+            (_, "schema1") => response(
+                "200 OK",
+                &[(
+                    "Content-Type",
+                    "application/vnd.docker.distribution.manifest.v1+prettyjws".into(),
+                )],
+                &schema1,
+            ),
+            _ => response("404 Not Found", &[], b"{}"),
+        }
+    })
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let c = standin_client(root.path(), &standin.host(), Default::default());
+    let r = |case: &str| Reference::parse(&format!("{}/case/{case}:v1", standin.host())).unwrap();
+
+    let started = std::time::Instant::now();
+    let err = c.resolve(&r("endless")).await.unwrap_err();
+    assert!(
+        matches!(err, Error::TooLarge { limit, .. } if limit == 4 << 20),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    let err = c.resolve(&r("huge")).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    // A descriptor that claims a 10 GiB manifest is refused before any request.
+    let before = standin.requests().len();
+    let big = Descriptor::new(OCI_MANIFEST, &sha256(b"y"), 10 << 30);
+    let err = c.fetch_manifest(&r("huge"), &big).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    assert_eq!(standin.requests().len(), before);
+    // An endless body behind a small descriptor is cut at the descriptor's size.
+    let small = Descriptor::new(OCI_MANIFEST, &sha256(b"z"), 1000);
+    let err = c.fetch_manifest(&r("endless"), &small).await.unwrap_err();
+    assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
+    let err = c.resolve(&r("schema1")).await.unwrap_err();
+    assert!(matches!(err, Error::Schema1(_)), "{err}");
+    assert!(err.to_string().contains("schema 1"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_to_another_host_drops_the_credentials() {
+    let blob: Vec<u8> = b"layer bytes in object storage".repeat(1000);
+    let digest = sha256(&blob);
+    let served = blob.clone();
+    let storage = StandIn::start(move |_| response("200 OK", &[], &served)).await;
+    let storage_url = format!("http://{}/bucket/blob?signature=abc", storage.host());
+    let registry = StandIn::start(move |req| match req.header("authorization") {
+        None => response(
+            "401 Unauthorized",
+            &[("WWW-Authenticate", "Basic realm=\"test\"".into())],
+            b"{}",
+        ),
+        Some(_) => response(
+            "307 Temporary Redirect",
+            &[("Location", storage_url.clone())],
+            b"",
+        ),
+    })
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    hosts_dir(
+        root.path(),
+        &registry.host().replace(':', "_"),
+        &format!(
+            "server = \"http://{}\"\n[header]\n  x-secret-header = \"for the registry only\"\n",
+            registry.host()
+        ),
+    );
+    let c = client_with(
+        HostsConfig::with_config_path(root.path()),
+        Some((&registry.host(), "bob", "hunter2")),
+    );
+    let r = Reference::parse(&format!("{}/app:v1", registry.host())).unwrap();
+    let d = Descriptor::new(OCI_LAYER, &digest, blob.len() as u64);
+    let (got, outcome) = drain(&c, &r, &d, None).await;
+    outcome.unwrap();
+    assert_eq!(got, blob);
+
+    let asked = registry.requests();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert!(asked[1]
+        .header("authorization")
+        .is_some_and(|a| a.starts_with("Basic ")));
+    assert_eq!(
+        asked[1].header("x-secret-header"),
+        Some("for the registry only")
+    );
+    let fetched = storage.requests();
+    assert_eq!(fetched.len(), 1);
+    assert_eq!(fetched[0].path, "/bucket/blob?signature=abc");
+    assert_eq!(fetched[0].header("authorization"), None, "{fetched:?}");
+    assert_eq!(fetched[0].header("x-secret-header"), None, "{fetched:?}");
+
+    // A layer's foreign URLs are not followed unless configured.
+    let mut foreign = d.clone();
+    foreign.digest = sha256(b"only elsewhere");
+    foreign.urls = vec![format!("http://{}/foreign", storage.host())];
+    let nothing = StandIn::start(|_| response("404 Not Found", &[], b"{}")).await;
+    hosts_dir(
+        root.path(),
+        &nothing.host().replace(':', "_"),
+        &format!("server = \"http://{}\"\n", nothing.host()),
+    );
+    let r2 = Reference::parse(&format!("{}/app:v1", nothing.host())).unwrap();
+    let (_, outcome) = drain(&c, &r2, &foreign, None).await;
+    assert!(
+        matches!(outcome, Err(Error::ForeignLayer(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(storage.requests().len(), 1, "the foreign URL was fetched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_blob_resumes_from_its_offset() {
+    let blob: Vec<u8> = (0..300_000u32)
+        .flat_map(|i| (i * 7).to_le_bytes())
+        .collect();
+    let digest = sha256(&blob);
+    let size = blob.len();
+    for honours_range in [true, false] {
+        let served = blob.clone();
+        let standin = StandIn::start(move |req| {
+            let range = req
+                .header("range")
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.strip_suffix('-'))
+                .and_then(|n| n.parse::<usize>().ok());
+            match range {
+                Some(from) if honours_range => response(
+                    "206 Partial Content",
+                    &[("Content-Range", format!("bytes {from}-{}/{size}", size - 1))],
+                    &served[from..],
+                ),
+                Some(_) => response("200 OK", &[], &served),
+                None => {
+                    // The connection drops part way.
+                    let mut raw = format!(
+                        "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {size}\r\n\r\n"
+                    )
+                    .into_bytes();
+                    raw.extend_from_slice(&served[..size / 3]);
+                    Reply::Raw(raw)
+                }
+            }
+        })
+        .await;
+        let root = tempfile::tempdir().unwrap();
+        let c = standin_client(root.path(), &standin.host(), Default::default());
+        let r = Reference::parse(&format!("{}/app:v1", standin.host())).unwrap();
+        let d = Descriptor::new(OCI_LAYER, &digest, size as u64);
+        let (prefix, outcome) = drain(&c, &r, &d, None).await;
+        assert!(outcome.is_err());
+        assert!(!prefix.is_empty() && prefix.len() < size);
+        assert_eq!(&prefix[..], &blob[..prefix.len()]);
+
+        let resume = Resume::from_prefix(&prefix);
+        let (rest, outcome) = drain(&c, &r, &d, Some(resume)).await;
+        outcome.unwrap_or_else(|e| panic!("resume (range honoured: {honours_range}): {e}"));
+        assert_eq!([prefix, rest].concat(), blob);
+        let asked = standin.requests();
+        assert_eq!(asked.len(), 2);
+        assert!(asked[1].header("range").is_some());
+
+        // A wrong prefix is caught by the digest at the end.
+        let mut bad = blob[..1000].to_vec();
+        bad[0] ^= 0xff;
+        let (_, outcome) = drain(&c, &r, &d, Some(Resume::from_prefix(&bad))).await;
+        assert!(
+            matches!(outcome, Err(Error::DigestMismatch { .. })),
+            "{outcome:?}"
+        );
+    }
 }

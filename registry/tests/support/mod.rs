@@ -400,6 +400,10 @@ impl StandIn {
                             return;
                         }
                         buf.extend_from_slice(&tmp[..n]);
+                        // A TLS ClientHello: this stand-in speaks plain HTTP only.
+                        if buf[0] == 0x16 {
+                            return;
+                        }
                         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             break i;
                         }
