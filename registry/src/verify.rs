@@ -213,6 +213,11 @@ impl BlobReader {
             self.progress.bump();
             match chunk {
                 Some(mut b) => {
+                    // HTTP/2 may end a stream with an empty DATA frame; it must not replace
+                    // the held last bytes.
+                    if b.is_empty() {
+                        continue;
+                    }
                     if self.skip > 0 {
                         let n = (self.skip.min(b.len() as u64)) as usize;
                         let _ = b.split_to(n);

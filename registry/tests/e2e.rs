@@ -694,3 +694,96 @@ async fn interrupted_blob_resumes_from_its_offset() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_test_ca_and_client_certificates() {
+    let pki = test_pki();
+    let registry = Registry::start(RegistryOptions {
+        tls: Some((pki.server_pem.clone(), pki.server_key.clone())),
+        client_ca: Some(pki.ca_pem.clone()),
+        ..Default::default()
+    });
+    let host = registry.host();
+    // skopeo reads docker's certs.d layout: *.crt CAs, a *.cert with its *.key.
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::write(certs.path().join("ca.crt"), &pki.ca_pem).unwrap();
+    std::fs::write(certs.path().join("client.cert"), &pki.client_pem).unwrap();
+    std::fs::write(certs.path().join("client.key"), &pki.client_key).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let img = image("amd64", 1, &format!("tls-{}", registry.port));
+    let layout = oci_layout(
+        work.path(),
+        "tls",
+        &img.manifest,
+        std::slice::from_ref(&img),
+    );
+    let dest = format!("docker://{host}/secure/app:v1");
+    skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-cert-dir",
+        &certs.path().display().to_string(),
+        &format!("oci:{}:tls", layout.display()),
+        &dest,
+    ]);
+
+    let r = Reference::parse(&format!("{host}/secure/app:v1")).unwrap();
+    let configured = |name: &str, body: &str| {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join(host.replace(':', "_"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
+        std::fs::write(dir.join("client.pem"), &pki.client_pem).unwrap();
+        std::fs::write(dir.join("client.key"), &pki.client_key).unwrap();
+        std::fs::write(
+            dir.join("hosts.toml"),
+            format!("server = \"https://{host}\"\n{body}"),
+        )
+        .unwrap();
+        let c = client_with(HostsConfig::with_config_path(root.path()), None);
+        (name.to_string(), c, root)
+    };
+
+    // The CA and the client certificate: a verified pull.
+    let (_, good, _keep) = configured(
+        "ca+client",
+        "ca = \"ca.pem\"\nclient = [[\"client.pem\", \"client.key\"]]\n",
+    );
+    let pulled = good.pull_manifest(&r, &[]).await.unwrap();
+    assert_eq!(pulled.descriptor.digest, img.manifest.digest());
+    let layer = read_all(&good, &r, &pulled.manifest.layers[0])
+        .await
+        .unwrap();
+    assert_eq!(
+        (layer.len(), sha256(&layer)),
+        (img.layers[0].bytes.len(), img.layers[0].digest())
+    );
+
+    // Over TLS the client and the registry agree on HTTP/2 (ALPN).
+    assert!(
+        registry.log().contains("HTTP/2.0"),
+        "no HTTP/2 request in the registry log"
+    );
+
+    // skip_verify, where configured, trusts any server certificate.
+    let (_, skip, _keep2) = configured(
+        "skip_verify",
+        "skip_verify = true\nclient = [[\"client.pem\", \"client.key\"]]\n",
+    );
+    skip.resolve(&r).await.unwrap();
+
+    // Without the CA the server is refused; without the client certificate the server refuses.
+    for (name, c, _keep) in [
+        configured("no CA", "client = [[\"client.pem\", \"client.key\"]]\n"),
+        configured("no client certificate", "ca = \"ca.pem\"\n"),
+    ] {
+        let err = c.resolve(&r).await.unwrap_err();
+        assert!(matches!(err, Error::Http { .. }), "{name}: {err}");
+    }
+    // Unconfigured, a loopback host falls back to plain HTTP, which a TLS server refuses too.
+    let err = client().resolve(&r).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Status { status: 400, .. } | Error::Http { .. }),
+        "{err}"
+    );
+}

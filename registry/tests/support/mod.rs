@@ -42,6 +42,8 @@ pub struct RegistryOptions {
     pub htpasswd: Option<(String, String)>,
     /// PEM certificate chain and key: serve HTTPS.
     pub tls: Option<(String, String)>,
+    /// PEM CA that client certificates must chain to (mutual TLS).
+    pub client_ca: Option<String>,
     /// (realm URL, service, issuer, root certificate PEM) of the token auth.
     pub token: Option<(String, String, String, String)>,
 }
@@ -86,6 +88,13 @@ impl Registry {
                 dir.path().join("server.pem").display(),
                 dir.path().join("server.key").display()
             );
+            if let Some(ca) = &opts.client_ca {
+                std::fs::write(dir.path().join("client-ca.pem"), ca).unwrap();
+                tls.push_str(&format!(
+                    "    clientcas:\n      - {}\n",
+                    dir.path().join("client-ca.pem").display()
+                ));
+            }
         }
         for _ in 0..5 {
             let port = free_port();
@@ -471,4 +480,52 @@ pub fn hosts_dir(root: &Path, name: &str, toml: &str) -> PathBuf {
     let mut f = std::fs::File::create(d.join("hosts.toml")).unwrap();
     f.write_all(toml.as_bytes()).unwrap();
     root.to_path_buf()
+}
+
+/// A CA, and certificates it signed: a server's for 127.0.0.1 and localhost, and a client's.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub server_pem: String,
+    pub server_key: String,
+    pub client_pem: String,
+    pub client_key: String,
+}
+
+pub fn test_pki() -> TestPki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "berth-registry test CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, &ca_key);
+
+    let server_key = KeyPair::generate().unwrap();
+    let mut server = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_cert = server.signed_by(&server_key, &issuer).unwrap();
+
+    let client_key = KeyPair::generate().unwrap();
+    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client
+        .distinguished_name
+        .push(DnType::CommonName, "berth-registry test client");
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = client.signed_by(&client_key, &issuer).unwrap();
+    TestPki {
+        ca_pem: ca_cert.pem(),
+        server_pem: server_cert.pem(),
+        server_key: server_key.serialize_pem(),
+        client_pem: client_cert.pem(),
+        client_key: client_key.serialize_pem(),
+    }
 }
