@@ -787,3 +787,239 @@ async fn tls_with_a_test_ca_and_client_certificates() {
         "{err}"
     );
 }
+
+/// A token server as docker's distribution expects one: checks Basic credentials, and signs
+/// an ES256 JWT (x5c header: the signing certificate, which the registry trusts as its root)
+/// granting the scopes asked for.
+struct TokenServer {
+    standin: StandIn,
+    cert_pem: String,
+}
+
+const SERVICE: &str = "berth-test-registry";
+const ISSUER: &str = "berth-test-issuer";
+
+async fn token_server(user: &'static str, password: &'static str) -> TokenServer {
+    use base64::Engine;
+    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "berth test token signer");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    let rng = ring::rand::SystemRandom::new();
+    let signer =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &key.serialize_der(), &rng)
+            .unwrap();
+    let x5c = base64::engine::general_purpose::STANDARD.encode(cert.der());
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    );
+    let standin = StandIn::start(move |req| {
+        if req.header("authorization") != Some(expected.as_str()) {
+            return response(
+                "401 Unauthorized",
+                &[],
+                b"{\"details\":\"bad credentials\"}",
+            );
+        }
+        let query = req.path.split_once('?').map(|(_, q)| q).unwrap_or("");
+        let mut access = Vec::new();
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            if k == "scope" {
+                for scope in v.split(' ') {
+                    let parts: Vec<&str> = scope.split(':').collect();
+                    if let [kind, name, actions] = parts.as_slice() {
+                        access.push(serde_json::json!({
+                            "type": kind, "name": name,
+                            "actions": actions.split(',').collect::<Vec<_>>(),
+                        }));
+                    }
+                }
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [x5c]});
+        let claims = serde_json::json!({
+            "iss": ISSUER, "sub": user, "aud": SERVICE,
+            "exp": now + 300, "nbf": now - 10, "iat": now,
+            "jti": format!("{now}-{}", access.len()), "access": access,
+        });
+        let signing_input = format!(
+            "{}.{}",
+            b64(&serde_json::to_vec(&header).unwrap()),
+            b64(&serde_json::to_vec(&claims).unwrap())
+        );
+        let sig = signer
+            .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
+            .unwrap();
+        let token = format!("{signing_input}.{}", b64(sig.as_ref()));
+        let body =
+            serde_json::to_vec(&serde_json::json!({"token": token, "expires_in": 300})).unwrap();
+        response(
+            "200 OK",
+            &[("Content-Type", "application/json".into())],
+            &body,
+        )
+    })
+    .await;
+    TokenServer {
+        standin,
+        cert_pem: cert.pem(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_flow_against_the_registry_token_auth() {
+    let tokens = token_server("carol", "pa55").await;
+    let l = loaded(
+        RegistryOptions {
+            token: Some((
+                format!("http://{}/token", tokens.standin.host()),
+                SERVICE.into(),
+                ISSUER.into(),
+                tokens.cert_pem.clone(),
+            )),
+            ..Default::default()
+        },
+        Some("carol:pa55"),
+    );
+    let host = l.registry.host();
+    let r = Reference::parse(&format!("{host}/multi/app:v1")).unwrap();
+    let pushed_by_skopeo = tokens.standin.requests().len();
+
+    // No credentials: the token server refuses, and so does the pull.
+    let err = client().resolve(&r).await.unwrap_err();
+    assert!(matches!(err, Error::Unauthorized(_)), "{err}");
+
+    let c = client_with(HostsConfig::default(), Some((&host, "carol", "pa55")));
+    let pulled = c
+        .pull_manifest(&r, &[Platform::new("linux", "arm64", "")])
+        .await
+        .unwrap();
+    assert_eq!(pulled.descriptor.digest, l.arm64.manifest.digest());
+    for (d, blob) in pulled.manifest.layers.iter().zip(&l.arm64.layers) {
+        let got = read_all(&c, &r, d).await.unwrap();
+        assert_eq!(sha256(&got), blob.digest());
+    }
+    // One token for the whole pull: cached per host and scope.
+    let asked: Vec<SeenRequest> = tokens.standin.requests()[pushed_by_skopeo..].to_vec();
+    let with_creds = asked
+        .iter()
+        .filter(|q| q.header("authorization").is_some())
+        .count();
+    assert_eq!(
+        asked.len(),
+        2,
+        "one refused anonymous, then one token: {asked:?}"
+    );
+    assert_eq!(with_creds, 1, "{asked:?}");
+    let last = asked.last().unwrap();
+    assert!(
+        last.path.contains("service=berth-test-registry"),
+        "{}",
+        last.path
+    );
+    assert!(
+        last.path.contains("scope=repository%3Amulti%2Fapp%3Apull"),
+        "{}",
+        last.path
+    );
+
+    // A push asks for a push token, and the registry accepts it.
+    let img = image("amd64", 1, &format!("token-{}", l.registry.port));
+    let pr = r.with_repository("pushed/by-token").unwrap();
+    for b in [&img.config, &img.layers[0]] {
+        c.push_blob(
+            &pr,
+            &desc(b),
+            BlobSource::Bytes(Bytes::from(b.bytes.clone())),
+            &PushOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+    c.push_manifest(&pr, OCI_MANIFEST, Bytes::from(img.manifest.bytes.clone()))
+        .await
+        .unwrap();
+    assert!(tokens
+        .standin
+        .requests()
+        .iter()
+        .any(|q| q.path.contains("pushed%2Fby-token%3Apull%2Cpush")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_token_is_refreshed_once_on_401() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let issued = Arc::new(AtomicU32::new(0));
+    let n = issued.clone();
+    let tokens = StandIn::start(move |_| {
+        let t = n.fetch_add(1, Ordering::SeqCst) + 1;
+        response(
+            "200 OK",
+            &[],
+            format!("{{\"access_token\":\"t{t}\",\"expires_in\":3600}}").as_bytes(),
+        )
+    })
+    .await;
+    let revoked = Arc::new(AtomicBool::new(false));
+    let rv = revoked.clone();
+    let realm = format!("http://{}/token", tokens.host());
+    let digest = sha256(b"manifest");
+    let registry = StandIn::start(move |req| {
+        let good = if rv.load(Ordering::SeqCst) {
+            "Bearer t2"
+        } else {
+            "Bearer t1"
+        };
+        if req.header("authorization") == Some(good) {
+            response(
+                "200 OK",
+                &[
+                    ("Content-Type", OCI_MANIFEST.into()),
+                    ("Docker-Content-Digest", digest.clone()),
+                    ("Content-Length", "8".into()),
+                ],
+                b"",
+            )
+        } else {
+            response(
+                "401 Unauthorized",
+                &[(
+                    "WWW-Authenticate",
+                    format!(
+                        "Bearer realm=\"{realm}\",service=\"svc\",scope=\"repository:app:pull\""
+                    ),
+                )],
+                b"{}",
+            )
+        }
+    })
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let c = standin_client(root.path(), &registry.host(), Default::default());
+    let r = Reference::parse(&format!("{}/app:v1", registry.host())).unwrap();
+    assert_eq!(c.resolve(&r).await.unwrap().digest, sha256(b"manifest"));
+    assert_eq!(c.resolve(&r).await.unwrap().size, 8);
+    assert_eq!(issued.load(Ordering::SeqCst), 1, "the token is cached");
+    revoked.store(true, Ordering::SeqCst);
+    c.resolve(&r).await.unwrap();
+    assert_eq!(issued.load(Ordering::SeqCst), 2, "refreshed after the 401");
+    assert_eq!(
+        registry.requests().last().unwrap().header("authorization"),
+        Some("Bearer t2")
+    );
+    // The token server got no credentials: this client has none.
+    assert!(tokens
+        .requests()
+        .iter()
+        .all(|q| q.header("authorization").is_none()));
+}
