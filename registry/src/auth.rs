@@ -154,6 +154,17 @@ pub fn parse_challenges(header: &str) -> Vec<Challenge> {
     out
 }
 
+/// Whether the token realm `scheme://realm_host` of a challenge from `registry_host` may be
+/// sent that registry's credentials: over HTTPS, or in clear text only to the registry itself
+/// or a loopback address (test and local registries).
+pub fn realm_may_have_credentials(scheme: &str, realm_host: &str, registry_host: &str) -> bool {
+    match scheme {
+        "https" => true,
+        "http" => realm_host == registry_host || crate::hosts::is_loopback(realm_host),
+        _ => false,
+    }
+}
+
 /// A bearer token and when to stop using it.
 #[derive(Clone)]
 pub(crate) struct Token {
@@ -266,6 +277,31 @@ mod tests {
         assert!(parse_challenges(&huge).is_empty());
         let many = format!("Bearer {}", "k=v,".repeat(1000));
         assert!(parse_challenges(&many)[0].params.len() <= MAX_PARAMS);
+    }
+
+    #[test]
+    fn realm_credentials_rule() {
+        assert!(realm_may_have_credentials(
+            "https",
+            "auth.docker.io",
+            "registry-1.docker.io"
+        ));
+        assert!(realm_may_have_credentials(
+            "http",
+            "reg.lan:5000",
+            "reg.lan:5000"
+        ));
+        assert!(realm_may_have_credentials(
+            "http",
+            "127.0.0.1:9000",
+            "127.0.0.1:5000"
+        ));
+        assert!(!realm_may_have_credentials(
+            "http",
+            "evil.example",
+            "reg.lan:5000"
+        ));
+        assert!(!realm_may_have_credentials("ftp", "reg.lan", "reg.lan"));
     }
 
     #[test]

@@ -400,9 +400,8 @@ impl Client {
                 })
             }
         };
-        let same_host = realm_host == host.host;
-        let creds_allowed = url.scheme() == "https"
-            || (url.scheme() == "http" && (same_host || crate::hosts::is_loopback(&realm_host)));
+        let creds_allowed =
+            crate::auth::realm_may_have_credentials(url.scheme(), &realm_host, &host.host);
         if url.scheme() != "https" && url.scheme() != "http" {
             return Err(Error::Protocol {
                 url: host.host.clone(),

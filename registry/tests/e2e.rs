@@ -193,7 +193,19 @@ async fn htpasswd_basic_auth() {
         Err(Error::Unauthorized(_))
     ));
 
-    let good = client_with(HostsConfig::default(), Some((&host, "alice", "s3cret")));
+    // Credentials from `berth login`'s store file.
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = berth_registry::LoginStore::new(store_dir.path().join("auth.json"));
+    store
+        .store(
+            &host,
+            &Credentials::Basic {
+                username: "alice".into(),
+                password: "s3cret".into(),
+            },
+        )
+        .unwrap();
+    let good = Client::with_credentials(ClientConfig::default(), Arc::new(store));
     let pulled = good
         .pull_manifest(&r, &[Platform::new("linux", "amd64", "")])
         .await
@@ -1022,4 +1034,51 @@ async fn revoked_token_is_refreshed_once_on_401() {
         .requests()
         .iter()
         .all(|q| q.header("authorization").is_none()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_wait_for_a_permit_of_the_shared_semaphore() {
+    let standin = StandIn::start(|_| {
+        Reply::Stall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n".to_vec())
+    })
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    hosts_dir(
+        root.path(),
+        &standin.host().replace(':', "_"),
+        &format!("server = \"http://{}\"\n", standin.host()),
+    );
+    // One permit shared by two clients, as a daemon-wide bound would be.
+    let permits = Arc::new(tokio::sync::Semaphore::new(1));
+    let config = ClientConfig {
+        hosts: HostsConfig::with_config_path(root.path()),
+        ..ClientConfig::default()
+    };
+    let a = Client::with_parts(
+        config.clone(),
+        Arc::new(berth_registry::Anonymous),
+        permits.clone(),
+    );
+    let b = Client::with_parts(config, Arc::new(berth_registry::Anonymous), permits.clone());
+    let r = Reference::parse(&format!("{}/app:v1", standin.host())).unwrap();
+    let d = Descriptor::new(OCI_LAYER, &sha256(b"x"), 100);
+    let first = a.fetch_blob(&r, &d, None).await.unwrap();
+    let wait = std::time::Duration::from_millis(300);
+    assert!(
+        tokio::time::timeout(wait, b.fetch_blob(&r, &d, None))
+            .await
+            .is_err(),
+        "a second download started while the only permit was held"
+    );
+    assert_eq!(standin.requests().len(), 1);
+    drop(first);
+    let second = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        b.fetch_blob(&r, &d, None),
+    )
+    .await
+    .expect("the permit came back")
+    .unwrap();
+    assert_eq!(second.offset(), 0);
+    assert_eq!(permits.available_permits(), 0);
 }
