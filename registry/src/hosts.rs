@@ -38,7 +38,7 @@ pub struct TlsSettings {
 }
 
 /// One host to try for a registry name.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RegistryHost {
     /// `http` or `https`.
     pub scheme: String,
@@ -64,7 +64,7 @@ impl RegistryHost {
 }
 
 /// Where hosts configuration comes from, and the defaults for names it does not configure.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HostsConfig {
     /// containerd's `config_path` (e.g. `/etc/berth/certs.d`); None: defaults only.
     pub config_path: Option<PathBuf>,
@@ -81,6 +81,34 @@ impl Default for HostsConfig {
             default_scheme: "https".to_string(),
             headers: Vec::new(),
         }
+    }
+}
+
+/// Header names only: configured header values may be tokens.
+fn header_names(headers: &[(String, String)]) -> Vec<&str> {
+    headers.iter().map(|(k, _)| k.as_str()).collect()
+}
+
+impl std::fmt::Debug for RegistryHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryHost")
+            .field("url", &self.url(""))
+            .field("capabilities", &self.capabilities)
+            .field("tls", &self.tls)
+            .field("headers", &header_names(&self.headers))
+            .field("http_fallback", &self.http_fallback)
+            .field("is_server", &self.is_server)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for HostsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostsConfig")
+            .field("config_path", &self.config_path)
+            .field("default_scheme", &self.default_scheme)
+            .field("headers", &header_names(&self.headers))
+            .finish()
     }
 }
 
@@ -420,6 +448,10 @@ server = "https://registry-1.docker.io"
         );
         assert!(h[1].tls.skip_verify);
         assert_eq!(h[1].headers.len(), 2);
+        assert!(
+            !format!("{:?}", h[1]).contains("\"a\""),
+            "header values redacted"
+        );
         assert!(h[2].is_server && h[2].capabilities == Capabilities::ALL);
         assert_eq!(h[2].host, "registry-1.docker.io");
 
