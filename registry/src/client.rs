@@ -570,14 +570,14 @@ impl Client {
             let resp = match sent {
                 Ok(r) => r,
                 Err(e)
-                    if e.is_connect()
+                    if is_plain_http_answer(&e)
                         && req.host.http_fallback
                         && !fell_back
                         && url.scheme() == "https"
                         && matches!(req.target, Target::Api(_))
                         && replayable =>
                 {
-                    tracing::debug!(host = %req.host.host, "https failed on a loopback host; trying plain http");
+                    tracing::debug!(host = %req.host.host, "a loopback host answered TLS in plain HTTP; using http");
                     lock(&self.inner.plain_http).insert(req.host.host.clone());
                     fell_back = true;
                     continue;
@@ -1606,4 +1606,26 @@ pub(crate) fn header_length(resp: &reqwest::Response) -> Option<u64> {
         .get(reqwest::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse().ok())
+}
+
+/// Whether a request failed because the server answered the TLS handshake with something that
+/// is not TLS (a plain-HTTP server), containerd's condition for the loopback HTTP fallback. A
+/// certificate error is not one: it must not turn into a clear-text retry.
+fn is_plain_http_answer(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return matches!(t, rustls::Error::InvalidMessage(_));
+        }
+        // An io::Error's source() skips the error it wraps (nested io::Errors wrap the rustls
+        // one), so step into the wrapped error itself.
+        source = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    false
 }

@@ -792,11 +792,13 @@ async fn tls_with_a_test_ca_and_client_certificates() {
         let err = c.resolve(&r).await.unwrap_err();
         assert!(matches!(err, Error::Http { .. }), "{name}: {err}");
     }
-    // Unconfigured, a loopback host falls back to plain HTTP, which a TLS server refuses too.
+    // Unconfigured, a loopback host falls back to plain HTTP only when the server does not
+    // speak TLS: a certificate it cannot verify is an error, not a clear-text retry.
     let err = client().resolve(&r).await.unwrap_err();
+    assert!(matches!(err, Error::Http { .. }), "{err}");
     assert!(
-        matches!(err, Error::Status { status: 400, .. } | Error::Http { .. }),
-        "{err}"
+        !registry.log().contains("HTTP request to an HTTPS server"),
+        "fell back to plain HTTP after a certificate error"
     );
 }
 
