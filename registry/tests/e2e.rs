@@ -311,6 +311,24 @@ async fn push_then_pull_back_and_mount_across_repositories() {
         img.layers[0].bytes
     );
 
+    // A mount source without the blob: the registry starts an upload instead, and it is used.
+    let third = r.with_repository("third/app").unwrap();
+    assert_eq!(
+        c.push_blob(
+            &third,
+            &desc(&img.layers[1]),
+            BlobSource::Bytes(Bytes::from(img.layers[1].bytes.clone())),
+            &PushOptions {
+                mount_from: vec!["never/pushed".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap(),
+        PushOutcome::Uploaded
+    );
+    assert!(c.blob_exists(&third, &desc(&img.layers[1])).await.unwrap());
+
     // Bytes that do not match their descriptor are refused, and the registry keeps nothing.
     let liar = Blob {
         media_type: OCI_LAYER.into(),
@@ -1083,4 +1101,76 @@ async fn downloads_wait_for_a_permit_of_the_shared_semaphore() {
     .unwrap();
     assert_eq!(second.offset(), 0);
     assert_eq!(permits.available_permits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_token_is_exchanged_by_oauth_post() {
+    let tokens = StandIn::start(|req| {
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(&req.body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let has = |k: &str, v: &str| form.iter().any(|(a, b)| a == k && b == v);
+        if req.method == "POST"
+            && has("grant_type", "refresh_token")
+            && has("refresh_token", "rt-123")
+            && has("service", "svc")
+            && has("scope", "repository:app:pull")
+        {
+            response("200 OK", &[], b"{\"access_token\":\"from-refresh\"}")
+        } else {
+            response("400 Bad Request", &[], b"{}")
+        }
+    })
+    .await;
+    let realm = format!("http://{}/oauth", tokens.host());
+    let registry = StandIn::start(move |req| {
+        if req.header("authorization") == Some("Bearer from-refresh") {
+            response(
+                "200 OK",
+                &[
+                    ("Content-Type", OCI_MANIFEST.into()),
+                    ("Docker-Content-Digest", sha256(b"m")),
+                    ("Content-Length", "1".into()),
+                ],
+                b"",
+            )
+        } else {
+            response(
+                "401 Unauthorized",
+                &[(
+                    "WWW-Authenticate",
+                    format!("Bearer realm=\"{realm}\",service=\"svc\""),
+                )],
+                b"{}",
+            )
+        }
+    })
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    hosts_dir(
+        root.path(),
+        &registry.host().replace(':', "_"),
+        &format!("server = \"http://{}\"\n", registry.host()),
+    );
+    let mut creds = std::collections::BTreeMap::new();
+    creds.insert(
+        registry.host(),
+        Credentials::IdentityToken {
+            username: "<token>".into(),
+            token: "rt-123".into(),
+        },
+    );
+    let c = Client::with_credentials(
+        ClientConfig {
+            hosts: HostsConfig::with_config_path(root.path()),
+            ..ClientConfig::default()
+        },
+        Arc::new(StaticCredentials(creds)),
+    );
+    let r = Reference::parse(&format!("{}/app:v1", registry.host())).unwrap();
+    assert_eq!(c.resolve(&r).await.unwrap().digest, sha256(b"m"));
+    let asked = tokens.requests();
+    assert_eq!(asked.len(), 1);
+    // The refresh token travels in the body, never in the URL.
+    assert!(!asked[0].path.contains("rt-123"), "{}", asked[0].path);
 }

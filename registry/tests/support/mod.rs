@@ -329,6 +329,8 @@ pub struct SeenRequest {
     pub method: String,
     pub path: String,
     pub headers: BTreeMap<String, String>,
+    /// The body, when the request said its Content-Length.
+    pub body: Vec<u8>,
 }
 
 impl SeenRequest {
@@ -423,14 +425,26 @@ impl StandIn {
                     let mut parts = first.split(' ');
                     let method = parts.next().unwrap_or("").to_string();
                     let path = parts.next().unwrap_or("").to_string();
-                    let headers = lines
+                    let headers: BTreeMap<String, String> = lines
                         .filter_map(|l| l.split_once(':'))
                         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
                         .collect();
+                    let want: usize = headers
+                        .get("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = buf[head_end + 4..].to_vec();
+                    while body.len() < want {
+                        match sock.read(&mut tmp).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => body.extend_from_slice(&tmp[..n]),
+                        }
+                    }
                     let req = SeenRequest {
                         method,
                         path,
                         headers,
+                        body,
                     };
                     seen.lock().unwrap().push(req.clone());
                     match handler(&req) {
