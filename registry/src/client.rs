@@ -1023,6 +1023,12 @@ impl Client {
                     actual: r.offset,
                 });
             }
+            if r.offset == desc.size {
+                // Nothing left to fetch (a Range from the end would be refused): verify only.
+                let mut reader = BlobReader::complete(desc, &what, r.clone());
+                reader.permit = Some(permit);
+                return Ok(reader);
+            }
         }
         let hosts = self.hosts(reference)?;
         let mut first_err = None;

@@ -68,7 +68,8 @@ impl Resume {
 /// `Ok(None)` only once every byte arrived and the digest matched; any error means the
 /// caller's partial data may be kept for a resume but must not be committed.
 pub struct BlobReader {
-    resp: reqwest::Response,
+    /// None when the caller already holds every byte (nothing to ask the registry).
+    resp: Option<reqwest::Response>,
     what: String,
     expected_digest: String,
     size: u64,
@@ -158,7 +159,7 @@ impl BlobReader {
             }
         }
         Ok(BlobReader {
-            resp,
+            resp: Some(resp),
             what: what.to_string(),
             expected_digest: desc.digest.clone(),
             size: desc.size,
@@ -172,6 +173,25 @@ impl BlobReader {
             progress,
             permit: None,
         })
+    }
+
+    /// A reader for a resume whose prefix is already the whole blob: it only checks the digest.
+    pub(crate) fn complete(desc: &Descriptor, what: &str, resume: Resume) -> BlobReader {
+        BlobReader {
+            resp: None,
+            what: what.to_string(),
+            expected_digest: desc.digest.clone(),
+            size: desc.size,
+            offset: resume.offset,
+            received: resume.offset,
+            skip: 0,
+            digester: Some(resume.digester),
+            held: None,
+            done: false,
+            timeout: Duration::from_secs(1),
+            progress: Progress::new(),
+            permit: None,
+        }
     }
 
     /// The blob offset of the first byte this reader yields.
@@ -194,7 +214,10 @@ impl BlobReader {
             if self.done {
                 return Ok(None);
             }
-            let chunk = tokio::time::timeout(self.timeout, self.resp.chunk())
+            let Some(resp) = self.resp.as_mut() else {
+                return self.finish();
+            };
+            let chunk = tokio::time::timeout(self.timeout, resp.chunk())
                 .await
                 .map_err(|_| {
                     self.done = true;
@@ -246,32 +269,35 @@ impl BlobReader {
                     }
                     return Ok(Some(b));
                 }
-                None => {
-                    self.done = true;
-                    if self.skip > 0 || self.received < self.size {
-                        return Err(Error::SizeMismatch {
-                            what: self.what.clone(),
-                            expected: self.size,
-                            actual: self.received,
-                        });
-                    }
-                    let actual = self
-                        .digester
-                        .take()
-                        .map(Digester::finish)
-                        .unwrap_or_default();
-                    if actual != self.expected_digest {
-                        self.held = None;
-                        return Err(Error::DigestMismatch {
-                            what: self.what.clone(),
-                            expected: self.expected_digest.clone(),
-                            actual,
-                        });
-                    }
-                    return Ok(self.held.take());
-                }
+                None => return self.finish(),
             }
         }
+    }
+
+    /// The end of the body: every byte there and the digest right, or an error.
+    fn finish(&mut self) -> Result<Option<Bytes>, Error> {
+        self.done = true;
+        if self.skip > 0 || self.received < self.size {
+            return Err(Error::SizeMismatch {
+                what: self.what.clone(),
+                expected: self.size,
+                actual: self.received,
+            });
+        }
+        let actual = self
+            .digester
+            .take()
+            .map(Digester::finish)
+            .unwrap_or_default();
+        if actual != self.expected_digest {
+            self.held = None;
+            return Err(Error::DigestMismatch {
+                what: self.what.clone(),
+                expected: self.expected_digest.clone(),
+                actual,
+            });
+        }
+        Ok(self.held.take())
     }
 }
 

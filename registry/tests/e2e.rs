@@ -714,6 +714,19 @@ async fn interrupted_blob_resumes_from_its_offset() {
         assert_eq!(asked.len(), 2);
         assert!(asked[1].header("range").is_some());
 
+        // A caller holding every byte only has them verified.
+        let (rest, outcome) = drain(&c, &r, &d, Some(Resume::from_prefix(&blob))).await;
+        outcome.unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(standin.requests().len(), 2, "nothing left to ask for");
+        let mut tampered = blob.clone();
+        tampered[7] ^= 1;
+        let (_, outcome) = drain(&c, &r, &d, Some(Resume::from_prefix(&tampered))).await;
+        assert!(
+            matches!(outcome, Err(Error::DigestMismatch { .. })),
+            "{outcome:?}"
+        );
+
         // A wrong prefix is caught by the digest at the end.
         let mut bad = blob[..1000].to_vec();
         bad[0] ^= 0xff;
