@@ -844,6 +844,7 @@ impl Client {
         reference: &Reference,
         desc: &Descriptor,
     ) -> Result<(Document, Bytes), Error> {
+        crate::verify::check_supported(&desc.digest)?;
         let max = self.inner.config.limits.max_manifest_size;
         let what = format!("{}@{}", reference.name(), desc.digest);
         if desc.size > max {
@@ -1178,6 +1179,7 @@ impl Client {
         reference: &Reference,
         desc: &Descriptor,
     ) -> Result<bool, Error> {
+        crate::verify::check_supported(&desc.digest)?;
         let host = self.push_host(reference)?;
         self.blob_exists_on(
             &host,

@@ -157,6 +157,17 @@ async fn pull_index_and_manifest_by_tag_and_digest() {
     // Unknown tag and unknown blob: not found.
     let missing = Reference::parse(&format!("{}/multi/app:nope", l.registry.host())).unwrap();
     assert!(c.resolve(&missing).await.unwrap_err().is_not_found());
+    // A digest that would walk the registry's URL space is refused before any request.
+    let mut walk = desc(&l.single.config);
+    walk.digest = "sha256:../../../v2/_catalog".into();
+    assert!(matches!(
+        read_all(&c, &s, &walk).await,
+        Err(Error::InvalidManifest(_))
+    ));
+    assert!(matches!(
+        c.fetch_manifest(&s, &walk).await,
+        Err(Error::InvalidManifest(_))
+    ));
     let mut bogus = desc(&l.single.config);
     bogus.digest = sha256(b"not there");
     assert!(read_all(&c, &s, &bogus).await.unwrap_err().is_not_found());
