@@ -7,7 +7,7 @@
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -114,7 +114,7 @@ impl Registry {
                 .spawn()
                 .expect("spawn docker-registry (apt-get install docker-registry)");
             let mut process = Process(child);
-            if wait_listening(&mut process, port) {
+            if wait_listening(&mut process, port, &log_path) {
                 return Registry { process, dir, port };
             }
         }
@@ -133,19 +133,20 @@ impl Registry {
     }
 }
 
-/// The process accepts connections on `port` and is still alive a moment later (a registry
-/// that lost the port to someone else exits at once).
-fn wait_listening(p: &mut Process, port: u16) -> bool {
+/// The registry logs `listening on 127.0.0.1:<port>` once it holds the port (whatever its
+/// auth or TLS); one that lost the port to someone else exits instead.
+fn wait_listening(p: &mut Process, port: u16, log: &Path) -> bool {
+    let want = format!("listening on 127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
+        if std::fs::read_to_string(log).is_ok_and(|l| l.contains(&want)) {
+            return true;
+        }
         if p.0.try_wait().ok().flatten().is_some() {
             return false;
         }
-        if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            std::thread::sleep(Duration::from_millis(150));
-            return p.0.try_wait().ok().flatten().is_none();
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        // Polling a log file: there is nothing to wait on.
+        std::thread::sleep(Duration::from_millis(10));
     }
     false
 }
