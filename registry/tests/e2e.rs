@@ -217,6 +217,21 @@ async fn htpasswd_basic_auth() {
         )
         .unwrap();
     let good = Client::with_credentials(ClientConfig::default(), Arc::new(store));
+    // And from docker's config.json, keyed by URL as `docker login` writes it.
+    let docker = store_dir.path().join("config.json");
+    std::fs::write(
+        &docker,
+        format!(
+            "{{\"auths\":{{\"http://{host}\":{{\"auth\":\"{}\"}}}}}}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "alice:s3cret")
+        ),
+    )
+    .unwrap();
+    let from_docker = Client::with_credentials(
+        ClientConfig::default(),
+        Arc::new(berth_registry::DockerConfig::new(&docker)),
+    );
+    from_docker.resolve(&r).await.unwrap();
     let pulled = good
         .pull_manifest(&r, &[Platform::new("linux", "amd64", "")])
         .await
@@ -388,8 +403,18 @@ async fn mirror_used_then_server_when_mirror_is_down() {
             l.registry.host()
         ),
     );
+    // A mirror whose URL is its whole API root (override_path), as for a pull-through cache
+    // that serves many registries under different paths.
+    hosts_dir(
+        root.path(),
+        "override.example",
+        &format!(
+            "server = \"http://127.0.0.1:{dead}\"\n[host.\"http://{}/v2\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n",
+            l.registry.host()
+        ),
+    );
     let c = client_with(HostsConfig::with_config_path(root.path()), None);
-    for name in ["registry.example", "fallback.example"] {
+    for name in ["registry.example", "fallback.example", "override.example"] {
         let r = Reference::parse(&format!("{name}/multi/app:v1")).unwrap();
         let pulled = c
             .pull_manifest(&r, &[Platform::new("linux", "arm64", "v8")])
