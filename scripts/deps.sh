@@ -24,4 +24,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+"$(dirname "$0")/deps-go-tools.sh"  # containerd v2: ctr 2.x, its API .proto files, the Go client test module
 command -v cargo >/dev/null || { echo "berth needs a Rust toolchain (cargo): install it with rustup" >&2; exit 1; }

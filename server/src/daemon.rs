@@ -150,6 +150,7 @@ fn router(
                         .collect::<Vec<_>>(),
                     snapshotter_errors,
                 ),
+                runtimes: config.runtimes.clone(),
             }
         ))
         .add_service(svc!(
