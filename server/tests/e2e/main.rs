@@ -1,8 +1,10 @@
 //! End-to-end tests: a real berthd on a temp root, driven by clients nobody here wrote — the real
-//! `ctr` (Debian's containerd package) and the `containerd-client` crate (generated from upstream
-//! protos). One test binary, so the workspace links it once.
+//! `ctr` (Debian's containerd 1.6 package, and containerd v2's), containerd's v2 Go client
+//! (compat/containerd-v2) and the `containerd-client` crate (generated from upstream protos).
+//! One test binary, so the workspace links it once.
 
 mod api;
+mod containerd_v2;
 mod ctr;
 mod events;
 mod fixtures;

@@ -21,7 +21,7 @@ const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+j
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A `docker-registry` process serving a throwaway storage directory on 127.0.0.1.
-struct Registry {
+pub(crate) struct Registry {
     /// Declared first so it is dropped (killed) before the storage directory is removed.
     process: Process,
     dir: tempfile::TempDir,
@@ -45,7 +45,7 @@ impl Registry {
     /// parallel test's registry) may take it first. Each registry therefore sends a header unique
     /// to it, and only a 200 carrying that header counts; a registry that lost the port exits, and
     /// we try again with another.
-    fn start() -> Registry {
+    pub(crate) fn start() -> Registry {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let mut dir = tempfile::Builder::new()
             .prefix("berth-registry-")
@@ -128,13 +128,13 @@ impl Registry {
     }
 
     /// The reference ctr pulls: `127.0.0.1:<port>/library/busybox:latest`.
-    fn reference(&self) -> String {
+    pub(crate) fn reference(&self) -> String {
         format!("{}/{REPO}:{TAG}", self.host())
     }
 
     /// Push the busybox fixture (an OCI archive) as `library/busybox:latest` with skopeo, then
     /// read back what the registry serves for it.
-    fn push_busybox(&self, work: &Path) -> Served {
+    pub(crate) fn push_busybox(&self, work: &Path) -> Served {
         let fixture = busybox_oci_archive(work, &format!("docker.io/{REPO}:{TAG}"));
         // skopeo's oci-archive reference is PATH[:NAME], NAME matching the index's
         // org.opencontainers.image.ref.name annotation, which the fixture sets to the tag.
@@ -207,7 +207,7 @@ impl Registry {
 
 /// The image as the registry serves it.
 #[derive(Debug)]
-struct Served {
+pub(crate) struct Served {
     media_type: String,
     manifest_digest: String,
     config_digest: String,
