@@ -6,7 +6,7 @@
 //! starts its own registry on a free port (tests run in parallel threads) and kills it on drop.
 
 use crate::fixtures::{busybox_oci_archive, sha256};
-use crate::harness::Daemon;
+use crate::harness::{Ctr, Daemon};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -509,7 +509,16 @@ fn poll(timeout: Duration, what: &str, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn pull_from_a_registry_unpacks_and_labels_and_is_idempotent() {
-    let d = Daemon::start();
+    pull_scenario(Ctr::V1_6);
+}
+
+#[test]
+fn pull_from_a_registry_with_ctr_2() {
+    pull_scenario(Ctr::V2);
+}
+
+fn pull_scenario(ctr: Ctr) {
+    let d = Daemon::start().using(ctr);
     let registry = Registry::start();
     let work = tempfile::tempdir().unwrap();
     let served = registry.push_busybox(work.path());
