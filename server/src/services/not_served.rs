@@ -45,7 +45,8 @@ not_served! {
         "pull/push/import/export through the daemon come with the transfer work; \
          use the client-side path (`ctr --local`, or containerd's client Pull/Push)";
     Streaming => "containerd.services.streaming.v1.Streaming",
-        "streams for the transfer service come with the transfer work";
+        "the streams of the transfer service (ctr 2.x opens one for `images pull` progress) \
+         come with the transfer work; use `ctr images pull --local`";
     SandboxStore => "containerd.services.sandbox.v1.Store",
         "sandbox records come with the sandbox work; containers carry their `sandbox` field already";
     SandboxController => "containerd.services.sandbox.v1.Controller",
