@@ -331,6 +331,109 @@ mod fields {
         assert_eq!(info.parent, "");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plugin_info_answers_for_the_runtime_and_refuses_the_rest() {
+        use containerd_client::services::v1::introspection_client::IntrospectionClient;
+        use containerd_client::services::v1::PluginInfoRequest;
+        use containerd_client::types::RuntimeRequest;
+        let d = Daemon::start();
+        let mut intro = IntrospectionClient::new(d.channel().await);
+        let ask = |r#type: &str, id: &str, options: Option<prost_types::Any>| PluginInfoRequest {
+            r#type: r#type.into(),
+            id: id.into(),
+            options,
+        };
+        let runtime = |path: &str| {
+            Some(prost_types::Any {
+                type_url: "containerd.types.RuntimeRequest".into(),
+                value: RuntimeRequest {
+                    runtime_path: path.into(),
+                    options: None,
+                }
+                .encode_to_vec(),
+            })
+        };
+        // Without options: the plugin's own record.
+        let plain = intro
+            .plugin_info(req(ask("io.containerd.content.v1", "content", None)))
+            .await
+            .expect("plugin info without options")
+            .into_inner();
+        assert_eq!(plain.plugin.unwrap().id, "content");
+        assert!(plain.extra.is_none());
+        let err = intro
+            .plugin_info(req(ask("io.containerd.nothing.v1", "none", None)))
+            .await
+            .expect_err("an unknown plugin");
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+        let err = intro
+            .plugin_info(req(ask("io.containerd.content.v1", "content", runtime(""))))
+            .await
+            .expect_err("options for a plugin with nothing more to say");
+        assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+        let err = intro
+            .plugin_info(req(ask(
+                "io.containerd.runtime.v2",
+                "task",
+                runtime("no.such.runtime"),
+            )))
+            .await
+            .expect_err("an unconfigured runtime");
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+        let info = intro
+            .plugin_info(req(ask("io.containerd.runtime.v2", "task", runtime(""))))
+            .await
+            .expect("the default runtime's info")
+            .into_inner()
+            .extra
+            .expect("RuntimeInfo");
+        assert_eq!(info.type_url, "containerd.types.RuntimeInfo");
+        let info = containerd_client::types::RuntimeInfo::decode(&info.value[..]).unwrap();
+        assert_eq!(info.name, "io.containerd.runc.v2");
+        let features = info.features.expect("runc features");
+        let json: serde_json::Value =
+            serde_json::from_slice(&features.value).expect("features are runc's JSON");
+        assert!(json["ociVersionMax"].is_string(), "{json}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn task_api_address_is_refused_with_its_reason() {
+        use berth_api::containerd::services::tasks::v1 as tasks;
+        let d = Daemon::start();
+        let ch = d.channel().await;
+        ContainersClient::new(ch.clone())
+            .create(req(CreateContainerRequest {
+                container: Some(Container {
+                    id: "sandboxed".into(),
+                    runtime: Some(Runtime {
+                        name: "io.containerd.runc.v2".into(),
+                        options: None,
+                    }),
+                    spec: Some(prost_types::Any {
+                        type_url: SPEC_TYPE_URL.into(),
+                        value: b"{}".to_vec(),
+                    }),
+                    ..Default::default()
+                }),
+            }))
+            .await
+            .expect("create container");
+        let mut r = tonic::Request::new(tasks::CreateTaskRequest {
+            container_id: "sandboxed".into(),
+            task_api_address: "ttrpc+unix:///run/elsewhere.sock".into(),
+            task_api_version: 3,
+            ..Default::default()
+        });
+        r.metadata_mut()
+            .insert("containerd-namespace", NS.parse().unwrap());
+        let err = tasks::tasks_client::TasksClient::new(ch)
+            .create(r)
+            .await
+            .expect_err("a task in another shim");
+        assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+        assert!(err.message().contains("task_api_address"), "{err:?}");
+    }
+
     /// Modification times of a gzipped layer's entries, by name.
     fn layer_mtimes(gz: &[u8]) -> Vec<(String, u64)> {
         let mut tar = Vec::new();
