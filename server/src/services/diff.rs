@@ -13,6 +13,7 @@ use crate::diff::{
 };
 use crate::error::{Error, Result};
 use crate::snapshots::{blocking, from_api_mounts};
+use berth_api::containerd::events::ContentCreate;
 use berth_api::containerd::services::diff::v1::{diff_server::Diff, *};
 use berth_api::containerd::types::Descriptor;
 use berth_snapshotter::Mount;
@@ -241,7 +242,17 @@ impl Diff for DiffService {
             .add_content(&ns, &digest, size as i64, labels, lease.as_deref())
             .await
         {
-            Ok(_) | Err(Error::AlreadyExists(_)) => {}
+            // As a blob committed through the content service: containerd 2 announces it.
+            Ok(_) => self.state.events.publish(
+                &ns,
+                "/content/create",
+                &ContentCreate {
+                    digest: digest.to_string(),
+                    size: size as i64,
+                    media_type: media_type.into(),
+                },
+            ),
+            Err(Error::AlreadyExists(_)) => {}
             Err(e) => return Err(e.into()),
         }
         reply(DiffResponse {

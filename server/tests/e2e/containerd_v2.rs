@@ -108,7 +108,7 @@ fn ctr_2_hears_why_a_service_is_not_served() {
 mod fields {
     use crate::harness::Daemon;
     use berth_api::containerd::services::snapshots::v1 as berth_snapshots;
-    use containerd_client::events::{SnapshotCommit, SnapshotPrepare};
+    use containerd_client::events::{ContentCreate, SnapshotCommit, SnapshotPrepare};
     use containerd_client::services::v1::content_client::ContentClient;
     use containerd_client::services::v1::diff_client::DiffClient;
     use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
@@ -499,6 +499,13 @@ mod fields {
         let dir = std::path::PathBuf::from(&upper[0].source);
         std::fs::write(dir.join("new-file"), b"made after the epoch").unwrap();
 
+        let mut created = EventsClient::new(ch.clone())
+            .subscribe(SubscribeRequest {
+                filters: vec![r#"topic=="/content/create""#.into()],
+            })
+            .await
+            .expect("subscribe")
+            .into_inner();
         let epoch = 1_000_000_000; // 2001-09-09, before any file made here
         let mut diff = DiffClient::new(ch.clone());
         let computed = diff
@@ -518,6 +525,17 @@ mod fields {
             .into_inner()
             .diff
             .expect("a layer descriptor");
+        // containerd 2 announces the committed layer blob.
+        let env = tokio::time::timeout(Duration::from_secs(10), created.message())
+            .await
+            .expect("a /content/create event in time")
+            .expect("event stream")
+            .expect("an event");
+        let event = ContentCreate::decode(&env.event.expect("payload").value[..]).unwrap();
+        assert_eq!(
+            (event.digest.as_str(), event.size),
+            (computed.digest.as_str(), computed.size)
+        );
         let mut blob = Vec::new();
         let mut stream = ContentClient::new(ch.clone())
             .read(req(ReadContentRequest {
