@@ -13,6 +13,7 @@ use crate::runtime::TaskManager;
 use crate::services::{self, *};
 use crate::snapshots::Snapshotters;
 use berth_api::containerd::services as api;
+use berth_authority::AuthorityFix;
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{self, DirBuilder, File};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 
 /// How long in-flight calls may run after SIGTERM before berthd stops regardless.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,7 +90,12 @@ pub async fn run(config: Config) -> Result<()> {
         events.close();
     };
     let serve = router(&config, state.clone(), tasks, &snapshotter_errors)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopping);
+        .serve_with_incoming_shutdown(
+            // Every client's :authority reaches h2 in a form it accepts (gRPC's C core and
+            // grpc-java send the socket path).
+            UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new)),
+            stopping,
+        );
     // In-flight calls get a bounded time to finish once the signal came; a client that never
     // ends its stream must not keep the daemon up.
     let result = tokio::select! {

@@ -56,7 +56,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 const RUNC: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// A realistic OCI runtime spec, as `ctr run` sends in Containers/Create.
-const SAMPLE_SPEC: &[u8] = include_bytes!("spec.json");
+const SAMPLE_SPEC: &[u8] = berth_testkit::SPEC_JSON;
 const LEASE_HEADER: &str = "containerd-lease";
 const INDEX_MT: &str = "application/vnd.oci.image.index.v1+json";
 const MANIFEST_MT: &str = "application/vnd.oci.image.manifest.v1+json";

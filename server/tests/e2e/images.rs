@@ -3,7 +3,7 @@
 //! and export with both ctr 1.6 and ctr 2.4.2).
 
 use crate::fixtures::{busybox_oci_archive, OciArchive};
-use crate::harness::{Ctr, Daemon};
+use crate::harness::{process_token, Ctr, Daemon};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -118,20 +118,22 @@ fn run_on_an_imported_image_keeps_the_container(ctr: Ctr) {
         &["images", "import", image.path.to_str().unwrap()],
     );
     // Without --rm, ctr deletes the task after it exits but keeps the container and its rootfs.
-    let out = d.ctr("default", &["run", IMAGE, "imported-run", "echo", "hi"]);
+    // The id names the host-wide cgroup /default/<id>: unique to this process.
+    let id = format!("imported-run-{}", process_token());
+    let out = d.ctr("default", &["run", IMAGE, &id, "echo", "hi"]);
     assert_eq!(out.trim(), "hi");
     assert_eq!(d.ctr("default", &["tasks", "ls", "-q"]), "");
     let containers = d.ctr("default", &["containers", "ls", "-q"]);
-    assert_eq!(containers.trim(), "imported-run");
+    assert_eq!(containers.trim(), id);
     // A collection that runs to the end (a synchronous lease deletion) keeps the container's
     // snapshot: the container is its root.
     d.ctr("default", &["leases", "create", "--id", "scratch"]);
     d.ctr("default", &["leases", "rm", "--sync", "scratch"]);
-    assert!(snapshot_keys(&d, "default").contains(&"imported-run".to_string()));
-    let info = d.ctr("default", &["containers", "info", "imported-run"]);
+    assert!(snapshot_keys(&d, "default").contains(&id));
+    let info = d.ctr("default", &["containers", "info", &id]);
     assert!(info.contains("\"echo\""), "{info}");
-    d.ctr("default", &["containers", "rm", "imported-run"]);
-    assert!(!snapshot_keys(&d, "default").contains(&"imported-run".to_string()));
+    d.ctr("default", &["containers", "rm", &id]);
+    assert!(!snapshot_keys(&d, "default").contains(&id));
 }
 
 fn export_round_trips_an_imported_image(ctr: Ctr) {
