@@ -277,6 +277,7 @@ async fn import_image(
     };
     let create = CreateImageRequest {
         image: Some(image.clone()),
+        source_date_epoch: None,
     };
     match api.images.create(with_lease(ns, lease, create)).await {
         Err(e) if e.code() == Code::AlreadyExists => {
@@ -400,6 +401,7 @@ async fn unpack_layer(
             diff: Some(layer.clone()),
             mounts,
             payloads: HashMap::new(),
+            sync_fs: false,
         };
         let applied = api.diff.apply(with_lease(ns, lease, apply)).await?;
         let got = applied.into_inner().applied.map(|d| d.digest);
@@ -413,6 +415,7 @@ async fn unpack_layer(
             name: chain[i].clone(),
             key: key.clone(),
             labels: HashMap::new(),
+            parent: String::new(),
         };
         api.snapshots.commit(with_lease(ns, lease, commit)).await?;
         Ok(())

@@ -167,6 +167,7 @@ fn router(
                         .collect::<Vec<_>>(),
                     snapshotter_errors,
                 ),
+                runtimes: config.runtimes.clone(),
             }
         ))
         .add_service(svc!(
@@ -221,6 +222,14 @@ fn router(
                 tasks,
             }
         ))
+        // grpc.health.v1: "" is SERVING while the router is up (containerd's client IsServing).
+        .add_service(tonic_health::server::health_reporter().1)
+        // containerd 2's services berthd lacks: Unimplemented with a reason, not tonic's silence.
+        .add_service(services::not_served::Transfer)
+        .add_service(services::not_served::Streaming)
+        .add_service(services::not_served::SandboxStore)
+        .add_service(services::not_served::SandboxController)
+        .add_service(services::not_served::Mounts)
 }
 
 /// The built-in snapshotters under `<root>/snapshots/<name>`. overlayfs needs a filesystem that

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::filters::{Adaptor, Filter};
 use berth_api::containerd::events::ContainerUpdate;
 use berth_api::containerd::services::containers::v1::Container;
-use berth_api::containerd::services::events::v1::Envelope;
+use berth_api::containerd::types::Envelope;
 use prost::Message;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -310,6 +310,8 @@ impl Snapshotter for RemoteSnapshotter {
             name: name.into(),
             key: key.into(),
             labels: held(labels),
+            // berthd checked a requested parent against the active snapshot's own already.
+            parent: String::new(),
         });
         self.call("commit", |mut c| async move { c.commit(req).await })
     }

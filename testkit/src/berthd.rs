@@ -21,6 +21,54 @@ pub struct Daemon {
     /// Holds root, state, socket and log; removed when the daemon is dropped.
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// The `ctr` that `ctr`, `ctr_raw` and `ctr_err` run.
+    pub ctr: Ctr,
+}
+
+/// Which `ctr` drives berthd: Debian's containerd 1.6 package, or containerd v2's, built by
+/// scripts/deps-go-tools.sh into $BERTH_TEST_BIN (default /usr/local/lib/berth-test/bin).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ctr {
+    V1_6,
+    V2,
+}
+
+impl Ctr {
+    pub fn binary(self) -> PathBuf {
+        match self {
+            Ctr::V1_6 => PathBuf::from("ctr"),
+            Ctr::V2 => std::env::var_os("BERTH_TEST_BIN")
+                .map_or_else(
+                    || PathBuf::from("/usr/local/lib/berth-test/bin"),
+                    PathBuf::from,
+                )
+                .join("ctr"),
+        }
+    }
+
+    fn install_hint(self) -> &'static str {
+        match self {
+            Ctr::V1_6 => "install Debian's containerd package",
+            Ctr::V2 => "run scripts/deps-go-tools.sh",
+        }
+    }
+
+    /// ctr 2.x sends `images pull/push/import/export/tag` through the Transfer service, which
+    /// berthd does not serve yet: `--local` keeps them client-side, as ctr 1.6 always is.
+    /// Drop this once the transfer service lands.
+    pub fn args<'a>(self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut out = args.to_vec();
+        if self == Ctr::V2
+            && matches!(args.first(), Some(&("images" | "image" | "i")))
+            && matches!(
+                args.get(1),
+                Some(&("pull" | "push" | "import" | "export" | "tag"))
+            )
+        {
+            out.insert(2, "--local");
+        }
+        out
+    }
 }
 
 /// The tests mount, chown and lock as a daemon does; say so rather than fail obscurely.
@@ -117,9 +165,16 @@ impl Daemon {
             config,
             dir,
             socket,
+            ctr: Ctr::V1_6,
         };
         d.spawn();
         d
+    }
+
+    /// The same daemon, driven by `ctr` from now on.
+    pub fn using(mut self, ctr: Ctr) -> Daemon {
+        self.ctr = ctr;
+        self
     }
 
     pub fn root(&self) -> PathBuf {
@@ -203,9 +258,20 @@ impl Daemon {
 
     /// Run `ctr -a SOCKET -n NS ARGS…` and return its output, whatever the exit status.
     pub fn ctr_raw(&self, ns: &str, args: &[&str]) -> Output {
-        ctr_command(&self.socket, ns, args)
+        ctr_command_for(self.ctr, &self.socket, ns, args)
             .output()
-            .expect("run ctr (install Debian's containerd package)")
+            .unwrap_or_else(|e| {
+                panic!(
+                    "run {} ({e}): {}",
+                    self.ctr.binary().display(),
+                    self.ctr.install_hint()
+                )
+            })
+    }
+
+    /// `ctr -a SOCKET -n NS ARGS…` with this daemon's ctr, to spawn.
+    pub fn ctr_command(&self, ns: &str, args: &[&str]) -> Command {
+        ctr_command_for(self.ctr, &self.socket, ns, args)
     }
 
     /// Run ctr and insist it succeeds; returns stdout.
@@ -243,9 +309,18 @@ impl Daemon {
     }
 }
 
+/// Debian's ctr 1.6.
 pub fn ctr_command(socket: &Path, ns: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new("ctr");
-    cmd.arg("-a").arg(socket).arg("-n").arg(ns).args(args);
+    ctr_command_for(Ctr::V1_6, socket, ns, args)
+}
+
+pub fn ctr_command_for(ctr: Ctr, socket: &Path, ns: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(ctr.binary());
+    cmd.arg("-a")
+        .arg(socket)
+        .arg("-n")
+        .arg(ns)
+        .args(ctr.args(args));
     cmd
 }
 

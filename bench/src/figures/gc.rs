@@ -92,7 +92,10 @@ async fn one(lab: &Lab, kind: Kind, ns: &str, images: usize) -> Result<(f64, Vec
         images_client
             .create(with_namespace(
                 ns,
-                CreateImageRequest { image: Some(image) },
+                CreateImageRequest {
+                    image: Some(image),
+                    source_date_epoch: None,
+                },
             ))
             .await
             .map_err(err("image create"))?;
@@ -142,6 +145,7 @@ async fn one(lab: &Lab, kind: Kind, ns: &str, images: usize) -> Result<(f64, Vec
                 DeleteImageRequest {
                     name: format!("bench/gc:{i}"),
                     sync: false,
+                    target: None,
                 },
             ))
             .await
@@ -154,6 +158,7 @@ async fn one(lab: &Lab, kind: Kind, ns: &str, images: usize) -> Result<(f64, Vec
             DeleteImageRequest {
                 name: format!("bench/gc:{}", images - 1),
                 sync: true,
+                target: None,
             },
         ))
         .await

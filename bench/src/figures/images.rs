@@ -362,6 +362,8 @@ async fn apply_figures(lab: &Lab, opts: &Opts, img: &Image) -> Result<Vec<Figure
                     diff: Some(desc.clone()),
                     mounts,
                     payloads: Default::default(),
+                    // The same as containerd 1.6's apply: the commit syncs the layer.
+                    sync_fs: false,
                 },
             );
             let commit_req = leased(
@@ -372,6 +374,7 @@ async fn apply_figures(lab: &Lab, opts: &Opts, img: &Image) -> Result<Vec<Figure
                     name: name.clone(),
                     key: key.clone(),
                     labels: Default::default(),
+                    parent: String::new(),
                 },
             );
             sync_disks();
@@ -485,6 +488,7 @@ async fn chain(ch: Channel, ns: String, lease: String, prefix: String, n: usize)
                 name: name.clone(),
                 key: key.clone(),
                 labels: Default::default(),
+                parent: String::new(),
             },
         ))
         .await

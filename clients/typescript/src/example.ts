@@ -24,7 +24,7 @@ import {
   WriteContentRequest,
   WriteContentResponse,
 } from "./gen/containerd/services/content/v1/content";
-import { Envelope } from "./gen/containerd/services/events/v1/events";
+import { Envelope } from "./gen/containerd/types/event";
 import {
   CreateImageRequest,
   UpdateImageRequest,
@@ -243,7 +243,7 @@ async function importImage(
     const { applied } = await call(
       "Diff.Apply",
       c.diff.apply.bind(c.diff),
-      { diff: toDescriptor(layer), mounts, payloads: {} },
+      { diff: toDescriptor(layer), mounts, payloads: {}, syncFs: false },
       md,
     );
     if (applied?.digest !== img.diffIds[i]) {
@@ -254,7 +254,7 @@ async function importImage(
     await call(
       "Snapshots.Commit",
       c.snapshots.commit.bind(c.snapshots),
-      { snapshotter: SNAPSHOTTER, name: chainId, key, labels: {} },
+      { snapshotter: SNAPSHOTTER, name: chainId, key, labels: {}, parent: "" },
       md,
     );
     console.log(`unpacked layer ${i} into snapshot ${chainId}`);

@@ -59,17 +59,18 @@ pub(crate) fn compute<W: Write>(
     lower: &Path,
     upper: &Path,
     gzip: bool,
+    source_date_epoch: Option<i64>,
     out: W,
 ) -> Result<(Digest, u64, Digest)> {
     let mut comp = HashCount::new(out);
     if gzip {
-        let diff_id = write_gzipped(lower, upper, &mut comp)?;
+        let diff_id = write_gzipped(lower, upper, source_date_epoch, &mut comp)?;
         comp.flush().map_err(werr)?;
         Ok((comp.digest(), comp.n, diff_id))
     } else {
         {
             let mut bw = BufWriter::with_capacity(1 << 20, &mut comp);
-            write_diff(lower, upper, &mut bw)?;
+            write_diff(lower, upper, source_date_epoch, &mut bw)?;
             bw.flush().map_err(werr)?;
         }
         let d = comp.digest();
@@ -77,12 +78,17 @@ pub(crate) fn compute<W: Write>(
     }
 }
 
-fn write_gzipped(lower: &Path, upper: &Path, out: &mut dyn Write) -> Result<Digest> {
+fn write_gzipped(
+    lower: &Path,
+    upper: &Path,
+    source_date_epoch: Option<i64>,
+    out: &mut dyn Write,
+) -> Result<Digest> {
     let gz = GzEncoder::new(out, flate2::Compression::default());
     let mut unc = HashCount::new(gz);
     {
         let mut bw = BufWriter::with_capacity(1 << 20, &mut unc);
-        write_diff(lower, upper, &mut bw)?;
+        write_diff(lower, upper, source_date_epoch, &mut bw)?;
         bw.flush().map_err(werr)?;
     }
     let diff_id = unc.digest();
@@ -109,6 +115,8 @@ struct Writer<'w> {
     /// Hardlinked inode → unmodified names seen before any changed name of it.
     inode_refs: HashMap<(u64, u64), Vec<Vec<u8>>>,
     whiteout_time: i64,
+    /// SOURCE_DATE_EPOCH: no entry is dated later (containerd's mod time upper bound).
+    mtime_bound: Option<i64>,
     buf: Vec<u8>,
 }
 
@@ -142,7 +150,12 @@ fn merged_names(lower: Option<&OwnedFd>, upper: &OwnedFd, rel: &[u8]) -> Result<
     Ok(names)
 }
 
-fn write_diff(lower: &Path, upper: &Path, w: &mut dyn Write) -> Result<()> {
+fn write_diff(
+    lower: &Path,
+    upper: &Path,
+    source_date_epoch: Option<i64>,
+    w: &mut dyn Write,
+) -> Result<()> {
     let lower_root = Root::open(lower)?;
     let upper_root = Root::open(upper)?;
     let lfd = lower_root.dir(&[], None)?;
@@ -159,7 +172,9 @@ fn write_diff(lower: &Path, upper: &Path, w: &mut dyn Write) -> Result<()> {
         added_dirs: HashSet::new(),
         inode_src: HashMap::new(),
         inode_refs: HashMap::new(),
-        whiteout_time: now,
+        // A reproducible layer cannot date whiteouts by the clock: containerd 2 uses the epoch.
+        whiteout_time: if source_date_epoch.is_some() { 0 } else { now },
+        mtime_bound: source_date_epoch,
         buf: vec![0u8; 1 << 20],
     };
     let mut stack = vec![Frame {
@@ -480,7 +495,7 @@ impl Writer<'_> {
             uid: st.st_uid,
             gid: st.st_gid,
             size,
-            mtime: st.st_mtime,
+            mtime: self.mtime_bound.map_or(st.st_mtime, |b| st.st_mtime.min(b)),
             devmajor,
             devminor,
             xattrs: &xattrs,

@@ -141,5 +141,18 @@ pub fn compute_layer<W: Write>(
     gzip: bool,
     out: W,
 ) -> Result<(Digest, u64, Digest)> {
-    compute::compute(lower, upper, gzip, out)
+    compute::compute(lower, upper, gzip, None, out)
+}
+
+/// [`compute_layer`] for a reproducible layer (DiffRequest.source_date_epoch, in seconds since
+/// the epoch): entries modified later are dated `source_date_epoch`, whiteouts the epoch itself,
+/// as containerd 2 writes them.
+pub fn compute_layer_with_epoch<W: Write>(
+    lower: &Path,
+    upper: &Path,
+    gzip: bool,
+    source_date_epoch: i64,
+    out: W,
+) -> Result<(Digest, u64, Digest)> {
+    compute::compute(lower, upper, gzip, Some(source_date_epoch), out)
 }

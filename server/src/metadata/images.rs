@@ -90,11 +90,21 @@ impl Metadata {
         .await
     }
 
-    pub async fn delete_image(&self, ns: &str, name: &str) -> Result<()> {
+    /// Deletes the image; with `target` (a digest), only while the image still points at it,
+    /// else NotFound as containerd answers, so a client never removes a name someone re-tagged.
+    pub async fn delete_image(&self, ns: &str, name: &str, target: Option<&str>) -> Result<()> {
         self.update(|tx| {
             let key = keys::object(ns, keys::IMAGES, name);
-            if !tx.exists(&key)? {
+            let Some(image) = tx.get::<Image>(&key)? else {
                 return Err(Error::not_found(format!("image {name:?}: not found")));
+            };
+            if let Some(want) = target {
+                let has = image.target.as_ref().map_or("", |t| t.digest.as_str());
+                if has != want {
+                    return Err(Error::not_found(format!(
+                        "image {name:?} has target {has}, not {want}: not found"
+                    )));
+                }
             }
             tx.delete(key);
             Ok(())

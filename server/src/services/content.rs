@@ -6,7 +6,7 @@ use crate::content::{Digest, IngestStatus, Writer};
 use crate::error::{Error, Result};
 use crate::filters::{Adaptor, Filter};
 use crate::snapshots::blocking;
-use berth_api::containerd::events::ContentDelete;
+use berth_api::containerd::events::{ContentCreate, ContentDelete};
 use berth_api::containerd::services::content::v1::{content_server::Content, *};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -364,6 +364,16 @@ impl WriteSession {
             .meta
             .add_content(&self.ns, &digest, size, msg.labels, self.lease.as_deref())
             .await?;
+        // containerd 2 announces every committed blob; a write stream carries no media type.
+        self.state.events.publish(
+            &self.ns,
+            "/content/create",
+            &ContentCreate {
+                digest: digest.to_string(),
+                size,
+                media_type: String::new(),
+            },
+        );
         let now = crate::metadata::now();
         Ok(WriteContentResponse {
             action: WriteAction::Commit as i32,

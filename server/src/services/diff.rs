@@ -8,9 +8,12 @@
 
 use super::{namespace, reply, RpcResult, State};
 use crate::content::{Digest, Writer};
-use crate::diff::{apply_layer_with_parents, compute_layer, Applied, Limits, Whiteouts};
+use crate::diff::{
+    apply_layer_with_parents, compute_layer, compute_layer_with_epoch, Applied, Limits, Whiteouts,
+};
 use crate::error::{Error, Result};
 use crate::snapshots::{blocking, from_api_mounts};
+use berth_api::containerd::events::ContentCreate;
 use berth_api::containerd::services::diff::v1::{diff_server::Diff, *};
 use berth_api::containerd::types::Descriptor;
 use berth_snapshotter::Mount;
@@ -98,6 +101,14 @@ impl DiffService {
     }
 }
 
+/// ApplyRequest.sync_fs: flush the filesystem holding `dir` (syncfs(2), as containerd does), so
+/// the applied files are on disk before the reply, not only at the snapshot's commit.
+fn sync_filesystem(dir: &Path) -> crate::error::Result<()> {
+    let d =
+        std::fs::File::open(dir).map_err(|e| Error::io(format!("open {}", dir.display()), e))?;
+    rustix::fs::syncfs(&d).map_err(|e| Error::io(format!("syncfs {}", dir.display()), e.into()))
+}
+
 #[tonic::async_trait]
 impl Diff for DiffService {
     async fn apply(&self, req: Request<ApplyRequest>) -> RpcResult<ApplyResponse> {
@@ -120,6 +131,7 @@ impl Diff for DiffService {
         }
         let (content, blob_digest) = (self.state.content.clone(), digest.clone());
         let plan = self.plan(from_api_mounts(req.mounts));
+        let sync_fs = req.sync_fs;
         let (limits, mounts_dir, media_type) = (
             self.limits.clone(),
             self.mounts_dir.clone(),
@@ -136,24 +148,33 @@ impl Diff for DiffService {
                     whiteouts,
                 } => {
                     let parents: Vec<&Path> = parents.iter().map(PathBuf::as_path).collect();
-                    apply_layer_with_parents(
+                    let applied = apply_layer_with_parents(
                         blob,
                         &media_type,
                         &target,
                         &parents,
                         whiteouts,
                         &limits,
-                    )
+                    )?;
+                    if sync_fs {
+                        sync_filesystem(&target)?;
+                    }
+                    Ok(applied)
                 }
                 Plan::Mounted(mounts) => with_mounted(&mounts_dir, &mounts, |dir| {
-                    apply_layer_with_parents(
+                    let applied = apply_layer_with_parents(
                         blob,
                         &media_type,
                         dir,
                         &[],
                         Whiteouts::Native,
                         &limits,
-                    )
+                    )?;
+                    // Before the unmount: syncfs reaches the mounted filesystem through `dir`.
+                    if sync_fs {
+                        sync_filesystem(dir)?;
+                    }
+                    Ok(applied)
                 }),
             }
         })
@@ -197,13 +218,19 @@ impl Diff for DiffService {
         let (content, ingest) = (self.state.content.clone(), format!("{ns}/{ref}"));
         let (left, right) = (from_api_mounts(req.left), from_api_mounts(req.right));
         let mounts_dir = self.mounts_dir.clone();
+        let epoch = req.source_date_epoch.map(|t| t.seconds);
         let (digest, size, diff_id) = blocking(move || {
             // Opening the ingest may wait out another writer's lock and re-hash a resumed one.
             let writer = content.writer(&ingest, 0, None)?;
             with_mounted(&mounts_dir, &left, |lower| {
                 with_mounted(&mounts_dir, &right, |upper| {
                     let mut sink = IngestSink { writer, offset: 0 };
-                    let (digest, size, diff_id) = compute_layer(lower, upper, gzip, &mut sink)?;
+                    let (digest, size, diff_id) = match epoch {
+                        Some(epoch) => {
+                            compute_layer_with_epoch(lower, upper, gzip, epoch, &mut sink)?
+                        }
+                        None => compute_layer(lower, upper, gzip, &mut sink)?,
+                    };
                     let committed = sink.writer.commit(size as i64, Some(&digest))?;
                     Ok((committed.digest, size, diff_id))
                 })
@@ -218,7 +245,17 @@ impl Diff for DiffService {
             .add_content(&ns, &digest, size as i64, labels, lease.as_deref())
             .await
         {
-            Ok(_) | Err(Error::AlreadyExists(_)) => {}
+            // As a blob committed through the content service: containerd 2 announces it.
+            Ok(_) => self.state.events.publish(
+                &ns,
+                "/content/create",
+                &ContentCreate {
+                    digest: digest.to_string(),
+                    size: size as i64,
+                    media_type: media_type.into(),
+                },
+            ),
+            Err(Error::AlreadyExists(_)) => {}
             Err(e) => return Err(e.into()),
         }
         reply(DiffResponse {

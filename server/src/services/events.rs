@@ -4,6 +4,7 @@ use crate::events::{matches, validate_topic, Subscription};
 use crate::filters::Filter;
 use crate::metadata::now;
 use berth_api::containerd::services::events::v1::{events_server::Events, *};
+use berth_api::containerd::types::Envelope;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;

@@ -67,7 +67,12 @@ impl Images for ImagesService {
         let ns = namespace(&req)?;
         let req = req.into_inner();
         let name = req.name;
-        self.0.meta.delete_image(&ns, &name).await?;
+        let target = req
+            .target
+            .as_ref()
+            .map(|t| t.digest.as_str())
+            .filter(|d| !d.is_empty());
+        self.0.meta.delete_image(&ns, &name, target).await?;
         self.0
             .events
             .publish(&ns, "/images/delete", &ImageDelete { name });

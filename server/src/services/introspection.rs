@@ -1,13 +1,101 @@
 use super::{reply, RpcResult, State};
+use crate::config::{RuntimeConfig, DEFAULT_RUNTIME};
+use crate::error::Error;
 use crate::filters::{Adaptor, Filter};
+use berth_api::containerd::runc::v1::Options as RuncOptions;
 use berth_api::containerd::services::introspection::v1::{introspection_server::Introspection, *};
-use berth_api::containerd::types::Platform;
+use berth_api::containerd::types::{Platform, RuntimeInfo, RuntimeRequest, RuntimeVersion};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tonic::Request;
 
 pub struct IntrospectionService {
     pub state: Arc<State>,
     pub plugins: Vec<Plugin>,
+    /// The configured runtimes, for PluginInfo on the runtime plugin.
+    pub runtimes: BTreeMap<String, RuntimeConfig>,
+}
+
+/// The plugin a client asks for a runtime's info (containerd's shim manager).
+const RUNTIME_PLUGIN: (&str, &str) = ("io.containerd.runtime.v2", "task");
+
+/// typeurl's name for runtime-spec's `features.Features`, which Go clients decode from JSON.
+const FEATURES_TYPE_URL: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/features/Features";
+
+/// The inode of this process's pid namespace, as containerd reports it (0 if /proc says nothing).
+fn pid_namespace() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
+}
+
+impl IntrospectionService {
+    /// containerd's runc shim `-info`: the runtime's name and version, the options asked about,
+    /// and the OCI runtime's `features` output (left out, as containerd does, when the binary
+    /// has no such command).
+    async fn runtime_info(&self, options: &prost_types::Any) -> Result<RuntimeInfo, Error> {
+        let request: RuntimeRequest = berth_api::unpack_any(options).map_err(|e| {
+            Error::invalid(format!(
+                "PluginInfo options: {e} (the runtime plugin takes containerd.types.RuntimeRequest)"
+            ))
+        })?;
+        let name = if request.runtime_path.is_empty() {
+            DEFAULT_RUNTIME
+        } else {
+            request.runtime_path.as_str()
+        };
+        let runtime = self.runtimes.get(name).ok_or_else(|| {
+            Error::not_found(format!(
+                "runtime {name:?} is not configured (configured: {})",
+                self.runtimes.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let mut binary = runtime.binary_name.clone();
+        let asked = request.options.filter(|a| !a.type_url.is_empty());
+        if let Some(any) = &asked {
+            let o: RuncOptions = berth_api::unpack_any(any).map_err(|e| {
+                Error::invalid(format!(
+                    "runtime options: {e} (berth's runtime takes containerd.runc.v1.Options)"
+                ))
+            })?;
+            if !o.binary_name.is_empty() {
+                binary = o.binary_name;
+            }
+        }
+        let features = match tokio::process::Command::new(&binary)
+            .arg("features")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+        {
+            Ok(out) if out.status.success() => Some(prost_types::Any {
+                type_url: FEATURES_TYPE_URL.to_string(),
+                value: out.stdout,
+            }),
+            Ok(out) => {
+                tracing::debug!(binary, stderr = %String::from_utf8_lossy(&out.stderr), "no runtime features");
+                None
+            }
+            Err(e) => {
+                return Err(Error::not_found(format!(
+                    "runtime {name:?}: running {binary:?}: {e}"
+                )))
+            }
+        };
+        Ok(RuntimeInfo {
+            name: name.to_string(),
+            version: Some(RuntimeVersion {
+                version: crate::VERSION.to_string(),
+                revision: option_env!("BERTH_GIT_REVISION")
+                    .unwrap_or("unknown")
+                    .to_string(),
+            }),
+            options: asked,
+            features,
+            annotations: Default::default(),
+        })
+    }
 }
 
 /// The plugins this daemon really runs, in containerd's type/id vocabulary, so tools that inspect
@@ -23,6 +111,8 @@ pub fn plugin_list(
             .replace("x86_64", "amd64")
             .replace("aarch64", "arm64"),
         variant: String::new(),
+        os_version: String::new(),
+        os_features: vec![],
     };
     let plugin = |r#type: &str, id: &str, requires: &[&str]| Plugin {
         r#type: r#type.to_string(),
@@ -117,6 +207,40 @@ impl Introspection for IntrospectionService {
     async fn server(&self, _: Request<()>) -> RpcResult<ServerResponse> {
         reply(ServerResponse {
             uuid: self.state.meta.server_uuid().to_string(),
+            pid: u64::from(std::process::id()),
+            pidns: pid_namespace(),
+            // berthd has no deprecated features or settings to warn about yet.
+            deprecations: vec![],
+        })
+    }
+
+    async fn plugin_info(&self, req: Request<PluginInfoRequest>) -> RpcResult<PluginInfoResponse> {
+        let req = req.into_inner();
+        let plugin = self
+            .plugins
+            .iter()
+            .find(|p| p.r#type == req.r#type && p.id == req.id)
+            .cloned()
+            .ok_or_else(|| {
+                Error::not_found(format!("plugin {}.{} not found", req.r#type, req.id))
+            })?;
+        let Some(options) = req.options.filter(|o| !o.type_url.is_empty()) else {
+            return reply(PluginInfoResponse {
+                plugin: Some(plugin),
+                extra: None,
+            });
+        };
+        if (plugin.r#type.as_str(), plugin.id.as_str()) != RUNTIME_PLUGIN {
+            return Err(Error::Unimplemented(format!(
+                "plugin {}.{} does not provide extra information (berthd answers it for {}.{})",
+                req.r#type, req.id, RUNTIME_PLUGIN.0, RUNTIME_PLUGIN.1
+            ))
+            .into());
+        }
+        let info = self.runtime_info(&options).await?;
+        reply(PluginInfoResponse {
+            plugin: Some(plugin),
+            extra: Some(berth_api::pack_any(&info)),
         })
     }
 }

@@ -89,9 +89,15 @@ impl Snapshots for SnapshotsService {
                 s.prepare(&r.key, &r.parent, r.labels)
             })
             .await?;
-        self.0
-            .events
-            .publish(&ns, "/snapshot/prepare", &SnapshotPrepare { key, parent });
+        self.0.events.publish(
+            &ns,
+            "/snapshot/prepare",
+            &SnapshotPrepare {
+                key,
+                parent,
+                snapshotter,
+            },
+        );
         reply(PrepareSnapshotResponse {
             mounts: to_api_mounts(mounts),
         })
@@ -134,23 +140,52 @@ impl Snapshots for SnapshotsService {
         let (key, name) = (r.key.clone(), r.name.clone());
         let snapshotter = r.snapshotter.clone();
         self.under_lease(&ns, lease_id, &snapshotter, &name, move || {
+            // containerd 2's commit may name the parent: the active snapshot's own parent is a
+            // no-op; giving a parentless snapshot one is a rebase, which berth's snapshotters
+            // cannot do (a parentless overlay snapshot is a bind mount, so a layer applied there
+            // loses its whiteouts). They do not advertise the "rebase" capability, so containerd
+            // 2's unpacker never asks.
+            if !r.parent.is_empty() {
+                let active = s.stat(&r.key)?;
+                if active.parent.is_empty() {
+                    return Err(Error::Unimplemented(format!(
+                        "commit {:?} onto parent {:?}: rebasing a snapshot on commit is not \
+                         supported by berth's snapshotters (no \"rebase\" capability)",
+                        r.key, r.parent
+                    )));
+                }
+                if active.parent != r.parent {
+                    return Err(Error::invalid(format!(
+                        "cannot change parent of active snapshot {:?} on commit",
+                        r.key
+                    )));
+                }
+            }
             s.commit(&r.name, &r.key, r.labels)
         })
         .await?;
-        self.0
-            .events
-            .publish(&ns, "/snapshot/commit", &SnapshotCommit { key, name });
+        self.0.events.publish(
+            &ns,
+            "/snapshot/commit",
+            &SnapshotCommit {
+                key,
+                name,
+                snapshotter,
+            },
+        );
         reply(())
     }
 
     async fn remove(&self, req: Request<RemoveSnapshotRequest>) -> RpcResult<()> {
         let (ns, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
-        let key = req.into_inner().key;
+        let RemoveSnapshotRequest { snapshotter, key } = req.into_inner();
         let k = key.clone();
         blocking(move || s.remove(&k)).await?;
-        self.0
-            .events
-            .publish(&ns, "/snapshot/remove", &SnapshotRemove { key });
+        self.0.events.publish(
+            &ns,
+            "/snapshot/remove",
+            &SnapshotRemove { key, snapshotter },
+        );
         reply(())
     }
 

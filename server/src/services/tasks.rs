@@ -137,6 +137,14 @@ impl Tasks for TasksService {
             )
             .into());
         }
+        if !r.task_api_address.is_empty() {
+            return Err(Error::Unimplemented(format!(
+                "task_api_address {:?}: starting a task in a sandbox's own shim comes with the \
+                 sandbox work; berthd starts one berth-shim per task",
+                r.task_api_address
+            ))
+            .into());
+        }
         let container = self.state.meta.get_container(&ns, id)?;
         let task = self
             .tasks

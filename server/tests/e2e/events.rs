@@ -1,6 +1,6 @@
 //! A running `ctr events` and its parsed lines, for the tests that watch what berthd publishes.
 
-use crate::harness::{ctr_command, Daemon};
+use crate::harness::Daemon;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
@@ -51,10 +51,11 @@ pub struct Events {
 }
 
 impl Events {
-    /// Start `ctr events` and return once it is subscribed: subscription is asynchronous, so
+    /// Start `ctr events` (the daemon's ctr) and return once it is subscribed: subscription is asynchronous, so
     /// namespaces are created until one of them is seen.
     pub fn start(d: &Daemon) -> Events {
-        let mut child = ctr_command(&d.socket, "default", &["events"])
+        let mut child = d
+            .ctr_command("default", &["events"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -1,8 +1,9 @@
 //! Images end to end: import with unpack into real overlayfs snapshots, check, export, run up to
-//! task creation, and garbage collection of layers — all driven by the real `ctr`.
+//! task creation, and garbage collection of layers — all driven by the real `ctr` (import, run
+//! and export with both ctr 1.6 and ctr 2.4.2).
 
 use crate::fixtures::{busybox_oci_archive, OciArchive};
-use crate::harness::{process_token, Daemon};
+use crate::harness::{process_token, Ctr, Daemon};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -33,9 +34,8 @@ fn poll(timeout: Duration, what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn import_unpacks_into_overlay_snapshots() {
-    let d = Daemon::start();
+fn import_unpacks_into_overlay_snapshots(ctr: Ctr) {
+    let d = Daemon::start().using(ctr);
     let dir = tempfile::tempdir().unwrap();
     let image = archive(dir.path());
     d.ctr(
@@ -109,9 +109,8 @@ fn import_unpacks_into_overlay_snapshots() {
     assert_eq!(d.ctr("default", &["content", "ls", "-q"]), "");
 }
 
-#[test]
-fn run_on_an_imported_image_keeps_the_container() {
-    let d = Daemon::start();
+fn run_on_an_imported_image_keeps_the_container(ctr: Ctr) {
+    let d = Daemon::start().using(ctr);
     let dir = tempfile::tempdir().unwrap();
     let image = archive(dir.path());
     d.ctr(
@@ -137,9 +136,8 @@ fn run_on_an_imported_image_keeps_the_container() {
     assert!(!snapshot_keys(&d, "default").contains(&id));
 }
 
-#[test]
-fn export_round_trips_an_imported_image() {
-    let d = Daemon::start();
+fn export_round_trips_an_imported_image(ctr: Ctr) {
+    let d = Daemon::start().using(ctr);
     let dir = tempfile::tempdir().unwrap();
     let image = archive(dir.path());
     d.ctr(
@@ -594,4 +592,42 @@ fn a_hung_proxy_snapshotter_is_bounded() {
     assert!(d.ctr("default", &["leases", "ls"]).lines().count() <= 1);
     // The daemon is still serving.
     d.ctr("default", &["namespaces", "ls"]);
+}
+
+mod ctr_1_6 {
+    use crate::harness::Ctr;
+
+    #[test]
+    fn import_unpacks_into_overlay_snapshots() {
+        super::import_unpacks_into_overlay_snapshots(Ctr::V1_6)
+    }
+
+    #[test]
+    fn run_on_an_imported_image_keeps_the_container() {
+        super::run_on_an_imported_image_keeps_the_container(Ctr::V1_6)
+    }
+
+    #[test]
+    fn export_round_trips_an_imported_image() {
+        super::export_round_trips_an_imported_image(Ctr::V1_6)
+    }
+}
+
+mod ctr_2 {
+    use crate::harness::Ctr;
+
+    #[test]
+    fn import_unpacks_into_overlay_snapshots() {
+        super::import_unpacks_into_overlay_snapshots(Ctr::V2)
+    }
+
+    #[test]
+    fn run_on_an_imported_image_keeps_the_container() {
+        super::run_on_an_imported_image_keeps_the_container(Ctr::V2)
+    }
+
+    #[test]
+    fn export_round_trips_an_imported_image() {
+        super::export_round_trips_an_imported_image(Ctr::V2)
+    }
 }

@@ -6,7 +6,7 @@
 //! starts its own registry on a free port (tests run in parallel threads) and kills it on drop.
 
 use crate::fixtures::{busybox_oci_archive, sha256};
-use crate::harness::{process_token, Daemon};
+use crate::harness::{process_token, Ctr, Daemon};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+j
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A `docker-registry` process serving a throwaway storage directory on 127.0.0.1.
-struct Registry {
+pub(crate) struct Registry {
     /// Declared first so it is dropped (killed) before the storage directory is removed.
     process: Process,
     dir: tempfile::TempDir,
@@ -45,7 +45,7 @@ impl Registry {
     /// parallel test's registry) may take it first. Each registry therefore sends a header unique
     /// to it, and only a 200 carrying that header counts; a registry that lost the port exits, and
     /// we try again with another.
-    fn start() -> Registry {
+    pub(crate) fn start() -> Registry {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let mut dir = tempfile::Builder::new()
             .prefix("berth-registry-")
@@ -128,13 +128,13 @@ impl Registry {
     }
 
     /// The reference ctr pulls: `127.0.0.1:<port>/library/busybox:latest`.
-    fn reference(&self) -> String {
+    pub(crate) fn reference(&self) -> String {
         format!("{}/{REPO}:{TAG}", self.host())
     }
 
     /// Push the busybox fixture (an OCI archive) as `library/busybox:latest` with skopeo, then
     /// read back what the registry serves for it.
-    fn push_busybox(&self, work: &Path) -> Served {
+    pub(crate) fn push_busybox(&self, work: &Path) -> Served {
         let fixture = busybox_oci_archive(work, &format!("docker.io/{REPO}:{TAG}"));
         // skopeo's oci-archive reference is PATH[:NAME], NAME matching the index's
         // org.opencontainers.image.ref.name annotation, which the fixture sets to the tag.
@@ -207,7 +207,7 @@ impl Registry {
 
 /// The image as the registry serves it.
 #[derive(Debug)]
-struct Served {
+pub(crate) struct Served {
     media_type: String,
     manifest_digest: String,
     config_digest: String,
@@ -509,7 +509,16 @@ fn poll(timeout: Duration, what: &str, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn pull_from_a_registry_unpacks_and_labels_and_is_idempotent() {
-    let d = Daemon::start();
+    pull_scenario(Ctr::V1_6);
+}
+
+#[test]
+fn pull_from_a_registry_with_ctr_2() {
+    pull_scenario(Ctr::V2);
+}
+
+fn pull_scenario(ctr: Ctr) {
+    let d = Daemon::start().using(ctr);
     let registry = Registry::start();
     let work = tempfile::tempdir().unwrap();
     let served = registry.push_busybox(work.path());

@@ -44,7 +44,7 @@ use crate::events::Events;
 use berth_testkit::skip::{skip, skip_unless_ci};
 
 use crate::fixtures::busybox_oci_archive;
-use crate::harness::{ctr_command, process_token, Daemon};
+use crate::harness::{ctr_command, process_token, Ctr, Daemon};
 
 const IMAGE: &str = "docker.io/berth/busybox:tasks";
 /// How long any single gRPC reply, or a process's exit after SIGKILL, may take.
@@ -801,7 +801,17 @@ fn openpty() -> (std::fs::File, std::os::fd::OwnedFd) {
 
 #[test]
 fn run_rm_prints_output_and_propagates_the_exit_status() {
-    let f = Fixture::start("berth-e2e-run");
+    run_rm_scenario("berth-e2e-run", Ctr::V1_6);
+}
+
+#[test]
+fn run_rm_prints_output_and_propagates_the_exit_status_with_ctr_2() {
+    run_rm_scenario("berth-e2e-run2", Ctr::V2);
+}
+
+fn run_rm_scenario(ns: &'static str, ctr: Ctr) {
+    let mut f = Fixture::start(ns);
+    f.d.ctr = ctr;
 
     let out = f.run_ok("run-echo", &["echo", "hello"]);
     assert_eq!(out, "hello\n");

@@ -400,7 +400,7 @@ func spec(ns, id string) ([]byte, error) {
 }
 
 // exitEvent waits on the subscription for the /tasks/exit event of container id.
-func exitEvent(sub grpc.ServerStreamingClient[eventsapi.Envelope], id string) (*events.TaskExit, error) {
+func exitEvent(sub grpc.ServerStreamingClient[types.Envelope], id string) (*events.TaskExit, error) {
 	for {
 		env, err := sub.Recv()
 		if err != nil {
