@@ -317,6 +317,13 @@ impl Rewriter {
         }
         if !changed && !self.diverged {
             self.out.extend_from_slice(&block.raw);
+            // A gRPC client keeps one authority for the life of a connection (its channel's), so
+            // once it has sent an acceptable one, the rest of the connection passes untouched:
+            // the common client (grpc-go, tonic, grpc-js) pays for one decoded block, not one per
+            // call. A later unusable value meets h2's refusal, as it would without the adapter.
+            if fields.iter().any(|(name, _)| name == b":authority") {
+                self.phase = Phase::Opaque;
+            }
             return;
         }
         self.diverged = true;

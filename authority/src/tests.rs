@@ -252,11 +252,13 @@ fn requests_after_a_rewrite_decode_right() {
     let mut enc = Encoder::new();
     let mut input = start();
     let mut expected = Vec::new();
-    // The first block passes verbatim and fills the server's table.
-    let ok = request(
+    // The first block has no :authority (legal): it passes verbatim and fills the server's table,
+    // and the adapter keeps following the connection.
+    let mut ok = request(
         b"localhost",
         "/containerd.services.namespaces.v1.Namespaces/List",
     );
+    ok.retain(|(name, _)| name != b":authority");
     input.extend(frame(HEADERS, END_HEADERS, 1, &encode(&mut enc, &ok)));
     expected.push(headers(1, ok));
     for (i, (authority, path)) in [
@@ -557,9 +559,9 @@ async fn adapter_with_split_reads() {
     let mut enc = Encoder::new();
     let mut input = start();
     for (stream, authority) in [
-        (1u32, &b"localhost"[..]),
-        (3, b"%2Frun%2Fberthd.sock"),
-        (5, b"localhost"),
+        (1u32, &b"%2Frun%2Fberthd.sock"[..]),
+        (3, b"localhost"),
+        (5, b"%2Frun%2Fberthd.sock"),
     ] {
         input.extend(frame(
             HEADERS,
@@ -587,10 +589,31 @@ async fn adapter_with_split_reads() {
                 }
                 out.extend_from_slice(&buf[..n]);
             }
-            assert_eq!(fix.rewritten(), 1);
+            assert_eq!(fix.rewritten(), 2);
             assert!(out == expected, "step {step}, read size {read_size}");
         }
     }
     let seen = server_view(&expected);
-    assert!(matches!(&seen[4], Seen::Headers { fields, .. } if fields[3].1 == b"localhost"));
+    assert!(matches!(&seen[2], Seen::Headers { fields, .. } if fields[3].1 == b"localhost"));
+    assert!(matches!(&seen[6], Seen::Headers { fields, .. } if fields[3].1 == b"localhost"));
+}
+
+/// A connection whose first request carries an acceptable authority is the common client's
+/// (grpc-go, tonic, grpc-js): from then on it passes untouched, byte for byte, and is not decoded.
+#[test]
+fn a_connection_that_starts_well_passes_untouched() {
+    let mut enc = Encoder::new();
+    let mut input = start();
+    for (stream, authority) in [
+        (1u32, &b"localhost"[..]),
+        (3, b"localhost"),
+        (5, b"%2Frun%2Fberthd.sock"),
+    ] {
+        let block = encode(&mut enc, &request(authority, "/p"));
+        input.extend(frame(HEADERS, END_HEADERS, stream, &block));
+        input.extend(frame(DATA, END_STREAM, stream, b"payload"));
+    }
+    let (out, rewritten) = run_all(&input);
+    assert_eq!(rewritten, 0);
+    assert!(out == input);
 }

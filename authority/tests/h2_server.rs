@@ -159,8 +159,8 @@ async fn with_the_adapter_h2_serves_every_client() {
     let answers = ask(
         true,
         &[
-            grpc_request(Some("localhost")),
             grpc_request(Some("%2Frun%2Fberth%2Fberthd.sock")),
+            grpc_request(Some("localhost")),
             grpc_request(Some("%2Frun%2Fberth%2Fberthd.sock")),
             grpc_request(Some("/run/berth/berthd.sock")),
             grpc_request(Some("")),
@@ -181,4 +181,22 @@ async fn with_the_adapter_h2_serves_every_client() {
             served(None),
         ]
     );
+}
+
+#[tokio::test]
+async fn a_connection_that_starts_with_a_good_authority_is_left_to_h2() {
+    // Every gRPC library keeps its channel's authority on a connection; one that changes it to a
+    // bad value later gets h2's own refusal, exactly as without the adapter.
+    let answers = ask(
+        true,
+        &[
+            grpc_request(Some("localhost")),
+            grpc_request(Some("%2Frun%2Fberth%2Fberthd.sock")),
+        ],
+    )
+    .await;
+    // The reset may reach the client before the first answer.
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(answers.contains(&served(Some("localhost"))), "{answers:?}");
+    assert!(answers.contains(&Answer::Reset(1)), "{answers:?}");
 }
