@@ -1,6 +1,6 @@
 //! berthd's configuration: a TOML file shaped like containerd's, where every flag can also be set.
 
-use crate::error::{Error, Result};
+use berth_errdefs::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,6 @@
 
 use crate::config::Config;
 use crate::content::ContentStore;
-use crate::error::{Error, Result};
 use crate::events::Exchange;
 use crate::gc::Collector;
 use crate::metadata::Metadata;
@@ -13,6 +12,7 @@ use crate::runtime::TaskManager;
 use crate::services::{self, *};
 use crate::snapshots::Snapshotters;
 use berth_api::containerd::services as api;
+use berth_errdefs::{Error, Result};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{self, DirBuilder, File};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -105,7 +105,7 @@ pub async fn run(config: Config) -> Result<()> {
     let _ = fs::remove_file(&address);
     meta.sync_blocking()?;
     tracing::info!("berthd stopped");
-    result.map_err(|e| Error::Internal(format!("grpc server: {e}")))
+    result.map_err(|e| Error::internal(format!("grpc server: {e}")))
 }
 
 fn router(

@@ -2,11 +2,11 @@
 //! Events/Subscribe streams them out. In memory only, as in containerd: events are notifications,
 //! not a log.
 
-use crate::error::{Error, Result};
 use crate::filters::{Adaptor, Filter};
 use berth_api::containerd::events::ContainerUpdate;
 use berth_api::containerd::services::containers::v1::Container;
 use berth_api::containerd::services::events::v1::Envelope;
+use berth_errdefs::{Error, Result};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 

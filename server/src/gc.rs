@@ -8,10 +8,10 @@
 //! swept, so writers are not held while the collector works.
 
 use crate::content::{ContentStore, Digest};
-use crate::error::{Error, Result};
 use crate::filters::Filter;
 use crate::metadata::Metadata;
 use crate::snapshots::{blocking, NamespaceSnapshots, Snapshotters};
+use berth_errdefs::Result;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -186,7 +186,8 @@ impl Collector {
             .await?;
         for digest in &orphaned {
             match self.content.delete_blob(digest) {
-                Ok(()) | Err(Error::NotFound(_)) => {}
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
                 Err(e) => tracing::warn!(%digest, error = %e, "could not remove collected blob"),
             }
         }
@@ -226,8 +227,10 @@ impl Collector {
                     for info in dead {
                         match scoped.remove(&info.name) {
                             Ok(()) => removed += 1,
-                            Err(Error::FailedPrecondition(_)) => waiting.push(info),
-                            Err(Error::NotFound(_)) => {}
+                            Err(e) if e.kind() == berth_errdefs::Kind::FailedPrecondition => {
+                                waiting.push(info)
+                            }
+                            Err(e) if e.is_not_found() => {}
                             Err(e) => return Err(e),
                         }
                     }

@@ -7,7 +7,6 @@ pub mod config;
 pub mod content;
 pub mod daemon;
 pub mod diff;
-pub mod error;
 pub mod events;
 pub mod filters;
 pub mod gc;

@@ -84,7 +84,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(cli: &Cli) -> berthd::error::Result<Config> {
+fn load_config(cli: &Cli) -> berth_errdefs::Result<Config> {
     let mut config = match &cli.config {
         Some(path) => Config::load(path)?,
         None if std::path::Path::new(DEFAULT_CONFIG_PATH).exists() => {

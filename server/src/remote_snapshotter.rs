@@ -89,10 +89,10 @@ fn from_status(name: &str, s: tonic::Status) -> Error {
         tonic::Code::AlreadyExists => Error::AlreadyExists(msg),
         tonic::Code::FailedPrecondition => Error::FailedPrecondition(msg),
         tonic::Code::InvalidArgument => Error::InvalidArgument(msg),
-        _ => Error::Io {
-            context: msg,
-            source: std::io::Error::other(format!("{:?}", s.code())),
-        },
+        // Unavailable, DeadlineExceeded and the rest keep their class.
+        _ => Error::Other(
+            berth_errdefs::Error::from(s).context(format!("remote snapshotter {name}")),
+        ),
     }
 }
 

@@ -3,7 +3,7 @@
 //! A snapshotter stores opaque keys; berthd prefixes every key and committed name with
 //! `<namespace>/`, so two namespaces can hold the same chain ID or key without seeing each other.
 
-use crate::error::{Error, Result};
+use berth_errdefs::{Error, Result};
 use berth_snapshotter::{Info, Mount, Snapshotter, Usage};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,7 +14,7 @@ pub async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+        .map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
 }
 
 /// Mounts as snapshotters describe them, in the API's type (both are foreign to berthd, so these

@@ -1,6 +1,6 @@
 //! Input rules shared by every service: containerd's identifier and label limits.
 
-use crate::error::{Error, Result};
+use berth_errdefs::{Error, Result};
 use std::collections::HashMap;
 
 /// containerd's identifier limit (identifiers/validate.go).
@@ -106,7 +106,7 @@ mod tests {
             &"x".repeat(77),
         ] {
             assert!(
-                matches!(identifier("id", bad), Err(Error::InvalidArgument(_))),
+                matches!(identifier("id", bad), Err(ref e) if e.kind() == berth_errdefs::Kind::InvalidArgument),
                 "{bad:?}"
             );
         }

@@ -312,6 +312,28 @@ impl fmt::Display for ShimError {
 
 impl std::error::Error for ShimError {}
 
+/// The protocol's kinds are a subset of errdefs', named alike.
+impl From<ErrorKind> for berth_errdefs::Kind {
+    fn from(k: ErrorKind) -> Self {
+        use berth_errdefs::Kind;
+        match k {
+            ErrorKind::InvalidArgument => Kind::InvalidArgument,
+            ErrorKind::NotFound => Kind::NotFound,
+            ErrorKind::AlreadyExists => Kind::AlreadyExists,
+            ErrorKind::FailedPrecondition => Kind::FailedPrecondition,
+            ErrorKind::Unimplemented => Kind::Unimplemented,
+            ErrorKind::Unavailable => Kind::Unavailable,
+            ErrorKind::Internal => Kind::Internal,
+        }
+    }
+}
+
+impl From<ShimError> for berth_errdefs::Error {
+    fn from(e: ShimError) -> Self {
+        berth_errdefs::Error::new(e.kind.into(), e.message)
+    }
+}
+
 /// Encode a request as one protocol line (with `v` and the trailing newline).
 pub fn encode_request(req: &Request) -> Vec<u8> {
     let mut v = serde_json::to_value(req).unwrap_or_default();

@@ -18,6 +18,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Any other class, kept as is: a proxy snapshotter that is Unavailable or timed out.
+    #[error(transparent)]
+    Other(#[from] berth_errdefs::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -27,6 +30,20 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+}
+
+impl From<Error> for berth_errdefs::Error {
+    fn from(e: Error) -> Self {
+        use berth_errdefs::Error as E;
+        match e {
+            Error::NotFound(_) => E::not_found(e.to_string()),
+            Error::AlreadyExists(_) => E::exists(e.to_string()),
+            Error::FailedPrecondition(m) => E::precondition(m),
+            Error::InvalidArgument(m) => E::invalid(m),
+            Error::Io { context, source } => E::io(context, source),
+            Error::Other(inner) => inner,
         }
     }
 }

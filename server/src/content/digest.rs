@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::error::{Error, Result};
+use berth_errdefs::{Error, Result};
 
 const ALGORITHM: &str = "sha256";
 const PREFIX: &str = "sha256:";
@@ -111,7 +111,8 @@ mod tests {
 
     fn assert_invalid(s: &str, needle: &str) {
         match Digest::parse(s) {
-            Err(Error::InvalidArgument(msg)) => {
+            Err(e) if e.kind() == berth_errdefs::Kind::InvalidArgument => {
+                let msg = e.message();
                 assert!(msg.contains(needle), "{s:?}: {msg:?} lacks {needle:?}")
             }
             other => panic!("{s:?}: expected InvalidArgument, got {other:?}"),

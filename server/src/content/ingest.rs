@@ -21,7 +21,7 @@ use sha2::{Digest as _, Sha256};
 use super::digest::Digest;
 use super::lock::KeyLock;
 use super::ContentStore;
-use crate::error::{Error, Result};
+use berth_errdefs::{Error, Result};
 
 pub(crate) const DATA: &str = "data";
 pub(crate) const KEY: &str = "key";
@@ -173,7 +173,7 @@ pub(crate) fn read_status(dir: &Path, key: Option<&str>) -> Result<IngestStatus>
     };
     let stored_key = fs::read(dir.join(KEY)).map_err(|e| not_found_or(e, KEY))?;
     let stored_key = String::from_utf8(stored_key)
-        .map_err(|_| Error::Internal(format!("ingest {} has a non-UTF-8 key", dir.display())))?;
+        .map_err(|_| Error::internal(format!("ingest {} has a non-UTF-8 key", dir.display())))?;
     if let Some(k) = key {
         // Only a sha256 collision or a corrupted key file gets here; either way it is not `k`.
         if k != stored_key {
@@ -183,7 +183,7 @@ pub(crate) fn read_status(dir: &Path, key: Option<&str>) -> Result<IngestStatus>
     let key = stored_key;
     let meta_text = fs::read_to_string(dir.join(META)).map_err(|e| not_found_or(e, META))?;
     let meta = Meta::decode(&meta_text)
-        .map_err(|e| Error::Internal(format!("ingest {key:?}: corrupt meta: {e}")))?;
+        .map_err(|e| Error::internal(format!("ingest {key:?}: corrupt meta: {e}")))?;
     let data = fs::metadata(dir.join(DATA)).map_err(|e| not_found_or(e, DATA))?;
     // updated_at is only persisted when a Writer goes away (not per chunk, for speed), so a live
     // or killed writer's data mtime can be newer; report the later one, as containerd does.
@@ -293,7 +293,14 @@ impl Writer {
         // EMFILE) is returned instead, so a transient failure never discards received data.
         let status = match read_status(dir, Some(key)) {
             Ok(st) => st,
-            Err(Error::NotFound(_) | Error::Internal(_)) => return Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    berth_errdefs::Kind::NotFound | berth_errdefs::Kind::Internal
+                ) && e.io_kind().is_none() =>
+            {
+                return Ok(None)
+            }
             Err(e) => return Err(e),
         };
         if total > 0 && status.total > 0 && total != status.total {
@@ -394,7 +401,7 @@ impl Writer {
         if offset == 0 && self.offset > 0 {
             self.truncate()?;
         } else if u64::try_from(offset).ok() != Some(self.offset) {
-            return Err(Error::OutOfRange(format!(
+            return Err(Error::out_of_range(format!(
                 "write offset {offset} does not match current offset {}",
                 self.offset
             )));
@@ -475,7 +482,7 @@ impl Writer {
             .map_err(|e| Error::io(ctx("stat ingest data"), e))?
             .len();
         if len != written {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "commit {digest}: ingest data is {len} bytes but {written} were hashed"
             )));
         }

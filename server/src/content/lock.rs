@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use berth_errdefs::{Error, Result};
 
 #[derive(Debug, Default)]
 pub(crate) struct LockTable {
@@ -26,7 +26,7 @@ impl LockTable {
     pub(crate) fn try_lock(self: &Arc<Self>, key: &str) -> Result<KeyLock> {
         let mut map = self.map();
         if let Some(since) = map.get(key) {
-            return Err(Error::Unavailable(format!(
+            return Err(Error::unavailable(format!(
                 "ref {key} locked for {:?}: unavailable",
                 since.elapsed()
             )));
@@ -50,7 +50,7 @@ impl LockTable {
             }
             std::thread::sleep(Duration::from_millis(jitter_ms(1u64 << attempt)));
         }
-        Err(last.unwrap_or_else(|| Error::Unavailable(format!("ref {key} locked"))))
+        Err(last.unwrap_or_else(|| Error::unavailable(format!("ref {key} locked"))))
     }
 }
 
@@ -84,7 +84,7 @@ mod tests {
         let t = Arc::new(LockTable::default());
         let a = t.try_lock("ns/ref").unwrap();
         assert!(
-            matches!(t.try_lock("ns/ref"), Err(Error::Unavailable(m)) if m.starts_with("ref ns/ref locked"))
+            matches!(t.try_lock("ns/ref"), Err(e) if e.kind() == berth_errdefs::Kind::Unavailable && e.message().starts_with("ref ns/ref locked"))
         );
         let _other = t.try_lock("ns/other").unwrap();
         drop(a);

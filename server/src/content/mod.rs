@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub use self::digest::Digest;
 pub use self::ingest::{Committed, IngestStatus, Writer};
 use self::lock::LockTable;
-use crate::error::{Error, Result};
+use berth_errdefs::{Error, Result};
 
 pub(crate) const DIR_MODE: u32 = 0o700;
 
@@ -102,7 +102,7 @@ impl ContentStore {
         let file = self.open_blob(d)?;
         let len = file.metadata().map_err(|e| blob_err(d, "stat", e))?.len();
         if offset > len {
-            return Err(Error::OutOfRange(format!(
+            return Err(Error::out_of_range(format!(
                 "read past object length {len} bytes"
             )));
         }
@@ -185,8 +185,12 @@ impl ContentStore {
             let entry = entry.map_err(ctx)?;
             match ingest::read_status(&entry.path(), None) {
                 Ok(st) => out.push(st),
-                Err(Error::NotFound(_) | Error::Internal(_)) => {}
-                Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotADirectory => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        berth_errdefs::Kind::NotFound | berth_errdefs::Kind::Internal
+                    ) && e.io_kind().is_none() => {}
+                Err(e) if e.io_kind() == Some(ErrorKind::NotADirectory) => {}
                 Err(e) => return Err(e),
             }
         }

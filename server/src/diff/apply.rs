@@ -16,7 +16,7 @@ use super::fsops::{self, lstat_at, os, Root};
 use super::stream::ChunkSource;
 use super::tarfmt::{invalid, Entry, Kind, TarReader, Time};
 use super::{Limits, Whiteouts};
-use crate::error::{Error, Result};
+use berth_errdefs::{Error, Result};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const WHITEOUT_OPAQUE: &[u8] = b".wh..wh..opq";

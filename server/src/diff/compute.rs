@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 use super::fsops::{self, lstat_at, os, path_o, Root};
 use super::tarfmt::{self, WriteHeader, BLOCK};
 use crate::content::Digest;
-use crate::error::{Error, Result};
+use berth_errdefs::{Error, Result};
 
 const CAPABILITY: &[u8] = b"security.capability";
 
@@ -148,7 +148,7 @@ fn write_diff(lower: &Path, upper: &Path, w: &mut dyn Write) -> Result<()> {
     let lfd = lower_root.dir(&[], None)?;
     let ufd = upper_root
         .dir(&[], None)?
-        .ok_or_else(|| Error::Internal("upper root vanished".into()))?;
+        .ok_or_else(|| Error::internal("upper root vanished"))?;
     let names = merged_names(lfd.as_ref(), &ufd, b"")?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -194,7 +194,7 @@ fn write_diff(lower: &Path, upper: &Path, w: &mut dyn Write) -> Result<()> {
                 fsops::is_dir(&u).then_some(None)
             }
             (Some(l), Some(u)) => {
-                let lfd = lower_fd.ok_or_else(|| Error::Internal("lower fd missing".into()))?;
+                let lfd = lower_fd.ok_or_else(|| Error::internal("lower fd missing"))?;
                 let same = same_file(lfd, upper_fd, &name, &path, &l, &u, &mut wr.buf)?;
                 if !same || is_linked(&u) {
                     wr.change(upper_fd, &name, &path, &u, same)?;

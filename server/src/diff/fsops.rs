@@ -16,7 +16,7 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 use super::tarfmt::invalid;
-use crate::error::{Error, Result};
+use berth_errdefs::{Error, Result};
 
 /// continuity caps symlink walks at 255 (`errTooManyLinks`).
 pub(crate) const MAX_LINK_HOPS: usize = 255;

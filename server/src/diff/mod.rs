@@ -23,7 +23,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use crate::content::Digest;
-use crate::error::{Error, Result};
+use berth_errdefs::{Error, Result};
 
 /// How OCI whiteouts in a layer are realised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +65,7 @@ pub struct Applied {
 /// `…nondistributable.v1.tar`, each optionally `+gzip`/`+zstd`, and Docker's
 /// `…rootfs.diff.tar[.gzip]` / `…rootfs.foreign.diff.tar[.gzip]`; gzip and zstd are detected by
 /// magic bytes where containerd does so. Anything else is `Error::Unimplemented`. A malformed or
-/// hostile archive is `Error::InvalidArgument("invalid archive: …")`, a breached limit
+/// hostile archive is `Error::invalid("invalid archive: …")`, a breached limit
 /// `InvalidArgument` naming the limit; on any error `target` is left partially written and the
 /// caller discards it. Nothing outside `target` is ever created, modified, chmod'ed or chown'ed.
 pub fn apply_layer<R: Read + Send>(
@@ -116,11 +116,10 @@ pub fn apply_layer_with_parents<R: Read + Send>(
         drop(src);
         let size = producer
             .join()
-            .map_err(|_| Error::Internal("layer decompression thread panicked".into()))?;
+            .map_err(|_| Error::internal("layer decompression thread panicked"))?;
         res?;
         // `run` only succeeds after reading to EOF, and EOF follows the producer's success.
-        let size =
-            size.ok_or_else(|| Error::Internal("layer stream ended without a size".into()))?;
+        let size = size.ok_or_else(|| Error::internal("layer stream ended without a size"))?;
         Ok(Applied { diff_id, size })
     })
 }

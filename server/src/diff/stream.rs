@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use sha2::{Digest as _, Sha256};
 
 use crate::content::Digest;
-use crate::error::{Error, Result};
+use berth_errdefs::{Error, Result};
 
 /// Size of the chunks handed from the decompression thread to the extractor. Large enough that a
 /// typical file is one `write`, small enough that the in-flight memory stays a few MiB.
@@ -41,7 +41,7 @@ pub(crate) fn compression_for(media_type: &str) -> Result<Compression> {
     let mut ext: Vec<&str> = parts.collect();
     ext.sort_unstable();
     let unsupported = || {
-        Error::Unimplemented(format!(
+        Error::unimplemented(format!(
             "unsupported diff media type {media_type:?}: no processor for media-type"
         ))
     };
@@ -284,7 +284,7 @@ mod tests {
             "application/vnd.oci.image.manifest.v1+json",
         ] {
             assert!(
-                matches!(compression_for(mt), Err(Error::Unimplemented(_))),
+                matches!(compression_for(mt), Err(ref e) if e.kind() == berth_errdefs::Kind::Unimplemented),
                 "{mt}"
             );
         }

@@ -3,12 +3,12 @@
 //!
 //! The reader never allocates more than a bounded amount per header (PAX and GNU long-name
 //! payloads are capped at 1 MiB like Go's archive/tar), never trusts a size it cannot represent,
-//! and reports every malformation as `Error::InvalidArgument("invalid archive: …")`.
+//! and reports every malformation as `Error::invalid("invalid archive: …")`.
 
 use std::io::Write;
 
 use super::stream::ChunkSource;
-use crate::error::{Error, Result};
+use berth_errdefs::{Error, Result};
 
 pub(crate) const BLOCK: usize = 512;
 /// Cap for PAX records, GNU long names and sparse maps (Go's `maxSpecialFileSize`).

@@ -118,7 +118,8 @@ fn apply_tar(tar: &[u8], target: &Path, w: Whiteouts) -> Result<Applied> {
 
 fn assert_invalid(res: Result<Applied>, needle: &str) {
     match res {
-        Err(Error::InvalidArgument(msg)) => {
+        Err(e) if e.kind() == berth_errdefs::Kind::InvalidArgument => {
+            let msg = e.message();
             assert!(msg.contains(needle), "{msg:?} lacks {needle:?}")
         }
         other => panic!("expected InvalidArgument containing {needle:?}, got {other:?}"),
@@ -1549,7 +1550,9 @@ fn malformed_archives_fail_cleanly() {
         Whiteouts::Native,
         &Limits::default(),
     ) {
-        Err(Error::Unimplemented(m)) => assert!(m.contains("unsupported diff media type")),
+        Err(e) if e.kind() == berth_errdefs::Kind::Unimplemented => {
+            assert!(e.message().contains("unsupported diff media type"))
+        }
         other => panic!("{other:?}"),
     }
 }

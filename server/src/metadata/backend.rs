@@ -3,7 +3,7 @@
 //! Everything above this trait (namespaces, images, containers, leases, content records) is written in
 //! terms of keys and byte values, so a second backend only has to implement these few methods.
 
-use crate::error::Result;
+use berth_errdefs::{Error, Kind, Result};
 use std::path::Path;
 
 /// One atomic group of writes.
@@ -50,6 +50,11 @@ pub trait Backend: Send + Sync + 'static {
     fn sync(&self) -> Result<()>;
 }
 
+/// A sled failure: the store is broken or unreachable, which no client can fix.
+fn store(e: sled::Error) -> Error {
+    Error::with_source(Kind::Internal, "metadata store", e)
+}
+
 /// The sled backend: one tree, keys as laid out in `keys.rs`.
 pub struct SledBackend {
     db: sled::Db,
@@ -63,21 +68,22 @@ impl SledBackend {
             .cache_capacity(8 * 1024 * 1024)
             // We flush explicitly (group commit) before acknowledging writes; no background timer needed.
             .flush_every_ms(None)
-            .open()?;
+            .open()
+            .map_err(store)?;
         Ok(SledBackend { db })
     }
 }
 
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get(key)?.map(|v| v.to_vec()))
+        Ok(self.db.get(key).map_err(store)?.map(|v| v.to_vec()))
     }
 
     fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.db
             .scan_prefix(prefix)
             .map(|kv| {
-                let (k, v) = kv?;
+                let (k, v) = kv.map_err(store)?;
                 Ok((k.to_vec(), v.to_vec()))
             })
             .collect()
@@ -85,7 +91,7 @@ impl Backend for SledBackend {
 
     fn for_each(&self, prefix: &[u8], f: &mut Visit<'_>) -> Result<()> {
         for kv in self.db.scan_prefix(prefix) {
-            let (k, v) = kv?;
+            let (k, v) = kv.map_err(store)?;
             f(&k, &v)?;
         }
         Ok(())
@@ -107,14 +113,20 @@ impl Backend for SledBackend {
             .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
             .take(limit)
             .map(|kv| {
-                let (k, v) = kv?;
+                let (k, v) = kv.map_err(store)?;
                 Ok((k.to_vec(), v.to_vec()))
             })
             .collect()
     }
 
     fn any_with_prefix(&self, prefix: &[u8]) -> Result<bool> {
-        Ok(self.db.scan_prefix(prefix).next().transpose()?.is_some())
+        Ok(self
+            .db
+            .scan_prefix(prefix)
+            .next()
+            .transpose()
+            .map_err(store)?
+            .is_some())
     }
 
     fn apply(&self, batch: Batch) -> Result<()> {
@@ -125,12 +137,12 @@ impl Backend for SledBackend {
                 None => b.remove(k),
             }
         }
-        self.db.apply_batch(b)?;
+        self.db.apply_batch(b).map_err(store)?;
         Ok(())
     }
 
     fn sync(&self) -> Result<()> {
-        self.db.flush()?;
+        self.db.flush().map_err(store)?;
         Ok(())
     }
 }

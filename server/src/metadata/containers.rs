@@ -1,10 +1,10 @@
 //! Container records: the spec, runtime, image and snapshot a task will later be made from.
 
 use super::{keys, now, Metadata};
-use crate::error::{Error, Result};
 use crate::filters::{label_field, Adaptor, Filter};
 use crate::validate;
 use berth_api::containerd::services::containers::v1::Container;
+use berth_errdefs::{Error, Result};
 
 /// A container as background loops need it (the collector's roots, the restart monitor's
 /// labels): the stored record read with only these fields of `Container` (same numbers), so the

@@ -3,10 +3,10 @@
 
 use super::{keys, now, Metadata, Tx};
 use crate::content::Digest;
-use crate::error::{Error, Result};
 use crate::filters::{label_field, Adaptor, Filter};
 use crate::validate;
 use berth_api::containerd::services::content::v1::Info;
+use berth_errdefs::{Error, Result};
 use std::collections::HashMap;
 
 impl Metadata {

@@ -2,10 +2,10 @@
 
 use super::{keys, now, Metadata};
 use crate::content::Digest;
-use crate::error::{Error, Result};
 use crate::filters::{label_field, Adaptor, Filter};
 use crate::validate;
 use berth_api::containerd::services::images::v1::Image;
+use berth_errdefs::{Error, Result};
 
 impl Metadata {
     pub fn get_image(&self, ns: &str, name: &str) -> Result<Image> {

@@ -2,10 +2,10 @@
 //! The garbage collector (a later issue) treats them as roots; `containerd.io/gc.expire` ends them.
 
 use super::{keys, now, Metadata, Pending};
-use crate::error::{Error, Result};
 use crate::filters::{label_field, Adaptor, Filter};
 use crate::validate;
 use berth_api::containerd::services::leases::v1::{Lease, Resource};
+use berth_errdefs::{Error, Result};
 use std::time::SystemTime;
 
 /// The label that gives a lease its end of life, an RFC 3339 time.
@@ -125,7 +125,8 @@ impl Metadata {
         }
         for (ns, id) in &expired {
             match self.delete_lease(ns, id).await {
-                Ok(()) | Err(Error::NotFound(_)) => {}
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),
             }
         }

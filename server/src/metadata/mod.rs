@@ -15,8 +15,8 @@ mod keys;
 pub mod leases;
 pub mod namespaces;
 
-use crate::error::{Error, Result};
 use backend::{Backend, Batch, SledBackend};
+use berth_errdefs::{Error, Result};
 use prost::Message;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,10 +90,9 @@ impl Metadata {
         let mut init = Batch::default();
         match backend.get(keys::SCHEMA)? {
             Some(v) => {
-                let found =
-                    u32::from_be_bytes(v.as_slice().try_into().map_err(|_| {
-                        Error::Store("schema version record is corrupt".to_string())
-                    })?);
+                let found = u32::from_be_bytes(v.as_slice().try_into().map_err(|_| {
+                    Error::internal("metadata store: schema version record is corrupt")
+                })?);
                 if found > SCHEMA_VERSION {
                     return Err(Error::precondition(format!(
                         "metadata schema version {found} is newer than this berthd supports ({SCHEMA_VERSION}); \
@@ -187,7 +186,7 @@ impl Metadata {
         let _writer = self
             .write_lock
             .lock()
-            .map_err(|_| Error::Internal("metadata writer lock poisoned".into()))?;
+            .map_err(|_| Error::internal("metadata writer lock poisoned"))?;
         let mut tx = Tx {
             backend: self.backend.as_ref(),
             batch: Batch::default(),
@@ -213,7 +212,7 @@ impl Metadata {
         let backend = self.backend.clone();
         tokio::task::spawn_blocking(move || backend.sync())
             .await
-            .map_err(|e| Error::Internal(format!("metadata sync task failed: {e}")))??;
+            .map_err(|e| Error::internal(format!("metadata sync task failed: {e}")))??;
         self.durable.fetch_max(target, Ordering::SeqCst);
         Ok(())
     }
@@ -248,7 +247,7 @@ impl Pending<'_> {
 }
 
 fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M> {
-    M::decode(bytes).map_err(|e| Error::Store(format!("corrupt record: {e}")))
+    M::decode(bytes).map_err(|e| Error::internal(format!("metadata store: corrupt record: {e}")))
 }
 
 /// Now, as a protobuf timestamp.

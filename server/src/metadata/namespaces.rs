@@ -1,9 +1,9 @@
 //! Namespaces: the tenancy boundary. Every other record lives under one.
 
 use super::{keys, Metadata};
-use crate::error::{Error, Result};
 use crate::validate;
 use berth_api::containerd::services::namespaces::v1::Namespace;
+use berth_errdefs::{Error, Result};
 
 impl Metadata {
     /// containerd never answers NotFound here: an unknown namespace is an empty one, and clients

@@ -18,7 +18,6 @@ pub mod restart;
 pub mod shim;
 
 use crate::config::{RuntimeConfig, DEFAULT_RUNTIME};
-use crate::error::{Error, Result};
 use crate::events::Exchange;
 use crate::snapshots::blocking;
 use berth_api::containerd::events::{
@@ -28,6 +27,7 @@ use berth_api::containerd::events::{
 use berth_api::containerd::runc::v1::Options as RuncOptions;
 use berth_api::containerd::services::containers::v1::Container;
 use berth_api::containerd::types::Mount;
+use berth_errdefs::{Error, Result};
 use berth_shim::protocol::{
     CreateRequest, Empty, ExecRequest, ExitReply, PidReply, PidsReply, ProcessState, Request,
     Timestamp,
@@ -174,7 +174,7 @@ impl TaskManager {
         let mut tasks = self.lock();
         match tasks.get(&key) {
             Some(Slot::Ready(_)) => Err(Error::exists(format!("task {id} already exists"))),
-            Some(Slot::Busy) => Err(Error::Unavailable(format!(
+            Some(Slot::Busy) => Err(Error::unavailable(format!(
                 "task {id} is being created or cleaned up; retry"
             ))),
             None => {
@@ -190,7 +190,7 @@ impl TaskManager {
     pub fn get(&self, ns: &str, id: &str) -> Result<Arc<Task>> {
         match self.lock().get(&(ns.to_string(), id.to_string())) {
             Some(Slot::Ready(t)) => Ok(t.clone()),
-            Some(Slot::Busy) => Err(Error::Unavailable(format!(
+            Some(Slot::Busy) => Err(Error::unavailable(format!(
                 "task {id} is being created or cleaned up; retry"
             ))),
             None => Err(Error::not_found(format!("no task for container {id}"))),
@@ -813,7 +813,7 @@ fn prepare_bundle(
             .map_err(|e| Error::io(format!("chown {} to gid {gid}", bundle.display()), e))?;
     }
     let record_json = serde_json::to_vec(record)
-        .map_err(|e| Error::Internal(format!("encoding task record: {e}")))?;
+        .map_err(|e| Error::internal(format!("encoding task record: {e}")))?;
     write("task.json", &record_json)?;
     write("config.json", spec)?;
     if !rootfs.is_empty() {

@@ -7,7 +7,7 @@
 
 use super::shim::{ShimSocket, QUICK_CALL};
 use super::{cgroups, remove_task_dirs, Slot, Task, TaskManager, TaskRecord};
-use crate::error::{Error, Result};
+use berth_errdefs::{Error, Result};
 use berth_shim::protocol::{Empty, ExitRecord, ListReply, Request, Status};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

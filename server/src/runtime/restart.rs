@@ -15,12 +15,12 @@
 //! created or cleaned up is left to the next round.
 
 use super::{CreateTask, Stdio, TaskManager};
-use crate::error::{Error, Result};
 use crate::events::Exchange;
 use crate::metadata::containers::ContainerSummary;
 use crate::metadata::Metadata;
 use crate::snapshots::{blocking, to_api_mounts, Snapshotters};
 use berth_api::containerd::services::containers::v1::Container;
+use berth_errdefs::{Error, Result};
 use berth_shim::protocol::Status;
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,8 +118,8 @@ impl RestartMonitor {
                 },
                 Status::Running | Status::Paused | Status::Created => Current::Running,
             }),
-            Err(Error::NotFound(_)) => Ok(Current::Absent),
-            Err(Error::Unavailable(_)) => Ok(Current::Busy),
+            Err(e) if e.is_not_found() => Ok(Current::Absent),
+            Err(e) if e.kind() == berth_errdefs::Kind::Unavailable => Ok(Current::Busy),
             Err(e) => Err(e),
         }
     }
@@ -156,17 +156,18 @@ impl RestartMonitor {
                 tokio::time::timeout(KILL_PATIENCE, self.tasks.wait(ns, id, ""))
                     .await
                     .map_err(|_| {
-                        Error::Unavailable(format!(
+                        Error::unavailable(format!(
                             "task {id} did not exit within {KILL_PATIENCE:?} of SIGKILL"
                         ))
                     })??;
             }
             Ok(_) => {}
-            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e),
         }
         match self.tasks.delete(ns, id).await {
-            Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e),
         }
     }

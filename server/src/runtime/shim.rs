@@ -3,7 +3,7 @@
 //! shim that restarts its listener, or a daemon that restarts, needs no reconnect logic, and a
 //! long `wait` never holds up other calls.
 
-use crate::error::{Error, Result};
+use berth_errdefs::{Error, Result};
 use berth_shim::protocol::{encode_request, ErrorKind, Request, Response};
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
@@ -34,7 +34,7 @@ impl ShimSocket {
         let exchange = self.exchange(req);
         let resp = match timeout {
             Some(t) => tokio::time::timeout(t, exchange).await.map_err(|_| {
-                Error::Internal(format!(
+                Error::deadline_exceeded(format!(
                     "task {}: the shim did not answer {} within {t:?}",
                     self.task,
                     req.op()
@@ -45,13 +45,13 @@ impl ShimSocket {
         match (resp.result, resp.error) {
             (_, Some(e)) => Err(self.shim_error(e.kind, e.message)),
             (Some(v), None) => serde_json::from_value(v).map_err(|e| {
-                Error::Internal(format!(
+                Error::internal(format!(
                     "task {}: undecodable {} reply from the shim: {e}",
                     self.task,
                     req.op()
                 ))
             }),
-            (None, None) => Err(Error::Internal(format!(
+            (None, None) => Err(Error::internal(format!(
                 "task {}: empty {} reply from the shim",
                 self.task,
                 req.op()
@@ -61,7 +61,7 @@ impl ShimSocket {
 
     async fn exchange(&self, req: &Request) -> Result<Response> {
         let gone = |e: std::io::Error| {
-            Error::Unavailable(format!(
+            Error::unavailable(format!(
                 "task {}: cannot reach its shim at {}: {e}",
                 self.task,
                 self.path.display()
@@ -75,14 +75,14 @@ impl ShimSocket {
             .await
             .map_err(gone)?;
         if n == 0 {
-            return Err(Error::Unavailable(format!(
+            return Err(Error::unavailable(format!(
                 "task {}: the shim closed the connection during {}",
                 self.task,
                 req.op()
             )));
         }
         serde_json::from_str(&line).map_err(|e| {
-            Error::Internal(format!(
+            Error::internal(format!(
                 "task {}: undecodable reply from the shim: {e}",
                 self.task
             ))
@@ -92,15 +92,7 @@ impl ShimSocket {
     /// The shim names its error kinds after gRPC codes; keep them.
     fn shim_error(&self, kind: ErrorKind, message: String) -> Error {
         let msg = format!("task {}: {message}", self.task);
-        match kind {
-            ErrorKind::InvalidArgument => Error::InvalidArgument(msg),
-            ErrorKind::NotFound => Error::NotFound(msg),
-            ErrorKind::AlreadyExists => Error::AlreadyExists(msg),
-            ErrorKind::FailedPrecondition => Error::FailedPrecondition(msg),
-            ErrorKind::Unimplemented => Error::Unimplemented(msg),
-            ErrorKind::Unavailable => Error::Unavailable(msg),
-            ErrorKind::Internal => Error::Internal(msg),
-        }
+        Error::new(kind.into(), msg)
     }
 }
 
@@ -149,13 +141,13 @@ pub async fn launch(l: &Launch<'_>) -> Result<PathBuf> {
         }
     }
     let out = cmd.output().await.map_err(|e| {
-        Error::Internal(format!(
+        Error::internal(format!(
             "cannot run the shim {}: {e} (berth-shim belongs beside berthd, or set [tasks] shim)",
             l.shim.display()
         ))
     })?;
     if !out.status.success() {
-        return Err(Error::Internal(format!(
+        return Err(Error::internal(format!(
             "starting the shim for task {}: {} ({})",
             l.id,
             String::from_utf8_lossy(&out.stderr).trim(),

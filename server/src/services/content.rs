@@ -3,10 +3,10 @@
 
 use super::{lease, mask_paths, namespace, reply, RpcResult, State};
 use crate::content::{Digest, IngestStatus, Writer};
-use crate::error::{Error, Result};
 use crate::filters::{Adaptor, Filter};
 use berth_api::containerd::events::ContentDelete;
 use berth_api::containerd::services::content::v1::{content_server::Content, *};
+use berth_errdefs::{Error, Result};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -82,7 +82,8 @@ impl Content for ContentService {
         let last_reference = self.0.meta.remove_content(&ns, &digest).await?;
         if last_reference {
             match self.0.content.delete_blob(&digest) {
-                Ok(()) | Err(Error::NotFound(_)) => {}
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
                 // The record is gone; a leftover file is harmless and GC reclaims it.
                 Err(e) => tracing::warn!(%digest, error = %e, "could not remove blob"),
             }
@@ -108,7 +109,7 @@ impl Content for ContentService {
         let digest = Digest::parse(&req.digest)?;
         let info = self.0.meta.content_info(&ns, &digest)?;
         if req.offset < 0 || req.offset > info.size {
-            return Err(Error::OutOfRange(format!(
+            return Err(Error::out_of_range(format!(
                 "read offset {} is outside content {digest} of size {}",
                 req.offset, info.size
             ))
@@ -359,7 +360,7 @@ impl WriteSession {
         self.tx
             .send(Ok(resp))
             .await
-            .map_err(|_| Error::Canceled("client closed the write stream".into()).into())
+            .map_err(|_| Error::canceled("client closed the write stream").into())
     }
 }
 

@@ -9,10 +9,10 @@
 use super::{namespace, reply, RpcResult, State};
 use crate::content::{Digest, Writer};
 use crate::diff::{apply_layer_with_parents, compute_layer, Applied, Limits, Whiteouts};
-use crate::error::{Error, Result};
 use crate::snapshots::{blocking, from_api_mounts};
 use berth_api::containerd::services::diff::v1::{diff_server::Diff, *};
 use berth_api::containerd::types::Descriptor;
+use berth_errdefs::{Error, Result};
 use berth_snapshotter::Mount;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -176,7 +176,7 @@ impl Diff for DiffService {
             "" | "application/vnd.oci.image.layer.v1.tar+gzip" => true,
             "application/vnd.oci.image.layer.v1.tar" => false,
             other => {
-                return Err(Error::Unimplemented(format!(
+                return Err(Error::unimplemented(format!(
                     "unsupported diff media type {other:?} (berthd writes tar and tar+gzip layers)"
                 ))
                 .into())
@@ -215,7 +215,8 @@ impl Diff for DiffService {
             .add_content(&ns, &digest, size as i64, labels, lease.as_deref())
             .await
         {
-            Ok(_) | Err(Error::AlreadyExists(_)) => {}
+            Ok(_) => {}
+            Err(e) if e.is_already_exists() => {}
             Err(e) => return Err(e.into()),
         }
         reply(DiffResponse {

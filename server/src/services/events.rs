@@ -1,9 +1,9 @@
 use super::{namespace, reply, RpcResult, State};
-use crate::error::Error;
 use crate::events::{matches, validate_topic};
 use crate::filters::Filter;
 use crate::metadata::now;
 use berth_api::containerd::services::events::v1::{events_server::Events, *};
+use berth_errdefs::Error;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;

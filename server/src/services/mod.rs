@@ -15,10 +15,10 @@ pub mod tasks;
 pub mod version;
 
 use crate::content::ContentStore;
-use crate::error::{Error, Result};
 use crate::events::Exchange;
 use crate::metadata::Metadata;
 use crate::snapshots::Snapshotters;
+use berth_errdefs::{Error, Result};
 use std::sync::Arc;
 use tonic::Request;
 

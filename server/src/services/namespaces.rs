@@ -1,7 +1,7 @@
 use super::{mask_paths, namespace, reply, RpcResult, State};
-use crate::error::Error;
 use berth_api::containerd::events::{NamespaceCreate, NamespaceDelete, NamespaceUpdate};
 use berth_api::containerd::services::namespaces::v1::{namespaces_server::Namespaces, *};
+use berth_errdefs::Error;
 use std::sync::Arc;
 use tonic::Request;
 

@@ -2,13 +2,13 @@
 //! caller's namespace. Snapshotter calls touch the filesystem, so they run on blocking threads.
 
 use super::{lease, mask_paths, namespace, reply, RpcResult, State};
-use crate::error::{Error, Result};
 use crate::filters::{label_field, Adaptor, Filter};
 use crate::metadata::Pending;
 use crate::snapshots::{blocking, to_api_mounts, Scoped};
 use berth_api::containerd::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
 use berth_api::containerd::services::leases::v1::Resource;
 use berth_api::containerd::services::snapshots::v1::{snapshots_server::Snapshots, *};
+use berth_errdefs::{Error, Result};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;

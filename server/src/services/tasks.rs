@@ -1,7 +1,6 @@
 //! containerd.services.tasks.v1.Tasks over `runtime::TaskManager` (one berth-shim per task).
 
 use super::{namespace, reply, RpcResult, State};
-use crate::error::{Error, Result};
 use crate::filters::{Adaptor, Filter};
 use crate::runtime::{cgroups::Cgroup, timestamp, CreateTask, Stdio, Task, TaskManager};
 use crate::validate;
@@ -9,6 +8,7 @@ use berth_api::containerd::runc::v1::ProcessDetails;
 use berth_api::containerd::services::tasks::v1::{tasks_server::Tasks, *};
 use berth_api::containerd::types::Metric;
 use berth_api::containerd::v1::types::{Process, ProcessInfo, Status as ApiStatus};
+use berth_errdefs::{Error, Result};
 use berth_shim::protocol::{ProcessState, Status};
 use std::sync::{Arc, OnceLock};
 
@@ -108,7 +108,7 @@ fn checkpoint_unavailable() -> Error {
             Ok(_) => "CRIU works here, but berth's checkpoint/restore is not built yet".into(),
         }
     });
-    Error::Unimplemented(format!("checkpoint/restore needs CRIU: {why}"))
+    Error::unimplemented(format!("checkpoint/restore needs CRIU: {why}"))
 }
 
 #[tonic::async_trait]
