@@ -11,6 +11,7 @@
 //! Namespaced calls carry the `containerd-namespace` header: wrap requests with [`with_namespace`].
 
 pub use berth_api::containerd as api;
+pub use berth_api::{LEASE_HEADER, NAMESPACE_HEADER};
 use std::path::{Path, PathBuf};
 use tonic::transport::{Channel, Endpoint};
 
@@ -50,7 +51,7 @@ pub async fn connect(socket: impl AsRef<Path>) -> Result<Channel, Error> {
 pub fn with_namespace<T>(namespace: &str, message: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
     if let Ok(v) = namespace.parse() {
-        req.metadata_mut().insert("containerd-namespace", v);
+        req.metadata_mut().insert(NAMESPACE_HEADER, v);
     }
     req
 }

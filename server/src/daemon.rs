@@ -128,7 +128,7 @@ fn router(
         .trace_fn(|req| {
             let ns = req
                 .headers()
-                .get(NAMESPACE_HEADER)
+                .get(berth_api::NAMESPACE_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             tracing::info_span!("rpc", method = %req.uri().path(), namespace = %ns)

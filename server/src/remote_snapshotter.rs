@@ -65,7 +65,7 @@ impl RemoteSnapshotter {
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
         req.metadata_mut().insert(
-            crate::services::NAMESPACE_HEADER,
+            berth_api::NAMESPACE_HEADER,
             tonic::metadata::MetadataValue::from_static(REMOTE_NAMESPACE),
         );
         req

@@ -22,8 +22,7 @@ use berth_errdefs::{Error, Result};
 use std::sync::Arc;
 use tonic::Request;
 
-pub const NAMESPACE_HEADER: &str = "containerd-namespace";
-pub const LEASE_HEADER: &str = "containerd-lease";
+use berth_api::{LEASE_HEADER, NAMESPACE_HEADER};
 
 /// What every service shares.
 pub struct State {
