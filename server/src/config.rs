@@ -19,7 +19,8 @@ pub struct Config {
     pub grpc: GrpcConfig,
     pub debug: DebugConfig,
     pub leases: LeaseConfig,
-    pub diff: DiffConfig,
+    /// The layer code's own limits type: what is set here is what Apply enforces.
+    pub diff: berth_layer::Limits,
     /// External plugins reached over a unix socket, as containerd's `[proxy_plugins.NAME]`.
     pub proxy_plugins: std::collections::BTreeMap<String, ProxyPlugin>,
     pub tasks: TasksConfig,
@@ -105,25 +106,6 @@ pub struct ProxyPlugin {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct DiffConfig {
-    /// Largest uncompressed layer Apply accepts: bounds a decompression bomb.
-    pub max_uncompressed_bytes: u64,
-    /// Most tar entries in one layer: bounds an inode bomb.
-    pub max_entries: u64,
-}
-
-impl Default for DiffConfig {
-    fn default() -> Self {
-        let limits = crate::diff::Limits::default();
-        DiffConfig {
-            max_uncompressed_bytes: limits.max_uncompressed_bytes,
-            max_entries: limits.max_entries,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
 pub struct GrpcConfig {
     /// The API socket (created mode 0660 once the daemon is ready).
     pub address: PathBuf,
@@ -158,7 +140,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             debug: DebugConfig::default(),
             leases: LeaseConfig::default(),
-            diff: DiffConfig::default(),
+            diff: berth_layer::Limits::default(),
             proxy_plugins: Default::default(),
             tasks: TasksConfig::default(),
             runtimes: [(DEFAULT_RUNTIME.to_string(), RuntimeConfig::default())].into(),

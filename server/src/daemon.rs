@@ -2,7 +2,6 @@
 //! readiness notification and a clean shutdown.
 
 use crate::config::Config;
-use crate::content::ContentStore;
 use crate::events::Exchange;
 use crate::gc::Collector;
 use crate::metadata::Metadata;
@@ -12,6 +11,7 @@ use crate::runtime::TaskManager;
 use crate::services::{self, *};
 use crate::snapshots::Snapshotters;
 use berth_api::containerd::services as api;
+use berth_content::ContentStore;
 use berth_errdefs::{Error, Result};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{self, DirBuilder, File};
@@ -191,10 +191,7 @@ fn router(
                 state: state.clone(),
                 snapshots_root: config.root.join("snapshots"),
                 mounts_dir: config.state.join("mounts"),
-                limits: crate::diff::Limits {
-                    max_uncompressed_bytes: config.diff.max_uncompressed_bytes,
-                    max_entries: config.diff.max_entries,
-                },
+                limits: config.diff.clone(),
             }
         ))
         .add_service(svc!(

@@ -4,9 +4,7 @@
 //! storage (`metadata::backend`, files under the root). `daemon` wires them together.
 
 pub mod config;
-pub mod content;
 pub mod daemon;
-pub mod diff;
 pub mod events;
 pub mod filters;
 pub mod gc;

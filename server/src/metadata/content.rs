@@ -1,12 +1,12 @@
 //! Content records: which namespace holds which blob, with its labels. The bytes live in the
-//! content store (`crate::content`), shared by all namespaces.
+//! content store (`berth_content`), shared by all namespaces.
 
 use super::{keys, now, Metadata, Tx};
-use crate::content::Digest;
 use crate::filters::{label_field, Adaptor, Filter};
 use crate::validate;
 use berth_api::containerd::services::content::v1::Info;
 use berth_errdefs::{Error, Result};
+use berth_oci::Digest;
 use std::collections::HashMap;
 
 impl Metadata {

@@ -1,11 +1,11 @@
 //! Image records: a name pointing at a target descriptor (an index or a manifest in the content store).
 
 use super::{keys, now, Metadata};
-use crate::content::Digest;
 use crate::filters::{label_field, Adaptor, Filter};
 use crate::validate;
 use berth_api::containerd::services::images::v1::Image;
 use berth_errdefs::{Error, Result};
+use berth_oci::Digest;
 
 impl Metadata {
     pub fn get_image(&self, ns: &str, name: &str) -> Result<Image> {

@@ -167,7 +167,7 @@ fn validate_resource(r: &Resource) -> Result<()> {
         )));
     }
     if r.r#type == "content" {
-        crate::content::Digest::parse(&r.id)?;
+        berth_oci::Digest::parse(&r.id)?;
     }
     Ok(())
 }

@@ -12,7 +12,6 @@
 //! - `s/<hash>/` the shim's sockets (0700): short, so socket paths fit whatever the ids;
 //! - `runc/<ns>/` runc's state (the default runtime root).
 
-pub mod cgroups;
 mod recovery;
 pub mod restart;
 pub mod shim;
@@ -481,13 +480,13 @@ impl TaskManager {
 
     /// Publish /tasks/oom for every OOM kill in the task's cgroup while it lives.
     fn watch_oom(&self, task: &Arc<Task>) {
-        match cgroups::Cgroup::of_pid(task.pid).and_then(|c| c.oom_monitor()) {
+        match berth_cgroups::Cgroup::of_pid(task.pid).and_then(|c| c.oom_monitor()) {
             Ok(monitor) => self.publish_ooms(task, monitor),
             Err(e) => tracing::debug!(task = %task.record.id, error = %e, "no OOM monitoring"),
         }
     }
 
-    fn publish_ooms(&self, task: &Arc<Task>, mut monitor: cgroups::OomMonitor) {
+    fn publish_ooms(&self, task: &Arc<Task>, mut monitor: berth_cgroups::OomMonitor) {
         let events = self.events.clone();
         let (ns, id) = (task.record.namespace.clone(), task.record.id.clone());
         tokio::spawn(async move {

@@ -6,7 +6,7 @@
 //! --force`, unmount, remove — its slot stays Busy until then, so no new task races the cleanup.
 
 use super::shim::{ShimSocket, QUICK_CALL};
-use super::{cgroups, remove_task_dirs, Slot, Task, TaskManager, TaskRecord};
+use super::{remove_task_dirs, Slot, Task, TaskManager, TaskRecord};
 use berth_errdefs::{Error, Result};
 use berth_shim::protocol::{Empty, ExitRecord, ListReply, Request, Status};
 use std::path::{Path, PathBuf};
@@ -169,7 +169,8 @@ impl TaskManager {
         let (manager, task) = (self.clone(), task.clone());
         tokio::spawn(async move {
             let pid = task.pid;
-            let cgroup = tokio::task::spawn_blocking(move || cgroups::Cgroup::of_pid(pid)).await;
+            let cgroup =
+                tokio::task::spawn_blocking(move || berth_cgroups::Cgroup::of_pid(pid)).await;
             match cgroup.map(|c| c.and_then(|c| c.oom_monitor())) {
                 Ok(Ok(monitor)) => manager.publish_ooms(&task, monitor),
                 Ok(Err(e)) => {

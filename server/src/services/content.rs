@@ -2,11 +2,12 @@
 //! (STAT / WRITE / COMMIT, one response per request, resumable by ref).
 
 use super::{lease, mask_paths, namespace, reply, RpcResult, State};
-use crate::content::{Digest, IngestStatus, Writer};
 use crate::filters::{Adaptor, Filter};
 use berth_api::containerd::events::ContentDelete;
 use berth_api::containerd::services::content::v1::{content_server::Content, *};
+use berth_content::{IngestStatus, Writer};
 use berth_errdefs::{Error, Result};
+use berth_oci::Digest;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::mpsc;

@@ -7,12 +7,13 @@
 //! snapshotters. Anything else is mounted on a temporary directory and applied through the mount.
 
 use super::{namespace, reply, RpcResult, State};
-use crate::content::{Digest, Writer};
-use crate::diff::{apply_layer_with_parents, compute_layer, Applied, Limits, Whiteouts};
 use crate::snapshots::{blocking, from_api_mounts};
 use berth_api::containerd::services::diff::v1::{diff_server::Diff, *};
 use berth_api::containerd::types::Descriptor;
+use berth_content::Writer;
 use berth_errdefs::{Error, Result};
+use berth_layer::{apply_layer_with_parents, compute_layer, Applied, Limits, Whiteouts};
+use berth_oci::Digest;
 use berth_snapshotter::Mount;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -14,10 +14,10 @@ pub mod snapshots;
 pub mod tasks;
 pub mod version;
 
-use crate::content::ContentStore;
 use crate::events::Exchange;
 use crate::metadata::Metadata;
 use crate::snapshots::Snapshotters;
+use berth_content::ContentStore;
 use berth_errdefs::{Error, Result};
 use std::sync::Arc;
 use tonic::Request;

@@ -2,12 +2,13 @@
 
 use super::{namespace, reply, RpcResult, State};
 use crate::filters::{Adaptor, Filter};
-use crate::runtime::{cgroups::Cgroup, timestamp, CreateTask, Stdio, Task, TaskManager};
+use crate::runtime::{timestamp, CreateTask, Stdio, Task, TaskManager};
 use crate::validate;
 use berth_api::containerd::runc::v1::ProcessDetails;
 use berth_api::containerd::services::tasks::v1::{tasks_server::Tasks, *};
 use berth_api::containerd::types::Metric;
 use berth_api::containerd::v1::types::{Process, ProcessInfo, Status as ApiStatus};
+use berth_cgroups::Cgroup;
 use berth_errdefs::{Error, Result};
 use berth_shim::protocol::{ProcessState, Status};
 use std::sync::{Arc, OnceLock};

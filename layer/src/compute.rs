@@ -14,8 +14,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::fsops::{self, lstat_at, os, path_o, Root};
 use super::tarfmt::{self, WriteHeader, BLOCK};
-use crate::content::Digest;
 use berth_errdefs::{Error, Result};
+use berth_oci::Digest;
 
 const CAPABILITY: &[u8] = b"security.capability";
 

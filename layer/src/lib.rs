@@ -22,8 +22,8 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
 
-use crate::content::Digest;
 use berth_errdefs::{Error, Result};
+use berth_oci::Digest;
 
 /// How OCI whiteouts in a layer are realised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,10 +36,14 @@ pub enum Whiteouts {
     Native,
 }
 
-/// Decompression-bomb and inode-bomb bounds, checked while streaming.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Decompression-bomb and inode-bomb bounds, checked while streaming. Also berthd's `[diff]`
+/// config section, so the limits a user sets are exactly the ones applied.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
+    /// Largest uncompressed layer Apply accepts: bounds a decompression bomb.
     pub max_uncompressed_bytes: u64,
+    /// Most tar entries in one layer: bounds an inode bomb.
     pub max_entries: u64,
 }
 

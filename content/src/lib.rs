@@ -15,7 +15,6 @@
 //! Only validated `Digest`s and hashes of ingest keys ever become path components, so no
 //! client string can name a path outside the root.
 
-mod digest;
 mod ingest;
 mod lock;
 
@@ -25,10 +24,10 @@ use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use self::digest::Digest;
 pub use self::ingest::{Committed, IngestStatus, Writer};
 use self::lock::LockTable;
 use berth_errdefs::{Error, Result};
+pub use berth_oci::Digest;
 
 pub(crate) const DIR_MODE: u32 = 0o700;
 

@@ -18,10 +18,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest as _, Sha256};
 
-use super::digest::Digest;
 use super::lock::KeyLock;
 use super::ContentStore;
 use berth_errdefs::{Error, Result};
+use berth_oci::Digest;
 
 pub(crate) const DATA: &str = "data";
 pub(crate) const KEY: &str = "key";

@@ -6,8 +6,8 @@ use std::sync::mpsc;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::content::Digest;
 use berth_errdefs::{Error, Result};
+use berth_oci::Digest;
 
 /// Size of the chunks handed from the decompression thread to the extractor. Large enough that a
 /// typical file is one `write`, small enough that the in-flight memory stays a few MiB.
@@ -26,12 +26,10 @@ pub(crate) enum Compression {
     Sniff,
 }
 
-const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-const OCI_LAYER_ND: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
-const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
-const DOCKER_LAYER_FOREIGN: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar";
-const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-const DOCKER_LAYER_FOREIGN_GZIP: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+use berth_oci::media_types::{
+    DOCKER_LAYER, DOCKER_LAYER_FOREIGN, DOCKER_LAYER_FOREIGN_GZIP, DOCKER_LAYER_GZIP, OCI_LAYER,
+    OCI_LAYER_NONDISTRIBUTABLE as OCI_LAYER_ND,
+};
 
 /// Map a layer media type to its decompression, or `Unimplemented` like containerd's
 /// "no processor for media-type" (errdefs.ErrNotImplemented).
