@@ -4,7 +4,6 @@
 use crate::config::Config;
 use crate::events::Exchange;
 use crate::gc::Collector;
-use crate::metadata::Metadata;
 use crate::remote_snapshotter::RemoteSnapshotter;
 use crate::runtime::restart::RestartMonitor;
 use crate::runtime::TaskManager;
@@ -13,6 +12,7 @@ use crate::snapshots::Snapshotters;
 use berth_api::containerd::services as api;
 use berth_content::ContentStore;
 use berth_errdefs::{Error, Result};
+use berth_metadata::Metadata;
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{self, DirBuilder, File};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

@@ -2,11 +2,11 @@
 //! Events/Subscribe streams them out. In memory only, as in containerd: events are notifications,
 //! not a log.
 
-use crate::filters::{Adaptor, Filter};
 use berth_api::containerd::events::ContainerUpdate;
 use berth_api::containerd::services::containers::v1::Container;
 use berth_api::containerd::services::events::v1::Envelope;
 use berth_errdefs::{Error, Result};
+use berth_metadata::filters::{Adaptor, Filter};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -32,7 +32,7 @@ impl Default for Exchange {
 impl Exchange {
     pub fn publish<M: prost::Name>(&self, namespace: &str, topic: &str, event: &M) {
         self.forward(Envelope {
-            timestamp: Some(crate::metadata::now()),
+            timestamp: Some(berth_metadata::now()),
             namespace: namespace.to_string(),
             topic: topic.to_string(),
             event: Some(berth_api::pack_any(event)),
@@ -83,7 +83,7 @@ pub fn validate_topic(topic: &str) -> Result<()> {
         .strip_prefix('/')
         .ok_or_else(|| Error::invalid(format!("event topic {topic:?} must start with '/'")))?;
     for part in rest.split('/') {
-        crate::validate::identifier("event topic component", part)
+        berth_metadata::validate::identifier("event topic component", part)
             .map_err(|e| Error::invalid(format!("event topic {topic:?}: {e}")))?;
     }
     Ok(())

@@ -7,11 +7,11 @@
 //! keeps its parent. Marking only reads; objects created or changed after marking began are never
 //! swept, so writers are not held while the collector works.
 
-use crate::filters::Filter;
-use crate::metadata::Metadata;
 use crate::snapshots::{blocking, NamespaceSnapshots, Snapshotters};
 use berth_content::ContentStore;
 use berth_errdefs::Result;
+use berth_metadata::filters::Filter;
+use berth_metadata::Metadata;
 use berth_oci::Digest;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

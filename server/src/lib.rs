@@ -6,13 +6,10 @@
 pub mod config;
 pub mod daemon;
 pub mod events;
-pub mod filters;
 pub mod gc;
-pub mod metadata;
 pub mod remote_snapshotter;
 pub mod runtime;
 pub mod services;
 pub mod snapshots;
-pub mod validate;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -16,11 +16,11 @@
 
 use super::{CreateTask, Stdio, TaskManager};
 use crate::events::Exchange;
-use crate::metadata::containers::ContainerSummary;
-use crate::metadata::Metadata;
 use crate::snapshots::{blocking, to_api_mounts, Snapshotters};
 use berth_api::containerd::services::containers::v1::Container;
 use berth_errdefs::{Error, Result};
+use berth_metadata::containers::ContainerSummary;
+use berth_metadata::Metadata;
 use berth_shim::protocol::Status;
 use std::sync::Arc;
 use std::time::Duration;

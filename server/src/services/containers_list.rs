@@ -6,11 +6,11 @@
 //! and answers that one method; every other method goes to the generated server.
 
 use super::{namespace, State};
-use crate::filters::Filter;
 use berth_api::containerd::services::containers::v1::{
     ListContainersRequest, ListContainersResponse,
 };
 use berth_errdefs::Result;
+use berth_metadata::filters::Filter;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;

@@ -2,11 +2,11 @@
 //! (STAT / WRITE / COMMIT, one response per request, resumable by ref).
 
 use super::{lease, mask_paths, namespace, reply, RpcResult, State};
-use crate::filters::{Adaptor, Filter};
 use berth_api::containerd::events::ContentDelete;
 use berth_api::containerd::services::content::v1::{content_server::Content, *};
 use berth_content::{IngestStatus, Writer};
 use berth_errdefs::{Error, Result};
+use berth_metadata::filters::{Adaptor, Filter};
 use berth_oci::Digest;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -346,7 +346,7 @@ impl WriteSession {
             .meta
             .add_content(&self.ns, &digest, size, msg.labels, self.lease.as_deref())
             .await?;
-        let now = crate::metadata::now();
+        let now = berth_metadata::now();
         Ok(WriteContentResponse {
             action: WriteAction::Commit as i32,
             started_at: Some(now),
@@ -376,7 +376,7 @@ fn parse_expected(s: &str) -> Result<Option<Digest>> {
 fn response(action: WriteAction, sink: &Sink) -> WriteContentResponse {
     match sink {
         Sink::Shared { digest, size } => {
-            let now = crate::metadata::now();
+            let now = berth_metadata::now();
             WriteContentResponse {
                 action: action as i32,
                 started_at: Some(now),

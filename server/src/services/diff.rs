@@ -188,7 +188,7 @@ impl Diff for DiffService {
         } else {
             "application/vnd.oci.image.layer.v1.tar"
         };
-        crate::validate::labels(&req.labels)?;
+        berth_metadata::validate::labels(&req.labels)?;
         let r#ref = if req.r#ref.is_empty() {
             format!("diff-{}", uuid::Uuid::new_v4())
         } else {

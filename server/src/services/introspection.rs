@@ -1,7 +1,7 @@
 use super::{reply, RpcResult, State};
-use crate::filters::{Adaptor, Filter};
 use berth_api::containerd::services::introspection::v1::{introspection_server::Introspection, *};
 use berth_api::containerd::types::Platform;
+use berth_metadata::filters::{Adaptor, Filter};
 use std::sync::Arc;
 use tonic::Request;
 

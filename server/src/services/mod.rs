@@ -15,10 +15,10 @@ pub mod tasks;
 pub mod version;
 
 use crate::events::Exchange;
-use crate::metadata::Metadata;
 use crate::snapshots::Snapshotters;
 use berth_content::ContentStore;
 use berth_errdefs::{Error, Result};
+use berth_metadata::Metadata;
 use std::sync::Arc;
 use tonic::Request;
 
@@ -47,7 +47,7 @@ pub fn namespace<T>(req: &Request<T>) -> Result<String> {
             "namespace is required: set the containerd-namespace gRPC metadata header (ctr -n NAME)",
         ));
     }
-    crate::validate::identifier("namespace", ns)?;
+    berth_metadata::validate::identifier("namespace", ns)?;
     Ok(ns.to_string())
 }
 

@@ -74,7 +74,7 @@ impl Namespaces for NamespacesService {
 
     async fn delete(&self, req: Request<DeleteNamespaceRequest>) -> RpcResult<()> {
         let name = req.into_inner().name;
-        crate::validate::identifier("namespace", &name)?;
+        berth_metadata::validate::identifier("namespace", &name)?;
         let snapshotters = self.0.snapshotters.clone();
         let ns = name.clone();
         let in_use = crate::snapshots::blocking(move || snapshotters.namespace_in_use(&ns)).await?;

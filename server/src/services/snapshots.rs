@@ -2,13 +2,13 @@
 //! caller's namespace. Snapshotter calls touch the filesystem, so they run on blocking threads.
 
 use super::{lease, mask_paths, namespace, reply, RpcResult, State};
-use crate::filters::{label_field, Adaptor, Filter};
-use crate::metadata::Pending;
 use crate::snapshots::{blocking, to_api_mounts, Scoped};
 use berth_api::containerd::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
 use berth_api::containerd::services::leases::v1::Resource;
 use berth_api::containerd::services::snapshots::v1::{snapshots_server::Snapshots, *};
 use berth_errdefs::{Error, Result};
+use berth_metadata::filters::{label_field, Adaptor, Filter};
+use berth_metadata::Pending;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;
@@ -78,7 +78,7 @@ impl Snapshots for SnapshotsService {
         let (ns, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
         let lease_id = lease(&req)?;
         let r = req.into_inner();
-        crate::validate::labels(&r.labels)?;
+        berth_metadata::validate::labels(&r.labels)?;
         let (key, parent) = (r.key.clone(), r.parent.clone());
         self.0.meta.touch_namespace(&ns).await?;
         let snapshotter = r.snapshotter.clone();
@@ -99,7 +99,7 @@ impl Snapshots for SnapshotsService {
         let (ns, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
         let lease_id = lease(&req)?;
         let r = req.into_inner();
-        crate::validate::labels(&r.labels)?;
+        berth_metadata::validate::labels(&r.labels)?;
         let key = r.key.clone();
         self.0.meta.touch_namespace(&ns).await?;
         let snapshotter = r.snapshotter.clone();
@@ -126,7 +126,7 @@ impl Snapshots for SnapshotsService {
         let (ns, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
         let lease_id = lease(&req)?;
         let r = req.into_inner();
-        crate::validate::labels(&r.labels)?;
+        berth_metadata::validate::labels(&r.labels)?;
         let (key, name) = (r.key.clone(), r.name.clone());
         let snapshotter = r.snapshotter.clone();
         self.under_lease(&ns, lease_id, &snapshotter, &name, move || {
@@ -166,7 +166,7 @@ impl Snapshots for SnapshotsService {
         let (_, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
         let r = req.into_inner();
         let info = r.info.ok_or_else(|| Error::invalid("info must be set"))?;
-        crate::validate::labels(&info.labels)?;
+        berth_metadata::validate::labels(&info.labels)?;
         let paths = mask_paths(r.update_mask);
         let updated = blocking(move || {
             // Only labels may change; the rest of the info is taken from the snapshot itself.

@@ -1,15 +1,15 @@
 //! containerd.services.tasks.v1.Tasks over `runtime::TaskManager` (one berth-shim per task).
 
 use super::{namespace, reply, RpcResult, State};
-use crate::filters::{Adaptor, Filter};
 use crate::runtime::{timestamp, CreateTask, Stdio, Task, TaskManager};
-use crate::validate;
 use berth_api::containerd::runc::v1::ProcessDetails;
 use berth_api::containerd::services::tasks::v1::{tasks_server::Tasks, *};
 use berth_api::containerd::types::Metric;
 use berth_api::containerd::v1::types::{Process, ProcessInfo, Status as ApiStatus};
 use berth_cgroups::Cgroup;
 use berth_errdefs::{Error, Result};
+use berth_metadata::filters::{Adaptor, Filter};
+use berth_metadata::validate;
 use berth_shim::protocol::{ProcessState, Status};
 use std::sync::{Arc, OnceLock};
 
@@ -361,7 +361,7 @@ impl Tasks for TasksService {
             .await;
             match read {
                 Ok(data) => metrics.push(Metric {
-                    timestamp: Some(crate::metadata::now()),
+                    timestamp: Some(berth_metadata::now()),
                     id: task.record.id.clone(),
                     data: Some(data),
                 }),

@@ -10,10 +10,12 @@
 pub mod backend;
 pub mod containers;
 pub mod content;
+pub mod filters;
 pub mod images;
 mod keys;
 pub mod leases;
 pub mod namespaces;
+pub mod validate;
 
 use backend::{Backend, Batch, SledBackend};
 use berth_errdefs::{Error, Result};
