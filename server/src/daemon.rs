@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::events::Exchange;
+use crate::fsutil::make_dir;
 use crate::gc::Collector;
 use crate::remote_snapshotter::RemoteSnapshotter;
 use crate::runtime::restart::RestartMonitor;
@@ -14,8 +15,8 @@ use berth_content::ContentStore;
 use berth_errdefs::{Error, Result};
 use berth_metadata::Metadata;
 use nix::fcntl::{Flock, FlockArg};
-use std::fs::{self, DirBuilder, File};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -245,17 +246,6 @@ fn shim_binary(config: &Config) -> Result<PathBuf> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::io("locate the berthd binary (to find berth-shim beside it)", e))?;
     Ok(exe.with_file_name("berth-shim"))
-}
-
-pub(crate) fn make_dir(path: &Path, mode: u32) -> Result<()> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(path)
-        .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
-    // The mode of an existing directory is enforced too: an earlier, looser one is tightened.
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::io(format!("chmod {}", path.display()), e))
 }
 
 /// One daemon per root: a second berthd on the same root would corrupt the stores.

@@ -7,7 +7,8 @@
 //! keeps its parent. Marking only reads; objects created or changed after marking began are never
 //! swept, so writers are not held while the collector works.
 
-use crate::snapshots::{blocking, NamespaceSnapshots, Snapshotters};
+use crate::blocking::blocking;
+use crate::snapshots::{NamespaceSnapshots, Snapshotters};
 use berth_content::ContentStore;
 use berth_errdefs::Result;
 use berth_metadata::filters::Filter;

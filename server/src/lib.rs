@@ -3,9 +3,11 @@
 //! Layout: `services` (gRPC, thin) → domain modules `metadata`, `content`, `events` (no gRPC) →
 //! storage (`metadata::backend`, files under the root). `daemon` wires them together.
 
+pub mod blocking;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod fsutil;
 pub mod gc;
 pub mod remote_snapshotter;
 pub mod runtime;

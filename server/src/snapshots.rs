@@ -8,15 +8,6 @@ use berth_snapshotter::{Info, Mount, Snapshotter, Usage};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-/// Run filesystem work (snapshotter calls, tree walks) off the async threads.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
-}
-
 /// Mounts as snapshotters describe them, in the API's type (both are foreign to berthd, so these
 /// are functions rather than `From` impls).
 pub fn to_api_mounts(mounts: Vec<Mount>) -> Vec<berth_api::containerd::types::Mount> {

@@ -16,9 +16,9 @@ mod recovery;
 pub mod restart;
 pub mod shim;
 
+use crate::blocking::blocking;
 use crate::config::{RuntimeConfig, DEFAULT_RUNTIME};
 use crate::events::Exchange;
-use crate::snapshots::blocking;
 use berth_api::containerd::events::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIo, TaskOom, TaskPaused,
     TaskResumed, TaskStart,
@@ -145,7 +145,7 @@ impl TaskManager {
             )));
         }
         for dir in [manager.tasks_dir(), manager.state_dir.join("s")] {
-            crate::daemon::make_dir(&dir, 0o711)?;
+            crate::fsutil::make_dir(&dir, 0o711)?;
         }
         Ok(manager)
     }
@@ -789,7 +789,7 @@ fn prepare_bundle(
 ) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if let Some(ns_dir) = bundle.parent() {
-        crate::daemon::make_dir(ns_dir, 0o711)?;
+        crate::fsutil::make_dir(ns_dir, 0o711)?;
     }
     let mkdir = |dir: &Path| {
         std::fs::DirBuilder::new()

@@ -15,8 +15,9 @@
 //! created or cleaned up is left to the next round.
 
 use super::{CreateTask, Stdio, TaskManager};
+use crate::blocking::blocking;
 use crate::events::Exchange;
-use crate::snapshots::{blocking, to_api_mounts, Snapshotters};
+use crate::snapshots::{to_api_mounts, Snapshotters};
 use berth_api::containerd::services::containers::v1::Container;
 use berth_errdefs::{Error, Result};
 use berth_metadata::containers::ContainerSummary;

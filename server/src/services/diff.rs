@@ -7,7 +7,8 @@
 //! snapshotters. Anything else is mounted on a temporary directory and applied through the mount.
 
 use super::{namespace, reply, RpcResult, State};
-use crate::snapshots::{blocking, from_api_mounts};
+use crate::blocking::blocking;
+use crate::snapshots::from_api_mounts;
 use berth_api::containerd::services::diff::v1::{diff_server::Diff, *};
 use berth_api::containerd::types::Descriptor;
 use berth_content::Writer;

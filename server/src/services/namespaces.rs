@@ -77,7 +77,7 @@ impl Namespaces for NamespacesService {
         berth_metadata::validate::identifier("namespace", &name)?;
         let snapshotters = self.0.snapshotters.clone();
         let ns = name.clone();
-        let in_use = crate::snapshots::blocking(move || snapshotters.namespace_in_use(&ns)).await?;
+        let in_use = crate::blocking::blocking(move || snapshotters.namespace_in_use(&ns)).await?;
         if in_use {
             return Err(Error::precondition(format!(
                 "namespace {name:?} must be empty, but it still has snapshots"

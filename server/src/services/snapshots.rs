@@ -2,7 +2,8 @@
 //! caller's namespace. Snapshotter calls touch the filesystem, so they run on blocking threads.
 
 use super::{lease, mask_paths, namespace, reply, RpcResult, State};
-use crate::snapshots::{blocking, to_api_mounts, Scoped};
+use crate::blocking::blocking;
+use crate::snapshots::{to_api_mounts, Scoped};
 use berth_api::containerd::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
 use berth_api::containerd::services::leases::v1::Resource;
 use berth_api::containerd::services::snapshots::v1::{snapshots_server::Snapshots, *};

@@ -353,7 +353,7 @@ impl Tasks for TasksService {
                 continue;
             }
             let pid = state.pid;
-            let read = crate::snapshots::blocking(move || {
+            let read = crate::blocking::blocking(move || {
                 Cgroup::of_pid(pid)
                     .and_then(|c| c.metrics())
                     .map_err(|e| Error::io(format!("cgroup metrics of pid {pid}"), e))
