@@ -4,9 +4,9 @@
 use crate::config::Config;
 use crate::events::Exchange;
 use crate::fsutil::make_dir;
-use crate::gc::Collector;
+use crate::controllers::gc::Collector;
 use crate::remote_snapshotter::RemoteSnapshotter;
-use crate::runtime::restart::RestartMonitor;
+use crate::controllers::restart::RestartMonitor;
 use crate::runtime::TaskManager;
 use crate::services::{self, *};
 use crate::snapshots::Snapshotters;

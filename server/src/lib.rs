@@ -5,10 +5,10 @@
 
 pub mod blocking;
 pub mod config;
+pub mod controllers;
 pub mod daemon;
 pub mod events;
 pub mod fsutil;
-pub mod gc;
 pub mod remote_snapshotter;
 pub mod runtime;
 pub mod services;

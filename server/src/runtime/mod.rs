@@ -13,7 +13,6 @@
 //! - `runc/<ns>/` runc's state (the default runtime root).
 
 mod recovery;
-pub mod restart;
 pub mod shim;
 
 use crate::blocking::blocking;

@@ -30,7 +30,7 @@ pub struct State {
     pub content: Arc<ContentStore>,
     pub events: Exchange,
     pub snapshotters: Snapshotters,
-    pub gc: Arc<crate::gc::Collector>,
+    pub gc: Arc<crate::controllers::gc::Collector>,
 }
 
 /// The namespace a call acts in, from the `containerd-namespace` header; required like in containerd.

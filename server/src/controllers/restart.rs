@@ -14,7 +14,7 @@
 //! A paused task counts as running: unlike containerd, the monitor leaves it alone. A task being
 //! created or cleaned up is left to the next round.
 
-use super::{CreateTask, Stdio, TaskManager};
+use crate::runtime::{CreateTask, Stdio, TaskManager};
 use crate::blocking::blocking;
 use crate::events::Exchange;
 use crate::snapshots::{to_api_mounts, Snapshotters};
