@@ -2,11 +2,11 @@
 //! readiness notification and a clean shutdown.
 
 use crate::config::Config;
+use crate::controllers::gc::Collector;
+use crate::controllers::restart::RestartMonitor;
 use crate::events::Exchange;
 use crate::fsutil::make_dir;
-use crate::controllers::gc::Collector;
 use crate::remote_snapshotter::RemoteSnapshotter;
-use crate::controllers::restart::RestartMonitor;
 use crate::runtime::TaskManager;
 use crate::services::{self, *};
 use crate::snapshots::Snapshotters;

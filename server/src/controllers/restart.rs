@@ -14,15 +14,15 @@
 //! A paused task counts as running: unlike containerd, the monitor leaves it alone. A task being
 //! created or cleaned up is left to the next round.
 
-use crate::runtime::{CreateTask, Stdio, TaskManager};
 use crate::blocking::blocking;
 use crate::events::Exchange;
+use crate::runtime::Status;
+use crate::runtime::{CreateTask, Stdio, TaskManager};
 use crate::snapshots::{to_api_mounts, Snapshotters};
 use berth_api::containerd::services::containers::v1::Container;
 use berth_errdefs::{Error, Result};
 use berth_metadata::containers::ContainerSummary;
 use berth_metadata::Metadata;
-use berth_shim::protocol::Status;
 use std::sync::Arc;
 use std::time::Duration;
 

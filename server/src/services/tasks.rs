@@ -2,6 +2,7 @@
 
 use super::{namespace, reply, RpcResult, State};
 use crate::runtime::{timestamp, CreateTask, Stdio, Task, TaskManager};
+use crate::runtime::{ProcessState, Status};
 use berth_api::containerd::runc::v1::ProcessDetails;
 use berth_api::containerd::services::tasks::v1::{tasks_server::Tasks, *};
 use berth_api::containerd::types::Metric;
@@ -10,7 +11,6 @@ use berth_cgroups::Cgroup;
 use berth_errdefs::{Error, Result};
 use berth_metadata::filters::{Adaptor, Filter};
 use berth_metadata::validate;
-use berth_shim::protocol::{ProcessState, Status};
 use std::sync::{Arc, OnceLock};
 
 pub struct TasksService {
@@ -312,7 +312,6 @@ impl Tasks for TasksService {
         let id = container_id(&req.get_ref().container_id)?;
         let pids = self.tasks.pids(&ns, id).await?;
         let processes = pids
-            .processes
             .into_iter()
             .map(|p| ProcessInfo {
                 pid: p.pid,
