@@ -47,6 +47,23 @@ pub struct Limits {
     pub max_entries: u64,
 }
 
+impl Limits {
+    /// Check the limits as a config section named `section`; the error names the key.
+    pub fn validate(&self, section: &str) -> Result<()> {
+        if self.max_uncompressed_bytes == 0 {
+            return Err(Error::invalid(format!(
+                "{section}.max_uncompressed_bytes must be greater than 0"
+            )));
+        }
+        if self.max_entries == 0 {
+            return Err(Error::invalid(format!(
+                "{section}.max_entries must be greater than 0"
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

@@ -4,6 +4,9 @@ use berth_errdefs::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// The only config format version berthd reads.
+pub const CONFIG_VERSION: u32 = 1;
+
 /// Read when no `--config` is given and the file exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
 
@@ -44,6 +47,26 @@ pub struct TasksConfig {
     pub restart_interval_ms: u64,
 }
 
+/// Shortest restart monitor interval: below it the monitor would spin on a busy host.
+pub const MIN_RESTART_INTERVAL_MS: u64 = 100;
+
+impl TasksConfig {
+    fn validate(&self) -> Result<()> {
+        if self.shim_connect_timeout_ms == 0 {
+            return Err(Error::invalid(
+                "tasks.shim_connect_timeout_ms must be greater than 0",
+            ));
+        }
+        if self.restart_interval_ms < MIN_RESTART_INTERVAL_MS {
+            return Err(Error::invalid(format!(
+                "tasks.restart_interval_ms must be at least {MIN_RESTART_INTERVAL_MS}, not {}",
+                self.restart_interval_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for TasksConfig {
     fn default() -> Self {
         TasksConfig {
@@ -71,6 +94,23 @@ pub struct RuntimeConfig {
     pub no_pivot_root: bool,
     /// `runc create --no-new-keyring`.
     pub no_new_keyring: bool,
+}
+
+impl RuntimeConfig {
+    fn validate(&self, name: &str) -> Result<()> {
+        if self.kind != DEFAULT_RUNTIME {
+            return Err(Error::invalid(format!(
+                "runtimes.{name}.type: runtime {name:?} has type {:?}; berth supports {DEFAULT_RUNTIME}",
+                self.kind
+            )));
+        }
+        if self.binary_name.is_empty() {
+            return Err(Error::invalid(format!(
+                "runtimes.{name}.binary_name must not be empty"
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -134,7 +174,7 @@ pub struct LeaseConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            version: 1,
+            version: CONFIG_VERSION,
             root: "/var/lib/berth".into(),
             state: "/run/berth".into(),
             grpc: GrpcConfig::default(),
@@ -145,6 +185,69 @@ impl Default for Config {
             tasks: TasksConfig::default(),
             runtimes: [(DEFAULT_RUNTIME.to_string(), RuntimeConfig::default())].into(),
         }
+    }
+}
+
+impl ProxyPlugin {
+    fn validate(&self, name: &str) -> Result<()> {
+        if self.kind != "snapshot" {
+            return Err(Error::invalid(format!(
+                "proxy_plugins.{name}.type: {:?} is not supported; only \"snapshot\" is",
+                self.kind
+            )));
+        }
+        absolute(&format!("proxy_plugins.{name}.address"), &self.address)
+    }
+}
+
+impl GrpcConfig {
+    fn validate(&self) -> Result<()> {
+        absolute("grpc.address", &self.address)?;
+        for (key, v) in [
+            ("grpc.max_recv_message_size", self.max_recv_message_size),
+            ("grpc.max_send_message_size", self.max_send_message_size),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(format!("{key} must be greater than 0")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DebugConfig {
+    fn validate(&self) -> Result<()> {
+        const LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
+        if !LEVELS.contains(&self.level.as_str()) {
+            return Err(Error::invalid(format!(
+                "debug.level {:?} is not one of {}",
+                self.level,
+                LEVELS.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl LeaseConfig {
+    fn validate(&self) -> Result<()> {
+        if self.expiry_interval_secs == 0 {
+            return Err(Error::invalid(
+                "leases.expiry_interval_secs must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn absolute(key: &str, path: &Path) -> Result<()> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "{key} must be an absolute path, not {:?}",
+            path.display().to_string()
+        )))
     }
 }
 
@@ -187,16 +290,35 @@ impl Config {
             .runtimes
             .entry(DEFAULT_RUNTIME.to_string())
             .or_default();
-        for (name, rt) in &config.runtimes {
-            if rt.kind != DEFAULT_RUNTIME {
-                return Err(Error::invalid(format!(
-                    "config {}: runtime {name:?} has type {:?}; berth supports {DEFAULT_RUNTIME}",
-                    path.display(),
-                    rt.kind
-                )));
-            }
-        }
+        config
+            .validate()
+            .map_err(|e| e.context(format!("config {}", path.display())))?;
         Ok(config)
+    }
+
+    /// Every section checks its own values once, here, so the daemon never clamps or guesses;
+    /// an error names the key (`tasks.restart_interval_ms must be ...`).
+    pub fn validate(&self) -> Result<()> {
+        if self.version != CONFIG_VERSION {
+            return Err(Error::invalid(format!(
+                "version = {} is not supported; berthd reads version {CONFIG_VERSION}",
+                self.version
+            )));
+        }
+        absolute("root", &self.root)?;
+        absolute("state", &self.state)?;
+        self.grpc.validate()?;
+        self.debug.validate()?;
+        self.leases.validate()?;
+        self.diff.validate("diff")?;
+        self.tasks.validate()?;
+        for (name, plugin) in &self.proxy_plugins {
+            plugin.validate(name)?;
+        }
+        for (name, rt) in &self.runtimes {
+            rt.validate(name)?;
+        }
+        Ok(())
     }
 
     pub fn to_toml(&self) -> String {
@@ -215,6 +337,71 @@ mod tests {
         let back: Config = toml::from_str(&text).expect("default config parses");
         assert_eq!(back.grpc.address, PathBuf::from("/run/berth/berthd.sock"));
         assert_eq!(back.grpc.max_recv_message_size, 16 << 20);
+    }
+
+    fn check(text: &str) -> Result<Config> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).expect("write config");
+        Config::load(&path)
+    }
+
+    #[test]
+    fn the_default_config_is_valid() {
+        Config::default().validate().expect("default is valid");
+        check(&Config::default().to_toml()).expect("printed default loads");
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_their_key() {
+        for (text, key) in [
+            ("version = 2", "version"),
+            ("root = \"relative/root\"", "root"),
+            ("state = \"\"", "state"),
+            ("[grpc]\naddress = \"berthd.sock\"", "grpc.address"),
+            (
+                "[grpc]\nmax_recv_message_size = 0",
+                "grpc.max_recv_message_size",
+            ),
+            ("[debug]\nlevel = \"loud\"", "debug.level"),
+            (
+                "[leases]\nexpiry_interval_secs = 0",
+                "leases.expiry_interval_secs",
+            ),
+            ("[diff]\nmax_entries = 0", "diff.max_entries"),
+            (
+                "[diff]\nmax_uncompressed_bytes = 0",
+                "diff.max_uncompressed_bytes",
+            ),
+            (
+                "[tasks]\nrestart_interval_ms = 10",
+                "tasks.restart_interval_ms",
+            ),
+            (
+                "[tasks]\nshim_connect_timeout_ms = 0",
+                "tasks.shim_connect_timeout_ms",
+            ),
+            (
+                "[runtimes.kata]\ntype = \"io.containerd.kata.v2\"",
+                "runtimes.kata.type",
+            ),
+            (
+                "[runtimes.crun]\nbinary_name = \"\"",
+                "runtimes.crun.binary_name",
+            ),
+            (
+                "[proxy_plugins.p]\ntype = \"content\"\naddress = \"/run/p.sock\"",
+                "proxy_plugins.p.type",
+            ),
+            (
+                "[proxy_plugins.p]\ntype = \"snapshot\"\naddress = \"p.sock\"",
+                "proxy_plugins.p.address",
+            ),
+        ] {
+            let err = check(text).expect_err(text);
+            assert_eq!(err.kind(), berth_errdefs::Kind::InvalidArgument, "{text}");
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

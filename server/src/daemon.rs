@@ -73,7 +73,7 @@ pub async fn run(config: Config) -> Result<()> {
             snapshotters: state.snapshotters.clone(),
             tasks: tasks.clone(),
             events: state.events.clone(),
-            interval: Duration::from_millis(config.tasks.restart_interval_ms.max(100)),
+            interval: Duration::from_millis(config.tasks.restart_interval_ms),
         }
         .run(),
     );
@@ -335,7 +335,8 @@ async fn shutdown_signal() {
 }
 
 async fn expire_leases(meta: Arc<Metadata>, interval_secs: u64) {
-    let mut tick = tokio::time::interval(Duration::from_secs(interval_secs.max(1)));
+    // Config::validate keeps this above 0, which tokio::time::interval requires.
+    let mut tick = tokio::time::interval(Duration::from_secs(interval_secs));
     loop {
         tick.tick().await;
         match meta.expire_leases(SystemTime::now()).await {
