@@ -1,7 +1,11 @@
 //! berthd: a container-management daemon serving containerd's v1 gRPC API.
 //!
-//! Layout: `services` (gRPC, thin) → domain modules `metadata`, `content`, `events` (no gRPC) →
-//! storage (`metadata::backend`, files under the root). `daemon` wires them together.
+//! berthd is the composition; the domains live in crates of their own (berth-metadata,
+//! berth-content, berth-layer, berth-cgroups, berth-snapshotter) under one error vocabulary
+//! (berth-errdefs). Layout, arrows pointing down only:
+//! `services` (gRPC, thin) → `controllers` (gc, restart monitor: loops over several domains) →
+//! `runtime` (tasks), `snapshots`, `events` and the domain crates → shared helpers (`blocking`,
+//! `fsutil`). `config` is read once by `main`; `daemon` wires everything together.
 
 pub mod blocking;
 pub mod config;
