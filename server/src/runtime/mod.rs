@@ -13,12 +13,12 @@
 //! - `runc/<ns>/` runc's state (the default runtime root).
 
 pub mod backend;
+pub mod config;
 mod recovery;
 pub mod shim;
 pub mod types;
 
 use crate::blocking::blocking;
-use crate::config::{RuntimeConfig, DEFAULT_RUNTIME};
 use crate::events::Exchange;
 pub use backend::TaskBackend;
 use berth_api::containerd::events::{
@@ -29,6 +29,7 @@ use berth_api::containerd::runc::v1::Options as RuncOptions;
 use berth_api::containerd::services::containers::v1::Container;
 use berth_api::containerd::types::Mount;
 use berth_errdefs::{Error, Result};
+pub use config::{RuntimeConfig, DEFAULT_RUNTIME};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use shim::ShimSocket;
