@@ -30,6 +30,20 @@ pub enum Error {
     Rpc(#[from] tonic::Status),
 }
 
+/// In berth's one vocabulary: an unreachable socket is Unavailable, a status keeps its class.
+impl From<Error> for berth_errdefs::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Connect { path, source } => berth_errdefs::Error::with_source(
+                berth_errdefs::Kind::Unavailable,
+                format!("connect to {}", path.display()),
+                source,
+            ),
+            Error::Rpc(status) => status.into(),
+        }
+    }
+}
+
 /// Connect to a berthd (or containerd) unix socket.
 pub async fn connect(socket: impl AsRef<Path>) -> Result<Channel, Error> {
     let path = socket.as_ref().to_path_buf();
