@@ -25,3 +25,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 command -v cargo >/dev/null || { echo "berth needs a Rust toolchain (cargo): install it with rustup" >&2; exit 1; }
+"$(dirname "$0")/deps-grpc-peers.sh"   # grpcio and @grpc/grpc-js for the :authority e2e test
+for d in "$(dirname "$0")"/../clients/*/deps.sh; do "$d"; done  # each generated client's system needs
+"$(dirname "$0")"/../clients/deps-typescript-java.sh  # node/npm, JDK 17 and Maven for the TypeScript and Java clients

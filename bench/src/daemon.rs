@@ -9,6 +9,7 @@
 
 use crate::Result;
 use berth::api::services::version::v1::version_client::VersionClient;
+use std::ffi::OsString;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -138,7 +139,7 @@ pub struct Daemon {
     /// Extra sockets to remove before a restart (containerd's ttrpc socket).
     stale: Vec<PathBuf>,
     program: PathBuf,
-    args: Vec<String>,
+    args: Vec<OsString>,
     log: PathBuf,
     child: Option<Child>,
     /// Time from spawn to the first answered Version call, for the last start.
@@ -147,17 +148,9 @@ pub struct Daemon {
 
 impl Daemon {
     fn berthd(program: &Path, dir: &Path) -> Result<Daemon> {
-        let socket = dir.join("berthd.sock");
-        let args = vec![
-            "--root".into(),
-            path_str(&dir.join("root")),
-            "--state".into(),
-            path_str(&dir.join("state")),
-            "--address".into(),
-            path_str(&socket),
-            "--log-level".into(),
-            "warn".into(),
-        ];
+        // The command line the end-to-end tests start berthd with.
+        let socket = berth_testkit::berthd::berthd_socket(dir);
+        let args = berth_testkit::berthd::berthd_args(dir, None, "warn");
         Ok(Daemon {
             kind: Kind::Berth,
             socket,
@@ -213,7 +206,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             dir: dir.to_path_buf(),
             stale: vec![ttrpc],
             program: program.to_path_buf(),
-            args: vec!["--config".into(), path_str(&cfg)],
+            args: vec!["--config".into(), cfg.into_os_string()],
             log: dir.join("containerd.log"),
             child: None,
             ready_after: Duration::ZERO,

@@ -8,9 +8,20 @@
 //! println!("{}", v.version);
 //! # Ok(()) }
 //! ```
-//! Namespaced calls carry the `containerd-namespace` header: wrap requests with [`with_namespace`].
+//! Namespaced calls carry the `containerd-namespace` header: wrap requests with [`with_namespace`]
+//! (and [`with_lease`] for calls whose content and snapshots a lease should hold).
+//!
+//! # A worked example
+//! Import an OCI image layout through the API (content writes, image record, unpack under a
+//! lease), run a container on it with its stdout on a FIFO, wait for it and for its
+//! `/tasks/exit` event, and clean up. The same program is `examples/run_container.rs`, which
+//! `tests/example.rs` runs against a real berthd.
+//!
+#![doc = concat!("```no_run\n", include_str!("../examples/run_container.rs"), "\n```")]
 
 pub use berth_api::containerd as api;
+/// Decode an `Any` (an event, runtime options) whose type URL is containerd's bare message name.
+pub use berth_api::unpack_any;
 pub use berth_api::{LEASE_HEADER, NAMESPACE_HEADER};
 use std::path::{Path, PathBuf};
 use tonic::transport::{Channel, Endpoint};
@@ -66,6 +77,16 @@ pub fn with_namespace<T>(namespace: &str, message: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
     if let Ok(v) = namespace.parse() {
         req.metadata_mut().insert(NAMESPACE_HEADER, v);
+    }
+    req
+}
+
+/// Attach the namespace and the lease headers to a request: what the call creates (content,
+/// snapshots) is held by lease `lease` until the lease is deleted, safe from garbage collection.
+pub fn with_lease<T>(namespace: &str, lease: &str, message: T) -> tonic::Request<T> {
+    let mut req = with_namespace(namespace, message);
+    if let Ok(v) = lease.parse() {
+        req.metadata_mut().insert(LEASE_HEADER, v);
     }
     req
 }

@@ -108,6 +108,9 @@ impl Error {
     pub fn unimplemented(msg: impl Into<String>) -> Self {
         Self::new(Kind::Unimplemented, msg)
     }
+    pub fn resource_exhausted(msg: impl Into<String>) -> Self {
+        Self::new(Kind::ResourceExhausted, msg)
+    }
     pub fn out_of_range(msg: impl Into<String>) -> Self {
         Self::new(Kind::OutOfRange, msg)
     }

@@ -1,5 +1,10 @@
 //! The one way berthd runs blocking work: file system, sled, hashing and process work never runs
-//! on a tokio worker thread; it goes through [`blocking`], which moves it to tokio's blocking pool.
+//! on a tokio worker thread (one stalled worker stalls every connection it serves); it goes
+//! through [`blocking`], which moves it to tokio's blocking pool — not `spawn_blocking` directly,
+//! nor `block_in_place` (which panics on a current-thread runtime and blocks the tasks queued on
+//! its worker until it is handed off). Streaming work is `tokio::spawn(blocking(...))`. Not yet
+//! covered: metadata calls in request handlers (in-memory sled reads and transactions; flushes are
+//! offloaded), see ARCHITECTURE.md.
 
 use berth_errdefs::{Error, Result};
 

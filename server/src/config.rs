@@ -29,6 +29,7 @@ pub struct Config {
     /// External plugins reached over a unix socket, as containerd's `[proxy_plugins.NAME]`.
     pub proxy_plugins: std::collections::BTreeMap<String, ProxyPlugin>,
     pub tasks: TasksConfig,
+    pub events: EventsConfig,
     /// Runtimes a container may name (`Container.runtime.name`), as containerd's CRI
     /// `runtimes.NAME`. `io.containerd.runc.v2` (berth-shim + runc) is always there.
     pub runtimes: std::collections::BTreeMap<String, RuntimeConfig>,
@@ -44,6 +45,12 @@ pub struct TasksConfig {
     /// How often the restart monitor brings containers labelled `containerd.io/restart.status`
     /// back to that status (containerd's restart plugin `interval`).
     pub restart_interval_ms: u64,
+    /// How long `berth-shim start` may take to print its socket; past it the launcher is killed
+    /// and the task's create fails with DeadlineExceeded.
+    pub shim_start_timeout_ms: u64,
+    /// How long one runc (runtime) command inside a shim may run before the shim kills it and
+    /// fails the call with DeadlineExceeded. Keep it under the daemon's 120 s wait for such calls.
+    pub runtime_timeout_ms: u64,
 }
 
 /// Shortest restart monitor interval: below it the monitor would spin on a busy host.
@@ -51,10 +58,27 @@ pub const MIN_RESTART_INTERVAL_MS: u64 = 100;
 
 impl TasksConfig {
     fn validate(&self) -> Result<()> {
-        if self.shim_connect_timeout_ms == 0 {
-            return Err(Error::invalid(
-                "tasks.shim_connect_timeout_ms must be greater than 0",
-            ));
+        for (key, v) in [
+            (
+                "tasks.shim_connect_timeout_ms",
+                self.shim_connect_timeout_ms,
+            ),
+            ("tasks.shim_start_timeout_ms", self.shim_start_timeout_ms),
+            ("tasks.runtime_timeout_ms", self.runtime_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(format!("{key} must be greater than 0")));
+            }
+        }
+        // The daemon waits at most SLOW_CALL for a shim call that runs runc; a runtime bound past
+        // it would turn the shim's clear DeadlineExceeded into the daemon's vaguer one.
+        let slow_call_ms = crate::runtime::shim::SLOW_CALL.as_millis() as u64;
+        if self.runtime_timeout_ms >= slow_call_ms {
+            return Err(Error::invalid(format!(
+                "tasks.runtime_timeout_ms must be less than {slow_call_ms} (the daemon's wait for a \
+                 runtime call), not {}",
+                self.runtime_timeout_ms
+            )));
         }
         if self.restart_interval_ms < MIN_RESTART_INTERVAL_MS {
             return Err(Error::invalid(format!(
@@ -72,6 +96,46 @@ impl Default for TasksConfig {
             shim: PathBuf::new(),
             shim_connect_timeout_ms: 1000,
             restart_interval_ms: 10_000,
+            shim_start_timeout_ms: 30_000,
+            runtime_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// What one client may make the event exchange hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Largest event (encoded envelope) Events.Publish and Events.Forward accept.
+    pub max_event_bytes: usize,
+    /// A subscriber further behind than this many events, or bytes, is dropped with
+    /// ResourceExhausted (it may subscribe again).
+    pub backlog_events: usize,
+    pub backlog_bytes: usize,
+}
+
+impl EventsConfig {
+    fn validate(&self) -> Result<()> {
+        for (key, v) in [
+            ("events.max_event_bytes", self.max_event_bytes),
+            ("events.backlog_events", self.backlog_events),
+            ("events.backlog_bytes", self.backlog_bytes),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(format!("{key} must be greater than 0")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        let limits = crate::events::Limits::default();
+        EventsConfig {
+            max_event_bytes: limits.max_event_bytes,
+            backlog_events: limits.backlog_events,
+            backlog_bytes: limits.backlog_bytes,
         }
     }
 }
@@ -87,11 +151,19 @@ pub struct ProxyPlugin {
     /// The snapshotter name to ask the remote for (berth extension; default: the plugin's name).
     #[serde(default)]
     pub snapshotter: Option<String>,
+    /// The bound on each call to the plugin, connecting included (berth extension): a hung plugin
+    /// fails the call with DeadlineExceeded instead of holding its caller.
+    #[serde(default = "default_proxy_timeout_ms")]
+    pub timeout_ms: u64,
     /// Accepted for containerd config compatibility; berth does not use them.
     #[serde(default)]
     pub platform: Option<String>,
     #[serde(default)]
     pub capabilities: Vec<String>,
+}
+
+fn default_proxy_timeout_ms() -> u64 {
+    30_000
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,6 +205,7 @@ impl Default for Config {
             diff: berth_layer::Limits::default(),
             proxy_plugins: Default::default(),
             tasks: TasksConfig::default(),
+            events: EventsConfig::default(),
             runtimes: [(DEFAULT_RUNTIME.to_string(), RuntimeConfig::default())].into(),
         }
     }
@@ -144,6 +217,11 @@ impl ProxyPlugin {
             return Err(Error::invalid(format!(
                 "proxy_plugins.{name}.type: {:?} is not supported; only \"snapshot\" is",
                 self.kind
+            )));
+        }
+        if self.timeout_ms == 0 {
+            return Err(Error::invalid(format!(
+                "proxy_plugins.{name}.timeout_ms must be greater than 0"
             )));
         }
         absolute(&format!("proxy_plugins.{name}.address"), &self.address)
@@ -262,6 +340,7 @@ impl Config {
         self.leases.validate()?;
         self.diff.validate("diff")?;
         self.tasks.validate()?;
+        self.events.validate()?;
         for (name, plugin) in &self.proxy_plugins {
             plugin.validate(name)?;
         }
@@ -330,6 +409,25 @@ mod tests {
             (
                 "[tasks]\nshim_connect_timeout_ms = 0",
                 "tasks.shim_connect_timeout_ms",
+            ),
+            (
+                "[tasks]\nshim_start_timeout_ms = 0",
+                "tasks.shim_start_timeout_ms",
+            ),
+            (
+                "[tasks]\nruntime_timeout_ms = 0",
+                "tasks.runtime_timeout_ms",
+            ),
+            (
+                "[tasks]\nruntime_timeout_ms = 120000",
+                "tasks.runtime_timeout_ms",
+            ),
+            ("[events]\nmax_event_bytes = 0", "events.max_event_bytes"),
+            ("[events]\nbacklog_events = 0", "events.backlog_events"),
+            ("[events]\nbacklog_bytes = 0", "events.backlog_bytes"),
+            (
+                "[proxy_plugins.p]\ntype = \"snapshot\"\naddress = \"/run/p.sock\"\ntimeout_ms = 0",
+                "proxy_plugins.p.timeout_ms",
             ),
             (
                 "[runtimes.kata]\ntype = \"io.containerd.kata.v2\"",

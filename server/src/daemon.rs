@@ -11,6 +11,7 @@ use crate::runtime::TaskManager;
 use crate::services::{self, *};
 use crate::snapshots::Snapshotters;
 use berth_api::containerd::services as api;
+use berth_authority::AuthorityFix;
 use berth_content::ContentStore;
 use berth_errdefs::{Error, Result};
 use berth_metadata::Metadata;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 
 /// How long in-flight calls may run after SIGTERM before berthd stops regardless.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,7 +49,11 @@ pub async fn run(config: Config) -> Result<()> {
     let state = Arc::new(State {
         meta: meta.clone(),
         content,
-        events: Exchange::default(),
+        events: Exchange::new(crate::events::Limits {
+            max_event_bytes: config.events.max_event_bytes,
+            backlog_events: config.events.backlog_events,
+            backlog_bytes: config.events.backlog_bytes,
+        }),
         snapshotters,
         gc,
     });
@@ -56,13 +62,19 @@ pub async fn run(config: Config) -> Result<()> {
         config.leases.expiry_interval_secs,
     ));
 
-    let tasks = Arc::new(TaskManager::new(
-        &config.state,
-        shim_binary(&config)?,
-        config.runtimes.clone(),
-        Duration::from_millis(config.tasks.shim_connect_timeout_ms),
-        state.events.clone(),
-    )?);
+    let tasks = Arc::new(
+        TaskManager::new(
+            &config.state,
+            shim_binary(&config)?,
+            config.runtimes.clone(),
+            Duration::from_millis(config.tasks.shim_connect_timeout_ms),
+            state.events.clone(),
+        )?
+        .with_timeouts(
+            Duration::from_millis(config.tasks.shim_start_timeout_ms),
+            Duration::from_millis(config.tasks.runtime_timeout_ms),
+        ),
+    );
     let recovered = tasks.recover().await?;
     if recovered > 0 {
         tracing::info!(tasks = recovered, "reconnected to running shims");
@@ -89,7 +101,12 @@ pub async fn run(config: Config) -> Result<()> {
         events.close();
     };
     let serve = router(&config, state.clone(), tasks, &snapshotter_errors)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopping);
+        .serve_with_incoming_shutdown(
+            // Every client's :authority reaches h2 in a form it accepts (gRPC's C core and
+            // grpc-java send the socket path).
+            UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new)),
+            stopping,
+        );
     // In-flight calls get a bounded time to finish once the signal came; a client that never
     // ends its stream must not keep the daemon up.
     let result = tokio::select! {
@@ -231,7 +248,12 @@ fn open_snapshotters(config: &Config) -> Result<(Snapshotters, Vec<(String, Stri
             )));
         }
         let remote_name = plugin.snapshotter.as_deref().unwrap_or(name);
-        let remote = RemoteSnapshotter::new(name, remote_name, &plugin.address)?;
+        let remote = RemoteSnapshotter::new(
+            name,
+            remote_name,
+            &plugin.address,
+            Duration::from_millis(plugin.timeout_ms),
+        )?;
         tracing::info!(name, address = %plugin.address.display(), "proxy snapshotter");
         snapshotters.insert(Arc::new(remote));
     }

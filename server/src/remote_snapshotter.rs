@@ -1,8 +1,11 @@
 //! A snapshotter reached over a unix socket that speaks containerd's Snapshots API (containerd's
 //! proxy plugins: `[proxy_plugins.NAME] type = "snapshot"`). Another berthd can be one.
 //!
-//! The `Snapshotter` trait is synchronous and berthd only calls it from blocking threads, so each
-//! call is run to completion on the daemon's runtime with `Handle::block_on`.
+//! The `Snapshotter` trait is synchronous. Each proxy owns a small runtime on a thread of its own
+//! that does all its I/O; a trait call hands its request to that thread and waits on a plain
+//! channel for the answer, so calling it can never panic whatever thread it is called from (no
+//! `Handle::block_on` on a caller's runtime), and a hung remote costs the caller at most the
+//! plugin's `timeout_ms`: the call then fails with DeadlineExceeded and the request is dropped.
 
 use crate::snapshots::from_api_mounts;
 use berth_api::containerd::services::snapshots::v1::{
@@ -10,8 +13,9 @@ use berth_api::containerd::services::snapshots::v1::{
 };
 use berth_snapshotter::{Error, Info, Kind, Mount, Result, Snapshotter, Usage};
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tonic::transport::{Channel, Endpoint};
 
 /// The namespace sent to the remote: berthd has already scoped keys by its own namespaces.
@@ -36,12 +40,24 @@ pub struct RemoteSnapshotter {
     /// The name the remote knows it by.
     remote_name: String,
     client: SnapshotsClient<Channel>,
+    /// The proxy's own runtime (see the module comment); it stops when `_stop` is dropped.
     runtime: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    /// The bound on each call, connecting included.
+    timeout: Duration,
 }
 
 impl RemoteSnapshotter {
     /// Connects lazily: a remote that is not up yet fails its first call, not berthd's start.
-    pub fn new(name: &str, remote_name: &str, address: &Path) -> Result<RemoteSnapshotter> {
+    pub fn new(
+        name: &str,
+        remote_name: &str,
+        address: &Path,
+        timeout: Duration,
+    ) -> Result<RemoteSnapshotter> {
+        let (runtime, stop) = spawn_runtime(name)?;
+        // The channel's connection task lives on the proxy's runtime, not on the caller's.
+        let _entered = runtime.enter();
         let path = address.to_path_buf();
         let channel = Endpoint::from_static("http://localhost").connect_with_connector_lazy(
             tower::service_fn(move |_| {
@@ -58,7 +74,9 @@ impl RemoteSnapshotter {
             client: SnapshotsClient::new(channel)
                 .max_decoding_message_size(16 << 20)
                 .max_encoding_message_size(16 << 20),
-            runtime: tokio::runtime::Handle::current(),
+            runtime: runtime.clone(),
+            _stop: stop,
+            timeout,
         })
     }
 
@@ -71,15 +89,76 @@ impl RemoteSnapshotter {
         req
     }
 
-    fn call<T, F>(&self, f: impl FnOnce(SnapshotsClient<Channel>) -> F) -> Result<T>
+    fn call<T, F>(&self, what: &str, f: impl FnOnce(SnapshotsClient<Channel>) -> F) -> Result<T>
     where
-        F: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+        T: Send + 'static,
+        F: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
     {
-        self.runtime
-            .block_on(f(self.client.clone()))
-            .map(tonic::Response::into_inner)
-            .map_err(|s| from_status(&self.name, s))
+        let call = f(self.client.clone());
+        self.run(
+            what,
+            async move { call.await.map(tonic::Response::into_inner) },
+        )
     }
+
+    /// Run `fut` on the proxy's runtime within the bound and wait for it on this thread.
+    fn run<T: Send + 'static>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = std::result::Result<T, tonic::Status>> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let bound = self.timeout;
+        self.runtime.spawn(async move {
+            let _ = tx.send(tokio::time::timeout(bound, fut).await);
+        });
+        match rx.recv() {
+            Ok(Ok(answer)) => answer.map_err(|s| from_status(&self.name, s)),
+            Ok(Err(_elapsed)) => Err(Error::DeadlineExceeded(format!(
+                "remote snapshotter {}: no answer to {what} within {bound:?}",
+                self.name
+            ))),
+            Err(_) => Err(Error::Unavailable(format!(
+                "remote snapshotter {}: its connection thread has stopped",
+                self.name
+            ))),
+        }
+    }
+}
+
+/// A current-thread runtime on a thread of its own, running until the returned sender is dropped
+/// (the runtime is then dropped on that thread, never inside another runtime).
+fn spawn_runtime(name: &str) -> Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>)> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
+    let failed = |e: std::io::Error| Error::Io {
+        context: format!("remote snapshotter {name}: start its connection thread"),
+        source: e,
+    };
+    std::thread::Builder::new()
+        .name(format!("proxy-{name}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = handle_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = handle_tx.send(Ok(rt.handle().clone()));
+            rt.block_on(async move {
+                let _ = stop_rx.await;
+            });
+        })
+        .map_err(failed)?;
+    let handle = handle_rx
+        .recv()
+        .map_err(|_| failed(std::io::Error::other("the thread ended before it started")))?
+        .map_err(failed)?;
+    Ok((handle, stop_tx))
 }
 
 fn from_status(name: &str, s: tonic::Status) -> Error {
@@ -89,7 +168,9 @@ fn from_status(name: &str, s: tonic::Status) -> Error {
         tonic::Code::AlreadyExists => Error::AlreadyExists(msg),
         tonic::Code::FailedPrecondition => Error::FailedPrecondition(msg),
         tonic::Code::InvalidArgument => Error::InvalidArgument(msg),
-        // Unavailable, DeadlineExceeded and the rest keep their class.
+        tonic::Code::Unavailable => Error::Unavailable(msg),
+        tonic::Code::DeadlineExceeded => Error::DeadlineExceeded(msg),
+        // The rest (Unimplemented, ResourceExhausted, ...) keep their class.
         _ => Error::Other(
             berth_errdefs::Error::from(s).context(format!("remote snapshotter {name}")),
         ),
@@ -135,7 +216,9 @@ impl Snapshotter for RemoteSnapshotter {
             snapshotter: self.remote_name.clone(),
             key: key.into(),
         });
-        let info = self.call(|mut c| async move { c.stat(req).await })?.info;
+        let info = self
+            .call("stat", |mut c| async move { c.stat(req).await })?
+            .info;
         info.map(to_info).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "remote snapshotter {}: empty Stat answer",
@@ -156,7 +239,9 @@ impl Snapshotter for RemoteSnapshotter {
                 paths: fieldpaths.to_vec(),
             }),
         });
-        let info = self.call(|mut c| async move { c.update(req).await })?.info;
+        let info = self
+            .call("update", |mut c| async move { c.update(req).await })?
+            .info;
         info.map(to_info).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "remote snapshotter {}: empty Update answer",
@@ -170,7 +255,7 @@ impl Snapshotter for RemoteSnapshotter {
             snapshotter: self.remote_name.clone(),
             key: key.into(),
         });
-        let u = self.call(|mut c| async move { c.usage(req).await })?;
+        let u = self.call("usage", |mut c| async move { c.usage(req).await })?;
         Ok(Usage {
             size: u.size,
             inodes: u.inodes,
@@ -183,7 +268,7 @@ impl Snapshotter for RemoteSnapshotter {
             key: key.into(),
         });
         Ok(from_api_mounts(
-            self.call(|mut c| async move { c.mounts(req).await })?
+            self.call("mounts", |mut c| async move { c.mounts(req).await })?
                 .mounts,
         ))
     }
@@ -201,7 +286,7 @@ impl Snapshotter for RemoteSnapshotter {
             labels: held(labels),
         });
         Ok(from_api_mounts(
-            self.call(|mut c| async move { c.prepare(req).await })?
+            self.call("prepare", |mut c| async move { c.prepare(req).await })?
                 .mounts,
         ))
     }
@@ -214,7 +299,8 @@ impl Snapshotter for RemoteSnapshotter {
             labels: held(labels),
         });
         Ok(from_api_mounts(
-            self.call(|mut c| async move { c.view(req).await })?.mounts,
+            self.call("view", |mut c| async move { c.view(req).await })?
+                .mounts,
         ))
     }
 
@@ -225,7 +311,7 @@ impl Snapshotter for RemoteSnapshotter {
             key: key.into(),
             labels: held(labels),
         });
-        self.call(|mut c| async move { c.commit(req).await })
+        self.call("commit", |mut c| async move { c.commit(req).await })
     }
 
     fn remove(&self, key: &str) -> Result<()> {
@@ -233,7 +319,7 @@ impl Snapshotter for RemoteSnapshotter {
             snapshotter: self.remote_name.clone(),
             key: key.into(),
         });
-        self.call(|mut c| async move { c.remove(req).await })
+        self.call("remove", |mut c| async move { c.remove(req).await })
     }
 
     fn walk(&self, f: &mut dyn FnMut(&Info) -> Result<()>) -> Result<()> {
@@ -241,16 +327,16 @@ impl Snapshotter for RemoteSnapshotter {
             snapshotter: self.remote_name.clone(),
             filters: vec![],
         });
-        let name = self.name.clone();
-        let infos = self.runtime.block_on(async move {
-            let mut stream = self.client.clone().list(req).await?.into_inner();
+        let mut client = self.client.clone();
+        let infos = self.run("list", async move {
+            let mut stream = client.list(req).await?.into_inner();
             let mut infos = Vec::new();
             while let Some(msg) = stream.message().await? {
                 infos.extend(msg.info);
             }
-            Ok::<_, tonic::Status>(infos)
-        });
-        for info in infos.map_err(|s| from_status(&name, s))? {
+            Ok(infos)
+        })?;
+        for info in infos {
             f(&to_info(info))?;
         }
         Ok(())
@@ -260,7 +346,7 @@ impl Snapshotter for RemoteSnapshotter {
         let req = self.request(api::CleanupRequest {
             snapshotter: self.remote_name.clone(),
         });
-        self.call(|mut c| async move { c.cleanup(req).await })
+        self.call("cleanup", |mut c| async move { c.cleanup(req).await })
     }
 
     fn active_dir(&self, key: &str) -> Result<PathBuf> {

@@ -6,7 +6,7 @@
 use berth_errdefs::{Error, Result};
 use berth_snapshotter::{Info, Mount, Snapshotter, Usage};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// Mounts as snapshotters describe them, in the API's type (both are foreign to berthd, so these
 /// are functions rather than `From` impls).
@@ -41,11 +41,29 @@ pub type NamespaceSnapshots = HashMap<String, HashMap<String, Info>>;
 #[derive(Default, Clone)]
 pub struct Snapshotters {
     by_name: BTreeMap<String, Arc<dyn Snapshotter>>,
+    /// Per namespace: creating a snapshot holds it shared, deleting the namespace exclusive, so
+    /// the "no snapshots" check and the deletion cannot straddle a Prepare or View.
+    guards: Arc<std::sync::Mutex<HashMap<String, Weak<tokio::sync::RwLock<()>>>>>,
 }
 
 impl Snapshotters {
     pub fn insert(&mut self, s: Arc<dyn Snapshotter>) {
         self.by_name.insert(s.name().to_string(), s);
+    }
+
+    /// The guard of namespace `ns` (see `guards`); take it shared around creating a snapshot,
+    /// exclusive around deleting the namespace.
+    pub fn namespace_guard(&self, ns: &str) -> Arc<tokio::sync::RwLock<()>> {
+        // A poisoned lock only means a panic mid-update of a plain map.
+        let mut guards = self.guards.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = guards.get(ns).and_then(Weak::upgrade) {
+            return g;
+        }
+        // Entries live only while someone holds them.
+        guards.retain(|_, g| g.strong_count() > 0);
+        let g = Arc::new(tokio::sync::RwLock::new(()));
+        guards.insert(ns.to_string(), Arc::downgrade(&g));
+        g
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -113,7 +131,7 @@ impl Snapshotters {
     }
 }
 
-/// A snapshotter as one namespace sees it. Blocking: call from `spawn_blocking`.
+/// A snapshotter as one namespace sees it. Blocking: call through `crate::blocking::blocking`.
 pub struct Scoped {
     inner: Arc<dyn Snapshotter>,
     prefix: String,

@@ -130,6 +130,8 @@ fn setup(opts: &Options, sock: &Path) -> Result<Server, String> {
         no_pivot_root: opts.no_pivot_root,
         no_new_keyring: opts.no_new_keyring,
         bundle: opts.bundle.clone(),
+        timeout: opts.runtime_timeout,
+        timed_out: false,
         reaped: Vec::new(),
     };
     Server::new(

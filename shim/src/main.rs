@@ -31,7 +31,7 @@ macro_rules! log {
 
 const USAGE: &str = "usage: berth-shim start --namespace NS --id ID --bundle DIR \
 [--socket-dir DIR] [--runtime-binary runc] --runtime-root DIR [--systemd-cgroup] \
-[--no-pivot-root] [--no-new-keyring] [--log FILE]
+[--no-pivot-root] [--no-new-keyring] [--runtime-timeout-ms MS] [--log FILE]
        berth-shim --version";
 
 pub struct Options {
@@ -46,8 +46,13 @@ pub struct Options {
     pub systemd_cgroup: bool,
     pub no_pivot_root: bool,
     pub no_new_keyring: bool,
+    /// How long one runtime command may run before it is killed and its call fails.
+    pub runtime_timeout: std::time::Duration,
     pub log: Option<PathBuf>,
 }
+
+/// Without `--runtime-timeout-ms`: long enough for slow hooks, short enough to come back.
+const DEFAULT_RUNTIME_TIMEOUT_MS: u64 = 60_000;
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
     let mut namespace = None;
@@ -59,6 +64,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
     let mut systemd_cgroup = false;
     let mut no_pivot_root = false;
     let mut no_new_keyring = false;
+    let mut runtime_timeout_ms = DEFAULT_RUNTIME_TIMEOUT_MS;
     let mut log = None;
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or_else(|| format!("{a} needs a value"));
@@ -72,6 +78,13 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--systemd-cgroup" => systemd_cgroup = true,
             "--no-pivot-root" => no_pivot_root = true,
             "--no-new-keyring" => no_new_keyring = true,
+            "--runtime-timeout-ms" => {
+                let v = val()?;
+                runtime_timeout_ms = match v.parse::<u64>() {
+                    Ok(ms) if ms > 0 => ms,
+                    _ => return Err(format!("--runtime-timeout-ms {v:?}: not a positive number")),
+                };
+            }
             "--log" => log = Some(PathBuf::from(val()?)),
             _ => return Err(format!("unknown argument {a:?}")),
         }
@@ -114,6 +127,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         systemd_cgroup,
         no_pivot_root,
         no_new_keyring,
+        runtime_timeout: std::time::Duration::from_millis(runtime_timeout_ms),
         log,
     })
 }

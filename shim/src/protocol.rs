@@ -283,6 +283,8 @@ pub enum ErrorKind {
     Unimplemented,
     /// The shim is shutting down.
     Unavailable,
+    /// The runtime did not finish within the shim's `--runtime-timeout-ms` and was killed.
+    DeadlineExceeded,
     /// runc or the system failed; also any kind this client version does not know.
     #[serde(other)]
     Internal,
@@ -323,6 +325,7 @@ impl From<ErrorKind> for berth_errdefs::Kind {
             ErrorKind::FailedPrecondition => Kind::FailedPrecondition,
             ErrorKind::Unimplemented => Kind::Unimplemented,
             ErrorKind::Unavailable => Kind::Unavailable,
+            ErrorKind::DeadlineExceeded => Kind::DeadlineExceeded,
             ErrorKind::Internal => Kind::Internal,
         }
     }

@@ -22,6 +22,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+/// The read end of the self-pipe, for [`wait_reaping_until`] to sleep on.
+static WAKE_R_FD: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_sigchld(_: nix::libc::c_int) {
     let saved = Errno::last_raw();
@@ -43,6 +45,7 @@ impl Reaper {
     pub fn install() -> nix::Result<Self> {
         let (wake_r, wake_w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
         WAKE_FD.store(wake_w.as_raw_fd(), Ordering::Relaxed);
+        WAKE_R_FD.store(wake_r.as_raw_fd(), Ordering::Relaxed);
         let act = SigAction::new(
             SigHandler::Handler(on_sigchld),
             SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP,
@@ -76,6 +79,14 @@ impl Reaper {
     }
 }
 
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        // The pipe closes with us: nothing may write to or sleep on its numbers afterwards.
+        WAKE_FD.store(-1, Ordering::Relaxed);
+        WAKE_R_FD.store(-1, Ordering::Relaxed);
+    }
+}
+
 /// Block until `child` exits, reaping every other child that exits meanwhile into `others`.
 /// None if `child` is not (or no longer) our child.
 pub fn wait_reaping(child: u32, others: &mut Vec<(u32, u32)>) -> Option<u32> {
@@ -89,6 +100,74 @@ pub fn wait_reaping(child: u32, others: &mut Vec<(u32, u32)>) -> Option<u32> {
             Err(Errno::EINTR) => {}
             Err(_) => return None,
         }
+    }
+}
+
+/// How [`wait_reaping_until`] ended.
+pub enum Waited {
+    Exited(u32),
+    TimedOut,
+    /// `child` is not (or no longer) our child.
+    Lost,
+}
+
+/// [`wait_reaping`] with a deadline: sleeps on the SIGCHLD self-pipe between reaping rounds, so
+/// an exit wakes it at once (the pipe is drained before each round: a SIGCHLD that lands after
+/// the round leaves a byte and the poll returns). Without an installed reaper it naps instead.
+pub fn wait_reaping_until(
+    child: u32,
+    others: &mut Vec<(u32, u32)>,
+    deadline: std::time::Instant,
+) -> Waited {
+    let wake_r = WAKE_R_FD.load(Ordering::Relaxed);
+    let mut drained = false;
+    // Wake-ups drained here may belong to exits still unreaped when `child` is found (the
+    // reaping stops there): hand the event loop a wake-up back so it reaps them.
+    let done = |waited: Waited, drained: bool| {
+        let fd = WAKE_FD.load(Ordering::Relaxed);
+        if drained && fd >= 0 {
+            // SAFETY: as in the signal handler; the pipe lives as long as the Reaper.
+            unsafe { nix::libc::write(fd, b"c".as_ptr().cast(), 1) };
+        }
+        waited
+    };
+    loop {
+        if wake_r >= 0 {
+            let mut buf = [0u8; 64];
+            while matches!(read(wake_r, &mut buf), Ok(n) if n > 0) {
+                drained = true;
+            }
+        }
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(ws) => match exit_of(ws) {
+                    Some((pid, status)) if pid == child => {
+                        return done(Waited::Exited(status), drained)
+                    }
+                    Some(exit) => others.push(exit),
+                    None => {}
+                },
+                Err(Errno::EINTR) => {}
+                Err(_) => return done(Waited::Lost, drained),
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return done(Waited::TimedOut, drained);
+        }
+        if wake_r < 0 {
+            std::thread::sleep(left.min(std::time::Duration::from_millis(5)));
+            continue;
+        }
+        // SAFETY: the pipe lives as long as the process (the Reaper is never dropped while the
+        // server runs), and the borrow ends with this poll.
+        let fd = unsafe { BorrowedFd::borrow_raw(wake_r) };
+        let ms = i32::try_from(left.as_millis().saturating_add(1)).unwrap_or(i32::MAX);
+        let _ = nix::poll::poll(
+            &mut [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)],
+            nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX),
+        );
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! Every call is synchronous — the event loop stops while runc runs (tens of ms), which a
 //! container does not notice — but keeps reaping (see reaper.rs): exits of other children
-//! seen meanwhile are collected in [`Runc::reaped`] for the server. runc writes its errors
+//! seen meanwhile are collected in [`Runc::reaped`] for the server. A call is bounded by
+//! [`Runc::timeout`] (`--runtime-timeout-ms`): a runtime still running then is killed and the
+//! call fails ([`Runc::timed_out`]), so a wedged runc cannot stop the shim serving for good. runc writes its errors
 //! as JSON lines to `<bundle>/log.json` (as under containerd); on failure the last error
 //! logged by this call is the message.
 
@@ -13,6 +15,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub struct Runc {
     pub binary: PathBuf,
@@ -24,6 +27,10 @@ pub struct Runc {
     pub no_new_keyring: bool,
     /// The bundle: runc's --log file and scratch files live there.
     pub bundle: PathBuf,
+    /// How long one runtime command may run.
+    pub timeout: Duration,
+    /// Whether the last command was killed for running past `timeout`.
+    pub timed_out: bool,
     /// (pid, status) of children other than runc reaped while runc ran.
     pub reaped: Vec<(u32, u32)>,
 }
@@ -88,11 +95,34 @@ impl Runc {
     fn spawn_wait(&mut self, mut cmd: Command, stderr: Option<&mut File>) -> Result<(), String> {
         let offset = std::fs::metadata(self.log()).map_or(0, |m| m.len());
         let what = format!("{}", self.binary.display());
+        // The subcommand follows the global flags `command` puts first.
+        let global_flags = 6 + usize::from(self.systemd_cgroup);
+        let sub = cmd
+            .get_args()
+            .nth(global_flags)
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.timed_out = false;
         let child = cmd.spawn().map_err(|e| format!("running {what}: {e}"))?;
         // Our copies of the process's stdio must not outlive the spawn.
         drop(cmd);
-        let status = reaper::wait_reaping(child.id(), &mut self.reaped)
-            .ok_or_else(|| format!("{what}: lost track of the runtime process"))?;
+        let deadline = Instant::now() + self.timeout;
+        let status = match reaper::wait_reaping_until(child.id(), &mut self.reaped, deadline) {
+            reaper::Waited::Exited(status) => status,
+            reaper::Waited::Lost => {
+                return Err(format!("{what}: lost track of the runtime process"))
+            }
+            reaper::Waited::TimedOut => {
+                let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = reaper::wait_reaping(child.id(), &mut self.reaped);
+                self.timed_out = true;
+                return Err(format!(
+                    "{what} {sub} did not finish within {:?}; it was killed",
+                    self.timeout
+                ));
+            }
+        };
         if status == 0 {
             return Ok(());
         }

@@ -39,6 +39,14 @@ fn internal(op: &str, msg: impl std::fmt::Display) -> ShimError {
     err(ErrorKind::Internal, op, msg)
 }
 
+/// A runtime command's failure: DeadlineExceeded when it was killed for running too long.
+fn runc_error(runc: &Runc, op: &str, msg: impl std::fmt::Display) -> ShimError {
+    match runc.timed_out {
+        true => err(ErrorKind::DeadlineExceeded, op, msg),
+        false => internal(op, msg),
+    }
+}
+
 fn precondition(op: &str, msg: impl std::fmt::Display) -> ShimError {
     err(ErrorKind::FailedPrecondition, op, msg)
 }
@@ -650,10 +658,11 @@ impl Server {
         let (pid, io) = match setup {
             Ok(r) => r,
             Err(m) => {
+                let e = runc_error(&self.runc, op, m);
                 // runc may have left a half-created container behind.
                 let _ = self.runc.delete(&id, true);
                 self.after_runc();
-                return Err(internal(op, m));
+                return Err(e);
             }
         };
         let mut p = Process::new(
@@ -688,7 +697,7 @@ impl Server {
         let started = self.runc.start(&id);
         // The init may exit while runc start still runs: recorded here, not lost.
         self.after_runc();
-        started.map_err(|m| internal(op, m))?;
+        started.map_err(|m| runc_error(&self.runc, op, m))?;
         let p = self.proc_mut(op, "")?;
         if p.status == Status::Created {
             p.status = Status::Running;
@@ -768,9 +777,10 @@ impl Server {
                 ok(PidReply { pid })
             }
             Err(m) => {
+                let e = runc_error(&self.runc, op, m);
                 // The exec never ran: it is stopped (status 255), so waiters are released.
                 self.record_exit(key, 255);
-                Err(internal(op, m))
+                Err(e)
             }
         }
     }
@@ -827,7 +837,7 @@ impl Server {
                 Err(m) if m.contains("not running") || m.contains("does not exist") => {
                     Err(err(ErrorKind::NotFound, op, m))
                 }
-                Err(m) => Err(internal(op, m)),
+                Err(m) => Err(runc_error(&self.runc, op, m)),
             };
         }
         if all {
@@ -889,7 +899,7 @@ impl Server {
             false => self.runc.resume(&id),
         };
         self.after_runc();
-        r.map_err(|m| internal(op, m))?;
+        r.map_err(|m| runc_error(&self.runc, op, m))?;
         let p = self.proc_mut(op, "")?;
         if p.status == from {
             p.status = to;
@@ -904,7 +914,7 @@ impl Server {
         let id = self.id.clone();
         let r = self.runc.ps(&id);
         self.after_runc();
-        let pids = r.map_err(|m| internal(op, m))?;
+        let pids = r.map_err(|m| runc_error(&self.runc, op, m))?;
         let processes = pids
             .into_iter()
             .map(|pid| PidInfo {
@@ -1004,7 +1014,7 @@ impl Server {
         let r = self.runc.update(&id, &file);
         self.after_runc();
         let _ = std::fs::remove_file(&file);
-        r.map_err(|m| internal(op, m))?;
+        r.map_err(|m| runc_error(&self.runc, op, m))?;
         ok(Empty {})
     }
 

@@ -12,13 +12,20 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     InvalidArgument(String),
+    /// The store cannot be reached now (a proxy snapshotter's socket); the client may retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The store did not answer within its bound (a hung proxy snapshotter).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
         #[source]
         source: std::io::Error,
     },
-    /// Any other class, kept as is: a proxy snapshotter that is Unavailable or timed out.
+    /// Any other class a proxy snapshotter answered with (Unimplemented, ResourceExhausted, ...),
+    /// kept as is.
     #[error(transparent)]
     Other(#[from] berth_errdefs::Error),
 }
@@ -42,6 +49,8 @@ impl From<Error> for berth_errdefs::Error {
             Error::AlreadyExists(_) => E::exists(e.to_string()),
             Error::FailedPrecondition(m) => E::precondition(m),
             Error::InvalidArgument(m) => E::invalid(m),
+            Error::Unavailable(m) => E::unavailable(m),
+            Error::DeadlineExceeded(m) => E::deadline_exceeded(m),
             Error::Io { context, source } => E::io(context, source),
             Error::Other(inner) => inner,
         }

@@ -1,8 +1,9 @@
 //! Metadata figures (issue 5, item 1): containers Create / Get / Update / Delete with 1 and 8
 //! concurrent clients, List with 1,000 and 10,000 containers, and the latency of one durable write.
 //!
-//! Containers carry a realistic ~9.5 KiB OCI spec (`spec.json`: a `ctr run` spec of a service, with
-//! a seccomp profile, bind mounts and resources), runtime io.containerd.runc.v2 and a few labels.
+//! Containers carry a realistic ~9.5 KiB OCI spec (berth-testkit's `spec.json`: a `ctr run` spec
+//! of a service, with a seccomp profile, bind mounts and resources), runtime io.containerd.runc.v2
+//! and a few labels.
 
 use super::{slot, Better, Figure, Outcome, Samples};
 use crate::daemon::{order, Kind, Lab};
@@ -26,7 +27,7 @@ use tonic::transport::Channel;
 const G: &str = "metadata";
 const NS: &str = "bench";
 const LIST_NS: &str = "bench-list";
-const SPEC_JSON: &[u8] = include_bytes!("../spec.json");
+const SPEC_JSON: &[u8] = berth_testkit::SPEC_JSON;
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// Responses of List with 10,000 ~10 KiB containers are ~100 MB: let the client take them.
 const MAX_MSG: usize = 1 << 30;

@@ -73,16 +73,26 @@ impl Collector {
 
     /// Collect now and return what went (`sync` deletions wait for this).
     pub async fn collect(&self) -> Result<Stats> {
-        let _one_at_a_time = self.running.lock().await;
         let started = Instant::now();
         let marked_at = SystemTime::now();
-        self.meta.expire_leases(marked_at).await?;
-        let mut stats = Stats::default();
+        // Listed before taking the lock: a proxy snapshotter's listing may take up to its bound,
+        // and must not hold up other collections (and the synchronous deletes waiting on them)
+        // meanwhile. A listing older than another collection's sweep is still safe: only what it
+        // lists may be swept, and removing what is already gone is ignored.
         let snapshotters = self.snapshotters.clone();
         let mut snapshots = blocking(move || snapshotters.list_by_namespace()).await?;
+        let _one_at_a_time = self.running.lock().await;
+        self.meta.expire_leases(marked_at).await?;
+        let mut stats = Stats::default();
         for ns in self.meta.list_namespaces()? {
             let seen = snapshots.remove(&ns.name).unwrap_or_default();
-            let live = self.mark(&ns.name, &seen)?;
+            // Marking reads every record of the namespace: off the async threads.
+            let (meta, name) = (self.meta.clone(), ns.name.clone());
+            let (live, seen) = blocking(move || {
+                let live = mark(&meta, &name, &seen)?;
+                Ok((live, seen))
+            })
+            .await?;
             stats.blobs_removed += self.sweep_content(&ns.name, &live, marked_at).await?;
             stats.snapshots_removed += self
                 .sweep_snapshots(&ns.name, &live, &seen, marked_at)
@@ -99,82 +109,11 @@ impl Collector {
         Ok(stats)
     }
 
-    /// Returns what is reachable from the roots of `ns`, whose snapshots were listed (`seen`)
-    /// before marking began: only those may be swept, since a snapshot created later may have
-    /// roots marking did not see.
-    fn mark(&self, ns: &str, snapshots: &NamespaceSnapshots) -> Result<Live> {
-        let all = Filter::parse_all::<&str>(&[])?;
-        let mut live = Live::default();
-        let mut content_labels = HashMap::new();
-        for info in self.meta.list_content(ns, &all)? {
-            if info.labels.contains_key(ROOT_LABEL) {
-                live.content_queue.push(info.digest.clone());
-            }
-            content_labels.insert(info.digest, info.labels);
-        }
-        for image in self.meta.list_images(ns, &all)? {
-            if let Some(t) = &image.target {
-                live.content_queue.push(t.digest.clone());
-            }
-            live.refs_from(&image.labels);
-        }
-        for c in self.meta.container_summaries(ns)? {
-            if !c.snapshot_key.is_empty() {
-                live.snapshot_queue
-                    .push((c.snapshotter.clone(), c.snapshot_key.clone()));
-            }
-            live.refs_from(&c.labels);
-        }
-        for lease in self.meta.list_leases(ns, &all)? {
-            for r in self.meta.list_lease_resources(ns, &lease.id)? {
-                match r.r#type.as_str() {
-                    "content" => live.content_queue.push(r.id),
-                    t => {
-                        if let Some(s) = t.strip_prefix("snapshots/") {
-                            live.snapshot_queue.push((s.to_string(), r.id));
-                        }
-                    }
-                }
-            }
-        }
-        for (snapshotter, infos) in snapshots {
-            for (key, info) in infos {
-                if info.labels.contains_key(ROOT_LABEL) {
-                    live.snapshot_queue.push((snapshotter.clone(), key.clone()));
-                }
-            }
-        }
-        // Follow references until nothing new is reached.
-        loop {
-            if let Some(digest) = live.content_queue.pop() {
-                if live.content.insert(digest.clone()) {
-                    if let Some(labels) = content_labels.get(&digest) {
-                        live.refs_from(labels);
-                    }
-                }
-            } else if let Some((snapshotter, key)) = live.snapshot_queue.pop() {
-                let id = (snapshotter, key);
-                if live.snapshots.insert(id.clone()) {
-                    if let Some(info) = snapshots.get(&id.0).and_then(|m| m.get(&id.1)) {
-                        if !info.parent.is_empty() {
-                            live.snapshot_queue
-                                .push((id.0.clone(), info.parent.clone()));
-                        }
-                        live.refs_from(&info.labels);
-                    }
-                }
-            } else {
-                break;
-            }
-        }
-        Ok(live)
-    }
-
     async fn sweep_content(&self, ns: &str, live: &Live, marked_at: SystemTime) -> Result<usize> {
         let all = Filter::parse_all::<&str>(&[])?;
-        let dead: Vec<Digest> = self
-            .meta
-            .list_content(ns, &all)?
+        let (meta, name) = (self.meta.clone(), ns.to_string());
+        let dead: Vec<Digest> = blocking(move || meta.list_content(&name, &all))
+            .await?
             .into_iter()
             .filter(|i| !live.content.contains(&i.digest))
             .filter_map(|i| Digest::parse(&i.digest).ok())
@@ -186,13 +125,20 @@ impl Collector {
             .meta
             .remove_unreferenced_content(ns, &dead, marked_at)
             .await?;
-        for digest in &orphaned {
-            match self.content.delete_blob(digest) {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => tracing::warn!(%digest, error = %e, "could not remove collected blob"),
+        let content = self.content.clone();
+        blocking(move || {
+            for digest in &orphaned {
+                match content.delete_blob(digest) {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => {
+                        tracing::warn!(%digest, error = %e, "could not remove collected blob")
+                    }
+                }
             }
-        }
+            Ok(())
+        })
+        .await?;
         Ok(dead.len())
     }
 
@@ -246,6 +192,77 @@ impl Collector {
         })
         .await
     }
+}
+
+/// Returns what is reachable from the roots of `ns`, whose snapshots were listed (`seen`)
+/// before marking began: only those may be swept, since a snapshot created later may have
+/// roots marking did not see. Reads the store: call off the async threads.
+fn mark(meta: &Metadata, ns: &str, snapshots: &NamespaceSnapshots) -> Result<Live> {
+    let all = Filter::parse_all::<&str>(&[])?;
+    let mut live = Live::default();
+    let mut content_labels = HashMap::new();
+    for info in meta.list_content(ns, &all)? {
+        if info.labels.contains_key(ROOT_LABEL) {
+            live.content_queue.push(info.digest.clone());
+        }
+        content_labels.insert(info.digest, info.labels);
+    }
+    for image in meta.list_images(ns, &all)? {
+        if let Some(t) = &image.target {
+            live.content_queue.push(t.digest.clone());
+        }
+        live.refs_from(&image.labels);
+    }
+    for c in meta.container_summaries(ns)? {
+        if !c.snapshot_key.is_empty() {
+            live.snapshot_queue
+                .push((c.snapshotter.clone(), c.snapshot_key.clone()));
+        }
+        live.refs_from(&c.labels);
+    }
+    for lease in meta.list_leases(ns, &all)? {
+        for r in meta.list_lease_resources(ns, &lease.id)? {
+            match r.r#type.as_str() {
+                "content" => live.content_queue.push(r.id),
+                t => {
+                    if let Some(s) = t.strip_prefix("snapshots/") {
+                        live.snapshot_queue.push((s.to_string(), r.id));
+                    }
+                }
+            }
+        }
+    }
+    for (snapshotter, infos) in snapshots {
+        for (key, info) in infos {
+            if info.labels.contains_key(ROOT_LABEL) {
+                live.snapshot_queue.push((snapshotter.clone(), key.clone()));
+            }
+        }
+    }
+    // Follow references until nothing new is reached.
+    loop {
+        if let Some(digest) = live.content_queue.pop() {
+            if live.content.insert(digest.clone()) {
+                if let Some(labels) = content_labels.get(&digest) {
+                    live.refs_from(labels);
+                }
+            }
+        } else if let Some((snapshotter, key)) = live.snapshot_queue.pop() {
+            let id = (snapshotter, key);
+            if live.snapshots.insert(id.clone()) {
+                if let Some(info) = snapshots.get(&id.0).and_then(|m| m.get(&id.1)) {
+                    if !info.parent.is_empty() {
+                        live.snapshot_queue
+                            .push((id.0.clone(), info.parent.clone()));
+                    }
+                    live.refs_from(&info.labels);
+                }
+            }
+        } else {
+            break;
+        }
+    }
+    Ok(live)
 }
 
 #[derive(Default)]

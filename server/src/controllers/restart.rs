@@ -13,6 +13,12 @@
 //!
 //! A paused task counts as running: unlike containerd, the monitor leaves it alone. A task being
 //! created or cleaned up is left to the next round.
+//!
+//! A round reads summaries and may wait seconds on each container, so nothing is done on what the
+//! round read: the record and the task are read again just before acting, and a restart checks
+//! the record once more after creating the new task and before starting it. A client's stop
+//! (nerdctl: label `explicitly-stopped`, then kill) either shows in that check, or its kill comes
+//! after it and finds the new task.
 
 use crate::blocking::blocking;
 use crate::events::Exchange;
@@ -56,6 +62,36 @@ enum Current {
     },
     /// Being created or cleaned up: next round.
     Busy,
+}
+
+/// What the monitor does about one container.
+#[derive(Debug, PartialEq, Eq)]
+enum Action {
+    Nothing,
+    /// Start a new task; the old one ended with `exit_status` (0 when there was none).
+    Restart {
+        exit_status: u32,
+    },
+    Stop,
+}
+
+/// The decision, from the container's labels and its task.
+fn decide(labels: &std::collections::HashMap<String, String>, current: &Current) -> Action {
+    let desired = labels.get(STATUS_LABEL).map_or("", String::as_str);
+    match (desired, current) {
+        (_, Current::Busy) => Action::Nothing,
+        // No task at all (a reboot, a deletion) reads as a clean exit, as in containerd.
+        ("running", Current::Absent) if should_restart(labels, 0) => {
+            Action::Restart { exit_status: 0 }
+        }
+        ("running", Current::Stopped { exit_status }) if should_restart(labels, *exit_status) => {
+            Action::Restart {
+                exit_status: *exit_status,
+            }
+        }
+        ("stopped", Current::Running) => Action::Stop,
+        _ => Action::Nothing,
+    }
 }
 
 /// Whether a stopped task should be started again under `labels`' policy.
@@ -126,26 +162,23 @@ impl RestartMonitor {
     }
 
     async fn reconcile_one(&self, ns: &str, c: &ContainerSummary) -> Result<()> {
-        let current = self.current(ns, &c.id).await?;
-        let desired = c.labels.get(STATUS_LABEL).map_or("", String::as_str);
-        match (desired, current) {
-            (_, Current::Busy) => Ok(()),
-            // No task at all (a reboot, a deletion) reads as a clean exit, as in containerd.
-            ("running", Current::Absent) if should_restart(&c.labels, 0) => {
-                self.restart(ns, &c.id).await
-            }
-            ("running", Current::Stopped { exit_status }) => {
-                if should_restart(&c.labels, exit_status) {
-                    self.restart(ns, &c.id).await
-                } else {
-                    Ok(())
-                }
-            }
-            ("stopped", Current::Running) => {
+        if decide(&c.labels, &self.current(ns, &c.id).await?) == Action::Nothing {
+            return Ok(());
+        }
+        // Decide again on the record and the task as they are now: the summary is as old as
+        // the round.
+        let c = match self.meta.get_container(ns, &c.id) {
+            Ok(c) => c,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match decide(&c.labels, &self.current(ns, &c.id).await?) {
+            Action::Nothing => Ok(()),
+            Action::Restart { exit_status } => self.restart(ns, c, exit_status).await,
+            Action::Stop => {
                 tracing::info!(namespace = ns, container = %c.id, "restart monitor: stopping");
                 self.kill_task(ns, &c.id).await
             }
-            _ => Ok(()),
         }
     }
 
@@ -173,17 +206,17 @@ impl RestartMonitor {
         }
     }
 
-    async fn restart(&self, ns: &str, id: &str) -> Result<()> {
-        let c = self.meta.get_container(ns, id)?;
-        let count: u64 = c
-            .labels
-            .get(COUNT_LABEL)
+    async fn restart(&self, ns: &str, c: Container, exit_status: u32) -> Result<()> {
+        let id = c.id.clone();
+        let prior_count = c.labels.get(COUNT_LABEL).cloned();
+        let count: u64 = prior_count
+            .as_deref()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
             + 1;
-        tracing::info!(namespace = ns, container = %c.id, count, "restart monitor: starting");
+        tracing::info!(namespace = ns, container = %id, count, "restart monitor: starting");
         let update = Container {
-            id: c.id.clone(),
+            id: id.clone(),
             labels: [(COUNT_LABEL.to_string(), count.to_string())].into(),
             ..Default::default()
         };
@@ -192,7 +225,7 @@ impl RestartMonitor {
             .update_container(ns, update, &[format!("labels.{COUNT_LABEL}")])
             .await?;
         self.events.publish_container_update(ns, &c);
-        self.kill_task(ns, &c.id).await?;
+        self.kill_task(ns, &id).await?;
         let rootfs = if c.snapshot_key.is_empty() {
             Vec::new()
         } else {
@@ -205,7 +238,6 @@ impl RestartMonitor {
             (_, Some(path)) if !path.is_empty() => format!("file://{path}"),
             _ => String::new(),
         };
-        let id = c.id.clone();
         self.tasks
             .create(CreateTask {
                 namespace: ns.to_string(),
@@ -220,6 +252,27 @@ impl RestartMonitor {
                 options: None,
             })
             .await?;
+        // The last check, with the new task in place (see the module comment).
+        let still = match self.meta.get_container(ns, &id) {
+            Ok(mut c) => {
+                // Judged as the decision was: before this restart's own count.
+                match &prior_count {
+                    Some(n) => c.labels.insert(COUNT_LABEL.to_string(), n.clone()),
+                    None => c.labels.remove(COUNT_LABEL),
+                };
+                decide(&c.labels, &Current::Stopped { exit_status }) != Action::Nothing
+            }
+            Err(e) if e.is_not_found() => false,
+            Err(e) => Err(e)?,
+        };
+        if !still {
+            tracing::info!(namespace = ns, container = %id, "restart monitor: changed meanwhile; not starting");
+            return match self.tasks.delete(ns, &id).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.is_not_found() => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
         self.tasks.start(ns, &id, "").await?;
         Ok(())
     }
@@ -257,5 +310,117 @@ mod tests {
         assert!(should_restart(&unless("false"), 0));
         assert!(!should_restart(&unless("true"), 0));
         assert!(!should_restart(&labels(&[(POLICY_LABEL, "sometimes")]), 1));
+    }
+
+    #[test]
+    fn decisions() {
+        let running = |extra: &[(&str, &str)]| {
+            let mut l = labels(&[(STATUS_LABEL, "running")]);
+            l.extend(labels(extra));
+            l
+        };
+        let stopped = |exit_status| Current::Stopped { exit_status };
+        assert_eq!(
+            decide(&running(&[]), &Current::Absent),
+            Action::Restart { exit_status: 0 }
+        );
+        assert_eq!(
+            decide(&running(&[]), &stopped(3)),
+            Action::Restart { exit_status: 3 }
+        );
+        assert_eq!(decide(&running(&[]), &Current::Running), Action::Nothing);
+        assert_eq!(decide(&running(&[]), &Current::Busy), Action::Nothing);
+        let unless_stopped = running(&[
+            (POLICY_LABEL, "unless-stopped"),
+            (EXPLICITLY_STOPPED_LABEL, "true"),
+        ]);
+        assert_eq!(decide(&unless_stopped, &stopped(0)), Action::Nothing);
+        let stop = labels(&[(STATUS_LABEL, "stopped")]);
+        assert_eq!(decide(&stop, &Current::Running), Action::Stop);
+        assert_eq!(decide(&stop, &stopped(0)), Action::Nothing);
+        assert_eq!(decide(&labels(&[]), &stopped(1)), Action::Nothing);
+    }
+
+    /// A monitor over a real metadata store whose task manager cannot start shims: any attempt
+    /// to restart fails loudly, so "did nothing" is visible as Ok.
+    async fn monitor(dir: &std::path::Path) -> RestartMonitor {
+        let meta = Arc::new(Metadata::open(&dir.join("meta")).expect("metadata"));
+        let events = Exchange::default();
+        let tasks = TaskManager::new(
+            &dir.join("state"),
+            dir.join("no-such-shim"),
+            [(
+                crate::config::DEFAULT_RUNTIME.to_string(),
+                crate::config::RuntimeConfig::default(),
+            )]
+            .into(),
+            Duration::from_secs(1),
+            events.clone(),
+        )
+        .expect("task manager");
+        RestartMonitor {
+            meta,
+            snapshotters: Snapshotters::default(),
+            tasks: Arc::new(tasks),
+            events,
+            interval: Duration::from_secs(3600),
+        }
+    }
+
+    async fn labelled_container(m: &RestartMonitor, ns: &str, id: &str) {
+        let c = Container {
+            id: id.into(),
+            labels: labels(&[(STATUS_LABEL, "running"), (POLICY_LABEL, "unless-stopped")]),
+            runtime: Some(
+                berth_api::containerd::services::containers::v1::container::Runtime {
+                    name: crate::config::DEFAULT_RUNTIME.into(),
+                    options: None,
+                },
+            ),
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                value: b"{}".to_vec(),
+            }),
+            ..Default::default()
+        };
+        m.meta
+            .create_container(ns, c)
+            .await
+            .expect("create container");
+    }
+
+    #[tokio::test]
+    async fn a_stop_between_the_rounds_read_and_its_act_is_honoured() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let m = monitor(dir.path()).await;
+        labelled_container(&m, "ns", "web").await;
+        labelled_container(&m, "ns", "control").await;
+        // The round reads its summaries...
+        let summaries = m.meta.container_summaries("ns").expect("summaries");
+        // ...then a client stops `web` (nerdctl stop: the label, then the kill)...
+        let stop = Container {
+            id: "web".into(),
+            labels: labels(&[(EXPLICITLY_STOPPED_LABEL, "true")]),
+            ..Default::default()
+        };
+        m.meta
+            .update_container("ns", stop, &[format!("labels.{EXPLICITLY_STOPPED_LABEL}")])
+            .await
+            .expect("label explicitly-stopped");
+        // ...before the round gets to it: `web` is left alone, while `control`, whose labels did
+        // not change, is acted on (and fails, there being no shim to start).
+        for c in &summaries {
+            let r = m.reconcile_one("ns", c).await;
+            match c.id.as_str() {
+                "web" => assert!(r.is_ok(), "{r:?}"),
+                _ => {
+                    let e = r.expect_err("the control container was restarted without a shim");
+                    assert!(e.to_string().contains("shim"), "{e}");
+                }
+            }
+        }
+        let web = m.meta.get_container("ns", "web").expect("web");
+        assert!(!web.labels.contains_key(COUNT_LABEL), "{:?}", web.labels);
+        assert!(m.tasks.get("ns", "web").is_err());
     }
 }

@@ -96,11 +96,18 @@ enum Slot {
     Ready(Arc<Task>),
 }
 
+/// `[tasks] shim_start_timeout_ms` and `runtime_timeout_ms` by default.
+const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_RUNTIME_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub struct TaskManager {
     state_dir: PathBuf,
     shim_binary: PathBuf,
     runtimes: BTreeMap<String, RuntimeConfig>,
     connect_timeout: Duration,
+    /// Bounds on `berth-shim start` and, inside the shim, on each runtime command.
+    start_timeout: Duration,
+    runtime_timeout: Duration,
     events: Exchange,
     tasks: Mutex<HashMap<(String, String), Slot>>,
 }
@@ -133,6 +140,8 @@ impl TaskManager {
             shim_binary,
             runtimes,
             connect_timeout,
+            start_timeout: DEFAULT_START_TIMEOUT,
+            runtime_timeout: DEFAULT_RUNTIME_TIMEOUT,
             events,
             tasks: Mutex::new(HashMap::new()),
         };
@@ -148,6 +157,14 @@ impl TaskManager {
             crate::fsutil::make_dir(&dir, 0o711)?;
         }
         Ok(manager)
+    }
+
+    /// Set the bounds on starting a shim and on the runtime commands it runs (`[tasks]`
+    /// `shim_start_timeout_ms`, `runtime_timeout_ms`).
+    pub fn with_timeouts(mut self, start: Duration, runtime: Duration) -> Self {
+        self.start_timeout = start;
+        self.runtime_timeout = runtime;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Slot>> {
@@ -375,6 +392,8 @@ impl TaskManager {
             systemd_cgroup: record.systemd_cgroup,
             no_pivot_root: record.no_pivot_root,
             no_new_keyring: record.no_new_keyring,
+            timeout: self.start_timeout,
+            runtime_timeout: self.runtime_timeout,
         })
         .await?;
         let launched = std::time::Instant::now();

@@ -99,10 +99,13 @@ impl TaskManager {
             record,
             why,
         };
-        let record: TaskRecord = match std::fs::read(bundle.join("task.json"))
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        {
+        let file = bundle.join("task.json");
+        let read = crate::blocking::blocking(move || {
+            Ok(std::fs::read(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())))
+        });
+        let record: TaskRecord = match read.await.unwrap_or_else(|e| Err(e.to_string())) {
             Ok(r) => r,
             // Written before the shim is launched: without it, no shim ever ran here.
             Err(e) => return dead(None, format!("no task record ({e})")),
@@ -160,7 +163,7 @@ impl TaskManager {
         tokio::spawn(async move {
             let pid = task.pid;
             let cgroup =
-                tokio::task::spawn_blocking(move || berth_cgroups::Cgroup::of_pid(pid)).await;
+                crate::blocking::blocking(move || Ok(berth_cgroups::Cgroup::of_pid(pid))).await;
             match cgroup.map(|c| c.and_then(|c| c.oom_monitor())) {
                 Ok(Ok(monitor)) => manager.publish_ooms(&task, monitor),
                 Ok(Err(e)) => {

@@ -108,6 +108,10 @@ pub struct Launch<'a> {
     pub systemd_cgroup: bool,
     pub no_pivot_root: bool,
     pub no_new_keyring: bool,
+    /// The bound on `berth-shim start` itself.
+    pub timeout: Duration,
+    /// Passed to the shim: the bound on each runtime command it runs.
+    pub runtime_timeout: Duration,
 }
 
 /// Run `berth-shim start`: it daemonizes (its own session, reparented away from berthd) and
@@ -127,9 +131,15 @@ pub async fn launch(l: &Launch<'_>) -> Result<PathBuf> {
         .arg(l.runtime_binary)
         .arg("--runtime-root")
         .arg(l.runtime_root)
+        .arg("--runtime-timeout-ms")
+        .arg(l.runtime_timeout.as_millis().max(1).to_string())
         .arg("--log")
         .arg(l.bundle.join("shim.log"))
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        // Its own group, so that on timeout whatever it started and did not detach goes too.
+        .process_group(0)
         .kill_on_drop(true);
     for (set, flag) in [
         (l.systemd_cgroup, "--systemd-cgroup"),
@@ -140,12 +150,34 @@ pub async fn launch(l: &Launch<'_>) -> Result<PathBuf> {
             cmd.arg(flag);
         }
     }
-    let out = cmd.output().await.map_err(|e| {
+    let child = cmd.spawn().map_err(|e| {
         Error::internal(format!(
             "cannot run the shim {}: {e} (berth-shim belongs beside berthd, or set [tasks] shim)",
             l.shim.display()
         ))
     })?;
+    let group = child.id();
+    // On timeout the child is dropped, so killed (kill_on_drop), and reaped by tokio; the
+    // caller's reservation of the task then ends with the error.
+    let out = match tokio::time::timeout(l.timeout, child.wait_with_output()).await {
+        Ok(out) => out.map_err(|e| {
+            Error::internal(format!("waiting for the shim {}: {e}", l.shim.display()))
+        })?,
+        Err(_) => {
+            if let Some(pgid) = group {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pgid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            return Err(Error::deadline_exceeded(format!(
+                "starting the shim for task {}: {} start did not finish within {:?}; it was killed",
+                l.id,
+                l.shim.display(),
+                l.timeout
+            )));
+        }
+    };
     if !out.status.success() {
         return Err(Error::internal(format!(
             "starting the shim for task {}: {} ({})",

@@ -47,14 +47,18 @@ impl Containers for ContainersService {
         // containers the namespace holds.
         let (tx, rx) = tokio::sync::mpsc::channel(LIST_PAGE);
         let state = self.0.clone();
+        let filter = Arc::new(filter);
         tokio::spawn(async move {
-            let mut after = None;
+            let mut after: Option<Vec<u8>> = None;
             loop {
-                let page = tokio::task::block_in_place(|| {
+                let (state, ns, filter, from) =
+                    (state.clone(), ns.clone(), filter.clone(), after.clone());
+                let page = crate::blocking::blocking(move || {
                     state
                         .meta
-                        .list_containers_page(&ns, &filter, after.as_deref(), LIST_PAGE)
-                });
+                        .list_containers_page(&ns, &filter, from.as_deref(), LIST_PAGE)
+                })
+                .await;
                 let (containers, last) = match page {
                     Ok(p) => p,
                     Err(e) => {

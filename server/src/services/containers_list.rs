@@ -79,7 +79,8 @@ impl tonic::server::UnaryService<ListContainersRequest> for RawList {
         Box::pin(async move {
             let ns = namespace(&req)?;
             let filter = Filter::parse_all(&req.get_ref().filters)?;
-            let body = tokio::task::block_in_place(|| list_response(&state, &ns, &filter))?;
+            let body =
+                crate::blocking::blocking(move || list_response(&state, &ns, &filter)).await?;
             Ok(tonic::Response::new(body))
         })
     }

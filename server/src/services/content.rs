@@ -2,6 +2,7 @@
 //! (STAT / WRITE / COMMIT, one response per request, resumable by ref).
 
 use super::{lease, mask_paths, namespace, reply, RpcResult, State};
+use crate::blocking::blocking;
 use berth_api::containerd::events::ContentDelete;
 use berth_api::containerd::services::content::v1::{content_server::Content, *};
 use berth_content::{IngestStatus, Writer};
@@ -82,7 +83,8 @@ impl Content for ContentService {
         let digest = Digest::parse(&req.get_ref().digest)?;
         let last_reference = self.0.meta.remove_content(&ns, &digest).await?;
         if last_reference {
-            match self.0.content.delete_blob(&digest) {
+            let (content, d) = (self.0.content.clone(), digest.clone());
+            match blocking(move || content.delete_blob(&d)).await {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {}
                 // The record is gone; a leftover file is harmless and GC reclaims it.
@@ -121,9 +123,12 @@ impl Content for ContentService {
         } else {
             req.offset + req.size
         };
-        let file = self.0.content.open_blob(&digest)?;
+        let content = self.0.content.clone();
+        let d = digest.clone();
+        let file = blocking(move || content.open_blob(&d)).await?;
         let (tx, rx) = mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
+        // Read on a blocking thread for as long as the client takes the chunks.
+        tokio::spawn(blocking(move || {
             use std::os::unix::fs::FileExt;
             let mut offset = req.offset;
             while offset < end {
@@ -134,22 +139,24 @@ impl Content for ContentService {
                     Err(e) => {
                         let err = Error::io(format!("read {digest} at {offset}"), e);
                         let _ = tx.blocking_send(Err(err.into()));
-                        return;
+                        return Ok(());
                     }
                 };
                 if sent.is_err() {
-                    return; // client went away
+                    return Ok(()); // client went away
                 }
                 offset += len as i64;
             }
-        });
+            Ok(())
+        }));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn status(&self, req: Request<StatusRequest>) -> RpcResult<StatusResponse> {
         let ns = namespace(&req)?;
         let key = ingest_key(&ns, &req.get_ref().r#ref);
-        let status = self.0.content.status(&key)?;
+        let content = self.0.content.clone();
+        let status = blocking(move || content.status(&key)).await?;
         reply(StatusResponse {
             status: Some(to_status(&ns, status)),
         })
@@ -162,10 +169,9 @@ impl Content for ContentService {
         let ns = namespace(&req)?;
         let filter = Filter::parse_all(&req.get_ref().filters)?;
         let prefix = format!("{ns}/");
-        let statuses = self
-            .0
-            .content
-            .list_ingests()?
+        let content = self.0.content.clone();
+        let statuses = blocking(move || content.list_ingests())
+            .await?
             .into_iter()
             .filter(|s| s.key.starts_with(&prefix))
             .map(|s| to_status(&ns, s))
@@ -176,9 +182,11 @@ impl Content for ContentService {
 
     async fn abort(&self, req: Request<AbortRequest>) -> RpcResult<()> {
         let ns = namespace(&req)?;
-        self.0
-            .content
-            .abort(&ingest_key(&ns, &req.get_ref().r#ref))?;
+        let (content, key) = (
+            self.0.content.clone(),
+            ingest_key(&ns, &req.get_ref().r#ref),
+        );
+        blocking(move || content.abort(&key)).await?;
         reply(())
     }
 
@@ -252,17 +260,15 @@ impl WriteSession {
                     digest: d.clone(),
                     size: first.total,
                 },
-                _ => Sink::Ingest(Box::new(self.open_writer(
-                    &r#ref,
-                    first.total,
-                    expected.clone(),
-                )?)),
+                _ => Sink::Ingest(Box::new(
+                    self.open_writer(&r#ref, first.total, expected.clone())
+                        .await?,
+                )),
             },
-            _ => Sink::Ingest(Box::new(self.open_writer(
-                &r#ref,
-                first.total,
-                expected.clone(),
-            )?)),
+            _ => Sink::Ingest(Box::new(
+                self.open_writer(&r#ref, first.total, expected.clone())
+                    .await?,
+            )),
         };
         if let Some(lease) = &self.lease {
             self.state
@@ -272,7 +278,7 @@ impl WriteSession {
         }
 
         let mut next = Some(first);
-        while let Some(msg) = next.take() {
+        while let Some(mut msg) = next.take() {
             let action = WriteAction::try_from(msg.action)
                 .map_err(|_| Error::invalid(format!("unknown write action {}", msg.action)))?;
             // Later messages may bring the total or the expected digest.
@@ -288,15 +294,24 @@ impl WriteSession {
             if action != WriteAction::Stat && !msg.data.is_empty() {
                 if let Sink::Shared { .. } = sink {
                     // The client sends bytes after all: write them like any other blob.
-                    sink = Sink::Ingest(Box::new(self.open_writer(
-                        &r#ref,
-                        msg.total,
-                        msg_expected.clone(),
-                    )?));
+                    sink = Sink::Ingest(Box::new(
+                        self.open_writer(&r#ref, msg.total, msg_expected.clone())
+                            .await?,
+                    ));
                 }
-                if let Sink::Ingest(w) = &mut sink {
-                    tokio::task::block_in_place(|| w.write_at(msg.offset, &msg.data))?;
-                }
+                sink = match sink {
+                    Sink::Ingest(mut w) => {
+                        let (offset, data) = (msg.offset, std::mem::take(&mut msg.data));
+                        let (w, written) = blocking(move || {
+                            let written = w.write_at(offset, &data);
+                            Ok((w, written))
+                        })
+                        .await?;
+                        written?;
+                        Sink::Ingest(w)
+                    }
+                    shared => shared,
+                };
             }
             match action {
                 WriteAction::Stat | WriteAction::Write => {
@@ -314,9 +329,14 @@ impl WriteSession {
     }
 
     /// Opening may wait for the ref's lock and re-hash a resumed ingest: keep it off the reactor.
-    fn open_writer(&self, r#ref: &str, total: i64, expected: Option<Digest>) -> Result<Writer> {
-        let key = ingest_key(&self.ns, r#ref);
-        tokio::task::block_in_place(|| self.state.content.writer(&key, total, expected))
+    async fn open_writer(
+        &self,
+        r#ref: &str,
+        total: i64,
+        expected: Option<Digest>,
+    ) -> Result<Writer> {
+        let (content, key) = (self.state.content.clone(), ingest_key(&self.ns, r#ref));
+        blocking(move || content.writer(&key, total, expected)).await
     }
 
     async fn commit(
@@ -337,8 +357,8 @@ impl WriteSession {
                 (digest, size)
             }
             Sink::Ingest(w) => {
-                let committed =
-                    tokio::task::block_in_place(|| (*w).commit(msg.total, expected.as_ref()))?;
+                let (total, expected) = (msg.total, expected.clone());
+                let committed = blocking(move || (*w).commit(total, expected.as_ref())).await?;
                 (committed.digest, committed.size as i64)
             }
         };

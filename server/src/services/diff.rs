@@ -120,7 +120,7 @@ impl Diff for DiffService {
         if req.mounts.is_empty() {
             return Err(Error::invalid("no mounts to apply the layer to").into());
         }
-        let blob = self.state.content.open_blob(&digest)?;
+        let (content, blob_digest) = (self.state.content.clone(), digest.clone());
         let plan = self.plan(from_api_mounts(req.mounts));
         let (limits, mounts_dir, media_type) = (
             self.limits.clone(),
@@ -129,6 +129,7 @@ impl Diff for DiffService {
         );
         let started = std::time::Instant::now();
         let applied: Applied = blocking(move || {
+            let blob = content.open_blob(&blob_digest)?;
             let blob = std::io::BufReader::with_capacity(1 << 20, blob);
             match plan {
                 Plan::Direct {
@@ -195,10 +196,12 @@ impl Diff for DiffService {
         } else {
             req.r#ref.clone()
         };
-        let writer = self.state.content.writer(&format!("{ns}/{ref}"), 0, None)?;
+        let (content, ingest) = (self.state.content.clone(), format!("{ns}/{ref}"));
         let (left, right) = (from_api_mounts(req.left), from_api_mounts(req.right));
         let mounts_dir = self.mounts_dir.clone();
         let (digest, size, diff_id) = blocking(move || {
+            // Opening the ingest may wait out another writer's lock and re-hash a resumed one.
+            let writer = content.writer(&ingest, 0, None)?;
             with_mounted(&mounts_dir, &left, |lower| {
                 with_mounted(&mounts_dir, &right, |upper| {
                     let mut sink = IngestSink { writer, offset: 0 };

@@ -1,12 +1,11 @@
 use super::{namespace, reply, RpcResult, State};
-use crate::events::{matches, validate_topic};
+use crate::events::{matches, validate_topic, Subscription};
 use berth_api::containerd::services::events::v1::{events_server::Events, *};
 use berth_errdefs::Error;
 use berth_metadata::filters::Filter;
 use berth_metadata::now;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -23,12 +22,14 @@ impl Events for EventsService {
         let event = req
             .event
             .ok_or_else(|| Error::invalid("event must be set"))?;
-        self.0.events.forward(Envelope {
+        let envelope = Envelope {
             timestamp: Some(now()),
             namespace: ns,
             topic: req.topic,
             event: Some(event),
-        });
+        };
+        self.0.events.check_size(&envelope)?;
+        self.0.events.forward(envelope);
         reply(())
     }
 
@@ -42,6 +43,7 @@ impl Events for EventsService {
         if envelope.event.is_none() {
             return Err(Error::invalid("envelope event must be set").into());
         }
+        self.0.events.check_size(&envelope)?;
         self.0.events.forward(envelope);
         reply(())
     }
@@ -54,41 +56,56 @@ impl Events for EventsService {
         req: Request<SubscribeRequest>,
     ) -> Result<Response<EnvelopeStream>, Status> {
         let filter = Filter::parse_all(&req.get_ref().filters)?;
-        let mut rx = self.0.events.subscribe();
-        let closed = self.0.events.closed();
-        let stream = async_stream(move |tx| async move {
-            tokio::pin!(closed);
-            loop {
-                let next = tokio::select! {
-                    next = rx.recv() => next,
-                    _ = tx.closed() => return, // the subscriber went away
-                    _ = &mut closed => return, // the daemon is shutting down
-                };
-                match next {
-                    Ok(env) if matches(&filter, &env) => {
-                        if tx.send(Ok(Envelope::clone(&env))).await.is_err() {
-                            return; // the subscriber went away
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "event subscriber too slow, events dropped");
-                    }
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
-        Ok(Response::new(stream))
+        Ok(Response::new(Box::pin(Subscribed {
+            subscription: Some(self.0.events.subscribe()),
+            filter,
+            closed: Box::pin(self.0.events.closed()),
+        })))
     }
 }
 
-/// A response stream fed by a task that ends when the client disconnects.
-fn async_stream<F, Fut>(f: F) -> EnvelopeStream
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<Envelope, Status>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(f(tx));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+/// The Subscribe stream, polled straight from the subscription: a client that stops reading
+/// leaves its events in the exchange's bounded queue (nothing is copied ahead of it), and learns
+/// with ResourceExhausted that it was dropped for falling behind.
+struct Subscribed {
+    /// None once the stream has ended.
+    subscription: Option<Subscription>,
+    filter: Filter,
+    /// The daemon is shutting down: the stream ends so the server can drain.
+    closed: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+impl Stream for Subscribed {
+    type Item = Result<Envelope, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.closed.as_mut().poll(cx).is_ready() {
+            self.subscription = None;
+        }
+        let this = &mut *self;
+        let Some(sub) = this.subscription.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            match sub.poll_recv(cx) {
+                Poll::Ready(Some(env)) if matches(&this.filter, &env) => {
+                    return Poll::Ready(Some(Ok(Envelope::clone(&env))));
+                }
+                Poll::Ready(Some(_)) => {}
+                Poll::Ready(None) => {
+                    let end = sub
+                        .overrun()
+                        .then(|| Err(Status::from(sub.overrun_error())));
+                    // Dropping the subscription frees whatever it still held.
+                    this.subscription = None;
+                    return Poll::Ready(end);
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }

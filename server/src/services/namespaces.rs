@@ -1,7 +1,10 @@
 use super::{mask_paths, namespace, reply, RpcResult, State};
+use crate::blocking::blocking;
+use crate::snapshots::Snapshotters;
 use berth_api::containerd::events::{NamespaceCreate, NamespaceDelete, NamespaceUpdate};
 use berth_api::containerd::services::namespaces::v1::{namespaces_server::Namespaces, *};
-use berth_errdefs::Error;
+use berth_errdefs::{Error, Result};
+use berth_metadata::Metadata;
 use std::sync::Arc;
 use tonic::Request;
 
@@ -75,21 +78,86 @@ impl Namespaces for NamespacesService {
     async fn delete(&self, req: Request<DeleteNamespaceRequest>) -> RpcResult<()> {
         let name = req.into_inner().name;
         berth_metadata::validate::identifier("namespace", &name)?;
-        let snapshotters = self.0.snapshotters.clone();
-        let ns = name.clone();
-        let in_use = crate::blocking::blocking(move || snapshotters.namespace_in_use(&ns)).await?;
-        if in_use {
-            return Err(Error::precondition(format!(
-                "namespace {name:?} must be empty, but it still has snapshots"
-            ))
-            .into());
-        }
-        self.0.meta.delete_namespace(&name).await?;
+        delete_if_empty(&self.0.meta, &self.0.snapshotters, &name).await?;
         self.0.events.publish(
             &name,
             "/namespaces/delete",
             &NamespaceDelete { name: name.clone() },
         );
         reply(())
+    }
+}
+
+/// Delete namespace `name` if it holds nothing. The snapshot check and the metadata deletion run
+/// under the namespace's guard held exclusive, so no Prepare or View (which hold it shared) can
+/// create a snapshot between them and be orphaned.
+async fn delete_if_empty(meta: &Metadata, snapshotters: &Snapshotters, name: &str) -> Result<()> {
+    let _deleting = snapshotters.namespace_guard(name).write_owned().await;
+    let (all, ns) = (snapshotters.clone(), name.to_string());
+    if blocking(move || all.namespace_in_use(&ns)).await? {
+        return Err(Error::precondition(format!(
+            "namespace {name:?} must be empty, but it still has snapshots"
+        )));
+    }
+    meta.delete_namespace(name).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_snapshotter::NativeSnapshotter;
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_prepared_during_a_delete_keeps_the_namespace() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let meta = Arc::new(Metadata::open(&dir.path().join("meta")).expect("metadata"));
+        let mut snapshotters = Snapshotters::default();
+        snapshotters.insert(Arc::new(
+            NativeSnapshotter::open(&dir.path().join("native")).expect("native snapshotter"),
+        ));
+        meta.touch_namespace("racy").await.expect("namespace");
+
+        // A Prepare is under way: it holds the guard, the namespace exists, no snapshot yet.
+        let creating = snapshotters.namespace_guard("racy").read_owned().await;
+        let deletion = {
+            let (meta, snapshotters) = (meta.clone(), snapshotters.clone());
+            tokio::spawn(async move { delete_if_empty(&meta, &snapshotters, "racy").await })
+        };
+        // The deletion waits for it rather than checking now...
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !deletion.is_finished(),
+            "the deletion did not wait for the Prepare"
+        );
+        let scoped = snapshotters.scoped("native", "racy").expect("scoped");
+        tokio::task::spawn_blocking(move || scoped.prepare("k", "", Default::default()))
+            .await
+            .expect("join")
+            .expect("prepare");
+        drop(creating);
+        // ...and then sees the snapshot: refused, and nothing is orphaned.
+        let refused = deletion.await.expect("join");
+        assert!(
+            matches!(&refused, Err(e) if e.kind() == berth_errdefs::Kind::FailedPrecondition),
+            "{refused:?}"
+        );
+        let exists = |meta: &Metadata| {
+            meta.list_namespaces()
+                .expect("list")
+                .iter()
+                .any(|n| n.name == "racy")
+        };
+        assert!(exists(&meta));
+
+        // Once empty, it goes.
+        snapshotters
+            .scoped("native", "racy")
+            .and_then(|s| s.remove("k"))
+            .expect("remove");
+        delete_if_empty(&meta, &snapshotters, "racy")
+            .await
+            .expect("delete the empty namespace");
+        assert!(!exists(&meta));
     }
 }

@@ -81,6 +81,8 @@ impl Snapshots for SnapshotsService {
         let r = req.into_inner();
         berth_metadata::validate::labels(&r.labels)?;
         let (key, parent) = (r.key.clone(), r.parent.clone());
+        // Held until the snapshot exists: a namespace deletion cannot check for snapshots in between.
+        let _creating = self.0.snapshotters.namespace_guard(&ns).read_owned().await;
         self.0.meta.touch_namespace(&ns).await?;
         let snapshotter = r.snapshotter.clone();
         let mounts = self
@@ -102,6 +104,8 @@ impl Snapshots for SnapshotsService {
         let r = req.into_inner();
         berth_metadata::validate::labels(&r.labels)?;
         let key = r.key.clone();
+        // Held until the snapshot exists: a namespace deletion cannot check for snapshots in between.
+        let _creating = self.0.snapshotters.namespace_guard(&ns).read_owned().await;
         self.0.meta.touch_namespace(&ns).await?;
         let snapshotter = r.snapshotter.clone();
         let mounts = self

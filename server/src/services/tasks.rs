@@ -91,25 +91,33 @@ impl Adaptor for TaskFields<'_> {
     }
 }
 
-/// Why checkpoint/restore is not available: CRIU is asked once (`criu check`).
-fn checkpoint_unavailable() -> Error {
+/// Why checkpoint/restore is not available: CRIU is asked once (`criu check`, a process: run
+/// off the async threads).
+async fn checkpoint_unavailable() -> Error {
     static WHY: OnceLock<String> = OnceLock::new();
-    let why = WHY.get_or_init(|| {
-        match std::process::Command::new("criu")
-            .arg("check")
-            .stdin(std::process::Stdio::null())
-            .output()
-        {
-            Err(e) => format!("CRIU is not installed ({e})"),
-            Ok(out) if !out.status.success() => {
-                let err = String::from_utf8_lossy(&out.stderr);
-                let last = err.lines().last().unwrap_or("").trim().to_string();
-                format!("`criu check` fails on this kernel: {last}")
-            }
-            Ok(_) => "CRIU works here, but berth's checkpoint/restore is not built yet".into(),
-        }
-    });
+    let why = match WHY.get() {
+        Some(why) => why.clone(),
+        None => crate::blocking::blocking(|| Ok(WHY.get_or_init(criu_check).clone()))
+            .await
+            .unwrap_or_else(|e| e.to_string()),
+    };
     Error::unimplemented(format!("checkpoint/restore needs CRIU: {why}"))
+}
+
+fn criu_check() -> String {
+    match std::process::Command::new("criu")
+        .arg("check")
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Err(e) => format!("CRIU is not installed ({e})"),
+        Ok(out) if !out.status.success() => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last = err.lines().last().unwrap_or("").trim().to_string();
+            format!("`criu check` fails on this kernel: {last}")
+        }
+        Ok(_) => "CRIU works here, but berth's checkpoint/restore is not built yet".into(),
+    }
 }
 
 #[tonic::async_trait]
@@ -122,7 +130,7 @@ impl Tasks for TasksService {
         let r = req.into_inner();
         let id = container_id(&r.container_id)?;
         if r.checkpoint.is_some() {
-            return Err(checkpoint_unavailable().into());
+            return Err(checkpoint_unavailable().await.into());
         }
         if !r.runtime_path.is_empty() {
             return Err(Error::invalid(
@@ -331,7 +339,7 @@ impl Tasks for TasksService {
         // The task must exist for the answer to be about it.
         self.tasks
             .get(&ns, container_id(&req.get_ref().container_id)?)?;
-        Err(checkpoint_unavailable().into())
+        Err(checkpoint_unavailable().await.into())
     }
 
     async fn update(&self, req: tonic::Request<UpdateTaskRequest>) -> RpcResult<()> {

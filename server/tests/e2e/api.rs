@@ -56,7 +56,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 const RUNC: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// A realistic OCI runtime spec, as `ctr run` sends in Containers/Create.
-const SAMPLE_SPEC: &[u8] = include_bytes!("spec.json");
+const SAMPLE_SPEC: &[u8] = berth_testkit::SPEC_JSON;
 const LEASE_HEADER: &str = "containerd-lease";
 const INDEX_MT: &str = "application/vnd.oci.image.index.v1+json";
 const MANIFEST_MT: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -2807,4 +2807,98 @@ async fn acknowledged_writes_survive_kill_9() {
     assert_eq!(ns_labels, want, "namespace labels");
     let sample = ok(api.get_container(ns, "c0").await, "container c0");
     assert_eq!(sample.spec, Some(spec_any()), "spec survives byte for byte");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_bounded_per_client() {
+    let d =
+        Daemon::start_with_config("[events]\nmax_event_bytes = 300000\nbacklog_bytes = 1000000\n");
+    let api = Api::connect(&d).await;
+    let publisher = Api::connect(&d).await;
+    let ns = "evbound";
+    let mut watcher = api.subscribe(&[r#"topic~="^/test/""#]).await;
+    let payload = |len: usize| Any {
+        type_url: "example.com/test.Blob".into(),
+        value: vec![b'x'; len],
+    };
+
+    // Too large: refused with the limit named, and never delivered.
+    let req = PublishRequest {
+        topic: "/test/too-large".into(),
+        event: Some(payload(400_000)),
+    };
+    let st = fails(
+        into_inner(publisher.events.clone().publish(ns_req(ns, req)).await),
+        Code::ResourceExhausted,
+        "Publish of an oversized event",
+    );
+    assert!(st.message().contains("300000"), "{}", st.message());
+    let req = ForwardRequest {
+        envelope: Some(Envelope {
+            timestamp: Some(go_zero_time()),
+            namespace: ns.into(),
+            topic: "/test/too-large".into(),
+            event: Some(payload(400_000)),
+        }),
+    };
+    fails(
+        into_inner(publisher.events.clone().forward(ns_req(ns, req)).await),
+        Code::ResourceExhausted,
+        "Forward of an oversized event",
+    );
+    let req = PublishRequest {
+        topic: "/test/fits".into(),
+        event: Some(payload(10)),
+    };
+    ok(
+        into_inner(publisher.events.clone().publish(ns_req(ns, req)).await),
+        "Publish",
+    );
+    assert_eq!(next_envelope(&mut watcher).await.topic, "/test/fits");
+
+    // A subscriber that stops reading is dropped once it is 1 MB behind: far more than that is
+    // published while it stalls, and reading again ends in ResourceExhausted, not in everything.
+    let mut stalled = api.subscribe(&[r#"topic~="^/test/""#]).await;
+    let published = 60;
+    for i in 0..published {
+        let req = PublishRequest {
+            topic: format!("/test/bulk-{i}"),
+            event: Some(payload(250_000)),
+        };
+        ok(
+            into_inner(publisher.events.clone().publish(ns_req(ns, req)).await),
+            "Publish bulk",
+        );
+        // The watcher keeps up, so it is never dropped.
+        assert_eq!(
+            next_envelope(&mut watcher).await.topic,
+            format!("/test/bulk-{i}")
+        );
+    }
+    let mut received = 0;
+    let end = loop {
+        match tokio::time::timeout(PATIENCE, stalled.message()).await {
+            Err(_) => panic!("the stalled subscriber neither got events nor an error"),
+            Ok(Ok(Some(_))) => received += 1,
+            Ok(Ok(None)) => panic!("the stream ended without an error after {received} events"),
+            Ok(Err(st)) => break st,
+        }
+    };
+    assert_eq!(end.code(), Code::ResourceExhausted, "{end:?}");
+    assert!(end.message().contains("fell behind"), "{end:?}");
+    assert!(
+        received < published,
+        "{received} of {published} events arrived"
+    );
+    // The daemon goes on serving subscribers.
+    let mut again = api.subscribe(&[r#"topic~="^/test/""#]).await;
+    let req = PublishRequest {
+        topic: "/test/after".into(),
+        event: Some(payload(10)),
+    };
+    ok(
+        into_inner(publisher.events.clone().publish(ns_req(ns, req)).await),
+        "Publish",
+    );
+    assert_eq!(next_envelope(&mut again).await.topic, "/test/after");
 }

@@ -750,10 +750,23 @@ fn expired_leases_are_removed_by_the_daemon() {
         "default",
         &["leases", "create", "--id", "long", "--expires", "1h"],
     );
-    assert!(lease_row(&d, "default", "short").is_some());
-    // The expiry is an RFC 3339 time with one-second precision; wait until it has passed (the
-    // daemon's clock, not something a poll could observe sooner).
-    std::thread::sleep(Duration::from_millis(2100));
+    let short = lease_row(&d, "default", "short").expect("short listed");
+    // Wait until the lease's expiry (an RFC 3339 time, whole seconds) has passed on the clock the
+    // daemon shares with us.
+    let expiry = short
+        .iter()
+        .flat_map(|col| col.split(','))
+        .find_map(|label| label.strip_prefix("containerd.io/gc.expire="))
+        .unwrap_or_else(|| panic!("no expiry label on short: {short:?}"));
+    let expiry =
+        time::OffsetDateTime::parse(expiry, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("expiry {expiry:?}: {e}"));
+    wait_for(Duration::from_secs(5), "short's expiry to pass", || {
+        match time::OffsetDateTime::now_utc() > expiry {
+            true => Ok(()),
+            false => Err(format!("it is not yet {expiry}")),
+        }
+    });
     // The daemon runs an expiry pass at startup: a restart after the deadline removes the lease.
     d.kill9();
     d.spawn();

@@ -2,7 +2,7 @@
 //! task creation, and garbage collection of layers — all driven by the real `ctr`.
 
 use crate::fixtures::{busybox_oci_archive, OciArchive};
-use crate::harness::Daemon;
+use crate::harness::{process_token, Daemon};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -119,20 +119,22 @@ fn run_on_an_imported_image_keeps_the_container() {
         &["images", "import", image.path.to_str().unwrap()],
     );
     // Without --rm, ctr deletes the task after it exits but keeps the container and its rootfs.
-    let out = d.ctr("default", &["run", IMAGE, "imported-run", "echo", "hi"]);
+    // The id names the host-wide cgroup /default/<id>: unique to this process.
+    let id = format!("imported-run-{}", process_token());
+    let out = d.ctr("default", &["run", IMAGE, &id, "echo", "hi"]);
     assert_eq!(out.trim(), "hi");
     assert_eq!(d.ctr("default", &["tasks", "ls", "-q"]), "");
     let containers = d.ctr("default", &["containers", "ls", "-q"]);
-    assert_eq!(containers.trim(), "imported-run");
+    assert_eq!(containers.trim(), id);
     // A collection that runs to the end (a synchronous lease deletion) keeps the container's
     // snapshot: the container is its root.
     d.ctr("default", &["leases", "create", "--id", "scratch"]);
     d.ctr("default", &["leases", "rm", "--sync", "scratch"]);
-    assert!(snapshot_keys(&d, "default").contains(&"imported-run".to_string()));
-    let info = d.ctr("default", &["containers", "info", "imported-run"]);
+    assert!(snapshot_keys(&d, "default").contains(&id));
+    let info = d.ctr("default", &["containers", "info", &id]);
     assert!(info.contains("\"echo\""), "{info}");
-    d.ctr("default", &["containers", "rm", "imported-run"]);
-    assert!(!snapshot_keys(&d, "default").contains(&"imported-run".to_string()));
+    d.ctr("default", &["containers", "rm", &id]);
+    assert!(!snapshot_keys(&d, "default").contains(&id));
 }
 
 #[test]
@@ -418,4 +420,178 @@ fn snapshot_commands_and_a_computed_layer() {
     d.ctr("default", &["snapshots", "rm", "v0"]);
     let err = d.ctr_err("default", &["snapshots", "info", "layer2"]);
     assert!(err.contains("not found"), "{err}");
+}
+
+/// A proxy snapshotter that accepts every call and never answers: what a wedged plugin looks like.
+mod hung_proxy {
+    use berth_api::containerd::services::snapshots::v1::{self as api, snapshots_server};
+    use std::path::Path;
+    use tonic::{Request, Response, Status};
+
+    pub struct Hung;
+
+    async fn never<T>() -> Result<Response<T>, Status> {
+        std::future::pending().await
+    }
+
+    #[tonic::async_trait]
+    impl snapshots_server::Snapshots for Hung {
+        async fn prepare(
+            &self,
+            _: Request<api::PrepareSnapshotRequest>,
+        ) -> Result<Response<api::PrepareSnapshotResponse>, Status> {
+            never().await
+        }
+        async fn view(
+            &self,
+            _: Request<api::ViewSnapshotRequest>,
+        ) -> Result<Response<api::ViewSnapshotResponse>, Status> {
+            never().await
+        }
+        async fn mounts(
+            &self,
+            _: Request<api::MountsRequest>,
+        ) -> Result<Response<api::MountsResponse>, Status> {
+            never().await
+        }
+        async fn commit(
+            &self,
+            _: Request<api::CommitSnapshotRequest>,
+        ) -> Result<Response<()>, Status> {
+            never().await
+        }
+        async fn remove(
+            &self,
+            _: Request<api::RemoveSnapshotRequest>,
+        ) -> Result<Response<()>, Status> {
+            never().await
+        }
+        async fn stat(
+            &self,
+            _: Request<api::StatSnapshotRequest>,
+        ) -> Result<Response<api::StatSnapshotResponse>, Status> {
+            never().await
+        }
+        async fn update(
+            &self,
+            _: Request<api::UpdateSnapshotRequest>,
+        ) -> Result<Response<api::UpdateSnapshotResponse>, Status> {
+            never().await
+        }
+        type ListStream = tokio_stream::Pending<Result<api::ListSnapshotsResponse, Status>>;
+        async fn list(
+            &self,
+            _: Request<api::ListSnapshotsRequest>,
+        ) -> Result<Response<Self::ListStream>, Status> {
+            never().await
+        }
+        async fn usage(
+            &self,
+            _: Request<api::UsageRequest>,
+        ) -> Result<Response<api::UsageResponse>, Status> {
+            never().await
+        }
+        async fn cleanup(&self, _: Request<api::CleanupRequest>) -> Result<Response<()>, Status> {
+            never().await
+        }
+    }
+
+    /// Serve `Hung` on `socket` from a runtime of its own for the rest of the test.
+    pub fn serve(socket: &Path) -> tokio::runtime::Runtime {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let listener = {
+            let _entered = rt.enter();
+            tokio::net::UnixListener::bind(socket).expect("bind the hung proxy's socket")
+        };
+        rt.spawn(
+            tonic::transport::Server::builder()
+                .add_service(snapshots_server::SnapshotsServer::new(Hung))
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+        );
+        rt
+    }
+}
+
+#[test]
+fn a_hung_proxy_snapshotter_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hung.sock");
+    let _proxy = hung_proxy::serve(&socket);
+    let d = Daemon::start_with_config(&format!(
+        "[proxy_plugins.hung]\ntype = \"snapshot\"\naddress = {socket:?}\ntimeout_ms = 1000\n"
+    ));
+    // A call through berthd answers DeadlineExceeded within the bound (plus slack), not never.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+        use containerd_client::services::v1::snapshots::StatSnapshotRequest;
+        use containerd_client::tonic::Request;
+        let mut client = SnapshotsClient::new(d.channel().await);
+        let started = Instant::now();
+        let req = StatSnapshotRequest {
+            snapshotter: "hung".into(),
+            key: "k".into(),
+        };
+        let err = client
+            .stat(containerd_client::with_namespace!(req, "default"))
+            .await
+            .expect_err("a hung proxy cannot answer Stat");
+        assert_eq!(
+            err.code(),
+            containerd_client::tonic::Code::DeadlineExceeded,
+            "{err:?}"
+        );
+        assert!(err.message().contains("hung"), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{err:?}");
+    });
+    // Collection lists every snapshotter: with one hung, an image delete with sync still
+    // completes (the record goes; the collection reports the proxy's DeadlineExceeded)...
+    let image = archive(dir.path());
+    d.ctr(
+        "default",
+        &["images", "import", image.path.to_str().unwrap()],
+    );
+    let started = Instant::now();
+    let out = d.ctr_raw("default", &["images", "rm", "--sync", IMAGE]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "images rm --sync took {:?}: {out:?}",
+        started.elapsed()
+    );
+    assert!(!d.ctr("default", &["images", "ls"]).contains(IMAGE));
+    // ...and concurrent collections do not queue behind each other's proxy listing: five
+    // synchronous lease deletions finish in less than five bounds.
+    let leases: Vec<String> = (0..5)
+        .map(|_| d.ctr("default", &["leases", "create"]).trim().to_string())
+        .collect();
+    let started = Instant::now();
+    let handles: Vec<_> = leases
+        .into_iter()
+        .map(|id| {
+            let socket = d.socket.clone();
+            std::thread::spawn(move || {
+                crate::harness::ctr_command(&socket, "default", &["leases", "rm", "--sync", &id])
+                    .output()
+                    .expect("run ctr")
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("ctr thread");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(d.ctr("default", &["leases", "ls"]).lines().count() <= 1);
+    // The daemon is still serving.
+    d.ctr("default", &["namespaces", "ls"]);
 }

@@ -1,8 +1,11 @@
-//! End-to-end tests: a real berthd on a temp root, driven by clients nobody here wrote — the real
-//! `ctr` (Debian's containerd package) and the `containerd-client` crate (generated from upstream
-//! protos). One test binary, so the workspace links it once.
+//! End-to-end tests: a real berthd on a temp root (berth-testkit's harness), driven by clients
+//! nobody here wrote — the real `ctr` (Debian's containerd package) and the `containerd-client`
+//! crate's clients (generated from upstream protos), over channels made by our `berth` client
+//! crate. One test binary, so the workspace links it once.
 
 mod api;
+mod authority;
+mod clients;
 mod ctr;
 mod events;
 mod fixtures;

@@ -6,7 +6,7 @@
 //! starts its own registry on a free port (tests run in parallel threads) and kills it on drop.
 
 use crate::fixtures::{busybox_oci_archive, sha256};
-use crate::harness::Daemon;
+use crate::harness::{process_token, Daemon};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -575,28 +575,27 @@ fn run_on_a_pulled_image_then_remove_it_all() {
     pull_and_check(&d, "default", &registry, &served);
 
     // The container runs on the pulled layers; without --rm its record and rootfs stay.
-    let out = d.ctr("default", &["run", &reference, "pulled-run", "echo", "hi"]);
+    // The id names the host-wide cgroup /default/<id>: unique to this process.
+    let id = format!("pulled-run-{}", process_token());
+    let out = d.ctr("default", &["run", &reference, &id, "echo", "hi"]);
     assert_eq!(out.trim(), "hi");
-    assert_eq!(
-        d.ctr("default", &["containers", "ls", "-q"]).trim(),
-        "pulled-run"
-    );
+    assert_eq!(d.ctr("default", &["containers", "ls", "-q"]).trim(), id);
     let snapshots = d.ctr("default", &["snapshots", "ls"]);
     let rootfs = snapshots
         .lines()
-        .find(|l| l.split_whitespace().next() == Some("pulled-run"))
-        .unwrap_or_else(|| panic!("no rootfs snapshot pulled-run:\n{snapshots}"));
+        .find(|l| l.split_whitespace().next() == Some(id.as_str()))
+        .unwrap_or_else(|| panic!("no rootfs snapshot {id}:\n{snapshots}"));
     assert_eq!(
         rootfs.split_whitespace().collect::<Vec<_>>(),
-        ["pulled-run", served.chain_id(), "Active"]
+        [id.as_str(), served.chain_id(), "Active"]
     );
-    let info = d.ctr("default", &["containers", "info", "pulled-run"]);
+    let info = d.ctr("default", &["containers", "info", &id]);
     assert!(
         info.contains(&format!("\"Image\": \"{reference}\"")),
         "{info}"
     );
 
-    d.ctr("default", &["containers", "rm", "pulled-run"]);
+    d.ctr("default", &["containers", "rm", &id]);
     assert_eq!(d.ctr("default", &["containers", "ls", "-q"]), "");
     assert_eq!(snapshot_keys(&d, "default"), [served.chain_id()]);
 
@@ -637,7 +636,14 @@ fn a_pull_survives_kill_9() {
     d.ctr("default", &["images", "pull", "--plain-http", &reference]);
     let out = d.ctr(
         "default",
-        &["run", "--rm", &reference, "after-kill9-run", "echo", "ok"],
+        &[
+            "run",
+            "--rm",
+            &reference,
+            &format!("after-kill9-run-{}", process_token()),
+            "echo",
+            "ok",
+        ],
     );
     assert_eq!(out.trim(), "ok");
 }

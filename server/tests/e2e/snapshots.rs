@@ -24,6 +24,8 @@ const NS: &str = "snap-durable";
 const LEASE: &str = "hold";
 const SNAPSHOTTER: &str = "overlayfs";
 const WRITERS: usize = 4;
+/// Acknowledged changes before the kill: enough to mean something, four per writer on average.
+const ACKED_BEFORE_KILL: usize = 4 * WRITERS;
 
 fn req<T>(msg: T) -> Request<T> {
     let mut r = with_namespace!(msg, NS);
@@ -54,11 +56,12 @@ enum Want {
 
 /// The acknowledged outcome of every key, and the keys whose last call got no answer (their
 /// outcome is either).
-#[derive(Default)]
 struct Ledger {
     want: BTreeMap<String, Want>,
     unsure: Vec<String>,
     acked: usize,
+    /// The count of acknowledged changes, for the test to kill the daemon on a threshold.
+    acks: tokio::sync::watch::Sender<usize>,
 }
 
 fn exists(kind: Kind, parent: &str, labels: &[(&str, &str)]) -> Want {
@@ -85,6 +88,7 @@ async fn writer(mut sn: SnapshotsClient<Channel>, w: usize, ledger: Arc<Mutex<Le
                 false => {
                     l.acked += 1;
                     l.want.extend(done);
+                    l.acks.send_replace(l.acked);
                 }
             }
         };
@@ -200,12 +204,25 @@ async fn acknowledged_snapshot_changes_survive_kill_9() {
         ))
         .await
         .expect("create lease");
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let (acks, mut acked) = tokio::sync::watch::channel(0);
+    let ledger = Arc::new(Mutex::new(Ledger {
+        want: BTreeMap::new(),
+        unsure: vec![],
+        acked: 0,
+        acks,
+    }));
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| tokio::spawn(writer(SnapshotsClient::new(ch.clone()), w, ledger.clone())))
         .collect();
-    // Kill while the writers are mid-call: each has a call in flight at any moment.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Kill while the writers are mid-call (each has a call in flight at any moment), once enough
+    // changes were acknowledged.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        acked.wait_for(|&n| n >= ACKED_BEFORE_KILL),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{ACKED_BEFORE_KILL} acknowledged changes within 30 s"))
+    .expect("the ledger outlives the wait");
     d.kill9();
     for w in writers {
         tokio::time::timeout(Duration::from_secs(30), w)
@@ -224,7 +241,7 @@ async fn acknowledged_snapshot_changes_survive_kill_9() {
         ledger.unsure.len()
     );
     assert!(
-        ledger.acked >= 4 * WRITERS,
+        ledger.acked >= ACKED_BEFORE_KILL,
         "too few acknowledged changes to mean anything: {}",
         ledger.acked
     );

@@ -3,12 +3,18 @@
 //! exec, pause, kill, ttys, namespaces, user namespaces, events, wrong transitions, daemon restarts
 //! with tasks in every state, and leaks over many runs.
 //!
-//! Every test works in a namespace of its own. ctr puts a container in the cgroup `/<ns>/<id>`,
-//! which is host-wide, so tests running in parallel (each with its own daemon) never share one.
-//! A `Fixture` deletes the tasks and containers its test made through the daemon when the test
-//! ends; if the daemon cannot (it failed, or is down), it kills what is left itself (shims, the
-//! processes of the namespace's cgroups, mounts under the daemon's directory) so that one failure
-//! does not leak into the host or the next test. On a failed test it prints berthd's log tail.
+//! Isolation rules — tests of this module run in parallel threads, and other test processes (a
+//! second `cargo test`, CI beside a developer) may run on the same host at the same moment:
+//! - Every test has a namespace of its own: `Fixture::start` refuses a name another test of this
+//!   process took. ctr puts a container in the cgroup `/<ns>/<id>`, which is host-wide.
+//! - The fixture suffixes that name with a token unique to the process (`process_token`), so the
+//!   cgroups of two processes never meet either; tests read the real name from `f.ns`.
+//! - Each fixture has its own daemon on its own temp root; runc's state lives under it.
+//! - Cleanup touches only what is the fixture's own: the tasks and containers of its daemon
+//!   (through the daemon when the test ends), and if the daemon cannot, the shims whose command
+//!   lines name the daemon's directory, the processes those shims parent, the processes of the
+//!   cgroups named by the bundles of that daemon, and the mounts under its directory. Never
+//!   "everything in namespace X" on the host. On a failed test it prints berthd's log tail.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -35,8 +41,10 @@ use containerd_client::with_namespace;
 use prost_types::{Any, FieldMask};
 
 use crate::events::Events;
+use berth_testkit::skip::{skip, skip_unless_ci};
+
 use crate::fixtures::busybox_oci_archive;
-use crate::harness::{ctr_command, Daemon};
+use crate::harness::{ctr_command, process_token, Daemon};
 
 const IMAGE: &str = "docker.io/berth/busybox:tasks";
 /// How long any single gRPC reply, or a process's exit after SIGKILL, may take.
@@ -57,19 +65,38 @@ struct TaskRow {
 
 struct Fixture {
     d: Daemon,
+    /// The test's namespace as the daemon knows it: its base name and the process token.
     ns: &'static str,
     _images: tempfile::TempDir,
 }
 
+/// Claim namespace `base` for one test of this process (panics if another has it) and return
+/// the name the daemon is to use, unique on the host (see the module comment).
+fn claim_namespace(base: &'static str) -> &'static str {
+    static TAKEN: std::sync::Mutex<BTreeSet<&str>> = std::sync::Mutex::new(BTreeSet::new());
+    let fresh = TAKEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(base);
+    assert!(
+        fresh,
+        "namespace {base} is already used by another test of this process: each test needs a \
+         namespace of its own, or the cleanup of one kills the containers of the other"
+    );
+    // Leaked once per test: the tests hold `f.ns` as a plain &str everywhere.
+    Box::leak(format!("{base}-{}", process_token()).into_boxed_str())
+}
+
 impl Fixture {
-    /// A daemon with the busybox image imported (and unpacked) into namespace `ns`, which must be
-    /// unique to the test (see the module comment).
-    fn start(ns: &'static str) -> Fixture {
-        Self::start_with_config(ns, "")
+    /// A daemon with the busybox image imported (and unpacked) into a namespace of the test's
+    /// own, named after `base` (see the module comment).
+    fn start(base: &'static str) -> Fixture {
+        Self::start_with_config(base, "")
     }
 
     /// With extra berthd configuration (TOML).
-    fn start_with_config(ns: &'static str, toml: &str) -> Fixture {
+    fn start_with_config(base: &'static str, toml: &str) -> Fixture {
+        let ns = claim_namespace(base);
         let images = tempfile::tempdir().expect("temp dir");
         let image = busybox_oci_archive(images.path(), IMAGE);
         let f = Fixture {
@@ -236,7 +263,12 @@ impl Drop for Fixture {
         if self.daemon_serves() {
             self.cleanup_through_daemon();
         }
-        let leftovers = force_clean(self.ns, self.d.dir.path());
+        let leftovers = force_clean(self.d.dir.path(), &self.d.state());
+        // runc leaves the namespace level `/<ns>` of the cgroups behind (containerd leaves
+        // /default too); the namespace is this fixture's alone, and rmdir refuses a non-empty one.
+        for dir in namespace_cgroups(self.ns) {
+            let _ = std::fs::remove_dir(dir);
+        }
         if !leftovers.is_empty() && !std::thread::panicking() {
             // The test passed but left something the daemon should have removed: say so loudly
             // (a panic in drop would abort), the leak test is where this is asserted.
@@ -312,26 +344,51 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-/// The berth-shim processes of namespace `ns` of the daemon living in `dir`, as (pid, argv).
-fn shims(ns: &str, dir: &Path) -> Vec<(u32, Vec<String>)> {
+/// The berth-shim processes of the daemon living in `dir`, as (pid, argv): their command lines
+/// name its directory (bundle, socket dir, runc root). Another daemon's shims never do.
+fn shims(dir: &Path) -> Vec<(u32, Vec<String>)> {
     let dir = dir.to_string_lossy();
     all_pids()
         .into_iter()
         .filter_map(|pid| Some((pid, cmdline(pid)?)))
         .filter(|(_, args)| {
             args.first().is_some_and(|a| a.ends_with("berth-shim"))
-                && (args.iter().any(|a| a.contains(dir.as_ref()))
-                    || args.windows(2).any(|w| w[0] == "--namespace" && w[1] == ns))
+                && args.iter().any(|a| a.contains(dir.as_ref()))
         })
         .collect()
 }
 
 /// The shim serving container `id`: its command line carries `--id ID`.
-fn shim_of(ns: &str, dir: &Path, id: &str) -> Option<u32> {
-    shims(ns, dir)
+fn shim_of(dir: &Path, id: &str) -> Option<u32> {
+    shims(dir)
         .into_iter()
         .find(|(_, args)| args.windows(2).any(|w| w[0] == "--id" && w[1] == id))
         .map(|(pid, _)| pid)
+}
+
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
+}
+
+/// `roots` and every process descending from them.
+fn descendants(roots: &BTreeSet<u32>) -> BTreeSet<u32> {
+    let parents: Vec<(u32, u32)> = all_pids()
+        .into_iter()
+        .filter_map(|pid| Some((pid, parent(pid)?)))
+        .collect();
+    let mut found = roots.clone();
+    loop {
+        let more: Vec<u32> = parents
+            .iter()
+            .filter(|(pid, ppid)| found.contains(ppid) && !found.contains(pid))
+            .map(|&(pid, _)| pid)
+            .collect();
+        if more.is_empty() {
+            return found;
+        }
+        found.extend(more);
+    }
 }
 
 /// Processes other than berthd whose command line names the daemon's directory.
@@ -346,7 +403,8 @@ fn processes_naming(dir: &Path, except: u32) -> Vec<(u32, Vec<String>)> {
 }
 
 /// ctr gives a container the cgroup `/<ns>/<id>`: its directories in every mounted hierarchy
-/// (cgroup v1 controllers, the v1 "unified" mount, or a pure v2 host).
+/// (cgroup v1 controllers, the v1 "unified" mount, or a pure v2 host). For the tests' checks
+/// only: the namespace is the test's own, but cleanup goes by what the daemon's bundles name.
 fn namespace_cgroups(ns: &str) -> Vec<PathBuf> {
     let root = Path::new("/sys/fs/cgroup");
     let mut dirs = vec![root.join(ns)];
@@ -406,41 +464,94 @@ fn mount_points_under(dir: &Path) -> Vec<PathBuf> {
     points
 }
 
-/// Remove what the daemon should have removed: the namespace's shims, the processes in its
-/// cgroups (thawed first), the cgroups, and the mounts under the daemon's directory. Returns what
-/// it found, for the record.
-fn force_clean(ns: &str, dir: &Path) -> Vec<String> {
+/// The directories, in every mounted hierarchy, of the cgroups named (`linux.cgroupsPath`) by the
+/// bundles under the daemon's `state` dir: this daemon's containers, and no one else's.
+fn bundle_cgroups(state: &Path) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut hierarchies = vec![root.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        hierarchies.extend(entries.flatten().map(|e| e.path()));
+    }
+    let namespaces = std::fs::read_dir(state.join("tasks")).into_iter().flatten();
+    let bundles = namespaces
+        .flatten()
+        .flat_map(|ns| std::fs::read_dir(ns.path()).into_iter().flatten().flatten());
+    let mut dirs = vec![];
+    for bundle in bundles {
+        let Ok(config) = std::fs::read(bundle.path().join("config.json")) else {
+            continue;
+        };
+        let spec: serde_json::Value = serde_json::from_slice(&config).unwrap_or_default();
+        // ctr's `/<ns>/<id>`; a systemd `slice:prefix:name` is not a path and not used here.
+        let Some(path) = spec["linux"]["cgroupsPath"].as_str() else {
+            continue;
+        };
+        let relative = path.trim_start_matches('/');
+        if relative.is_empty() || relative.contains(':') {
+            continue;
+        }
+        dirs.extend(
+            hierarchies
+                .iter()
+                .map(|h| h.join(relative))
+                .filter(|d| d.is_dir()),
+        );
+    }
+    dirs
+}
+
+fn procs_of(cgroups: &[PathBuf]) -> BTreeSet<u32> {
+    cgroups
+        .iter()
+        .flat_map(|d| {
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            procs
+                .lines()
+                .filter_map(|l| l.trim().parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Remove what the daemon living in `dir` (state dir `state`) should have removed: its shims,
+/// their containers' processes (the shims' descendants, and what is in the cgroups its bundles
+/// name, thawed first), those cgroups, and the mounts under its directory. Returns what it
+/// found, for the record.
+fn force_clean(dir: &Path, state: &Path) -> Vec<String> {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     let mut found = vec![];
-    for (pid, args) in shims(ns, dir) {
+    let cgroups = bundle_cgroups(state);
+    for cg in &cgroups {
+        let _ = std::fs::write(cg.join("freezer.state"), "THAWED");
+        let _ = std::fs::write(cg.join("cgroup.freeze"), "0");
+    }
+    // Everything is listed before anything is killed: a killed shim's children are reparented.
+    let shims = shims(dir);
+    let shim_pids: BTreeSet<u32> = shims.iter().map(|(pid, _)| *pid).collect();
+    let mut containers = descendants(&shim_pids);
+    containers.retain(|pid| !shim_pids.contains(pid));
+    containers.extend(procs_of(&cgroups));
+    for (pid, args) in &shims {
         found.push(format!("shim {pid}: {}", args.join(" ")));
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
     }
-    for nsdir in namespace_cgroups(ns) {
-        for e in std::fs::read_dir(&nsdir).into_iter().flatten().flatten() {
-            let _ = std::fs::write(e.path().join("freezer.state"), "THAWED");
-            let _ = std::fs::write(e.path().join("cgroup.freeze"), "0");
-        }
-    }
-    let pids = cgroup_pids(ns);
-    for &pid in &pids {
+    for &pid in &containers {
         found.push(format!("container process {pid}: {:?}", cmdline(pid)));
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !cgroup_pids(ns).is_empty() && Instant::now() < deadline {
+    while !procs_of(&cgroups).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    for nsdir in namespace_cgroups(ns) {
-        for e in std::fs::read_dir(&nsdir).into_iter().flatten().flatten() {
-            if e.path().is_dir() {
-                found.push(format!("cgroup {}", e.path().display()));
-                let _ = std::fs::remove_dir(e.path());
-            }
+    for cg in &cgroups {
+        found.push(format!("cgroup {}", cg.display()));
+        let _ = std::fs::remove_dir(cg);
+        // The namespace level runc leaves (containerd leaves /default too): the namespace is
+        // this fixture's alone, and rmdir refuses a cgroup that still has children.
+        if let Some(ns_level) = cg.parent() {
+            let _ = std::fs::remove_dir(ns_level);
         }
-        // The namespace level is left by runc (containerd leaves /default too); it is ours.
-        let _ = std::fs::remove_dir(&nsdir);
     }
     for point in mount_points_under(dir) {
         found.push(format!("mount {}", point.display()));
@@ -742,10 +853,7 @@ fn run_with_a_binary_logging_program() {
             other => Err(format!("{other:?}")),
         }
     });
-    let want = format!(
-        "args=file {} id=binlog-1 ns=berth-e2e-binlog\n",
-        base.display()
-    );
+    let want = format!("args=file {} id=binlog-1 ns={}\n", base.display(), f.ns);
     assert!(read("meta").starts_with(&want), "{:?}", read("meta"));
     // ctr run --rm deleted the task, which stops the logger.
     wait_for(
@@ -763,7 +871,10 @@ fn run_with_a_binary_logging_program() {
 /// allows, with the count label raised and the log label honoured; `stopped` kills the task.
 #[test]
 fn restart_monitor_keeps_labelled_containers_in_their_status() {
-    let f = Fixture::start_with_config("berth-e2e-restart", "[tasks]\nrestart_interval_ms = 200\n");
+    let f = Fixture::start_with_config(
+        "berth-e2e-restartmon",
+        "[tasks]\nrestart_interval_ms = 200\n",
+    );
     let logs = tempfile::tempdir().expect("temp dir");
     let log = logs.path().join("always.log");
     let label = |id: &str, kv: &str| f.ctr(&["containers", "label", id, kv]);
@@ -790,7 +901,7 @@ fn restart_monitor_keeps_labelled_containers_in_their_status() {
     });
     assert_eq!(labels("rs-always")["containerd.io/restart.count"], "1");
     // Clients see the restart as they would see one of their own making.
-    let ns = "berth-e2e-restart";
+    let ns = f.ns;
     let update = ev.expect("/containers/update", |e| {
         e.namespace == ns && e.topic == "/containers/update" && e.body["id"] == "rs-always"
     });
@@ -829,6 +940,7 @@ fn restart_monitor_keeps_labelled_containers_in_their_status() {
             }
         },
     );
+    // That no third restart comes is an absence, seen over a window: four monitor rounds.
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(labels("rs-fail")["containerd.io/restart.count"], "2");
     assert_eq!(f.task("rs-fail").map(|r| r.status), Some("STOPPED".into()));
@@ -844,6 +956,7 @@ fn restart_monitor_keeps_labelled_containers_in_their_status() {
     // Stopped is what rs-fail should stay: its task can go without the monitor starting another.
     label("rs-fail", "containerd.io/restart.status=stopped");
     f.ctr(&["tasks", "delete", "rs-fail"]);
+    // An absence again: two monitor rounds and more.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         f.task("rs-fail"),
@@ -867,11 +980,12 @@ fn detached_task_lifecycle() {
     let pid = f.run_d("life-sleep", &["sleep", "1000"]);
     let row = f.task("life-sleep").expect("listed");
     assert_eq!(row.status, "RUNNING", "{row:?}");
-    assert_eq!(
-        cmdline(pid).as_deref(),
-        Some(&["sleep".to_string(), "1000".to_string()][..]),
-        "the pid in tasks ls is the container's init as the host sees it"
-    );
+    // The pid in tasks ls is the container's init as the host sees it. `runc start` returns
+    // once it has told the init to go, which may still be `runc init` a moment before its exec.
+    wait_for(PATIENCE, "the init to exec sleep", || match cmdline(pid) {
+        Some(args) if args == ["sleep", "1000"] => Ok(()),
+        other => Err(format!("{pid} runs {other:?}")),
+    });
 
     // tasks ps lists the init pid.
     let ps = f.ctr(&["tasks", "ps", "life-sleep"]);
@@ -924,7 +1038,8 @@ fn detached_task_lifecycle() {
         Code::NotFound,
     );
 
-    // SIGTERM does not kill a PID-1 sleep (no handler): still running a moment later.
+    // SIGTERM does not kill a PID-1 sleep (no handler): still running a moment later (an absence,
+    // seen over a window).
     f.ctr(&["tasks", "kill", "life-sleep"]);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(f.task("life-sleep").expect("listed").status, "RUNNING");
@@ -987,28 +1102,64 @@ fn pause_freezes_the_container_and_resume_thaws_it() {
             .map(drop)
             .map_err(|e| e.to_string())
     });
-    let a = count();
-    std::thread::sleep(Duration::from_millis(300));
-    let b = count();
-    assert!(b > a, "the counter does not run before pausing ({a} → {b})");
+    let advances = |what: &str| {
+        let from = count();
+        wait_for(PATIENCE, what, || match count() {
+            n if n > from => Ok(()),
+            n => Err(format!("{from} → {n}")),
+        });
+    };
+    advances("the counter to run before pausing");
 
     f.ctr(&["tasks", "pause", "pause-count"]);
     assert_eq!(f.task("pause-count").expect("listed").status, "PAUSED");
-    // Frozen: not even a write in progress completes, so compare the raw contents.
+    // The kernel's word that every process of the container is frozen.
+    wait_for(
+        PATIENCE,
+        "the container's cgroup to be frozen",
+        || match freezer_state(pid)? {
+            true => Ok(()),
+            false => Err("not frozen".into()),
+        },
+    );
+    // Frozen: not even a write in progress completes, so compare the raw contents. That nothing
+    // happens needs a window to see (ten ticks of the counter); once the freezer says FROZEN its
+    // length cannot fail a correct daemon, only make the check weaker.
     let before = std::fs::read_to_string(&count_file).expect("read count");
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(200));
     let after = std::fs::read_to_string(&count_file).expect("read count");
     assert_eq!(before, after, "the counter advanced while paused");
 
     f.ctr(&["tasks", "resume", "pause-count"]);
     assert_eq!(f.task("pause-count").expect("listed").status, "RUNNING");
-    let c = count();
-    std::thread::sleep(Duration::from_millis(300));
-    let d = count();
-    assert!(d > c, "the counter does not run after resume ({c} → {d})");
+    advances("the counter to run after resume");
 
     f.remove("pause-count");
     assert!(f.tasks().is_empty(), "{:?}", f.tasks());
+}
+
+/// Whether the freezer holds the cgroup of `pid`: cgroup v1's `freezer.state` is FROZEN, or v2's
+/// `cgroup.events` says `frozen 1`. (Paths in /proc/PID/cgroup are relative to the hierarchies'
+/// roots: the tests run in the host's cgroup namespace.)
+fn freezer_state(pid: u32) -> Result<bool, String> {
+    let read = |p: String| std::fs::read_to_string(&p).map_err(|e| format!("{p}: {e}"));
+    let cgroups = read(format!("/proc/{pid}/cgroup"))?;
+    let mut unified = None;
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let controllers = fields.nth(1).unwrap_or_default();
+        let path = fields.next().unwrap_or_default().trim_start_matches('/');
+        if controllers.split(',').any(|c| c == "freezer") {
+            let state = read(format!("/sys/fs/cgroup/freezer/{path}/freezer.state"))?;
+            return Ok(state.trim() == "FROZEN");
+        }
+        if controllers.is_empty() {
+            unified = Some(path.to_string());
+        }
+    }
+    let path = unified.ok_or_else(|| format!("no freezer in the cgroups of {pid}: {cgroups}"))?;
+    let events = read(format!("/sys/fs/cgroup/{path}/cgroup.events"))?;
+    Ok(events.lines().any(|l| l == "frozen 1"))
 }
 
 // =============================================================================================
@@ -1194,7 +1345,7 @@ fn runc_options_reach_runc() {
     f.assert_exit(&out, 0, "ctr run --rm --no-pivot");
     assert_eq!(stdout(&out), "unpivoted\n");
     f.run_d_with(&["--no-pivot"], "nopivot-d", &["sleep", "1000"]);
-    let shim = shim_of(f.ns, f.d.dir.path(), "nopivot-d").expect("the shim of nopivot-d");
+    let shim = shim_of(f.d.dir.path(), "nopivot-d").expect("the shim of nopivot-d");
     let args = cmdline(shim).unwrap_or_default();
     assert!(
         args.iter().any(|a| a == "--no-pivot-root"),
@@ -1202,7 +1353,7 @@ fn runc_options_reach_runc() {
     );
     // Without the flag, no such option.
     f.run_d("pivot-d", &["sleep", "1000"]);
-    let shim = shim_of(f.ns, f.d.dir.path(), "pivot-d").expect("the shim of pivot-d");
+    let shim = shim_of(f.d.dir.path(), "pivot-d").expect("the shim of pivot-d");
     assert!(!cmdline(shim)
         .unwrap_or_default()
         .iter()
@@ -1214,7 +1365,10 @@ fn runc_options_reach_runc() {
 #[test]
 fn run_with_crun() {
     if !on_path("crun") {
-        eprintln!("skipped: crun is not installed (scripts/deps.sh installs Debian's crun)");
+        skip_unless_ci(
+            "tasks::run_with_crun",
+            "crun is not installed (scripts/deps.sh installs Debian's crun)",
+        );
         return;
     }
     let f = Fixture::start("berth-e2e-crun");
@@ -1223,9 +1377,10 @@ fn run_with_crun() {
         // crun refuses such hosts ("cgroups in hybrid mode not supported"), as it would under
         // containerd. Its own refusal still proves berthd ran crun rather than runc; and the failed
         // create must leave nothing behind.
-        eprintln!(
-            "crun cannot run containers on this host (cgroup v1 with controllers on the v2 \
-             hierarchy): checking only that berthd ran crun and cleaned up after its refusal"
+        skip(
+            "tasks::run_with_crun (a container under crun)",
+            "crun refuses this host's hybrid cgroups (v1, with controllers on the v2 hierarchy); \
+             checked only that berthd ran crun and cleaned up after its refusal",
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -1235,7 +1390,7 @@ fn run_with_crun() {
         assert!(f.tasks().is_empty(), "{:?}", f.tasks());
         assert_eq!(f.ctr(&["containers", "ls", "-q"]).trim(), "");
         assert_eq!(mount_points_under(f.d.dir.path()), Vec::<PathBuf>::new());
-        assert!(shims(f.ns, f.d.dir.path()).is_empty());
+        assert!(shims(f.d.dir.path()).is_empty());
         return;
     }
     f.assert_exit(&out, 0, "ctr run --rm --runc-binary crun");
@@ -1243,7 +1398,7 @@ fn run_with_crun() {
 
     // The shim was told to use crun, not runc.
     let pid = f.run_d_with(&["--runc-binary", "crun"], "crun-2", &["sleep", "1000"]);
-    let shim = shim_of(f.ns, f.d.dir.path(), "crun-2").expect("the shim of crun-2");
+    let shim = shim_of(f.d.dir.path(), "crun-2").expect("the shim of crun-2");
     let args = cmdline(shim).unwrap_or_default();
     assert!(
         args.iter().any(|a| a.ends_with("crun")),
@@ -1640,7 +1795,7 @@ fn tasks_survive_a_daemon_restart_in_their_true_states() {
 
     f.d.kill9();
     // A shim that dies while the daemon is down (its container lives on).
-    let shim = shim_of(f.ns, &dir, "rs-deadshim").expect("the shim of rs-deadshim");
+    let shim = shim_of(&dir, "rs-deadshim").expect("the shim of rs-deadshim");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shim as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -1825,7 +1980,7 @@ fn tasks_survive_a_daemon_restart_in_their_true_states() {
     ] {
         f.ctr(&["containers", "rm", id]);
     }
-    assert!(shims(f.ns, &dir).is_empty(), "{:?}", shims(f.ns, &dir));
+    assert!(shims(&dir).is_empty(), "{:?}", shims(&dir));
     assert!(cgroup_pids(f.ns).is_empty(), "{:?}", cgroup_pids(f.ns));
     assert!(
         container_cgroups(f.ns).is_empty(),
@@ -1837,14 +1992,15 @@ fn tasks_survive_a_daemon_restart_in_their_true_states() {
     assert!(left.is_empty(), "task state remains: {left:?}");
 }
 
-/// Paths under `dir` whose file name contains `needle` (bundles, sockets, runc state…).
+/// Paths under `dir` whose file name starts with `needle` (bundles, sockets, runc state…): the
+/// test's container ids do, its namespace (`berth-e2e-<test>-<token>`) does not.
 fn files_naming(dir: &Path, needle: &str) -> Vec<PathBuf> {
     let mut found = vec![];
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let path = e.path();
-            if e.file_name().to_string_lossy().contains(needle) {
+            if e.file_name().to_string_lossy().starts_with(needle) {
                 found.push(path.clone());
             }
             if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -1882,7 +2038,7 @@ fn a_stopped_shim_neither_blocks_start_nor_loses_its_container() {
     let dir = f.d.dir.path().to_path_buf();
     let frozen = f.run_d("hung-frozen", &["sleep", "1000"]);
     let fine = f.run_d("hung-fine", &["sleep", "1000"]);
-    let shim = shim_of(f.ns, &dir, "hung-frozen").expect("the shim of hung-frozen");
+    let shim = shim_of(&dir, "hung-frozen").expect("the shim of hung-frozen");
     let signal = |s| {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim as i32), s).expect("signal the shim")
     };
@@ -1942,11 +2098,7 @@ fn a_hundred_runs_leak_nothing() {
         mounts_before,
         "mounts under the daemon's directory changed"
     );
-    assert!(
-        shims(f.ns, &dir).is_empty(),
-        "shims remain: {:?}",
-        shims(f.ns, &dir)
-    );
+    assert!(shims(&dir).is_empty(), "shims remain: {:?}", shims(&dir));
     let strays = processes_naming(&dir, berthd);
     assert!(strays.is_empty(), "processes remain: {strays:?}");
     assert!(
@@ -1979,4 +2131,61 @@ fn a_hundred_runs_leak_nothing() {
         fds_before.len(),
         fds_after.len()
     );
+}
+
+#[test]
+fn a_hung_shim_launch_is_bounded_and_frees_the_task() {
+    // A stand-in for berth-shim whose `start` never prints its socket (recording its pid first).
+    let tools = tempfile::tempdir().expect("temp dir");
+    let pids = tools.path().join("pids");
+    let shim = tools.path().join("hung-shim");
+    std::fs::write(
+        &shim,
+        format!("#!/bin/sh\necho $$ >> {}\nexec sleep 600\n", pids.display()),
+    )
+    .expect("write stand-in shim");
+    std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod stand-in shim");
+    let f = Fixture::start_with_config(
+        "berth-e2e-hung-shim",
+        &format!(
+            "[tasks]\nshim = \"{}\"\nshim_start_timeout_ms = 1000\n",
+            shim.display()
+        ),
+    );
+    f.ctr(&["containers", "create", IMAGE, "hung-launch", "true"]);
+    // Twice: the first attempt's slot is free again, so the second times out too instead of
+    // being told the task is still being created.
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let out = f.ctr_raw(&["tasks", "start", "hung-launch"]);
+        let elapsed = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "attempt {attempt}: a hung shim started"
+        );
+        assert!(
+            stderr.contains("did not finish within"),
+            "attempt {attempt}: {stderr}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(8),
+            "attempt {attempt}: {elapsed:?}"
+        );
+    }
+    // Each launcher was killed, and nothing of the task is left.
+    let launched = std::fs::read_to_string(&pids).unwrap_or_default();
+    assert_eq!(launched.lines().count(), 2, "{launched}");
+    for pid in launched.lines() {
+        let pid: u32 = pid.trim().parse().expect("pid");
+        wait_for(PATIENCE, "the hung launcher to be gone", || {
+            match alive(pid) {
+                true => Err(format!("{pid} still runs")),
+                false => Ok(()),
+            }
+        });
+    }
+    assert!(f.tasks().is_empty(), "{:?}", f.tasks());
+    f.ctr(&["containers", "rm", "hung-launch"]);
 }

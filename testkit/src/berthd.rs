@@ -1,0 +1,262 @@
+//! A real berthd on a throwaway root, as the end-to-end tests drive it: started (and waited for
+//! until it serves), stopped with SIGTERM, killed with SIGKILL like a crash, started again on the
+//! same root, and reached with the `berth` client crate or containerd's own `ctr`.
+//!
+//! `berthd_args` is the one place berthd's command line is spelled; the bench's supervisor,
+//! which also runs containerd 1.6 beside it, starts berthd with it too.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long berthd may take to serve after it was spawned.
+const READY_WITHIN: Duration = Duration::from_secs(20);
+
+pub struct Daemon {
+    child: Option<Child>,
+    binary: PathBuf,
+    /// A config file passed with --config, if the test wrote one.
+    config: Option<PathBuf>,
+    /// Holds root, state, socket and log; removed when the daemon is dropped.
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+}
+
+/// The tests mount, chown and lock as a daemon does; say so rather than fail obscurely.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the end-to-end tests need root (they run berthd as it runs in production): run scripts/test.sh as root"
+    );
+}
+
+/// A token unique to this test process on this host (its pid and a random part, for pid
+/// namespaces): names that the host shares between processes — namespaces, which become cgroup
+/// paths `/<ns>/<id>` — carry it, so two runs of the suite at once (CI beside a developer) never
+/// meet.
+pub fn process_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS per process: random enough, without a dependency.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        format!("{}-{:04x}", std::process::id(), h.finish() & 0xffff)
+    })
+}
+
+/// The socket of the berthd whose files are under `dir`.
+pub fn berthd_socket(dir: &Path) -> PathBuf {
+    dir.join("berthd.sock")
+}
+
+/// berthd's arguments for a daemon whose root, state and socket are under `dir`.
+pub fn berthd_args(dir: &Path, config: Option<&Path>, log_level: &str) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![];
+    if let Some(config) = config {
+        args.extend(["--config".into(), config.into()]);
+    }
+    for (flag, path) in [
+        ("--root", dir.join("root")),
+        ("--state", dir.join("state")),
+        ("--address", berthd_socket(dir)),
+    ] {
+        args.extend([flag.into(), path.into()]);
+    }
+    args.extend(["--log-level".into(), log_level.into()]);
+    args
+}
+
+/// The berthd binary under test: `$BERTHD`, else the one cargo built beside the running test
+/// (`target/<profile>/berthd`, the test being `target/<profile>/deps/<name>-<hash>`).
+pub fn berthd_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("BERTHD") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test runs from target/<profile>/deps");
+    let berthd = profile_dir.join("berthd");
+    assert!(
+        berthd.is_file(),
+        "no berthd at {}: build it (cargo build -p berthd), or set BERTHD",
+        berthd.display()
+    );
+    berthd
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Self::start_with_config("")
+    }
+
+    /// Start with extra TOML configuration (e.g. proxy plugins); flags still set the paths.
+    pub fn start_with_config(toml: &str) -> Daemon {
+        Self::start_binary(&berthd_binary(), toml)
+    }
+
+    /// Start `binary` (a berthd) with extra TOML configuration.
+    pub fn start_binary(binary: &Path, toml: &str) -> Daemon {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-")
+            .tempdir()
+            .expect("create temp dir");
+        let socket = berthd_socket(dir.path());
+        let config = (!toml.is_empty()).then(|| {
+            let path = dir.path().join("config.toml");
+            std::fs::write(&path, toml).expect("write config");
+            path
+        });
+        let mut d = Daemon {
+            child: None,
+            binary: binary.to_path_buf(),
+            config,
+            dir,
+            socket,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// Start berthd on this root (again, after a stop or kill) and wait until it serves.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("berthd.log"))
+            .expect("open log");
+        let child = Command::new(&self.binary)
+            .args(berthd_args(
+                self.dir.path(),
+                self.config.as_deref(),
+                "debug",
+            ))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.binary.display()));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_WITHIN;
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("berthd exited before serving ({status}):\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "berthd did not serve within {READY_WITHIN:?}:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown path runs, like a crash or an OOM kill.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("send SIGTERM");
+        c.wait().expect("wait for berthd")
+    }
+
+    /// Run `ctr -a SOCKET -n NS ARGS…` and return its output, whatever the exit status.
+    pub fn ctr_raw(&self, ns: &str, args: &[&str]) -> Output {
+        ctr_command(&self.socket, ns, args)
+            .output()
+            .expect("run ctr (install Debian's containerd package)")
+    }
+
+    /// Run ctr and insist it succeeds; returns stdout.
+    pub fn ctr(&self, ns: &str, args: &[&str]) -> String {
+        let out = self.ctr_raw(ns, args);
+        assert!(
+            out.status.success(),
+            "ctr -n {ns} {} failed: {}\nstdout: {}\nberthd log tail:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout),
+            tail(&self.log(), 30)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run ctr expecting failure; returns stderr.
+    pub fn ctr_err(&self, ns: &str, args: &[&str]) -> String {
+        let out = self.ctr_raw(ns, args);
+        assert!(
+            !out.status.success(),
+            "ctr -n {ns} {} unexpectedly succeeded: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// A gRPC channel to the daemon, made by the `berth` client crate (which the tests thereby
+    /// exercise), for any generated client of containerd's API.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        berth::connect(&self.socket)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+pub fn ctr_command(socket: &Path, ns: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("ctr");
+    cmd.arg("-a").arg(socket).arg("-n").arg(ns).args(args);
+    cmd
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<_> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
