@@ -408,4 +408,15 @@ mod tests {
         let k: ErrorKind = serde_json::from_str("\"something_new\"").unwrap();
         assert_eq!(k, ErrorKind::Internal);
     }
+
+    #[test]
+    fn a_runtime_timeout_reaches_the_daemon_as_deadline_exceeded() {
+        let e: ShimError =
+            serde_json::from_str(r#"{"kind":"deadline_exceeded","message":"start: runc start"}"#)
+                .unwrap();
+        assert_eq!(e.kind, ErrorKind::DeadlineExceeded);
+        let e = berth_errdefs::Error::from(e);
+        assert_eq!(e.kind(), berth_errdefs::Kind::DeadlineExceeded);
+        assert_eq!(e.message(), "start: runc start");
+    }
 }
