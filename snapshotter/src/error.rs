@@ -62,3 +62,27 @@ pub(crate) fn at<E: Into<std::io::Error>>(what: &str, path: &Path) -> impl FnOnc
     let context = format!("{what} {}", path.display());
     move |e| Error::io(context, e.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+    use berth_errdefs::Kind;
+
+    #[test]
+    fn a_proxy_that_cannot_answer_keeps_its_class() {
+        for (e, kind) in [
+            (Error::Unavailable("down".into()), Kind::Unavailable),
+            (
+                Error::DeadlineExceeded("hung".into()),
+                Kind::DeadlineExceeded,
+            ),
+            (
+                Error::Other(berth_errdefs::Error::unimplemented("usage")),
+                Kind::Unimplemented,
+            ),
+        ] {
+            let e = berth_errdefs::Error::from(e);
+            assert_eq!(e.kind(), kind, "{e}");
+        }
+    }
+}
