@@ -1,5 +1,5 @@
 //! Compiles `proto/**/*.proto` with protox (no system protoc) and generates
-//! prost messages plus tonic clients/servers.
+//! prost messages plus (feature `grpc`) tonic clients/servers.
 
 use std::path::{Path, PathBuf};
 use std::{env, fs, io};
@@ -39,9 +39,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     config.enable_type_names();
 
+    // Cargo tells build scripts which features are on; without `grpc` only messages are built.
+    let grpc = env::var_os("CARGO_FEATURE_GRPC").is_some();
     tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
+        .build_server(grpc)
+        .build_client(grpc)
         .compile_fds_with_config(fds, config)?;
     Ok(())
 }

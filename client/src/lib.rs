@@ -22,6 +22,7 @@
 pub use berth_api::containerd as api;
 /// Decode an `Any` (an event, runtime options) whose type URL is containerd's bare message name.
 pub use berth_api::unpack_any;
+pub use berth_api::{LEASE_HEADER, NAMESPACE_HEADER};
 use std::path::{Path, PathBuf};
 use tonic::transport::{Channel, Endpoint};
 
@@ -38,6 +39,20 @@ pub enum Error {
     },
     #[error(transparent)]
     Rpc(#[from] tonic::Status),
+}
+
+/// In berth's one vocabulary: an unreachable socket is Unavailable, a status keeps its class.
+impl From<Error> for berth_errdefs::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Connect { path, source } => berth_errdefs::Error::with_source(
+                berth_errdefs::Kind::Unavailable,
+                format!("connect to {}", path.display()),
+                source,
+            ),
+            Error::Rpc(status) => status.into(),
+        }
+    }
 }
 
 /// Connect to a berthd (or containerd) unix socket.
@@ -61,7 +76,7 @@ pub async fn connect(socket: impl AsRef<Path>) -> Result<Channel, Error> {
 pub fn with_namespace<T>(namespace: &str, message: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
     if let Ok(v) = namespace.parse() {
-        req.metadata_mut().insert("containerd-namespace", v);
+        req.metadata_mut().insert(NAMESPACE_HEADER, v);
     }
     req
 }
@@ -71,7 +86,7 @@ pub fn with_namespace<T>(namespace: &str, message: T) -> tonic::Request<T> {
 pub fn with_lease<T>(namespace: &str, lease: &str, message: T) -> tonic::Request<T> {
     let mut req = with_namespace(namespace, message);
     if let Ok(v) = lease.parse() {
-        req.metadata_mut().insert("containerd-lease", v);
+        req.metadata_mut().insert(LEASE_HEADER, v);
     }
     req
 }

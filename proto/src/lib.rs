@@ -26,6 +26,11 @@ macro_rules! generated {
     };
 }
 
+/// The gRPC metadata header that names the namespace every namespaced call acts in.
+pub const NAMESPACE_HEADER: &str = "containerd-namespace";
+/// The gRPC metadata header naming the lease a call's new resources join.
+pub const LEASE_HEADER: &str = "containerd-lease";
+
 /// Encoded `google.protobuf.FileDescriptorSet` for every file in this crate
 /// (including imported well-known types), e.g. for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

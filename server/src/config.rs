@@ -1,8 +1,13 @@
 //! berthd's configuration: a TOML file shaped like containerd's, where every flag can also be set.
 
-use crate::error::{Error, Result};
+use berth_errdefs::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+pub use crate::runtime::config::{RuntimeConfig, DEFAULT_RUNTIME};
+
+/// The only config format version berthd reads.
+pub const CONFIG_VERSION: u32 = 1;
 
 /// Read when no `--config` is given and the file exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
@@ -19,7 +24,8 @@ pub struct Config {
     pub grpc: GrpcConfig,
     pub debug: DebugConfig,
     pub leases: LeaseConfig,
-    pub diff: DiffConfig,
+    /// The layer code's own limits type: what is set here is what Apply enforces.
+    pub diff: berth_layer::Limits,
     /// External plugins reached over a unix socket, as containerd's `[proxy_plugins.NAME]`.
     pub proxy_plugins: std::collections::BTreeMap<String, ProxyPlugin>,
     pub tasks: TasksConfig,
@@ -28,9 +34,6 @@ pub struct Config {
     /// `runtimes.NAME`. `io.containerd.runc.v2` (berth-shim + runc) is always there.
     pub runtimes: std::collections::BTreeMap<String, RuntimeConfig>,
 }
-
-/// The runtime containerd's clients ask for by default.
-pub const DEFAULT_RUNTIME: &str = "io.containerd.runc.v2";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -48,6 +51,43 @@ pub struct TasksConfig {
     /// How long one runc (runtime) command inside a shim may run before the shim kills it and
     /// fails the call with DeadlineExceeded. Keep it under the daemon's 120 s wait for such calls.
     pub runtime_timeout_ms: u64,
+}
+
+/// Shortest restart monitor interval: below it the monitor would spin on a busy host.
+pub const MIN_RESTART_INTERVAL_MS: u64 = 100;
+
+impl TasksConfig {
+    fn validate(&self) -> Result<()> {
+        for (key, v) in [
+            (
+                "tasks.shim_connect_timeout_ms",
+                self.shim_connect_timeout_ms,
+            ),
+            ("tasks.shim_start_timeout_ms", self.shim_start_timeout_ms),
+            ("tasks.runtime_timeout_ms", self.runtime_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(format!("{key} must be greater than 0")));
+            }
+        }
+        // The daemon waits at most SLOW_CALL for a shim call that runs runc; a runtime bound past
+        // it would turn the shim's clear DeadlineExceeded into the daemon's vaguer one.
+        let slow_call_ms = crate::runtime::shim::SLOW_CALL.as_millis() as u64;
+        if self.runtime_timeout_ms >= slow_call_ms {
+            return Err(Error::invalid(format!(
+                "tasks.runtime_timeout_ms must be less than {slow_call_ms} (the daemon's wait for a \
+                 runtime call), not {}",
+                self.runtime_timeout_ms
+            )));
+        }
+        if self.restart_interval_ms < MIN_RESTART_INTERVAL_MS {
+            return Err(Error::invalid(format!(
+                "tasks.restart_interval_ms must be at least {MIN_RESTART_INTERVAL_MS}, not {}",
+                self.restart_interval_ms
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for TasksConfig {
@@ -74,6 +114,21 @@ pub struct EventsConfig {
     pub backlog_bytes: usize,
 }
 
+impl EventsConfig {
+    fn validate(&self) -> Result<()> {
+        for (key, v) in [
+            ("events.max_event_bytes", self.max_event_bytes),
+            ("events.backlog_events", self.backlog_events),
+            ("events.backlog_bytes", self.backlog_bytes),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(format!("{key} must be greater than 0")));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for EventsConfig {
     fn default() -> Self {
         let limits = crate::events::Limits::default();
@@ -81,38 +136,6 @@ impl Default for EventsConfig {
             max_event_bytes: limits.max_event_bytes,
             backlog_events: limits.backlog_events,
             backlog_bytes: limits.backlog_bytes,
-        }
-    }
-}
-
-/// One named runtime: containerd's runc options (`containerd.runc.v1.Options`) as defaults that
-/// a container's or a task's own options override.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RuntimeConfig {
-    /// Only `io.containerd.runc.v2` (berth's shim driving a runc-compatible binary) exists.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The OCI runtime binary: runc, crun, ...
-    pub binary_name: String,
-    /// runc's `--root`; empty: `<state>/runc`. The namespace is appended, as containerd does.
-    pub root: PathBuf,
-    pub systemd_cgroup: bool,
-    /// `runc create --no-pivot`, for a rootfs on a ramdisk.
-    pub no_pivot_root: bool,
-    /// `runc create --no-new-keyring`.
-    pub no_new_keyring: bool,
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        RuntimeConfig {
-            kind: DEFAULT_RUNTIME.into(),
-            binary_name: "runc".into(),
-            root: PathBuf::new(),
-            systemd_cgroup: false,
-            no_pivot_root: false,
-            no_new_keyring: false,
         }
     }
 }
@@ -145,25 +168,6 @@ fn default_proxy_timeout_ms() -> u64 {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct DiffConfig {
-    /// Largest uncompressed layer Apply accepts: bounds a decompression bomb.
-    pub max_uncompressed_bytes: u64,
-    /// Most tar entries in one layer: bounds an inode bomb.
-    pub max_entries: u64,
-}
-
-impl Default for DiffConfig {
-    fn default() -> Self {
-        let limits = crate::diff::Limits::default();
-        DiffConfig {
-            max_uncompressed_bytes: limits.max_uncompressed_bytes,
-            max_entries: limits.max_entries,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
 pub struct GrpcConfig {
     /// The API socket (created mode 0660 once the daemon is ready).
     pub address: PathBuf,
@@ -192,18 +196,86 @@ pub struct LeaseConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            version: 1,
+            version: CONFIG_VERSION,
             root: "/var/lib/berth".into(),
             state: "/run/berth".into(),
             grpc: GrpcConfig::default(),
             debug: DebugConfig::default(),
             leases: LeaseConfig::default(),
-            diff: DiffConfig::default(),
+            diff: berth_layer::Limits::default(),
             proxy_plugins: Default::default(),
             tasks: TasksConfig::default(),
             events: EventsConfig::default(),
             runtimes: [(DEFAULT_RUNTIME.to_string(), RuntimeConfig::default())].into(),
         }
+    }
+}
+
+impl ProxyPlugin {
+    fn validate(&self, name: &str) -> Result<()> {
+        if self.kind != "snapshot" {
+            return Err(Error::invalid(format!(
+                "proxy_plugins.{name}.type: {:?} is not supported; only \"snapshot\" is",
+                self.kind
+            )));
+        }
+        if self.timeout_ms == 0 {
+            return Err(Error::invalid(format!(
+                "proxy_plugins.{name}.timeout_ms must be greater than 0"
+            )));
+        }
+        absolute(&format!("proxy_plugins.{name}.address"), &self.address)
+    }
+}
+
+impl GrpcConfig {
+    fn validate(&self) -> Result<()> {
+        absolute("grpc.address", &self.address)?;
+        for (key, v) in [
+            ("grpc.max_recv_message_size", self.max_recv_message_size),
+            ("grpc.max_send_message_size", self.max_send_message_size),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(format!("{key} must be greater than 0")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DebugConfig {
+    fn validate(&self) -> Result<()> {
+        const LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
+        if !LEVELS.contains(&self.level.as_str()) {
+            return Err(Error::invalid(format!(
+                "debug.level {:?} is not one of {}",
+                self.level,
+                LEVELS.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl LeaseConfig {
+    fn validate(&self) -> Result<()> {
+        if self.expiry_interval_secs == 0 {
+            return Err(Error::invalid(
+                "leases.expiry_interval_secs must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn absolute(key: &str, path: &Path) -> Result<()> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "{key} must be an absolute path, not {:?}",
+            path.display().to_string()
+        )))
     }
 }
 
@@ -246,16 +318,36 @@ impl Config {
             .runtimes
             .entry(DEFAULT_RUNTIME.to_string())
             .or_default();
-        for (name, rt) in &config.runtimes {
-            if rt.kind != DEFAULT_RUNTIME {
-                return Err(Error::invalid(format!(
-                    "config {}: runtime {name:?} has type {:?}; berth supports {DEFAULT_RUNTIME}",
-                    path.display(),
-                    rt.kind
-                )));
-            }
-        }
+        config
+            .validate()
+            .map_err(|e| e.context(format!("config {}", path.display())))?;
         Ok(config)
+    }
+
+    /// Every section checks its own values once, here, so the daemon never clamps or guesses;
+    /// an error names the key (`tasks.restart_interval_ms must be ...`).
+    pub fn validate(&self) -> Result<()> {
+        if self.version != CONFIG_VERSION {
+            return Err(Error::invalid(format!(
+                "version = {} is not supported; berthd reads version {CONFIG_VERSION}",
+                self.version
+            )));
+        }
+        absolute("root", &self.root)?;
+        absolute("state", &self.state)?;
+        self.grpc.validate()?;
+        self.debug.validate()?;
+        self.leases.validate()?;
+        self.diff.validate("diff")?;
+        self.tasks.validate()?;
+        self.events.validate()?;
+        for (name, plugin) in &self.proxy_plugins {
+            plugin.validate(name)?;
+        }
+        for (name, rt) in &self.runtimes {
+            rt.validate(name)?;
+        }
+        Ok(())
     }
 
     pub fn to_toml(&self) -> String {
@@ -274,6 +366,90 @@ mod tests {
         let back: Config = toml::from_str(&text).expect("default config parses");
         assert_eq!(back.grpc.address, PathBuf::from("/run/berth/berthd.sock"));
         assert_eq!(back.grpc.max_recv_message_size, 16 << 20);
+    }
+
+    fn check(text: &str) -> Result<Config> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).expect("write config");
+        Config::load(&path)
+    }
+
+    #[test]
+    fn the_default_config_is_valid() {
+        Config::default().validate().expect("default is valid");
+        check(&Config::default().to_toml()).expect("printed default loads");
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_their_key() {
+        for (text, key) in [
+            ("version = 2", "version"),
+            ("root = \"relative/root\"", "root"),
+            ("state = \"\"", "state"),
+            ("[grpc]\naddress = \"berthd.sock\"", "grpc.address"),
+            (
+                "[grpc]\nmax_recv_message_size = 0",
+                "grpc.max_recv_message_size",
+            ),
+            ("[debug]\nlevel = \"loud\"", "debug.level"),
+            (
+                "[leases]\nexpiry_interval_secs = 0",
+                "leases.expiry_interval_secs",
+            ),
+            ("[diff]\nmax_entries = 0", "diff.max_entries"),
+            (
+                "[diff]\nmax_uncompressed_bytes = 0",
+                "diff.max_uncompressed_bytes",
+            ),
+            (
+                "[tasks]\nrestart_interval_ms = 10",
+                "tasks.restart_interval_ms",
+            ),
+            (
+                "[tasks]\nshim_connect_timeout_ms = 0",
+                "tasks.shim_connect_timeout_ms",
+            ),
+            (
+                "[tasks]\nshim_start_timeout_ms = 0",
+                "tasks.shim_start_timeout_ms",
+            ),
+            (
+                "[tasks]\nruntime_timeout_ms = 0",
+                "tasks.runtime_timeout_ms",
+            ),
+            (
+                "[tasks]\nruntime_timeout_ms = 120000",
+                "tasks.runtime_timeout_ms",
+            ),
+            ("[events]\nmax_event_bytes = 0", "events.max_event_bytes"),
+            ("[events]\nbacklog_events = 0", "events.backlog_events"),
+            ("[events]\nbacklog_bytes = 0", "events.backlog_bytes"),
+            (
+                "[proxy_plugins.p]\ntype = \"snapshot\"\naddress = \"/run/p.sock\"\ntimeout_ms = 0",
+                "proxy_plugins.p.timeout_ms",
+            ),
+            (
+                "[runtimes.kata]\ntype = \"io.containerd.kata.v2\"",
+                "runtimes.kata.type",
+            ),
+            (
+                "[runtimes.crun]\nbinary_name = \"\"",
+                "runtimes.crun.binary_name",
+            ),
+            (
+                "[proxy_plugins.p]\ntype = \"content\"\naddress = \"/run/p.sock\"",
+                "proxy_plugins.p.type",
+            ),
+            (
+                "[proxy_plugins.p]\ntype = \"snapshot\"\naddress = \"p.sock\"",
+                "proxy_plugins.p.address",
+            ),
+        ] {
+            let err = check(text).expect_err(text);
+            assert_eq!(err.kind(), berth_errdefs::Kind::InvalidArgument, "{text}");
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -2,21 +2,22 @@
 //! readiness notification and a clean shutdown.
 
 use crate::config::Config;
-use crate::content::ContentStore;
-use crate::error::{Error, Result};
+use crate::controllers::gc::Collector;
+use crate::controllers::restart::RestartMonitor;
 use crate::events::Exchange;
-use crate::gc::Collector;
-use crate::metadata::Metadata;
+use crate::fsutil::make_dir;
 use crate::remote_snapshotter::RemoteSnapshotter;
-use crate::runtime::restart::RestartMonitor;
 use crate::runtime::TaskManager;
 use crate::services::{self, *};
 use crate::snapshots::Snapshotters;
 use berth_api::containerd::services as api;
 use berth_authority::AuthorityFix;
+use berth_content::ContentStore;
+use berth_errdefs::{Error, Result};
+use berth_metadata::Metadata;
 use nix::fcntl::{Flock, FlockArg};
-use std::fs::{self, DirBuilder, File};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,7 +51,7 @@ pub async fn run(config: Config) -> Result<()> {
         content,
         events: Exchange::new(crate::events::Limits {
             max_event_bytes: config.events.max_event_bytes,
-            backlog_events: config.events.backlog_events.max(1),
+            backlog_events: config.events.backlog_events,
             backlog_bytes: config.events.backlog_bytes,
         }),
         snapshotters,
@@ -70,8 +71,8 @@ pub async fn run(config: Config) -> Result<()> {
             state.events.clone(),
         )?
         .with_timeouts(
-            Duration::from_millis(config.tasks.shim_start_timeout_ms.max(1)),
-            Duration::from_millis(config.tasks.runtime_timeout_ms.max(1)),
+            Duration::from_millis(config.tasks.shim_start_timeout_ms),
+            Duration::from_millis(config.tasks.runtime_timeout_ms),
         ),
     );
     let recovered = tasks.recover().await?;
@@ -84,7 +85,7 @@ pub async fn run(config: Config) -> Result<()> {
             snapshotters: state.snapshotters.clone(),
             tasks: tasks.clone(),
             events: state.events.clone(),
-            interval: Duration::from_millis(config.tasks.restart_interval_ms.max(100)),
+            interval: Duration::from_millis(config.tasks.restart_interval_ms),
         }
         .run(),
     );
@@ -122,7 +123,7 @@ pub async fn run(config: Config) -> Result<()> {
     let _ = fs::remove_file(&address);
     meta.sync_blocking()?;
     tracing::info!("berthd stopped");
-    result.map_err(|e| Error::Internal(format!("grpc server: {e}")))
+    result.map_err(|e| Error::internal(format!("grpc server: {e}")))
 }
 
 fn router(
@@ -145,7 +146,7 @@ fn router(
         .trace_fn(|req| {
             let ns = req
                 .headers()
-                .get(NAMESPACE_HEADER)
+                .get(berth_api::NAMESPACE_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             tracing::info_span!("rpc", method = %req.uri().path(), namespace = %ns)
@@ -209,10 +210,7 @@ fn router(
                 state: state.clone(),
                 snapshots_root: config.root.join("snapshots"),
                 mounts_dir: config.state.join("mounts"),
-                limits: crate::diff::Limits {
-                    max_uncompressed_bytes: config.diff.max_uncompressed_bytes,
-                    max_entries: config.diff.max_entries,
-                },
+                limits: config.diff.clone(),
             }
         ))
         .add_service(svc!(
@@ -263,7 +261,7 @@ fn open_snapshotters(config: &Config) -> Result<(Snapshotters, Vec<(String, Stri
             name,
             remote_name,
             &plugin.address,
-            Duration::from_millis(plugin.timeout_ms.max(1)),
+            Duration::from_millis(plugin.timeout_ms),
         )?;
         tracing::info!(name, address = %plugin.address.display(), "proxy snapshotter");
         snapshotters.insert(Arc::new(remote));
@@ -279,17 +277,6 @@ fn shim_binary(config: &Config) -> Result<PathBuf> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::io("locate the berthd binary (to find berth-shim beside it)", e))?;
     Ok(exe.with_file_name("berth-shim"))
-}
-
-pub(crate) fn make_dir(path: &Path, mode: u32) -> Result<()> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(path)
-        .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
-    // The mode of an existing directory is enforced too: an earlier, looser one is tightened.
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::io(format!("chmod {}", path.display()), e))
 }
 
 /// One daemon per root: a second berthd on the same root would corrupt the stores.
@@ -379,7 +366,8 @@ async fn shutdown_signal() {
 }
 
 async fn expire_leases(meta: Arc<Metadata>, interval_secs: u64) {
-    let mut tick = tokio::time::interval(Duration::from_secs(interval_secs.max(1)));
+    // Config::validate keeps this above 0, which tokio::time::interval requires.
+    let mut tick = tokio::time::interval(Duration::from_secs(interval_secs));
     loop {
         tick.tick().await;
         match meta.expire_leases(SystemTime::now()).await {

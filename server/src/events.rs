@@ -2,11 +2,11 @@
 //! Events/Subscribe streams them out. In memory only, as in containerd: events are notifications,
 //! not a log.
 
-use crate::error::{Error, Result};
-use crate::filters::{Adaptor, Filter};
 use berth_api::containerd::events::ContainerUpdate;
 use berth_api::containerd::services::containers::v1::Container;
 use berth_api::containerd::types::Envelope;
+use berth_errdefs::{Error, Result};
+use berth_metadata::filters::{Adaptor, Filter};
 use prost::Message;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -92,7 +92,7 @@ impl Subscription {
 
     /// Why the subscription ended, for the subscriber.
     pub fn overrun_error(&self) -> Error {
-        Error::ResourceExhausted(format!(
+        Error::resource_exhausted(format!(
             "event subscriber fell behind by more than {} events or {} bytes and was dropped; subscribe again",
             self.limits.backlog_events, self.limits.backlog_bytes
         ))
@@ -125,7 +125,7 @@ impl Exchange {
         let size = envelope.encoded_len();
         let max = self.inner.limits.max_event_bytes;
         if size > max {
-            return Err(Error::ResourceExhausted(format!(
+            return Err(Error::resource_exhausted(format!(
                 "event on {:?} is {size} bytes, more than the {max} bytes an event may carry",
                 envelope.topic
             )));
@@ -135,7 +135,7 @@ impl Exchange {
 
     pub fn publish<M: prost::Name>(&self, namespace: &str, topic: &str, event: &M) {
         self.forward(Envelope {
-            timestamp: Some(crate::metadata::now()),
+            timestamp: Some(berth_metadata::now()),
             namespace: namespace.to_string(),
             topic: topic.to_string(),
             event: Some(berth_api::pack_any(event)),
@@ -221,7 +221,7 @@ pub fn validate_topic(topic: &str) -> Result<()> {
         .strip_prefix('/')
         .ok_or_else(|| Error::invalid(format!("event topic {topic:?} must start with '/'")))?;
     for part in rest.split('/') {
-        crate::validate::identifier("event topic component", part)
+        berth_metadata::validate::identifier("event topic component", part)
             .map_err(|e| Error::invalid(format!("event topic {topic:?}: {e}")))?;
     }
     Ok(())
@@ -299,7 +299,7 @@ mod tests {
         // The fourth event would have made 12 kB queued: the slow one went at that point.
         assert!(slow.overrun());
         assert!(matches!(next(&mut slow), Poll::Ready(None)));
-        assert!(matches!(slow.overrun_error(), Error::ResourceExhausted(_)));
+        assert!(slow.overrun_error().kind() == berth_errdefs::Kind::ResourceExhausted);
         assert_eq!(x.sinks().len(), 1, "the dropped subscriber's queue is gone");
         assert!(!fast.overrun());
     }
@@ -337,7 +337,10 @@ mod tests {
         });
         assert!(x.check_size(&envelope("/t", 10)).is_ok());
         let err = x.check_size(&envelope("/t", 200)).unwrap_err();
-        assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+        assert!(
+            err.kind() == berth_errdefs::Kind::ResourceExhausted,
+            "{err}"
+        );
         assert!(err.to_string().contains("more than the 100 bytes"), "{err}");
     }
 }

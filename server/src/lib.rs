@@ -1,21 +1,21 @@
 //! berthd: a container-management daemon serving containerd's v1 gRPC API.
 //!
-//! Layout: `services` (gRPC, thin) → domain modules `metadata`, `content`, `events` (no gRPC) →
-//! storage (`metadata::backend`, files under the root). `daemon` wires them together.
+//! berthd is the composition; the domains live in crates of their own (berth-metadata,
+//! berth-content, berth-layer, berth-cgroups, berth-snapshotter) under one error vocabulary
+//! (berth-errdefs). Layout, arrows pointing down only:
+//! `services` (gRPC, thin) → `controllers` (gc, restart monitor: loops over several domains) →
+//! `runtime` (tasks), `snapshots`, `events` and the domain crates → shared helpers (`blocking`,
+//! `fsutil`). `config` is read once by `main`; `daemon` wires everything together.
 
+pub mod blocking;
 pub mod config;
-pub mod content;
+pub mod controllers;
 pub mod daemon;
-pub mod diff;
-pub mod error;
 pub mod events;
-pub mod filters;
-pub mod gc;
-pub mod metadata;
+pub mod fsutil;
 pub mod remote_snapshotter;
 pub mod runtime;
 pub mod services;
 pub mod snapshots;
-pub mod validate;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

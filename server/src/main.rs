@@ -44,16 +44,34 @@ enum Command {
 enum ConfigCommand {
     /// Print the full default configuration
     Default,
+    /// Load FILE as berthd would and report the first bad value, naming its key
+    Check { file: PathBuf },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Config {
-        what: ConfigCommand::Default,
-    }) = cli.command
-    {
-        print!("{}", Config::default().to_toml());
-        return ExitCode::SUCCESS;
+    match &cli.command {
+        Some(Command::Config {
+            what: ConfigCommand::Default,
+        }) => {
+            print!("{}", Config::default().to_toml());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Config {
+            what: ConfigCommand::Check { file },
+        }) => {
+            return match Config::load(file) {
+                Ok(_) => {
+                    println!("{}: ok", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("berthd: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     let config = match load_config(&cli) {
         Ok(c) => c,
@@ -84,7 +102,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(cli: &Cli) -> berthd::error::Result<Config> {
+fn load_config(cli: &Cli) -> berth_errdefs::Result<Config> {
     let mut config = match &cli.config {
         Some(path) => Config::load(path)?,
         None if std::path::Path::new(DEFAULT_CONFIG_PATH).exists() => {
@@ -104,6 +122,8 @@ fn load_config(cli: &Cli) -> berthd::error::Result<Config> {
     if let Some(level) = &cli.log_level {
         config.debug.level = level.clone();
     }
+    // Flags are config values too: checked by the same rules.
+    config.validate()?;
     Ok(config)
 }
 

@@ -83,7 +83,7 @@ impl RemoteSnapshotter {
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
         req.metadata_mut().insert(
-            crate::services::NAMESPACE_HEADER,
+            berth_api::NAMESPACE_HEADER,
             tonic::metadata::MetadataValue::from_static(REMOTE_NAMESPACE),
         );
         req
@@ -170,10 +170,10 @@ fn from_status(name: &str, s: tonic::Status) -> Error {
         tonic::Code::InvalidArgument => Error::InvalidArgument(msg),
         tonic::Code::Unavailable => Error::Unavailable(msg),
         tonic::Code::DeadlineExceeded => Error::DeadlineExceeded(msg),
-        _ => Error::Io {
-            context: msg,
-            source: std::io::Error::other(format!("{:?}", s.code())),
-        },
+        // The rest (Unimplemented, ResourceExhausted, ...) keep their class.
+        _ => Error::Other(
+            berth_errdefs::Error::from(s).context(format!("remote snapshotter {name}")),
+        ),
     }
 }
 

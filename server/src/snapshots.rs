@@ -3,24 +3,10 @@
 //! A snapshotter stores opaque keys; berthd prefixes every key and committed name with
 //! `<namespace>/`, so two namespaces can hold the same chain ID or key without seeing each other.
 
-use crate::error::{Error, Result};
+use berth_errdefs::{Error, Result};
 use berth_snapshotter::{Info, Mount, Snapshotter, Usage};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
-
-/// berthd's one way to offload: file system, sled, hashing and process work never runs on a
-/// tokio worker thread (one stalled worker stalls every connection it serves). Such work goes
-/// through here — not `spawn_blocking` directly, nor `block_in_place` (which panics on a
-/// current-thread runtime and blocks the tasks queued on its worker until it is handed off);
-/// streaming work is `tokio::spawn(blocking(...))`. Not yet covered: metadata calls in request
-/// handlers (in-memory sled reads and transactions; flushes are offloaded), see ARCHITECTURE.md.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
-}
 
 /// Mounts as snapshotters describe them, in the API's type (both are foreign to berthd, so these
 /// are functions rather than `From` impls).
@@ -145,7 +131,7 @@ impl Snapshotters {
     }
 }
 
-/// A snapshotter as one namespace sees it. Blocking: call from `spawn_blocking`.
+/// A snapshotter as one namespace sees it. Blocking: call through `crate::blocking::blocking`.
 pub struct Scoped {
     inner: Arc<dyn Snapshotter>,
     prefix: String,

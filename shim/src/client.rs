@@ -28,6 +28,24 @@ impl std::fmt::Display for CallError {
 
 impl std::error::Error for CallError {}
 
+/// A timed-out read is DeadlineExceeded, an unreachable shim Unavailable, a reply this client
+/// cannot read Internal; the shim's own errors keep their kind.
+impl From<CallError> for berth_errdefs::Error {
+    fn from(e: CallError) -> Self {
+        use berth_errdefs::{Error, Kind};
+        match e {
+            CallError::Io(e) => match e.kind() {
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                    Error::with_source(Kind::DeadlineExceeded, "shim connection", e)
+                }
+                _ => Error::with_source(Kind::Unavailable, "shim connection", e),
+            },
+            CallError::Shim(e) => e.into(),
+            CallError::Protocol(m) => Error::internal(format!("shim protocol: {m}")),
+        }
+    }
+}
+
 impl From<io::Error> for CallError {
     fn from(e: io::Error) -> Self {
         CallError::Io(e)

@@ -314,6 +314,29 @@ impl fmt::Display for ShimError {
 
 impl std::error::Error for ShimError {}
 
+/// The protocol's kinds are a subset of errdefs', named alike.
+impl From<ErrorKind> for berth_errdefs::Kind {
+    fn from(k: ErrorKind) -> Self {
+        use berth_errdefs::Kind;
+        match k {
+            ErrorKind::InvalidArgument => Kind::InvalidArgument,
+            ErrorKind::NotFound => Kind::NotFound,
+            ErrorKind::AlreadyExists => Kind::AlreadyExists,
+            ErrorKind::FailedPrecondition => Kind::FailedPrecondition,
+            ErrorKind::Unimplemented => Kind::Unimplemented,
+            ErrorKind::Unavailable => Kind::Unavailable,
+            ErrorKind::DeadlineExceeded => Kind::DeadlineExceeded,
+            ErrorKind::Internal => Kind::Internal,
+        }
+    }
+}
+
+impl From<ShimError> for berth_errdefs::Error {
+    fn from(e: ShimError) -> Self {
+        berth_errdefs::Error::new(e.kind.into(), e.message)
+    }
+}
+
 /// Encode a request as one protocol line (with `v` and the trailing newline).
 pub fn encode_request(req: &Request) -> Vec<u8> {
     let mut v = serde_json::to_value(req).unwrap_or_default();
@@ -384,5 +407,16 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::InvalidArgument);
         let k: ErrorKind = serde_json::from_str("\"something_new\"").unwrap();
         assert_eq!(k, ErrorKind::Internal);
+    }
+
+    #[test]
+    fn a_runtime_timeout_reaches_the_daemon_as_deadline_exceeded() {
+        let e: ShimError =
+            serde_json::from_str(r#"{"kind":"deadline_exceeded","message":"start: runc start"}"#)
+                .unwrap();
+        assert_eq!(e.kind, ErrorKind::DeadlineExceeded);
+        let e = berth_errdefs::Error::from(e);
+        assert_eq!(e.kind(), berth_errdefs::Kind::DeadlineExceeded);
+        assert_eq!(e.message(), "start: runc start");
     }
 }

@@ -47,7 +47,7 @@ use tonic::transport::Channel;
 
 const G: &str = "images";
 const SNAPSHOTTER: &str = "overlayfs";
-const LEASE_HEADER: &str = "containerd-lease";
+use berth::LEASE_HEADER;
 /// Issue 3's targets for berth/containerd.
 const PULL_TARGET: f64 = 0.8;
 const APPLY_TARGET: f64 = 0.5;

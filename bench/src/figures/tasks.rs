@@ -56,7 +56,7 @@ const IMAGE: &str = "docker.io/bench/busybox:v1";
 const RUNTIME: &str = "io.containerd.runc.v2";
 const SNAPSHOTTER: &str = "overlayfs";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
-const LEASE_HEADER: &str = "containerd-lease";
+use berth::LEASE_HEADER;
 /// Issue 5's targets for berth/containerd.
 const RUN_RM_TARGET: f64 = 0.5;
 const CYCLES_TARGET: f64 = 1.5;

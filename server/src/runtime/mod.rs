@@ -12,15 +12,15 @@
 //! - `s/<hash>/` the shim's sockets (0700): short, so socket paths fit whatever the ids;
 //! - `runc/<ns>/` runc's state (the default runtime root).
 
-pub mod cgroups;
+pub mod backend;
+pub mod config;
 mod recovery;
-pub mod restart;
 pub mod shim;
+pub mod types;
 
-use crate::config::{RuntimeConfig, DEFAULT_RUNTIME};
-use crate::error::{Error, Result};
+use crate::blocking::blocking;
 use crate::events::Exchange;
-use crate::snapshots::blocking;
+pub use backend::TaskBackend;
 use berth_api::containerd::events::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIo, TaskOom, TaskPaused,
     TaskResumed, TaskStart,
@@ -28,17 +28,16 @@ use berth_api::containerd::events::{
 use berth_api::containerd::runc::v1::Options as RuncOptions;
 use berth_api::containerd::services::containers::v1::Container;
 use berth_api::containerd::types::Mount;
-use berth_shim::protocol::{
-    CreateRequest, Empty, ExecRequest, ExitReply, PidReply, PidsReply, ProcessState, Request,
-    Timestamp,
-};
+use berth_errdefs::{Error, Result};
+pub use config::{RuntimeConfig, DEFAULT_RUNTIME};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use shim::{ShimSocket, QUICK_CALL, SLOW_CALL};
+use shim::ShimSocket;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+pub use types::{timestamp, Exit, ProcessPid, ProcessState, Status};
 
 /// The longest socket name the shim binds in its socket dir is `console.sock`; sun_path is 108.
 const MAX_SOCKET_DIR_LEN: usize = 107 - "/console.sock".len();
@@ -59,13 +58,13 @@ pub struct TaskRecord {
     pub no_new_keyring: bool,
 }
 
-/// A task berthd knows: where its bundle is and how to reach its shim.
+/// A task berthd knows: where its bundle is and how to reach what runs it.
 #[derive(Debug)]
 pub struct Task {
     pub record: TaskRecord,
     pub bundle: PathBuf,
     socket_dir: PathBuf,
-    pub shim: ShimSocket,
+    pub backend: TaskBackend,
     /// The init process's pid (fixed at create).
     pub pid: u32,
     /// Held by Start until its event is out, and taken by the exit watchers before they publish:
@@ -155,7 +154,7 @@ impl TaskManager {
             )));
         }
         for dir in [manager.tasks_dir(), manager.state_dir.join("s")] {
-            crate::daemon::make_dir(&dir, 0o711)?;
+            crate::fsutil::make_dir(&dir, 0o711)?;
         }
         Ok(manager)
     }
@@ -191,7 +190,7 @@ impl TaskManager {
         let mut tasks = self.lock();
         match tasks.get(&key) {
             Some(Slot::Ready(_)) => Err(Error::exists(format!("task {id} already exists"))),
-            Some(Slot::Busy) => Err(Error::Unavailable(format!(
+            Some(Slot::Busy) => Err(Error::unavailable(format!(
                 "task {id} is being created or cleaned up; retry"
             ))),
             None => {
@@ -207,7 +206,7 @@ impl TaskManager {
     pub fn get(&self, ns: &str, id: &str) -> Result<Arc<Task>> {
         match self.lock().get(&(ns.to_string(), id.to_string())) {
             Some(Slot::Ready(t)) => Ok(t.clone()),
-            Some(Slot::Busy) => Err(Error::Unavailable(format!(
+            Some(Slot::Busy) => Err(Error::unavailable(format!(
                 "task {id} is being created or cleaned up; retry"
             ))),
             None => Err(Error::not_found(format!("no task for container {id}"))),
@@ -344,7 +343,7 @@ impl TaskManager {
             record,
             bundle: bundle.clone(),
             socket_dir,
-            shim,
+            backend: TaskBackend::Shim(shim),
             pid,
             lifecycle: Default::default(),
         });
@@ -402,29 +401,17 @@ impl TaskManager {
             task: record.id.clone(),
             path,
         };
-        let created = shim
-            .call::<PidReply>(
-                &Request::Create(CreateRequest {
-                    stdin: stdio.stdin.clone(),
-                    stdout: stdio.stdout.clone(),
-                    stderr: stdio.stderr.clone(),
-                    terminal: stdio.terminal,
-                }),
-                Some(SLOW_CALL),
-            )
-            .await;
+        let created = shim.create(stdio).await;
         tracing::debug!(
             task = %record.id,
             runc_create_ms = launched.elapsed().as_secs_f64() * 1e3,
             "shim launched, runc create done"
         );
         match created {
-            Ok(r) => Ok((shim, r.pid)),
+            Ok(pid) => Ok((shim, pid)),
             Err(e) => {
                 // Nothing was created: the shim may go.
-                let _ = shim
-                    .call::<Empty>(&Request::Shutdown, Some(QUICK_CALL))
-                    .await;
+                let _ = shim.shutdown().await;
                 Err(e)
             }
         }
@@ -436,28 +423,29 @@ impl TaskManager {
     fn watch_exit(self: &Arc<Self>, task: Arc<Task>, exec_id: String) {
         let manager = self.clone();
         tokio::spawn(async move {
-            let req = Request::Wait {
-                exec_id: exec_id.clone(),
-            };
             let id = if exec_id.is_empty() {
                 task.record.id.clone()
             } else {
                 exec_id.clone()
             };
-            let exit = match task.shim.call::<ExitReply>(&req, None).await {
+            let exit = match task.backend.wait(&exec_id).await {
                 Ok(exit) => exit,
                 Err(_) if exec_id.is_empty() && manager.shim_died(&task).await => {
-                    let record = berth_shim::protocol::ExitRecord::read(&task.bundle, "init");
+                    let record = shim::recorded_exit(&task.bundle, "init");
                     manager.clean_up_dead(
                         task.bundle.clone(),
                         task.socket_dir.clone(),
                         Some(task.record.clone()),
                         "the shim exited unexpectedly".into(),
                     );
-                    ExitReply {
+                    Exit {
                         pid: task.pid,
                         exit_status: record.as_ref().map_or(255, |r| r.exit_status),
-                        exited_at: Some(record.map_or_else(Timestamp::now, |r| r.exited_at)),
+                        exited_at: Some(
+                            record
+                                .and_then(|r| r.exited_at)
+                                .unwrap_or_else(std::time::SystemTime::now),
+                        ),
                     }
                 }
                 // Deleted (Delete publishes its own event), or the daemon is going away.
@@ -487,26 +475,18 @@ impl TaskManager {
             Some(Slot::Ready(t)) => Arc::ptr_eq(t, task),
             _ => false,
         };
-        current
-            && task
-                .shim
-                .call::<berth_shim::protocol::VersionReply>(
-                    &Request::Version,
-                    Some(self.connect_timeout),
-                )
-                .await
-                .is_err()
+        current && !task.backend.answers(self.connect_timeout).await
     }
 
     /// Publish /tasks/oom for every OOM kill in the task's cgroup while it lives.
     fn watch_oom(&self, task: &Arc<Task>) {
-        match cgroups::Cgroup::of_pid(task.pid).and_then(|c| c.oom_monitor()) {
+        match berth_cgroups::Cgroup::of_pid(task.pid).and_then(|c| c.oom_monitor()) {
             Ok(monitor) => self.publish_ooms(task, monitor),
             Err(e) => tracing::debug!(task = %task.record.id, error = %e, "no OOM monitoring"),
         }
     }
 
-    fn publish_ooms(&self, task: &Arc<Task>, mut monitor: cgroups::OomMonitor) {
+    fn publish_ooms(&self, task: &Arc<Task>, mut monitor: berth_cgroups::OomMonitor) {
         let events = self.events.clone();
         let (ns, id) = (task.record.namespace.clone(), task.record.id.clone());
         tokio::spawn(async move {
@@ -525,22 +505,14 @@ impl TaskManager {
     pub async fn start(self: &Arc<Self>, ns: &str, id: &str, exec_id: &str) -> Result<u32> {
         let task = self.get(ns, id)?;
         let _lifecycle = task.lifecycle.lock().await;
-        let r: PidReply = task
-            .shim
-            .call(
-                &Request::Start {
-                    exec_id: exec_id.to_string(),
-                },
-                Some(SLOW_CALL),
-            )
-            .await?;
+        let pid = task.backend.start(exec_id).await?;
         if exec_id.is_empty() {
             self.events.publish(
                 ns,
                 "/tasks/start",
                 &TaskStart {
                     container_id: id.to_string(),
-                    pid: r.pid,
+                    pid,
                 },
             );
         } else {
@@ -550,22 +522,11 @@ impl TaskManager {
                 &TaskExecStarted {
                     container_id: id.to_string(),
                     exec_id: exec_id.to_string(),
-                    pid: r.pid,
+                    pid,
                 },
             );
         }
-        Ok(r.pid)
-    }
-
-    /// One request to the shim of task `id`.
-    async fn ask<T: serde::de::DeserializeOwned>(
-        &self,
-        ns: &str,
-        id: &str,
-        req: &Request,
-        timeout: Option<Duration>,
-    ) -> Result<T> {
-        self.get(ns, id)?.shim.call(req, timeout).await
+        Ok(pid)
     }
 
     /// The state of init (`exec_id` "") or of an exec.
@@ -606,13 +567,7 @@ impl TaskManager {
         signal: u32,
         all: bool,
     ) -> Result<()> {
-        let req = Request::Kill {
-            exec_id: exec_id.to_string(),
-            signal,
-            all,
-        };
-        self.ask::<Empty>(ns, id, &req, Some(SLOW_CALL)).await?;
-        Ok(())
+        self.get(ns, id)?.backend.kill(exec_id, signal, all).await
     }
 
     pub async fn exec(
@@ -624,20 +579,7 @@ impl TaskManager {
         stdio: Stdio,
     ) -> Result<()> {
         let task = self.get(ns, id)?;
-        let _: Empty = task
-            .shim
-            .call(
-                &Request::Exec(ExecRequest {
-                    exec_id: exec_id.to_string(),
-                    spec,
-                    stdin: stdio.stdin,
-                    stdout: stdio.stdout,
-                    stderr: stdio.stderr,
-                    terminal: stdio.terminal,
-                }),
-                Some(QUICK_CALL),
-            )
-            .await?;
+        task.backend.exec(exec_id, spec, stdio).await?;
         self.watch_exit(task, exec_id.to_string());
         self.events.publish(
             ns,
@@ -658,30 +600,16 @@ impl TaskManager {
         width: u32,
         height: u32,
     ) -> Result<()> {
-        let req = Request::ResizePty {
-            exec_id: exec_id.to_string(),
-            width,
-            height,
-        };
-        self.ask::<Empty>(ns, id, &req, Some(QUICK_CALL)).await?;
-        Ok(())
+        let task = self.get(ns, id)?;
+        task.backend.resize_pty(exec_id, width, height).await
     }
 
     pub async fn close_stdin(&self, ns: &str, id: &str, exec_id: &str) -> Result<()> {
-        let req = Request::CloseIo {
-            exec_id: exec_id.to_string(),
-        };
-        self.ask::<Empty>(ns, id, &req, Some(QUICK_CALL)).await?;
-        Ok(())
+        self.get(ns, id)?.backend.close_stdin(exec_id).await
     }
 
     pub async fn pause(&self, ns: &str, id: &str, pause: bool) -> Result<()> {
-        let req = if pause {
-            Request::Pause
-        } else {
-            Request::Resume
-        };
-        self.ask::<Empty>(ns, id, &req, Some(SLOW_CALL)).await?;
+        self.get(ns, id)?.backend.pause(pause).await?;
         let container_id = id.to_string();
         if pause {
             self.events
@@ -693,55 +621,32 @@ impl TaskManager {
         Ok(())
     }
 
-    pub async fn pids(&self, ns: &str, id: &str) -> Result<PidsReply> {
-        self.ask(ns, id, &Request::Pids, Some(SLOW_CALL)).await
+    pub async fn pids(&self, ns: &str, id: &str) -> Result<Vec<ProcessPid>> {
+        self.get(ns, id)?.backend.pids().await
     }
 
     pub async fn update(&self, ns: &str, id: &str, resources: serde_json::Value) -> Result<()> {
-        let req = Request::Update { resources };
-        self.ask::<Empty>(ns, id, &req, Some(SLOW_CALL)).await?;
-        Ok(())
+        self.get(ns, id)?.backend.update(resources).await
     }
 
     /// Block until the process has exited (at once if it has).
-    pub async fn wait(&self, ns: &str, id: &str, exec_id: &str) -> Result<ExitReply> {
-        let req = Request::Wait {
-            exec_id: exec_id.to_string(),
-        };
-        self.ask(ns, id, &req, None).await
+    pub async fn wait(&self, ns: &str, id: &str, exec_id: &str) -> Result<Exit> {
+        self.get(ns, id)?.backend.wait(exec_id).await
     }
 
     /// Delete an exec process that has finished.
-    pub async fn delete_process(&self, ns: &str, id: &str, exec_id: &str) -> Result<ExitReply> {
+    pub async fn delete_process(&self, ns: &str, id: &str, exec_id: &str) -> Result<Exit> {
         let task = self.get(ns, id)?;
-        let exit: ExitReply = task
-            .shim
-            .call(
-                &Request::Delete {
-                    exec_id: exec_id.to_string(),
-                    force: false,
-                },
-                Some(SLOW_CALL),
-            )
-            .await?;
+        let exit = task.backend.delete(exec_id).await?;
         self.publish_delete(ns, id, exec_id, &exit);
         Ok(exit)
     }
 
     /// Delete a stopped (or never started) task: `runc delete`, the shim, the rootfs mount and
     /// the bundle. A running or paused task is refused (kill it first).
-    pub async fn delete(&self, ns: &str, id: &str) -> Result<ExitReply> {
+    pub async fn delete(&self, ns: &str, id: &str) -> Result<Exit> {
         let task = self.get(ns, id)?;
-        let exit: ExitReply = task
-            .shim
-            .call(
-                &Request::Delete {
-                    exec_id: String::new(),
-                    force: false,
-                },
-                Some(SLOW_CALL),
-            )
-            .await?;
+        let exit = task.backend.delete("").await?;
         {
             let mut tasks = self.lock();
             tasks.insert((ns.to_string(), id.to_string()), Slot::Busy);
@@ -750,11 +655,7 @@ impl TaskManager {
             manager: self,
             key: (ns.to_string(), id.to_string()),
         };
-        if let Err(e) = task
-            .shim
-            .call::<Empty>(&Request::Shutdown, Some(QUICK_CALL))
-            .await
-        {
+        if let Err(e) = task.backend.shutdown().await {
             tracing::warn!(task = %id, error = %e, "shim shutdown");
         }
         let cleaned = remove_task_dirs(&task.bundle, &task.socket_dir).await;
@@ -764,7 +665,7 @@ impl TaskManager {
         Ok(exit)
     }
 
-    fn publish_delete(&self, ns: &str, id: &str, exec_id: &str, exit: &ExitReply) {
+    fn publish_delete(&self, ns: &str, id: &str, exec_id: &str, exit: &Exit) {
         self.events.publish(
             ns,
             "/tasks/delete",
@@ -781,21 +682,7 @@ impl TaskManager {
 
 impl Task {
     pub async fn state(&self, exec_id: &str) -> Result<ProcessState> {
-        self.shim
-            .call(
-                &Request::State {
-                    exec_id: exec_id.to_string(),
-                },
-                Some(QUICK_CALL),
-            )
-            .await
-    }
-}
-
-pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.seconds,
-        nanos: t.nanos as i32,
+        self.backend.state(exec_id).await
     }
 }
 
@@ -809,7 +696,7 @@ fn prepare_bundle(
 ) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if let Some(ns_dir) = bundle.parent() {
-        crate::daemon::make_dir(ns_dir, 0o711)?;
+        crate::fsutil::make_dir(ns_dir, 0o711)?;
     }
     let mkdir = |dir: &Path| {
         std::fs::DirBuilder::new()
@@ -832,7 +719,7 @@ fn prepare_bundle(
             .map_err(|e| Error::io(format!("chown {} to gid {gid}", bundle.display()), e))?;
     }
     let record_json = serde_json::to_vec(record)
-        .map_err(|e| Error::Internal(format!("encoding task record: {e}")))?;
+        .map_err(|e| Error::internal(format!("encoding task record: {e}")))?;
     write("task.json", &record_json)?;
     write("config.json", spec)?;
     if !rootfs.is_empty() {

@@ -5,17 +5,17 @@
 //! shim's task (shim killed, or a stale state dir) is cleaned up in the background: `runc delete
 //! --force`, unmount, remove — its slot stays Busy until then, so no new task races the cleanup.
 
-use super::shim::{ShimSocket, QUICK_CALL};
-use super::{cgroups, remove_task_dirs, Slot, Task, TaskManager, TaskRecord};
-use crate::error::{Error, Result};
-use berth_shim::protocol::{Empty, ExitRecord, ListReply, Request, Status};
+use super::shim::ShimSocket;
+use super::types::{ProcessState, Status};
+use super::{remove_task_dirs, Slot, Task, TaskManager, TaskRecord};
+use berth_errdefs::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// What probing one bundle found.
 enum Found {
-    Live(Arc<Task>, Vec<berth_shim::protocol::ProcessState>),
+    Live(Arc<Task>, Vec<ProcessState>),
     /// The shim process lives but did not answer in time (busy in a long runc call, or
     /// stopped): never kill its container for that; keep asking in the background.
     Slow {
@@ -100,7 +100,7 @@ impl TaskManager {
             why,
         };
         let file = bundle.join("task.json");
-        let read = crate::snapshots::blocking(move || {
+        let read = crate::blocking::blocking(move || {
             Ok(std::fs::read(&file)
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())))
@@ -115,22 +115,16 @@ impl TaskManager {
             path: socket_dir.join("shim.sock"),
         };
         // One round trip: a shim that lists its processes is alive.
-        let listed = tokio::time::timeout(
-            self.connect_timeout,
-            shim.call::<ListReply>(&Request::List, None),
-        )
-        .await;
+        let listed = tokio::time::timeout(self.connect_timeout, shim.list()).await;
         let processes = match listed {
-            Ok(Ok(l)) => l.processes,
+            Ok(Ok(processes)) => processes,
             Err(_) if shim_process_alive(&bundle) => return Found::Slow { ns, id, bundle },
             Err(_) => return dead(Some(record), "shim not answering and not running".into()),
             Ok(Err(e)) => return dead(Some(record), format!("shim not answering: {e}")),
         };
         // Init deleted but the shim still up: the daemon died in the middle of a Delete.
         let Some(init) = processes.iter().find(|p| p.id == id) else {
-            let _ = shim
-                .call::<Empty>(&Request::Shutdown, Some(QUICK_CALL))
-                .await;
+            let _ = shim.shutdown().await;
             return dead(Some(record), "init process already deleted".into());
         };
         let task = Arc::new(Task {
@@ -138,7 +132,7 @@ impl TaskManager {
             record,
             bundle,
             socket_dir,
-            shim,
+            backend: super::TaskBackend::Shim(shim),
             lifecycle: Default::default(),
         });
         Found::Live(task, processes)
@@ -146,11 +140,7 @@ impl TaskManager {
 
     /// Back in the table, with a `wait` per process so exits — including those that happened
     /// while berthd was down — are published.
-    fn adopt(
-        self: &Arc<Self>,
-        task: Arc<Task>,
-        processes: Vec<berth_shim::protocol::ProcessState>,
-    ) {
+    fn adopt(self: &Arc<Self>, task: Arc<Task>, processes: Vec<ProcessState>) {
         let key = (task.record.namespace.clone(), task.record.id.clone());
         tracing::info!(namespace = %key.0, task = %key.1, processes = processes.len(), "recovered task");
         for p in &processes {
@@ -172,7 +162,8 @@ impl TaskManager {
         let (manager, task) = (self.clone(), task.clone());
         tokio::spawn(async move {
             let pid = task.pid;
-            let cgroup = crate::snapshots::blocking(move || Ok(cgroups::Cgroup::of_pid(pid))).await;
+            let cgroup =
+                crate::blocking::blocking(move || Ok(berth_cgroups::Cgroup::of_pid(pid))).await;
             match cgroup.map(|c| c.and_then(|c| c.oom_monitor())) {
                 Ok(Ok(monitor)) => manager.publish_ooms(&task, monitor),
                 Ok(Err(e)) => {
@@ -200,7 +191,7 @@ impl TaskManager {
             ),
             _ => return,
         };
-        let exit = ExitRecord::read(&bundle, "init");
+        let exit = super::shim::recorded_exit(&bundle, "init");
         tracing::warn!(
             namespace = %ns, task = %id, reason = %why,
             exit_status = exit.as_ref().map(|e| e.exit_status),

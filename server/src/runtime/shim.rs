@@ -3,7 +3,7 @@
 //! shim that restarts its listener, or a daemon that restarts, needs no reconnect logic, and a
 //! long `wait` never holds up other calls.
 
-use crate::error::{Error, Result};
+use berth_errdefs::{Error, Result};
 use berth_shim::protocol::{encode_request, ErrorKind, Request, Response};
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
@@ -34,7 +34,7 @@ impl ShimSocket {
         let exchange = self.exchange(req);
         let resp = match timeout {
             Some(t) => tokio::time::timeout(t, exchange).await.map_err(|_| {
-                Error::DeadlineExceeded(format!(
+                Error::deadline_exceeded(format!(
                     "task {}: the shim did not answer {} within {t:?}",
                     self.task,
                     req.op()
@@ -45,13 +45,13 @@ impl ShimSocket {
         match (resp.result, resp.error) {
             (_, Some(e)) => Err(self.shim_error(e.kind, e.message)),
             (Some(v), None) => serde_json::from_value(v).map_err(|e| {
-                Error::Internal(format!(
+                Error::internal(format!(
                     "task {}: undecodable {} reply from the shim: {e}",
                     self.task,
                     req.op()
                 ))
             }),
-            (None, None) => Err(Error::Internal(format!(
+            (None, None) => Err(Error::internal(format!(
                 "task {}: empty {} reply from the shim",
                 self.task,
                 req.op()
@@ -61,7 +61,7 @@ impl ShimSocket {
 
     async fn exchange(&self, req: &Request) -> Result<Response> {
         let gone = |e: std::io::Error| {
-            Error::Unavailable(format!(
+            Error::unavailable(format!(
                 "task {}: cannot reach its shim at {}: {e}",
                 self.task,
                 self.path.display()
@@ -75,14 +75,14 @@ impl ShimSocket {
             .await
             .map_err(gone)?;
         if n == 0 {
-            return Err(Error::Unavailable(format!(
+            return Err(Error::unavailable(format!(
                 "task {}: the shim closed the connection during {}",
                 self.task,
                 req.op()
             )));
         }
         serde_json::from_str(&line).map_err(|e| {
-            Error::Internal(format!(
+            Error::internal(format!(
                 "task {}: undecodable reply from the shim: {e}",
                 self.task
             ))
@@ -92,16 +92,7 @@ impl ShimSocket {
     /// The shim names its error kinds after gRPC codes; keep them.
     fn shim_error(&self, kind: ErrorKind, message: String) -> Error {
         let msg = format!("task {}: {message}", self.task);
-        match kind {
-            ErrorKind::InvalidArgument => Error::InvalidArgument(msg),
-            ErrorKind::NotFound => Error::NotFound(msg),
-            ErrorKind::AlreadyExists => Error::AlreadyExists(msg),
-            ErrorKind::FailedPrecondition => Error::FailedPrecondition(msg),
-            ErrorKind::Unimplemented => Error::Unimplemented(msg),
-            ErrorKind::Unavailable => Error::Unavailable(msg),
-            ErrorKind::DeadlineExceeded => Error::DeadlineExceeded(msg),
-            ErrorKind::Internal => Error::Internal(msg),
-        }
+        Error::new(kind.into(), msg)
     }
 }
 
@@ -160,7 +151,7 @@ pub async fn launch(l: &Launch<'_>) -> Result<PathBuf> {
         }
     }
     let child = cmd.spawn().map_err(|e| {
-        Error::Internal(format!(
+        Error::internal(format!(
             "cannot run the shim {}: {e} (berth-shim belongs beside berthd, or set [tasks] shim)",
             l.shim.display()
         ))
@@ -170,7 +161,7 @@ pub async fn launch(l: &Launch<'_>) -> Result<PathBuf> {
     // caller's reservation of the task then ends with the error.
     let out = match tokio::time::timeout(l.timeout, child.wait_with_output()).await {
         Ok(out) => out.map_err(|e| {
-            Error::Internal(format!("waiting for the shim {}: {e}", l.shim.display()))
+            Error::internal(format!("waiting for the shim {}: {e}", l.shim.display()))
         })?,
         Err(_) => {
             if let Some(pgid) = group {
@@ -179,7 +170,7 @@ pub async fn launch(l: &Launch<'_>) -> Result<PathBuf> {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
-            return Err(Error::DeadlineExceeded(format!(
+            return Err(Error::deadline_exceeded(format!(
                 "starting the shim for task {}: {} start did not finish within {:?}; it was killed",
                 l.id,
                 l.shim.display(),
@@ -188,7 +179,7 @@ pub async fn launch(l: &Launch<'_>) -> Result<PathBuf> {
         }
     };
     if !out.status.success() {
-        return Err(Error::Internal(format!(
+        return Err(Error::internal(format!(
             "starting the shim for task {}: {} ({})",
             l.id,
             String::from_utf8_lossy(&out.stderr).trim(),
@@ -197,4 +188,205 @@ pub async fn launch(l: &Launch<'_>) -> Result<PathBuf> {
     }
     let printed = String::from_utf8_lossy(&out.stdout);
     Ok(PathBuf::from(printed.trim()))
+}
+
+// The berth-shim backend's side of the runtime seam: every per-task operation as one protocol
+// request, its reply converted into the runtime's own types (`types.rs`). Nothing outside the
+// runtime sees `berth_shim::protocol`.
+
+use super::types::{Exit, ProcessPid, ProcessState, Status};
+use super::Stdio;
+use berth_shim::protocol::{self as wire, Empty, ExecRequest};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub(super) fn system_time(t: wire::Timestamp) -> SystemTime {
+    u64::try_from(t.seconds).map_or(UNIX_EPOCH, |s| {
+        UNIX_EPOCH + Duration::new(s, t.nanos.min(999_999_999))
+    })
+}
+
+impl From<wire::Status> for Status {
+    fn from(s: wire::Status) -> Self {
+        match s {
+            wire::Status::Created => Status::Created,
+            wire::Status::Running => Status::Running,
+            wire::Status::Paused => Status::Paused,
+            wire::Status::Stopped => Status::Stopped,
+        }
+    }
+}
+
+impl From<wire::ProcessState> for ProcessState {
+    fn from(p: wire::ProcessState) -> Self {
+        ProcessState {
+            id: p.id,
+            pid: p.pid,
+            status: p.status.into(),
+            exit_status: p.exit_status,
+            exited_at: p.exited_at.map(system_time),
+            stdin: p.stdin,
+            stdout: p.stdout,
+            stderr: p.stderr,
+            terminal: p.terminal,
+        }
+    }
+}
+
+impl From<wire::ExitReply> for Exit {
+    fn from(e: wire::ExitReply) -> Self {
+        Exit {
+            pid: e.pid,
+            exit_status: e.exit_status,
+            exited_at: e.exited_at.map(system_time),
+        }
+    }
+}
+
+impl ShimSocket {
+    pub async fn start(&self, exec_id: &str) -> Result<u32> {
+        let req = Request::Start {
+            exec_id: exec_id.to_string(),
+        };
+        let r: wire::PidReply = self.call(&req, Some(SLOW_CALL)).await?;
+        Ok(r.pid)
+    }
+
+    pub async fn state(&self, exec_id: &str) -> Result<ProcessState> {
+        let req = Request::State {
+            exec_id: exec_id.to_string(),
+        };
+        let s: wire::ProcessState = self.call(&req, Some(QUICK_CALL)).await?;
+        Ok(s.into())
+    }
+
+    pub async fn kill(&self, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let req = Request::Kill {
+            exec_id: exec_id.to_string(),
+            signal,
+            all,
+        };
+        self.call::<Empty>(&req, Some(SLOW_CALL)).await?;
+        Ok(())
+    }
+
+    pub async fn exec(&self, exec_id: &str, spec: serde_json::Value, stdio: Stdio) -> Result<()> {
+        let req = Request::Exec(ExecRequest {
+            exec_id: exec_id.to_string(),
+            spec,
+            stdin: stdio.stdin,
+            stdout: stdio.stdout,
+            stderr: stdio.stderr,
+            terminal: stdio.terminal,
+        });
+        self.call::<Empty>(&req, Some(QUICK_CALL)).await?;
+        Ok(())
+    }
+
+    pub async fn resize_pty(&self, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let req = Request::ResizePty {
+            exec_id: exec_id.to_string(),
+            width,
+            height,
+        };
+        self.call::<Empty>(&req, Some(QUICK_CALL)).await?;
+        Ok(())
+    }
+
+    pub async fn close_stdin(&self, exec_id: &str) -> Result<()> {
+        let req = Request::CloseIo {
+            exec_id: exec_id.to_string(),
+        };
+        self.call::<Empty>(&req, Some(QUICK_CALL)).await?;
+        Ok(())
+    }
+
+    pub async fn pause(&self, pause: bool) -> Result<()> {
+        let req = if pause {
+            Request::Pause
+        } else {
+            Request::Resume
+        };
+        self.call::<Empty>(&req, Some(SLOW_CALL)).await?;
+        Ok(())
+    }
+
+    pub async fn pids(&self) -> Result<Vec<ProcessPid>> {
+        let r: wire::PidsReply = self.call(&Request::Pids, Some(SLOW_CALL)).await?;
+        Ok(r.processes
+            .into_iter()
+            .map(|p| ProcessPid {
+                pid: p.pid,
+                exec_id: p.exec_id,
+            })
+            .collect())
+    }
+
+    pub async fn update(&self, resources: serde_json::Value) -> Result<()> {
+        self.call::<Empty>(&Request::Update { resources }, Some(SLOW_CALL))
+            .await?;
+        Ok(())
+    }
+
+    /// Block until the process has exited (at once if it has).
+    pub async fn wait(&self, exec_id: &str) -> Result<Exit> {
+        let req = Request::Wait {
+            exec_id: exec_id.to_string(),
+        };
+        let e: wire::ExitReply = self.call(&req, None).await?;
+        Ok(e.into())
+    }
+
+    pub async fn delete(&self, exec_id: &str) -> Result<Exit> {
+        let req = Request::Delete {
+            exec_id: exec_id.to_string(),
+            force: false,
+        };
+        let e: wire::ExitReply = self.call(&req, Some(SLOW_CALL)).await?;
+        Ok(e.into())
+    }
+
+    pub async fn shutdown(&self) -> Result<()> {
+        self.call::<Empty>(&Request::Shutdown, Some(QUICK_CALL))
+            .await?;
+        Ok(())
+    }
+
+    /// Whether the shim answers within `timeout`.
+    pub async fn answers(&self, timeout: Duration) -> bool {
+        self.call::<wire::VersionReply>(&Request::Version, Some(timeout))
+            .await
+            .is_ok()
+    }
+}
+
+impl ShimSocket {
+    /// `runc create` the task's init through a freshly launched shim; its pid.
+    pub async fn create(&self, stdio: &Stdio) -> Result<u32> {
+        let req = Request::Create(wire::CreateRequest {
+            stdin: stdio.stdin.clone(),
+            stdout: stdio.stdout.clone(),
+            stderr: stdio.stderr.clone(),
+            terminal: stdio.terminal,
+        });
+        let r: wire::PidReply = self.call(&req, Some(SLOW_CALL)).await?;
+        Ok(r.pid)
+    }
+}
+
+/// The exit the shim recorded in the bundle for `process` ("init" or an exec id), for a daemon
+/// that finds the shim gone.
+pub(super) fn recorded_exit(bundle: &Path, process: &str) -> Option<Exit> {
+    wire::ExitRecord::read(bundle, process).map(|r| Exit {
+        pid: r.pid,
+        exit_status: r.exit_status,
+        exited_at: Some(system_time(r.exited_at)),
+    })
+}
+
+impl ShimSocket {
+    /// Every process the shim knows, without a bound (the caller bounds the probe).
+    pub async fn list(&self) -> Result<Vec<ProcessState>> {
+        let l: wire::ListReply = self.call(&Request::List, None).await?;
+        Ok(l.processes.into_iter().map(ProcessState::from).collect())
+    }
 }

@@ -1,8 +1,8 @@
 use super::{mask_paths, namespace, reply, RpcResult, State};
-use crate::error::Error;
-use crate::filters::Filter;
 use berth_api::containerd::events::{container_create, ContainerCreate, ContainerDelete};
 use berth_api::containerd::services::containers::v1::{containers_server::Containers, *};
+use berth_errdefs::Error;
+use berth_metadata::filters::Filter;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;
@@ -53,7 +53,7 @@ impl Containers for ContainersService {
             loop {
                 let (state, ns, filter, from) =
                     (state.clone(), ns.clone(), filter.clone(), after.clone());
-                let page = crate::snapshots::blocking(move || {
+                let page = crate::blocking::blocking(move || {
                     state
                         .meta
                         .list_containers_page(&ns, &filter, from.as_deref(), LIST_PAGE)

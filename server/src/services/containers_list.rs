@@ -6,11 +6,11 @@
 //! and answers that one method; every other method goes to the generated server.
 
 use super::{namespace, State};
-use crate::error::Result;
-use crate::filters::Filter;
 use berth_api::containerd::services::containers::v1::{
     ListContainersRequest, ListContainersResponse,
 };
+use berth_errdefs::Result;
+use berth_metadata::filters::Filter;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -80,7 +80,7 @@ impl tonic::server::UnaryService<ListContainersRequest> for RawList {
             let ns = namespace(&req)?;
             let filter = Filter::parse_all(&req.get_ref().filters)?;
             let body =
-                crate::snapshots::blocking(move || list_response(&state, &ns, &filter)).await?;
+                crate::blocking::blocking(move || list_response(&state, &ns, &filter)).await?;
             Ok(tonic::Response::new(body))
         })
     }

@@ -2,12 +2,13 @@
 //! (STAT / WRITE / COMMIT, one response per request, resumable by ref).
 
 use super::{lease, mask_paths, namespace, reply, RpcResult, State};
-use crate::content::{Digest, IngestStatus, Writer};
-use crate::error::{Error, Result};
-use crate::filters::{Adaptor, Filter};
-use crate::snapshots::blocking;
+use crate::blocking::blocking;
 use berth_api::containerd::events::{ContentCreate, ContentDelete};
 use berth_api::containerd::services::content::v1::{content_server::Content, *};
+use berth_content::{IngestStatus, Writer};
+use berth_errdefs::{Error, Result};
+use berth_metadata::filters::{Adaptor, Filter};
+use berth_oci::Digest;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -84,7 +85,8 @@ impl Content for ContentService {
         if last_reference {
             let (content, d) = (self.0.content.clone(), digest.clone());
             match blocking(move || content.delete_blob(&d)).await {
-                Ok(()) | Err(Error::NotFound(_)) => {}
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
                 // The record is gone; a leftover file is harmless and GC reclaims it.
                 Err(e) => tracing::warn!(%digest, error = %e, "could not remove blob"),
             }
@@ -110,7 +112,7 @@ impl Content for ContentService {
         let digest = Digest::parse(&req.digest)?;
         let info = self.0.meta.content_info(&ns, &digest)?;
         if req.offset < 0 || req.offset > info.size {
-            return Err(Error::OutOfRange(format!(
+            return Err(Error::out_of_range(format!(
                 "read offset {} is outside content {digest} of size {}",
                 req.offset, info.size
             ))
@@ -374,7 +376,7 @@ impl WriteSession {
                 media_type: String::new(),
             },
         );
-        let now = crate::metadata::now();
+        let now = berth_metadata::now();
         Ok(WriteContentResponse {
             action: WriteAction::Commit as i32,
             started_at: Some(now),
@@ -389,7 +391,7 @@ impl WriteSession {
         self.tx
             .send(Ok(resp))
             .await
-            .map_err(|_| Error::Canceled("client closed the write stream".into()).into())
+            .map_err(|_| Error::canceled("client closed the write stream").into())
     }
 }
 
@@ -404,7 +406,7 @@ fn parse_expected(s: &str) -> Result<Option<Digest>> {
 fn response(action: WriteAction, sink: &Sink) -> WriteContentResponse {
     match sink {
         Sink::Shared { digest, size } => {
-            let now = crate::metadata::now();
+            let now = berth_metadata::now();
             WriteContentResponse {
                 action: action as i32,
                 started_at: Some(now),

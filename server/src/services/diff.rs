@@ -7,15 +7,17 @@
 //! snapshotters. Anything else is mounted on a temporary directory and applied through the mount.
 
 use super::{namespace, reply, RpcResult, State};
-use crate::content::{Digest, Writer};
-use crate::diff::{
-    apply_layer_with_parents, compute_layer, compute_layer_with_epoch, Applied, Limits, Whiteouts,
-};
-use crate::error::{Error, Result};
-use crate::snapshots::{blocking, from_api_mounts};
+use crate::blocking::blocking;
+use crate::snapshots::from_api_mounts;
 use berth_api::containerd::events::ContentCreate;
 use berth_api::containerd::services::diff::v1::{diff_server::Diff, *};
 use berth_api::containerd::types::Descriptor;
+use berth_content::Writer;
+use berth_errdefs::{Error, Result};
+use berth_layer::{
+    apply_layer_with_parents, compute_layer, compute_layer_with_epoch, Applied, Limits, Whiteouts,
+};
+use berth_oci::Digest;
 use berth_snapshotter::Mount;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -103,7 +105,7 @@ impl DiffService {
 
 /// ApplyRequest.sync_fs: flush the filesystem holding `dir` (syncfs(2), as containerd does), so
 /// the applied files are on disk before the reply, not only at the snapshot's commit.
-fn sync_filesystem(dir: &Path) -> crate::error::Result<()> {
+fn sync_filesystem(dir: &Path) -> Result<()> {
     let d =
         std::fs::File::open(dir).map_err(|e| Error::io(format!("open {}", dir.display()), e))?;
     rustix::fs::syncfs(&d).map_err(|e| Error::io(format!("syncfs {}", dir.display()), e.into()))
@@ -198,7 +200,7 @@ impl Diff for DiffService {
             "" | "application/vnd.oci.image.layer.v1.tar+gzip" => true,
             "application/vnd.oci.image.layer.v1.tar" => false,
             other => {
-                return Err(Error::Unimplemented(format!(
+                return Err(Error::unimplemented(format!(
                     "unsupported diff media type {other:?} (berthd writes tar and tar+gzip layers)"
                 ))
                 .into())
@@ -209,7 +211,7 @@ impl Diff for DiffService {
         } else {
             "application/vnd.oci.image.layer.v1.tar"
         };
-        crate::validate::labels(&req.labels)?;
+        berth_metadata::validate::labels(&req.labels)?;
         let r#ref = if req.r#ref.is_empty() {
             format!("diff-{}", uuid::Uuid::new_v4())
         } else {
@@ -255,7 +257,7 @@ impl Diff for DiffService {
                     media_type: media_type.into(),
                 },
             ),
-            Err(Error::AlreadyExists(_)) => {}
+            Err(e) if e.is_already_exists() => {}
             Err(e) => return Err(e.into()),
         }
         reply(DiffResponse {

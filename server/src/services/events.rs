@@ -1,10 +1,10 @@
 use super::{namespace, reply, RpcResult, State};
-use crate::error::Error;
 use crate::events::{matches, validate_topic, Subscription};
-use crate::filters::Filter;
-use crate::metadata::now;
 use berth_api::containerd::services::events::v1::{events_server::Events, *};
 use berth_api::containerd::types::Envelope;
+use berth_errdefs::Error;
+use berth_metadata::filters::Filter;
+use berth_metadata::now;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;
@@ -40,7 +40,7 @@ impl Events for EventsService {
             .envelope
             .ok_or_else(|| Error::invalid("envelope must be set"))?;
         validate_topic(&envelope.topic)?;
-        crate::validate::identifier("envelope namespace", &envelope.namespace)?;
+        berth_metadata::validate::identifier("envelope namespace", &envelope.namespace)?;
         if envelope.event.is_none() {
             return Err(Error::invalid("envelope event must be set").into());
         }

@@ -1,7 +1,7 @@
 use super::{mask_paths, namespace, reply, RpcResult, State};
-use crate::error::Error;
-use crate::filters::Filter;
 use berth_api::containerd::services::images::v1::{images_server::Images, *};
+use berth_errdefs::Error;
+use berth_metadata::filters::Filter;
 use std::sync::Arc;
 use tonic::Request;
 

@@ -1,10 +1,10 @@
 use super::{reply, RpcResult, State};
 use crate::config::{RuntimeConfig, DEFAULT_RUNTIME};
-use crate::error::Error;
-use crate::filters::{Adaptor, Filter};
 use berth_api::containerd::runc::v1::Options as RuncOptions;
 use berth_api::containerd::services::introspection::v1::{introspection_server::Introspection, *};
 use berth_api::containerd::types::{Platform, RuntimeInfo, RuntimeRequest, RuntimeVersion};
+use berth_errdefs::Error;
+use berth_metadata::filters::{Adaptor, Filter};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tonic::Request;
@@ -231,7 +231,7 @@ impl Introspection for IntrospectionService {
             });
         };
         if (plugin.r#type.as_str(), plugin.id.as_str()) != RUNTIME_PLUGIN {
-            return Err(Error::Unimplemented(format!(
+            return Err(Error::unimplemented(format!(
                 "plugin {}.{} does not provide extra information (berthd answers it for {}.{})",
                 req.r#type, req.id, RUNTIME_PLUGIN.0, RUNTIME_PLUGIN.1
             ))

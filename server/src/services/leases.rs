@@ -1,7 +1,7 @@
 use super::{namespace, reply, RpcResult, State};
-use crate::error::Error;
-use crate::filters::Filter;
 use berth_api::containerd::services::leases::v1::{leases_server::Leases, *};
+use berth_errdefs::Error;
+use berth_metadata::filters::Filter;
 use std::sync::Arc;
 use tonic::Request;
 

@@ -15,16 +15,15 @@ pub mod snapshots;
 pub mod tasks;
 pub mod version;
 
-use crate::content::ContentStore;
-use crate::error::{Error, Result};
 use crate::events::Exchange;
-use crate::metadata::Metadata;
 use crate::snapshots::Snapshotters;
+use berth_content::ContentStore;
+use berth_errdefs::{Error, Result};
+use berth_metadata::Metadata;
 use std::sync::Arc;
 use tonic::Request;
 
-pub const NAMESPACE_HEADER: &str = "containerd-namespace";
-pub const LEASE_HEADER: &str = "containerd-lease";
+use berth_api::{LEASE_HEADER, NAMESPACE_HEADER};
 
 /// What every service shares.
 pub struct State {
@@ -32,7 +31,7 @@ pub struct State {
     pub content: Arc<ContentStore>,
     pub events: Exchange,
     pub snapshotters: Snapshotters,
-    pub gc: Arc<crate::gc::Collector>,
+    pub gc: Arc<crate::controllers::gc::Collector>,
 }
 
 /// The namespace a call acts in, from the `containerd-namespace` header; required like in containerd.
@@ -49,7 +48,7 @@ pub fn namespace<T>(req: &Request<T>) -> Result<String> {
             "namespace is required: set the containerd-namespace gRPC metadata header (ctr -n NAME)",
         ));
     }
-    crate::validate::identifier("namespace", ns)?;
+    berth_metadata::validate::identifier("namespace", ns)?;
     Ok(ns.to_string())
 }
 

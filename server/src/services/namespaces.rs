@@ -1,9 +1,10 @@
 use super::{mask_paths, namespace, reply, RpcResult, State};
-use crate::error::{Error, Result};
-use crate::metadata::Metadata;
+use crate::blocking::blocking;
 use crate::snapshots::Snapshotters;
 use berth_api::containerd::events::{NamespaceCreate, NamespaceDelete, NamespaceUpdate};
 use berth_api::containerd::services::namespaces::v1::{namespaces_server::Namespaces, *};
+use berth_errdefs::{Error, Result};
+use berth_metadata::Metadata;
 use std::sync::Arc;
 use tonic::Request;
 
@@ -76,7 +77,7 @@ impl Namespaces for NamespacesService {
 
     async fn delete(&self, req: Request<DeleteNamespaceRequest>) -> RpcResult<()> {
         let name = req.into_inner().name;
-        crate::validate::identifier("namespace", &name)?;
+        berth_metadata::validate::identifier("namespace", &name)?;
         delete_if_empty(&self.0.meta, &self.0.snapshotters, &name).await?;
         self.0.events.publish(
             &name,
@@ -93,7 +94,7 @@ impl Namespaces for NamespacesService {
 async fn delete_if_empty(meta: &Metadata, snapshotters: &Snapshotters, name: &str) -> Result<()> {
     let _deleting = snapshotters.namespace_guard(name).write_owned().await;
     let (all, ns) = (snapshotters.clone(), name.to_string());
-    if crate::snapshots::blocking(move || all.namespace_in_use(&ns)).await? {
+    if blocking(move || all.namespace_in_use(&ns)).await? {
         return Err(Error::precondition(format!(
             "namespace {name:?} must be empty, but it still has snapshots"
         )));
@@ -138,7 +139,7 @@ mod tests {
         // ...and then sees the snapshot: refused, and nothing is orphaned.
         let refused = deletion.await.expect("join");
         assert!(
-            matches!(refused, Err(Error::FailedPrecondition(_))),
+            matches!(&refused, Err(e) if e.kind() == berth_errdefs::Kind::FailedPrecondition),
             "{refused:?}"
         );
         let exists = |meta: &Metadata| {

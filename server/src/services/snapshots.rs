@@ -2,13 +2,14 @@
 //! caller's namespace. Snapshotter calls touch the filesystem, so they run on blocking threads.
 
 use super::{lease, mask_paths, namespace, reply, RpcResult, State};
-use crate::error::{Error, Result};
-use crate::filters::{label_field, Adaptor, Filter};
-use crate::metadata::Pending;
-use crate::snapshots::{blocking, to_api_mounts, Scoped};
+use crate::blocking::blocking;
+use crate::snapshots::{to_api_mounts, Scoped};
 use berth_api::containerd::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
 use berth_api::containerd::services::leases::v1::Resource;
 use berth_api::containerd::services::snapshots::v1::{snapshots_server::Snapshots, *};
+use berth_errdefs::{Error, Result};
+use berth_metadata::filters::{label_field, Adaptor, Filter};
+use berth_metadata::Pending;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;
@@ -78,7 +79,7 @@ impl Snapshots for SnapshotsService {
         let (ns, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
         let lease_id = lease(&req)?;
         let r = req.into_inner();
-        crate::validate::labels(&r.labels)?;
+        berth_metadata::validate::labels(&r.labels)?;
         let (key, parent) = (r.key.clone(), r.parent.clone());
         // Held until the snapshot exists: a namespace deletion cannot check for snapshots in between.
         let _creating = self.0.snapshotters.namespace_guard(&ns).read_owned().await;
@@ -107,7 +108,7 @@ impl Snapshots for SnapshotsService {
         let (ns, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
         let lease_id = lease(&req)?;
         let r = req.into_inner();
-        crate::validate::labels(&r.labels)?;
+        berth_metadata::validate::labels(&r.labels)?;
         let key = r.key.clone();
         // Held until the snapshot exists: a namespace deletion cannot check for snapshots in between.
         let _creating = self.0.snapshotters.namespace_guard(&ns).read_owned().await;
@@ -136,7 +137,7 @@ impl Snapshots for SnapshotsService {
         let (ns, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
         let lease_id = lease(&req)?;
         let r = req.into_inner();
-        crate::validate::labels(&r.labels)?;
+        berth_metadata::validate::labels(&r.labels)?;
         let (key, name) = (r.key.clone(), r.name.clone());
         let snapshotter = r.snapshotter.clone();
         self.under_lease(&ns, lease_id, &snapshotter, &name, move || {
@@ -148,7 +149,7 @@ impl Snapshots for SnapshotsService {
             if !r.parent.is_empty() {
                 let active = s.stat(&r.key)?;
                 if active.parent.is_empty() {
-                    return Err(Error::Unimplemented(format!(
+                    return Err(Error::unimplemented(format!(
                         "commit {:?} onto parent {:?}: rebasing a snapshot on commit is not \
                          supported by berth's snapshotters (no \"rebase\" capability)",
                         r.key, r.parent
@@ -205,7 +206,7 @@ impl Snapshots for SnapshotsService {
         let (_, s) = self.scoped(&req, &req.get_ref().snapshotter)?;
         let r = req.into_inner();
         let info = r.info.ok_or_else(|| Error::invalid("info must be set"))?;
-        crate::validate::labels(&info.labels)?;
+        berth_metadata::validate::labels(&info.labels)?;
         let paths = mask_paths(r.update_mask);
         let updated = blocking(move || {
             // Only labels may change; the rest of the info is taken from the snapshot itself.

@@ -1,15 +1,16 @@
 //! containerd.services.tasks.v1.Tasks over `runtime::TaskManager` (one berth-shim per task).
 
 use super::{namespace, reply, RpcResult, State};
-use crate::error::{Error, Result};
-use crate::filters::{Adaptor, Filter};
-use crate::runtime::{cgroups::Cgroup, timestamp, CreateTask, Stdio, Task, TaskManager};
-use crate::validate;
+use crate::runtime::{timestamp, CreateTask, Stdio, Task, TaskManager};
+use crate::runtime::{ProcessState, Status};
 use berth_api::containerd::runc::v1::ProcessDetails;
 use berth_api::containerd::services::tasks::v1::{tasks_server::Tasks, *};
 use berth_api::containerd::types::Metric;
 use berth_api::containerd::v1::types::{Process, ProcessInfo, Status as ApiStatus};
-use berth_shim::protocol::{ProcessState, Status};
+use berth_cgroups::Cgroup;
+use berth_errdefs::{Error, Result};
+use berth_metadata::filters::{Adaptor, Filter};
+use berth_metadata::validate;
 use std::sync::{Arc, OnceLock};
 
 pub struct TasksService {
@@ -96,11 +97,11 @@ async fn checkpoint_unavailable() -> Error {
     static WHY: OnceLock<String> = OnceLock::new();
     let why = match WHY.get() {
         Some(why) => why.clone(),
-        None => crate::snapshots::blocking(|| Ok(WHY.get_or_init(criu_check).clone()))
+        None => crate::blocking::blocking(|| Ok(WHY.get_or_init(criu_check).clone()))
             .await
             .unwrap_or_else(|e| e.to_string()),
     };
-    Error::Unimplemented(format!("checkpoint/restore needs CRIU: {why}"))
+    Error::unimplemented(format!("checkpoint/restore needs CRIU: {why}"))
 }
 
 fn criu_check() -> String {
@@ -138,7 +139,7 @@ impl Tasks for TasksService {
             .into());
         }
         if !r.task_api_address.is_empty() {
-            return Err(Error::Unimplemented(format!(
+            return Err(Error::unimplemented(format!(
                 "task_api_address {:?}: starting a task in a sandbox's own shim comes with the \
                  sandbox work; berthd starts one berth-shim per task",
                 r.task_api_address
@@ -327,7 +328,6 @@ impl Tasks for TasksService {
         let id = container_id(&req.get_ref().container_id)?;
         let pids = self.tasks.pids(&ns, id).await?;
         let processes = pids
-            .processes
             .into_iter()
             .map(|p| ProcessInfo {
                 pid: p.pid,
@@ -368,7 +368,7 @@ impl Tasks for TasksService {
                 continue;
             }
             let pid = state.pid;
-            let read = crate::snapshots::blocking(move || {
+            let read = crate::blocking::blocking(move || {
                 Cgroup::of_pid(pid)
                     .and_then(|c| c.metrics())
                     .map_err(|e| Error::io(format!("cgroup metrics of pid {pid}"), e))
@@ -376,7 +376,7 @@ impl Tasks for TasksService {
             .await;
             match read {
                 Ok(data) => metrics.push(Metric {
-                    timestamp: Some(crate::metadata::now()),
+                    timestamp: Some(berth_metadata::now()),
                     id: task.record.id.clone(),
                     data: Some(data),
                 }),

@@ -1,0 +1,213 @@
+//! Content records: which namespace holds which blob, with its labels. The bytes live in the
+//! content store (`berth_content`), shared by all namespaces.
+
+use super::{keys, now, Metadata, Tx};
+use crate::filters::{label_field, Adaptor, Filter};
+use crate::validate;
+use berth_api::containerd::services::content::v1::Info;
+use berth_errdefs::{Error, Result};
+use berth_oci::Digest;
+use std::collections::HashMap;
+
+impl Metadata {
+    pub fn content_info(&self, ns: &str, digest: &Digest) -> Result<Info> {
+        self.get(&keys::object(ns, keys::CONTENT, digest.as_str()))?
+            .ok_or_else(|| Error::not_found(format!("content {digest}: not found")))
+    }
+
+    pub fn has_content(&self, ns: &str, digest: &Digest) -> Result<bool> {
+        Ok(self
+            .get::<Info>(&keys::object(ns, keys::CONTENT, digest.as_str()))?
+            .is_some())
+    }
+
+    pub fn list_content(&self, ns: &str, filter: &Filter) -> Result<Vec<Info>> {
+        let all = filter.matches_all();
+        self.list::<Info>(&keys::objects(ns, keys::CONTENT), |r| {
+            all || filter.matches(&InfoFields(r))
+        })
+    }
+
+    /// Whether `ns` holds `digest`; if it does and the client holds `lease`, the blob joins the
+    /// lease, as containerd's Writer does, so a collection running during the client's work
+    /// (an image import finding its blobs already there) cannot take it.
+    pub async fn lease_content_if_present(
+        &self,
+        ns: &str,
+        lease: &str,
+        digest: &Digest,
+    ) -> Result<bool> {
+        self.update(|tx| {
+            if !tx.exists(&keys::object(ns, keys::CONTENT, digest.as_str()))? {
+                return Ok(false);
+            }
+            add_to_lease(tx, ns, lease, "content", digest.as_str())?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Record a committed blob in `ns` (and in `lease`, if the client holds one).
+    /// AlreadyExists when the namespace already had it, as containerd's Commit answers; the blob
+    /// joins the lease all the same.
+    pub async fn add_content(
+        &self,
+        ns: &str,
+        digest: &Digest,
+        size: i64,
+        labels: HashMap<String, String>,
+        lease: Option<&str>,
+    ) -> Result<Info> {
+        validate::labels(&labels)?;
+        let added = self
+            .update(|tx| {
+                let key = keys::object(ns, keys::CONTENT, digest.as_str());
+                if tx.exists(&key)? {
+                    if let Some(lease) = lease {
+                        add_to_lease(tx, ns, lease, "content", digest.as_str())?;
+                    }
+                    return Ok(None);
+                }
+                tx.ensure_namespace(ns)?;
+                if let Some(lease) = lease {
+                    add_to_lease(tx, ns, lease, "content", digest.as_str())?;
+                }
+                let t = now();
+                let info = Info {
+                    digest: digest.to_string(),
+                    size,
+                    created_at: Some(t),
+                    updated_at: Some(t),
+                    labels: labels.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
+                };
+                tx.put(key, &info);
+                Ok(Some(info))
+            })
+            .await?;
+        added.ok_or_else(|| Error::exists(format!("content {digest}: already exists")))
+    }
+
+    /// Only labels can change (`labels`, `labels.KEY`); no mask replaces all labels.
+    pub async fn update_content(&self, ns: &str, info: Info, paths: &[String]) -> Result<Info> {
+        let digest = Digest::parse(&info.digest)?;
+        validate::labels(&info.labels)?;
+        self.update(|tx| {
+            let key = keys::object(ns, keys::CONTENT, digest.as_str());
+            let mut current: Info = tx
+                .get(&key)?
+                .ok_or_else(|| Error::not_found(format!("content {digest}: not found")))?;
+            if paths.is_empty() {
+                current.labels = info.labels.clone();
+                current.labels.retain(|_, v| !v.is_empty());
+            }
+            for path in paths {
+                if !validate::apply_label_path(path, &mut current.labels, &info.labels) {
+                    return Err(Error::invalid(format!(
+                        "cannot update {path:?} field on content info {digest}"
+                    )));
+                }
+            }
+            current.updated_at = Some(now());
+            tx.put(key, &current);
+            Ok(current)
+        })
+        .await
+    }
+
+    /// Remove the blob from `ns`. Returns true when no namespace references it any more, so the
+    /// caller may delete the bytes.
+    pub async fn remove_content(&self, ns: &str, digest: &Digest) -> Result<bool> {
+        self.update(|tx| {
+            let key = keys::object(ns, keys::CONTENT, digest.as_str());
+            if !tx.exists(&key)? {
+                return Err(Error::not_found(format!("content {digest}: not found")));
+            }
+            tx.delete(key);
+            let others = other_namespaces(tx, ns)?;
+            Ok(!held_by_any(tx, &others, digest)?)
+        })
+        .await
+    }
+
+    /// Garbage collection's sweep: drop the records of `digests` in `ns` in one transaction, except
+    /// those created or updated at or after `marked_at` (written while the collector was marking).
+    /// Returns the digests no namespace references any more, whose bytes can go.
+    pub async fn remove_unreferenced_content(
+        &self,
+        ns: &str,
+        digests: &[Digest],
+        marked_at: std::time::SystemTime,
+    ) -> Result<Vec<Digest>> {
+        let marked_at = prost_types::Timestamp::from(marked_at);
+        let before = |t: &Option<prost_types::Timestamp>| {
+            t.as_ref()
+                .is_some_and(|t| (t.seconds, t.nanos) < (marked_at.seconds, marked_at.nanos))
+        };
+        self.update(|tx| {
+            let others = other_namespaces(tx, ns)?;
+            let mut orphaned = Vec::new();
+            for digest in digests {
+                let key = keys::object(ns, keys::CONTENT, digest.as_str());
+                let Some(info) = tx.get::<Info>(&key)? else {
+                    continue;
+                };
+                if !(before(&info.created_at) && before(&info.updated_at)) {
+                    continue;
+                }
+                tx.delete(key);
+                if !held_by_any(tx, &others, digest)? {
+                    orphaned.push(digest.clone());
+                }
+            }
+            Ok(orphaned)
+        })
+        .await
+    }
+
+    /// Tie an ingest to the caller's lease so a later GC keeps it while the client writes.
+    pub async fn lease_ingest(&self, ns: &str, lease: &str, ingest_ref: &str) -> Result<()> {
+        self.update(|tx| add_to_lease(tx, ns, lease, "ingests", ingest_ref))
+            .await
+    }
+}
+
+/// Every namespace but `ns`.
+fn other_namespaces(tx: &Tx<'_>, ns: &str) -> Result<Vec<String>> {
+    Ok(tx
+        .scan_keys(keys::NAMESPACES)?
+        .into_iter()
+        .map(|k| String::from_utf8_lossy(&k[keys::NAMESPACES.len()..]).into_owned())
+        .filter(|other| other != ns)
+        .collect())
+}
+
+/// Whether any of `namespaces` still records `digest`: then its bytes must stay on disk.
+fn held_by_any(tx: &Tx<'_>, namespaces: &[String], digest: &Digest) -> Result<bool> {
+    for other in namespaces {
+        if tx.exists(&keys::object(other, keys::CONTENT, digest.as_str()))? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn add_to_lease(tx: &mut Tx<'_>, ns: &str, lease: &str, kind: &str, id: &str) -> Result<()> {
+    if !tx.exists(&keys::object(ns, keys::LEASES, lease))? {
+        return Err(Error::not_found(format!("lease {lease:?} does not exist")));
+    }
+    tx.put(keys::lease_resource(ns, lease, kind, id), &());
+    Ok(())
+}
+
+struct InfoFields<'a>(&'a Info);
+
+impl Adaptor for InfoFields<'_> {
+    fn field(&self, path: &[&str]) -> Option<String> {
+        match path {
+            ["digest"] => Some(self.0.digest.clone()),
+            ["size"] => Some(self.0.size.to_string()),
+            ["labels", ..] => label_field(&self.0.labels, path),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Garbage collection, as containerd's: mark everything reachable from the roots of each
+//! namespace, then sweep content and snapshots nothing reaches.
+//!
+//! Roots: images (their target), containers (their snapshot), leases (their resources), and
+//! anything labelled `containerd.io/gc.root`. References: `containerd.io/gc.ref.content*` labels
+//! name blobs, `containerd.io/gc.ref.snapshot.<snapshotter>` labels name snapshots, and a snapshot
+//! keeps its parent. Marking only reads; objects created or changed after marking began are never
+//! swept, so writers are not held while the collector works.
+
+use crate::blocking::blocking;
+use crate::snapshots::{NamespaceSnapshots, Snapshotters};
+use berth_content::ContentStore;
+use berth_errdefs::Result;
+use berth_metadata::filters::Filter;
+use berth_metadata::Metadata;
+use berth_oci::Digest;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+pub const ROOT_LABEL: &str = "containerd.io/gc.root";
+const CONTENT_REF: &str = "containerd.io/gc.ref.content";
+const SNAPSHOT_REF: &str = "containerd.io/gc.ref.snapshot.";
+
+/// Deletions are batched: a scheduled collection waits this long for more to arrive.
+const SCHEDULE_DELAY: Duration = Duration::from_millis(100);
+
+pub struct Collector {
+    meta: Arc<Metadata>,
+    content: Arc<ContentStore>,
+    snapshotters: Snapshotters,
+    /// One collection at a time.
+    running: tokio::sync::Mutex<()>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub blobs_removed: usize,
+    pub snapshots_removed: usize,
+}
+
+impl Collector {
+    pub fn new(
+        meta: Arc<Metadata>,
+        content: Arc<ContentStore>,
+        snapshotters: Snapshotters,
+    ) -> Self {
+        Collector {
+            meta,
+            content,
+            snapshotters,
+            running: tokio::sync::Mutex::new(()),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Ask for a collection soon (after a deletion); returns at once.
+    pub fn schedule(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The background loop that serves `schedule`.
+    pub async fn run_scheduled(self: Arc<Self>) {
+        loop {
+            self.wake.notified().await;
+            tokio::time::sleep(SCHEDULE_DELAY).await;
+            if let Err(e) = self.collect().await {
+                tracing::warn!(error = %e, "garbage collection failed");
+            }
+        }
+    }
+
+    /// Collect now and return what went (`sync` deletions wait for this).
+    pub async fn collect(&self) -> Result<Stats> {
+        let started = Instant::now();
+        let marked_at = SystemTime::now();
+        // Listed before taking the lock: a proxy snapshotter's listing may take up to its bound,
+        // and must not hold up other collections (and the synchronous deletes waiting on them)
+        // meanwhile. A listing older than another collection's sweep is still safe: only what it
+        // lists may be swept, and removing what is already gone is ignored.
+        let snapshotters = self.snapshotters.clone();
+        let mut snapshots = blocking(move || snapshotters.list_by_namespace()).await?;
+        let _one_at_a_time = self.running.lock().await;
+        self.meta.expire_leases(marked_at).await?;
+        let mut stats = Stats::default();
+        for ns in self.meta.list_namespaces()? {
+            let seen = snapshots.remove(&ns.name).unwrap_or_default();
+            // Marking reads every record of the namespace: off the async threads.
+            let (meta, name) = (self.meta.clone(), ns.name.clone());
+            let (live, seen) = blocking(move || {
+                let live = mark(&meta, &name, &seen)?;
+                Ok((live, seen))
+            })
+            .await?;
+            stats.blobs_removed += self.sweep_content(&ns.name, &live, marked_at).await?;
+            stats.snapshots_removed += self
+                .sweep_snapshots(&ns.name, &live, &seen, marked_at)
+                .await?;
+        }
+        if stats != Stats::default() {
+            tracing::info!(
+                blobs = stats.blobs_removed,
+                snapshots = stats.snapshots_removed,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "garbage collected"
+            );
+        }
+        Ok(stats)
+    }
+
+    async fn sweep_content(&self, ns: &str, live: &Live, marked_at: SystemTime) -> Result<usize> {
+        let all = Filter::parse_all::<&str>(&[])?;
+        let (meta, name) = (self.meta.clone(), ns.to_string());
+        let dead: Vec<Digest> = blocking(move || meta.list_content(&name, &all))
+            .await?
+            .into_iter()
+            .filter(|i| !live.content.contains(&i.digest))
+            .filter_map(|i| Digest::parse(&i.digest).ok())
+            .collect();
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        let orphaned = self
+            .meta
+            .remove_unreferenced_content(ns, &dead, marked_at)
+            .await?;
+        let content = self.content.clone();
+        blocking(move || {
+            for digest in &orphaned {
+                match content.delete_blob(digest) {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => {
+                        tracing::warn!(%digest, error = %e, "could not remove collected blob")
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(dead.len())
+    }
+
+    /// Remove unreachable snapshots, children before parents.
+    async fn sweep_snapshots(
+        &self,
+        ns: &str,
+        live: &Live,
+        seen: &NamespaceSnapshots,
+        marked_at: SystemTime,
+    ) -> Result<usize> {
+        let snapshotters = self.snapshotters.clone();
+        let ns = ns.to_string();
+        let candidates: Vec<(String, Vec<berth_snapshotter::Info>)> = seen
+            .iter()
+            .map(|(name, infos)| {
+                let dead = infos
+                    .values()
+                    .filter(|i| !live.snapshots.contains(&(name.clone(), i.name.clone())))
+                    .filter(|i| i.created < marked_at && i.updated < marked_at)
+                    .cloned()
+                    .collect();
+                (name.clone(), dead)
+            })
+            .collect();
+        blocking(move || {
+            let mut removed = 0;
+            for (name, mut dead) in candidates {
+                let scoped = snapshotters.scoped(&name, &ns)?;
+                // Removing leaves first; a snapshot whose children are still there waits a round.
+                while !dead.is_empty() {
+                    let before = dead.len();
+                    let mut waiting = Vec::new();
+                    for info in dead {
+                        match scoped.remove(&info.name) {
+                            Ok(()) => removed += 1,
+                            Err(e) if e.kind() == berth_errdefs::Kind::FailedPrecondition => {
+                                waiting.push(info)
+                            }
+                            Err(e) if e.is_not_found() => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    if waiting.len() == before {
+                        break; // the rest have live children
+                    }
+                    dead = waiting;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+/// Returns what is reachable from the roots of `ns`, whose snapshots were listed (`seen`)
+/// before marking began: only those may be swept, since a snapshot created later may have
+/// roots marking did not see. Reads the store: call off the async threads.
+fn mark(meta: &Metadata, ns: &str, snapshots: &NamespaceSnapshots) -> Result<Live> {
+    let all = Filter::parse_all::<&str>(&[])?;
+    let mut live = Live::default();
+    let mut content_labels = HashMap::new();
+    for info in meta.list_content(ns, &all)? {
+        if info.labels.contains_key(ROOT_LABEL) {
+            live.content_queue.push(info.digest.clone());
+        }
+        content_labels.insert(info.digest, info.labels);
+    }
+    for image in meta.list_images(ns, &all)? {
+        if let Some(t) = &image.target {
+            live.content_queue.push(t.digest.clone());
+        }
+        live.refs_from(&image.labels);
+    }
+    for c in meta.container_summaries(ns)? {
+        if !c.snapshot_key.is_empty() {
+            live.snapshot_queue
+                .push((c.snapshotter.clone(), c.snapshot_key.clone()));
+        }
+        live.refs_from(&c.labels);
+    }
+    for lease in meta.list_leases(ns, &all)? {
+        for r in meta.list_lease_resources(ns, &lease.id)? {
+            match r.r#type.as_str() {
+                "content" => live.content_queue.push(r.id),
+                t => {
+                    if let Some(s) = t.strip_prefix("snapshots/") {
+                        live.snapshot_queue.push((s.to_string(), r.id));
+                    }
+                }
+            }
+        }
+    }
+    for (snapshotter, infos) in snapshots {
+        for (key, info) in infos {
+            if info.labels.contains_key(ROOT_LABEL) {
+                live.snapshot_queue.push((snapshotter.clone(), key.clone()));
+            }
+        }
+    }
+    // Follow references until nothing new is reached.
+    loop {
+        if let Some(digest) = live.content_queue.pop() {
+            if live.content.insert(digest.clone()) {
+                if let Some(labels) = content_labels.get(&digest) {
+                    live.refs_from(labels);
+                }
+            }
+        } else if let Some((snapshotter, key)) = live.snapshot_queue.pop() {
+            let id = (snapshotter, key);
+            if live.snapshots.insert(id.clone()) {
+                if let Some(info) = snapshots.get(&id.0).and_then(|m| m.get(&id.1)) {
+                    if !info.parent.is_empty() {
+                        live.snapshot_queue
+                            .push((id.0.clone(), info.parent.clone()));
+                    }
+                    live.refs_from(&info.labels);
+                }
+            }
+        } else {
+            break;
+        }
+    }
+    Ok(live)
+}
+
+#[derive(Default)]
+struct Live {
+    content: HashSet<String>,
+    snapshots: HashSet<(String, String)>,
+    content_queue: Vec<String>,
+    snapshot_queue: Vec<(String, String)>,
+}
+
+impl Live {
+    /// Queue what `containerd.io/gc.ref.*` labels point at.
+    fn refs_from(&mut self, labels: &HashMap<String, String>) {
+        for (k, v) in labels {
+            if k.starts_with(CONTENT_REF) {
+                self.content_queue.push(v.clone());
+            } else if let Some(rest) = k.strip_prefix(SNAPSHOT_REF) {
+                // `…snapshot.<snapshotter>` or `…snapshot.<snapshotter>/<anything>`
+                let snapshotter = rest.split('/').next().unwrap_or(rest);
+                self.snapshot_queue
+                    .push((snapshotter.to_string(), v.clone()));
+            }
+        }
+    }
+}
