@@ -414,9 +414,11 @@ def run_task(api: Api, namespace: str, cid: str) -> None:
         exited = Background(exit_event)
         exited.start()
         try:
+            # containerd 1.6's runc shim opens a stderr even when its path is empty (and fails);
+            # sharing stdout's FIFO works with both daemons and keeps one stream to read.
             created = api.tasks.Create(
                 tasks_pb2.CreateTaskRequest(
-                    container_id=cid, stdout=stdout, rootfs=mounts_of(api, cid)
+                    container_id=cid, stdout=stdout, stderr=stdout, rootfs=mounts_of(api, cid)
                 )
             )
             print(f"task {cid} created (pid {created.pid})")

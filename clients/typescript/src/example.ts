@@ -471,6 +471,9 @@ async function main(): Promise<void> {
         containerId: id,
         rootfs: mounts,
         stdout,
+        // containerd 1.6's runc shim opens a stderr even when its path is empty (and fails);
+        // sharing stdout's FIFO works with both daemons and keeps one stream to read.
+        stderr: stdout,
       }),
       md,
     );

@@ -518,7 +518,9 @@ func runContainer(ctx, leased context.Context, c clients, ns, image string, chai
 	if err != nil {
 		return fmt.Errorf("rootfs mounts: %w", err)
 	}
-	created, err := c.tasks.Create(ctx, &tasks.CreateTaskRequest{ContainerId: id, Rootfs: mounts.GetMounts(), Stdout: stdout})
+	// containerd 1.6's runc shim opens a stderr even when its path is empty (and fails); sharing
+	// stdout's FIFO works with both daemons and keeps one stream to read.
+	created, err := c.tasks.Create(ctx, &tasks.CreateTaskRequest{ContainerId: id, Rootfs: mounts.GetMounts(), Stdout: stdout, Stderr: stdout})
 	if err != nil {
 		return fmt.Errorf("create task: %w", err)
 	}

@@ -607,6 +607,9 @@ public final class Example {
                             .setContainerId(id)
                             .addAllRootfs(mounts)
                             .setStdout(stdout.toString())
+                            // containerd 1.6's runc shim opens a stderr even when its path is
+                            // empty (and fails); sharing stdout's FIFO works with both daemons.
+                            .setStderr(stdout.toString())
                             .build()))
             .getPid();
     cleanups.push(
