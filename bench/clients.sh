@@ -50,8 +50,10 @@ command -v containerd-shim-runc-v2 >/dev/null || fail "no containerd-shim-runc-v
 
 if [ "$build" = 1 ]; then
 	echo "building berthd, berth-shim, the Rust example and busybox-oci (release)" >&2
-	(cd "$repo" && cargo build --release -q -p berthd -p berth-shim -p berth --example run_container \
-		-p berth-testkit --bin busybox-oci)
+	# Two builds: --example and --bin select those targets in every package named, so one command
+	# would build berthd's and berth-shim's libraries but not their binaries.
+	(cd "$repo" && cargo build --release -q -p berthd -p berth-shim &&
+		cargo build --release -q -p berth --example run_container -p berth-testkit --bin busybox-oci)
 	for l in "${langs[@]}"; do
 		[ "$l" = rust ] && continue
 		echo "building the $l client" >&2

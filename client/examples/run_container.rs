@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use berth::api::events::TaskExit;
+use berth::api::events::{TaskCreate, TaskExit};
 use berth::api::services::containers::v1::containers_client::ContainersClient;
 use berth::api::services::containers::v1::{
     container::Runtime, Container, CreateContainerRequest, DeleteContainerRequest,
@@ -343,9 +343,12 @@ async fn write_blob(
         tx.send(write).await?;
         responses.message().await?;
     }
+    // The commit carries the offset reached: containerd reads offset 0 on a commit as "start the
+    // ingest over" and would then find it empty.
     let commit = WriteContentRequest {
         action: WriteAction::Commit as i32,
         r#ref,
+        offset: total,
         total,
         expected: digest.to_string(),
         labels,
@@ -565,24 +568,40 @@ async fn run_task(api: &mut Api, ns: &str, id: &str) -> Result<(), Error> {
         Ok::<_, std::io::Error>(out)
     });
 
-    // Subscribing returns once the server has sent its headers, i.e. registered the subscriber.
+    // Subscribe before creating the task. The response headers prove nothing portable (containerd
+    // sends them only with the first event, and tonic's `subscribe` returns on them), so the
+    // subscription runs in a task of its own, and the task's own /tasks/create event is what shows
+    // it is live before the task starts.
     let subscribe = SubscribeRequest {
-        filters: vec![r#"topic=="/tasks/exit""#.into()],
+        filters: vec![format!(r#"topic~="/tasks/",namespace=={ns:?}"#)],
     };
-    let mut events = api
-        .events
-        .subscribe(with_namespace(ns, subscribe))
-        .await?
-        .into_inner();
+    let subscribe = with_namespace(ns, subscribe);
+    let mut events_api = api.events.clone();
+    let (live_tx, live) = tokio::sync::oneshot::channel();
     let container = id.to_string();
-    let exit_event = tokio::spawn(async move {
+    let task_events = tokio::spawn(async move {
+        let mut events = events_api.subscribe(subscribe).await?.into_inner();
+        let mut live_tx = Some(live_tx);
         while let Some(envelope) = events.message().await? {
-            let Some(event) = envelope.event.filter(|_| envelope.topic == "/tasks/exit") else {
+            let Some(event) = envelope.event else {
                 continue;
             };
-            let exit: TaskExit = berth::unpack_any(&event)?;
-            if exit.container_id == container {
-                return Ok(exit);
+            match envelope.topic.as_str() {
+                "/tasks/create" => {
+                    let created: TaskCreate = berth::unpack_any(&event)?;
+                    if created.container_id == container {
+                        if let Some(tx) = live_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+                "/tasks/exit" => {
+                    let exit: TaskExit = berth::unpack_any(&event)?;
+                    if exit.container_id == container {
+                        return Ok(exit);
+                    }
+                }
+                _ => {}
             }
         }
         Err::<_, Error>("the event stream ended without /tasks/exit".into())
@@ -603,18 +622,21 @@ async fn run_task(api: &mut Api, ns: &str, id: &str) -> Result<(), Error> {
         container_id: id.to_string(),
         rootfs,
         stdout: stdout_path.to_string(),
+        // containerd 1.6's runc shim opens a stderr even when its path is empty (and fails);
+        // sharing stdout's FIFO works with both daemons and keeps one stream to read.
+        stderr: stdout_path.to_string(),
         ..Default::default()
     };
     let created = api.tasks.create(with_namespace(ns, create)).await;
     let pid = match created {
         Ok(r) => r.into_inner().pid,
         Err(e) => {
-            exit_event.abort();
+            task_events.abort();
             return Err(e.into());
         }
     };
     println!("task {id} created (pid {pid})");
-    let checked = check_run(api, ns, id, output, exit_event).await;
+    let checked = check_run(api, ns, id, output, live, task_events).await;
     let delete = DeleteTaskRequest {
         container_id: id.to_string(),
     };
@@ -631,8 +653,22 @@ async fn check_run(
     ns: &str,
     id: &str,
     output: tokio::task::JoinHandle<std::io::Result<String>>,
-    exit_event: tokio::task::JoinHandle<Result<TaskExit, Error>>,
+    live: tokio::sync::oneshot::Receiver<()>,
+    task_events: tokio::task::JoinHandle<Result<TaskExit, Error>>,
 ) -> Result<(), Error> {
+    let limit = Duration::from_secs(30);
+    match tokio::time::timeout(limit, live).await {
+        Ok(Ok(())) => {}
+        // The reader ended before this task's /tasks/create: its result says why.
+        Ok(Err(_)) => {
+            task_events.await??;
+            return Err("the event stream ended before /tasks/create".into());
+        }
+        Err(_) => {
+            task_events.abort();
+            return Err("no /tasks/create event".into());
+        }
+    }
     let start = StartRequest {
         container_id: id.to_string(),
         exec_id: String::new(),
@@ -650,12 +686,11 @@ async fn check_run(
         .into_inner()
         .exit_status;
     println!("task {id} exited with status {status}");
-    let limit = Duration::from_secs(30);
     let out = tokio::time::timeout(limit, output)
         .await
         .map_err(|_| "no end of output on the stdout FIFO")???;
     println!("output: {out:?}");
-    let exit = tokio::time::timeout(limit, exit_event)
+    let exit = tokio::time::timeout(limit, task_events)
         .await
         .map_err(|_| "no /tasks/exit event")???;
     println!(

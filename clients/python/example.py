@@ -40,6 +40,7 @@ SNAPSHOTTER = "overlayfs"
 RUNTIME = "io.containerd.runc.v2"
 # containerd's type URL for a JSON OCI runtime spec (not a protobuf message).
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+CREATE_TYPE_URL = "containerd.events.TaskCreate"
 EXIT_TYPE_URL = "containerd.events.TaskExit"
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CHUNK = 1 << 20
@@ -130,9 +131,16 @@ def write_blob(api: Api, digest: str, data: bytes, labels: dict[str, str]) -> bo
                     action=content_pb2.WRITE, ref=ref, offset=off, data=chunk
                 )
             )
+        # The commit carries the offset reached: containerd reads offset 0 on a commit as "start
+        # the ingest over" and would then find it empty.
         step(
             content_pb2.WriteContentRequest(
-                action=content_pb2.COMMIT, ref=ref, total=total, expected=digest, labels=labels
+                action=content_pb2.COMMIT,
+                ref=ref,
+                offset=total,
+                total=total,
+                expected=digest,
+                labels=labels,
             )
         )
         return True
@@ -357,7 +365,7 @@ def run_container(api: Api, leased: Api, namespace: str, image: str, chain: list
         )
         print(f"container {cid} created")
         try:
-            run_task(api, cid)
+            run_task(api, namespace, cid)
         finally:
             api.containers.Delete(containers_pb2.DeleteContainerRequest(id=cid))
             print(f"container {cid} deleted")
@@ -366,7 +374,7 @@ def run_container(api: Api, leased: Api, namespace: str, image: str, chain: list
         print(f"snapshot {cid} removed")
 
 
-def run_task(api: Api, cid: str) -> None:
+def run_task(api: Api, namespace: str, cid: str) -> None:
     with tempfile.TemporaryDirectory(prefix="berth-example-python-") as tmp:
         # The client creates the FIFOs and reads them; the shim opens the other ends.
         stdout = os.path.join(tmp, "stdout")
@@ -380,29 +388,46 @@ def run_task(api: Api, cid: str) -> None:
         output = Background(read_output)
         output.start()
 
-        # Subscribe before starting; the response headers mean the server has registered us.
-        sub = api.events.Subscribe(events_pb2.SubscribeRequest(filters=['topic=="/tasks/exit"']))
-        sub.initial_metadata()
+        # Subscribe before creating the task. The response headers prove nothing portable
+        # (containerd sends them only with the first event), so the task's own /tasks/create
+        # event is what shows the subscription is live before the task starts.
+        filters = [f'topic~="/tasks/",namespace=={json.dumps(namespace)}']
+        sub = api.events.Subscribe(events_pb2.SubscribeRequest(filters=filters))
+        live = threading.Event()
 
         def exit_event() -> task_events.TaskExit:
-            for envelope in sub:
-                if envelope.topic != "/tasks/exit" or envelope.event.type_url != EXIT_TYPE_URL:
-                    continue
-                event = task_events.TaskExit.FromString(envelope.event.value)
-                if event.container_id == cid:
-                    return event
-            raise ExampleError("the event stream ended without /tasks/exit")
+            try:
+                for envelope in sub:
+                    topic, any_event = envelope.topic, envelope.event
+                    if topic == "/tasks/create" and any_event.type_url == CREATE_TYPE_URL:
+                        if task_events.TaskCreate.FromString(any_event.value).container_id == cid:
+                            live.set()
+                    elif topic == "/tasks/exit" and any_event.type_url == EXIT_TYPE_URL:
+                        event = task_events.TaskExit.FromString(any_event.value)
+                        if event.container_id == cid:
+                            return event
+                raise ExampleError("the event stream ended without /tasks/exit")
+            finally:
+                # Also wakes the waiter for /tasks/create when the stream fails.
+                live.set()
 
         exited = Background(exit_event)
         exited.start()
         try:
+            # containerd 1.6's runc shim opens a stderr even when its path is empty (and fails);
+            # sharing stdout's FIFO works with both daemons and keeps one stream to read.
             created = api.tasks.Create(
                 tasks_pb2.CreateTaskRequest(
-                    container_id=cid, stdout=stdout, rootfs=mounts_of(api, cid)
+                    container_id=cid, stdout=stdout, stderr=stdout, rootfs=mounts_of(api, cid)
                 )
             )
             print(f"task {cid} created (pid {created.pid})")
             try:
+                if not live.wait(30):
+                    raise ExampleError("timed out waiting for the /tasks/create event")
+                if not exited.is_alive():
+                    exited.get(0, "the /tasks/create event")
+                    raise ExampleError("the event stream ended before /tasks/create")
                 api.tasks.Start(tasks_pb2.StartRequest(container_id=cid))
                 print(f"task {cid} started")
                 waited = api.tasks.Wait(tasks_pb2.WaitRequest(container_id=cid))

@@ -17,7 +17,7 @@ import type {
 } from "@grpc/grpc-js";
 import { status as grpcStatus } from "@grpc/grpc-js";
 import { Berth, connect, namespaced } from "./index";
-import { TaskExit } from "./gen/containerd/events/task";
+import { TaskCreate, TaskExit } from "./gen/containerd/events/task";
 import { Descriptor } from "./gen/containerd/types/descriptor";
 import {
   WriteAction,
@@ -43,6 +43,7 @@ const LANG = "typescript";
 const SNAPSHOTTER = "overlayfs";
 const RUNTIME = "io.containerd.runc.v2";
 const SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+const CREATE_TOPIC = "/tasks/create";
 const EXIT_TOPIC = "/tasks/exit";
 const WANT_STATUS = 3;
 const WANT_OUTPUT = `hello from ${LANG}`;
@@ -262,28 +263,40 @@ async function importImage(
   return { name: img.name, top };
 }
 
-/** Events.Subscribe to /tasks/exit; resolves once berthd has registered the subscription. */
-async function subscribeExits(
+/**
+ * Events.Subscribe to this namespace's task events, before the task is created. The response
+ * headers prove nothing portable (containerd sends them only with the first event), so the task's
+ * own /tasks/create event is what shows the subscription is live before the task starts.
+ */
+function subscribeTasks(
   c: Berth,
   ns: string,
-): Promise<{
-  next: (container: string) => Promise<TaskExit>;
+): {
+  created: (container: string) => Promise<void>;
+  exited: (container: string) => Promise<TaskExit>;
   cancel: () => void;
-}> {
+} {
   const stream = c.events.subscribe(
-    { filters: [`topic=="${EXIT_TOPIC}"`] },
+    { filters: [`topic~="/tasks/",namespace==${JSON.stringify(ns)}`] },
     namespaced(ns),
   );
+  const creates = new Set<string>();
   const exits: TaskExit[] = [];
   let waiter: (() => void) | undefined;
   let failure: Error | undefined;
   stream.on("data", (env: Envelope) => {
+    if (env.namespace !== ns || !env.event) return;
     if (
-      env.namespace !== ns ||
-      env.event?.typeUrl !== "containerd.events.TaskExit"
+      env.topic === CREATE_TOPIC &&
+      env.event.typeUrl === "containerd.events.TaskCreate"
     )
-      return;
-    exits.push(TaskExit.decode(env.event.value));
+      creates.add(TaskCreate.decode(env.event.value).containerId);
+    else if (
+      env.topic === EXIT_TOPIC &&
+      env.event.typeUrl === "containerd.events.TaskExit"
+    )
+      exits.push(TaskExit.decode(env.event.value));
+    else return;
     waiter?.();
   });
   stream.on("error", (err: ServiceError) => {
@@ -291,20 +304,23 @@ async function subscribeExits(
       failure = new Error(`Events.Subscribe: ${err.message}`);
     waiter?.();
   });
-  // Response headers come once the server's handler has returned, i.e. is subscribed.
-  await new Promise<void>((resolve, reject) => {
-    stream.once("metadata", () => resolve());
-    stream.once("error", reject);
-  });
-  const next = async (container: string): Promise<TaskExit> => {
+  const until = async <T>(seen: () => T | undefined): Promise<T> => {
     for (;;) {
-      const i = exits.findIndex((e) => e.containerId === container);
-      if (i >= 0) return exits.splice(i, 1)[0] as TaskExit;
+      const got = seen();
+      if (got !== undefined) return got;
       if (failure) throw failure;
       await new Promise<void>((resolve) => (waiter = resolve));
     }
   };
-  return { next, cancel: () => stream.cancel() };
+  const created = async (container: string): Promise<void> => {
+    await until(() => (creates.has(container) ? true : undefined));
+  };
+  const exited = (container: string) =>
+    until(() => {
+      const i = exits.findIndex((e) => e.containerId === container);
+      return i >= 0 ? exits.splice(i, 1)[0] : undefined;
+    });
+  return { created, exited, cancel: () => stream.cancel() };
 }
 
 function withTimeout<T>(what: string, ms: number, p: Promise<T>): Promise<T> {
@@ -439,8 +455,8 @@ async function main(): Promise<void> {
     const stdout = path.join(fifoDir, "stdout");
     execFileSync("mkfifo", ["-m", "0600", stdout]);
     const output = readFifo(stdout);
-    const exits = await subscribeExits(c, ns);
-    cleanups.push(["cancel the subscription", async () => exits.cancel()]);
+    const events = subscribeTasks(c, ns);
+    cleanups.push(["cancel the subscription", async () => events.cancel()]);
 
     const { mounts } = await call(
       "Snapshots.Mounts",
@@ -455,6 +471,9 @@ async function main(): Promise<void> {
         containerId: id,
         rootfs: mounts,
         stdout,
+        // containerd 1.6's runc shim opens a stderr even when its path is empty (and fails);
+        // sharing stdout's FIFO works with both daemons and keeps one stream to read.
+        stderr: stdout,
       }),
       md,
     );
@@ -469,6 +488,7 @@ async function main(): Promise<void> {
         ),
     ]);
     console.log(`created task ${id} (pid ${created.pid})`);
+    await withTimeout(`the ${CREATE_TOPIC} event`, 30_000, events.created(id));
 
     // Wait is called before Start so that the exit cannot be missed.
     const waited = call(
@@ -491,7 +511,7 @@ async function main(): Promise<void> {
     const event = await withTimeout(
       `the ${EXIT_TOPIC} event`,
       30_000,
-      exits.next(id),
+      events.exited(id),
     );
     console.log(`output: ${text.trim()}`);
     console.log(

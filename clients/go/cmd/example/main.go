@@ -43,12 +43,13 @@ const (
 	snapshotter = "overlayfs"
 	runtime     = "io.containerd.runc.v2"
 	// containerd's type URL for a JSON OCI runtime spec (not a protobuf message).
-	specTypeURL  = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
-	exitTypeURL  = "containerd.events.TaskExit"
-	chunkSize    = 1 << 20
-	wantExit     = 3
-	wantOutput   = "hello from go\n"
-	manifestType = "application/vnd.oci.image.manifest.v1+json"
+	specTypeURL   = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+	createTypeURL = "containerd.events.TaskCreate"
+	exitTypeURL   = "containerd.events.TaskExit"
+	chunkSize     = 1 << 20
+	wantExit      = 3
+	wantOutput    = "hello from go\n"
+	manifestType  = "application/vnd.oci.image.manifest.v1+json"
 )
 
 func main() {
@@ -314,7 +315,9 @@ func writeBlob(ctx context.Context, cc content.ContentClient, digest string, dat
 			return false, err
 		}
 	}
-	if err := step(&content.WriteContentRequest{Action: content.WriteAction_COMMIT, Ref: ref, Total: total, Expected: digest, Labels: labels}); err != nil {
+	// The commit carries the offset reached: containerd reads offset 0 on a commit as "start the
+	// ingest over" and would then find it empty.
+	if err := step(&content.WriteContentRequest{Action: content.WriteAction_COMMIT, Ref: ref, Offset: total, Total: total, Expected: digest, Labels: labels}); err != nil {
 		return false, err
 	}
 	return true, stream.CloseSend()
@@ -399,22 +402,32 @@ func spec(ns, id string) ([]byte, error) {
 	})
 }
 
-// exitEvent waits on the subscription for the /tasks/exit event of container id.
-func exitEvent(sub grpc.ServerStreamingClient[types.Envelope], id string) (*events.TaskExit, error) {
+// taskEvents reads the subscription: it closes live on the /tasks/create of container id (proof
+// that the subscription is registered) and returns that container's /tasks/exit.
+func taskEvents(sub grpc.ServerStreamingClient[types.Envelope], id string, live chan<- struct{}) (*events.TaskExit, error) {
 	for {
 		env, err := sub.Recv()
 		if err != nil {
 			return nil, fmt.Errorf("events: %w", err)
 		}
-		if env.GetTopic() != "/tasks/exit" || env.GetEvent().GetTypeUrl() != exitTypeURL {
-			continue
-		}
-		var exit events.TaskExit
-		if err := proto.Unmarshal(env.GetEvent().GetValue(), &exit); err != nil {
-			return nil, fmt.Errorf("decode %s: %w", exitTypeURL, err)
-		}
-		if exit.GetContainerId() == id {
-			return &exit, nil
+		switch {
+		case env.GetTopic() == "/tasks/create" && env.GetEvent().GetTypeUrl() == createTypeURL:
+			var created events.TaskCreate
+			if err := proto.Unmarshal(env.GetEvent().GetValue(), &created); err != nil {
+				return nil, fmt.Errorf("decode %s: %w", createTypeURL, err)
+			}
+			if created.GetContainerId() == id && live != nil {
+				close(live)
+				live = nil
+			}
+		case env.GetTopic() == "/tasks/exit" && env.GetEvent().GetTypeUrl() == exitTypeURL:
+			var exit events.TaskExit
+			if err := proto.Unmarshal(env.GetEvent().GetValue(), &exit); err != nil {
+				return nil, fmt.Errorf("decode %s: %w", exitTypeURL, err)
+			}
+			if exit.GetContainerId() == id {
+				return &exit, nil
+			}
 		}
 	}
 }
@@ -482,20 +495,21 @@ func runContainer(ctx, leased context.Context, c clients, ns, image string, chai
 		output <- b
 	}()
 
-	// Subscribe before starting; the response headers mean the server has registered us.
+	// Subscribe before creating the task. The response headers prove nothing portable (containerd
+	// sends them only with the first event), so the task's own /tasks/create event is what shows
+	// the subscription is live before the task starts.
 	subCtx, stopSub := context.WithCancel(ctx)
 	defer stopSub()
-	sub, err := c.events.Subscribe(subCtx, &eventsapi.SubscribeRequest{Filters: []string{`topic=="/tasks/exit"`}})
+	filter := fmt.Sprintf(`topic~="/tasks/",namespace==%q`, ns)
+	sub, err := c.events.Subscribe(subCtx, &eventsapi.SubscribeRequest{Filters: []string{filter}})
 	if err != nil {
 		return fmt.Errorf("subscribe: %w", err)
 	}
-	if _, err := sub.Header(); err != nil {
-		return fmt.Errorf("subscribe: %w", err)
-	}
+	live := make(chan struct{})
 	exited := make(chan error, 1)
 	var exit *events.TaskExit
 	go func() {
-		e, err := exitEvent(sub, id)
+		e, err := taskEvents(sub, id, live)
 		exit = e
 		exited <- err
 	}()
@@ -504,7 +518,9 @@ func runContainer(ctx, leased context.Context, c clients, ns, image string, chai
 	if err != nil {
 		return fmt.Errorf("rootfs mounts: %w", err)
 	}
-	created, err := c.tasks.Create(ctx, &tasks.CreateTaskRequest{ContainerId: id, Rootfs: mounts.GetMounts(), Stdout: stdout})
+	// containerd 1.6's runc shim opens a stderr even when its path is empty (and fails); sharing
+	// stdout's FIFO works with both daemons and keeps one stream to read.
+	created, err := c.tasks.Create(ctx, &tasks.CreateTaskRequest{ContainerId: id, Rootfs: mounts.GetMounts(), Stdout: stdout, Stderr: stdout})
 	if err != nil {
 		return fmt.Errorf("create task: %w", err)
 	}
@@ -516,6 +532,13 @@ func runContainer(ctx, leased context.Context, c clients, ns, image string, chai
 			fmt.Printf("task %s deleted\n", id)
 		}
 	}()
+	select {
+	case <-live:
+	case err := <-exited:
+		return fmt.Errorf("before /tasks/create: %w", err)
+	case <-time.After(30 * time.Second):
+		return errors.New("no /tasks/create event")
+	}
 	if _, err := c.tasks.Start(ctx, &tasks.StartRequest{ContainerId: id}); err != nil {
 		return fmt.Errorf("start task: %w", err)
 	}

@@ -6,6 +6,8 @@ import com.google.protobuf.ByteString;
 import com.google.protobuf.Empty;
 import com.google.protobuf.FieldMask;
 import com.google.protobuf.InvalidProtocolBufferException;
+import com.google.protobuf.Parser;
+import containerd.events.Task.TaskCreate;
 import containerd.events.Task.TaskExit;
 import containerd.services.containers.v1.ContainersGrpc;
 import containerd.services.containers.v1.ContainersOuterClass.Container;
@@ -64,6 +66,7 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.LinkedBlockingQueue;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
+import java.util.function.Function;
 
 /**
  * The example: imports a busybox OCI image layout through berthd's API, runs a container from it,
@@ -79,6 +82,7 @@ public final class Example {
   private static final String RUNTIME = "io.containerd.runc.v2";
   private static final String SPEC_TYPE_URL =
       "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+  private static final String CREATE_TOPIC = "/tasks/create";
   private static final String EXIT_TOPIC = "/tasks/exit";
   private static final int WANT_STATUS = 3;
   private static final String WANT_OUTPUT = "hello from " + LANG;
@@ -367,24 +371,21 @@ public final class Example {
     return new Imported(img.name(), top);
   }
 
-  /** Events.Subscribe to /tasks/exit. */
-  private final class ExitSubscription {
+  /**
+   * Events.Subscribe to this namespace's task events, made before the task is created. The response
+   * headers prove nothing portable (containerd sends them only with the first event), so the task's
+   * own /tasks/create event is what shows the subscription is live before the task starts.
+   */
+  private final class TaskSubscription {
     private final LinkedBlockingQueue<Object> events = new LinkedBlockingQueue<>();
     private final ClientCall<SubscribeRequest, Envelope> call;
 
-    /** Returns once berthd has registered the subscription (its response headers came). */
-    ExitSubscription() throws Failure {
-      CompletableFuture<Void> subscribed = new CompletableFuture<>();
+    TaskSubscription() {
       call =
           ClientInterceptors.intercept(berth.channel(), Berth.namespace(ns))
               .newCall(EventsGrpc.getSubscribeMethod(), CallOptions.DEFAULT);
       call.start(
           new ClientCall.Listener<>() {
-            @Override
-            public void onHeaders(Metadata headers) {
-              subscribed.complete(null);
-            }
-
             @Override
             public void onMessage(Envelope env) {
               events.add(env);
@@ -393,44 +394,52 @@ public final class Example {
 
             @Override
             public void onClose(Status status, Metadata trailers) {
-              subscribed.completeExceptionally(status.asRuntimeException());
               if (status.getCode() != Status.Code.CANCELLED) {
                 events.add(status);
               }
             }
           },
           new Metadata());
-      call.sendMessage(
-          SubscribeRequest.newBuilder().addFilters("topic==\"" + EXIT_TOPIC + "\"").build());
+      String filter = "topic~=\"/tasks/\",namespace==" + new Gson().toJson(ns);
+      call.sendMessage(SubscribeRequest.newBuilder().addFilters(filter).build());
       call.halfClose();
       call.request(1);
-      await("Events.Subscribe", subscribed);
+    }
+
+    /** Waits for the /tasks/create of {@code container}. */
+    void created(String container) throws Failure, InterruptedException {
+      until(CREATE_TOPIC, TaskCreate.parser(), TaskCreate::getContainerId, container);
     }
 
     /** The next exit of {@code container}'s init process. */
     TaskExit next(String container) throws Failure, InterruptedException {
+      return until(EXIT_TOPIC, TaskExit.parser(), TaskExit::getContainerId, container);
+    }
+
+    /** The next event of {@code topic} about {@code container}; skips all others. */
+    private <T> T until(
+        String topic, Parser<T> parser, Function<T, String> containerOf, String container)
+        throws Failure, InterruptedException {
       long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(PATIENCE_SECONDS);
       for (; ; ) {
         Object o = events.poll(deadline - System.nanoTime(), TimeUnit.NANOSECONDS);
         if (o == null) {
-          throw new Failure(
-              "the " + EXIT_TOPIC + " event: nothing within " + PATIENCE_SECONDS + "s");
+          throw new Failure("the " + topic + " event: nothing within " + PATIENCE_SECONDS + "s");
         }
         if (o instanceof Status s) {
           throw new Failure("Events.Subscribe: " + s);
         }
         Envelope env = (Envelope) o;
-        if (!env.getNamespace().equals(ns)
-            || !env.getEvent().getTypeUrl().equals("containerd.events.TaskExit")) {
+        if (!env.getNamespace().equals(ns) || !env.getTopic().equals(topic)) {
           continue;
         }
         try {
-          TaskExit exit = TaskExit.parseFrom(env.getEvent().getValue());
-          if (exit.getContainerId().equals(container)) {
-            return exit;
+          T event = parser.parseFrom(env.getEvent().getValue());
+          if (containerOf.apply(event).equals(container)) {
+            return event;
           }
         } catch (InvalidProtocolBufferException e) {
-          throw new Failure("a " + EXIT_TOPIC + " event does not decode: " + e.getMessage(), e);
+          throw new Failure("a " + topic + " event does not decode: " + e.getMessage(), e);
         }
       }
     }
@@ -578,8 +587,8 @@ public final class Example {
             }));
     mkfifo(stdout);
     CompletableFuture<String> output = readFifo(stdout);
-    ExitSubscription exits = new ExitSubscription();
-    cleanups.push(Map.entry("cancel the subscription", exits::cancel));
+    TaskSubscription taskEvents = new TaskSubscription();
+    cleanups.push(Map.entry("cancel the subscription", taskEvents::cancel));
 
     List<Mount> mounts =
         rpc(
@@ -598,6 +607,9 @@ public final class Example {
                             .setContainerId(id)
                             .addAllRootfs(mounts)
                             .setStdout(stdout.toString())
+                            // containerd 1.6's runc shim opens a stderr even when its path is
+                            // empty (and fails); sharing stdout's FIFO works with both daemons.
+                            .setStderr(stdout.toString())
                             .build()))
             .getPid();
     cleanups.push(
@@ -609,6 +621,7 @@ public final class Example {
                     () ->
                         tasks.delete(DeleteTaskRequest.newBuilder().setContainerId(id).build()))));
     System.out.println("created task " + id + " (pid " + pid + ")");
+    taskEvents.created(id);
 
     // Wait is called before Start so that the exit cannot be missed.
     CompletableFuture<WaitResponse> waited = new CompletableFuture<>();
@@ -635,7 +648,7 @@ public final class Example {
 
     String text = await("the task's stdout", output).trim();
     int status = await("Tasks.Wait", waited).getExitStatus();
-    TaskExit event = exits.next(id);
+    TaskExit event = taskEvents.next(id);
     System.out.println("output: " + text);
     System.out.printf(
         "exit status %d; %s event: status %d%n", status, EXIT_TOPIC, event.getExitStatus());
