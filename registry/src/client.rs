@@ -755,17 +755,7 @@ impl Client {
         let mut req = self.req(host, Method::HEAD, suffix.clone(), scopes.clone());
         req.headers.push(("accept", ACCEPT_MANIFESTS.to_string()));
         let resp = self.send(req).await?;
-        let shown = shown_url(resp.url());
-        check_status(&resp, &shown, reference)?;
-        let media_type = content_type(&resp);
-        if manifest::is_schema1(&media_type) {
-            return Err(Error::Schema1(reference.to_string()));
-        }
-        let header_digest = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.to_string());
+        let (_, media_type, header_digest) = manifest_answer(&resp, reference)?;
         let length = crate::client::header_length(&resp);
         let max = self.inner.config.limits.max_manifest_size;
         if let Some(l) = length {
@@ -794,17 +784,7 @@ impl Client {
         let mut req = self.req(host, Method::GET, suffix, scopes);
         req.headers.push(("accept", ACCEPT_MANIFESTS.to_string()));
         let resp = self.send(req).await?;
-        let shown = shown_url(resp.url());
-        check_status(&resp, &shown, reference)?;
-        let media_type = content_type(&resp);
-        if manifest::is_schema1(&media_type) {
-            return Err(Error::Schema1(reference.to_string()));
-        }
-        let header_digest = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.to_string());
+        let (shown, media_type, header_digest) = manifest_answer(&resp, reference)?;
         let body =
             read_bounded(resp, &shown, max, self.inner.config.limits.progress_timeout).await?;
         let actual = sha256_digest(&body);
@@ -1517,6 +1497,26 @@ fn content_type(resp: &reqwest::Response) -> String {
         .and_then(|v| v.to_str().ok())
         .map(|s| s.split(';').next().unwrap_or("").trim().to_string())
         .unwrap_or_default()
+}
+
+/// What a manifest answer (HEAD or GET) says about the document: the URL as it may be shown,
+/// its media type and the digest the registry claims. A failed status and schema 1 are errors.
+fn manifest_answer(
+    resp: &reqwest::Response,
+    reference: &Reference,
+) -> Result<(String, String, Option<String>), Error> {
+    let shown = shown_url(resp.url());
+    check_status(resp, &shown, reference)?;
+    let media_type = content_type(resp);
+    if manifest::is_schema1(&media_type) {
+        return Err(Error::Schema1(reference.to_string()));
+    }
+    let header_digest = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.to_string());
+    Ok((shown, media_type, header_digest))
 }
 
 fn check_status(resp: &reqwest::Response, shown: &str, reference: &Reference) -> Result<(), Error> {

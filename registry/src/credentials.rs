@@ -181,16 +181,7 @@ impl DockerConfig {
 
 impl CredentialProvider for DockerConfig {
     fn credentials<'a>(&'a self, host: &'a str) -> CredentialFuture<'a> {
-        Box::pin(async move {
-            let path = self.path.clone();
-            let host_owned = host.to_string();
-            tokio::task::spawn_blocking(move || match AuthFile::read(&path)? {
-                Some(file) => file.lookup(&host_owned),
-                None => Ok(None),
-            })
-            .await
-            .map_err(|e| Error::Credentials(format!("reading docker config: {e}")))?
-        })
+        lookup_in_file(self.path.clone(), host, "docker config")
     }
 }
 
@@ -276,16 +267,7 @@ impl LoginStore {
 
 impl CredentialProvider for LoginStore {
     fn credentials<'a>(&'a self, host: &'a str) -> CredentialFuture<'a> {
-        Box::pin(async move {
-            let path = self.path.clone();
-            let host_owned = host.to_string();
-            tokio::task::spawn_blocking(move || match AuthFile::read(&path)? {
-                Some(file) => file.lookup(&host_owned),
-                None => Ok(None),
-            })
-            .await
-            .map_err(|e| Error::Credentials(format!("reading login store: {e}")))?
-        })
+        lookup_in_file(self.path.clone(), host, "login store")
     }
 }
 
@@ -303,6 +285,20 @@ impl CredentialProvider for Chain {
             Ok(None)
         })
     }
+}
+
+/// Both credential files (docker's config.json and the login store) are read the same way: on a
+/// blocking thread, fresh on every lookup so a `berth login` takes effect at once.
+fn lookup_in_file<'a>(path: PathBuf, host: &'a str, what: &'static str) -> CredentialFuture<'a> {
+    let host = host.to_string();
+    Box::pin(async move {
+        tokio::task::spawn_blocking(move || match AuthFile::read(&path)? {
+            Some(file) => file.lookup(&host),
+            None => Ok(None),
+        })
+        .await
+        .map_err(|e| Error::Credentials(format!("reading {what}: {e}")))?
+    })
 }
 
 #[cfg(test)]

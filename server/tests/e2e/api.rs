@@ -3,6 +3,7 @@
 //! field masks, ListStream, Read with offsets, resumed and concurrent Writes, error codes, limits and
 //! durability. Every error case asserts the gRPC code and that nothing changed.
 
+use berth_api::LEASE_HEADER;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
@@ -57,7 +58,6 @@ const RUNC: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// A realistic OCI runtime spec, as `ctr run` sends in Containers/Create.
 const SAMPLE_SPEC: &[u8] = berth_testkit::SPEC_JSON;
-const LEASE_HEADER: &str = "containerd-lease";
 const INDEX_MT: &str = "application/vnd.oci.image.index.v1+json";
 const MANIFEST_MT: &str = "application/vnd.oci.image.manifest.v1+json";
 
