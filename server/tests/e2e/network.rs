@@ -1,0 +1,354 @@
+//! Container networks end to end: the real `ctr` (containerd 1.6's) runs busybox with berth's
+//! network labels against a real berthd, which attaches it with Debian's CNI plugins; curl on the
+//! host reaches the published port. Each test has its own daemon, its own CNI config dir, its own
+//! default network (bridge name and subnet 10.213.24N.0/24 of its own) and namespace, and
+//! removes the bridge and the firewall rules its network left, even when it fails.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::fixtures::busybox_oci_archive;
+use crate::harness::{process_token, Daemon};
+
+const IMAGE: &str = "docker.io/berth/busybox:net";
+
+struct Fixture {
+    d: Daemon,
+    ns: String,
+    bridge: String,
+    _dirs: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn start(case: &str, subnet: &str, bridge: &str) -> Fixture {
+        let dirs = tempfile::tempdir().unwrap();
+        let conf = dirs.path().join("net.d");
+        let toml = format!(
+            "[cni]\nconf_dir = \"{}\"\ndefault_subnet = \"{subnet}\"\ndefault_bridge = \"{bridge}\"\n",
+            conf.display()
+        );
+        let images = dirs.path().join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        let image = busybox_oci_archive(&images, IMAGE);
+        let f = Fixture {
+            d: Daemon::start_with_config(&toml),
+            ns: format!("{case}-{}", process_token()),
+            bridge: bridge.to_string(),
+            _dirs: dirs,
+        };
+        f.ctr(&["images", "import", image.path.to_str().unwrap()]);
+        f
+    }
+
+    fn ctr(&self, args: &[&str]) -> String {
+        self.d.ctr(&self.ns, args)
+    }
+
+    fn try_ctr(&self, args: &[&str]) -> Result<String, String> {
+        let out = self.d.ctr_raw(&self.ns, args);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// `ctr run -d` of busybox httpd serving `token` on port 80, with berth's labels.
+    fn run_web(&self, id: &str, token: &str, labels: &[String]) {
+        let script = format!("echo {token} > /tmp/index.html && exec httpd -f -p 80 -h /tmp");
+        let mut args: Vec<&str> = vec!["run", "-d"];
+        for l in labels {
+            args.extend(["--label", l.as_str()]);
+        }
+        args.extend([IMAGE, id, "sh", "-c", &script]);
+        self.ctr(&args);
+    }
+
+    fn stop_task(&self, id: &str) {
+        let _ = self.try_ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match self.try_ctr(&["tasks", "delete", id]) {
+                Ok(_) => return,
+                Err(e) if e.contains("not found") => return,
+                // Still running: the SIGKILL's exit has not been seen yet.
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        panic!("task {id} could not be deleted");
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.d.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("---- berthd log tail ----");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        if std::os::unix::net::UnixStream::connect(&self.d.socket).is_ok() {
+            if let Ok(out) = self.try_ctr(&["tasks", "ls", "-q"]) {
+                for id in out.split_whitespace() {
+                    self.stop_task(id);
+                }
+            }
+            if let Ok(out) = self.try_ctr(&["containers", "ls", "-q"]) {
+                for id in out.split_whitespace() {
+                    let _ = self.try_ctr(&["containers", "rm", id]);
+                }
+            }
+            self.d.stop();
+        }
+        // The default network's bridge and the firewall plugin's rules for it are this test's.
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.bridge])
+            .output();
+        for (chain, rule) in [
+            (
+                "CNI-ISOLATION-STAGE-1",
+                format!("-i {b} ! -o {b}", b = self.bridge),
+            ),
+            ("CNI-ISOLATION-STAGE-2", format!("-o {}", self.bridge)),
+        ] {
+            let mut args: Vec<String> = vec!["-w".into(), "-D".into(), chain.into()];
+            args.extend(rule.split(' ').map(str::to_string));
+            args.extend(
+                [
+                    "-m",
+                    "comment",
+                    "--comment",
+                    "CNI firewall plugin rules (ingressPolicy: same-bridge)",
+                    "-j",
+                ]
+                .map(str::to_string),
+            );
+            args.push(if chain.ends_with('1') {
+                "CNI-ISOLATION-STAGE-2".into()
+            } else {
+                "DROP".into()
+            });
+            let _ = Command::new("iptables").args(&args).output();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// curl (default options) until it answers, bounded: the server in the container starts
+/// after `ctr run -d` returns.
+fn curl(url: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "3", url])
+            .output()
+            .expect("run curl (scripts/deps-cni.sh installs it)");
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn netns_entries(part: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(part))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn bridge_ports(bridge: &str) -> usize {
+    std::fs::read_dir(format!("/sys/class/net/{bridge}/brif"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn host_address() -> String {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let i = f.iter().position(|w| *w == "inet")?;
+            let ip = f.get(i + 1)?.split('/').next()?.to_string();
+            (!ip.starts_with("10.213.")).then_some(ip)
+        })
+        .expect("a global IPv4 address on the host")
+}
+
+fn unable() -> Option<&'static str> {
+    if !Path::new("/usr/lib/cni/bridge").exists() && !Path::new("/opt/cni/bin/bridge").exists() {
+        return Some("CNI plugins missing (scripts/deps-cni.sh installs them)");
+    }
+    None
+}
+
+#[test]
+fn ctr_run_with_a_published_port_is_reached_by_curl_and_torn_down() {
+    if let Some(reason) = unable() {
+        berth_testkit::skip::skip_unless_ci(
+            "ctr_run_with_a_published_port_is_reached_by_curl_and_torn_down",
+            reason,
+        );
+        return;
+    }
+    let bridge = format!("bte{}", std::process::id() % 100000);
+    let f = Fixture::start("netport", "10.213.241.0/24", &bridge);
+    let port = free_port();
+    let token = format!("berth-net-{port}");
+    f.run_web(
+        "web",
+        &token,
+        &[
+            r#"berth/networks=["bridge"]"#.to_string(),
+            format!(r#"berth/ports=[{{"HostPort":{port},"ContainerPort":80,"Protocol":"tcp"}}]"#),
+        ],
+    );
+    let body = curl(&format!("http://127.0.0.1:{port}/index.html"));
+    assert_eq!(body.trim(), token);
+    let body = curl(&format!("http://{}:{port}/index.html", host_address()));
+    assert_eq!(body.trim(), token);
+
+    // The netns is visible to `ip netns` while the task lives, and the container sees its
+    // own name in /etc/hosts and no loopback resolver.
+    let ns_part = format!("berth-{}-web-", f.ns);
+    assert_eq!(netns_entries(&ns_part).len(), 1, "{ns_part}");
+    let hosts = f.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "h",
+        "web",
+        "cat",
+        "/etc/hosts",
+    ]);
+    assert!(
+        hosts
+            .lines()
+            .any(|l| l.starts_with("10.213.241.") && l.contains("web")),
+        "{hosts}"
+    );
+    let resolv = f.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "r",
+        "web",
+        "cat",
+        "/etc/resolv.conf",
+    ]);
+    assert!(
+        resolv.contains("nameserver ") && !resolv.contains("nameserver 127."),
+        "{resolv}"
+    );
+    assert_eq!(bridge_ports(&bridge), 1);
+
+    // Task delete detaches: no netns, no veth on the bridge, the port closed.
+    f.stop_task("web");
+    assert!(netns_entries(&ns_part).is_empty());
+    assert_eq!(bridge_ports(&bridge), 0);
+    let closed = Command::new("curl")
+        .args(["-sS", "--max-time", "2"])
+        .arg(format!("http://127.0.0.1:{port}/index.html"))
+        .output()
+        .unwrap();
+    assert!(!closed.status.success());
+}
+
+#[test]
+fn attachments_of_tasks_that_died_with_the_daemon_down_are_cleaned_at_start() {
+    if let Some(reason) = unable() {
+        berth_testkit::skip::skip_unless_ci(
+            "attachments_of_tasks_that_died_with_the_daemon_down_are_cleaned_at_start",
+            reason,
+        );
+        return;
+    }
+    let bridge = format!("btf{}", std::process::id() % 100000);
+    let mut f = Fixture::start("netstale", "10.213.242.0/24", &bridge);
+    let port = free_port();
+    f.run_web(
+        "gone",
+        "gone",
+        &[
+            r#"berth/networks=["bridge"]"#.to_string(),
+            format!(r#"berth/ports=[{{"HostPort":{port},"ContainerPort":80}}]"#),
+        ],
+    );
+    f.run_web(
+        "stays",
+        "stays",
+        &[r#"berth/networks=["bridge"]"#.to_string()],
+    );
+    curl(&format!("http://127.0.0.1:{port}/index.html"));
+    let gone_part = format!("berth-{}-gone-", f.ns);
+    let stays_part = format!("berth-{}-stays-", f.ns);
+    assert_eq!(netns_entries(&gone_part).len(), 1);
+    assert_eq!(bridge_ports(&bridge), 2);
+
+    // berthd dies; meanwhile "gone" dies too, its shim with it.
+    let pid: u32 = f
+        .ctr(&["tasks", "ls"])
+        .lines()
+        .find(|l| l.starts_with("gone "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .expect("gone's pid");
+    let shim: i32 = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().nth(1))
+                .and_then(|p| p.parse().ok())
+        })
+        .expect("gone's shim");
+    f.d.kill9();
+    for p in [shim, pid as i32] {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    f.d.spawn();
+
+    // The dead shim's task is cleaned up in the background after start; its network with it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !netns_entries(&gone_part).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(netns_entries(&gone_part).is_empty(), "gone's netns left");
+    assert_eq!(netns_entries(&stays_part).len(), 1, "stays keeps its netns");
+    assert_eq!(bridge_ports(&bridge), 1);
+    let closed = Command::new("curl")
+        .args(["-sS", "--max-time", "2"])
+        .arg(format!("http://127.0.0.1:{port}/index.html"))
+        .output()
+        .unwrap();
+    assert!(
+        !closed.status.success(),
+        "gone's published port still answers"
+    );
+}
