@@ -352,3 +352,120 @@ fn attachments_of_tasks_that_died_with_the_daemon_down_are_cleaned_at_start() {
         "gone's published port still answers"
     );
 }
+
+#[tokio::test]
+async fn networks_service_creates_lists_gets_and_deletes() {
+    use berth_api::berth::services::networks::v1::networks_client::NetworksClient;
+    use berth_api::berth::services::networks::v1::*;
+    use tonic::Code;
+
+    if let Some(reason) = unable() {
+        berth_testkit::skip::skip_unless_ci(
+            "networks_service_creates_lists_gets_and_deletes",
+            reason,
+        );
+        return;
+    }
+    let bridge = format!("btg{}", std::process::id() % 100000);
+    let f = Fixture::start("netapi", "10.213.243.0/24", &bridge);
+    let mut client = NetworksClient::new(f.d.channel().await);
+
+    // The default network exists from the first listing on, and cannot be deleted.
+    let listed = client
+        .list(ListNetworksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let default = listed
+        .networks
+        .iter()
+        .find(|n| n.is_default)
+        .expect("the default network is listed");
+    assert_eq!(default.name, "bridge");
+    assert_eq!(default.subnets, vec!["10.213.243.0/24".to_string()]);
+    let err = client
+        .delete(DeleteNetworkRequest {
+            name: "bridge".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+
+    let name = format!("netapi-{}", std::process::id());
+    let created = client
+        .create(CreateNetworkRequest {
+            name: name.clone(),
+            subnet: "10.213.244.0/24".into(),
+            labels: [("team".to_string(), "a".to_string())].into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .network
+        .unwrap();
+    assert_eq!(created.gateway, "10.213.244.1");
+    assert!(created.managed && !created.is_default);
+    assert!(created.config.contains("\"portmap\""), "{}", created.config);
+    let got = client
+        .get(GetNetworkRequest { name: name.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .network
+        .unwrap();
+    assert_eq!(got, created);
+
+    // Failures keep their errdefs class on the wire; nothing changes.
+    for (req, code) in [
+        (
+            CreateNetworkRequest {
+                name: name.clone(),
+                ..Default::default()
+            },
+            Code::AlreadyExists,
+        ),
+        (
+            CreateNetworkRequest {
+                name: format!("{name}-overlap"),
+                subnet: "10.213.244.0/25".into(),
+                ..Default::default()
+            },
+            Code::FailedPrecondition,
+        ),
+        (
+            CreateNetworkRequest {
+                name: "bad/name".into(),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            CreateNetworkRequest {
+                name: format!("{name}-badsubnet"),
+                subnet: "10.213.244.1/24".into(),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+        ),
+    ] {
+        let err = client.create(req.clone()).await.unwrap_err();
+        assert_eq!(err.code(), code, "{req:?}: {err}");
+    }
+    assert_eq!(
+        client
+            .list(ListNetworksRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .networks
+            .len(),
+        2
+    );
+
+    client
+        .delete(DeleteNetworkRequest { name: name.clone() })
+        .await
+        .unwrap();
+    let err = client.get(GetNetworkRequest { name }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+}
