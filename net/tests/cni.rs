@@ -706,3 +706,59 @@ fn attach_detach_cycles_leak_nothing() {
             .unwrap_or(true)
     );
 }
+
+#[test]
+fn parallel_attachments_get_distinct_addresses_and_all_detach() {
+    require_host!("parallel_attachments_get_distinct_addresses_and_all_detach");
+    const N: usize = 6;
+    let mut f = Fixture::new("par");
+    let network = f.network("n", "10.213.8.0/24");
+    let bridge = f.net().inspect_network(&network).unwrap().bridge.unwrap();
+    let keys: Vec<AttachmentKey> = (0..N).map(|i| f.key(&format!("p{i}"))).collect();
+    let net = f.net();
+    let addresses: Vec<Ipv4Addr> = std::thread::scope(|s| {
+        let handles: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let network = network.clone();
+                s.spawn(move || {
+                    let a = net
+                        .setup(
+                            key,
+                            &AttachOptions {
+                                networks: vec![network],
+                                ports: vec![PortMapping::tcp(free_port(), 80)],
+                                hostname: format!("p{i}"),
+                                ..Default::default()
+                            },
+                        )
+                        .unwrap();
+                    first_ipv4(&a)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let distinct: HashSet<Ipv4Addr> = addresses.iter().copied().collect();
+    assert_eq!(distinct.len(), N, "{addresses:?}");
+    assert_eq!(bridge_ports(&bridge), N);
+    // Every hosts file names every other container, whatever order they came in.
+    for key in &keys {
+        let hosts = std::fs::read_to_string(net.inspect(key).unwrap().hosts_path).unwrap();
+        for ip in &addresses {
+            assert!(
+                hosts.contains(&ip.to_string()),
+                "{ip} missing in {key}'s\n{hosts}"
+            );
+        }
+    }
+    std::thread::scope(|s| {
+        for key in &keys {
+            s.spawn(move || net.teardown(key).unwrap());
+        }
+    });
+    assert_eq!(bridge_ports(&bridge), 0);
+    assert!(leases(&f.state_dir, &network).is_empty());
+    assert!(net.list().unwrap().is_empty());
+}
