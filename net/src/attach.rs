@@ -109,6 +109,46 @@ fn is_identifier(s: &str) -> bool {
     !prev_sep
 }
 
+/// What lands in the hosts file, resolv.conf and CNI_ARGS must not be able to add lines or
+/// arguments of its own.
+fn validate_text(opts: &AttachOptions) -> Result<()> {
+    for name in std::iter::once(&opts.hostname)
+        .filter(|h| !h.is_empty())
+        .chain(&opts.aliases)
+    {
+        let ok = name.len() <= 253
+            && !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !ok {
+            return Err(Error::invalid(format!(
+                "invalid host name {name:?}: use letters, digits, '.', '-' and '_'"
+            )));
+        }
+    }
+    for (k, v) in &opts.cni_args {
+        if k.is_empty() || k.contains(['=', ';']) || v.contains(';') || k.contains('\0') {
+            return Err(Error::invalid(format!("invalid CNI argument {k:?}={v:?}")));
+        }
+    }
+    if let Some(dns) = &opts.dns {
+        for server in &dns.servers {
+            server.parse::<IpAddr>().map_err(|_| {
+                Error::invalid(format!("invalid DNS server {server:?}: not an IP address"))
+            })?;
+        }
+        for word in dns.searches.iter().chain(&dns.options) {
+            if word.is_empty() || word.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(Error::invalid(format!(
+                    "invalid DNS search domain or option {word:?}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A published port, in the shape of the portmap plugin's `portMappings` capability.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -390,6 +430,7 @@ impl Net {
         for p in &opts.ports {
             p.validate()?;
         }
+        validate_text(opts)?;
         if !opts.ports.is_empty() && configs.is_empty() {
             return Err(Error::invalid(
                 "ports can be published only on a network (not with none)",
@@ -856,6 +897,53 @@ mod tests {
         assert!(!is_identifier("a/b"));
         assert!(!is_identifier(""));
         assert!(!is_identifier(&"a".repeat(77)));
+    }
+
+    #[test]
+    fn text_that_could_add_lines_is_refused() {
+        let bad = [
+            AttachOptions {
+                hostname: "web\n10.0.0.1 bank".into(),
+                ..Default::default()
+            },
+            AttachOptions {
+                aliases: vec!["a b".into()],
+                ..Default::default()
+            },
+            AttachOptions {
+                cni_args: vec![("K".into(), "v;IgnoreUnknown=0".into())],
+                ..Default::default()
+            },
+            AttachOptions {
+                dns: Some(DnsConfig {
+                    servers: vec!["1.1.1.1\nnameserver 6.6.6.6".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            AttachOptions {
+                dns: Some(DnsConfig {
+                    options: vec!["ndots:5\nsearch evil".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ];
+        for opts in &bad {
+            assert!(validate_text(opts).is_err(), "{opts:?}");
+        }
+        let good = AttachOptions {
+            hostname: "web-1.example".into(),
+            aliases: vec!["web_1".into()],
+            cni_args: vec![("K8S_POD_NAME".into(), "p".into())],
+            dns: Some(DnsConfig {
+                servers: vec!["10.96.0.10".into()],
+                searches: vec!["svc.cluster.local".into()],
+                options: vec!["ndots:5".into()],
+            }),
+            ..Default::default()
+        };
+        validate_text(&good).unwrap();
     }
 
     #[test]

@@ -762,3 +762,52 @@ fn parallel_attachments_get_distinct_addresses_and_all_detach() {
     assert!(leases(&f.state_dir, &network).is_empty());
     assert!(net.list().unwrap().is_empty());
 }
+
+#[test]
+fn no_networks_gives_a_netns_with_loopback_up_and_bad_input_changes_nothing() {
+    require_host!("no_networks_gives_a_netns_with_loopback_up_and_bad_input_changes_nothing");
+    let mut f = Fixture::new("none");
+    let key = f.key("solo");
+    let a = f
+        .net()
+        .setup(
+            &key,
+            &AttachOptions {
+                hostname: "solo".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(a.networks.is_empty());
+    let ns = f.netns_name(&key);
+    let lo = run_in(&ns, &["ip", "-o", "link", "show", "lo"]);
+    assert!(String::from_utf8_lossy(&lo.stdout).contains("UP"), "{lo:?}");
+    let ping = run_in(&ns, &[busybox(), "ping", "-c", "1", "-W", "2", "127.0.0.1"]);
+    assert!(ping.status.success(), "{ping:?}");
+    f.net().teardown(&key).unwrap();
+    assert!(!netns_listed(&ns));
+
+    // Refused before anything is made: no record, no netns.
+    let bad = f.key("bad");
+    for opts in [
+        AttachOptions {
+            hostname: "x\n10.0.0.1 bank".into(),
+            ..Default::default()
+        },
+        AttachOptions {
+            networks: vec!["no-such-network".into()],
+            ..Default::default()
+        },
+        AttachOptions {
+            ports: vec![PortMapping::tcp(8080, 80)],
+            ..Default::default()
+        },
+    ] {
+        assert!(f.net().setup(&bad, &opts).is_err(), "{opts:?}");
+        assert!(!netns_listed(&f.netns_name(&bad)));
+        assert!(f.net().list().unwrap().is_empty());
+    }
+    let hostile = AttachmentKey::new("berthnet-test", "../../etc");
+    assert!(f.net().setup(&hostile, &AttachOptions::default()).is_err());
+    assert!(f.net().teardown(&hostile).is_err());
+}
