@@ -22,10 +22,14 @@ struct Fixture {
 
 impl Fixture {
     fn start(case: &str, subnet: &str, bridge: &str) -> Fixture {
+        Self::start_with(case, subnet, bridge, "")
+    }
+
+    fn start_with(case: &str, subnet: &str, bridge: &str, extra_toml: &str) -> Fixture {
         let dirs = tempfile::tempdir().unwrap();
         let conf = dirs.path().join("net.d");
         let toml = format!(
-            "[cni]\nconf_dir = \"{}\"\ndefault_subnet = \"{subnet}\"\ndefault_bridge = \"{bridge}\"\n",
+            "{extra_toml}\n[cni]\nconf_dir = \"{}\"\ndefault_subnet = \"{subnet}\"\ndefault_bridge = \"{bridge}\"\n",
             conf.display()
         );
         let images = dirs.path().join("images");
@@ -468,4 +472,83 @@ async fn networks_service_creates_lists_gets_and_deletes() {
         .unwrap();
     let err = client.get(GetNetworkRequest { name }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err}");
+}
+
+/// The task's pid as `ctr tasks ls` shows it, when it is RUNNING.
+fn running_pid(f: &Fixture, id: &str) -> Option<u32> {
+    f.try_ctr(&["tasks", "ls"]).ok()?.lines().find_map(|l| {
+        let c: Vec<&str> = l.split_whitespace().collect();
+        (c.first() == Some(&id) && c.get(2) == Some(&"RUNNING"))
+            .then(|| c.get(1)?.parse().ok())
+            .flatten()
+    })
+}
+
+#[test]
+fn the_restart_monitor_gives_a_restarted_task_its_network_again() {
+    if let Some(reason) = unable() {
+        berth_testkit::skip::skip_unless_ci(
+            "the_restart_monitor_gives_a_restarted_task_its_network_again",
+            reason,
+        );
+        return;
+    }
+    let bridge = format!("bth{}", std::process::id() % 100000);
+    let f = Fixture::start_with(
+        "netrestart",
+        "10.213.245.0/24",
+        &bridge,
+        "[tasks]\nrestart_interval_ms = 200\n",
+    );
+    let port = free_port();
+    f.run_web(
+        "rw",
+        "again",
+        &[
+            r#"berth/networks=["bridge"]"#.to_string(),
+            format!(r#"berth/ports=[{{"HostPort":{port},"ContainerPort":80}}]"#),
+        ],
+    );
+    let url = format!("http://127.0.0.1:{port}/index.html");
+    assert_eq!(curl(&url).trim(), "again");
+    let first = running_pid(&f, "rw").expect("rw runs");
+    let ns_part = format!("berth-{}-rw-", f.ns);
+    let first_ns = netns_entries(&ns_part);
+    assert_eq!(first_ns.len(), 1);
+    // Labelled once the task runs, so no monitor round races ctr's own start.
+    f.ctr(&[
+        "containers",
+        "label",
+        "rw",
+        "containerd.io/restart.status=running",
+    ]);
+    f.ctr(&["tasks", "kill", "-s", "SIGKILL", "rw"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while running_pid(&f, "rw").is_none_or(|p| p == first) {
+        assert!(Instant::now() < deadline, "rw was not restarted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(curl(&url).trim(), "again");
+    assert_eq!(
+        netns_entries(&ns_part),
+        first_ns,
+        "one netns, of the same name"
+    );
+    assert_eq!(
+        bridge_ports(&bridge),
+        1,
+        "the old veth went with the old task"
+    );
+    // The monitor stops it again; the fixture removes it.
+    f.ctr(&[
+        "containers",
+        "label",
+        "rw",
+        "containerd.io/restart.status=stopped",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while running_pid(&f, "rw").is_some() {
+        assert!(Instant::now() < deadline, "rw was not stopped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
