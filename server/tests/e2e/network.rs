@@ -552,3 +552,110 @@ fn the_restart_monitor_gives_a_restarted_task_its_network_again() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn containers_on_one_network_reach_each_other_and_runs_leak_nothing() {
+    if let Some(reason) = unable() {
+        berth_testkit::skip::skip_unless_ci(
+            "containers_on_one_network_reach_each_other_and_runs_leak_nothing",
+            reason,
+        );
+        return;
+    }
+    const RUNS: usize = 15;
+    let bridge = format!("bti{}", std::process::id() % 100000);
+    let f = Fixture::start("netpair", "10.213.246.0/24", &bridge);
+    let net_label = r#"berth/networks=["bridge"]"#.to_string();
+    f.run_web("server", "from-server", std::slice::from_ref(&net_label));
+    let hosts = f.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "h",
+        "server",
+        "cat",
+        "/etc/hosts",
+    ]);
+    let server_ip = hosts
+        .lines()
+        .find(|l| l.ends_with("\tserver"))
+        .and_then(|l| l.split('\t').next())
+        .unwrap_or_else(|| panic!("server's address in\n{hosts}"))
+        .to_string();
+
+    // Short-lived clients on the same network: each reaches the server, and lists it by name.
+    let state = f.d.state().join("cni");
+    let before_leases = count_files(&state.join("ipam/bridge"));
+    let started = Instant::now();
+    for i in 0..RUNS {
+        let id = format!("client{i}");
+        let script = format!(
+            "grep -q '^{server_ip}\tserver$' /etc/hosts && \
+             printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {server_ip} 80"
+        );
+        let out = f.d.ctr_raw(
+            &f.ns,
+            &[
+                "run", "--rm", "--label", &net_label, IMAGE, &id, "sh", "-c", &script,
+            ],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("from-server"),
+            "{id}: {out:?}"
+        );
+    }
+    eprintln!(
+        "{RUNS} `ctr run --rm` on a network: {:?} each",
+        started.elapsed() / RUNS as u32
+    );
+    // Only the server is left attached: one veth, one netns, its lease alone.
+    assert_eq!(bridge_ports(&bridge), 1);
+    assert!(netns_entries(&format!("berth-{}-client", f.ns)).is_empty());
+    assert_eq!(count_files(&state.join("ipam/bridge")), before_leases);
+    let attachments = count_files(&state.join("attachments").join(&f.ns));
+    assert_eq!(attachments, 1, "attachment records left");
+    // berth-net's CNI_CONTAINERID: sha256 of state dir, namespace and id.
+    let ids: Vec<String> = (0..RUNS)
+        .map(|i| {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(
+                format!("{}\0{}\0client{i}", state.display(), f.ns).as_bytes(),
+            ))
+        })
+        .collect();
+    let rules = Command::new("iptables-save").output().unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    let left: Vec<&str> = rules
+        .lines()
+        .filter(|l| ids.iter().any(|id| l.contains(id.as_str())))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "iptables rules of finished clients: {left:?}"
+    );
+    let server_id = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(
+            format!("{}\0{}\0server", state.display(), f.ns).as_bytes(),
+        ))
+    };
+    assert!(
+        rules.contains(&server_id),
+        "the server's rules are found the same way (the check can fail)"
+    );
+}
+
+/// Entries of `dir` other than host-local's bookkeeping files.
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n != "lock" && !n.starts_with("last_reserved_ip")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
