@@ -24,6 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+"$(dirname "$0")/deps-cni.sh"  # CNI plugins, iproute2, iptables for berth-net's networks
 "$(dirname "$0")/deps-go-tools.sh"  # containerd v2: ctr 2.x, its API .proto files, the Go client test module
 command -v cargo >/dev/null || { echo "berth needs a Rust toolchain (cargo): install it with rustup" >&2; exit 1; }
 "$(dirname "$0")/deps-grpc-peers.sh"   # grpcio and @grpc/grpc-js for the :authority e2e test

@@ -161,6 +161,17 @@ pub mod berth {
         /// `berth.v1`.
         v1 => "berth.v1.rs"
     );
+
+    /// Packages `berth.services.*`: berth's own gRPC services.
+    pub mod services {
+        /// `berth.services.networks.*`.
+        pub mod networks {
+            generated!(
+                /// `berth.services.networks.v1`: named container networks (CNI).
+                v1 => "berth.services.networks.v1.rs"
+            );
+        }
+    }
 }
 
 /// Type URL containerd uses in `google.protobuf.Any` for `T`: the message's

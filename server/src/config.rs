@@ -33,6 +33,8 @@ pub struct Config {
     /// Runtimes a container may name (`Container.runtime.name`), as containerd's CRI
     /// `runtimes.NAME`. `io.containerd.runc.v2` (berth-shim + runc) is always there.
     pub runtimes: std::collections::BTreeMap<String, RuntimeConfig>,
+    /// Container networks (owned by `network.rs`).
+    pub cni: crate::network::CniConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -207,6 +209,7 @@ impl Default for Config {
             tasks: TasksConfig::default(),
             events: EventsConfig::default(),
             runtimes: [(DEFAULT_RUNTIME.to_string(), RuntimeConfig::default())].into(),
+            cni: Default::default(),
         }
     }
 }
@@ -347,6 +350,7 @@ impl Config {
         for (name, rt) in &self.runtimes {
             rt.validate(name)?;
         }
+        self.cni.validate()?;
         Ok(())
     }
 
@@ -437,6 +441,8 @@ mod tests {
                 "[runtimes.crun]\nbinary_name = \"\"",
                 "runtimes.crun.binary_name",
             ),
+            ("[cni]\nplugin_timeout_ms = 0", "cni.plugin_timeout_ms"),
+            ("[cni]\nconf_dir = \"net.d\"", "cni.conf_dir"),
             (
                 "[proxy_plugins.p]\ntype = \"content\"\naddress = \"/run/p.sock\"",
                 "proxy_plugins.p.type",

@@ -79,6 +79,23 @@ pub async fn run(config: Config) -> Result<()> {
     if recovered > 0 {
         tracing::info!(tasks = recovered, "reconnected to running shims");
     }
+    let network = Arc::new(crate::network::Networking::open(
+        &config.cni,
+        &config.state,
+    )?);
+    // Attachments of containers whose task did not survive (a task is what holds a network).
+    let live = tasks.clone();
+    if let Err(e) = network
+        .clone()
+        .cleanup_stale(move |ns, id| match live.get(ns, id) {
+            Ok(_) => crate::network::TaskPresence::Live,
+            Err(e) if e.is_not_found() => crate::network::TaskPresence::Gone,
+            Err(_) => crate::network::TaskPresence::Settling,
+        })
+        .await
+    {
+        tracing::warn!(error = %e, "cleaning up stale network attachments");
+    }
     tokio::spawn(
         RestartMonitor {
             meta: meta.clone(),
@@ -86,6 +103,7 @@ pub async fn run(config: Config) -> Result<()> {
             tasks: tasks.clone(),
             events: state.events.clone(),
             interval: Duration::from_millis(config.tasks.restart_interval_ms),
+            network: network.clone(),
         }
         .run(),
     );
@@ -100,7 +118,7 @@ pub async fn run(config: Config) -> Result<()> {
         shutdown_signal().await;
         events.close();
     };
-    let serve = router(&config, state.clone(), tasks, &snapshotter_errors)
+    let serve = router(&config, state.clone(), tasks, network, &snapshotter_errors)
         .serve_with_incoming_shutdown(
             // Every client's :authority reaches h2 in a form it accepts (gRPC's C core and
             // grpc-java send the socket path).
@@ -130,6 +148,7 @@ fn router(
     config: &Config,
     state: Arc<State>,
     tasks: Arc<TaskManager>,
+    network: Arc<crate::network::Networking>,
     snapshotter_errors: &[(String, String)],
 ) -> tonic::transport::server::Router {
     let recv = config.grpc.max_recv_message_size;
@@ -218,7 +237,12 @@ fn router(
             services::tasks::TasksService {
                 state: state.clone(),
                 tasks,
+                network: network.clone(),
             }
+        ))
+        .add_service(svc!(
+            berth_api::berth::services::networks::v1::networks_server::NetworksServer,
+            services::networks::NetworksService { network }
         ))
         // grpc.health.v1: "" is SERVING while the router is up (containerd's client IsServing).
         .add_service(tonic_health::server::health_reporter().1)

@@ -4,7 +4,7 @@
 //! berth-content, berth-layer, berth-cgroups, berth-snapshotter) under one error vocabulary
 //! (berth-errdefs). Layout, arrows pointing down only:
 //! `services` (gRPC, thin) → `controllers` (gc, restart monitor: loops over several domains) →
-//! `runtime` (tasks), `snapshots`, `events` and the domain crates → shared helpers (`blocking`,
+//! `runtime` (tasks), `network` (CNI, through berth-net), `snapshots`, `events` and the domain crates → shared helpers (`blocking`,
 //! `fsutil`). `config` is read once by `main`; `daemon` wires everything together.
 
 pub mod blocking;
@@ -13,6 +13,7 @@ pub mod controllers;
 pub mod daemon;
 pub mod events;
 pub mod fsutil;
+pub mod network;
 pub mod remote_snapshotter;
 pub mod runtime;
 pub mod services;

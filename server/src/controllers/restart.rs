@@ -47,6 +47,8 @@ pub struct RestartMonitor {
     pub tasks: Arc<TaskManager>,
     pub events: Exchange,
     pub interval: Duration,
+    /// A restarted task gets its network again as Tasks.Create gives it.
+    pub network: Arc<crate::network::Networking>,
 }
 
 /// How long a killed task may take to exit before the monitor gives up on it for this round
@@ -199,11 +201,15 @@ impl RestartMonitor {
             Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e),
         }
-        match self.tasks.delete(ns, id).await {
+        let deleted = match self.tasks.delete(ns, id).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e),
+        };
+        if deleted.is_ok() {
+            self.network.after_delete(ns, id).await;
         }
+        deleted
     }
 
     async fn restart(&self, ns: &str, c: Container, exit_status: u32) -> Result<()> {
@@ -238,7 +244,10 @@ impl RestartMonitor {
             (_, Some(path)) if !path.is_empty() => format!("file://{path}"),
             _ => String::new(),
         };
-        self.tasks
+        let mut c = c;
+        let networked = self.network.before_create(ns, &mut c).await?;
+        let created = self
+            .tasks
             .create(CreateTask {
                 namespace: ns.to_string(),
                 container: c,
@@ -251,7 +260,13 @@ impl RestartMonitor {
                 },
                 options: None,
             })
-            .await?;
+            .await;
+        if let Err(e) = created {
+            if networked {
+                self.network.after_delete(ns, &id).await;
+            }
+            return Err(e);
+        }
         // The last check, with the new task in place (see the module comment).
         let still = match self.meta.get_container(ns, &id) {
             Ok(mut c) => {
@@ -267,11 +282,13 @@ impl RestartMonitor {
         };
         if !still {
             tracing::info!(namespace = ns, container = %id, "restart monitor: changed meanwhile; not starting");
-            return match self.tasks.delete(ns, &id).await {
+            let deleted = match self.tasks.delete(ns, &id).await {
                 Ok(_) => Ok(()),
                 Err(e) if e.is_not_found() => Ok(()),
                 Err(e) => Err(e),
             };
+            self.network.after_delete(ns, &id).await;
+            return deleted;
         }
         self.tasks.start(ns, &id, "").await?;
         Ok(())
@@ -364,6 +381,7 @@ mod tests {
             tasks: Arc::new(tasks),
             events,
             interval: Duration::from_secs(3600),
+            network: Arc::new(crate::network::Networking::disabled()),
         }
     }
 

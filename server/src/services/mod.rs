@@ -10,6 +10,7 @@ pub mod images;
 pub mod introspection;
 pub mod leases;
 pub mod namespaces;
+pub mod networks;
 pub mod not_served;
 pub mod snapshots;
 pub mod tasks;

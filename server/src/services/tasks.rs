@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 pub struct TasksService {
     pub state: Arc<State>,
     pub tasks: Arc<TaskManager>,
+    pub network: Arc<crate::network::Networking>,
 }
 
 fn api_status(s: Status) -> ApiStatus {
@@ -146,11 +147,16 @@ impl Tasks for TasksService {
             ))
             .into());
         }
-        let container = self.state.meta.get_container(&ns, id)?;
-        let task = self
+        let mut container = self.state.meta.get_container(&ns, id)?;
+        // A container with a task keeps its network; the runtime refuses the second task.
+        let networked = match self.tasks.get(&ns, id) {
+            Err(e) if e.is_not_found() => self.network.before_create(&ns, &mut container).await?,
+            _ => false,
+        };
+        let created = self
             .tasks
             .create(CreateTask {
-                namespace: ns,
+                namespace: ns.clone(),
                 container,
                 rootfs: r.rootfs,
                 stdio: Stdio {
@@ -161,7 +167,16 @@ impl Tasks for TasksService {
                 },
                 options: r.options,
             })
-            .await?;
+            .await;
+        let task = match created {
+            Ok(task) => task,
+            Err(e) => {
+                if networked {
+                    self.network.after_delete(&ns, id).await;
+                }
+                return Err(e.into());
+            }
+        };
         reply(CreateTaskResponse {
             container_id: task.record.id.clone(),
             pid: task.pid,
@@ -182,6 +197,7 @@ impl Tasks for TasksService {
         let ns = namespace(&req)?;
         let id = container_id(&req.get_ref().container_id)?;
         let exit = self.tasks.delete(&ns, id).await?;
+        self.network.after_delete(&ns, id).await;
         reply(DeleteResponse {
             id: id.to_string(),
             pid: exit.pid,

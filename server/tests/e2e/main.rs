@@ -13,6 +13,7 @@ mod events;
 mod fixtures;
 mod harness;
 mod images;
+mod network;
 mod registry;
 mod snapshots;
 mod tasks;

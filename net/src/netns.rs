@@ -1,0 +1,131 @@
+//! Named network namespaces, made as `ip netns add` makes them so `ip netns list` and
+//! `ip netns exec` see them: an empty file under /run/netns with a new namespace bind-mounted on
+//! it, /run/netns itself a shared mount so the bind propagates into mount namespaces made
+//! later and an unmount here reaches their copies (a copy kept alive elsewhere would keep
+//! the namespace, its veth end and its addresses alive).
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+
+use crate::error::{Error, Result};
+
+/// Where iproute2 looks for named network namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
+
+// Two threads making /run/netns a mount point at once would stack two binds.
+static SETUP: Mutex<()> = Mutex::new(());
+
+fn validate(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 200
+        || name.contains('/')
+        || name.contains('\0')
+        || name == "."
+        || name == ".."
+    {
+        return Err(Error::invalid(format!("invalid netns name {name:?}")));
+    }
+    Ok(())
+}
+
+pub fn path_of(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
+/// Makes /run/netns exist and be a shared mount point, as iproute2 does.
+fn prepare_dir() -> Result<()> {
+    let _guard = SETUP
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = Path::new(NETNS_DIR);
+    std::fs::create_dir_all(dir).map_err(|e| Error::io_at("create", dir, e))?;
+    let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
+    match mount(None::<&str>, dir, None::<&str>, shared, None::<&str>) {
+        Ok(()) => Ok(()),
+        // Not a mount point yet: bind it onto itself first.
+        Err(Errno::EINVAL) => {
+            mount(
+                Some(dir),
+                dir,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| Error::sys(format!("bind {NETNS_DIR} onto itself"), e))?;
+            mount(None::<&str>, dir, None::<&str>, shared, None::<&str>)
+                .map_err(|e| Error::sys(format!("make {NETNS_DIR} shared"), e))
+        }
+        Err(e) => Err(Error::sys(format!("make {NETNS_DIR} shared"), e)),
+    }
+}
+
+/// Creates the named network namespace `name` (AlreadyExists if the name is taken) and returns
+/// its path. Only `lo` is in it, down.
+pub fn create(name: &str) -> Result<PathBuf> {
+    validate(name)?;
+    prepare_dir()?;
+    let path = path_of(name);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o000)
+        .open(&path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::AlreadyExists(format!("netns {name}")),
+            _ => Error::io_at("create", &path, e),
+        })?;
+    // A thread of its own enters the new namespace and pins it with the bind mount, then ends:
+    // no thread that runs anything else ever changes namespace.
+    let target = path.clone();
+    let made = std::thread::spawn(move || -> Result<()> {
+        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| Error::sys("unshare(CLONE_NEWNET)", e))?;
+        let own = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
+        mount(
+            Some(own.as_str()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| Error::sys(format!("bind {own} onto {}", target.display()), e))
+    })
+    .join()
+    .unwrap_or_else(|_| Err(Error::invalid("netns thread panicked")));
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(path)
+}
+
+/// Unmounts and removes the namespace at `path`; a missing or unmounted one is not an error.
+pub fn remove(path: &Path) -> Result<()> {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(Error::sys(format!("unmount {}", path.display()), e)),
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io_at("remove", path, e)),
+    }
+}
+
+/// Whether a namespace is mounted at `path` (its file is not just an empty placeholder).
+pub fn is_mounted(path: &Path) -> bool {
+    // A bind-mounted nsfs file has a different device than the tmpfs holding /run/netns.
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata(path),
+        path.parent().map(std::fs::metadata),
+    ) {
+        (Ok(file), Some(Ok(dir))) => file.dev() != dir.dev(),
+        _ => false,
+    }
+}
