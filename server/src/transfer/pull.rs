@@ -263,12 +263,10 @@ async fn pull_manifest(
     let t = f.t;
     let manifest_parent = [ref_key(&desc.media_type, &desc.digest)];
     let source: HashMap<String, String> = [source_label.clone()].into();
-    // The config first: the unpack needs its diff IDs, and it is small.
-    let config = f
-        .client
-        .fetch_blob_bytes(f.reference, &m.config, MAX_CONFIG_BYTES)
-        .await?;
-    f.store_bytes(&m.config, config.clone(), &source).await?;
+    // The config first: the unpack needs its diff IDs. Through the store like any blob, so
+    // concurrent pulls fetch it once too.
+    f.fetch(&m.config, &source, &manifest_parent).await?;
+    let config = read_config(t, &m.config).await?;
     let config_platform = config_platform(&config);
     let unpacks: Vec<&UnpackConfiguration> = unpacks
         .iter()
@@ -338,6 +336,29 @@ async fn pull_manifest(
         unpack::unpack(f, &snapshotter, &m.config, &config, &m.layers, done).await?;
     }
     Ok(())
+}
+
+/// An image config from the content store, bounded.
+async fn read_config(t: &Transferrer, desc: &Descriptor) -> Result<Vec<u8>> {
+    if desc.size > MAX_CONFIG_BYTES {
+        return Err(Error::invalid(format!(
+            "image config {} is {} bytes, more than {MAX_CONFIG_BYTES}",
+            desc.digest, desc.size
+        )));
+    }
+    let digest = berth_oci::Digest::parse(&desc.digest)?;
+    let content = t.content.clone();
+    crate::blocking::blocking(move || {
+        use std::io::Read;
+        let mut out = Vec::new();
+        content
+            .open_blob(&digest)?
+            .take(MAX_CONFIG_BYTES)
+            .read_to_end(&mut out)
+            .map_err(|e| Error::io(format!("read config {digest}"), e))?;
+        Ok(out)
+    })
+    .await
 }
 
 /// The platform an image config declares (`os`, `architecture`, `variant`).

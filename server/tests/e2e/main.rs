@@ -16,3 +16,4 @@ mod images;
 mod registry;
 mod snapshots;
 mod tasks;
+mod transfer;

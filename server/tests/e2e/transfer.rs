@@ -1,0 +1,156 @@
+//! Pull, push and tag through berthd's Transfer service, driven by the real `ctr` 2.4.2 with its
+//! default (Transfer) paths against Debian's `docker-registry` on loopback: all registry HTTP
+//! happens in berthd. (`registry.rs`'s `pull_from_a_registry_with_ctr_2` checks the labels,
+//! snapshots and idempotence of such a pull; the v2 Go client's `client.Transfer` is in
+//! `containerd_v2.rs`.)
+
+use crate::harness::{process_token, Ctr, Daemon};
+use crate::registry::{content_digests, pull_and_check, snapshot_keys, sorted, Registry};
+
+#[test]
+fn ctr_2_pulls_runs_tags_and_pushes_through_the_daemon() {
+    let d = Daemon::start().using(Ctr::V2);
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let served = registry.push_busybox(work.path());
+    let reference = registry.reference();
+    pull_and_check(&d, "default", &registry, &served);
+
+    let id = format!("transfer-run-{}", process_token());
+    let out = d.ctr(
+        "default",
+        &["run", "--rm", &reference, &id, "echo", "pulled"],
+    );
+    assert_eq!(out.trim(), "pulled");
+
+    // Tag: a second record with the same target.
+    let tagged = format!("{}/copies/busybox:v2", registry.host());
+    d.ctr("default", &["images", "tag", &reference, &tagged]);
+    let ls = d.ctr("default", &["images", "ls"]);
+    let target_of = |name: &str| {
+        ls.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_else(|| panic!("{name} not in images ls:\n{ls}"))
+            .to_string()
+    };
+    assert_eq!(target_of(&tagged), served.manifest_digest);
+    assert_eq!(target_of(&reference), served.manifest_digest);
+
+    // Push it to another repository: the registry then serves the same manifest there, its
+    // blobs mounted from library/busybox or uploaded, each verified by the registry's digest.
+    let out = d.ctr("default", &["images", "push", "--plain-http", &tagged]);
+    assert!(
+        out.contains("pushed content") || out.contains("Completed push"),
+        "{out}"
+    );
+    let pushed = registry.served("copies/busybox", "v2");
+    assert_eq!(pushed.manifest_digest, served.manifest_digest);
+    assert_eq!(pushed.layer_digest, served.layer_digest);
+
+    // Push to a fresh registry: every blob is uploaded (nothing to mount from).
+    let other = Registry::start();
+    let elsewhere = format!("{}/moved/busybox:latest", other.host());
+    d.ctr("default", &["images", "tag", &reference, &elsewhere]);
+    d.ctr("default", &["images", "push", "--plain-http", &elsewhere]);
+    let moved = other.served("moved/busybox", "latest");
+    assert_eq!(moved.manifest_digest, served.manifest_digest);
+    assert_eq!(moved.config_digest, served.config_digest);
+}
+
+#[test]
+fn ctr_2_pulls_with_user_from_an_htpasswd_registry() {
+    let d = Daemon::start().using(Ctr::V2);
+    let registry = Registry::start_with_htpasswd("berth", "s3cret-pw");
+    let work = tempfile::tempdir().unwrap();
+    registry.push_busybox_as(work.path(), "berth:s3cret-pw");
+    let reference = registry.reference();
+
+    // Without credentials the registry refuses and nothing is stored.
+    let err = d.ctr_err("auth", &["images", "pull", "--plain-http", &reference]);
+    assert!(
+        err.contains("401") || err.contains("unauthenticated") || err.contains("authoriz"),
+        "{err}"
+    );
+    assert_eq!(d.ctr("auth", &["images", "ls", "-q"]), "");
+
+    // With --user, ctr answers berthd's questions on its auth stream.
+    d.ctr(
+        "auth",
+        &[
+            "images",
+            "pull",
+            "--plain-http",
+            "--user",
+            "berth:s3cret-pw",
+            &reference,
+        ],
+    );
+    assert_eq!(d.ctr("auth", &["images", "ls", "-q"]).trim(), reference);
+    assert_eq!(content_digests(&d, "auth").len(), 3);
+    // The password never reaches berthd's log.
+    assert!(
+        !d.log().contains("s3cret-pw"),
+        "the password is in berthd's log"
+    );
+}
+
+#[test]
+fn a_hostile_registry_stores_nothing() {
+    let d = Daemon::start().using(Ctr::V2);
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let served = registry.push_busybox(work.path());
+    // The registry now serves other bytes (same length) under the layer's digest.
+    let path = registry.blob_path(&served.layer_digest);
+    let mut bytes = std::fs::read(&path).expect("the layer in the registry's storage");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let err = d.ctr_err(
+        "hostile",
+        &["images", "pull", "--plain-http", &registry.reference()],
+    );
+    assert!(err.contains("digest mismatch"), "{err}");
+    // No image, no layer blob, no snapshot, no ingest left to resume from.
+    assert_eq!(d.ctr("hostile", &["images", "ls", "-q"]), "");
+    assert!(
+        !content_digests(&d, "hostile").contains(&served.layer_digest),
+        "the corrupt layer was stored"
+    );
+    assert!(snapshot_keys(&d, "hostile").is_empty());
+    assert_eq!(d.ctr("hostile", &["content", "active"]).lines().count(), 1);
+}
+
+#[test]
+fn two_concurrent_pulls_fetch_each_blob_once() {
+    let d = Daemon::start().using(Ctr::V2);
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let served = registry.push_busybox(work.path());
+    let reference = registry.reference();
+    let pulls: Vec<_> = ["one", "two"]
+        .into_iter()
+        .map(|ns| {
+            d.ctr_command(ns, &["images", "pull", "--plain-http", &reference])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn ctr")
+        })
+        .collect();
+    for p in pulls {
+        let out = p.wait_with_output().expect("wait for ctr");
+        assert!(out.status.success(), "{out:?}");
+    }
+    for ns in ["one", "two"] {
+        assert_eq!(content_digests(&d, ns), sorted(served.blobs()));
+        assert_eq!(snapshot_keys(&d, ns), [served.chain_id()]);
+    }
+    // The registry's access log: one GET per blob, whatever the two pulls' timing.
+    for blob in [&served.layer_digest, &served.config_digest] {
+        let gets = registry.berthd_gets(&format!("/v2/library/busybox/blobs/{blob}"));
+        assert_eq!(gets, 1, "{blob} fetched {gets} times:\n{}", registry.log());
+    }
+}
