@@ -183,6 +183,10 @@ impl Registry {
         ]);
     }
 
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `127.0.0.1:<port>`, the host part of references into this registry.
     pub(crate) fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)

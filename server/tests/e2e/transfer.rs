@@ -154,3 +154,125 @@ fn two_concurrent_pulls_fetch_each_blob_once() {
         assert_eq!(gets, 1, "{blob} fetched {gets} times:\n{}", registry.log());
     }
 }
+
+/// A TCP relay in front of a registry that, while `cut` is set, closes a connection once it
+/// has relayed `limit` bytes of the answer to a request naming `path`; it records what clients
+/// sent, to see their Range headers.
+struct CuttingRelay {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl CuttingRelay {
+    fn start(upstream: u16, path: String, limit: usize) -> CuttingRelay {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::Ordering;
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (c, s) = (cut.clone(), seen.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let named = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (seen, named_up, path) = (s.clone(), named.clone(), path.clone());
+                // Client → registry, recorded.
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let mut all = seen.lock().unwrap();
+                        all.extend_from_slice(&buf[..n]);
+                        if String::from_utf8_lossy(&buf[..n]).contains(&path) {
+                            named_up.store(true, Ordering::SeqCst);
+                        }
+                        drop(all);
+                        if s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_out.shutdown(Shutdown::Write);
+                });
+                // Registry → client, cut short in the named answer while `cut` holds.
+                let cut = c.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    let mut relayed = 0usize;
+                    while let Ok(n) = server.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if named.load(Ordering::SeqCst) && cut.load(Ordering::SeqCst) {
+                            let room = limit.saturating_sub(relayed).min(n);
+                            let _ = client.write_all(&buf[..room]);
+                            relayed += room;
+                            if relayed >= limit {
+                                let _ = client.shutdown(Shutdown::Both);
+                                let _ = server.shutdown(Shutdown::Both);
+                                return;
+                            }
+                            continue;
+                        }
+                        if client.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        CuttingRelay { port, cut, seen }
+    }
+
+    fn seen(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap()).to_ascii_lowercase()
+    }
+}
+
+#[test]
+fn an_interrupted_pull_resumes_from_its_ingest() {
+    let d = Daemon::start().using(Ctr::V2);
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let served = registry.push_busybox(work.path());
+    let layer_path = format!("/v2/library/busybox/blobs/{}", served.layer_digest);
+    // 300 KiB of the ~1 MiB layer answer get through, then the connection dies.
+    let relay = CuttingRelay::start(registry.port(), layer_path.clone(), 300 << 10);
+    let reference = format!("127.0.0.1:{}/library/busybox:latest", relay.port);
+
+    let err = d.ctr_err("resume", &["images", "pull", "--plain-http", &reference]);
+    assert!(!err.is_empty());
+    assert_eq!(d.ctr("resume", &["images", "ls", "-q"]), "");
+    // The ingest kept what arrived.
+    let active = d.ctr("resume", &["content", "active"]);
+    let layer_ref = format!("layer-{}", served.layer_digest);
+    let row = active
+        .lines()
+        .find(|l| l.starts_with(&layer_ref))
+        .unwrap_or_else(|| panic!("no ingest {layer_ref}:\n{active}"));
+    assert!(!row.contains(" 0B") && !row.contains("\t0B"), "{active}");
+
+    relay.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    d.ctr("resume", &["images", "pull", "--plain-http", &reference]);
+    assert_eq!(d.ctr("resume", &["images", "ls", "-q"]).trim(), reference);
+    assert_eq!(content_digests(&d, "resume"), sorted(served.blobs()));
+    assert_eq!(snapshot_keys(&d, "resume"), [served.chain_id()]);
+    // The second pull asked only for the rest of the layer.
+    let seen = relay.seen();
+    assert!(
+        seen.contains("range: bytes=") && !seen.contains("range: bytes=0-"),
+        "no resuming Range request:\n{seen}"
+    );
+    assert_eq!(d.ctr("resume", &["content", "active"]).lines().count(), 1);
+}
