@@ -4,7 +4,7 @@
 //! selected manifest's config and layers (in parallel, bounded per transfer and daemon-wide),
 //! unpack the layers as they land, then write the image record(s).
 
-use super::fetch::{api_descriptor, Fetcher};
+use super::fetch::{api_descriptor, Fetcher, Growing};
 use super::progress::ref_key;
 use super::{auth, unpack, Ctx, Transferrer};
 use berth_api::containerd::services::images::v1::Image;
@@ -16,6 +16,7 @@ use berth_registry::{
 };
 use futures_util::future::join_all;
 use std::collections::HashMap;
+use std::sync::Arc;
 use tokio::sync::{oneshot, Semaphore};
 
 const CONTENT_REF: &str = "containerd.io/gc.ref.content";
@@ -281,15 +282,23 @@ async fn pull_manifest(
     let mut receivers = Vec::new();
     for _ in &m.layers {
         let (tx, rx) = oneshot::channel();
-        senders.push(tx);
-        receivers.push(rx);
+        let growing = Arc::new(Growing::default());
+        senders.push((tx, growing.clone()));
+        receivers.push((rx, Some(growing)));
     }
-    let downloads = join_all(m.layers.iter().zip(senders).map(|(layer, tx)| {
+    let downloads = join_all(m.layers.iter().zip(senders).map(|(layer, (tx, growing))| {
         let (per_transfer, source, parents) = (&per_transfer, &source, &manifest_parent);
         async move {
             let result = match per_transfer.acquire().await {
-                Ok(_permit) => f.fetch(layer, source, parents).await,
-                Err(_) => Err(Error::internal("download bound closed")),
+                Ok(_permit) => {
+                    f.fetch_growing(layer, source, parents, Some(&growing))
+                        .await
+                }
+                Err(_) => {
+                    let e = Err(Error::internal("download bound closed"));
+                    growing.finish(&e);
+                    e
+                }
             };
             let _ = tx.send(result);
         }
@@ -307,7 +316,7 @@ async fn pull_manifest(
                     .map(|_| ())
             }
             None => {
-                for rx in receivers {
+                for (rx, _) in receivers {
                     rx.await
                         .map_err(|_| Error::canceled("a layer download ended without a word"))??;
                 }
@@ -326,7 +335,7 @@ async fn pull_manifest(
         for _ in &m.layers {
             let (tx, rx) = oneshot::channel();
             let _ = tx.send(Ok(()));
-            done.push(rx);
+            done.push((rx, None));
         }
         let snapshotter = if u.snapshotter.is_empty() {
             t.settings.default_snapshotter.clone()
