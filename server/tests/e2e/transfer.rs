@@ -276,3 +276,45 @@ fn an_interrupted_pull_resumes_from_its_ingest() {
     );
     assert_eq!(d.ctr("resume", &["content", "active"]).lines().count(), 1);
 }
+
+#[test]
+fn a_python_client_pulls_with_progress_through_the_generated_stubs() {
+    let d = Daemon::start().using(Ctr::V2);
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let served = registry.push_busybox(work.path());
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/python/run-pull");
+    let out = std::process::Command::new(&script)
+        .env("BERTH_SOCKET", &d.socket)
+        .env("BERTH_NAMESPACE", "python-pull")
+        .env("BERTH_IMAGE_REF", registry.reference())
+        .output()
+        .expect("run clients/python/run-pull");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Progress in containerd's vocabulary, layer by layer.
+    let layer = format!("layer-{}", served.layer_digest);
+    for event in ["complete", "extracted"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{event} {layer}"))),
+            "no {event} for {layer}:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains(&format!("saved {}", registry.reference())),
+        "{stdout}"
+    );
+    assert_eq!(
+        d.ctr("python-pull", &["images", "ls", "-q"]).trim(),
+        registry.reference()
+    );
+    assert_eq!(snapshot_keys(&d, "python-pull"), [served.chain_id()]);
+}
