@@ -318,3 +318,41 @@ fn a_python_client_pulls_with_progress_through_the_generated_stubs() {
     );
     assert_eq!(snapshot_keys(&d, "python-pull"), [served.chain_id()]);
 }
+
+/// hosts.toml sends a name that resolves nowhere to the loopback registry, the image keeping its
+/// name: from the daemon's `[transfer] config_path`, and from the client's `--hosts-dir`.
+#[test]
+fn hosts_toml_sends_a_registry_name_to_a_mirror() {
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let served = registry.push_busybox(work.path());
+    let certs = work.path().join("certs.d");
+    let name = "registry.invalid";
+    std::fs::create_dir_all(certs.join(name)).unwrap();
+    std::fs::write(
+        certs.join(name).join("hosts.toml"),
+        format!(
+            "server = \"https://{name}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            registry.host()
+        ),
+    )
+    .unwrap();
+    let reference = format!("{name}/library/busybox:latest");
+
+    let d = Daemon::start_with_config(&format!(
+        "[transfer]\nconfig_path = \"{}\"\n",
+        certs.display()
+    ))
+    .using(Ctr::V2);
+    d.ctr("mirror", &["images", "pull", &reference]);
+    assert_eq!(d.ctr("mirror", &["images", "ls", "-q"]).trim(), reference);
+    assert_eq!(content_digests(&d, "mirror"), sorted(served.blobs()));
+
+    let d = Daemon::start().using(Ctr::V2);
+    let dir = certs.to_str().unwrap();
+    d.ctr(
+        "mirror",
+        &["images", "pull", "--hosts-dir", dir, &reference],
+    );
+    assert_eq!(snapshot_keys(&d, "mirror"), [served.chain_id()]);
+}
