@@ -504,3 +504,61 @@ impl Read for GrowingReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_growing_reader_follows_the_writer_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let g = Arc::new(Growing::default());
+        let reading = {
+            let g = g.clone();
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                g.reader()
+                    .expect("a reader")
+                    .read_to_end(&mut out)
+                    .map(|_| out)
+            })
+        };
+        g.update(|s| s.file = Some(path.clone()));
+        let mut want = Vec::new();
+        for i in 0..50u8 {
+            let chunk = vec![i; 1000 + i as usize];
+            file.write_all(&chunk).unwrap();
+            want.extend_from_slice(&chunk);
+            let n = want.len() as u64;
+            g.update(|s| s.written = n);
+        }
+        g.finish(&Ok(()));
+        assert_eq!(reading.join().unwrap().unwrap(), want);
+    }
+
+    #[test]
+    fn a_growing_reader_fails_with_the_download() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::write(&path, b"partial").unwrap();
+        let g = Arc::new(Growing::default());
+        g.update(|s| {
+            s.file = Some(path.clone());
+            s.written = 7;
+        });
+        let mut r = g.reader().unwrap();
+        g.finish(&Err(Error::precondition("digest mismatch")));
+        let mut out = Vec::new();
+        let err = r.read_to_end(&mut out).unwrap_err();
+        assert!(err.to_string().contains("digest mismatch"), "{err}");
+        assert_eq!(out, b"partial");
+        // A download that ended before opening an ingest has nothing to follow.
+        let ended = Arc::new(Growing::default());
+        ended.finish(&Ok(()));
+        assert!(ended.reader().is_none());
+    }
+}
