@@ -84,3 +84,66 @@ pub fn provider(
     }
     Arc::new(Chain(chain))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::streams::{Streams, STREAM_BUFFER};
+    use tokio::sync::mpsc;
+
+    #[tokio::test]
+    async fn the_auth_stream_is_asked_per_host_and_its_answer_used() {
+        let streams = Streams::default();
+        let (out_tx, mut to_client) = mpsc::channel(STREAM_BUFFER);
+        let (from_client, in_rx) = mpsc::channel(STREAM_BUFFER);
+        let _reg = streams.register("creds", out_tx, in_rx).unwrap();
+        let settings = Settings {
+            config_path: None,
+            max_concurrent_downloads: 1,
+            progress_timeout: std::time::Duration::from_secs(1),
+            max_manifest_bytes: 1,
+            max_layers: 1,
+            allow_foreign_urls: false,
+            docker_config: None,
+            login_store: None,
+            default_snapshotter: "native".into(),
+        };
+        let p = provider(
+            &settings,
+            Some(streams.take("creds").unwrap()),
+            "r.test/x:1",
+        );
+        // The client side, as containerd's transfer client answers.
+        let client = tokio::spawn(async move {
+            let ask: AuthRequest = unpack_any(&to_client.recv().await.unwrap()).unwrap();
+            assert_eq!(
+                (ask.host.as_str(), ask.reference.as_str()),
+                ("r.test", "r.test/x:1")
+            );
+            from_client
+                .send(pack_any(&AuthResponse {
+                    auth_type: AuthType::Credentials as i32,
+                    username: "u".into(),
+                    secret: "p".into(),
+                    expire_at: None,
+                }))
+                .await
+                .unwrap();
+            let _ask: AuthRequest = unpack_any(&to_client.recv().await.unwrap()).unwrap();
+            // An empty answer: no credentials for that host.
+            from_client
+                .send(pack_any(&AuthResponse::default()))
+                .await
+                .unwrap();
+        });
+        assert_eq!(
+            p.credentials("r.test").await.unwrap(),
+            Some(Credentials::Basic {
+                username: "u".into(),
+                password: "p".into()
+            })
+        );
+        assert_eq!(p.credentials("other.test").await.unwrap(), None);
+        client.await.unwrap();
+    }
+}
