@@ -13,7 +13,9 @@ pub mod namespaces;
 pub mod networks;
 pub mod not_served;
 pub mod snapshots;
+pub mod streaming;
 pub mod tasks;
+pub mod transfer;
 pub mod version;
 
 use crate::events::Exchange;

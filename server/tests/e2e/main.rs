@@ -17,3 +17,4 @@ mod network;
 mod registry;
 mod snapshots;
 mod tasks;
+mod transfer;
