@@ -38,6 +38,10 @@ pub struct ImportOptions {
     /// platforms are given.
     pub platforms: Option<PlatformMatcher>,
     pub limits: Limits,
+    /// gzip the uncompressed layers of a docker archive (containerd's `WithImportCompression`,
+    /// `ctr images import --compress-blobs`). berth's gzip bytes are not Go's, so such
+    /// manifests' digests differ from containerd's.
+    pub force_compress: bool,
     pub progress: Option<ProgressFn>,
 }
 
@@ -47,6 +51,7 @@ impl std::fmt::Debug for ImportOptions {
             .field("ingest_prefix", &self.ingest_prefix)
             .field("platforms", &self.platforms)
             .field("limits", &self.limits)
+            .field("force_compress", &self.force_compress)
             .finish_non_exhaustive()
     }
 }
@@ -350,7 +355,7 @@ impl Importer<'_> {
             }
         })?;
         self.open_ingest = None;
-        self.sink.committed(&c)?;
+        self.sink.committed(&c, None)?;
         self.report(
             if c.already_existed {
                 "already exists"
@@ -369,7 +374,7 @@ impl Importer<'_> {
             size,
             already_existed: existed,
         };
-        self.sink.committed(&c)?;
+        self.sink.committed(&c, None)?;
         self.report("already exists", name, &c);
         Ok(c.digest)
     }
@@ -401,7 +406,7 @@ impl Importer<'_> {
         w.write_at(0, bytes)?;
         let c = w.commit(size as i64, Some(&digest))?;
         self.open_ingest = None;
-        self.sink.committed(&c)?;
+        self.sink.committed(&c, None)?;
         self.report("saved", &key, &c);
         Ok(desc)
     }
@@ -450,8 +455,7 @@ impl Importer<'_> {
             let mut layers = Vec::with_capacity(files.len());
             for f in files {
                 let (digest, size) = lookup("layer", f)?;
-                let media_type = self.layer_media_type(&digest)?;
-                layers.push(Descriptor::new(media_type, digest, size));
+                layers.push(self.resolve_layer(digest, size)?);
             }
             let doc = DockerManifest {
                 schema_version: 2,
@@ -488,6 +492,51 @@ impl Importer<'_> {
         };
         let bytes = json::to_go_json(&index)?;
         self.write_document(json::OCI_INDEX, &bytes)
+    }
+
+    /// containerd's `resolveLayers` for one layer: a compressed blob the store already has for
+    /// it, else the archive's blob (gzip-compressed first when asked), typed by sniffing.
+    fn resolve_layer(&mut self, digest: Digest, size: u64) -> Result<Descriptor> {
+        if let Some((d, n)) = self.sink.compressed_of(&digest)? {
+            let media_type = self.layer_media_type(&d)?;
+            return Ok(Descriptor::new(media_type, d, n));
+        }
+        let media_type = self.layer_media_type(&digest)?;
+        if self.opts.force_compress && media_type == berth_oci::media_types::DOCKER_LAYER {
+            let (d, n) = self.compress(&digest)?;
+            return Ok(Descriptor::new(
+                berth_oci::media_types::DOCKER_LAYER_GZIP,
+                d,
+                n,
+            ));
+        }
+        Ok(Descriptor::new(media_type, digest, size))
+    }
+
+    /// gzip a stored layer into a new blob under containerd's ref
+    /// `compress-blob-sha256-<hex>`, recorded with the digest it uncompresses to.
+    fn compress(&mut self, digest: &Digest) -> Result<(Digest, u64)> {
+        let key = format!(
+            "{}compress-blob-sha256-{}",
+            self.opts.ingest_prefix,
+            digest.hex()
+        );
+        let w = self.sink.writer(&key, 0, None)?;
+        self.open_ingest = Some(key.clone());
+        let mut src = self.sink.open(digest)?;
+        let mut gz = flate2::write::GzEncoder::new(
+            IngestWriter { w, offset: 0 },
+            flate2::Compression::default(),
+        );
+        io::copy(&mut src, &mut gz).map_err(|e| Error::io(format!("compress {digest}"), e))?;
+        let IngestWriter { w, offset } = gz
+            .finish()
+            .map_err(|e| Error::io(format!("compress {digest}"), e))?;
+        let c = w.commit(offset as i64, None)?;
+        self.open_ingest = None;
+        self.sink.committed(&c, Some(digest))?;
+        self.report("saved", &key, &c);
+        Ok((c.digest, c.size))
     }
 
     /// containerd sniffs a docker layer: gzip and zstd magic both say "gzip" (as it does),
@@ -633,6 +682,26 @@ impl Importer<'_> {
                 }
             }
         }
+        Ok(())
+    }
+}
+
+/// `io::Write` onto an ingest, for the gzip encoder.
+struct IngestWriter {
+    w: berth_content::Writer,
+    offset: u64,
+}
+
+impl io::Write for IngestWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.w
+            .write_at(self.offset as i64, buf)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        self.offset += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }

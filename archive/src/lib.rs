@@ -77,8 +77,16 @@ pub trait ContentSink: ContentProvider {
     fn size(&self, digest: &Digest) -> Result<Option<u64>>;
 
     /// A blob is in the store (written now, or already there): record it (namespace, lease)
-    /// before anything refers to it.
-    fn committed(&self, blob: &Committed) -> Result<()>;
+    /// before anything refers to it. `uncompressed` is set for a layer berth compressed
+    /// (`force_compress`): containerd labels it `containerd.io/uncompressed`.
+    fn committed(&self, blob: &Committed, uncompressed: Option<&Digest>) -> Result<()>;
+
+    /// A compressed blob the caller's store already holds for this uncompressed layer (a blob
+    /// labelled `containerd.io/uncompressed` with it): containerd's importer puts that blob in
+    /// a docker archive's manifest instead of the archive's uncompressed tar.
+    fn compressed_of(&self, _uncompressed: &Digest) -> Result<Option<(Digest, u64)>> {
+        Ok(None)
+    }
 }
 
 impl ContentProvider for ContentStore {
@@ -118,7 +126,7 @@ impl ContentSink for StoreSink {
         self.store.blob_size(digest)
     }
 
-    fn committed(&self, _blob: &Committed) -> Result<()> {
+    fn committed(&self, _blob: &Committed, _uncompressed: Option<&Digest>) -> Result<()> {
         Ok(())
     }
 }

@@ -323,3 +323,42 @@ async fn export_of_a_missing_blob_writes_nothing() {
     assert!(out.is_empty(), "{} bytes written", out.len());
     assert!(err.is_not_found(), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compressed_layers_replace_uncompressed_ones_as_in_containerd() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let sink = LabelSink::new(&store);
+    let (tar, layer1, _) = old_docker_archive();
+    let forced = ImportOptions {
+        force_compress: true,
+        ..ImportOptions::default()
+    };
+    let first = berth_archive::import(std::io::Cursor::new(tar.clone()), sink.clone(), forced)
+        .await
+        .unwrap();
+    let manifest = &first.walked[1];
+    let layers: Vec<&str> = manifest.1[1..]
+        .iter()
+        .map(|l| l.media_type.as_str())
+        .collect();
+    assert_eq!(layers, [berth_oci::media_types::DOCKER_LAYER_GZIP; 3]);
+    // The compressed blob holds the archive's layer, and is remembered as its compression.
+    let l1 = Digest::of_bytes(&layer1);
+    let (gz, _) = sink.uncompressed.lock().unwrap()[&l1].clone();
+    assert_eq!(manifest.1[1].digest, gz);
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(store.open_blob(&gz).unwrap()),
+        &mut plain,
+    )
+    .unwrap();
+    assert_eq!(plain, layer1);
+
+    // Without compression, a store that has the compressed blob gets the same manifest.
+    let second = berth_archive::import(std::io::Cursor::new(tar), sink, ImportOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(second.walked[1].0.digest, manifest.0.digest);
+    assert_eq!(ingests_left(&store), 0);
+}

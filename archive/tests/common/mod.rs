@@ -212,3 +212,61 @@ pub fn old_docker_archive() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         .finish();
     (tar, layer1, layer2)
 }
+
+/// A sink that remembers `containerd.io/uncompressed` as berthd's metadata would, and answers
+/// `compressed_of` from it.
+#[derive(Clone)]
+pub struct LabelSink {
+    pub inner: StoreSink,
+    pub uncompressed: std::sync::Arc<std::sync::Mutex<BTreeMap<Digest, (Digest, u64)>>>,
+}
+
+impl LabelSink {
+    pub fn new(store: &ContentStore) -> LabelSink {
+        LabelSink {
+            inner: StoreSink {
+                store: store.clone(),
+            },
+            uncompressed: Default::default(),
+        }
+    }
+}
+
+impl berth_archive::ContentProvider for LabelSink {
+    fn open(&self, d: &Digest) -> Result<std::fs::File> {
+        self.inner.open(d)
+    }
+}
+
+impl berth_archive::ContentSink for LabelSink {
+    fn writer(
+        &self,
+        key: &str,
+        size: u64,
+        expected: Option<Digest>,
+    ) -> Result<berth_content::Writer> {
+        self.inner.writer(key, size, expected)
+    }
+    fn abort(&self, key: &str) -> Result<()> {
+        self.inner.abort(key)
+    }
+    fn size(&self, d: &Digest) -> Result<Option<u64>> {
+        self.inner.size(d)
+    }
+    fn committed(
+        &self,
+        blob: &berth_content::Committed,
+        uncompressed: Option<&Digest>,
+    ) -> Result<()> {
+        if let Some(u) = uncompressed {
+            self.uncompressed
+                .lock()
+                .unwrap()
+                .insert(u.clone(), (blob.digest.clone(), blob.size));
+        }
+        Ok(())
+    }
+    fn compressed_of(&self, u: &Digest) -> Result<Option<(Digest, u64)>> {
+        Ok(self.uncompressed.lock().unwrap().get(u).cloned())
+    }
+}
