@@ -237,12 +237,14 @@ impl Importer<'_> {
                     self.limits().max_entries
                 )));
             }
-            let raw = entry.path_bytes().into_owned();
-            let name = clean_name(&raw)?;
             let kind = entry.header().entry_type();
-            if kind.is_dir() {
+            // A PAX global header's name is whatever the writing tool chose (bsdtar: an
+            // absolute /tmp path); it names nothing in the archive.
+            if kind.is_dir() || kind.is_pax_global_extensions() {
                 continue;
             }
+            let raw = entry.path_bytes().into_owned();
+            let name = clean_name(&raw)?;
             // Names are never paths here, but an entry "under" a symlink means something
             // different to every tool that extracts the archive: refuse it.
             if let Some(parent) = ancestors(&name).find(|a| out.symlinks.contains_key(*a)) {
@@ -262,7 +264,7 @@ impl Importer<'_> {
                 out.symlinks.insert(name, target);
                 continue;
             }
-            if !(kind.is_file() || kind.is_contiguous()) {
+            if !kind.is_file() {
                 // Hard links, devices, FIFOs: containerd's importer ignores them too.
                 tracing::debug!(name, "archive entry type ignored");
                 continue;

@@ -12,6 +12,7 @@
 mod export;
 mod import;
 pub mod json;
+mod naming;
 pub mod platform;
 pub mod reference;
 
@@ -25,6 +26,7 @@ use berth_oci::Digest;
 pub use export::{export, export_blocking, ExportOptions};
 pub use import::{image_name, import, import_blocking, ImportOptions, Imported, RefTranslator};
 pub use json::Descriptor;
+pub use naming::{ImageNaming, ImageReference, NameSource};
 pub use platform::{Platform, PlatformMatcher};
 
 /// Bounds on what an archive may make berth read or hold.
