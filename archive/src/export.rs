@@ -75,7 +75,10 @@ where
 {
     tokio::task::spawn_blocking(move || {
         let mut bridge = SyncIoBridge::new(writer);
-        export_blocking(&mut bridge, &provider, &images, &opts)?;
+        // The tar builder writes 512-byte headers; each write to an async stream is a round
+        // trip through the runtime, so batch them.
+        let buffered = io::BufWriter::with_capacity(1 << 20, &mut bridge);
+        export_blocking(buffered, &provider, &images, &opts)?;
         bridge
             .flush()
             .and_then(|()| bridge.shutdown())

@@ -192,7 +192,9 @@ struct Entries {
 
 impl Importer<'_> {
     fn run<R: Read>(&mut self, reader: R) -> Result<Imported> {
-        let reader = decompress(reader)?;
+        // Tar headers come 512 bytes at a time; each read of an async stream is a round trip
+        // through the runtime, so read ahead.
+        let reader = decompress(io::BufReader::with_capacity(CHUNK, reader))?;
         let entries = self.read_tar(reader)?;
         let index = if let Some(layout) = entries.layout.as_deref() {
             let layout: ImageLayout = serde_json::from_slice(layout)
