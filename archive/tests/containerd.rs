@@ -161,6 +161,23 @@ async fn imports_name_and_digest_as_containerd_does() {
         std::fs::write(&exported, tar).unwrap();
     }
 
+    // docker's view of the export (manifest.json): skopeo reads it as a docker-archive and
+    // finds busybox's config there.
+    let out = Command::new("skopeo")
+        .args(["inspect", "--config", "--raw"])
+        .arg(format!("docker-archive:{}", exported.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo inspect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        berth_testkit::image::sha256(&out.stdout),
+        busybox.config.digest
+    );
+
     let containerd = Containerd::start(&work.join("containerd"));
     for (i, archive) in [&busybox.path, &skopeo_archive, &old, &exported]
         .into_iter()
