@@ -2,8 +2,8 @@
 //! --no-unpack --index-name`) and by berth-archive: the same image names, target media types
 //! and digests, and the same index digest. Covers an OCI layout (berth-testkit's busybox), a
 //! docker archive written by skopeo with two tags, an old-layout docker archive with a
-//! symlinked and uncompressed layers, and berth's own export (OCI layout + manifest.json, the
-//! layout docker 25 saves).
+//! symlinked and uncompressed layers, docker 25's layout (OCI layout + manifest.json) built by
+//! hand, and berth's own export.
 
 mod common;
 
@@ -151,6 +151,9 @@ async fn imports_name_and_digest_as_containerd_does() {
     let old = work.join("old-docker.tar");
     std::fs::write(&old, old_docker_archive().0).unwrap();
 
+    let docker25 = work.join("docker25.tar");
+    std::fs::write(&docker25, docker25_archive()).unwrap();
+
     let exported = work.join("exported.tar");
     {
         let store = store(&work.join("export-src"));
@@ -179,7 +182,7 @@ async fn imports_name_and_digest_as_containerd_does() {
     );
 
     let containerd = Containerd::start(&work.join("containerd"));
-    for (i, archive) in [&busybox.path, &skopeo_archive, &old, &exported]
+    for (i, archive) in [&busybox.path, &skopeo_archive, &old, &docker25, &exported]
         .into_iter()
         .enumerate()
     {

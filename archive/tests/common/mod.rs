@@ -270,3 +270,53 @@ impl berth_archive::ContentSink for LabelSink {
         Ok(self.uncompressed.lock().unwrap().get(u).cloned())
     }
 }
+
+/// The layout `docker save` writes since docker 25: an OCI layout (uncompressed layers, an
+/// index naming the image) with docker's manifest.json and repositories beside it, and the
+/// legacy `<id>/layer.tar` as a symlink into blobs/.
+pub fn docker25_archive() -> Vec<u8> {
+    let layer = TarBuilder::new().file("etc/hostname", b"docker25").finish();
+    let cfg = config("amd64", &[&layer]);
+    let manifest = to_json(&json!({
+        "schemaVersion": 2,
+        "mediaType": json::OCI_MANIFEST,
+        "config": desc(json::OCI_CONFIG, &cfg),
+        "layers": [desc(berth_oci::media_types::OCI_LAYER, &layer)],
+    }));
+    let mut target = desc(json::OCI_MANIFEST, &manifest);
+    target.annotations.insert(
+        json::ANNOTATION_IMAGE_NAME.into(),
+        "docker.io/library/app:25".into(),
+    );
+    target
+        .annotations
+        .insert(json::ANNOTATION_REF_NAME.into(), "25".into());
+    let index = to_json(&json!({
+        "schemaVersion": 2,
+        "mediaType": json::OCI_INDEX,
+        "manifests": [target],
+    }));
+    let l = Digest::of_bytes(&layer);
+    let c = Digest::of_bytes(&cfg);
+    let docker = to_json(&json!([{
+        "Config": format!("blobs/sha256/{}", c.hex()),
+        "RepoTags": ["app:25"],
+        "Layers": [format!("blobs/sha256/{}", l.hex())],
+    }]));
+    TarBuilder::new()
+        .dir("blobs/")
+        .dir("blobs/sha256/")
+        .blob(&cfg)
+        .blob(&layer)
+        .blob(&manifest)
+        .dir("0123abcd/")
+        .symlink(
+            "0123abcd/layer.tar",
+            &format!("../blobs/sha256/{}", l.hex()),
+        )
+        .file("index.json", &index)
+        .file("manifest.json", &docker)
+        .file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .file("repositories", br#"{"app":{"25":"0123abcd"}}"#)
+        .finish()
+}
