@@ -44,6 +44,50 @@ pub fn is_non_distributable(media_type: &str) -> bool {
         || media_type.starts_with("application/vnd.docker.image.rootfs.foreign.")
 }
 
+/// A layer, by containerd's `IsLayerType` (its `+suffix` stripped for Docker's types).
+pub fn is_layer(media_type: &str) -> bool {
+    if media_type.starts_with("application/vnd.oci.image.layer.") {
+        return true;
+    }
+    let base = media_type.split('+').next().unwrap_or(media_type);
+    matches!(
+        base,
+        "application/vnd.docker.image.rootfs.diff.tar"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.zstd"
+    )
+}
+
+/// The labels containerd's image handlers put on a document so the collector keeps its
+/// children (`SetChildrenMappedLabels` with `ChildGCLabels`): `.m.<n>` per manifest, `.config`,
+/// `.l.<n>` per layer, `.<n>` for anything else, counted per key.
+pub fn gc_ref_labels(children: &[Descriptor]) -> BTreeMap<String, String> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for c in children {
+        let key = if is_config(&c.media_type) {
+            "containerd.io/gc.ref.content.config"
+        } else if is_manifest(&c.media_type) {
+            "containerd.io/gc.ref.content.m."
+        } else if is_layer(&c.media_type) {
+            "containerd.io/gc.ref.content.l."
+        } else {
+            "containerd.io/gc.ref.content."
+        };
+        let n = counts.entry(key).or_insert(0);
+        let label = if *n > 0 || key.ends_with('.') {
+            format!("{key}{n}")
+        } else {
+            key.to_owned()
+        };
+        *n += 1;
+        out.insert(label, c.digest.to_string());
+    }
+    out
+}
+
 /// An OCI descriptor as image-spec declares it (the order of fields is the JSON order).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Descriptor {
@@ -249,6 +293,40 @@ mod tests {
         );
         let back: Descriptor = serde_json::from_str(&text).unwrap();
         assert_eq!(back, desc);
+    }
+
+    #[test]
+    fn gc_labels_count_per_kind() {
+        let m = |mt: &str, b: &[u8]| Descriptor::new(mt, Digest::of_bytes(b), 1);
+        let children = [
+            m(OCI_CONFIG, b"c"),
+            m(berth_oci::media_types::OCI_LAYER_GZIP, b"l0"),
+            m(berth_oci::media_types::DOCKER_LAYER, b"l1"),
+        ];
+        let labels = gc_ref_labels(&children);
+        assert_eq!(labels.len(), 3);
+        assert_eq!(
+            labels["containerd.io/gc.ref.content.config"],
+            children[0].digest.as_str()
+        );
+        assert_eq!(
+            labels["containerd.io/gc.ref.content.l.1"],
+            children[2].digest.as_str()
+        );
+        let index = [
+            m(OCI_MANIFEST, b"a"),
+            m(OCI_INDEX, b"b"),
+            m(DOCKER_MANIFEST, b"c"),
+        ];
+        let labels: Vec<String> = gc_ref_labels(&index).into_keys().collect();
+        assert_eq!(
+            labels,
+            [
+                "containerd.io/gc.ref.content.0",
+                "containerd.io/gc.ref.content.m.0",
+                "containerd.io/gc.ref.content.m.1"
+            ]
+        );
     }
 
     #[test]
