@@ -214,6 +214,13 @@ impl ContentStore {
         }
     }
 
+    /// The bytes an ingest holds so far, for a caller that resumes a download and must hash
+    /// the prefix it already has (call while holding the ingest's Writer, so it cannot move).
+    pub fn open_ingest_data(&self, key: &str) -> Result<File> {
+        let path = self.ingest_dir(key).join(ingest::DATA);
+        File::open(&path).map_err(|e| Error::io(format!("open ingest data of {key:?}"), e))
+    }
+
     fn ingest_dir(&self, key: &str) -> PathBuf {
         self.inner.ingest.join(ingest::dir_name(key))
     }

@@ -27,6 +27,8 @@ pub enum Kind {
     Canceled,
     Aborted,
     PermissionDenied,
+    /// The caller's credentials were missing or refused (a registry's 401).
+    Unauthenticated,
     /// A bug or a broken invariant: logged where it becomes a gRPC status.
     Internal,
     Unknown,
@@ -48,6 +50,7 @@ impl Kind {
             Kind::Canceled => "canceled",
             Kind::Aborted => "aborted",
             Kind::PermissionDenied => "permission denied",
+            Kind::Unauthenticated => "unauthenticated",
             Kind::Internal => "internal",
             Kind::Unknown => "unknown",
         }
@@ -209,6 +212,7 @@ mod grpc {
                 Kind::Canceled => Code::Cancelled,
                 Kind::Aborted => Code::Aborted,
                 Kind::PermissionDenied => Code::PermissionDenied,
+                Kind::Unauthenticated => Code::Unauthenticated,
                 Kind::Internal => Code::Internal,
                 Kind::Unknown => Code::Unknown,
             }
@@ -228,7 +232,8 @@ mod grpc {
                 Code::OutOfRange => Kind::OutOfRange,
                 Code::Cancelled => Kind::Canceled,
                 Code::Aborted => Kind::Aborted,
-                Code::PermissionDenied | Code::Unauthenticated => Kind::PermissionDenied,
+                Code::PermissionDenied => Kind::PermissionDenied,
+                Code::Unauthenticated => Kind::Unauthenticated,
                 Code::Internal | Code::DataLoss => Kind::Internal,
                 Code::Ok | Code::Unknown => Kind::Unknown,
             }
@@ -295,6 +300,7 @@ mod tests {
             Kind::Canceled,
             Kind::Aborted,
             Kind::PermissionDenied,
+            Kind::Unauthenticated,
             Kind::Internal,
             Kind::Unknown,
         ];

@@ -12,6 +12,10 @@ pub use prost_types;
 /// Declares a module that includes one generated file from `OUT_DIR`.
 macro_rules! generated {
     ($(#[$meta:meta])* $name:ident => $file:literal) => {
+        generated!($(#[$meta])* $name => $file {});
+    };
+    // A package with subpackages: prost refers to the parent's messages as `super::`.
+    ($(#[$meta:meta])* $name:ident => $file:literal { $($inner:tt)* }) => {
         $(#[$meta])*
         #[allow(
             clippy::all,
@@ -22,6 +26,7 @@ macro_rules! generated {
         )]
         pub mod $name {
             include!(concat!(env!("OUT_DIR"), "/", $file));
+            $($inner)*
         }
     };
 }
@@ -40,7 +45,13 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub mod containerd {
     generated!(
         /// `containerd.types`: Descriptor, Mount, Platform, Metric.
-        types => "containerd.types.rs"
+        types => "containerd.types.rs" {
+            generated!(
+                /// `containerd.types.transfer`: the Transfer service's sources,
+                /// destinations, progress and stream payloads.
+                transfer => "containerd.types.transfer.rs"
+            );
+        }
     );
 
     /// `containerd.v1.*`.
@@ -119,6 +130,14 @@ pub mod containerd {
         /// `containerd.services.tasks.*`.
         pub mod tasks {
             generated!(v1 => "containerd.services.tasks.v1.rs");
+        }
+        /// `containerd.services.streaming.*`.
+        pub mod streaming {
+            generated!(v1 => "containerd.services.streaming.v1.rs");
+        }
+        /// `containerd.services.transfer.*`.
+        pub mod transfer {
+            generated!(v1 => "containerd.services.transfer.v1.rs");
         }
         /// `containerd.services.version.*`.
         pub mod version {

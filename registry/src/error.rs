@@ -97,3 +97,96 @@ impl Error {
         )
     }
 }
+
+/// Registry failures as containerd's error classes, so a client of the Transfer service sees the
+/// code containerd would send: a 401 is Unauthenticated, a 403 PermissionDenied, bytes that do
+/// not match their descriptor a FailedPrecondition (as a content commit answers), a stall
+/// DeadlineExceeded, an unreachable or failing registry Unavailable.
+impl From<Error> for berth_errdefs::Error {
+    fn from(e: Error) -> Self {
+        use berth_errdefs::{Error as E, Kind};
+        let e = match e {
+            Error::Io { context, source } => return E::io(context, source),
+            e => e,
+        };
+        let kind = match &e {
+            Error::InvalidReference(_)
+            | Error::Schema1(_)
+            | Error::InvalidManifest(_)
+            | Error::HostsConfig { .. } => Kind::InvalidArgument,
+            Error::NotFound(_) | Error::NoMatchingPlatform(_) => Kind::NotFound,
+            Error::Unauthorized(_) => Kind::Unauthenticated,
+            Error::Denied(_) => Kind::PermissionDenied,
+            Error::UnsupportedMediaType(_) => Kind::Unimplemented,
+            Error::DigestMismatch { .. }
+            | Error::SizeMismatch { .. }
+            | Error::ForeignLayer(_)
+            | Error::Credentials(_) => Kind::FailedPrecondition,
+            Error::TooLarge { .. } | Error::TooManyLayers { .. } => Kind::ResourceExhausted,
+            Error::Timeout { .. } => Kind::DeadlineExceeded,
+            Error::Status { status, .. } => match status {
+                400 => Kind::InvalidArgument,
+                401 => Kind::Unauthenticated,
+                403 => Kind::PermissionDenied,
+                404 => Kind::NotFound,
+                408 | 504 => Kind::DeadlineExceeded,
+                429 | 500..=599 => Kind::Unavailable,
+                _ => Kind::Unknown,
+            },
+            Error::Http { source, .. } if source.is_timeout() => Kind::DeadlineExceeded,
+            Error::Protocol { .. } | Error::Http { .. } => Kind::Unavailable,
+            Error::Io { .. } => Kind::Internal,
+        };
+        E::new(kind, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod errdefs_tests {
+    use super::Error;
+    use berth_errdefs::Kind;
+
+    fn kind(e: Error) -> Kind {
+        berth_errdefs::Error::from(e).kind()
+    }
+
+    #[test]
+    fn classes_survive_into_errdefs() {
+        assert_eq!(kind(Error::Unauthorized("h".into())), Kind::Unauthenticated);
+        assert_eq!(kind(Error::Denied("h".into())), Kind::PermissionDenied);
+        assert_eq!(kind(Error::NotFound("r".into())), Kind::NotFound);
+        assert_eq!(
+            kind(Error::InvalidReference("r".into())),
+            Kind::InvalidArgument
+        );
+        assert_eq!(
+            kind(Error::DigestMismatch {
+                what: "b".into(),
+                expected: "x".into(),
+                actual: "y".into()
+            }),
+            Kind::FailedPrecondition
+        );
+        assert_eq!(
+            kind(Error::Timeout {
+                what: "b".into(),
+                after: std::time::Duration::from_secs(1)
+            }),
+            Kind::DeadlineExceeded
+        );
+        for (status, want) in [
+            (401, Kind::Unauthenticated),
+            (403, Kind::PermissionDenied),
+            (404, Kind::NotFound),
+            (503, Kind::Unavailable),
+            (429, Kind::Unavailable),
+        ] {
+            let e = Error::Status {
+                url: "u".into(),
+                status,
+                detail: String::new(),
+            };
+            assert_eq!(kind(e), want, "{status}");
+        }
+    }
+}

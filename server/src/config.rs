@@ -30,6 +30,8 @@ pub struct Config {
     pub proxy_plugins: std::collections::BTreeMap<String, ProxyPlugin>,
     pub tasks: TasksConfig,
     pub events: EventsConfig,
+    /// Pulls and pushes through the Transfer service: registries, bounds, credentials.
+    pub transfer: TransferConfig,
     /// Runtimes a container may name (`Container.runtime.name`), as containerd's CRI
     /// `runtimes.NAME`. `io.containerd.runc.v2` (berth-shim + runc) is always there.
     pub runtimes: std::collections::BTreeMap<String, RuntimeConfig>,
@@ -99,6 +101,80 @@ impl Default for TasksConfig {
             shim_start_timeout_ms: 30_000,
             runtime_timeout_ms: 60_000,
         }
+    }
+}
+
+/// The Transfer service's registry side (containerd's `[plugins."io.containerd.transfer.v1.local"]`
+/// and the CRI registry `config_path`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransferConfig {
+    /// Where `<host>/hosts.toml` (mirrors, CAs, client certificates, plain HTTP) is looked up;
+    /// a request's own `host_dir` (nerdctl, `ctr --hosts-dir`) wins. Empty: defaults only.
+    pub config_path: PathBuf,
+    /// Blob downloads in flight per transfer (containerd's `max_concurrent_downloads`).
+    pub max_concurrent_downloads: usize,
+    /// Blob downloads in flight in the whole daemon, all transfers together.
+    pub max_concurrent_downloads_total: usize,
+    /// A registry request fails after this long without a byte moving (not a wall-clock bound).
+    pub progress_timeout_secs: u64,
+    /// Largest manifest or index accepted.
+    pub max_manifest_bytes: u64,
+    /// Most layers in a manifest, and entries in an index.
+    pub max_layers: usize,
+    /// Follow foreign layer URLs (off, as containerd since CVE-2020-15157).
+    pub allow_foreign_urls: bool,
+    /// docker's config.json to take registry credentials from; empty: not read.
+    pub docker_config: PathBuf,
+    /// `berth login`'s credential store (0600); absent file: no credentials from it.
+    pub login_store: PathBuf,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            config_path: "/etc/berth/certs.d".into(),
+            max_concurrent_downloads: 3,
+            max_concurrent_downloads_total: 16,
+            progress_timeout_secs: 30,
+            max_manifest_bytes: 4 << 20,
+            max_layers: 512,
+            allow_foreign_urls: false,
+            docker_config: PathBuf::new(),
+            login_store: "/etc/berth/auth.json".into(),
+        }
+    }
+}
+
+impl TransferConfig {
+    fn validate(&self) -> Result<()> {
+        for (key, v) in [
+            (
+                "transfer.max_concurrent_downloads",
+                self.max_concurrent_downloads as u64,
+            ),
+            (
+                "transfer.max_concurrent_downloads_total",
+                self.max_concurrent_downloads_total as u64,
+            ),
+            ("transfer.progress_timeout_secs", self.progress_timeout_secs),
+            ("transfer.max_manifest_bytes", self.max_manifest_bytes),
+            ("transfer.max_layers", self.max_layers as u64),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(format!("{key} must be greater than 0")));
+            }
+        }
+        for (key, path) in [
+            ("transfer.config_path", &self.config_path),
+            ("transfer.docker_config", &self.docker_config),
+            ("transfer.login_store", &self.login_store),
+        ] {
+            if !path.as_os_str().is_empty() {
+                absolute(key, path)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -206,6 +282,7 @@ impl Default for Config {
             proxy_plugins: Default::default(),
             tasks: TasksConfig::default(),
             events: EventsConfig::default(),
+            transfer: TransferConfig::default(),
             runtimes: [(DEFAULT_RUNTIME.to_string(), RuntimeConfig::default())].into(),
         }
     }
@@ -341,6 +418,7 @@ impl Config {
         self.diff.validate("diff")?;
         self.tasks.validate()?;
         self.events.validate()?;
+        self.transfer.validate()?;
         for (name, plugin) in &self.proxy_plugins {
             plugin.validate(name)?;
         }

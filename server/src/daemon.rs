@@ -142,6 +142,8 @@ fn router(
                 .max_encoding_message_size(send)
         }};
     }
+    let streams = crate::streams::Streams::default();
+    let transferrer = Arc::new(transferrer(config, &state, streams.clone()));
     tonic::transport::Server::builder()
         .trace_fn(|req| {
             let ns = req
@@ -208,9 +210,7 @@ fn router(
             api::diff::v1::diff_server::DiffServer,
             diff::DiffService {
                 state: state.clone(),
-                snapshots_root: config.root.join("snapshots"),
-                mounts_dir: config.state.join("mounts"),
-                limits: config.diff.clone(),
+                applier: applier(config),
             }
         ))
         .add_service(svc!(
@@ -223,11 +223,62 @@ fn router(
         // grpc.health.v1: "" is SERVING while the router is up (containerd's client IsServing).
         .add_service(tonic_health::server::health_reporter().1)
         // containerd 2's services berthd lacks: Unimplemented with a reason, not tonic's silence.
-        .add_service(services::not_served::Transfer)
-        .add_service(services::not_served::Streaming)
+        .add_service(svc!(
+            api::transfer::v1::transfer_server::TransferServer,
+            services::transfer::TransferService(transferrer)
+        ))
+        .add_service(svc!(
+            api::streaming::v1::streaming_server::StreamingServer,
+            services::streaming::StreamingService { streams }
+        ))
         .add_service(services::not_served::SandboxStore)
         .add_service(services::not_served::SandboxController)
         .add_service(services::not_served::Mounts)
+}
+
+fn transferrer(
+    config: &Config,
+    state: &State,
+    streams: crate::streams::Streams,
+) -> crate::transfer::Transferrer {
+    let t = &config.transfer;
+    let path = |p: &std::path::PathBuf| (!p.as_os_str().is_empty()).then(|| p.clone());
+    crate::transfer::Transferrer {
+        meta: state.meta.clone(),
+        content: state.content.clone(),
+        snapshotters: state.snapshotters.clone(),
+        events: state.events.clone(),
+        streams,
+        applier: applier(config),
+        settings: crate::transfer::Settings {
+            config_path: path(&t.config_path),
+            max_concurrent_downloads: t.max_concurrent_downloads,
+            progress_timeout: Duration::from_secs(t.progress_timeout_secs),
+            max_manifest_bytes: t.max_manifest_bytes,
+            max_layers: t.max_layers,
+            allow_foreign_urls: t.allow_foreign_urls,
+            docker_config: path(&t.docker_config),
+            login_store: path(&t.login_store),
+            // containerd's default, where this host can hold overlay layers.
+            default_snapshotter: if state.snapshotters.names().any(|n| n == "overlayfs") {
+                "overlayfs".to_string()
+            } else {
+                "native".to_string()
+            },
+        },
+        downloads: Arc::new(tokio::sync::Semaphore::new(
+            t.max_concurrent_downloads_total,
+        )),
+        inflight: Default::default(),
+    }
+}
+
+fn applier(config: &Config) -> crate::applier::Applier {
+    crate::applier::Applier {
+        snapshots_root: config.root.join("snapshots"),
+        mounts_dir: config.state.join("mounts"),
+        limits: config.diff.clone(),
+    }
 }
 
 /// The built-in snapshotters under `<root>/snapshots/<name>`. overlayfs needs a filesystem that

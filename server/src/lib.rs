@@ -7,6 +7,7 @@
 //! `runtime` (tasks), `snapshots`, `events` and the domain crates → shared helpers (`blocking`,
 //! `fsutil`). `config` is read once by `main`; `daemon` wires everything together.
 
+pub mod applier;
 pub mod blocking;
 pub mod config;
 pub mod controllers;
@@ -17,5 +18,7 @@ pub mod remote_snapshotter;
 pub mod runtime;
 pub mod services;
 pub mod snapshots;
+pub mod streams;
+pub mod transfer;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,26 +1,19 @@
-//! Diff service: apply a layer blob onto a snapshot's mounts (unpack), and compute a layer from
-//! two sets of mounts (commit of a container).
-//!
-//! Apply takes the fast path containerd takes: for a single overlay mount the tar is extracted
-//! straight into the upperdir, whiteouts becoming overlay metadata; a single bind mount of a base
-//! layer is written directly too. Either only when the directory belongs to one of berthd's own
-//! snapshotters. Anything else is mounted on a temporary directory and applied through the mount.
+//! Diff service: apply a layer blob onto a snapshot's mounts (unpack, through `crate::applier`,
+//! which the Transfer service's unpack shares), and compute a layer from two sets of mounts
+//! (commit of a container).
 
 use super::{namespace, reply, RpcResult, State};
+use crate::applier::{with_mounted, Applier};
 use crate::blocking::blocking;
 use crate::snapshots::from_api_mounts;
 use berth_api::containerd::events::ContentCreate;
 use berth_api::containerd::services::diff::v1::{diff_server::Diff, *};
 use berth_api::containerd::types::Descriptor;
 use berth_content::Writer;
-use berth_errdefs::{Error, Result};
-use berth_layer::{
-    apply_layer_with_parents, compute_layer, compute_layer_with_epoch, Applied, Limits, Whiteouts,
-};
+use berth_errdefs::Error;
+use berth_layer::{compute_layer, compute_layer_with_epoch, Applied};
 use berth_oci::Digest;
-use berth_snapshotter::Mount;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tonic::Request;
 
@@ -30,85 +23,7 @@ const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
 
 pub struct DiffService {
     pub state: Arc<State>,
-    /// Where berthd's own snapshotters keep layers: only there may Apply write directly.
-    pub snapshots_root: PathBuf,
-    /// Where temporary mounts go.
-    pub mounts_dir: PathBuf,
-    pub limits: Limits,
-}
-
-/// Where a layer goes for a given set of mounts.
-enum Plan {
-    /// Extract into this directory (an overlay upperdir or a bind source).
-    Direct {
-        target: PathBuf,
-        parents: Vec<PathBuf>,
-        whiteouts: Whiteouts,
-    },
-    /// Mount on a temporary directory and extract through the mount.
-    Mounted(Vec<Mount>),
-}
-
-impl DiffService {
-    fn plan(&self, mounts: Vec<Mount>) -> Plan {
-        if let [m] = mounts.as_slice() {
-            let option = |name: &str| {
-                m.options
-                    .iter()
-                    .find_map(|o| o.strip_prefix(name).map(str::to_string))
-            };
-            let read_only = m.options.iter().any(|o| o == "ro");
-            match m.r#type.as_str() {
-                "overlay" if !read_only => {
-                    if let Some(upper) = option("upperdir=") {
-                        let parents = option("lowerdir=")
-                            .map(|l| l.split(':').map(PathBuf::from).collect())
-                            .unwrap_or_default();
-                        if self.owned(Path::new(&upper)) {
-                            return Plan::Direct {
-                                target: upper.into(),
-                                parents,
-                                whiteouts: Whiteouts::Overlay,
-                            };
-                        }
-                    }
-                }
-                "bind" if !read_only && self.owned(Path::new(&m.source)) => {
-                    // A base layer of overlayfs is an upperdir-to-be; a native snapshot is a full tree.
-                    let whiteouts = if Path::new(&m.source)
-                        .starts_with(self.snapshots_root.join("overlayfs"))
-                    {
-                        Whiteouts::Overlay
-                    } else {
-                        Whiteouts::Native
-                    };
-                    return Plan::Direct {
-                        target: m.source.clone().into(),
-                        parents: vec![],
-                        whiteouts,
-                    };
-                }
-                _ => {}
-            }
-        }
-        Plan::Mounted(mounts)
-    }
-
-    /// Whether `dir` lies inside berthd's snapshot storage (after resolving symlinks and `..`).
-    fn owned(&self, dir: &Path) -> bool {
-        match (dir.canonicalize(), self.snapshots_root.canonicalize()) {
-            (Ok(d), Ok(root)) => d.starts_with(root),
-            _ => false,
-        }
-    }
-}
-
-/// ApplyRequest.sync_fs: flush the filesystem holding `dir` (syncfs(2), as containerd does), so
-/// the applied files are on disk before the reply, not only at the snapshot's commit.
-fn sync_filesystem(dir: &Path) -> Result<()> {
-    let d =
-        std::fs::File::open(dir).map_err(|e| Error::io(format!("open {}", dir.display()), e))?;
-    rustix::fs::syncfs(&d).map_err(|e| Error::io(format!("syncfs {}", dir.display()), e.into()))
+    pub applier: Applier,
 }
 
 #[tonic::async_trait]
@@ -132,53 +47,14 @@ impl Diff for DiffService {
             return Err(Error::invalid("no mounts to apply the layer to").into());
         }
         let (content, blob_digest) = (self.state.content.clone(), digest.clone());
-        let plan = self.plan(from_api_mounts(req.mounts));
+        let mounts = from_api_mounts(req.mounts);
         let sync_fs = req.sync_fs;
-        let (limits, mounts_dir, media_type) = (
-            self.limits.clone(),
-            self.mounts_dir.clone(),
-            desc.media_type.clone(),
-        );
+        let (applier, media_type) = (self.applier.clone(), desc.media_type.clone());
         let started = std::time::Instant::now();
         let applied: Applied = blocking(move || {
             let blob = content.open_blob(&blob_digest)?;
             let blob = std::io::BufReader::with_capacity(1 << 20, blob);
-            match plan {
-                Plan::Direct {
-                    target,
-                    parents,
-                    whiteouts,
-                } => {
-                    let parents: Vec<&Path> = parents.iter().map(PathBuf::as_path).collect();
-                    let applied = apply_layer_with_parents(
-                        blob,
-                        &media_type,
-                        &target,
-                        &parents,
-                        whiteouts,
-                        &limits,
-                    )?;
-                    if sync_fs {
-                        sync_filesystem(&target)?;
-                    }
-                    Ok(applied)
-                }
-                Plan::Mounted(mounts) => with_mounted(&mounts_dir, &mounts, |dir| {
-                    let applied = apply_layer_with_parents(
-                        blob,
-                        &media_type,
-                        dir,
-                        &[],
-                        Whiteouts::Native,
-                        &limits,
-                    )?;
-                    // Before the unmount: syncfs reaches the mounted filesystem through `dir`.
-                    if sync_fs {
-                        sync_filesystem(dir)?;
-                    }
-                    Ok(applied)
-                }),
-            }
+            applier.apply(blob, &media_type, mounts, sync_fs)
         })
         .await?;
         tracing::debug!(%digest, diff_id = %applied.diff_id, bytes = applied.size, elapsed_ms = started.elapsed().as_millis() as u64, "layer applied");
@@ -219,7 +95,7 @@ impl Diff for DiffService {
         };
         let (content, ingest) = (self.state.content.clone(), format!("{ns}/{ref}"));
         let (left, right) = (from_api_mounts(req.left), from_api_mounts(req.right));
-        let mounts_dir = self.mounts_dir.clone();
+        let mounts_dir = self.applier.mounts_dir.clone();
         let epoch = req.source_date_epoch.map(|t| t.seconds);
         let (digest, size, diff_id) = blocking(move || {
             // Opening the ingest may wait out another writer's lock and re-hash a resumed one.
@@ -288,19 +164,4 @@ impl std::io::Write for IngestSink {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-/// Mount `mounts` on a fresh directory under `dir`, run `f` on it, and always unmount.
-fn with_mounted<T>(dir: &Path, mounts: &[Mount], f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
-    let target = dir.join(format!("diff-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&target)
-        .map_err(|e| Error::io(format!("create {}", target.display()), e))?;
-    let result = berth_snapshotter::mount_all(mounts, &target)
-        .map_err(Error::from)
-        .and_then(|()| f(&target));
-    let unmounted = berth_snapshotter::unmount(&target).map_err(Error::from);
-    let _ = std::fs::remove_dir(&target);
-    let out = result?;
-    unmounted?;
-    Ok(out)
 }

@@ -12,7 +12,9 @@ pub mod leases;
 pub mod namespaces;
 pub mod not_served;
 pub mod snapshots;
+pub mod streaming;
 pub mod tasks;
+pub mod transfer;
 pub mod version;
 
 use crate::events::Exchange;

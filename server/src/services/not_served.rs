@@ -1,4 +1,5 @@
-//! The services containerd 2 added that berthd does not serve yet. Each answers every call with
+//! The services containerd 2 added that berthd does not serve yet (sandbox store and
+//! controller, mounts). Each answers every call with
 //! Unimplemented and a message naming what is missing and what to do instead, where tonic would
 //! answer an unknown service with an empty message. One entry per service in `NOT_SERVED`.
 
@@ -45,12 +46,6 @@ macro_rules! not_served {
 }
 
 not_served! {
-    Transfer => "containerd.services.transfer.v1.Transfer",
-        "pull/push/import/export through the daemon come with the transfer work; \
-         use the client-side path (`ctr --local`, or containerd's client Pull/Push)";
-    Streaming => "containerd.services.streaming.v1.Streaming",
-        "the streams of the transfer service (ctr 2.x opens one for `images pull` progress) \
-         come with the transfer work; use `ctr images pull --local`";
     SandboxStore => "containerd.services.sandbox.v1.Store",
         "sandbox records come with the sandbox work; containers carry their `sandbox` field already";
     SandboxController => "containerd.services.sandbox.v1.Controller",

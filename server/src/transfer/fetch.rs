@@ -1,0 +1,364 @@
+//! Blobs from a registry into the content store. A blob is written as an ingest (`<ns>/<ref
+//! key>`, containerd's name) so an interrupted pull resumes from the ingest's offset with a Range
+//! request; it is committed only once the registry client verified its size and digest (and the
+//! content store verified them again), then recorded in the namespace with its labels under the
+//! transfer's lease. One download per digest runs at a time daemon-wide: a second transfer
+//! wanting the same blob waits for the first (`InFlight`) and then records the stored blob.
+
+use super::progress::ref_key;
+use super::{Ctx, Transferrer};
+use crate::blocking::blocking;
+use berth_api::containerd::events::ContentCreate;
+use berth_api::containerd::services::content::v1::Info;
+use berth_api::containerd::types::Descriptor as ApiDescriptor;
+use berth_errdefs::{Error, Kind, Result};
+use berth_oci::Digest;
+use berth_registry::{Client, Descriptor, Digester, Reference, Resume};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// How often a running download reports its offset.
+const PROGRESS_EVERY: Duration = Duration::from_millis(300);
+
+type Outcome = std::result::Result<(), (Kind, String)>;
+
+/// Downloads in progress by digest, daemon-wide.
+#[derive(Default)]
+pub struct InFlight {
+    map: Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
+}
+
+enum Join<'a> {
+    Leader(Leader<'a>),
+    Follower(watch::Receiver<Option<Outcome>>),
+}
+
+/// The download of one digest; tells the waiting transfers how it ended, even when dropped
+/// half-way (the transfer was cancelled).
+struct Leader<'a> {
+    inflight: &'a InFlight,
+    digest: String,
+    tx: watch::Sender<Option<Outcome>>,
+}
+
+impl InFlight {
+    fn join(&self, digest: &str) -> Join<'_> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = map.get(digest) {
+            return Join::Follower(rx.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        map.insert(digest.to_string(), rx);
+        Join::Leader(Leader {
+            inflight: self,
+            digest: digest.to_string(),
+            tx,
+        })
+    }
+
+    /// Digests being downloaded right now (tests, introspection).
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Leader<'_> {
+    fn finish(&self, result: &Result<()>) {
+        let outcome = match result {
+            Ok(()) => Ok(()),
+            Err(e) => Err((e.kind(), e.to_string())),
+        };
+        let _ = self.tx.send(Some(outcome));
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        self.tx.send_if_modified(|v| {
+            if v.is_none() {
+                *v = Some(Err((Kind::Canceled, "the download was cancelled".into())));
+                true
+            } else {
+                false
+            }
+        });
+        let mut map = self.inflight.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&self.digest);
+    }
+}
+
+/// The registry side of one pull.
+pub(super) struct Fetcher<'a> {
+    pub t: &'a Transferrer,
+    pub ctx: &'a Ctx,
+    pub client: &'a Client,
+    pub reference: &'a Reference,
+}
+
+pub fn api_descriptor(d: &Descriptor) -> ApiDescriptor {
+    ApiDescriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.clone(),
+        size: d.size as i64,
+        annotations: d
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+impl Fetcher<'_> {
+    /// Record `digest` in the namespace under the lease, merging `labels` into an existing
+    /// record's.
+    pub async fn record(
+        &self,
+        digest: &Digest,
+        size: i64,
+        media_type: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<()> {
+        let (t, ns) = (self.t, &self.ctx.ns);
+        match t
+            .meta
+            .add_content(ns, digest, size, labels.clone(), Some(&self.ctx.lease))
+            .await
+        {
+            Ok(_) => {
+                t.events.publish(
+                    ns,
+                    "/content/create",
+                    &ContentCreate {
+                        digest: digest.to_string(),
+                        size,
+                        media_type: media_type.to_string(),
+                    },
+                );
+                Ok(())
+            }
+            Err(e) if e.is_already_exists() => {
+                if labels.is_empty() {
+                    return Ok(());
+                }
+                let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
+                t.meta
+                    .update_content(
+                        ns,
+                        Info {
+                            digest: digest.to_string(),
+                            labels: labels.clone(),
+                            ..Info::default()
+                        },
+                        &paths,
+                    )
+                    .await?;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Store a document already fetched and verified (manifest, index, config).
+    pub async fn store_bytes(
+        &self,
+        desc: &Descriptor,
+        bytes: Bytes,
+        labels: &HashMap<String, String>,
+    ) -> Result<()> {
+        let digest = Digest::parse(&desc.digest)?;
+        let size = desc.size as i64;
+        if !self.t.meta.has_content(&self.ctx.ns, &digest)?
+            && self.t.content.blob_size(&digest)? != Some(desc.size)
+        {
+            let key = format!(
+                "{}/{}",
+                self.ctx.ns,
+                ref_key(&desc.media_type, &desc.digest)
+            );
+            let (content, d) = (self.t.content.clone(), digest.clone());
+            blocking(move || {
+                let mut w = content.writer(&key, size, Some(d.clone()))?;
+                w.write_at(0, &bytes)?;
+                w.commit(size, Some(&d)).map(|_| ())
+            })
+            .await?;
+        }
+        self.record(&digest, size, &desc.media_type, labels).await
+    }
+
+    /// Bring one blob into the store (downloading it, waiting for another transfer's download
+    /// of it, or finding it there) and record it with `labels`.
+    pub async fn fetch(
+        &self,
+        desc: &Descriptor,
+        labels: &HashMap<String, String>,
+        parents: &[String],
+    ) -> Result<()> {
+        let digest = Digest::parse(&desc.digest)?;
+        let api = api_descriptor(desc);
+        let size = desc.size as i64;
+        let progress = &self.ctx.progress;
+        if self.t.meta.has_content(&self.ctx.ns, &digest)? {
+            self.record(&digest, size, &desc.media_type, labels).await?;
+            progress
+                .blob("already exists", &api, parents, size, size)
+                .await;
+            return Ok(());
+        }
+        let mut waited = false;
+        loop {
+            if self.t.content.blob_size(&digest)? == Some(desc.size) {
+                self.record(&digest, size, &desc.media_type, labels).await?;
+                let event = if waited { "complete" } else { "already exists" };
+                progress.blob(event, &api, parents, size, size).await;
+                return Ok(());
+            }
+            match self.t.inflight.join(&desc.digest) {
+                Join::Leader(leader) => {
+                    let result = self.download(desc, &api, parents).await;
+                    leader.finish(&result);
+                    drop(leader);
+                    result?;
+                    self.record(&digest, size, &desc.media_type, labels).await?;
+                    progress.blob("complete", &api, parents, size, size).await;
+                    return Ok(());
+                }
+                Join::Follower(mut rx) => {
+                    if !waited {
+                        progress.blob("waiting", &api, parents, 0, size).await;
+                    }
+                    let outcome = rx
+                        .wait_for(Option::is_some)
+                        .await
+                        .map(|v| v.clone())
+                        .ok()
+                        .flatten();
+                    if let Some(Err((kind, message))) = outcome {
+                        if waited {
+                            return Err(Error::new(kind, message));
+                        }
+                    }
+                    // Done (or failed once): look again, and download ourselves if need be.
+                    waited = true;
+                }
+            }
+        }
+    }
+
+    /// Download into the blob's ingest (resuming it) and commit.
+    async fn download(
+        &self,
+        desc: &Descriptor,
+        api: &ApiDescriptor,
+        parents: &[String],
+    ) -> Result<()> {
+        let progress = &self.ctx.progress;
+        let digest = Digest::parse(&desc.digest)?;
+        let size = desc.size as i64;
+        let r#ref = ref_key(&desc.media_type, &desc.digest);
+        let key = format!("{}/{}", self.ctx.ns, r#ref);
+        progress.blob("waiting", api, parents, 0, size).await;
+        self.t
+            .meta
+            .lease_ingest(&self.ctx.ns, &self.ctx.lease, &r#ref)
+            .await?;
+        let (content, k, d) = (self.t.content.clone(), key.clone(), digest.clone());
+        let (writer, resume) = blocking(move || {
+            let w = content.writer(&k, size, Some(d))?;
+            let offset = w.status().offset.max(0) as u64;
+            let resume = if offset > 0 {
+                Some(hash_prefix(&content, &k, offset)?)
+            } else {
+                None
+            };
+            Ok((w, resume))
+        })
+        .await?;
+        if let Some(r) = &resume {
+            tracing::debug!(digest = %desc.digest, offset = r.offset, "resuming a download");
+        }
+        let start_offset = resume.as_ref().map_or(0, |r| r.offset);
+        let mut reader = match self.client.fetch_blob(self.reference, desc, resume).await {
+            Ok(r) => r,
+            Err(e) => return Err(e.into()),
+        };
+        // Disk writes on a blocking thread, fed chunk by chunk as they arrive.
+        let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+        let writing = tokio::spawn(blocking(move || {
+            let mut w = writer;
+            let mut offset = start_offset as i64;
+            while let Some(chunk) = rx.blocking_recv() {
+                w.write_at(offset, &chunk)?;
+                offset += chunk.len() as i64;
+            }
+            Ok(w)
+        }));
+        let mut last = Instant::now();
+        let fetched: Result<()> = loop {
+            match reader.next_chunk().await {
+                Ok(Some(chunk)) => {
+                    if tx.send(chunk).await.is_err() {
+                        break Ok(()); // the writer failed: its error follows
+                    }
+                    if last.elapsed() >= PROGRESS_EVERY {
+                        last = Instant::now();
+                        progress
+                            .blob("downloading", api, parents, reader.received() as i64, size)
+                            .await;
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e.into()),
+            }
+        };
+        drop(tx);
+        let written = writing
+            .await
+            .map_err(|e| Error::internal(format!("ingest writer: {e}")))?;
+        if let Err(e) = fetched {
+            drop(written);
+            // Bytes that contradict the descriptor are worth nothing to a resume.
+            if e.kind() == Kind::FailedPrecondition {
+                let (content, k) = (self.t.content.clone(), key.clone());
+                let _ = blocking(move || content.abort(&k)).await;
+            }
+            return Err(e);
+        }
+        let writer = written?;
+        let d = digest.clone();
+        blocking(move || writer.commit(size, Some(&d)).map(|_| ())).await?;
+        Ok(())
+    }
+}
+
+/// The digest state of the `offset` bytes an ingest already holds.
+fn hash_prefix(content: &berth_content::ContentStore, key: &str, offset: u64) -> Result<Resume> {
+    let mut file = content.open_ingest_data(key)?.take(offset);
+    let mut digester = Digester::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut read = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| Error::io(format!("read ingest {key:?}"), e))?;
+        if n == 0 {
+            break;
+        }
+        digester.update(&buf[..n]);
+        read += n as u64;
+    }
+    if read != offset {
+        return Err(Error::internal(format!(
+            "ingest {key:?} holds {read} bytes, its status says {offset}"
+        )));
+    }
+    Ok(Resume { offset, digester })
+}
