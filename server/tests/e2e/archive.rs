@@ -214,3 +214,51 @@ fn ctr2_import_of_a_hostile_archive_leaves_nothing() {
         1
     );
 }
+
+#[test]
+fn ctr2_import_names_as_containerds_image_store() {
+    let ns = &format!("archive-names-{}", process_token());
+    let dir = tempfile::tempdir().unwrap();
+    let image = busybox_oci_archive(dir.path(), IMAGE);
+    let d = Daemon::start();
+    // --base-name with --digests: the prefix filters the annotated names and adds digest
+    // references; --index-name names the index itself. ctr 2.4.2 sends skip_named_digest as
+    // the negation of --skip-digest-for-named, so the named entry gets no digest reference
+    // (containerd's image store, given the same, stores the same three).
+    ok(
+        ctr2(
+            &d,
+            ns,
+            &[
+                "images",
+                "import",
+                "--base-name",
+                "docker.io/berth/busybox",
+                "--digests",
+                "--index-name",
+                "berth-index",
+                "--no-unpack",
+                image.path.to_str().unwrap(),
+            ],
+        ),
+        "ctr 2.4.2 images import --base-name --digests --index-name",
+    );
+    let mut got: Vec<(String, String)> = images(&d, ns)
+        .into_iter()
+        .map(|(name, _, digest)| (name, digest))
+        .collect();
+    got.sort();
+    let mut want = vec![
+        ("berth-index".to_owned(), image.index.digest.clone()),
+        (
+            format!("docker.io/berth/busybox@{}", image.index.digest),
+            image.index.digest.clone(),
+        ),
+        (IMAGE.to_owned(), image.manifest.digest.clone()),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    // --no-unpack: no snapshot.
+    let snapshots = ok(ctr2(&d, ns, &["snapshots", "ls"]), "snapshots ls");
+    assert_eq!(snapshots.lines().count(), 1, "{snapshots}");
+}
