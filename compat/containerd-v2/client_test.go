@@ -6,24 +6,32 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	apievents "github.com/containerd/containerd/api/events"
 	transferapi "github.com/containerd/containerd/api/services/transfer/v1"
+	transfertypes "github.com/containerd/containerd/api/types/transfer"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/core/transfer"
+	"github.com/containerd/containerd/v2/core/transfer/image"
+	"github.com/containerd/containerd/v2/core/transfer/registry"
 	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/platforms"
 	"github.com/containerd/typeurl/v2"
 	"github.com/opencontainers/runtime-spec/specs-go/features"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // env reads the variables berth's e2e test sets; without them (a plain
@@ -198,9 +206,71 @@ func TestServerAndRuntimeInfo(t *testing.T) {
 		t.Fatalf("RuntimeInfo features = %#v, want runc's `runc features`", info.Features)
 	}
 
-	// Services containerd 2 added that berthd does not serve yet say so by name.
+	// The Transfer service refuses a request without a source, as containerd does.
 	_, err = transferapi.NewTransferClient(client.Conn().(grpc.ClientConnInterface)).Transfer(ctx, &transferapi.TransferRequest{})
-	if status.Code(err) != codes.Unimplemented || !strings.Contains(status.Convert(err).Message(), "Transfer") {
-		t.Fatalf("Transfer: err = %v, want Unimplemented naming the transfer service", err)
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("Transfer{}: err = %v, want InvalidArgument", err)
 	}
+}
+
+// TestTransferPull pulls through the daemon with the v2 client's Transfer (the path
+// ctr 2.x and nerdctl take), with progress and an unpack, and checks what it stored.
+func TestTransferPull(t *testing.T) {
+	socket, ref := env(t)
+	client, ctx := connect(t, socket, "v2transfer")
+
+	var mu sync.Mutex
+	events := map[string]int{}
+	progress := func(p transfer.Progress) {
+		mu.Lock()
+		defer mu.Unlock()
+		events[p.Event]++
+	}
+	reg, err := registry.NewOCIRegistry(ctx, ref, registry.WithDefaultScheme("http"))
+	if err != nil {
+		t.Fatalf("NewOCIRegistry: %v", err)
+	}
+	store := image.NewStore(ref, image.WithUnpack(platforms.DefaultSpec(), defaults.DefaultSnapshotter))
+	if err := client.Transfer(ctx, reg, store, transfer.WithProgress(progress)); err != nil {
+		t.Fatalf("Transfer(%s): %v", ref, err)
+	}
+
+	img, err := client.GetImage(ctx, ref)
+	if err != nil {
+		t.Fatalf("GetImage(%s): %v", ref, err)
+	}
+	unpacked, err := img.IsUnpacked(ctx, defaults.DefaultSnapshotter)
+	if err != nil || !unpacked {
+		t.Fatalf("IsUnpacked = %v, %v", unpacked, err)
+	}
+	mu.Lock()
+	for _, want := range []string{"saved", "complete", "extracted"} {
+		if events[want] == 0 {
+			t.Errorf("no %q progress event among %v", want, events)
+		}
+	}
+	mu.Unlock()
+
+	// A progress stream nobody opened is NotFound.
+	_, err = transferapi.NewTransferClient(client.Conn().(grpc.ClientConnInterface)).Transfer(ctx, &transferapi.TransferRequest{
+		Source:      mustAny(t, &transfertypes.OCIRegistry{Reference: ref}),
+		Destination: mustAny(t, &transfertypes.ImageStore{Name: ref}),
+		Options:     &transferapi.TransferOptions{ProgressStream: "never-opened"},
+	})
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("Transfer with an unknown stream: err = %v, want NotFound", err)
+	}
+
+	if err := client.ImageService().Delete(ctx, ref, images.SynchronousDelete()); err != nil {
+		t.Fatalf("image Delete: %v", err)
+	}
+}
+
+func mustAny(t *testing.T, m proto.Message) *anypb.Any {
+	t.Helper()
+	a, err := typeurl.MarshalAny(m)
+	if err != nil {
+		t.Fatalf("MarshalAny: %v", err)
+	}
+	return &anypb.Any{TypeUrl: a.GetTypeUrl(), Value: a.GetValue()}
 }

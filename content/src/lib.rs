@@ -221,6 +221,12 @@ impl ContentStore {
         File::open(&path).map_err(|e| Error::io(format!("open ingest data of {key:?}"), e))
     }
 
+    /// Where an ingest's bytes are (a reader opened on it keeps reading the same file once the
+    /// commit renames it into blobs/).
+    pub fn ingest_data_path(&self, key: &str) -> PathBuf {
+        self.ingest_dir(key).join(ingest::DATA)
+    }
+
     fn ingest_dir(&self, key: &str) -> PathBuf {
         self.inner.ingest.join(ingest::dir_name(key))
     }

@@ -53,17 +53,14 @@ impl Ctr {
         }
     }
 
-    /// ctr 2.x sends `images pull/push/import/export/tag` through the Transfer service, which
-    /// berthd does not serve yet: `--local` keeps them client-side, as ctr 1.6 always is.
-    /// Drop this once the transfer service lands.
+    /// ctr 2.x sends `images pull/push/tag` through berthd's Transfer service; `import` and
+    /// `export` too, which berthd does not serve yet (archives come with berth-archive):
+    /// `--local` keeps those client-side, as ctr 1.6 always is.
     pub fn args<'a>(self, args: &[&'a str]) -> Vec<&'a str> {
         let mut out = args.to_vec();
         if self == Ctr::V2
             && matches!(args.first(), Some(&("images" | "image" | "i")))
-            && matches!(
-                args.get(1),
-                Some(&("pull" | "push" | "import" | "export" | "tag"))
-            )
+            && matches!(args.get(1), Some(&("import" | "export")))
         {
             out.insert(2, "--local");
         }

@@ -353,13 +353,13 @@ async fn unpack(
             } else {
                 u.snapshotter.clone()
             };
-            // Every layer is stored already.
-            let stored: Vec<oneshot::Receiver<Result<()>>> = layers
+            // Every layer is stored already: nothing to wait for or follow.
+            let stored: Vec<super::unpack::LayerSource> = layers
                 .iter()
                 .map(|_| {
                     let (tx, rx) = oneshot::channel();
                     let _ = tx.send(Ok(()));
-                    rx
+                    (rx, None)
                 })
                 .collect();
             let layers: Vec<berth_registry::Descriptor> =

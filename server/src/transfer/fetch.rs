@@ -202,6 +202,31 @@ impl Fetcher<'_> {
         labels: &HashMap<String, String>,
         parents: &[String],
     ) -> Result<()> {
+        self.fetch_growing(desc, labels, parents, None).await
+    }
+
+    /// `fetch`, telling `growing` (if any) about the bytes as they land and how it ended.
+    pub async fn fetch_growing(
+        &self,
+        desc: &Descriptor,
+        labels: &HashMap<String, String>,
+        parents: &[String],
+        growing: Option<&std::sync::Arc<Growing>>,
+    ) -> Result<()> {
+        let result = self.fetch_inner(desc, labels, parents, growing).await;
+        if let Some(g) = growing {
+            g.finish(&result);
+        }
+        result
+    }
+
+    async fn fetch_inner(
+        &self,
+        desc: &Descriptor,
+        labels: &HashMap<String, String>,
+        parents: &[String],
+        growing: Option<&std::sync::Arc<Growing>>,
+    ) -> Result<()> {
         let digest = Digest::parse(&desc.digest)?;
         let api = api_descriptor(desc);
         let size = desc.size as i64;
@@ -223,7 +248,7 @@ impl Fetcher<'_> {
             }
             match self.t.inflight.join(&desc.digest) {
                 Join::Leader(leader) => {
-                    let result = self.download(desc, &api, parents).await;
+                    let result = self.download(desc, &api, parents, growing).await;
                     leader.finish(&result);
                     drop(leader);
                     result?;
@@ -259,6 +284,7 @@ impl Fetcher<'_> {
         desc: &Descriptor,
         api: &ApiDescriptor,
         parents: &[String],
+        growing: Option<&std::sync::Arc<Growing>>,
     ) -> Result<()> {
         let progress = &self.ctx.progress;
         let digest = Digest::parse(&desc.digest)?;
@@ -271,7 +297,7 @@ impl Fetcher<'_> {
             .lease_ingest(&self.ctx.ns, &self.ctx.lease, &r#ref)
             .await?;
         let (content, k, d) = (self.t.content.clone(), key.clone(), digest.clone());
-        let (writer, resume) = blocking(move || {
+        let (writer, resume, data_path) = blocking(move || {
             let w = content.writer(&k, size, Some(d))?;
             let offset = w.status().offset.max(0) as u64;
             let resume = if offset > 0 {
@@ -279,9 +305,17 @@ impl Fetcher<'_> {
             } else {
                 None
             };
-            Ok((w, resume))
+            Ok((w, resume, content.ingest_data_path(&k)))
         })
         .await?;
+        if let Some(g) = growing {
+            let offset = resume.as_ref().map_or(0, |r| r.offset);
+            g.update(|s| {
+                s.file = Some(data_path);
+                s.written = offset;
+            });
+        }
+        let growing_writer = growing.cloned();
         if let Some(r) = &resume {
             tracing::debug!(digest = %desc.digest, offset = r.offset, "resuming a download");
         }
@@ -298,6 +332,9 @@ impl Fetcher<'_> {
             while let Some(chunk) = rx.blocking_recv() {
                 w.write_at(offset, &chunk)?;
                 offset += chunk.len() as i64;
+                if let Some(g) = &growing_writer {
+                    g.update(|s| s.written = offset as u64);
+                }
             }
             Ok(w)
         }));
@@ -361,4 +398,167 @@ fn hash_prefix(content: &berth_content::ContentStore, key: &str, offset: u64) ->
         )));
     }
     Ok(Resume { offset, digester })
+}
+
+/// A blob being downloaded, readable while it grows: the unpack of a layer whose parent is
+/// ready starts on the ingest's bytes as they land instead of after the download (nothing is
+/// committed before the blob is verified: the unpack waits for the download's result before
+/// committing its snapshot).
+#[derive(Default)]
+pub struct Growing {
+    state: Mutex<GrowState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct GrowState {
+    /// The ingest's data file, once the download opened it.
+    file: Option<std::path::PathBuf>,
+    /// Bytes in the file so far.
+    written: u64,
+    /// The download ended: Ok (the blob is stored) or why not. Set by every way `fetch` ends.
+    done: Option<std::result::Result<(), String>>,
+}
+
+impl Growing {
+    fn update(&self, f: impl FnOnce(&mut GrowState)) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut s);
+        self.changed.notify_all();
+    }
+
+    pub(super) fn finish(&self, result: &Result<()>) {
+        self.update(|s| {
+            s.done = Some(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        });
+    }
+
+    /// Whether the download has ended (then read the stored blob instead).
+    pub(super) fn ended(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .done
+            .is_some()
+    }
+
+    /// A reader of the blob's bytes as they arrive. Blocking: call on a blocking thread. None
+    /// when the download ended before it opened an ingest this reader could follow.
+    pub(super) fn reader(self: &std::sync::Arc<Self>) -> Option<GrowingReader> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(path) = &s.file {
+                // Opened before any rename: the descriptor follows the inode into blobs/.
+                let file = std::fs::File::open(path).ok()?;
+                return Some(GrowingReader {
+                    growing: self.clone(),
+                    file,
+                    pos: 0,
+                });
+            }
+            if s.done.is_some() {
+                return None;
+            }
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+pub(super) struct GrowingReader {
+    growing: std::sync::Arc<Growing>,
+    file: std::fs::File,
+    pos: u64,
+}
+
+impl Read for GrowingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        loop {
+            let (written, done) = {
+                let s = self.growing.state.lock().unwrap_or_else(|e| e.into_inner());
+                (s.written, s.done.clone())
+            };
+            if self.pos < written {
+                let want = buf.len().min((written - self.pos) as usize);
+                let n = self.file.read_at(&mut buf[..want], self.pos)?;
+                if n == 0 {
+                    return Err(std::io::Error::other("the ingest shrank while being read"));
+                }
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            match done {
+                Some(Ok(())) => return Ok(0),
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None => {
+                    let s = self.growing.state.lock().unwrap_or_else(|e| e.into_inner());
+                    if s.written == written && s.done.is_none() {
+                        let _unused = self
+                            .growing
+                            .changed
+                            .wait(s)
+                            .unwrap_or_else(|e| e.into_inner());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_growing_reader_follows_the_writer_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let g = Arc::new(Growing::default());
+        let reading = {
+            let g = g.clone();
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                g.reader()
+                    .expect("a reader")
+                    .read_to_end(&mut out)
+                    .map(|_| out)
+            })
+        };
+        g.update(|s| s.file = Some(path.clone()));
+        let mut want = Vec::new();
+        for i in 0..50u8 {
+            let chunk = vec![i; 1000 + i as usize];
+            file.write_all(&chunk).unwrap();
+            want.extend_from_slice(&chunk);
+            let n = want.len() as u64;
+            g.update(|s| s.written = n);
+        }
+        g.finish(&Ok(()));
+        assert_eq!(reading.join().unwrap().unwrap(), want);
+    }
+
+    #[test]
+    fn a_growing_reader_fails_with_the_download() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::write(&path, b"partial").unwrap();
+        let g = Arc::new(Growing::default());
+        g.update(|s| {
+            s.file = Some(path.clone());
+            s.written = 7;
+        });
+        let mut r = g.reader().unwrap();
+        g.finish(&Err(Error::precondition("digest mismatch")));
+        let mut out = Vec::new();
+        let err = r.read_to_end(&mut out).unwrap_err();
+        assert!(err.to_string().contains("digest mismatch"), "{err}");
+        assert_eq!(out, b"partial");
+        // A download that ended before opening an ingest has nothing to follow.
+        let ended = Arc::new(Growing::default());
+        ended.finish(&Ok(()));
+        assert!(ended.reader().is_none());
+    }
 }

@@ -4,7 +4,7 @@
 //! selected manifest's config and layers (in parallel, bounded per transfer and daemon-wide),
 //! unpack the layers as they land, then write the image record(s).
 
-use super::fetch::{api_descriptor, Fetcher};
+use super::fetch::{api_descriptor, Fetcher, Growing};
 use super::progress::ref_key;
 use super::{auth, unpack, Ctx, Transferrer};
 use berth_api::containerd::services::images::v1::Image;
@@ -16,6 +16,7 @@ use berth_registry::{
 };
 use futures_util::future::join_all;
 use std::collections::HashMap;
+use std::sync::Arc;
 use tokio::sync::{oneshot, Semaphore};
 
 const CONTENT_REF: &str = "containerd.io/gc.ref.content";
@@ -263,12 +264,10 @@ async fn pull_manifest(
     let t = f.t;
     let manifest_parent = [ref_key(&desc.media_type, &desc.digest)];
     let source: HashMap<String, String> = [source_label.clone()].into();
-    // The config first: the unpack needs its diff IDs, and it is small.
-    let config = f
-        .client
-        .fetch_blob_bytes(f.reference, &m.config, MAX_CONFIG_BYTES)
-        .await?;
-    f.store_bytes(&m.config, config.clone(), &source).await?;
+    // The config first: the unpack needs its diff IDs. Through the store like any blob, so
+    // concurrent pulls fetch it once too.
+    f.fetch(&m.config, &source, &manifest_parent).await?;
+    let config = read_config(t, &m.config).await?;
     let config_platform = config_platform(&config);
     let unpacks: Vec<&UnpackConfiguration> = unpacks
         .iter()
@@ -283,15 +282,23 @@ async fn pull_manifest(
     let mut receivers = Vec::new();
     for _ in &m.layers {
         let (tx, rx) = oneshot::channel();
-        senders.push(tx);
-        receivers.push(rx);
+        let growing = Arc::new(Growing::default());
+        senders.push((tx, growing.clone()));
+        receivers.push((rx, Some(growing)));
     }
-    let downloads = join_all(m.layers.iter().zip(senders).map(|(layer, tx)| {
+    let downloads = join_all(m.layers.iter().zip(senders).map(|(layer, (tx, growing))| {
         let (per_transfer, source, parents) = (&per_transfer, &source, &manifest_parent);
         async move {
             let result = match per_transfer.acquire().await {
-                Ok(_permit) => f.fetch(layer, source, parents).await,
-                Err(_) => Err(Error::internal("download bound closed")),
+                Ok(_permit) => {
+                    f.fetch_growing(layer, source, parents, Some(&growing))
+                        .await
+                }
+                Err(_) => {
+                    let e = Err(Error::internal("download bound closed"));
+                    growing.finish(&e);
+                    e
+                }
             };
             let _ = tx.send(result);
         }
@@ -309,7 +316,7 @@ async fn pull_manifest(
                     .map(|_| ())
             }
             None => {
-                for rx in receivers {
+                for (rx, _) in receivers {
                     rx.await
                         .map_err(|_| Error::canceled("a layer download ended without a word"))??;
                 }
@@ -328,7 +335,7 @@ async fn pull_manifest(
         for _ in &m.layers {
             let (tx, rx) = oneshot::channel();
             let _ = tx.send(Ok(()));
-            done.push(rx);
+            done.push((rx, None));
         }
         let snapshotter = if u.snapshotter.is_empty() {
             t.settings.default_snapshotter.clone()
@@ -338,6 +345,29 @@ async fn pull_manifest(
         unpack::unpack(f, &snapshotter, &m.config, &config, &m.layers, done).await?;
     }
     Ok(())
+}
+
+/// An image config from the content store, bounded.
+async fn read_config(t: &Transferrer, desc: &Descriptor) -> Result<Vec<u8>> {
+    if desc.size > MAX_CONFIG_BYTES {
+        return Err(Error::invalid(format!(
+            "image config {} is {} bytes, more than {MAX_CONFIG_BYTES}",
+            desc.digest, desc.size
+        )));
+    }
+    let digest = berth_oci::Digest::parse(&desc.digest)?;
+    let content = t.content.clone();
+    crate::blocking::blocking(move || {
+        use std::io::Read;
+        let mut out = Vec::new();
+        content
+            .open_blob(&digest)?
+            .take(MAX_CONFIG_BYTES)
+            .read_to_end(&mut out)
+            .map_err(|e| Error::io(format!("read config {digest}"), e))?;
+        Ok(out)
+    })
+    .await
 }
 
 /// The platform an image config declares (`os`, `architecture`, `variant`).

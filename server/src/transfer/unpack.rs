@@ -5,7 +5,7 @@
 //! `containerd.io/gc.ref.snapshot.<snapshotter>` and each layer `containerd.io/uncompressed`,
 //! as containerd's unpacker leaves them.
 
-use super::fetch::{api_descriptor, Fetcher};
+use super::fetch::{api_descriptor, Fetcher, Growing};
 use crate::blocking::blocking;
 use berth_api::containerd::services::leases::v1::Resource;
 use berth_errdefs::{Error, Result};
@@ -13,6 +13,7 @@ use berth_oci::Digest;
 use berth_registry::Descriptor;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
 pub const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
@@ -54,6 +55,9 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
+/// How one layer's download reports: its outcome, and its bytes while it runs (if followed).
+pub(super) type LayerSource = (oneshot::Receiver<Result<()>>, Option<Arc<Growing>>);
+
 /// Unpack `layers` (whose downloads report on `stored`, in order) into `snapshotter`.
 /// Returns the top chain ID.
 pub(super) async fn unpack(
@@ -62,7 +66,7 @@ pub(super) async fn unpack(
     config_desc: &Descriptor,
     config: &[u8],
     layers: &[Descriptor],
-    stored: Vec<oneshot::Receiver<Result<()>>>,
+    stored: Vec<LayerSource>,
 ) -> Result<String> {
     let (t, ctx) = (f.t, f.ctx);
     let diffs = diff_ids(config)?;
@@ -75,7 +79,7 @@ pub(super) async fn unpack(
         )));
     }
     let chains = chain_ids(&diffs);
-    let scoped = std::sync::Arc::new(t.snapshotters.scoped(snapshotter, &ctx.ns)?);
+    let scoped = Arc::new(t.snapshotters.scoped(snapshotter, &ctx.ns)?);
     let resource = |id: &str| Resource {
         id: id.to_string(),
         r#type: format!("snapshots/{snapshotter}"),
@@ -84,19 +88,21 @@ pub(super) async fn unpack(
         &config_desc.media_type,
         &config_desc.digest,
     )];
-    for (i, (layer, done)) in layers.iter().zip(stored).enumerate() {
+    for (i, (layer, (done, growing))) in layers.iter().zip(stored).enumerate() {
         let chain = chains[i].clone();
         let parent = if i == 0 {
             String::new()
         } else {
             chains[i - 1].clone()
         };
-        // The blob must be stored whether or not the snapshot exists: the image needs it.
-        done.await
-            .map_err(|_| Error::canceled("a layer download ended without a word"))??;
+        let downloaded = |r: std::result::Result<Result<()>, oneshot::error::RecvError>| {
+            r.map_err(|_| Error::canceled("a layer download ended without a word"))?
+        };
         let s = scoped.clone();
         let c = chain.clone();
         if blocking(move || s.stat(&c)).await.is_ok() {
+            // The blob must be stored all the same: the image needs it.
+            downloaded(done.await)?;
             // Already unpacked (this image before, or another sharing the chain): keep it.
             t.meta
                 .stage_lease_resource(&ctx.ns, &ctx.lease, &resource(&chain))?
@@ -126,12 +132,39 @@ pub(super) async fn unpack(
             layer.media_type.clone(),
         );
         let blob_digest = Digest::parse(&layer.digest)?;
+        // Still downloading: apply the bytes as they land. Else (or when it failed) from the
+        // stored blob, once the download's outcome is known.
+        let follow = growing.filter(|g| !g.ended());
+        let done = match follow {
+            Some(_) => Some(done),
+            None => {
+                if let Err(e) = downloaded(done.await) {
+                    let (s, k) = (scoped.clone(), key.clone());
+                    let _ = blocking(move || s.remove(&k)).await;
+                    return Err(e);
+                }
+                None
+            }
+        };
+        let started = std::time::Instant::now();
         let applied = blocking(move || {
-            let blob = content.open_blob(&blob_digest)?;
-            let blob = std::io::BufReader::with_capacity(1 << 20, blob);
+            let reader: Box<dyn std::io::Read + Send> =
+                match follow.as_ref().and_then(|g| g.reader()) {
+                    Some(r) => Box::new(r),
+                    None => Box::new(content.open_blob(&blob_digest)?),
+                };
+            let blob = std::io::BufReader::with_capacity(1 << 20, reader);
             applier.apply(blob, &media_type, mounts, false)
         })
         .await;
+        // Nothing is committed from bytes the download did not verify.
+        let applied = match done {
+            Some(done) => match downloaded(done.await) {
+                Ok(()) => applied,
+                Err(e) => Err(e),
+            },
+            None => applied,
+        };
         let applied = match applied {
             Ok(a) if a.diff_id.as_str() == diffs[i] => a,
             other => {
@@ -147,12 +180,21 @@ pub(super) async fn unpack(
                 });
             }
         };
+        let applied_in = started.elapsed();
         t.meta
             .stage_lease_resource(&ctx.ns, &ctx.lease, &resource(&chain))?
             .durable()
             .await?;
         let (s, k, c) = (scoped.clone(), key.clone(), chain.clone());
-        match blocking(move || s.commit(&c, &k, HashMap::new())).await {
+        let committing = std::time::Instant::now();
+        let committed = blocking(move || s.commit(&c, &k, HashMap::new())).await;
+        tracing::debug!(
+            layer = %layer.digest,
+            apply_ms = applied_in.as_millis() as u64,
+            commit_ms = committing.elapsed().as_millis() as u64,
+            "layer unpacked"
+        );
+        match committed {
             Ok(()) => {}
             Err(e) if e.is_already_exists() => {
                 // Another transfer committed the same chain first: the same bytes.

@@ -1,6 +1,7 @@
 //! berthd driven by containerd's own v2 Go client (github.com/containerd/containerd/v2/client,
 //! default options): the Go test program compat/containerd-v2 pulls from a registry on loopback
-//! with client-side unpack, runs a task with FIFO stdio, watches events and uses a lease, and
+//! with client-side unpack, runs a task with FIFO stdio, watches events and uses a lease, pulls
+//! again through the daemon's Transfer service (`client.Transfer`, with progress and unpack), and
 //! reads containerd 2's introspection (server pid, runtime info). The test binary is compiled once
 //! per run with `go test -c` (Go's build cache makes later builds quick).
 
@@ -68,7 +69,11 @@ fn the_v2_go_client_pulls_runs_and_cleans_up() {
     run_go_tests(
         &d,
         &registry.reference(),
-        &["TestPullRunDelete", "TestServerAndRuntimeInfo"],
+        &[
+            "TestPullRunDelete",
+            "TestServerAndRuntimeInfo",
+            "TestTransferPull",
+        ],
     );
     // The client deleted what it made: no container, no task, no image left behind.
     assert_eq!(d.ctr("v2client", &["containers", "ls", "-q"]), "");
@@ -76,7 +81,7 @@ fn the_v2_go_client_pulls_runs_and_cleans_up() {
 }
 
 /// What ctr 2.x asks of services berthd does not serve yet gets a reason, not an empty
-/// Unimplemented: the transfer path of `images pull` (without --local) and `sandboxes ls`.
+/// Unimplemented: the transfer path of `images export` (without --local) and `sandboxes ls`.
 #[test]
 fn ctr_2_hears_why_a_service_is_not_served() {
     let d = Daemon::start();
@@ -91,9 +96,11 @@ fn ctr_2_hears_why_a_service_is_not_served() {
         assert!(!out.status.success(), "ctr {args:?} succeeded");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let err = ctr(&["images", "pull", "--plain-http", "127.0.0.1:9/none:latest"]);
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("none.tar");
+    let err = ctr(&["images", "export", archive.to_str().unwrap(), "none:latest"]);
     assert!(
-        err.contains("is not served yet by berthd") && err.contains("--local"),
+        err.contains("berth-archive") && err.contains("--local"),
         "{err}"
     );
     let err = ctr(&["sandboxes", "ls"]);

@@ -17,3 +17,4 @@ mod images;
 mod registry;
 mod snapshots;
 mod tasks;
+mod transfer;
