@@ -1,7 +1,8 @@
 //! Image archives through the Transfer service: the real `ctr` 2.4.2 (`images import` and
 //! `images export` without `--local`, so through Transfer and Streaming) against a real
 //! berthd, a round trip export → import on a fresh daemon, `ctr run` of the re-imported image,
-//! a docker archive written by skopeo, and a hostile archive refused with nothing left behind.
+//! a gzip docker archive written by skopeo, containerd's image naming options, and a hostile
+//! archive refused with nothing left behind.
 
 use crate::fixtures::busybox_oci_archive;
 use crate::harness::{process_token, Ctr, Daemon};
@@ -171,11 +172,19 @@ fn ctr2_imports_a_docker_archive() {
     );
 
     // What berth-archive makes of it is what containerd makes of it (archive/tests/containerd.rs);
-    // here: through Transfer, under the normalised RepoTag, as a docker schema 2 manifest.
+    // here: through Transfer, gzip-compressed as containerd accepts it, under the normalised
+    // RepoTag, as a docker schema 2 manifest.
+    let gz = dir.path().join("docker.tar.gz");
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::fast(),
+    );
+    std::io::copy(&mut std::fs::File::open(&docker).unwrap(), &mut enc).unwrap();
+    enc.finish().unwrap();
     let d = Daemon::start();
     ok(
-        ctr2(&d, ns, &["images", "import", docker.to_str().unwrap()]),
-        "ctr 2.4.2 images import of a docker archive",
+        ctr2(&d, ns, &["images", "import", gz.to_str().unwrap()]),
+        "ctr 2.4.2 images import of a gzip docker archive",
     );
     let listed = images(&d, ns);
     assert_eq!(listed.len(), 1, "{listed:?}");
