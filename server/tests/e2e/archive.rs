@@ -222,6 +222,20 @@ fn ctr2_import_of_a_hostile_archive_leaves_nothing() {
             .count(),
         1
     );
+    // The blobs stored before the bad one went in under the transfer's lease, which ended
+    // with it: the collector takes them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = ok(ctr2(&d, ns, &["content", "ls", "-q"]), "content ls");
+        if left.trim().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blobs of the refused import are still held:\n{left}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 #[test]
