@@ -54,8 +54,8 @@ impl Ctr {
     }
 
     /// ctr 2.x sends `images pull/push/tag` through berthd's Transfer service; `import` and
-    /// `export` too, which berthd does not serve yet (archives come with berth-archive):
-    /// `--local` keeps those client-side, as ctr 1.6 always is.
+    /// `export` too, but the shared scenarios keep those client-side with `--local`, as ctr
+    /// 1.6 always is (e2e/archive.rs drives them through Transfer).
     pub fn args<'a>(self, args: &[&'a str]) -> Vec<&'a str> {
         let mut out = args.to_vec();
         if self == Ctr::V2

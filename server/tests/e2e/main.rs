@@ -5,6 +5,7 @@
 //! binary, so the workspace links it once.
 
 mod api;
+mod archive;
 mod authority;
 mod clients;
 mod containerd_v2;
