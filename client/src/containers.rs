@@ -358,3 +358,26 @@ impl Containers {
         Ok(())
     }
 }
+
+impl Client {
+    /// Resolve docker's `user[:group]` against the /etc/passwd and /etc/group of the image
+    /// `container` was made from (for an exec's `-u`).
+    pub async fn resolve_user(
+        &self,
+        container: &ContainerInfo,
+        user: &str,
+    ) -> Result<crate::user::ResolvedUser> {
+        if !crate::user::needs_image_files(user) {
+            return crate::user::resolve(user, None, None);
+        }
+        let details = self.images().inspect(&container.image).await?;
+        let snapshotter = if container.snapshotter.is_empty() {
+            DEFAULT_SNAPSHOTTER
+        } else {
+            &container.snapshotter
+        };
+        let (passwd, group) =
+            crate::user::read_image_files(self, snapshotter, &details.chain_id).await?;
+        crate::user::resolve(user, passwd.as_deref(), group.as_deref())
+    }
+}

@@ -49,7 +49,7 @@ pub mod names;
 pub mod spec;
 pub mod stdio;
 pub mod tasks;
-mod user;
+pub mod user;
 
 #[doc(hidden)]
 pub mod cli;

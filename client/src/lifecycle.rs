@@ -165,13 +165,12 @@ impl Process {
     }
 }
 
+/// Attach the caller's stdio to the FIFOs; the receiver fires when the caller's stdin ended
+/// (hand it to [`close_stdin_when_done`] once the process runs).
 fn attach(
-    client: &Client,
-    container_id: &str,
-    exec_id: &str,
     fifos: &Fifos,
     config: StdioConfig,
-) -> Attached {
+) -> (Attached, Option<tokio::sync::oneshot::Receiver<()>>) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let input: Option<Box<dyn std::io::Read + Send>> = config
         .stdin
@@ -182,8 +181,18 @@ fn attach(
         Box::new(std::io::stderr()),
         config.stdin.then_some(tx),
     );
-    if config.stdin {
-        // Our stdin ended: let the process see EOF (the shim holds a spare writer until told).
+    (attached, config.stdin.then_some(rx))
+}
+
+/// Once the caller's stdin ended, let the process see EOF: the shim holds a spare writer
+/// until told. Only after the process exists, or the daemon would not know it yet.
+fn close_stdin_when_done(
+    client: &Client,
+    container_id: &str,
+    exec_id: &str,
+    done: Option<tokio::sync::oneshot::Receiver<()>>,
+) {
+    if let Some(rx) = done {
         let tasks = client.tasks();
         let (id, exec) = (container_id.to_string(), exec_id.to_string());
         tokio::spawn(async move {
@@ -192,7 +201,6 @@ fn attach(
             }
         });
     }
-    attached
 }
 
 impl Client {
@@ -229,9 +237,12 @@ impl Client {
         }
         let fifos = stdio.map(|s| Fifos::new(&container.id, s)).transpose()?;
         let io = fifos.as_ref().map(Fifos::task_io).unwrap_or_default();
-        let attached = match (&fifos, stdio) {
-            (Some(f), Some(s)) => Some(attach(self, &container.id, "", f, s)),
-            _ => None,
+        let (attached, stdin_done) = match (&fifos, stdio) {
+            (Some(f), Some(s)) => {
+                let (a, done) = attach(f, s);
+                (Some(a), done)
+            }
+            _ => (None, None),
         };
         let pid = match tasks.create(container, &io).await {
             Ok(pid) => pid,
@@ -249,6 +260,7 @@ impl Client {
             let _ = tasks.delete(&container.id).await;
             return Err(e.classify_start());
         }
+        close_stdin_when_done(self, &container.id, "", stdin_done);
         Ok(Process {
             client: self.clone(),
             container_id: container.id.clone(),
@@ -369,9 +381,12 @@ impl Client {
         let exec_id = format!("exec-{}", crate::names::short_id(&crate::names::new_id()));
         let fifos = stdio.map(|s| Fifos::new(&exec_id, s)).transpose()?;
         let io: TaskIo = fifos.as_ref().map(Fifos::task_io).unwrap_or_default();
-        let attached = match (&fifos, stdio) {
-            (Some(f), Some(s)) => Some(attach(self, &container.id, &exec_id, f, s)),
-            _ => None,
+        let (attached, stdin_done) = match (&fifos, stdio) {
+            (Some(f), Some(s)) => {
+                let (a, done) = attach(f, s);
+                (Some(a), done)
+            }
+            _ => (None, None),
         };
         let started = async {
             tasks.exec(&container.id, &exec_id, process, &io).await?;
@@ -388,6 +403,7 @@ impl Client {
                 return Err(e.classify_start());
             }
         };
+        close_stdin_when_done(self, &container.id, &exec_id, stdin_done);
         Ok(Process {
             client: self.clone(),
             container_id: container.id.clone(),
@@ -402,22 +418,27 @@ impl Client {
 fn status_of(task: Option<crate::tasks::ProcessState>) -> ContainerStatus {
     match task {
         None => ContainerStatus::Created,
-        Some(t) => match t.status {
-            Status::Created => ContainerStatus::Created,
-            Status::Running => ContainerStatus::Running {
-                pid: t.pid,
-                started_at: process_start_time(t.pid),
-            },
-            Status::Paused | Status::Pausing => ContainerStatus::Paused {
-                pid: t.pid,
-                started_at: process_start_time(t.pid),
-            },
-            Status::Stopped => ContainerStatus::Exited {
-                code: t.exit_status,
-                at: t.exited_at,
-            },
-            Status::Unknown => ContainerStatus::Unknown,
+        Some(t) => status_of_task(&t),
+    }
+}
+
+/// The status a container with this task has.
+pub fn status_of_task(t: &crate::tasks::ProcessState) -> ContainerStatus {
+    match t.status {
+        Status::Created => ContainerStatus::Created,
+        Status::Running => ContainerStatus::Running {
+            pid: t.pid,
+            started_at: process_start_time(t.pid),
         },
+        Status::Paused | Status::Pausing => ContainerStatus::Paused {
+            pid: t.pid,
+            started_at: process_start_time(t.pid),
+        },
+        Status::Stopped => ContainerStatus::Exited {
+            code: t.exit_status,
+            at: t.exited_at,
+        },
+        Status::Unknown => ContainerStatus::Unknown,
     }
 }
 

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `berth` CLI: see `berth --help`.
+
+fn main() {
+    std::process::exit(berth::cli::main());
+}
