@@ -154,17 +154,25 @@ pub async fn read_image_files(
 ) -> Result<(Option<String>, Option<String>)> {
     let key = format!("berth-user-view-{}", crate::names::new_id());
     let mut snapshots = SnapshotsClient::new(client.channel.clone());
+    // A snapshot nothing references is garbage to the collector: the lease keeps the view
+    // alive while it is read.
+    let lease = client
+        .leases()
+        .create(std::time::Duration::from_secs(300))
+        .await?;
     let view = ViewSnapshotRequest {
         snapshotter: snapshotter.to_string(),
         key: key.clone(),
         parent: chain_id.to_string(),
         labels: HashMap::new(),
     };
-    let mounts = snapshots
-        .view(client.request(view))
-        .await?
-        .into_inner()
-        .mounts;
+    let mounts = match snapshots.view(lease.request(view)).await {
+        Ok(r) => r.into_inner().mounts,
+        Err(e) => {
+            let _ = lease.release().await;
+            return Err(e.into());
+        }
+    };
     let read = tokio::task::spawn_blocking(move || read_through_mounts(&mounts))
         .await
         .map_err(|e| Error::local(Code::Internal, format!("reading the image's users: {e}")));
@@ -173,8 +181,13 @@ pub async fn read_image_files(
         key,
     };
     let removed = snapshots.remove(client.request(remove)).await;
+    let released = lease.release().await;
     let files = read??;
-    removed?;
+    match removed {
+        Err(e) if e.code() != Code::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    released?;
     Ok(files)
 }
 

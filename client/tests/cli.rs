@@ -315,6 +315,51 @@ fn exec_users_and_pause() {
     let top = env.ok(&["top", "box"]);
     assert!(top.contains("PID") && top.contains("sleep 600"), "{top}");
 
+    // events streams with docker's filters: only this container's exits, as JSON lines. The
+    // subscription's start is not observable from here, so execs repeat until one is seen.
+    let box_id = env.ok(&["inspect", "--format", "{{.Id}}", "box"]);
+    let mut events = env
+        .command(&[
+            "events",
+            "--format",
+            "json",
+            "--filter",
+            "container=box",
+            "--filter",
+            "event=exit",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = events.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no /tasks/exit event for box's exec"
+        );
+        env.ok(&["exec", "box", "true"]);
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            break line.unwrap();
+        }
+    };
+    let _ = events.kill();
+    let _ = events.wait();
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON event");
+    assert_eq!(event["Topic"], "/tasks/exit", "{event}");
+    assert_eq!(event["Namespace"], env.ns.as_str());
+    assert_eq!(event["Attributes"]["container_id"], box_id.trim());
+    assert_eq!(event["Attributes"]["exit_status"], "0");
+
     // Users come from the image's /etc/passwd and /etc/group, not the host's.
     assert_eq!(
         env.ok(&[
