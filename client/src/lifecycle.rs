@@ -216,8 +216,32 @@ impl Client {
         container: &ContainerInfo,
         stdio: Option<StdioConfig>,
     ) -> Result<Process> {
+        self.start_task(container, stdio, true).await
+    }
+
+    /// [`Client::start_container`] for a container just created, which has no task yet: one
+    /// round trip fewer on `run`'s path.
+    pub async fn start_new_container(
+        &self,
+        container: &ContainerInfo,
+        stdio: Option<StdioConfig>,
+    ) -> Result<Process> {
+        self.start_task(container, stdio, false).await
+    }
+
+    async fn start_task(
+        &self,
+        container: &ContainerInfo,
+        stdio: Option<StdioConfig>,
+        may_have_task: bool,
+    ) -> Result<Process> {
         let tasks = self.tasks();
-        if let Some(task) = tasks.get(&container.id).await? {
+        let existing = if may_have_task {
+            tasks.get(&container.id).await?
+        } else {
+            None
+        };
+        if let Some(task) = existing {
             match task.status {
                 Status::Stopped => {
                     tasks.delete(&container.id).await?;
@@ -313,6 +337,13 @@ impl Client {
         };
         ignore_gone(tasks.kill(&container.id, "", SIGKILL, true).await)?;
         join(waiter.await).map(Some)
+    }
+
+    /// Remove a container whose task has exited (or that never had one): `run --rm`'s cleanup,
+    /// without asking for the task's state first.
+    pub async fn remove_exited_container(&self, container: &ContainerInfo) -> Result<()> {
+        ignore_gone(self.tasks().delete(&container.id).await.map(|_| ()))?;
+        self.containers().remove(container).await
     }
 
     /// Remove the container: its stopped task, the record and the rootfs snapshot. A running

@@ -196,7 +196,7 @@ pub async fn run(client: &Client, a: RunArgs) -> CliResult {
         .create(&a.create.image, opts.name.as_deref(), &config)
         .await?;
     if a.detach {
-        match client.start_container(&c, None).await {
+        match client.start_new_container(&c, None).await {
             Ok(_) => {
                 println!("{}", c.id);
                 Ok(0)
@@ -210,9 +210,13 @@ pub async fn run(client: &Client, a: RunArgs) -> CliResult {
             stderr: true,
             terminal: opts.tty,
         };
-        let result = attached(client, &c, stdio).await;
+        let result = attached(client, &c, stdio, true).await;
         if a.rm {
-            if let Err(e) = client.remove_container(&c, true).await {
+            let removed = match &result {
+                Ok(_) => client.remove_exited_container(&c).await,
+                Err(_) => client.remove_container(&c, true).await,
+            };
+            if let Err(e) = removed {
                 eprintln!("berth: remove container {}: {e}", c.name);
             }
         }
@@ -222,10 +226,14 @@ pub async fn run(client: &Client, a: RunArgs) -> CliResult {
 
 /// Start with stdio attached, forward signals (without a tty) and the terminal size (with
 /// one), wait; the container's exit code.
-async fn attached(client: &Client, c: &ContainerInfo, stdio: StdioConfig) -> CliResult {
+async fn attached(client: &Client, c: &ContainerInfo, stdio: StdioConfig, new: bool) -> CliResult {
     let _raw =
         (stdio.terminal && stdio.stdin && std::io::stdin().is_terminal()).then(RawTerminal::enter);
-    let process = client.start_container(c, Some(stdio)).await?;
+    let process = if new {
+        client.start_new_container(c, Some(stdio)).await?
+    } else {
+        client.start_container(c, Some(stdio)).await?
+    };
     let resize = stdio.terminal.then(|| process.follow_terminal_size());
     let forward = (!stdio.terminal).then(|| forward_signals(client.clone(), c.id.clone()));
     let status = process.wait().await;
@@ -290,7 +298,7 @@ pub async fn start(client: &Client, a: StartArgs) -> CliResult {
             stderr: true,
             terminal,
         };
-        return attached(client, &c, stdio).await;
+        return attached(client, &c, stdio, false).await;
     }
     each(&a.containers, |name| async move {
         let c = client.containers().find(&name).await?;
