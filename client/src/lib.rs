@@ -20,6 +20,41 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Run a container from an image and wait for it, as `berth run --rm -u nobody` does:
+//! ```no_run
+//! # async fn demo() -> Result<(), berth::Error> {
+//! use berth::spec::ContainerConfig;
+//! use berth::stdio::StdioConfig;
+//! let client = berth::Client::connect(&berth::Host::parse("unix:///run/berth/berthd.sock")?, "default").await?;
+//! let config = ContainerConfig {
+//!     command: vec!["id".into()],
+//!     user: Some("nobody".into()),
+//!     memory: Some(64 << 20),
+//!     ..Default::default()
+//! };
+//! let container = client.containers().create("busybox", None, &config).await?;
+//! let stdio = StdioConfig { stdout: true, stderr: true, ..Default::default() };
+//! let status = client.start_new_container(&container, Some(stdio)).await?.wait().await?;
+//! client.remove_exited_container(&container).await?;
+//! println!("exit code {}", status.code);
+//! # Ok(()) }
+//! ```
+//!
+//! Hold a lease while creating content or snapshots by hand:
+//! ```no_run
+//! # async fn demo(client: berth::Client) -> Result<(), berth::Error> {
+//! use std::time::Duration;
+//! let name = client
+//!     .leases()
+//!     .with(Duration::from_secs(600), |leased| async move {
+//!         // Requests made with `leased.request(..)` carry the lease.
+//!         Ok(leased.lease)
+//!     })
+//!     .await?;
+//! println!("lease {name} held and released");
+//! # Ok(()) }
+//! ```
+//!
 //! # The generated clients
 //! ```no_run
 //! # async fn demo() -> Result<(), berth::Error> {
