@@ -1,6 +1,7 @@
 //! Containers: records made from an image (spec from [`crate::spec`], rootfs snapshot prepared
 //! from the image's chain ID under a lease until the record holds it), found by id, name or id
-//! prefix; names unique per namespace (a label, checked before creation); removal with the
+//! prefix; names unique per namespace (a label, checked before creation and again after, when
+//! the later of two racing creates withdraws); removal with the
 //! snapshot.
 
 use crate::api::services::containers::v1::containers_client::ContainersClient;
@@ -316,6 +317,24 @@ impl Containers {
         let released = lease.release().await;
         let info = result?;
         released?;
+        // Two creates of one name can both pass the check above; the record created first
+        // (by the daemon's clock, then by id) keeps the name and the other one withdraws.
+        let holders = self.list(&[name_filter(&name)]).await?;
+        if let Some(first) = holders
+            .iter()
+            .min_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)))
+        {
+            if first.id != info.id {
+                let _ = self.remove(&info).await;
+                return Err(Error::local(
+                    Code::AlreadyExists,
+                    format!(
+                        "the container name {name:?} is already in use by container {}: remove (berth rm {name}) or rename that container to reuse the name",
+                        first.id
+                    ),
+                ));
+            }
+        }
         Ok(info)
     }
 

@@ -450,6 +450,33 @@ fn ps_formats_rm_and_the_messages_people_act_on() {
         err.contains("already in use") && err.contains(alive_id.trim()),
         "{err}"
     );
+    // Racing creates of one name: exactly one keeps it.
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            env.command(&["create", "--name", "race", IMAGE, "true"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let codes: Vec<Option<i32>> = racers
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap().status.code())
+        .collect();
+    assert_eq!(
+        codes.iter().filter(|c| **c == Some(0)).count(),
+        1,
+        "{codes:?}"
+    );
+    assert!(
+        codes.iter().all(|c| *c == Some(0) || *c == Some(125)),
+        "{codes:?}"
+    );
+    let named = env.ok(&["ps", "-a", "--filter", "name=race", "-q"]);
+    assert_eq!(named.lines().count(), 1, "{named}");
+    env.ok(&["rm", "race"]);
+
     // An unknown image says so and suggests pull.
     let err = env.fails(125, &["run", "--rm", "docker.io/library/nope:1", "true"]);
     assert!(err.contains("nope") && err.contains("berth pull"), "{err}");
