@@ -193,15 +193,15 @@ impl Images {
                 .filter(|i| i.id().starts_with(prefix))
                 .collect();
             let ids: std::collections::BTreeSet<&str> = matches.iter().map(|i| i.id()).collect();
-            match ids.len() {
-                0 => {}
-                1 => return Ok(matches.into_iter().next().expect("one match")),
-                _ => {
-                    return Err(Error::local(
-                        Code::FailedPrecondition,
-                        format!("image id prefix {reference:?} is ambiguous"),
-                    ))
-                }
+            if ids.len() > 1 {
+                return Err(Error::local(
+                    Code::FailedPrecondition,
+                    format!("image id prefix {reference:?} is ambiguous"),
+                ));
+            }
+            // One id (perhaps under several names): any of its records will do.
+            if let Some(first) = matches.into_iter().next() {
+                return Ok(first);
             }
         }
         Err(Error::not_found(format!("no such image: {reference}")))
