@@ -281,6 +281,44 @@ fn stop_takes_the_timeout_then_kills_and_ps_shows_it() {
         started.elapsed()
     );
     assert_eq!(env.ok(&["wait", short]), "143\n");
+    // --stop-signal and --stop-timeout are the container's own.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "usr1",
+        "--stop-signal",
+        "USR1",
+        "--stop-timeout",
+        "1",
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 7' USR1; trap '' TERM; while true; do sleep 1; done",
+    ]);
+    env.ok(&["stop", "usr1"]);
+    assert_eq!(env.ok(&["wait", "usr1"]), "7\n");
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "deaf",
+        "--stop-timeout",
+        "1",
+        IMAGE,
+        "sh",
+        "-c",
+        "trap '' TERM; while true; do sleep 1; done",
+    ]);
+    let started = Instant::now();
+    env.ok(&["stop", "deaf"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(env.ok(&["wait", "deaf"]), "137\n");
+
     // start brings a stopped container back.
     env.ok(&["start", short]);
     assert_eq!(env.status_of(short), "running");
