@@ -9,7 +9,8 @@
 #
 # Usage: client/bench/run-vs-ctr.sh [--no-build]
 # Env: RUNS (default 20), BERTHD (default target/release/berthd, with berth-shim beside it),
-#      BERTH (default target/release/berth), CONTAINERD (default `containerd` from PATH),
+#      BERTH (default target/release/berth), BUSYBOX_OCI (default target/release/busybox-oci),
+#      CONTAINERD (default `containerd` from PATH),
 #      CARGO_TARGET_DIR, TMPDIR (the temp root's parent, default /var/tmp).
 set -euo pipefail
 
@@ -17,6 +18,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 target="${CARGO_TARGET_DIR:-$repo/target}"
 berthd="${BERTHD:-$target/release/berthd}"
 berth="${BERTH:-$target/release/berth}"
+busybox_oci="${BUSYBOX_OCI:-$target/release/busybox-oci}"
 containerd="${CONTAINERD:-$(command -v containerd || true)}"
 runs="${RUNS:-20}"
 fail() { echo "client/bench/run-vs-ctr.sh: $*" >&2; exit 1; }
@@ -28,7 +30,7 @@ if [ "${1:-}" != --no-build ]; then
 	(cd "$repo" && cargo build --release -q -p berthd -p berth-shim -p berth &&
 		cargo build --release -q -p berth-testkit --bin busybox-oci)
 fi
-for b in "$berthd" "$(dirname "$berthd")/berth-shim" "$berth" "$target/release/busybox-oci"; do
+for b in "$berthd" "$(dirname "$berthd")/berth-shim" "$berth" "$busybox_oci"; do
 	[ -x "$b" ] || fail "no $b (build it in release)"
 done
 
@@ -100,7 +102,7 @@ for d in berthd containerd; do
 done
 
 image=docker.io/berth/busybox:bench
-archive="$("$target/release/busybox-oci" "$root" "$image")"
+archive="$("$busybox_oci" "$root" "$image")"
 for d in berthd containerd; do ctr -a "${socket[$d]}" -n "$ns" images import "$archive" >/dev/null; done
 
 once() { # daemon i
