@@ -33,8 +33,10 @@ pub struct Fifos {
 impl Fifos {
     /// Make the FIFOs `config` asks for, in a new 0700 temp dir.
     pub fn new(id: &str, config: StdioConfig) -> Result<Fifos> {
+        // 0700: only root (this client and the shim) may open another's stdio.
         let dir = tempfile::Builder::new()
             .prefix("berth-fifo-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir()
             .map_err(|e| Error::io("create the FIFO dir", e))?;
         let make = |want: bool, stream: &str| -> Result<Option<PathBuf>> {

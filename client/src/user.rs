@@ -194,6 +194,7 @@ pub async fn read_image_files(
 fn read_through_mounts(mounts: &[Mount]) -> Result<(Option<String>, Option<String>)> {
     let dir = tempfile::Builder::new()
         .prefix("berth-rootfs-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .map_err(|e| Error::io("create a temp dir for the image's rootfs", e))?;
     mount_all(mounts, dir.path())?;

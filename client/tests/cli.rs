@@ -108,10 +108,18 @@ impl Env {
 
 impl Drop for Env {
     /// Leave no task or shim behind: every container of the namespace is force-removed.
+    /// runc removes a container's cgroup, not the namespace's parent `/<ns>`: this test's own.
     fn drop(&mut self) {
         let ids = self.raw(&["ps", "-a", "-q", "--no-trunc"]);
         for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
             let _ = self.raw(&["rm", "-f", id]);
+        }
+        let mut parents = vec![std::path::PathBuf::from("/sys/fs/cgroup").join(&self.ns)];
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            parents.extend(hierarchies.flatten().map(|h| h.path().join(&self.ns)));
+        }
+        for dir in parents.iter().filter(|d| d.is_dir()) {
+            let _ = std::fs::remove_dir(dir);
         }
     }
 }
