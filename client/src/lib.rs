@@ -1,5 +1,61 @@
-//! berth: a Rust client for berthd (and any containerd v1 API server).
+//! berth: a Rust client for berthd (and any containerd v1 API server), and the `berth` CLI
+//! built on it.
 //!
+//! Two layers:
+//! - the generated clients ([`api`]) on a channel from [`connect`], with the namespace and lease
+//!   headers added by [`with_namespace`] and [`with_lease`];
+//! - a typed [`Client`] for what people do with containers: images ([`images`]), containers
+//!   created from an image with an OCI spec made from its config ([`containers`], [`spec`]),
+//!   tasks with their stdio ([`tasks`]), leases ([`leases`]) and events as a stream
+//!   ([`events`]). Every error is an [`Error`] that keeps its gRPC code.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), berth::Error> {
+//! let client = berth::Client::connect(&berth::Host::default_host()?, "default").await?;
+//! for image in client.images().list(&[]).await? {
+//!     println!("{} {}", image.name, image.target.digest);
+//! }
+//! let v = client.version().await?;
+//! println!("berthd {}", v.version);
+//! # Ok(()) }
+//! ```
+//!
+//! Run a container from an image and wait for it, as `berth run --rm -u nobody` does:
+//! ```no_run
+//! # async fn demo() -> Result<(), berth::Error> {
+//! use berth::spec::ContainerConfig;
+//! use berth::stdio::StdioConfig;
+//! let client = berth::Client::connect(&berth::Host::parse("unix:///run/berth/berthd.sock")?, "default").await?;
+//! let config = ContainerConfig {
+//!     command: vec!["id".into()],
+//!     user: Some("nobody".into()),
+//!     memory: Some(64 << 20),
+//!     ..Default::default()
+//! };
+//! let container = client.containers().create("busybox", None, &config).await?;
+//! let stdio = StdioConfig { stdout: true, stderr: true, ..Default::default() };
+//! let status = client.start_new_container(&container, Some(stdio)).await?.wait().await?;
+//! client.remove_exited_container(&container).await?;
+//! println!("exit code {}", status.code);
+//! # Ok(()) }
+//! ```
+//!
+//! Hold a lease while creating content or snapshots by hand:
+//! ```no_run
+//! # async fn demo(client: berth::Client) -> Result<(), berth::Error> {
+//! use std::time::Duration;
+//! let name = client
+//!     .leases()
+//!     .with(Duration::from_secs(600), |leased| async move {
+//!         // Requests made with `leased.request(..)` carry the lease.
+//!         Ok(leased.lease)
+//!     })
+//!     .await?;
+//! println!("lease {name} held and released");
+//! # Ok(()) }
+//! ```
+//!
+//! # The generated clients
 //! ```no_run
 //! # async fn demo() -> Result<(), berth::Error> {
 //! let channel = berth::connect("/run/berth/berthd.sock").await?;
@@ -8,8 +64,6 @@
 //! println!("{}", v.version);
 //! # Ok(()) }
 //! ```
-//! Namespaced calls carry the `containerd-namespace` header: wrap requests with [`with_namespace`]
-//! (and [`with_lease`] for calls whose content and snapshots a lease should hold).
 //!
 //! # A worked example
 //! Import an OCI image layout through the API (content writes, image record, unpack under a
@@ -19,48 +73,50 @@
 //!
 #![doc = concat!("```no_run\n", include_str!("../examples/run_container.rs"), "\n```")]
 
+mod client;
+pub mod containers;
+mod error;
+pub mod events;
+pub mod images;
+pub mod leases;
+pub mod lifecycle;
+pub mod names;
+pub mod spec;
+pub mod stdio;
+pub mod tasks;
+pub mod user;
+
+#[doc(hidden)]
+pub mod cli;
+
 pub use berth_api::containerd as api;
 /// Decode an `Any` (an event, runtime options) whose type URL is containerd's bare message name.
 pub use berth_api::unpack_any;
 pub use berth_api::{LEASE_HEADER, NAMESPACE_HEADER};
-use std::path::{Path, PathBuf};
+pub use client::{Client, Host, DEFAULT_SOCKET, HOST_ENV};
+pub use error::{Error, ExecFailure, Result};
+use std::path::Path;
+use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 /// containerd's clients send and accept messages up to this size.
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("connect to {path}: {source}")]
-    Connect {
-        path: PathBuf,
-        #[source]
-        source: tonic::transport::Error,
-    },
-    #[error(transparent)]
-    Rpc(#[from] tonic::Status),
-}
-
-/// In berth's one vocabulary: an unreachable socket is Unavailable, a status keeps its class.
-impl From<Error> for berth_errdefs::Error {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Connect { path, source } => berth_errdefs::Error::with_source(
-                berth_errdefs::Kind::Unavailable,
-                format!("connect to {}", path.display()),
-                source,
-            ),
-            Error::Rpc(status) => status.into(),
-        }
-    }
-}
+/// How long [`connect`] waits for the socket to accept a connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connect to a berthd (or containerd) unix socket.
-pub async fn connect(socket: impl AsRef<Path>) -> Result<Channel, Error> {
+pub async fn connect(socket: impl AsRef<Path>) -> Result<Channel> {
+    connect_with_timeout(socket, DEFAULT_CONNECT_TIMEOUT).await
+}
+
+/// Connect, waiting at most `timeout` for the socket to accept the connection.
+pub async fn connect_with_timeout(socket: impl AsRef<Path>, timeout: Duration) -> Result<Channel> {
     let path = socket.as_ref().to_path_buf();
     let dial = path.clone();
     // The URI is required by tonic but unused: every connection goes to the unix socket.
     Endpoint::from_static("http://localhost")
+        .connect_timeout(timeout)
         .connect_with_connector(tower::service_fn(move |_| {
             let dial = dial.clone();
             async move {

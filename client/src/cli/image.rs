@@ -1,0 +1,193 @@
+//! Image commands: images (ls), rmi, tag, image inspect. pull/push/save/load come with the
+//! Transfer service and the archive work.
+
+use super::format::{self, Format};
+use super::CliResult;
+use crate::images::{ImageDetails, ImageInfo};
+use crate::Client;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use std::time::SystemTime;
+
+#[derive(Args, Debug)]
+pub struct ImagesArgs {
+    /// Only ids.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// table, json, or a template such as '{{.Repository}}:{{.Tag}}'.
+    #[arg(long)]
+    format: Option<String>,
+    /// Do not truncate ids.
+    #[arg(long = "no-trunc")]
+    no_trunc: bool,
+    /// Only images whose name matches (REPOSITORY[:TAG]).
+    reference: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RmiArgs {
+    /// Accepted for docker compatibility; images are records, removal never needs force.
+    #[arg(short = 'f', long)]
+    force: bool,
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TagArgs {
+    source: String,
+    target: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    #[command(visible_alias = "list")]
+    Ls(ImagesArgs),
+    Rm(RmiArgs),
+    Tag(TagArgs),
+    Inspect {
+        #[arg(short = 'f', long)]
+        format: Option<String>,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+}
+
+/// `docker.io/library/busybox:latest` → (`docker.io/library/busybox`, `latest`).
+fn split_name(name: &str) -> (String, String) {
+    if let Some((repo, digest)) = name.split_once('@') {
+        return (repo.to_string(), format!("@{digest}"));
+    }
+    match name.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo.to_string(), tag.to_string()),
+        _ => (name.to_string(), "<none>".to_string()),
+    }
+}
+
+async fn image_value(client: &Client, i: &ImageInfo, now: SystemTime, no_trunc: bool) -> Value {
+    let (repo, tag) = split_name(&i.name);
+    let size = client
+        .images()
+        .inspect(&i.name)
+        .await
+        .map(|d| d.size)
+        .unwrap_or(i.target.size);
+    let created = i.created_at.unwrap_or(now);
+    json!({
+        "Repository": repo,
+        "Tag": tag,
+        "ID": if no_trunc { i.target.digest.clone() } else { crate::names::short_id(i.id()).to_string() },
+        "Digest": i.target.digest,
+        "CreatedAt": crate::events::rfc3339(created),
+        "CreatedSince": format!("{} ago", crate::lifecycle::human_duration(now.duration_since(created).unwrap_or_default())),
+        "Size": format::human_size(size),
+    })
+}
+
+pub async fn images(client: &Client, a: ImagesArgs) -> CliResult {
+    let now = SystemTime::now();
+    let mut list = client.images().list(&[]).await?;
+    if let Some(r) = &a.reference {
+        let full = crate::images::normalize(r);
+        list.retain(|i| {
+            i.name == *r
+                || i.name == full
+                || split_name(&i.name).0 == *r
+                || split_name(&i.name).0 == split_name(&full).0
+        });
+    }
+    if a.quiet {
+        let mut seen = std::collections::BTreeSet::new();
+        for i in &list {
+            let id = if a.no_trunc {
+                i.target.digest.clone()
+            } else {
+                crate::names::short_id(i.id()).to_string()
+            };
+            if seen.insert(id.clone()) {
+                println!("{id}");
+            }
+        }
+        return Ok(0);
+    }
+    let mut values = Vec::new();
+    for i in &list {
+        values.push(image_value(client, i, now, a.no_trunc).await);
+    }
+    format::print_list(&Format::parse(a.format.as_deref()), &values, |vs| {
+        let rows: Vec<Vec<String>> = vs
+            .iter()
+            .map(|v| {
+                ["Repository", "Tag", "ID", "CreatedSince", "Size"]
+                    .iter()
+                    .map(|k| v[*k].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .collect();
+        format::print_table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows);
+    })?;
+    Ok(0)
+}
+
+pub async fn rmi(client: &Client, a: RmiArgs) -> CliResult {
+    let _ = a.force;
+    let mut code = 0;
+    for name in &a.images {
+        match client.images().remove(name, false).await {
+            Ok(i) => println!("Untagged: {}", i.name),
+            Err(e) => {
+                eprintln!("berth: {e}");
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
+pub async fn tag(client: &Client, a: TagArgs) -> CliResult {
+    client.images().tag(&a.source, &a.target).await?;
+    Ok(0)
+}
+
+/// An image in `inspect`'s JSON.
+pub fn inspect_value(d: &ImageDetails) -> Value {
+    json!({
+        "Id": d.image.target.digest,
+        "RepoTags": [d.image.name],
+        "Created": d.config.created(),
+        "Architecture": d.config.architecture().to_string(),
+        "Os": d.config.os().to_string(),
+        "Size": d.size,
+        "Config": d.config.config(),
+        "RootFS": d.config.rootfs(),
+        "Manifest": d.manifest_descriptor.digest,
+        "ChainID": d.chain_id,
+        "Labels": d.image.labels,
+    })
+}
+
+pub async fn image_command(client: &Client, c: ImageCommand) -> CliResult {
+    match c {
+        ImageCommand::Ls(a) => images(client, a).await,
+        ImageCommand::Rm(a) => rmi(client, a).await,
+        ImageCommand::Tag(a) => tag(client, a).await,
+        ImageCommand::Inspect { format, images } => {
+            let mut out = Vec::new();
+            for i in &images {
+                out.push(inspect_value(&client.images().inspect(i).await?));
+            }
+            match format {
+                Some(f) => {
+                    for v in &out {
+                        println!("{}", format::render(&f, v)?);
+                    }
+                }
+                None => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+                ),
+            }
+            Ok(0)
+        }
+    }
+}

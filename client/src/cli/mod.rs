@@ -1,0 +1,344 @@
+//! The `berth` command line: docker's commands and conventions over the library. Commands
+//! parse their flags and call the library; nothing here speaks gRPC.
+//!
+//! Exit codes follow docker: 125 when berth or the daemon failed, 126 when the container's
+//! command cannot be invoked, 127 when it is not found, else the container's own code.
+
+mod container;
+pub mod format;
+mod image;
+mod system;
+
+use crate::{Client, Error, ExecFailure, Host};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+/// berth or the daemon failed.
+pub const EXIT_FAILED: i32 = 125;
+/// The command was found but cannot be invoked.
+pub const EXIT_CANNOT_INVOKE: i32 = 126;
+/// The command was not found.
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+const EXAMPLES: &str = "\
+Examples:
+  berth run --rm docker.io/library/busybox:latest echo hello
+  berth run -d --name web -e MODE=prod busybox sleep 3600
+  berth ps -a --format '{{.Names}}\\t{{.Status}}'
+  berth exec -it web sh
+  berth stop -t 5 web && berth rm web
+  berth -H unix:///run/berth/berthd.sock -n k8s.io images
+  berth completion bash > /etc/bash_completion.d/berth";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "berth",
+    version,
+    about = "Run and manage containers on berthd, the way docker does",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    /// The daemon's socket: unix:///path/to/berthd.sock or a path.
+    #[arg(
+        short = 'H',
+        long,
+        global = true,
+        env = "BERTH_HOST",
+        value_name = "HOST"
+    )]
+    host: Option<String>,
+    /// The namespace to work in.
+    #[arg(
+        short = 'n',
+        long,
+        env = "BERTH_NAMESPACE",
+        default_value = "default",
+        value_name = "NAMESPACE"
+    )]
+    namespace: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create and start a container from an image, and wait for it.
+    #[command(
+        after_help = "Examples:\n  berth run --rm busybox echo hi\n  berth run -it --rm busybox sh\n  berth run -d --name app -u nobody --memory 64m --cpus 0.5 busybox sleep 600"
+    )]
+    Run(container::RunArgs),
+    /// Create a container without starting it.
+    #[command(
+        after_help = "Example:\n  berth create --name app busybox sleep 600 && berth start app"
+    )]
+    Create(container::CreateArgs),
+    /// Start stopped or created containers.
+    #[command(after_help = "Example:\n  berth start -a app")]
+    Start(container::StartArgs),
+    /// Stop running containers: the stop signal, then SIGKILL after the timeout.
+    #[command(after_help = "Example:\n  berth stop -t 2 app")]
+    Stop(container::StopArgs),
+    /// Restart containers.
+    Restart(container::StopArgs),
+    /// Send a signal to running containers (default SIGKILL).
+    #[command(after_help = "Example:\n  berth kill -s HUP app")]
+    Kill(container::KillArgs),
+    /// Freeze every process of running containers.
+    Pause(container::Names),
+    /// Thaw paused containers.
+    Unpause(container::Names),
+    /// Remove containers.
+    #[command(visible_alias = "remove", after_help = "Example:\n  berth rm -f app")]
+    Rm(container::RmArgs),
+    /// List containers.
+    #[command(
+        visible_alias = "ls",
+        after_help = "Examples:\n  berth ps -a\n  berth ps -q --filter status=exited\n  berth ps --format json"
+    )]
+    Ps(container::PsArgs),
+    /// Wait for containers to stop and print their exit codes.
+    Wait(container::Names),
+    /// Run a command in a running container.
+    #[command(
+        after_help = "Examples:\n  berth exec app ls /\n  berth exec -it -u nobody -w /tmp app sh"
+    )]
+    Exec(container::ExecArgs),
+    /// Show the processes of a running container.
+    Top(container::TopArgs),
+    /// Show containers or images in detail (JSON).
+    #[command(after_help = "Example:\n  berth inspect --format '{{.State.Status}}' app")]
+    Inspect(InspectArgs),
+    /// List images.
+    Images(image::ImagesArgs),
+    /// Remove images.
+    Rmi(image::RmiArgs),
+    /// Give an image another name.
+    #[command(after_help = "Example:\n  berth tag busybox:latest registry.local/busybox:v1")]
+    Tag(image::TagArgs),
+    /// Image commands (ls, rm, tag, inspect).
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Container commands (ls, rm, inspect, ...).
+    #[command(subcommand)]
+    Container(ContainerCommand),
+    /// Stream the daemon's events.
+    #[command(
+        after_help = "Examples:\n  berth events --filter container=app --filter event=exit\n  berth events --format json"
+    )]
+    Events(system::EventsArgs),
+    /// Show what the daemon runs.
+    Info(system::InfoArgs),
+    /// Show the client's and the daemon's versions.
+    Version(system::VersionArgs),
+    /// Namespace commands.
+    #[command(subcommand)]
+    Namespace(system::NamespaceCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Example:\n  berth completion bash > /etc/bash_completion.d/berth")]
+    Completion { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+enum ContainerCommand {
+    #[command(visible_alias = "list")]
+    Ls(container::PsArgs),
+    Rm(container::RmArgs),
+    Inspect(InspectArgs),
+    Stop(container::StopArgs),
+    Start(container::StartArgs),
+    Kill(container::KillArgs),
+    Pause(container::Names),
+    Unpause(container::Names),
+}
+
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// A Go-template-like format, e.g. '{{.State.Status}}'.
+    #[arg(short = 'f', long)]
+    format: Option<String>,
+    /// Only this kind of object: container or image.
+    #[arg(long = "type")]
+    kind: Option<String>,
+    #[arg(required = true, value_name = "NAME|ID")]
+    names: Vec<String>,
+}
+
+/// A failure to report: the message and the exit code.
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        let code = match &e {
+            Error::Exec {
+                kind: ExecFailure::NotFound,
+                ..
+            } => EXIT_NOT_FOUND,
+            Error::Exec {
+                kind: ExecFailure::CannotInvoke,
+                ..
+            } => EXIT_CANNOT_INVOKE,
+            _ => EXIT_FAILED,
+        };
+        let message = match &e {
+            Error::Connect { .. } => format!(
+                "{e}\nIs berthd running? Point berth at its socket with -H unix:///path/to/berthd.sock or {}.",
+                crate::HOST_ENV
+            ),
+            _ => e.to_string(),
+        };
+        Failure { code, message }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            code: EXIT_FAILED,
+            message,
+        }
+    }
+}
+
+pub type CliResult<T = i32> = Result<T, Failure>;
+
+/// Parse the arguments and run; returns the process's exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+                _ => EXIT_FAILED,
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    if let Command::Completion { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
+        return 0;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("berth: start the runtime: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Copy threads blocked on a terminal's stdin must not hold the exit up.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("berth: {}", f.message);
+            f.code
+        }
+    }
+}
+
+async fn connect(host: Option<&str>, namespace: &str) -> CliResult<Client> {
+    let host = match host {
+        Some(h) if !h.is_empty() => Host::parse(h)?,
+        _ => Host::default_host()?,
+    };
+    Ok(Client::connect(&host, namespace).await?)
+}
+
+async fn run(cli: Cli) -> CliResult {
+    let client = connect(cli.host.as_deref(), &cli.namespace).await?;
+    let host = cli.host.clone().unwrap_or_default();
+    match cli.command {
+        Command::Run(a) => container::run(&client, a).await,
+        Command::Create(a) => container::create(&client, a).await,
+        Command::Start(a) | Command::Container(ContainerCommand::Start(a)) => {
+            container::start(&client, a).await
+        }
+        Command::Stop(a) | Command::Container(ContainerCommand::Stop(a)) => {
+            container::stop(&client, a, false).await
+        }
+        Command::Restart(a) => container::stop(&client, a, true).await,
+        Command::Kill(a) | Command::Container(ContainerCommand::Kill(a)) => {
+            container::kill(&client, a).await
+        }
+        Command::Pause(a) | Command::Container(ContainerCommand::Pause(a)) => {
+            container::pause(&client, a, true).await
+        }
+        Command::Unpause(a) | Command::Container(ContainerCommand::Unpause(a)) => {
+            container::pause(&client, a, false).await
+        }
+        Command::Rm(a) | Command::Container(ContainerCommand::Rm(a)) => {
+            container::rm(&client, a).await
+        }
+        Command::Ps(a) | Command::Container(ContainerCommand::Ls(a)) => {
+            container::ps(&client, a).await
+        }
+        Command::Wait(a) => container::wait(&client, a).await,
+        Command::Exec(a) => container::exec(&client, a).await,
+        Command::Top(a) => container::top(&client, a).await,
+        Command::Inspect(a) | Command::Container(ContainerCommand::Inspect(a)) => {
+            inspect(&client, a).await
+        }
+        Command::Images(a) => image::images(&client, a).await,
+        Command::Rmi(a) => image::rmi(&client, a).await,
+        Command::Tag(a) => image::tag(&client, a).await,
+        Command::Image(c) => image::image_command(&client, c).await,
+        Command::Events(a) => system::events(&client, a).await,
+        Command::Info(a) => system::info(&client, a, &host).await,
+        Command::Version(a) => system::version(&client, a).await,
+        Command::Namespace(c) => system::namespace(&client, c).await,
+        Command::Completion { .. } => Ok(0),
+    }
+}
+
+/// `inspect`: containers first, then images, as docker looks them up.
+async fn inspect(client: &Client, a: InspectArgs) -> CliResult {
+    let mut out = Vec::new();
+    let mut failed = None;
+    for name in &a.names {
+        let want_container = a.kind.as_deref() != Some("image");
+        let want_image = a.kind.as_deref() != Some("container");
+        let mut found = None;
+        if want_container {
+            match client.containers().find(name).await {
+                Ok(c) => found = Some(container::inspect_value(client, &c).await?),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if found.is_none() && want_image {
+            match client.images().inspect(name).await {
+                Ok(d) => found = Some(image::inspect_value(&d)),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match found {
+            Some(v) => out.push(v),
+            None => {
+                eprintln!("berth: no such object: {name}");
+                failed = Some(1);
+            }
+        }
+    }
+    match &a.format {
+        Some(f) => {
+            for v in &out {
+                println!("{}", format::render(f, v)?);
+            }
+        }
+        None => println!(
+            "{}",
+            serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+        ),
+    }
+    Ok(failed.unwrap_or(0))
+}

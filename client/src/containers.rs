@@ -1,0 +1,402 @@
+//! Containers: records made from an image (spec from [`crate::spec`], rootfs snapshot prepared
+//! from the image's chain ID under a lease until the record holds it), found by id, name or id
+//! prefix; names unique per namespace (a label, checked before creation and again after, when
+//! the later of two racing creates withdraws); removal with the
+//! snapshot.
+
+use crate::api::services::containers::v1::containers_client::ContainersClient;
+use crate::api::services::containers::v1::{
+    container::Runtime, Container, CreateContainerRequest, DeleteContainerRequest,
+    GetContainerRequest, ListContainersRequest, UpdateContainerRequest,
+};
+use crate::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
+use crate::api::services::snapshots::v1::{PrepareSnapshotRequest, RemoveSnapshotRequest};
+use crate::names::NAME_LABEL;
+use crate::spec::{ContainerConfig, NETWORK_LABEL, STOP_SIGNAL_LABEL, STOP_TIMEOUT_LABEL};
+use crate::{Client, Error, Result};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+use tonic::Code;
+
+/// The snapshotter berth prepares rootfs snapshots with.
+pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
+/// The runtime berthd runs tasks with.
+pub const DEFAULT_RUNTIME: &str = "io.containerd.runc.v2";
+/// containerd's type URL for a JSON OCI runtime spec (not a protobuf message).
+pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+
+/// A container record.
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    pub id: String,
+    /// The name label, or the id's short form for containers made by other clients.
+    pub name: String,
+    pub image: String,
+    pub labels: HashMap<String, String>,
+    pub created_at: Option<SystemTime>,
+    pub updated_at: Option<SystemTime>,
+    /// The OCI runtime spec as stored (JSON).
+    pub spec: Option<serde_json::Value>,
+    pub snapshotter: String,
+    pub snapshot_key: String,
+    pub runtime: String,
+}
+
+impl ContainerInfo {
+    fn from_api(c: Container) -> ContainerInfo {
+        let name = c
+            .labels
+            .get(NAME_LABEL)
+            .cloned()
+            .unwrap_or_else(|| crate::names::short_id(&c.id).to_string());
+        ContainerInfo {
+            spec: c
+                .spec
+                .as_ref()
+                .and_then(|s| serde_json::from_slice(&s.value).ok()),
+            name,
+            id: c.id,
+            image: c.image,
+            labels: c.labels,
+            created_at: c.created_at.and_then(crate::images::timestamp),
+            updated_at: c.updated_at.and_then(crate::images::timestamp),
+            snapshotter: c.snapshotter,
+            snapshot_key: c.snapshot_key,
+            runtime: c.runtime.map(|r| r.name).unwrap_or_default(),
+        }
+    }
+
+    /// The signal `stop` sends first (docker's default SIGTERM).
+    pub fn stop_signal(&self) -> &str {
+        self.labels
+            .get(STOP_SIGNAL_LABEL)
+            .map_or("SIGTERM", String::as_str)
+    }
+
+    /// How long `stop` waits before SIGKILL, if the container says.
+    pub fn stop_timeout(&self) -> Option<Duration> {
+        self.labels
+            .get(STOP_TIMEOUT_LABEL)
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs)
+    }
+
+    /// The process spec of the container's init process, for execs to start from.
+    pub fn process_spec(&self) -> Option<&serde_json::Value> {
+        self.spec.as_ref().map(|s| &s["process"])
+    }
+}
+
+/// Label filter for one name, in containerd's filter language.
+fn name_filter(name: &str) -> String {
+    let escaped = name.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("labels.\"{NAME_LABEL}\"==\"{escaped}\"")
+}
+
+/// The containers of the client's namespace.
+pub struct Containers {
+    client: Client,
+}
+
+impl Containers {
+    pub(crate) fn new(client: Client) -> Containers {
+        Containers { client }
+    }
+
+    fn api(&self) -> ContainersClient<tonic::transport::Channel> {
+        ContainersClient::new(self.client.channel.clone())
+            .max_decoding_message_size(crate::MAX_MESSAGE_SIZE)
+    }
+
+    /// Every container matching any of `filters` (none: all).
+    pub async fn list(&self, filters: &[String]) -> Result<Vec<ContainerInfo>> {
+        let req = ListContainersRequest {
+            filters: filters.to_vec(),
+        };
+        Ok(self
+            .api()
+            .list(self.client.request(req))
+            .await?
+            .into_inner()
+            .containers
+            .into_iter()
+            .map(ContainerInfo::from_api)
+            .collect())
+    }
+
+    /// The container with exactly this id.
+    pub async fn get_by_id(&self, id: &str) -> Result<ContainerInfo> {
+        let req = GetContainerRequest { id: id.to_string() };
+        let c = self
+            .api()
+            .get(self.client.request(req))
+            .await?
+            .into_inner()
+            .container
+            .ok_or_else(|| Error::not_found(format!("no such container: {id}")))?;
+        Ok(ContainerInfo::from_api(c))
+    }
+
+    /// Find a container as docker does: full id, name, then an id prefix naming one container.
+    pub async fn find(&self, reference: &str) -> Result<ContainerInfo> {
+        if reference.is_empty() {
+            return Err(Error::invalid("empty container name or id"));
+        }
+        match self.get_by_id(reference).await {
+            Err(e) if matches!(e.code(), Code::NotFound | Code::InvalidArgument) => {}
+            other => return other,
+        }
+        let mut named = self.list(&[name_filter(reference)]).await?;
+        if let Some(c) = named.pop() {
+            return Ok(c);
+        }
+        let all = self.list(&[]).await?;
+        let mut matches = all.into_iter().filter(|c| c.id.starts_with(reference));
+        match (matches.next(), matches.next()) {
+            (Some(c), None) => Ok(c),
+            (Some(_), Some(_)) => Err(Error::local(
+                Code::FailedPrecondition,
+                format!("multiple containers match the id prefix {reference:?}: give more of it"),
+            )),
+            _ => Err(Error::not_found(format!("no such container: {reference}"))),
+        }
+    }
+
+    /// The container holding `name`, if any.
+    pub async fn by_name(&self, name: &str) -> Result<Option<ContainerInfo>> {
+        Ok(self.list(&[name_filter(name)]).await?.pop())
+    }
+
+    /// Create a container from `image` (a name, normalised name or id prefix): the spec from
+    /// the image's config and `config`, the rootfs snapshot prepared from the image's layers.
+    /// `name` defaults to a docker-style generated one.
+    pub async fn create(
+        &self,
+        image: &str,
+        name: Option<&str>,
+        config: &ContainerConfig,
+    ) -> Result<ContainerInfo> {
+        let details = match self.client.images().inspect(image).await {
+            Err(e) if e.code() == Code::NotFound => {
+                return Err(Error::not_found(format!(
+                    "unable to find image {image:?} in namespace {:?}: pull it first (berth pull {image}) or import it",
+                    self.client.namespace
+                )))
+            }
+            other => other?,
+        };
+        let name = match name {
+            Some(n) => {
+                if !crate::names::valid_name(n) {
+                    return Err(Error::invalid(format!(
+                        "invalid container name {n:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                    )));
+                }
+                n.to_string()
+            }
+            None => crate::names::generate_name(),
+        };
+        if let Some(holder) = self.by_name(&name).await? {
+            return Err(Error::local(
+                Code::AlreadyExists,
+                format!(
+                    "the container name {name:?} is already in use by container {}: remove (berth rm {name}) or rename that container to reuse the name",
+                    holder.id
+                ),
+            ));
+        }
+        let snapshotter = DEFAULT_SNAPSHOTTER;
+        let user = match config.user.as_deref() {
+            Some(u) if crate::user::needs_image_files(u) => {
+                let (passwd, group) =
+                    crate::user::read_image_files(&self.client, snapshotter, &details.chain_id)
+                        .await?;
+                crate::user::resolve(u, passwd.as_deref(), group.as_deref())?
+            }
+            Some(u) => crate::user::resolve(u, None, None)?,
+            None => match details
+                .config
+                .config()
+                .as_ref()
+                .and_then(|c| c.user().clone())
+            {
+                Some(u) if !u.is_empty() => {
+                    let (passwd, group) =
+                        crate::user::read_image_files(&self.client, snapshotter, &details.chain_id)
+                            .await?;
+                    crate::user::resolve(&u, passwd.as_deref(), group.as_deref())?
+                }
+                _ => crate::user::ResolvedUser::default(),
+            },
+        };
+        let id = crate::names::new_id();
+        let spec =
+            crate::spec::generate(&self.client.namespace, &id, &details.config, config, &user)?;
+        let spec_json = serde_json::to_vec(&spec)
+            .map_err(|e| Error::invalid(format!("encode the runtime spec: {e}")))?;
+
+        let mut labels = config.labels.clone();
+        labels.insert(NAME_LABEL.to_string(), name.clone());
+        labels.insert(
+            NETWORK_LABEL.to_string(),
+            config.network.as_str().to_string(),
+        );
+        let image_stop = details
+            .config
+            .config()
+            .as_ref()
+            .and_then(|c| c.stop_signal().clone());
+        if let Some(sig) = config.stop_signal.clone().or(image_stop) {
+            labels.insert(STOP_SIGNAL_LABEL.to_string(), sig);
+        }
+        if let Some(t) = config.stop_timeout {
+            labels.insert(STOP_TIMEOUT_LABEL.to_string(), t.to_string());
+        }
+
+        // The lease holds the new snapshot until the container record references it.
+        let lease = self
+            .client
+            .leases()
+            .create(Duration::from_secs(600))
+            .await?;
+        let prepare = PrepareSnapshotRequest {
+            snapshotter: snapshotter.to_string(),
+            key: id.clone(),
+            parent: details.chain_id.clone(),
+            labels: HashMap::new(),
+        };
+        let mut snapshots = SnapshotsClient::new(self.client.channel.clone());
+        if let Err(e) = snapshots.prepare(lease.request(prepare)).await {
+            let _ = lease.release().await;
+            return Err(if e.code() == Code::NotFound {
+                Error::not_found(format!(
+                    "image {} is not unpacked for snapshotter {snapshotter} (its layers' snapshot {} is missing): import or pull it again",
+                    details.image.name, details.chain_id
+                ))
+            } else {
+                e.into()
+            });
+        }
+        let container = Container {
+            id: id.clone(),
+            labels,
+            image: details.image.name.clone(),
+            runtime: Some(Runtime {
+                name: DEFAULT_RUNTIME.to_string(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: SPEC_TYPE_URL.to_string(),
+                value: spec_json,
+            }),
+            snapshotter: snapshotter.to_string(),
+            snapshot_key: id.clone(),
+            ..Default::default()
+        };
+        let created = self
+            .api()
+            .create(self.client.request(CreateContainerRequest {
+                container: Some(container),
+            }))
+            .await;
+        let result = match created {
+            Ok(r) => r
+                .into_inner()
+                .container
+                .map(ContainerInfo::from_api)
+                .ok_or_else(|| Error::local(Code::Internal, "Containers.Create returned nothing")),
+            Err(e) => {
+                let remove = RemoveSnapshotRequest {
+                    snapshotter: snapshotter.to_string(),
+                    key: id.clone(),
+                };
+                let _ = snapshots.remove(self.client.request(remove)).await;
+                Err(e.into())
+            }
+        };
+        let released = lease.release().await;
+        let info = result?;
+        released?;
+        // Two creates of one name can both pass the check above; the record created first
+        // (by the daemon's clock, then by id) keeps the name and the other one withdraws.
+        let holders = self.list(&[name_filter(&name)]).await?;
+        if let Some(first) = holders
+            .iter()
+            .min_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)))
+        {
+            if first.id != info.id {
+                let _ = self.remove(&info).await;
+                return Err(Error::local(
+                    Code::AlreadyExists,
+                    format!(
+                        "the container name {name:?} is already in use by container {}: remove (berth rm {name}) or rename that container to reuse the name",
+                        first.id
+                    ),
+                ));
+            }
+        }
+        Ok(info)
+    }
+
+    /// Replace a container's labels.
+    pub async fn set_labels(&self, id: &str, labels: HashMap<String, String>) -> Result<()> {
+        let container = Container {
+            id: id.to_string(),
+            labels,
+            ..Default::default()
+        };
+        let req = UpdateContainerRequest {
+            container: Some(container),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["labels".to_string()],
+            }),
+        };
+        self.api().update(self.client.request(req)).await?;
+        Ok(())
+    }
+
+    /// Delete the record and its rootfs snapshot (the task must be gone).
+    pub async fn remove(&self, container: &ContainerInfo) -> Result<()> {
+        let req = DeleteContainerRequest {
+            id: container.id.clone(),
+        };
+        self.api().delete(self.client.request(req)).await?;
+        if !container.snapshot_key.is_empty() {
+            let remove = RemoveSnapshotRequest {
+                snapshotter: container.snapshotter.clone(),
+                key: container.snapshot_key.clone(),
+            };
+            match SnapshotsClient::new(self.client.channel.clone())
+                .remove(self.client.request(remove))
+                .await
+            {
+                Err(e) if e.code() != Code::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Client {
+    /// Resolve docker's `user[:group]` against the /etc/passwd and /etc/group of the image
+    /// `container` was made from (for an exec's `-u`).
+    pub async fn resolve_user(
+        &self,
+        container: &ContainerInfo,
+        user: &str,
+    ) -> Result<crate::user::ResolvedUser> {
+        if !crate::user::needs_image_files(user) {
+            return crate::user::resolve(user, None, None);
+        }
+        let details = self.images().inspect(&container.image).await?;
+        let snapshotter = if container.snapshotter.is_empty() {
+            DEFAULT_SNAPSHOTTER
+        } else {
+            &container.snapshotter
+        };
+        let (passwd, group) =
+            crate::user::read_image_files(self, snapshotter, &details.chain_id).await?;
+        crate::user::resolve(user, passwd.as_deref(), group.as_deref())
+    }
+}

@@ -1,0 +1,340 @@
+//! The user a container's process runs as, resolved as docker and nerdctl do: names and
+//! supplementary groups come from the image's own /etc/passwd and /etc/group, read from a View
+//! snapshot of the image mounted read-only in a temp dir (never from the host's files).
+
+use crate::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
+use crate::api::services::snapshots::v1::{RemoveSnapshotRequest, ViewSnapshotRequest};
+use crate::api::types::Mount;
+use crate::{Client, Error, Result};
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use tonic::Code;
+
+/// uid, gid and supplementary gids of a process.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResolvedUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    /// The home directory from passwd (HOME for the process, as docker sets it).
+    pub home: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct PasswdEntry {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: String,
+}
+
+#[derive(Debug, Clone)]
+struct GroupEntry {
+    name: String,
+    gid: u32,
+    members: Vec<String>,
+}
+
+fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some(PasswdEntry {
+                name: f.first()?.to_string(),
+                uid: f.get(2)?.parse().ok()?,
+                gid: f.get(3)?.parse().ok()?,
+                home: f.get(5).unwrap_or(&"").to_string(),
+            })
+        })
+        .collect()
+}
+
+fn parse_group(text: &str) -> Vec<GroupEntry> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some(GroupEntry {
+                name: f.first()?.to_string(),
+                gid: f.get(2)?.parse().ok()?,
+                members: f
+                    .get(3)
+                    .map(|m| {
+                        m.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// Whether `spec` (docker's `-u` syntax: `user[:group]`, names or numbers) can be resolved
+/// without the image's files: numeric uid and gid, or nothing (root).
+pub fn needs_image_files(spec: &str) -> bool {
+    if spec.is_empty() {
+        return false;
+    }
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    !(user.parse::<u32>().is_ok() && group.is_some_and(|g| g.parse::<u32>().is_ok()))
+}
+
+/// Resolve `spec` against the image's passwd and group texts (None: the file is absent).
+pub fn resolve(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<ResolvedUser> {
+    let users = passwd.map(parse_passwd).unwrap_or_default();
+    let groups = group.map(parse_group).unwrap_or_default();
+    let (user, group_spec) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let user = if user.is_empty() { "0" } else { user };
+    let entry = match user.parse::<u32>() {
+        Ok(uid) => users
+            .iter()
+            .find(|e| e.uid == uid)
+            .cloned()
+            .or(Some(PasswdEntry {
+                name: String::new(),
+                uid,
+                gid: 0,
+                home: String::new(),
+            })),
+        Err(_) => users.iter().find(|e| e.name == user).cloned(),
+    }
+    .ok_or_else(|| {
+        Error::not_found(format!(
+            "unable to find user {user}: no matching entries in the image's /etc/passwd"
+        ))
+    })?;
+    let gid = match group_spec {
+        None => entry.gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => groups
+                .iter()
+                .find(|e| e.name == g)
+                .map(|e| e.gid)
+                .ok_or_else(|| {
+                    Error::not_found(format!(
+                        "unable to find group {g}: no matching entries in the image's /etc/group"
+                    ))
+                })?,
+        },
+    };
+    let mut additional_gids: Vec<u32> = groups
+        .iter()
+        .filter(|g| !entry.name.is_empty() && g.members.contains(&entry.name))
+        .map(|g| g.gid)
+        .filter(|&g| g != gid)
+        .collect();
+    additional_gids.sort_unstable();
+    additional_gids.dedup();
+    Ok(ResolvedUser {
+        uid: entry.uid,
+        gid,
+        additional_gids,
+        home: (!entry.home.is_empty()).then_some(entry.home),
+    })
+}
+
+/// Read `/etc/passwd` and `/etc/group` of the snapshot chain `chain_id` through a read-only
+/// View mounted in a temp dir, then unmount and remove the View.
+pub async fn read_image_files(
+    client: &Client,
+    snapshotter: &str,
+    chain_id: &str,
+) -> Result<(Option<String>, Option<String>)> {
+    let key = format!("berth-user-view-{}", crate::names::new_id());
+    let mut snapshots = SnapshotsClient::new(client.channel.clone());
+    // A snapshot nothing references is garbage to the collector: the lease keeps the view
+    // alive while it is read.
+    let lease = client
+        .leases()
+        .create(std::time::Duration::from_secs(300))
+        .await?;
+    let view = ViewSnapshotRequest {
+        snapshotter: snapshotter.to_string(),
+        key: key.clone(),
+        parent: chain_id.to_string(),
+        labels: HashMap::new(),
+    };
+    let mounts = match snapshots.view(lease.request(view)).await {
+        Ok(r) => r.into_inner().mounts,
+        Err(e) => {
+            let _ = lease.release().await;
+            return Err(e.into());
+        }
+    };
+    let read = tokio::task::spawn_blocking(move || read_through_mounts(&mounts))
+        .await
+        .map_err(|e| Error::local(Code::Internal, format!("reading the image's users: {e}")));
+    let remove = RemoveSnapshotRequest {
+        snapshotter: snapshotter.to_string(),
+        key,
+    };
+    let removed = snapshots.remove(client.request(remove)).await;
+    let released = lease.release().await;
+    let files = read??;
+    match removed {
+        Err(e) if e.code() != Code::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    released?;
+    Ok(files)
+}
+
+fn read_through_mounts(mounts: &[Mount]) -> Result<(Option<String>, Option<String>)> {
+    let dir = tempfile::Builder::new()
+        .prefix("berth-rootfs-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()
+        .map_err(|e| Error::io("create a temp dir for the image's rootfs", e))?;
+    mount_all(mounts, dir.path())?;
+    let result = (|| {
+        let root =
+            std::fs::File::open(dir.path()).map_err(|e| Error::io("open the mounted rootfs", e))?;
+        Ok((
+            read_in_root(&root, "etc/passwd")?,
+            read_in_root(&root, "etc/group")?,
+        ))
+    })();
+    let _ = nix::mount::umount2(dir.path(), nix::mount::MntFlags::MNT_DETACH);
+    result
+}
+
+/// Read a file of the image with every symlink resolved inside the image's root (an image's
+/// /etc/passwd may be a link; it must not reach the host's).
+fn read_in_root(root: &std::fs::File, path: &str) -> Result<Option<String>> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = match openat2(root.as_raw_fd(), path, how) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(Error::io(format!("open /{path} of the image"), e.into())),
+    };
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    let mut file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut text = String::new();
+    file.by_ref()
+        .take(4 << 20)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::io(format!("read /{path} of the image"), e))?;
+    Ok(Some(text))
+}
+
+fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let m = match mounts {
+        [m] => m,
+        _ => {
+            return Err(Error::local(
+                Code::Unimplemented,
+                format!("a view of {} mounts cannot be read here", mounts.len()),
+            ))
+        }
+    };
+    let mut flags = MsFlags::MS_RDONLY;
+    let mut data = Vec::new();
+    for o in &m.options {
+        match o.as_str() {
+            "ro" => {}
+            "rw" => {}
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            other => data.push(other),
+        }
+    }
+    let data = data.join(",");
+    let fail = |e: nix::errno::Errno| {
+        Error::io(
+            "mount the image's rootfs (resolving a user needs root)",
+            e.into(),
+        )
+    };
+    if flags.contains(MsFlags::MS_BIND) {
+        mount(
+            Some(m.source.as_str()),
+            target,
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .map_err(fail)?;
+        // A bind mount ignores MS_RDONLY until it is remounted.
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+            fail(e)
+        })?;
+    } else {
+        mount(
+            Some(m.source.as_str()),
+            target,
+            Some(m.r#type.as_str()),
+            flags,
+            Some(data.as_str()),
+        )
+        .map_err(fail)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\napp:x:1000:1000::/home/app:/bin/sh\n";
+    const GROUP: &str =
+        "root:x:0:\nnogroup:x:65534:\nwheel:x:10:app,root\napp:x:1000:\naudio:x:29:app\n";
+
+    #[test]
+    fn users_resolve_from_the_image_files() {
+        let r = resolve("nobody", Some(PASSWD), Some(GROUP)).unwrap();
+        assert_eq!((r.uid, r.gid), (65534, 65534));
+        let r = resolve("app", Some(PASSWD), Some(GROUP)).unwrap();
+        assert_eq!(
+            (r.uid, r.gid, r.additional_gids.clone()),
+            (1000, 1000, vec![10, 29])
+        );
+        assert_eq!(r.home.as_deref(), Some("/home/app"));
+        let r = resolve("app:wheel", Some(PASSWD), Some(GROUP)).unwrap();
+        assert_eq!((r.gid, r.additional_gids), (10, vec![29]));
+        let r = resolve("1000:5", Some(PASSWD), Some(GROUP)).unwrap();
+        assert_eq!((r.uid, r.gid), (1000, 5));
+        // A uid the image does not know runs with gid 0, as docker does.
+        let r = resolve("4242", Some(PASSWD), None).unwrap();
+        assert_eq!((r.uid, r.gid), (4242, 0));
+        let r = resolve("", Some(PASSWD), Some(GROUP)).unwrap();
+        assert_eq!((r.uid, r.gid, r.additional_gids), (0, 0, vec![10]));
+        let e = resolve("ghost", Some(PASSWD), Some(GROUP)).unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        assert!(e.to_string().contains("ghost"), "{e}");
+        assert!(resolve("app:nogroup-here", Some(PASSWD), Some(GROUP)).is_err());
+        assert!(resolve("nobody", None, None).is_err());
+    }
+
+    #[test]
+    fn only_numeric_pairs_skip_the_image_files() {
+        assert!(!needs_image_files(""));
+        assert!(!needs_image_files("1000:1000"));
+        assert!(needs_image_files("1000"));
+        assert!(needs_image_files("nobody"));
+        assert!(needs_image_files("0:wheel"));
+    }
+}
