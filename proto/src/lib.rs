@@ -1,5 +1,6 @@
-//! containerd v1 API (wire-compatible with upstream containerd) plus berth
-//! extensions, generated from the `.proto` files under `proto/`.
+//! containerd v1 API (wire-compatible with upstream containerd), berth
+//! extensions and Kubernetes' CRI (`runtime.v1`), generated from the `.proto`
+//! files under `proto/`.
 //!
 //! Module paths mirror protobuf packages, e.g. `containerd.services.tasks.v1`
 //! is [`containerd::services::tasks::v1`]. Every message implements
@@ -171,6 +172,15 @@ pub mod google {
     generated!(
         /// `google.rpc`: the `Status` error model.
         rpc => "google.rpc.rs"
+    );
+}
+
+/// Package `runtime.*`: Kubernetes' Container Runtime Interface (k8s.io/cri-api).
+pub mod runtime {
+    generated!(
+        /// `runtime.v1`: the CRI's RuntimeService and ImageService, the API the
+        /// kubelet, crictl and critest speak to a node's runtime.
+        v1 => "runtime.v1.rs"
     );
 }
 

@@ -7,6 +7,10 @@
 //! current API, the Go module `github.com/containerd/containerd/api` at the
 //! version containerd `CONTAINERD_RELEASE` requires, from the Go module cache
 //! (scripts/deps-go-tools.sh downloads it).
+//!
+//! The CRI (package `runtime.v1`) is compared the same way with its one
+//! upstream, k8s.io/cri-api's api.proto at the version cri-tools
+//! `CRI_TOOLS_RELEASE` requires, also from the Go module cache.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -130,7 +134,7 @@ fn compile_upstream() -> FileDescriptorSet {
 type FieldSig = (String, Type, String, Label, Option<i32>);
 
 /// Comparable summary of one message: map-entry flag and fields by number.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 struct MessageSig {
     map_entry: bool,
     fields: BTreeMap<i32, FieldSig>,
@@ -223,6 +227,44 @@ fn index(fds: &FileDescriptorSet) -> Index {
         }
     }
     idx
+}
+
+/// The CRI's package: compared with cri-api (`wire_compatible_with_cri_api`),
+/// not with containerd's API.
+const CRI_SCOPE: &str = ".runtime.v1.";
+
+impl Index {
+    /// This index with only the definitions `keep` accepts by full name.
+    fn filtered(&self, keep: impl Fn(&str) -> bool) -> Index {
+        Index {
+            messages: self
+                .messages
+                .iter()
+                .filter(|(n, _)| keep(n))
+                .map(|(n, m)| (n.clone(), m.clone()))
+                .collect(),
+            enums: self
+                .enums
+                .iter()
+                .filter(|(n, _)| keep(n))
+                .map(|(n, e)| (n.clone(), e.clone()))
+                .collect(),
+            services: self
+                .services
+                .iter()
+                .filter(|(n, _)| keep(n))
+                .map(|(n, s)| (n.clone(), s.clone()))
+                .collect(),
+        }
+    }
+
+    fn without_cri(&self) -> Index {
+        self.filtered(|n| !n.starts_with(CRI_SCOPE))
+    }
+
+    fn only_cri(&self) -> Index {
+        self.filtered(|n| n.starts_with(CRI_SCOPE))
+    }
 }
 
 fn is_extension(name: &str) -> bool {
@@ -327,35 +369,48 @@ fn gomodcache() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-/// The api module's directory at the version `CONTAINERD_RELEASE` requires.
-fn current_api_dir() -> PathBuf {
+/// The directory, in the Go module cache, of the version of `dep` that
+/// `module@version`'s go.mod requires (both downloaded by
+/// scripts/deps-go-tools.sh).
+fn required_module_dir(module: &str, version: &str, dep: &str) -> PathBuf {
     let cache = gomodcache();
-    let gomod = cache.join(format!(
-        "cache/download/github.com/containerd/containerd/v2/@v/{CONTAINERD_RELEASE}.mod"
-    ));
+    let gomod = cache.join(format!("cache/download/{module}/@v/{version}.mod"));
     let text = std::fs::read_to_string(&gomod).unwrap_or_else(|e| {
         panic!(
-            "{} ({e}): run scripts/deps-go-tools.sh (go mod download \
-             github.com/containerd/containerd/v2@{CONTAINERD_RELEASE})",
+            "{} ({e}): run scripts/deps-go-tools.sh (go mod download {module}@{version})",
             gomod.display()
         )
     });
-    let version = text
+    let required = text
         .lines()
         .find_map(|l| {
             let mut words = l.split_whitespace();
-            (words.next() == Some(API_MODULE))
-                .then(|| words.next())
-                .flatten()
+            // Inside a `require (` block a line is `dep version`; alone it is `require dep version`.
+            let first = words.next();
+            let first = if first == Some("require") {
+                words.next()
+            } else {
+                first
+            };
+            (first == Some(dep)).then(|| words.next()).flatten()
         })
-        .unwrap_or_else(|| panic!("{} requires no {API_MODULE}", gomod.display()));
-    let dir = cache.join(format!("{API_MODULE}@{version}"));
+        .unwrap_or_else(|| panic!("{} requires no {dep}", gomod.display()));
+    let dir = cache.join(format!("{dep}@{required}"));
     assert!(
         dir.is_dir(),
-        "{} missing: run scripts/deps-go-tools.sh (go mod download {API_MODULE}@{version})",
+        "{} missing: run scripts/deps-go-tools.sh (go mod download {dep}@{required})",
         dir.display()
     );
     dir
+}
+
+/// The api module's directory at the version `CONTAINERD_RELEASE` requires.
+fn current_api_dir() -> PathBuf {
+    required_module_dir(
+        "github.com/containerd/containerd/v2",
+        CONTAINERD_RELEASE,
+        API_MODULE,
+    )
 }
 
 fn compile_current() -> FileDescriptorSet {
@@ -512,6 +567,7 @@ fn compare(upstream: &Index, ours: &Index, other: &Index, diffs: &mut Vec<String
 
 /// Definitions of ours that no upstream release has (berth.* aside).
 fn extras(ours: &Index, upstreams: &[&Index], diffs: &mut Vec<String>) {
+    let ours = &ours.without_cri();
     let known = |f: &dyn Fn(&Index) -> bool| upstreams.iter().any(|u| f(u));
     for name in ours.messages.keys().filter(|n| !is_extension(n)) {
         if !known(&|u| u.messages.contains_key(name)) {
@@ -594,6 +650,53 @@ fn wire_compatible_with_current_containerd() {
     extras(&ours, &[&upstream, &older], &mut diffs);
     report(
         &format!("containerd {CONTAINERD_RELEASE}'s API"),
+        &upstream,
+        &diffs,
+    );
+}
+
+/// The cri-tools release whose critest and crictl berth's CRI is tested with;
+/// the CRI protos follow the k8s.io/cri-api version its go.mod requires.
+const CRI_TOOLS_RELEASE: &str = "v1.37.0";
+const CRI_API_MODULE: &str = "k8s.io/cri-api";
+const CRI_API_FILE: &str = "pkg/apis/runtime/v1/api.proto";
+
+/// Kubernetes' CRI (package `runtime.v1`): every message, enum and rpc of
+/// cri-api's api.proto, identical field by field, and nothing of ours in
+/// `runtime.v1` that upstream lacks.
+#[test]
+fn wire_compatible_with_cri_api() {
+    let dir = required_module_dir("sigs.k8s.io/cri-tools", CRI_TOOLS_RELEASE, CRI_API_MODULE);
+    let fds = protox::compile([CRI_API_FILE], [&dir])
+        .unwrap_or_else(|e| panic!("compiling {}/{CRI_API_FILE}: {e:?}", dir.display()));
+    let upstream = index(&fds);
+    let ours = index(&compile_ours()).only_cri();
+    assert!(upstream.messages.len() > 150, "too few CRI messages");
+    for service in [".runtime.v1.RuntimeService", ".runtime.v1.ImageService"] {
+        assert!(
+            upstream.services.contains_key(service),
+            "upstream {service} not compared"
+        );
+    }
+    let mut diffs = Vec::new();
+    compare(&upstream, &ours, &Index::default(), &mut diffs);
+    for name in ours.messages.keys() {
+        if !upstream.messages.contains_key(name) {
+            diffs.push(format!("extra message {name}"));
+        }
+    }
+    for name in ours.enums.keys() {
+        if !upstream.enums.contains_key(name) {
+            diffs.push(format!("extra enum {name}"));
+        }
+    }
+    for name in ours.services.keys() {
+        if !upstream.services.contains_key(name) {
+            diffs.push(format!("extra service {name}"));
+        }
+    }
+    report(
+        &format!("{CRI_API_MODULE} (cri-tools {CRI_TOOLS_RELEASE})"),
         &upstream,
         &diffs,
     );
