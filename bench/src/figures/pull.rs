@@ -144,13 +144,16 @@ impl Bench<'_> {
         }
     }
 
-    /// A daemon of `kind` started on a fresh root of its own.
-    async fn fresh(&mut self, kind: Kind, what: &str) -> Result<Daemon> {
+    /// A daemon of `kind` started on a fresh root of its own (a short name: the sockets are in it).
+    async fn fresh(&mut self, kind: Kind) -> Result<Daemon> {
         self.make_room();
         self.next += 1;
-        let dir = self
-            .base
-            .join(format!("{}-{what}-{}", kind.name(), self.next));
+        let tag = match kind {
+            Kind::Berth => "berthd-",
+            Kind::Containerd2 => "c24-",
+            Kind::Containerd => "c16-",
+        };
+        let dir = self.base.join(format!("{tag}{}", self.next));
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         self.roots.push(dir.clone());
         let mut d = match kind {
@@ -164,7 +167,7 @@ impl Bench<'_> {
 
     /// One sample of `op` on a fresh daemon of `kind`: seconds.
     async fn sample(&mut self, kind: Kind, spec: &Spec<'_>) -> Result<f64> {
-        let mut d = self.fresh(kind, spec.id).await?;
+        let mut d = self.fresh(kind).await?;
         let r = self.timed(&d, kind, &spec.op).await;
         d.stop();
         r
