@@ -134,6 +134,43 @@ fn emergency_cleanup() {
     }
 }
 
+/// Move `dir` out of its temp root (a rename beside the root, same filesystem) and remove it with
+/// a detached `rm -rf` at idle CPU and I/O priority that outlives the bench. Only for trees with
+/// no mounts and no processes left in them; if the rename fails, `dir` is removed here and now.
+pub fn remove_in_background(dir: &Path) {
+    let Some(trash) = dir.parent().and_then(Path::parent).map(|p| {
+        p.join(format!(
+            "berth-bench-trash-{}-{}",
+            std::process::id(),
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ))
+    }) else {
+        let _ = fs::remove_dir_all(dir);
+        return;
+    };
+    if fs::rename(dir, &trash).is_err() {
+        let _ = fs::remove_dir_all(dir);
+        return;
+    }
+    let spawned = Command::new("nice")
+        .args(["-n", "19", "ionice", "-c", "3", "rm", "-rf", "--"])
+        .arg(&trash)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    match spawned {
+        // Not waited for: it is reaped by init once the bench has exited.
+        Ok(_) => eprintln!("removing {} in the background", trash.display()),
+        Err(_) => {
+            let _ = fs::remove_dir_all(&trash);
+        }
+    }
+}
+
 /// One daemon process on its own dirs.
 pub struct Daemon {
     pub kind: Kind,

@@ -142,7 +142,7 @@ fn status_text(o: &Outcome) -> String {
     match o {
         Outcome::Measured { .. } => String::new(),
         Outcome::NotYet { needs } => format!("not yet measurable (needs {needs})"),
-        Outcome::NotServed { error, .. } => format!("berthd: not served ({error})"),
+        Outcome::NotServed { error, .. } => format!("berthd not served ({error})"),
         Outcome::Skipped { why } => format!("skipped: {why}"),
         Outcome::Failed { error } => format!("FAILED: {error}"),
     }
@@ -183,7 +183,7 @@ pub fn print_table(figs: &[Figure]) {
             Outcome::NotServed { error, containerd } => {
                 let [c0, c1, c2] = cols(containerd, f.better);
                 println!(
-                    "{:<9} {:<w$} {:>6} | {:>26} | {c0:>8} {c1:>8} {c2:>8} | {:>6}  berthd: {error}",
+                    "{:<9} {:<w$} {:>6} | {:>26} | {c0:>8} {c1:>8} {c2:>8} | {:>6}  {error}",
                     f.group, f.title, f.unit, "not served", "-"
                 );
             }
@@ -254,7 +254,7 @@ pub fn markdown(rep: &Report) -> String {
                 let [c0, c1, c2] = cols(containerd, f.better);
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | not served | | | {c0} | {c1} | {c2} | - | berthd: {} |",
+                    "| {} | {} | {} | not served | | | {c0} | {c1} | {c2} | - | {} |",
                     f.group,
                     f.title,
                     f.unit,

@@ -7,7 +7,10 @@
 //!   berthd and containerd 2.4, Debian's ctr 1.6 (a client-side pull) against containerd 1.6;
 //! - two such pulls of the Debian image at once (wall time until both are done);
 //! - `ctr images push --plain-http` of the Debian image to a fresh repository per sample (the
-//!   image imported beforehand, outside the clock, with `--no-unpack`).
+//!   image imported beforehand, outside the clock, with `--no-unpack`);
+//! - beside issue 12's figures, the two single pulls again with ctr 2.4.2's `--local` (the
+//!   client-driven pull, no Transfer) against berthd and containerd 2.4: berthd's pull as it is
+//!   without the Transfer service.
 //!
 //! Every sample runs on a daemon started for it alone on a fresh root (outside the clock), so no
 //! blob, snapshot or connection of an earlier sample helps. A round takes one sample per daemon,
@@ -20,6 +23,7 @@
 //! The roots are kept until the end of the group (unless the disk runs low): removing an unpacked
 //! Debian image (~10,000 files) right before the next unpack makes ext4 without a journal scan its
 //! recently deleted inodes on every create (see the images module) — an artifact of the bench.
+//! Then they are removed in the background ([`crate::daemon::remove_in_background`]).
 
 use super::{snapshot_names, Better, Figure, Outcome};
 use crate::daemon::{Daemon, Kind, Lab};
@@ -94,11 +98,13 @@ fn free_bytes(p: &Path) -> Option<u64> {
 }
 
 enum Op<'a> {
-    /// `copies` pulls of the image at once.
+    /// `copies` pulls of the image at once; with `local`, ctr 2.4.2 pulls through the client
+    /// (`--local`: fetch into the content store, unpack with Diff/Snapshots) instead of Transfer.
     Pull {
         img: &'a Image,
         reference: String,
         copies: usize,
+        local: bool,
     },
     /// Import the archive (untimed), then push it to a fresh repository.
     Push { img: &'a Image },
@@ -180,8 +186,13 @@ impl Bench<'_> {
                 img,
                 reference,
                 copies,
+                local,
             } => {
-                let args = ["images", "pull", "--plain-http", reference.as_str()];
+                let mut args = vec!["images", "pull", "--plain-http"];
+                if *local && kind != Kind::Containerd {
+                    args.push("--local");
+                }
+                args.push(reference);
                 sync_disks();
                 let t = Instant::now();
                 // All started before any is waited for: they run at once; the clock stops when
@@ -276,10 +287,11 @@ impl Bench<'_> {
         );
         let samples = |i: usize| -> Vec<f64> { rounds.iter().filter_map(|r| r[i]).collect() };
         let how = match &spec.op {
-            Op::Pull { img, copies, .. } => format!(
-                "{}{}; fresh root per sample; ctr 2.4.2 (Transfer) against berthd and containerd 2.4, ctr 1.6 against containerd 1.6",
+            Op::Pull { img, copies, local, .. } => format!(
+                "{}{}; fresh root per sample; ctr 2.4.2 ({}) against berthd and containerd 2.4, ctr 1.6 against containerd 1.6",
                 if *copies > 1 { format!("{copies} concurrent `ctr images pull --plain-http`, wall time until all are done; ") } else { "`ctr images pull --plain-http`; ".into() },
-                img.describe()
+                img.describe(),
+                if *local { "`--local`: the client fetches into the content store and unpacks through Diff/Snapshots, no Transfer" } else { "Transfer" }
             ),
             Op::Push { img } => format!(
                 "`ctr images push --plain-http` to a fresh repository per sample; {}; imported beforehand with `--no-unpack` (outside the clock); fresh root per sample; ctr 2.4.2 (Transfer) against berthd and containerd 2.4, ctr 1.6 against containerd 1.6",
@@ -442,6 +454,7 @@ pub async fn run(lab: &Lab, opts: &Opts, berthd: &Path) -> Result<Vec<Figure>> {
                 img: &debian,
                 reference: debian_ref.clone(),
                 copies: 1,
+                local: false,
             },
             targets: [Some(DEBIAN_VS_24), Some(DEBIAN_VS_16)],
         },
@@ -450,8 +463,9 @@ pub async fn run(lab: &Lab, opts: &Opts, berthd: &Path) -> Result<Vec<Figure>> {
             title: format!("ctr images pull, {layers_title}"),
             op: Op::Pull {
                 img: &layers,
-                reference: layers_ref,
+                reference: layers_ref.clone(),
                 copies: 1,
+                local: false,
             },
             targets: [Some(LAYERS_VS_24), None],
         },
@@ -460,8 +474,33 @@ pub async fn run(lab: &Lab, opts: &Opts, berthd: &Path) -> Result<Vec<Figure>> {
             title: format!("2 concurrent ctr images pull, {debian_title}"),
             op: Op::Pull {
                 img: &debian,
-                reference: debian_ref,
+                reference: debian_ref.clone(),
                 copies: 2,
+                local: false,
+            },
+            targets: [None, None],
+        },
+        // Not issue 12's figures: berthd's pull as it is without Transfer, against containerd
+        // 2.4's on the same client path (1.6's ctr pulls that way anyway).
+        Spec {
+            id: "pull.debian.local",
+            title: format!("ctr images pull --local, {debian_title}"),
+            op: Op::Pull {
+                img: &debian,
+                reference: debian_ref,
+                copies: 1,
+                local: true,
+            },
+            targets: [None, None],
+        },
+        Spec {
+            id: "pull.layers12.local",
+            title: format!("ctr images pull --local, {layers_title}"),
+            op: Op::Pull {
+                img: &layers,
+                reference: layers_ref,
+                copies: 1,
+                local: true,
             },
             targets: [None, None],
         },
@@ -493,6 +532,7 @@ pub async fn run(lab: &Lab, opts: &Opts, berthd: &Path) -> Result<Vec<Figure>> {
             img: &layers,
             reference: specs[1].op_reference(),
             copies: 1,
+            local: false,
         },
         targets: [None, None],
     };
@@ -505,7 +545,7 @@ pub async fn run(lab: &Lab, opts: &Opts, berthd: &Path) -> Result<Vec<Figure>> {
     for spec in specs.iter().filter(|s| opts.wants_figure(s.id)) {
         figs.extend(bench.figure(spec).await);
     }
-    let (roots, removed_early) = (std::mem::take(&mut bench.roots), bench.removed_early);
+    let removed_early = bench.removed_early;
     drop(bench);
     if removed_early > 0 {
         for f in &mut figs {
@@ -517,11 +557,10 @@ pub async fn run(lab: &Lab, opts: &Opts, berthd: &Path) -> Result<Vec<Figure>> {
         }
     }
     registry.stop();
-    tokio::task::block_in_place(|| {
-        for r in roots {
-            let _ = std::fs::remove_dir_all(r);
-        }
-    });
+    // Removing a run's unpacked images takes minutes on a busy disk (over 100,000 files): the
+    // group's dir leaves the temp root by a rename and goes in the background, at idle I/O
+    // priority, rather than on the bench's clock.
+    crate::daemon::remove_in_background(&base);
     Ok(figs)
 }
 
