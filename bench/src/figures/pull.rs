@@ -258,7 +258,7 @@ impl Bench<'_> {
 
     /// The figure pair (berthd / containerd 2.4, berthd / containerd 1.6) of one spec.
     async fn figure(&mut self, spec: &Spec<'_>) -> Vec<Figure> {
-        let t0 = Instant::now();
+        let (t0, removed_before) = (Instant::now(), self.removed_early);
         // Per round, per daemon (KINDS order): the sample, if taken.
         let mut rounds: Vec<[Option<f64>; 3]> = Vec::new();
         let mut errors: [Option<String>; 3] = Default::default();
@@ -297,6 +297,12 @@ impl Bench<'_> {
                 "`ctr images push --plain-http` to a fresh repository per sample; {}; imported beforehand with `--no-unpack` (outside the clock); fresh root per sample; ctr 2.4.2 (Transfer) against berthd and containerd 2.4, ctr 1.6 against containerd 1.6",
                 img.describe()
             ),
+        };
+        let removed = self.removed_early - removed_before;
+        let how = if removed > 0 {
+            format!("{how}; {removed} older sample roots were removed before samples of this figure for lack of disk space (see the module doc: it may slow the unpacks that follow)")
+        } else {
+            how
         };
         let mut figs = Vec::new();
         for (p, peer) in PEERS.into_iter().enumerate() {
@@ -545,17 +551,7 @@ pub async fn run(lab: &Lab, opts: &Opts, berthd: &Path) -> Result<Vec<Figure>> {
     for spec in specs.iter().filter(|s| opts.wants_figure(s.id)) {
         figs.extend(bench.figure(spec).await);
     }
-    let removed_early = bench.removed_early;
     drop(bench);
-    if removed_early > 0 {
-        for f in &mut figs {
-            f.note = f.note.take().map(|n| {
-                format!(
-                    "{n}; {removed_early} sample roots were removed during the run for lack of disk space"
-                )
-            });
-        }
-    }
     registry.stop();
     // Removing a run's unpacked images takes minutes on a busy disk (over 100,000 files): the
     // group's dir leaves the temp root by a rename and goes in the background, at idle I/O
