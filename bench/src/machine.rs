@@ -27,6 +27,11 @@ pub struct Versions {
     pub containerd: String,
     pub runc: String,
     pub ctr: String,
+    /// The pull group's peers: containerd 2.4 and its ctr.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub containerd2: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ctr2: Option<String>,
 }
 
 fn run(cmd: &str, args: &[&str]) -> Option<String> {
@@ -143,7 +148,22 @@ pub async fn versions(lab: &Lab) -> Versions {
             .and_then(|o| o.lines().next().map(str::to_string))
             .unwrap_or_else(|| "not found".into()),
         ctr: run("ctr", &["--version"]).unwrap_or_else(|| "not found".into()),
+        containerd2: None,
+        ctr2: None,
     }
+}
+
+/// The versions the pull group's containerd 2.4 and ctr 2.4 print.
+pub fn pull_peer_versions(v: &mut Versions, containerd2: &Path, ctr2: &Path) {
+    let version = |p: &Path| {
+        let out = Command::new(p).arg("--version").output().ok();
+        match out {
+            Some(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            _ => format!("{} not found", p.display()),
+        }
+    };
+    v.containerd2 = Some(version(containerd2));
+    v.ctr2 = Some(version(ctr2));
 }
 
 pub fn now_utc() -> String {

@@ -42,9 +42,16 @@ pub struct Opts {
     /// berthd binary (default: berthd next to this binary, i.e. target/release/berthd)
     #[arg(long)]
     berthd: Option<PathBuf>,
-    /// containerd binary
+    /// containerd binary (Debian's 1.6)
     #[arg(long, default_value = "containerd")]
     containerd: PathBuf,
+    /// containerd 2.4 binary for the pull group, its containerd-shim-runc-v2 beside it
+    /// (bench/peers.sh builds both)
+    #[arg(long, default_value = "/usr/local/lib/berth-bench/bin/containerd")]
+    containerd2: PathBuf,
+    /// ctr 2.4.2, the pull group's client for berthd and containerd 2.4 (scripts/deps-go-tools.sh)
+    #[arg(long, default_value = "/usr/local/lib/berth-test/bin/ctr")]
+    ctr2: PathBuf,
     /// Directory under which the temp root of both daemons is made (same filesystem for both)
     #[arg(long, default_value = "/var/tmp")]
     tmp: PathBuf,
@@ -54,7 +61,7 @@ pub struct Opts {
     /// Keep the temp root (daemon logs, stores) instead of removing it
     #[arg(long)]
     keep: bool,
-    /// Images and tasks groups: run just the figures whose id contains one of these
+    /// Images, tasks and pull groups: run just the figures whose id contains one of these
     /// (comma-separated), e.g. `--only diff.apply`, `--only pull.debian,prepare_commit` or
     /// `--only run_rm,exec` (to profile one of them)
     #[arg(long, value_delimiter = ',')]
@@ -79,16 +86,19 @@ pub enum Group {
     Images,
     /// tasks: ctr run --rm, task Create+Start, 4-client run cycles, exec, 100 running containers
     Tasks,
+    /// pull/push from a loopback registry: berthd vs containerd 2.4 and 1.6, fresh root per sample
+    Pull,
 }
 
 impl Group {
     /// Every group, in the order a full run measures them.
-    const EACH: [Group; 5] = [
+    const EACH: [Group; 6] = [
         Group::Footprint,
         Group::Metadata,
         Group::Content,
         Group::Images,
         Group::Tasks,
+        Group::Pull,
     ];
 
     pub fn name(self) -> &'static str {
@@ -99,6 +109,7 @@ impl Group {
             Group::Footprint => "footprint",
             Group::Images => "images",
             Group::Tasks => "tasks",
+            Group::Pull => "pull",
         }
     }
 }
@@ -172,7 +183,10 @@ async fn run(opts: Opts) -> Result<()> {
     daemon::install_signal_handler();
     let lab = Lab::start(&berthd, &opts.containerd, &opts.tmp, opts.keep).await?;
     let machine = machine::describe(lab.root());
-    let versions = machine::versions(&lab).await;
+    let mut versions = machine::versions(&lab).await;
+    if opts.wants(Group::Pull) {
+        machine::pull_peer_versions(&mut versions, &opts.containerd2, &opts.ctr2);
+    }
     report::print_header(&machine, &versions, &opts, &command);
 
     let mut figs: Vec<Figure> = Vec::new();
@@ -207,6 +221,12 @@ async fn run(opts: Opts) -> Result<()> {
     }
     if opts.wants(Group::Tasks) {
         figs.extend(group("tasks", figures::tasks::run(&mut lab, &opts).await));
+    }
+    if opts.wants(Group::Pull) {
+        figs.extend(group(
+            "pull",
+            figures::pull::run(&lab, &opts, &berthd).await,
+        ));
     }
     let (mut figs, carried_over) = carry_over(&opts, previous, figs);
     let carried: Vec<&str> = carried_over

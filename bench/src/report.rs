@@ -96,6 +96,10 @@ fn machine_lines(m: &Machine, v: &Versions) -> Vec<(&'static str, String)> {
         ("runc", v.runc.clone()),
         ("ctr", v.ctr.clone()),
     ]
+    .into_iter()
+    .chain(v.containerd2.clone().map(|c| ("containerd 2", c)))
+    .chain(v.ctr2.clone().map(|c| ("ctr 2", c)))
+    .collect()
 }
 
 /// 3 significant digits, no exponent.
@@ -138,6 +142,7 @@ fn status_text(o: &Outcome) -> String {
     match o {
         Outcome::Measured { .. } => String::new(),
         Outcome::NotYet { needs } => format!("not yet measurable (needs {needs})"),
+        Outcome::NotServed { error, .. } => format!("berthd not served ({error})"),
         Outcome::Skipped { why } => format!("skipped: {why}"),
         Outcome::Failed { error } => format!("FAILED: {error}"),
     }
@@ -173,6 +178,13 @@ pub fn print_table(figs: &[Figure]) {
                     r.map(|r| verdict(r, f.better)).unwrap_or_default(),
                     if f.better == Better::Higher { " (higher is better)" } else { "" },
                     f.target_text().map(|t| format!("; {t}")).unwrap_or_default(),
+                );
+            }
+            Outcome::NotServed { error, containerd } => {
+                let [c0, c1, c2] = cols(containerd, f.better);
+                println!(
+                    "{:<9} {:<w$} {:>6} | {:>26} | {c0:>8} {c1:>8} {c2:>8} | {:>6}  {error}",
+                    f.group, f.title, f.unit, "not served", "-"
                 );
             }
             o => println!(
@@ -236,6 +248,17 @@ pub fn markdown(rep: &Report) -> String {
                         + &f.target_text()
                             .map(|t| format!("; {t}"))
                             .unwrap_or_default()
+                );
+            }
+            Outcome::NotServed { error, containerd } => {
+                let [c0, c1, c2] = cols(containerd, f.better);
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | not served | | | {c0} | {c1} | {c2} | - | {} |",
+                    f.group,
+                    f.title,
+                    f.unit,
+                    error.replace('|', "\\|")
                 );
             }
             o => {

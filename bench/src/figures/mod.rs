@@ -9,6 +9,7 @@ pub mod gc;
 pub mod images;
 pub mod metadata;
 pub mod pending;
+pub mod pull;
 pub mod tasks;
 
 use crate::daemon::Kind;
@@ -42,6 +43,12 @@ pub enum Outcome {
     /// Needs a capability berthd does not have yet (or a fixture the bench does not build yet).
     NotYet {
         needs: String,
+    },
+    /// berthd did not serve what the figure needs (its first sample failed with `error`);
+    /// the peer's samples stand alone.
+    NotServed {
+        error: String,
+        containerd: Summary,
     },
     Skipped {
         why: String,
@@ -196,7 +203,7 @@ pub async fn create_lease(
 pub fn slot(kind: Kind) -> usize {
     match kind {
         Kind::Berth => 0,
-        Kind::Containerd => 1,
+        Kind::Containerd | Kind::Containerd2 => 1,
     }
 }
 

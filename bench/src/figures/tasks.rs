@@ -86,7 +86,7 @@ impl Side {
         let d = lab.daemon(kind);
         let tag = match kind {
             Kind::Berth => "b",
-            Kind::Containerd => "c",
+            Kind::Containerd | Kind::Containerd2 => "c",
         };
         let ns = format!("tasks-{tag}-{}", std::process::id());
         daemon::register_task_namespace(&ns);
@@ -333,7 +333,7 @@ async fn cleanup(lab: &Lab, s: &Side) -> Result<usize> {
 fn shim_pids(s: &Side) -> Vec<u32> {
     let program = match s.kind {
         Kind::Berth => "berth-shim",
-        Kind::Containerd => "containerd-shim-runc-v2",
+        Kind::Containerd | Kind::Containerd2 => "containerd-shim-runc-v2",
     };
     let dir = s.dir.to_string_lossy().into_owned();
     let Ok(rd) = std::fs::read_dir("/proc") else {
