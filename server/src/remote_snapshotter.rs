@@ -7,17 +7,63 @@
 //! `Handle::block_on` on a caller's runtime), and a hung remote costs the caller at most the
 //! plugin's `timeout_ms`: the call then fails with DeadlineExceeded and the request is dropped.
 
+use crate::fsutil::require_absolute;
 use crate::snapshots::from_api_mounts;
 use berth_api::containerd::services::snapshots::v1::{
     self as api, snapshots_client::SnapshotsClient,
 };
 use berth_errdefs::Kind as ErrorKind;
 use berth_snapshotter::{Error, Info, Kind, Mount, Result, Snapshotter, Usage};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use tonic::transport::{Channel, Endpoint};
+
+/// `[proxy_plugins.NAME]`: one proxy plugin of containerd's config. Only snapshotters exist.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyPlugin {
+    /// Only "snapshot" is supported.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The plugin's unix socket.
+    pub address: PathBuf,
+    /// The snapshotter name to ask the remote for (berth extension; default: the plugin's name).
+    #[serde(default)]
+    pub snapshotter: Option<String>,
+    /// The bound on each call to the plugin, connecting included (berth extension): a hung plugin
+    /// fails the call with DeadlineExceeded instead of holding its caller.
+    #[serde(default = "default_proxy_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Accepted for containerd config compatibility; berth does not use them.
+    #[serde(default)]
+    pub platform: Option<String>,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+fn default_proxy_timeout_ms() -> u64 {
+    30_000
+}
+
+impl ProxyPlugin {
+    pub(crate) fn validate(&self, name: &str) -> berth_errdefs::Result<()> {
+        if self.kind != "snapshot" {
+            return Err(berth_errdefs::Error::invalid(format!(
+                "proxy_plugins.{name}.type: {:?} is not supported; only \"snapshot\" is",
+                self.kind
+            )));
+        }
+        if self.timeout_ms == 0 {
+            return Err(berth_errdefs::Error::invalid(format!(
+                "proxy_plugins.{name}.timeout_ms must be greater than 0"
+            )));
+        }
+        require_absolute(&format!("proxy_plugins.{name}.address"), &self.address)
+    }
+}
 
 /// The namespace sent to the remote: berthd has already scoped keys by its own namespaces.
 const REMOTE_NAMESPACE: &str = "berth";
