@@ -7,7 +7,7 @@ use crate::controllers::restart::RestartMonitor;
 use crate::events::Exchange;
 use crate::fsutil::{make_dir, require_absolute};
 use crate::remote_snapshotter::RemoteSnapshotter;
-use crate::runtime::TaskManager;
+use crate::runtime::{Backends, ShimSettings, TaskManager};
 use crate::services::{self, *};
 use crate::snapshots::Snapshotters;
 use berth_api::containerd::services as api;
@@ -100,19 +100,19 @@ pub async fn run(config: Config) -> Result<()> {
         config.leases.clone(),
     ));
 
-    let tasks = Arc::new(
-        TaskManager::new(
-            &config.state,
-            shim_binary(&config)?,
-            config.runtimes.clone(),
-            Duration::from_millis(config.tasks.shim_connect_timeout_ms),
-            state.events.clone(),
-        )?
-        .with_timeouts(
-            Duration::from_millis(config.tasks.shim_start_timeout_ms),
-            Duration::from_millis(config.tasks.runtime_timeout_ms),
-        ),
-    );
+    let tasks = Arc::new(TaskManager::new(
+        &config.state,
+        Backends {
+            shim: ShimSettings {
+                binary: shim_binary(&config)?,
+                start_timeout: Duration::from_millis(config.tasks.shim_start_timeout_ms),
+                runtime_timeout: Duration::from_millis(config.tasks.runtime_timeout_ms),
+            },
+        },
+        config.runtimes.clone(),
+        Duration::from_millis(config.tasks.shim_connect_timeout_ms),
+        state.events.clone(),
+    )?);
     let recovered = tasks.recover().await?;
     if recovered > 0 {
         tracing::info!(tasks = recovered, "reconnected to running shims");
