@@ -57,6 +57,18 @@ impl Kind {
     }
 }
 
+impl Kind {
+    /// The class of an I/O error: a missing file is NotFound, a timed-out socket
+    /// DeadlineExceeded, anything else Internal.
+    pub fn of_io(kind: io::ErrorKind) -> Kind {
+        match kind {
+            io::ErrorKind::NotFound => Kind::NotFound,
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Kind::DeadlineExceeded,
+            _ => Kind::Internal,
+        }
+    }
+}
+
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -127,12 +139,7 @@ impl Error {
     /// An I/O error with what was being done, e.g. `Error::io("open blob sha256:…", e)`. The kind
     /// follows the I/O error's: a missing file is NotFound, a timed-out socket DeadlineExceeded.
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        let kind = match source.kind() {
-            io::ErrorKind::NotFound => Kind::NotFound,
-            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Kind::DeadlineExceeded,
-            _ => Kind::Internal,
-        };
-        Self::with_source(kind, context, source)
+        Self::with_source(Kind::of_io(source.kind()), context, source)
     }
 
     pub fn kind(&self) -> Kind {

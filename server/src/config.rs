@@ -1,10 +1,19 @@
 //! berthd's configuration: a TOML file shaped like containerd's, where every flag can also be set.
+//! This module only composes: each section's type, default and validation live with the module
+//! that uses it (`[grpc]` daemon, `[leases]` controllers::leases, `[tasks]` and `[runtimes]`
+//! runtime, `[events]` events, `[diff]` berth-layer, `[proxy_plugins]` remote_snapshotter,
+//! `[transfer]` transfer, `[cni]` network); the top-level keys and `[debug]` (the process's
+//! logging) are the daemon's own, here.
 
+use crate::fsutil::require_absolute;
 use berth_errdefs::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub use crate::runtime::config::{RuntimeConfig, DEFAULT_RUNTIME};
+pub use crate::controllers::leases::LeaseConfig;
+pub use crate::daemon::GrpcConfig;
+pub use crate::remote_snapshotter::ProxyPlugin;
+pub use crate::runtime::config::{RuntimeConfig, TasksConfig, DEFAULT_RUNTIME};
 
 /// The only config format version berthd reads.
 pub const CONFIG_VERSION: u32 = 1;
@@ -29,9 +38,10 @@ pub struct Config {
     /// External plugins reached over a unix socket, as containerd's `[proxy_plugins.NAME]`.
     pub proxy_plugins: std::collections::BTreeMap<String, ProxyPlugin>,
     pub tasks: TasksConfig,
-    pub events: EventsConfig,
+    /// The event exchange's own limits type.
+    pub events: crate::events::Limits,
     /// Pulls and pushes through the Transfer service: registries, bounds, credentials.
-    pub transfer: TransferConfig,
+    pub transfer: crate::transfer::TransferConfig,
     /// Runtimes a container may name (`Container.runtime.name`), as containerd's CRI
     /// `runtimes.NAME`. `io.containerd.runc.v2` (berth-shim + runc) is always there.
     pub runtimes: std::collections::BTreeMap<String, RuntimeConfig>,
@@ -41,234 +51,9 @@ pub struct Config {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct TasksConfig {
-    /// The berth-shim binary; empty: the one beside berthd.
-    pub shim: PathBuf,
-    /// How long a restarted daemon waits for each shim to answer before treating it as dead.
-    pub shim_connect_timeout_ms: u64,
-    /// How often the restart monitor brings containers labelled `containerd.io/restart.status`
-    /// back to that status (containerd's restart plugin `interval`).
-    pub restart_interval_ms: u64,
-    /// How long `berth-shim start` may take to print its socket; past it the launcher is killed
-    /// and the task's create fails with DeadlineExceeded.
-    pub shim_start_timeout_ms: u64,
-    /// How long one runc (runtime) command inside a shim may run before the shim kills it and
-    /// fails the call with DeadlineExceeded. Keep it under the daemon's 120 s wait for such calls.
-    pub runtime_timeout_ms: u64,
-}
-
-/// Shortest restart monitor interval: below it the monitor would spin on a busy host.
-pub const MIN_RESTART_INTERVAL_MS: u64 = 100;
-
-impl TasksConfig {
-    fn validate(&self) -> Result<()> {
-        for (key, v) in [
-            (
-                "tasks.shim_connect_timeout_ms",
-                self.shim_connect_timeout_ms,
-            ),
-            ("tasks.shim_start_timeout_ms", self.shim_start_timeout_ms),
-            ("tasks.runtime_timeout_ms", self.runtime_timeout_ms),
-        ] {
-            if v == 0 {
-                return Err(Error::invalid(format!("{key} must be greater than 0")));
-            }
-        }
-        // The daemon waits at most SLOW_CALL for a shim call that runs runc; a runtime bound past
-        // it would turn the shim's clear DeadlineExceeded into the daemon's vaguer one.
-        let slow_call_ms = crate::runtime::shim::SLOW_CALL.as_millis() as u64;
-        if self.runtime_timeout_ms >= slow_call_ms {
-            return Err(Error::invalid(format!(
-                "tasks.runtime_timeout_ms must be less than {slow_call_ms} (the daemon's wait for a \
-                 runtime call), not {}",
-                self.runtime_timeout_ms
-            )));
-        }
-        if self.restart_interval_ms < MIN_RESTART_INTERVAL_MS {
-            return Err(Error::invalid(format!(
-                "tasks.restart_interval_ms must be at least {MIN_RESTART_INTERVAL_MS}, not {}",
-                self.restart_interval_ms
-            )));
-        }
-        Ok(())
-    }
-}
-
-impl Default for TasksConfig {
-    fn default() -> Self {
-        TasksConfig {
-            shim: PathBuf::new(),
-            shim_connect_timeout_ms: 1000,
-            restart_interval_ms: 10_000,
-            shim_start_timeout_ms: 30_000,
-            runtime_timeout_ms: 60_000,
-        }
-    }
-}
-
-/// The Transfer service's registry side (containerd's `[plugins."io.containerd.transfer.v1.local"]`
-/// and the CRI registry `config_path`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TransferConfig {
-    /// Where `<host>/hosts.toml` (mirrors, CAs, client certificates, plain HTTP) is looked up;
-    /// a request's own `host_dir` (nerdctl, `ctr --hosts-dir`) wins. Empty: defaults only.
-    pub config_path: PathBuf,
-    /// Blob downloads in flight per transfer (containerd's `max_concurrent_downloads`).
-    pub max_concurrent_downloads: usize,
-    /// Blob downloads in flight in the whole daemon, all transfers together.
-    pub max_concurrent_downloads_total: usize,
-    /// A registry request fails after this long without a byte moving (not a wall-clock bound).
-    pub progress_timeout_secs: u64,
-    /// Largest manifest or index accepted.
-    pub max_manifest_bytes: u64,
-    /// Most layers in a manifest, and entries in an index.
-    pub max_layers: usize,
-    /// Follow foreign layer URLs (off, as containerd since CVE-2020-15157).
-    pub allow_foreign_urls: bool,
-    /// docker's config.json to take registry credentials from; empty: not read.
-    pub docker_config: PathBuf,
-    /// `berth login`'s credential store (0600); absent file: no credentials from it.
-    pub login_store: PathBuf,
-}
-
-impl Default for TransferConfig {
-    fn default() -> Self {
-        TransferConfig {
-            config_path: "/etc/berth/certs.d".into(),
-            max_concurrent_downloads: 3,
-            max_concurrent_downloads_total: 16,
-            progress_timeout_secs: 30,
-            max_manifest_bytes: 4 << 20,
-            max_layers: 512,
-            allow_foreign_urls: false,
-            docker_config: PathBuf::new(),
-            login_store: "/etc/berth/auth.json".into(),
-        }
-    }
-}
-
-impl TransferConfig {
-    fn validate(&self) -> Result<()> {
-        for (key, v) in [
-            (
-                "transfer.max_concurrent_downloads",
-                self.max_concurrent_downloads as u64,
-            ),
-            (
-                "transfer.max_concurrent_downloads_total",
-                self.max_concurrent_downloads_total as u64,
-            ),
-            ("transfer.progress_timeout_secs", self.progress_timeout_secs),
-            ("transfer.max_manifest_bytes", self.max_manifest_bytes),
-            ("transfer.max_layers", self.max_layers as u64),
-        ] {
-            if v == 0 {
-                return Err(Error::invalid(format!("{key} must be greater than 0")));
-            }
-        }
-        for (key, path) in [
-            ("transfer.config_path", &self.config_path),
-            ("transfer.docker_config", &self.docker_config),
-            ("transfer.login_store", &self.login_store),
-        ] {
-            if !path.as_os_str().is_empty() {
-                absolute(key, path)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// What one client may make the event exchange hold.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EventsConfig {
-    /// Largest event (encoded envelope) Events.Publish and Events.Forward accept.
-    pub max_event_bytes: usize,
-    /// A subscriber further behind than this many events, or bytes, is dropped with
-    /// ResourceExhausted (it may subscribe again).
-    pub backlog_events: usize,
-    pub backlog_bytes: usize,
-}
-
-impl EventsConfig {
-    fn validate(&self) -> Result<()> {
-        for (key, v) in [
-            ("events.max_event_bytes", self.max_event_bytes),
-            ("events.backlog_events", self.backlog_events),
-            ("events.backlog_bytes", self.backlog_bytes),
-        ] {
-            if v == 0 {
-                return Err(Error::invalid(format!("{key} must be greater than 0")));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Default for EventsConfig {
-    fn default() -> Self {
-        let limits = crate::events::Limits::default();
-        EventsConfig {
-            max_event_bytes: limits.max_event_bytes,
-            backlog_events: limits.backlog_events,
-            backlog_bytes: limits.backlog_bytes,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProxyPlugin {
-    /// Only "snapshot" is supported.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The plugin's unix socket.
-    pub address: PathBuf,
-    /// The snapshotter name to ask the remote for (berth extension; default: the plugin's name).
-    #[serde(default)]
-    pub snapshotter: Option<String>,
-    /// The bound on each call to the plugin, connecting included (berth extension): a hung plugin
-    /// fails the call with DeadlineExceeded instead of holding its caller.
-    #[serde(default = "default_proxy_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Accepted for containerd config compatibility; berth does not use them.
-    #[serde(default)]
-    pub platform: Option<String>,
-    #[serde(default)]
-    pub capabilities: Vec<String>,
-}
-
-fn default_proxy_timeout_ms() -> u64 {
-    30_000
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GrpcConfig {
-    /// The API socket (created mode 0660 once the daemon is ready).
-    pub address: PathBuf,
-    /// Owner of the socket, so a group of non-root users can be granted access.
-    pub uid: u32,
-    pub gid: u32,
-    /// containerd's clients send and accept up to 16 MiB.
-    pub max_recv_message_size: usize,
-    pub max_send_message_size: usize,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
 pub struct DebugConfig {
     /// trace, debug, info, warn or error; RUST_LOG, when set, takes precedence.
     pub level: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LeaseConfig {
-    /// How often leases past their `containerd.io/gc.expire` time are removed.
-    pub expiry_interval_secs: u64,
 }
 
 impl Default for Config {
@@ -283,43 +68,11 @@ impl Default for Config {
             diff: berth_layer::Limits::default(),
             proxy_plugins: Default::default(),
             tasks: TasksConfig::default(),
-            events: EventsConfig::default(),
-            transfer: TransferConfig::default(),
+            events: crate::events::Limits::default(),
+            transfer: Default::default(),
             runtimes: [(DEFAULT_RUNTIME.to_string(), RuntimeConfig::default())].into(),
             cni: Default::default(),
         }
-    }
-}
-
-impl ProxyPlugin {
-    fn validate(&self, name: &str) -> Result<()> {
-        if self.kind != "snapshot" {
-            return Err(Error::invalid(format!(
-                "proxy_plugins.{name}.type: {:?} is not supported; only \"snapshot\" is",
-                self.kind
-            )));
-        }
-        if self.timeout_ms == 0 {
-            return Err(Error::invalid(format!(
-                "proxy_plugins.{name}.timeout_ms must be greater than 0"
-            )));
-        }
-        absolute(&format!("proxy_plugins.{name}.address"), &self.address)
-    }
-}
-
-impl GrpcConfig {
-    fn validate(&self) -> Result<()> {
-        absolute("grpc.address", &self.address)?;
-        for (key, v) in [
-            ("grpc.max_recv_message_size", self.max_recv_message_size),
-            ("grpc.max_send_message_size", self.max_send_message_size),
-        ] {
-            if v == 0 {
-                return Err(Error::invalid(format!("{key} must be greater than 0")));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -337,52 +90,10 @@ impl DebugConfig {
     }
 }
 
-impl LeaseConfig {
-    fn validate(&self) -> Result<()> {
-        if self.expiry_interval_secs == 0 {
-            return Err(Error::invalid(
-                "leases.expiry_interval_secs must be greater than 0",
-            ));
-        }
-        Ok(())
-    }
-}
-
-fn absolute(key: &str, path: &Path) -> Result<()> {
-    if path.is_absolute() {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "{key} must be an absolute path, not {:?}",
-            path.display().to_string()
-        )))
-    }
-}
-
-impl Default for GrpcConfig {
-    fn default() -> Self {
-        GrpcConfig {
-            address: "/run/berth/berthd.sock".into(),
-            uid: 0,
-            gid: 0,
-            max_recv_message_size: 16 << 20,
-            max_send_message_size: 16 << 20,
-        }
-    }
-}
-
 impl Default for DebugConfig {
     fn default() -> Self {
         DebugConfig {
             level: "info".into(),
-        }
-    }
-}
-
-impl Default for LeaseConfig {
-    fn default() -> Self {
-        LeaseConfig {
-            expiry_interval_secs: 60,
         }
     }
 }
@@ -413,8 +124,8 @@ impl Config {
                 self.version
             )));
         }
-        absolute("root", &self.root)?;
-        absolute("state", &self.state)?;
+        require_absolute("root", &self.root)?;
+        require_absolute("state", &self.state)?;
         self.grpc.validate()?;
         self.debug.validate()?;
         self.leases.validate()?;

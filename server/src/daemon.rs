@@ -5,9 +5,9 @@ use crate::config::Config;
 use crate::controllers::gc::Collector;
 use crate::controllers::restart::RestartMonitor;
 use crate::events::Exchange;
-use crate::fsutil::make_dir;
+use crate::fsutil::{make_dir, require_absolute};
 use crate::remote_snapshotter::RemoteSnapshotter;
-use crate::runtime::TaskManager;
+use crate::runtime::{Backends, ShimSettings, TaskManager};
 use crate::services::{self, *};
 use crate::snapshots::Snapshotters;
 use berth_api::containerd::services as api;
@@ -16,18 +16,60 @@ use berth_content::ContentStore;
 use berth_errdefs::{Error, Result};
 use berth_metadata::Metadata;
 use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
 
 /// How long in-flight calls may run after SIGTERM before berthd stops regardless.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `[grpc]`: the API socket this module serves and the message sizes it allows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// The API socket (created mode 0660 once the daemon is ready).
+    pub address: PathBuf,
+    /// Owner of the socket, so a group of non-root users can be granted access.
+    pub uid: u32,
+    pub gid: u32,
+    /// containerd's clients send and accept up to 16 MiB.
+    pub max_recv_message_size: usize,
+    pub max_send_message_size: usize,
+}
+
+impl GrpcConfig {
+    pub(crate) fn validate(&self) -> Result<()> {
+        require_absolute("grpc.address", &self.address)?;
+        for (key, v) in [
+            ("grpc.max_recv_message_size", self.max_recv_message_size),
+            ("grpc.max_send_message_size", self.max_send_message_size),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(format!("{key} must be greater than 0")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            address: "/run/berth/berthd.sock".into(),
+            uid: 0,
+            gid: 0,
+            max_recv_message_size: 16 << 20,
+            max_send_message_size: 16 << 20,
+        }
+    }
+}
 
 /// Run berthd until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<()> {
@@ -49,32 +91,28 @@ pub async fn run(config: Config) -> Result<()> {
     let state = Arc::new(State {
         meta: meta.clone(),
         content,
-        events: Exchange::new(crate::events::Limits {
-            max_event_bytes: config.events.max_event_bytes,
-            backlog_events: config.events.backlog_events,
-            backlog_bytes: config.events.backlog_bytes,
-        }),
+        events: Exchange::new(config.events),
         snapshotters,
         gc,
     });
-    tokio::spawn(expire_leases(
+    tokio::spawn(crate::controllers::leases::expire(
         meta.clone(),
-        config.leases.expiry_interval_secs,
+        config.leases.clone(),
     ));
 
-    let tasks = Arc::new(
-        TaskManager::new(
-            &config.state,
-            shim_binary(&config)?,
-            config.runtimes.clone(),
-            Duration::from_millis(config.tasks.shim_connect_timeout_ms),
-            state.events.clone(),
-        )?
-        .with_timeouts(
-            Duration::from_millis(config.tasks.shim_start_timeout_ms),
-            Duration::from_millis(config.tasks.runtime_timeout_ms),
-        ),
-    );
+    let tasks = Arc::new(TaskManager::new(
+        &config.state,
+        Backends {
+            shim: ShimSettings {
+                binary: shim_binary(&config)?,
+                start_timeout: Duration::from_millis(config.tasks.shim_start_timeout_ms),
+                runtime_timeout: Duration::from_millis(config.tasks.runtime_timeout_ms),
+            },
+        },
+        config.runtimes.clone(),
+        Duration::from_millis(config.tasks.shim_connect_timeout_ms),
+        state.events.clone(),
+    )?);
     let recovered = tasks.recover().await?;
     if recovered > 0 {
         tracing::info!(tasks = recovered, "reconnected to running shims");
@@ -437,18 +475,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-}
-
-async fn expire_leases(meta: Arc<Metadata>, interval_secs: u64) {
-    // Config::validate keeps this above 0, which tokio::time::interval requires.
-    let mut tick = tokio::time::interval(Duration::from_secs(interval_secs));
-    loop {
-        tick.tick().await;
-        match meta.expire_leases(SystemTime::now()).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(count = n, "expired leases removed"),
-            Err(e) => tracing::warn!(error = %e, "lease expiry failed"),
-        }
     }
 }

@@ -8,6 +8,7 @@ use berth_api::containerd::types::Envelope;
 use berth_errdefs::{Error, Result};
 use berth_metadata::filters::{Adaptor, Filter};
 use prost::Message;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -16,11 +17,32 @@ use tokio::sync::mpsc;
 /// `max_event_bytes` is refused at Publish/Forward, and a subscriber that falls behind by more
 /// than `backlog_events` events or `backlog_bytes` bytes is dropped with an error (as
 /// containerd's exchange drops a sink that cannot keep up) rather than pin memory.
-#[derive(Debug, Clone, Copy)]
+/// This is the `[events]` config section itself.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
+    /// Largest event (encoded envelope) Events.Publish and Events.Forward accept.
     pub max_event_bytes: usize,
+    /// A subscriber further behind than this many events, or bytes, is dropped with
+    /// ResourceExhausted (it may subscribe again).
     pub backlog_events: usize,
     pub backlog_bytes: usize,
+}
+
+impl Limits {
+    /// Every limit is needed: a zero one would refuse every event or drop every subscriber.
+    pub fn validate(&self) -> Result<()> {
+        for (key, v) in [
+            ("events.max_event_bytes", self.max_event_bytes),
+            ("events.backlog_events", self.backlog_events),
+            ("events.backlog_bytes", self.backlog_bytes),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(format!("{key} must be greater than 0")));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for Limits {

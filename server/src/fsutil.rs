@@ -16,3 +16,16 @@ pub fn make_dir(path: &Path, mode: u32) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io(format!("chmod {}", path.display()), e))
 }
+
+/// Config validation: `key` names a path that must be absolute (a relative one would depend on
+/// the directory berthd happened to start in).
+pub fn require_absolute(key: &str, path: &Path) -> Result<()> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "{key} must be an absolute path, not {:?}",
+            path.display().to_string()
+        )))
+    }
+}

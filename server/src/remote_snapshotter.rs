@@ -7,16 +7,63 @@
 //! `Handle::block_on` on a caller's runtime), and a hung remote costs the caller at most the
 //! plugin's `timeout_ms`: the call then fails with DeadlineExceeded and the request is dropped.
 
+use crate::fsutil::require_absolute;
 use crate::snapshots::from_api_mounts;
 use berth_api::containerd::services::snapshots::v1::{
     self as api, snapshots_client::SnapshotsClient,
 };
+use berth_errdefs::Kind as ErrorKind;
 use berth_snapshotter::{Error, Info, Kind, Mount, Result, Snapshotter, Usage};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use tonic::transport::{Channel, Endpoint};
+
+/// `[proxy_plugins.NAME]`: one proxy plugin of containerd's config. Only snapshotters exist.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyPlugin {
+    /// Only "snapshot" is supported.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The plugin's unix socket.
+    pub address: PathBuf,
+    /// The snapshotter name to ask the remote for (berth extension; default: the plugin's name).
+    #[serde(default)]
+    pub snapshotter: Option<String>,
+    /// The bound on each call to the plugin, connecting included (berth extension): a hung plugin
+    /// fails the call with DeadlineExceeded instead of holding its caller.
+    #[serde(default = "default_proxy_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Accepted for containerd config compatibility; berth does not use them.
+    #[serde(default)]
+    pub platform: Option<String>,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+fn default_proxy_timeout_ms() -> u64 {
+    30_000
+}
+
+impl ProxyPlugin {
+    pub(crate) fn validate(&self, name: &str) -> berth_errdefs::Result<()> {
+        if self.kind != "snapshot" {
+            return Err(berth_errdefs::Error::invalid(format!(
+                "proxy_plugins.{name}.type: {:?} is not supported; only \"snapshot\" is",
+                self.kind
+            )));
+        }
+        if self.timeout_ms == 0 {
+            return Err(berth_errdefs::Error::invalid(format!(
+                "proxy_plugins.{name}.timeout_ms must be greater than 0"
+            )));
+        }
+        require_absolute(&format!("proxy_plugins.{name}.address"), &self.address)
+    }
+}
 
 /// The namespace sent to the remote: berthd has already scoped keys by its own namespaces.
 const REMOTE_NAMESPACE: &str = "berth";
@@ -114,14 +161,20 @@ impl RemoteSnapshotter {
         });
         match rx.recv() {
             Ok(Ok(answer)) => answer.map_err(|s| from_status(&self.name, s)),
-            Ok(Err(_elapsed)) => Err(Error::DeadlineExceeded(format!(
-                "remote snapshotter {}: no answer to {what} within {bound:?}",
-                self.name
-            ))),
-            Err(_) => Err(Error::Unavailable(format!(
-                "remote snapshotter {}: its connection thread has stopped",
-                self.name
-            ))),
+            Ok(Err(_elapsed)) => Err(Error::new(
+                ErrorKind::DeadlineExceeded,
+                format!(
+                    "remote snapshotter {}: no answer to {what} within {bound:?}",
+                    self.name
+                ),
+            )),
+            Err(_) => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "remote snapshotter {}: its connection thread has stopped",
+                    self.name
+                ),
+            )),
         }
     }
 }
@@ -131,9 +184,11 @@ impl RemoteSnapshotter {
 fn spawn_runtime(name: &str) -> Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>)> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
-    let failed = |e: std::io::Error| Error::Io {
-        context: format!("remote snapshotter {name}: start its connection thread"),
-        source: e,
+    let failed = |e: std::io::Error| {
+        Error::io(
+            format!("remote snapshotter {name}: start its connection thread"),
+            e,
+        )
     };
     std::thread::Builder::new()
         .name(format!("proxy-{name}"))
@@ -161,20 +216,11 @@ fn spawn_runtime(name: &str) -> Result<(tokio::runtime::Handle, tokio::sync::one
     Ok((handle, stop_tx))
 }
 
+/// A peer's answer keeps the class it gave, through errdefs' one mapping of gRPC codes.
 fn from_status(name: &str, s: tonic::Status) -> Error {
-    let msg = format!("remote snapshotter {name}: {}", s.message());
-    match s.code() {
-        tonic::Code::NotFound => Error::NotFound(msg),
-        tonic::Code::AlreadyExists => Error::AlreadyExists(msg),
-        tonic::Code::FailedPrecondition => Error::FailedPrecondition(msg),
-        tonic::Code::InvalidArgument => Error::InvalidArgument(msg),
-        tonic::Code::Unavailable => Error::Unavailable(msg),
-        tonic::Code::DeadlineExceeded => Error::DeadlineExceeded(msg),
-        // The rest (Unimplemented, ResourceExhausted, ...) keep their class.
-        _ => Error::Other(
-            berth_errdefs::Error::from(s).context(format!("remote snapshotter {name}")),
-        ),
-    }
+    berth_errdefs::Error::from(s)
+        .context(format!("remote snapshotter {name}"))
+        .into()
 }
 
 fn to_info(mut i: api::Info) -> Info {
@@ -220,7 +266,7 @@ impl Snapshotter for RemoteSnapshotter {
             .call("stat", |mut c| async move { c.stat(req).await })?
             .info;
         info.map(to_info).ok_or_else(|| {
-            Error::InvalidArgument(format!(
+            Error::invalid(format!(
                 "remote snapshotter {}: empty Stat answer",
                 self.name
             ))
@@ -243,7 +289,7 @@ impl Snapshotter for RemoteSnapshotter {
             .call("update", |mut c| async move { c.update(req).await })?
             .info;
         info.map(to_info).ok_or_else(|| {
-            Error::InvalidArgument(format!(
+            Error::invalid(format!(
                 "remote snapshotter {}: empty Update answer",
                 self.name
             ))
@@ -352,7 +398,7 @@ impl Snapshotter for RemoteSnapshotter {
     }
 
     fn active_dir(&self, key: &str) -> Result<PathBuf> {
-        Err(Error::FailedPrecondition(format!(
+        Err(Error::precondition(format!(
             "snapshot {key:?} lives in remote snapshotter {}: no local directory",
             self.name
         )))

@@ -172,20 +172,20 @@ impl Scoped {
         info
     }
 
-    /// Error messages name the client's key, not our namespaced one.
+    /// Error messages name the client's key, not our namespaced one; the class stays.
     fn err(&self, e: berth_snapshotter::Error) -> Error {
-        use berth_snapshotter::Error as S;
         let strip = |name: &str| name.strip_prefix(&self.prefix).unwrap_or(name).to_string();
-        match e {
-            S::NotFound(name) => {
-                Error::not_found(format!("snapshot {:?}: not found", strip(&name)))
+        let message = match e.snapshot() {
+            Some(name) => Some(format!("snapshot {:?}: {}", strip(name), e.kind())),
+            // An I/O error's message names paths, not keys.
+            None if std::error::Error::source(&e).is_none() => {
+                Some(e.message().replace(&self.prefix, ""))
             }
-            S::AlreadyExists(name) => {
-                Error::exists(format!("snapshot {:?}: already exists", strip(&name)))
-            }
-            S::FailedPrecondition(m) => Error::precondition(m.replace(&self.prefix, "")),
-            S::InvalidArgument(m) => Error::invalid(m.replace(&self.prefix, "")),
-            other => other.into(),
+            None => None,
+        };
+        match message {
+            Some(m) => e.with_message(m).into(),
+            None => e.into(),
         }
     }
 

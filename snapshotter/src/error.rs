@@ -1,59 +1,128 @@
-//! The crate's error vocabulary: containerd's errdefs classes, which berthd maps to gRPC codes.
+//! The crate's error: one containerd errdefs class per error (a proxy's answer keeps the class the
+//! peer gave), a message, and the I/O error behind it if any. `From<Error> for
+//! berth_errdefs::Error` is the one conversion out of this crate; berthd maps that to gRPC.
 
+use berth_errdefs::Kind;
+use std::fmt;
 use std::path::Path;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("snapshot {0}: not found")]
-    NotFound(String),
-    #[error("snapshot {0}: already exists")]
-    AlreadyExists(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// The store cannot be reached now (a proxy snapshotter's socket); the client may retry.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The store did not answer within its bound (a hung proxy snapshotter).
-    #[error("{0}")]
-    DeadlineExceeded(String),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// Any other class a proxy snapshotter answered with (Unimplemented, ResourceExhausted, ...),
-    /// kept as is.
-    #[error(transparent)]
-    Other(#[from] berth_errdefs::Error),
+pub struct Error {
+    kind: Kind,
+    /// The snapshot a NotFound or AlreadyExists is about: a wrapper that renames keys (berthd's
+    /// namespaces) rebuilds the message from it.
+    snapshot: Option<String>,
+    message: String,
+    source: Option<std::io::Error>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Io {
-            context: context.into(),
-            source,
+    pub fn new(kind: Kind, message: impl Into<String>) -> Error {
+        Error {
+            kind,
+            snapshot: None,
+            message: message.into(),
+            source: None,
         }
+    }
+
+    /// No snapshot `key` (or name) exists.
+    pub fn not_found(key: &str) -> Error {
+        Self::about(Kind::NotFound, key)
+    }
+
+    /// A snapshot `key` (or name) exists already.
+    pub fn exists(key: &str) -> Error {
+        Self::about(Kind::AlreadyExists, key)
+    }
+
+    fn about(kind: Kind, key: &str) -> Error {
+        Error {
+            snapshot: Some(key.to_string()),
+            ..Self::new(kind, format!("snapshot {key}: {kind}"))
+        }
+    }
+
+    pub fn precondition(message: impl Into<String>) -> Error {
+        Self::new(Kind::FailedPrecondition, message)
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Error {
+        Self::new(Kind::InvalidArgument, message)
+    }
+
+    /// An I/O error while doing `context`; its class follows the I/O error's, as errdefs' does.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error {
+            kind: Kind::of_io(source.kind()),
+            snapshot: None,
+            message: context.into(),
+            source: Some(source),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The snapshot a NotFound or AlreadyExists names, as the snapshotter knows it.
+    pub fn snapshot(&self) -> Option<&str> {
+        self.snapshot.as_deref()
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The same error (class, cause) told with another message.
+    pub fn with_message(mut self, message: impl Into<String>) -> Error {
+        self.message = message.into();
+        self
+    }
+}
+
+/// An error from elsewhere in the vocabulary (a proxy's answer, a shared helper): its class is kept.
+impl From<berth_errdefs::Error> for Error {
+    fn from(e: berth_errdefs::Error) -> Self {
+        Self::new(e.kind(), e.to_string())
     }
 }
 
 impl From<Error> for berth_errdefs::Error {
     fn from(e: Error) -> Self {
-        use berth_errdefs::Error as E;
-        match e {
-            Error::NotFound(_) => E::not_found(e.to_string()),
-            Error::AlreadyExists(_) => E::exists(e.to_string()),
-            Error::FailedPrecondition(m) => E::precondition(m),
-            Error::InvalidArgument(m) => E::invalid(m),
-            Error::Unavailable(m) => E::unavailable(m),
-            Error::DeadlineExceeded(m) => E::deadline_exceeded(m),
-            Error::Io { context, source } => E::io(context, source),
-            Error::Other(inner) => inner,
+        match e.source {
+            Some(source) => Self::with_source(e.kind, e.message, source),
+            None => Self::new(e.kind, e.message),
         }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(s) => write!(f, "{}: {s}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind).field("message", &self.message);
+        if let Some(s) = &self.source {
+            d.field("source", s);
+        }
+        d.finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_ref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -71,18 +140,26 @@ mod tests {
     #[test]
     fn a_proxy_that_cannot_answer_keeps_its_class() {
         for (e, kind) in [
-            (Error::Unavailable("down".into()), Kind::Unavailable),
+            (berth_errdefs::Error::unavailable("down"), Kind::Unavailable),
             (
-                Error::DeadlineExceeded("hung".into()),
+                berth_errdefs::Error::deadline_exceeded("hung"),
                 Kind::DeadlineExceeded,
             ),
             (
-                Error::Other(berth_errdefs::Error::unimplemented("usage")),
+                berth_errdefs::Error::unimplemented("usage"),
                 Kind::Unimplemented,
             ),
         ] {
-            let e = berth_errdefs::Error::from(e);
+            let e = berth_errdefs::Error::from(Error::from(e));
             assert_eq!(e.kind(), kind, "{e}");
         }
+    }
+
+    #[test]
+    fn an_io_error_keeps_its_cause_and_class() {
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = berth_errdefs::Error::from(Error::io("open x", missing));
+        assert_eq!(e.kind(), Kind::NotFound);
+        assert_eq!(e.io_kind(), Some(std::io::ErrorKind::NotFound));
     }
 }

@@ -214,7 +214,7 @@ pub fn validate_labels(labels: &HashMap<String, String>) -> Result<()> {
     for (k, v) in labels {
         if k.len() + v.len() > MAX_LABEL_SIZE {
             let short: String = k.chars().take(10).collect();
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid(format!(
                 "label key and value greater than maximum size ({MAX_LABEL_SIZE} bytes), key: {short}"
             )));
         }
@@ -242,9 +242,9 @@ mod tests {
         l.insert("k".to_string(), "v".repeat(MAX_LABEL_SIZE - 1));
         assert!(validate_labels(&l).is_ok());
         l.insert("k2".to_string(), "v".repeat(MAX_LABEL_SIZE - 1));
-        assert!(matches!(
-            validate_labels(&l),
-            Err(Error::InvalidArgument(_))
-        ));
+        assert_eq!(
+            validate_labels(&l).map_err(|e| e.kind()).err(),
+            Some(berth_errdefs::Kind::InvalidArgument)
+        );
     }
 }

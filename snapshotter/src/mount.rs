@@ -125,7 +125,7 @@ impl Mount {
         }
         let (flags, data) = parse_options(&options);
         if data.len() >= PAGE_SIZE {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid(format!(
                 "mount options are too long ({} bytes)",
                 data.len()
             )));

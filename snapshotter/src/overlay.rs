@@ -259,10 +259,10 @@ mod tests {
                 options: want
             }]
         );
-        assert!(matches!(
-            sn.mounts("c2"),
-            Err(crate::Error::FailedPrecondition(_))
-        ));
+        assert_eq!(
+            sn.mounts("c2").map_err(|e| e.kind()).err(),
+            Some(berth_errdefs::Kind::FailedPrecondition)
+        );
         assert_eq!(
             sn.active_dir("a2").err().map(|e| e.to_string()),
             Some("snapshot a2: not found".into())

@@ -149,10 +149,6 @@ fn parse_id(name: &str) -> Option<u64> {
     (id.to_string() == name).then_some(id)
 }
 
-fn not_found(key: &str) -> Error {
-    Error::NotFound(key.to_string())
-}
-
 /// Removes a directory tree or a stray file; already gone is fine.
 fn remove_path(path: &Path) -> std::io::Result<()> {
     let res = match path.symlink_metadata() {
@@ -350,7 +346,7 @@ impl MetaStore {
         g.entries
             .get(key)
             .filter(|e| e.visible())
-            .ok_or_else(|| not_found(key))
+            .ok_or_else(|| Error::not_found(key))
     }
 
     /// Parent ids of a snapshot whose parent is `parent`, nearest first.
@@ -358,11 +354,11 @@ impl MetaStore {
         let mut ids = Vec::new();
         let mut p = parent;
         while !p.is_empty() {
-            let e = g.entries.get(p).ok_or_else(|| not_found(p))?;
+            let e = g.entries.get(p).ok_or_else(|| Error::not_found(p))?;
             ids.push(e.id);
             p = &e.info.parent;
             if ids.len() > g.entries.len() {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Error::precondition(format!(
                     "parent chain of {parent:?} has a cycle"
                 )));
             }
@@ -379,7 +375,7 @@ impl MetaStore {
         let g = self.lock();
         let e = Self::get(&g, key)?;
         if e.info.kind == Kind::Committed {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::precondition(format!(
                 "snapshot {key:?} is committed, not active or view"
             )));
         }
@@ -394,7 +390,7 @@ impl MetaStore {
         let g = self.lock();
         let e = Self::get(&g, key)?;
         if e.info.kind != Kind::Active {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::precondition(format!(
                 "snapshot {key:?} is not active"
             )));
         }
@@ -413,9 +409,7 @@ impl MetaStore {
         populate: Populate<'_>,
     ) -> Result<Snapshot> {
         if key.is_empty() {
-            return Err(Error::InvalidArgument(
-                "snapshot key must not be empty".into(),
-            ));
+            return Err(Error::invalid("snapshot key must not be empty"));
         }
         validate_labels(&labels)?;
         let (snap, info) = {
@@ -426,14 +420,14 @@ impl MetaStore {
             } else {
                 let p = Self::get(&g, parent)?;
                 if p.info.kind != Kind::Committed {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::invalid(format!(
                         "parent {parent:?} is not a committed snapshot"
                     )));
                 }
                 Self::chain(&g, parent)?
             };
             if g.entries.contains_key(key) {
-                return Err(Error::AlreadyExists(key.to_string()));
+                return Err(Error::exists(key));
             }
             let id = g.next_id;
             g.next_id += 1;
@@ -503,23 +497,21 @@ impl MetaStore {
     /// its record (same id, same directory).
     pub fn commit(&self, name: &str, key: &str, labels: HashMap<String, String>) -> Result<()> {
         if name.is_empty() || key.is_empty() {
-            return Err(Error::InvalidArgument(
-                "snapshot name and key must not be empty".into(),
-            ));
+            return Err(Error::invalid("snapshot name and key must not be empty"));
         }
         validate_labels(&labels)?;
         let (id, info) = {
             let mut g = self.lock_idle(key);
             if g.entries.contains_key(name) {
-                return Err(Error::AlreadyExists(name.to_string()));
+                return Err(Error::exists(name));
             }
             let e = g
                 .entries
                 .get_mut(key)
                 .filter(|e| e.visible())
-                .ok_or_else(|| not_found(key))?;
+                .ok_or_else(|| Error::not_found(key))?;
             if e.info.kind != Kind::Active {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Error::precondition(format!(
                     "snapshot {key:?} is not active"
                 )));
             }
@@ -585,7 +577,7 @@ impl MetaStore {
             let mut g = self.lock_idle(key);
             let e = Self::get(&g, key)?;
             if e.children > 0 {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Error::precondition(format!(
                     "cannot remove snapshot {key:?} with child"
                 )));
             }
@@ -606,9 +598,7 @@ impl MetaStore {
     pub fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
         let name = info.name.as_str();
         if name.is_empty() {
-            return Err(Error::InvalidArgument(
-                "snapshot name must not be empty".into(),
-            ));
+            return Err(Error::invalid("snapshot name must not be empty"));
         }
         let (id, usage, updated) = {
             let mut g = self.lock_idle(name);
@@ -616,7 +606,7 @@ impl MetaStore {
                 .entries
                 .get_mut(name)
                 .filter(|e| e.visible())
-                .ok_or_else(|| not_found(name))?;
+                .ok_or_else(|| Error::not_found(name))?;
             let mut labels = e.info.labels.clone();
             if fieldpaths.is_empty() {
                 labels = info.labels;
@@ -630,7 +620,7 @@ impl MetaStore {
                     } else if path == "labels" {
                         labels = info.labels.clone();
                     } else {
-                        return Err(Error::InvalidArgument(format!(
+                        return Err(Error::invalid(format!(
                             "cannot update {path:?} field on snapshot {name:?}"
                         )));
                     }

@@ -365,7 +365,13 @@ mod tests {
         let events = Exchange::default();
         let tasks = TaskManager::new(
             &dir.join("state"),
-            dir.join("no-such-shim"),
+            crate::runtime::Backends {
+                shim: crate::runtime::ShimSettings {
+                    binary: dir.join("no-such-shim"),
+                    start_timeout: Duration::from_secs(30),
+                    runtime_timeout: Duration::from_secs(60),
+                },
+            },
             [(
                 crate::config::DEFAULT_RUNTIME.to_string(),
                 crate::config::RuntimeConfig::default(),

@@ -2,15 +2,107 @@
 //!
 //! `TaskManager` keeps which tasks exist, their slots and events; every per-task operation goes
 //! through a `TaskBackend`, in the runtime's own types (`types.rs`). Today there is one backend,
-//! berth-shim (`shim.rs`, the only module that speaks its protocol). A second one — a containerd
-//! shim-v2 binary over ttrpc, or an in-process runner — is a new variant here plus its create
-//! and recovery paths in `TaskManager`; services and controllers do not change.
+//! berth-shim (`shim.rs`, the only module that speaks its protocol). A backend is chosen by the
+//! runtime's `type` and recorded in the task's record, so a restarted daemon reconnects through
+//! the same one. A second backend — a containerd shim-v2 binary over ttrpc, or an in-process
+//! runner — is a new `TaskBackend` variant plus its arms in `Backends` (create, reconnect, clean
+//! up after it died); `TaskManager`, services and controllers do not change.
 
-use super::shim::ShimSocket;
+use super::config::DEFAULT_RUNTIME;
+use super::shim::{self, ShimSocket};
 use super::types::{Exit, ProcessPid, ProcessState};
-use super::Stdio;
-use berth_errdefs::Result;
+use super::{Stdio, TaskRecord};
+use berth_errdefs::{Error, Result};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// What a backend is given to run a new task: its record (the resolved runtime), the prepared
+/// bundle (spec, mounted rootfs), a private directory for its sockets, and the client's stdio.
+pub struct NewTask<'a> {
+    pub record: &'a TaskRecord,
+    pub bundle: &'a Path,
+    pub socket_dir: &'a Path,
+    pub stdio: &'a Stdio,
+}
+
+/// What reconnecting to a task's backend after a restart found.
+pub enum Reconnected {
+    /// It answers; these are the processes it knows (init among them, unless it was deleted).
+    Live(TaskBackend, Vec<ProcessState>),
+    /// It lives but did not answer in time (busy, or stopped): ask again later, never kill
+    /// the container for that.
+    Slow,
+    /// Gone, or answering nothing useful; why.
+    Dead(String),
+}
+
+/// berth-shim's settings (`[tasks]`).
+#[derive(Debug, Clone)]
+pub struct ShimSettings {
+    /// The berth-shim binary.
+    pub binary: PathBuf,
+    /// The bound on `berth-shim start`.
+    pub start_timeout: Duration,
+    /// The shim's bound on each runtime command it runs.
+    pub runtime_timeout: Duration,
+}
+
+/// The backends the runtime can create tasks with, by runtime type.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    pub shim: ShimSettings,
+}
+
+impl Backends {
+    /// Start what runs the task and create its init process: the backend and init's pid. On
+    /// failure nothing of the backend is left running (the bundle is the caller's).
+    pub async fn create(&self, t: NewTask<'_>) -> Result<(TaskBackend, u32)> {
+        match t.record.runtime_type.as_str() {
+            DEFAULT_RUNTIME => {
+                let (socket, pid) = shim::create(&self.shim, &t).await?;
+                Ok((TaskBackend::Shim(socket), pid))
+            }
+            other => Err(unsupported(other)),
+        }
+    }
+
+    /// Reach the backend of a task found on disk after a restart, within `timeout`.
+    pub async fn reconnect(
+        &self,
+        record: &TaskRecord,
+        bundle: &Path,
+        socket_dir: &Path,
+        timeout: Duration,
+    ) -> Reconnected {
+        match record.runtime_type.as_str() {
+            DEFAULT_RUNTIME => shim::reconnect(record, bundle, socket_dir, timeout).await,
+            other => Reconnected::Dead(unsupported(other).to_string()),
+        }
+    }
+
+    /// After a task's backend died: stop the container's processes it left behind.
+    pub async fn clean_up_dead(&self, record: &TaskRecord) {
+        match record.runtime_type.as_str() {
+            DEFAULT_RUNTIME => shim::clean_up_dead(record).await,
+            other => tracing::warn!(task = %record.id, "{}", unsupported(other)),
+        }
+    }
+
+    /// The exit of init a dead backend left on record in the bundle, if any.
+    pub fn recorded_exit(&self, record: Option<&TaskRecord>, bundle: &Path) -> Option<Exit> {
+        match record.map(|r| r.runtime_type.as_str()) {
+            Some(DEFAULT_RUNTIME) => shim::recorded_exit(bundle, "init"),
+            // No record: nothing was launched for this bundle, so nothing recorded an exit.
+            _ => None,
+        }
+    }
+}
+
+fn unsupported(runtime_type: &str) -> Error {
+    Error::unimplemented(format!(
+        "runtime type {runtime_type:?} has no backend in berthd (it runs {DEFAULT_RUNTIME})"
+    ))
+}
 
 /// How berthd reaches the thing running one task.
 #[derive(Debug)]

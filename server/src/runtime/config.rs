@@ -1,4 +1,5 @@
-//! The runtime's config section, `[runtimes.NAME]`: owned and validated here, read by config.rs.
+//! The runtime's config sections, `[tasks]` and `[runtimes.NAME]`: owned and validated here,
+//! composed by config.rs.
 
 use berth_errdefs::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,75 @@ impl Default for RuntimeConfig {
             systemd_cgroup: false,
             no_pivot_root: false,
             no_new_keyring: false,
+        }
+    }
+}
+
+/// `[tasks]`: how the daemon launches and waits for shims, and (for the restart monitor, which
+/// brings tasks back) how often it looks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TasksConfig {
+    /// The berth-shim binary; empty: the one beside berthd.
+    pub shim: PathBuf,
+    /// How long a restarted daemon waits for each shim to answer before treating it as dead.
+    pub shim_connect_timeout_ms: u64,
+    /// How often the restart monitor brings containers labelled `containerd.io/restart.status`
+    /// back to that status (containerd's restart plugin `interval`).
+    pub restart_interval_ms: u64,
+    /// How long `berth-shim start` may take to print its socket; past it the launcher is killed
+    /// and the task's create fails with DeadlineExceeded.
+    pub shim_start_timeout_ms: u64,
+    /// How long one runc (runtime) command inside a shim may run before the shim kills it and
+    /// fails the call with DeadlineExceeded. Keep it under the daemon's 120 s wait for such calls.
+    pub runtime_timeout_ms: u64,
+}
+
+/// Shortest restart monitor interval: below it the monitor would spin on a busy host.
+pub const MIN_RESTART_INTERVAL_MS: u64 = 100;
+
+impl TasksConfig {
+    pub(crate) fn validate(&self) -> Result<()> {
+        for (key, v) in [
+            (
+                "tasks.shim_connect_timeout_ms",
+                self.shim_connect_timeout_ms,
+            ),
+            ("tasks.shim_start_timeout_ms", self.shim_start_timeout_ms),
+            ("tasks.runtime_timeout_ms", self.runtime_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(format!("{key} must be greater than 0")));
+            }
+        }
+        // The daemon waits at most SLOW_CALL for a shim call that runs runc; a runtime bound past
+        // it would turn the shim's clear DeadlineExceeded into the daemon's vaguer one.
+        let slow_call_ms = super::shim::SLOW_CALL.as_millis() as u64;
+        if self.runtime_timeout_ms >= slow_call_ms {
+            return Err(Error::invalid(format!(
+                "tasks.runtime_timeout_ms must be less than {slow_call_ms} (the daemon's wait for a \
+                 runtime call), not {}",
+                self.runtime_timeout_ms
+            )));
+        }
+        if self.restart_interval_ms < MIN_RESTART_INTERVAL_MS {
+            return Err(Error::invalid(format!(
+                "tasks.restart_interval_ms must be at least {MIN_RESTART_INTERVAL_MS}, not {}",
+                self.restart_interval_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        TasksConfig {
+            shim: PathBuf::new(),
+            shim_connect_timeout_ms: 1000,
+            restart_interval_ms: 10_000,
+            shim_start_timeout_ms: 30_000,
+            runtime_timeout_ms: 60_000,
         }
     }
 }

@@ -1,10 +1,10 @@
-//! Tasks: running containers through one berth-shim per container (shim/README.md is the
-//! shim's contract).
+//! Tasks: running containers, each through a backend (`backend.rs`; today one berth-shim per
+//! container, shim/README.md being the shim's contract).
 //!
-//! The shim is the source of truth for a task's processes: berthd keeps only which tasks exist
-//! and where their shims listen, asks the shim for state on every call, and rebuilds its table
-//! from the bundles on disk after a restart (`recover`). Every transition publishes containerd's
-//! event.
+//! The backend is the source of truth for a task's processes: berthd keeps only which tasks
+//! exist and how to reach what runs them, asks on every call, and rebuilds its table from the
+//! bundles on disk after a restart (`recover`). Every transition publishes containerd's event.
+//! Nothing in this module speaks a backend's protocol or knows how one is launched.
 //!
 //! On disk, under the state dir (tmpfs in production: tasks do not survive a reboot):
 //! - `tasks/<ns>/<id>/` the bundle (0700): `config.json` (the container's spec verbatim),
@@ -20,7 +20,7 @@ pub mod types;
 
 use crate::blocking::blocking;
 use crate::events::Exchange;
-pub use backend::TaskBackend;
+pub use backend::{Backends, NewTask, ShimSettings, TaskBackend};
 use berth_api::containerd::events::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIo, TaskOom, TaskPaused,
     TaskResumed, TaskStart,
@@ -32,7 +32,6 @@ use berth_errdefs::{Error, Result};
 pub use config::{RuntimeConfig, DEFAULT_RUNTIME};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use shim::ShimSocket;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -42,12 +41,17 @@ pub use types::{timestamp, Exit, ProcessPid, ProcessState, Status};
 /// The longest socket name the shim binds in its socket dir is `console.sock`; sun_path is 108.
 const MAX_SOCKET_DIR_LEN: usize = 107 - "/console.sock".len();
 
-/// How berthd launched a task's shim: enough to clean up after a shim that died.
+/// How berthd launched a task: which backend runs it, and enough to clean up after one that died.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskRecord {
     pub namespace: String,
     pub id: String,
+    /// The runtime's name in the config (`[runtimes.NAME]`).
     pub runtime: String,
+    /// The runtime's type, which picks the backend (`Backends`). Records written before it
+    /// existed were all berth-shim's.
+    #[serde(default = "default_runtime_type")]
+    pub runtime_type: String,
     pub binary_name: String,
     /// runc's --root, the namespace included.
     pub runc_root: PathBuf,
@@ -56,6 +60,10 @@ pub struct TaskRecord {
     pub no_pivot_root: bool,
     #[serde(default)]
     pub no_new_keyring: bool,
+}
+
+fn default_runtime_type() -> String {
+    DEFAULT_RUNTIME.to_string()
 }
 
 /// A task berthd knows: where its bundle is and how to reach what runs it.
@@ -96,18 +104,13 @@ enum Slot {
     Ready(Arc<Task>),
 }
 
-/// `[tasks] shim_start_timeout_ms` and `runtime_timeout_ms` by default.
-const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
-const DEFAULT_RUNTIME_TIMEOUT: Duration = Duration::from_secs(60);
-
 pub struct TaskManager {
     state_dir: PathBuf,
-    shim_binary: PathBuf,
+    backends: Backends,
     runtimes: BTreeMap<String, RuntimeConfig>,
+    /// How long a backend may take to answer whether it lives (after a restart, after a broken
+    /// wait).
     connect_timeout: Duration,
-    /// Bounds on `berth-shim start` and, inside the shim, on each runtime command.
-    start_timeout: Duration,
-    runtime_timeout: Duration,
     events: Exchange,
     tasks: Mutex<HashMap<(String, String), Slot>>,
 }
@@ -130,18 +133,16 @@ impl Drop for Reservation<'_> {
 impl TaskManager {
     pub fn new(
         state_dir: &Path,
-        shim_binary: PathBuf,
+        backends: Backends,
         runtimes: BTreeMap<String, RuntimeConfig>,
         connect_timeout: Duration,
         events: Exchange,
     ) -> Result<TaskManager> {
         let manager = TaskManager {
             state_dir: state_dir.to_path_buf(),
-            shim_binary,
+            backends,
             runtimes,
             connect_timeout,
-            start_timeout: DEFAULT_START_TIMEOUT,
-            runtime_timeout: DEFAULT_RUNTIME_TIMEOUT,
             events,
             tasks: Mutex::new(HashMap::new()),
         };
@@ -157,14 +158,6 @@ impl TaskManager {
             crate::fsutil::make_dir(&dir, 0o711)?;
         }
         Ok(manager)
-    }
-
-    /// Set the bounds on starting a shim and on the runtime commands it runs (`[tasks]`
-    /// `shim_start_timeout_ms`, `runtime_timeout_ms`).
-    pub fn with_timeouts(mut self, start: Duration, runtime: Duration) -> Self {
-        self.start_timeout = start;
-        self.runtime_timeout = runtime;
-        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Slot>> {
@@ -305,6 +298,7 @@ impl TaskManager {
             namespace: ns.clone(),
             id: id.clone(),
             runtime,
+            runtime_type: rt.kind.clone(),
             binary_name: rt.binary_name.clone(),
             runc_root: rt.root.clone(),
             systemd_cgroup: rt.systemd_cgroup,
@@ -321,10 +315,19 @@ impl TaskManager {
         };
         let bundle_ready = started.elapsed();
         let launched = match prepared {
-            Ok(()) => self.launch(&record, &bundle, &socket_dir, &req.stdio).await,
+            Ok(()) => {
+                self.backends
+                    .create(NewTask {
+                        record: &record,
+                        bundle: &bundle,
+                        socket_dir: &socket_dir,
+                        stdio: &req.stdio,
+                    })
+                    .await
+            }
             Err(e) => Err(e),
         };
-        let (shim, pid) = match launched {
+        let (backend, pid) = match launched {
             Ok(ok) => ok,
             Err(e) => {
                 if let Err(clean) = remove_task_dirs(&bundle, &socket_dir).await {
@@ -343,7 +346,7 @@ impl TaskManager {
             record,
             bundle: bundle.clone(),
             socket_dir,
-            backend: TaskBackend::Shim(shim),
+            backend,
             pid,
             lifecycle: Default::default(),
         });
@@ -374,49 +377,6 @@ impl TaskManager {
         Ok(task)
     }
 
-    async fn launch(
-        &self,
-        record: &TaskRecord,
-        bundle: &Path,
-        socket_dir: &Path,
-        stdio: &Stdio,
-    ) -> Result<(ShimSocket, u32)> {
-        let path = shim::launch(&shim::Launch {
-            shim: &self.shim_binary,
-            namespace: &record.namespace,
-            id: &record.id,
-            bundle,
-            socket_dir,
-            runtime_binary: &record.binary_name,
-            runtime_root: &record.runc_root,
-            systemd_cgroup: record.systemd_cgroup,
-            no_pivot_root: record.no_pivot_root,
-            no_new_keyring: record.no_new_keyring,
-            timeout: self.start_timeout,
-            runtime_timeout: self.runtime_timeout,
-        })
-        .await?;
-        let launched = std::time::Instant::now();
-        let shim = ShimSocket {
-            task: record.id.clone(),
-            path,
-        };
-        let created = shim.create(stdio).await;
-        tracing::debug!(
-            task = %record.id,
-            runc_create_ms = launched.elapsed().as_secs_f64() * 1e3,
-            "shim launched, runc create done"
-        );
-        match created {
-            Ok(pid) => Ok((shim, pid)),
-            Err(e) => {
-                // Nothing was created: the shim may go.
-                let _ = shim.shutdown().await;
-                Err(e)
-            }
-        }
-    }
-
     /// Publish /tasks/exit when a process ends (one open `wait` per process). If init's wait
     /// breaks because the shim died (not because the task was deleted), the task is cleaned up
     /// as a restart would, and its exit reported from the shim's record (or 255, as containerd).
@@ -430,8 +390,10 @@ impl TaskManager {
             };
             let exit = match task.backend.wait(&exec_id).await {
                 Ok(exit) => exit,
-                Err(_) if exec_id.is_empty() && manager.shim_died(&task).await => {
-                    let record = shim::recorded_exit(&task.bundle, "init");
+                Err(_) if exec_id.is_empty() && manager.backend_died(&task).await => {
+                    let record = manager
+                        .backends
+                        .recorded_exit(Some(&task.record), &task.bundle);
                     manager.clean_up_dead(
                         task.bundle.clone(),
                         task.socket_dir.clone(),
@@ -466,8 +428,8 @@ impl TaskManager {
         });
     }
 
-    /// Whether `task` is still this daemon's live task but its shim no longer answers.
-    async fn shim_died(&self, task: &Arc<Task>) -> bool {
+    /// Whether `task` is still this daemon's live task but its backend no longer answers.
+    async fn backend_died(&self, task: &Arc<Task>) -> bool {
         let current = match self
             .lock()
             .get(&(task.record.namespace.clone(), task.record.id.clone()))

@@ -1,11 +1,13 @@
-//! After a restart: find every task from the bundles on disk and ask its shim how it is.
+//! After a restart: find every task from the bundles on disk and ask its backend (the shim) how
+//! it is, through `Backends::reconnect`.
 //!
-//! All shims are probed at once, each with a short timeout, so a hung or dead shim costs at most
-//! that timeout and never blocks start-up for long (containerd once took an hour here). A dead
-//! shim's task (shim killed, or a stale state dir) is cleaned up in the background: `runc delete
-//! --force`, unmount, remove — its slot stays Busy until then, so no new task races the cleanup.
+//! All backends are probed at once, each with a short timeout, so a hung or dead shim costs at
+//! most that timeout and never blocks start-up for long (containerd once took an hour here). A
+//! dead backend's task (shim killed, or a stale state dir) is cleaned up in the background: the
+//! backend's own cleanup (`runc delete --force` for berth-shim), unmount, remove — its slot stays
+//! Busy until then, so no new task races the cleanup.
 
-use super::shim::ShimSocket;
+use super::backend::Reconnected;
 use super::types::{ProcessState, Status};
 use super::{remove_task_dirs, Slot, Task, TaskManager, TaskRecord};
 use berth_errdefs::{Error, Result};
@@ -110,21 +112,18 @@ impl TaskManager {
             // Written before the shim is launched: without it, no shim ever ran here.
             Err(e) => return dead(None, format!("no task record ({e})")),
         };
-        let shim = ShimSocket {
-            task: id.clone(),
-            path: socket_dir.join("shim.sock"),
+        let (backend, processes) = match self
+            .backends
+            .reconnect(&record, &bundle, &socket_dir, self.connect_timeout)
+            .await
+        {
+            Reconnected::Live(backend, processes) => (backend, processes),
+            Reconnected::Slow => return Found::Slow { ns, id, bundle },
+            Reconnected::Dead(why) => return dead(Some(record), why),
         };
-        // One round trip: a shim that lists its processes is alive.
-        let listed = tokio::time::timeout(self.connect_timeout, shim.list()).await;
-        let processes = match listed {
-            Ok(Ok(processes)) => processes,
-            Err(_) if shim_process_alive(&bundle) => return Found::Slow { ns, id, bundle },
-            Err(_) => return dead(Some(record), "shim not answering and not running".into()),
-            Ok(Err(e)) => return dead(Some(record), format!("shim not answering: {e}")),
-        };
-        // Init deleted but the shim still up: the daemon died in the middle of a Delete.
+        // Init deleted but its backend still up: the daemon died in the middle of a Delete.
         let Some(init) = processes.iter().find(|p| p.id == id) else {
-            let _ = shim.shutdown().await;
+            let _ = backend.shutdown().await;
             return dead(Some(record), "init process already deleted".into());
         };
         let task = Arc::new(Task {
@@ -132,7 +131,7 @@ impl TaskManager {
             record,
             bundle,
             socket_dir,
-            backend: super::TaskBackend::Shim(shim),
+            backend,
             lifecycle: Default::default(),
         });
         Found::Live(task, processes)
@@ -191,7 +190,7 @@ impl TaskManager {
             ),
             _ => return,
         };
-        let exit = super::shim::recorded_exit(&bundle, "init");
+        let exit = self.backends.recorded_exit(record.as_ref(), &bundle);
         tracing::warn!(
             namespace = %ns, task = %id, reason = %why,
             exit_status = exit.as_ref().map(|e| e.exit_status),
@@ -201,20 +200,7 @@ impl TaskManager {
         let manager = self.clone();
         tokio::spawn(async move {
             if let Some(r) = &record {
-                // The container's processes outlive a killed shim until this.
-                let out = tokio::process::Command::new(&r.binary_name)
-                    .arg("--root")
-                    .arg(&r.runc_root)
-                    .args(["delete", "--force", &r.id])
-                    .stdin(std::process::Stdio::null())
-                    .output()
-                    .await;
-                if let Ok(out) = out {
-                    let err = String::from_utf8_lossy(&out.stderr);
-                    if !out.status.success() && !err.contains("does not exist") {
-                        tracing::warn!(task = %id, error = %err.trim(), "runc delete");
-                    }
-                }
+                manager.backends.clean_up_dead(r).await;
             }
             if let Err(e) = remove_task_dirs(&bundle, &socket_dir).await {
                 tracing::warn!(task = %id, error = %e, "removing a dead task's bundle");
@@ -225,19 +211,6 @@ impl TaskManager {
             }
         });
     }
-}
-
-/// Whether the shim recorded in `<bundle>/shim.pid` is still a running berth-shim.
-fn shim_process_alive(bundle: &Path) -> bool {
-    let Some(pid) = std::fs::read_to_string(bundle.join("shim.pid"))
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-    else {
-        return false;
-    };
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("berth-shim"))
-        .unwrap_or(false)
 }
 
 /// `(namespace, id, bundle)` of every bundle directory.

@@ -97,7 +97,7 @@ impl ShimSocket {
 }
 
 /// What `berth-shim start` needs.
-pub struct Launch<'a> {
+struct Launch<'a> {
     pub shim: &'a Path,
     pub namespace: &'a str,
     pub id: &'a str,
@@ -116,7 +116,7 @@ pub struct Launch<'a> {
 
 /// Run `berth-shim start`: it daemonizes (its own session, reparented away from berthd) and
 /// prints its socket path once it serves.
-pub async fn launch(l: &Launch<'_>) -> Result<PathBuf> {
+async fn launch(l: &Launch<'_>) -> Result<PathBuf> {
     let mut cmd = tokio::process::Command::new(l.shim);
     cmd.arg("start")
         .arg("--namespace")
@@ -389,4 +389,99 @@ impl ShimSocket {
         let l: wire::ListReply = self.call(&Request::List, None).await?;
         Ok(l.processes.into_iter().map(ProcessState::from).collect())
     }
+}
+
+/// The berth-shim backend's create: launch a shim for the prepared bundle and `runc create` init
+/// through it. A shim whose create failed is shut down.
+pub(super) async fn create(
+    settings: &super::backend::ShimSettings,
+    t: &super::backend::NewTask<'_>,
+) -> Result<(ShimSocket, u32)> {
+    let record = t.record;
+    let path = launch(&Launch {
+        shim: &settings.binary,
+        namespace: &record.namespace,
+        id: &record.id,
+        bundle: t.bundle,
+        socket_dir: t.socket_dir,
+        runtime_binary: &record.binary_name,
+        runtime_root: &record.runc_root,
+        systemd_cgroup: record.systemd_cgroup,
+        no_pivot_root: record.no_pivot_root,
+        no_new_keyring: record.no_new_keyring,
+        timeout: settings.start_timeout,
+        runtime_timeout: settings.runtime_timeout,
+    })
+    .await?;
+    let launched = std::time::Instant::now();
+    let shim = ShimSocket {
+        task: record.id.clone(),
+        path,
+    };
+    let created = shim.create(t.stdio).await;
+    tracing::debug!(
+        task = %record.id,
+        runc_create_ms = launched.elapsed().as_secs_f64() * 1e3,
+        "shim launched, runc create done"
+    );
+    match created {
+        Ok(pid) => Ok((shim, pid)),
+        Err(e) => {
+            // Nothing was created: the shim may go.
+            let _ = shim.shutdown().await;
+            Err(e)
+        }
+    }
+}
+
+/// The berth-shim backend's reconnect: one round trip (`list`) within `timeout` tells a live
+/// shim; one that does not answer but whose process still runs is slow, not dead.
+pub(super) async fn reconnect(
+    record: &super::TaskRecord,
+    bundle: &Path,
+    socket_dir: &Path,
+    timeout: Duration,
+) -> super::backend::Reconnected {
+    use super::backend::{Reconnected, TaskBackend};
+    let shim = ShimSocket {
+        task: record.id.clone(),
+        path: socket_dir.join("shim.sock"),
+    };
+    match tokio::time::timeout(timeout, shim.list()).await {
+        Ok(Ok(processes)) => Reconnected::Live(TaskBackend::Shim(shim), processes),
+        Err(_) if shim_process_alive(bundle) => Reconnected::Slow,
+        Err(_) => Reconnected::Dead("shim not answering and not running".into()),
+        Ok(Err(e)) => Reconnected::Dead(format!("shim not answering: {e}")),
+    }
+}
+
+/// After a shim died: the container's processes outlive a killed shim until `runc delete
+/// --force`.
+pub(super) async fn clean_up_dead(r: &super::TaskRecord) {
+    let out = tokio::process::Command::new(&r.binary_name)
+        .arg("--root")
+        .arg(&r.runc_root)
+        .args(["delete", "--force", &r.id])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await;
+    if let Ok(out) = out {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && !err.contains("does not exist") {
+            tracing::warn!(task = %r.id, error = %err.trim(), "runc delete");
+        }
+    }
+}
+
+/// Whether the shim recorded in `<bundle>/shim.pid` is still a running berth-shim.
+fn shim_process_alive(bundle: &Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(bundle.join("shim.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("berth-shim"))
+        .unwrap_or(false)
 }

@@ -291,7 +291,18 @@ impl WriteSession {
                     w.set_expected(d.clone());
                 }
             }
-            if action != WriteAction::Stat && !msg.data.is_empty() {
+            // As containerd's Write: a WRITE or COMMIT at offset 0 after data starts the ingest
+            // over (truncates it), with or without data; any other offset must be the current one.
+            let restarts =
+                matches!(&sink, Sink::Ingest(w) if msg.offset == 0 && w.status().offset > 0);
+            if let (WriteAction::Write | WriteAction::Commit, Sink::Ingest(w)) = (action, &mut sink)
+            {
+                if msg.data.is_empty() && !restarts {
+                    // Only the offset check: no I/O, so no offload.
+                    w.write_at(msg.offset, &[])?;
+                }
+            }
+            if action != WriteAction::Stat && (!msg.data.is_empty() || restarts) {
                 if let Sink::Shared { .. } = sink {
                     // The client sends bytes after all: write them like any other blob.
                     sink = Sink::Ingest(Box::new(

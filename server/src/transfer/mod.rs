@@ -12,6 +12,7 @@
 
 pub mod archive;
 mod auth;
+mod config;
 mod fetch;
 mod progress;
 mod pull;
@@ -38,6 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
+pub use config::TransferConfig;
 pub use fetch::InFlight;
 pub use progress::Progress;
 

@@ -632,7 +632,7 @@ impl Api {
         for (i, chunk) in data.chunks(MIB).enumerate() {
             w.send(write_at((i * MIB) as i64, chunk)).await?;
         }
-        let done = w.send(commit(total, &expected, lbls)).await?;
+        let done = w.commit(total, &expected, lbls).await?;
         assert_eq!(done.digest, expected, "COMMIT response digest");
         Ok(expected)
     }
@@ -740,6 +740,8 @@ fn commit(total: i64, expected: &str, lbls: HashMap<String, String>) -> WriteCon
 struct Writer {
     tx: mpsc::Sender<WriteContentRequest>,
     rx: Streaming<WriteContentResponse>,
+    /// The ingest's offset as the last response gave it.
+    offset: i64,
 }
 
 impl Writer {
@@ -758,7 +760,7 @@ impl Writer {
             None => ns_req(ns, requests),
         };
         let rx = into_inner(api.content.clone().write(req).await)?;
-        let mut w = Writer { tx, rx };
+        let mut w = Writer { tx, rx, offset: 0 };
         let resp = w.recv().await?;
         Ok((w, resp))
     }
@@ -769,10 +771,29 @@ impl Writer {
         self.recv().await
     }
 
+    /// COMMIT at the offset written so far, as containerd's client does (an offset of 0 would
+    /// start the ingest over).
+    async fn commit(
+        &mut self,
+        total: i64,
+        expected: &str,
+        lbls: HashMap<String, String>,
+    ) -> Rpc<WriteContentResponse> {
+        let offset = self.offset;
+        self.send(WriteContentRequest {
+            offset,
+            ..commit(total, expected, lbls)
+        })
+        .await
+    }
+
     async fn recv(&mut self) -> Rpc<WriteContentResponse> {
         match tokio::time::timeout(PATIENCE, self.rx.message()).await {
             Err(_) => panic!("no Content.Write response within {PATIENCE:?}"),
-            Ok(Ok(Some(r))) => Ok(r),
+            Ok(Ok(Some(r))) => {
+                self.offset = r.offset;
+                Ok(r)
+            }
             Ok(Ok(None)) => Err(Status::unknown(
                 "test client: Write stream ended without a response",
             )),
@@ -1392,8 +1413,7 @@ async fn content_write_lock_step_then_read_with_offsets() {
         assert_eq!(r.digest, running, "WRITE running digest");
     }
     let c = ok(
-        w.send(commit(total, &expected, labels(&[("k", "v")])))
-            .await,
+        w.commit(total, &expected, labels(&[("k", "v")])).await,
         "Write COMMIT",
     );
     assert_eq!(c.action, WriteAction::Commit as i32);
@@ -1536,7 +1556,7 @@ async fn content_write_resumes_by_ref_across_streams_and_restarts() {
         );
     }
     let c = ok(
-        w.send(commit(total, &expected, HashMap::new())).await,
+        w.commit(total, &expected, HashMap::new()).await,
         "COMMIT after restart",
     );
     assert_eq!((c.offset, c.digest.as_str()), (total, expected.as_str()));
@@ -1597,6 +1617,70 @@ async fn reopen(api: &Api, ns: &str, first: WriteContentRequest) -> (Writer, Wri
     )
 }
 
+/// containerd's Content.Write reads a WRITE or COMMIT at offset 0 after data as "start over": the
+/// ingest is truncated, so a COMMIT that forgot its offset commits nothing and fails on the size.
+/// Any other offset must be the current one (OutOfRange), for a COMMIT as for a WRITE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_commit_at_offset_0_starts_over_as_in_containerd() {
+    let d = Daemon::start();
+    let api = Api::connect(&d).await;
+    let ns = "commit-offset";
+    let data = blob(100, 7);
+    let right = digest_of(&data);
+
+    let (mut w, _) = ok(
+        Writer::open(&api, ns, None, stat("zero", 100, &right)).await,
+        "STAT",
+    );
+    ok(w.send(write_at(0, &data)).await, "WRITE");
+    fails(
+        w.send(commit(100, &right, HashMap::new())).await,
+        Code::FailedPrecondition,
+        "COMMIT at offset 0 after 100 bytes",
+    );
+    drop(w);
+    fails(
+        api.info(ns, &right).await,
+        Code::NotFound,
+        "Info after a COMMIT at offset 0",
+    );
+    assert!(!blob_path(&d, &right).exists(), "no blob after offset 0");
+    let st = ok(api.status(ns, "zero").await, "Status after COMMIT at 0");
+    assert_eq!(st.offset, 0, "the COMMIT at offset 0 truncated the ingest");
+
+    // Started over, the same ref takes the bytes again and commits at their end.
+    let (mut w, st) = reopen(&api, ns, stat("zero", 100, &right)).await;
+    assert_eq!(st.offset, 0);
+    ok(w.send(write_at(0, &data)).await, "WRITE again");
+    let c = ok(
+        w.commit(100, &right, HashMap::new()).await,
+        "COMMIT at offset 100",
+    );
+    assert_eq!((c.offset, c.digest.as_str()), (100, right.as_str()));
+    drop(w);
+    assert_eq!(ok(api.read(ns, &right, 0, 0).await, "Read"), data);
+
+    // A COMMIT at an offset the ingest is not at: OutOfRange, the ingest unchanged.
+    let other = blob(64, 9);
+    let (mut w, _) = reopen(&api, ns, stat("ahead", 0, "")).await;
+    ok(w.send(write_at(0, &other)).await, "WRITE");
+    fails(
+        w.send(WriteContentRequest {
+            offset: 32,
+            ..commit(64, &digest_of(&other), HashMap::new())
+        })
+        .await,
+        Code::OutOfRange,
+        "COMMIT at offset 32 of a 64-byte ingest",
+    );
+    drop(w);
+    let st = ok(api.status(ns, "ahead").await, "Status after OutOfRange");
+    assert_eq!(
+        st.offset, 64,
+        "the rejected COMMIT must not change the ingest"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_write_rejects_bad_commits_offsets_and_concurrent_writers() {
     let d = Daemon::start();
@@ -1613,7 +1697,7 @@ async fn content_write_rejects_bad_commits_offsets_and_concurrent_writers() {
     );
     ok(w.send(write_at(0, &data)).await, "WRITE");
     fails(
-        w.send(commit(101, &right, HashMap::new())).await,
+        w.commit(101, &right, HashMap::new()).await,
         Code::FailedPrecondition,
         "COMMIT with the wrong total",
     );
@@ -1632,7 +1716,7 @@ async fn content_write_rejects_bad_commits_offsets_and_concurrent_writers() {
     );
     ok(w.send(write_at(0, &data)).await, "WRITE");
     fails(
-        w.send(commit(100, &wrong, HashMap::new())).await,
+        w.commit(100, &wrong, HashMap::new()).await,
         Code::FailedPrecondition,
         "COMMIT with the wrong digest",
     );
@@ -1687,7 +1771,7 @@ async fn content_write_rejects_bad_commits_offsets_and_concurrent_writers() {
         "first writer still writes",
     );
     let c = ok(
-        first.send(commit(100, &right, HashMap::new())).await,
+        first.commit(100, &right, HashMap::new()).await,
         "first writer commits",
     );
     assert_eq!(c.digest, right);
@@ -1698,8 +1782,7 @@ async fn content_write_rejects_bad_commits_offsets_and_concurrent_writers() {
     let (mut w, _) = reopen(&api, ns, stat("again", 0, "")).await;
     ok(w.send(write_at(0, &data)).await, "WRITE");
     fails(
-        w.send(commit(100, &right, labels(&[("new", "label")])))
-            .await,
+        w.commit(100, &right, labels(&[("new", "label")])).await,
         Code::AlreadyExists,
         "COMMIT of an existing digest",
     );
