@@ -207,9 +207,17 @@ impl RestartMonitor {
             Err(e) => Err(e),
         };
         if deleted.is_ok() {
-            self.network.after_delete(ns, id).await;
+            self.detach(ns, id).await;
         }
         deleted
+    }
+
+    /// Detaches a deleted task's networks under its slot; a create that already holds the slot
+    /// replaces the attachment itself.
+    async fn detach(&self, ns: &str, id: &str) {
+        if let Ok(_slot) = self.tasks.reserve(ns, id) {
+            self.network.after_delete(ns, id).await;
+        }
     }
 
     async fn restart(&self, ns: &str, c: Container, exit_status: u32) -> Result<()> {
@@ -245,21 +253,26 @@ impl RestartMonitor {
             _ => String::new(),
         };
         let mut c = c;
+        // As Tasks.Create: the slot is held across attach, create and a failed create's detach.
+        let reservation = self.tasks.reserve(ns, &id)?;
         let networked = self.network.before_create(ns, &mut c).await?;
         let created = self
             .tasks
-            .create(CreateTask {
-                namespace: ns.to_string(),
-                container: c,
-                rootfs,
-                stdio: Stdio {
-                    stdin: String::new(),
-                    stdout: log.clone(),
-                    stderr: log,
-                    terminal: false,
+            .create_reserved(
+                &reservation,
+                CreateTask {
+                    namespace: ns.to_string(),
+                    container: c,
+                    rootfs,
+                    stdio: Stdio {
+                        stdin: String::new(),
+                        stdout: log.clone(),
+                        stderr: log,
+                        terminal: false,
+                    },
+                    options: None,
                 },
-                options: None,
-            })
+            )
             .await;
         if let Err(e) = created {
             if networked {
@@ -267,6 +280,7 @@ impl RestartMonitor {
             }
             return Err(e);
         }
+        drop(reservation);
         // The last check, with the new task in place (see the module comment).
         let still = match self.meta.get_container(ns, &id) {
             Ok(mut c) => {
@@ -287,7 +301,7 @@ impl RestartMonitor {
                 Err(e) if e.is_not_found() => Ok(()),
                 Err(e) => Err(e),
             };
-            self.network.after_delete(ns, &id).await;
+            self.detach(ns, &id).await;
             return deleted;
         }
         self.tasks.start(ns, &id, "").await?;

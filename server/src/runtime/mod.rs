@@ -115,8 +115,10 @@ pub struct TaskManager {
     tasks: Mutex<HashMap<(String, String), Slot>>,
 }
 
-/// The slot stays Busy until this is dropped: released on every path, errors included.
-struct Reservation<'a> {
+/// An id's slot held Busy until this is dropped (released on every path, errors included): what
+/// a caller does between reserving and creating, and undoes after a failed create (attaching the
+/// container's networks), cannot race another create or a cleanup of the same id.
+pub struct Reservation<'a> {
     manager: &'a TaskManager,
     key: (String, String),
 }
@@ -178,7 +180,9 @@ impl TaskManager {
         self.state_dir.join("s").join(&hex::encode(hash)[..16])
     }
 
-    fn reserve(&self, ns: &str, id: &str) -> Result<Reservation<'_>> {
+    /// Holds `ns/id`'s slot for a create: AlreadyExists if it has a task, Unavailable while
+    /// another create or a cleanup holds it.
+    pub fn reserve(&self, ns: &str, id: &str) -> Result<Reservation<'_>> {
         let key = (ns.to_string(), id.to_string());
         let mut tasks = self.lock();
         match tasks.get(&key) {
@@ -279,9 +283,26 @@ impl TaskManager {
     /// Create the task of a container: bundle, rootfs, shim, `runc create`. On failure nothing
     /// is left behind.
     pub async fn create(self: &Arc<Self>, req: CreateTask) -> Result<Arc<Task>> {
+        let reservation = self.reserve(&req.namespace, &req.container.id)?;
+        self.create_reserved(&reservation, req).await
+    }
+
+    /// [`create`](Self::create) in a slot the caller reserved and keeps until it is done.
+    pub async fn create_reserved(
+        self: &Arc<Self>,
+        reservation: &Reservation<'_>,
+        req: CreateTask,
+    ) -> Result<Arc<Task>> {
         let ns = req.namespace.clone();
         let id = req.container.id.clone();
-        let reservation = self.reserve(&ns, &id)?;
+        if reservation.key != (ns.clone(), id.clone())
+            || !std::ptr::eq(reservation.manager, &**self)
+        {
+            return Err(Error::internal(format!(
+                "task {ns}/{id} created in a slot reserved for {}/{}",
+                reservation.key.0, reservation.key.1
+            )));
+        }
         let (runtime, rt) = self.resolve_runtime(&ns, &req.container, req.options.as_ref())?;
         let spec = req
             .container
@@ -350,9 +371,9 @@ impl TaskManager {
             pid,
             lifecycle: Default::default(),
         });
+        // The caller's reservation now finds the slot Ready and leaves it.
         self.lock()
             .insert((ns.clone(), id.clone()), Slot::Ready(task.clone()));
-        drop(reservation);
         self.watch_exit(task.clone(), String::new());
         // From create, not start: runc has put init in its cgroup, and a process that runs out
         // of memory at once must not slip past the monitor.

@@ -148,25 +148,28 @@ impl Tasks for TasksService {
             .into());
         }
         let mut container = self.state.meta.get_container(&ns, id)?;
-        // A container with a task keeps its network; the runtime refuses the second task.
-        let networked = match self.tasks.get(&ns, id) {
-            Err(e) if e.is_not_found() => self.network.before_create(&ns, &mut container).await?,
-            _ => false,
-        };
+        // The slot is held from before the network is attached until a failed create has undone
+        // it: a second Create of this container (or a Delete's detach) cannot interleave and tear
+        // down the attachment of the task that won.
+        let reservation = self.tasks.reserve(&ns, id)?;
+        let networked = self.network.before_create(&ns, &mut container).await?;
         let created = self
             .tasks
-            .create(CreateTask {
-                namespace: ns.clone(),
-                container,
-                rootfs: r.rootfs,
-                stdio: Stdio {
-                    stdin: r.stdin,
-                    stdout: r.stdout,
-                    stderr: r.stderr,
-                    terminal: r.terminal,
+            .create_reserved(
+                &reservation,
+                CreateTask {
+                    namespace: ns.clone(),
+                    container,
+                    rootfs: r.rootfs,
+                    stdio: Stdio {
+                        stdin: r.stdin,
+                        stdout: r.stdout,
+                        stderr: r.stderr,
+                        terminal: r.terminal,
+                    },
+                    options: r.options,
                 },
-                options: r.options,
-            })
+            )
             .await;
         let task = match created {
             Ok(task) => task,
@@ -177,6 +180,7 @@ impl Tasks for TasksService {
                 return Err(e.into());
             }
         };
+        drop(reservation);
         reply(CreateTaskResponse {
             container_id: task.record.id.clone(),
             pid: task.pid,
@@ -197,7 +201,11 @@ impl Tasks for TasksService {
         let ns = namespace(&req)?;
         let id = container_id(&req.get_ref().container_id)?;
         let exit = self.tasks.delete(&ns, id).await?;
-        self.network.after_delete(&ns, id).await;
+        // Detach under the slot: if a new Create holds it already, that create replaced this
+        // task's attachment itself (before_create tears a left record down first).
+        if let Ok(_slot) = self.tasks.reserve(&ns, id) {
+            self.network.after_delete(&ns, id).await;
+        }
         reply(DeleteResponse {
             id: id.to_string(),
             pid: exit.pid,

@@ -659,3 +659,53 @@ fn count_files(dir: &Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+#[test]
+fn racing_task_creates_leave_the_winners_network_in_place() {
+    if let Some(reason) = unable() {
+        berth_testkit::skip::skip_unless_ci(
+            "racing_task_creates_leave_the_winners_network_in_place",
+            reason,
+        );
+        return;
+    }
+    let bridge = format!("btr{}", std::process::id() % 100000);
+    let f = Fixture::start("netrace", "10.213.243.0/24", &bridge);
+    let port = free_port();
+    let networks = r#"berth/networks=["bridge"]"#.to_string();
+    let ports =
+        format!(r#"berth/ports=[{{"HostPort":{port},"ContainerPort":80,"Protocol":"tcp"}}]"#);
+    f.ctr(&[
+        "containers",
+        "create",
+        "--label",
+        &networks,
+        "--label",
+        &ports,
+        IMAGE,
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "exec httpd -f -p 80 -h /etc",
+    ]);
+    // Four clients create the task at once; each create attaches for a few hundred ms (the
+    // plugins), so they overlap. Only one may win, and the losers must not detach it.
+    let outcomes: Vec<Result<String, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| f.try_ctr(&["tasks", "start", "-d", "web"])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let won = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(won, 1, "{outcomes:?}");
+    let ns_part = format!("berth-{}-web-", f.ns);
+    assert_eq!(netns_entries(&ns_part).len(), 1, "{ns_part}");
+    assert_eq!(bridge_ports(&bridge), 1);
+    let body = curl(&format!("http://127.0.0.1:{port}/passwd"));
+    assert!(body.starts_with("root:"), "{body}");
+
+    f.stop_task("web");
+    assert!(netns_entries(&ns_part).is_empty());
+    assert_eq!(bridge_ports(&bridge), 0);
+}
