@@ -84,6 +84,7 @@ pub mod names;
 pub mod spec;
 pub mod stdio;
 pub mod tasks;
+pub mod transfer;
 pub mod user;
 
 #[doc(hidden)]
