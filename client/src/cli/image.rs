@@ -1,5 +1,5 @@
-//! Image commands: images (ls), rmi, tag, image inspect. pull/push/save/load come with the
-//! Transfer service and the archive work.
+//! Image commands: images (ls), rmi, tag, image inspect, and the transfers: pull, push,
+//! save and load (through the daemon's Transfer service, see `crate::transfer`).
 
 use super::format::{self, Format};
 use super::CliResult;
@@ -7,6 +7,7 @@ use crate::images::{ImageDetails, ImageInfo};
 use crate::Client;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
+use std::os::fd::AsFd;
 use std::time::SystemTime;
 
 #[derive(Args, Debug)]
@@ -190,4 +191,174 @@ pub async fn image_command(client: &Client, c: ImageCommand) -> CliResult {
             Ok(0)
         }
     }
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// Speak plain HTTP to the registry (loopback registries always do).
+    #[arg(long = "plain-http")]
+    plain_http: bool,
+    /// Print nothing but the image's name at the end.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    image: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SaveArgs {
+    /// Write the archive to FILE instead of stdout.
+    #[arg(short = 'o', long)]
+    output: Option<std::path::PathBuf>,
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// Read the archive from FILE instead of stdin.
+    #[arg(short = 'i', long)]
+    input: Option<std::path::PathBuf>,
+    /// Print nothing but errors.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+}
+
+/// Print a transfer's progress as lines: one per layer state change, not per byte.
+async fn follow<T>(mut t: crate::transfer::Transfer<T>, quiet: bool) -> crate::Result<T> {
+    let mut last: std::collections::HashMap<String, String> = Default::default();
+    while let Some(e) = t.next_event().await {
+        if quiet || e.name.is_empty() || last.get(&e.name) == Some(&e.event) {
+            continue;
+        }
+        let short = e
+            .name
+            .split_once("sha256:")
+            .map(|(_, d)| d.get(..12).unwrap_or(d))
+            .unwrap_or(&e.name);
+        if e.total > 0 {
+            eprintln!("{short}: {} {}/{}", e.event, e.progress, e.total);
+        } else {
+            eprintln!("{short}: {}", e.event);
+        }
+        last.insert(e.name.clone(), e.event.clone());
+    }
+    t.finish().await
+}
+
+fn registry_options(plain_http: bool) -> crate::transfer::RegistryOptions {
+    crate::transfer::RegistryOptions {
+        plain_http,
+        ..Default::default()
+    }
+}
+
+pub async fn pull(client: &Client, a: PullArgs) -> CliResult {
+    let name = crate::images::normalize(&a.image);
+    let t = client
+        .images()
+        .pull(&a.image, &registry_options(a.plain_http))
+        .await?;
+    follow(t, a.quiet).await?;
+    if !a.quiet {
+        let digest = client.images().get_exact(&name).await?.target.digest;
+        println!("Digest: {digest}");
+        println!("Status: Downloaded newer image for {name}");
+    }
+    println!("{name}");
+    Ok(0)
+}
+
+pub async fn push(client: &Client, a: PullArgs) -> CliResult {
+    let image = client.images().get(&a.image).await?;
+    let t = client
+        .images()
+        .push(&image.name, &registry_options(a.plain_http))
+        .await?;
+    follow(t, a.quiet).await?;
+    if !a.quiet {
+        println!("{}: digest: {}", image.name, image.target.digest);
+    }
+    Ok(0)
+}
+
+pub async fn save(client: &Client, a: SaveArgs) -> CliResult {
+    match &a.output {
+        Some(path) => {
+            // Written beside the target and renamed, so a failed save leaves no half archive.
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let tmp = tempfile::NamedTempFile::new_in(dir)
+                .map_err(|e| format!("create a file in {}: {e}", dir.display()))?;
+            let file = tokio::fs::File::from_std(
+                tmp.reopen()
+                    .map_err(|e| format!("open {}: {e}", tmp.path().display()))?,
+            );
+            let t = client.images().export(&a.images, file).await?;
+            follow(t, true).await?;
+            tmp.persist(path)
+                .map_err(|e| format!("write {}: {}", path.display(), e.error))?;
+        }
+        None => {
+            if nix::unistd::isatty(1).unwrap_or(false) {
+                return Err(
+                    "refusing to write an archive to a terminal: use -o FILE or a redirect"
+                        .to_string()
+                        .into(),
+                );
+            }
+            let t = client
+                .images()
+                .export(&a.images, std_file(std::io::stdout().as_fd())?)
+                .await?;
+            follow(t, true).await?;
+        }
+    }
+    Ok(0)
+}
+
+pub async fn load(client: &Client, a: LoadArgs) -> CliResult {
+    let t = match &a.input {
+        Some(path) => {
+            let file = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| format!("open {}: {e}", path.display()))?;
+            client.images().import(file).await?
+        }
+        None => {
+            client
+                .images()
+                .import(std_file(std::io::stdin().as_fd())?)
+                .await?
+        }
+    };
+    let mut t = t;
+    let mut saved = Vec::new();
+    while let Some(e) = t.next_event().await {
+        if e.event == "saved" {
+            saved.push(e.name);
+        }
+    }
+    t.finish().await?;
+    if saved.is_empty() {
+        return Err("the archive names no image: nothing was loaded"
+            .to_string()
+            .into());
+    }
+    if !a.quiet {
+        for name in saved {
+            println!("Loaded image: {name}");
+        }
+    }
+    Ok(0)
+}
+
+/// A tokio file on a copy of a standard stream (pipes and files alike; tokio's own
+/// stdin/stdout are not among the crate's features).
+fn std_file(fd: std::os::fd::BorrowedFd<'_>) -> CliResult<tokio::fs::File> {
+    let owned = fd
+        .try_clone_to_owned()
+        .map_err(|e| format!("duplicate a standard stream: {e}"))?;
+    Ok(tokio::fs::File::from_std(std::fs::File::from(owned)))
 }

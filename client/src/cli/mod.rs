@@ -114,6 +114,22 @@ enum Command {
     /// Give an image another name.
     #[command(after_help = "Example:\n  berth tag busybox:latest registry.local/busybox:v1")]
     Tag(image::TagArgs),
+    /// Pull an image from a registry (unpacked for this host).
+    #[command(
+        after_help = "Examples:\n  berth pull busybox\n  berth pull --plain-http registry.local:5000/app:v1"
+    )]
+    Pull(image::PullArgs),
+    /// Push an image to its registry.
+    #[command(after_help = "Example:\n  berth push localhost:5000/busybox:latest")]
+    Push(image::PullArgs),
+    /// Write images to an archive (OCI, with docker's manifest.json).
+    #[command(
+        after_help = "Examples:\n  berth save -o busybox.tar busybox\n  berth save busybox | gzip > busybox.tar.gz"
+    )]
+    Save(image::SaveArgs),
+    /// Load images from an OCI or docker archive.
+    #[command(after_help = "Examples:\n  berth load -i busybox.tar\n  berth load < busybox.tar")]
+    Load(image::LoadArgs),
     /// Image commands (ls, rm, tag, inspect).
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -290,6 +306,10 @@ async fn run(cli: Cli) -> CliResult {
         Command::Images(a) => image::images(&client, a).await,
         Command::Rmi(a) => image::rmi(&client, a).await,
         Command::Tag(a) => image::tag(&client, a).await,
+        Command::Pull(a) => image::pull(&client, a).await,
+        Command::Push(a) => image::push(&client, a).await,
+        Command::Save(a) => image::save(&client, a).await,
+        Command::Load(a) => image::load(&client, a).await,
         Command::Image(c) => image::image_command(&client, c).await,
         Command::Events(a) => system::events(&client, a).await,
         Command::Info(a) => system::info(&client, a, &host).await,
