@@ -256,6 +256,21 @@ fn push_then_pull_back_and_run() {
         "pulled"
     );
 
+    // run pulls a missing image itself (docker's --pull missing), its progress on stderr.
+    env.ok(&["rmi", &remote]);
+    let args = ["run", "--rm", &remote, "echo", "auto"];
+    let out = env.command(&args).output().expect("run berth");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(env.check(&args, out, 0).trim(), "auto");
+    assert!(stderr.contains("Unable to find image"), "{stderr}");
+    assert_eq!(env.image_names(), std::slice::from_ref(&remote));
+    // --pull never keeps the hint; a missing image in the registry fails run with 125.
+    env.ok(&["rmi", &remote]);
+    env.expect(125, &["create", "--pull", "never", &remote, "true"]);
+    let nothing = format!("127.0.0.1:{}/berth/none:v1", registry.port);
+    env.expect(125, &["run", "--rm", &nothing, "true"]);
+    env.ok(&["pull", "-q", &remote]);
+
     // An unknown tag fails cleanly (125) and stores nothing.
     let missing = format!("127.0.0.1:{}/berth/busybox:nosuch", registry.port);
     env.expect(125, &["pull", &missing]);

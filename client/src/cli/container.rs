@@ -99,6 +99,9 @@ pub struct ContainerOptions {
     /// The network: none (loopback only, the default) or host.
     #[arg(long, default_value = "none")]
     network: String,
+    /// Pull the image first: missing (when not here), always, or never.
+    #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
+    pull: String,
 }
 
 impl ContainerOptions {
@@ -171,8 +174,32 @@ fn env_entry(e: &str) -> Option<String> {
     }
 }
 
+/// docker's `--pull`: fetch the image before creating, as `berth pull` would (progress on
+/// stderr). With `never`, an image that is not here fails the create with its pull hint.
+async fn pull_as_asked(client: &Client, image: &str, policy: &str) -> CliResult<()> {
+    let wanted = match policy {
+        "always" => true,
+        "missing" => match client.images().get(image).await {
+            Ok(_) => false,
+            Err(e) if e.is_not_found() => {
+                eprintln!("Unable to find image '{image}' locally");
+                true
+            }
+            Err(e) => return Err(e.into()),
+        },
+        _ => false,
+    };
+    if wanted {
+        super::image::pull_quietly(client, image)
+            .await
+            .map_err(|e| format!("pull {image}: {e}"))?;
+    }
+    Ok(())
+}
+
 pub async fn create(client: &Client, a: CreateArgs) -> CliResult {
     let config = a.options.config(&a.command)?;
+    pull_as_asked(client, &a.image, &a.options.pull).await?;
     let c = client
         .containers()
         .create(&a.image, a.options.name.as_deref(), &config)
@@ -191,6 +218,7 @@ pub async fn run(client: &Client, a: RunArgs) -> CliResult {
     }
     let opts = &a.create.options;
     let config = opts.config(&a.create.command)?;
+    pull_as_asked(client, &a.create.image, &opts.pull).await?;
     let c = client
         .containers()
         .create(&a.create.image, opts.name.as_deref(), &config)

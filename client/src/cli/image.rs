@@ -268,6 +268,20 @@ pub async fn pull(client: &Client, a: PullArgs) -> CliResult {
     Ok(0)
 }
 
+/// A pull for `run`/`create`: progress on stderr, nothing on stdout (that is the container's).
+pub(super) async fn pull_quietly(client: &Client, image: &str) -> crate::Result<()> {
+    let t = client
+        .images()
+        .pull(image, &registry_options(false))
+        .await?;
+    follow(t, false).await?;
+    let name = crate::images::normalize(image);
+    let digest = client.images().get_exact(&name).await?.target.digest;
+    eprintln!("Digest: {digest}");
+    eprintln!("Status: Downloaded newer image for {name}");
+    Ok(())
+}
+
 pub async fn push(client: &Client, a: PullArgs) -> CliResult {
     let image = client.images().get(&a.image).await?;
     let t = client
