@@ -166,6 +166,11 @@ impl Drop for Registry {
 
 impl Registry {
     fn start() -> Registry {
+        Registry::start_with("")
+    }
+
+    /// `auth` is the YAML of the config's `auth:` section, or empty.
+    fn start_with(auth: &str) -> Registry {
         for attempt in 0..5 {
             let dir = tempfile::Builder::new()
                 .prefix("berth-registry-")
@@ -180,7 +185,7 @@ impl Registry {
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n{auth}\
                      http:\n  addr: 127.0.0.1:{port}\n  headers:\n    X-Berth-Registry: [\"{token}\"]\n",
                     dir.path().join("storage").display()
                 ),
@@ -218,7 +223,8 @@ impl Registry {
                 let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: localhost\r\n\r\n");
                 let mut resp = String::new();
                 let _ = s.read_to_string(&mut resp);
-                if resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200") {
+                let status = resp.get(9..12).unwrap_or("");
+                if status == "200" || status == "401" {
                     return resp.contains(token);
                 }
             }
@@ -275,4 +281,84 @@ fn push_then_pull_back_and_run() {
     let missing = format!("127.0.0.1:{}/berth/busybox:nosuch", registry.port);
     env.expect(125, &["pull", &missing]);
     assert_eq!(env.image_names(), [remote]);
+}
+
+#[test]
+fn login_stores_credentials_the_daemon_pushes_and_pulls_with() {
+    berth_testkit::berthd::require_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("auth.json");
+    let htpasswd = dir.path().join("htpasswd");
+    let hash = bcrypt::hash("s3cret", 5).expect("bcrypt");
+    std::fs::write(&htpasswd, format!("tester:{hash}\n")).expect("write htpasswd");
+    let registry = Registry::start_with(&format!(
+        "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+        htpasswd.display()
+    ));
+    let mut env = Env::new("login");
+    env.daemon = Daemon::start_with_config(&format!(
+        "[transfer]\nlogin_store = \"{}\"\n",
+        store.display()
+    ));
+    let archive = busybox_oci_archive(env.dir.path(), IMAGE).expect("build the busybox image");
+    env.ok(&["load", "-q", "-i", &archive.path.to_string_lossy()]);
+    let host = format!("127.0.0.1:{}", registry.port);
+    let remote = format!("{host}/private/busybox:v1");
+    env.ok(&["tag", IMAGE, &remote]);
+
+    // No credentials: the registry says 401 and the push fails.
+    env.expect(125, &["push", &remote]);
+
+    let login = |args: &[&str], stdin: &str| {
+        let mut cmd = env.command(args);
+        cmd.env("BERTH_LOGIN_STORE", &store)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn berth login");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write the password");
+        child.wait_with_output().expect("wait berth")
+    };
+    let out = login(
+        &["login", "-u", "tester", "--password-stdin", &host],
+        "s3cret\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&store)
+        .expect("the login store")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&store).expect("read the store")).expect("json");
+    assert!(saved["auths"][&host]["auth"].is_string(), "{saved}");
+
+    env.ok(&["push", &remote]);
+    env.ok(&["rmi", &remote]);
+    env.ok(&["pull", &remote]);
+
+    // --password-stdin without a user is refused; logout forgets the host.
+    let out = login(&["login", "--password-stdin", &host], "x\n");
+    assert_eq!(out.status.code(), Some(125));
+    let out = login(&["logout", &host], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&store).expect("read the store")).expect("json");
+    assert!(saved["auths"].get(&host).is_none(), "{saved}");
+    env.ok(&["rmi", &remote]);
+    env.expect(125, &["pull", &remote]);
 }

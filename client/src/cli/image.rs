@@ -376,3 +376,112 @@ fn std_file(fd: std::os::fd::BorrowedFd<'_>) -> CliResult<tokio::fs::File> {
         .map_err(|e| format!("duplicate a standard stream: {e}"))?;
     Ok(tokio::fs::File::from_std(std::fs::File::from(owned)))
 }
+
+/// Where `berth login` keeps credentials: berthd's `[transfer] login_store` default, or
+/// `BERTH_LOGIN_STORE` for a daemon configured elsewhere.
+const LOGIN_STORE: &str = "/etc/berth/auth.json";
+const LOGIN_STORE_ENV: &str = "BERTH_LOGIN_STORE";
+/// docker's key for Docker Hub, when no server is named.
+const DOCKER_HUB: &str = "docker.io";
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    #[arg(short = 'u', long)]
+    username: Option<String>,
+    /// The password (visible in ps and history: prefer --password-stdin).
+    #[arg(short = 'p', long, conflicts_with = "password_stdin")]
+    password: Option<String>,
+    /// Read the password from stdin.
+    #[arg(long = "password-stdin")]
+    password_stdin: bool,
+    /// The registry host (default: docker.io).
+    server: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LogoutArgs {
+    /// The registry host (default: docker.io).
+    server: Option<String>,
+}
+
+fn login_store() -> berth_registry::LoginStore {
+    let path = std::env::var_os(LOGIN_STORE_ENV)
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| LOGIN_STORE.into());
+    berth_registry::LoginStore::new(path)
+}
+
+/// `https://host/v1/` or `host/` → `host`, the key the daemon looks credentials up by.
+fn registry_key(server: Option<&str>) -> String {
+    let s = server.unwrap_or(DOCKER_HUB);
+    let s = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .unwrap_or(s);
+    let host = s.split('/').next().unwrap_or(s);
+    if host == "index.docker.io" || host == "registry-1.docker.io" {
+        DOCKER_HUB.to_string()
+    } else {
+        host.to_string()
+    }
+}
+
+fn read_line(prompt: Option<&str>) -> CliResult<String> {
+    if let Some(p) = prompt {
+        eprint!("{p}");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("read stdin: {e}"))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Stores the credentials for the daemon's pulls and pushes; they are checked by the first
+/// transfer that needs them, not here.
+pub fn login(a: LoginArgs) -> CliResult {
+    let key = registry_key(a.server.as_deref());
+    let username = match a.username {
+        Some(u) => u,
+        None if a.password_stdin => {
+            return Err("--password-stdin needs --username".to_string().into())
+        }
+        None => read_line(Some("Username: "))?,
+    };
+    let password = match a.password {
+        Some(p) => p,
+        None if a.password_stdin => read_line(None)?,
+        None => {
+            return Err("a password is needed: --password-stdin (or -p)"
+                .to_string()
+                .into())
+        }
+    };
+    if username.is_empty() || password.is_empty() {
+        return Err("username and password must not be empty".to_string().into());
+    }
+    let store = login_store();
+    store
+        .store(
+            &key,
+            &berth_registry::Credentials::Basic { username, password },
+        )
+        .map_err(|e| format!("store credentials in {}: {e}", store.path().display()))?;
+    println!("Login Succeeded");
+    Ok(0)
+}
+
+pub fn logout(a: LogoutArgs) -> CliResult {
+    let key = registry_key(a.server.as_deref());
+    let store = login_store();
+    let had = store
+        .remove(&key)
+        .map_err(|e| format!("update {}: {e}", store.path().display()))?;
+    if had {
+        println!("Removing login credentials for {key}");
+    } else {
+        println!("Not logged in to {key}");
+    }
+    Ok(0)
+}

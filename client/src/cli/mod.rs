@@ -130,6 +130,13 @@ enum Command {
     /// Load images from an OCI or docker archive.
     #[command(after_help = "Examples:\n  berth load -i busybox.tar\n  berth load < busybox.tar")]
     Load(image::LoadArgs),
+    /// Store a registry's credentials for pulls and pushes (0600, where berthd reads them).
+    #[command(
+        after_help = "Example:\n  echo \"$TOKEN\" | berth login -u me --password-stdin registry.local:5000"
+    )]
+    Login(image::LoginArgs),
+    /// Forget a registry's credentials.
+    Logout(image::LogoutArgs),
     /// Image commands (ls, rm, tag, inspect).
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -270,6 +277,14 @@ async fn connect(host: Option<&str>, namespace: &str) -> CliResult<Client> {
 }
 
 async fn run(cli: Cli) -> CliResult {
+    // Credentials are a local file: no daemon needed.
+    if let Command::Login(_) | Command::Logout(_) = &cli.command {
+        return match cli.command {
+            Command::Login(a) => image::login(a),
+            Command::Logout(a) => image::logout(a),
+            _ => Ok(0),
+        };
+    }
     let client = connect(cli.host.as_deref(), &cli.namespace).await?;
     let host = cli.host.clone().unwrap_or_default();
     match cli.command {
@@ -316,6 +331,8 @@ async fn run(cli: Cli) -> CliResult {
         Command::Version(a) => system::version(&client, a).await,
         Command::Namespace(c) => system::namespace(&client, c).await,
         Command::Completion { .. } => Ok(0),
+        Command::Login(a) => image::login(a),
+        Command::Logout(a) => image::logout(a),
     }
 }
 
