@@ -137,6 +137,9 @@ enum Command {
     Login(image::LoginArgs),
     /// Forget a registry's credentials.
     Logout(image::LogoutArgs),
+    /// List a container's published ports.
+    #[command(after_help = "Example:\n  berth port web 80/tcp")]
+    Port(container::PortArgs),
     /// Image commands (ls, rm, tag, inspect).
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -321,6 +324,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Images(a) => image::images(&client, a).await,
         Command::Rmi(a) => image::rmi(&client, a).await,
         Command::Tag(a) => image::tag(&client, a).await,
+        Command::Port(a) => container::port(&client, a).await,
         Command::Pull(a) => image::pull(&client, a).await,
         Command::Push(a) => image::push(&client, a).await,
         Command::Save(a) => image::save(&client, a).await,
