@@ -81,6 +81,7 @@ pub mod images;
 pub mod leases;
 pub mod lifecycle;
 pub mod names;
+pub mod networks;
 pub mod spec;
 pub mod stdio;
 pub mod tasks;

@@ -50,14 +50,15 @@ impl Env {
     }
 }
 
-/// Removes the test's containers even when an assertion fails half-way.
-struct Cleanup<'a>(&'a Env, Vec<&'static str>);
+/// Removes the test's containers, then its network, even when an assertion fails half-way.
+struct Cleanup<'a>(&'a Env, Vec<&'static str>, String);
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         for name in &self.1 {
             let _ = self.0.berth(&["rm", "-f", name]);
         }
+        let _ = self.0.berth(&["network", "rm", &self.2]);
     }
 }
 
@@ -75,7 +76,17 @@ fn httpd_published_with_p_and_reached_by_ip_on_a_network() {
         _dir: dir,
     };
     env.ok(&["load", "-q", "-i", &archive.path.to_string_lossy()]);
-    let _cleanup = Cleanup(&env, vec!["web"]);
+    let net = format!("t{}", std::process::id());
+    let cleanup = Cleanup(&env, vec!["web"], net.clone());
+    env.ok(&["network", "create", &net]);
+    assert!(env.ok(&["network", "ls", "-q"]).lines().any(|l| l == net));
+    let inspect: serde_json::Value =
+        serde_json::from_str(&env.ok(&["network", "inspect", &net])).expect("inspect json");
+    let subnet = inspect[0]["Subnets"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(subnet.contains('/'), "{inspect}");
 
     let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
@@ -88,7 +99,7 @@ fn httpd_published_with_p_and_reached_by_ip_on_a_network() {
         "--name",
         "web",
         "--network",
-        "bridge",
+        &net,
         "-p",
         &publish,
         IMAGE,
@@ -140,13 +151,25 @@ fn httpd_published_with_p_and_reached_by_ip_on_a_network() {
         "run",
         "--rm",
         "--network",
-        "bridge",
+        &net,
         IMAGE,
         "wget",
         "-qO-",
         &format!("http://{ip}/"),
     ]);
     assert_eq!(by_ip.trim(), "hello-from-web");
+
+    // The peer's address is in the network's subnet.
+    let prefix: Vec<&str> = subnet.split('.').take(3).collect();
+    assert!(ip.starts_with(&prefix.join(".")), "{ip} not in {subnet}");
+
+    // The network goes once its containers are gone.
+    env.ok(&["rm", "-f", "web"]);
+    env.ok(&["network", "rm", &net]);
+    assert!(!env.ok(&["network", "ls", "-q"]).lines().any(|l| l == net));
+    let (code, _, _) = env.berth(&["network", "inspect", &net]);
+    assert_eq!(code, 125);
+    drop(cleanup);
 
     // -p without a network is refused before anything is created.
     let (code, _, err) = env.berth(&["run", "--rm", "-p", "8080:80", IMAGE, "true"]);

@@ -7,6 +7,7 @@
 mod container;
 pub mod format;
 mod image;
+mod network;
 mod system;
 
 use crate::{Client, Error, ExecFailure, Host};
@@ -137,6 +138,9 @@ enum Command {
     Login(image::LoginArgs),
     /// Forget a registry's credentials.
     Logout(image::LogoutArgs),
+    /// Network commands (create, ls, inspect, rm).
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
     /// List a container's published ports.
     #[command(after_help = "Example:\n  berth port web 80/tcp")]
     Port(container::PortArgs),
@@ -324,6 +328,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Images(a) => image::images(&client, a).await,
         Command::Rmi(a) => image::rmi(&client, a).await,
         Command::Tag(a) => image::tag(&client, a).await,
+        Command::Network(c) => network::network_command(&client, c).await,
         Command::Port(a) => container::port(&client, a).await,
         Command::Pull(a) => image::pull(&client, a).await,
         Command::Push(a) => image::push(&client, a).await,
