@@ -252,6 +252,18 @@ impl Containers {
                 return Err(Error::invalid("a named network mode needs a network name"))
             }
             Network::Named => {
+                // Checked before anything is created, as docker does: the daemon would only
+                // notice when the task starts, leaving a container behind.
+                let known = self.client.networks().list().await?;
+                if let Some(missing) = config
+                    .networks
+                    .iter()
+                    .find(|n| !known.iter().any(|k| &k.name == *n))
+                {
+                    return Err(Error::not_found(format!(
+                        "network {missing} not found (berth network ls lists them)"
+                    )));
+                }
                 let names = serde_json::to_string(&config.networks)
                     .map_err(|e| Error::invalid(format!("encode the networks: {e}")))?;
                 labels.insert(NETWORKS_LABEL.to_string(), names);

@@ -550,7 +550,8 @@ fn ps_formats_rm_and_the_messages_people_act_on() {
     assert!(err.contains("nope") && err.contains("berth pull"), "{err}");
     // Bad flags are berth's failure, 125.
     env.fails(125, &["run", "--no-such-flag", IMAGE]);
-    env.fails(125, &["run", "--network", "bridge", IMAGE, "true"]);
+    env.fails(125, &["run", "--network", "no/such", IMAGE, "true"]);
+    env.fails(125, &["run", "--network", "nosuchnet", IMAGE, "true"]);
 
     // rm refuses a running container and says what to do; rm -f kills and removes it.
     let err = env.fails(1, &["rm", "alive"]);
