@@ -134,7 +134,7 @@ pub async fn rmi(client: &Client, a: RmiArgs) -> CliResult {
     let _ = a.force;
     let mut code = 0;
     for name in &a.images {
-        match client.images().remove(name, false).await {
+        match client.images().remove(name, true).await {
             Ok(i) => println!("Untagged: {}", i.name),
             Err(e) => {
                 eprintln!("berth: {e}");
@@ -223,24 +223,72 @@ pub struct LoadArgs {
     quiet: bool,
 }
 
-/// Print a transfer's progress as lines: one per layer state change, not per byte.
+/// Show a transfer's progress on stderr: a bar per blob on a terminal (indicatif), else one
+/// line per blob state change (never per byte).
 async fn follow<T>(mut t: crate::transfer::Transfer<T>, quiet: bool) -> crate::Result<T> {
-    let mut last: std::collections::HashMap<String, String> = Default::default();
+    use std::io::IsTerminal;
+    if quiet {
+        while t.next_event().await.is_some() {}
+        return t.finish().await;
+    }
+    let bars = std::io::stderr()
+        .is_terminal()
+        .then(indicatif::MultiProgress::new);
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:12} {msg:16} [{bar:30}] {bytes}/{total_bytes}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let mut shown: std::collections::HashMap<String, (String, Option<indicatif::ProgressBar>)> =
+        Default::default();
     while let Some(e) = t.next_event().await {
-        if quiet || e.name.is_empty() || last.get(&e.name) == Some(&e.event) {
+        if e.name.is_empty() {
             continue;
         }
         let short = e
             .name
             .split_once("sha256:")
             .map(|(_, d)| d.get(..12).unwrap_or(d))
-            .unwrap_or(&e.name);
-        if e.total > 0 {
-            eprintln!("{short}: {} {}/{}", e.event, e.progress, e.total);
-        } else {
-            eprintln!("{short}: {}", e.event);
+            .unwrap_or(&e.name)
+            .to_string();
+        let entry = shown.entry(e.name.clone()).or_insert_with(|| {
+            let bar = bars.as_ref().map(|m| {
+                let b = m.add(indicatif::ProgressBar::new(e.total.max(0) as u64));
+                b.set_style(style.clone());
+                b.set_prefix(short.clone());
+                b
+            });
+            (String::new(), bar)
+        });
+        match &entry.1 {
+            Some(bar) => {
+                if e.total > 0 {
+                    bar.set_length(e.total as u64);
+                }
+                bar.set_position(e.progress.max(0) as u64);
+                bar.set_message(e.event.clone());
+                if matches!(
+                    e.event.as_str(),
+                    "complete" | "already exists" | "extracted" | "saved" | "exists"
+                ) {
+                    bar.finish();
+                }
+            }
+            None if entry.0 != e.event => {
+                if e.total > 0 {
+                    eprintln!("{short}: {} {}/{}", e.event, e.progress, e.total);
+                } else {
+                    eprintln!("{short}: {}", e.event);
+                }
+            }
+            None => {}
         }
-        last.insert(e.name.clone(), e.event.clone());
+        entry.0 = e.event;
+    }
+    for (_, bar) in shown.values() {
+        if let Some(b) = bar {
+            b.finish();
+        }
     }
     t.finish().await
 }
