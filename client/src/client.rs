@@ -118,6 +118,11 @@ impl Client {
         crate::containers::Containers::new(self.clone())
     }
 
+    /// berthd's named networks (host-wide; the namespace does not apply).
+    pub fn networks(&self) -> crate::networks::Networks {
+        crate::networks::Networks::new(self.clone())
+    }
+
     pub fn tasks(&self) -> crate::tasks::Tasks {
         crate::tasks::Tasks::new(self.clone())
     }

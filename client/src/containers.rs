@@ -12,7 +12,10 @@ use crate::api::services::containers::v1::{
 use crate::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use crate::api::services::snapshots::v1::{PrepareSnapshotRequest, RemoveSnapshotRequest};
 use crate::names::NAME_LABEL;
-use crate::spec::{ContainerConfig, NETWORK_LABEL, STOP_SIGNAL_LABEL, STOP_TIMEOUT_LABEL};
+use crate::spec::{
+    ContainerConfig, Network, NETWORKS_LABEL, NETWORK_LABEL, PORTS_LABEL, STOP_SIGNAL_LABEL,
+    STOP_TIMEOUT_LABEL,
+};
 use crate::{Client, Error, Result};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -239,8 +242,45 @@ impl Containers {
         labels.insert(NAME_LABEL.to_string(), name.clone());
         labels.insert(
             NETWORK_LABEL.to_string(),
-            config.network.as_str().to_string(),
+            match config.network {
+                Network::Named => config.networks.join(","),
+                other => other.as_str().to_string(),
+            },
         );
+        match config.network {
+            Network::Named if config.networks.is_empty() => {
+                return Err(Error::invalid("a named network mode needs a network name"))
+            }
+            Network::Named => {
+                // Checked before anything is created, as docker does: the daemon would only
+                // notice when the task starts, leaving a container behind.
+                let known = self.client.networks().list().await?;
+                if let Some(missing) = config
+                    .networks
+                    .iter()
+                    .find(|n| !known.iter().any(|k| &k.name == *n))
+                {
+                    return Err(Error::not_found(format!(
+                        "network {missing} not found (berth network ls lists them)"
+                    )));
+                }
+                let names = serde_json::to_string(&config.networks)
+                    .map_err(|e| Error::invalid(format!("encode the networks: {e}")))?;
+                labels.insert(NETWORKS_LABEL.to_string(), names);
+                if !config.ports.is_empty() {
+                    let ports = serde_json::to_string(&config.ports)
+                        .map_err(|e| Error::invalid(format!("encode the ports: {e}")))?;
+                    labels.insert(PORTS_LABEL.to_string(), ports);
+                }
+            }
+            _ if !config.ports.is_empty() => {
+                return Err(Error::invalid(format!(
+                    "ports are published on a network: -p needs --network NAME, not {}",
+                    config.network.as_str()
+                )))
+            }
+            _ => {}
+        }
         let image_stop = details
             .config
             .config()

@@ -134,6 +134,10 @@ impl Images {
         Images { client }
     }
 
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     fn api(&self) -> ImagesClient<tonic::transport::Channel> {
         ImagesClient::new(self.client.channel.clone())
     }

@@ -81,9 +81,11 @@ pub mod images;
 pub mod leases;
 pub mod lifecycle;
 pub mod names;
+pub mod networks;
 pub mod spec;
 pub mod stdio;
 pub mod tasks;
+pub mod transfer;
 pub mod user;
 
 #[doc(hidden)]

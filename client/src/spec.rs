@@ -20,6 +20,10 @@ pub const STOP_SIGNAL_LABEL: &str = "io.containerd.image.config.stop-signal";
 pub const STOP_TIMEOUT_LABEL: &str = "io.berth.stop-timeout";
 /// The network mode the container was created with.
 pub const NETWORK_LABEL: &str = "io.berth.network";
+/// berthd's network hook label: a JSON list of the networks a container's task joins.
+pub const NETWORKS_LABEL: &str = "berth/networks";
+/// berthd's published ports label: a JSON list of [`PublishedPort`]s.
+pub const PORTS_LABEL: &str = "berth/ports";
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -52,6 +56,53 @@ pub struct ContainerConfig {
     /// A pty for the process.
     pub tty: bool,
     pub network: Network,
+    /// The networks to join when `network` is [`Network::Named`] (berthd's `berth/networks`).
+    pub networks: Vec<String>,
+    /// Ports to publish on those networks (berthd's `berth/ports`).
+    pub ports: Vec<PublishedPort>,
+}
+
+/// docker's `-p [IP:]HOST:CONTAINER[/PROTO]`, in the shape berthd's `berth/ports` label takes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PublishedPort {
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: String,
+    #[serde(rename = "HostIP", default)]
+    pub host_ip: String,
+}
+
+impl PublishedPort {
+    /// Parse `-p`: `8080:80`, `127.0.0.1:8080:80`, `8080:80/udp`.
+    pub fn parse(s: &str) -> Result<PublishedPort> {
+        let bad = |why: &str| {
+            Error::invalid(format!(
+                "invalid port {s:?}: {why} (want [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp])"
+            ))
+        };
+        let (spec, protocol) = match s.rsplit_once('/') {
+            Some((p, proto @ ("tcp" | "udp" | "sctp"))) => (p, proto),
+            Some(_) => return Err(bad("the protocol is tcp, udp or sctp")),
+            None => (s, "tcp"),
+        };
+        let (rest, container) = spec.rsplit_once(':').ok_or_else(|| bad("no host port"))?;
+        let (ip, host) = match rest.rsplit_once(':') {
+            Some((ip, host)) => (ip.trim_start_matches('[').trim_end_matches(']'), host),
+            None => ("", rest),
+        };
+        if !ip.is_empty() && ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(bad("the host IP is not an address"));
+        }
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0);
+        Ok(PublishedPort {
+            host_port: port(host).ok_or_else(|| bad("the host port is not 1-65535"))?,
+            container_port: port(container)
+                .ok_or_else(|| bad("the container port is not 1-65535"))?,
+            protocol: protocol.to_string(),
+            host_ip: ip.to_string(),
+        })
+    }
 }
 
 /// The network a container joins.
@@ -62,21 +113,28 @@ pub enum Network {
     None,
     /// The host's network namespace.
     Host,
+    /// A network namespace of its own on berthd's (CNI) networks, named in
+    /// [`ContainerConfig::networks`].
+    Named,
 }
 
 impl Network {
-    /// Parse `--network`. Named (CNI) networks come with the networking work; until then they
-    /// are refused with a message saying so.
+    /// Parse `--network`: none, host, or a network's name (the daemon says whether it exists).
     pub fn parse(s: &str) -> Result<Network> {
         match s {
             "none" => Ok(Network::None),
             "host" => Ok(Network::Host),
-            other => Err(Error::local(
-                tonic::Code::Unimplemented,
-                format!(
-                    "network {other:?} is not available: this berth supports --network none or host (CNI networks are not built yet)"
-                ),
-            )),
+            other
+                if other.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    && other
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) =>
+            {
+                Ok(Network::Named)
+            }
+            other => Err(Error::invalid(format!(
+                "invalid network name {other:?}: letters, digits, '_', '.' and '-'"
+            ))),
         }
     }
 
@@ -84,6 +142,7 @@ impl Network {
         match self {
             Network::None => "none",
             Network::Host => "host",
+            Network::Named => "named",
         }
     }
 }
@@ -281,7 +340,7 @@ pub fn generate(
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| crate::names::short_id(id).to_string()),
-        (None, Network::None) => crate::names::short_id(id).to_string(),
+        (None, Network::None | Network::Named) => crate::names::short_id(id).to_string(),
     };
     let cwd = config
         .workdir
@@ -378,7 +437,8 @@ pub fn generate(
         LinuxNamespaceType::Mount,
     ];
     match config.network {
-        Network::None => namespaces.push(LinuxNamespaceType::Network),
+        // berthd's network hook puts a named network's namespace path in the spec it runs.
+        Network::None | Network::Named => namespaces.push(LinuxNamespaceType::Network),
         Network::Host => {
             // The host's name resolution, read-only, as docker gives a host-network container.
             for file in ["/etc/hosts", "/etc/resolv.conf"] {
@@ -567,7 +627,23 @@ mod tests {
         assert!(capabilities(false, &["NOPE".into()], &[]).is_err());
         assert_eq!(capabilities(false, &[], &["ALL".into()]).unwrap().len(), 0);
         assert_eq!(capabilities(true, &[], &[]).unwrap().len(), ALL_CAPS.len());
-        assert!(Network::parse("bridge").is_err());
+        assert_eq!(Network::parse("bridge").unwrap(), Network::Named);
+        assert!(Network::parse("-x").is_err());
+        assert!(Network::parse("a/b").is_err());
+        let p = PublishedPort::parse("127.0.0.1:8080:80/udp").unwrap();
+        assert_eq!(
+            (
+                p.host_ip.as_str(),
+                p.host_port,
+                p.container_port,
+                p.protocol.as_str()
+            ),
+            ("127.0.0.1", 8080, 80, "udp")
+        );
+        assert_eq!(PublishedPort::parse("8080:80").unwrap().protocol, "tcp");
+        for bad in ["80", "0:80", "8080:80/icmp", "x:8080:80", "8080:70000"] {
+            assert!(PublishedPort::parse(bad).is_err(), "{bad}");
+        }
         assert_eq!(Network::parse("host").unwrap(), Network::Host);
     }
 }

@@ -523,12 +523,35 @@ fn ps_formats_rm_and_the_messages_people_act_on() {
     assert_eq!(named.lines().count(), 1, "{named}");
     env.ok(&["rm", "race"]);
 
-    // An unknown image says so and suggests pull.
-    let err = env.fails(125, &["run", "--rm", "docker.io/library/nope:1", "true"]);
+    // An unknown image says so and suggests pull (run and create pull a missing image by
+    // default: tests/transfer.rs covers that against a registry on loopback).
+    let err = env.fails(
+        125,
+        &[
+            "run",
+            "--rm",
+            "--pull",
+            "never",
+            "docker.io/library/nope:1",
+            "true",
+        ],
+    );
+    assert!(err.contains("nope") && err.contains("berth pull"), "{err}");
+    let err = env.fails(
+        125,
+        &[
+            "create",
+            "--pull",
+            "never",
+            "docker.io/library/nope:1",
+            "true",
+        ],
+    );
     assert!(err.contains("nope") && err.contains("berth pull"), "{err}");
     // Bad flags are berth's failure, 125.
     env.fails(125, &["run", "--no-such-flag", IMAGE]);
-    env.fails(125, &["run", "--network", "bridge", IMAGE, "true"]);
+    env.fails(125, &["run", "--network", "no/such", IMAGE, "true"]);
+    env.fails(125, &["run", "--network", "nosuchnet", IMAGE, "true"]);
 
     // rm refuses a running container and says what to do; rm -f kills and removes it.
     let err = env.fails(1, &["rm", "alive"]);

@@ -96,9 +96,17 @@ pub struct ContainerOptions {
     /// Seconds `stop` waits before SIGKILL (default 10).
     #[arg(long = "stop-timeout", value_name = "SECONDS")]
     stop_timeout: Option<u32>,
-    /// The network: none (loopback only, the default) or host.
+    /// The network: none (loopback only, the default), host, or a network's name (bridge is
+    /// berthd's default network).
     #[arg(long, default_value = "none")]
     network: String,
+    /// Publish a container port on the host: [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]
+    /// (needs --network NAME).
+    #[arg(short = 'p', long = "publish", value_name = "PORTS")]
+    publish: Vec<String>,
+    /// Pull the image first: missing (when not here), always, or never.
+    #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
+    pull: String,
 }
 
 impl ContainerOptions {
@@ -158,6 +166,15 @@ impl ContainerOptions {
             stop_timeout: self.stop_timeout,
             tty: self.tty,
             network: Network::parse(&self.network)?,
+            networks: match Network::parse(&self.network)? {
+                Network::Named => vec![self.network.clone()],
+                _ => Vec::new(),
+            },
+            ports: self
+                .publish
+                .iter()
+                .map(|p| crate::spec::PublishedPort::parse(p))
+                .collect::<crate::Result<_>>()?,
         })
     }
 }
@@ -171,8 +188,32 @@ fn env_entry(e: &str) -> Option<String> {
     }
 }
 
+/// docker's `--pull`: fetch the image before creating, as `berth pull` would (progress on
+/// stderr). With `never`, an image that is not here fails the create with its pull hint.
+async fn pull_as_asked(client: &Client, image: &str, policy: &str) -> CliResult<()> {
+    let wanted = match policy {
+        "always" => true,
+        "missing" => match client.images().get(image).await {
+            Ok(_) => false,
+            Err(e) if e.is_not_found() => {
+                eprintln!("Unable to find image '{image}' locally");
+                true
+            }
+            Err(e) => return Err(e.into()),
+        },
+        _ => false,
+    };
+    if wanted {
+        super::image::pull_quietly(client, image)
+            .await
+            .map_err(|e| format!("pull {image}: {e}"))?;
+    }
+    Ok(())
+}
+
 pub async fn create(client: &Client, a: CreateArgs) -> CliResult {
     let config = a.options.config(&a.command)?;
+    pull_as_asked(client, &a.image, &a.options.pull).await?;
     let c = client
         .containers()
         .create(&a.image, a.options.name.as_deref(), &config)
@@ -191,6 +232,7 @@ pub async fn run(client: &Client, a: RunArgs) -> CliResult {
     }
     let opts = &a.create.options;
     let config = opts.config(&a.create.command)?;
+    pull_as_asked(client, &a.create.image, &opts.pull).await?;
     let c = client
         .containers()
         .create(&a.create.image, opts.name.as_deref(), &config)
@@ -794,4 +836,54 @@ pub async fn inspect_value(client: &Client, c: &ContainerInfo) -> CliResult<Valu
         "Runtime": c.runtime,
         "Spec": c.spec,
     }))
+}
+
+#[derive(Args, Debug)]
+pub struct PortArgs {
+    /// The container (name or id prefix).
+    container: String,
+    /// Only this port: PORT[/PROTO].
+    port: Option<String>,
+}
+
+/// docker's `port`: the published ports from the container's `berth/ports` label.
+pub async fn port(client: &Client, a: PortArgs) -> CliResult {
+    let c = client.containers().find(&a.container).await?;
+    let ports: Vec<crate::spec::PublishedPort> = match c.labels.get(crate::spec::PORTS_LABEL) {
+        Some(raw) => serde_json::from_str(raw)
+            .map_err(|e| format!("label {}: {e}", crate::spec::PORTS_LABEL))?,
+        None => Vec::new(),
+    };
+    let wanted = a.port.as_deref().map(|p| match p.split_once('/') {
+        Some((n, proto)) => (n.to_string(), proto.to_string()),
+        None => (p.to_string(), "tcp".to_string()),
+    });
+    let mut shown = 0;
+    for p in &ports {
+        if let Some((n, proto)) = &wanted {
+            if *n != p.container_port.to_string() || *proto != p.protocol {
+                continue;
+            }
+        }
+        let ip = if p.host_ip.is_empty() {
+            "0.0.0.0"
+        } else {
+            &p.host_ip
+        };
+        if wanted.is_some() {
+            println!("{ip}:{}", p.host_port);
+        } else {
+            println!(
+                "{}/{} -> {ip}:{}",
+                p.container_port, p.protocol, p.host_port
+            );
+        }
+        shown += 1;
+    }
+    if shown == 0 {
+        if let Some(p) = &a.port {
+            return Err(format!("no public port '{p}' published for {}", a.container).into());
+        }
+    }
+    Ok(0)
 }

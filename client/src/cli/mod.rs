@@ -7,6 +7,7 @@
 mod container;
 pub mod format;
 mod image;
+mod network;
 mod system;
 
 use crate::{Client, Error, ExecFailure, Host};
@@ -114,6 +115,35 @@ enum Command {
     /// Give an image another name.
     #[command(after_help = "Example:\n  berth tag busybox:latest registry.local/busybox:v1")]
     Tag(image::TagArgs),
+    /// Pull an image from a registry (unpacked for this host).
+    #[command(
+        after_help = "Examples:\n  berth pull busybox\n  berth pull --plain-http registry.local:5000/app:v1"
+    )]
+    Pull(image::PullArgs),
+    /// Push an image to its registry.
+    #[command(after_help = "Example:\n  berth push localhost:5000/busybox:latest")]
+    Push(image::PullArgs),
+    /// Write images to an archive (OCI, with docker's manifest.json).
+    #[command(
+        after_help = "Examples:\n  berth save -o busybox.tar busybox\n  berth save busybox | gzip > busybox.tar.gz"
+    )]
+    Save(image::SaveArgs),
+    /// Load images from an OCI or docker archive.
+    #[command(after_help = "Examples:\n  berth load -i busybox.tar\n  berth load < busybox.tar")]
+    Load(image::LoadArgs),
+    /// Store a registry's credentials for pulls and pushes (0600, where berthd reads them).
+    #[command(
+        after_help = "Example:\n  echo \"$TOKEN\" | berth login -u me --password-stdin registry.local:5000"
+    )]
+    Login(image::LoginArgs),
+    /// Forget a registry's credentials.
+    Logout(image::LogoutArgs),
+    /// Network commands (create, ls, inspect, rm).
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
+    /// List a container's published ports.
+    #[command(after_help = "Example:\n  berth port web 80/tcp")]
+    Port(container::PortArgs),
     /// Image commands (ls, rm, tag, inspect).
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -254,6 +284,14 @@ async fn connect(host: Option<&str>, namespace: &str) -> CliResult<Client> {
 }
 
 async fn run(cli: Cli) -> CliResult {
+    // Credentials are a local file: no daemon needed.
+    if let Command::Login(_) | Command::Logout(_) = &cli.command {
+        return match cli.command {
+            Command::Login(a) => image::login(a),
+            Command::Logout(a) => image::logout(a),
+            _ => Ok(0),
+        };
+    }
     let client = connect(cli.host.as_deref(), &cli.namespace).await?;
     let host = cli.host.clone().unwrap_or_default();
     match cli.command {
@@ -290,12 +328,20 @@ async fn run(cli: Cli) -> CliResult {
         Command::Images(a) => image::images(&client, a).await,
         Command::Rmi(a) => image::rmi(&client, a).await,
         Command::Tag(a) => image::tag(&client, a).await,
+        Command::Network(c) => network::network_command(&client, c).await,
+        Command::Port(a) => container::port(&client, a).await,
+        Command::Pull(a) => image::pull(&client, a).await,
+        Command::Push(a) => image::push(&client, a).await,
+        Command::Save(a) => image::save(&client, a).await,
+        Command::Load(a) => image::load(&client, a).await,
         Command::Image(c) => image::image_command(&client, c).await,
         Command::Events(a) => system::events(&client, a).await,
         Command::Info(a) => system::info(&client, a, &host).await,
         Command::Version(a) => system::version(&client, a).await,
         Command::Namespace(c) => system::namespace(&client, c).await,
         Command::Completion { .. } => Ok(0),
+        Command::Login(a) => image::login(a),
+        Command::Logout(a) => image::logout(a),
     }
 }
 
