@@ -332,6 +332,7 @@ fn transferrer(
             t.max_concurrent_downloads_total,
         )),
         inflight: Default::default(),
+        unpacking: Default::default(),
     }
 }
 

@@ -42,6 +42,7 @@ use tokio::sync::Semaphore;
 pub use config::TransferConfig;
 pub use fetch::InFlight;
 pub use progress::Progress;
+pub use unpack::Unpacking;
 
 /// The `[transfer]` section's values, as the domain uses them.
 #[derive(Clone, Debug)]
@@ -78,6 +79,8 @@ pub struct Transferrer {
     /// Daemon-wide bound on blob downloads, shared by every transfer's registry client.
     pub downloads: Arc<Semaphore>,
     pub inflight: InFlight,
+    /// Daemon-wide: one unpack of a chain at a time.
+    pub unpacking: Unpacking,
 }
 
 /// One transfer call as the service hands it over.

@@ -55,6 +55,28 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
+/// Unpacks of one chain (in one namespace and snapshotter), one at a time daemon-wide: a second
+/// transfer of the same image waits for the first's snapshot and keeps it, instead of applying
+/// every layer again beside it (which doubled the work and lost the commit race anyway).
+#[derive(Default)]
+pub struct Unpacking {
+    locks: std::sync::Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl Unpacking {
+    fn lock_for(&self, ns: &str, snapshotter: &str, chain: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let key = format!("{ns}\0{snapshotter}\0{chain}");
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.retain(|_, l| l.strong_count() > 0);
+        if let Some(lock) = locks.get(&key).and_then(std::sync::Weak::upgrade) {
+            return lock;
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(key, Arc::downgrade(&lock));
+        lock
+    }
+}
+
 /// How one layer's download reports: its outcome, and its bytes while it runs (if followed).
 pub(super) type LayerSource = (oneshot::Receiver<Result<()>>, Option<Arc<Growing>>);
 
@@ -98,6 +120,8 @@ pub(super) async fn unpack(
         let downloaded = |r: std::result::Result<Result<()>, oneshot::error::RecvError>| {
             r.map_err(|_| Error::canceled("a layer download ended without a word"))?
         };
+        let chain_lock = t.unpacking.lock_for(&ctx.ns, snapshotter, &chain);
+        let _unpacking = chain_lock.lock().await;
         let s = scoped.clone();
         let c = chain.clone();
         if blocking(move || s.stat(&c)).await.is_ok() {
