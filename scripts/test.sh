@@ -13,8 +13,9 @@ log=$(mktemp)
 skips=$(mktemp)
 trap 'rm -f "$log" "$skips"' EXIT
 export BERTH_TEST_SKIPS="$skips"
+# --no-fail-fast: one failing test binary must not hide the results of the ones after it.
 status=0
-cargo test --workspace --locked -- --test-threads=2 2>&1 | tee "$log" || status=$?
+cargo test --workspace --locked --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?
 grep '^SKIPPED: ' "$skips" | sort || true
 # cargo prints one "test result:" line per test binary (the last is often an empty doc-test run):
 # add them up so the closing line speaks for the whole suite. A test that recorded skips still
