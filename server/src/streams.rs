@@ -199,7 +199,8 @@ pub fn receive_bytes(stream: Stream) -> impl AsyncRead + Send + Unpin + 'static 
 
 /// Send `source` to the client on `stream` (containerd's `ReceiveStream` on the other side):
 /// only within the window the client granted, in `Data` messages of at most 32 KiB. Returns
-/// the bytes sent; the stream ends (the client sees EOF) when this returns and drops it.
+/// the bytes sent, once the client's grants for them have stopped; the stream ends (the client
+/// sees EOF) when this returns and drops it.
 pub async fn send_bytes(stream: Stream, mut source: impl AsyncRead + Unpin) -> Result<u64> {
     let (sender, mut inbound) = stream.split();
     let mut remaining: i64 = 0;
@@ -238,7 +239,7 @@ pub async fn send_bytes(stream: Stream, mut source: impl AsyncRead + Unpin) -> R
             .await
             .map_err(|e| Error::io("read the bytes to send", e))?;
         if n == 0 {
-            return Ok(sent);
+            break;
         }
         sender
             .send(pack_any(&Data {
@@ -248,7 +249,27 @@ pub async fn send_bytes(stream: Stream, mut source: impl AsyncRead + Unpin) -> R
         remaining -= n as i64;
         sent += n as u64;
     }
+    // The protocol has no acknowledgement of the last bytes, and ctr closes its file as soon as
+    // Transfer returns (which cut the tail off exports): let the client's grants run out (it
+    // grants after writing a message out) and return once it has been quiet for a moment.
+    let drained = tokio::time::sleep(DRAIN_WAIT);
+    tokio::pin!(drained);
+    loop {
+        tokio::select! {
+            msg = tokio::time::timeout(DRAIN_QUIET, inbound.recv()) => match msg {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            },
+            _ = &mut drained => break,
+        }
+    }
+    Ok(sent)
 }
+
+/// The end of a send waits for the client's grants to stop for this long...
+const DRAIN_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
+/// ...and at most this long in all.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {

@@ -9,15 +9,12 @@
 use super::fetch::Fetcher;
 use super::{Ctx, Transferrer};
 use crate::blocking::blocking;
-use crate::streams::{receive_bytes, Stream};
-use berth_api::containerd::events::ContentCreate;
-use berth_api::containerd::services::content::v1::Info;
+use crate::streams::receive_bytes;
 use berth_api::containerd::services::images::v1::Image;
 use berth_api::containerd::types::transfer::{
-    Data, ImageExportStream, ImageImportStream, ImageStore, UnpackConfiguration, WindowUpdate,
+    ImageExportStream, ImageImportStream, ImageStore, UnpackConfiguration,
 };
 use berth_api::containerd::types::Descriptor as ApiDescriptor;
-use berth_api::{pack_any, unpack_any};
 use berth_archive::json::Descriptor;
 use berth_archive::{
     ContentProvider, ContentSink, ExportOptions, ImageNaming, ImageReference, ImportOptions,
@@ -32,8 +29,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Read;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
@@ -118,44 +113,17 @@ impl ContentSink for NamespaceContent {
     }
 }
 
-/// Record a blob in the namespace under the lease, merging labels into an existing record.
+/// Record a blob in the namespace under the transfer's lease, as the pull does.
 async fn record(
     c: &NamespaceContent,
     digest: &Digest,
     size: i64,
     labels: HashMap<String, String>,
 ) -> Result<()> {
-    match c
-        .meta
-        .add_content(&c.ns, digest, size, labels.clone(), Some(&c.lease))
-        .await
-    {
-        Ok(_) => {
-            c.events.publish(
-                &c.ns,
-                "/content/create",
-                &ContentCreate {
-                    digest: digest.to_string(),
-                    size,
-                    media_type: String::new(),
-                },
-            );
-            Ok(())
-        }
-        Err(e) if e.is_already_exists() => {
-            if labels.is_empty() {
-                return Ok(());
-            }
-            let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
-            let info = Info {
-                digest: digest.to_string(),
-                labels,
-                ..Info::default()
-            };
-            c.meta.update_content(&c.ns, info, &paths).await.map(|_| ())
-        }
-        Err(e) => Err(e),
-    }
+    super::fetch::record_content(
+        &c.meta, &c.events, &c.ns, &c.lease, digest, size, "", &labels,
+    )
+    .await
 }
 
 fn namespace_content(t: &Transferrer, ctx: &Ctx) -> NamespaceContent {
@@ -464,93 +432,8 @@ pub(super) async fn export(
             .await
             .map(|_| ())
     };
-    let send = async { send_archive(stream, reader).await.map(|_| ()) };
+    let send = async { crate::streams::send_bytes(stream, reader).await.map(|_| ()) };
     tokio::try_join!(write, send)?;
     ctx.progress.note("Completed export").await;
     Ok(())
-}
-
-/// Largest `Data` payload, as containerd's streams send them.
-const MAX_DATA: usize = 32 * 1024;
-/// The end of an export waits for the client's grants to stop for this long...
-const DRAIN_QUIET: Duration = Duration::from_millis(100);
-/// ...and at most this long in all.
-const DRAIN_WAIT: Duration = Duration::from_secs(2);
-
-/// Send the archive on the client's stream within the window it grants (as
-/// `streams::send_bytes`), then give the client time to write out the last `Data`:
-/// `ctr images export` closes its file as soon as Transfer returns, so answering right after
-/// the last send cuts the tail off the archive.
-async fn send_archive(stream: Stream, mut source: impl AsyncRead + Unpin) -> Result<u64> {
-    let id = stream.id().to_owned();
-    let (sender, mut inbound) = stream.split();
-    let (mut window, mut grants, mut messages, mut sent) = (0i64, 0u64, 0u64, 0u64);
-    let grant = |msg: prost_types::Any, window: &mut i64, grants: &mut u64| {
-        if let Some(update) = grant_of(&msg) {
-            *window += update;
-            *grants += 1;
-        }
-    };
-    let mut buf = vec![0u8; MAX_DATA];
-    loop {
-        loop {
-            let msg = if window > 0 {
-                match inbound.try_recv() {
-                    Ok(m) => m,
-                    Err(_) => break,
-                }
-            } else {
-                inbound.recv().await.ok_or_else(|| {
-                    Error::unavailable(format!(
-                        "stream {id:?}: the client stopped reading after {sent} bytes"
-                    ))
-                })?
-            };
-            grant(msg, &mut window, &mut grants);
-        }
-        let max = window.min(MAX_DATA as i64) as usize;
-        let n = source
-            .read(&mut buf[..max])
-            .await
-            .map_err(|e| Error::io("read the archive to send", e))?;
-        if n == 0 {
-            break;
-        }
-        sender
-            .send(pack_any(&Data {
-                data: buf[..n].to_vec(),
-            }))
-            .await?;
-        messages += 1;
-        sent += n as u64;
-        window -= n as i64;
-    }
-    // containerd's protocol has no acknowledgement of the last bytes: let the client's
-    // grants run out (it grants after writing out a message while its window is short), and
-    // answer once it has been quiet for a moment.
-    let deadline = tokio::time::sleep(DRAIN_WAIT);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            msg = tokio::time::timeout(DRAIN_QUIET, inbound.recv()) => match msg {
-                Ok(Some(m)) => grant(m, &mut window, &mut grants),
-                Ok(None) | Err(_) => break,
-            },
-            _ = &mut deadline => break,
-        }
-    }
-    tracing::debug!(stream = %id, sent, messages, grants, "export sent");
-    Ok(sent)
-}
-
-/// The window a `WindowUpdate` grants; anything else is ignored.
-fn grant_of(msg: &prost_types::Any) -> Option<i64> {
-    match unpack_any::<WindowUpdate>(msg) {
-        Ok(w) if w.update > 0 => Some(i64::from(w.update)),
-        Ok(_) => None,
-        Err(e) => {
-            tracing::warn!(error = %e, "ignoring a message that is not a WindowUpdate");
-            None
-        }
-    }
 }

@@ -8,10 +8,12 @@
 use super::progress::ref_key;
 use super::{Ctx, Transferrer};
 use crate::blocking::blocking;
+use crate::events::Exchange;
 use berth_api::containerd::events::ContentCreate;
 use berth_api::containerd::services::content::v1::Info;
 use berth_api::containerd::types::Descriptor as ApiDescriptor;
 use berth_errdefs::{Error, Kind, Result};
+use berth_metadata::Metadata;
 use berth_oci::Digest;
 use berth_registry::{Client, Descriptor, Digester, Reference, Resume};
 use bytes::Bytes;
@@ -126,44 +128,11 @@ impl Fetcher<'_> {
         media_type: &str,
         labels: &HashMap<String, String>,
     ) -> Result<()> {
-        let (t, ns) = (self.t, &self.ctx.ns);
-        match t
-            .meta
-            .add_content(ns, digest, size, labels.clone(), Some(&self.ctx.lease))
-            .await
-        {
-            Ok(_) => {
-                t.events.publish(
-                    ns,
-                    "/content/create",
-                    &ContentCreate {
-                        digest: digest.to_string(),
-                        size,
-                        media_type: media_type.to_string(),
-                    },
-                );
-                Ok(())
-            }
-            Err(e) if e.is_already_exists() => {
-                if labels.is_empty() {
-                    return Ok(());
-                }
-                let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
-                t.meta
-                    .update_content(
-                        ns,
-                        Info {
-                            digest: digest.to_string(),
-                            labels: labels.clone(),
-                            ..Info::default()
-                        },
-                        &paths,
-                    )
-                    .await?;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        let (t, ctx) = (self.t, self.ctx);
+        record_content(
+            &t.meta, &t.events, &ctx.ns, &ctx.lease, digest, size, media_type, labels,
+        )
+        .await
     }
 
     /// Store a document already fetched and verified (manifest, index, config).
@@ -502,6 +471,49 @@ impl Read for GrowingReader {
                 }
             }
         }
+    }
+}
+
+/// Record a stored blob in `ns` under `lease` (a `/content/create` event when it is new), merging
+/// `labels` into the record the namespace already has: pulls and archive imports alike.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn record_content(
+    meta: &Metadata,
+    events: &Exchange,
+    ns: &str,
+    lease: &str,
+    digest: &Digest,
+    size: i64,
+    media_type: &str,
+    labels: &HashMap<String, String>,
+) -> Result<()> {
+    match meta
+        .add_content(ns, digest, size, labels.clone(), Some(lease))
+        .await
+    {
+        Ok(_) => {
+            events.publish(
+                ns,
+                "/content/create",
+                &ContentCreate {
+                    digest: digest.to_string(),
+                    size,
+                    media_type: media_type.to_string(),
+                },
+            );
+            Ok(())
+        }
+        Err(e) if e.is_already_exists() && labels.is_empty() => Ok(()),
+        Err(e) if e.is_already_exists() => {
+            let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
+            let info = Info {
+                digest: digest.to_string(),
+                labels: labels.clone(),
+                ..Info::default()
+            };
+            meta.update_content(ns, info, &paths).await.map(|_| ())
+        }
+        Err(e) => Err(e),
     }
 }
 
