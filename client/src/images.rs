@@ -74,27 +74,13 @@ pub struct ImageDetails {
 }
 
 /// docker's reference normalisation: `busybox` → `docker.io/library/busybox:latest`,
-/// `me/app` → `docker.io/me/app:latest`, `host:5000/app` → `host:5000/app:latest`.
+/// `me/app` → `docker.io/me/app:latest`, `host:5000/app` → `host:5000/app:latest` — the
+/// registry client's parse, the one the daemon's pull uses. What is no valid reference (an id
+/// prefix a caller tries next) comes back as given.
 pub fn normalize(reference: &str) -> String {
-    let (name, suffix) = match reference.split_once('@') {
-        Some((n, d)) => (n, Some(format!("@{d}"))),
-        None => (reference, None),
-    };
-    let first = name.split('/').next().unwrap_or("");
-    let has_domain =
-        name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    let mut full = if has_domain {
-        name.to_string()
-    } else if name.contains('/') {
-        format!("docker.io/{name}")
-    } else {
-        format!("docker.io/library/{name}")
-    };
-    let last = full.rsplit('/').next().unwrap_or("");
-    if suffix.is_none() && !last.contains(':') {
-        full.push_str(":latest");
-    }
-    full + suffix.as_deref().unwrap_or("")
+    berth_registry::Reference::parse(reference)
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| reference.to_string())
 }
 
 /// The chain IDs of a stack of layers (each prefix's), from their diff IDs.
