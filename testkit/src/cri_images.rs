@@ -49,6 +49,55 @@ www-data:x:33:\n\
 users:x:100:\n\
 nogroup:x:65534:\n";
 
+/// Stand-ins, as scripts of busybox applets, for the tools critest runs in its containers that
+/// Debian's busybox-static leaves out: `pgrep NAME` (the execSync timeout case) and `ipcs -m`
+/// (the host IPC cases look for a segment's id in it). Installed only where busybox has no applet.
+const TOOL_SCRIPTS: &[(&str, &str)] = &[
+    (
+        "usr/bin/pgrep",
+        r#"#!/bin/sh
+# pgrep [-f] PATTERN: the pids whose name (with -f: command line) matches the extended regex.
+full=
+[ "$1" = -f ] && { full=1; shift; }
+found=1
+for d in /proc/[0-9]*; do
+  pid=${d#/proc/}
+  [ "$pid" = $$ ] && continue
+  if [ -n "$full" ]; then
+    name=$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null) || continue
+  else
+    read -r name <"$d/comm" 2>/dev/null || continue
+  fi
+  if printf '%s
+' "$name" | grep -qE -- "$1"; then echo "$pid"; found=0; fi
+done
+exit $found
+"#,
+    ),
+    (
+        "usr/bin/ipcs",
+        r#"#!/bin/sh
+# ipcs -m: the shared memory segments of this IPC namespace, in util-linux's layout.
+echo
+echo "------ Shared Memory Segments --------"
+echo "key        shmid      owner      perms      bytes      nattch     status"
+awk 'NR > 1 { printf "0x%08x %-10s %-10s %-10o %-10s %-10s
+", $1, $2, $8, $3, $4, $7 }' /proc/sysvipc/shm
+echo
+"#,
+    ),
+];
+
+/// The nginx stand-in: busybox httpd under a process named nginx (`pidof nginx` finds it, as the
+/// host PID case checks) whose pid is in /var/run/nginx.pid, as nginx writes it.
+const NGINX_SCRIPT: &str = r#"#!/bin/sh
+# nginx [PORT]: serve /usr/share/nginx/html with busybox httpd on PORT (default 80).
+echo $$ >/var/run/nginx.pid
+httpd -f -v -p "${1:-80}" -h /usr/share/nginx/html &
+trap 'kill $! 2>/dev/null; exit 0' TERM INT
+wait
+"#;
+
 /// One image of the layout: the reference it is pushed as, the name of its entry in index.json
 /// (a plain token: skopeo's `oci:DIR:REF` cannot take a reference with its own colons) and the
 /// digest and media type of its top object.
@@ -181,7 +230,7 @@ fn base_layer_tar(busybox: &[u8], applets: &[String]) -> Vec<u8> {
     ] {
         append_dir(&mut tar, dir);
     }
-    for dir in ["home/", "var/", "var/www/"] {
+    for dir in ["home/", "var/", "var/run/", "var/www/"] {
         append_dir(&mut tar, dir);
     }
     let mut h = header(tar::EntryType::Directory, 0o1777, 0);
@@ -196,6 +245,14 @@ fn base_layer_tar(busybox: &[u8], applets: &[String]) -> Vec<u8> {
         let mut h = header(tar::EntryType::Symlink, 0o777, 0);
         tar.append_link(&mut h, applet, "/bin/busybox")
             .expect("append symlink");
+    }
+    for (path, script) in TOOL_SCRIPTS {
+        if !applets
+            .iter()
+            .any(|a| a.rsplit('/').next() == path.rsplit('/').next())
+        {
+            append_file(&mut tar, path, 0o755, script.as_bytes());
+        }
     }
     append_file(&mut tar, "etc/passwd", 0o644, PASSWD.as_bytes());
     append_file(&mut tar, "etc/group", 0o644, GROUP.as_bytes());
@@ -256,8 +313,9 @@ pub fn write_layout(dir: &Path, pause: &Path) -> io::Result<Vec<Fixture>> {
     ));
     // nginx:1.14-2 listens on 80; httpd:2.4.39-4 too and says "httpd" in its log (the
     // multi-container case waits for that word); hostnet-nginx listens on 12003 in the host's
-    // network. busybox httpd in the foreground stands in for all three.
-    let web = |root: &str, port: u16, cmd: &'static str| Variant {
+    // network. busybox httpd in the foreground stands in for all three (the nginx ones through
+    // NGINX_SCRIPT).
+    let web = |root: &str, port: u16, cmd: Vec<&'static str>| Variant {
         files: vec![
             (root.to_string(), 0o755, 0, None),
             (
@@ -266,35 +324,38 @@ pub fn write_layout(dir: &Path, pause: &Path) -> io::Result<Vec<Fixture>> {
                 0,
                 Some(INDEX_HTML.to_vec()),
             ),
+            ("usr/sbin/".into(), 0o755, 0, None),
+            (
+                "usr/sbin/nginx".into(),
+                0o755,
+                0,
+                Some(NGINX_SCRIPT.as_bytes().to_vec()),
+            ),
         ],
-        cmd: vec!["sh", "-c", cmd],
+        cmd,
         port: Some(port),
         ..Default::default()
     };
     images.push((
         named(&[&format!("{E2E}/nginx:1.14-2")]),
-        web(
-            "usr/share/nginx/html/",
-            80,
-            "exec httpd -f -v -p 80 -h /usr/share/nginx/html",
-        ),
+        web("usr/share/nginx/html/", 80, vec!["nginx", "80"]),
     ));
     images.push((
         named(&[&format!("{E2E}/httpd:2.4.39-4")]),
         web(
             "usr/local/apache2/htdocs/",
             80,
-            "echo 'httpd: serving /usr/local/apache2/htdocs on port 80' >&2; \
-             exec httpd -f -v -p 80 -h /usr/local/apache2/htdocs",
+            vec![
+                "sh",
+                "-c",
+                "echo 'httpd: serving /usr/local/apache2/htdocs on port 80' >&2; \
+                 exec httpd -f -v -p 80 -h /usr/local/apache2/htdocs",
+            ],
         ),
     ));
     images.push((
         named(&[&format!("{CRI_TOOLS}/hostnet-nginx-{}:latest", oci_arch())]),
-        web(
-            "usr/share/nginx/html/",
-            12003,
-            "exec httpd -f -v -p 12003 -h /usr/share/nginx/html",
-        ),
+        web("usr/share/nginx/html/", 12003, vec!["nginx", "12003"]),
     ));
 
     // images/image-user: busybox with USER set.
