@@ -81,8 +81,7 @@ exit $found
 echo
 echo "------ Shared Memory Segments --------"
 echo "key        shmid      owner      perms      bytes      nattch     status"
-awk 'NR > 1 { printf "0x%08x %-10s %-10s %-10o %-10s %-10s
-", $1, $2, $8, $3, $4, $7 }' /proc/sysvipc/shm
+awk 'NR > 1 { printf "0x%08x %-10s %-10s %-10s %-10s %-10s\n", $1, $2, $8, $3, $4, $7 }' /proc/sysvipc/shm
 echo
 "#,
     ),
