@@ -88,9 +88,11 @@ echo
 ];
 
 /// The nginx stand-in: busybox httpd under a process named nginx (`pidof nginx` finds it, as the
-/// host PID case checks) whose pid is in /var/run/nginx.pid, as nginx writes it.
+/// host PID case checks) whose pid is in /var/run/nginx.pid, as nginx writes it. Its image runs it
+/// as `nginx PORT "master process"`: the container PID case waits for nginx's process title
+/// ("nginx: master process …") in /proc/1/cmdline, and an argument is where a script can put it.
 const NGINX_SCRIPT: &str = r#"#!/bin/sh
-# nginx [PORT]: serve /usr/share/nginx/html with busybox httpd on PORT (default 80).
+# nginx [PORT [TITLE]]: serve /usr/share/nginx/html with busybox httpd on PORT (default 80).
 echo $$ >/var/run/nginx.pid
 httpd -f -v -p "${1:-80}" -h /usr/share/nginx/html &
 trap 'kill $! 2>/dev/null; exit 0' TERM INT
@@ -337,7 +339,11 @@ pub fn write_layout(dir: &Path, pause: &Path) -> io::Result<Vec<Fixture>> {
     };
     images.push((
         named(&[&format!("{E2E}/nginx:1.14-2")]),
-        web("usr/share/nginx/html/", 80, vec!["nginx", "80"]),
+        web(
+            "usr/share/nginx/html/",
+            80,
+            vec!["nginx", "80", "master process"],
+        ),
     ));
     images.push((
         named(&[&format!("{E2E}/httpd:2.4.39-4")]),
@@ -354,7 +360,11 @@ pub fn write_layout(dir: &Path, pause: &Path) -> io::Result<Vec<Fixture>> {
     ));
     images.push((
         named(&[&format!("{CRI_TOOLS}/hostnet-nginx-{}:latest", oci_arch())]),
-        web("usr/share/nginx/html/", 12003, vec!["nginx", "12003"]),
+        web(
+            "usr/share/nginx/html/",
+            12003,
+            vec!["nginx", "12003", "master process"],
+        ),
     ));
 
     // images/image-user: busybox with USER set.
