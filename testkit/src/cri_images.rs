@@ -216,7 +216,7 @@ fn descriptor(media_type: &str, blob: &Blob) -> Value {
     json!({ "mediaType": media_type, "digest": blob.digest, "size": blob.size })
 }
 
-/// The busybox base: /bin/busybox, every applet it lists at the path it lists, busybox's image
+/// The busybox base: /bin/busybox, every applet it lists at the path it lists (hard links), busybox's image
 /// users and groups, and the directories a shell expects.
 fn base_layer_tar(busybox: &[u8], applets: &[String]) -> Vec<u8> {
     let mut tar = tar::Builder::new(Vec::new());
@@ -242,10 +242,11 @@ fn base_layer_tar(busybox: &[u8], applets: &[String]) -> Vec<u8> {
         if applet == "bin/busybox" {
             continue;
         }
-        // Absolute targets, as busybox's own image links them: one target for every directory.
-        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-        tar.append_link(&mut h, applet, "/bin/busybox")
-            .expect("append symlink");
+        // Hard links, as busybox's own image has them: a runtime masking one applet (critest
+        // masks /bin/ls) must not follow a symlink and mask busybox itself.
+        let mut h = header(tar::EntryType::Link, 0o755, 0);
+        tar.append_link(&mut h, applet, "bin/busybox")
+            .expect("append hard link");
     }
     for (path, script) in TOOL_SCRIPTS {
         if !applets
