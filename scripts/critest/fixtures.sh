@@ -1,11 +1,11 @@
 # critest's images without internet (sourced by scripts/critest.sh, scripts/critest/peer.sh and
-# bench/cri.sh; bash): builds them (testkit's `critest-images`, with the static pause binary of
-# pause.c), serves them from Debian's docker-registry on a loopback port under their own
+# bench/cri.sh; bash): builds them (testkit's `critest-images`, with the static programs of
+# pause.c and nonewprivs.c), serves them from Debian's docker-registry on a loopback port under their own
 # repository names, and writes a containerd hosts.toml mirror layout that sends registry.k8s.io,
 # gcr.io and k8s.gcr.io to it over plain HTTP.
 #
-# Cached in $BERTH_CRITEST_CACHE (default /var/cache/berth-critest): the pause binary (rebuilt when
-# pause.c changes), the registry's storage (pushed again only when the layout's index.json
+# Cached in $BERTH_CRITEST_CACHE (default /var/cache/berth-critest): the programs (rebuilt when
+# their source changes), the registry's storage (pushed again only when the layout's index.json
 # changes). After fixtures_up: $CRITEST_REGISTRY (host:port), $CRITEST_HOSTS_DIR (the hosts.toml
 # root, containerd's `config_path`), $CRITEST_SANDBOX_IMAGE. fixtures_down stops the registry;
 # callers trap it on EXIT.
@@ -17,18 +17,21 @@ _fixtures_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 _registry_pid=
 
 _fixtures_build() {
-  mkdir -p "$CRITEST_CACHE"
-  local src="$_fixtures_root/scripts/critest/pause.c" sum
-  sum=$(sha256sum "$src" | cut -d' ' -f1)
-  if [ "$(cat "$CRITEST_CACHE/pause.sum" 2>/dev/null)" != "$sum" ]; then
-    cc -static -Os -s -o "$CRITEST_CACHE/pause" "$src"
-    echo "$sum" >"$CRITEST_CACHE/pause.sum"
-  fi
+  mkdir -p "$CRITEST_CACHE/bin"
+  local program src sum
+  for program in pause nonewprivs; do
+    src="$_fixtures_root/scripts/critest/$program.c"
+    sum=$(sha256sum "$src" | cut -d' ' -f1)
+    if [ "$(cat "$CRITEST_CACHE/bin/$program.sum" 2>/dev/null)" != "$sum" ]; then
+      cc -static -Os -s -o "$CRITEST_CACHE/bin/$program" "$src"
+      echo "$sum" >"$CRITEST_CACHE/bin/$program.sum"
+    fi
+  done
   (cd "$_fixtures_root" && cargo build -q -p berth-testkit --bin critest-images)
   local target
   target=$(cd "$_fixtures_root" && cargo metadata --format-version 1 --no-deps |
     sed -E 's/.*"target_directory":"([^"]*)".*/\1/')
-  "$target/debug/critest-images" "$CRITEST_CACHE/layout" "$CRITEST_CACHE/pause" \
+  "$target/debug/critest-images" "$CRITEST_CACHE/layout" "$CRITEST_CACHE/bin" \
     >"$CRITEST_CACHE/images.txt"
 }
 

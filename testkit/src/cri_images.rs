@@ -284,16 +284,22 @@ fn busybox_applets() -> io::Result<Vec<String>> {
 const INDEX_HTML: &[u8] = b"<html><body><h1>berth critest fixture</h1></body></html>\n";
 
 /// Write the layout to `dir` (created; an existing layout there is replaced) and return its
-/// images. `pause` is the static pause binary the pause images carry as /pause.
-pub fn write_layout(dir: &Path, pause: &Path) -> io::Result<Vec<Fixture>> {
+/// images. `bin` holds the static programs the images carry: `pause` (the pause images' /pause)
+/// and `nonewprivs` (setuid root in the nonewprivs image).
+pub fn write_layout(dir: &Path, bin: &Path) -> io::Result<Vec<Fixture>> {
     let busybox = std::fs::read("/bin/busybox").map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("/bin/busybox is not readable ({e}): install busybox-static"),
         )
     })?;
-    let pause = std::fs::read(pause)
-        .map_err(|e| io::Error::new(e.kind(), format!("read {}: {e}", pause.display())))?;
+    let program = |name: &str| {
+        let path = bin.join(name);
+        std::fs::read(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("read {}: {e}", path.display())))
+    };
+    let pause = program("pause")?;
+    let nonewprivs = program("nonewprivs")?;
     let applets = busybox_applets()?;
 
     let mut layout = Layout {
@@ -366,6 +372,20 @@ pub fn write_layout(dir: &Path, pause: &Path) -> io::Result<Vec<Fixture>> {
             12003,
             vec!["nginx", "12003", "master process"],
         ),
+    ));
+
+    // Kubernetes' nonewprivs:1.3: a setuid-root program that prints its effective uid.
+    images.push((
+        named(&[&format!("{E2E}/nonewprivs:1.3")]),
+        Variant {
+            files: vec![
+                ("usr/local/".into(), 0o755, 0, None),
+                ("usr/local/bin/".into(), 0o755, 0, None),
+                ("usr/local/bin/nnp".into(), 0o4755, 0, Some(nonewprivs)),
+            ],
+            cmd: vec!["/usr/local/bin/nnp"],
+            ..Default::default()
+        },
     ));
 
     // images/image-user: busybox with USER set.
@@ -512,12 +532,13 @@ mod tests {
 
     #[test]
     fn layout_is_reproducible_and_names_every_reference_once() {
-        let pause = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(pause.path(), b"\x7fELF not really").unwrap();
+        let bin = tempfile::tempdir().unwrap();
+        std::fs::write(bin.path().join("pause"), b"\x7fELF not really").unwrap();
+        std::fs::write(bin.path().join("nonewprivs"), b"\x7fELF nor this").unwrap();
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        let x = write_layout(&a.path().join("l"), pause.path()).unwrap();
-        write_layout(&b.path().join("l"), pause.path()).unwrap();
+        let x = write_layout(&a.path().join("l"), bin.path()).unwrap();
+        write_layout(&b.path().join("l"), bin.path()).unwrap();
         assert_eq!(
             std::fs::read(a.path().join("l/index.json")).unwrap(),
             std::fs::read(b.path().join("l/index.json")).unwrap()
