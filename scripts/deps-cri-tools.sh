@@ -2,7 +2,8 @@
 # critest (the CRI validation suite, a Go test binary) and crictl from sigs.k8s.io/cri-tools,
 # built from the Go module cache into $BERTH_TEST_BIN (default /usr/local/lib/berth-test/bin).
 # Cached and idempotent: nothing is built when both binaries already report $CRI_TOOLS.
-# Not called from scripts/deps.sh until berthd serves the CRI; run it by hand meanwhile.
+# Called from scripts/deps.sh; scripts/critest.sh and scripts/critest/peer.sh call it too when
+# the binaries are missing.
 set -euo pipefail
 CRI_TOOLS=v1.37.0
 MODULE=sigs.k8s.io/cri-tools

@@ -7,6 +7,7 @@
 //! tests exercise that crate as well.
 
 pub mod berthd;
+pub mod cri_images;
 pub mod image;
 pub mod skip;
 
