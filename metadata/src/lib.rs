@@ -35,6 +35,8 @@ pub struct Metadata {
     /// Highest batch number known to be durable.
     durable: AtomicU64,
     sync_lock: tokio::sync::Mutex<()>,
+    /// containerd's `wlock`, for blobs: see `content_commit_lock`.
+    content_lock: Arc<tokio::sync::RwLock<()>>,
     server_uuid: String,
 }
 
@@ -122,6 +124,7 @@ impl Metadata {
             applied: AtomicU64::new(0),
             durable: AtomicU64::new(0),
             sync_lock: tokio::sync::Mutex::new(()),
+            content_lock: Arc::new(tokio::sync::RwLock::new(())),
             server_uuid,
         })
     }

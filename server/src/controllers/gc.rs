@@ -4,8 +4,10 @@
 //! Roots: images (their target), containers (their snapshot), leases (their resources), and
 //! anything labelled `containerd.io/gc.root`. References: `containerd.io/gc.ref.content*` labels
 //! name blobs, `containerd.io/gc.ref.snapshot.<snapshotter>` labels name snapshots, and a snapshot
-//! keeps its parent. Marking only reads; objects created or changed after marking began are never
-//! swept, so writers are not held while the collector works.
+//! keeps its parent. A namespace is marked and its records swept in one metadata transaction, so
+//! writers wait for its marking (as containerd's write lock makes them); the blobs' bytes are
+//! unlinked afterwards under the content sweep lock, which commits hold shared from finding or
+//! writing a blob to recording it, and only when no namespace records them by then.
 
 use crate::blocking::blocking;
 use crate::snapshots::{NamespaceSnapshots, Snapshotters};
@@ -86,14 +88,34 @@ impl Collector {
         let mut stats = Stats::default();
         for ns in self.meta.list_namespaces()? {
             let seen = snapshots.remove(&ns.name).unwrap_or_default();
-            // Marking reads every record of the namespace: off the async threads.
             let (meta, name) = (self.meta.clone(), ns.name.clone());
-            let (live, seen) = blocking(move || {
-                let live = mark(&meta, &name, &seen)?;
-                Ok((live, seen))
+            let (live, seen, dead, orphaned) = blocking(move || {
+                // Marking and dropping the records is one transaction, as containerd's (it holds
+                // its write lock throughout): no write lands in between, so a reference moving
+                // from one root to another while marking (a lease's blob taken by a new image,
+                // then the lease dropped) is never missed. Reads every record of the namespace:
+                // off the async threads.
+                let runtime = tokio::runtime::Handle::current();
+                let ((live, dead, orphaned), pending) = meta.apply(|tx| {
+                    let live = mark(&meta, &name, &seen)?;
+                    let all = Filter::parse_all::<&str>(&[])?;
+                    let dead: Vec<Digest> = meta
+                        .list_content(&name, &all)?
+                        .into_iter()
+                        .filter(|i| !live.content.contains(&i.digest))
+                        .filter_map(|i| Digest::parse(&i.digest).ok())
+                        .collect();
+                    let orphaned = berth_metadata::content::remove_unreferenced_content(
+                        tx, &name, &dead, marked_at,
+                    )?;
+                    Ok((live, dead.len(), orphaned))
+                })?;
+                runtime.block_on(pending.durable())?;
+                Ok((live, seen, dead, orphaned))
             })
             .await?;
-            stats.blobs_removed += self.sweep_content(&ns.name, &live, marked_at).await?;
+            unlink_unrecorded(&self.meta, &self.content, orphaned).await?;
+            stats.blobs_removed += dead;
             stats.snapshots_removed += self
                 .sweep_snapshots(&ns.name, &live, &seen, marked_at)
                 .await?;
@@ -107,39 +129,6 @@ impl Collector {
             );
         }
         Ok(stats)
-    }
-
-    async fn sweep_content(&self, ns: &str, live: &Live, marked_at: SystemTime) -> Result<usize> {
-        let all = Filter::parse_all::<&str>(&[])?;
-        let (meta, name) = (self.meta.clone(), ns.to_string());
-        let dead: Vec<Digest> = blocking(move || meta.list_content(&name, &all))
-            .await?
-            .into_iter()
-            .filter(|i| !live.content.contains(&i.digest))
-            .filter_map(|i| Digest::parse(&i.digest).ok())
-            .collect();
-        if dead.is_empty() {
-            return Ok(0);
-        }
-        let orphaned = self
-            .meta
-            .remove_unreferenced_content(ns, &dead, marked_at)
-            .await?;
-        let content = self.content.clone();
-        blocking(move || {
-            for digest in &orphaned {
-                match content.delete_blob(digest) {
-                    Ok(()) => {}
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => {
-                        tracing::warn!(%digest, error = %e, "could not remove collected blob")
-                    }
-                }
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(dead.len())
     }
 
     /// Remove unreachable snapshots, children before parents.
@@ -192,6 +181,35 @@ impl Collector {
         })
         .await
     }
+}
+
+/// Unlink the bytes of `digests`, whose records were just dropped, unless a commit recorded one
+/// again meanwhile: looked at under the sweep lock, which a commit holds shared from finding a
+/// blob to recording it, so no record can appear between the look and the unlink.
+pub async fn unlink_unrecorded(
+    meta: &Arc<Metadata>,
+    content: &Arc<ContentStore>,
+    digests: Vec<Digest>,
+) -> Result<()> {
+    if digests.is_empty() {
+        return Ok(());
+    }
+    let _no_commits = meta.content_sweep_lock().await;
+    let (meta, content) = (meta.clone(), content.clone());
+    blocking(move || {
+        for digest in &digests {
+            if meta.content_referenced(digest)? {
+                continue;
+            }
+            match content.delete_blob(digest) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => tracing::warn!(%digest, error = %e, "could not remove collected blob"),
+            }
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Returns what is reachable from the roots of `ns`, whose snapshots were listed (`seen`)
