@@ -106,6 +106,9 @@ impl Metadata {
             }
             None => init.put(keys::SCHEMA.to_vec(), SCHEMA_VERSION.to_be_bytes().to_vec()),
         }
+        if backend.get(keys::CONTAINER_ROOTS_BUILT)?.is_none() {
+            containers::build_summaries(backend.as_ref(), &mut init)?;
+        }
         let server_uuid = match backend.get(keys::SERVER_UUID)? {
             Some(v) => String::from_utf8_lossy(&v).into_owned(),
             None => {
