@@ -31,3 +31,4 @@ command -v cargo >/dev/null || { echo "berth needs a Rust toolchain (cargo): ins
 "$(dirname "$0")/deps-grpc-peers.sh"   # grpcio and @grpc/grpc-js for the :authority e2e test
 for d in "$(dirname "$0")"/../clients/*/deps.sh; do "$d"; done  # each generated client's system needs
 "$(dirname "$0")"/../clients/deps-typescript-java.sh  # node/npm, JDK 17 and Maven for the TypeScript and Java clients
+"$(dirname "$0")/deps-observe.sh"  # Prometheus, which scrapes berthd's [metrics] listener in e2e

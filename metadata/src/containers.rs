@@ -21,10 +21,57 @@ pub struct ContainerSummary {
     pub snapshot_key: String,
 }
 
+impl ContainerSummary {
+    fn of(c: &Container) -> ContainerSummary {
+        ContainerSummary {
+            id: c.id.clone(),
+            labels: c.labels.clone(),
+            snapshotter: c.snapshotter.clone(),
+            snapshot_key: c.snapshot_key.clone(),
+        }
+    }
+}
+
+/// Keep `c`'s summary beside its record, in the same transaction.
+fn put_summary(tx: &mut super::Tx<'_>, ns: &str, c: &Container) {
+    tx.put(
+        keys::object(ns, keys::CONTAINER_ROOTS, &c.id),
+        &ContainerSummary::of(c),
+    );
+}
+
+/// Build the summaries of a store written before they existed: every container's record read
+/// once, at open.
+pub(crate) fn build_summaries(
+    backend: &dyn crate::backend::Backend,
+    batch: &mut crate::backend::Batch,
+) -> Result<()> {
+    for (ns_key, _) in backend.scan(keys::NAMESPACES)? {
+        let ns = String::from_utf8_lossy(&ns_key[keys::NAMESPACES.len()..]).into_owned();
+        let mut found = Vec::new();
+        backend.for_each(&keys::objects(&ns, keys::CONTAINERS), &mut |_, v| {
+            // The record decoded as its summary: only those fields are read.
+            let s = <ContainerSummary as prost::Message>::decode(v)
+                .map_err(|e| Error::internal(format!("container record: {e}")))?;
+            found.push(s);
+            Ok(())
+        })?;
+        for s in found {
+            batch.put(
+                keys::object(&ns, keys::CONTAINER_ROOTS, &s.id),
+                prost::Message::encode_to_vec(&s),
+            );
+        }
+    }
+    batch.put(keys::CONTAINER_ROOTS_BUILT.to_vec(), Vec::new());
+    Ok(())
+}
+
 impl Metadata {
-    /// Every container of `ns`, summarized.
+    /// Every container of `ns`, summarized: read from the summaries kept beside the records, so
+    /// the collector and the restart monitor never read a spec.
     pub fn container_summaries(&self, ns: &str) -> Result<Vec<ContainerSummary>> {
-        self.list::<ContainerSummary>(&keys::objects(ns, keys::CONTAINERS), |_| true)
+        self.list::<ContainerSummary>(&keys::objects(ns, keys::CONTAINER_ROOTS), |_| true)
     }
 
     pub fn get_container(&self, ns: &str, id: &str) -> Result<Container> {
@@ -99,6 +146,7 @@ impl Metadata {
             c.created_at = Some(t);
             c.updated_at = Some(t);
             tx.put(key, &c);
+            put_summary(tx, ns, &c);
             Ok(c)
         })
         .await
@@ -163,6 +211,7 @@ impl Metadata {
                 .map_err(|e| Error::invalid(format!("update failed validation: {e}")))?;
             updated.updated_at = Some(now());
             tx.put(key, &updated);
+            put_summary(tx, ns, &updated);
             Ok(updated)
         })
         .await
@@ -175,6 +224,7 @@ impl Metadata {
                 return Err(Error::not_found(format!("container {id:?}: not found")));
             }
             tx.delete(key);
+            tx.delete(keys::object(ns, keys::CONTAINER_ROOTS, id));
             Ok(())
         })
         .await
@@ -224,6 +274,7 @@ impl Adaptor for ContainerFields<'_> {
 mod tests {
     use super::*;
     use prost::Message;
+    use std::sync::Arc;
 
     #[test]
     fn summaries_read_a_stored_container() {
@@ -244,5 +295,75 @@ mod tests {
         assert_eq!(summary.labels, c.labels);
         assert_eq!(summary.snapshotter, "overlayfs");
         assert_eq!(summary.snapshot_key, "c1-snap");
+    }
+
+    fn container(id: &str, key: &str) -> Container {
+        Container {
+            id: id.into(),
+            labels: [("containerd.io/gc.root".into(), "x".into())].into(),
+            image: "img".into(),
+            runtime: Some(
+                berth_api::containerd::services::containers::v1::container::Runtime {
+                    name: "io.containerd.runc.v2".into(),
+                    options: None,
+                },
+            ),
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                value: b"{}".to_vec(),
+            }),
+            snapshotter: "overlayfs".into(),
+            snapshot_key: key.into(),
+            ..Default::default()
+        }
+    }
+
+    fn keys_of(m: &Metadata, ns: &str) -> Vec<(String, String)> {
+        let mut v: Vec<_> = m
+            .container_summaries(ns)
+            .expect("summaries")
+            .into_iter()
+            .map(|s| (s.id, s.snapshot_key))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn summaries_follow_create_update_delete_and_are_built_for_older_stores() {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(summaries_follow());
+    }
+
+    async fn summaries_follow() {
+        let dir = std::env::temp_dir().join(format!("berth-meta-summaries-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let backend: Arc<dyn crate::backend::Backend> =
+            Arc::new(crate::backend::SledBackend::open(&dir).expect("open"));
+        let m = Metadata::with_backend(backend.clone()).expect("metadata");
+        m.create_container("ns", container("a", "snap-a"))
+            .await
+            .expect("create a");
+        m.create_container("ns", container("b", "snap-b"))
+            .await
+            .expect("create b");
+        m.update_container("ns", container("a", "snap-a2"), &["snapshotkey".into()])
+            .await
+            .expect("update a");
+        m.delete_container("ns", "b").await.expect("delete b");
+        assert_eq!(keys_of(&m, "ns"), [("a".into(), "snap-a2".into())]);
+
+        // A store from before the summaries: the record only, no summary, no marker.
+        let mut old = crate::backend::Batch::default();
+        old.delete(keys::object("ns", keys::CONTAINER_ROOTS, "a"));
+        old.delete(keys::CONTAINER_ROOTS_BUILT.to_vec());
+        backend.apply(old).expect("apply");
+        drop(m);
+        let m = Metadata::with_backend(backend).expect("reopen");
+        assert_eq!(keys_of(&m, "ns"), [("a".into(), "snap-a2".into())]);
+        drop(m);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -129,39 +129,28 @@ impl Metadata {
         .await
     }
 
-    /// Garbage collection's sweep: drop the records of `digests` in `ns` in one transaction, except
-    /// those created or updated at or after `marked_at` (written while the collector was marking).
-    /// Returns the digests no namespace references any more, whose bytes can go.
-    pub async fn remove_unreferenced_content(
-        &self,
-        ns: &str,
-        digests: &[Digest],
-        marked_at: std::time::SystemTime,
-    ) -> Result<Vec<Digest>> {
-        let marked_at = prost_types::Timestamp::from(marked_at);
-        let before = |t: &Option<prost_types::Timestamp>| {
-            t.as_ref()
-                .is_some_and(|t| (t.seconds, t.nanos) < (marked_at.seconds, marked_at.nanos))
-        };
-        self.update(|tx| {
-            let others = other_namespaces(tx, ns)?;
-            let mut orphaned = Vec::new();
-            for digest in digests {
-                let key = keys::object(ns, keys::CONTENT, digest.as_str());
-                let Some(info) = tx.get::<Info>(&key)? else {
-                    continue;
-                };
-                if !(before(&info.created_at) && before(&info.updated_at)) {
-                    continue;
-                }
-                tx.delete(key);
-                if !held_by_any(tx, &others, digest)? {
-                    orphaned.push(digest.clone());
-                }
+    /// Held shared by a commit from the moment it relies on a blob's bytes being in the store
+    /// (it committed them, or found them there) until the blob is recorded in its namespace.
+    /// The collector unlinks blobs only under `content_sweep_lock`, after looking once more for
+    /// a record: so a blob is never unlinked between a commit's look and its record.
+    pub async fn content_commit_lock(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.content_lock.clone().read_owned().await
+    }
+
+    /// The collector's (and Content.Delete's) side of `content_commit_lock`: held while blobs
+    /// no namespace records are unlinked.
+    pub async fn content_sweep_lock(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.content_lock.clone().write_owned().await
+    }
+
+    /// Whether any namespace records `digest`: the last look before its bytes are unlinked.
+    pub fn content_referenced(&self, digest: &Digest) -> Result<bool> {
+        for ns in self.list_namespaces()? {
+            if self.has_content(&ns.name, digest)? {
+                return Ok(true);
             }
-            Ok(orphaned)
-        })
-        .await
+        }
+        Ok(false)
     }
 
     /// Tie an ingest to the caller's lease so a later GC keeps it while the client writes.
@@ -169,6 +158,56 @@ impl Metadata {
         self.update(|tx| add_to_lease(tx, ns, lease, "ingests", ingest_ref))
             .await
     }
+}
+
+/// Garbage collection's sweep, in the collector's transaction: drop the records of `digests` in
+/// `ns`, except those created or updated at or after `marked_at` and those a lease holds. Returns
+/// the digests no namespace records any more, whose bytes can go.
+pub fn remove_unreferenced_content(
+    tx: &mut Tx<'_>,
+    ns: &str,
+    digests: &[Digest],
+    marked_at: std::time::SystemTime,
+) -> Result<Vec<Digest>> {
+    let marked_at = prost_types::Timestamp::from(marked_at);
+    let before = |t: &Option<prost_types::Timestamp>| {
+        t.as_ref()
+            .is_some_and(|t| (t.seconds, t.nanos) < (marked_at.seconds, marked_at.nanos))
+    };
+    let others = other_namespaces(tx, ns)?;
+    // A lease may have taken the blob since marking (a commit that found it recorded):
+    // it holds it now.
+    let leases_prefix = keys::objects(ns, keys::LEASES);
+    let leases: Vec<String> = tx
+        .scan_keys(&leases_prefix)?
+        .into_iter()
+        .map(|k| String::from_utf8_lossy(&k[leases_prefix.len()..]).into_owned())
+        .collect();
+    let mut orphaned = Vec::new();
+    for digest in digests {
+        let key = keys::object(ns, keys::CONTENT, digest.as_str());
+        let Some(info) = tx.get::<Info>(&key)? else {
+            continue;
+        };
+        if !(before(&info.created_at) && before(&info.updated_at)) {
+            continue;
+        }
+        let mut leased = false;
+        for lease in &leases {
+            if tx.exists(&keys::lease_resource(ns, lease, "content", digest.as_str()))? {
+                leased = true;
+                break;
+            }
+        }
+        if leased {
+            continue;
+        }
+        tx.delete(key);
+        if !held_by_any(tx, &others, digest)? {
+            orphaned.push(digest.clone());
+        }
+    }
+    Ok(orphaned)
 }
 
 /// Every namespace but `ns`.

@@ -13,6 +13,11 @@ pub const CONTAINERS: &str = "containers";
 pub const LEASES: &str = "leases";
 pub const LEASE_RESOURCES: &str = "lease-resources";
 pub const CONTENT: &str = "content";
+/// Per container, what background loops read of it (`ContainerSummary`): written with the record.
+pub const CONTAINER_ROOTS: &str = "container-roots";
+/// Present once every container has its `CONTAINER_ROOTS` entry (stores older than the index get
+/// them built at open).
+pub const CONTAINER_ROOTS_BUILT: &[u8] = b"meta/container-roots-built";
 
 pub fn namespace(ns: &str) -> Vec<u8> {
     format!("n/{ns}").into_bytes()

@@ -35,6 +35,8 @@ pub struct Metadata {
     /// Highest batch number known to be durable.
     durable: AtomicU64,
     sync_lock: tokio::sync::Mutex<()>,
+    /// containerd's `wlock`, for blobs: see `content_commit_lock`.
+    content_lock: Arc<tokio::sync::RwLock<()>>,
     server_uuid: String,
 }
 
@@ -104,6 +106,9 @@ impl Metadata {
             }
             None => init.put(keys::SCHEMA.to_vec(), SCHEMA_VERSION.to_be_bytes().to_vec()),
         }
+        if backend.get(keys::CONTAINER_ROOTS_BUILT)?.is_none() {
+            containers::build_summaries(backend.as_ref(), &mut init)?;
+        }
         let server_uuid = match backend.get(keys::SERVER_UUID)? {
             Some(v) => String::from_utf8_lossy(&v).into_owned(),
             None => {
@@ -122,6 +127,7 @@ impl Metadata {
             applied: AtomicU64::new(0),
             durable: AtomicU64::new(0),
             sync_lock: tokio::sync::Mutex::new(()),
+            content_lock: Arc::new(tokio::sync::RwLock::new(())),
             server_uuid,
         })
     }

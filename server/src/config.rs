@@ -47,6 +47,8 @@ pub struct Config {
     pub runtimes: std::collections::BTreeMap<String, RuntimeConfig>,
     /// Container networks (owned by `network.rs`).
     pub cni: crate::network::CniConfig,
+    /// Prometheus metrics over HTTP (owned by `metrics.rs`); off by default.
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +74,7 @@ impl Default for Config {
             transfer: Default::default(),
             runtimes: [(DEFAULT_RUNTIME.to_string(), RuntimeConfig::default())].into(),
             cni: Default::default(),
+            metrics: Default::default(),
         }
     }
 }

@@ -156,13 +156,34 @@ pub async fn run(config: Config) -> Result<()> {
         shutdown_signal().await;
         events.close();
     };
-    let serve = router(&config, state.clone(), tasks, network, &snapshotter_errors)
-        .serve_with_incoming_shutdown(
-            // Every client's :authority reaches h2 in a form it accepts (gRPC's C core and
-            // grpc-java send the socket path).
-            UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new)),
-            stopping,
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    if !config.metrics.address.is_empty() {
+        let (address, metrics, tasks) = (
+            config.metrics.address.clone(),
+            metrics.clone(),
+            tasks.clone(),
         );
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(&address, metrics, tasks).await {
+                tracing::error!(%address, error = %e, "cannot serve metrics");
+            }
+        });
+    }
+    tokio::spawn(dump_on_sigusr1(metrics.clone(), tasks.clone()));
+    let serve = router(
+        &config,
+        state.clone(),
+        tasks,
+        network,
+        &snapshotter_errors,
+        metrics,
+    )
+    .serve_with_incoming_shutdown(
+        // Every client's :authority reaches h2 in a form it accepts (gRPC's C core and
+        // grpc-java send the socket path).
+        UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new)),
+        stopping,
+    );
     // In-flight calls get a bounded time to finish once the signal came; a client that never
     // ends its stream must not keep the daemon up.
     let result = tokio::select! {
@@ -188,7 +209,10 @@ fn router(
     tasks: Arc<TaskManager>,
     network: Arc<crate::network::Networking>,
     snapshotter_errors: &[(String, String)],
-) -> tonic::transport::server::Router {
+    metrics: Arc<crate::metrics::Metrics>,
+) -> tonic::transport::server::Router<
+    tower::layer::util::Stack<crate::metrics::MetricsLayer, tower::layer::util::Identity>,
+> {
     let recv = config.grpc.max_recv_message_size;
     let send = config.grpc.max_send_message_size;
     macro_rules! svc {
@@ -202,6 +226,8 @@ fn router(
     let streams = crate::streams::Streams::default();
     let transferrer = Arc::new(transferrer(config, &state, streams.clone()));
     tonic::transport::Server::builder()
+        // Every RPC counted and timed by one layer, not by each handler.
+        .layer(crate::metrics::MetricsLayer(metrics))
         .trace_fn(|req| {
             let ns = req
                 .headers()
@@ -461,6 +487,21 @@ fn notify_ready() {
     let sent = addr.and_then(|addr| UnixDatagram::unbound()?.send_to_addr(b"READY=1", &addr));
     if let Err(e) = sent {
         tracing::warn!(error = %e, "could not notify systemd of readiness");
+    }
+}
+
+/// SIGUSR1: what the daemon is doing, to its log (as containerd dumps its goroutines).
+async fn dump_on_sigusr1(metrics: Arc<crate::metrics::Metrics>, tasks: Arc<TaskManager>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = match signal(SignalKind::user_defined1()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGUSR1: no dumps");
+            return;
+        }
+    };
+    while usr1.recv().await.is_some() {
+        crate::metrics::dump(&metrics, &tasks);
     }
 }
 

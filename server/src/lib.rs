@@ -14,6 +14,7 @@ pub mod controllers;
 pub mod daemon;
 pub mod events;
 pub mod fsutil;
+pub mod metrics;
 pub mod network;
 pub mod remote_snapshotter;
 pub mod runtime;

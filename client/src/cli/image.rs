@@ -134,7 +134,7 @@ pub async fn rmi(client: &Client, a: RmiArgs) -> CliResult {
     let _ = a.force;
     let mut code = 0;
     for name in &a.images {
-        match client.images().remove(name, true).await {
+        match client.images().remove(name, false).await {
             Ok(i) => println!("Untagged: {}", i.name),
             Err(e) => {
                 eprintln!("berth: {e}");

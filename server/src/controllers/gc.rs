@@ -4,8 +4,10 @@
 //! Roots: images (their target), containers (their snapshot), leases (their resources), and
 //! anything labelled `containerd.io/gc.root`. References: `containerd.io/gc.ref.content*` labels
 //! name blobs, `containerd.io/gc.ref.snapshot.<snapshotter>` labels name snapshots, and a snapshot
-//! keeps its parent. Marking only reads; objects created or changed after marking began are never
-//! swept, so writers are not held while the collector works.
+//! keeps its parent. A namespace is marked and its records swept in one metadata transaction, so
+//! writers wait for its marking (as containerd's write lock makes them); the blobs' bytes are
+//! unlinked afterwards under the content sweep lock, which commits hold shared from finding or
+//! writing a blob to recording it, and only when no namespace records them by then.
 
 use crate::blocking::blocking;
 use crate::snapshots::{NamespaceSnapshots, Snapshotters};
@@ -22,8 +24,16 @@ pub const ROOT_LABEL: &str = "containerd.io/gc.root";
 const CONTENT_REF: &str = "containerd.io/gc.ref.content";
 const SNAPSHOT_REF: &str = "containerd.io/gc.ref.snapshot.";
 
-/// Deletions are batched: a scheduled collection waits this long for more to arrive.
+/// containerd's gc scheduler, with its defaults. A scheduled (not `sync`) collection waits at
+/// least the schedule delay for more deletions to batch; and collections may take at most the
+/// pause threshold of the time between them (a collection that took 4 ms is followed by the next
+/// no sooner than 200 ms after it), so a busy `ctr run --rm` loop pays one collection per
+/// pause budget, not one per run. This many deletions since the last collection skip both waits.
 const SCHEDULE_DELAY: Duration = Duration::from_millis(100);
+const PAUSE_THRESHOLD: f64 = 0.02;
+const DELETION_THRESHOLD: u64 = 100;
+/// The pause budget's wait is bounded: a slow collection does not postpone the next for minutes.
+const MAX_INTERVAL: Duration = Duration::from_secs(10);
 
 pub struct Collector {
     meta: Arc<Metadata>,
@@ -32,6 +42,16 @@ pub struct Collector {
     /// One collection at a time.
     running: tokio::sync::Mutex<()>,
     wake: tokio::sync::Notify,
+    /// Deletions since the last collection began.
+    deletions: std::sync::atomic::AtomicU64,
+    /// When the last collection ended and how long collections take (a moving average).
+    timing: std::sync::Mutex<Timing>,
+}
+
+#[derive(Default)]
+struct Timing {
+    last_end: Option<Instant>,
+    average: Duration,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -52,12 +72,20 @@ impl Collector {
             snapshotters,
             running: tokio::sync::Mutex::new(()),
             wake: tokio::sync::Notify::new(),
+            deletions: std::sync::atomic::AtomicU64::new(0),
+            timing: std::sync::Mutex::new(Timing::default()),
         }
     }
 
     /// Ask for a collection soon (after a deletion); returns at once.
     pub fn schedule(&self) {
-        self.wake.notify_one();
+        let deletions = self
+            .deletions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        if deletions == 1 || deletions >= DELETION_THRESHOLD {
+            self.wake.notify_one();
+        }
     }
 
     /// The background loop that serves `schedule`.
@@ -65,10 +93,47 @@ impl Collector {
         loop {
             self.wake.notified().await;
             tokio::time::sleep(SCHEDULE_DELAY).await;
+            // The rest of the pause budget, unless deletions piled up past the threshold.
+            let budget = self.wait_for_budget();
+            let deadline = tokio::time::Instant::now() + budget;
+            while self.pending() < DELETION_THRESHOLD {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = self.wake.notified() => {}
+                }
+            }
+            if self.pending() == 0 {
+                continue; // a synchronous collection took them meanwhile
+            }
             if let Err(e) = self.collect().await {
                 tracing::warn!(error = %e, "garbage collection failed");
             }
         }
+    }
+
+    fn pending(&self) -> u64 {
+        self.deletions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How much longer the pause threshold asks the next collection to wait.
+    fn wait_for_budget(&self) -> Duration {
+        let t = self.timing.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(last_end) = t.last_end else {
+            return Duration::ZERO;
+        };
+        let interval = t.average.div_f64(PAUSE_THRESHOLD).min(MAX_INTERVAL);
+        interval.saturating_sub(last_end.elapsed())
+    }
+
+    fn record_timing(&self, took: Duration) {
+        let mut t = self.timing.lock().unwrap_or_else(|p| p.into_inner());
+        // An exponential moving average: recent collections count most.
+        t.average = if t.last_end.is_none() {
+            took
+        } else {
+            (t.average * 3 + took) / 4
+        };
+        t.last_end = Some(Instant::now());
     }
 
     /// Collect now and return what went (`sync` deletions wait for this).
@@ -82,18 +147,41 @@ impl Collector {
         let snapshotters = self.snapshotters.clone();
         let mut snapshots = blocking(move || snapshotters.list_by_namespace()).await?;
         let _one_at_a_time = self.running.lock().await;
+        // Deletions from here on are seen by this collection or scheduled for the next.
+        self.deletions
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         self.meta.expire_leases(marked_at).await?;
         let mut stats = Stats::default();
         for ns in self.meta.list_namespaces()? {
             let seen = snapshots.remove(&ns.name).unwrap_or_default();
-            // Marking reads every record of the namespace: off the async threads.
             let (meta, name) = (self.meta.clone(), ns.name.clone());
-            let (live, seen) = blocking(move || {
-                let live = mark(&meta, &name, &seen)?;
-                Ok((live, seen))
+            let (live, seen, dead, orphaned) = blocking(move || {
+                // Marking and dropping the records is one transaction, as containerd's (it holds
+                // its write lock throughout): no write lands in between, so a reference moving
+                // from one root to another while marking (a lease's blob taken by a new image,
+                // then the lease dropped) is never missed. Reads every record of the namespace:
+                // off the async threads.
+                let runtime = tokio::runtime::Handle::current();
+                let ((live, dead, orphaned), pending) = meta.apply(|tx| {
+                    let live = mark(&meta, &name, &seen)?;
+                    let all = Filter::parse_all::<&str>(&[])?;
+                    let dead: Vec<Digest> = meta
+                        .list_content(&name, &all)?
+                        .into_iter()
+                        .filter(|i| !live.content.contains(&i.digest))
+                        .filter_map(|i| Digest::parse(&i.digest).ok())
+                        .collect();
+                    let orphaned = berth_metadata::content::remove_unreferenced_content(
+                        tx, &name, &dead, marked_at,
+                    )?;
+                    Ok((live, dead.len(), orphaned))
+                })?;
+                runtime.block_on(pending.durable())?;
+                Ok((live, seen, dead, orphaned))
             })
             .await?;
-            stats.blobs_removed += self.sweep_content(&ns.name, &live, marked_at).await?;
+            unlink_unrecorded(&self.meta, &self.content, orphaned).await?;
+            stats.blobs_removed += dead;
             stats.snapshots_removed += self
                 .sweep_snapshots(&ns.name, &live, &seen, marked_at)
                 .await?;
@@ -106,40 +194,14 @@ impl Collector {
                 "garbage collected"
             );
         }
+        self.record_timing(started.elapsed());
+        tracing::debug!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            blobs = stats.blobs_removed,
+            snapshots = stats.snapshots_removed,
+            "collection done"
+        );
         Ok(stats)
-    }
-
-    async fn sweep_content(&self, ns: &str, live: &Live, marked_at: SystemTime) -> Result<usize> {
-        let all = Filter::parse_all::<&str>(&[])?;
-        let (meta, name) = (self.meta.clone(), ns.to_string());
-        let dead: Vec<Digest> = blocking(move || meta.list_content(&name, &all))
-            .await?
-            .into_iter()
-            .filter(|i| !live.content.contains(&i.digest))
-            .filter_map(|i| Digest::parse(&i.digest).ok())
-            .collect();
-        if dead.is_empty() {
-            return Ok(0);
-        }
-        let orphaned = self
-            .meta
-            .remove_unreferenced_content(ns, &dead, marked_at)
-            .await?;
-        let content = self.content.clone();
-        blocking(move || {
-            for digest in &orphaned {
-                match content.delete_blob(digest) {
-                    Ok(()) => {}
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => {
-                        tracing::warn!(%digest, error = %e, "could not remove collected blob")
-                    }
-                }
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(dead.len())
     }
 
     /// Remove unreachable snapshots, children before parents.
@@ -192,6 +254,35 @@ impl Collector {
         })
         .await
     }
+}
+
+/// Unlink the bytes of `digests`, whose records were just dropped, unless a commit recorded one
+/// again meanwhile: looked at under the sweep lock, which a commit holds shared from finding a
+/// blob to recording it, so no record can appear between the look and the unlink.
+pub async fn unlink_unrecorded(
+    meta: &Arc<Metadata>,
+    content: &Arc<ContentStore>,
+    digests: Vec<Digest>,
+) -> Result<()> {
+    if digests.is_empty() {
+        return Ok(());
+    }
+    let _no_commits = meta.content_sweep_lock().await;
+    let (meta, content) = (meta.clone(), content.clone());
+    blocking(move || {
+        for digest in &digests {
+            if meta.content_referenced(digest)? {
+                continue;
+            }
+            match content.delete_blob(digest) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => tracing::warn!(%digest, error = %e, "could not remove collected blob"),
+            }
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Returns what is reachable from the roots of `ns`, whose snapshots were listed (`seen`)

@@ -112,6 +112,13 @@ pub enum TaskBackend {
 }
 
 impl TaskBackend {
+    /// Which shim serves the task, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            TaskBackend::Shim(s) => format!("berth-shim at {}", s.path.display()),
+        }
+    }
+
     pub async fn start(&self, exec_id: &str) -> Result<u32> {
         match self {
             TaskBackend::Shim(s) => s.start(exec_id).await,

@@ -211,6 +211,22 @@ impl TaskManager {
     }
 
     /// Every task of a namespace, by id.
+    /// Every task of every namespace (metrics, the SIGUSR1 dump).
+    pub fn all(&self) -> Vec<Arc<Task>> {
+        let mut v: Vec<_> = self
+            .lock()
+            .values()
+            .filter_map(|slot| match slot {
+                Slot::Ready(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        v.sort_by(|a, b| {
+            (&a.record.namespace, &a.record.id).cmp(&(&b.record.namespace, &b.record.id))
+        });
+        v
+    }
+
     pub fn in_namespace(&self, ns: &str) -> Vec<Arc<Task>> {
         let mut v: Vec<_> = self
             .lock()

@@ -83,13 +83,14 @@ impl Content for ContentService {
         let digest = Digest::parse(&req.get_ref().digest)?;
         let last_reference = self.0.meta.remove_content(&ns, &digest).await?;
         if last_reference {
-            let (content, d) = (self.0.content.clone(), digest.clone());
-            match blocking(move || content.delete_blob(&d)).await {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                // The record is gone; a leftover file is harmless and GC reclaims it.
-                Err(e) => tracing::warn!(%digest, error = %e, "could not remove blob"),
-            }
+            // As the collector: a commit of the same blob may record it again meanwhile.
+            // A file left over on error is harmless and the collector reclaims it.
+            crate::controllers::gc::unlink_unrecorded(
+                &self.0.meta,
+                &self.0.content,
+                vec![digest.clone()],
+            )
+            .await?;
         }
         self.0.events.publish(
             &ns,
@@ -356,8 +357,16 @@ impl WriteSession {
         msg: WriteContentRequest,
     ) -> Result<WriteContentResponse, RpcStatus> {
         let expected = parse_expected(&msg.expected)?;
+        // From the blob found or committed to its record: the collector must not unlink it.
+        let _recording = self.state.meta.content_commit_lock().await;
         let (digest, size) = match sink {
             Sink::Shared { digest, size } => {
+                if self.state.content.blob_size(&digest)? != Some(size as u64) {
+                    return Err(Error::not_found(format!(
+                        "content {digest}: collected before the commit; write it again"
+                    ))
+                    .into());
+                }
                 if expected.as_ref().is_some_and(|e| *e != digest)
                     || (msg.total > 0 && msg.total != size)
                 {

@@ -117,6 +117,15 @@ impl Diff for DiffService {
         .await?;
         let mut labels = req.labels;
         labels.insert(UNCOMPRESSED_LABEL.into(), diff_id.to_string());
+        // Not held while the diff is computed (that would stall every commit behind a waiting
+        // collector): a blob the collector unlinked since our commit is reported, not recorded.
+        let _recording = self.state.meta.content_commit_lock().await;
+        if self.state.content.blob_size(&digest)? != Some(size) {
+            return Err(Error::unavailable(format!(
+                "diff {digest}: collected as it was committed; compare again"
+            ))
+            .into());
+        }
         match self
             .state
             .meta

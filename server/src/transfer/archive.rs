@@ -85,10 +85,20 @@ impl ContentSink for NamespaceContent {
     }
 
     fn size(&self, d: &Digest) -> Result<Option<u64>> {
-        if !self.holds(d)? {
-            return Ok(None);
-        }
-        self.content.blob_size(d)
+        // The importer skips writing a blob found here and records it once it has hashed the
+        // entry: the transfer's lease takes it now, under the commit lock, so a collection
+        // already under way cannot drop its record (or unlink it) in between.
+        self.runtime.block_on(async {
+            let _recording = self.meta.content_commit_lock().await;
+            if !self
+                .meta
+                .lease_content_if_present(&self.ns, &self.lease, d)
+                .await?
+            {
+                return Ok(None);
+            }
+            self.content.blob_size(d)
+        })
     }
 
     fn committed(&self, blob: &Committed, uncompressed: Option<&Digest>) -> Result<()> {
@@ -121,7 +131,7 @@ async fn record(
     labels: HashMap<String, String>,
 ) -> Result<()> {
     super::fetch::record_content(
-        &c.meta, &c.events, &c.ns, &c.lease, digest, size, "", &labels,
+        &c.meta, &c.content, &c.events, &c.ns, &c.lease, digest, size, "", &labels,
     )
     .await
 }

@@ -12,6 +12,7 @@ use crate::events::Exchange;
 use berth_api::containerd::events::ContentCreate;
 use berth_api::containerd::services::content::v1::Info;
 use berth_api::containerd::types::Descriptor as ApiDescriptor;
+use berth_content::ContentStore;
 use berth_errdefs::{Error, Kind, Result};
 use berth_metadata::Metadata;
 use berth_oci::Digest;
@@ -130,7 +131,7 @@ impl Fetcher<'_> {
     ) -> Result<()> {
         let (t, ctx) = (self.t, self.ctx);
         record_content(
-            &t.meta, &t.events, &ctx.ns, &ctx.lease, digest, size, media_type, labels,
+            &t.meta, &t.content, &t.events, &ctx.ns, &ctx.lease, digest, size, media_type, labels,
         )
         .await
     }
@@ -200,20 +201,33 @@ impl Fetcher<'_> {
         let api = api_descriptor(desc);
         let size = desc.size as i64;
         let progress = &self.ctx.progress;
+        // A blob the collector takes between our look and our record is fetched again: the
+        // look below finds it gone.
         if self.t.meta.has_content(&self.ctx.ns, &digest)? {
-            self.record(&digest, size, &desc.media_type, labels).await?;
-            progress
-                .blob("already exists", &api, parents, size, size)
-                .await;
-            return Ok(());
+            match self.record(&digest, size, &desc.media_type, labels).await {
+                Ok(()) => {
+                    progress
+                        .blob("already exists", &api, parents, size, size)
+                        .await;
+                    return Ok(());
+                }
+                Err(e) if is_collected(&e) => {}
+                Err(e) => return Err(e),
+            }
         }
         let mut waited = false;
+        let mut collected = 0;
         loop {
             if self.t.content.blob_size(&digest)? == Some(desc.size) {
-                self.record(&digest, size, &desc.media_type, labels).await?;
-                let event = if waited { "complete" } else { "already exists" };
-                progress.blob(event, &api, parents, size, size).await;
-                return Ok(());
+                match self.record(&digest, size, &desc.media_type, labels).await {
+                    Ok(()) => {
+                        let event = if waited { "complete" } else { "already exists" };
+                        progress.blob(event, &api, parents, size, size).await;
+                        return Ok(());
+                    }
+                    Err(e) if is_collected(&e) && collected < MAX_COLLECTED => collected += 1,
+                    Err(e) => return Err(e),
+                }
             }
             match self.t.inflight.join(&desc.digest) {
                 Join::Leader(leader) => {
@@ -221,7 +235,14 @@ impl Fetcher<'_> {
                     leader.finish(&result);
                     drop(leader);
                     result?;
-                    self.record(&digest, size, &desc.media_type, labels).await?;
+                    match self.record(&digest, size, &desc.media_type, labels).await {
+                        Ok(()) => {}
+                        Err(e) if is_collected(&e) && collected < MAX_COLLECTED => {
+                            collected += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
                     progress.blob("complete", &api, parents, size, size).await;
                     return Ok(());
                 }
@@ -474,11 +495,18 @@ impl Read for GrowingReader {
     }
 }
 
+/// How many times one fetch stores a blob again after the collector took it: a collection per
+/// attempt would have to land in a window of microseconds each time.
+const MAX_COLLECTED: u32 = 3;
+
 /// Record a stored blob in `ns` under `lease` (a `/content/create` event when it is new), merging
 /// `labels` into the record the namespace already has: pulls and archive imports alike.
+/// NotFound (see `is_collected`) when the collector unlinked the blob before it could be recorded:
+/// the caller stores it again.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn record_content(
     meta: &Metadata,
+    content: &ContentStore,
     events: &Exchange,
     ns: &str,
     lease: &str,
@@ -487,6 +515,12 @@ pub(super) async fn record_content(
     media_type: &str,
     labels: &HashMap<String, String>,
 ) -> Result<()> {
+    // The bytes are looked at and recorded under the commit lock: the collector cannot unlink
+    // them in between, and a blob it unlinked just before is not recorded.
+    let _recording = meta.content_commit_lock().await;
+    if content.blob_size(digest)? != Some(size as u64) {
+        return Err(Error::not_found(format!("{COLLECTED}: {digest}")));
+    }
     match meta
         .add_content(ns, digest, size, labels.clone(), Some(lease))
         .await
@@ -515,6 +549,13 @@ pub(super) async fn record_content(
         }
         Err(e) => Err(e),
     }
+}
+
+const COLLECTED: &str = "blob collected before it was recorded";
+
+/// Whether `record_content` failed because the blob went to the collector first.
+pub(super) fn is_collected(e: &Error) -> bool {
+    e.is_not_found() && e.message().starts_with(COLLECTED)
 }
 
 #[cfg(test)]

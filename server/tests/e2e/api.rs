@@ -2985,3 +2985,113 @@ async fn events_are_bounded_per_client() {
     );
     assert_eq!(next_envelope(&mut again).await.topic, "/test/after");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The collector against concurrent commits of the same blob
+// ---------------------------------------------------------------------------------------------
+
+/// `rmi` then `load` of the same content, many times, with the load landing at every moment of
+/// the collection the delete runs: whatever the interleaving, the image the load recorded keeps
+/// its blob. Before the collector re-checked under the commit lock, a commit that found the blob
+/// (or its record) just before the sweep recorded a blob the sweep then unlinked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_never_unlinks_a_blob_a_concurrent_commit_records() {
+    const ROUNDS: u32 = 150;
+    let d = Daemon::start();
+    let api = Api::connect(&d).await;
+    let ns = "gc-commit-race";
+    let data = blob(512 * 1024, 41);
+    let dgst = digest_of(&data);
+    let target = Descriptor {
+        media_type: MANIFEST_MT.into(),
+        digest: dgst.clone(),
+        size: data.len() as i64,
+        annotations: HashMap::new(),
+    };
+    let image_named = |name: String| Image {
+        name,
+        target: Some(target.clone()),
+        ..Default::default()
+    };
+    // The load of one round, as containerd's client does it: a lease, the blob written under it
+    // (AlreadyExists when the namespace has it), the image, the lease dropped.
+    let load = |round: u32| {
+        let (api, data) = (api.clone(), data.clone());
+        let img = image_named(format!("race:{round}"));
+        async move {
+            let lease = format!("load-{round}");
+            ok(
+                api.create_lease(ns, &lease, HashMap::new()).await,
+                "Leases.Create",
+            );
+            match api
+                .write_blob(
+                    ns,
+                    Some(&lease),
+                    &format!("ref-{round}"),
+                    &data,
+                    HashMap::new(),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(s) if s.code() == Code::AlreadyExists => {}
+                Err(s) => panic!("round {round}: write: {:?}: {}", s.code(), s.message()),
+            }
+            ok(api.create_image(ns, img).await, "Images.Create");
+            ok(api.delete_lease(ns, &lease).await, "Leases.Delete");
+        }
+    };
+    // Records the collector must read and keep on every pass, so that each pass takes long
+    // enough for the loads to land inside it.
+    for i in 0..600u32 {
+        let payload = format!("kept {i}");
+        ok(
+            api.write_blob(
+                ns,
+                None,
+                &format!("kept-{i}"),
+                payload.as_bytes(),
+                labels(&[("containerd.io/gc.root", "yes")]),
+            )
+            .await,
+            "write a rooted blob",
+        );
+    }
+    load(0).await;
+    let mut lost = Vec::new();
+    for round in 1..=ROUNDS {
+        let dropped = format!("race:{}", round - 1);
+        let rmi = {
+            let api = api.clone();
+            async move { ok(api.delete_image(ns, &dropped).await, "Images.Delete sync") }
+        };
+        // Spread the load across the collection: from before it starts to after it ends.
+        let delay = Duration::from_micros(u64::from(round % 25) * 200);
+        let later = load(round);
+        tokio::join!(rmi, async move {
+            tokio::time::sleep(delay).await;
+            later.await
+        });
+        let kept = api.info(ns, &dgst).await.is_ok()
+            && api.read(ns, &dgst, 0, 0).await.ok().as_deref() == Some(&data[..]);
+        if !kept {
+            lost.push(round);
+            // Start the next round from a whole store again.
+            let _ = api.delete_image(ns, &format!("race:{round}")).await;
+            load(round).await;
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "the image of rounds {lost:?} (of {ROUNDS}) lost its blob to the collector"
+    );
+    ok(
+        api.delete_image(ns, &format!("race:{ROUNDS}")).await,
+        "Images.Delete",
+    );
+    assert!(
+        !blob_path(&d, &dgst).exists(),
+        "the collector still removes the blob once nothing holds it"
+    );
+}

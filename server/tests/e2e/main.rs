@@ -15,6 +15,7 @@ mod fixtures;
 mod harness;
 mod images;
 mod network;
+mod observe;
 mod registry;
 mod snapshots;
 mod tasks;
