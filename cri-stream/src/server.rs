@@ -30,6 +30,8 @@ const SPDY_PROTOCOLS: &[(&str, u8)] = &[
 ];
 const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
 const WEBSOCKET_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// client-go's port-forward over WebSocket: SPDY/3.1 framing inside binary messages.
+const WEBSOCKET_PORT_FORWARD_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
 
 /// The running streaming server; dropping it stops accepting connections.
 pub struct StreamServer {
@@ -179,21 +181,17 @@ fn handle(
         .insert(CONNECTION, HeaderValue::from_static("Upgrade"));
 
     if upgrade == "websocket" {
-        let op = match pending {
-            Pending::Exec(r) => Op::Exec(r),
-            Pending::Attach(r) => Op::Attach(r),
-            Pending::PortForward(_) => {
-                return plain(
-                    StatusCode::BAD_REQUEST,
-                    "port-forward over WebSocket is not supported; use SPDY",
-                )
-            }
-        };
         let offered = header_values(&req, "sec-websocket-protocol");
-        let Some(proto) = offered.iter().find(|p| WEBSOCKET_PROTOCOLS.contains(p)) else {
+        let supported: &[&str] = match pending {
+            Pending::PortForward(_) => &[WEBSOCKET_PORT_FORWARD_PROTOCOL],
+            _ => WEBSOCKET_PROTOCOLS,
+        };
+        let Some(proto) = offered.iter().find(|p| supported.contains(p)) else {
             return plain(
                 StatusCode::FORBIDDEN,
-                &format!("no supported WebSocket subprotocol in {offered:?}; want one of {WEBSOCKET_PROTOCOLS:?}"),
+                &format!(
+                    "no supported WebSocket subprotocol in {offered:?}; want one of {supported:?}"
+                ),
             );
         };
         let Some(key) = req
@@ -214,9 +212,19 @@ fn handle(
         h.insert("sec-websocket-accept", accept);
         h.insert("sec-websocket-protocol", proto_value);
         tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(up) => remotecommand::serve_websocket(TokioIo::new(up), op, backend).await,
-                Err(e) => tracing::debug!("websocket upgrade: {e}"),
+            let up = match on_upgrade.await {
+                Ok(up) => TokioIo::new(up),
+                Err(e) => return tracing::debug!("websocket upgrade: {e}"),
+            };
+            match pending {
+                Pending::Exec(r) => remotecommand::serve_websocket(up, Op::Exec(r), backend).await,
+                Pending::Attach(r) => {
+                    remotecommand::serve_websocket(up, Op::Attach(r), backend).await
+                }
+                Pending::PortForward(r) => {
+                    let session = Session::start(websocket::tunnel(up));
+                    portforward::serve_spdy(session, r, backend).await
+                }
             }
         });
         return resp;

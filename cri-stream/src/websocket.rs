@@ -4,7 +4,8 @@
 use std::io;
 
 use base64::Engine;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::sync::mpsc;
 
 pub(crate) const OP_CONTINUATION: u8 = 0x0;
 pub(crate) const OP_BINARY: u8 = 0x2;
@@ -131,6 +132,50 @@ pub(crate) fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     }
     f.extend_from_slice(payload);
     f
+}
+
+/// Unwraps a WebSocket whose binary messages carry a byte stream (client-go's SPDY tunnel
+/// for port-forward) into that byte stream; each write goes out as one binary message.
+pub(crate) fn tunnel<IO>(io: IO) -> DuplexStream
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (app, ours) = tokio::io::duplex(64 * 1024);
+    let (mut from_app, mut to_app) = tokio::io::split(ours);
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
+    tokio::spawn(async move {
+        while let Some(f) = out_rx.recv().await {
+            if wr.write_all(&f).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let pong = out.clone();
+    tokio::spawn(async move {
+        while let Ok(f) = read_frame(&mut rd).await {
+            match f.opcode {
+                OP_BINARY | OP_CONTINUATION if to_app.write_all(&f.payload).await.is_err() => break,
+                OP_PING => {
+                    let _ = pong.send(frame(0xA, &f.payload)).await;
+                }
+                OP_CLOSE => break,
+                _ => {}
+            }
+        }
+        let _ = to_app.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        while let Ok(n @ 1..) = from_app.read(&mut buf).await {
+            if out.send(frame(OP_BINARY, &buf[..n])).await.is_err() {
+                return;
+            }
+        }
+        let _ = out.send(frame(OP_CLOSE, &1000u16.to_be_bytes())).await;
+    });
+    app
 }
 
 #[cfg(test)]

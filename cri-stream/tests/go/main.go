@@ -129,6 +129,7 @@ func runPortForward(args []string) int {
 	rawURL := fs.String("url", "", "URL returned by PortForward")
 	port := fs.Int("port", 0, "port in the pod to forward")
 	msg := fs.String("msg", "", "text to send through the tunnel; the reply is printed")
+	proto := fs.String("proto", "spdy", "spdy, websocket (SPDY tunnelled in WebSocket) or fallback")
 	_ = fs.Parse(args)
 
 	u, err := url.Parse(*rawURL)
@@ -136,12 +137,28 @@ func runPortForward(args []string) int {
 		fmt.Fprintln(os.Stderr, "bad url:", err)
 		return 2
 	}
-	transport, upgrader, err := spdy.RoundTripperFor(&rest.Config{Host: u.Scheme + "://" + u.Host})
+	config := &rest.Config{Host: u.Scheme + "://" + u.Host}
+	transport, upgrader, err := spdy.RoundTripperFor(config)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "round tripper:", err)
 		return 2
 	}
-	dialer := spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, u)
+	var dialer httpstream.Dialer = spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, u)
+	if *proto != "spdy" {
+		tunnel, err := portforward.NewSPDYOverWebsocketDialer(u, config)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tunneling dialer:", err)
+			return 2
+		}
+		if *proto == "websocket" {
+			dialer = tunnel
+		} else {
+			// The same composition kubectl port-forward uses.
+			dialer = portforward.NewFallbackDialer(tunnel, dialer, func(err error) bool {
+				return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
+			})
+		}
+	}
 	stop, ready := make(chan struct{}), make(chan struct{})
 	fw, err := portforward.NewOnAddresses(dialer, []string{"127.0.0.1"},
 		[]string{fmt.Sprintf("0:%d", *port)}, stop, ready, io.Discard, os.Stderr)
