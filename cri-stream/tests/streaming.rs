@@ -339,26 +339,59 @@ async fn port_forward_reaches_a_tcp_echo_server() {
         }
     });
     let (server, _) = server(Config::default()).await;
+    let port = port.to_string();
+    for proto in ["spdy", "websocket", "fallback"] {
+        let url = server
+            .get_port_forward(PortForwardRequest {
+                pod_sandbox_id: "p1".into(),
+            })
+            .unwrap();
+        let args = [
+            "portforward",
+            "-proto",
+            proto,
+            "-url",
+            &url,
+            "-port",
+            &port,
+            "-msg",
+            "ping",
+        ];
+        let out = run_client(&args, b"").await;
+        assert_eq!(
+            text(&out.stdout),
+            "echo:ping",
+            "{proto}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(0), "{proto}");
+    }
+
+    // A port nobody listens on: the backend's failure reaches the client's error stream.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed_port = closed.local_addr().unwrap().port().to_string();
+    drop(closed);
     let url = server
         .get_port_forward(PortForwardRequest {
             pod_sandbox_id: "p1".into(),
         })
         .unwrap();
-    let out = run_client(
-        &[
-            "portforward",
-            "-url",
-            &url,
-            "-port",
-            &port.to_string(),
-            "-msg",
-            "ping",
-        ],
-        b"",
-    )
-    .await;
-    assert_eq!(text(&out.stdout), "echo:ping", "{}", text(&out.stderr));
-    assert_eq!(out.status.code(), Some(0));
+    let args = [
+        "portforward",
+        "-url",
+        &url,
+        "-port",
+        &closed_port,
+        "-msg",
+        "ping",
+    ];
+    let out = run_client(&args, b"").await;
+    assert_eq!(text(&out.stdout), "");
+    assert!(
+        text(&out.stderr).contains("error forwarding port to pod p1"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// The raw HTTP status a SPDY upgrade request for `url` gets with the given subprotocol.
