@@ -120,15 +120,20 @@ pub(crate) async fn serve_spdy(
             }
         }
     }
+    let Some(error) = streams.remove("error") else {
+        return;
+    };
+    // The error stream's FIN is never held back.
+    let (mut error_io, error_sent) = (error.io, error.sent);
+    drop(error.hold_fin);
     let mut sent = Vec::new();
+    let mut holds = Vec::new();
     let mut take = |kind: &str| {
         streams.remove(kind).map(|s| {
             sent.push(s.sent);
+            holds.push(s.hold_fin);
             s.io
         })
-    };
-    let Some(mut error) = take("error") else {
-        return;
     };
     let io = StreamIo {
         stdin: take("stdin").map(|s| Box::new(s) as BoxRead),
@@ -157,9 +162,12 @@ pub(crate) async fn serve_spdy(
         _ = closed.wait_for(|c| *c) => return,
     };
     if let Some(msg) = error_message(version >= 4, &result) {
-        let _ = error.write_all(&msg).await;
+        let _ = error_io.write_all(&msg).await;
     }
-    drop(error);
+    // The error stream ends first: a v1 client stops listening once stdout and stderr end.
+    drop(error_io);
+    drain(vec![error_sent]).await;
+    drop(holds);
     drain(sent).await;
     session.close().await;
 }

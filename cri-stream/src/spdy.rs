@@ -230,6 +230,9 @@ pub(crate) struct Stream {
     pub headers: HashMap<String, String>,
     pub io: DuplexStream,
     pub sent: JoinHandle<()>,
+    /// While held, the FIN waits even after `io` closes: old remotecommand clients must see
+    /// the error stream's message before stdout ends.
+    pub hold_fin: oneshot::Sender<()>,
 }
 
 impl Stream {
@@ -379,12 +382,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     } else {
                         streams.insert(id, ours_wr);
                     }
-                    let sent = tokio::spawn(send_loop(id, ours_rd, out.clone()));
+                    let (hold_fin, fin_gate) = oneshot::channel();
+                    let sent = tokio::spawn(send_loop(id, ours_rd, out.clone(), fin_gate));
                     let _ = stream_tx
                         .send(Stream {
                             headers,
                             io: app,
                             sent,
+                            hold_fin,
                         })
                         .await;
                 }
@@ -409,11 +414,18 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let _ = closed_tx.send(true);
 }
 
-async fn send_loop<R: AsyncRead + Unpin>(id: u32, mut rd: R, out: mpsc::Sender<Out>) {
+async fn send_loop<R: AsyncRead + Unpin>(
+    id: u32,
+    mut rd: R,
+    out: mpsc::Sender<Out>,
+    fin_gate: oneshot::Receiver<()>,
+) {
     let mut buf = vec![0u8; DATA_CHUNK];
     loop {
         match rd.read(&mut buf).await {
             Ok(0) | Err(_) => {
+                // Released by a send or by the holder dropping its end.
+                let _ = fin_gate.await;
                 let _ = out.send(Out::Frame(data_frame(id, FLAG_FIN, &[]))).await;
                 return;
             }

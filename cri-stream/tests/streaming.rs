@@ -59,11 +59,13 @@ impl LocalBackend {
         self.pids.lock().unwrap().push(child.id().unwrap());
         let (stdin, stdout, stderr) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        let feed = async {
-            if let (Some(mut from), Some(mut to)) = (io.stdin, stdin) {
+        // A process that exits without reading all of stdin must not wait for the client's EOF.
+        let from = io.stdin;
+        let feed = tokio::spawn(async move {
+            if let (Some(mut from), Some(mut to)) = (from, stdin) {
                 let _ = tokio::io::copy(&mut from, &mut to).await;
             }
-        };
+        });
         let out = async {
             if let (Some(mut from), Some(mut to)) = (stdout, io.stdout) {
                 let _ = tokio::io::copy(&mut from, &mut to).await;
@@ -76,7 +78,8 @@ impl LocalBackend {
                 let _ = to.shutdown().await;
             }
         };
-        let (_, _, _, status) = tokio::join!(feed, out, err, child.wait());
+        let (_, _, status) = tokio::join!(out, err, child.wait());
+        feed.abort();
         let status = status.map_err(|e| StreamError::Internal(e.to_string()))?;
         Ok(status.code().unwrap_or(128))
     }
@@ -220,10 +223,10 @@ async fn run_client(args: &[&str], stdin: &[u8]) -> Output {
     let mut input = child.stdin.take().unwrap();
     input.write_all(stdin).await.unwrap();
     drop(input);
-    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("client finished in time")
-        .unwrap()
+    match tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await {
+        Ok(out) => out.unwrap(),
+        Err(_) => panic!("client {args:?} did not finish in time"),
+    }
 }
 
 fn text(b: &[u8]) -> String {
@@ -483,4 +486,43 @@ async fn a_client_that_disconnects_takes_its_process_with_it() {
             "{proto}: exec'd process {pid} outlived its client"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_spdy_subprotocols() {
+    let (server, _) = server(Config::default()).await;
+    for proto in ["v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"] {
+        // v1 clients never close stdin, so the command ends by itself after one line.
+        let url = server.get_exec(exec_req("c1", "head -n1", false)).unwrap();
+        let args = ["exec", "-protocols", proto, "-stdin", "-url", &url];
+        let out = run_client(&args, b"old\n").await;
+        assert_eq!(text(&out.stdout), "old\n", "{proto}: {}", text(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "{proto}: {}", text(&out.stderr));
+
+        // Before v4 the error stream is plain text, so the client sees a message, not a code.
+        let url = server.get_exec(exec_req("c1", "exit 3", false)).unwrap();
+        let args = ["exec", "-protocols", proto, "-stdin", "-url", &url];
+        let out = run_client(&args, b"").await;
+        assert_eq!(out.status.code(), Some(100), "{proto}");
+        assert!(
+            text(&out.stderr).contains("non-zero exit code: 3"),
+            "{proto}: {}",
+            text(&out.stderr)
+        );
+    }
+    // v3 added the resize stream.
+    let url = server.get_exec(exec_req("c1", "stty size", true)).unwrap();
+    let args = [
+        "exec",
+        "-protocols",
+        "v3.channel.k8s.io",
+        "-tty",
+        "-stdin",
+        "-resize",
+        "90x30",
+        "-url",
+        &url,
+    ];
+    let out = run_client(&args, b"").await;
+    assert!(text(&out.stdout).contains("30 90"), "{}", text(&out.stderr));
 }

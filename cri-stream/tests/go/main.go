@@ -58,6 +58,7 @@ func runExec(args []string) int {
 	tty := fs.Bool("tty", false, "request a terminal")
 	stdin := fs.Bool("stdin", false, "send this process's stdin")
 	resize := fs.String("resize", "", "terminal size WIDTHxHEIGHT to send once")
+	protocols := fs.String("protocols", "", "comma-separated SPDY subprotocols to offer instead of client-go's list")
 	_ = fs.Parse(args)
 
 	u, err := url.Parse(*rawURL)
@@ -69,7 +70,17 @@ func runExec(args []string) int {
 	var exec remotecommand.Executor
 	switch *proto {
 	case "spdy":
-		exec, err = remotecommand.NewSPDYExecutor(config, http.MethodPost, u)
+		if *protocols == "" {
+			exec, err = remotecommand.NewSPDYExecutor(config, http.MethodPost, u)
+		} else {
+			var transport http.RoundTripper
+			var upgrader spdy.Upgrader
+			transport, upgrader, err = spdy.RoundTripperFor(config)
+			if err == nil {
+				exec, err = remotecommand.NewSPDYExecutorForProtocols(transport, upgrader,
+					http.MethodPost, u, strings.Split(*protocols, ",")...)
+			}
+		}
 	case "websocket":
 		exec, err = remotecommand.NewWebSocketExecutor(config, http.MethodGet, u.String())
 	case "fallback":
