@@ -526,3 +526,17 @@ async fn older_spdy_subprotocols() {
     let out = run_client(&args, b"").await;
     assert!(text(&out.stdout).contains("30 90"), "{}", text(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_bind_gives_urls_with_a_concrete_host() {
+    let (server, _) = server(Config {
+        address: "0.0.0.0:0".parse().unwrap(),
+        ..Config::default()
+    })
+    .await;
+    let url = server.get_exec(exec_req("c1", "echo here", false)).unwrap();
+    assert!(!url.contains("0.0.0.0"), "{url}");
+    // The URL is one a client can dial.
+    let out = run_client(&["exec", "-stdin", "-url", &url], b"").await;
+    assert_eq!(text(&out.stdout), "here\n", "{url}: {}", text(&out.stderr));
+}
