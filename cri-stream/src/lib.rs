@@ -1,7 +1,11 @@
 //! berth-cri-stream owns the CRI streaming server: the HTTP endpoint whose URLs the CRI's
 //! Exec, Attach and PortForward return, and the protocols the kubelet's clients (client-go,
 //! crictl, kubectl) speak on it — SPDY/3.1 with the `channel.k8s.io` subprotocols v1–v4 and
-//! `portforward.k8s.io`, and WebSocket with `v4`/`v5.channel.k8s.io`.
+//! `portforward.k8s.io`, and WebSocket with `v4`/`v5.channel.k8s.io` and client-go's
+//! `SPDY/3.1+portforward.k8s.io` tunnel.
+//!
+//! Known limit: SPDY flow control is not enforced, so a backend that never reads stdin while
+//! the client keeps sending stalls that session's other streams (not other sessions).
 //!
 //! It knows nothing of containers: what runs behind a stream is a [`Backend`], which the CRI
 //! service implements.
