@@ -10,7 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -127,7 +127,10 @@ async fn accept_loop(listener: TcpListener, cache: Arc<TokenCache>, backend: Arc
                 let (cache, backend) = (cache.clone(), backend.clone());
                 async move { Ok::<_, Infallible>(handle(req, &cache, backend)) }
             });
+            // A connection that never finishes its request must not hold a task forever.
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(30))
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades();
             if let Err(e) = conn.await {
