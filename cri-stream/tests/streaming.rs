@@ -455,7 +455,9 @@ async fn tokens_are_single_use_expiring_bounded_and_protocol_checked() {
 async fn a_client_that_disconnects_takes_its_process_with_it() {
     let (server, backend) = server(Config::default()).await;
     for proto in ["spdy", "websocket"] {
-        let url = server.get_exec(exec_req("c1", "sleep 60", false)).unwrap();
+        let url = server
+            .get_exec(exec_req("c1", "exec sleep 60", false))
+            .unwrap();
         let mut child = tokio::process::Command::new(client())
             .args(["exec", "-proto", proto, "-stdin", "-url", &url])
             .stdin(Stdio::piped())
