@@ -4,6 +4,7 @@
 //! rules ([`dockerignore`]); both are pure and synchronous, so the executor that drives berthd
 //! (snapshots, tasks, Diff, Content, Images) can be tested apart from them.
 
+pub mod context;
 pub mod dockerfile;
 pub mod dockerignore;
 mod error;

@@ -244,12 +244,14 @@ impl Dockerfile {
                             expand_word(from, escape, &args).map_err(|e| e.or_line(step.line))?;
                         let source = match value.parse::<usize>() {
                             Ok(i) if i < index => Base::Stage(i),
-                            Ok(_) => return Err(Error::at(
-                                step.line,
-                                format!(
+                            Ok(_) => {
+                                return Err(Error::at(
+                                    step.line,
+                                    format!(
                                     "COPY --from={value}: only earlier stages can be copied from"
                                 ),
-                            )),
+                                ))
+                            }
                             Err(_) => self.resolve(&value, index, step.line)?,
                         };
                         if let Base::Stage(i) = source {
