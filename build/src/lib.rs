@@ -5,6 +5,7 @@
 //! (snapshots, tasks, Diff, Content, Images) can be tested apart from them.
 
 pub mod context;
+pub mod copy;
 pub mod dockerfile;
 pub mod dockerignore;
 mod error;
