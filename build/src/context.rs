@@ -148,14 +148,7 @@ fn glob_regex(pattern: &str) -> Result<regex::Regex, Error> {
 impl Context {
     /// Lists `dir`, honouring its `.dockerignore`.
     pub fn open_dir(dir: &Path, limits: &Limits) -> Result<Context, Error> {
-        let fd = nix::fcntl::open(
-            dir,
-            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io(&format!("open {}", dir.display()), e))?;
-        // SAFETY: open returned a new descriptor that nothing else owns.
-        let root = unsafe { OwnedFd::from_raw_fd(fd) };
+        let root = open_root(dir)?;
         let ignore = match open_beneath(&root, ".dockerignore", OFlag::O_RDONLY) {
             Ok(fd) => {
                 let mut text = String::new();
@@ -168,6 +161,21 @@ impl Context {
             Err(nix::errno::Errno::ENOENT) => DockerIgnore::default(),
             Err(e) => return Err(io(".dockerignore", e)),
         };
+        Context::list(root, &ignore, limits)
+    }
+
+    /// Lists `dir` under the given rules instead of its own `.dockerignore`: docker's
+    /// `<Dockerfile>.dockerignore` beside a Dockerfile, or none at all for a stage's root
+    /// filesystem read by `COPY --from`.
+    pub fn open_dir_with(
+        dir: &Path,
+        ignore: &DockerIgnore,
+        limits: &Limits,
+    ) -> Result<Context, Error> {
+        Context::list(open_root(dir)?, ignore, limits)
+    }
+
+    fn list(root: OwnedFd, ignore: &DockerIgnore, limits: &Limits) -> Result<Context, Error> {
         let mut context = Context {
             root,
             entries: Vec::new(),
@@ -175,7 +183,7 @@ impl Context {
             _extracted: None,
         };
         let root_fd = context.root.as_raw_fd();
-        context.walk(root_fd, "", &ignore, limits)?;
+        context.walk(root_fd, "", ignore, limits)?;
         context.entries.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(context)
     }
@@ -432,6 +440,17 @@ impl Context {
         }
         Ok(format!("sha256:{}", hex::encode(h.finalize())))
     }
+}
+
+fn open_root(dir: &Path) -> Result<OwnedFd, Error> {
+    let fd = nix::fcntl::open(
+        dir,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io(&format!("open {}", dir.display()), e))?;
+    // SAFETY: open returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn too_big(bytes: u64, entries: usize, limits: &Limits) -> Error {

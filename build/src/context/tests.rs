@@ -88,6 +88,16 @@ fn dockerignore_keeps_files_out() {
 }
 
 #[test]
+fn explicit_rules_replace_the_contexts_own() {
+    let d = ctx_dir();
+    fs::write(d.path().join(".dockerignore"), "*.c\n").unwrap();
+    let rules = DockerIgnore::parse("src\n").unwrap();
+    let c = Context::open_dir_with(d.path(), &rules, &Limits::default()).unwrap();
+    let listed: Vec<&str> = c.entries().iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(listed, [".dockerignore", "a.c", "b.c"]);
+}
+
+#[test]
 fn the_size_bound_is_enforced() {
     let d = ctx_dir();
     let limits = Limits {

@@ -27,13 +27,42 @@ pub(crate) fn is_predefined_arg(name: &str) -> bool {
     PREDEFINED_ARGS.contains(&name)
 }
 
-/// `--build-arg NAME=VALUE` values.
+/// `--build-arg NAME=VALUE` values, and BuildKit's automatic platform ARGs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BuildArgs(BTreeMap<String, String>);
+pub struct BuildArgs {
+    values: BTreeMap<String, String>,
+    automatic: BTreeMap<String, String>,
+}
 
 impl BuildArgs {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets `TARGETPLATFORM`, `TARGETOS`, `TARGETARCH`, `TARGETVARIANT` and their `BUILD*`
+    /// twins (berth builds for the host, so both name it), in the global scope as BuildKit
+    /// does: usable in FROM, and in a stage after `ARG TARGETARCH`.
+    pub fn set_platform(&mut self, os: &str, arch: &str, variant: Option<&str>) {
+        let platform = match variant {
+            Some(v) => format!("{os}/{arch}/{v}"),
+            None => format!("{os}/{arch}"),
+        };
+        for prefix in ["TARGET", "BUILD"] {
+            for (name, value) in [
+                ("PLATFORM", platform.as_str()),
+                ("OS", os),
+                ("ARCH", arch),
+                ("VARIANT", variant.unwrap_or("")),
+            ] {
+                self.automatic
+                    .insert(format!("{prefix}{name}"), value.to_string());
+            }
+        }
+    }
+
+    /// The automatic platform ARGs set by [`BuildArgs::set_platform`].
+    pub fn automatic(&self) -> &BTreeMap<String, String> {
+        &self.automatic
     }
 
     /// Reads `NAME=VALUE`; a bare `NAME` takes `from_env(NAME)` (docker reads the caller's
@@ -53,17 +82,17 @@ impl BuildArgs {
             )));
         }
         if let Some(value) = value {
-            self.0.insert(name.to_string(), value);
+            self.values.insert(name.to_string(), value);
         }
         Ok(())
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+        self.values.get(name).map(String::as_str)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.keys().map(String::as_str)
+        self.values.keys().map(String::as_str)
     }
 }
 

@@ -136,7 +136,7 @@ impl Dockerfile {
         &self,
         build_args: &BuildArgs,
     ) -> Result<BTreeMap<String, String>, Error> {
-        let mut values = BTreeMap::new();
+        let mut values = build_args.automatic().clone();
         for step in &self.global_args {
             if let Instruction::Arg(args) = &step.instruction {
                 for (name, default) in args {

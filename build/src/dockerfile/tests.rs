@@ -375,6 +375,32 @@ fn structure_errors() {
 }
 
 #[test]
+fn platform_args_are_global() {
+    let text = "FROM --platform=$BUILDPLATFORM img-$TARGETARCH AS b\nRUN echo $TARGETARCH\nARG TARGETARCH\nRUN echo $TARGETARCH\n";
+    let df = parse(text).unwrap();
+    let mut build = BuildArgs::new();
+    build.set_platform("linux", "arm64", Some("v8"));
+    let plan = df.plan(None, &build).unwrap();
+    assert_eq!(plan.stages[0].base, Base::Image("img-arm64".into()));
+    assert_eq!(
+        plan.global_args.get("BUILDPLATFORM").map(String::as_str),
+        Some("linux/arm64/v8")
+    );
+    let (out, _) = run_stage(&df, 0, &build);
+    let Action::Run(before) = &out[0].action else {
+        panic!()
+    };
+    assert!(
+        !before.env.iter().any(|e| e.starts_with("TARGETARCH=")),
+        "not in a stage until declared"
+    );
+    let Action::Run(after) = &out[2].action else {
+        panic!()
+    };
+    assert!(after.env.contains(&"TARGETARCH=arm64".to_string()));
+}
+
+#[test]
 fn build_args_from_the_environment() {
     let mut b = BuildArgs::new();
     b.add("A", |n| (n == "A").then(|| "env".to_string()))
