@@ -1,0 +1,913 @@
+//! `berth build`'s executor: berth-build's front end driven over berthd's API. Each stage
+//! starts from its base (an image, pulled when absent; `scratch`; an earlier stage), each RUN
+//! runs in a task on an active snapshot, each COPY/ADD is written into that snapshot mounted
+//! in a private temp dir, and every filesystem step becomes a layer through Diff.Diff and a
+//! committed snapshot named by its chain ID. The config and manifest go through Content and
+//! the image through Images, with containerd's gc labels so the collector keeps what the image
+//! needs once the build's lease is gone.
+
+use crate::api::services::containers::v1::container::Runtime;
+use crate::api::services::containers::v1::containers_client::ContainersClient;
+use crate::api::services::containers::v1::{
+    Container, CreateContainerRequest, DeleteContainerRequest,
+};
+use crate::api::services::content::v1::content_client::ContentClient;
+use crate::api::services::content::v1::{InfoRequest, WriteAction, WriteContentRequest};
+use crate::api::services::diff::v1::diff_client::DiffClient;
+use crate::api::services::diff::v1::DiffRequest;
+use crate::api::services::images::v1::images_client::ImagesClient;
+use crate::api::services::images::v1::{CreateImageRequest, Image, UpdateImageRequest};
+use crate::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
+use crate::api::services::snapshots::v1::{
+    CommitSnapshotRequest, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
+    ViewSnapshotRequest,
+};
+use crate::api::types::{Descriptor, Mount};
+use crate::containers::{DEFAULT_RUNTIME, DEFAULT_SNAPSHOTTER, SPEC_TYPE_URL};
+use crate::leases::LeaseGuard;
+use crate::spec::{ContainerConfig, Network};
+use crate::stdio::{Fifos, StdioConfig};
+use crate::{Client, Error, Result};
+use berth_build::context::{Context, Limits};
+use berth_build::copy::{copy_into, CopyRequest};
+use berth_build::dockerfile::{
+    self, parse_trigger, Action, Base, BuildArgs, Dockerfile, RunAction, StageEval, Step,
+};
+use berth_build::dockerignore::DockerIgnore;
+use berth_build::image::{manifest, Blob, ImageDocument};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const UNCOMPRESSED: &str = "containerd.io/uncompressed";
+/// Marks the build's own containers, so an interrupted build's leftovers can be told apart.
+pub const BUILD_LABEL: &str = "io.berth.build";
+
+/// `berth build`'s options.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    pub context: PathBuf,
+    /// Default: `Dockerfile` in the context.
+    pub dockerfile: Option<PathBuf>,
+    pub tags: Vec<String>,
+    /// `NAME=VALUE` or `NAME` (from the environment).
+    pub build_args: Vec<String>,
+    pub target: Option<String>,
+    /// RUN's network: none (the default here) or host.
+    pub network: Network,
+    pub labels: HashMap<String, String>,
+    pub limits: Option<Limits>,
+}
+
+/// What a build made.
+#[derive(Debug, Clone)]
+pub struct BuildOutcome {
+    pub manifest_digest: String,
+    pub config_digest: String,
+    /// The tags written, normalised.
+    pub names: Vec<String>,
+    /// RUN steps that ran a container.
+    pub containers_run: usize,
+    pub layers_written: usize,
+}
+
+#[derive(Clone)]
+struct StageState {
+    doc: ImageDocument,
+    chain: Option<String>,
+    layers: Vec<Blob>,
+}
+
+fn build_err(e: berth_build::Error) -> Error {
+    Error::invalid(e.to_string())
+}
+
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm), to avoid a date crate for one timestamp.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn next_chain(parent: Option<&str>, diff_id: &str) -> String {
+    match parent {
+        None => diff_id.to_string(),
+        Some(p) => format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(format!("{p} {diff_id}").as_bytes()))
+        ),
+    }
+}
+
+/// Runs a Dockerfile build against berthd; progress lines go to `progress`, RUN output to
+/// this process's stdout and stderr.
+pub async fn build(
+    client: &Client,
+    opts: &BuildOptions,
+    progress: &mut (dyn Write + Send),
+) -> Result<BuildOutcome> {
+    let dockerfile_path = opts
+        .dockerfile
+        .clone()
+        .unwrap_or_else(|| opts.context.join("Dockerfile"));
+    let text = std::fs::read_to_string(&dockerfile_path)
+        .map_err(|e| Error::io(format!("read {}", dockerfile_path.display()), e))?;
+    let df = dockerfile::parse(&text).map_err(build_err)?;
+    for note in &df.directives.notes {
+        let _ = writeln!(progress, "note: {note}");
+    }
+    let mut build_args = BuildArgs::new();
+    build_args.set_platform("linux", crate::images::oci_arch(), None);
+    for a in &opts.build_args {
+        build_args
+            .add(a, |n| std::env::var(n).ok())
+            .map_err(build_err)?;
+    }
+    let plan = df
+        .plan(opts.target.as_deref(), &build_args)
+        .map_err(build_err)?;
+    for unused in &plan.unused_build_args {
+        let _ = writeln!(
+            progress,
+            "warning: build arg {unused} was not consumed by any ARG"
+        );
+    }
+    let limits = opts.limits.unwrap_or_default();
+    let (context_dir, dockerfile_for_ignore) = (opts.context.clone(), dockerfile_path.clone());
+    let context = tokio::task::spawn_blocking(move || {
+        // docker's <Dockerfile>.dockerignore beside the Dockerfile wins over the context's.
+        let own = PathBuf::from(format!("{}.dockerignore", dockerfile_for_ignore.display()));
+        match std::fs::read_to_string(&own) {
+            Ok(text) => Context::open_dir_with(&context_dir, &DockerIgnore::parse(&text)?, &limits),
+            Err(_) => Context::open_dir(&context_dir, &limits),
+        }
+    })
+    .await
+    .map_err(|e| Error::local(Code::Internal, format!("context listing: {e}")))?
+    .map_err(build_err)?;
+
+    let lease = client.leases().create(Duration::from_secs(3600)).await?;
+    let mut run = Run {
+        client,
+        lease: &lease,
+        df: &df,
+        context: &context,
+        network: opts.network,
+        containers_run: 0,
+        layers_written: 0,
+    };
+    let result = run.stages(&plan, &build_args, progress).await;
+    let outcome = match result {
+        Ok(state) => run.write_image(state, opts, progress).await,
+        Err(e) => Err(e),
+    };
+    let released = lease.release().await;
+    let outcome = outcome?;
+    released?;
+    Ok(outcome)
+}
+
+struct Run<'a> {
+    client: &'a Client,
+    lease: &'a LeaseGuard,
+    df: &'a Dockerfile,
+    context: &'a Context,
+    network: Network,
+    containers_run: usize,
+    layers_written: usize,
+}
+
+impl Run<'_> {
+    fn snapshots(&self) -> SnapshotsClient<tonic::transport::Channel> {
+        SnapshotsClient::new(self.client.channel().clone())
+    }
+
+    async fn stages(
+        &mut self,
+        plan: &dockerfile::Plan,
+        build_args: &BuildArgs,
+        progress: &mut (dyn Write + Send),
+    ) -> Result<StageState> {
+        let mut done: HashMap<usize, StageState> = HashMap::new();
+        for planned in &plan.stages {
+            let stage = &self.df.stages[planned.index];
+            let mut state = match &planned.base {
+                Base::Scratch => StageState {
+                    doc: ImageDocument::scratch(crate::images::oci_arch()),
+                    chain: None,
+                    layers: Vec::new(),
+                },
+                Base::Stage(i) => done
+                    .get(i)
+                    .cloned()
+                    .ok_or_else(|| Error::local(Code::Internal, format!("stage {i} not built")))?,
+                Base::Image(name) => self.base_image(name, progress).await?,
+            };
+            let (mut eval, triggers) = StageEval::new(
+                self.df,
+                state.doc.config.clone(),
+                &plan.global_args,
+                build_args,
+            );
+            let mut steps: Vec<(Option<usize>, Step)> = Vec::new();
+            for t in &triggers {
+                let step =
+                    parse_trigger(t, stage.line, self.df.directives.escape).map_err(build_err)?;
+                steps.push((None, step));
+            }
+            steps.extend(
+                stage
+                    .steps
+                    .iter()
+                    .cloned()
+                    .enumerate()
+                    .map(|(n, s)| (Some(n), s)),
+            );
+            let total = steps.len();
+            for (k, (index, step)) in steps.iter().enumerate() {
+                let started = Instant::now();
+                let _ = writeln!(
+                    progress,
+                    "#{} [stage {} {}/{}] {}",
+                    planned.index,
+                    stage.name.as_deref().unwrap_or(&planned.index.to_string()),
+                    k + 1,
+                    total,
+                    step.text
+                );
+                let outcome = eval.step(step).map_err(build_err)?;
+                let layer = match &outcome.action {
+                    Action::Config | Action::Workdir(_) => None,
+                    Action::Run(r) => Some(self.run_step(&state, &eval, r, &step.text).await?),
+                    Action::Copy(c) => {
+                        let from = match (index, &c.from) {
+                            (_, None) => None,
+                            (Some(n), Some(_)) => planned.copy_from.get(n).cloned(),
+                            (None, Some(_)) => {
+                                return Err(Error::invalid(format!(
+                                    "ONBUILD {}: COPY --from in a trigger is not supported",
+                                    step.text
+                                )))
+                            }
+                        };
+                        let source_chain = match from {
+                            None => None,
+                            Some(Base::Scratch) => Some(None),
+                            Some(Base::Stage(i)) => Some(
+                                done.get(&i)
+                                    .ok_or_else(|| {
+                                        Error::local(Code::Internal, format!("stage {i} not built"))
+                                    })?
+                                    .chain
+                                    .clone(),
+                            ),
+                            Some(Base::Image(name)) => {
+                                Some(self.base_image(&name, progress).await?.chain)
+                            }
+                        };
+                        Some(self.copy_step(&state, c, source_chain).await?)
+                    }
+                };
+                let created = now_rfc3339();
+                state.doc.config = eval.config.clone();
+                match layer {
+                    Some((blob, diff_id, chain)) => {
+                        state
+                            .doc
+                            .record(&created, &outcome.created_by, Some(&diff_id));
+                        state.layers.push(blob);
+                        state.chain = Some(chain);
+                    }
+                    None => state.doc.record(&created, &outcome.created_by, None),
+                }
+                let _ = writeln!(
+                    progress,
+                    "#{} DONE {:.1}s",
+                    planned.index,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            state.doc.config = eval.config.clone();
+            if let Some(author) = &eval.author {
+                state.doc.author = Some(author.clone());
+            }
+            done.insert(planned.index, state);
+        }
+        done.remove(&plan.target)
+            .ok_or_else(|| Error::local(Code::Internal, "the target stage was not built"))
+    }
+
+    /// The base image's config and layers, pulled through the daemon when absent.
+    async fn base_image(
+        &self,
+        name: &str,
+        progress: &mut (dyn Write + Send),
+    ) -> Result<StageState> {
+        let images = self.client.images();
+        let details = match images.inspect(name).await {
+            Err(e) if e.code() == Code::NotFound => {
+                let _ = writeln!(progress, "pulling {name}");
+                images
+                    .pull(name, &crate::transfer::RegistryOptions::default())
+                    .await?
+                    .finish()
+                    .await?;
+                images.inspect(name).await?
+            }
+            other => other?,
+        };
+        let config_desc = details.manifest.config();
+        let bytes = images
+            .read_blob(&Descriptor {
+                media_type: config_desc.media_type().to_string(),
+                digest: config_desc.digest().to_string(),
+                size: config_desc.size() as i64,
+                annotations: HashMap::new(),
+            })
+            .await?;
+        let doc: ImageDocument = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::invalid(format!("image config of {name}: {e}")))?;
+        let layers = details
+            .manifest
+            .layers()
+            .iter()
+            .map(|l| Blob {
+                media_type: l.media_type().to_string(),
+                digest: l.digest().to_string(),
+                size: l.size() as i64,
+            })
+            .collect();
+        Ok(StageState {
+            doc,
+            chain: Some(details.chain_id),
+            layers,
+        })
+    }
+
+    async fn prepare(&self, parent: Option<&str>) -> Result<(String, Vec<Mount>)> {
+        let key = format!("berth-build-{}", crate::names::new_id());
+        let req = PrepareSnapshotRequest {
+            snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+            key: key.clone(),
+            parent: parent.unwrap_or_default().to_string(),
+            labels: HashMap::new(),
+        };
+        let mounts = self
+            .snapshots()
+            .prepare(self.lease.request(req))
+            .await?
+            .into_inner()
+            .mounts;
+        Ok((key, mounts))
+    }
+
+    async fn remove_snapshot(&self, key: &str) {
+        let req = RemoveSnapshotRequest {
+            snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+            key: key.to_string(),
+        };
+        let _ = self.snapshots().remove(self.client.request(req)).await;
+    }
+
+    /// Diff.Diff of the active snapshot `key` against its parent, then the commit under the
+    /// new chain ID (an existing one, from an earlier build of the same layer, is kept).
+    async fn layer(&mut self, parent: Option<&str>, key: &str) -> Result<(Blob, String, String)> {
+        let lower = match parent {
+            Some(p) => {
+                let view_key = format!("berth-build-view-{}", crate::names::new_id());
+                let req = ViewSnapshotRequest {
+                    snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+                    key: view_key.clone(),
+                    parent: p.to_string(),
+                    labels: HashMap::new(),
+                };
+                let mounts = self
+                    .snapshots()
+                    .view(self.lease.request(req))
+                    .await?
+                    .into_inner()
+                    .mounts;
+                Some((view_key, mounts))
+            }
+            None => None,
+        };
+        let upper = self
+            .snapshots()
+            .mounts(self.client.request(MountsRequest {
+                snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+                key: key.to_string(),
+            }))
+            .await?
+            .into_inner()
+            .mounts;
+        let req = DiffRequest {
+            left: lower.as_ref().map(|(_, m)| m.clone()).unwrap_or_default(),
+            right: upper,
+            media_type: GZIP_LAYER.to_string(),
+            r#ref: String::new(),
+            labels: HashMap::new(),
+            source_date_epoch: None,
+        };
+        let diffed = DiffClient::new(self.client.channel().clone())
+            .diff(self.lease.request(req))
+            .await;
+        if let Some((view_key, _)) = &lower {
+            self.remove_snapshot(view_key).await;
+        }
+        let desc = diffed?
+            .into_inner()
+            .diff
+            .ok_or_else(|| Error::local(Code::Internal, "Diff answered no descriptor"))?;
+        let info = ContentClient::new(self.client.channel().clone())
+            .info(self.client.request(InfoRequest {
+                digest: desc.digest.clone(),
+            }))
+            .await?
+            .into_inner()
+            .info
+            .ok_or_else(|| Error::local(Code::Internal, "Content.Info answered nothing"))?;
+        let diff_id = info.labels.get(UNCOMPRESSED).cloned().ok_or_else(|| {
+            Error::local(
+                Code::Internal,
+                format!("layer {} has no diff ID label", desc.digest),
+            )
+        })?;
+        let chain = next_chain(parent, &diff_id);
+        let commit = CommitSnapshotRequest {
+            snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+            name: chain.clone(),
+            key: key.to_string(),
+            labels: HashMap::new(),
+            ..Default::default()
+        };
+        match self.snapshots().commit(self.lease.request(commit)).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Code::AlreadyExists => self.remove_snapshot(key).await,
+            Err(e) => return Err(e.into()),
+        }
+        self.layers_written += 1;
+        Ok((
+            Blob {
+                media_type: desc.media_type,
+                digest: desc.digest,
+                size: desc.size,
+            },
+            diff_id,
+            chain,
+        ))
+    }
+
+    async fn run_step(
+        &mut self,
+        state: &StageState,
+        eval: &StageEval,
+        run: &RunAction,
+        text: &str,
+    ) -> Result<(Blob, String, String)> {
+        let parent = state.chain.as_deref();
+        let user = if run.user.is_empty() {
+            crate::user::ResolvedUser::default()
+        } else if crate::user::needs_image_files(&run.user) {
+            let chain = parent.ok_or_else(|| {
+                Error::invalid(format!(
+                    "USER {}: a scratch stage has no /etc/passwd",
+                    run.user
+                ))
+            })?;
+            let (passwd, group) =
+                crate::user::read_image_files(self.client, DEFAULT_SNAPSHOTTER, chain).await?;
+            crate::user::resolve(&run.user, passwd.as_deref(), group.as_deref())?
+        } else {
+            crate::user::resolve(&run.user, None, None)?
+        };
+        let network = match run.network.as_deref() {
+            None => self.network,
+            Some(n) => Network::parse(n)?,
+        };
+        if network == Network::Named {
+            return Err(Error::invalid(
+                "RUN on a named network is not supported by berth build yet: use none or host",
+            ));
+        }
+        let mut doc = state.doc.clone();
+        doc.config = eval.config.clone();
+        let image: oci_spec::image::ImageConfiguration = serde_json::to_vec(&doc)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| Error::invalid("the stage's config is not an OCI image config"))?;
+        let config = ContainerConfig {
+            command: run.argv.clone(),
+            entrypoint: Some(Vec::new()),
+            env: run.env.clone(),
+            workdir: Some(run.workdir.clone()),
+            network,
+            ..ContainerConfig::default()
+        };
+        let (key, _) = self.prepare(parent).await?;
+        let id = crate::names::new_id();
+        let ran = self.run_container(&id, &key, &image, &config, &user).await;
+        match ran {
+            Ok(0) => {}
+            Ok(code) => {
+                self.remove_snapshot(&key).await;
+                return Err(Error::local(
+                    Code::Aborted,
+                    format!("{text}: the command returned a non-zero code: {code}"),
+                ));
+            }
+            Err(e) => {
+                self.remove_snapshot(&key).await;
+                return Err(e);
+            }
+        }
+        self.layer_or_remove(parent, &key).await
+    }
+
+    /// [`Run::layer`], removing the active snapshot when it fails.
+    async fn layer_or_remove(
+        &mut self,
+        parent: Option<&str>,
+        key: &str,
+    ) -> Result<(Blob, String, String)> {
+        match self.layer(parent, key).await {
+            Ok(layer) => Ok(layer),
+            Err(e) => {
+                self.remove_snapshot(key).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn run_container(
+        &mut self,
+        id: &str,
+        key: &str,
+        image: &oci_spec::image::ImageConfiguration,
+        config: &ContainerConfig,
+        user: &crate::user::ResolvedUser,
+    ) -> Result<u32> {
+        let spec = crate::spec::generate(self.client.namespace(), id, image, config, user)?;
+        let spec_json = serde_json::to_vec(&spec)
+            .map_err(|e| Error::invalid(format!("encode the runtime spec: {e}")))?;
+        let container = Container {
+            id: id.to_string(),
+            labels: HashMap::from([(BUILD_LABEL.to_string(), "run".to_string())]),
+            runtime: Some(Runtime {
+                name: DEFAULT_RUNTIME.to_string(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: SPEC_TYPE_URL.to_string(),
+                value: spec_json,
+            }),
+            snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+            snapshot_key: key.to_string(),
+            ..Default::default()
+        };
+        ContainersClient::new(self.client.channel().clone())
+            .create(self.lease.request(CreateContainerRequest {
+                container: Some(container),
+            }))
+            .await?;
+        self.containers_run += 1;
+        let result = self.run_task(id).await;
+        let _ = ContainersClient::new(self.client.channel().clone())
+            .delete(
+                self.client
+                    .request(DeleteContainerRequest { id: id.to_string() }),
+            )
+            .await;
+        result
+    }
+
+    async fn run_task(&self, id: &str) -> Result<u32> {
+        let info = self.client.containers().get_by_id(id).await?;
+        let fifos = Fifos::new(
+            id,
+            StdioConfig {
+                stdout: true,
+                stderr: true,
+                ..StdioConfig::default()
+            },
+        )?;
+        let attached = fifos.attach(
+            None,
+            Box::new(std::io::stdout()),
+            Box::new(std::io::stderr()),
+            None,
+        );
+        let tasks = self.client.tasks();
+        if let Err(e) = tasks.create(&info, &fifos.task_io()).await {
+            attached.cancel();
+            return Err(e.classify_start());
+        }
+        let exit = match tasks.start(id, "").await {
+            Ok(_) => tasks.wait(id, "").await,
+            Err(e) => Err(e.classify_start()),
+        };
+        attached.wait_output(Duration::from_secs(5)).await;
+        let _ = tasks.delete(id).await;
+        Ok(exit?.code)
+    }
+
+    async fn copy_step(
+        &mut self,
+        state: &StageState,
+        copy: &berth_build::dockerfile::CopyAction,
+        from: Option<Option<String>>,
+    ) -> Result<(Blob, String, String)> {
+        let parent = state.chain.as_deref();
+        let (key, mounts) = self.prepare(parent).await?;
+        // COPY --from reads another stage's (or image's) root filesystem through a View.
+        let source = match &from {
+            Some(Some(chain)) => {
+                let view_key = format!("berth-build-view-{}", crate::names::new_id());
+                let req = ViewSnapshotRequest {
+                    snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+                    key: view_key.clone(),
+                    parent: chain.clone(),
+                    labels: HashMap::new(),
+                };
+                let view = self.snapshots().view(self.lease.request(req)).await;
+                match view {
+                    Ok(v) => Some((view_key, v.into_inner().mounts)),
+                    Err(e) => {
+                        self.remove_snapshot(&key).await;
+                        return Err(e.into());
+                    }
+                }
+            }
+            Some(None) => {
+                self.remove_snapshot(&key).await;
+                return Err(Error::invalid(
+                    "COPY --from=scratch: there is nothing to copy",
+                ));
+            }
+            None => None,
+        };
+        let copy = copy.clone();
+        let source_mounts = source.as_ref().map(|(_, m)| m.clone());
+        let context: &Context = self.context;
+        // Mounting and copying block; block_in_place keeps the borrowed context usable (the
+        // CLI's runtime is multi-threaded, as this needs).
+        let written = tokio::task::block_in_place(|| {
+            with_mounted(&mounts, false, |root| match &source_mounts {
+                None => write_copy(context, root, &copy),
+                Some(sm) => with_mounted(sm, true, |src| {
+                    let ctx =
+                        Context::open_dir_with(src, &DockerIgnore::default(), &Limits::default())
+                            .map_err(build_err)?;
+                    write_copy(&ctx, root, &copy)
+                }),
+            })
+        });
+        if let Some((view_key, _)) = &source {
+            self.remove_snapshot(view_key).await;
+        }
+        if let Err(e) = written {
+            self.remove_snapshot(&key).await;
+            return Err(e);
+        }
+        self.layer_or_remove(parent, &key).await
+    }
+
+    async fn write_blob(
+        &self,
+        media_type: &str,
+        bytes: Vec<u8>,
+        labels: HashMap<String, String>,
+    ) -> Result<Blob> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let size = bytes.len() as i64;
+        let req = WriteContentRequest {
+            action: WriteAction::Commit as i32,
+            r#ref: format!("berth-build-{digest}"),
+            total: size,
+            expected: digest.clone(),
+            offset: 0,
+            data: bytes,
+            labels,
+        };
+        let stream = tokio_stream::iter(vec![req]);
+        match ContentClient::new(self.client.channel().clone())
+            .write(self.lease.request(stream))
+            .await
+        {
+            Ok(resp) => {
+                let mut resp = resp.into_inner();
+                while resp.message().await?.is_some() {}
+            }
+            Err(e) if e.code() == Code::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Blob {
+            media_type: media_type.to_string(),
+            digest,
+            size,
+        })
+    }
+
+    async fn write_image(
+        &self,
+        mut state: StageState,
+        opts: &BuildOptions,
+        progress: &mut (dyn Write + Send),
+    ) -> Result<BuildOutcome> {
+        for (k, v) in &opts.labels {
+            state.doc.config.labels.insert(k.clone(), v.clone());
+        }
+        state.doc.created = Some(now_rfc3339());
+        let config_bytes = serde_json::to_vec(&state.doc)
+            .map_err(|e| Error::invalid(format!("encode the image config: {e}")))?;
+        let mut config_labels = HashMap::new();
+        if let Some(chain) = &state.chain {
+            config_labels.insert(
+                format!("containerd.io/gc.ref.snapshot.{DEFAULT_SNAPSHOTTER}"),
+                chain.clone(),
+            );
+        }
+        let config = self
+            .write_blob(CONFIG_TYPE, config_bytes, config_labels)
+            .await?;
+        let mut manifest_labels = HashMap::from([(
+            "containerd.io/gc.ref.content.config".to_string(),
+            config.digest.clone(),
+        )]);
+        for (i, l) in state.layers.iter().enumerate() {
+            manifest_labels.insert(
+                format!("containerd.io/gc.ref.content.l.{i}"),
+                l.digest.clone(),
+            );
+        }
+        let manifest_bytes = manifest(&config, &state.layers);
+        let manifest_blob = self
+            .write_blob(MANIFEST_TYPE, manifest_bytes, manifest_labels)
+            .await?;
+        let mut names = Vec::new();
+        let mut images = ImagesClient::new(self.client.channel().clone());
+        for tag in &opts.tags {
+            let name = crate::images::normalize(tag);
+            let image = Image {
+                name: name.clone(),
+                target: Some(Descriptor {
+                    media_type: MANIFEST_TYPE.to_string(),
+                    digest: manifest_blob.digest.clone(),
+                    size: manifest_blob.size,
+                    annotations: HashMap::new(),
+                }),
+                ..Default::default()
+            };
+            let req = CreateImageRequest {
+                image: Some(image.clone()),
+                source_date_epoch: None,
+            };
+            match images.create(self.client.request(req)).await {
+                Ok(_) => {}
+                Err(e) if e.code() == Code::AlreadyExists => {
+                    let update = UpdateImageRequest {
+                        image: Some(image),
+                        ..Default::default()
+                    };
+                    images.update(self.client.request(update)).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let _ = writeln!(progress, "naming to {name}");
+            names.push(name);
+        }
+        let _ = writeln!(progress, "writing image {}", config.digest);
+        Ok(BuildOutcome {
+            manifest_digest: manifest_blob.digest,
+            config_digest: config.digest,
+            names,
+            containers_run: self.containers_run,
+            layers_written: self.layers_written,
+        })
+    }
+}
+
+fn write_copy(
+    context: &Context,
+    root: &Path,
+    copy: &berth_build::dockerfile::CopyAction,
+) -> Result<()> {
+    let keyword = if copy.add { "ADD" } else { "COPY" };
+    let sources = context.select(keyword, &copy.sources).map_err(build_err)?;
+    copy_into(
+        context,
+        root,
+        &CopyRequest {
+            sources: &sources,
+            dest: &copy.dest,
+            chown: copy.chown.as_deref(),
+            chmod: copy.chmod,
+            add: copy.add,
+        },
+    )
+    .map_err(build_err)
+}
+
+/// Mounts a snapshot's mounts in a private temp dir for `f`, then unmounts.
+fn with_mounted<T>(
+    mounts: &[Mount],
+    read_only: bool,
+    f: impl FnOnce(&Path) -> Result<T>,
+) -> Result<T> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let dir = tempfile::Builder::new()
+        .prefix("berth-build-root-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()
+        .map_err(|e| Error::io("create a temp dir for a build mount", e))?;
+    let [m] = mounts else {
+        return Err(Error::local(
+            Code::Unimplemented,
+            format!(
+                "a snapshot of {} mounts cannot be written here",
+                mounts.len()
+            ),
+        ));
+    };
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in &m.options {
+        match o.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" => {}
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            other => data.push(other),
+        }
+    }
+    if read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    let fail = |e: nix::errno::Errno| {
+        Error::io("mount a build snapshot (berth build needs root)", e.into())
+    };
+    if flags.contains(MsFlags::MS_BIND) {
+        mount(
+            Some(m.source.as_str()),
+            dir.path(),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .map_err(fail)?;
+        if flags.contains(MsFlags::MS_RDONLY) {
+            mount(
+                None::<&str>,
+                dir.path(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(|e| {
+                let _ = umount2(dir.path(), MntFlags::MNT_DETACH);
+                fail(e)
+            })?;
+        }
+    } else {
+        let data = data.join(",");
+        mount(
+            Some(m.source.as_str()),
+            dir.path(),
+            Some(m.r#type.as_str()),
+            flags,
+            Some(data.as_str()),
+        )
+        .map_err(fail)?;
+    }
+    let result = f(dir.path());
+    let unmounted = umount2(dir.path(), MntFlags::empty());
+    if let Err(e) = unmounted {
+        let _ = umount2(dir.path(), MntFlags::MNT_DETACH);
+        if result.is_ok() {
+            return Err(Error::io("unmount a build snapshot", e.into()));
+        }
+    }
+    result
+}
