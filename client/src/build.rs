@@ -52,8 +52,9 @@ pub const BUILD_LABEL: &str = "io.berth.build";
 /// `berth build`'s options.
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
+    /// A directory, or `-` for a tar on stdin.
     pub context: PathBuf,
-    /// Default: `Dockerfile` in the context.
+    /// A Dockerfile on the host; default: `Dockerfile` in the context.
     pub dockerfile: Option<PathBuf>,
     pub tags: Vec<String>,
     /// `NAME=VALUE` or `NAME` (from the environment).
@@ -129,12 +130,8 @@ pub async fn build(
     opts: &BuildOptions,
     progress: &mut (dyn Write + Send),
 ) -> Result<BuildOutcome> {
-    let dockerfile_path = opts
-        .dockerfile
-        .clone()
-        .unwrap_or_else(|| opts.context.join("Dockerfile"));
-    let text = std::fs::read_to_string(&dockerfile_path)
-        .map_err(|e| Error::io(format!("read {}", dockerfile_path.display()), e))?;
+    let limits = opts.limits.unwrap_or_default();
+    let (context, text) = load_context(opts, limits).await?;
     let df = dockerfile::parse(&text).map_err(build_err)?;
     for note in &df.directives.notes {
         let _ = writeln!(progress, "note: {note}");
@@ -155,20 +152,6 @@ pub async fn build(
             "warning: build arg {unused} was not consumed by any ARG"
         );
     }
-    let limits = opts.limits.unwrap_or_default();
-    let (context_dir, dockerfile_for_ignore) = (opts.context.clone(), dockerfile_path.clone());
-    let context = tokio::task::spawn_blocking(move || {
-        // docker's <Dockerfile>.dockerignore beside the Dockerfile wins over the context's.
-        let own = PathBuf::from(format!("{}.dockerignore", dockerfile_for_ignore.display()));
-        match std::fs::read_to_string(&own) {
-            Ok(text) => Context::open_dir_with(&context_dir, &DockerIgnore::parse(&text)?, &limits),
-            Err(_) => Context::open_dir(&context_dir, &limits),
-        }
-    })
-    .await
-    .map_err(|e| Error::local(Code::Internal, format!("context listing: {e}")))?
-    .map_err(build_err)?;
-
     let lease = client.leases().create(Duration::from_secs(3600)).await?;
     let mut run = Run {
         client,
@@ -188,6 +171,48 @@ pub async fn build(
     let outcome = outcome?;
     released?;
     Ok(outcome)
+}
+
+/// The context (a directory, or `-`: a tar on stdin) and the Dockerfile's text: `-f` names a
+/// file of the host, else `Dockerfile` is read from the context itself.
+async fn load_context(opts: &BuildOptions, limits: Limits) -> Result<(Context, String)> {
+    let (dir, dockerfile) = (opts.context.clone(), opts.dockerfile.clone());
+    tokio::task::spawn_blocking(move || {
+        let from_stdin = dir.as_os_str() == "-";
+        let context = if from_stdin {
+            Context::from_tar(std::io::stdin().lock(), &limits)
+        } else {
+            // docker's <Dockerfile>.dockerignore beside the Dockerfile wins over the context's.
+            let own = dockerfile
+                .as_ref()
+                .map(|d| PathBuf::from(format!("{}.dockerignore", d.display())));
+            match own.and_then(|p| std::fs::read_to_string(p).ok()) {
+                Some(text) => DockerIgnore::parse(&text)
+                    .and_then(|rules| Context::open_dir_with(&dir, &rules, &limits)),
+                None => Context::open_dir(&dir, &limits),
+            }
+        }
+        .map_err(build_err)?;
+        let text = match &dockerfile {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| Error::io(format!("read {}", path.display()), e))?,
+            None => {
+                let mut text = String::new();
+                std::io::Read::read_to_string(
+                    &mut std::io::Read::take(
+                        context.open_file("Dockerfile").map_err(build_err)?,
+                        1 << 20,
+                    ),
+                    &mut text,
+                )
+                .map_err(|e| Error::io("read the context's Dockerfile", e))?;
+                text
+            }
+        };
+        Ok((context, text))
+    })
+    .await
+    .map_err(|e| Error::local(Code::Internal, format!("context listing: {e}")))?
 }
 
 struct Run<'a> {

@@ -166,3 +166,149 @@ async fn a_failing_run_stops_the_build_with_its_code() {
     // Nothing of the build is left: its containers and active snapshots are gone.
     assert!(client.containers().list(&[]).await.unwrap().is_empty());
 }
+
+impl Env {
+    fn berth_fails(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.daemon.socket.display()))
+            .arg("-n")
+            .arg(&self.ns)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "berth {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+#[test]
+fn the_cli_builds_targets_ignores_and_shows_history() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("cli");
+    let ctx = env.context(
+        &format!(
+            "FROM {BASE} AS first\nRUN echo first > /stage\n\nFROM {BASE}\nCOPY . /ctx/\nLABEL k=v\nRUN ls /ctx > /listing\n"
+        ),
+        &[("kept", "1"), ("secret.key", "2"), (".dockerignore", "*.key\n")],
+    );
+    let ctx = ctx.to_string_lossy().into_owned();
+    let id = env.berth(&["build", "-t", "cli:all", "--progress", "plain", &ctx]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    let listing = env.berth(&["run", "--rm", "cli:all", "cat", "/listing"]);
+    assert!(listing.contains("kept"), "{listing}");
+    assert!(!listing.contains("secret.key"), ".dockerignore: {listing}");
+    let history = env.berth(&["history", "--no-trunc", "cli:all"]);
+    for line in [
+        "RUN /bin/sh -c ls /ctx > /listing",
+        "LABEL k=v",
+        "COPY . /ctx/",
+    ] {
+        assert!(history.contains(line), "{line} missing from\n{history}");
+    }
+    // --target builds the first stage only.
+    env.berth(&["build", "-q", "-t", "cli:first", "--target", "first", &ctx]);
+    assert_eq!(
+        env.berth(&["run", "--rm", "cli:first", "cat", "/stage"]),
+        "first\n"
+    );
+    assert!(env
+        .berth_fails(&["run", "--rm", "cli:first", "cat", "/listing"])
+        .contains("listing"));
+}
+
+#[test]
+fn hostile_contexts_are_refused_or_contained() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("hostile");
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("host-secret"), "s3cret").unwrap();
+    let ctx = env.context(
+        &format!("FROM {BASE}\nCOPY link /copied-link\nCOPY dirlink/host-secret /d/\n"),
+        &[],
+    );
+    std::os::unix::fs::symlink(outside.path().join("host-secret"), ctx.join("link")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), ctx.join("dirlink")).unwrap();
+    let c = ctx.to_string_lossy().into_owned();
+    // A symlinked directory is one entry: nothing under it can be named.
+    let err = env.berth_fails(&["build", "-t", "hostile:1", &c]);
+    assert!(err.contains("not found in the build context"), "{err}");
+
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {BASE}\nCOPY link /copied-link\n"),
+    )
+    .unwrap();
+    env.berth(&["build", "-q", "-t", "hostile:2", &c]);
+    // The link is copied as a link: its target is not the host's file in the image.
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("-H")
+        .arg(format!("unix://{}", env.daemon.socket.display()))
+        .arg("-n")
+        .arg(&env.ns)
+        .args(["run", "--rm", "hostile:2", "cat", "/copied-link"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
+
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {BASE}\nCOPY ../x /x\n"),
+    )
+    .unwrap();
+    let err = env.berth_fails(&["build", "-t", "hostile:3", &c]);
+    assert!(err.contains("outside the build context"), "{err}");
+
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {BASE}\nADD http://example.com/x /x\n"),
+    )
+    .unwrap();
+    let err = env.berth_fails(&["build", "-t", "hostile:4", &c]);
+    assert!(
+        err.contains("Dockerfile line 2") && err.contains("URL"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tar_context_on_stdin() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("stdin");
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("Dockerfile", format!("FROM {BASE}\nCOPY greeting /\n")),
+        ("greeting", "from a tar\n".to_string()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data.as_bytes()).unwrap();
+    }
+    let bytes = b.into_inner().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("-H")
+        .arg(format!("unix://{}", env.daemon.socket.display()))
+        .arg("-n")
+        .arg(&env.ns)
+        .args(["build", "-q", "-t", "stdin:1", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        env.berth(&["run", "--rm", "stdin:1", "cat", "/greeting"]),
+        "from a tar\n"
+    );
+}

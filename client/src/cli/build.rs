@@ -1,0 +1,171 @@
+//! `berth build` and `berth history`: flags parsed here, the work done by [`crate::build`]
+//! and the image store.
+
+use super::{format, CliResult};
+use crate::build::{build as run_build, BuildOptions};
+use crate::spec::Network;
+use crate::Client;
+use clap::Args;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Name and tag the image (repeatable).
+    #[arg(short = 't', long = "tag")]
+    tags: Vec<String>,
+    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// A build-time variable, NAME=VALUE or NAME (from this environment).
+    #[arg(long = "build-arg")]
+    build_args: Vec<String>,
+    /// Build up to this stage.
+    #[arg(long)]
+    target: Option<String>,
+    /// RUN's network: none or host.
+    #[arg(long, default_value = "none")]
+    network: String,
+    /// Set an image label, KEY=VALUE (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Progress output: auto, plain or quiet (quiet prints only the image id).
+    #[arg(long, default_value = "auto")]
+    progress: String,
+    /// Print only the image id.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// A directory, or - for a tar on stdin.
+    context: PathBuf,
+}
+
+pub async fn build(client: &Client, a: BuildArgs) -> CliResult {
+    let network = Network::parse(&a.network)?;
+    let mut labels = HashMap::new();
+    for l in &a.labels {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        labels.insert(k.to_string(), v.to_string());
+    }
+    if !matches!(a.progress.as_str(), "auto" | "plain" | "quiet") {
+        return Err(format!("--progress {:?}: auto, plain or quiet", a.progress).into());
+    }
+    let quiet = a.quiet || a.progress == "quiet";
+    let opts = BuildOptions {
+        context: a.context,
+        dockerfile: a.file,
+        tags: a.tags,
+        build_args: a.build_args,
+        target: a.target,
+        network,
+        labels,
+        limits: None,
+    };
+    let mut progress: Box<dyn std::io::Write + Send> = if quiet {
+        Box::new(std::io::sink())
+    } else {
+        Box::new(std::io::stderr())
+    };
+    let outcome = run_build(client, &opts, &mut *progress).await?;
+    // The image id berth images shows: the manifest's digest.
+    println!("{}", outcome.manifest_digest);
+    Ok(0)
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    image: String,
+    /// Do not truncate CREATED BY.
+    #[arg(long)]
+    no_trunc: bool,
+    /// Print the entries as JSON lines.
+    #[arg(long)]
+    format: Option<String>,
+}
+
+pub async fn history(client: &Client, a: HistoryArgs) -> CliResult {
+    let details = client.images().inspect(&a.image).await?;
+    let entries = details.config.history().clone().unwrap_or_default();
+    // Layer sizes are the manifest's (compressed) sizes, in history order of non-empty entries.
+    let mut sizes = details.manifest.layers().iter().map(|l| l.size() as i64);
+    let mut rows = Vec::new();
+    for h in &entries {
+        let size = if h.empty_layer() == Some(true) {
+            0
+        } else {
+            sizes.next().unwrap_or(0)
+        };
+        rows.push((h.clone(), size));
+    }
+    rows.reverse();
+    let top: String = details.image.id().chars().take(12).collect();
+    if a.format.as_deref() == Some("json") {
+        for (h, size) in &rows {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "CreatedAt": h.created(),
+                    "CreatedBy": h.created_by(),
+                    "Size": size,
+                    "Comment": h.comment(),
+                    "EmptyLayer": h.empty_layer().unwrap_or(false),
+                })
+            );
+        }
+        return Ok(0);
+    }
+    println!(
+        "{:<14}{:<22}{:<48}{:<10}COMMENT",
+        "IMAGE", "CREATED", "CREATED BY", "SIZE"
+    );
+    for (i, (h, size)) in rows.iter().enumerate() {
+        let id = if i == 0 {
+            top.clone()
+        } else {
+            "<missing>".to_string()
+        };
+        let created = h
+            .created()
+            .as_deref()
+            .and_then(created_ago)
+            .unwrap_or_else(|| "N/A".to_string());
+        let mut by = h.created_by().clone().unwrap_or_default();
+        if !a.no_trunc && by.chars().count() > 45 {
+            by = by.chars().take(44).collect::<String>() + "…";
+        }
+        println!(
+            "{:<14}{:<22}{:<48}{:<10}{}",
+            id,
+            created,
+            by,
+            format::human_size(*size),
+            h.comment().clone().unwrap_or_default()
+        );
+    }
+    Ok(0)
+}
+
+/// "3 minutes ago" from an RFC 3339 UTC time (what builders write).
+fn created_ago(t: &str) -> Option<String> {
+    let b = t.as_bytes();
+    if b.len() < 19 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs() as i64;
+    let ago = std::time::Duration::from_secs(now.saturating_sub(secs).max(0) as u64);
+    Some(format!("{} ago", crate::lifecycle::human_duration(ago)))
+}
