@@ -64,6 +64,8 @@ pub struct BuildOptions {
     pub network: Network,
     pub labels: HashMap<String, String>,
     pub limits: Option<Limits>,
+    /// Run every step even when the cache has it (results are still recorded).
+    pub no_cache: bool,
 }
 
 /// What a build made.
@@ -76,6 +78,8 @@ pub struct BuildOutcome {
     /// RUN steps that ran a container.
     pub containers_run: usize,
     pub layers_written: usize,
+    /// Filesystem steps answered by the layer cache.
+    pub cache_hits: usize,
 }
 
 #[derive(Clone)]
@@ -83,6 +87,43 @@ struct StageState {
     doc: ImageDocument,
     chain: Option<String>,
     layers: Vec<Blob>,
+    /// The cache key of the last step (the base's identity before the first).
+    key: String,
+}
+
+/// The lease that holds the layer cache's records (no expiry; `berth builder prune` deletes it).
+pub const CACHE_LEASE: &str = "berth.build.cache";
+/// The label that names a cache record's key, for Content.List's filter.
+pub const CACHE_LABEL: &str = "berth.build.cache";
+
+/// One cache entry, stored as a small JSON blob under [`CACHE_LEASE`]; its gc.ref labels keep
+/// the layer blob and the committed snapshot for as long as the record lives.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CacheRecord {
+    key: String,
+    media_type: String,
+    digest: String,
+    size: i64,
+    diff_id: String,
+    chain: String,
+}
+
+/// `berth builder prune`: drops the cache lease and collects what only it held.
+pub async fn prune(client: &Client) -> Result<()> {
+    use crate::api::services::leases::v1::leases_client::LeasesClient;
+    use crate::api::services::leases::v1::DeleteRequest;
+    let req = DeleteRequest {
+        id: CACHE_LEASE.to_string(),
+        sync: true,
+    };
+    match LeasesClient::new(client.channel().clone())
+        .delete(client.request(req))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Code::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn build_err(e: berth_build::Error) -> Error {
@@ -161,6 +202,8 @@ pub async fn build(
         network: opts.network,
         containers_run: 0,
         layers_written: 0,
+        cache_hits: 0,
+        no_cache: opts.no_cache,
     };
     let result = run.stages(&plan, &build_args, progress).await;
     let outcome = match result {
@@ -223,6 +266,8 @@ struct Run<'a> {
     network: Network,
     containers_run: usize,
     layers_written: usize,
+    cache_hits: usize,
+    no_cache: bool,
 }
 
 impl Run<'_> {
@@ -244,6 +289,7 @@ impl Run<'_> {
                     doc: ImageDocument::scratch(crate::images::oci_arch()),
                     chain: None,
                     layers: Vec::new(),
+                    key: "scratch".to_string(),
                 },
                 Base::Stage(i) => done
                     .get(i)
@@ -284,38 +330,81 @@ impl Run<'_> {
                     step.text
                 );
                 let outcome = eval.step(step).map_err(build_err)?;
-                let layer = match &outcome.action {
-                    Action::Config | Action::Workdir(_) => None,
-                    Action::Run(r) => Some(self.run_step(&state, &eval, r, &step.text).await?),
-                    Action::Copy(c) => {
-                        let from = match (index, &c.from) {
-                            (_, None) => None,
-                            (Some(n), Some(_)) => planned.copy_from.get(n).cloned(),
-                            (None, Some(_)) => {
-                                return Err(Error::invalid(format!(
-                                    "ONBUILD {}: COPY --from in a trigger is not supported",
-                                    step.text
-                                )))
-                            }
-                        };
-                        let source_chain = match from {
-                            None => None,
-                            Some(Base::Scratch) => Some(None),
-                            Some(Base::Stage(i)) => Some(
-                                done.get(&i)
-                                    .ok_or_else(|| {
-                                        Error::local(Code::Internal, format!("stage {i} not built"))
-                                    })?
-                                    .chain
-                                    .clone(),
-                            ),
-                            Some(Base::Image(name)) => {
-                                Some(self.base_image(&name, progress).await?.chain)
-                            }
-                        };
-                        Some(self.copy_step(&state, c, source_chain).await?)
+                // COPY --from reads another stage's or image's root: its chain, and its key for
+                // the cache (the stage's last key, or the image's config digest).
+                let from = match &outcome.action {
+                    Action::Copy(c) => match (index, &c.from) {
+                        (_, None) => None,
+                        (Some(n), Some(_)) => planned.copy_from.get(n).cloned(),
+                        (None, Some(_)) => {
+                            return Err(Error::invalid(format!(
+                                "ONBUILD {}: COPY --from in a trigger is not supported",
+                                step.text
+                            )))
+                        }
+                    },
+                    _ => None,
+                };
+                let source = match from {
+                    None => None,
+                    Some(Base::Scratch) => Some((None, "scratch".to_string())),
+                    Some(Base::Stage(i)) => {
+                        let s = done.get(&i).ok_or_else(|| {
+                            Error::local(Code::Internal, format!("stage {i} not built"))
+                        })?;
+                        Some((s.chain.clone(), s.key.clone()))
+                    }
+                    Some(Base::Image(name)) => {
+                        let s = self.base_image(&name, progress).await?;
+                        Some((s.chain, s.key))
                     }
                 };
+                let copied = match (&outcome.action, &source) {
+                    (Action::Copy(_), Some((_, key))) => Some(key.clone()),
+                    (Action::Copy(c), None) => {
+                        let keyword = if c.add { "ADD" } else { "COPY" };
+                        let context = self.context;
+                        Some(
+                            tokio::task::block_in_place(|| {
+                                let sources = context.select(keyword, &c.sources)?;
+                                context.digest(&sources)
+                            })
+                            .map_err(build_err)?,
+                        )
+                    }
+                    _ => None,
+                };
+                let key = berth_build::image::cache_key(
+                    &state.key,
+                    &format!("{}\n{}", step.text, outcome.created_by),
+                    &outcome.cache_args,
+                    copied.as_deref(),
+                );
+                let cached = match &outcome.action {
+                    Action::Run(_) | Action::Copy(_) if !self.no_cache => self.cached(&key).await?,
+                    _ => None,
+                };
+                let layer = match (&outcome.action, cached) {
+                    (Action::Config | Action::Workdir(_), _) => None,
+                    (_, Some(hit)) => {
+                        let _ = writeln!(progress, "#{} CACHED", planned.index);
+                        self.cache_hits += 1;
+                        Some(hit)
+                    }
+                    (Action::Run(r), None) => {
+                        let layer = self.run_step(&state, &eval, r, &step.text).await?;
+                        self.remember(&key, &layer).await?;
+                        Some(layer)
+                    }
+                    (Action::Copy(c), None) => {
+                        let layer = self
+                            .copy_step(&state, c, source.map(|(chain, _)| chain))
+                            .await?;
+                        self.remember(&key, &layer).await?;
+                        Some(layer)
+                    }
+                };
+                state.key = key;
                 let created = now_rfc3339();
                 state.doc.config = eval.config.clone();
                 match layer {
@@ -389,6 +478,7 @@ impl Run<'_> {
             doc,
             chain: Some(details.chain_id),
             layers,
+            key: config_desc.digest().to_string(),
         })
     }
 
@@ -719,11 +809,130 @@ impl Run<'_> {
         self.layer_or_remove(parent, &key).await
     }
 
+    /// The cached layer of `key`, if its record, blob and snapshot are all still there.
+    async fn cached(&self, key: &str) -> Result<Option<(Blob, String, String)>> {
+        use crate::api::services::content::v1::ListContentRequest;
+        use crate::api::services::snapshots::v1::StatSnapshotRequest;
+        let filter = format!("labels.\"{CACHE_LABEL}\"==\"{key}\"");
+        let mut list = ContentClient::new(self.client.channel().clone())
+            .list(self.client.request(ListContentRequest {
+                filters: vec![filter],
+            }))
+            .await?
+            .into_inner();
+        let mut found = None;
+        while let Some(page) = list.message().await? {
+            if let Some(info) = page.info.into_iter().next() {
+                found = Some(info);
+                break;
+            }
+        }
+        let Some(info) = found else { return Ok(None) };
+        let bytes = self
+            .client
+            .images()
+            .read_blob(&Descriptor {
+                media_type: "application/json".to_string(),
+                digest: info.digest.clone(),
+                size: info.size,
+                annotations: HashMap::new(),
+            })
+            .await?;
+        let Ok(record) = serde_json::from_slice::<CacheRecord>(&bytes) else {
+            return Ok(None);
+        };
+        if record.key != key {
+            return Ok(None);
+        }
+        let stat = StatSnapshotRequest {
+            snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+            key: record.chain.clone(),
+        };
+        match self.snapshots().stat(self.client.request(stat)).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Code::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let layer = ContentClient::new(self.client.channel().clone())
+            .info(self.client.request(InfoRequest {
+                digest: record.digest.clone(),
+            }))
+            .await;
+        match layer {
+            Ok(_) => {}
+            Err(e) if e.code() == Code::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Some((
+            Blob {
+                media_type: record.media_type,
+                digest: record.digest,
+                size: record.size,
+            },
+            record.diff_id,
+            record.chain,
+        )))
+    }
+
+    /// Records a step's layer under [`CACHE_LEASE`].
+    async fn remember(&self, key: &str, layer: &(Blob, String, String)) -> Result<()> {
+        use crate::api::services::leases::v1::leases_client::LeasesClient;
+        use crate::api::services::leases::v1::CreateRequest;
+        let create = CreateRequest {
+            id: CACHE_LEASE.to_string(),
+            labels: HashMap::new(),
+        };
+        match LeasesClient::new(self.client.channel().clone())
+            .create(self.client.request(create))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.code() == Code::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        let (blob, diff_id, chain) = layer;
+        let record = CacheRecord {
+            key: key.to_string(),
+            media_type: blob.media_type.clone(),
+            digest: blob.digest.clone(),
+            size: blob.size,
+            diff_id: diff_id.clone(),
+            chain: chain.clone(),
+        };
+        let bytes = serde_json::to_vec(&record)
+            .map_err(|e| Error::invalid(format!("encode a cache record: {e}")))?;
+        let labels = HashMap::from([
+            (CACHE_LABEL.to_string(), key.to_string()),
+            (
+                "containerd.io/gc.ref.content.layer".to_string(),
+                blob.digest.clone(),
+            ),
+            (
+                format!("containerd.io/gc.ref.snapshot.{DEFAULT_SNAPSHOTTER}"),
+                chain.clone(),
+            ),
+        ]);
+        self.write_blob_in("application/json", bytes, labels, Some(CACHE_LEASE))
+            .await
+            .map(|_| ())
+    }
+
     async fn write_blob(
         &self,
         media_type: &str,
         bytes: Vec<u8>,
         labels: HashMap<String, String>,
+    ) -> Result<Blob> {
+        self.write_blob_in(media_type, bytes, labels, None).await
+    }
+
+    /// Writes a blob under the build's lease, or under `lease` when given.
+    async fn write_blob_in(
+        &self,
+        media_type: &str,
+        bytes: Vec<u8>,
+        labels: HashMap<String, String>,
+        lease: Option<&str>,
     ) -> Result<Blob> {
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         let size = bytes.len() as i64;
@@ -737,13 +946,26 @@ impl Run<'_> {
             labels,
         };
         let stream = tokio_stream::iter(vec![req]);
+        let request = match lease {
+            Some(l) => crate::with_lease(self.client.namespace(), l, stream),
+            None => self.lease.request(stream),
+        };
         match ContentClient::new(self.client.channel().clone())
-            .write(self.lease.request(stream))
+            .write(request)
             .await
         {
             Ok(resp) => {
                 let mut resp = resp.into_inner();
-                while resp.message().await?.is_some() {}
+                loop {
+                    match resp.message().await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        // The same bytes are already stored (a record or config written
+                        // before): nothing to add.
+                        Err(e) if e.code() == Code::AlreadyExists => break,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
             }
             Err(e) if e.code() == Code::AlreadyExists => {}
             Err(e) => return Err(e.into()),
@@ -830,6 +1052,7 @@ impl Run<'_> {
             names,
             containers_run: self.containers_run,
             layers_written: self.layers_written,
+            cache_hits: self.cache_hits,
         })
     }
 }

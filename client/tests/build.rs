@@ -312,3 +312,64 @@ fn a_tar_context_on_stdin() {
         "from a tar\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layer_cache() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("cache");
+    let dockerfile = format!(
+        "FROM {BASE}\nRUN echo one > /one\nCOPY a /a\nRUN cat /a > /copy-of-a\nCOPY b /b\nRUN cat /b > /copy-of-b\n"
+    );
+    let ctx = env.context(&dockerfile, &[("a", "a1\n"), ("b", "b1\n")]);
+    let client = env.client().await;
+    let mut progress = Vec::new();
+    let opts = BuildOptions {
+        context: ctx.clone(),
+        tags: vec!["cache:v1".into()],
+        ..BuildOptions::default()
+    };
+    let first = build(&client, &opts, &mut progress).await.unwrap();
+    assert_eq!(
+        (first.containers_run, first.layers_written, first.cache_hits),
+        (3, 5, 0)
+    );
+
+    // Nothing changed: every step from the cache, no container, no layer.
+    let again = build(&client, &opts, &mut progress).await.unwrap();
+    assert_eq!(
+        (again.containers_run, again.layers_written, again.cache_hits),
+        (0, 0, 5)
+    );
+    assert_eq!(
+        env.berth(&["run", "--rm", "cache:v1", "cat", "/copy-of-b"]),
+        "b1\n"
+    );
+
+    // A touched but unchanged file is still a hit; a changed one rebuilds from its COPY on.
+    std::fs::write(ctx.join("a"), "a1\n").unwrap();
+    let touched = build(&client, &opts, &mut progress).await.unwrap();
+    assert_eq!(touched.cache_hits, 5);
+    std::fs::write(ctx.join("b"), "b2\n").unwrap();
+    let changed = build(&client, &opts, &mut progress).await.unwrap();
+    assert_eq!((changed.containers_run, changed.cache_hits), (1, 3));
+    assert_eq!(
+        env.berth(&["run", "--rm", "cache:v1", "cat", "/copy-of-b"]),
+        "b2\n"
+    );
+
+    // --no-cache runs everything; prune empties the cache.
+    let opts_no_cache = BuildOptions {
+        no_cache: true,
+        ..opts.clone()
+    };
+    let forced = build(&client, &opts_no_cache, &mut progress).await.unwrap();
+    assert_eq!((forced.containers_run, forced.cache_hits), (3, 0));
+    env.berth(&["builder", "prune"]);
+    let pruned = build(&client, &opts, &mut progress).await.unwrap();
+    assert_eq!((pruned.containers_run, pruned.cache_hits), (3, 0));
+    // The image built before the prune still runs: its layers were not the cache's to drop.
+    assert_eq!(
+        env.berth(&["run", "--rm", "cache:v1", "cat", "/one"]),
+        "one\n"
+    );
+}

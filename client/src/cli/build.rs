@@ -35,6 +35,9 @@ pub struct BuildArgs {
     /// Print only the image id.
     #[arg(short = 'q', long)]
     quiet: bool,
+    /// Run every step, even those the layer cache has.
+    #[arg(long)]
+    no_cache: bool,
     /// A directory, or - for a tar on stdin.
     context: PathBuf,
 }
@@ -59,6 +62,7 @@ pub async fn build(client: &Client, a: BuildArgs) -> CliResult {
         network,
         labels,
         limits: None,
+        no_cache: a.no_cache,
     };
     let mut progress: Box<dyn std::io::Write + Send> = if quiet {
         Box::new(std::io::sink())
@@ -69,6 +73,21 @@ pub async fn build(client: &Client, a: BuildArgs) -> CliResult {
     // The image id berth images shows: the manifest's digest.
     println!("{}", outcome.manifest_digest);
     Ok(0)
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BuilderCommand {
+    /// Empty the layer cache (layers images still use stay).
+    Prune,
+}
+
+pub async fn builder(client: &Client, c: BuilderCommand) -> CliResult {
+    match c {
+        BuilderCommand::Prune => {
+            crate::build::prune(client).await?;
+            Ok(0)
+        }
+    }
 }
 
 #[derive(Args, Debug)]

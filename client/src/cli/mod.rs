@@ -144,6 +144,9 @@ enum Command {
         after_help = "Examples:\n  berth build -t app:v1 .\n  berth build --target build --build-arg VERSION=2 -f ci/Dockerfile .\n  tar -c . | berth build -t app:v1 -"
     )]
     Build(build::BuildArgs),
+    /// Builder commands (prune).
+    #[command(subcommand)]
+    Builder(build::BuilderCommand),
     /// Show an image's history: one line per Dockerfile instruction.
     History(build::HistoryArgs),
     /// Network commands (create, ls, inspect, rm).
@@ -339,6 +342,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Network(c) => network::network_command(&client, c).await,
         Command::Build(a) => build::build(&client, a).await,
         Command::History(a) => build::history(&client, a).await,
+        Command::Builder(c) => build::builder(&client, c).await,
         Command::Port(a) => container::port(&client, a).await,
         Command::Pull(a) => image::pull(&client, a).await,
         Command::Push(a) => image::push(&client, a).await,
