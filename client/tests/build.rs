@@ -373,3 +373,183 @@ async fn the_layer_cache() {
         "one\n"
     );
 }
+
+/// A `docker-registry` on a free loopback port (the same fixture as tests/transfer.rs).
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    fn start() -> Registry {
+        use std::io::{Read, Write};
+        use std::net::{Ipv4Addr, TcpListener, TcpStream};
+        for attempt in 0..5 {
+            let dir = tempfile::Builder::new()
+                .prefix("berth-registry-")
+                .tempdir()
+                .unwrap();
+            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let token = format!("{}-{attempt}-{port}", std::process::id());
+            let config = dir.path().join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                     http:\n  addr: 127.0.0.1:{port}\n  headers:\n    X-Berth-Registry: [\"{token}\"]\n",
+                    dir.path().join("storage").display()
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn docker-registry (apt-get install docker-registry)");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while std::time::Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
+                    let _ = s.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+                    let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: localhost\r\n\r\n");
+                    let mut resp = String::new();
+                    let _ = s.read_to_string(&mut resp);
+                    if resp.get(9..12) == Some("200") && resp.contains(&token) {
+                        return Registry {
+                            child,
+                            port,
+                            _dir: dir,
+                        };
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("docker-registry did not start");
+    }
+}
+
+/// Debian's containerd 1.6 on a throwaway root (CRI off, every path in its own dir).
+struct Containerd {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        // Its overlay snapshots are unmounted by now; nothing else of it is mounted.
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.path())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("bb-ctd-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let p = |n: &str| dir.path().join(n).display().to_string();
+        let socket = dir.path().join("c.sock");
+        let config = format!(
+            "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{}\"\n[ttrpc]\n  address = \"{}\"\n[debug]\n  address = \"\"\n  level = \"warn\"\n\
+             [metrics]\n  address = \"\"\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{}\"\n",
+            p("root"),
+            p("state"),
+            socket.display(),
+            p("c.sock.ttrpc"),
+            p("opt")
+        );
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+            .spawn()
+            .expect("spawn containerd (Debian's containerd package)");
+        let c = Containerd { child, socket, dir };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if c.ctr("default", &["version"]).status.success() {
+                return c;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "containerd did not start: {}",
+            std::fs::read_to_string(c.dir.path().join("log")).unwrap_or_default()
+        );
+    }
+
+    fn ctr(&self, ns: &str, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .arg("-n")
+            .arg(ns)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+#[test]
+fn the_built_image_runs_on_containerd_1_6() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("push");
+    let registry = Registry::start();
+    let ctx = env.context(DOCKERFILE, &[("gen.sh", GEN)]);
+    let remote = format!("127.0.0.1:{}/berth/built:v1", registry.port);
+    env.berth(&["build", "-q", "-t", &remote, &ctx.to_string_lossy()]);
+    env.berth(&["push", &remote]);
+
+    let containerd = Containerd::start();
+    let ns = format!("build-{}", process_token());
+    let pulled = containerd.ctr(&ns, &["images", "pull", "--plain-http", &remote]);
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let id = format!("built-{}", process_token());
+    let ran = containerd.ctr(&ns, &["run", "--rm", &remote, &id]);
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "hello from berth\n");
+    let ran = containerd.ctr(&ns, &["run", "--rm", &remote, &id, "cat", "/home/app/uid"]);
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "1000\n");
+}
