@@ -207,6 +207,20 @@ fn the_cli_builds_targets_ignores_and_shows_history() {
     ] {
         assert!(history.contains(line), "{line} missing from\n{history}");
     }
+    // -o type=oci writes an archive berth load takes back; without -t no name is left behind.
+    let archive = env.dir.path().join("cli.oci.tar");
+    let dest = format!("type=oci,dest={}", archive.display());
+    env.berth(&["build", "-q", "-t", "cli:oci", "-o", &dest, &ctx]);
+    env.berth(&["rmi", "cli:oci"]);
+    env.berth(&["load", "-q", "-i", &archive.to_string_lossy()]);
+    assert!(env
+        .berth(&["run", "--rm", "cli:oci", "cat", "/listing"])
+        .contains("kept"));
+    std::fs::remove_file(&archive).unwrap();
+    env.berth(&["build", "-q", "-o", &dest, &ctx]);
+    assert!(std::fs::metadata(&archive).unwrap().len() > 0);
+    assert!(!env.berth(&["images"]).contains("berth-build-export"));
+
     // --target builds the first stage only.
     env.berth(&["build", "-q", "-t", "cli:first", "--target", "first", &ctx]);
     assert_eq!(

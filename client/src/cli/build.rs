@@ -38,6 +38,10 @@ pub struct BuildArgs {
     /// Run every step, even those the layer cache has.
     #[arg(long)]
     no_cache: bool,
+    /// Where the image goes: type=image (the image store, the default) or
+    /// type=oci,dest=FILE (an OCI archive as berth save writes).
+    #[arg(short = 'o', long = "output")]
+    output: Option<String>,
     /// A directory, or - for a tar on stdin.
     context: PathBuf,
 }
@@ -53,10 +57,26 @@ pub async fn build(client: &Client, a: BuildArgs) -> CliResult {
         return Err(format!("--progress {:?}: auto, plain or quiet", a.progress).into());
     }
     let quiet = a.quiet || a.progress == "quiet";
+    let oci_dest = match a.output.as_deref() {
+        None => None,
+        Some(o) => parse_output(o)?,
+    };
+    // An archive needs an image to export: without -t, a temporary name removed afterwards.
+    let mut tags = a.tags;
+    let temporary = if oci_dest.is_some() && tags.is_empty() {
+        let name = format!(
+            "localhost/berth-build-export:{}",
+            &crate::names::new_id()[..12]
+        );
+        tags.push(name.clone());
+        Some(name)
+    } else {
+        None
+    };
     let opts = BuildOptions {
         context: a.context,
         dockerfile: a.file,
-        tags: a.tags,
+        tags,
         build_args: a.build_args,
         target: a.target,
         network,
@@ -70,9 +90,54 @@ pub async fn build(client: &Client, a: BuildArgs) -> CliResult {
         Box::new(std::io::stderr())
     };
     let outcome = run_build(client, &opts, &mut *progress).await?;
+    if let Some(dest) = oci_dest {
+        let exported = export(client, &outcome.names, &dest).await;
+        if let Some(name) = &temporary {
+            client.images().remove(name, false).await?;
+        }
+        exported?;
+    }
     // The image id berth images shows: the manifest's digest.
     println!("{}", outcome.manifest_digest);
     Ok(0)
+}
+
+/// `-o`: `type=image` (None) or `type=oci,dest=FILE` (Some(FILE)).
+fn parse_output(o: &str) -> CliResult<Option<PathBuf>> {
+    let mut kind = None;
+    let mut dest = None;
+    for part in o.split(',') {
+        match part.split_once('=') {
+            Some(("type", t)) => kind = Some(t.to_string()),
+            Some(("dest", d)) => dest = Some(PathBuf::from(d)),
+            _ => return Err(format!("-o {o:?}: type=image or type=oci,dest=FILE").into()),
+        }
+    }
+    match (kind.as_deref(), dest) {
+        (Some("image") | None, None) => Ok(None),
+        (Some("oci"), Some(d)) => Ok(Some(d)),
+        (Some("oci"), None) => Err(format!("-o {o:?}: type=oci needs dest=FILE").into()),
+        _ => Err(format!("-o {o:?}: type=image or type=oci,dest=FILE").into()),
+    }
+}
+
+/// Writes the built image as an OCI archive beside `dest` and renames it into place, so a
+/// failed export leaves no half archive.
+async fn export(client: &Client, names: &[String], dest: &std::path::Path) -> CliResult<()> {
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| format!("create a file in {}: {e}", dir.display()))?;
+    let file = tokio::fs::File::from_std(
+        tmp.reopen()
+            .map_err(|e| format!("open {}: {e}", tmp.path().display()))?,
+    );
+    client.images().export(names, file).await?.finish().await?;
+    tmp.persist(dest)
+        .map_err(|e| format!("write {}: {}", dest.display(), e.error))?;
+    Ok(())
 }
 
 #[derive(clap::Subcommand, Debug)]
