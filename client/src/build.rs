@@ -39,6 +39,8 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
@@ -194,20 +196,21 @@ pub async fn build(
         );
     }
     let lease = client.leases().create(Duration::from_secs(3600)).await?;
-    let mut run = Run {
+    let run = Run {
         client,
         lease: &lease,
         df: &df,
         context: &context,
         network: opts.network,
-        containers_run: 0,
-        layers_written: 0,
-        cache_hits: 0,
+        containers_run: AtomicUsize::new(0),
+        layers_written: AtomicUsize::new(0),
+        cache_hits: AtomicUsize::new(0),
         no_cache: opts.no_cache,
     };
-    let result = run.stages(&plan, &build_args, progress).await;
+    let progress: Progress<'_> = Mutex::new(progress);
+    let result = run.stages(&plan, &build_args, &progress).await;
     let outcome = match result {
-        Ok(state) => run.write_image(state, opts, progress).await,
+        Ok(state) => run.write_image(state, opts, &progress).await,
         Err(e) => Err(e),
     };
     let released = lease.release().await;
@@ -258,15 +261,25 @@ async fn load_context(opts: &BuildOptions, limits: Limits) -> Result<(Context, S
     .map_err(|e| Error::local(Code::Internal, format!("context listing: {e}")))?
 }
 
+/// Progress lines from stages built at once, one line at a time.
+type Progress<'p> = Mutex<&'p mut (dyn Write + Send)>;
+
+fn say(progress: &Progress<'_>, line: std::fmt::Arguments<'_>) {
+    if let Ok(mut p) = progress.lock() {
+        let _ = p.write_fmt(line);
+        let _ = p.write_all(b"\n");
+    }
+}
+
 struct Run<'a> {
     client: &'a Client,
     lease: &'a LeaseGuard,
     df: &'a Dockerfile,
     context: &'a Context,
     network: Network,
-    containers_run: usize,
-    layers_written: usize,
-    cache_hits: usize,
+    containers_run: AtomicUsize,
+    layers_written: AtomicUsize,
+    cache_hits: AtomicUsize,
     no_cache: bool,
 }
 
@@ -276,174 +289,204 @@ impl Run<'_> {
     }
 
     async fn stages(
-        &mut self,
+        &self,
         plan: &dockerfile::Plan,
         build_args: &BuildArgs,
-        progress: &mut (dyn Write + Send),
+        progress: &Progress<'_>,
     ) -> Result<StageState> {
+        // Stages whose dependencies are built run together, a wave at a time.
         let mut done: HashMap<usize, StageState> = HashMap::new();
-        for planned in &plan.stages {
-            let stage = &self.df.stages[planned.index];
-            let mut state = match &planned.base {
-                Base::Scratch => StageState {
-                    doc: ImageDocument::scratch(crate::images::oci_arch()),
-                    chain: None,
-                    layers: Vec::new(),
-                    key: "scratch".to_string(),
-                },
-                Base::Stage(i) => done
-                    .get(i)
-                    .cloned()
-                    .ok_or_else(|| Error::local(Code::Internal, format!("stage {i} not built")))?,
-                Base::Image(name) => self.base_image(name, progress).await?,
-            };
-            let (mut eval, triggers) = StageEval::new(
-                self.df,
-                state.doc.config.clone(),
-                &plan.global_args,
-                build_args,
-            );
-            let mut steps: Vec<(Option<usize>, Step)> = Vec::new();
-            for t in &triggers {
-                let step =
-                    parse_trigger(t, stage.line, self.df.directives.escape).map_err(build_err)?;
-                steps.push((None, step));
+        let mut pending: Vec<&dockerfile::PlannedStage> = plan.stages.iter().collect();
+        while !pending.is_empty() {
+            let (ready, rest): (Vec<_>, Vec<_>) = pending
+                .into_iter()
+                .partition(|p| p.needs.iter().all(|n| done.contains_key(n)));
+            if ready.is_empty() {
+                return Err(Error::local(Code::Internal, "the stage graph has a cycle"));
             }
-            steps.extend(
-                stage
-                    .steps
+            // join_all, not try_join_all: a failing stage must not drop its siblings midway,
+            // which would leave their containers and tasks behind; each cleans up itself.
+            let built = futures_util::future::join_all(
+                ready
                     .iter()
-                    .cloned()
-                    .enumerate()
-                    .map(|(n, s)| (Some(n), s)),
-            );
-            let total = steps.len();
-            for (k, (index, step)) in steps.iter().enumerate() {
-                let started = Instant::now();
-                let _ = writeln!(
-                    progress,
+                    .map(|p| self.stage(p, plan, build_args, &done, progress)),
+            )
+            .await;
+            for (p, state) in ready.iter().zip(built) {
+                done.insert(p.index, state?);
+            }
+            pending = rest;
+        }
+        done.remove(&plan.target)
+            .ok_or_else(|| Error::local(Code::Internal, "the target stage was not built"))
+    }
+
+    async fn stage(
+        &self,
+        planned: &dockerfile::PlannedStage,
+        plan: &dockerfile::Plan,
+        build_args: &BuildArgs,
+        done: &HashMap<usize, StageState>,
+        progress: &Progress<'_>,
+    ) -> Result<StageState> {
+        let stage = &self.df.stages[planned.index];
+        let mut state = match &planned.base {
+            Base::Scratch => StageState {
+                doc: ImageDocument::scratch(crate::images::oci_arch()),
+                chain: None,
+                layers: Vec::new(),
+                key: "scratch".to_string(),
+            },
+            Base::Stage(i) => done
+                .get(i)
+                .cloned()
+                .ok_or_else(|| Error::local(Code::Internal, format!("stage {i} not built")))?,
+            Base::Image(name) => self.base_image(name, progress).await?,
+        };
+        let (mut eval, triggers) = StageEval::new(
+            self.df,
+            state.doc.config.clone(),
+            &plan.global_args,
+            build_args,
+        );
+        let mut steps: Vec<(Option<usize>, Step)> = Vec::new();
+        for t in &triggers {
+            let step =
+                parse_trigger(t, stage.line, self.df.directives.escape).map_err(build_err)?;
+            steps.push((None, step));
+        }
+        steps.extend(
+            stage
+                .steps
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(n, s)| (Some(n), s)),
+        );
+        let total = steps.len();
+        for (k, (index, step)) in steps.iter().enumerate() {
+            let started = Instant::now();
+            say(
+                progress,
+                format_args!(
                     "#{} [stage {} {}/{}] {}",
                     planned.index,
                     stage.name.as_deref().unwrap_or(&planned.index.to_string()),
                     k + 1,
                     total,
                     step.text
-                );
-                let outcome = eval.step(step).map_err(build_err)?;
-                // COPY --from reads another stage's or image's root: its chain, and its key for
-                // the cache (the stage's last key, or the image's config digest).
-                let from = match &outcome.action {
-                    Action::Copy(c) => match (index, &c.from) {
-                        (_, None) => None,
-                        (Some(n), Some(_)) => planned.copy_from.get(n).cloned(),
-                        (None, Some(_)) => {
-                            return Err(Error::invalid(format!(
-                                "ONBUILD {}: COPY --from in a trigger is not supported",
-                                step.text
-                            )))
-                        }
-                    },
-                    _ => None,
-                };
-                let source = match from {
-                    None => None,
-                    Some(Base::Scratch) => Some((None, "scratch".to_string())),
-                    Some(Base::Stage(i)) => {
-                        let s = done.get(&i).ok_or_else(|| {
-                            Error::local(Code::Internal, format!("stage {i} not built"))
-                        })?;
-                        Some((s.chain.clone(), s.key.clone()))
+                ),
+            );
+            let outcome = eval.step(step).map_err(build_err)?;
+            // COPY --from reads another stage's or image's root: its chain, and its key for
+            // the cache (the stage's last key, or the image's config digest).
+            let from = match &outcome.action {
+                Action::Copy(c) => match (index, &c.from) {
+                    (_, None) => None,
+                    (Some(n), Some(_)) => planned.copy_from.get(n).cloned(),
+                    (None, Some(_)) => {
+                        return Err(Error::invalid(format!(
+                            "ONBUILD {}: COPY --from in a trigger is not supported",
+                            step.text
+                        )))
                     }
-                    Some(Base::Image(name)) => {
-                        let s = self.base_image(&name, progress).await?;
-                        Some((s.chain, s.key))
-                    }
-                };
-                let copied = match (&outcome.action, &source) {
-                    (Action::Copy(_), Some((_, key))) => Some(key.clone()),
-                    (Action::Copy(c), None) => {
-                        let keyword = if c.add { "ADD" } else { "COPY" };
-                        let context = self.context;
-                        Some(
-                            tokio::task::block_in_place(|| {
-                                let sources = context.select(keyword, &c.sources)?;
-                                context.digest(&sources)
-                            })
-                            .map_err(build_err)?,
-                        )
-                    }
-                    _ => None,
-                };
-                let key = berth_build::image::cache_key(
-                    &state.key,
-                    &format!("{}\n{}", step.text, outcome.created_by),
-                    &outcome.cache_args,
-                    copied.as_deref(),
-                );
-                let cached = match &outcome.action {
-                    Action::Run(_) | Action::Copy(_) if !self.no_cache => self.cached(&key).await?,
-                    _ => None,
-                };
-                let layer = match (&outcome.action, cached) {
-                    (Action::Config | Action::Workdir(_), _) => None,
-                    (_, Some(hit)) => {
-                        let _ = writeln!(progress, "#{} CACHED", planned.index);
-                        self.cache_hits += 1;
-                        Some(hit)
-                    }
-                    (Action::Run(r), None) => {
-                        let layer = self.run_step(&state, &eval, r, &step.text).await?;
-                        self.remember(&key, &layer).await?;
-                        Some(layer)
-                    }
-                    (Action::Copy(c), None) => {
-                        let layer = self
-                            .copy_step(&state, c, source.map(|(chain, _)| chain))
-                            .await?;
-                        self.remember(&key, &layer).await?;
-                        Some(layer)
-                    }
-                };
-                state.key = key;
-                let created = now_rfc3339();
-                state.doc.config = eval.config.clone();
-                match layer {
-                    Some((blob, diff_id, chain)) => {
-                        state
-                            .doc
-                            .record(&created, &outcome.created_by, Some(&diff_id));
-                        state.layers.push(blob);
-                        state.chain = Some(chain);
-                    }
-                    None => state.doc.record(&created, &outcome.created_by, None),
+                },
+                _ => None,
+            };
+            let source = match from {
+                None => None,
+                Some(Base::Scratch) => Some((None, "scratch".to_string())),
+                Some(Base::Stage(i)) => {
+                    let s = done.get(&i).ok_or_else(|| {
+                        Error::local(Code::Internal, format!("stage {i} not built"))
+                    })?;
+                    Some((s.chain.clone(), s.key.clone()))
                 }
-                let _ = writeln!(
-                    progress,
+                Some(Base::Image(name)) => {
+                    let s = self.base_image(&name, progress).await?;
+                    Some((s.chain, s.key))
+                }
+            };
+            let copied = match (&outcome.action, &source) {
+                (Action::Copy(_), Some((_, key))) => Some(key.clone()),
+                (Action::Copy(c), None) => {
+                    let keyword = if c.add { "ADD" } else { "COPY" };
+                    let context = self.context;
+                    Some(
+                        tokio::task::block_in_place(|| {
+                            let sources = context.select(keyword, &c.sources)?;
+                            context.digest(&sources)
+                        })
+                        .map_err(build_err)?,
+                    )
+                }
+                _ => None,
+            };
+            let key = berth_build::image::cache_key(
+                &state.key,
+                &format!("{}\n{}", step.text, outcome.created_by),
+                &outcome.cache_args,
+                copied.as_deref(),
+            );
+            let cached = match &outcome.action {
+                Action::Run(_) | Action::Copy(_) if !self.no_cache => self.cached(&key).await?,
+                _ => None,
+            };
+            let layer = match (&outcome.action, cached) {
+                (Action::Config | Action::Workdir(_), _) => None,
+                (_, Some(hit)) => {
+                    say(progress, format_args!("#{} CACHED", planned.index));
+                    self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    Some(hit)
+                }
+                (Action::Run(r), None) => {
+                    let layer = self.run_step(&state, &eval, r, &step.text).await?;
+                    self.remember(&key, &layer).await?;
+                    Some(layer)
+                }
+                (Action::Copy(c), None) => {
+                    let layer = self
+                        .copy_step(&state, c, source.map(|(chain, _)| chain))
+                        .await?;
+                    self.remember(&key, &layer).await?;
+                    Some(layer)
+                }
+            };
+            state.key = key;
+            let created = now_rfc3339();
+            state.doc.config = eval.config.clone();
+            match layer {
+                Some((blob, diff_id, chain)) => {
+                    state
+                        .doc
+                        .record(&created, &outcome.created_by, Some(&diff_id));
+                    state.layers.push(blob);
+                    state.chain = Some(chain);
+                }
+                None => state.doc.record(&created, &outcome.created_by, None),
+            }
+            say(
+                progress,
+                format_args!(
                     "#{} DONE {:.1}s",
                     planned.index,
                     started.elapsed().as_secs_f64()
-                );
-            }
-            state.doc.config = eval.config.clone();
-            if let Some(author) = &eval.author {
-                state.doc.author = Some(author.clone());
-            }
-            done.insert(planned.index, state);
+                ),
+            );
         }
-        done.remove(&plan.target)
-            .ok_or_else(|| Error::local(Code::Internal, "the target stage was not built"))
+        state.doc.config = eval.config.clone();
+        if let Some(author) = &eval.author {
+            state.doc.author = Some(author.clone());
+        }
+        Ok(state)
     }
 
     /// The base image's config and layers, pulled through the daemon when absent.
-    async fn base_image(
-        &self,
-        name: &str,
-        progress: &mut (dyn Write + Send),
-    ) -> Result<StageState> {
+    async fn base_image(&self, name: &str, progress: &Progress<'_>) -> Result<StageState> {
         let images = self.client.images();
         let details = match images.inspect(name).await {
             Err(e) if e.code() == Code::NotFound => {
-                let _ = writeln!(progress, "pulling {name}");
+                say(progress, format_args!("pulling {name}"));
                 images
                     .pull(name, &crate::transfer::RegistryOptions::default())
                     .await?
@@ -509,7 +552,7 @@ impl Run<'_> {
 
     /// Diff.Diff of the active snapshot `key` against its parent, then the commit under the
     /// new chain ID (an existing one, from an earlier build of the same layer, is kept).
-    async fn layer(&mut self, parent: Option<&str>, key: &str) -> Result<(Blob, String, String)> {
+    async fn layer(&self, parent: Option<&str>, key: &str) -> Result<(Blob, String, String)> {
         let lower = match parent {
             Some(p) => {
                 let view_key = format!("berth-build-view-{}", crate::names::new_id());
@@ -583,7 +626,7 @@ impl Run<'_> {
             Err(e) if e.code() == Code::AlreadyExists => self.remove_snapshot(key).await,
             Err(e) => return Err(e.into()),
         }
-        self.layers_written += 1;
+        self.layers_written.fetch_add(1, Ordering::Relaxed);
         Ok((
             Blob {
                 media_type: desc.media_type,
@@ -596,7 +639,7 @@ impl Run<'_> {
     }
 
     async fn run_step(
-        &mut self,
+        &self,
         state: &StageState,
         eval: &StageEval,
         run: &RunAction,
@@ -663,7 +706,7 @@ impl Run<'_> {
 
     /// [`Run::layer`], removing the active snapshot when it fails.
     async fn layer_or_remove(
-        &mut self,
+        &self,
         parent: Option<&str>,
         key: &str,
     ) -> Result<(Blob, String, String)> {
@@ -677,7 +720,7 @@ impl Run<'_> {
     }
 
     async fn run_container(
-        &mut self,
+        &self,
         id: &str,
         key: &str,
         image: &oci_spec::image::ImageConfiguration,
@@ -707,7 +750,7 @@ impl Run<'_> {
                 container: Some(container),
             }))
             .await?;
-        self.containers_run += 1;
+        self.containers_run.fetch_add(1, Ordering::Relaxed);
         let result = self.run_task(id).await;
         let _ = ContainersClient::new(self.client.channel().clone())
             .delete(
@@ -749,7 +792,7 @@ impl Run<'_> {
     }
 
     async fn copy_step(
-        &mut self,
+        &self,
         state: &StageState,
         copy: &berth_build::dockerfile::CopyAction,
         from: Option<Option<String>>,
@@ -981,7 +1024,7 @@ impl Run<'_> {
         &self,
         mut state: StageState,
         opts: &BuildOptions,
-        progress: &mut (dyn Write + Send),
+        progress: &Progress<'_>,
     ) -> Result<BuildOutcome> {
         for (k, v) in &opts.labels {
             state.doc.config.labels.insert(k.clone(), v.clone());
@@ -1042,17 +1085,17 @@ impl Run<'_> {
                 }
                 Err(e) => return Err(e.into()),
             }
-            let _ = writeln!(progress, "naming to {name}");
+            say(progress, format_args!("naming to {name}"));
             names.push(name);
         }
-        let _ = writeln!(progress, "writing image {}", config.digest);
+        say(progress, format_args!("writing image {}", config.digest));
         Ok(BuildOutcome {
             manifest_digest: manifest_blob.digest,
             config_digest: config.digest,
             names,
-            containers_run: self.containers_run,
-            layers_written: self.layers_written,
-            cache_hits: self.cache_hits,
+            containers_run: self.containers_run.load(Ordering::Relaxed),
+            layers_written: self.layers_written.load(Ordering::Relaxed),
+            cache_hits: self.cache_hits.load(Ordering::Relaxed),
         })
     }
 }

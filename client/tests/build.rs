@@ -567,3 +567,33 @@ fn the_built_image_runs_on_containerd_1_6() {
     let ran = containerd.ctr(&ns, &["run", "--rm", &remote, &id, "cat", "/home/app/uid"]);
     assert_eq!(String::from_utf8_lossy(&ran.stdout), "1000\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn independent_stages_run_together() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("parallel");
+    let ctx = env.context(
+        &format!(
+            "FROM {BASE} AS a\nRUN sleep 1 && echo a > /a\n\nFROM {BASE} AS b\nRUN sleep 1 && echo b > /b\n\n\
+             FROM {BASE}\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n"
+        ),
+        &[],
+    );
+    let client = env.client().await;
+    let mut progress = Vec::new();
+    let opts = BuildOptions {
+        context: ctx,
+        tags: vec!["par:v1".into()],
+        ..BuildOptions::default()
+    };
+    build(&client, &opts, &mut progress).await.unwrap();
+    let log = String::from_utf8_lossy(&progress).into_owned();
+    // b's RUN starts before a's finishes: the two stages overlapped.
+    let b_started = log.find("#1 [stage b 1/1]").expect("stage b ran");
+    let a_done = log.find("#0 DONE").expect("stage a finished");
+    assert!(b_started < a_done, "stages ran one after another:\n{log}");
+    assert_eq!(
+        env.berth(&["run", "--rm", "par:v1", "cat", "/a", "/b"]),
+        "a\nb\n"
+    );
+}
