@@ -68,6 +68,8 @@ pub struct BuildOptions {
     pub limits: Option<Limits>,
     /// Run every step even when the cache has it (results are still recorded).
     pub no_cache: bool,
+    /// Pull every base image even when it is present (docker's `--pull`).
+    pub pull: bool,
 }
 
 /// What a build made.
@@ -206,6 +208,8 @@ pub async fn build(
         layers_written: AtomicUsize::new(0),
         cache_hits: AtomicUsize::new(0),
         no_cache: opts.no_cache,
+        pull: opts.pull,
+        pulled: Mutex::new(Vec::new()),
     };
     let progress: Progress<'_> = Mutex::new(progress);
     let result = run.stages(&plan, &build_args, &progress).await;
@@ -281,6 +285,9 @@ struct Run<'a> {
     layers_written: AtomicUsize,
     cache_hits: AtomicUsize,
     no_cache: bool,
+    pull: bool,
+    /// Images `--pull` already pulled in this build (a base named twice is pulled once).
+    pulled: Mutex<Vec<String>>,
 }
 
 impl Run<'_> {
@@ -484,8 +491,29 @@ impl Run<'_> {
     /// The base image's config and layers, pulled through the daemon when absent.
     async fn base_image(&self, name: &str, progress: &Progress<'_>) -> Result<StageState> {
         let images = self.client.images();
-        let details = match images.inspect(name).await {
-            Err(e) if e.code() == Code::NotFound => {
+        let pull_now = self.pull
+            && self
+                .pulled
+                .lock()
+                .map(|mut p| {
+                    let first = !p.iter().any(|n| n == name);
+                    if first {
+                        p.push(name.to_string());
+                    }
+                    first
+                })
+                .unwrap_or(true);
+        let present = if pull_now {
+            None
+        } else {
+            match images.inspect(name).await {
+                Err(e) if e.code() == Code::NotFound => None,
+                other => Some(other?),
+            }
+        };
+        let details = match present {
+            Some(d) => d,
+            None => {
                 say(progress, format_args!("pulling {name}"));
                 images
                     .pull(name, &crate::transfer::RegistryOptions::default())
@@ -494,7 +522,6 @@ impl Run<'_> {
                     .await?;
                 images.inspect(name).await?
             }
-            other => other?,
         };
         let config_desc = details.manifest.config();
         let bytes = images

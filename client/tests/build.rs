@@ -566,6 +566,29 @@ fn the_built_image_runs_on_containerd_1_6() {
     assert_eq!(String::from_utf8_lossy(&ran.stdout), "hello from berth\n");
     let ran = containerd.ctr(&ns, &["run", "--rm", &remote, &id, "cat", "/home/app/uid"]);
     assert_eq!(String::from_utf8_lossy(&ran.stdout), "1000\n");
+    // FROM the pushed image with --pull: fetched through the daemon even though present; its
+    // USER and WORKDIR carry into the new stage's RUN.
+    let ctx = env.context(&format!("FROM {remote}\nRUN hello > said\n"), &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("-H")
+        .arg(format!("unix://{}", env.daemon.socket.display()))
+        .arg("-n")
+        .arg(&env.ns)
+        .args(["build", "--pull", "--progress", "plain", "-t", "derived:v1"])
+        .arg(&ctx)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("pulling {remote}")));
+    assert_eq!(
+        env.berth(&["run", "--rm", "derived:v1", "cat", "/home/app/said"]),
+        "hello from berth\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,9 @@ pub struct BuildArgs {
     /// Run every step, even those the layer cache has.
     #[arg(long)]
     no_cache: bool,
+    /// Pull base images even when they are present.
+    #[arg(long)]
+    pull: bool,
     /// Where the image goes: type=image (the image store, the default) or
     /// type=oci,dest=FILE (an OCI archive as berth save writes).
     #[arg(short = 'o', long = "output")]
@@ -83,6 +86,7 @@ pub async fn build(client: &Client, a: BuildArgs) -> CliResult {
         labels,
         limits: None,
         no_cache: a.no_cache,
+        pull: a.pull,
     };
     let mut progress: Box<dyn std::io::Write + Send> = if quiet {
         Box::new(std::io::sink())
