@@ -62,8 +62,10 @@ pub struct BuildOptions {
     /// `NAME=VALUE` or `NAME` (from the environment).
     pub build_args: Vec<String>,
     pub target: Option<String>,
-    /// RUN's network: none (the default here) or host.
+    /// RUN's network: none (the default here), host, or [`Network::Named`] with `networks`.
     pub network: Network,
+    /// The berthd networks RUN joins when `network` is [`Network::Named`].
+    pub networks: Vec<String>,
     pub labels: HashMap<String, String>,
     pub limits: Option<Limits>,
     /// Run every step even when the cache has it (results are still recorded).
@@ -197,6 +199,22 @@ pub async fn build(
             "warning: build arg {unused} was not consumed by any ARG"
         );
     }
+    if opts.network == Network::Named {
+        if opts.networks.is_empty() {
+            return Err(Error::invalid("a named network mode needs a network name"));
+        }
+        // Checked before anything runs, as berth run does.
+        let known = client.networks().list().await?;
+        if let Some(missing) = opts
+            .networks
+            .iter()
+            .find(|n| !known.iter().any(|k| &k.name == *n))
+        {
+            return Err(Error::not_found(format!(
+                "network {missing} not found (berth network ls lists them)"
+            )));
+        }
+    }
     let lease = client.leases().create(Duration::from_secs(3600)).await?;
     let run = Run {
         client,
@@ -204,6 +222,7 @@ pub async fn build(
         df: &df,
         context: &context,
         network: opts.network,
+        networks: opts.networks.clone(),
         containers_run: AtomicUsize::new(0),
         layers_written: AtomicUsize::new(0),
         cache_hits: AtomicUsize::new(0),
@@ -281,6 +300,7 @@ struct Run<'a> {
     df: &'a Dockerfile,
     context: &'a Context,
     network: Network,
+    networks: Vec<String>,
     containers_run: AtomicUsize,
     layers_written: AtomicUsize,
     cache_hits: AtomicUsize,
@@ -688,15 +708,17 @@ impl Run<'_> {
         } else {
             crate::user::resolve(&run.user, None, None)?
         };
+        // RUN --network takes BuildKit's values; the build's own network is the default.
         let network = match run.network.as_deref() {
-            None => self.network,
-            Some(n) => Network::parse(n)?,
+            None | Some("default") => self.network,
+            Some("none") => Network::None,
+            Some("host") => Network::Host,
+            Some(other) => {
+                return Err(Error::invalid(format!(
+                    "{text}: --network={other}: RUN takes default, none or host"
+                )))
+            }
         };
-        if network == Network::Named {
-            return Err(Error::invalid(
-                "RUN on a named network is not supported by berth build yet: use none or host",
-            ));
-        }
         let mut doc = state.doc.clone();
         doc.config = eval.config.clone();
         let image: oci_spec::image::ImageConfiguration = serde_json::to_vec(&doc)
@@ -757,9 +779,20 @@ impl Run<'_> {
         let spec = crate::spec::generate(self.client.namespace(), id, image, config, user)?;
         let spec_json = serde_json::to_vec(&spec)
             .map_err(|e| Error::invalid(format!("encode the runtime spec: {e}")))?;
+        let mut labels = HashMap::from([(BUILD_LABEL.to_string(), "run".to_string())]);
+        if config.network == Network::Named {
+            // berthd's network hook attaches a container with this label, as for berth run.
+            let names = serde_json::to_string(&self.networks)
+                .map_err(|e| Error::invalid(format!("encode the networks: {e}")))?;
+            labels.insert(crate::spec::NETWORKS_LABEL.to_string(), names);
+            labels.insert(
+                crate::spec::NETWORK_LABEL.to_string(),
+                self.networks.join(","),
+            );
+        }
         let container = Container {
             id: id.to_string(),
-            labels: HashMap::from([(BUILD_LABEL.to_string(), "run".to_string())]),
+            labels,
             runtime: Some(Runtime {
                 name: DEFAULT_RUNTIME.to_string(),
                 options: None,

@@ -620,3 +620,38 @@ async fn independent_stages_run_together() {
         "a\nb\n"
     );
 }
+
+/// Removes the test's network even when an assertion fails half-way.
+struct NetworkGuard<'a>(&'a Env, String);
+
+impl Drop for NetworkGuard<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.0.daemon.socket.display()))
+            .args(["-n", &self.0.ns, "network", "rm", &self.1])
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
+#[test]
+fn run_joins_a_named_network() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("net");
+    let net = format!("b{}", std::process::id());
+    let _guard = NetworkGuard(&env, net.clone());
+    env.berth(&["network", "create", &net]);
+    let ctx = env.context(
+        &format!("FROM {BASE}\nRUN cat /proc/net/dev > /netdev\nRUN --network=none cat /proc/net/dev > /isolated\n"),
+        &[],
+    );
+    let c = ctx.to_string_lossy().into_owned();
+    env.berth(&["build", "-q", "--network", &net, "-t", "net:v1", &c]);
+    let joined = env.berth(&["run", "--rm", "net:v1", "cat", "/netdev"]);
+    assert!(joined.contains("eth0"), "{joined}");
+    let isolated = env.berth(&["run", "--rm", "net:v1", "cat", "/isolated"]);
+    assert!(!isolated.contains("eth0"), "{isolated}");
+    let err = env.berth_fails(&["build", "--network", "no-such-net", "-t", "net:v2", &c]);
+    assert!(err.contains("network no-such-net not found"), "{err}");
+}

@@ -23,7 +23,7 @@ pub struct BuildArgs {
     /// Build up to this stage.
     #[arg(long)]
     target: Option<String>,
-    /// RUN's network: none or host.
+    /// RUN's network: none, host, or a berthd network's name.
     #[arg(long, default_value = "none")]
     network: String,
     /// Set an image label, KEY=VALUE (repeatable).
@@ -50,7 +50,11 @@ pub struct BuildArgs {
 }
 
 pub async fn build(client: &Client, a: BuildArgs) -> CliResult {
-    let network = Network::parse(&a.network)?;
+    let (network, networks) = match a.network.as_str() {
+        "none" | "default" => (Network::None, Vec::new()),
+        "host" => (Network::Host, Vec::new()),
+        name => (Network::Named, vec![name.to_string()]),
+    };
     let mut labels = HashMap::new();
     for l in &a.labels {
         let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
@@ -83,6 +87,7 @@ pub async fn build(client: &Client, a: BuildArgs) -> CliResult {
         build_args: a.build_args,
         target: a.target,
         network,
+        networks,
         labels,
         limits: None,
         no_cache: a.no_cache,
