@@ -4,6 +4,7 @@
 //! Exit codes follow docker: 125 when berth or the daemon failed, 126 when the container's
 //! command cannot be invoked, 127 when it is not found, else the container's own code.
 
+mod build;
 mod container;
 pub mod format;
 mod image;
@@ -138,6 +139,16 @@ enum Command {
     Login(image::LoginArgs),
     /// Forget a registry's credentials.
     Logout(image::LogoutArgs),
+    /// Build an image from a Dockerfile with berthd's snapshots, tasks and Diff.
+    #[command(
+        after_help = "Examples:\n  berth build -t app:v1 .\n  berth build --target build --build-arg VERSION=2 -f ci/Dockerfile .\n  tar -c . | berth build -t app:v1 -"
+    )]
+    Build(build::BuildArgs),
+    /// Builder commands (prune).
+    #[command(subcommand)]
+    Builder(build::BuilderCommand),
+    /// Show an image's history: one line per Dockerfile instruction.
+    History(build::HistoryArgs),
     /// Network commands (create, ls, inspect, rm).
     #[command(subcommand)]
     Network(network::NetworkCommand),
@@ -329,6 +340,9 @@ async fn run(cli: Cli) -> CliResult {
         Command::Rmi(a) => image::rmi(&client, a).await,
         Command::Tag(a) => image::tag(&client, a).await,
         Command::Network(c) => network::network_command(&client, c).await,
+        Command::Build(a) => build::build(&client, a).await,
+        Command::History(a) => build::history(&client, a).await,
+        Command::Builder(c) => build::builder(&client, c).await,
         Command::Port(a) => container::port(&client, a).await,
         Command::Pull(a) => image::pull(&client, a).await,
         Command::Push(a) => image::push(&client, a).await,

@@ -1,0 +1,1264 @@
+//! `berth build`'s executor: berth-build's front end driven over berthd's API. Each stage
+//! starts from its base (an image, pulled when absent; `scratch`; an earlier stage), each RUN
+//! runs in a task on an active snapshot, each COPY/ADD is written into that snapshot mounted
+//! in a private temp dir, and every filesystem step becomes a layer through Diff.Diff and a
+//! committed snapshot named by its chain ID. The config and manifest go through Content and
+//! the image through Images, with containerd's gc labels so the collector keeps what the image
+//! needs once the build's lease is gone.
+
+use crate::api::services::containers::v1::container::Runtime;
+use crate::api::services::containers::v1::containers_client::ContainersClient;
+use crate::api::services::containers::v1::{
+    Container, CreateContainerRequest, DeleteContainerRequest,
+};
+use crate::api::services::content::v1::content_client::ContentClient;
+use crate::api::services::content::v1::{InfoRequest, WriteAction, WriteContentRequest};
+use crate::api::services::diff::v1::diff_client::DiffClient;
+use crate::api::services::diff::v1::DiffRequest;
+use crate::api::services::images::v1::images_client::ImagesClient;
+use crate::api::services::images::v1::{CreateImageRequest, Image, UpdateImageRequest};
+use crate::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
+use crate::api::services::snapshots::v1::{
+    CommitSnapshotRequest, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
+    ViewSnapshotRequest,
+};
+use crate::api::types::{Descriptor, Mount};
+use crate::containers::{DEFAULT_RUNTIME, DEFAULT_SNAPSHOTTER, SPEC_TYPE_URL};
+use crate::leases::LeaseGuard;
+use crate::spec::{ContainerConfig, Network};
+use crate::stdio::{Fifos, StdioConfig};
+use crate::{Client, Error, Result};
+use berth_build::context::{Context, Limits};
+use berth_build::copy::{copy_into, CopyRequest};
+use berth_build::dockerfile::{
+    self, parse_trigger, Action, Base, BuildArgs, Dockerfile, RunAction, StageEval, Step,
+};
+use berth_build::dockerignore::DockerIgnore;
+use berth_build::image::{manifest, Blob, ImageDocument};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const UNCOMPRESSED: &str = "containerd.io/uncompressed";
+/// Marks the build's own containers, so an interrupted build's leftovers can be told apart.
+pub const BUILD_LABEL: &str = "io.berth.build";
+
+/// `berth build`'s options.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// A directory, or `-` for a tar on stdin.
+    pub context: PathBuf,
+    /// A Dockerfile on the host; default: `Dockerfile` in the context.
+    pub dockerfile: Option<PathBuf>,
+    pub tags: Vec<String>,
+    /// `NAME=VALUE` or `NAME` (from the environment).
+    pub build_args: Vec<String>,
+    pub target: Option<String>,
+    /// RUN's network: none (the default here), host, or [`Network::Named`] with `networks`.
+    pub network: Network,
+    /// The berthd networks RUN joins when `network` is [`Network::Named`].
+    pub networks: Vec<String>,
+    pub labels: HashMap<String, String>,
+    pub limits: Option<Limits>,
+    /// Run every step even when the cache has it (results are still recorded).
+    pub no_cache: bool,
+    /// Pull every base image even when it is present (docker's `--pull`).
+    pub pull: bool,
+}
+
+/// What a build made.
+#[derive(Debug, Clone)]
+pub struct BuildOutcome {
+    pub manifest_digest: String,
+    pub config_digest: String,
+    /// The tags written, normalised.
+    pub names: Vec<String>,
+    /// RUN steps that ran a container.
+    pub containers_run: usize,
+    pub layers_written: usize,
+    /// Filesystem steps answered by the layer cache.
+    pub cache_hits: usize,
+}
+
+#[derive(Clone)]
+struct StageState {
+    doc: ImageDocument,
+    chain: Option<String>,
+    layers: Vec<Blob>,
+    /// The cache key of the last step (the base's identity before the first).
+    key: String,
+}
+
+/// The lease that holds the layer cache's records (no expiry; `berth builder prune` deletes it).
+pub const CACHE_LEASE: &str = "berth.build.cache";
+/// The label that names a cache record's key, for Content.List's filter.
+pub const CACHE_LABEL: &str = "berth.build.cache";
+
+/// One cache entry, stored as a small JSON blob under [`CACHE_LEASE`]; its gc.ref labels keep
+/// the layer blob and the committed snapshot for as long as the record lives.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CacheRecord {
+    key: String,
+    media_type: String,
+    digest: String,
+    size: i64,
+    diff_id: String,
+    chain: String,
+}
+
+/// `berth builder prune`: drops the cache lease and collects what only it held.
+pub async fn prune(client: &Client) -> Result<()> {
+    use crate::api::services::leases::v1::leases_client::LeasesClient;
+    use crate::api::services::leases::v1::DeleteRequest;
+    let req = DeleteRequest {
+        id: CACHE_LEASE.to_string(),
+        sync: true,
+    };
+    match LeasesClient::new(client.channel().clone())
+        .delete(client.request(req))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Code::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn build_err(e: berth_build::Error) -> Error {
+    Error::invalid(e.to_string())
+}
+
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm), to avoid a date crate for one timestamp.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn next_chain(parent: Option<&str>, diff_id: &str) -> String {
+    match parent {
+        None => diff_id.to_string(),
+        Some(p) => format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(format!("{p} {diff_id}").as_bytes()))
+        ),
+    }
+}
+
+/// Runs a Dockerfile build against berthd; progress lines go to `progress`, RUN output to
+/// this process's stdout and stderr.
+pub async fn build(
+    client: &Client,
+    opts: &BuildOptions,
+    progress: &mut (dyn Write + Send),
+) -> Result<BuildOutcome> {
+    let limits = opts.limits.unwrap_or_default();
+    let (context, text) = load_context(opts, limits).await?;
+    let df = dockerfile::parse(&text).map_err(build_err)?;
+    for note in &df.directives.notes {
+        let _ = writeln!(progress, "note: {note}");
+    }
+    let mut build_args = BuildArgs::new();
+    build_args.set_platform("linux", crate::images::oci_arch(), None);
+    for a in &opts.build_args {
+        build_args
+            .add(a, |n| std::env::var(n).ok())
+            .map_err(build_err)?;
+    }
+    let plan = df
+        .plan(opts.target.as_deref(), &build_args)
+        .map_err(build_err)?;
+    for unused in &plan.unused_build_args {
+        let _ = writeln!(
+            progress,
+            "warning: build arg {unused} was not consumed by any ARG"
+        );
+    }
+    if opts.network == Network::Named {
+        if opts.networks.is_empty() {
+            return Err(Error::invalid("a named network mode needs a network name"));
+        }
+        // Checked before anything runs, as berth run does.
+        let known = client.networks().list().await?;
+        if let Some(missing) = opts
+            .networks
+            .iter()
+            .find(|n| !known.iter().any(|k| &k.name == *n))
+        {
+            return Err(Error::not_found(format!(
+                "network {missing} not found (berth network ls lists them)"
+            )));
+        }
+    }
+    let lease = client.leases().create(Duration::from_secs(3600)).await?;
+    let run = Run {
+        client,
+        lease: &lease,
+        df: &df,
+        context: &context,
+        network: opts.network,
+        networks: opts.networks.clone(),
+        containers_run: AtomicUsize::new(0),
+        layers_written: AtomicUsize::new(0),
+        cache_hits: AtomicUsize::new(0),
+        no_cache: opts.no_cache,
+        pull: opts.pull,
+        pulled: Mutex::new(Vec::new()),
+    };
+    let progress: Progress<'_> = Mutex::new(progress);
+    let result = run.stages(&plan, &build_args, &progress).await;
+    let outcome = match result {
+        Ok(state) => run.write_image(state, opts, &progress).await,
+        Err(e) => Err(e),
+    };
+    let released = lease.release().await;
+    let outcome = outcome?;
+    released?;
+    Ok(outcome)
+}
+
+/// The context (a directory, or `-`: a tar on stdin) and the Dockerfile's text: `-f` names a
+/// file of the host, else `Dockerfile` is read from the context itself.
+async fn load_context(opts: &BuildOptions, limits: Limits) -> Result<(Context, String)> {
+    let (dir, dockerfile) = (opts.context.clone(), opts.dockerfile.clone());
+    tokio::task::spawn_blocking(move || {
+        let from_stdin = dir.as_os_str() == "-";
+        let context = if from_stdin {
+            Context::from_tar(std::io::stdin().lock(), &limits)
+        } else {
+            // docker's <Dockerfile>.dockerignore beside the Dockerfile wins over the context's.
+            let own = dockerfile
+                .as_ref()
+                .map(|d| PathBuf::from(format!("{}.dockerignore", d.display())));
+            match own.and_then(|p| std::fs::read_to_string(p).ok()) {
+                Some(text) => DockerIgnore::parse(&text)
+                    .and_then(|rules| Context::open_dir_with(&dir, &rules, &limits)),
+                None => Context::open_dir(&dir, &limits),
+            }
+        }
+        .map_err(build_err)?;
+        let text = match &dockerfile {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| Error::io(format!("read {}", path.display()), e))?,
+            None => {
+                let mut text = String::new();
+                std::io::Read::read_to_string(
+                    &mut std::io::Read::take(
+                        context.open_file("Dockerfile").map_err(build_err)?,
+                        1 << 20,
+                    ),
+                    &mut text,
+                )
+                .map_err(|e| Error::io("read the context's Dockerfile", e))?;
+                text
+            }
+        };
+        Ok((context, text))
+    })
+    .await
+    .map_err(|e| Error::local(Code::Internal, format!("context listing: {e}")))?
+}
+
+/// Progress lines from stages built at once, one line at a time.
+type Progress<'p> = Mutex<&'p mut (dyn Write + Send)>;
+
+fn say(progress: &Progress<'_>, line: std::fmt::Arguments<'_>) {
+    if let Ok(mut p) = progress.lock() {
+        let _ = p.write_fmt(line);
+        let _ = p.write_all(b"\n");
+    }
+}
+
+struct Run<'a> {
+    client: &'a Client,
+    lease: &'a LeaseGuard,
+    df: &'a Dockerfile,
+    context: &'a Context,
+    network: Network,
+    networks: Vec<String>,
+    containers_run: AtomicUsize,
+    layers_written: AtomicUsize,
+    cache_hits: AtomicUsize,
+    no_cache: bool,
+    pull: bool,
+    /// Images `--pull` already pulled in this build (a base named twice is pulled once).
+    pulled: Mutex<Vec<String>>,
+}
+
+impl Run<'_> {
+    fn snapshots(&self) -> SnapshotsClient<tonic::transport::Channel> {
+        SnapshotsClient::new(self.client.channel().clone())
+    }
+
+    async fn stages(
+        &self,
+        plan: &dockerfile::Plan,
+        build_args: &BuildArgs,
+        progress: &Progress<'_>,
+    ) -> Result<StageState> {
+        // Stages whose dependencies are built run together, a wave at a time.
+        let mut done: HashMap<usize, StageState> = HashMap::new();
+        let mut pending: Vec<&dockerfile::PlannedStage> = plan.stages.iter().collect();
+        while !pending.is_empty() {
+            let (ready, rest): (Vec<_>, Vec<_>) = pending
+                .into_iter()
+                .partition(|p| p.needs.iter().all(|n| done.contains_key(n)));
+            if ready.is_empty() {
+                return Err(Error::local(Code::Internal, "the stage graph has a cycle"));
+            }
+            // join_all, not try_join_all: a failing stage must not drop its siblings midway,
+            // which would leave their containers and tasks behind; each cleans up itself.
+            let built = futures_util::future::join_all(
+                ready
+                    .iter()
+                    .map(|p| self.stage(p, plan, build_args, &done, progress)),
+            )
+            .await;
+            for (p, state) in ready.iter().zip(built) {
+                done.insert(p.index, state?);
+            }
+            pending = rest;
+        }
+        done.remove(&plan.target)
+            .ok_or_else(|| Error::local(Code::Internal, "the target stage was not built"))
+    }
+
+    async fn stage(
+        &self,
+        planned: &dockerfile::PlannedStage,
+        plan: &dockerfile::Plan,
+        build_args: &BuildArgs,
+        done: &HashMap<usize, StageState>,
+        progress: &Progress<'_>,
+    ) -> Result<StageState> {
+        let stage = &self.df.stages[planned.index];
+        let mut state = match &planned.base {
+            Base::Scratch => StageState {
+                doc: ImageDocument::scratch(crate::images::oci_arch()),
+                chain: None,
+                layers: Vec::new(),
+                key: "scratch".to_string(),
+            },
+            Base::Stage(i) => done
+                .get(i)
+                .cloned()
+                .ok_or_else(|| Error::local(Code::Internal, format!("stage {i} not built")))?,
+            Base::Image(name) => self.base_image(name, progress).await?,
+        };
+        let (mut eval, triggers) = StageEval::new(
+            self.df,
+            state.doc.config.clone(),
+            &plan.global_args,
+            build_args,
+        );
+        let mut steps: Vec<(Option<usize>, Step)> = Vec::new();
+        for t in &triggers {
+            let step =
+                parse_trigger(t, stage.line, self.df.directives.escape).map_err(build_err)?;
+            steps.push((None, step));
+        }
+        steps.extend(
+            stage
+                .steps
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(n, s)| (Some(n), s)),
+        );
+        let total = steps.len();
+        for (k, (index, step)) in steps.iter().enumerate() {
+            let started = Instant::now();
+            say(
+                progress,
+                format_args!(
+                    "#{} [stage {} {}/{}] {}",
+                    planned.index,
+                    stage.name.as_deref().unwrap_or(&planned.index.to_string()),
+                    k + 1,
+                    total,
+                    step.text
+                ),
+            );
+            let outcome = eval.step(step).map_err(build_err)?;
+            // COPY --from reads another stage's or image's root: its chain, and its key for
+            // the cache (the stage's last key, or the image's config digest).
+            let from = match &outcome.action {
+                Action::Copy(c) => match (index, &c.from) {
+                    (_, None) => None,
+                    (Some(n), Some(_)) => planned.copy_from.get(n).cloned(),
+                    (None, Some(_)) => {
+                        return Err(Error::invalid(format!(
+                            "ONBUILD {}: COPY --from in a trigger is not supported",
+                            step.text
+                        )))
+                    }
+                },
+                _ => None,
+            };
+            let source = match from {
+                None => None,
+                Some(Base::Scratch) => Some((None, "scratch".to_string())),
+                Some(Base::Stage(i)) => {
+                    let s = done.get(&i).ok_or_else(|| {
+                        Error::local(Code::Internal, format!("stage {i} not built"))
+                    })?;
+                    Some((s.chain.clone(), s.key.clone()))
+                }
+                Some(Base::Image(name)) => {
+                    let s = self.base_image(&name, progress).await?;
+                    Some((s.chain, s.key))
+                }
+            };
+            let copied = match (&outcome.action, &source) {
+                (Action::Copy(_), Some((_, key))) => Some(key.clone()),
+                (Action::Copy(c), None) => {
+                    let keyword = if c.add { "ADD" } else { "COPY" };
+                    let context = self.context;
+                    Some(
+                        tokio::task::block_in_place(|| {
+                            let sources = context.select(keyword, &c.sources)?;
+                            context.digest(&sources)
+                        })
+                        .map_err(build_err)?,
+                    )
+                }
+                _ => None,
+            };
+            let key = berth_build::image::cache_key(
+                &state.key,
+                &format!("{}\n{}", step.text, outcome.created_by),
+                &outcome.cache_args,
+                copied.as_deref(),
+            );
+            let cached = match &outcome.action {
+                Action::Run(_) | Action::Copy(_) if !self.no_cache => self.cached(&key).await?,
+                _ => None,
+            };
+            let layer = match (&outcome.action, cached) {
+                (Action::Config | Action::Workdir(_), _) => None,
+                (_, Some(hit)) => {
+                    say(progress, format_args!("#{} CACHED", planned.index));
+                    self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    Some(hit)
+                }
+                (Action::Run(r), None) => {
+                    let layer = self.run_step(&state, &eval, r, &step.text).await?;
+                    self.remember(&key, &layer).await?;
+                    Some(layer)
+                }
+                (Action::Copy(c), None) => {
+                    let layer = self
+                        .copy_step(&state, c, source.map(|(chain, _)| chain))
+                        .await?;
+                    self.remember(&key, &layer).await?;
+                    Some(layer)
+                }
+            };
+            state.key = key;
+            let created = now_rfc3339();
+            state.doc.config = eval.config.clone();
+            match layer {
+                Some((blob, diff_id, chain)) => {
+                    state
+                        .doc
+                        .record(&created, &outcome.created_by, Some(&diff_id));
+                    state.layers.push(blob);
+                    state.chain = Some(chain);
+                }
+                None => state.doc.record(&created, &outcome.created_by, None),
+            }
+            say(
+                progress,
+                format_args!(
+                    "#{} DONE {:.1}s",
+                    planned.index,
+                    started.elapsed().as_secs_f64()
+                ),
+            );
+        }
+        state.doc.config = eval.config.clone();
+        if let Some(author) = &eval.author {
+            state.doc.author = Some(author.clone());
+        }
+        Ok(state)
+    }
+
+    /// The base image's config and layers, pulled through the daemon when absent.
+    async fn base_image(&self, name: &str, progress: &Progress<'_>) -> Result<StageState> {
+        let images = self.client.images();
+        let pull_now = self.pull
+            && self
+                .pulled
+                .lock()
+                .map(|mut p| {
+                    let first = !p.iter().any(|n| n == name);
+                    if first {
+                        p.push(name.to_string());
+                    }
+                    first
+                })
+                .unwrap_or(true);
+        let present = if pull_now {
+            None
+        } else {
+            match images.inspect(name).await {
+                Err(e) if e.code() == Code::NotFound => None,
+                other => Some(other?),
+            }
+        };
+        let details = match present {
+            Some(d) => d,
+            None => {
+                say(progress, format_args!("pulling {name}"));
+                images
+                    .pull(name, &crate::transfer::RegistryOptions::default())
+                    .await?
+                    .finish()
+                    .await?;
+                images.inspect(name).await?
+            }
+        };
+        let config_desc = details.manifest.config();
+        let bytes = images
+            .read_blob(&Descriptor {
+                media_type: config_desc.media_type().to_string(),
+                digest: config_desc.digest().to_string(),
+                size: config_desc.size() as i64,
+                annotations: HashMap::new(),
+            })
+            .await?;
+        let doc: ImageDocument = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::invalid(format!("image config of {name}: {e}")))?;
+        let layers = details
+            .manifest
+            .layers()
+            .iter()
+            .map(|l| Blob {
+                media_type: l.media_type().to_string(),
+                digest: l.digest().to_string(),
+                size: l.size() as i64,
+            })
+            .collect();
+        Ok(StageState {
+            doc,
+            chain: Some(details.chain_id),
+            layers,
+            key: config_desc.digest().to_string(),
+        })
+    }
+
+    async fn prepare(&self, parent: Option<&str>) -> Result<(String, Vec<Mount>)> {
+        let key = format!("berth-build-{}", crate::names::new_id());
+        let req = PrepareSnapshotRequest {
+            snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+            key: key.clone(),
+            parent: parent.unwrap_or_default().to_string(),
+            labels: HashMap::new(),
+        };
+        let mounts = self
+            .snapshots()
+            .prepare(self.lease.request(req))
+            .await?
+            .into_inner()
+            .mounts;
+        Ok((key, mounts))
+    }
+
+    async fn remove_snapshot(&self, key: &str) {
+        let req = RemoveSnapshotRequest {
+            snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+            key: key.to_string(),
+        };
+        let _ = self.snapshots().remove(self.client.request(req)).await;
+    }
+
+    /// Diff.Diff of the active snapshot `key` against its parent, then the commit under the
+    /// new chain ID (an existing one, from an earlier build of the same layer, is kept).
+    async fn layer(&self, parent: Option<&str>, key: &str) -> Result<(Blob, String, String)> {
+        let lower = match parent {
+            Some(p) => {
+                let view_key = format!("berth-build-view-{}", crate::names::new_id());
+                let req = ViewSnapshotRequest {
+                    snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+                    key: view_key.clone(),
+                    parent: p.to_string(),
+                    labels: HashMap::new(),
+                };
+                let mounts = self
+                    .snapshots()
+                    .view(self.lease.request(req))
+                    .await?
+                    .into_inner()
+                    .mounts;
+                Some((view_key, mounts))
+            }
+            None => None,
+        };
+        let upper = self
+            .snapshots()
+            .mounts(self.client.request(MountsRequest {
+                snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+                key: key.to_string(),
+            }))
+            .await?
+            .into_inner()
+            .mounts;
+        let req = DiffRequest {
+            left: lower.as_ref().map(|(_, m)| m.clone()).unwrap_or_default(),
+            right: upper,
+            media_type: GZIP_LAYER.to_string(),
+            r#ref: String::new(),
+            labels: HashMap::new(),
+            source_date_epoch: None,
+        };
+        let diffed = DiffClient::new(self.client.channel().clone())
+            .diff(self.lease.request(req))
+            .await;
+        if let Some((view_key, _)) = &lower {
+            self.remove_snapshot(view_key).await;
+        }
+        let desc = diffed?
+            .into_inner()
+            .diff
+            .ok_or_else(|| Error::local(Code::Internal, "Diff answered no descriptor"))?;
+        let info = ContentClient::new(self.client.channel().clone())
+            .info(self.client.request(InfoRequest {
+                digest: desc.digest.clone(),
+            }))
+            .await?
+            .into_inner()
+            .info
+            .ok_or_else(|| Error::local(Code::Internal, "Content.Info answered nothing"))?;
+        let diff_id = info.labels.get(UNCOMPRESSED).cloned().ok_or_else(|| {
+            Error::local(
+                Code::Internal,
+                format!("layer {} has no diff ID label", desc.digest),
+            )
+        })?;
+        let chain = next_chain(parent, &diff_id);
+        let commit = CommitSnapshotRequest {
+            snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+            name: chain.clone(),
+            key: key.to_string(),
+            labels: HashMap::new(),
+            ..Default::default()
+        };
+        match self.snapshots().commit(self.lease.request(commit)).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Code::AlreadyExists => self.remove_snapshot(key).await,
+            Err(e) => return Err(e.into()),
+        }
+        self.layers_written.fetch_add(1, Ordering::Relaxed);
+        Ok((
+            Blob {
+                media_type: desc.media_type,
+                digest: desc.digest,
+                size: desc.size,
+            },
+            diff_id,
+            chain,
+        ))
+    }
+
+    async fn run_step(
+        &self,
+        state: &StageState,
+        eval: &StageEval,
+        run: &RunAction,
+        text: &str,
+    ) -> Result<(Blob, String, String)> {
+        let parent = state.chain.as_deref();
+        let user = if run.user.is_empty() {
+            crate::user::ResolvedUser::default()
+        } else if crate::user::needs_image_files(&run.user) {
+            let chain = parent.ok_or_else(|| {
+                Error::invalid(format!(
+                    "USER {}: a scratch stage has no /etc/passwd",
+                    run.user
+                ))
+            })?;
+            let (passwd, group) =
+                crate::user::read_image_files(self.client, DEFAULT_SNAPSHOTTER, chain).await?;
+            crate::user::resolve(&run.user, passwd.as_deref(), group.as_deref())?
+        } else {
+            crate::user::resolve(&run.user, None, None)?
+        };
+        // RUN --network takes BuildKit's values; the build's own network is the default.
+        let network = match run.network.as_deref() {
+            None | Some("default") => self.network,
+            Some("none") => Network::None,
+            Some("host") => Network::Host,
+            Some(other) => {
+                return Err(Error::invalid(format!(
+                    "{text}: --network={other}: RUN takes default, none or host"
+                )))
+            }
+        };
+        let mut doc = state.doc.clone();
+        doc.config = eval.config.clone();
+        let image: oci_spec::image::ImageConfiguration = serde_json::to_vec(&doc)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| Error::invalid("the stage's config is not an OCI image config"))?;
+        let config = ContainerConfig {
+            command: run.argv.clone(),
+            entrypoint: Some(Vec::new()),
+            env: run.env.clone(),
+            workdir: Some(run.workdir.clone()),
+            network,
+            ..ContainerConfig::default()
+        };
+        let (key, _) = self.prepare(parent).await?;
+        let id = crate::names::new_id();
+        let ran = self.run_container(&id, &key, &image, &config, &user).await;
+        match ran {
+            Ok(0) => {}
+            Ok(code) => {
+                self.remove_snapshot(&key).await;
+                return Err(Error::local(
+                    Code::Aborted,
+                    format!("{text}: the command returned a non-zero code: {code}"),
+                ));
+            }
+            Err(e) => {
+                self.remove_snapshot(&key).await;
+                return Err(e);
+            }
+        }
+        self.layer_or_remove(parent, &key).await
+    }
+
+    /// [`Run::layer`], removing the active snapshot when it fails.
+    async fn layer_or_remove(
+        &self,
+        parent: Option<&str>,
+        key: &str,
+    ) -> Result<(Blob, String, String)> {
+        match self.layer(parent, key).await {
+            Ok(layer) => Ok(layer),
+            Err(e) => {
+                self.remove_snapshot(key).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn run_container(
+        &self,
+        id: &str,
+        key: &str,
+        image: &oci_spec::image::ImageConfiguration,
+        config: &ContainerConfig,
+        user: &crate::user::ResolvedUser,
+    ) -> Result<u32> {
+        let spec = crate::spec::generate(self.client.namespace(), id, image, config, user)?;
+        let spec_json = serde_json::to_vec(&spec)
+            .map_err(|e| Error::invalid(format!("encode the runtime spec: {e}")))?;
+        let mut labels = HashMap::from([(BUILD_LABEL.to_string(), "run".to_string())]);
+        if config.network == Network::Named {
+            // berthd's network hook attaches a container with this label, as for berth run.
+            let names = serde_json::to_string(&self.networks)
+                .map_err(|e| Error::invalid(format!("encode the networks: {e}")))?;
+            labels.insert(crate::spec::NETWORKS_LABEL.to_string(), names);
+            labels.insert(
+                crate::spec::NETWORK_LABEL.to_string(),
+                self.networks.join(","),
+            );
+        }
+        let container = Container {
+            id: id.to_string(),
+            labels,
+            runtime: Some(Runtime {
+                name: DEFAULT_RUNTIME.to_string(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: SPEC_TYPE_URL.to_string(),
+                value: spec_json,
+            }),
+            snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+            snapshot_key: key.to_string(),
+            ..Default::default()
+        };
+        ContainersClient::new(self.client.channel().clone())
+            .create(self.lease.request(CreateContainerRequest {
+                container: Some(container),
+            }))
+            .await?;
+        self.containers_run.fetch_add(1, Ordering::Relaxed);
+        let result = self.run_task(id).await;
+        let _ = ContainersClient::new(self.client.channel().clone())
+            .delete(
+                self.client
+                    .request(DeleteContainerRequest { id: id.to_string() }),
+            )
+            .await;
+        result
+    }
+
+    async fn run_task(&self, id: &str) -> Result<u32> {
+        let info = self.client.containers().get_by_id(id).await?;
+        let fifos = Fifos::new(
+            id,
+            StdioConfig {
+                stdout: true,
+                stderr: true,
+                ..StdioConfig::default()
+            },
+        )?;
+        let attached = fifos.attach(
+            None,
+            Box::new(std::io::stdout()),
+            Box::new(std::io::stderr()),
+            None,
+        );
+        let tasks = self.client.tasks();
+        if let Err(e) = tasks.create(&info, &fifos.task_io()).await {
+            attached.cancel();
+            return Err(e.classify_start());
+        }
+        let exit = match tasks.start(id, "").await {
+            Ok(_) => tasks.wait(id, "").await,
+            Err(e) => Err(e.classify_start()),
+        };
+        attached.wait_output(Duration::from_secs(5)).await;
+        let _ = tasks.delete(id).await;
+        Ok(exit?.code)
+    }
+
+    async fn copy_step(
+        &self,
+        state: &StageState,
+        copy: &berth_build::dockerfile::CopyAction,
+        from: Option<Option<String>>,
+    ) -> Result<(Blob, String, String)> {
+        let parent = state.chain.as_deref();
+        let (key, mounts) = self.prepare(parent).await?;
+        // COPY --from reads another stage's (or image's) root filesystem through a View.
+        let source = match &from {
+            Some(Some(chain)) => {
+                let view_key = format!("berth-build-view-{}", crate::names::new_id());
+                let req = ViewSnapshotRequest {
+                    snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+                    key: view_key.clone(),
+                    parent: chain.clone(),
+                    labels: HashMap::new(),
+                };
+                let view = self.snapshots().view(self.lease.request(req)).await;
+                match view {
+                    Ok(v) => Some((view_key, v.into_inner().mounts)),
+                    Err(e) => {
+                        self.remove_snapshot(&key).await;
+                        return Err(e.into());
+                    }
+                }
+            }
+            Some(None) => {
+                self.remove_snapshot(&key).await;
+                return Err(Error::invalid(
+                    "COPY --from=scratch: there is nothing to copy",
+                ));
+            }
+            None => None,
+        };
+        let copy = copy.clone();
+        let source_mounts = source.as_ref().map(|(_, m)| m.clone());
+        let context: &Context = self.context;
+        // Mounting and copying block; block_in_place keeps the borrowed context usable (the
+        // CLI's runtime is multi-threaded, as this needs).
+        let written = tokio::task::block_in_place(|| {
+            with_mounted(&mounts, false, |root| match &source_mounts {
+                None => write_copy(context, root, &copy),
+                Some(sm) => with_mounted(sm, true, |src| {
+                    let ctx =
+                        Context::open_dir_with(src, &DockerIgnore::default(), &Limits::default())
+                            .map_err(build_err)?;
+                    write_copy(&ctx, root, &copy)
+                }),
+            })
+        });
+        if let Some((view_key, _)) = &source {
+            self.remove_snapshot(view_key).await;
+        }
+        if let Err(e) = written {
+            self.remove_snapshot(&key).await;
+            return Err(e);
+        }
+        self.layer_or_remove(parent, &key).await
+    }
+
+    /// The cached layer of `key`, if its record, blob and snapshot are all still there.
+    async fn cached(&self, key: &str) -> Result<Option<(Blob, String, String)>> {
+        use crate::api::services::content::v1::ListContentRequest;
+        use crate::api::services::snapshots::v1::StatSnapshotRequest;
+        let filter = format!("labels.\"{CACHE_LABEL}\"==\"{key}\"");
+        let mut list = ContentClient::new(self.client.channel().clone())
+            .list(self.client.request(ListContentRequest {
+                filters: vec![filter],
+            }))
+            .await?
+            .into_inner();
+        let mut found = None;
+        while let Some(page) = list.message().await? {
+            if let Some(info) = page.info.into_iter().next() {
+                found = Some(info);
+                break;
+            }
+        }
+        let Some(info) = found else { return Ok(None) };
+        let bytes = self
+            .client
+            .images()
+            .read_blob(&Descriptor {
+                media_type: "application/json".to_string(),
+                digest: info.digest.clone(),
+                size: info.size,
+                annotations: HashMap::new(),
+            })
+            .await?;
+        let Ok(record) = serde_json::from_slice::<CacheRecord>(&bytes) else {
+            return Ok(None);
+        };
+        if record.key != key {
+            return Ok(None);
+        }
+        let stat = StatSnapshotRequest {
+            snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
+            key: record.chain.clone(),
+        };
+        match self.snapshots().stat(self.client.request(stat)).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Code::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let layer = ContentClient::new(self.client.channel().clone())
+            .info(self.client.request(InfoRequest {
+                digest: record.digest.clone(),
+            }))
+            .await;
+        match layer {
+            Ok(_) => {}
+            Err(e) if e.code() == Code::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Some((
+            Blob {
+                media_type: record.media_type,
+                digest: record.digest,
+                size: record.size,
+            },
+            record.diff_id,
+            record.chain,
+        )))
+    }
+
+    /// Records a step's layer under [`CACHE_LEASE`].
+    async fn remember(&self, key: &str, layer: &(Blob, String, String)) -> Result<()> {
+        use crate::api::services::leases::v1::leases_client::LeasesClient;
+        use crate::api::services::leases::v1::CreateRequest;
+        let create = CreateRequest {
+            id: CACHE_LEASE.to_string(),
+            labels: HashMap::new(),
+        };
+        match LeasesClient::new(self.client.channel().clone())
+            .create(self.client.request(create))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.code() == Code::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        let (blob, diff_id, chain) = layer;
+        let record = CacheRecord {
+            key: key.to_string(),
+            media_type: blob.media_type.clone(),
+            digest: blob.digest.clone(),
+            size: blob.size,
+            diff_id: diff_id.clone(),
+            chain: chain.clone(),
+        };
+        let bytes = serde_json::to_vec(&record)
+            .map_err(|e| Error::invalid(format!("encode a cache record: {e}")))?;
+        let labels = HashMap::from([
+            (CACHE_LABEL.to_string(), key.to_string()),
+            (
+                "containerd.io/gc.ref.content.layer".to_string(),
+                blob.digest.clone(),
+            ),
+            (
+                format!("containerd.io/gc.ref.snapshot.{DEFAULT_SNAPSHOTTER}"),
+                chain.clone(),
+            ),
+        ]);
+        self.write_blob_in("application/json", bytes, labels, Some(CACHE_LEASE))
+            .await
+            .map(|_| ())
+    }
+
+    async fn write_blob(
+        &self,
+        media_type: &str,
+        bytes: Vec<u8>,
+        labels: HashMap<String, String>,
+    ) -> Result<Blob> {
+        self.write_blob_in(media_type, bytes, labels, None).await
+    }
+
+    /// Writes a blob under the build's lease, or under `lease` when given.
+    async fn write_blob_in(
+        &self,
+        media_type: &str,
+        bytes: Vec<u8>,
+        labels: HashMap<String, String>,
+        lease: Option<&str>,
+    ) -> Result<Blob> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let size = bytes.len() as i64;
+        let req = WriteContentRequest {
+            action: WriteAction::Commit as i32,
+            r#ref: format!("berth-build-{digest}"),
+            total: size,
+            expected: digest.clone(),
+            offset: 0,
+            data: bytes,
+            labels,
+        };
+        let stream = tokio_stream::iter(vec![req]);
+        let request = match lease {
+            Some(l) => crate::with_lease(self.client.namespace(), l, stream),
+            None => self.lease.request(stream),
+        };
+        match ContentClient::new(self.client.channel().clone())
+            .write(request)
+            .await
+        {
+            Ok(resp) => {
+                let mut resp = resp.into_inner();
+                loop {
+                    match resp.message().await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        // The same bytes are already stored (a record or config written
+                        // before): nothing to add.
+                        Err(e) if e.code() == Code::AlreadyExists => break,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            Err(e) if e.code() == Code::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Blob {
+            media_type: media_type.to_string(),
+            digest,
+            size,
+        })
+    }
+
+    async fn write_image(
+        &self,
+        mut state: StageState,
+        opts: &BuildOptions,
+        progress: &Progress<'_>,
+    ) -> Result<BuildOutcome> {
+        for (k, v) in &opts.labels {
+            state.doc.config.labels.insert(k.clone(), v.clone());
+        }
+        state.doc.created = Some(now_rfc3339());
+        let config_bytes = serde_json::to_vec(&state.doc)
+            .map_err(|e| Error::invalid(format!("encode the image config: {e}")))?;
+        let mut config_labels = HashMap::new();
+        if let Some(chain) = &state.chain {
+            config_labels.insert(
+                format!("containerd.io/gc.ref.snapshot.{DEFAULT_SNAPSHOTTER}"),
+                chain.clone(),
+            );
+        }
+        let config = self
+            .write_blob(CONFIG_TYPE, config_bytes, config_labels)
+            .await?;
+        let mut manifest_labels = HashMap::from([(
+            "containerd.io/gc.ref.content.config".to_string(),
+            config.digest.clone(),
+        )]);
+        for (i, l) in state.layers.iter().enumerate() {
+            manifest_labels.insert(
+                format!("containerd.io/gc.ref.content.l.{i}"),
+                l.digest.clone(),
+            );
+        }
+        let manifest_bytes = manifest(&config, &state.layers);
+        let manifest_blob = self
+            .write_blob(MANIFEST_TYPE, manifest_bytes, manifest_labels)
+            .await?;
+        let mut names = Vec::new();
+        let mut images = ImagesClient::new(self.client.channel().clone());
+        for tag in &opts.tags {
+            let name = crate::images::normalize(tag);
+            let image = Image {
+                name: name.clone(),
+                target: Some(Descriptor {
+                    media_type: MANIFEST_TYPE.to_string(),
+                    digest: manifest_blob.digest.clone(),
+                    size: manifest_blob.size,
+                    annotations: HashMap::new(),
+                }),
+                ..Default::default()
+            };
+            let req = CreateImageRequest {
+                image: Some(image.clone()),
+                source_date_epoch: None,
+            };
+            match images.create(self.client.request(req)).await {
+                Ok(_) => {}
+                Err(e) if e.code() == Code::AlreadyExists => {
+                    let update = UpdateImageRequest {
+                        image: Some(image),
+                        ..Default::default()
+                    };
+                    images.update(self.client.request(update)).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            say(progress, format_args!("naming to {name}"));
+            names.push(name);
+        }
+        say(progress, format_args!("writing image {}", config.digest));
+        Ok(BuildOutcome {
+            manifest_digest: manifest_blob.digest,
+            config_digest: config.digest,
+            names,
+            containers_run: self.containers_run.load(Ordering::Relaxed),
+            layers_written: self.layers_written.load(Ordering::Relaxed),
+            cache_hits: self.cache_hits.load(Ordering::Relaxed),
+        })
+    }
+}
+
+fn write_copy(
+    context: &Context,
+    root: &Path,
+    copy: &berth_build::dockerfile::CopyAction,
+) -> Result<()> {
+    let keyword = if copy.add { "ADD" } else { "COPY" };
+    let sources = context.select(keyword, &copy.sources).map_err(build_err)?;
+    copy_into(
+        context,
+        root,
+        &CopyRequest {
+            sources: &sources,
+            dest: &copy.dest,
+            chown: copy.chown.as_deref(),
+            chmod: copy.chmod,
+            add: copy.add,
+        },
+    )
+    .map_err(build_err)
+}
+
+/// Mounts a snapshot's mounts in a private temp dir for `f`, then unmounts.
+fn with_mounted<T>(
+    mounts: &[Mount],
+    read_only: bool,
+    f: impl FnOnce(&Path) -> Result<T>,
+) -> Result<T> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let dir = tempfile::Builder::new()
+        .prefix("berth-build-root-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()
+        .map_err(|e| Error::io("create a temp dir for a build mount", e))?;
+    let [m] = mounts else {
+        return Err(Error::local(
+            Code::Unimplemented,
+            format!(
+                "a snapshot of {} mounts cannot be written here",
+                mounts.len()
+            ),
+        ));
+    };
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in &m.options {
+        match o.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" => {}
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            other => data.push(other),
+        }
+    }
+    if read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    let fail = |e: nix::errno::Errno| {
+        Error::io("mount a build snapshot (berth build needs root)", e.into())
+    };
+    if flags.contains(MsFlags::MS_BIND) {
+        mount(
+            Some(m.source.as_str()),
+            dir.path(),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .map_err(fail)?;
+        if flags.contains(MsFlags::MS_RDONLY) {
+            mount(
+                None::<&str>,
+                dir.path(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(|e| {
+                let _ = umount2(dir.path(), MntFlags::MNT_DETACH);
+                fail(e)
+            })?;
+        }
+    } else {
+        let data = data.join(",");
+        mount(
+            Some(m.source.as_str()),
+            dir.path(),
+            Some(m.r#type.as_str()),
+            flags,
+            Some(data.as_str()),
+        )
+        .map_err(fail)?;
+    }
+    let result = f(dir.path());
+    let unmounted = umount2(dir.path(), MntFlags::empty());
+    if let Err(e) = unmounted {
+        let _ = umount2(dir.path(), MntFlags::MNT_DETACH);
+        if result.is_ok() {
+            return Err(Error::io("unmount a build snapshot", e.into()));
+        }
+    }
+    result
+}

@@ -1,0 +1,657 @@
+//! `berth build`'s executor against a real berthd (berth-testkit's harness) with berth-testkit's
+//! busybox image: a multi-stage build whose "compile" stage runs a shell generator in a
+//! container (the image has no compiler; the stage does the same job: makes an executable the
+//! next stage copies), build args, USER and WORKDIR in RUN and in the final config, and a
+//! failing RUN. The built image is then run by the `berth` CLI. Needs root, and berthd and
+//! berth-shim built in this target dir.
+
+use berth::build::{build, BuildOptions};
+use berth::Client;
+use berth_testkit::berthd::{process_token, tail, Daemon};
+use berth_testkit::image::{busybox_oci_archive_with_etc, EtcFiles, DEFAULT_APPLETS};
+use std::process::{Command, Stdio};
+
+const BASE: &str = "docker.io/berth/busybox:build";
+const ETC: EtcFiles = EtcFiles {
+    passwd: "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    group: "root:x:0:\napp:x:1000:\n",
+};
+
+const DOCKERFILE: &str = r#"# syntax=docker/dockerfile:1
+ARG BASE=docker.io/berth/busybox:build
+FROM $BASE AS compile
+ARG GREETING=berth
+WORKDIR /src
+COPY gen.sh ./
+RUN sh gen.sh "$GREETING"
+
+FROM $BASE
+COPY --from=compile /src/hello /usr/local/bin/hello
+RUN mkdir -p /home/app && chown app:app /home/app
+USER app
+WORKDIR /home/app
+RUN id -u > uid && pwd > where
+CMD ["/usr/local/bin/hello"]
+"#;
+
+const GEN: &str =
+    "echo '#!/bin/sh' > hello\necho \"echo hello from $1\" >> hello\nchmod 755 hello\n";
+
+struct Env {
+    daemon: Daemon,
+    ns: String,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(case: &str) -> Env {
+        let daemon = Daemon::start();
+        let dir = tempfile::Builder::new()
+            .prefix("berth-build-")
+            .tempdir()
+            .unwrap();
+        let applets: Vec<&str> = DEFAULT_APPLETS
+            .iter()
+            .copied()
+            .chain(["id", "pwd", "mkdir", "chown", "chmod", "ls"])
+            .collect();
+        let archive = busybox_oci_archive_with_etc(dir.path(), BASE, &applets, ETC).unwrap();
+        let ns = format!("build-{case}-{}", process_token());
+        daemon.ctr(&ns, &["images", "import", &archive.path.to_string_lossy()]);
+        Env { daemon, ns, dir }
+    }
+
+    async fn client(&self) -> Client {
+        Client::from_channel(self.daemon.channel().await, &self.ns)
+    }
+
+    fn context(&self, dockerfile: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
+        let ctx = self.dir.path().join("ctx");
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+        for (name, text) in files {
+            std::fs::write(ctx.join(name), text).unwrap();
+        }
+        ctx
+    }
+
+    fn berth(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.daemon.socket.display()))
+            .arg("-n")
+            .arg(&self.ns)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "berth {args:?}: {:?}\n{}\n{}\nberthd:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.daemon.log(), 30)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_stage_build_runs() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("multi");
+    let ctx = env.context(DOCKERFILE, &[("gen.sh", GEN)]);
+    let client = env.client().await;
+    let mut progress = Vec::new();
+    let opts = BuildOptions {
+        context: ctx.clone(),
+        tags: vec!["app:v1".into()],
+        ..BuildOptions::default()
+    };
+    let outcome = build(&client, &opts, &mut progress)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "build: {e}\n{}\nberthd:\n{}",
+                String::from_utf8_lossy(&progress),
+                tail(&env.daemon.log(), 30)
+            )
+        });
+    assert_eq!(outcome.names, ["docker.io/library/app:v1"]);
+    assert_eq!(outcome.containers_run, 3);
+    assert_eq!(env.berth(&["run", "--rm", "app:v1"]), "hello from berth\n");
+    assert_eq!(
+        env.berth(&["run", "--rm", "app:v1", "cat", "uid", "where"]),
+        "1000\n/home/app\n"
+    );
+    let details = client.images().inspect("app:v1").await.unwrap();
+    let config = details.config.config().clone().unwrap();
+    assert_eq!(config.user().as_deref(), Some("app"));
+    assert_eq!(config.working_dir().as_deref(), Some("/home/app"));
+    let history = details.config.history().clone().unwrap_or_default();
+    assert!(history
+        .iter()
+        .any(|h| h.created_by().as_deref() == Some("USER app") && h.empty_layer() == Some(true)));
+
+    // A build arg reaches the compile stage's RUN.
+    let opts = BuildOptions {
+        context: ctx,
+        tags: vec!["app:v2".into()],
+        build_args: vec!["GREETING=args".into()],
+        ..BuildOptions::default()
+    };
+    build(&client, &opts, &mut progress).await.unwrap();
+    assert_eq!(env.berth(&["run", "--rm", "app:v2"]), "hello from args\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_run_stops_the_build_with_its_code() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("fail");
+    let ctx = env.context(
+        &format!("FROM {BASE}\nRUN echo before; exit 3\nRUN echo never\n"),
+        &[],
+    );
+    let client = env.client().await;
+    let mut progress = Vec::new();
+    let opts = BuildOptions {
+        context: ctx,
+        tags: vec!["failed:v1".into()],
+        ..BuildOptions::default()
+    };
+    let err = build(&client, &opts, &mut progress).await.unwrap_err();
+    assert!(err.to_string().contains("non-zero code: 3"), "{err}");
+    assert!(client.images().get("failed:v1").await.is_err());
+    // Nothing of the build is left: its containers and active snapshots are gone.
+    assert!(client.containers().list(&[]).await.unwrap().is_empty());
+}
+
+impl Env {
+    fn berth_fails(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.daemon.socket.display()))
+            .arg("-n")
+            .arg(&self.ns)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "berth {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+#[test]
+fn the_cli_builds_targets_ignores_and_shows_history() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("cli");
+    let ctx = env.context(
+        &format!(
+            "FROM {BASE} AS first\nRUN echo first > /stage\n\nFROM {BASE}\nCOPY . /ctx/\nLABEL k=v\nRUN ls /ctx > /listing\n"
+        ),
+        &[("kept", "1"), ("secret.key", "2"), (".dockerignore", "*.key\n")],
+    );
+    let ctx = ctx.to_string_lossy().into_owned();
+    let id = env.berth(&["build", "-t", "cli:all", "--progress", "plain", &ctx]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    let listing = env.berth(&["run", "--rm", "cli:all", "cat", "/listing"]);
+    assert!(listing.contains("kept"), "{listing}");
+    assert!(!listing.contains("secret.key"), ".dockerignore: {listing}");
+    let history = env.berth(&["history", "--no-trunc", "cli:all"]);
+    for line in [
+        "RUN /bin/sh -c ls /ctx > /listing",
+        "LABEL k=v",
+        "COPY . /ctx/",
+    ] {
+        assert!(history.contains(line), "{line} missing from\n{history}");
+    }
+    // -o type=oci writes an archive berth load takes back; without -t no name is left behind.
+    let archive = env.dir.path().join("cli.oci.tar");
+    let dest = format!("type=oci,dest={}", archive.display());
+    env.berth(&["build", "-q", "-t", "cli:oci", "-o", &dest, &ctx]);
+    env.berth(&["rmi", "cli:oci"]);
+    env.berth(&["load", "-q", "-i", &archive.to_string_lossy()]);
+    assert!(env
+        .berth(&["run", "--rm", "cli:oci", "cat", "/listing"])
+        .contains("kept"));
+    std::fs::remove_file(&archive).unwrap();
+    env.berth(&["build", "-q", "-o", &dest, &ctx]);
+    assert!(std::fs::metadata(&archive).unwrap().len() > 0);
+    assert!(!env.berth(&["images"]).contains("berth-build-export"));
+
+    // --target builds the first stage only.
+    env.berth(&["build", "-q", "-t", "cli:first", "--target", "first", &ctx]);
+    assert_eq!(
+        env.berth(&["run", "--rm", "cli:first", "cat", "/stage"]),
+        "first\n"
+    );
+    assert!(env
+        .berth_fails(&["run", "--rm", "cli:first", "cat", "/listing"])
+        .contains("listing"));
+}
+
+#[test]
+fn hostile_contexts_are_refused_or_contained() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("hostile");
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("host-secret"), "s3cret").unwrap();
+    let ctx = env.context(
+        &format!("FROM {BASE}\nCOPY link /copied-link\nCOPY dirlink/host-secret /d/\n"),
+        &[],
+    );
+    std::os::unix::fs::symlink(outside.path().join("host-secret"), ctx.join("link")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), ctx.join("dirlink")).unwrap();
+    let c = ctx.to_string_lossy().into_owned();
+    // A symlinked directory is one entry: nothing under it can be named.
+    let err = env.berth_fails(&["build", "-t", "hostile:1", &c]);
+    assert!(err.contains("not found in the build context"), "{err}");
+
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {BASE}\nCOPY link /copied-link\n"),
+    )
+    .unwrap();
+    env.berth(&["build", "-q", "-t", "hostile:2", &c]);
+    // The link is copied as a link: its target is not the host's file in the image.
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("-H")
+        .arg(format!("unix://{}", env.daemon.socket.display()))
+        .arg("-n")
+        .arg(&env.ns)
+        .args(["run", "--rm", "hostile:2", "cat", "/copied-link"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
+
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {BASE}\nCOPY ../x /x\n"),
+    )
+    .unwrap();
+    let err = env.berth_fails(&["build", "-t", "hostile:3", &c]);
+    assert!(err.contains("outside the build context"), "{err}");
+
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {BASE}\nADD http://example.com/x /x\n"),
+    )
+    .unwrap();
+    let err = env.berth_fails(&["build", "-t", "hostile:4", &c]);
+    assert!(
+        err.contains("Dockerfile line 2") && err.contains("URL"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tar_context_on_stdin() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("stdin");
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("Dockerfile", format!("FROM {BASE}\nCOPY greeting /\n")),
+        ("greeting", "from a tar\n".to_string()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data.as_bytes()).unwrap();
+    }
+    let bytes = b.into_inner().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("-H")
+        .arg(format!("unix://{}", env.daemon.socket.display()))
+        .arg("-n")
+        .arg(&env.ns)
+        .args(["build", "-q", "-t", "stdin:1", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        env.berth(&["run", "--rm", "stdin:1", "cat", "/greeting"]),
+        "from a tar\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layer_cache() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("cache");
+    let dockerfile = format!(
+        "FROM {BASE}\nRUN echo one > /one\nCOPY a /a\nRUN cat /a > /copy-of-a\nCOPY b /b\nRUN cat /b > /copy-of-b\n"
+    );
+    let ctx = env.context(&dockerfile, &[("a", "a1\n"), ("b", "b1\n")]);
+    let client = env.client().await;
+    let mut progress = Vec::new();
+    let opts = BuildOptions {
+        context: ctx.clone(),
+        tags: vec!["cache:v1".into()],
+        ..BuildOptions::default()
+    };
+    let first = build(&client, &opts, &mut progress).await.unwrap();
+    assert_eq!(
+        (first.containers_run, first.layers_written, first.cache_hits),
+        (3, 5, 0)
+    );
+
+    // Nothing changed: every step from the cache, no container, no layer.
+    let again = build(&client, &opts, &mut progress).await.unwrap();
+    assert_eq!(
+        (again.containers_run, again.layers_written, again.cache_hits),
+        (0, 0, 5)
+    );
+    assert_eq!(
+        env.berth(&["run", "--rm", "cache:v1", "cat", "/copy-of-b"]),
+        "b1\n"
+    );
+
+    // A touched but unchanged file is still a hit; a changed one rebuilds from its COPY on.
+    std::fs::write(ctx.join("a"), "a1\n").unwrap();
+    let touched = build(&client, &opts, &mut progress).await.unwrap();
+    assert_eq!(touched.cache_hits, 5);
+    std::fs::write(ctx.join("b"), "b2\n").unwrap();
+    let changed = build(&client, &opts, &mut progress).await.unwrap();
+    assert_eq!((changed.containers_run, changed.cache_hits), (1, 3));
+    assert_eq!(
+        env.berth(&["run", "--rm", "cache:v1", "cat", "/copy-of-b"]),
+        "b2\n"
+    );
+
+    // --no-cache runs everything; prune empties the cache.
+    let opts_no_cache = BuildOptions {
+        no_cache: true,
+        ..opts.clone()
+    };
+    let forced = build(&client, &opts_no_cache, &mut progress).await.unwrap();
+    assert_eq!((forced.containers_run, forced.cache_hits), (3, 0));
+    env.berth(&["builder", "prune"]);
+    let pruned = build(&client, &opts, &mut progress).await.unwrap();
+    assert_eq!((pruned.containers_run, pruned.cache_hits), (3, 0));
+    // The image built before the prune still runs: its layers were not the cache's to drop.
+    assert_eq!(
+        env.berth(&["run", "--rm", "cache:v1", "cat", "/one"]),
+        "one\n"
+    );
+}
+
+/// A `docker-registry` on a free loopback port (the same fixture as tests/transfer.rs).
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    fn start() -> Registry {
+        use std::io::{Read, Write};
+        use std::net::{Ipv4Addr, TcpListener, TcpStream};
+        for attempt in 0..5 {
+            let dir = tempfile::Builder::new()
+                .prefix("berth-registry-")
+                .tempdir()
+                .unwrap();
+            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let token = format!("{}-{attempt}-{port}", std::process::id());
+            let config = dir.path().join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                     http:\n  addr: 127.0.0.1:{port}\n  headers:\n    X-Berth-Registry: [\"{token}\"]\n",
+                    dir.path().join("storage").display()
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn docker-registry (apt-get install docker-registry)");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while std::time::Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
+                    let _ = s.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+                    let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: localhost\r\n\r\n");
+                    let mut resp = String::new();
+                    let _ = s.read_to_string(&mut resp);
+                    if resp.get(9..12) == Some("200") && resp.contains(&token) {
+                        return Registry {
+                            child,
+                            port,
+                            _dir: dir,
+                        };
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("docker-registry did not start");
+    }
+}
+
+/// Debian's containerd 1.6 on a throwaway root (CRI off, every path in its own dir).
+struct Containerd {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        // Its overlay snapshots are unmounted by now; nothing else of it is mounted.
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.path())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("bb-ctd-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let p = |n: &str| dir.path().join(n).display().to_string();
+        let socket = dir.path().join("c.sock");
+        let config = format!(
+            "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{}\"\n[ttrpc]\n  address = \"{}\"\n[debug]\n  address = \"\"\n  level = \"warn\"\n\
+             [metrics]\n  address = \"\"\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{}\"\n",
+            p("root"),
+            p("state"),
+            socket.display(),
+            p("c.sock.ttrpc"),
+            p("opt")
+        );
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+            .spawn()
+            .expect("spawn containerd (Debian's containerd package)");
+        let c = Containerd { child, socket, dir };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if c.ctr("default", &["version"]).status.success() {
+                return c;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "containerd did not start: {}",
+            std::fs::read_to_string(c.dir.path().join("log")).unwrap_or_default()
+        );
+    }
+
+    fn ctr(&self, ns: &str, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .arg("-n")
+            .arg(ns)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+#[test]
+fn the_built_image_runs_on_containerd_1_6() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("push");
+    let registry = Registry::start();
+    let ctx = env.context(DOCKERFILE, &[("gen.sh", GEN)]);
+    let remote = format!("127.0.0.1:{}/berth/built:v1", registry.port);
+    env.berth(&["build", "-q", "-t", &remote, &ctx.to_string_lossy()]);
+    env.berth(&["push", &remote]);
+
+    let containerd = Containerd::start();
+    let ns = format!("build-{}", process_token());
+    let pulled = containerd.ctr(&ns, &["images", "pull", "--plain-http", &remote]);
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let id = format!("built-{}", process_token());
+    let ran = containerd.ctr(&ns, &["run", "--rm", &remote, &id]);
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "hello from berth\n");
+    let ran = containerd.ctr(&ns, &["run", "--rm", &remote, &id, "cat", "/home/app/uid"]);
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "1000\n");
+    // FROM the pushed image with --pull: fetched through the daemon even though present; its
+    // USER and WORKDIR carry into the new stage's RUN.
+    let ctx = env.context(&format!("FROM {remote}\nRUN hello > said\n"), &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("-H")
+        .arg(format!("unix://{}", env.daemon.socket.display()))
+        .arg("-n")
+        .arg(&env.ns)
+        .args(["build", "--pull", "--progress", "plain", "-t", "derived:v1"])
+        .arg(&ctx)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("pulling {remote}")));
+    assert_eq!(
+        env.berth(&["run", "--rm", "derived:v1", "cat", "/home/app/said"]),
+        "hello from berth\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn independent_stages_run_together() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("parallel");
+    let ctx = env.context(
+        &format!(
+            "FROM {BASE} AS a\nRUN sleep 1 && echo a > /a\n\nFROM {BASE} AS b\nRUN sleep 1 && echo b > /b\n\n\
+             FROM {BASE}\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n"
+        ),
+        &[],
+    );
+    let client = env.client().await;
+    let mut progress = Vec::new();
+    let opts = BuildOptions {
+        context: ctx,
+        tags: vec!["par:v1".into()],
+        ..BuildOptions::default()
+    };
+    build(&client, &opts, &mut progress).await.unwrap();
+    let log = String::from_utf8_lossy(&progress).into_owned();
+    // b's RUN starts before a's finishes: the two stages overlapped.
+    let b_started = log.find("#1 [stage b 1/1]").expect("stage b ran");
+    let a_done = log.find("#0 DONE").expect("stage a finished");
+    assert!(b_started < a_done, "stages ran one after another:\n{log}");
+    assert_eq!(
+        env.berth(&["run", "--rm", "par:v1", "cat", "/a", "/b"]),
+        "a\nb\n"
+    );
+}
+
+/// Removes the test's network even when an assertion fails half-way.
+struct NetworkGuard<'a>(&'a Env, String);
+
+impl Drop for NetworkGuard<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.0.daemon.socket.display()))
+            .args(["-n", &self.0.ns, "network", "rm", &self.1])
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
+#[test]
+fn run_joins_a_named_network() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("net");
+    let net = format!("b{}", std::process::id());
+    let _guard = NetworkGuard(&env, net.clone());
+    env.berth(&["network", "create", &net]);
+    let ctx = env.context(
+        &format!("FROM {BASE}\nRUN cat /proc/net/dev > /netdev\nRUN --network=none cat /proc/net/dev > /isolated\n"),
+        &[],
+    );
+    let c = ctx.to_string_lossy().into_owned();
+    env.berth(&["build", "-q", "--network", &net, "-t", "net:v1", &c]);
+    let joined = env.berth(&["run", "--rm", "net:v1", "cat", "/netdev"]);
+    assert!(joined.contains("eth0"), "{joined}");
+    let isolated = env.berth(&["run", "--rm", "net:v1", "cat", "/isolated"]);
+    assert!(!isolated.contains("eth0"), "{isolated}");
+    let err = env.berth_fails(&["build", "--network", "no-such-net", "-t", "net:v2", &c]);
+    assert!(err.contains("network no-such-net not found"), "{err}");
+}
