@@ -73,6 +73,7 @@
 //!
 #![doc = concat!("```no_run\n", include_str!("../examples/run_container.rs"), "\n```")]
 
+pub mod changes;
 mod client;
 pub mod containers;
 mod error;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 const IMAGE: &str = "docker.io/berth/busybox:fs";
 const APPLETS: &[&str] = &[
-    "sh", "echo", "true", "cat", "sleep", "httpd", "wget", "mkdir", "grep", "touch",
+    "sh", "echo", "true", "cat", "sleep", "httpd", "wget", "mkdir", "grep", "touch", "rm",
 ];
 
 struct Env {
@@ -249,4 +249,62 @@ fn containers_on_a_network_reach_each_other_by_name() {
             .any(|l| l.split_whitespace().skip(1).any(|n| n == "a")),
         "own name missing from a's /etc/hosts:\n{own}"
     );
+}
+
+#[test]
+fn diff_lists_added_changed_and_deleted_paths() {
+    let env = Env::start();
+    struct Cleanup<'a>(&'a Env);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.berth(&["rm", "-f", "changed", "running"]);
+        }
+    }
+    let _cleanup = Cleanup(&env);
+    env.ok(&[
+        "run",
+        "--name",
+        "changed",
+        IMAGE,
+        "sh",
+        "-c",
+        "mkdir -p /new/sub && echo x > /new/sub/f && echo extra >> /etc/passwd && rm /bin/true",
+    ]);
+    let out = env.ok(&["diff", "changed"]);
+    let lines: Vec<&str> = out.lines().collect();
+    for want in [
+        "A /new",
+        "A /new/sub",
+        "A /new/sub/f",
+        "C /etc",
+        "C /etc/passwd",
+        "C /bin",
+        "D /bin/true",
+    ] {
+        assert!(lines.contains(&want), "{want:?} missing from:\n{out}");
+    }
+    assert!(!out.contains("/bin/sh"), "an untouched file listed:\n{out}");
+
+    // A running container's changes, while it runs.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "running",
+        IMAGE,
+        "sh",
+        "-c",
+        "touch /live && exec sleep 60",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = env.ok(&["diff", "running"]);
+        if out.lines().any(|l| l == "A /live") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no A /live in:\n{out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, _, err) = env.berth(&["diff", "no-such-container"]);
+    assert_ne!(code, 0, "{err}");
 }

@@ -6,6 +6,7 @@
 
 mod container;
 pub mod format;
+mod fs;
 mod image;
 mod network;
 mod system;
@@ -141,6 +142,9 @@ enum Command {
     /// Network commands (create, ls, inspect, rm).
     #[command(subcommand)]
     Network(network::NetworkCommand),
+    /// List the files a container added (A), changed (C) or deleted (D) against its image.
+    #[command(after_help = "Example:\n  berth diff app")]
+    Diff(fs::DiffArgs),
     /// List a container's published ports.
     #[command(after_help = "Example:\n  berth port web 80/tcp")]
     Port(container::PortArgs),
@@ -330,6 +334,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Tag(a) => image::tag(&client, a).await,
         Command::Network(c) => network::network_command(&client, c).await,
         Command::Port(a) => container::port(&client, a).await,
+        Command::Diff(a) => fs::diff(&client, a).await,
         Command::Pull(a) => image::pull(&client, a).await,
         Command::Push(a) => image::push(&client, a).await,
         Command::Save(a) => image::save(&client, a).await,
