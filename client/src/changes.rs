@@ -2,7 +2,7 @@
 //! layer between a View of the container's parent snapshot and the container's own snapshot,
 //! as `commit` would; each entry of that layer is then Added or Changed by whether the path
 //! exists in the parent (a read-only mount of the View, resolved with openat2 RESOLVE_IN_ROOT),
-//! and each whiteout is a Deletion.
+//! and each whiteout is a Deletion. `export` is the same Diff against an empty tree.
 
 use crate::api::services::content::v1::content_client::ContentClient;
 use crate::api::services::content::v1::ReadContentRequest;
@@ -16,7 +16,7 @@ use crate::api::types::Mount;
 use crate::containers::ContainerInfo;
 use crate::{Client, Error, Result};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Seek, Write};
+use std::io::Seek;
 use std::os::fd::AsRawFd;
 use tonic::Code;
 
@@ -95,33 +95,9 @@ impl Client {
                 .await?
                 .into_inner()
                 .mounts;
-            let desc = DiffClient::new(self.channel.clone())
-                .diff(lease.request(DiffRequest {
-                    left: left.clone(),
-                    right,
-                    media_type: "application/vnd.oci.image.layer.v1.tar".into(),
-                    r#ref: String::new(),
-                    labels: HashMap::new(),
-                    source_date_epoch: None,
-                }))
-                .await?
-                .into_inner()
-                .diff
-                .ok_or_else(|| Error::local(Code::Internal, "Diff answered no descriptor"))?;
+            let desc = self.layer_between(&lease, left.clone(), right).await?;
             let mut layer = tempfile::tempfile().map_err(|e| Error::io("create a temp file", e))?;
-            let mut stream = ContentClient::new(self.channel.clone())
-                .read(self.request(ReadContentRequest {
-                    digest: desc.digest.clone(),
-                    offset: 0,
-                    size: 0,
-                }))
-                .await?
-                .into_inner();
-            while let Some(chunk) = stream.message().await? {
-                layer
-                    .write_all(&chunk.data)
-                    .map_err(|e| Error::io("write the layer to a temp file", e))?;
-            }
+            self.copy_blob(&desc.digest, &mut layer).await?;
             tokio::task::spawn_blocking(move || classify(layer, &left))
                 .await
                 .map_err(|e| Error::local(Code::Internal, format!("reading the layer: {e}")))?
@@ -141,6 +117,83 @@ impl Client {
         }
         released?;
         Ok(changes)
+    }
+}
+
+impl Client {
+    /// `berth export`: a tar of `container`'s whole filesystem (its snapshot as the Diff
+    /// service sees it against an empty tree) written to `out`.
+    pub async fn export_container(
+        &self,
+        container: &ContainerInfo,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<()> {
+        if container.snapshot_key.is_empty() {
+            return Err(Error::invalid(format!(
+                "container {} has no rootfs snapshot",
+                container.id
+            )));
+        }
+        let right = SnapshotsClient::new(self.channel.clone())
+            .mounts(self.request(MountsRequest {
+                snapshotter: container.snapshotter.clone(),
+                key: container.snapshot_key.clone(),
+            }))
+            .await?
+            .into_inner()
+            .mounts;
+        let lease = self
+            .leases()
+            .create(std::time::Duration::from_secs(3600))
+            .await?;
+        let result = async {
+            let desc = self.layer_between(&lease, Vec::new(), right).await?;
+            self.copy_blob(&desc.digest, out).await
+        }
+        .await;
+        let released = lease.release().await;
+        result?;
+        released
+    }
+
+    /// Diff/Diff of `right` against `left`, an uncompressed tar, held by `lease`.
+    async fn layer_between(
+        &self,
+        lease: &crate::leases::LeaseGuard,
+        left: Vec<Mount>,
+        right: Vec<Mount>,
+    ) -> Result<crate::api::types::Descriptor> {
+        DiffClient::new(self.channel.clone())
+            .diff(lease.request(DiffRequest {
+                left,
+                right,
+                media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+                r#ref: String::new(),
+                labels: HashMap::new(),
+                source_date_epoch: None,
+            }))
+            .await?
+            .into_inner()
+            .diff
+            .ok_or_else(|| Error::local(Code::Internal, "Diff answered no descriptor"))
+    }
+
+    /// A blob's bytes from Content into `out`, as they arrive.
+    async fn copy_blob(&self, digest: &str, out: &mut (dyn std::io::Write + Send)) -> Result<()> {
+        let mut stream = ContentClient::new(self.channel.clone())
+            .read(self.request(ReadContentRequest {
+                digest: digest.to_string(),
+                offset: 0,
+                size: 0,
+            }))
+            .await?
+            .into_inner();
+        while let Some(chunk) = stream.message().await? {
+            out.write_all(&chunk.data)
+                .map_err(|e| Error::io("write the container's files", e))?;
+        }
+        out.flush()
+            .map_err(|e| Error::io("write the container's files", e))
     }
 }
 

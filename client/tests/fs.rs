@@ -252,7 +252,7 @@ fn containers_on_a_network_reach_each_other_by_name() {
 }
 
 #[test]
-fn diff_lists_added_changed_and_deleted_paths() {
+fn diff_and_export_of_a_container() {
     let env = Env::start();
     struct Cleanup<'a>(&'a Env);
     impl Drop for Cleanup<'_> {
@@ -284,6 +284,48 @@ fn diff_lists_added_changed_and_deleted_paths() {
         assert!(lines.contains(&want), "{want:?} missing from:\n{out}");
     }
     assert!(!out.contains("/bin/sh"), "an untouched file listed:\n{out}");
+
+    // export: the whole filesystem, changes included, to a file and to stdout.
+    let file = env.dir.path().join("changed.tar");
+    env.ok(&["export", "-o", &file.to_string_lossy(), "changed"]);
+    let names = |bytes: &[u8]| -> Vec<String> {
+        tar::Archive::new(bytes)
+            .entries()
+            .expect("tar")
+            .map(|e| {
+                let e = e.expect("tar entry");
+                e.path()
+                    .expect("path")
+                    .to_string_lossy()
+                    .trim_end_matches('/')
+                    .to_string()
+            })
+            .collect()
+    };
+    let listed = names(&std::fs::read(&file).expect("exported file"));
+    for want in ["new/sub/f", "etc/passwd", "bin/sh"] {
+        assert!(
+            listed.iter().any(|n| n == want),
+            "{want} not in the export: {listed:?}"
+        );
+    }
+    assert!(
+        !listed.iter().any(|n| n == "bin/true" || n.contains(".wh.")),
+        "{listed:?}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("-H")
+        .arg(format!("unix://{}", env.daemon.socket.display()))
+        .args(["-n", &env.ns, "export", "changed"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run berth export");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(names(&out.stdout), listed);
 
     // A running container's changes, while it runs.
     env.ok(&[

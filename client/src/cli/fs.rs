@@ -1,4 +1,4 @@
-//! Filesystem commands on a container: diff.
+//! Filesystem commands on a container: diff, export.
 
 use super::CliResult;
 use crate::Client;
@@ -22,5 +22,43 @@ pub async fn diff(client: &Client, a: DiffArgs) -> CliResult {
         out.push('\n');
     }
     print!("{out}");
+    Ok(0)
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The container (name or id prefix).
+    container: String,
+    /// Write to this file instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: Option<std::path::PathBuf>,
+}
+
+/// docker's `export`: a tar of the container's filesystem, to a file or a non-terminal stdout.
+pub async fn export(client: &Client, a: ExportArgs) -> CliResult {
+    use std::io::IsTerminal;
+    let container = client.containers().find(&a.container).await?;
+    match &a.output {
+        Some(path) => {
+            let mut file = std::fs::File::create(path)
+                .map_err(|e| format!("create {}: {e}", path.display()))?;
+            if let Err(e) = client.export_container(&container, &mut file).await {
+                drop(file);
+                let _ = std::fs::remove_file(path);
+                return Err(e.into());
+            }
+        }
+        None => {
+            let stdout = std::io::stdout();
+            if stdout.is_terminal() {
+                return Err(String::from(
+                    "refusing to write a tar to a terminal: use -o FILE or a redirect",
+                )
+                .into());
+            }
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout);
+            client.export_container(&container, &mut out).await?;
+        }
+    }
     Ok(0)
 }

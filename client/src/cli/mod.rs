@@ -145,6 +145,11 @@ enum Command {
     /// List the files a container added (A), changed (C) or deleted (D) against its image.
     #[command(after_help = "Example:\n  berth diff app")]
     Diff(fs::DiffArgs),
+    /// Write a container's filesystem as a tar archive.
+    #[command(
+        after_help = "Examples:\n  berth export -o app.tar app\n  berth export app | tar -t"
+    )]
+    Export(fs::ExportArgs),
     /// List a container's published ports.
     #[command(after_help = "Example:\n  berth port web 80/tcp")]
     Port(container::PortArgs),
@@ -335,6 +340,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Network(c) => network::network_command(&client, c).await,
         Command::Port(a) => container::port(&client, a).await,
         Command::Diff(a) => fs::diff(&client, a).await,
+        Command::Export(a) => fs::export(&client, a).await,
         Command::Pull(a) => image::pull(&client, a).await,
         Command::Push(a) => image::push(&client, a).await,
         Command::Save(a) => image::save(&client, a).await,
