@@ -74,6 +74,7 @@
 #![doc = concat!("```no_run\n", include_str!("../examples/run_container.rs"), "\n```")]
 
 pub mod build;
+pub mod changes;
 mod client;
 pub mod containers;
 mod error;
@@ -81,6 +82,7 @@ pub mod events;
 pub mod images;
 pub mod leases;
 pub mod lifecycle;
+pub mod mounts;
 pub mod names;
 pub mod networks;
 pub mod spec;

@@ -60,6 +60,9 @@ pub struct ContainerConfig {
     pub networks: Vec<String>,
     /// Ports to publish on those networks (berthd's `berth/ports`).
     pub ports: Vec<PublishedPort>,
+    /// Bind mounts and tmpfs (`-v`, `--mount`, `--tmpfs`), after the defaults; one on a
+    /// default's destination replaces it.
+    pub mounts: Vec<crate::mounts::MountRequest>,
 }
 
 /// docker's `-p [IP:]HOST:CONTAINER[/PROTO]`, in the shape berthd's `berth/ports` label takes.
@@ -447,6 +450,10 @@ pub fn generate(
                 }
             }
         }
+    }
+    for request in &config.mounts {
+        mounts.retain(|m| m.destination().to_str() != Some(request.destination()));
+        mounts.push(request.oci_mount()?);
     }
     let namespaces = namespaces
         .into_iter()

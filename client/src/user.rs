@@ -232,7 +232,7 @@ fn read_in_root(root: &std::fs::File, path: &str) -> Result<Option<String>> {
     Ok(Some(text))
 }
 
-fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
+pub(crate) fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
     use nix::mount::{mount, MsFlags};
     let m = match mounts {
         [m] => m,

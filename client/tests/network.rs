@@ -133,8 +133,7 @@ fn httpd_published_with_p_and_reached_by_ip_on_a_network() {
     };
     assert_eq!(body.trim(), "hello-from-web");
 
-    // Another container on the network reaches it by IP. (By name it cannot yet: berthd's
-    // hosts files reach a container without its own or its peers' entries — reported.)
+    // Another container on the network reaches it by IP (by name: tests/fs.rs).
     let addr = env.ok(&["exec", "web", "ip", "-4", "-o", "addr", "show", "eth0"]);
     let ip = addr
         .split_whitespace()

@@ -29,6 +29,8 @@ use crate::blocking::blocking;
 pub const NETWORKS_LABEL: &str = "berth/networks";
 /// The label listing a container's published ports.
 pub const PORTS_LABEL: &str = "berth/ports";
+/// The label holding the name `berth run --name` gave a container.
+pub const NAME_LABEL: &str = "io.berth.name";
 
 /// `[cni]`: where plugins, network configs and attachment state live.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,11 +230,28 @@ impl Networking {
             .filter(|h| !h.is_empty())
             .unwrap_or(&container.id)
             .to_string();
+        // Peers reach a container by the name the CLI gave it as well as by its id.
+        let mut aliases: Vec<String> = container
+            .labels
+            .get(NAME_LABEL)
+            // A label set by another client may not be a host name: it is then left out
+            // rather than failing the task.
+            .filter(|n| {
+                !n.is_empty()
+                    && n.len() <= 253
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+                    && **n != hostname
+            })
+            .cloned()
+            .into_iter()
+            .collect();
+        aliases.push(container.id.clone());
         let opts = AttachOptions {
             networks,
             ports,
             hostname,
-            aliases: vec![container.id.clone()],
+            aliases,
             ..Default::default()
         };
         let attachment = self

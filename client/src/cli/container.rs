@@ -5,6 +5,7 @@ use super::format::{self, Format};
 use super::CliResult;
 use crate::containers::ContainerInfo;
 use crate::lifecycle::ContainerStatus;
+use crate::mounts::MountRequest;
 use crate::spec::{ContainerConfig, Network};
 use crate::stdio::{RawTerminal, StdioConfig};
 use crate::{Client, Error};
@@ -104,6 +105,15 @@ pub struct ContainerOptions {
     /// (needs --network NAME).
     #[arg(short = 'p', long = "publish", value_name = "PORTS")]
     publish: Vec<String>,
+    /// Bind-mount a host path: /host/path:/container/path[:ro] (the host path must exist).
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:OPTS]")]
+    volume: Vec<String>,
+    /// Attach a mount: type=bind|tmpfs,source=SRC,target=DST[,readonly][,tmpfs-size=64m].
+    #[arg(long = "mount", value_name = "FIELDS")]
+    mount: Vec<String>,
+    /// Mount a fresh tmpfs: /path[:size=64m,mode=1777,exec] (noexec,nosuid,nodev by default).
+    #[arg(long = "tmpfs", value_name = "PATH[:OPTS]")]
+    tmpfs: Vec<String>,
     /// Pull the image first: missing (when not here), always, or never.
     #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
     pull: String,
@@ -175,7 +185,30 @@ impl ContainerOptions {
                 .iter()
                 .map(|p| crate::spec::PublishedPort::parse(p))
                 .collect::<crate::Result<_>>()?,
+            mounts: self.mounts()?,
         })
+    }
+}
+
+impl ContainerOptions {
+    /// `-v`, `--mount` and `--tmpfs` in that order; two on one destination are refused, as
+    /// docker does.
+    fn mounts(&self) -> CliResult<Vec<MountRequest>> {
+        let mut out: Vec<MountRequest> = Vec::new();
+        let parsed = self
+            .volume
+            .iter()
+            .map(|v| MountRequest::parse_volume_flag(v))
+            .chain(self.mount.iter().map(|m| MountRequest::parse_mount_flag(m)))
+            .chain(self.tmpfs.iter().map(|t| MountRequest::parse_tmpfs_flag(t)));
+        for m in parsed {
+            let m = m?;
+            if out.iter().any(|o| o.destination() == m.destination()) {
+                return Err(format!("duplicate mount point: {}", m.destination()).into());
+            }
+            out.push(m);
+        }
+        Ok(out)
     }
 }
 

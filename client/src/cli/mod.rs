@@ -7,6 +7,7 @@
 mod build;
 mod container;
 pub mod format;
+mod fs;
 mod image;
 mod network;
 mod system;
@@ -152,6 +153,14 @@ enum Command {
     /// Network commands (create, ls, inspect, rm).
     #[command(subcommand)]
     Network(network::NetworkCommand),
+    /// List the files a container added (A), changed (C) or deleted (D) against its image.
+    #[command(after_help = "Example:\n  berth diff app")]
+    Diff(fs::DiffArgs),
+    /// Write a container's filesystem as a tar archive.
+    #[command(
+        after_help = "Examples:\n  berth export -o app.tar app\n  berth export app | tar -t"
+    )]
+    Export(fs::ExportArgs),
     /// List a container's published ports.
     #[command(after_help = "Example:\n  berth port web 80/tcp")]
     Port(container::PortArgs),
@@ -344,6 +353,8 @@ async fn run(cli: Cli) -> CliResult {
         Command::History(a) => build::history(&client, a).await,
         Command::Builder(c) => build::builder(&client, c).await,
         Command::Port(a) => container::port(&client, a).await,
+        Command::Diff(a) => fs::diff(&client, a).await,
+        Command::Export(a) => fs::export(&client, a).await,
         Command::Pull(a) => image::pull(&client, a).await,
         Command::Push(a) => image::push(&client, a).await,
         Command::Save(a) => image::save(&client, a).await,
