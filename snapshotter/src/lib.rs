@@ -207,6 +207,32 @@ pub trait Snapshotter: Send + Sync {
     /// For the diff service's fast path: the directory a layer tar is extracted into for an active
     /// snapshot (overlay: its upperdir; native: its full tree). Not active is FailedPrecondition.
     fn active_dir(&self, key: &str) -> Result<PathBuf>;
+    /// Whether [`Snapshotter::commit_onto`] works: a layer applied with no parent stays valid
+    /// under any parent (containerd 2.2's "rebase" capability), which lets layers of one image
+    /// be unpacked side by side and chained afterwards.
+    fn can_rebase(&self) -> bool {
+        false
+    }
+    /// Commits the active snapshot `key`, prepared with no parent, as `name` on top of the
+    /// committed `parent`. A missing parent is NotFound, one not committed InvalidArgument, a
+    /// taken `name` AlreadyExists, a `key` that has a parent FailedPrecondition; nothing changes
+    /// on error. Durable as [`Snapshotter::commit`].
+    fn commit_onto(
+        &self,
+        name: &str,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        let _ = (name, key, parent, labels);
+        Err(Error::new(
+            berth_errdefs::Kind::Unimplemented,
+            format!(
+                "snapshotter {} cannot commit a layer onto a parent",
+                self.name()
+            ),
+        ))
+    }
 }
 
 /// Checks labels against containerd's size limit.

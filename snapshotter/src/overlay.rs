@@ -105,6 +105,22 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     delegate_to_store!();
+
+    // An upper directory records whiteouts (0/0 character devices) and opaque directories
+    // (xattr) by themselves, whatever the lowers under it, so it can be chained after the fact.
+    fn can_rebase(&self) -> bool {
+        true
+    }
+
+    fn commit_onto(
+        &self,
+        name: &str,
+        key: &str,
+        parent: &str,
+        labels: std::collections::HashMap<String, String>,
+    ) -> Result<()> {
+        self.store.commit_onto(name, key, parent, labels)
+    }
 }
 
 /// A scratch directory under `root` with the dirs an overlay mount test needs; removed on drop.

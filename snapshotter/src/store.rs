@@ -496,6 +496,29 @@ impl MetaStore {
     /// Commits the active snapshot `key` as `name`: measures and syncs its layer, then replaces
     /// its record (same id, same directory).
     pub fn commit(&self, name: &str, key: &str, labels: HashMap<String, String>) -> Result<()> {
+        self.commit_under(name, key, None, labels)
+    }
+
+    /// Commits the parentless active snapshot `key` as `name` on top of the committed `parent`
+    /// ("" keeps it a base layer). Only sound where a layer directory does not depend on its
+    /// parents (overlay upper directories), which the caller vouches for.
+    pub fn commit_onto(
+        &self,
+        name: &str,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        self.commit_under(name, key, Some(parent), labels)
+    }
+
+    fn commit_under(
+        &self,
+        name: &str,
+        key: &str,
+        onto: Option<&str>,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
         if name.is_empty() || key.is_empty() {
             return Err(Error::invalid("snapshot name and key must not be empty"));
         }
@@ -504,6 +527,17 @@ impl MetaStore {
             let mut g = self.lock_idle(key);
             if g.entries.contains_key(name) {
                 return Err(Error::exists(name));
+            }
+            if let Some(parent) = onto.filter(|p| !p.is_empty()) {
+                // The new parent is checked like prepare's: it exists, is committed, and its own
+                // chain is sound. `name` is not in the index yet, so it cannot be on that chain.
+                let p = Self::get(&g, parent)?;
+                if p.info.kind != Kind::Committed {
+                    return Err(Error::invalid(format!(
+                        "parent {parent:?} is not a committed snapshot"
+                    )));
+                }
+                Self::chain(&g, parent)?;
             }
             let e = g
                 .entries
@@ -515,11 +549,18 @@ impl MetaStore {
                     "snapshot {key:?} is not active"
                 )));
             }
+            if onto.is_some() && !e.info.parent.is_empty() {
+                return Err(Error::precondition(format!(
+                    "snapshot {key:?} already has parent {:?}",
+                    e.info.parent
+                )));
+            }
             e.state = State::Busy;
+            let parent = onto.map_or_else(|| e.info.parent.clone(), str::to_string);
             let now = SystemTime::now();
             let info = Info {
                 name: name.to_string(),
-                parent: e.info.parent.clone(),
+                parent,
                 kind: Kind::Committed,
                 labels, // replaced, not inherited (containerd)
                 created: now,
@@ -534,6 +575,10 @@ impl MetaStore {
                 state: State::Creating,
             };
             g.entries.insert(name.to_string(), reserved);
+            if let Some(p) = onto.and_then(|p| g.entries.get_mut(p)) {
+                // Held from now, so the parent cannot be removed under the commit.
+                p.children += 1;
+            }
             (id, info)
         };
 
@@ -560,6 +605,9 @@ impl MetaStore {
                 g.entries.remove(name);
                 if let Some(e) = g.entries.get_mut(key) {
                     e.state = State::Ready;
+                }
+                if let Some(p) = onto.and_then(|p| g.entries.get_mut(p)) {
+                    p.children = p.children.saturating_sub(1);
                 }
                 Err(err)
             }

@@ -45,6 +45,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("concurrent", concurrent),
     ("metadata_preserved", metadata_preserved),
     ("active_dir", active_dir),
+    ("commit_onto", commit_onto),
 ];
 
 /// Runs every case in turn.
@@ -383,6 +384,118 @@ pub fn whiteouts(factory: Factory) {
         assert_eq!(tree(&mnt), want, "{kind} of l2");
         g.unmount();
     }
+}
+
+/// A layer unpacked into a snapshot of its own, with its whiteouts written as overlay stores
+/// them, and chained under its parent afterwards: the union is as if it had been applied on top.
+/// Bad re-parents (a missing parent, an active one, itself, a taken name, a key that has a parent)
+/// change nothing. Snapshotters without the capability answer Unimplemented and change nothing.
+pub fn commit_onto(factory: Factory) {
+    let env = Env::new("commit-onto");
+    let sn = factory(&env.root());
+    let l = HashMap::new;
+    let mnt = env.mnt("m");
+    let ms = sn.prepare("b-a", "", l()).expect("prepare base");
+    {
+        let g = mount(&ms, &mnt);
+        write(&mnt.join("top"), "top");
+        write(&mnt.join("dir1/f1"), "1");
+        write(&mnt.join("dir3/old"), "old");
+        write(&mnt.join("keep/k"), "k");
+        g.unmount();
+    }
+    sn.commit("b", "b-a", l()).expect("commit base");
+    sn.prepare("l-a", "", l())
+        .expect("prepare the layer with no parent");
+    if !sn.can_rebase() {
+        assert_err!(sn.commit_onto("l", "l-a", "b", l()), Unimplemented);
+        assert_eq!(sn.stat("l-a").expect("stat").kind, Kind::Active);
+        assert_err!(sn.stat("l"), NotFound);
+        return;
+    }
+    let upper = sn.active_dir("l-a").expect("active dir");
+    whiteout(&upper.join("top"));
+    fs::create_dir(upper.join("dir1")).expect("mkdir dir1");
+    whiteout(&upper.join("dir1/f1"));
+    fs::create_dir(upper.join("dir3")).expect("mkdir dir3");
+    set_opaque(&upper.join("dir3"));
+    write(&upper.join("dir3/new"), "new");
+
+    assert_err!(sn.commit_onto("l", "l-a", "missing", l()), NotFound);
+    assert_err!(sn.commit_onto("l", "l-a", "l-a", l()), InvalidArgument);
+    // A cycle: the parent named is the snapshot being committed.
+    assert_err!(sn.commit_onto("l", "l-a", "l", l()), NotFound);
+    assert_err!(sn.commit_onto("b", "l-a", "b", l()), AlreadyExists);
+    sn.prepare("c-a", "b", l()).expect("prepare a child of b");
+    assert_err!(sn.commit_onto("c", "c-a", "b", l()), FailedPrecondition);
+    sn.remove("c-a").expect("remove c-a");
+    let active = sn.stat("l-a").expect("stat the layer after failures");
+    assert_eq!((active.kind, active.parent.as_str()), (Kind::Active, ""));
+    assert_err!(sn.stat("l"), NotFound);
+    // Failed attempts held no reference on b.
+    sn.view("b-v", "b", l()).expect("view b");
+    sn.remove("b-v").expect("remove b-v");
+
+    sn.commit_onto("l", "l-a", "b", labels(&[("k", "v")]))
+        .expect("commit onto b");
+    assert_err!(sn.stat("l-a"), NotFound);
+    let want: BTreeMap<String, String> = [
+        ("dir1", "dir"),
+        ("dir3", "dir"),
+        ("dir3/new", "file:new"),
+        ("keep", "dir"),
+        ("keep/k", "file:k"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let check = |sn: &dyn Snapshotter, when: &str| {
+        let info = sn.stat("l").expect("stat l");
+        assert_eq!(
+            (
+                info.kind,
+                info.parent.as_str(),
+                info.labels.get("k").map(String::as_str)
+            ),
+            (Kind::Committed, "b", Some("v")),
+            "{when}"
+        );
+        assert_err!(sn.remove("b"), FailedPrecondition);
+        let ms = sn.view("v", "l", HashMap::new()).expect("view l");
+        let g = mount(&ms, &mnt);
+        assert_eq!(tree(&mnt), want, "{when}");
+        g.unmount();
+        sn.remove("v").expect("remove view");
+    };
+    check(sn.as_ref(), "after the commit");
+    drop(sn);
+    let sn = factory(&env.root());
+    check(sn.as_ref(), "after a restart");
+    sn.remove("l").expect("remove l");
+    sn.remove("b")
+        .expect("remove b once its rebased child is gone");
+}
+
+/// An overlay whiteout: a 0/0 character device.
+fn whiteout(path: &Path) {
+    use nix::sys::stat::{mknod, Mode, SFlag};
+    mknod(path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o600), 0)
+        .unwrap_or_else(|e| panic!("mknod {path:?}: {e}"));
+}
+
+/// An overlay opaque directory: it hides what the lowers hold under its name.
+fn set_opaque(dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("path without NUL");
+    let name = c"trusted.overlay.opaque";
+    // SAFETY: both strings are NUL-terminated and the value is a live 1-byte buffer.
+    let rc = unsafe { nix::libc::lsetxattr(p.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+    assert_eq!(
+        rc,
+        0,
+        "set opaque on {dir:?}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// A view cannot be written, whatever its depth (containerd's ViewReadonly).
@@ -1233,6 +1346,7 @@ mod tests {
         concurrent,
         metadata_preserved,
         active_dir,
+        commit_onto,
     );
 
     #[test]
