@@ -88,6 +88,38 @@ fn ctr_2_pulls_with_user_from_an_htpasswd_registry() {
     );
     assert_eq!(d.ctr("auth", &["images", "ls", "-q"]).trim(), reference);
     assert_eq!(content_digests(&d, "auth").len(), 3);
+
+    // Push back under another name: refused without credentials, stored with --user.
+    let pushed = format!("{}/pushed/busybox:latest", registry.host());
+    d.ctr("auth", &["images", "tag", &reference, &pushed]);
+    let err = d.ctr_err("auth", &["images", "push", "--plain-http", &pushed]);
+    assert!(
+        err.contains("401") || err.contains("unauthenticated") || err.contains("authoriz"),
+        "{err}"
+    );
+    d.ctr(
+        "auth",
+        &[
+            "images",
+            "push",
+            "--plain-http",
+            "--user",
+            "berth:s3cret-pw",
+            &pushed,
+        ],
+    );
+    d.ctr("auth", &["images", "rm", &pushed]);
+    d.ctr(
+        "auth",
+        &[
+            "images",
+            "pull",
+            "--plain-http",
+            "--user",
+            "berth:s3cret-pw",
+            &pushed,
+        ],
+    );
     // The password never reaches berthd's log.
     assert!(
         !d.log().contains("s3cret-pw"),
