@@ -16,12 +16,14 @@
 //!
 //! Every fd is O_CLOEXEC (std and pipe2 flags), so nothing but the pipes reaches runc.
 
+use crate::crilog;
 use crate::logger;
 use crate::runc::ProcStdio;
 use nix::cmsg_space;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
 use nix::unistd::{fchown, pipe2, Gid, Uid};
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -29,6 +31,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::rc::Rc;
 
 const BUF_SIZE: usize = 16 * 1024;
 
@@ -42,6 +45,9 @@ pub enum Target {
     /// `binary://` (stdout/stderr only): a logging program the shim starts, which reads the
     /// process's output itself (containerd's logging plugins, as nerdctl uses).
     Binary(logger::Command),
+    /// `cri-log://` (stdout/stderr only): the shim writes the CRI log format itself
+    /// (`crilog.rs`).
+    CriLog(crilog::Spec),
 }
 
 pub fn parse_target(s: &str) -> Result<Target, String> {
@@ -49,13 +55,15 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
         return Ok(Target::None);
     } else if s.starts_with("binary://") {
         return logger::Command::parse(s).map(Target::Binary);
+    } else if s.starts_with("cri-log://") {
+        return crilog::Spec::parse(s).map(Target::CriLog);
     } else if let Some(p) = s.strip_prefix("file://") {
         (p, true)
     } else if let Some(p) = s.strip_prefix("fifo://") {
         (p, false)
     } else if s.contains("://") {
         return Err(format!(
-            "unsupported stdio URI {s:?} (only FIFO paths, file:// and binary://)"
+            "unsupported stdio URI {s:?} (only FIFO paths, file://, binary:// and cri-log://)"
         ));
     } else {
         (s, false)
@@ -126,11 +134,18 @@ pub enum Direction {
     Output,
 }
 
+/// Where a copier writes.
+enum Dst {
+    File(File),
+    /// Never blocks: records go to the log's writer thread (or are dropped and counted).
+    CriLog(crilog::Sink),
+}
+
 /// Copies one stream through a small buffer, driven by the event loop.
 pub struct Copier {
     pub dir: Direction,
     src: File,
-    dst: File,
+    dst: Dst,
     /// Held open only to keep the FIFO readable (stdout/stderr spare reader).
     _spare: Option<File>,
     buf: Vec<u8>,
@@ -149,7 +164,7 @@ pub enum Interest<'a> {
 }
 
 impl Copier {
-    fn new(dir: Direction, src: File, dst: File, spare: Option<File>, pty: bool) -> Self {
+    fn new(dir: Direction, src: File, dst: Dst, spare: Option<File>, pty: bool) -> Self {
         Copier {
             dir,
             src,
@@ -164,10 +179,9 @@ impl Copier {
     }
 
     pub fn interest(&self) -> Interest<'_> {
-        if self.start < self.end {
-            Interest::Write(self.dst.as_fd())
-        } else {
-            Interest::Read(self.src.as_fd())
+        match &self.dst {
+            Dst::File(dst) if self.start < self.end => Interest::Write(dst.as_fd()),
+            _ => Interest::Read(self.src.as_fd()),
         }
     }
 
@@ -180,7 +194,15 @@ impl Copier {
     pub fn step(&mut self) -> bool {
         loop {
             if self.start < self.end {
-                match self.dst.write(&self.buf[self.start..self.end]) {
+                let dst = match &mut self.dst {
+                    Dst::File(f) => f,
+                    Dst::CriLog(sink) => {
+                        sink.write(&self.buf[self.start..self.end]);
+                        self.start = self.end;
+                        continue;
+                    }
+                };
+                match dst.write(&self.buf[self.start..self.end]) {
                     Ok(n) => self.start += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -225,7 +247,7 @@ pub struct Prepared {
     pub io: ProcessIo,
     pub proc_stdio: ProcStdio,
     pty_stdin: Option<File>,
-    pty_stdout: Option<(File, Option<File>)>,
+    pty_stdout: Option<(Dst, Option<File>)>,
 }
 
 /// Open the FIFOs/files for a process. For terminal mode, runc gets /dev/null and the
@@ -245,10 +267,10 @@ pub fn prepare(
 
     match stdin {
         Target::None => {}
-        Target::File(_) | Target::Binary(_) => {
+        Target::File(_) | Target::Binary(_) | Target::CriLog(_) => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "file:// and binary:// are not supported for stdin",
+                "file://, binary:// and cri-log:// are not supported for stdin",
             ))
         }
         Target::Fifo(p) => {
@@ -263,7 +285,7 @@ pub fn prepare(
                 io.copiers.push(Copier::new(
                     Direction::Stdin,
                     reader,
-                    File::from(w),
+                    Dst::File(File::from(w)),
                     None,
                     false,
                 ));
@@ -289,7 +311,7 @@ pub fn prepare(
         let (err_r, err_w) = pipe(owner)?;
         io.logger = Some(logger::Logger::start(cmd, env, out_r, err_r)?);
         if terminal {
-            pty_stdout = Some((File::from(out_w), None));
+            pty_stdout = Some((Dst::File(File::from(out_w)), None));
         } else {
             proc_stdio.stdout = Stdio::from(out_w);
             proc_stdio.stderr = Stdio::from(err_w);
@@ -302,12 +324,30 @@ pub fn prepare(
         });
     }
 
+    // stdout and stderr naming the same cri-log:// file share its writer.
+    let mut cri_logs: Vec<(crilog::Spec, Rc<RefCell<crilog::CriLog>>)> = Vec::new();
     for (target, is_err) in [(stdout, false), (stderr, true)] {
         let (dst, spare) = match target {
             Target::None | Target::Binary(_) => continue,
             Target::Fifo(p) => {
                 let spare = open_fifo(p, true)?;
-                (open_fifo(p, false)?, Some(spare))
+                (Dst::File(open_fifo(p, false)?), Some(spare))
+            }
+            Target::CriLog(spec) => {
+                let log = match cri_logs.iter().find(|(s, _)| s == spec) {
+                    Some((_, log)) => log.clone(),
+                    None => {
+                        let log = crilog::CriLog::open(spec)?;
+                        cri_logs.push((spec.clone(), log.clone()));
+                        log
+                    }
+                };
+                let stream = if is_err {
+                    crilog::Stream::Stderr
+                } else {
+                    crilog::Stream::Stdout
+                };
+                (Dst::CriLog(crilog::Sink::new(log, stream)), None)
             }
             Target::File(p) => {
                 let f = OpenOptions::new()
@@ -316,7 +356,7 @@ pub fn prepare(
                     .custom_flags(OFlag::O_NONBLOCK.bits())
                     .open(p)
                     .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
-                (f, None)
+                (Dst::File(f), None)
             }
         };
         if terminal {
@@ -359,9 +399,13 @@ impl Prepared {
         set_nonblocking(master.as_fd(), true)?;
         if let Some(reader) = self.pty_stdin.take() {
             let m = master.try_clone()?;
-            self.io
-                .copiers
-                .push(Copier::new(Direction::Stdin, reader, m, None, false));
+            self.io.copiers.push(Copier::new(
+                Direction::Stdin,
+                reader,
+                Dst::File(m),
+                None,
+                false,
+            ));
         }
         if let Some((dst, spare)) = self.pty_stdout.take() {
             let m = master.try_clone()?;
@@ -464,6 +508,11 @@ mod tests {
             Ok(Target::Binary(_))
         ));
         assert!(parse_target("binary://rel").is_err());
+        assert!(matches!(
+            parse_target("cri-log:///l/c.log?max-size=1k"),
+            Ok(Target::CriLog(_))
+        ));
+        assert!(parse_target("cri-log://rel").is_err());
         assert!(parse_target("tcp://host:1").is_err());
         assert!(parse_target("rel/path").is_err());
     }
