@@ -241,6 +241,12 @@ impl Containers {
         let mut labels = config.labels.clone();
         labels.insert(NAME_LABEL.to_string(), name.clone());
         labels.insert(
+            crate::logs::LOG_PATH_LABEL.to_string(),
+            crate::logs::log_path(&self.client.namespace, &id)
+                .to_string_lossy()
+                .into_owned(),
+        );
+        labels.insert(
             NETWORK_LABEL.to_string(),
             match config.network {
                 Network::Named => config.networks.join(","),

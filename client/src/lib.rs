@@ -80,6 +80,7 @@ pub mod events;
 pub mod images;
 pub mod leases;
 pub mod lifecycle;
+pub mod logs;
 pub mod names;
 pub mod networks;
 pub mod spec;

@@ -260,7 +260,15 @@ impl Client {
             }
         }
         let fifos = stdio.map(|s| Fifos::new(&container.id, s)).transpose()?;
-        let io = fifos.as_ref().map(Fifos::task_io).unwrap_or_default();
+        let mut io = fifos.as_ref().map(Fifos::task_io).unwrap_or_default();
+        // Detached: the shim writes the output to the container's log file (`berth logs`).
+        if let (None, Some(path)) = (&fifos, container.labels.get(crate::logs::LOG_PATH_LABEL)) {
+            let uri = crate::logs::log_uri(std::path::Path::new(path)).map_err(|e| {
+                Error::local(Code::Internal, format!("log directory of {path}: {e}"))
+            })?;
+            io.stdout = uri.clone();
+            io.stderr = uri;
+        }
         let (attached, stdin_done) = match (&fifos, stdio) {
             (Some(f), Some(s)) => {
                 let (a, done) = attach(f, s);
@@ -343,7 +351,9 @@ impl Client {
     /// without asking for the task's state first.
     pub async fn remove_exited_container(&self, container: &ContainerInfo) -> Result<()> {
         ignore_gone(self.tasks().delete(&container.id).await.map(|_| ()))?;
-        self.containers().remove(container).await
+        self.containers().remove(container).await?;
+        remove_logs(container);
+        Ok(())
     }
 
     /// Remove the container: its stopped task, the record and the rootfs snapshot. A running
@@ -378,7 +388,9 @@ impl Client {
             }
             ignore_gone(tasks.delete(&container.id).await.map(|_| ()))?;
         }
-        self.containers().remove(container).await
+        self.containers().remove(container).await?;
+        remove_logs(container);
+        Ok(())
     }
 
     /// Run `process` (an OCI process spec) in the running container with stdio attached as
@@ -483,6 +495,19 @@ fn ignore_gone(r: Result<()>) -> Result<()> {
 
 fn join(r: std::result::Result<Result<ExitStatus>, tokio::task::JoinError>) -> Result<ExitStatus> {
     r.map_err(|e| Error::local(Code::Internal, format!("waiting for the task: {e}")))?
+}
+
+/// The container's log directory goes with it (only the one its own label names).
+fn remove_logs(container: &ContainerInfo) {
+    if let Some(path) = container.labels.get(crate::logs::LOG_PATH_LABEL) {
+        let p = std::path::Path::new(path);
+        if p.file_name()
+            .map(|f| f.to_string_lossy() == format!("{}.log", container.id))
+            == Some(true)
+        {
+            crate::logs::remove_logs(p);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,178 @@
+//! `berth logs` against a real berthd (berth-testkit's harness): detached containers log through
+//! their shim's cri-log:// writer to a file the CLI reads itself. Needs root, and berthd and
+//! berth-shim built in this target dir (`cargo build -p berthd -p berth-shim`).
+
+use berth_testkit::berthd::{process_token, tail, Daemon};
+use berth_testkit::image::{busybox_oci_archive_with_etc, EtcFiles, DEFAULT_APPLETS};
+use std::process::{Command, Output, Stdio};
+
+const IMAGE: &str = "docker.io/berth/busybox:logs";
+const ETC: EtcFiles = EtcFiles {
+    passwd: "root:x:0:0:root:/root:/bin/sh\n",
+    group: "root:x:0:\n",
+};
+
+/// A berthd with the image imported, in a namespace of this test's own.
+struct Env {
+    daemon: Daemon,
+    ns: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(case: &str) -> Env {
+        let daemon = Daemon::start();
+        let dir = tempfile::Builder::new()
+            .prefix("berth-logs-")
+            .tempdir()
+            .expect("temp dir");
+        let applets: Vec<&str> = DEFAULT_APPLETS.iter().copied().chain(["printf"]).collect();
+        let archive = busybox_oci_archive_with_etc(dir.path(), IMAGE, &applets, ETC)
+            .expect("build the busybox image");
+        // The container cgroup paths name the namespace: unique to this process and case.
+        let ns = format!("logs-{case}-{}", process_token());
+        let path = archive.path.to_string_lossy().into_owned();
+        daemon.ctr(&ns, &["images", "import", &path]);
+        Env {
+            daemon,
+            ns,
+            _dir: dir,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.arg("-H")
+            .arg(format!("unix://{}", self.daemon.socket.display()))
+            .arg("-n")
+            .arg(&self.ns)
+            .args(args)
+            .env_remove("BERTH_HOST")
+            .env_remove("BERTH_NAMESPACE")
+            .env("BERTH_LOG_DIR", self._dir.path().join("logs"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn raw(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run berth")
+    }
+
+    /// Run berth, insist on exit code `code`; returns stdout.
+    fn expect(&self, code: i32, args: &[&str]) -> String {
+        let out = self.raw(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "berth {} exited {:?}\nstdout: {}\nstderr: {}\nberthd log:\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.daemon.log(), 20)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        self.expect(0, args)
+    }
+
+    fn status_of(&self, name: &str) -> String {
+        self.ok(&["inspect", "--format", "{{.State.Status}}", name])
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Env {
+    /// Leave no task or shim behind: every container of the namespace is force-removed.
+    /// runc removes a container's cgroup, not the namespace's parent `/<ns>`: this test's own.
+    fn drop(&mut self) {
+        let ids = self.raw(&["ps", "-a", "-q", "--no-trunc"]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = self.raw(&["rm", "-f", id]);
+        }
+        let mut parents = vec![std::path::PathBuf::from("/sys/fs/cgroup").join(&self.ns)];
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            parents.extend(hierarchies.flatten().map(|h| h.path().join(&self.ns)));
+        }
+        for dir in parents.iter().filter(|d| d.is_dir()) {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+fn logs(env: &Env, args: &[&str]) -> (String, String) {
+    let out = env.raw(&[&["logs"][..], args].concat());
+    assert_eq!(out.status.code(), Some(0), "berth logs {args:?}: {out:?}");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn logs_of_a_stopped_container_tail_since_timestamps_and_stderr() {
+    let env = Env::new("stopped");
+    env.ok(&[
+        "run", "-d", "--name", "chatty", IMAGE, "sh", "-c",
+        "echo out1; echo err1 >&2; sleep 0.3; i=0; while [ $i -lt 5 ]; do echo line-$i; i=$((i+1)); done; printf no-newline",
+    ]);
+    assert_eq!(env.ok(&["wait", "chatty"]).trim(), "0");
+    let (out, err) = logs(&env, &["chatty"]);
+    assert_eq!(
+        out,
+        "out1\nline-0\nline-1\nline-2\nline-3\nline-4\nno-newline"
+    );
+    assert_eq!(err, "err1\n");
+
+    let (out, err) = logs(&env, &["--tail", "2", "chatty"]);
+    assert_eq!(out, "line-4\nno-newline");
+    assert_eq!(err, "");
+
+    let (out, _) = logs(&env, &["-t", "--tail", "3", "chatty"]);
+    for l in out.lines() {
+        let (ts, rest) = l.split_once(' ').unwrap();
+        assert!(ts.len() == 30 && ts.ends_with('Z'), "{l:?}");
+        assert!(rest.starts_with("line-") || rest == "no-newline", "{l:?}");
+    }
+    assert_eq!(
+        logs(&env, &["--since", "1h", "chatty"]).0.lines().count(),
+        7
+    );
+    assert_eq!(
+        logs(&env, &["--since", "2099-01-01T00:00:00Z", "chatty"]).0,
+        ""
+    );
+    assert_eq!(logs(&env, &["--until", "1h", "chatty"]).0, "");
+
+    // rm takes the log directory with it.
+    let dir = env._dir.path().join("logs").join(&env.ns);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    env.ok(&["rm", "chatty"]);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+}
+
+#[test]
+fn logs_follow_until_the_container_stops() {
+    let env = Env::new("follow");
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "slow",
+        IMAGE,
+        "sh",
+        "-c",
+        "for i in 1 2 3 4; do echo f-$i; sleep 0.4; done; echo bye >&2",
+    ]);
+    let (out, err) = logs(&env, &["-f", "slow"]);
+    assert_eq!(out, "f-1\nf-2\nf-3\nf-4\n");
+    assert_eq!(err, "bye\n");
+    assert_eq!(
+        env.status_of("slow"),
+        "exited",
+        "logs -f returned only once the container stopped"
+    );
+}
