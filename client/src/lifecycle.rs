@@ -263,9 +263,9 @@ impl Client {
         let mut io = fifos.as_ref().map(Fifos::task_io).unwrap_or_default();
         // Detached: the shim writes the output to the container's log file (`berth logs`).
         if let (None, Some(path)) = (&fifos, container.labels.get(crate::logs::LOG_PATH_LABEL)) {
-            let uri = crate::logs::log_uri(std::path::Path::new(path)).map_err(|e| {
-                Error::local(Code::Internal, format!("log directory of {path}: {e}"))
-            })?;
+            let uri = crate::logs::log_uri(std::path::Path::new(path), &container.labels).map_err(
+                |e| Error::local(Code::Internal, format!("log directory of {path}: {e}")),
+            )?;
             io.stdout = uri.clone();
             io.stderr = uri;
         }

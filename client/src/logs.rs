@@ -14,6 +14,38 @@ pub const LOG_DIR_ENV: &str = "BERTH_LOG_DIR";
 pub const DEFAULT_LOG_DIR: &str = "/var/log/berth/containers";
 pub const DEFAULT_MAX_SIZE: u64 = 10 << 20;
 pub const DEFAULT_MAX_FILES: u32 = 3;
+/// `--log-opt max-size=…` (bytes, or with a k/m/g suffix) and `max-file=…`, kept per container.
+pub const MAX_SIZE_LABEL: &str = "io.berth.log.max-size";
+pub const MAX_FILE_LABEL: &str = "io.berth.log.max-file";
+
+/// A `--log-opt KEY=VALUE` as the label that keeps it, checked.
+pub fn log_opt_label(opt: &str) -> Result<(String, String), String> {
+    let (k, v) = opt
+        .split_once('=')
+        .ok_or_else(|| format!("invalid --log-opt {opt:?}: want KEY=VALUE"))?;
+    match k {
+        "max-size" if parse_size(v).is_some_and(|n| n > 0) => Ok((MAX_SIZE_LABEL.into(), v.into())),
+        "max-file" if v.parse::<u32>().is_ok_and(|n| (1..=1000).contains(&n)) => {
+            Ok((MAX_FILE_LABEL.into(), v.into()))
+        }
+        "max-size" | "max-file" => Err(format!("invalid --log-opt {opt:?}")),
+        _ => Err(format!(
+            "unknown --log-opt {k:?} (max-size and max-file are supported)"
+        )),
+    }
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let lower = s.to_ascii_lowercase();
+    let t = lower.trim_end_matches('b');
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
 
 /// The log file for a new container.
 pub fn log_path(namespace: &str, id: &str) -> PathBuf {
@@ -24,8 +56,20 @@ pub fn log_path(namespace: &str, id: &str) -> PathBuf {
     dir.join(namespace).join(id).join(format!("{id}.log"))
 }
 
-/// The shim's stdio URI for `path` (its directory is created here, 0700).
-pub fn log_uri(path: &Path) -> io::Result<String> {
+/// The shim's stdio URI for `path` (its directory is created here, 0700), with the
+/// container's `--log-opt` bounds from its labels.
+pub fn log_uri(
+    path: &Path,
+    labels: &std::collections::HashMap<String, String>,
+) -> io::Result<String> {
+    let max_size = labels
+        .get(MAX_SIZE_LABEL)
+        .and_then(|v| parse_size(v))
+        .unwrap_or(DEFAULT_MAX_SIZE);
+    let max_files = labels
+        .get(MAX_FILE_LABEL)
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(DEFAULT_MAX_FILES);
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -42,7 +86,7 @@ pub fn log_uri(path: &Path) -> io::Result<String> {
         })
         .collect();
     Ok(format!(
-        "cri-log://{escaped}?max-size={DEFAULT_MAX_SIZE}&max-files={DEFAULT_MAX_FILES}"
+        "cri-log://{escaped}?max-size={max_size}&max-files={max_files}"
     ))
 }
 

@@ -176,3 +176,38 @@ fn logs_follow_until_the_container_stops() {
         "logs -f returned only once the container stopped"
     );
 }
+
+#[test]
+fn logs_follow_across_rotation_with_log_opts() {
+    let env = Env::new("rotate");
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "rot",
+        "--log-opt",
+        "max-size=400",
+        "--log-opt",
+        "max-file=6",
+        IMAGE,
+        "sh",
+        "-c",
+        "i=10; while [ $i -lt 40 ]; do echo rot-$i; i=$((i+1)); sleep 0.1; done",
+    ]);
+    let (out, _) = logs(&env, &["-f", "rot"]);
+    let want: String = (10..40).map(|i| format!("rot-{i}\n")).collect();
+    assert_eq!(out, want, "every line once, in order, across the rotations");
+    let dir = env._dir.path().join("logs").join(&env.ns);
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .collect();
+    assert!(files.len() > 2, "rotated into {} files", files.len());
+    for f in &files {
+        let len = f.metadata().unwrap().len();
+        assert!(len <= 400, "{:?}: {len} bytes", f.path());
+    }
+    let e = env.raw(&["run", "-d", "--log-opt", "colour=red", IMAGE, "true"]);
+    assert_eq!(e.status.code(), Some(125), "{e:?}");
+}

@@ -136,9 +136,13 @@ async fn follow(
             }
         }
         partial.drain(..complete);
-        // Rotated (or created): the rest of the old file was read above; go on in the new one.
+        // Rotated (or created): finish the old file, whose records the top of the loop then
+        // prints (the shim never splits a record across files), and go on in the new one.
         let ino = std::fs::metadata(path).map(|m| m.ino()).ok();
-        if ino.is_some() && ino != current.as_ref().map(|(i, _)| *i) && !got {
+        if ino.is_some() && ino != current.as_ref().map(|(i, _)| *i) {
+            if let Some((_, f)) = current.as_mut() {
+                f.read_to_end(&mut partial).map_err(|e| e.to_string())?;
+            }
             current = File::open(path)
                 .ok()
                 .and_then(|f| Some((f.metadata().ok()?.ino(), f)));
