@@ -48,6 +48,9 @@ pub enum Target {
     /// `cri-log://` (stdout/stderr only): the shim writes the CRI log format itself
     /// (`crilog.rs`).
     CriLog(crilog::Spec),
+    /// `fifo:///path?tee=<escaped cri-log:// URI>` (stdout/stderr only): the FIFO, and the
+    /// same output logged too (an attached client sees it live, and it is in the log).
+    Tee(PathBuf, crilog::Spec),
 }
 
 pub fn parse_target(s: &str) -> Result<Target, String> {
@@ -60,6 +63,17 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
     } else if let Some(p) = s.strip_prefix("file://") {
         (p, true)
     } else if let Some(p) = s.strip_prefix("fifo://") {
+        if let Some((p, query)) = p.split_once('?') {
+            let uri = query
+                .strip_prefix("tee=")
+                .ok_or_else(|| format!("{s:?}: a fifo:// query is only tee=<cri-log:// URI>"))?;
+            let spec = crilog::Spec::parse(&logger::unescape(uri, false)?)?;
+            let path = PathBuf::from(p);
+            if !path.is_absolute() {
+                return Err(format!("stdio path {s:?} is not absolute"));
+            }
+            return Ok(Target::Tee(path, spec));
+        }
         (p, false)
     } else if s.contains("://") {
         return Err(format!(
@@ -146,6 +160,8 @@ pub struct Copier {
     pub dir: Direction,
     src: File,
     dst: Dst,
+    /// A log that gets a copy of everything read (`Target::Tee`).
+    tee: Option<crilog::Sink>,
     /// Held open only to keep the FIFO readable (stdout/stderr spare reader).
     _spare: Option<File>,
     buf: Vec<u8>,
@@ -169,6 +185,7 @@ impl Copier {
             dir,
             src,
             dst,
+            tee: None,
             _spare: spare,
             buf: Vec::new(),
             start: 0,
@@ -217,6 +234,9 @@ impl Copier {
             match self.src.read(&mut self.buf) {
                 Ok(0) => return false,
                 Ok(n) => {
+                    if let Some(tee) = &mut self.tee {
+                        tee.write(&self.buf[..n]);
+                    }
                     self.start = 0;
                     self.end = n;
                 }
@@ -247,7 +267,7 @@ pub struct Prepared {
     pub io: ProcessIo,
     pub proc_stdio: ProcStdio,
     pty_stdin: Option<File>,
-    pty_stdout: Option<(Dst, Option<File>)>,
+    pty_stdout: Option<(Dst, Option<File>, Option<crilog::Sink>)>,
 }
 
 /// Open the FIFOs/files for a process. For terminal mode, runc gets /dev/null and the
@@ -267,7 +287,7 @@ pub fn prepare(
 
     match stdin {
         Target::None => {}
-        Target::File(_) | Target::Binary(_) | Target::CriLog(_) => {
+        Target::File(_) | Target::Binary(_) | Target::CriLog(_) | Target::Tee(..) => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "file://, binary:// and cri-log:// are not supported for stdin",
@@ -311,7 +331,7 @@ pub fn prepare(
         let (err_r, err_w) = pipe(owner)?;
         io.logger = Some(logger::Logger::start(cmd, env, out_r, err_r)?);
         if terminal {
-            pty_stdout = Some((Dst::File(File::from(out_w)), None));
+            pty_stdout = Some((Dst::File(File::from(out_w)), None, None));
         } else {
             proc_stdio.stdout = Stdio::from(out_w);
             proc_stdio.stderr = Stdio::from(err_w);
@@ -327,28 +347,35 @@ pub fn prepare(
     // stdout and stderr naming the same cri-log:// file share its writer.
     let mut cri_logs: Vec<(crilog::Spec, Rc<RefCell<crilog::CriLog>>)> = Vec::new();
     for (target, is_err) in [(stdout, false), (stderr, true)] {
+        let stream = if is_err {
+            crilog::Stream::Stderr
+        } else {
+            crilog::Stream::Stdout
+        };
+        let mut sink = |spec: &crilog::Spec| -> io::Result<crilog::Sink> {
+            let log = match cri_logs.iter().find(|(s, _)| s == spec) {
+                Some((_, log)) => log.clone(),
+                None => {
+                    let log = crilog::CriLog::open(spec)?;
+                    cri_logs.push((spec.clone(), log.clone()));
+                    log
+                }
+            };
+            Ok(crilog::Sink::new(log, stream))
+        };
+        let mut tee = None;
         let (dst, spare) = match target {
             Target::None | Target::Binary(_) => continue,
             Target::Fifo(p) => {
                 let spare = open_fifo(p, true)?;
                 (Dst::File(open_fifo(p, false)?), Some(spare))
             }
-            Target::CriLog(spec) => {
-                let log = match cri_logs.iter().find(|(s, _)| s == spec) {
-                    Some((_, log)) => log.clone(),
-                    None => {
-                        let log = crilog::CriLog::open(spec)?;
-                        cri_logs.push((spec.clone(), log.clone()));
-                        log
-                    }
-                };
-                let stream = if is_err {
-                    crilog::Stream::Stderr
-                } else {
-                    crilog::Stream::Stdout
-                };
-                (Dst::CriLog(crilog::Sink::new(log, stream)), None)
+            Target::Tee(p, spec) => {
+                tee = Some(sink(spec)?);
+                let spare = open_fifo(p, true)?;
+                (Dst::File(open_fifo(p, false)?), Some(spare))
             }
+            Target::CriLog(spec) => (Dst::CriLog(sink(spec)?), None),
             Target::File(p) => {
                 let f = OpenOptions::new()
                     .append(true)
@@ -361,19 +388,15 @@ pub fn prepare(
         };
         if terminal {
             if !is_err {
-                pty_stdout = Some((dst, spare));
+                pty_stdout = Some((dst, spare, tee));
             }
             continue;
         }
         let (r, w) = pipe(owner)?;
         set_nonblocking(r.as_fd(), true)?;
-        io.copiers.push(Copier::new(
-            Direction::Output,
-            File::from(r),
-            dst,
-            spare,
-            false,
-        ));
+        let mut c = Copier::new(Direction::Output, File::from(r), dst, spare, false);
+        c.tee = tee;
+        io.copiers.push(c);
         if is_err {
             proc_stdio.stderr = Stdio::from(w);
         } else {
@@ -407,11 +430,11 @@ impl Prepared {
                 false,
             ));
         }
-        if let Some((dst, spare)) = self.pty_stdout.take() {
+        if let Some((dst, spare, tee)) = self.pty_stdout.take() {
             let m = master.try_clone()?;
-            self.io
-                .copiers
-                .push(Copier::new(Direction::Output, m, dst, spare, true));
+            let mut c = Copier::new(Direction::Output, m, dst, spare, true);
+            c.tee = tee;
+            self.io.copiers.push(c);
         }
         self.io.console = Some(master);
         Ok(self.io)
@@ -513,6 +536,11 @@ mod tests {
             Ok(Target::CriLog(_))
         ));
         assert!(parse_target("cri-log://rel").is_err());
+        assert!(matches!(
+            parse_target("fifo:///f?tee=cri-log%3A%2F%2F%2Fl%2Fc.log%3Fmax-size%3D1k"),
+            Ok(Target::Tee(p, s)) if p == Path::new("/f") && s.max_size == 1024
+        ));
+        assert!(parse_target("fifo:///f?x=1").is_err());
         assert!(parse_target("tcp://host:1").is_err());
         assert!(parse_target("rel/path").is_err());
     }

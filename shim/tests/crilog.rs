@@ -166,3 +166,36 @@ fn rotation_and_reopen_after_a_rename() {
     );
     b.finish();
 }
+
+#[test]
+fn a_fifo_with_a_tee_is_seen_live_and_logged() {
+    let b = Bundle::new(
+        "critee",
+        &["sh", "-c", "echo live; echo err-live >&2"],
+        false,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("tee.log");
+    let escaped: String = uri(&log)
+        .chars()
+        .map(|c| match c {
+            ':' => "%3A".into(),
+            '/' => "%2F".into(),
+            c => c.to_string(),
+        })
+        .collect();
+    let (out, err) = (b.fifo("out"), b.fifo("err"));
+    let (rx_out, rx_err) = (read_fifo(&out), read_fifo(&err));
+    let tee = |p: &Path| format!("fifo://{}?tee={escaped}", p.display());
+    b.create("", &tee(&out), &tee(&err), false);
+    b.start("");
+    assert_eq!(recv(&rx_out, "stdout EOF"), b"live\n");
+    assert_eq!(recv(&rx_err, "stderr EOF"), b"err-live\n");
+    assert_eq!(b.wait("").exit_status, 0);
+    b.delete("", false).unwrap();
+    let recs = records(&log);
+    assert_eq!(of(&recs, "stdout"), [("F".into(), "live".into())]);
+    assert_eq!(of(&recs, "stderr"), [("F".into(), "err-live".into())]);
+    let _: Empty = b.call(Request::Shutdown).unwrap();
+    b.assert_clean();
+}
