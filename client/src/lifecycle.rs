@@ -261,13 +261,22 @@ impl Client {
         }
         let fifos = stdio.map(|s| Fifos::new(&container.id, s)).transpose()?;
         let mut io = fifos.as_ref().map(Fifos::task_io).unwrap_or_default();
-        // Detached: the shim writes the output to the container's log file (`berth logs`).
-        if let (None, Some(path)) = (&fifos, container.labels.get(crate::logs::LOG_PATH_LABEL)) {
+        // The shim writes the output to the container's log file (`berth logs`): detached,
+        // as the stdio itself; attached, as a tee beside the FIFOs.
+        if let Some(path) = container.labels.get(crate::logs::LOG_PATH_LABEL) {
             let uri = crate::logs::log_uri(std::path::Path::new(path), &container.labels).map_err(
                 |e| Error::local(Code::Internal, format!("log directory of {path}: {e}")),
             )?;
-            io.stdout = uri.clone();
-            io.stderr = uri;
+            if fifos.is_none() {
+                io.stdout = uri.clone();
+                io.stderr = uri;
+            } else {
+                for s in [&mut io.stdout, &mut io.stderr] {
+                    if !s.is_empty() {
+                        *s = crate::logs::tee(s, &uri);
+                    }
+                }
+            }
         }
         let (attached, stdin_done) = match (&fifos, stdio) {
             (Some(f), Some(s)) => {

@@ -92,6 +92,20 @@ pub fn log_uri(
 
 use std::os::unix::fs::DirBuilderExt;
 
+/// A FIFO path with the shim's tee to `log_uri` (the URI %-escaped as a query value).
+pub fn tee(fifo: &str, log_uri: &str) -> String {
+    let escaped: String = log_uri
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect();
+    format!("fifo://{fifo}?tee={escaped}")
+}
+
 /// Removes a container's log directory (the one holding `path` and its rotated files).
 pub fn remove_logs(path: &Path) {
     if let Some(dir) = path.parent() {

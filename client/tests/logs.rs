@@ -211,3 +211,20 @@ fn logs_follow_across_rotation_with_log_opts() {
     let e = env.raw(&["run", "-d", "--log-opt", "colour=red", IMAGE, "true"]);
     assert_eq!(e.status.code(), Some(125), "{e:?}");
 }
+
+#[test]
+fn an_attached_run_is_logged_too() {
+    let env = Env::new("attached");
+    let out = env.ok(&[
+        "run",
+        "--name",
+        "att",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo seen-live; echo err-live >&2",
+    ]);
+    assert_eq!(out, "seen-live\n");
+    let (out, err) = logs(&env, &["att"]);
+    assert_eq!((out.as_str(), err.as_str()), ("seen-live\n", "err-live\n"));
+}
