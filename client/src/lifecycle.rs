@@ -302,6 +302,7 @@ impl Client {
             return Err(e.classify_start());
         }
         close_stdin_when_done(self, &container.id, "", stdin_done);
+        self.set_restart_status(container, "running").await?;
         Ok(Process {
             client: self.clone(),
             container_id: container.id.clone(),
@@ -312,6 +313,21 @@ impl Client {
         })
     }
 
+    async fn set_restart_status(&self, container: &ContainerInfo, status: &str) -> Result<()> {
+        if !container
+            .labels
+            .contains_key(crate::logs::RESTART_POLICY_LABEL)
+        {
+            return Ok(());
+        }
+        let mut labels = self.containers().get_by_id(&container.id).await?.labels;
+        labels.insert(
+            crate::logs::RESTART_STATUS_LABEL.to_string(),
+            status.to_string(),
+        );
+        self.containers().set_labels(&container.id, labels).await
+    }
+
     /// Send the container's stop signal, wait `timeout` (the container's own, else 10 s), then
     /// SIGKILL. Returns the exit status, or None if it was not running.
     pub async fn stop_container(
@@ -319,6 +335,8 @@ impl Client {
         container: &ContainerInfo,
         timeout: Option<Duration>,
     ) -> Result<Option<ExitStatus>> {
+        // An explicit stop is not undone by the restart monitor.
+        self.set_restart_status(container, "stopped").await?;
         let tasks = self.tasks();
         let Some(task) = tasks.get(&container.id).await? else {
             return Ok(None);

@@ -18,6 +18,31 @@ pub const DEFAULT_MAX_FILES: u32 = 3;
 pub const MAX_SIZE_LABEL: &str = "io.berth.log.max-size";
 pub const MAX_FILE_LABEL: &str = "io.berth.log.max-file";
 
+/// containerd's restart monitor labels (berthd's `controllers/restart.rs` honours them).
+pub const RESTART_STATUS_LABEL: &str = "containerd.io/restart.status";
+pub const RESTART_POLICY_LABEL: &str = "containerd.io/restart.policy";
+pub const RESTART_LOG_URI_LABEL: &str = "containerd.io/restart.loguri";
+
+/// `--restart POLICY` as the monitor's labels (none for `no`).
+pub fn restart_labels(policy: &str) -> Result<Vec<(String, String)>, String> {
+    let ok = match policy.split_once(':') {
+        Some(("on-failure", n)) => n.parse::<u32>().is_ok(),
+        None => matches!(policy, "no" | "on-failure" | "always" | "unless-stopped"),
+        _ => false,
+    };
+    if !ok {
+        return Err(format!(
+            "invalid --restart {policy:?} (no, on-failure[:N], always, unless-stopped)"
+        ));
+    }
+    if policy == "no" {
+        return Ok(Vec::new());
+    }
+    // The status label ("running") is set only once the CLI has started the task: set at
+    // create, the monitor would race the CLI to create the task.
+    Ok(vec![(RESTART_POLICY_LABEL.into(), policy.into())])
+}
+
 /// A `--log-opt KEY=VALUE` as the label that keeps it, checked.
 pub fn log_opt_label(opt: &str) -> Result<(String, String), String> {
     let (k, v) = opt

@@ -21,7 +21,10 @@ struct Env {
 
 impl Env {
     fn new(case: &str) -> Env {
-        let daemon = Daemon::start();
+        Env::with(case, Daemon::start())
+    }
+
+    fn with(case: &str, daemon: Daemon) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("berth-logs-")
             .tempdir()
@@ -227,4 +230,66 @@ fn an_attached_run_is_logged_too() {
     assert_eq!(out, "seen-live\n");
     let (out, err) = logs(&env, &["att"]);
     assert_eq!((out.as_str(), err.as_str()), ("seen-live\n", "err-live\n"));
+}
+
+#[test]
+fn restart_on_failure_twice_and_stop_is_not_undone() {
+    let env = Env::with(
+        "restart",
+        Daemon::start_with_config("[tasks]\nrestart_interval_ms = 100\n"),
+    );
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "flaky",
+        "--restart",
+        "on-failure:2",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo try; exit 3",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while logs(&env, &["flaky"]).0.lines().count() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            logs(&env, &["flaky"])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        logs(&env, &["flaky"]).0,
+        "try\ntry\ntry\n",
+        "restarted exactly twice"
+    );
+
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "forever",
+        "--restart",
+        "always",
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
+    env.ok(&["stop", "-t", "1", "forever"]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // The monitor itself deletes the stopped task (containerd's behaviour), so it shows as
+    // created, not exited; what matters is that it is not started again.
+    let status = env.status_of("forever");
+    assert!(
+        status == "exited" || status == "created",
+        "stop is not undone: {status}"
+    );
+    assert_eq!(
+        env.raw(&["run", "-d", "--restart", "sometimes", IMAGE, "true"])
+            .status
+            .code(),
+        Some(125)
+    );
 }

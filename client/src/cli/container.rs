@@ -78,6 +78,9 @@ pub struct ContainerOptions {
     /// Set a label (KEY=VALUE).
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// Restart policy: no, on-failure[:N], always, unless-stopped (berthd's restart monitor).
+    #[arg(long = "restart", value_name = "POLICY")]
+    restart: Option<String>,
     /// Log bounds, docker's names: max-size=10m, max-file=3.
     #[arg(long = "log-opt", value_name = "KEY=VALUE")]
     log_opts: Vec<String>,
@@ -135,6 +138,9 @@ impl ContainerOptions {
                 return Err(format!("invalid label {l:?}: want KEY=VALUE").into());
             }
             labels.insert(k.to_string(), v.to_string());
+        }
+        if let Some(p) = &self.restart {
+            labels.extend(crate::logs::restart_labels(p)?);
         }
         for o in &self.log_opts {
             let (k, v) = crate::logs::log_opt_label(o)?;
