@@ -240,6 +240,17 @@ impl Containers {
 
         let mut labels = config.labels.clone();
         labels.insert(NAME_LABEL.to_string(), name.clone());
+        let log_path = crate::logs::log_path(&self.client.namespace, &id);
+        if labels.contains_key(crate::logs::RESTART_POLICY_LABEL) {
+            // A task the restart monitor creates logs to the same file.
+            let uri = crate::logs::log_uri(&log_path, &labels)
+                .map_err(|e| Error::invalid(format!("log directory: {e}")))?;
+            labels.insert(crate::logs::RESTART_LOG_URI_LABEL.to_string(), uri);
+        }
+        labels.insert(
+            crate::logs::LOG_PATH_LABEL.to_string(),
+            log_path.to_string_lossy().into_owned(),
+        );
         labels.insert(
             NETWORK_LABEL.to_string(),
             match config.network {

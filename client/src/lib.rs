@@ -82,6 +82,7 @@ pub mod events;
 pub mod images;
 pub mod leases;
 pub mod lifecycle;
+pub mod logs;
 pub mod mounts;
 pub mod names;
 pub mod networks;

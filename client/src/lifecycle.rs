@@ -260,7 +260,24 @@ impl Client {
             }
         }
         let fifos = stdio.map(|s| Fifos::new(&container.id, s)).transpose()?;
-        let io = fifos.as_ref().map(Fifos::task_io).unwrap_or_default();
+        let mut io = fifos.as_ref().map(Fifos::task_io).unwrap_or_default();
+        // The shim writes the output to the container's log file (`berth logs`): detached,
+        // as the stdio itself; attached, as a tee beside the FIFOs.
+        if let Some(path) = container.labels.get(crate::logs::LOG_PATH_LABEL) {
+            let uri = crate::logs::log_uri(std::path::Path::new(path), &container.labels).map_err(
+                |e| Error::local(Code::Internal, format!("log directory of {path}: {e}")),
+            )?;
+            if fifos.is_none() {
+                io.stdout = uri.clone();
+                io.stderr = uri;
+            } else {
+                for s in [&mut io.stdout, &mut io.stderr] {
+                    if !s.is_empty() {
+                        *s = crate::logs::tee(s, &uri);
+                    }
+                }
+            }
+        }
         let (attached, stdin_done) = match (&fifos, stdio) {
             (Some(f), Some(s)) => {
                 let (a, done) = attach(f, s);
@@ -285,6 +302,7 @@ impl Client {
             return Err(e.classify_start());
         }
         close_stdin_when_done(self, &container.id, "", stdin_done);
+        self.set_restart_status(container, "running").await?;
         Ok(Process {
             client: self.clone(),
             container_id: container.id.clone(),
@@ -295,6 +313,21 @@ impl Client {
         })
     }
 
+    async fn set_restart_status(&self, container: &ContainerInfo, status: &str) -> Result<()> {
+        if !container
+            .labels
+            .contains_key(crate::logs::RESTART_POLICY_LABEL)
+        {
+            return Ok(());
+        }
+        let mut labels = self.containers().get_by_id(&container.id).await?.labels;
+        labels.insert(
+            crate::logs::RESTART_STATUS_LABEL.to_string(),
+            status.to_string(),
+        );
+        self.containers().set_labels(&container.id, labels).await
+    }
+
     /// Send the container's stop signal, wait `timeout` (the container's own, else 10 s), then
     /// SIGKILL. Returns the exit status, or None if it was not running.
     pub async fn stop_container(
@@ -302,6 +335,8 @@ impl Client {
         container: &ContainerInfo,
         timeout: Option<Duration>,
     ) -> Result<Option<ExitStatus>> {
+        // An explicit stop is not undone by the restart monitor.
+        self.set_restart_status(container, "stopped").await?;
         let tasks = self.tasks();
         let Some(task) = tasks.get(&container.id).await? else {
             return Ok(None);
@@ -343,7 +378,9 @@ impl Client {
     /// without asking for the task's state first.
     pub async fn remove_exited_container(&self, container: &ContainerInfo) -> Result<()> {
         ignore_gone(self.tasks().delete(&container.id).await.map(|_| ()))?;
-        self.containers().remove(container).await
+        self.containers().remove(container).await?;
+        remove_logs(container);
+        Ok(())
     }
 
     /// Remove the container: its stopped task, the record and the rootfs snapshot. A running
@@ -378,7 +415,9 @@ impl Client {
             }
             ignore_gone(tasks.delete(&container.id).await.map(|_| ()))?;
         }
-        self.containers().remove(container).await
+        self.containers().remove(container).await?;
+        remove_logs(container);
+        Ok(())
     }
 
     /// Run `process` (an OCI process spec) in the running container with stdio attached as
@@ -483,6 +522,19 @@ fn ignore_gone(r: Result<()>) -> Result<()> {
 
 fn join(r: std::result::Result<Result<ExitStatus>, tokio::task::JoinError>) -> Result<ExitStatus> {
     r.map_err(|e| Error::local(Code::Internal, format!("waiting for the task: {e}")))?
+}
+
+/// The container's log directory goes with it (only the one its own label names).
+fn remove_logs(container: &ContainerInfo) {
+    if let Some(path) = container.labels.get(crate::logs::LOG_PATH_LABEL) {
+        let p = std::path::Path::new(path);
+        if p.file_name()
+            .map(|f| f.to_string_lossy() == format!("{}.log", container.id))
+            == Some(true)
+        {
+            crate::logs::remove_logs(p);
+        }
+    }
 }
 
 #[cfg(test)]

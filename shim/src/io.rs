@@ -16,12 +16,14 @@
 //!
 //! Every fd is O_CLOEXEC (std and pipe2 flags), so nothing but the pipes reaches runc.
 
+use crate::crilog;
 use crate::logger;
 use crate::runc::ProcStdio;
 use nix::cmsg_space;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
 use nix::unistd::{fchown, pipe2, Gid, Uid};
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -29,6 +31,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::rc::Rc;
 
 const BUF_SIZE: usize = 16 * 1024;
 
@@ -42,6 +45,12 @@ pub enum Target {
     /// `binary://` (stdout/stderr only): a logging program the shim starts, which reads the
     /// process's output itself (containerd's logging plugins, as nerdctl uses).
     Binary(logger::Command),
+    /// `cri-log://` (stdout/stderr only): the shim writes the CRI log format itself
+    /// (`crilog.rs`).
+    CriLog(crilog::Spec),
+    /// `fifo:///path?tee=<escaped cri-log:// URI>` (stdout/stderr only): the FIFO, and the
+    /// same output logged too (an attached client sees it live, and it is in the log).
+    Tee(PathBuf, crilog::Spec),
 }
 
 pub fn parse_target(s: &str) -> Result<Target, String> {
@@ -49,13 +58,26 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
         return Ok(Target::None);
     } else if s.starts_with("binary://") {
         return logger::Command::parse(s).map(Target::Binary);
+    } else if s.starts_with("cri-log://") {
+        return crilog::Spec::parse(s).map(Target::CriLog);
     } else if let Some(p) = s.strip_prefix("file://") {
         (p, true)
     } else if let Some(p) = s.strip_prefix("fifo://") {
+        if let Some((p, query)) = p.split_once('?') {
+            let uri = query
+                .strip_prefix("tee=")
+                .ok_or_else(|| format!("{s:?}: a fifo:// query is only tee=<cri-log:// URI>"))?;
+            let spec = crilog::Spec::parse(&logger::unescape(uri, false)?)?;
+            let path = PathBuf::from(p);
+            if !path.is_absolute() {
+                return Err(format!("stdio path {s:?} is not absolute"));
+            }
+            return Ok(Target::Tee(path, spec));
+        }
         (p, false)
     } else if s.contains("://") {
         return Err(format!(
-            "unsupported stdio URI {s:?} (only FIFO paths, file:// and binary://)"
+            "unsupported stdio URI {s:?} (only FIFO paths, file://, binary:// and cri-log://)"
         ));
     } else {
         (s, false)
@@ -126,11 +148,20 @@ pub enum Direction {
     Output,
 }
 
+/// Where a copier writes.
+enum Dst {
+    File(File),
+    /// Never blocks: records go to the log's writer thread (or are dropped and counted).
+    CriLog(crilog::Sink),
+}
+
 /// Copies one stream through a small buffer, driven by the event loop.
 pub struct Copier {
     pub dir: Direction,
     src: File,
-    dst: File,
+    dst: Dst,
+    /// A log that gets a copy of everything read (`Target::Tee`).
+    tee: Option<crilog::Sink>,
     /// Held open only to keep the FIFO readable (stdout/stderr spare reader).
     _spare: Option<File>,
     buf: Vec<u8>,
@@ -149,11 +180,12 @@ pub enum Interest<'a> {
 }
 
 impl Copier {
-    fn new(dir: Direction, src: File, dst: File, spare: Option<File>, pty: bool) -> Self {
+    fn new(dir: Direction, src: File, dst: Dst, spare: Option<File>, pty: bool) -> Self {
         Copier {
             dir,
             src,
             dst,
+            tee: None,
             _spare: spare,
             buf: Vec::new(),
             start: 0,
@@ -164,10 +196,9 @@ impl Copier {
     }
 
     pub fn interest(&self) -> Interest<'_> {
-        if self.start < self.end {
-            Interest::Write(self.dst.as_fd())
-        } else {
-            Interest::Read(self.src.as_fd())
+        match &self.dst {
+            Dst::File(dst) if self.start < self.end => Interest::Write(dst.as_fd()),
+            _ => Interest::Read(self.src.as_fd()),
         }
     }
 
@@ -180,7 +211,15 @@ impl Copier {
     pub fn step(&mut self) -> bool {
         loop {
             if self.start < self.end {
-                match self.dst.write(&self.buf[self.start..self.end]) {
+                let dst = match &mut self.dst {
+                    Dst::File(f) => f,
+                    Dst::CriLog(sink) => {
+                        sink.write(&self.buf[self.start..self.end]);
+                        self.start = self.end;
+                        continue;
+                    }
+                };
+                match dst.write(&self.buf[self.start..self.end]) {
                     Ok(n) => self.start += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -195,6 +234,9 @@ impl Copier {
             match self.src.read(&mut self.buf) {
                 Ok(0) => return false,
                 Ok(n) => {
+                    if let Some(tee) = &mut self.tee {
+                        tee.write(&self.buf[..n]);
+                    }
                     self.start = 0;
                     self.end = n;
                 }
@@ -225,7 +267,7 @@ pub struct Prepared {
     pub io: ProcessIo,
     pub proc_stdio: ProcStdio,
     pty_stdin: Option<File>,
-    pty_stdout: Option<(File, Option<File>)>,
+    pty_stdout: Option<(Dst, Option<File>, Option<crilog::Sink>)>,
 }
 
 /// Open the FIFOs/files for a process. For terminal mode, runc gets /dev/null and the
@@ -245,10 +287,10 @@ pub fn prepare(
 
     match stdin {
         Target::None => {}
-        Target::File(_) | Target::Binary(_) => {
+        Target::File(_) | Target::Binary(_) | Target::CriLog(_) | Target::Tee(..) => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "file:// and binary:// are not supported for stdin",
+                "file://, binary:// and cri-log:// are not supported for stdin",
             ))
         }
         Target::Fifo(p) => {
@@ -263,7 +305,7 @@ pub fn prepare(
                 io.copiers.push(Copier::new(
                     Direction::Stdin,
                     reader,
-                    File::from(w),
+                    Dst::File(File::from(w)),
                     None,
                     false,
                 ));
@@ -289,7 +331,7 @@ pub fn prepare(
         let (err_r, err_w) = pipe(owner)?;
         io.logger = Some(logger::Logger::start(cmd, env, out_r, err_r)?);
         if terminal {
-            pty_stdout = Some((File::from(out_w), None));
+            pty_stdout = Some((Dst::File(File::from(out_w)), None, None));
         } else {
             proc_stdio.stdout = Stdio::from(out_w);
             proc_stdio.stderr = Stdio::from(err_w);
@@ -302,13 +344,38 @@ pub fn prepare(
         });
     }
 
+    // stdout and stderr naming the same cri-log:// file share its writer.
+    let mut cri_logs: Vec<(crilog::Spec, Rc<RefCell<crilog::CriLog>>)> = Vec::new();
     for (target, is_err) in [(stdout, false), (stderr, true)] {
+        let stream = if is_err {
+            crilog::Stream::Stderr
+        } else {
+            crilog::Stream::Stdout
+        };
+        let mut sink = |spec: &crilog::Spec| -> io::Result<crilog::Sink> {
+            let log = match cri_logs.iter().find(|(s, _)| s == spec) {
+                Some((_, log)) => log.clone(),
+                None => {
+                    let log = crilog::CriLog::open(spec)?;
+                    cri_logs.push((spec.clone(), log.clone()));
+                    log
+                }
+            };
+            Ok(crilog::Sink::new(log, stream))
+        };
+        let mut tee = None;
         let (dst, spare) = match target {
             Target::None | Target::Binary(_) => continue,
             Target::Fifo(p) => {
                 let spare = open_fifo(p, true)?;
-                (open_fifo(p, false)?, Some(spare))
+                (Dst::File(open_fifo(p, false)?), Some(spare))
             }
+            Target::Tee(p, spec) => {
+                tee = Some(sink(spec)?);
+                let spare = open_fifo(p, true)?;
+                (Dst::File(open_fifo(p, false)?), Some(spare))
+            }
+            Target::CriLog(spec) => (Dst::CriLog(sink(spec)?), None),
             Target::File(p) => {
                 let f = OpenOptions::new()
                     .append(true)
@@ -316,24 +383,20 @@ pub fn prepare(
                     .custom_flags(OFlag::O_NONBLOCK.bits())
                     .open(p)
                     .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
-                (f, None)
+                (Dst::File(f), None)
             }
         };
         if terminal {
             if !is_err {
-                pty_stdout = Some((dst, spare));
+                pty_stdout = Some((dst, spare, tee));
             }
             continue;
         }
         let (r, w) = pipe(owner)?;
         set_nonblocking(r.as_fd(), true)?;
-        io.copiers.push(Copier::new(
-            Direction::Output,
-            File::from(r),
-            dst,
-            spare,
-            false,
-        ));
+        let mut c = Copier::new(Direction::Output, File::from(r), dst, spare, false);
+        c.tee = tee;
+        io.copiers.push(c);
         if is_err {
             proc_stdio.stderr = Stdio::from(w);
         } else {
@@ -359,15 +422,19 @@ impl Prepared {
         set_nonblocking(master.as_fd(), true)?;
         if let Some(reader) = self.pty_stdin.take() {
             let m = master.try_clone()?;
-            self.io
-                .copiers
-                .push(Copier::new(Direction::Stdin, reader, m, None, false));
+            self.io.copiers.push(Copier::new(
+                Direction::Stdin,
+                reader,
+                Dst::File(m),
+                None,
+                false,
+            ));
         }
-        if let Some((dst, spare)) = self.pty_stdout.take() {
+        if let Some((dst, spare, tee)) = self.pty_stdout.take() {
             let m = master.try_clone()?;
-            self.io
-                .copiers
-                .push(Copier::new(Direction::Output, m, dst, spare, true));
+            let mut c = Copier::new(Direction::Output, m, dst, spare, true);
+            c.tee = tee;
+            self.io.copiers.push(c);
         }
         self.io.console = Some(master);
         Ok(self.io)
@@ -464,6 +531,16 @@ mod tests {
             Ok(Target::Binary(_))
         ));
         assert!(parse_target("binary://rel").is_err());
+        assert!(matches!(
+            parse_target("cri-log:///l/c.log?max-size=1k"),
+            Ok(Target::CriLog(_))
+        ));
+        assert!(parse_target("cri-log://rel").is_err());
+        assert!(matches!(
+            parse_target("fifo:///f?tee=cri-log%3A%2F%2F%2Fl%2Fc.log%3Fmax-size%3D1k"),
+            Ok(Target::Tee(p, s)) if p == Path::new("/f") && s.max_size == 1024
+        ));
+        assert!(parse_target("fifo:///f?x=1").is_err());
         assert!(parse_target("tcp://host:1").is_err());
         assert!(parse_target("rel/path").is_err());
     }

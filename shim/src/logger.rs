@@ -41,7 +41,7 @@ pub struct Env<'a> {
 
 /// `%XX` escapes, and in a query `+` for a space (Go's url package, which containerd's clients
 /// build these URIs with).
-fn unescape(s: &str, plus_is_space: bool) -> Result<String, String> {
+pub(crate) fn unescape(s: &str, plus_is_space: bool) -> Result<String, String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -1,7 +1,9 @@
 //! berth-shim: the per-container supervisor. This file only parses arguments; the shape of
 //! the program is: detach.rs (becoming a daemon) -> server.rs (the event loop) using
-//! process.rs (state machine, exit records), io.rs (stdio), runc.rs, reaper.rs.
+//! process.rs (state machine, exit records), io.rs (stdio), crilog.rs (cri-log://), runc.rs,
+//! reaper.rs.
 
+mod crilog;
 mod detach;
 mod io;
 mod logger;

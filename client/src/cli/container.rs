@@ -79,6 +79,12 @@ pub struct ContainerOptions {
     /// Set a label (KEY=VALUE).
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// Restart policy: no, on-failure[:N], always, unless-stopped (berthd's restart monitor).
+    #[arg(long = "restart", value_name = "POLICY")]
+    restart: Option<String>,
+    /// Log bounds, docker's names: max-size=10m, max-file=3.
+    #[arg(long = "log-opt", value_name = "KEY=VALUE")]
+    log_opts: Vec<String>,
     /// Mount the root filesystem read-only.
     #[arg(long = "read-only")]
     read_only: bool,
@@ -142,6 +148,13 @@ impl ContainerOptions {
                 return Err(format!("invalid label {l:?}: want KEY=VALUE").into());
             }
             labels.insert(k.to_string(), v.to_string());
+        }
+        if let Some(p) = &self.restart {
+            labels.extend(crate::logs::restart_labels(p)?);
+        }
+        for o in &self.log_opts {
+            let (k, v) = crate::logs::log_opt_label(o)?;
+            labels.insert(k, v);
         }
         if let Some(sig) = &self.stop_signal {
             crate::tasks::parse_signal(sig)?;

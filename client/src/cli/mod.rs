@@ -9,6 +9,7 @@ mod container;
 pub mod format;
 mod fs;
 mod image;
+mod logs;
 mod network;
 mod system;
 
@@ -107,6 +108,11 @@ enum Command {
     Exec(container::ExecArgs),
     /// Show the processes of a running container.
     Top(container::TopArgs),
+    /// Show a container's output (from its log files; berthd is not in the data path).
+    #[command(
+        after_help = "Examples:\n  berth logs app\n  berth logs -f --tail 10 -t app\n  berth logs --since 5m app"
+    )]
+    Logs(logs::LogsArgs),
     /// Show containers or images in detail (JSON).
     #[command(after_help = "Example:\n  berth inspect --format '{{.State.Status}}' app")]
     Inspect(InspectArgs),
@@ -342,6 +348,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Wait(a) => container::wait(&client, a).await,
         Command::Exec(a) => container::exec(&client, a).await,
         Command::Top(a) => container::top(&client, a).await,
+        Command::Logs(a) => logs::logs(&client, a).await,
         Command::Inspect(a) | Command::Container(ContainerCommand::Inspect(a)) => {
             inspect(&client, a).await
         }
