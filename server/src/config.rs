@@ -2,7 +2,7 @@
 //! This module only composes: each section's type, default and validation live with the module
 //! that uses it (`[grpc]` daemon, `[leases]` controllers::leases, `[tasks]` and `[runtimes]`
 //! runtime, `[events]` events, `[diff]` berth-layer, `[proxy_plugins]` remote_snapshotter,
-//! `[transfer]` transfer, `[cni]` network); the top-level keys and `[debug]` (the process's
+//! `[transfer]` transfer, `[cni]` network, `[cri]` berth-cri); the top-level keys and `[debug]` (the process's
 //! logging) are the daemon's own, here.
 
 use crate::fsutil::require_absolute;
@@ -47,6 +47,8 @@ pub struct Config {
     pub runtimes: std::collections::BTreeMap<String, RuntimeConfig>,
     /// Container networks (owned by `network.rs`).
     pub cni: crate::network::CniConfig,
+    /// Kubernetes' CRI socket and pods (owned by berth-cri).
+    pub cri: berth_cri::CriConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +74,7 @@ impl Default for Config {
             transfer: Default::default(),
             runtimes: [(DEFAULT_RUNTIME.to_string(), RuntimeConfig::default())].into(),
             cni: Default::default(),
+            cri: Default::default(),
         }
     }
 }
@@ -140,6 +143,7 @@ impl Config {
             rt.validate(name)?;
         }
         self.cni.validate()?;
+        self.cri.validate()?;
         Ok(())
     }
 
