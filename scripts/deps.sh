@@ -26,6 +26,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 "$(dirname "$0")/deps-cni.sh"  # CNI plugins, iproute2, iptables for berth-net's networks
 "$(dirname "$0")/deps-go-tools.sh"  # containerd v2: ctr 2.x, its API .proto files, the Go client test module
+"$(dirname "$0")/deps-cri-tools.sh"  # crictl (and critest) from cri-tools v1.37.0 for cri/tests
 command -v cargo >/dev/null || { echo "berth needs a Rust toolchain (cargo): install it with rustup" >&2; exit 1; }
 "$(dirname "$0")/deps-grpc-peers.sh"   # grpcio and @grpc/grpc-js for the :authority e2e test
 for d in "$(dirname "$0")"/../clients/*/deps.sh; do "$d"; done  # each generated client's system needs
