@@ -43,6 +43,9 @@ pub struct ContainerInfo {
     pub snapshotter: String,
     pub snapshot_key: String,
     pub runtime: String,
+    /// The record's extensions (containerd's `Container.extensions`): typed values other
+    /// clients keep beside the spec, e.g. the CRI's pod and container metadata.
+    pub extensions: HashMap<String, prost_types::Any>,
 }
 
 impl ContainerInfo {
@@ -66,6 +69,7 @@ impl ContainerInfo {
             snapshotter: c.snapshotter,
             snapshot_key: c.snapshot_key,
             runtime: c.runtime.map(|r| r.name).unwrap_or_default(),
+            extensions: c.extensions,
         }
     }
 
@@ -88,6 +92,20 @@ impl ContainerInfo {
     pub fn process_spec(&self) -> Option<&serde_json::Value> {
         self.spec.as_ref().map(|s| &s["process"])
     }
+}
+
+/// A record for [`Containers::create_record`].
+#[derive(Debug, Clone, Default)]
+pub struct NewContainer {
+    pub id: String,
+    /// The image name recorded (may be empty: a pod sandbox has none).
+    pub image: String,
+    /// The chain ID the rootfs snapshot (keyed by `id`) is prepared from; none: no rootfs.
+    pub snapshot_parent: Option<String>,
+    /// The OCI runtime spec, stored as JSON.
+    pub spec: serde_json::Value,
+    pub labels: HashMap<String, String>,
+    pub extensions: HashMap<String, prost_types::Any>,
 }
 
 /// Label filter for one name, in containerd's filter language.
@@ -387,6 +405,114 @@ impl Containers {
             }
         }
         Ok(info)
+    }
+
+    /// Create a record whose spec the caller built (the CRI builds its own from the pod and
+    /// container configs): with `new.snapshot_parent`, a rootfs snapshot keyed by the id is
+    /// prepared from that chain ID under a lease until the record holds it, and removed again
+    /// if the record cannot be created. No name label is added and no name is checked.
+    pub async fn create_record(&self, new: NewContainer) -> Result<ContainerInfo> {
+        let spec_json = serde_json::to_vec(&new.spec)
+            .map_err(|e| Error::invalid(format!("encode the runtime spec: {e}")))?;
+        let snapshotter = DEFAULT_SNAPSHOTTER;
+        let lease = match &new.snapshot_parent {
+            Some(_) => Some(
+                self.client
+                    .leases()
+                    .create(Duration::from_secs(600))
+                    .await?,
+            ),
+            None => None,
+        };
+        let mut snapshots = SnapshotsClient::new(self.client.channel.clone());
+        if let (Some(parent), Some(lease)) = (&new.snapshot_parent, &lease) {
+            let prepare = PrepareSnapshotRequest {
+                snapshotter: snapshotter.to_string(),
+                key: new.id.clone(),
+                parent: parent.clone(),
+                labels: HashMap::new(),
+            };
+            if let Err(e) = snapshots.prepare(lease.request(prepare)).await {
+                return Err(e.into());
+            }
+        }
+        let container = Container {
+            id: new.id.clone(),
+            labels: new.labels,
+            image: new.image,
+            runtime: Some(Runtime {
+                name: DEFAULT_RUNTIME.to_string(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: SPEC_TYPE_URL.to_string(),
+                value: spec_json,
+            }),
+            snapshotter: if new.snapshot_parent.is_some() {
+                snapshotter.to_string()
+            } else {
+                String::new()
+            },
+            snapshot_key: if new.snapshot_parent.is_some() {
+                new.id.clone()
+            } else {
+                String::new()
+            },
+            extensions: new.extensions,
+            ..Default::default()
+        };
+        let created = self
+            .api()
+            .create(self.client.request(CreateContainerRequest {
+                container: Some(container),
+            }))
+            .await;
+        let result = match created {
+            Ok(r) => r
+                .into_inner()
+                .container
+                .map(ContainerInfo::from_api)
+                .ok_or_else(|| Error::local(Code::Internal, "Containers.Create returned nothing")),
+            Err(e) => {
+                if new.snapshot_parent.is_some() {
+                    let remove = RemoveSnapshotRequest {
+                        snapshotter: snapshotter.to_string(),
+                        key: new.id.clone(),
+                    };
+                    let _ = snapshots.remove(self.client.request(remove)).await;
+                }
+                Err(e.into())
+            }
+        };
+        if let Some(lease) = lease {
+            let released = lease.release().await;
+            let info = result?;
+            released?;
+            return Ok(info);
+        }
+        result
+    }
+
+    /// Set (`Some`) or remove (`None`) one extension of a record, leaving the rest alone.
+    pub async fn set_extension(
+        &self,
+        id: &str,
+        key: &str,
+        value: Option<prost_types::Any>,
+    ) -> Result<()> {
+        let container = Container {
+            id: id.to_string(),
+            extensions: value.map(|v| (key.to_string(), v)).into_iter().collect(),
+            ..Default::default()
+        };
+        let req = UpdateContainerRequest {
+            container: Some(container),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec![format!("extensions.{key}")],
+            }),
+        };
+        self.api().update(self.client.request(req)).await?;
+        Ok(())
     }
 
     /// Replace a container's labels.

@@ -2,7 +2,7 @@
 //! This module only composes: each section's type, default and validation live with the module
 //! that uses it (`[grpc]` daemon, `[leases]` controllers::leases, `[tasks]` and `[runtimes]`
 //! runtime, `[events]` events, `[diff]` berth-layer, `[proxy_plugins]` remote_snapshotter,
-//! `[transfer]` transfer, `[cni]` network); the top-level keys and `[debug]` (the process's
+//! `[transfer]` transfer, `[cni]` network, `[cri]` berth-cri); the top-level keys and `[debug]` (the process's
 //! logging) are the daemon's own, here.
 
 use crate::fsutil::require_absolute;
@@ -49,6 +49,8 @@ pub struct Config {
     pub cni: crate::network::CniConfig,
     /// Prometheus metrics over HTTP (owned by `metrics.rs`); off by default.
     pub metrics: crate::metrics::MetricsConfig,
+    /// Kubernetes' CRI socket and pods (owned by berth-cri).
+    pub cri: berth_cri::CriConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,6 +77,7 @@ impl Default for Config {
             runtimes: [(DEFAULT_RUNTIME.to_string(), RuntimeConfig::default())].into(),
             cni: Default::default(),
             metrics: Default::default(),
+            cri: Default::default(),
         }
     }
 }
@@ -143,6 +146,7 @@ impl Config {
             rt.validate(name)?;
         }
         self.cni.validate()?;
+        self.cri.validate()?;
         Ok(())
     }
 

@@ -151,6 +151,25 @@ pub async fn run(config: Config) -> Result<()> {
     tracing::info!(address = %address.display(), root = %config.root.display(), "berthd ready");
     notify_ready();
 
+    if config.cri.enabled {
+        let settings = berth_cri::Settings {
+            config: config.cri.clone(),
+            api_socket: address.clone(),
+            state: config.state.clone(),
+            root: config.root.clone(),
+            holder_binary: std::env::current_exe()
+                .map_err(|e| Error::io("find berthd's own binary", e))?,
+        };
+        let events = state.events.clone();
+        // A client of the API socket like any other, started once the socket is bound; it
+        // stops with the daemon.
+        tokio::spawn(async move {
+            if let Err(e) = berth_cri::serve(settings, async move { events.closed().await }).await {
+                tracing::error!(error = %e, "the CRI server stopped");
+            }
+        });
+    }
+
     let events = state.events.clone();
     let stopping = async move {
         shutdown_signal().await;

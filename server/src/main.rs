@@ -38,6 +38,18 @@ enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// A pod's namespace holder for the CRI (berthd runs it; not for people)
+    #[command(hide = true)]
+    CriHolder {
+        #[arg(long)]
+        ipc: bool,
+        #[arg(long)]
+        uts: bool,
+        #[arg(long)]
+        pid: bool,
+        #[arg(long)]
+        hostname: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -70,6 +82,20 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             };
+        }
+        Some(Command::CriHolder {
+            ipc,
+            uts,
+            pid,
+            hostname,
+        }) => {
+            let opts = berth_cri::holder::HolderOptions {
+                ipc: *ipc,
+                uts: *uts,
+                pid: *pid,
+                hostname: hostname.clone(),
+            };
+            return ExitCode::from(berth_cri::holder::run(&opts) as u8);
         }
         None => {}
     }

@@ -151,6 +151,17 @@ impl Daemon {
             .tempdir()
             .expect("create temp dir");
         let socket = berthd_socket(dir.path());
+        // Unless the test configures `[cri]` itself, the CRI socket and CNI config dir are the
+        // daemon's own, never the host's /run/berth/cri.sock.
+        let toml = if toml.contains("[cri]") {
+            toml.to_string()
+        } else {
+            format!(
+                "{toml}\n[cri]\naddress = {:?}\ncni_conf_dir = {:?}\n",
+                dir.path().join("cri.sock"),
+                dir.path().join("cri-net.d"),
+            )
+        };
         let config = (!toml.is_empty()).then(|| {
             let path = dir.path().join("config.toml");
             std::fs::write(&path, toml).expect("write config");
@@ -180,6 +191,11 @@ impl Daemon {
 
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+
+    /// The CRI socket of a daemon whose test left `[cri]` to the fixture.
+    pub fn cri_socket(&self) -> PathBuf {
+        self.dir.path().join("cri.sock")
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,118 @@
+//! The `[cri]` section of berthd's config: declared, defaulted and validated here; berthd's
+//! config.rs only composes it.
+
+use berth_errdefs::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CriConfig {
+    /// Off: berthd serves no CRI socket.
+    pub enabled: bool,
+    /// The CRI socket the kubelet and crictl dial (0660; its parent 0711 like the API socket's).
+    pub address: PathBuf,
+    /// Reserved for the streaming server (Exec, Attach, PortForward): loopback by default.
+    pub stream_address: String,
+    /// The berth namespace CRI objects live in (containerd's CRI uses `k8s.io`).
+    pub namespace: String,
+    /// Pod networks: the first config list here (by name) is the pods' network.
+    pub cni_conf_dir: PathBuf,
+    /// Searched in order for CNI plugin binaries.
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// Pod state (hostname, resolv.conf, network attachments); empty: `<state>/cri`.
+    pub state_dir: PathBuf,
+}
+
+impl Default for CriConfig {
+    fn default() -> Self {
+        CriConfig {
+            enabled: true,
+            address: "/run/berth/cri.sock".into(),
+            stream_address: "127.0.0.1:0".into(),
+            namespace: "k8s.io".into(),
+            cni_conf_dir: "/etc/cni/net.d".into(),
+            cni_bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            state_dir: PathBuf::new(),
+        }
+    }
+}
+
+impl CriConfig {
+    /// Each bad value is an InvalidArgument naming its key.
+    pub fn validate(&self) -> Result<()> {
+        let absolute = |key: &str, p: &Path| {
+            if p.is_absolute() {
+                Ok(())
+            } else {
+                Err(Error::invalid(format!(
+                    "cri.{key} must be an absolute path, not {:?}",
+                    p.display().to_string()
+                )))
+            }
+        };
+        absolute("address", &self.address)?;
+        absolute("cni_conf_dir", &self.cni_conf_dir)?;
+        for dir in &self.cni_bin_dirs {
+            absolute("cni_bin_dirs", dir)?;
+        }
+        if !self.state_dir.as_os_str().is_empty() {
+            absolute("state_dir", &self.state_dir)?;
+        }
+        self.stream_address
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "cri.stream_address {:?} is not an IP address and port: {e}",
+                    self.stream_address
+                ))
+            })?;
+        let ns = &self.namespace;
+        let valid_ns = !ns.is_empty()
+            && ns.len() <= 76
+            && ns
+                .split(['.', '-', '_'])
+                .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric()));
+        if !valid_ns {
+            return Err(Error::invalid(format!(
+                "cri.namespace {ns:?} is not a containerd namespace name"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Where pod state lives under berthd's state dir `state`.
+    pub fn state_dir(&self, state: &Path) -> PathBuf {
+        if self.state_dir.as_os_str().is_empty() {
+            state.join("cri")
+        } else {
+            self.state_dir.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_name_their_key() {
+        CriConfig::default().validate().unwrap();
+        type Change = fn(&mut CriConfig);
+        let cases: [(Change, &str); 4] = [
+            (|c| c.address = "cri.sock".into(), "cri.address"),
+            (
+                |c| c.stream_address = "localhost".into(),
+                "cri.stream_address",
+            ),
+            (|c| c.namespace = "a/b".into(), "cri.namespace"),
+            (|c| c.cni_bin_dirs = vec!["bin".into()], "cri.cni_bin_dirs"),
+        ];
+        for (change, key) in cases {
+            let mut c = CriConfig::default();
+            change(&mut c);
+            let e = c.validate().unwrap_err();
+            assert!(e.message().contains(key), "{key}: {e}");
+        }
+    }
+}
