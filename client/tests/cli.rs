@@ -4,11 +4,14 @@
 //! image's passwd, pause. Needs root, and berthd and berth-shim built in this target dir
 //! (`cargo build -p berthd -p berth-shim`) or BERTHD naming a berthd.
 
-use berth_testkit::berthd::{process_token, tail, Daemon};
+use berth_testkit::berthd::{process_token, Daemon};
 use berth_testkit::image::{busybox_oci_archive_with_etc, EtcFiles, DEFAULT_APPLETS};
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::Cli;
 
 const IMAGE: &str = "docker.io/berth/busybox:cli";
 const ETC: EtcFiles = EtcFiles {
@@ -18,9 +21,15 @@ const ETC: EtcFiles = EtcFiles {
 
 /// A berthd with the image imported, in a namespace of this test's own.
 struct Env {
-    daemon: Daemon,
-    ns: String,
+    cli: Cli,
     _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Cli;
+    fn deref(&self) -> &Cli {
+        &self.cli
+    }
 }
 
 impl Env {
@@ -42,85 +51,15 @@ impl Env {
         let path = archive.path.to_string_lossy().into_owned();
         daemon.ctr(&ns, &["images", "import", &path]);
         Env {
-            daemon,
-            ns,
+            cli: Cli::new(daemon, ns),
             _dir: dir,
         }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.arg("-H")
-            .arg(format!("unix://{}", self.daemon.socket.display()))
-            .arg("-n")
-            .arg(&self.ns)
-            .args(args)
-            .env_remove("BERTH_HOST")
-            .env_remove("BERTH_NAMESPACE")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn raw(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run berth")
-    }
-
-    /// Run berth, insist on exit code `code`; returns stdout.
-    fn expect(&self, code: i32, args: &[&str]) -> String {
-        let out = self.raw(args);
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "berth {} exited {:?}\nstdout: {}\nstderr: {}\nberthd log:\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            tail(&self.daemon.log(), 20)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.expect(0, args)
-    }
-
-    /// stderr of a run that must exit with `code`.
-    fn fails(&self, code: i32, args: &[&str]) -> String {
-        let out = self.raw(args);
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "berth {}: stdout {} stderr {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    fn status_of(&self, name: &str) -> String {
-        self.ok(&["inspect", "--format", "{{.State.Status}}", name])
-            .trim()
-            .to_string()
     }
 }
 
 impl Drop for Env {
-    /// Leave no task or shim behind: every container of the namespace is force-removed.
-    /// runc removes a container's cgroup, not the namespace's parent `/<ns>`: this test's own.
     fn drop(&mut self) {
-        let ids = self.raw(&["ps", "-a", "-q", "--no-trunc"]);
-        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
-            let _ = self.raw(&["rm", "-f", id]);
-        }
-        let mut parents = vec![std::path::PathBuf::from("/sys/fs/cgroup").join(&self.ns)];
-        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
-            parents.extend(hierarchies.flatten().map(|h| h.path().join(&self.ns)));
-        }
-        for dir in parents.iter().filter(|d| d.is_dir()) {
-            let _ = std::fs::remove_dir(dir);
-        }
+        self.cli.remove_all();
     }
 }
 

@@ -9,15 +9,24 @@ use berth_testkit::image::busybox_oci_archive_with;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::Cli;
+
 const IMAGE: &str = "docker.io/berth/busybox:fs";
 const APPLETS: &[&str] = &[
     "sh", "echo", "true", "cat", "sleep", "httpd", "wget", "mkdir", "grep", "touch", "rm",
 ];
 
 struct Env {
-    daemon: Daemon,
-    ns: String,
+    cli: Cli,
     dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Cli;
+    fn deref(&self) -> &Cli {
+        &self.cli
+    }
 }
 
 impl Env {
@@ -26,43 +35,11 @@ impl Env {
         let dir = tempfile::tempdir().expect("temp dir");
         let archive = busybox_oci_archive_with(dir.path(), IMAGE, APPLETS).expect("busybox image");
         let env = Env {
-            daemon: Daemon::start(),
-            ns: format!("fs-{}", process_token()),
+            cli: Cli::new(Daemon::start(), format!("fs-{}", process_token())),
             dir,
         };
         env.ok(&["load", "-q", "-i", &archive.path.to_string_lossy()]);
         env
-    }
-
-    fn berth(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .arg("-H")
-            .arg(format!("unix://{}", self.daemon.socket.display()))
-            .arg("-n")
-            .arg(&self.ns)
-            .args(args)
-            .env_remove("BERTH_HOST")
-            .env_remove("BERTH_NAMESPACE")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run berth");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (code, stdout, stderr) = self.berth(args);
-        assert_eq!(
-            code,
-            0,
-            "berth {}\nstdout: {stdout}\nstderr: {stderr}\nberthd log:\n{}",
-            args.join(" "),
-            tail(&self.daemon.log(), 30)
-        );
-        stdout
     }
 }
 

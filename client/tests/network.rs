@@ -6,47 +6,23 @@
 use berth_testkit::berthd::{process_token, tail, Daemon};
 use berth_testkit::image::busybox_oci_archive_with;
 use std::net::{Ipv4Addr, TcpListener};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::Cli;
 
 const IMAGE: &str = "docker.io/berth/busybox:net";
 
 struct Env {
-    daemon: Daemon,
-    ns: String,
+    cli: Cli,
     _dir: tempfile::TempDir,
 }
 
-impl Env {
-    fn berth(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .arg("-H")
-            .arg(format!("unix://{}", self.daemon.socket.display()))
-            .arg("-n")
-            .arg(&self.ns)
-            .args(args)
-            .env_remove("BERTH_HOST")
-            .env_remove("BERTH_NAMESPACE")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run berth");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (code, stdout, stderr) = self.berth(args);
-        assert_eq!(
-            code,
-            0,
-            "berth {}\nstdout: {stdout}\nstderr: {stderr}\nberthd log:\n{}",
-            args.join(" "),
-            tail(&self.daemon.log(), 30)
-        );
-        stdout
+impl std::ops::Deref for Env {
+    type Target = Cli;
+    fn deref(&self) -> &Cli {
+        &self.cli
     }
 }
 
@@ -71,8 +47,7 @@ fn httpd_published_with_p_and_reached_by_ip_on_a_network() {
     ];
     let archive = busybox_oci_archive_with(dir.path(), IMAGE, &applets).expect("busybox image");
     let env = Env {
-        daemon: Daemon::start(),
-        ns: format!("net-{}", process_token()),
+        cli: Cli::new(Daemon::start(), format!("net-{}", process_token())),
         _dir: dir,
     };
     env.ok(&["load", "-q", "-i", &archive.path.to_string_lossy()]);
