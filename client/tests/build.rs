@@ -11,6 +11,9 @@ use berth_testkit::berthd::{process_token, tail, Daemon};
 use berth_testkit::image::{busybox_oci_archive_with_etc, EtcFiles, DEFAULT_APPLETS};
 use std::process::{Command, Stdio};
 
+mod common;
+use common::registry::Registry;
+
 const BASE: &str = "docker.io/berth/busybox:build";
 const ETC: EtcFiles = EtcFiles {
     passwd: "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
@@ -386,79 +389,6 @@ async fn the_layer_cache() {
         env.berth(&["run", "--rm", "cache:v1", "cat", "/one"]),
         "one\n"
     );
-}
-
-/// A `docker-registry` on a free loopback port (the same fixture as tests/transfer.rs).
-struct Registry {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Registry {
-    fn start() -> Registry {
-        use std::io::{Read, Write};
-        use std::net::{Ipv4Addr, TcpListener, TcpStream};
-        for attempt in 0..5 {
-            let dir = tempfile::Builder::new()
-                .prefix("berth-registry-")
-                .tempdir()
-                .unwrap();
-            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .and_then(|l| l.local_addr())
-                .unwrap()
-                .port();
-            let token = format!("{}-{attempt}-{port}", std::process::id());
-            let config = dir.path().join("config.yml");
-            std::fs::write(
-                &config,
-                format!(
-                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                     http:\n  addr: 127.0.0.1:{port}\n  headers:\n    X-Berth-Registry: [\"{token}\"]\n",
-                    dir.path().join("storage").display()
-                ),
-            )
-            .unwrap();
-            let mut child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn docker-registry (apt-get install docker-registry)");
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-            while std::time::Instant::now() < deadline {
-                if child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                if let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
-                    let _ = s.set_read_timeout(Some(std::time::Duration::from_millis(500)));
-                    let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: localhost\r\n\r\n");
-                    let mut resp = String::new();
-                    let _ = s.read_to_string(&mut resp);
-                    if resp.get(9..12) == Some("200") && resp.contains(&token) {
-                        return Registry {
-                            child,
-                            port,
-                            _dir: dir,
-                        };
-                    }
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("docker-registry did not start");
-    }
 }
 
 /// Debian's containerd 1.6 on a throwaway root (CRI off, every path in its own dir).

@@ -3,6 +3,8 @@
 // Each test crate uses part of this module.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use berth_testkit::berthd::{tail, Daemon};
 use std::ffi::OsString;
 use std::path::PathBuf;
