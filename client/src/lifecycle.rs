@@ -302,7 +302,7 @@ impl Client {
             return Err(e.classify_start());
         }
         close_stdin_when_done(self, &container.id, "", stdin_done);
-        self.set_restart_status(container, "running").await?;
+        self.set_restart_status(container, Some("running")).await?;
         Ok(Process {
             client: self.clone(),
             container_id: container.id.clone(),
@@ -313,7 +313,12 @@ impl Client {
         })
     }
 
-    async fn set_restart_status(&self, container: &ContainerInfo, status: &str) -> Result<()> {
+    /// The status berthd's restart monitor keeps the container in; None takes the monitor off it.
+    async fn set_restart_status(
+        &self,
+        container: &ContainerInfo,
+        status: Option<&str>,
+    ) -> Result<()> {
         if !container
             .labels
             .contains_key(crate::logs::RESTART_POLICY_LABEL)
@@ -321,10 +326,10 @@ impl Client {
             return Ok(());
         }
         let mut labels = self.containers().get_by_id(&container.id).await?.labels;
-        labels.insert(
-            crate::logs::RESTART_STATUS_LABEL.to_string(),
-            status.to_string(),
-        );
+        match status {
+            Some(s) => labels.insert(crate::logs::RESTART_STATUS_LABEL.to_string(), s.to_string()),
+            None => labels.remove(crate::logs::RESTART_STATUS_LABEL),
+        };
         self.containers().set_labels(&container.id, labels).await
     }
 
@@ -335,8 +340,21 @@ impl Client {
         container: &ContainerInfo,
         timeout: Option<Duration>,
     ) -> Result<Option<ExitStatus>> {
-        // An explicit stop is not undone by the restart monitor.
-        self.set_restart_status(container, "stopped").await?;
+        // An explicit stop is not undone by the restart monitor. The monitor is taken off the
+        // container while it stops: told "stopped" at once it would SIGKILL the task within its
+        // interval, cutting the grace period short, and delete it, so `ps` would show Created
+        // instead of the exit. "stopped" is set once the task has exited.
+        self.set_restart_status(container, None).await?;
+        let stopped = self.stop_task(container, timeout).await;
+        self.set_restart_status(container, Some("stopped")).await?;
+        stopped
+    }
+
+    async fn stop_task(
+        &self,
+        container: &ContainerInfo,
+        timeout: Option<Duration>,
+    ) -> Result<Option<ExitStatus>> {
         let tasks = self.tasks();
         let Some(task) = tasks.get(&container.id).await? else {
             return Ok(None);
