@@ -191,9 +191,14 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn berthd(program: &Path, dir: &Path) -> Result<Daemon> {
-        // The command line the end-to-end tests start berthd with.
+        // The command line the end-to-end tests start berthd with, and, as for containerd, the
+        // CRI off: it is not what these figures compare, and it would take /run/berth/cri.sock.
         let socket = berth_testkit::berthd::berthd_socket(dir);
-        let args = berth_testkit::berthd::berthd_args(dir, None, "warn");
+        let config = dir.join("config.toml");
+        fs::create_dir_all(dir)
+            .and_then(|()| fs::write(&config, "[cri]\nenabled = false\n"))
+            .map_err(|e| format!("writing {}: {e}", config.display()))?;
+        let args = berth_testkit::berthd::berthd_args(dir, Some(&config), "warn");
         Ok(Daemon {
             kind: Kind::Berth,
             socket,
