@@ -13,9 +13,14 @@ command -v go >/dev/null || { echo "critest and crictl need a Go toolchain (go)"
 
 # Both print "<name> version: <version>" without the leading v (the version cri-tools' Makefile
 # stamps in with -ldflags, which we stamp the same way).
+# The output is captured before grep reads it: `grep -q` stops at the first match, and under
+# pipefail the writer's SIGPIPE (critest prints a second line) would fail the check at random.
 built() {
-  "$BIN/critest" -version 2>/dev/null | grep -qx "critest version: ${CRI_TOOLS#v}" &&
-    "$BIN/crictl" --version 2>/dev/null | grep -qx "crictl version ${CRI_TOOLS#v}"
+  local critest crictl
+  critest=$("$BIN/critest" -version 2>/dev/null) || return 1
+  crictl=$("$BIN/crictl" --version 2>/dev/null) || return 1
+  grep -qx "critest version: ${CRI_TOOLS#v}" <<<"$critest" &&
+    grep -qx "crictl version ${CRI_TOOLS#v}" <<<"$crictl"
 }
 built && exit 0
 
