@@ -136,30 +136,6 @@ fn build_err(e: berth_build::Error) -> Error {
     Error::invalid(e.to_string())
 }
 
-fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (Howard Hinnant's algorithm), to avoid a date crate for one timestamp.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 fn next_chain(parent: Option<&str>, diff_id: &str) -> String {
     match parent {
         None => diff_id.to_string(),
@@ -480,7 +456,7 @@ impl Run<'_> {
                 }
             };
             state.key = key;
-            let created = now_rfc3339();
+            let created = crate::clock::rfc3339(std::time::SystemTime::now());
             state.doc.config = eval.config.clone();
             match layer {
                 Some((blob, diff_id, chain)) => {
@@ -1089,7 +1065,7 @@ impl Run<'_> {
         for (k, v) in &opts.labels {
             state.doc.config.labels.insert(k.clone(), v.clone());
         }
-        state.doc.created = Some(now_rfc3339());
+        state.doc.created = Some(crate::clock::rfc3339(std::time::SystemTime::now()));
         let config_bytes = serde_json::to_vec(&state.doc)
             .map_err(|e| Error::invalid(format!("encode the image config: {e}")))?;
         let mut config_labels = HashMap::new();

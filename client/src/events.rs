@@ -7,7 +7,7 @@ use crate::api::services::events::v1::SubscribeRequest;
 use crate::api::services::images::v1 as img;
 use crate::{Client, Result};
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 use tokio_stream::{Stream, StreamExt};
 
 /// One event.
@@ -134,28 +134,12 @@ fn attributes(topic: &str, any: &prost_types::Any) -> BTreeMap<String, String> {
     out
 }
 
-/// `time` as RFC 3339 in UTC (seconds), without a date library: days to a civil date (Howard
-/// Hinnant's algorithm), then the time of day.
-pub fn rfc3339(time: SystemTime) -> String {
-    let d = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
-}
+pub use crate::clock::rfc3339;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn rfc3339_of_known_instants() {

@@ -76,6 +76,7 @@
 pub mod build;
 pub mod changes;
 mod client;
+pub mod clock;
 pub mod containers;
 mod error;
 pub mod events;
