@@ -1,0 +1,38 @@
+//! The crash-trials harness in CI: a short run of a few trials (the 1,000-trial run is a
+//! benchmark, docs/reliability.md). Each trial kills berthd with SIGKILL under a mixed workload,
+//! restarts it and checks every acknowledged write; the run fails if any trial does.
+
+use std::process::Command;
+
+#[test]
+fn a_few_crash_trials_keep_every_acknowledged_write() {
+    assert!(
+        nix_like_root(),
+        "the crash trials run berthd as in production (mounts, locks): run as root"
+    );
+    let exe = env!("CARGO_BIN_EXE_berth-trials");
+    let berthd = std::path::Path::new(exe).with_file_name("berthd");
+    assert!(
+        berthd.is_file(),
+        "no berthd at {} (cargo build -p berthd first)",
+        berthd.display()
+    );
+    let out = Command::new(exe)
+        .args(["--trials", "4", "--clients", "3", "--max-kill-ms", "800"])
+        .output()
+        .expect("run berth-trials");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "a crash trial failed:\n{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("4 trials, 0 failed") && !last.contains(" 0 acknowledged"),
+        "unexpected summary: {last}"
+    );
+}
+
+fn nix_like_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
