@@ -370,6 +370,11 @@ pub fn generate(
         .bounding(caps.clone())
         .effective(caps.clone())
         .permitted(caps)
+        // oci-spec's builder defaults these to its default set: inheritable capabilities let
+        // execve of a binary with inheritable file caps gain them (CVE-2022-24769), and
+        // containerd's default spec has none of either.
+        .inheritable(oci_spec::runtime::Capabilities::new())
+        .ambient(oci_spec::runtime::Capabilities::new())
         .build()
         .map_err(spec_error)?;
     let mut user_builder = UserBuilder::default().uid(user.uid).gid(user.gid);
@@ -516,6 +521,8 @@ pub fn generate(
                     "/proc/sched_debug",
                     "/sys/firmware",
                     "/proc/scsi",
+                    // RAPL power counters, a side channel (GHSA-7ww5-4wqc-m92c).
+                    "/sys/devices/virtual/powercap",
                 ]
                 .map(String::from)
                 .to_vec(),
@@ -627,6 +634,24 @@ mod tests {
             .map(|n| n["type"].as_str().unwrap())
             .collect();
         assert!(ns.contains(&"network"));
+        // hostile-inputs.md B29: no inheritable capabilities, the RAPL counters masked.
+        for set in ["inheritable", "ambient"] {
+            assert!(
+                p["capabilities"][set]
+                    .as_array()
+                    .is_none_or(|a| a.is_empty()),
+                "{set}: {}",
+                p["capabilities"][set]
+            );
+        }
+        let masked = v["linux"]["maskedPaths"].as_array().unwrap();
+        for path in [
+            "/sys/devices/virtual/powercap",
+            "/proc/kcore",
+            "/sys/firmware",
+        ] {
+            assert!(masked.contains(&path.into()), "{path} is not masked");
+        }
     }
 
     #[test]

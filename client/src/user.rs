@@ -87,6 +87,20 @@ pub fn needs_image_files(spec: &str) -> bool {
     !(user.parse::<u32>().is_ok() && group.is_some_and(|g| g.parse::<u32>().is_ok()))
 }
 
+/// `s` is a name, or a decimal id that fits 32 bits: digits (with or without a sign) that do not
+/// fit are refused.
+fn numeric_in_range(what: &str, s: &str) -> Result<()> {
+    let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let numeric = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+    if numeric && s.parse::<u32>().is_err() {
+        return Err(Error::invalid(format!(
+            "{what} {s:?} is out of range: ids are 0 to {}",
+            u32::MAX
+        )));
+    }
+    Ok(())
+}
+
 /// Resolve `spec` against the image's passwd and group texts (None: the file is absent).
 pub fn resolve(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<ResolvedUser> {
     let users = passwd.map(parse_passwd).unwrap_or_default();
@@ -96,6 +110,12 @@ pub fn resolve(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<
         None => (spec, None),
     };
     let user = if user.is_empty() { "0" } else { user };
+    // A number that does not fit a uid is an error, never a name to look up in the image's
+    // passwd (CVE-2024-40635, CVE-2026-46680: such a "name" could map to root).
+    numeric_in_range("user", user)?;
+    if let Some(g) = group_spec {
+        numeric_in_range("group", g)?;
+    }
     let entry = match user.parse::<u32>() {
         Ok(uid) => users
             .iter()
@@ -302,6 +322,33 @@ mod tests {
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\napp:x:1000:1000::/home/app:/bin/sh\n";
     const GROUP: &str =
         "root:x:0:\nnogroup:x:65534:\nwheel:x:10:app,root\napp:x:1000:\naudio:x:29:app\n";
+
+    /// hostile-inputs.md B18 (CVE-2024-40635, CVE-2026-46680): a numeric user or group that
+    /// does not fit 32 bits is refused, even when the image's passwd has an entry of that
+    /// "name" mapping to root.
+    #[test]
+    fn out_of_range_ids_are_refused_not_looked_up() {
+        let passwd = "4294967296:x:0:0::/root:/bin/sh\n99999999999999999999:x:0:0::/:/bin/sh\n-1:x:0:0::/:/bin/sh\n";
+        let group = "2147483648x:x:0:\n4294967296:x:0:\n";
+        for spec in [
+            "4294967296",
+            "99999999999999999999",
+            "-1",
+            "2147483648:4294967296",
+            "0:4294967296",
+            "0:-1",
+        ] {
+            let err = resolve(spec, Some(passwd), Some(group))
+                .err()
+                .unwrap_or_else(|| panic!("{spec} resolved"));
+            assert!(err.to_string().contains("out of range"), "{spec}: {err}");
+        }
+        // In range: a plain uid/gid, even past INT32_MAX (a valid uid), with no lookup.
+        let r = resolve("2147483648:0", Some(passwd), Some(group)).unwrap();
+        assert_eq!((r.uid, r.gid), (2147483648, 0));
+        // Names are still names.
+        assert_eq!(resolve("root", Some(PASSWD), Some(GROUP)).unwrap().uid, 0);
+    }
 
     #[test]
     fn users_resolve_from_the_image_files() {
