@@ -116,6 +116,8 @@ fn lease_req<T>(ns: &str, lease: &str, msg: T) -> Request<T> {
     req
 }
 
+mod disk;
+
 type Rpc<T> = Result<T, Status>;
 
 fn into_inner<T>(r: Result<Response<T>, Status>) -> Rpc<T> {

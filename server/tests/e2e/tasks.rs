@@ -46,6 +46,8 @@ use berth_testkit::skip::{skip, skip_unless_ci};
 use crate::fixtures::busybox_oci_archive;
 use crate::harness::{ctr_command, process_token, Ctr, Daemon};
 
+mod faults;
+
 const IMAGE: &str = "docker.io/berth/busybox:tasks";
 /// How long any single gRPC reply, or a process's exit after SIGKILL, may take.
 const PATIENCE: Duration = Duration::from_secs(20);
