@@ -74,7 +74,7 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed.max(1))
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -82,12 +82,12 @@ impl Rng {
     }
     /// Uniform in `lo..hi` (`hi > lo`).
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
+        lo + self.next_u64() % (hi - lo)
     }
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
         let mut v = Vec::with_capacity(n + 8);
         while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
+            v.extend_from_slice(&self.next_u64().to_le_bytes());
         }
         v.truncate(n);
         v
@@ -155,7 +155,7 @@ fn main() -> ExitCode {
     let t0 = Instant::now();
     let (mut failed, mut acked, mut unsure) = (0usize, 0usize, 0usize);
     for n in 0..opts.trials {
-        let trial_seed = rng.next();
+        let trial_seed = rng.next_u64();
         let mut trng = Rng::new(trial_seed);
         let delay = Duration::from_millis(trng.range(20, opts.max_kill_ms.max(21)));
         let kill_at = match trng.range(0, 3) {
@@ -243,7 +243,7 @@ async fn trial(daemon: &mut Daemon, opts: &Opts, mut rng: Rng, kill_at: KillAt) 
             k,
             channel.clone(),
             ledger.clone(),
-            Rng::new(rng.next()),
+            Rng::new(rng.next_u64()),
             commit_sent.clone(),
             arm.clone(),
             killed.clone(),

@@ -235,10 +235,8 @@ fn a_shim_killed_mid_exec_fails_the_exec_and_the_daemon_stays_healthy() {
             _ => Ok(()),
         }
     });
-    if f.task("mx").is_some() {
-        if f.try_ctr(&["tasks", "delete", "mx"]).is_err() {
-            f.ctr(&["tasks", "delete", "-f", "mx"]);
-        }
+    if f.task("mx").is_some() && f.try_ctr(&["tasks", "delete", "mx"]).is_err() {
+        f.ctr(&["tasks", "delete", "-f", "mx"]);
     }
     f.ctr(&["containers", "rm", "mx"]);
     assert!(f.daemon_serves());
