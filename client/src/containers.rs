@@ -250,14 +250,54 @@ impl Containers {
                 _ => crate::user::ResolvedUser::default(),
             },
         };
+        // Volumes exist (made when absent, filled from the image when empty) before the
+        // container names them; anonymous ones made here go again if the create fails.
+        let volumes = self
+            .client
+            .resolve_volumes(&config.mounts, snapshotter, &details.chain_id)
+            .await?;
+        let result = self
+            .create_with(&details, name, config, &user, &volumes)
+            .await;
+        if result.is_err() {
+            for n in &volumes.made_anonymous {
+                let _ = self.client.volumes().remove(n).await;
+            }
+        }
+        result
+    }
+
+    async fn create_with(
+        &self,
+        details: &crate::images::ImageDetails,
+        name: String,
+        config: &ContainerConfig,
+        user: &crate::user::ResolvedUser,
+        volumes: &crate::volumes::ResolvedVolumes,
+    ) -> Result<ContainerInfo> {
+        let snapshotter = DEFAULT_SNAPSHOTTER;
+        let resolved;
+        let config = if volumes.names.is_empty() {
+            config
+        } else {
+            let mut c = config.clone();
+            c.mounts = volumes.mounts.clone();
+            resolved = c;
+            &resolved
+        };
         let id = crate::names::new_id();
         let spec =
-            crate::spec::generate(&self.client.namespace, &id, &details.config, config, &user)?;
+            crate::spec::generate(&self.client.namespace, &id, &details.config, config, user)?;
         let spec_json = serde_json::to_vec(&spec)
             .map_err(|e| Error::invalid(format!("encode the runtime spec: {e}")))?;
 
         let mut labels = config.labels.clone();
         labels.insert(NAME_LABEL.to_string(), name.clone());
+        if !volumes.names.is_empty() {
+            let names = serde_json::to_string(&volumes.names)
+                .map_err(|e| Error::invalid(format!("encode the volumes: {e}")))?;
+            labels.insert(crate::volumes::VOLUMES_LABEL.to_string(), names);
+        }
         let log_path = crate::logs::log_path(&self.client.namespace, &id);
         if labels.contains_key(crate::logs::RESTART_POLICY_LABEL) {
             // A task the restart monitor creates logs to the same file.

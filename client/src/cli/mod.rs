@@ -12,6 +12,7 @@ mod image;
 mod logs;
 mod network;
 mod system;
+mod volume;
 
 use crate::{Client, Error, ExecFailure, Host};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -159,6 +160,9 @@ enum Command {
     /// Network commands (create, ls, inspect, rm).
     #[command(subcommand)]
     Network(network::NetworkCommand),
+    /// Volume commands (create, ls, inspect, rm, prune).
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
     /// List the files a container added (A), changed (C) or deleted (D) against its image.
     #[command(after_help = "Example:\n  berth diff app")]
     Diff(fs::DiffArgs),
@@ -167,6 +171,16 @@ enum Command {
         after_help = "Examples:\n  berth export -o app.tar app\n  berth export app | tar -t"
     )]
     Export(fs::ExportArgs),
+    /// Copy files between a container and the host.
+    #[command(
+        after_help = "Examples:\n  berth cp app:/etc/hostname .\n  berth cp ./conf/. app:/etc/app/\n  berth cp -a app:/var/lib/data /backup/data"
+    )]
+    Cp(fs::CpArgs),
+    /// Make an image from a container's changes.
+    #[command(
+        after_help = "Examples:\n  berth commit app app:v2\n  berth commit -m 'add config' -c 'CMD [\"/app\"]' app app:v2"
+    )]
+    Commit(fs::CommitArgs),
     /// List a container's published ports.
     #[command(after_help = "Example:\n  berth port web 80/tcp")]
     Port(container::PortArgs),
@@ -356,12 +370,15 @@ async fn run(cli: Cli) -> CliResult {
         Command::Rmi(a) => image::rmi(&client, a).await,
         Command::Tag(a) => image::tag(&client, a).await,
         Command::Network(c) => network::network_command(&client, c).await,
+        Command::Volume(c) => volume::volume_command(&client, c).await,
         Command::Build(a) => build::build(&client, a).await,
         Command::History(a) => build::history(&client, a).await,
         Command::Builder(c) => build::builder(&client, c).await,
         Command::Port(a) => container::port(&client, a).await,
         Command::Diff(a) => fs::diff(&client, a).await,
         Command::Export(a) => fs::export(&client, a).await,
+        Command::Cp(a) => fs::cp(&client, a).await,
+        Command::Commit(a) => fs::commit(&client, a).await,
         Command::Pull(a) => image::pull(&client, a).await,
         Command::Push(a) => image::push(&client, a).await,
         Command::Save(a) => image::save(&client, a).await,
