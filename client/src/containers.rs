@@ -183,6 +183,46 @@ impl Containers {
         }
     }
 
+    /// docker's `rename`: the name label moved to `new`, refused when another container holds
+    /// it; a second rename racing to one name loses as a second create would.
+    pub async fn rename(&self, container: &ContainerInfo, new: &str) -> Result<()> {
+        if !crate::names::valid_name(new) {
+            return Err(Error::invalid(format!(
+                "invalid container name {new:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )));
+        }
+        if container.name == new {
+            return Err(Error::invalid(format!(
+                "renaming a container with the same name as its current name: {new}"
+            )));
+        }
+        let in_use = |holder: &str| {
+            Error::local(
+                Code::AlreadyExists,
+                format!(
+                    "the container name {new:?} is already in use by container {holder}: remove (berth rm {new}) or rename that container to reuse the name"
+                ),
+            )
+        };
+        if let Some(holder) = self.by_name(new).await? {
+            return Err(in_use(&holder.id));
+        }
+        let mut labels = container.labels.clone();
+        labels.insert(NAME_LABEL.to_string(), new.to_string());
+        self.set_labels(&container.id, labels).await?;
+        let holders = self.list(&[name_filter(new)]).await?;
+        if let Some(first) = holders
+            .iter()
+            .filter(|h| h.id != container.id)
+            .min_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)))
+        {
+            self.set_labels(&container.id, container.labels.clone())
+                .await?;
+            return Err(in_use(&first.id));
+        }
+        Ok(())
+    }
+
     /// The container holding `name`, if any.
     pub async fn by_name(&self, name: &str) -> Result<Option<ContainerInfo>> {
         Ok(self.list(&[name_filter(name)]).await?.pop())

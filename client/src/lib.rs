@@ -94,6 +94,7 @@ pub mod spec;
 pub mod stdio;
 pub mod tasks;
 pub mod transfer;
+pub mod usage;
 pub mod user;
 pub mod volumes;
 

@@ -314,3 +314,51 @@ fn an_empty_volume_is_filled_from_the_image() {
         ""
     );
 }
+
+#[test]
+fn rename_and_system_df() {
+    let env = Env::start();
+    env.ok(&["create", "--name", "first", "-v", "dfvol:/d", IMAGE, "true"]);
+    env.ok(&["create", "--name", "other", IMAGE, "true"]);
+    env.ok(&["rename", "first", "second"]);
+    assert_eq!(env.status_of("second"), "created");
+    env.fails(1, &["inspect", "--format", "{{.Name}}", "first"]);
+    // A name in use, the same name and a bad name are refused; nothing changes.
+    let err = env.fails(125, &["rename", "second", "other"]);
+    assert!(err.contains("already in use"), "{err}");
+    env.fails(125, &["rename", "second", "second"]);
+    env.fails(125, &["rename", "second", "bad/name"]);
+    env.fails(125, &["rename", "nosuch", "x"]);
+    assert_eq!(
+        env.ok(&["inspect", "--format", "{{.Name}}", "second"]),
+        "second\n"
+    );
+
+    env.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "dfvol:/d",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo 0123456789 > /d/f",
+    ]);
+    let df = env.ok(&["system", "df"]);
+    assert!(df.starts_with("TYPE"), "{df}");
+    let rows: Vec<serde_json::Value> = env
+        .ok(&["system", "df", "--format", "json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON row"))
+        .collect();
+    let row = |kind: &str| rows.iter().find(|r| r["Type"] == kind).expect(kind).clone();
+    assert_eq!(row("Images")["TotalCount"], "1");
+    assert_eq!(row("Images")["Active"], "1");
+    assert_eq!(row("Containers")["TotalCount"], "2");
+    let volumes = row("Local Volumes");
+    assert_eq!(volumes["TotalCount"], "1");
+    assert_eq!(volumes["Active"], "1", "second names dfvol");
+    assert!(volumes["SizeBytes"].as_i64().unwrap() > 0, "{volumes}");
+    assert_eq!(volumes["ReclaimableBytes"], 0);
+    assert_eq!(row("Build Cache")["TotalCount"], "0");
+}

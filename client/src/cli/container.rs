@@ -955,3 +955,18 @@ pub async fn port(client: &Client, a: PortArgs) -> CliResult {
     }
     Ok(0)
 }
+
+#[derive(Args, Debug)]
+pub struct RenameArgs {
+    /// The container (name or id prefix).
+    container: String,
+    /// Its new name.
+    new_name: String,
+}
+
+/// docker's `rename`.
+pub async fn rename(client: &Client, a: RenameArgs) -> CliResult {
+    let c = client.containers().find(&a.container).await?;
+    client.containers().rename(&c, &a.new_name).await?;
+    Ok(0)
+}

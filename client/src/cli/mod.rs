@@ -100,6 +100,9 @@ enum Command {
         after_help = "Examples:\n  berth ps -a\n  berth ps -q --filter status=exited\n  berth ps --format json"
     )]
     Ps(container::PsArgs),
+    /// Rename a container.
+    #[command(after_help = "Example:\n  berth rename app app-old")]
+    Rename(container::RenameArgs),
     /// Wait for containers to stop and print their exit codes.
     Wait(container::Names),
     /// Run a command in a running container.
@@ -199,6 +202,9 @@ enum Command {
     Info(system::InfoArgs),
     /// Show the client's and the daemon's versions.
     Version(system::VersionArgs),
+    /// System commands (df, info, events).
+    #[command(subcommand)]
+    System(system::SystemCommand),
     /// Namespace commands.
     #[command(subcommand)]
     Namespace(system::NamespaceCommand),
@@ -218,6 +224,7 @@ enum ContainerCommand {
     Kill(container::KillArgs),
     Pause(container::Names),
     Unpause(container::Names),
+    Rename(container::RenameArgs),
 }
 
 #[derive(Args, Debug)]
@@ -360,6 +367,9 @@ async fn run(cli: Cli) -> CliResult {
             container::ps(&client, a).await
         }
         Command::Wait(a) => container::wait(&client, a).await,
+        Command::Rename(a) | Command::Container(ContainerCommand::Rename(a)) => {
+            container::rename(&client, a).await
+        }
         Command::Exec(a) => container::exec(&client, a).await,
         Command::Top(a) => container::top(&client, a).await,
         Command::Logs(a) => logs::logs(&client, a).await,
@@ -388,6 +398,9 @@ async fn run(cli: Cli) -> CliResult {
         Command::Info(a) => system::info(&client, a, &host).await,
         Command::Version(a) => system::version(&client, a).await,
         Command::Namespace(c) => system::namespace(&client, c).await,
+        Command::System(system::SystemCommand::Df { format }) => system::df(&client, format).await,
+        Command::System(system::SystemCommand::Info(a)) => system::info(&client, a, &host).await,
+        Command::System(system::SystemCommand::Events(a)) => system::events(&client, a).await,
         Command::Completion { .. } => Ok(0),
         Command::Login(a) => image::login(a),
         Command::Logout(a) => image::logout(a),
