@@ -1158,7 +1158,7 @@ fn write_copy(
 }
 
 /// Mounts a snapshot's mounts in a private temp dir for `f`, then unmounts.
-fn with_mounted<T>(
+pub(crate) fn with_mounted<T>(
     mounts: &[Mount],
     read_only: bool,
     f: impl FnOnce(&Path) -> Result<T>,

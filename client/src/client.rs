@@ -123,6 +123,11 @@ impl Client {
         crate::networks::Networks::new(self.clone())
     }
 
+    /// berthd's named volumes in this namespace.
+    pub fn volumes(&self) -> crate::volumes::Volumes {
+        crate::volumes::Volumes::new(self.clone())
+    }
+
     pub fn tasks(&self) -> crate::tasks::Tasks {
         crate::tasks::Tasks::new(self.clone())
     }

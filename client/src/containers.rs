@@ -183,6 +183,46 @@ impl Containers {
         }
     }
 
+    /// docker's `rename`: the name label moved to `new`, refused when another container holds
+    /// it; a second rename racing to one name loses as a second create would.
+    pub async fn rename(&self, container: &ContainerInfo, new: &str) -> Result<()> {
+        if !crate::names::valid_name(new) {
+            return Err(Error::invalid(format!(
+                "invalid container name {new:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )));
+        }
+        if container.name == new {
+            return Err(Error::invalid(format!(
+                "renaming a container with the same name as its current name: {new}"
+            )));
+        }
+        let in_use = |holder: &str| {
+            Error::local(
+                Code::AlreadyExists,
+                format!(
+                    "the container name {new:?} is already in use by container {holder}: remove (berth rm {new}) or rename that container to reuse the name"
+                ),
+            )
+        };
+        if let Some(holder) = self.by_name(new).await? {
+            return Err(in_use(&holder.id));
+        }
+        let mut labels = container.labels.clone();
+        labels.insert(NAME_LABEL.to_string(), new.to_string());
+        self.set_labels(&container.id, labels).await?;
+        let holders = self.list(&[name_filter(new)]).await?;
+        if let Some(first) = holders
+            .iter()
+            .filter(|h| h.id != container.id)
+            .min_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)))
+        {
+            self.set_labels(&container.id, container.labels.clone())
+                .await?;
+            return Err(in_use(&first.id));
+        }
+        Ok(())
+    }
+
     /// The container holding `name`, if any.
     pub async fn by_name(&self, name: &str) -> Result<Option<ContainerInfo>> {
         Ok(self.list(&[name_filter(name)]).await?.pop())
@@ -250,14 +290,54 @@ impl Containers {
                 _ => crate::user::ResolvedUser::default(),
             },
         };
+        // Volumes exist (made when absent, filled from the image when empty) before the
+        // container names them; anonymous ones made here go again if the create fails.
+        let volumes = self
+            .client
+            .resolve_volumes(&config.mounts, snapshotter, &details.chain_id)
+            .await?;
+        let result = self
+            .create_with(&details, name, config, &user, &volumes)
+            .await;
+        if result.is_err() {
+            for n in &volumes.made_anonymous {
+                let _ = self.client.volumes().remove(n).await;
+            }
+        }
+        result
+    }
+
+    async fn create_with(
+        &self,
+        details: &crate::images::ImageDetails,
+        name: String,
+        config: &ContainerConfig,
+        user: &crate::user::ResolvedUser,
+        volumes: &crate::volumes::ResolvedVolumes,
+    ) -> Result<ContainerInfo> {
+        let snapshotter = DEFAULT_SNAPSHOTTER;
+        let resolved;
+        let config = if volumes.names.is_empty() {
+            config
+        } else {
+            let mut c = config.clone();
+            c.mounts = volumes.mounts.clone();
+            resolved = c;
+            &resolved
+        };
         let id = crate::names::new_id();
         let spec =
-            crate::spec::generate(&self.client.namespace, &id, &details.config, config, &user)?;
+            crate::spec::generate(&self.client.namespace, &id, &details.config, config, user)?;
         let spec_json = serde_json::to_vec(&spec)
             .map_err(|e| Error::invalid(format!("encode the runtime spec: {e}")))?;
 
         let mut labels = config.labels.clone();
         labels.insert(NAME_LABEL.to_string(), name.clone());
+        if !volumes.names.is_empty() {
+            let names = serde_json::to_string(&volumes.names)
+                .map_err(|e| Error::invalid(format!("encode the volumes: {e}")))?;
+            labels.insert(crate::volumes::VOLUMES_LABEL.to_string(), names);
+        }
         let log_path = crate::logs::log_path(&self.client.namespace, &id);
         if labels.contains_key(crate::logs::RESTART_POLICY_LABEL) {
             // A task the restart monitor creates logs to the same file.

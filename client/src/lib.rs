@@ -77,9 +77,12 @@ pub mod build;
 pub mod changes;
 mod client;
 pub mod clock;
+pub mod commit;
 pub mod containers;
+pub mod cp;
 mod error;
 pub mod events;
+pub mod fscopy;
 pub mod images;
 pub mod leases;
 pub mod lifecycle;
@@ -91,7 +94,9 @@ pub mod spec;
 pub mod stdio;
 pub mod tasks;
 pub mod transfer;
+pub mod usage;
 pub mod user;
+pub mod volumes;
 
 #[doc(hidden)]
 pub mod cli;

@@ -1,7 +1,7 @@
 //! The mounts a container gets besides its image's root: docker's `-v`, `--mount` and `--tmpfs`
-//! syntax parsed into [`MountRequest`]s, and those turned into OCI runtime mounts. Bind mounts
-//! and tmpfs are complete here; volumes (named or anonymous) are parsed so that the error names
-//! what is missing instead of mistaking a volume name for a relative host path.
+//! syntax parsed into [`MountRequest`]s, and those turned into OCI runtime mounts. Volumes
+//! (named or anonymous) are resolved through berthd's Volumes service into binds of their
+//! directories by `volumes.rs` when the container is created.
 
 use crate::{Error, Result};
 use std::path::{Component, Path};
@@ -217,7 +217,7 @@ impl MountRequest {
         })
     }
 
-    /// The OCI mount for a bind or tmpfs request. Volumes have no host path of their own here.
+    /// The OCI mount for a bind or tmpfs request (a volume is resolved to a bind first).
     pub fn oci_mount(&self) -> Result<oci_spec::runtime::Mount> {
         let (kind, source, options) = match self {
             MountRequest::Bind {
@@ -234,15 +234,12 @@ impl MountRequest {
             }
             MountRequest::Tmpfs { options, .. } => ("tmpfs", "tmpfs", options.clone()),
             MountRequest::Volume { name, .. } => {
-                return Err(Error::local(
-                    tonic::Code::Unimplemented,
-                    format!(
-                        "volume {}: berthd has no volume service yet; use a bind mount \
-                         (-v /host/path:{}) or --tmpfs",
-                        name.as_deref().unwrap_or("(anonymous)"),
-                        self.destination()
-                    ),
-                ))
+                return Err(Error::invalid(format!(
+                    "volume {} on {}: a volume becomes a bind of its directory once the daemon \
+                     made it (Client::resolve_volumes), before the spec is built",
+                    name.as_deref().unwrap_or("(anonymous)"),
+                    self.destination()
+                )))
             }
         };
         oci_spec::runtime::MountBuilder::default()

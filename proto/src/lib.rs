@@ -200,6 +200,14 @@ pub mod berth {
                 v1 => "berth.services.networks.v1.rs"
             );
         }
+
+        /// `berth.services.volumes.*`.
+        pub mod volumes {
+            generated!(
+                /// `berth.services.volumes.v1`: named volumes.
+                v1 => "berth.services.volumes.v1.rs"
+            );
+        }
     }
 }
 

@@ -134,6 +134,7 @@ pub async fn run(config: Config) -> Result<()> {
     {
         tracing::warn!(error = %e, "cleaning up stale network attachments");
     }
+    let volumes = Arc::new(crate::volumes::Volumes::open(&config.root, meta.clone())?);
     tokio::spawn(
         RestartMonitor {
             meta: meta.clone(),
@@ -194,6 +195,7 @@ pub async fn run(config: Config) -> Result<()> {
         state.clone(),
         tasks,
         network,
+        volumes,
         &snapshotter_errors,
         metrics,
     )
@@ -227,6 +229,7 @@ fn router(
     state: Arc<State>,
     tasks: Arc<TaskManager>,
     network: Arc<crate::network::Networking>,
+    volumes: Arc<crate::volumes::Volumes>,
     snapshotter_errors: &[(String, String)],
     metrics: Arc<crate::metrics::Metrics>,
 ) -> tonic::transport::server::Router<
@@ -326,6 +329,10 @@ fn router(
         .add_service(svc!(
             berth_api::berth::services::networks::v1::networks_server::NetworksServer,
             services::networks::NetworksService { network }
+        ))
+        .add_service(svc!(
+            berth_api::berth::services::volumes::v1::volumes_server::VolumesServer,
+            services::volumes::VolumesService { volumes }
         ))
         // grpc.health.v1: "" is SERVING while the router is up (containerd's client IsServing).
         .add_service(tonic_health::server::health_reporter().1)

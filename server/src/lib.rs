@@ -4,7 +4,7 @@
 //! berth-content, berth-layer, berth-cgroups, berth-snapshotter) under one error vocabulary
 //! (berth-errdefs). Layout, arrows pointing down only:
 //! `services` (gRPC, thin) → `controllers` (gc, restart monitor: loops over several domains) →
-//! `runtime` (tasks), `network` (CNI, through berth-net), `snapshots`, `events` and the domain crates → shared helpers (`blocking`,
+//! `runtime` (tasks), `network` (CNI, through berth-net), `volumes`, `snapshots`, `events` and the domain crates → shared helpers (`blocking`,
 //! `fsutil`). `config` is read once by `main`; `daemon` wires everything together.
 
 pub mod applier;
@@ -22,5 +22,6 @@ pub mod services;
 pub mod snapshots;
 pub mod streams;
 pub mod transfer;
+pub mod volumes;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

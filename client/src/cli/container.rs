@@ -111,10 +111,11 @@ pub struct ContainerOptions {
     /// (needs --network NAME).
     #[arg(short = 'p', long = "publish", value_name = "PORTS")]
     publish: Vec<String>,
-    /// Bind-mount a host path: /host/path:/container/path[:ro] (the host path must exist).
+    /// A volume or bind mount: NAME:/path[:ro] (a named volume, made when absent), /path (an
+    /// anonymous volume) or /host/path:/container/path[:ro] (the host path must exist).
     #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:OPTS]")]
     volume: Vec<String>,
-    /// Attach a mount: type=bind|tmpfs,source=SRC,target=DST[,readonly][,tmpfs-size=64m].
+    /// Attach a mount: type=bind|volume|tmpfs,source=SRC,target=DST[,readonly][,tmpfs-size=64m].
     #[arg(long = "mount", value_name = "FIELDS")]
     mount: Vec<String>,
     /// Mount a fresh tmpfs: /path[:size=64m,mode=1777,exec] (noexec,nosuid,nodev by default).
@@ -300,12 +301,21 @@ pub async fn run(client: &Client, a: RunArgs) -> CliResult {
         };
         let result = attached(client, &c, stdio, true).await;
         if a.rm {
+            // docker's --rm takes the container's anonymous volumes with it.
+            let anonymous = client.anonymous_volumes_of(&c).await.unwrap_or_default();
             let removed = match &result {
                 Ok(_) => client.remove_exited_container(&c).await,
                 Err(_) => client.remove_container(&c, true).await,
             };
-            if let Err(e) = removed {
-                eprintln!("berth: remove container {}: {e}", c.name);
+            match removed {
+                Err(e) => eprintln!("berth: remove container {}: {e}", c.name),
+                Ok(()) => {
+                    for v in anonymous {
+                        if let Err(e) = client.volumes().remove(&v).await {
+                            eprintln!("berth: remove volume {v}: {e}");
+                        }
+                    }
+                }
             }
         }
         result
@@ -500,15 +510,27 @@ pub struct RmArgs {
     /// Kill a running container first.
     #[arg(short = 'f', long)]
     force: bool,
+    /// Remove the container's anonymous volumes too.
+    #[arg(short = 'v', long = "volumes")]
+    volumes: bool,
     #[arg(required = true, value_name = "CONTAINER")]
     containers: Vec<String>,
 }
 
 pub async fn rm(client: &Client, a: RmArgs) -> CliResult {
-    let force = a.force;
+    let (force, volumes) = (a.force, a.volumes);
     each(&a.containers, |name| async move {
         let c = client.containers().find(&name).await?;
-        client.remove_container(&c, force).await
+        let anonymous = if volumes {
+            client.anonymous_volumes_of(&c).await?
+        } else {
+            Vec::new()
+        };
+        client.remove_container(&c, force).await?;
+        for v in anonymous {
+            client.volumes().remove(&v).await?;
+        }
+        Ok(())
     })
     .await
 }
@@ -931,5 +953,20 @@ pub async fn port(client: &Client, a: PortArgs) -> CliResult {
             return Err(format!("no public port '{p}' published for {}", a.container).into());
         }
     }
+    Ok(0)
+}
+
+#[derive(Args, Debug)]
+pub struct RenameArgs {
+    /// The container (name or id prefix).
+    container: String,
+    /// Its new name.
+    new_name: String,
+}
+
+/// docker's `rename`.
+pub async fn rename(client: &Client, a: RenameArgs) -> CliResult {
+    let c = client.containers().find(&a.container).await?;
+    client.containers().rename(&c, &a.new_name).await?;
     Ok(0)
 }

@@ -12,6 +12,7 @@ mod image;
 mod logs;
 mod network;
 mod system;
+mod volume;
 
 use crate::{Client, Error, ExecFailure, Host};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -99,6 +100,9 @@ enum Command {
         after_help = "Examples:\n  berth ps -a\n  berth ps -q --filter status=exited\n  berth ps --format json"
     )]
     Ps(container::PsArgs),
+    /// Rename a container.
+    #[command(after_help = "Example:\n  berth rename app app-old")]
+    Rename(container::RenameArgs),
     /// Wait for containers to stop and print their exit codes.
     Wait(container::Names),
     /// Run a command in a running container.
@@ -159,6 +163,9 @@ enum Command {
     /// Network commands (create, ls, inspect, rm).
     #[command(subcommand)]
     Network(network::NetworkCommand),
+    /// Volume commands (create, ls, inspect, rm, prune).
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
     /// List the files a container added (A), changed (C) or deleted (D) against its image.
     #[command(after_help = "Example:\n  berth diff app")]
     Diff(fs::DiffArgs),
@@ -167,6 +174,16 @@ enum Command {
         after_help = "Examples:\n  berth export -o app.tar app\n  berth export app | tar -t"
     )]
     Export(fs::ExportArgs),
+    /// Copy files between a container and the host.
+    #[command(
+        after_help = "Examples:\n  berth cp app:/etc/hostname .\n  berth cp ./conf/. app:/etc/app/\n  berth cp -a app:/var/lib/data /backup/data"
+    )]
+    Cp(fs::CpArgs),
+    /// Make an image from a container's changes.
+    #[command(
+        after_help = "Examples:\n  berth commit app app:v2\n  berth commit -m 'add config' -c 'CMD [\"/app\"]' app app:v2"
+    )]
+    Commit(fs::CommitArgs),
     /// List a container's published ports.
     #[command(after_help = "Example:\n  berth port web 80/tcp")]
     Port(container::PortArgs),
@@ -185,6 +202,9 @@ enum Command {
     Info(system::InfoArgs),
     /// Show the client's and the daemon's versions.
     Version(system::VersionArgs),
+    /// System commands (df, info, events).
+    #[command(subcommand)]
+    System(system::SystemCommand),
     /// Namespace commands.
     #[command(subcommand)]
     Namespace(system::NamespaceCommand),
@@ -204,6 +224,7 @@ enum ContainerCommand {
     Kill(container::KillArgs),
     Pause(container::Names),
     Unpause(container::Names),
+    Rename(container::RenameArgs),
 }
 
 #[derive(Args, Debug)]
@@ -346,6 +367,9 @@ async fn run(cli: Cli) -> CliResult {
             container::ps(&client, a).await
         }
         Command::Wait(a) => container::wait(&client, a).await,
+        Command::Rename(a) | Command::Container(ContainerCommand::Rename(a)) => {
+            container::rename(&client, a).await
+        }
         Command::Exec(a) => container::exec(&client, a).await,
         Command::Top(a) => container::top(&client, a).await,
         Command::Logs(a) => logs::logs(&client, a).await,
@@ -356,12 +380,15 @@ async fn run(cli: Cli) -> CliResult {
         Command::Rmi(a) => image::rmi(&client, a).await,
         Command::Tag(a) => image::tag(&client, a).await,
         Command::Network(c) => network::network_command(&client, c).await,
+        Command::Volume(c) => volume::volume_command(&client, c).await,
         Command::Build(a) => build::build(&client, a).await,
         Command::History(a) => build::history(&client, a).await,
         Command::Builder(c) => build::builder(&client, c).await,
         Command::Port(a) => container::port(&client, a).await,
         Command::Diff(a) => fs::diff(&client, a).await,
         Command::Export(a) => fs::export(&client, a).await,
+        Command::Cp(a) => fs::cp(&client, a).await,
+        Command::Commit(a) => fs::commit(&client, a).await,
         Command::Pull(a) => image::pull(&client, a).await,
         Command::Push(a) => image::push(&client, a).await,
         Command::Save(a) => image::save(&client, a).await,
@@ -371,6 +398,9 @@ async fn run(cli: Cli) -> CliResult {
         Command::Info(a) => system::info(&client, a, &host).await,
         Command::Version(a) => system::version(&client, a).await,
         Command::Namespace(c) => system::namespace(&client, c).await,
+        Command::System(system::SystemCommand::Df { format }) => system::df(&client, format).await,
+        Command::System(system::SystemCommand::Info(a)) => system::info(&client, a, &host).await,
+        Command::System(system::SystemCommand::Events(a)) => system::events(&client, a).await,
         Command::Completion { .. } => Ok(0),
         Command::Login(a) => image::login(a),
         Command::Logout(a) => image::logout(a),

@@ -1,4 +1,4 @@
-//! System commands: events, info, version, namespace ls.
+//! System commands: events, info, version, namespace ls, system df.
 
 use super::format::{self, Format};
 use super::CliResult;
@@ -263,4 +263,64 @@ pub async fn namespace(client: &Client, c: NamespaceCommand) -> CliResult {
             Ok(0)
         }
     }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SystemCommand {
+    /// Show disk usage: images, containers, local volumes, build cache.
+    #[command(after_help = "Examples:\n  berth system df\n  berth system df --format json")]
+    Df {
+        /// table, json, or a Go-template-like format ('{{.Type}} {{.Size}}').
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Show the daemon's information (as `berth info`).
+    Info(InfoArgs),
+    /// Show the daemon's events (as `berth events`).
+    Events(EventsArgs),
+}
+
+/// One row of `system df`.
+fn df_row(kind: &str, total: usize, active: usize, size: i64, reclaimable: i64) -> Value {
+    let pct = if size > 0 {
+        format!(" ({}%)", reclaimable * 100 / size)
+    } else {
+        String::new()
+    };
+    json!({
+        "Type": kind,
+        "TotalCount": total.to_string(),
+        "Active": active.to_string(),
+        "Size": format::human_size(size),
+        "Reclaimable": format!("{}{pct}", format::human_size(reclaimable)),
+        "SizeBytes": size,
+        "ReclaimableBytes": reclaimable,
+    })
+}
+
+/// docker's `system df`, for this namespace.
+pub async fn df(client: &Client, fmt: Option<String>) -> CliResult {
+    let u = client.disk_usage().await?;
+    let rows: Vec<Value> = [
+        ("Images", &u.images),
+        ("Containers", &u.containers),
+        ("Local Volumes", &u.volumes),
+        ("Build Cache", &u.build_cache),
+    ]
+    .iter()
+    .map(|(k, c)| df_row(k, c.total, c.active, c.size, c.reclaimable))
+    .collect();
+    format::print_list(&Format::parse(fmt.as_deref()), &rows, |vs| {
+        let rows: Vec<Vec<String>> = vs
+            .iter()
+            .map(|v| {
+                ["Type", "TotalCount", "Active", "Size", "Reclaimable"]
+                    .iter()
+                    .map(|k| v[*k].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .collect();
+        format::print_table(&["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], &rows);
+    })?;
+    Ok(0)
 }

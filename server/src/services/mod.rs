@@ -17,6 +17,7 @@ pub mod streaming;
 pub mod tasks;
 pub mod transfer;
 pub mod version;
+pub mod volumes;
 
 use crate::events::Exchange;
 use crate::snapshots::Snapshotters;
