@@ -31,6 +31,9 @@ pub(crate) struct Applier {
     skip_devices: bool,
     /// Directories to re-stamp at the end: (cleaned name, atime, mtime).
     dirs: Vec<(Vec<u8>, Timespec, Timespec)>,
+    /// Directories the resolver created for entries whose parents the layer does not carry
+    /// (resolved names, parents first); those the layer later lists itself are dropped at the end.
+    implied: Vec<Vec<u8>>,
     /// Native mode only: entries written by this layer, keyed by (parent dev, parent ino, name),
     /// so a later `.wh..wh..opq` in the same layer keeps them (the marker may come after them).
     unpacked: HashSet<u64>,
@@ -108,6 +111,7 @@ impl Applier {
             whiteouts,
             skip_devices: in_user_namespace(),
             dirs: Vec::new(),
+            implied: Vec::new(),
             unpacked: HashSet::new(),
             hash_state: RandomState::new(),
         }
@@ -119,7 +123,18 @@ impl Applier {
             self.entry(&mut rd, &e)?;
         }
         rd.drain_trailer()?;
+        if !self.implied.is_empty() {
+            let listed: HashSet<&[u8]> = self.dirs.iter().map(|(n, ..)| n.as_slice()).collect();
+            let mut implied = std::mem::take(&mut self.implied);
+            implied.retain(|n| !listed.contains(n.as_slice()));
+            self.implied = implied;
+        }
         self.fix_dir_times()
+    }
+
+    /// The directories this layer implied but never listed (see [`Applier::implied`]).
+    pub(crate) fn implied_dirs(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.implied)
     }
 
     fn key(&self, parent: &rfs::Stat, name: &[u8]) -> u64 {
@@ -139,8 +154,11 @@ impl Applier {
         }
         let pfd = {
             let parents = &self.parents;
-            let mut on_create =
-                |names: &[Vec<u8>], fd: BorrowedFd<'_>| copy_parent_info(parents, names, fd);
+            let implied = &mut self.implied;
+            let mut on_create = |names: &[Vec<u8>], fd: BorrowedFd<'_>| {
+                implied.push(names.join(&b'/'));
+                copy_parent_info(parents, names, fd)
+            };
             self.root
                 .dir(parent, Some(&mut on_create))?
                 .ok_or_else(|| invalid(format!("cannot create parent of {}", lossy(&e.name))))?
@@ -431,6 +449,38 @@ fn xattr_result(res: rustix::io::Result<()>, key: &[u8], e: &Entry, special: boo
         }
         Err(err) => Err(io_err(&format!("setxattr {} on", lossy(key)), &e.name, err)),
     }
+}
+
+/// Give the directories a layer applied on its own implied (`implied`, relative names, parents
+/// first) the attributes sequential application would have given them, now that its lower
+/// layers (`parents`, topmost first) exist: the same [`copy_parent_info`]. A name the layer
+/// since replaced by a non-directory, or removed, is left alone.
+pub(crate) fn inherit_implied(root: &Root, implied: &[Vec<u8>], parents: &[Root]) -> Result<()> {
+    for name in implied {
+        let comps: Vec<&[u8]> = name.split(|&b| b == b'/').collect();
+        let names: Vec<Vec<u8>> = comps.iter().map(|c| c.to_vec()).collect();
+        // Not through symlinks: the resolver recorded real names, and the layer may have put a
+        // link there since.
+        let Some((&base, parent)) = comps.split_last() else {
+            continue;
+        };
+        let Ok(Some(pfd)) = root.dir(parent, None) else {
+            continue;
+        };
+        match lstat_at(pfd.as_fd(), base) {
+            Ok(Some(st)) if fsops::is_dir(&st) => {}
+            _ => continue,
+        }
+        let fd = rfs::openat(
+            pfd.as_fd(),
+            os(base),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("open", name, e))?;
+        copy_parent_info(parents, &names, fd.as_fd())?;
+    }
+    Ok(())
 }
 
 /// For a directory the resolver had to create: copy owner, mode, times and (non-trusted)
