@@ -157,7 +157,7 @@ impl Applier {
             let implied = &mut self.implied;
             let mut on_create = |names: &[Vec<u8>], fd: BorrowedFd<'_>| {
                 implied.push(names.join(&b'/'));
-                copy_parent_info(parents, names, fd)
+                copy_parent_info(parents, names, fd).map(|_| ())
             };
             self.root
                 .dir(parent, Some(&mut on_create))?
@@ -478,14 +478,24 @@ pub(crate) fn inherit_implied(root: &Root, implied: &[Vec<u8>], parents: &[Root]
             Mode::empty(),
         )
         .map_err(|e| io_err("open", name, e))?;
-        copy_parent_info(parents, &names, fd.as_fd())?;
+        if !copy_parent_info(parents, &names, fd.as_fd())? {
+            // No lower has it: made in sequence, it took the group of a set-group-ID parent
+            // from the kernel at mkdir (and the parent is final by now: parents come first).
+            let pst = rfs::fstat(&pfd).map_err(|e| io_err("stat parent of", name, e))?;
+            if pst.st_mode & 0o2000 != 0 {
+                let dst = fsops::reopen_dir(fd.as_fd()).map_err(|e| io_err("open", name, e))?;
+                rfs::fchown(&dst, None, Some(rfs::Gid::from_raw(pst.st_gid)))
+                    .map_err(|e| io_err("chown", name, e))?;
+            }
+        }
     }
     Ok(())
 }
 
 /// For a directory the resolver had to create: copy owner, mode, times and (non-trusted)
-/// xattrs from the first lower layer that has it, as containerd's `mkparent` does.
-fn copy_parent_info(parents: &[Root], names: &[Vec<u8>], fd: BorrowedFd<'_>) -> Result<()> {
+/// xattrs from the first lower layer that has it, as containerd's `mkparent` does. Whether one
+/// had it.
+fn copy_parent_info(parents: &[Root], names: &[Vec<u8>], fd: BorrowedFd<'_>) -> Result<bool> {
     let comps: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
     let rel = || lossy(&comps.join(&b'/')).into_owned();
     for p in parents {
@@ -493,7 +503,7 @@ fn copy_parent_info(parents: &[Root], names: &[Vec<u8>], fd: BorrowedFd<'_>) -> 
             Ok(Some(src)) => src,
             Ok(None) => continue,
             // Replaced by a non-directory in that layer: keep the defaults.
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(false),
         };
         let err = |what: &str, e: std::io::Error| Error::io(format!("{what} {}", rel()), e);
         let src = fsops::reopen_dir(src.as_fd()).map_err(|e| err("open lower", e))?;
@@ -526,7 +536,7 @@ fn copy_parent_info(parents: &[Root], names: &[Vec<u8>], fd: BorrowedFd<'_>) -> 
             },
         };
         rfs::futimens(&dst, &ts).map_err(|e| err("set times of", e.into()))?;
-        return Ok(());
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }

@@ -690,6 +690,7 @@ fn implied_dirs_fixed_after_the_fact_match_a_sequential_apply() {
     // directory implied first and listed later (its own header wins), one implied then replaced.
     let layer = Tb::default()
         .file("srv/data/deep/new", b"new", 0o640)
+        .file("srv/data/deeper/f", b"f", 0o600)
         .file("srv/data/.wh.gone", b"", 0o644)
         .file("tmp/sock-dir/f", b"f", 0o600)
         .file("shadowed/x/y", b"y", 0o644)
@@ -740,6 +741,7 @@ fn implied_dirs_fixed_after_the_fact_match_a_sequential_apply() {
             "srv",
             "srv/data",
             "srv/data/deep",
+            "srv/data/deeper",
             "tmp",
             "tmp/sock-dir",
         ]
