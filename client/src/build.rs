@@ -45,11 +45,46 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 
 const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const ZSTD_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+const PLAIN_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const UNCOMPRESSED: &str = "containerd.io/uncompressed";
 /// Marks the build's own containers, so an interrupted build's leftovers can be told apart.
 pub const BUILD_LABEL: &str = "io.berth.build";
+
+/// How the layers a build writes are compressed (buildx's `-o …,compression=`). Layers of a base
+/// image are kept as the base has them, as buildx does without `force-compression`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Compression {
+    #[default]
+    Gzip,
+    Zstd,
+    Uncompressed,
+}
+
+impl Compression {
+    /// buildx's names: `gzip`, `zstd`, `uncompressed`.
+    pub fn parse(name: &str) -> Result<Compression> {
+        match name {
+            "gzip" => Ok(Compression::Gzip),
+            "zstd" => Ok(Compression::Zstd),
+            "uncompressed" => Ok(Compression::Uncompressed),
+            other => Err(Error::invalid(format!(
+                "compression {other:?}: gzip, zstd or uncompressed"
+            ))),
+        }
+    }
+
+    /// The layer media type Diff is asked for.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::Gzip => GZIP_LAYER,
+            Compression::Zstd => ZSTD_LAYER,
+            Compression::Uncompressed => PLAIN_LAYER,
+        }
+    }
+}
 
 /// `berth build`'s options.
 #[derive(Debug, Clone, Default)]
@@ -72,6 +107,8 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// Pull every base image even when it is present (docker's `--pull`).
     pub pull: bool,
+    /// How the build's own layers are compressed.
+    pub compression: Compression,
 }
 
 /// What a build made.
@@ -204,6 +241,7 @@ pub async fn build(
         cache_hits: AtomicUsize::new(0),
         no_cache: opts.no_cache,
         pull: opts.pull,
+        compression: opts.compression,
         pulled: Mutex::new(Vec::new()),
     };
     let progress: Progress<'_> = Mutex::new(progress);
@@ -282,6 +320,7 @@ struct Run<'a> {
     cache_hits: AtomicUsize,
     no_cache: bool,
     pull: bool,
+    compression: Compression,
     /// Images `--pull` already pulled in this build (a base named twice is pulled once).
     pulled: Mutex<Vec<String>>,
 }
@@ -425,9 +464,20 @@ impl Run<'_> {
                 }
                 _ => None,
             };
+            // A layer cached as gzip is not a zstd layer: other compressions key apart (gzip's
+            // keys stay as they were).
+            let instruction = match self.compression {
+                Compression::Gzip => format!("{}\n{}", step.text, outcome.created_by),
+                other => format!(
+                    "{}\n{}\ncompression={}",
+                    step.text,
+                    outcome.created_by,
+                    other.media_type()
+                ),
+            };
             let key = berth_build::image::cache_key(
                 &state.key,
-                &format!("{}\n{}", step.text, outcome.created_by),
+                &instruction,
                 &outcome.cache_args,
                 copied.as_deref(),
             );
@@ -607,7 +657,7 @@ impl Run<'_> {
         let req = DiffRequest {
             left: lower.as_ref().map(|(_, m)| m.clone()).unwrap_or_default(),
             right: upper,
-            media_type: GZIP_LAYER.to_string(),
+            media_type: self.compression.media_type().to_string(),
             r#ref: String::new(),
             labels: HashMap::new(),
             source_date_epoch: None,

@@ -585,3 +585,41 @@ fn run_joins_a_named_network() {
     let err = env.berth_fails(&["build", "--network", "no-such-net", "-t", "net:v2", &c]);
     assert!(err.contains("network no-such-net not found"), "{err}");
 }
+
+/// `compression: Zstd` (the CLI's `-o type=image,compression=zstd`): the build's own layers are
+/// tar+zstd, the base's stay as they were, and the image runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_layers_build_and_run() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("zstd");
+    let ctx = env.context(
+        &format!("FROM {BASE}\nRUN echo zstd > /made\nCOPY f /f\n"),
+        &[("f", "copied\n")],
+    );
+    let client = env.client().await;
+    let mut progress = Vec::new();
+    let opts = BuildOptions {
+        context: ctx,
+        tags: vec!["zstd:v1".into()],
+        compression: berth::build::Compression::Zstd,
+        ..BuildOptions::default()
+    };
+    build(&client, &opts, &mut progress)
+        .await
+        .unwrap_or_else(|e| panic!("build: {e}\n{}", String::from_utf8_lossy(&progress)));
+    let details = client.images().inspect("zstd:v1").await.unwrap();
+    let types: Vec<String> = details
+        .manifest
+        .layers()
+        .iter()
+        .map(|l| l.media_type().to_string())
+        .collect();
+    let (base, own) = types.split_at(types.len() - 2);
+    assert!(!base.is_empty(), "{types:?}");
+    assert!(base.iter().all(|t| !t.ends_with("+zstd")), "{types:?}");
+    assert!(own.iter().all(|t| t.ends_with("tar+zstd")), "{types:?}");
+    assert_eq!(
+        env.berth(&["run", "--rm", "zstd:v1", "cat", "/made", "/f"]),
+        "zstd\ncopied\n"
+    );
+}

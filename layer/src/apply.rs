@@ -31,6 +31,9 @@ pub(crate) struct Applier {
     skip_devices: bool,
     /// Directories to re-stamp at the end: (cleaned name, atime, mtime).
     dirs: Vec<(Vec<u8>, Timespec, Timespec)>,
+    /// Directories the resolver created for entries whose parents the layer does not carry
+    /// (resolved names, parents first); those the layer later lists itself are dropped at the end.
+    implied: Vec<Vec<u8>>,
     /// Native mode only: entries written by this layer, keyed by (parent dev, parent ino, name),
     /// so a later `.wh..wh..opq` in the same layer keeps them (the marker may come after them).
     unpacked: HashSet<u64>,
@@ -108,6 +111,7 @@ impl Applier {
             whiteouts,
             skip_devices: in_user_namespace(),
             dirs: Vec::new(),
+            implied: Vec::new(),
             unpacked: HashSet::new(),
             hash_state: RandomState::new(),
         }
@@ -119,7 +123,18 @@ impl Applier {
             self.entry(&mut rd, &e)?;
         }
         rd.drain_trailer()?;
+        if !self.implied.is_empty() {
+            let listed: HashSet<&[u8]> = self.dirs.iter().map(|(n, ..)| n.as_slice()).collect();
+            let mut implied = std::mem::take(&mut self.implied);
+            implied.retain(|n| !listed.contains(n.as_slice()));
+            self.implied = implied;
+        }
         self.fix_dir_times()
+    }
+
+    /// The directories this layer implied but never listed (see [`Applier::implied`]).
+    pub(crate) fn implied_dirs(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.implied)
     }
 
     fn key(&self, parent: &rfs::Stat, name: &[u8]) -> u64 {
@@ -139,8 +154,11 @@ impl Applier {
         }
         let pfd = {
             let parents = &self.parents;
-            let mut on_create =
-                |names: &[Vec<u8>], fd: BorrowedFd<'_>| copy_parent_info(parents, names, fd);
+            let implied = &mut self.implied;
+            let mut on_create = |names: &[Vec<u8>], fd: BorrowedFd<'_>| {
+                implied.push(names.join(&b'/'));
+                copy_parent_info(parents, names, fd).map(|_| ())
+            };
             self.root
                 .dir(parent, Some(&mut on_create))?
                 .ok_or_else(|| invalid(format!("cannot create parent of {}", lossy(&e.name))))?
@@ -433,9 +451,51 @@ fn xattr_result(res: rustix::io::Result<()>, key: &[u8], e: &Entry, special: boo
     }
 }
 
+/// Give the directories a layer applied on its own implied (`implied`, relative names, parents
+/// first) the attributes sequential application would have given them, now that its lower
+/// layers (`parents`, topmost first) exist: the same [`copy_parent_info`]. A name the layer
+/// since replaced by a non-directory, or removed, is left alone.
+pub(crate) fn inherit_implied(root: &Root, implied: &[Vec<u8>], parents: &[Root]) -> Result<()> {
+    for name in implied {
+        let comps: Vec<&[u8]> = name.split(|&b| b == b'/').collect();
+        let names: Vec<Vec<u8>> = comps.iter().map(|c| c.to_vec()).collect();
+        // Not through symlinks: the resolver recorded real names, and the layer may have put a
+        // link there since.
+        let Some((&base, parent)) = comps.split_last() else {
+            continue;
+        };
+        let Ok(Some(pfd)) = root.dir(parent, None) else {
+            continue;
+        };
+        match lstat_at(pfd.as_fd(), base) {
+            Ok(Some(st)) if fsops::is_dir(&st) => {}
+            _ => continue,
+        }
+        let fd = rfs::openat(
+            pfd.as_fd(),
+            os(base),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("open", name, e))?;
+        if !copy_parent_info(parents, &names, fd.as_fd())? {
+            // No lower has it: made in sequence, it took the group of a set-group-ID parent
+            // from the kernel at mkdir (and the parent is final by now: parents come first).
+            let pst = rfs::fstat(&pfd).map_err(|e| io_err("stat parent of", name, e))?;
+            if pst.st_mode & 0o2000 != 0 {
+                let dst = fsops::reopen_dir(fd.as_fd()).map_err(|e| io_err("open", name, e))?;
+                rfs::fchown(&dst, None, Some(rfs::Gid::from_raw(pst.st_gid)))
+                    .map_err(|e| io_err("chown", name, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// For a directory the resolver had to create: copy owner, mode, times and (non-trusted)
-/// xattrs from the first lower layer that has it, as containerd's `mkparent` does.
-fn copy_parent_info(parents: &[Root], names: &[Vec<u8>], fd: BorrowedFd<'_>) -> Result<()> {
+/// xattrs from the first lower layer that has it, as containerd's `mkparent` does. Whether one
+/// had it.
+fn copy_parent_info(parents: &[Root], names: &[Vec<u8>], fd: BorrowedFd<'_>) -> Result<bool> {
     let comps: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
     let rel = || lossy(&comps.join(&b'/')).into_owned();
     for p in parents {
@@ -443,7 +503,7 @@ fn copy_parent_info(parents: &[Root], names: &[Vec<u8>], fd: BorrowedFd<'_>) -> 
             Ok(Some(src)) => src,
             Ok(None) => continue,
             // Replaced by a non-directory in that layer: keep the defaults.
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(false),
         };
         let err = |what: &str, e: std::io::Error| Error::io(format!("{what} {}", rel()), e);
         let src = fsops::reopen_dir(src.as_fd()).map_err(|e| err("open lower", e))?;
@@ -476,7 +536,7 @@ fn copy_parent_info(parents: &[Root], names: &[Vec<u8>], fd: BorrowedFd<'_>) -> 
             },
         };
         rfs::futimens(&dst, &ts).map_err(|e| err("set times of", e.into()))?;
-        return Ok(());
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }

@@ -14,6 +14,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::fsops::{self, lstat_at, os, path_o, Root};
 use super::tarfmt::{self, WriteHeader, BLOCK};
+use super::LayerCompression;
 use berth_errdefs::{Error, Result};
 use berth_oci::Digest;
 
@@ -58,42 +59,57 @@ fn werr(e: io::Error) -> Error {
 pub(crate) fn compute<W: Write>(
     lower: &Path,
     upper: &Path,
-    gzip: bool,
+    compression: LayerCompression,
     source_date_epoch: Option<i64>,
     out: W,
 ) -> Result<(Digest, u64, Digest)> {
     let mut comp = HashCount::new(out);
-    if gzip {
-        let diff_id = write_gzipped(lower, upper, source_date_epoch, &mut comp)?;
-        comp.flush().map_err(werr)?;
-        Ok((comp.digest(), comp.n, diff_id))
-    } else {
-        {
-            let mut bw = BufWriter::with_capacity(1 << 20, &mut comp);
-            write_diff(lower, upper, source_date_epoch, &mut bw)?;
-            bw.flush().map_err(werr)?;
+    let diff_id = match compression {
+        LayerCompression::None => {
+            {
+                let mut bw = BufWriter::with_capacity(1 << 20, &mut comp);
+                write_diff(lower, upper, source_date_epoch, &mut bw)?;
+                bw.flush().map_err(werr)?;
+            }
+            comp.digest()
         }
-        let d = comp.digest();
-        Ok((d.clone(), comp.n, d))
-    }
+        LayerCompression::Gzip => {
+            let gz = GzEncoder::new(&mut comp, flate2::Compression::default());
+            let (diff_id, gz) = write_through(lower, upper, source_date_epoch, gz)?;
+            gz.finish().map_err(werr)?;
+            diff_id
+        }
+        LayerCompression::Zstd => {
+            // Level 3 is zstd's default, and what containerd's (klauspost) encoder writes by
+            // default too.
+            let zst = zstd::stream::write::Encoder::new(&mut comp, ZSTD_LEVEL).map_err(werr)?;
+            let (diff_id, zst) = write_through(lower, upper, source_date_epoch, zst)?;
+            zst.finish().map_err(werr)?;
+            diff_id
+        }
+    };
+    comp.flush().map_err(werr)?;
+    Ok((comp.digest(), comp.n, diff_id))
 }
 
-fn write_gzipped(
+/// zstd's default level (`ZSTD_CLEVEL_DEFAULT`).
+const ZSTD_LEVEL: i32 = 3;
+
+/// Write the diff tar into the compressor `enc`, hashing the uncompressed bytes on the way;
+/// returns the diff ID and the compressor, to be finished by the caller.
+fn write_through<E: Write>(
     lower: &Path,
     upper: &Path,
     source_date_epoch: Option<i64>,
-    out: &mut dyn Write,
-) -> Result<Digest> {
-    let gz = GzEncoder::new(out, flate2::Compression::default());
-    let mut unc = HashCount::new(gz);
+    enc: E,
+) -> Result<(Digest, E)> {
+    let mut unc = HashCount::new(enc);
     {
         let mut bw = BufWriter::with_capacity(1 << 20, &mut unc);
         write_diff(lower, upper, source_date_epoch, &mut bw)?;
         bw.flush().map_err(werr)?;
     }
-    let diff_id = unc.digest();
-    unc.inner.try_finish().map_err(werr)?;
-    Ok(diff_id)
+    Ok((unc.digest(), unc.inner))
 }
 
 /// One directory being merged: both sides' fds and the union of their names, sorted.

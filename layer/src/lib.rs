@@ -18,7 +18,8 @@ mod tarfmt;
 mod tests;
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
 
@@ -78,6 +79,10 @@ impl Default for Limits {
 pub struct Applied {
     pub diff_id: Digest,
     pub size: u64,
+    /// Directories the layer implies (an entry's parent it does not list itself), relative to
+    /// the target, parents first. Applied without its lower layers, these carry default
+    /// attributes until [`inherit_implied_dirs`] gives them the lower layers'.
+    pub implied_dirs: Vec<PathBuf>,
 }
 
 /// Apply a layer blob (compressed as `media_type` says) onto `target`.
@@ -141,12 +146,77 @@ pub fn apply_layer_with_parents<R: Read + Send>(
         res?;
         // `run` only succeeds after reading to EOF, and EOF follows the producer's success.
         let size = size.ok_or_else(|| Error::internal("layer stream ended without a size"))?;
-        Ok(Applied { diff_id, size })
+        let implied_dirs = applier
+            .implied_dirs()
+            .into_iter()
+            .map(|n| PathBuf::from(std::ffi::OsString::from_vec(n)))
+            .collect();
+        Ok(Applied {
+            diff_id,
+            size,
+            implied_dirs,
+        })
     })
 }
 
-/// Write the changes that turn `lower` into `upper` as an OCI layer tar into `out`, gzipped if
-/// `gzip`; returns (digest of what was written, its size, diff ID of the uncompressed tar).
+/// For a layer applied into `target` without its lower layers (`apply_layer` on a bare overlay
+/// upperdir, to be committed onto its parent afterwards): give the directories it implied
+/// (`Applied::implied_dirs`) the owner, mode, times and xattrs of the same directory in the first
+/// of `parents` (the lower layers, topmost first) that has it, which is what
+/// [`apply_layer_with_parents`] gives them at creation. Call it once the parents are final.
+pub fn inherit_implied_dirs(target: &Path, implied: &[PathBuf], parents: &[&Path]) -> Result<()> {
+    if implied.is_empty() || parents.is_empty() {
+        return Ok(());
+    }
+    let root = fsops::Root::open(target)?;
+    let parents = parents
+        .iter()
+        .map(|p| fsops::Root::open(p))
+        .collect::<Result<Vec<_>>>()?;
+    let names: Vec<Vec<u8>> = implied
+        .iter()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+        .collect();
+    apply::inherit_implied(&root, &names, &parents)
+}
+
+/// How a computed layer is compressed, i.e. which of the OCI layer media types it gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerCompression {
+    /// `application/vnd.oci.image.layer.v1.tar`
+    None,
+    /// `application/vnd.oci.image.layer.v1.tar+gzip`
+    Gzip,
+    /// `application/vnd.oci.image.layer.v1.tar+zstd` (zstd's default level, one frame)
+    Zstd,
+}
+
+impl LayerCompression {
+    /// The compression a layer of `media_type` is written with, for the media types a layer
+    /// can be computed as (containerd's Diff accepts the same three); `None` for any other.
+    pub fn for_media_type(media_type: &str) -> Option<LayerCompression> {
+        use berth_oci::media_types::{OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD};
+        match media_type {
+            OCI_LAYER => Some(LayerCompression::None),
+            OCI_LAYER_GZIP => Some(LayerCompression::Gzip),
+            OCI_LAYER_ZSTD => Some(LayerCompression::Zstd),
+            _ => None,
+        }
+    }
+
+    /// The OCI media type of a layer written with this compression.
+    pub fn media_type(self) -> &'static str {
+        use berth_oci::media_types::{OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD};
+        match self {
+            LayerCompression::None => OCI_LAYER,
+            LayerCompression::Gzip => OCI_LAYER_GZIP,
+            LayerCompression::Zstd => OCI_LAYER_ZSTD,
+        }
+    }
+}
+
+/// Write the changes that turn `lower` into `upper` as an OCI layer tar into `out`, compressed
+/// as `compression` says; returns (digest of what was written, its size, diff ID of the uncompressed tar).
 ///
 /// Both are complete trees: `lower` is the parent's merged view and `upper` the container's
 /// merged view (for overlay, the mounted overlay, not the bare upperdir), both read-only and
@@ -158,10 +228,10 @@ pub fn apply_layer_with_parents<R: Read + Send>(
 pub fn compute_layer<W: Write>(
     lower: &Path,
     upper: &Path,
-    gzip: bool,
+    compression: LayerCompression,
     out: W,
 ) -> Result<(Digest, u64, Digest)> {
-    compute::compute(lower, upper, gzip, None, out)
+    compute::compute(lower, upper, compression, None, out)
 }
 
 /// [`compute_layer`] for a reproducible layer (DiffRequest.source_date_epoch, in seconds since
@@ -170,9 +240,9 @@ pub fn compute_layer<W: Write>(
 pub fn compute_layer_with_epoch<W: Write>(
     lower: &Path,
     upper: &Path,
-    gzip: bool,
+    compression: LayerCompression,
     source_date_epoch: i64,
     out: W,
 ) -> Result<(Digest, u64, Digest)> {
-    compute::compute(lower, upper, gzip, Some(source_date_epoch), out)
+    compute::compute(lower, upper, compression, Some(source_date_epoch), out)
 }

@@ -371,6 +371,7 @@ fn transferrer(
             max_manifest_bytes: t.max_manifest_bytes,
             max_layers: t.max_layers,
             allow_foreign_urls: t.allow_foreign_urls,
+            parallel_unpack: t.parallel_unpack,
             docker_config: path(&t.docker_config),
             login_store: path(&t.login_store),
             // containerd's default, where this host can hold overlay layers.

@@ -241,6 +241,29 @@ impl Scoped {
         self.inner.remove(&self.key(key)?).map_err(|e| self.err(e))
     }
 
+    /// Whether [`Scoped::commit_onto`] works (the snapshotter's "rebase" capability).
+    pub fn can_rebase(&self) -> bool {
+        self.inner.can_rebase()
+    }
+
+    /// Commits the parentless active snapshot `key` as `name` on top of the committed `parent`.
+    pub fn commit_onto(
+        &self,
+        name: &str,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        self.inner
+            .commit_onto(
+                &self.key(name)?,
+                &self.key(key)?,
+                &self.parent(parent),
+                labels,
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// Every snapshot of this namespace.
     pub fn list(&self) -> Result<Vec<Info>> {
         let mut out = Vec::new();

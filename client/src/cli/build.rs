@@ -2,7 +2,7 @@
 //! and the image store.
 
 use super::{format, CliResult};
-use crate::build::{build as run_build, BuildOptions};
+use crate::build::{build as run_build, BuildOptions, Compression};
 use crate::spec::Network;
 use crate::Client;
 use clap::Args;
@@ -42,9 +42,14 @@ pub struct BuildArgs {
     #[arg(long)]
     pull: bool,
     /// Where the image goes: type=image (the image store, the default) or
-    /// type=oci,dest=FILE (an OCI archive as berth save writes).
+    /// type=oci,dest=FILE (an OCI archive as berth save writes); either may add
+    /// compression=gzip|zstd|uncompressed for the layers the build writes.
     #[arg(short = 'o', long = "output")]
     output: Option<String>,
+    /// How the build's layers are compressed: gzip (default), zstd or uncompressed
+    /// (the same as -o …,compression=).
+    #[arg(long)]
+    compression: Option<String>,
     /// A directory, or - for a tar on stdin.
     context: PathBuf,
 }
@@ -64,9 +69,18 @@ pub async fn build(client: &Client, a: BuildArgs) -> CliResult {
         return Err(format!("--progress {:?}: auto, plain or quiet", a.progress).into());
     }
     let quiet = a.quiet || a.progress == "quiet";
-    let oci_dest = match a.output.as_deref() {
-        None => None,
+    let output = match a.output.as_deref() {
+        None => Output::default(),
         Some(o) => parse_output(o)?,
+    };
+    let oci_dest = output.dest;
+    let compression = match (a.compression.as_deref(), output.compression.as_deref()) {
+        (None, None) => Compression::default(),
+        (Some(c), None) | (None, Some(c)) => Compression::parse(c)?,
+        (Some(flag), Some(o)) if flag == o => Compression::parse(flag)?,
+        (Some(flag), Some(o)) => {
+            return Err(format!("--compression {flag} and -o compression={o} disagree").into())
+        }
     };
     // An archive needs an image to export: without -t, a temporary name removed afterwards.
     let mut tags = a.tags;
@@ -92,6 +106,7 @@ pub async fn build(client: &Client, a: BuildArgs) -> CliResult {
         limits: None,
         no_cache: a.no_cache,
         pull: a.pull,
+        compression,
     };
     let mut progress: Box<dyn std::io::Write + Send> = if quiet {
         Box::new(std::io::sink())
@@ -111,23 +126,43 @@ pub async fn build(client: &Client, a: BuildArgs) -> CliResult {
     Ok(0)
 }
 
-/// `-o`: `type=image` (None) or `type=oci,dest=FILE` (Some(FILE)).
-fn parse_output(o: &str) -> CliResult<Option<PathBuf>> {
+/// What `-o` asks for.
+#[derive(Debug, Default, PartialEq)]
+struct Output {
+    /// `type=oci,dest=FILE`: the archive to write; None for `type=image`.
+    dest: Option<PathBuf>,
+    /// `compression=…`, checked by [`Compression::parse`].
+    compression: Option<String>,
+}
+
+/// `-o`: `type=image` or `type=oci,dest=FILE`, either with `compression=NAME`.
+fn parse_output(o: &str) -> CliResult<Output> {
+    let usage = || {
+        format!(
+            "-o {o:?}: type=image or type=oci,dest=FILE (with compression=gzip|zstd|uncompressed)"
+        )
+    };
     let mut kind = None;
     let mut dest = None;
+    let mut compression = None;
     for part in o.split(',') {
         match part.split_once('=') {
             Some(("type", t)) => kind = Some(t.to_string()),
             Some(("dest", d)) => dest = Some(PathBuf::from(d)),
-            _ => return Err(format!("-o {o:?}: type=image or type=oci,dest=FILE").into()),
+            Some(("compression", c)) => {
+                Compression::parse(c)?;
+                compression = Some(c.to_string());
+            }
+            _ => return Err(usage().into()),
         }
     }
-    match (kind.as_deref(), dest) {
-        (Some("image") | None, None) => Ok(None),
-        (Some("oci"), Some(d)) => Ok(Some(d)),
-        (Some("oci"), None) => Err(format!("-o {o:?}: type=oci needs dest=FILE").into()),
-        _ => Err(format!("-o {o:?}: type=image or type=oci,dest=FILE").into()),
-    }
+    let dest = match (kind.as_deref(), dest) {
+        (Some("image") | None, None) => None,
+        (Some("oci"), Some(d)) => Some(d),
+        (Some("oci"), None) => return Err(format!("-o {o:?}: type=oci needs dest=FILE").into()),
+        _ => return Err(usage().into()),
+    };
+    Ok(Output { dest, compression })
 }
 
 /// Writes the built image as an OCI archive beside `dest` and renames it into place, so a
@@ -261,4 +296,38 @@ fn created_ago(t: &str) -> Option<String> {
         .as_secs() as i64;
     let ago = std::time::Duration::from_secs(now.saturating_sub(secs).max(0) as u64);
     Some(format!("{} ago", crate::lifecycle::human_duration(ago)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(o: &str) -> Output {
+        parse_output(o).unwrap_or_else(|f| panic!("{o}: {}", f.message))
+    }
+
+    fn refused(o: &str) -> String {
+        match parse_output(o) {
+            Ok(out) => panic!("{o} accepted as {out:?}"),
+            Err(f) => f.message,
+        }
+    }
+
+    #[test]
+    fn output_takes_buildx_compression() {
+        assert_eq!(ok("type=image"), Output::default());
+        let o = ok("type=image,compression=zstd");
+        assert_eq!((o.dest, o.compression.as_deref()), (None, Some("zstd")));
+        let o = ok("type=oci,dest=out.tar,compression=uncompressed");
+        assert_eq!(o.dest, Some(PathBuf::from("out.tar")));
+        assert_eq!(o.compression.as_deref(), Some("uncompressed"));
+        let err = refused("type=image,compression=bzip2");
+        assert!(err.contains("gzip, zstd or uncompressed"), "{err}");
+        assert!(refused("type=oci").contains("needs dest"));
+        refused("type=tar,dest=x");
+        assert_eq!(
+            Compression::parse("zstd").map(Compression::media_type).ok(),
+            Some("application/vnd.oci.image.layer.v1.tar+zstd")
+        );
+    }
 }

@@ -11,7 +11,7 @@ use berth_api::containerd::services::diff::v1::{diff_server::Diff, *};
 use berth_api::containerd::types::Descriptor;
 use berth_content::Writer;
 use berth_errdefs::Error;
-use berth_layer::{compute_layer, compute_layer_with_epoch, Applied};
+use berth_layer::{compute_layer, compute_layer_with_epoch, Applied, LayerCompression};
 use berth_oci::Digest;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -72,21 +72,22 @@ impl Diff for DiffService {
         let ns = namespace(&req)?;
         let lease = super::lease(&req)?;
         let req = req.into_inner();
-        let gzip = match req.media_type.as_str() {
-            "" | "application/vnd.oci.image.layer.v1.tar+gzip" => true,
-            "application/vnd.oci.image.layer.v1.tar" => false,
-            other => {
-                return Err(Error::unimplemented(format!(
-                    "unsupported diff media type {other:?} (berthd writes tar and tar+gzip layers)"
-                ))
-                .into())
-            }
-        };
-        let media_type = if gzip {
-            "application/vnd.oci.image.layer.v1.tar+gzip"
+        // containerd's walking differ: empty means gzip; tar, tar+gzip and tar+zstd are written.
+        let compression = if req.media_type.is_empty() {
+            LayerCompression::Gzip
         } else {
-            "application/vnd.oci.image.layer.v1.tar"
+            // Any other type: NotImplemented, as containerd's differ answers.
+            LayerCompression::for_media_type(&req.media_type).ok_or_else(|| {
+                Error::unimplemented(format!(
+                    "unsupported diff media type {:?} (berthd writes {}, {} and {} layers)",
+                    req.media_type,
+                    LayerCompression::None.media_type(),
+                    LayerCompression::Gzip.media_type(),
+                    LayerCompression::Zstd.media_type(),
+                ))
+            })?
         };
+        let media_type = compression.media_type();
         berth_metadata::validate::labels(&req.labels)?;
         let r#ref = if req.r#ref.is_empty() {
             format!("diff-{}", uuid::Uuid::new_v4())
@@ -105,9 +106,9 @@ impl Diff for DiffService {
                     let mut sink = IngestSink { writer, offset: 0 };
                     let (digest, size, diff_id) = match epoch {
                         Some(epoch) => {
-                            compute_layer_with_epoch(lower, upper, gzip, epoch, &mut sink)?
+                            compute_layer_with_epoch(lower, upper, compression, epoch, &mut sink)?
                         }
-                        None => compute_layer(lower, upper, gzip, &mut sink)?,
+                        None => compute_layer(lower, upper, compression, &mut sink)?,
                     };
                     let committed = sink.writer.commit(size as i64, Some(&digest))?;
                     Ok((committed.digest, size, diff_id))

@@ -104,6 +104,7 @@ mod tests {
             max_manifest_bytes: 1,
             max_layers: 1,
             allow_foreign_urls: false,
+            parallel_unpack: true,
             docker_config: None,
             login_store: None,
             default_snapshotter: "native".into(),

@@ -26,6 +26,9 @@ pub struct TransferConfig {
     pub max_layers: usize,
     /// Follow foreign layer URLs (off, as containerd since CVE-2020-15157).
     pub allow_foreign_urls: bool,
+    /// Apply the layers of a pull side by side and chain them afterwards, where the snapshotter
+    /// can (overlayfs); off: one after another, each onto its committed parent.
+    pub parallel_unpack: bool,
     /// docker's config.json to take registry credentials from; empty: not read.
     pub docker_config: PathBuf,
     /// `berth login`'s credential store (0600); absent file: no credentials from it.
@@ -42,6 +45,7 @@ impl Default for TransferConfig {
             max_manifest_bytes: 4 << 20,
             max_layers: 512,
             allow_foreign_urls: false,
+            parallel_unpack: true,
             docker_config: PathBuf::new(),
             login_store: "/etc/berth/auth.json".into(),
         }

@@ -59,6 +59,8 @@ pub struct Settings {
     pub max_layers: usize,
     /// Follow foreign layer URLs (off by default, as containerd since CVE-2020-15157).
     pub allow_foreign_urls: bool,
+    /// Apply a pull's layers side by side where the snapshotter can rebase (`unpack.rs`).
+    pub parallel_unpack: bool,
     /// docker's config.json to read credentials from, if any.
     pub docker_config: Option<PathBuf>,
     /// `berth login`'s store.

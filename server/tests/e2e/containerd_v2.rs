@@ -463,7 +463,7 @@ mod fields {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn diff_clamps_to_source_date_epoch_and_apply_syncs() {
+    async fn diff_clamps_to_source_date_epoch_writes_zstd_and_apply_syncs() {
         let d = Daemon::start();
         let ch = d.channel().await;
         let mut snapshots = SnapshotsClient::new(ch.clone());
@@ -583,5 +583,78 @@ mod fields {
         .expect("apply with sync_fs");
         let applied = std::path::PathBuf::from(&target[0].source).join("new-file");
         assert_eq!(std::fs::read(&applied).unwrap(), b"made after the epoch");
+
+        // The same change as a zstd layer: containerd 2's differ writes tar+zstd when asked,
+        // and Apply takes it back.
+        let zstd_type = "application/vnd.oci.image.layer.v1.tar+zstd";
+        let zstd_layer = diff
+            .diff(req(DiffRequest {
+                left: lower.clone(),
+                right: upper.clone(),
+                media_type: zstd_type.into(),
+                r#ref: String::new(),
+                labels: Default::default(),
+                source_date_epoch: None,
+            }))
+            .await
+            .expect("diff as tar+zstd")
+            .into_inner()
+            .diff
+            .expect("a layer descriptor");
+        assert_eq!(zstd_layer.media_type, zstd_type);
+        let mut blob = Vec::new();
+        let mut stream = ContentClient::new(ch.clone())
+            .read(req(ReadContentRequest {
+                digest: zstd_layer.digest.clone(),
+                offset: 0,
+                size: 0,
+            }))
+            .await
+            .expect("read the zstd layer")
+            .into_inner();
+        while let Some(chunk) = stream.message().await.expect("read chunk") {
+            blob.extend_from_slice(&chunk.data);
+        }
+        assert_eq!(blob.len() as i64, zstd_layer.size);
+        assert!(
+            blob.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]),
+            "not a zstd frame: {:02x?}",
+            &blob[..blob.len().min(8)]
+        );
+        let target: Vec<Mount> = snapshots
+            .prepare(req(prepare("apply-zstd", "")))
+            .await
+            .expect("prepare the zstd apply target")
+            .into_inner()
+            .mounts;
+        let applied = diff
+            .apply(req(ApplyRequest {
+                diff: Some(zstd_layer),
+                mounts: target.clone(),
+                payloads: Default::default(),
+                sync_fs: false,
+            }))
+            .await
+            .expect("apply the zstd layer")
+            .into_inner()
+            .applied
+            .expect("applied descriptor");
+        assert_eq!(applied.media_type, "application/vnd.oci.image.layer.v1.tar");
+        let file = std::path::PathBuf::from(&target[0].source).join("new-file");
+        assert_eq!(std::fs::read(&file).unwrap(), b"made after the epoch");
+
+        // A compression berthd does not write: NotImplemented, as containerd's differ says.
+        let refused = diff
+            .diff(req(DiffRequest {
+                left: lower.clone(),
+                right: upper.clone(),
+                media_type: "application/vnd.oci.image.layer.v1.tar+bzip2".into(),
+                r#ref: String::new(),
+                labels: Default::default(),
+                source_date_epoch: None,
+            }))
+            .await
+            .expect_err("tar+bzip2 is not written");
+        assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
     }
 }

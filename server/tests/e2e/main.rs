@@ -20,3 +20,4 @@ mod registry;
 mod snapshots;
 mod tasks;
 mod transfer;
+mod unpack;

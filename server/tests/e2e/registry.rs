@@ -245,6 +245,10 @@ impl Registry {
             .as_str()
             .expect("layer digest")
             .to_string();
+        let layer_media_type = layers[0]["mediaType"]
+            .as_str()
+            .expect("layer media type")
+            .to_string();
 
         let config = http_get(
             self.port,
@@ -265,8 +269,36 @@ impl Registry {
             manifest_digest,
             config_digest,
             layer_digest,
+            layer_media_type,
             diff_id,
         }
+    }
+
+    /// Push the busybox fixture as `library/busybox:latest` with its layer recompressed as
+    /// zstd by skopeo (`tar+zstd` in an OCI manifest), and read back what the registry serves.
+    pub(crate) fn push_busybox_zstd(&self, work: &Path) -> Served {
+        let fixture = busybox_oci_archive(work, &format!("docker.io/{REPO}:{TAG}"));
+        let src = format!("oci-archive:{}:{TAG}", fixture.path.display());
+        let dest = format!("docker://{}", self.reference());
+        skopeo(&[
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-compress-format",
+            "zstd",
+            &src,
+            &dest,
+        ]);
+        let served = self.served(REPO, TAG);
+        assert_eq!(
+            served.layer_media_type, "application/vnd.oci.image.layer.v1.tar+zstd",
+            "skopeo did not write a zstd layer"
+        );
+        assert_ne!(served.layer_digest, fixture.layer.digest);
+        let blob = std::fs::read(self.blob_path(&served.layer_digest)).expect("the zstd layer");
+        assert!(blob.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]), "not zstd");
+        // Recompressed, not changed: the same tar inside.
+        assert_eq!(served.diff_id, fixture.diff_id);
+        served
     }
 }
 
@@ -277,6 +309,7 @@ pub(crate) struct Served {
     pub(crate) manifest_digest: String,
     pub(crate) config_digest: String,
     pub(crate) layer_digest: String,
+    pub(crate) layer_media_type: String,
     /// The layer's uncompressed digest, from the config; with one layer, also the chain ID.
     diff_id: String,
 }
@@ -373,7 +406,7 @@ fn http_get(
 /// Run `skopeo --insecure-policy ARGS…` and insist it succeeds. (The policy is for signature
 /// verification, which plays no part here; this keeps the tests independent of
 /// /etc/containers/policy.json.)
-fn skopeo(args: &[&str]) {
+pub(crate) fn skopeo(args: &[&str]) {
     let out = Command::new("skopeo")
         .arg("--insecure-policy")
         .args(args)
@@ -537,7 +570,7 @@ pub(crate) fn sorted(blobs: [&str; 3]) -> Vec<String> {
 /// rootfs on top of the chain (`ctr snapshots prepare` sets `containerd.io/gc.root`, so the
 /// collector leaves it alone; a `view` has no such label and may be collected at any moment, as in
 /// containerd) and read the layer from the overlay's lowerdir. Its busybox must be the host's.
-fn assert_layer_content(d: &Daemon, ns: &str, chain_id: &str) {
+pub(crate) fn assert_layer_content(d: &Daemon, ns: &str, chain_id: &str) {
     let mounts = d.ctr(
         ns,
         &[

@@ -5,7 +5,9 @@
 //! `containerd_v2.rs`.)
 
 use crate::harness::{process_token, Ctr, Daemon};
-use crate::registry::{content_digests, pull_and_check, snapshot_keys, sorted, Registry};
+use crate::registry::{
+    assert_layer_content, content_digests, pull_and_check, snapshot_keys, sorted, Registry,
+};
 
 #[test]
 fn ctr_2_pulls_runs_tags_and_pushes_through_the_daemon() {
@@ -56,6 +58,28 @@ fn ctr_2_pulls_runs_tags_and_pushes_through_the_daemon() {
     let moved = other.served("moved/busybox", "latest");
     assert_eq!(moved.manifest_digest, served.manifest_digest);
     assert_eq!(moved.config_digest, served.config_digest);
+}
+
+/// An image whose layer is `tar+zstd` (skopeo recompresses the fixture's): ctr 2 pulls it
+/// through the Transfer service (berthd fetches and inflates the zstd stream while it arrives),
+/// ctr 1.6 pulls it client-side with berthd's Diff.Apply unpacking it; both run it.
+#[test]
+fn ctr_2_and_ctr_1_6_pull_and_run_a_zstd_image() {
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let served = registry.push_busybox_zstd(work.path());
+    let reference = registry.reference();
+    for ctr in [Ctr::V2, Ctr::V1_6] {
+        let d = Daemon::start().using(ctr);
+        pull_and_check(&d, "default", &registry, &served);
+        assert_layer_content(&d, "default", served.chain_id());
+        let id = format!("zstd-run-{}", process_token());
+        let out = d.ctr(
+            "default",
+            &["run", "--rm", &reference, &id, "echo", "from zstd"],
+        );
+        assert_eq!(out.trim(), "from zstd", "{ctr:?}");
+    }
 }
 
 #[test]
