@@ -66,7 +66,9 @@ fn oom_killed(cgroups_path: &str) -> bool {
             "oom_kill",
         ) > 0
         || count(
-            PathBuf::from("/sys/fs/cgroup").join(rel).join("memory.events"),
+            PathBuf::from("/sys/fs/cgroup")
+                .join(rel)
+                .join("memory.events"),
             "oom_kill",
         ) > 0
 }
@@ -237,7 +239,11 @@ impl Cri {
             .as_ref()
             .and_then(|c| c.user().clone())
             .unwrap_or_default();
-        let spec = match (&sc.run_as_user, sc.run_as_username.as_str(), &sc.run_as_group) {
+        let spec = match (
+            &sc.run_as_user,
+            sc.run_as_username.as_str(),
+            &sc.run_as_group,
+        ) {
             (Some(u), _, Some(g)) => format!("{}:{}", u.value, g.value),
             (Some(u), _, None) => u.value.to_string(),
             (None, name, Some(g)) if !name.is_empty() => format!("{name}:{}", g.value),
@@ -251,7 +257,10 @@ impl Cri {
         };
         if let Some(u) = &sc.run_as_user {
             if u.value < 0 || u.value > i64::from(u32::MAX) {
-                return Err(Error::invalid(format!("runAsUser {} is out of range", u.value)));
+                return Err(Error::invalid(format!(
+                    "runAsUser {} is out of range",
+                    u.value
+                )));
             }
         }
         let resolved = if spec.is_empty() {
@@ -325,17 +334,19 @@ impl Cri {
             }
         }
         let tasks = self.client.tasks();
+        let mut before = store::now_ns();
         let started = async {
             tasks.create(&c.info, &io).await?;
+            before = store::now_ns();
             tasks.start(&id, "").await
         }
         .await;
         let mut state = c.state.clone();
         match started {
             Ok(pid) => {
-                state.started_at = berth::lifecycle::process_start_time(pid)
-                    .map(store::nanos)
-                    .unwrap_or_else(store::now_ns);
+                // Taken here, not from /proc's boot-relative start time, which can read earlier
+                // than the creation it follows.
+                state.started_at = before;
                 self.save_state(&id, &state).await?;
                 tracing::info!(container = %id, pid, "container started");
                 Ok(())
@@ -356,7 +367,12 @@ impl Cri {
     }
 
     /// Record a stopped task's exit in the state and delete the task (and its shim).
-    async fn reap(&self, c: &mut Container, exit_code: u32, exited_at: Option<std::time::SystemTime>) -> Result<()> {
+    async fn reap(
+        &self,
+        c: &mut Container,
+        exit_code: u32,
+        exited_at: Option<std::time::SystemTime>,
+    ) -> Result<()> {
         let oom = oom_killed(&c.state.cgroups_path);
         match self.client.tasks().delete(&c.info.id).await {
             Ok(_) => {}
@@ -368,7 +384,10 @@ impl Cri {
         }
         c.state.exited = true;
         c.state.exit_code = exit_code as i32;
-        c.state.finished_at = exited_at.map(store::nanos).unwrap_or_else(store::now_ns);
+        c.state.finished_at = exited_at
+            .map(store::nanos)
+            .unwrap_or_else(store::now_ns)
+            .max(c.state.started_at);
         c.state.reason = if oom {
             "OOMKilled".into()
         } else if exit_code == 0 {
@@ -389,7 +408,12 @@ impl Cri {
                 self.reap(c, t.exit_status, t.exited_at).await?;
                 Ok(cri::ContainerState::ContainerExited)
             }
-            Some(t) if matches!(t.status, TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing) => {
+            Some(t)
+                if matches!(
+                    t.status,
+                    TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing
+                ) =>
+            {
                 Ok(cri::ContainerState::ContainerRunning)
             }
             Some(_) => Ok(cri::ContainerState::ContainerCreated),
@@ -569,11 +593,8 @@ impl Cri {
         let _guard = store::lock(&id).await;
         let mut c = self.container(&id).await?;
         let state = self.refresh(&mut c).await?;
-        let resources: Option<cri::LinuxContainerResources> = c
-            .config
-            .linux
-            .as_ref()
-            .and_then(|l| l.resources.clone());
+        let resources: Option<cri::LinuxContainerResources> =
+            c.config.linux.as_ref().and_then(|l| l.resources.clone());
         let mut info = HashMap::new();
         if req.verbose {
             let v = serde_json::json!({
@@ -601,12 +622,7 @@ impl Cri {
             mounts: c.config.mounts.clone(),
             log_path: c.state.log_path.clone(),
             resources: Some(cri::ContainerResources {
-                linux: c
-                    .state
-                    .resources
-                    .as_ref()
-                    .map(resources_back)
-                    .or(resources),
+                linux: c.state.resources.as_ref().map(resources_back).or(resources),
                 windows: None,
             }),
             user: Some(cri::ContainerUser {

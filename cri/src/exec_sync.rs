@@ -137,11 +137,9 @@ impl Cri {
                 Ok(r) => r?,
                 Err(_) => {
                     let _ = tasks.kill(&id, &exec_id, 9, false).await;
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(10),
-                        tasks.wait(&id, &exec_id),
-                    )
-                    .await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(10), tasks.wait(&id, &exec_id))
+                            .await;
                     let _ = tasks.delete_process(&id, &exec_id).await;
                     for p in &paths {
                         unblock(p);

@@ -137,7 +137,11 @@ impl Cri {
             &hostname_file,
             &format!(
                 "{}\n",
-                if host_net { &host_name_of_node } else { &hostname }
+                if host_net {
+                    &host_name_of_node
+                } else {
+                    &hostname
+                }
             ),
         )?;
         state.hostname_file = hostname_file.to_string_lossy().into_owned();
@@ -194,8 +198,9 @@ impl Cri {
                 _ => "tcp",
             };
             ports.push(berth_net::PortMapping {
-                host_port: u16::try_from(p.host_port)
-                    .map_err(|_| Error::invalid(format!("host port {} out of range", p.host_port)))?,
+                host_port: u16::try_from(p.host_port).map_err(|_| {
+                    Error::invalid(format!("host port {} out of range", p.host_port))
+                })?,
                 container_port: u16::try_from(p.container_port).map_err(|_| {
                     Error::invalid(format!("container port {} out of range", p.container_port))
                 })?,
@@ -243,9 +248,10 @@ impl Cri {
                 .output()
                 .map_err(|e| Error::io(format!("run {} cri-holder", binary.display()), e))?;
             let text = String::from_utf8_lossy(&out.stdout);
-            let parsed = text.trim().split_once(' ').and_then(|(p, s)| {
-                Some((p.parse::<u32>().ok()?, s.parse::<u64>().ok()?))
-            });
+            let parsed = text
+                .trim()
+                .split_once(' ')
+                .and_then(|(p, s)| Some((p.parse::<u32>().ok()?, s.parse::<u64>().ok()?)));
             match (out.status.success(), parsed) {
                 (true, Some(p)) => Ok(p),
                 _ => Err(Error::internal(format!(

@@ -124,9 +124,14 @@ impl RuntimeService for Runtime {
         let req = req.into_inner();
         let span = tracing::info_span!("RunPodSandbox");
         Ok(Response::new(
-            async { self.0.run_pod_sandbox(req).await.map(|pod_sandbox_id| cri::RunPodSandboxResponse { pod_sandbox_id }) }
-                .instrument(span)
-                .await?,
+            async {
+                self.0
+                    .run_pod_sandbox(req)
+                    .await
+                    .map(|pod_sandbox_id| cri::RunPodSandboxResponse { pod_sandbox_id })
+            }
+            .instrument(span)
+            .await?,
         ))
     }
 
@@ -137,9 +142,14 @@ impl RuntimeService for Runtime {
         let req = req.into_inner();
         let span = tracing::info_span!("StopPodSandbox");
         Ok(Response::new(
-            async { self.0.stop_pod_sandbox(&req.pod_sandbox_id).await.map(|()| cri::StopPodSandboxResponse {}) }
-                .instrument(span)
-                .await?,
+            async {
+                self.0
+                    .stop_pod_sandbox(&req.pod_sandbox_id)
+                    .await
+                    .map(|()| cri::StopPodSandboxResponse {})
+            }
+            .instrument(span)
+            .await?,
         ))
     }
 
@@ -150,9 +160,14 @@ impl RuntimeService for Runtime {
         let req = req.into_inner();
         let span = tracing::info_span!("RemovePodSandbox");
         Ok(Response::new(
-            async { self.0.remove_pod_sandbox(&req.pod_sandbox_id).await.map(|()| cri::RemovePodSandboxResponse {}) }
-                .instrument(span)
-                .await?,
+            async {
+                self.0
+                    .remove_pod_sandbox(&req.pod_sandbox_id)
+                    .await
+                    .map(|()| cri::RemovePodSandboxResponse {})
+            }
+            .instrument(span)
+            .await?,
         ))
     }
 
@@ -176,9 +191,14 @@ impl RuntimeService for Runtime {
         let req = req.into_inner();
         let span = tracing::info_span!("ListPodSandbox");
         Ok(Response::new(
-            async { self.0.list_pod_sandbox(req).await.map(|items| cri::ListPodSandboxResponse { items }) }
-                .instrument(span)
-                .await?,
+            async {
+                self.0
+                    .list_pod_sandbox(req)
+                    .await
+                    .map(|items| cri::ListPodSandboxResponse { items })
+            }
+            .instrument(span)
+            .await?,
         ))
     }
 
@@ -197,9 +217,14 @@ impl RuntimeService for Runtime {
         let req = req.into_inner();
         let span = tracing::info_span!("CreateContainer");
         Ok(Response::new(
-            async { self.0.create_container(req).await.map(|container_id| cri::CreateContainerResponse { container_id }) }
-                .instrument(span)
-                .await?,
+            async {
+                self.0
+                    .create_container(req)
+                    .await
+                    .map(|container_id| cri::CreateContainerResponse { container_id })
+            }
+            .instrument(span)
+            .await?,
         ))
     }
 
@@ -210,9 +235,14 @@ impl RuntimeService for Runtime {
         let req = req.into_inner();
         let span = tracing::info_span!("StartContainer");
         Ok(Response::new(
-            async { self.0.start_container(&req.container_id).await.map(|()| cri::StartContainerResponse {}) }
-                .instrument(span)
-                .await?,
+            async {
+                self.0
+                    .start_container(&req.container_id)
+                    .await
+                    .map(|()| cri::StartContainerResponse {})
+            }
+            .instrument(span)
+            .await?,
         ))
     }
 
@@ -223,9 +253,14 @@ impl RuntimeService for Runtime {
         let req = req.into_inner();
         let span = tracing::info_span!("StopContainer");
         Ok(Response::new(
-            async { self.0.stop_container(&req.container_id, req.timeout).await.map(|()| cri::StopContainerResponse {}) }
-                .instrument(span)
-                .await?,
+            async {
+                self.0
+                    .stop_container(&req.container_id, req.timeout)
+                    .await
+                    .map(|()| cri::StopContainerResponse {})
+            }
+            .instrument(span)
+            .await?,
         ))
     }
 
@@ -236,9 +271,14 @@ impl RuntimeService for Runtime {
         let req = req.into_inner();
         let span = tracing::info_span!("RemoveContainer");
         Ok(Response::new(
-            async { self.0.remove_container(&req.container_id).await.map(|()| cri::RemoveContainerResponse {}) }
-                .instrument(span)
-                .await?,
+            async {
+                self.0
+                    .remove_container(&req.container_id)
+                    .await
+                    .map(|()| cri::RemoveContainerResponse {})
+            }
+            .instrument(span)
+            .await?,
         ))
     }
 
@@ -249,9 +289,14 @@ impl RuntimeService for Runtime {
         let req = req.into_inner();
         let span = tracing::info_span!("ListContainers");
         Ok(Response::new(
-            async { self.0.list_containers(req).await.map(|containers| cri::ListContainersResponse { containers }) }
-                .instrument(span)
-                .await?,
+            async {
+                self.0
+                    .list_containers(req)
+                    .await
+                    .map(|containers| cri::ListContainersResponse { containers })
+            }
+            .instrument(span)
+            .await?,
         ))
     }
 
@@ -283,9 +328,14 @@ impl RuntimeService for Runtime {
         let req = req.into_inner();
         let span = tracing::info_span!("UpdateContainerResources");
         Ok(Response::new(
-            async { self.0.update_container_resources(req).await.map(|()| cri::UpdateContainerResourcesResponse {}) }
-                .instrument(span)
-                .await?,
+            async {
+                self.0
+                    .update_container_resources(req)
+                    .await
+                    .map(|()| cri::UpdateContainerResourcesResponse {})
+            }
+            .instrument(span)
+            .await?,
         ))
     }
 
@@ -296,9 +346,14 @@ impl RuntimeService for Runtime {
         let req = req.into_inner();
         let span = tracing::info_span!("ReopenContainerLog");
         Ok(Response::new(
-            async { self.0.reopen_container_log(&req.container_id).await.map(|()| cri::ReopenContainerLogResponse {}) }
-                .instrument(span)
-                .await?,
+            async {
+                self.0
+                    .reopen_container_log(&req.container_id)
+                    .await
+                    .map(|()| cri::ReopenContainerLogResponse {})
+            }
+            .instrument(span)
+            .await?,
         ))
     }
 

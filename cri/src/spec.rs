@@ -303,16 +303,18 @@ fn seccomp(profile: Option<&cri::SecurityProfile>, privileged: bool) -> Result<O
             })))
         }
         Ok(cri::security_profile::ProfileType::Localhost) => {
-            let path = p.localhost_ref.strip_prefix("localhost/").unwrap_or(&p.localhost_ref);
+            let path = p
+                .localhost_ref
+                .strip_prefix("localhost/")
+                .unwrap_or(&p.localhost_ref);
             if !path.starts_with('/') {
                 return Err(Error::invalid(format!(
                     "seccomp localhost profile {:?} is not an absolute path",
                     p.localhost_ref
                 )));
             }
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                Error::invalid(format!("read the seccomp profile {path}: {e}"))
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::invalid(format!("read the seccomp profile {path}: {e}")))?;
             let v: Value = serde_json::from_str(&text).map_err(|e| {
                 Error::invalid(format!("the seccomp profile {path} is not JSON: {e}"))
             })?;
@@ -380,10 +382,7 @@ fn device(d: &cri::Device) -> Result<(Value, Value)> {
     } else if ft.is_block_device() {
         "b"
     } else {
-        return Err(Error::invalid(format!(
-            "{:?} is not a device",
-            d.host_path
-        )));
+        return Err(Error::invalid(format!("{:?} is not a device", d.host_path)));
     };
     let rdev = meta.rdev();
     let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
@@ -648,9 +647,10 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
     match pid_mode {
         m if m == cri::NamespaceMode::Node as i32 => {}
         m if m == cri::NamespaceMode::Pod as i32 => {
-            let path = i.pod_state.holder_ns("pid").ok_or_else(|| {
-                Error::precondition("the pod sandbox's namespace holder is gone")
-            })?;
+            let path = i
+                .pod_state
+                .holder_ns("pid")
+                .ok_or_else(|| Error::precondition("the pod sandbox's namespace holder is gone"))?;
             namespaces.push(json!({"type": "pid", "path": path}));
         }
         m if m == cri::NamespaceMode::Target as i32 => {

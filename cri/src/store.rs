@@ -148,7 +148,11 @@ fn check_id(id: &str, what: &str) -> Result<()> {
     if id.is_empty() {
         return Err(Error::invalid(format!("{what} id is empty")));
     }
-    if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(Error::not_found(format!("{what} {id:?} not found")));
     }
     Ok(())
@@ -278,6 +282,9 @@ pub fn new_id() -> String {
 }
 
 /// Whether `labels` has every pair of `selector`.
-pub fn matches_labels(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
+pub fn matches_labels(
+    labels: &HashMap<String, String>,
+    selector: &HashMap<String, String>,
+) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }

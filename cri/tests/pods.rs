@@ -5,7 +5,14 @@
 //! idempotence rules; and berthd killed -9 and restarted with a pod running. Needs root,
 //! berthd built in this target dir, crictl (scripts/deps-cri-tools.sh), Debian's CNI plugins
 //! and busybox-static.
+//!
+//! crictl's `exec`, `inspect` and `ps` first validate the CRI ImageService (ImageFsInfo), which
+//! is another part of issue 14: until it is served, ExecSync, ContainerStatus and ListContainers
+//! are called here with the generated runtime.v1 client over the same socket (a real gRPC
+//! client, no mock); every other step is crictl.
 
+use berth_api::runtime::v1 as cri;
+use berth_api::runtime::v1::runtime_service_client::RuntimeServiceClient;
 use berth_testkit::berthd::{tail, Daemon};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -146,20 +153,83 @@ impl Env {
         self.write(&format!("{name}-ctr.json"), &v)
     }
 
-    fn exec(&self, ctr: &str, cmd: &[&str]) -> String {
-        let mut args = vec!["exec", "-s", ctr];
-        args.extend_from_slice(cmd);
-        self.ok(&args)
+    /// One RPC on the generated runtime.v1 client.
+    fn rpc<T>(
+        &self,
+        f: impl AsyncFnOnce(
+            RuntimeServiceClient<tonic::transport::Channel>,
+        ) -> Result<tonic::Response<T>, tonic::Status>,
+    ) -> Result<T, tonic::Status> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let channel = berth::connect(self.daemon.cri_socket())
+                .await
+                .expect("connect to the CRI socket");
+            f(RuntimeServiceClient::new(channel).max_decoding_message_size(64 << 20))
+                .await
+                .map(tonic::Response::into_inner)
+        })
     }
 
-    fn wait_state(&self, ctr: &str, state: &str) -> Value {
+    fn exec_sync(
+        &self,
+        ctr: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<cri::ExecSyncResponse, tonic::Status> {
+        let req = cri::ExecSyncRequest {
+            container_id: ctr.to_string(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        };
+        self.rpc(async move |mut c| c.exec_sync(req).await)
+    }
+
+    fn exec(&self, ctr: &str, cmd: &[&str]) -> String {
+        let r = self
+            .exec_sync(ctr, cmd, 0)
+            .unwrap_or_else(|e| panic!("exec {cmd:?}: {e}"));
+        assert_eq!(
+            r.exit_code,
+            0,
+            "exec {cmd:?}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        String::from_utf8_lossy(&r.stdout).trim().to_string()
+    }
+
+    fn status(&self, ctr: &str) -> Result<cri::ContainerStatus, tonic::Status> {
+        let req = cri::ContainerStatusRequest {
+            container_id: ctr.to_string(),
+            verbose: false,
+        };
+        self.rpc(async move |mut c| c.container_status(req).await)
+            .map(|r| r.status.expect("a status"))
+    }
+
+    fn list(&self, filter: cri::ContainerFilter) -> Vec<cri::Container> {
+        let req = cri::ListContainersRequest {
+            filter: Some(filter),
+        };
+        self.rpc(async move |mut c| c.list_containers(req).await)
+            .expect("ListContainers")
+            .containers
+    }
+
+    fn wait_state(&self, ctr: &str, state: cri::ContainerState) -> cri::ContainerStatus {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let v = self.json(&["inspect", "-o", "json", ctr]);
-            if v["status"]["state"] == state {
+            let v = self.status(ctr).expect("ContainerStatus");
+            if v.state == state as i32 {
                 return v;
             }
-            assert!(Instant::now() < deadline, "{ctr} never reached {state}: {v}");
+            assert!(
+                Instant::now() < deadline,
+                "{ctr} never reached {state:?}: {v:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -205,18 +275,35 @@ fn crictl_runs_a_pod_and_its_containers() {
     );
     let ctr = env.ok(&["create", &pod, &ctr_json, &pod_json]);
     assert!(is_id(&ctr), "container id {ctr:?}");
-    let created = env.json(&["inspect", "-o", "json", &ctr]);
-    assert_eq!(created["status"]["state"], "CONTAINER_CREATED", "{created}");
+    let created = env.status(&ctr).expect("ContainerStatus");
+    assert_eq!(
+        created.state,
+        cri::ContainerState::ContainerCreated as i32,
+        "{created:?}"
+    );
     // The record, as any containerd client sees it.
     let records = env.daemon.ctr("k8s.io", &["containers", "ls", "-q"]);
-    assert!(records.contains(&ctr) && records.contains(&pod), "{records}");
+    assert!(
+        records.contains(&ctr) && records.contains(&pod),
+        "{records}"
+    );
 
     env.ok(&["start", &ctr]);
-    let running = env.wait_state(&ctr, "CONTAINER_RUNNING");
-    assert!(running["status"]["startedAt"].as_str().is_some(), "{running}");
-    let ps = env.json(&["ps", "-o", "json", "--pod", &pod]);
-    assert_eq!(ps["containers"][0]["id"], ctr.as_str(), "{ps}");
-    assert_eq!(ps["containers"][0]["state"], "CONTAINER_RUNNING", "{ps}");
+    let running = env.wait_state(&ctr, cri::ContainerState::ContainerRunning);
+    assert!(running.started_at > 0, "{running:?}");
+    assert_eq!(
+        running.image.as_ref().map(|i| i.image.as_str()),
+        Some(IMAGE)
+    );
+    assert!(running.image_ref.contains("@sha256:"), "{running:?}");
+    assert!(running.log_path.ends_with("web/app.log"), "{running:?}");
+    let ps = env.list(cri::ContainerFilter {
+        pod_sandbox_id: pod.clone(),
+        ..Default::default()
+    });
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    assert_eq!(ps[0].id, ctr);
+    assert_eq!(ps[0].state, cri::ContainerState::ContainerRunning as i32);
 
     // The pod's DNS config, hostname, sysctl, IP and the container's user and env.
     let resolv = env.exec(&ctr, &["cat", "/etc/resolv.conf"]);
@@ -225,30 +312,43 @@ fn crictl_runs_a_pod_and_its_containers() {
     assert!(resolv.contains("ndots:3"), "{resolv}");
     assert_eq!(env.exec(&ctr, &["hostname"]), "web-host");
     assert_eq!(
-        env.exec(&ctr, &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]),
+        env.exec(
+            &ctr,
+            &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]
+        ),
         "100"
     );
     let addr = env.exec(&ctr, &["ip", "-4", "addr", "show", "eth0"]);
     assert!(addr.contains(&format!("inet {ip}/")), "{addr}");
     assert_eq!(env.exec(&ctr, &["id", "-u"]), "1000");
-    assert!(env.exec(&ctr, &["id", "-G"]).split_whitespace().any(|g| g == "4242"));
+    assert!(env
+        .exec(&ctr, &["id", "-G"])
+        .split_whitespace()
+        .any(|g| g == "4242"));
     assert_eq!(env.exec(&ctr, &["sh", "-c", "echo $GREETING"]), "hi there");
 
     // ExecSync: exit codes, stderr apart, a timeout, output bounded.
-    let out = env.crictl(&["exec", "-s", &ctr, "sh", "-c", "echo oops >&2; exit 3"]);
-    assert_eq!(out.status.code(), Some(3), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("oops"), "{out:?}");
+    let r = env
+        .exec_sync(&ctr, &["sh", "-c", "echo oops >&2; exit 3"], 0)
+        .expect("ExecSync");
+    assert_eq!(r.exit_code, 3, "{r:?}");
+    assert_eq!(String::from_utf8_lossy(&r.stderr).trim(), "oops");
     let t0 = Instant::now();
-    let out = env.crictl(&["exec", "-s", "--timeout", "2", &ctr, "sleep", "30"]);
-    assert!(!out.status.success(), "a 30 s sleep beat a 2 s timeout");
+    let e = env
+        .exec_sync(&ctr, &["sleep", "30"], 2)
+        .expect_err("a 30 s sleep beat a 2 s timeout");
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e}");
     assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
-    let big = env.crictl(&["exec", "-s", &ctr, "sh", "-c", "yes | head -c 12000000"]);
-    assert!(big.status.success(), "{:?}", String::from_utf8_lossy(&big.stderr));
+    let big = env
+        .exec_sync(&ctr, &["sh", "-c", "yes | head -c 12000000"], 0)
+        .expect("ExecSync of 12 MB");
+    assert_eq!(big.exit_code, 0);
     assert_eq!(
         big.stdout.len(),
         berth_cri::EXEC_SYNC_MAX_OUTPUT,
         "ExecSync output is bounded"
     );
+    assert!(big.stdout.starts_with(b"y\ny\n"));
 
     // The CRI log.
     let log = env.logs_dir().join("web").join("app.log");
@@ -269,11 +369,12 @@ fn crictl_runs_a_pod_and_its_containers() {
 
     // UpdateContainerResources reaches the cgroup.
     env.ok(&["update", "--memory", "104857600", &ctr]);
-    let status = env.json(&["inspect", "-o", "json", &ctr]);
-    assert_eq!(
-        status["status"]["resources"]["linux"]["memoryLimitInBytes"], "104857600",
-        "{status}"
-    );
+    let status = env.status(&ctr).expect("ContainerStatus");
+    let limit = status
+        .resources
+        .and_then(|r| r.linux)
+        .map(|l| l.memory_limit_in_bytes);
+    assert_eq!(limit, Some(104857600));
     let limit_file = Path::new("/sys/fs/cgroup/memory")
         .join(format!("k8s.io/{pod}/{ctr}"))
         .join("memory.limit_in_bytes");
@@ -286,15 +387,14 @@ fn crictl_runs_a_pod_and_its_containers() {
     let done_json = env.container_config("done", &["sh", "-c", "echo bye; exit 0"], Value::Null);
     let done = env.ok(&["create", &pod, &done_json, &pod_json]);
     env.ok(&["start", &done]);
-    let exited = env.wait_state(&done, "CONTAINER_EXITED");
-    assert_eq!(exited["status"]["exitCode"], 0, "{exited}");
-    assert_eq!(exited["status"]["reason"], "Completed", "{exited}");
+    let exited = env.wait_state(&done, cri::ContainerState::ContainerExited);
+    assert_eq!((exited.exit_code, exited.reason.as_str()), (0, "Completed"));
+    assert!(exited.finished_at >= exited.started_at, "{exited:?}");
     let failing_json = env.container_config("fails", &["sh", "-c", "exit 7"], Value::Null);
     let failing = env.ok(&["create", &pod, &failing_json, &pod_json]);
     env.ok(&["start", &failing]);
-    let exited = env.wait_state(&failing, "CONTAINER_EXITED");
-    assert_eq!(exited["status"]["exitCode"], 7, "{exited}");
-    assert_eq!(exited["status"]["reason"], "Error", "{exited}");
+    let exited = env.wait_state(&failing, cri::ContainerState::ContainerExited);
+    assert_eq!((exited.exit_code, exited.reason.as_str()), (7, "Error"));
     // A second start of an exited container is refused.
     assert!(!env.crictl(&["start", &failing]).status.success());
     // The same name again in the pod is refused.
@@ -303,18 +403,41 @@ fn crictl_runs_a_pod_and_its_containers() {
         .status
         .success());
 
-    // Stop: the shell ignores SIGTERM as PID 1 — SIGKILL after the timeout.
+    // Stop: sleep dies of SIGTERM; a shell that ignores it gets SIGKILL after the timeout.
+    let stubborn_json = env.container_config(
+        "stubborn",
+        &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"],
+        Value::Null,
+    );
+    let stubborn = env.ok(&["create", &pod, &stubborn_json, &pod_json]);
+    env.ok(&["start", &stubborn]);
+    env.wait_state(&stubborn, cri::ContainerState::ContainerRunning);
+    env.ok(&["stop", "--timeout", "10", &ctr]);
+    let stopped = env.status(&ctr).expect("ContainerStatus");
+    assert_eq!(stopped.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(stopped.exit_code, 143, "{stopped:?}");
+    assert!(stopped.started_at >= stopped.created_at, "{stopped:?}");
     let t0 = Instant::now();
-    env.ok(&["stop", "--timeout", "1", &ctr]);
-    assert!(t0.elapsed() < Duration::from_secs(20));
-    let stopped = env.json(&["inspect", "-o", "json", &ctr]);
-    assert_eq!(stopped["status"]["state"], "CONTAINER_EXITED", "{stopped}");
-    assert_eq!(stopped["status"]["exitCode"], 137, "{stopped}");
+    env.ok(&["stop", "--timeout", "2", &stubborn]);
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(20),
+        "{waited:?}"
+    );
+    let stopped = env.status(&stubborn).expect("ContainerStatus");
+    assert_eq!(stopped.exit_code, 137, "{stopped:?}");
     env.ok(&["stop", &ctr]);
-    let exited = env.json(&["ps", "-a", "-o", "json", "--state", "exited", "--pod", &pod]);
-    assert_eq!(exited["containers"].as_array().map(Vec::len), Some(3), "{exited}");
+    let exited = env.list(cri::ContainerFilter {
+        pod_sandbox_id: pod.clone(),
+        state: Some(cri::ContainerStateValue {
+            state: cri::ContainerState::ContainerExited as i32,
+        }),
+        ..Default::default()
+    });
+    assert_eq!(exited.len(), 4, "{exited:?}");
     env.ok(&["rm", &ctr]);
-    assert!(!env.crictl(&["inspect", &ctr]).status.success());
+    let e = env.status(&ctr).expect_err("a removed container");
+    assert_eq!(e.code(), tonic::Code::NotFound);
 
     // Stop the pod: containers stopped, network gone; again is fine.
     let netns = records_netns(&env, &pod);
@@ -349,11 +472,11 @@ fn records_netns(env: &Env, pod: &str) -> Option<String> {
 #[test]
 fn bad_requests_change_nothing() {
     let env = Env::new("bcricore1", "10.233.41");
-    for args in [
-        vec!["inspectp", "0123abcd"],
-        vec!["inspect", "0123abcd"],
-        vec!["start", &"a".repeat(64)],
-    ] {
+    assert_eq!(
+        env.status("0123abcd").expect_err("unknown").code(),
+        tonic::Code::NotFound
+    );
+    for args in [vec!["inspectp", "0123abcd"], vec!["start", &"a".repeat(64)]] {
         let out = env.crictl(&args);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(
@@ -361,11 +484,38 @@ fn bad_requests_change_nothing() {
             "{args:?}: {out:?}"
         );
     }
-    // Stop and remove of what is not there succeed.
-    env.ok(&["stopp", &"b".repeat(64)]);
-    env.ok(&["rmp", &"b".repeat(64)]);
-    env.ok(&["stop", &"c".repeat(64)]);
-    env.ok(&["rm", &"c".repeat(64)]);
+    // Stop and remove of what is not there succeed (the RPCs themselves: crictl's rm and rmp
+    // look the id up first).
+    let (b, c) = ("b".repeat(64), "c".repeat(64));
+    env.rpc(async |mut r| {
+        r.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: b.clone(),
+        })
+        .await
+    })
+    .expect("StopPodSandbox of a missing pod");
+    env.rpc(async |mut r| {
+        r.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: b.clone(),
+        })
+        .await
+    })
+    .expect("RemovePodSandbox of a missing pod");
+    env.rpc(async |mut r| {
+        r.stop_container(cri::StopContainerRequest {
+            container_id: c.clone(),
+            timeout: 0,
+        })
+        .await
+    })
+    .expect("StopContainer of a missing container");
+    env.rpc(async |mut r| {
+        r.remove_container(cri::RemoveContainerRequest {
+            container_id: c.clone(),
+        })
+        .await
+    })
+    .expect("RemoveContainer of a missing container");
     // A pod without a name, a container of an unknown image: refused, nothing created.
     let nameless = env.write(
         "nameless.json",
@@ -384,8 +534,7 @@ fn bad_requests_change_nothing() {
         String::from_utf8_lossy(&out.stderr).contains("NotFound"),
         "{out:?}"
     );
-    let ps = env.json(&["ps", "-a", "-o", "json"]);
-    assert_eq!(ps["containers"].as_array().map(Vec::len), Some(0), "{ps}");
+    assert!(env.list(cri::ContainerFilter::default()).is_empty());
     // The same pod name again is refused.
     assert!(!env
         .crictl(&["runp", &env.pod_config("lonely")])
@@ -406,22 +555,24 @@ fn pods_survive_a_berthd_kill_9() {
     let ctr_json = env.container_config("sleeper", &["sleep", "3600"], Value::Null);
     let ctr = env.ok(&["create", &pod, &ctr_json, &env.pod_config("keep")]);
     env.ok(&["start", &ctr]);
-    env.wait_state(&ctr, "CONTAINER_RUNNING");
+    env.wait_state(&ctr, cri::ContainerState::ContainerRunning);
 
     env.daemon.kill9();
     env.daemon.spawn();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !env.daemon.cri_socket().exists()
-        || !env.crictl(&["version"]).status.success()
-    {
+    while !env.daemon.cri_socket().exists() || !env.crictl(&["version"]).status.success() {
         assert!(Instant::now() < deadline, "no CRI after the restart");
         std::thread::sleep(Duration::from_millis(20));
     }
     let status = env.json(&["inspectp", "-o", "json", &pod]);
     assert_eq!(status["status"]["state"], "SANDBOX_READY", "{status}");
     assert_eq!(status["status"]["network"]["ip"], ip.as_str(), "{status}");
-    let c = env.json(&["inspect", "-o", "json", &ctr]);
-    assert_eq!(c["status"]["state"], "CONTAINER_RUNNING", "{c}");
+    let c = env.status(&ctr).expect("ContainerStatus");
+    assert_eq!(
+        c.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "{c:?}"
+    );
     // The pod keeps its network: the address is still on its interface.
     let addr = env.exec(&ctr, &["ip", "-4", "addr", "show", "eth0"]);
     assert!(addr.contains(&format!("inet {ip}/")), "{addr}");
