@@ -43,6 +43,7 @@ struct Env {
     daemon: Daemon,
     dir: tempfile::TempDir,
     subnet_prefix: String,
+    bridge: String,
 }
 
 impl Env {
@@ -82,6 +83,7 @@ impl Env {
             daemon,
             dir,
             subnet_prefix: subnet_prefix.to_string(),
+            bridge: bridge.to_string(),
         }
     }
 
@@ -238,6 +240,10 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         let _ = self.crictl(&["rmp", "-a", "-f"]);
+        // The bridge plugin's DEL leaves its bridge.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
     }
 }
 
