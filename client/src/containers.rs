@@ -46,6 +46,8 @@ pub struct ContainerInfo {
     /// The record's extensions (containerd's `Container.extensions`): typed values other
     /// clients keep beside the spec, e.g. the CRI's pod and container metadata.
     pub extensions: HashMap<String, prost_types::Any>,
+    /// The sandbox (pod) the container belongs to (containerd's `Container.sandbox`), or empty.
+    pub sandbox: String,
 }
 
 impl ContainerInfo {
@@ -70,6 +72,7 @@ impl ContainerInfo {
             snapshot_key: c.snapshot_key,
             runtime: c.runtime.map(|r| r.name).unwrap_or_default(),
             extensions: c.extensions,
+            sandbox: c.sandbox,
         }
     }
 
@@ -106,6 +109,8 @@ pub struct NewContainer {
     pub spec: serde_json::Value,
     pub labels: HashMap<String, String>,
     pub extensions: HashMap<String, prost_types::Any>,
+    /// The sandbox (pod) id the record belongs to, or empty.
+    pub sandbox: String,
 }
 
 /// Label filter for one name, in containerd's filter language.
@@ -539,6 +544,7 @@ impl Containers {
                 String::new()
             },
             extensions: new.extensions,
+            sandbox: new.sandbox,
             ..Default::default()
         };
         let created = self

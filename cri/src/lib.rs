@@ -8,10 +8,16 @@
 //! **Invariant:** no berthd types; no CRI type leaves this crate.
 
 pub mod config;
+mod container;
+mod exec_sync;
 pub mod holder;
+mod pod;
 mod service;
+mod spec;
+mod store;
 
 pub use config::CriConfig;
+pub use exec_sync::MAX_OUTPUT as EXEC_SYNC_MAX_OUTPUT;
 
 use berth_errdefs::{Error, Result};
 use std::future::Future;

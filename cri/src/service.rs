@@ -8,6 +8,7 @@ use berth_api::runtime::v1::runtime_service_server::{RuntimeService, RuntimeServ
 use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 type RpcResult<T> = Result<Response<T>, Status>;
 type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -118,37 +119,87 @@ impl RuntimeService for Runtime {
 
     async fn run_pod_sandbox(
         &self,
-        _: Request<cri::RunPodSandboxRequest>,
+        req: Request<cri::RunPodSandboxRequest>,
     ) -> RpcResult<cri::RunPodSandboxResponse> {
-        Err(not_yet("RunPodSandbox"))
+        let req = req.into_inner();
+        let span = tracing::info_span!("RunPodSandbox");
+        Ok(Response::new(
+            async {
+                self.0
+                    .run_pod_sandbox(req)
+                    .await
+                    .map(|pod_sandbox_id| cri::RunPodSandboxResponse { pod_sandbox_id })
+            }
+            .instrument(span)
+            .await?,
+        ))
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _: Request<cri::StopPodSandboxRequest>,
+        req: Request<cri::StopPodSandboxRequest>,
     ) -> RpcResult<cri::StopPodSandboxResponse> {
-        Err(not_yet("StopPodSandbox"))
+        let req = req.into_inner();
+        let span = tracing::info_span!("StopPodSandbox");
+        Ok(Response::new(
+            async {
+                self.0
+                    .stop_pod_sandbox(&req.pod_sandbox_id)
+                    .await
+                    .map(|()| cri::StopPodSandboxResponse {})
+            }
+            .instrument(span)
+            .await?,
+        ))
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _: Request<cri::RemovePodSandboxRequest>,
+        req: Request<cri::RemovePodSandboxRequest>,
     ) -> RpcResult<cri::RemovePodSandboxResponse> {
-        Err(not_yet("RemovePodSandbox"))
+        let req = req.into_inner();
+        let span = tracing::info_span!("RemovePodSandbox");
+        Ok(Response::new(
+            async {
+                self.0
+                    .remove_pod_sandbox(&req.pod_sandbox_id)
+                    .await
+                    .map(|()| cri::RemovePodSandboxResponse {})
+            }
+            .instrument(span)
+            .await?,
+        ))
     }
 
     async fn pod_sandbox_status(
         &self,
-        _: Request<cri::PodSandboxStatusRequest>,
+        req: Request<cri::PodSandboxStatusRequest>,
     ) -> RpcResult<cri::PodSandboxStatusResponse> {
-        Err(not_yet("PodSandboxStatus"))
+        let req = req.into_inner();
+        let span = tracing::info_span!("PodSandboxStatus");
+        Ok(Response::new(
+            async { self.0.pod_sandbox_status(req).await }
+                .instrument(span)
+                .await?,
+        ))
     }
 
     async fn list_pod_sandbox(
         &self,
-        _: Request<cri::ListPodSandboxRequest>,
+        req: Request<cri::ListPodSandboxRequest>,
     ) -> RpcResult<cri::ListPodSandboxResponse> {
-        Err(not_yet("ListPodSandbox"))
+        let req = req.into_inner();
+        let span = tracing::info_span!("ListPodSandbox");
+        Ok(Response::new(
+            async {
+                self.0
+                    .list_pod_sandbox(req)
+                    .await
+                    .map(|items| cri::ListPodSandboxResponse { items })
+            }
+            .instrument(span)
+            .await?,
+        ))
     }
 
     type StreamPodSandboxesStream = Stream<cri::StreamPodSandboxesResponse>;
@@ -161,37 +212,92 @@ impl RuntimeService for Runtime {
 
     async fn create_container(
         &self,
-        _: Request<cri::CreateContainerRequest>,
+        req: Request<cri::CreateContainerRequest>,
     ) -> RpcResult<cri::CreateContainerResponse> {
-        Err(not_yet("CreateContainer"))
+        let req = req.into_inner();
+        let span = tracing::info_span!("CreateContainer");
+        Ok(Response::new(
+            async {
+                self.0
+                    .create_container(req)
+                    .await
+                    .map(|container_id| cri::CreateContainerResponse { container_id })
+            }
+            .instrument(span)
+            .await?,
+        ))
     }
 
     async fn start_container(
         &self,
-        _: Request<cri::StartContainerRequest>,
+        req: Request<cri::StartContainerRequest>,
     ) -> RpcResult<cri::StartContainerResponse> {
-        Err(not_yet("StartContainer"))
+        let req = req.into_inner();
+        let span = tracing::info_span!("StartContainer");
+        Ok(Response::new(
+            async {
+                self.0
+                    .start_container(&req.container_id)
+                    .await
+                    .map(|()| cri::StartContainerResponse {})
+            }
+            .instrument(span)
+            .await?,
+        ))
     }
 
     async fn stop_container(
         &self,
-        _: Request<cri::StopContainerRequest>,
+        req: Request<cri::StopContainerRequest>,
     ) -> RpcResult<cri::StopContainerResponse> {
-        Err(not_yet("StopContainer"))
+        let req = req.into_inner();
+        let span = tracing::info_span!("StopContainer");
+        Ok(Response::new(
+            async {
+                self.0
+                    .stop_container(&req.container_id, req.timeout)
+                    .await
+                    .map(|()| cri::StopContainerResponse {})
+            }
+            .instrument(span)
+            .await?,
+        ))
     }
 
     async fn remove_container(
         &self,
-        _: Request<cri::RemoveContainerRequest>,
+        req: Request<cri::RemoveContainerRequest>,
     ) -> RpcResult<cri::RemoveContainerResponse> {
-        Err(not_yet("RemoveContainer"))
+        let req = req.into_inner();
+        let span = tracing::info_span!("RemoveContainer");
+        Ok(Response::new(
+            async {
+                self.0
+                    .remove_container(&req.container_id)
+                    .await
+                    .map(|()| cri::RemoveContainerResponse {})
+            }
+            .instrument(span)
+            .await?,
+        ))
     }
 
     async fn list_containers(
         &self,
-        _: Request<cri::ListContainersRequest>,
+        req: Request<cri::ListContainersRequest>,
     ) -> RpcResult<cri::ListContainersResponse> {
-        Err(not_yet("ListContainers"))
+        let req = req.into_inner();
+        let span = tracing::info_span!("ListContainers");
+        Ok(Response::new(
+            async {
+                self.0
+                    .list_containers(req)
+                    .await
+                    .map(|containers| cri::ListContainersResponse { containers })
+            }
+            .instrument(span)
+            .await?,
+        ))
     }
 
     type StreamContainersStream = Stream<cri::StreamContainersResponse>;
@@ -204,30 +310,64 @@ impl RuntimeService for Runtime {
 
     async fn container_status(
         &self,
-        _: Request<cri::ContainerStatusRequest>,
+        req: Request<cri::ContainerStatusRequest>,
     ) -> RpcResult<cri::ContainerStatusResponse> {
-        Err(not_yet("ContainerStatus"))
+        let req = req.into_inner();
+        let span = tracing::info_span!("ContainerStatus");
+        Ok(Response::new(
+            async { self.0.container_status(req).await }
+                .instrument(span)
+                .await?,
+        ))
     }
 
     async fn update_container_resources(
         &self,
-        _: Request<cri::UpdateContainerResourcesRequest>,
+        req: Request<cri::UpdateContainerResourcesRequest>,
     ) -> RpcResult<cri::UpdateContainerResourcesResponse> {
-        Err(not_yet("UpdateContainerResources"))
+        let req = req.into_inner();
+        let span = tracing::info_span!("UpdateContainerResources");
+        Ok(Response::new(
+            async {
+                self.0
+                    .update_container_resources(req)
+                    .await
+                    .map(|()| cri::UpdateContainerResourcesResponse {})
+            }
+            .instrument(span)
+            .await?,
+        ))
     }
 
     async fn reopen_container_log(
         &self,
-        _: Request<cri::ReopenContainerLogRequest>,
+        req: Request<cri::ReopenContainerLogRequest>,
     ) -> RpcResult<cri::ReopenContainerLogResponse> {
-        Err(not_yet("ReopenContainerLog"))
+        let req = req.into_inner();
+        let span = tracing::info_span!("ReopenContainerLog");
+        Ok(Response::new(
+            async {
+                self.0
+                    .reopen_container_log(&req.container_id)
+                    .await
+                    .map(|()| cri::ReopenContainerLogResponse {})
+            }
+            .instrument(span)
+            .await?,
+        ))
     }
 
     async fn exec_sync(
         &self,
-        _: Request<cri::ExecSyncRequest>,
+        req: Request<cri::ExecSyncRequest>,
     ) -> RpcResult<cri::ExecSyncResponse> {
-        Err(not_yet("ExecSync"))
+        let req = req.into_inner();
+        let span = tracing::info_span!("ExecSync");
+        Ok(Response::new(
+            async { self.0.exec_sync(req).await }
+                .instrument(span)
+                .await?,
+        ))
     }
 
     async fn exec(&self, _: Request<cri::ExecRequest>) -> RpcResult<cri::ExecResponse> {

@@ -1,0 +1,778 @@
+//! The OCI runtime spec of a CRI container: the image config (entrypoint, cmd, env, working
+//! dir, user) under the ContainerConfig (command/args, envs, mounts, devices, resources,
+//! security context), joined to its pod's namespaces (the netns by path, the holder's IPC/UTS/PID
+//! by `/proc/<holder>/ns/*`), with the pod's /etc/hosts, /etc/resolv.conf and /etc/hostname.
+
+use crate::store::PodState;
+use berth_api::runtime::v1 as cri;
+use berth_errdefs::{Error, Result};
+use oci_spec::image::ImageConfiguration;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// containerd's default capability set.
+const DEFAULT_CAPS: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+const ALL_CAPS: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
+];
+
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Syscalls the RuntimeDefault profile refuses (EPERM): what docker's and containerd's default
+/// profiles leave out of their allow lists for an unprivileged container — kernel modules and
+/// keyrings, clocks, reboot and swap, mounts and namespaces, tracing other processes, BPF.
+const RUNTIME_DEFAULT_DENIED: &[&str] = &[
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "get_kernel_syms",
+    "get_mempolicy",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mbind",
+    "mount",
+    "move_pages",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "query_module",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "set_mempolicy",
+    "setns",
+    "settimeofday",
+    "stime",
+    "swapoff",
+    "swapon",
+    "sysfs",
+    "_sysctl",
+    "umount",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vm86",
+    "vm86old",
+];
+
+/// The user a container runs as.
+#[derive(Debug, Clone, Default)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: Option<String>,
+}
+
+/// What the spec is made from.
+pub struct Inputs<'a> {
+    pub id: &'a str,
+    pub pod_id: &'a str,
+    pub pod: &'a cri::PodSandboxConfig,
+    pub pod_state: &'a PodState,
+    pub config: &'a cri::ContainerConfig,
+    pub image: &'a ImageConfiguration,
+    pub user: &'a User,
+    /// The running task pid of the container a TARGET PID namespace names.
+    pub target_pid: Option<u32>,
+}
+
+fn canonical_cap(c: &str) -> Result<String> {
+    let upper = c.to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    if !ALL_CAPS.contains(&bare) {
+        return Err(Error::invalid(format!("unknown capability {c:?}")));
+    }
+    Ok(format!("CAP_{bare}"))
+}
+
+/// containerd's order: drop ALL empties the set, add ALL fills it, then the named adds and drops.
+pub fn capabilities(privileged: bool, caps: Option<&cri::Capability>) -> Result<Vec<String>> {
+    let all = || ALL_CAPS.iter().map(|c| format!("CAP_{c}"));
+    let mut set: BTreeSet<String> = if privileged {
+        all().collect()
+    } else {
+        DEFAULT_CAPS.iter().map(|c| format!("CAP_{c}")).collect()
+    };
+    let Some(caps) = caps else {
+        return Ok(set.into_iter().collect());
+    };
+    let is_all = |c: &String| c.eq_ignore_ascii_case("ALL");
+    if caps.drop_capabilities.iter().any(is_all) {
+        set.clear();
+    }
+    if caps.add_capabilities.iter().any(is_all) {
+        set.extend(all());
+    }
+    for a in caps.add_capabilities.iter().filter(|c| !is_all(c)) {
+        set.insert(canonical_cap(a)?);
+    }
+    for d in caps.drop_capabilities.iter().filter(|c| !is_all(c)) {
+        set.remove(&canonical_cap(d)?);
+    }
+    Ok(set.into_iter().collect())
+}
+
+/// CRI's argv rules: command replaces the entrypoint, args the cmd.
+pub fn args(image: &ImageConfiguration, config: &cri::ContainerConfig) -> Result<Vec<String>> {
+    let ic = image.config().clone().unwrap_or_default();
+    let entrypoint = ic.entrypoint().clone().unwrap_or_default();
+    let cmd = ic.cmd().clone().unwrap_or_default();
+    let argv = if !config.command.is_empty() {
+        let mut a = config.command.clone();
+        a.extend(config.args.iter().cloned());
+        a
+    } else if !config.args.is_empty() {
+        let mut a = entrypoint;
+        a.extend(config.args.iter().cloned());
+        a
+    } else {
+        let mut a = entrypoint;
+        a.extend(cmd);
+        a
+    };
+    if argv.is_empty() {
+        return Err(Error::invalid(
+            "no command specified: the container config and the image give none",
+        ));
+    }
+    Ok(argv)
+}
+
+fn env(image: &ImageConfiguration, config: &cri::ContainerConfig, user: &User) -> Vec<String> {
+    let mut env: Vec<String> = image
+        .config()
+        .as_ref()
+        .and_then(|c| c.env().clone())
+        .unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, DEFAULT_PATH.to_string());
+    }
+    let mut set = |k: &str, v: String| {
+        let prefix = format!("{k}=");
+        env.retain(|e| !e.starts_with(&prefix));
+        env.push(format!("{k}={v}"));
+    };
+    for kv in &config.envs {
+        set(&kv.key, String::from_utf8_lossy(&kv.value).into_owned());
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!(
+            "HOME={}",
+            user.home.clone().unwrap_or_else(|| "/".into())
+        ));
+    }
+    env
+}
+
+fn mount(dest: &str, kind: &str, source: &str, options: &[&str]) -> Value {
+    json!({"destination": dest, "type": kind, "source": source, "options": options})
+}
+
+/// The security context of the container (or an empty one).
+pub fn security(config: &cri::ContainerConfig) -> cri::LinuxContainerSecurityContext {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default()
+}
+
+pub fn pod_security(pod: &cri::PodSandboxConfig) -> cri::LinuxSandboxSecurityContext {
+    pod.linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default()
+}
+
+fn seccomp(profile: Option<&cri::SecurityProfile>, privileged: bool) -> Result<Option<Value>> {
+    let Some(p) = profile else {
+        // No profile asked for: unconfined, as the CRI's default is.
+        return Ok(None);
+    };
+    match cri::security_profile::ProfileType::try_from(p.profile_type) {
+        Ok(cri::security_profile::ProfileType::Unconfined) => Ok(None),
+        Ok(cri::security_profile::ProfileType::RuntimeDefault) => {
+            if privileged {
+                return Ok(None);
+            }
+            Ok(Some(json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64"],
+                "syscalls": [{
+                    "names": RUNTIME_DEFAULT_DENIED,
+                    "action": "SCMP_ACT_ERRNO",
+                    "errnoRet": 1,
+                }],
+            })))
+        }
+        Ok(cri::security_profile::ProfileType::Localhost) => {
+            let path = p
+                .localhost_ref
+                .strip_prefix("localhost/")
+                .unwrap_or(&p.localhost_ref);
+            if !path.starts_with('/') {
+                return Err(Error::invalid(format!(
+                    "seccomp localhost profile {:?} is not an absolute path",
+                    p.localhost_ref
+                )));
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::invalid(format!("read the seccomp profile {path}: {e}")))?;
+            let v: Value = serde_json::from_str(&text).map_err(|e| {
+                Error::invalid(format!("the seccomp profile {path} is not JSON: {e}"))
+            })?;
+            Ok(Some(v))
+        }
+        Err(_) => Err(Error::invalid(format!(
+            "unknown seccomp profile type {}",
+            p.profile_type
+        ))),
+    }
+}
+
+/// The OCI resources of the CRI's LinuxContainerResources.
+pub fn resources(r: &cri::LinuxContainerResources) -> Value {
+    let mut v = json!({});
+    let mut cpu = serde_json::Map::new();
+    if r.cpu_period > 0 {
+        cpu.insert("period".into(), json!(r.cpu_period));
+    }
+    if r.cpu_quota > 0 {
+        cpu.insert("quota".into(), json!(r.cpu_quota));
+    }
+    if r.cpu_shares > 0 {
+        cpu.insert("shares".into(), json!(r.cpu_shares));
+    }
+    if !r.cpuset_cpus.is_empty() {
+        cpu.insert("cpus".into(), json!(r.cpuset_cpus));
+    }
+    if !r.cpuset_mems.is_empty() {
+        cpu.insert("mems".into(), json!(r.cpuset_mems));
+    }
+    if !cpu.is_empty() {
+        v["cpu"] = Value::Object(cpu);
+    }
+    let mut memory = serde_json::Map::new();
+    if r.memory_limit_in_bytes > 0 {
+        memory.insert("limit".into(), json!(r.memory_limit_in_bytes));
+    }
+    if r.memory_swap_limit_in_bytes > 0 {
+        memory.insert("swap".into(), json!(r.memory_swap_limit_in_bytes));
+    }
+    if !memory.is_empty() {
+        v["memory"] = Value::Object(memory);
+    }
+    if !r.hugepage_limits.is_empty() {
+        v["hugepageLimits"] = r
+            .hugepage_limits
+            .iter()
+            .map(|h| json!({"pageSize": h.page_size, "limit": h.limit}))
+            .collect();
+    }
+    if !r.unified.is_empty() {
+        v["unified"] = json!(r.unified);
+    }
+    v
+}
+
+/// A host path's device entry and its cgroup rule.
+fn device(d: &cri::Device) -> Result<(Value, Value)> {
+    let meta = std::fs::metadata(&d.host_path)
+        .map_err(|e| Error::invalid(format!("device {:?}: {e}", d.host_path)))?;
+    let ft = meta.file_type();
+    let kind = if ft.is_char_device() {
+        "c"
+    } else if ft.is_block_device() {
+        "b"
+    } else {
+        return Err(Error::invalid(format!("{:?} is not a device", d.host_path)));
+    };
+    let rdev = meta.rdev();
+    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    let path = if d.container_path.is_empty() {
+        &d.host_path
+    } else {
+        &d.container_path
+    };
+    let access = if d.permissions.is_empty() {
+        "rwm"
+    } else {
+        &d.permissions
+    };
+    Ok((
+        json!({"path": path, "type": kind, "major": major, "minor": minor,
+               "fileMode": meta.mode() & 0o777, "uid": meta.uid(), "gid": meta.gid()}),
+        json!({"allow": true, "type": kind, "major": major, "minor": minor, "access": access}),
+    ))
+}
+
+/// The container's cgroup path under its pod's parent.
+pub fn cgroups_path(pod_state: &PodState, id: &str) -> String {
+    format!("{}/{id}", pod_state.cgroup_parent.trim_end_matches('/'))
+}
+
+/// The lowest oom_score_adj this daemon may give (it cannot go below its own without
+/// CAP_SYS_RESOURCE; containerd's `restrict_oom_score_adj`).
+fn oom_score_adj(wanted: i64) -> i64 {
+    let own = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .unwrap_or(0);
+    wanted.clamp(own, 1000)
+}
+
+pub fn generate(i: &Inputs<'_>) -> Result<Value> {
+    let sc = security(i.config);
+    let psc = pod_security(i.pod);
+    let privileged = sc.privileged;
+    if privileged && !psc.privileged {
+        return Err(Error::invalid(
+            "a privileged container needs a privileged pod sandbox",
+        ));
+    }
+    let pod_ns = psc.namespace_options.clone().unwrap_or_default();
+    let ctr_ns = sc.namespace_options.clone().unwrap_or_default();
+    let host_net = pod_ns.network == cri::NamespaceMode::Node as i32;
+
+    let cwd = if i.config.working_dir.is_empty() {
+        i.image
+            .config()
+            .as_ref()
+            .and_then(|c| c.working_dir().clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into())
+    } else {
+        i.config.working_dir.clone()
+    };
+    if !cwd.starts_with('/') {
+        return Err(Error::invalid(format!(
+            "the working directory {cwd:?} is not an absolute path"
+        )));
+    }
+    let caps = capabilities(privileged, sc.capabilities.as_ref())?;
+    let mut process = json!({
+        "terminal": i.config.tty,
+        "user": {"uid": i.user.uid, "gid": i.user.gid},
+        "args": args(i.image, i.config)?,
+        "env": env(i.image, i.config, i.user),
+        "cwd": cwd,
+        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "noNewPrivileges": sc.no_new_privs,
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024u64, "soft": 1024u64}],
+    });
+    if !i.user.groups.is_empty() {
+        process["user"]["additionalGids"] = json!(i.user.groups);
+    }
+    if let Some(r) = i.config.linux.as_ref().and_then(|l| l.resources.as_ref()) {
+        if r.oom_score_adj != 0 {
+            process["oomScoreAdj"] = json!(oom_score_adj(r.oom_score_adj));
+        }
+    }
+    for amb in sc
+        .capabilities
+        .iter()
+        .flat_map(|c| c.add_ambient_capabilities.iter())
+    {
+        let c = canonical_cap(amb)?;
+        for set in ["ambient", "inheritable"] {
+            let list = process["capabilities"][set]
+                .as_array_mut()
+                .map(std::mem::take)
+                .unwrap_or_default();
+            let mut list: Vec<Value> = list;
+            list.push(json!(c));
+            process["capabilities"][set] = Value::Array(list);
+        }
+    }
+
+    let sys_options: &[&str] = if privileged {
+        &["nosuid", "noexec", "nodev"]
+    } else {
+        &["nosuid", "noexec", "nodev", "ro"]
+    };
+    let mut mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount("/sys", "sysfs", "sysfs", sys_options),
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        ),
+    ];
+    // The pod's files, unless the container mounts its own there.
+    let user_dests: BTreeSet<&str> = i
+        .config
+        .mounts
+        .iter()
+        .map(|m| m.container_path.as_str())
+        .collect();
+    let rootfs_ro = sc.readonly_rootfs;
+    for (dest, src) in [
+        ("/etc/hosts", &i.pod_state.hosts),
+        ("/etc/resolv.conf", &i.pod_state.resolv_conf),
+        ("/etc/hostname", &i.pod_state.hostname_file),
+    ] {
+        if !src.is_empty() && !user_dests.contains(dest) {
+            let ro: &[&str] = if rootfs_ro {
+                &["rbind", "rprivate", "ro"]
+            } else {
+                &["rbind", "rprivate", "rw"]
+            };
+            mounts.push(mount(dest, "bind", src, ro));
+        }
+    }
+    let mut rootfs_propagation: Option<&str> = None;
+    for m in &i.config.mounts {
+        if m.container_path.is_empty() || !m.container_path.starts_with('/') {
+            return Err(Error::invalid(format!(
+                "mount destination {:?} is not an absolute path",
+                m.container_path
+            )));
+        }
+        if m.image.is_some() && m.host_path.is_empty() {
+            return Err(Error::invalid(
+                "image volumes are not supported by berth's CRI yet (issue 14)",
+            ));
+        }
+        let mut source = std::path::PathBuf::from(&m.host_path);
+        if !source.is_absolute() {
+            return Err(Error::invalid(format!(
+                "mount source {:?} is not an absolute path",
+                m.host_path
+            )));
+        }
+        if !source.exists() {
+            // The kubelet's rule: a missing host path becomes a directory.
+            std::fs::create_dir_all(&source)
+                .map_err(|e| Error::io(format!("create {}", source.display()), e))?;
+        }
+        source = std::fs::canonicalize(&source)
+            .map_err(|e| Error::io(format!("resolve {}", source.display()), e))?;
+        let mut options = vec!["rbind".to_string()];
+        match cri::MountPropagation::try_from(m.propagation) {
+            Ok(cri::MountPropagation::PropagationBidirectional) => {
+                options.push("rshared".into());
+                rootfs_propagation = Some("rshared");
+            }
+            Ok(cri::MountPropagation::PropagationHostToContainer) => {
+                options.push("rslave".into());
+                if rootfs_propagation != Some("rshared") {
+                    rootfs_propagation = Some("rslave");
+                }
+            }
+            _ => options.push("rprivate".into()),
+        }
+        if m.readonly {
+            options.push(if m.recursive_read_only { "rro" } else { "ro" }.into());
+        } else if m.recursive_read_only {
+            return Err(Error::invalid(
+                "recursive read-only mounts must be read-only",
+            ));
+        } else {
+            options.push("rw".into());
+        }
+        mounts.retain(|x| x["destination"] != json!(m.container_path));
+        mounts.push(json!({
+            "destination": m.container_path,
+            "type": "bind",
+            "source": source,
+            "options": options,
+        }));
+    }
+
+    // Namespaces: the pod's netns and the holder's, or new ones.
+    let mut namespaces = vec![json!({"type": "mount"})];
+    if !host_net {
+        let netns = i
+            .pod_state
+            .netns
+            .as_ref()
+            .ok_or_else(|| Error::precondition("the pod sandbox has no network namespace"))?;
+        namespaces.push(json!({"type": "network", "path": netns}));
+    }
+    if pod_ns.ipc != cri::NamespaceMode::Node as i32 {
+        let path = i
+            .pod_state
+            .holder_ns("ipc")
+            .ok_or_else(|| Error::precondition("the pod sandbox's namespace holder is gone"))?;
+        namespaces.push(json!({"type": "ipc", "path": path}));
+    }
+    if !host_net {
+        let path = i
+            .pod_state
+            .holder_ns("uts")
+            .ok_or_else(|| Error::precondition("the pod sandbox's namespace holder is gone"))?;
+        namespaces.push(json!({"type": "uts", "path": path}));
+    }
+    let pid_mode = if ctr_ns.pid == cri::NamespaceMode::Target as i32 {
+        cri::NamespaceMode::Target as i32
+    } else if pod_ns.pid == cri::NamespaceMode::Node as i32 {
+        cri::NamespaceMode::Node as i32
+    } else if pod_ns.pid == cri::NamespaceMode::Pod as i32
+        || ctr_ns.pid == cri::NamespaceMode::Pod as i32
+    {
+        pod_ns.pid
+    } else {
+        cri::NamespaceMode::Container as i32
+    };
+    match pid_mode {
+        m if m == cri::NamespaceMode::Node as i32 => {}
+        m if m == cri::NamespaceMode::Pod as i32 => {
+            let path = i
+                .pod_state
+                .holder_ns("pid")
+                .ok_or_else(|| Error::precondition("the pod sandbox's namespace holder is gone"))?;
+            namespaces.push(json!({"type": "pid", "path": path}));
+        }
+        m if m == cri::NamespaceMode::Target as i32 => {
+            let pid = i.target_pid.ok_or_else(|| {
+                Error::not_found(format!(
+                    "the target container {:?} of the PID namespace is not running",
+                    ctr_ns.target_id
+                ))
+            })?;
+            namespaces.push(json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}));
+        }
+        _ => namespaces.push(json!({"type": "pid"})),
+    }
+
+    // Sysctls: the pod's, then the container's annotations cannot add any (kubelet's rule).
+    let sysctls = i
+        .pod
+        .linux
+        .as_ref()
+        .map(|l| l.sysctls.clone())
+        .unwrap_or_default();
+
+    let mut devices = Vec::new();
+    let mut device_rules = vec![json!({"allow": privileged, "access": "rwm"})];
+    for d in &i.config.devices {
+        let (dev, rule) = device(d)?;
+        devices.push(dev);
+        device_rules.push(rule);
+    }
+    let mut res = i
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.resources.as_ref())
+        .map(resources)
+        .unwrap_or_else(|| json!({}));
+    res["devices"] = Value::Array(device_rules);
+
+    let mut linux = json!({
+        "cgroupsPath": cgroups_path(i.pod_state, i.id),
+        "namespaces": namespaces,
+        "resources": res,
+        "sysctl": sysctls,
+    });
+    if !devices.is_empty() {
+        linux["devices"] = Value::Array(devices);
+    }
+    if !privileged {
+        let masked: Vec<String> = if sc.masked_paths.is_empty() {
+            MASKED_PATHS.iter().map(|s| s.to_string()).collect()
+        } else {
+            sc.masked_paths.clone()
+        };
+        let readonly: Vec<String> = if sc.readonly_paths.is_empty() {
+            READONLY_PATHS.iter().map(|s| s.to_string()).collect()
+        } else {
+            sc.readonly_paths.clone()
+        };
+        linux["maskedPaths"] = json!(masked);
+        linux["readonlyPaths"] = json!(readonly);
+    }
+    if let Some(s) = seccomp(sc.seccomp.as_ref(), privileged)? {
+        linux["seccomp"] = s;
+    }
+    if let Some(p) = rootfs_propagation {
+        linux["rootfsPropagation"] = json!(p);
+    }
+
+    Ok(json!({
+        "ociVersion": "1.1.0",
+        "process": process,
+        "root": {"path": "rootfs", "readonly": rootfs_ro},
+        "mounts": mounts,
+        "linux": linux,
+        "annotations": {
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.sandbox-id": i.pod_id,
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_follow_containerd_order() {
+        let c = |add: &[&str], drop: &[&str]| cri::Capability {
+            add_capabilities: add.iter().map(|s| s.to_string()).collect(),
+            drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
+            add_ambient_capabilities: vec![],
+        };
+        assert_eq!(
+            capabilities(false, Some(&c(&["NET_ADMIN"], &["ALL"]))).unwrap(),
+            ["CAP_NET_ADMIN"]
+        );
+        let all_but = capabilities(false, Some(&c(&["ALL"], &["CHOWN"]))).unwrap();
+        assert_eq!(all_but.len(), ALL_CAPS.len() - 1);
+        assert!(!all_but.contains(&"CAP_CHOWN".to_string()));
+        assert!(capabilities(false, Some(&c(&["NOPE"], &[]))).is_err());
+        assert_eq!(capabilities(false, None).unwrap().len(), DEFAULT_CAPS.len());
+    }
+
+    #[test]
+    fn argv_follows_the_cri() {
+        let img: ImageConfiguration = serde_json::from_value(json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Entrypoint": ["/init"], "Cmd": ["serve"]},
+            "rootfs": {"type": "layers", "diff_ids": []},
+        }))
+        .unwrap();
+        let mut c = cri::ContainerConfig::default();
+        assert_eq!(args(&img, &c).unwrap(), ["/init", "serve"]);
+        c.args = vec!["x".into()];
+        assert_eq!(args(&img, &c).unwrap(), ["/init", "x"]);
+        c.command = vec!["sh".into()];
+        assert_eq!(args(&img, &c).unwrap(), ["sh", "x"]);
+        let empty: ImageConfiguration = serde_json::from_value(json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": []},
+        }))
+        .unwrap();
+        assert!(args(&empty, &cri::ContainerConfig::default()).is_err());
+    }
+}

@@ -1,0 +1,587 @@
+//! Pods and containers through berthd's CRI, driven by the real crictl (cri-tools v1.37.0):
+//! runp with a bridge + host-local + portmap + loopback conflist of the test's own, create,
+//! start, ps, inspect, exec -s (ExecSync: exit codes, timeout, bounded output), update, stop,
+//! rm, stopp, rmp; the pod's DNS, hostname, sysctls and IP seen from inside; CRI logs; the
+//! idempotence rules; and berthd killed -9 and restarted with a pod running. Needs root,
+//! berthd built in this target dir, crictl (scripts/deps-cri-tools.sh), Debian's CNI plugins
+//! and busybox-static.
+//!
+//! crictl's `exec`, `inspect` and `ps` first validate the CRI ImageService (ImageFsInfo), which
+//! is another part of issue 14: until it is served, ExecSync, ContainerStatus and ListContainers
+//! are called here with the generated runtime.v1 client over the same socket (a real gRPC
+//! client, no mock); every other step is crictl.
+
+use berth_api::runtime::v1 as cri;
+use berth_api::runtime::v1::runtime_service_client::RuntimeServiceClient;
+use berth_testkit::berthd::{tail, Daemon};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+const APPLETS: &[&str] = &[
+    "sh", "echo", "true", "cat", "sleep", "hostname", "id", "ip", "head", "yes", "ls",
+];
+
+fn crictl_binary() -> PathBuf {
+    let dir = std::env::var_os("BERTH_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/local/lib/berth-test/bin"));
+    let path = dir.join("crictl");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/deps-cri-tools.sh",
+        path.display()
+    );
+    path
+}
+
+/// A berthd with its CRI, a CNI conflist of its own and the busybox fixture in k8s.io; every
+/// pod is removed through the CRI when dropped (containers, network, holders).
+struct Env {
+    daemon: Daemon,
+    dir: tempfile::TempDir,
+    subnet_prefix: String,
+    bridge: String,
+}
+
+impl Env {
+    fn new(bridge: &str, subnet_prefix: &str) -> Env {
+        let daemon = Daemon::start();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !daemon.cri_socket().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "no CRI socket; berthd log:\n{}",
+                tail(&daemon.log(), 30)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let conf_dir = daemon.cri_socket().with_file_name("cri-net.d");
+        std::fs::create_dir_all(&conf_dir).expect("create the CNI conf dir");
+        std::fs::write(
+            conf_dir.join("10-pods.conflist"),
+            format!(
+                r#"{{"cniVersion":"1.0.0","name":"pods","plugins":[
+                {{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":false,
+                 "ipam":{{"type":"host-local","ranges":[[{{"subnet":"{subnet_prefix}.0/24"}}]]}}}},
+                {{"type":"portmap","capabilities":{{"portMappings":true}}}},
+                {{"type":"loopback"}}]}}"#
+            ),
+        )
+        .expect("write the conflist");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let applets: Vec<&str> = APPLETS.to_vec();
+        let archive = berth_testkit::image::busybox_oci_archive_with(dir.path(), IMAGE, &applets)
+            .expect("build the busybox image");
+        daemon.ctr(
+            "k8s.io",
+            &["images", "import", &archive.path.to_string_lossy()],
+        );
+        Env {
+            daemon,
+            dir,
+            subnet_prefix: subnet_prefix.to_string(),
+            bridge: bridge.to_string(),
+        }
+    }
+
+    fn crictl(&self, args: &[&str]) -> Output {
+        let endpoint = format!("unix://{}", self.daemon.cri_socket().display());
+        Command::new(crictl_binary())
+            .args([
+                "--runtime-endpoint",
+                &endpoint,
+                "--image-endpoint",
+                &endpoint,
+            ])
+            .args(["--timeout", "60s", "--config", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("run crictl")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.crictl(args);
+        assert!(
+            out.status.success(),
+            "crictl {args:?} failed: {}\nberthd log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.daemon.log(), 40)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let text = self.ok(args);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("crictl {args:?}: {e}: {text}"))
+    }
+
+    fn write(&self, name: &str, v: &Value) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, v.to_string()).expect("write a config");
+        p.to_string_lossy().into_owned()
+    }
+
+    fn logs_dir(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    fn pod_config(&self, name: &str) -> String {
+        self.write(
+            &format!("{name}-pod.json"),
+            &serde_json::json!({
+                "metadata": {"name": name, "namespace": "test", "uid": format!("uid-{name}"), "attempt": 0},
+                "hostname": format!("{name}-host"),
+                "log_directory": self.logs_dir().join(name),
+                "dns_config": {"servers": ["10.96.0.10"], "searches": ["svc.example"], "options": ["ndots:3"]},
+                "linux": {"sysctls": {"net.ipv4.ip_unprivileged_port_start": "100"}},
+            }),
+        )
+    }
+
+    fn container_config(&self, name: &str, command: &[&str], extra: Value) -> String {
+        let mut v = serde_json::json!({
+            "metadata": {"name": name},
+            "image": {"image": IMAGE},
+            "command": command,
+            "envs": [{"key": "GREETING", "value": "hi there"}],
+            "log_path": format!("{name}.log"),
+        });
+        if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        self.write(&format!("{name}-ctr.json"), &v)
+    }
+
+    /// One RPC on the generated runtime.v1 client.
+    fn rpc<T>(
+        &self,
+        f: impl AsyncFnOnce(
+            RuntimeServiceClient<tonic::transport::Channel>,
+        ) -> Result<tonic::Response<T>, tonic::Status>,
+    ) -> Result<T, tonic::Status> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let channel = berth::connect(self.daemon.cri_socket())
+                .await
+                .expect("connect to the CRI socket");
+            f(RuntimeServiceClient::new(channel).max_decoding_message_size(64 << 20))
+                .await
+                .map(tonic::Response::into_inner)
+        })
+    }
+
+    fn exec_sync(
+        &self,
+        ctr: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<cri::ExecSyncResponse, tonic::Status> {
+        let req = cri::ExecSyncRequest {
+            container_id: ctr.to_string(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        };
+        self.rpc(async move |mut c| c.exec_sync(req).await)
+    }
+
+    fn exec(&self, ctr: &str, cmd: &[&str]) -> String {
+        let r = self
+            .exec_sync(ctr, cmd, 0)
+            .unwrap_or_else(|e| panic!("exec {cmd:?}: {e}"));
+        assert_eq!(
+            r.exit_code,
+            0,
+            "exec {cmd:?}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        String::from_utf8_lossy(&r.stdout).trim().to_string()
+    }
+
+    fn status(&self, ctr: &str) -> Result<cri::ContainerStatus, tonic::Status> {
+        let req = cri::ContainerStatusRequest {
+            container_id: ctr.to_string(),
+            verbose: false,
+        };
+        self.rpc(async move |mut c| c.container_status(req).await)
+            .map(|r| r.status.expect("a status"))
+    }
+
+    fn list(&self, filter: cri::ContainerFilter) -> Vec<cri::Container> {
+        let req = cri::ListContainersRequest {
+            filter: Some(filter),
+        };
+        self.rpc(async move |mut c| c.list_containers(req).await)
+            .expect("ListContainers")
+            .containers
+    }
+
+    fn wait_state(&self, ctr: &str, state: cri::ContainerState) -> cri::ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.status(ctr).expect("ContainerStatus");
+            if v.state == state as i32 {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{ctr} never reached {state:?}: {v:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.crictl(&["rmp", "-a", "-f"]);
+        // The bridge plugin's DEL leaves its bridge.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
+fn is_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[test]
+fn crictl_runs_a_pod_and_its_containers() {
+    let env = Env::new("bcricore0", "10.233.40");
+    let pod = env.ok(&["runp", &env.pod_config("web")]);
+    assert!(is_id(&pod), "pod id {pod:?}");
+
+    let status = env.json(&["inspectp", "-o", "json", &pod]);
+    assert_eq!(status["status"]["state"], "SANDBOX_READY", "{status}");
+    let ip = status["status"]["network"]["ip"]
+        .as_str()
+        .expect("a pod IP")
+        .to_string();
+    assert!(
+        ip.starts_with(&format!("{}.", env.subnet_prefix)),
+        "pod IP {ip}"
+    );
+    assert_eq!(status["status"]["metadata"]["name"], "web");
+    let pods = env.json(&["pods", "-o", "json", "--label", "nothing=here"]);
+    assert_eq!(pods["items"].as_array().map(Vec::len), Some(0), "{pods}");
+    let pods = env.json(&["pods", "-o", "json", "--state", "ready"]);
+    assert_eq!(pods["items"][0]["id"], pod.as_str(), "{pods}");
+
+    let pod_json = env.pod_config("web");
+    let ctr_json = env.container_config(
+        "app",
+        &["sh", "-c", "echo hello-out; echo hello-err >&2; exec sleep 3600"],
+        serde_json::json!({"linux": {"security_context": {"run_as_user": {"value": 1000}, "supplemental_groups": [4242]}}}),
+    );
+    let ctr = env.ok(&["create", &pod, &ctr_json, &pod_json]);
+    assert!(is_id(&ctr), "container id {ctr:?}");
+    let created = env.status(&ctr).expect("ContainerStatus");
+    assert_eq!(
+        created.state,
+        cri::ContainerState::ContainerCreated as i32,
+        "{created:?}"
+    );
+    // The record, as any containerd client sees it.
+    let records = env.daemon.ctr("k8s.io", &["containers", "ls", "-q"]);
+    assert!(
+        records.contains(&ctr) && records.contains(&pod),
+        "{records}"
+    );
+
+    env.ok(&["start", &ctr]);
+    let running = env.wait_state(&ctr, cri::ContainerState::ContainerRunning);
+    assert!(running.started_at > 0, "{running:?}");
+    assert_eq!(
+        running.image.as_ref().map(|i| i.image.as_str()),
+        Some(IMAGE)
+    );
+    assert!(running.image_ref.contains("@sha256:"), "{running:?}");
+    assert!(running.log_path.ends_with("web/app.log"), "{running:?}");
+    let ps = env.list(cri::ContainerFilter {
+        pod_sandbox_id: pod.clone(),
+        ..Default::default()
+    });
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    assert_eq!(ps[0].id, ctr);
+    assert_eq!(ps[0].state, cri::ContainerState::ContainerRunning as i32);
+
+    // The pod's DNS config, hostname, sysctl, IP and the container's user and env.
+    let resolv = env.exec(&ctr, &["cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains("nameserver 10.96.0.10"), "{resolv}");
+    assert!(resolv.contains("svc.example"), "{resolv}");
+    assert!(resolv.contains("ndots:3"), "{resolv}");
+    assert_eq!(env.exec(&ctr, &["hostname"]), "web-host");
+    assert_eq!(
+        env.exec(
+            &ctr,
+            &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]
+        ),
+        "100"
+    );
+    let addr = env.exec(&ctr, &["ip", "-4", "addr", "show", "eth0"]);
+    assert!(addr.contains(&format!("inet {ip}/")), "{addr}");
+    assert_eq!(env.exec(&ctr, &["id", "-u"]), "1000");
+    assert!(env
+        .exec(&ctr, &["id", "-G"])
+        .split_whitespace()
+        .any(|g| g == "4242"));
+    assert_eq!(env.exec(&ctr, &["sh", "-c", "echo $GREETING"]), "hi there");
+
+    // ExecSync: exit codes, stderr apart, a timeout, output bounded.
+    let r = env
+        .exec_sync(&ctr, &["sh", "-c", "echo oops >&2; exit 3"], 0)
+        .expect("ExecSync");
+    assert_eq!(r.exit_code, 3, "{r:?}");
+    assert_eq!(String::from_utf8_lossy(&r.stderr).trim(), "oops");
+    let t0 = Instant::now();
+    let e = env
+        .exec_sync(&ctr, &["sleep", "30"], 2)
+        .expect_err("a 30 s sleep beat a 2 s timeout");
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    let big = env
+        .exec_sync(&ctr, &["sh", "-c", "yes | head -c 12000000"], 0)
+        .expect("ExecSync of 12 MB");
+    assert_eq!(big.exit_code, 0);
+    assert_eq!(
+        big.stdout.len(),
+        berth_cri::EXEC_SYNC_MAX_OUTPUT,
+        "ExecSync output is bounded"
+    );
+    assert!(big.stdout.starts_with(b"y\ny\n"));
+
+    // The CRI log.
+    let log = env.logs_dir().join("web").join("app.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("hello-err") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(text.contains(" stdout F hello-out"), "{text}");
+    assert!(text.contains(" stderr F hello-err"), "{text}");
+    // ReopenContainerLog after the kubelet's rotation: the file is back at once.
+    std::fs::rename(&log, log.with_extension("log.1")).expect("rotate");
+    env.ok(&["logs", "--reopen", &ctr]);
+    assert!(log.exists(), "ReopenContainerLog left no file");
+
+    // UpdateContainerResources reaches the cgroup.
+    env.ok(&["update", "--memory", "104857600", &ctr]);
+    let status = env.status(&ctr).expect("ContainerStatus");
+    let limit = status
+        .resources
+        .and_then(|r| r.linux)
+        .map(|l| l.memory_limit_in_bytes);
+    assert_eq!(limit, Some(104857600));
+    let limit_file = Path::new("/sys/fs/cgroup/memory")
+        .join(format!("k8s.io/{pod}/{ctr}"))
+        .join("memory.limit_in_bytes");
+    if limit_file.exists() {
+        let limit = std::fs::read_to_string(&limit_file).expect("read the limit");
+        assert_eq!(limit.trim(), "104857600");
+    }
+
+    // A container that completes.
+    let done_json = env.container_config("done", &["sh", "-c", "echo bye; exit 0"], Value::Null);
+    let done = env.ok(&["create", &pod, &done_json, &pod_json]);
+    env.ok(&["start", &done]);
+    let exited = env.wait_state(&done, cri::ContainerState::ContainerExited);
+    assert_eq!((exited.exit_code, exited.reason.as_str()), (0, "Completed"));
+    assert!(exited.finished_at >= exited.started_at, "{exited:?}");
+    let failing_json = env.container_config("fails", &["sh", "-c", "exit 7"], Value::Null);
+    let failing = env.ok(&["create", &pod, &failing_json, &pod_json]);
+    env.ok(&["start", &failing]);
+    let exited = env.wait_state(&failing, cri::ContainerState::ContainerExited);
+    assert_eq!((exited.exit_code, exited.reason.as_str()), (7, "Error"));
+    // A second start of an exited container is refused.
+    assert!(!env.crictl(&["start", &failing]).status.success());
+    // The same name again in the pod is refused.
+    assert!(!env
+        .crictl(&["create", &pod, &failing_json, &pod_json])
+        .status
+        .success());
+
+    // Stop: sleep dies of SIGTERM; a shell that ignores it gets SIGKILL after the timeout.
+    let stubborn_json = env.container_config(
+        "stubborn",
+        &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"],
+        Value::Null,
+    );
+    let stubborn = env.ok(&["create", &pod, &stubborn_json, &pod_json]);
+    env.ok(&["start", &stubborn]);
+    env.wait_state(&stubborn, cri::ContainerState::ContainerRunning);
+    env.ok(&["stop", "--timeout", "10", &ctr]);
+    let stopped = env.status(&ctr).expect("ContainerStatus");
+    assert_eq!(stopped.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(stopped.exit_code, 143, "{stopped:?}");
+    assert!(stopped.started_at >= stopped.created_at, "{stopped:?}");
+    let t0 = Instant::now();
+    env.ok(&["stop", "--timeout", "2", &stubborn]);
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(20),
+        "{waited:?}"
+    );
+    let stopped = env.status(&stubborn).expect("ContainerStatus");
+    assert_eq!(stopped.exit_code, 137, "{stopped:?}");
+    env.ok(&["stop", &ctr]);
+    let exited = env.list(cri::ContainerFilter {
+        pod_sandbox_id: pod.clone(),
+        state: Some(cri::ContainerStateValue {
+            state: cri::ContainerState::ContainerExited as i32,
+        }),
+        ..Default::default()
+    });
+    assert_eq!(exited.len(), 4, "{exited:?}");
+    env.ok(&["rm", &ctr]);
+    let e = env.status(&ctr).expect_err("a removed container");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+
+    // Stop the pod: containers stopped, network gone; again is fine.
+    let netns = records_netns(&env, &pod);
+    env.ok(&["stopp", &pod]);
+    env.ok(&["stopp", &pod]);
+    let status = env.json(&["inspectp", "-o", "json", &pod]);
+    assert_eq!(status["status"]["state"], "SANDBOX_NOTREADY", "{status}");
+    if let Some(ns) = netns {
+        assert!(!Path::new(&ns).exists(), "netns {ns} outlived stopp");
+    }
+    env.ok(&["rmp", &pod]);
+    let out = env.crictl(&["inspectp", &pod]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NotFound"),
+        "{out:?}"
+    );
+    let records = env.daemon.ctr("k8s.io", &["containers", "ls", "-q"]);
+    assert!(records.trim().is_empty(), "records left: {records}");
+}
+
+/// The pod's netns path, from its verbose status.
+fn records_netns(env: &Env, pod: &str) -> Option<String> {
+    let v = env.json(&["inspectp", "-o", "json", pod]);
+    let info = match &v["info"]["info"] {
+        Value::String(s) => serde_json::from_str(s).ok()?,
+        other => other.clone(),
+    };
+    info["netns"].as_str().map(String::from)
+}
+
+#[test]
+fn bad_requests_change_nothing() {
+    let env = Env::new("bcricore1", "10.233.41");
+    assert_eq!(
+        env.status("0123abcd").expect_err("unknown").code(),
+        tonic::Code::NotFound
+    );
+    for args in [vec!["inspectp", "0123abcd"], vec!["start", &"a".repeat(64)]] {
+        let out = env.crictl(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("NotFound"),
+            "{args:?}: {out:?}"
+        );
+    }
+    // Stop and remove of what is not there succeed (the RPCs themselves: crictl's rm and rmp
+    // look the id up first).
+    let (b, c) = ("b".repeat(64), "c".repeat(64));
+    env.rpc(async |mut r| {
+        r.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: b.clone(),
+        })
+        .await
+    })
+    .expect("StopPodSandbox of a missing pod");
+    env.rpc(async |mut r| {
+        r.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: b.clone(),
+        })
+        .await
+    })
+    .expect("RemovePodSandbox of a missing pod");
+    env.rpc(async |mut r| {
+        r.stop_container(cri::StopContainerRequest {
+            container_id: c.clone(),
+            timeout: 0,
+        })
+        .await
+    })
+    .expect("StopContainer of a missing container");
+    env.rpc(async |mut r| {
+        r.remove_container(cri::RemoveContainerRequest {
+            container_id: c.clone(),
+        })
+        .await
+    })
+    .expect("RemoveContainer of a missing container");
+    // A pod without a name, a container of an unknown image: refused, nothing created.
+    let nameless = env.write(
+        "nameless.json",
+        &serde_json::json!({"metadata": {"namespace": "test", "uid": "x"}}),
+    );
+    let out = env.crictl(&["runp", &nameless]);
+    assert!(!out.status.success());
+    let pod = env.ok(&["runp", &env.pod_config("lonely")]);
+    let missing = env.write(
+        "missing.json",
+        &serde_json::json!({"metadata": {"name": "m"}, "image": {"image": "example.com/none:1"}, "command": ["true"]}),
+    );
+    let out = env.crictl(&["create", &pod, &missing, &env.pod_config("lonely")]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NotFound"),
+        "{out:?}"
+    );
+    assert!(env.list(cri::ContainerFilter::default()).is_empty());
+    // The same pod name again is refused.
+    assert!(!env
+        .crictl(&["runp", &env.pod_config("lonely")])
+        .status
+        .success());
+    let pods = env.json(&["pods", "-o", "json"]);
+    assert_eq!(pods["items"].as_array().map(Vec::len), Some(1), "{pods}");
+}
+
+#[test]
+fn pods_survive_a_berthd_kill_9() {
+    let mut env = Env::new("bcricore2", "10.233.42");
+    let pod = env.ok(&["runp", &env.pod_config("keep")]);
+    let ip = env.json(&["inspectp", "-o", "json", &pod])["status"]["network"]["ip"]
+        .as_str()
+        .expect("an IP")
+        .to_string();
+    let ctr_json = env.container_config("sleeper", &["sleep", "3600"], Value::Null);
+    let ctr = env.ok(&["create", &pod, &ctr_json, &env.pod_config("keep")]);
+    env.ok(&["start", &ctr]);
+    env.wait_state(&ctr, cri::ContainerState::ContainerRunning);
+
+    env.daemon.kill9();
+    env.daemon.spawn();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !env.daemon.cri_socket().exists() || !env.crictl(&["version"]).status.success() {
+        assert!(Instant::now() < deadline, "no CRI after the restart");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = env.json(&["inspectp", "-o", "json", &pod]);
+    assert_eq!(status["status"]["state"], "SANDBOX_READY", "{status}");
+    assert_eq!(status["status"]["network"]["ip"], ip.as_str(), "{status}");
+    let c = env.status(&ctr).expect("ContainerStatus");
+    assert_eq!(
+        c.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "{c:?}"
+    );
+    // The pod keeps its network: the address is still on its interface.
+    let addr = env.exec(&ctr, &["ip", "-4", "addr", "show", "eth0"]);
+    assert!(addr.contains(&format!("inet {ip}/")), "{addr}");
+    env.ok(&["stopp", &pod]);
+    env.ok(&["rmp", &pod]);
+}
