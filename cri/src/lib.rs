@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod holder;
+mod images;
 mod service;
 
 pub use config::CriConfig;
