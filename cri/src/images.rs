@@ -27,6 +27,10 @@ const MANAGED_LABEL: &str = "io.cri-containerd.image";
 /// An image the kubelet must never garbage-collect (containerd's sandbox image label).
 pub const PINNED_LABEL: &str = "io.cri-containerd.pinned";
 
+/// How much before the request's deadline a pull answers DeadlineExceeded (at most half the
+/// request's timeout), so that the answer is the CRI's and not tonic's Cancelled.
+const ANSWER_MARGIN: Duration = Duration::from_millis(50);
+
 /// What an image's content says, per target digest (immutable, so cached for good).
 #[derive(Debug, Clone)]
 struct Content {
@@ -286,18 +290,19 @@ impl Cri {
 
     /// The id a CRI image reference names: a record's name as given or normalised, the
     /// `sha256:` id, or a bare id (or unique id prefix, as docker accepts). None: no such image.
-    async fn resolve(&self, reference: &str) -> Result<Option<(String, BTreeMap<String, Grouped>)>> {
+    async fn resolve(
+        &self,
+        reference: &str,
+    ) -> Result<Option<(String, BTreeMap<String, Grouped>)>> {
         let reference = reference.trim();
         if reference.is_empty() {
             return Err(Error::invalid("an image reference is required"));
         }
         let all = self.all_images().await?;
         let normalized = berth::images::normalize(reference);
-        let by_name = all.iter().find(|(_, g)| {
-            g.names
-                .iter()
-                .any(|n| n == reference || *n == normalized)
-        });
+        let by_name = all
+            .iter()
+            .find(|(_, g)| g.names.iter().any(|n| n == reference || *n == normalized));
         if let Some((id, _)) = by_name {
             return Ok(Some((id.clone(), all)));
         }
@@ -305,7 +310,10 @@ impl Cri {
         if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             let ids: Vec<&String> = all
                 .keys()
-                .filter(|id| id.strip_prefix("sha256:").is_some_and(|h| h.starts_with(hex)))
+                .filter(|id| {
+                    id.strip_prefix("sha256:")
+                        .is_some_and(|h| h.starts_with(hex))
+                })
                 .collect();
             match ids.as_slice() {
                 [one] => {
@@ -338,7 +346,12 @@ impl Cri {
                 .and_then(|(id, all)| all.get(&id).map(Grouped::to_cri))
                 .into_iter()
                 .collect()),
-            None => Ok(self.all_images().await?.values().map(Grouped::to_cri).collect()),
+            None => Ok(self
+                .all_images()
+                .await?
+                .values()
+                .map(Grouped::to_cri)
+                .collect()),
         }
     }
 
@@ -378,7 +391,7 @@ impl Cri {
         self: &Arc<Self>,
         spec: Option<cri::ImageSpec>,
         auth: Option<cri::AuthConfig>,
-        deadline: Option<Instant>,
+        deadline: Option<(Instant, Duration)>,
     ) -> Result<String> {
         let reference = spec.map(|s| s.image).unwrap_or_default();
         let reference = reference.trim().to_string();
@@ -390,17 +403,32 @@ impl Cri {
             None => None,
         };
         let this = self.clone();
-        tokio::spawn(async move { this.pull_detached(reference, auth, deadline).await })
-            .await
-            .map_err(|e| Error::internal(format!("pull task: {e}")))?
+        let late = Error::deadline_exceeded(format!(
+            "pulling {reference}: the request's deadline passed; nothing was recorded"
+        ));
+        let task = tokio::spawn(async move { this.pull_detached(reference, auth, deadline).await });
+        let joined = match deadline {
+            // tonic's own grpc-timeout guard answers Cancelled once the deadline passes; the
+            // CRI's answer is DeadlineExceeded, so it is given a little before (the pull task
+            // still stops itself at the deadline).
+            Some((start, timeout)) => {
+                let answer_by = start + timeout - (timeout / 2).min(ANSWER_MARGIN);
+                tokio::time::timeout_at(answer_by, task)
+                    .await
+                    .map_err(|_| late)?
+            }
+            None => task.await,
+        };
+        joined.map_err(|e| Error::internal(format!("pull task: {e}")))?
     }
 
     async fn pull_detached(
         &self,
         reference: String,
         auth: Option<RegistryAuth>,
-        deadline: Option<Instant>,
+        deadline: Option<(Instant, Duration)>,
     ) -> Result<String> {
+        let deadline = deadline.map(|(start, timeout)| start + timeout);
         let name = berth::images::normalize(&reference);
         let images = self.client.images();
         let opts = self.registry_options(auth);
@@ -415,7 +443,9 @@ impl Cri {
             Ok::<_, Error>((abort, transfer.finish()))
         };
         let (abort, finish) = match deadline {
-            Some(d) => tokio::time::timeout_at(d, pull).await.map_err(|_| late())??,
+            Some(d) => tokio::time::timeout_at(d, pull)
+                .await
+                .map_err(|_| late())??,
             None => pull.await?,
         };
         let result = match deadline {
@@ -428,9 +458,7 @@ impl Cri {
             },
             None => finish.await,
         };
-        result.map_err(|e| {
-            Error::from(e).context(format_args!("pull image {reference:?}"))
-        })?;
+        result.map_err(|e| Error::from(e).context(format_args!("pull image {reference:?}")))?;
         let record = images.get_exact(&name).await.map_err(Error::from)?;
         let content = self.content(&record.name, &record.target).await?;
         let mut labels = record.labels.clone();
@@ -562,7 +590,10 @@ mod tests {
     fn grpc_timeouts_parse() {
         assert_eq!(grpc_timeout("1m"), Some(Duration::from_millis(1)));
         assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(grpc_timeout("999999u"), Some(Duration::from_micros(999_999)));
+        assert_eq!(
+            grpc_timeout("999999u"),
+            Some(Duration::from_micros(999_999))
+        );
         assert_eq!(grpc_timeout("5x"), None);
         assert_eq!(grpc_timeout("m"), None);
         assert_eq!(grpc_timeout("1234567890S"), None);
@@ -578,8 +609,10 @@ mod tests {
         };
         let a = registry_auth(&basic).unwrap().unwrap();
         assert_eq!(a.host.as_deref(), Some("127.0.0.1:5000"));
-        assert!(matches!(&a.secret, RegistrySecret::Basic { username, password }
-            if username == "me" && password == "s3cret-pw"));
+        assert!(
+            matches!(&a.secret, RegistrySecret::Basic { username, password }
+            if username == "me" && password == "s3cret-pw")
+        );
         assert!(!format!("{a:?}").contains("s3cret-pw"));
         let token = cri::AuthConfig {
             identity_token: "tok".into(),
@@ -588,7 +621,9 @@ mod tests {
         let t = registry_auth(&token).unwrap().unwrap();
         assert!(matches!(t.secret, RegistrySecret::IdentityToken { .. }));
         assert_eq!(t.host, None);
-        assert!(registry_auth(&cri::AuthConfig::default()).unwrap().is_none());
+        assert!(registry_auth(&cri::AuthConfig::default())
+            .unwrap()
+            .is_none());
         let bad = cri::AuthConfig {
             auth: "!!".into(),
             ..Default::default()

@@ -376,7 +376,9 @@ impl ImageService for Images {
         req: Request<cri::ImageStatusRequest>,
     ) -> RpcResult<cri::ImageStatusResponse> {
         let req = req.into_inner();
-        Ok(Response::new(self.0.image_status(req.image, req.verbose).await?))
+        Ok(Response::new(
+            self.0.image_status(req.image, req.verbose).await?,
+        ))
     }
 
     // The request carries registry secrets: it is never logged, only its image.
@@ -390,7 +392,7 @@ impl ImageService for Images {
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(crate::images::grpc_timeout)
-            .map(|t| tokio::time::Instant::now() + t);
+            .map(|t| (tokio::time::Instant::now(), t));
         let req = req.into_inner();
         let image_ref = self.0.pull_image(req.image, req.auth, deadline).await?;
         Ok(Response::new(cri::PullImageResponse { image_ref }))
