@@ -453,6 +453,7 @@ impl Cri {
                 Ok(r) => r,
                 Err(_) => {
                     abort.abort();
+                    tracing::info!(image = %name, "deadline passed: the pull was cancelled");
                     return Err(late());
                 }
             },

@@ -349,11 +349,20 @@ fn a_pull_past_its_deadline_fails_and_records_nothing() {
             ..Default::default()
         });
         // The deadline as grpc-go sends it, with no timer of the client's own: the code is the
-        // server's answer (a few ms: far less than a pull takes, even of a cached image).
+        // server's to keep (a few ms: far less than a pull takes).
         req.metadata_mut()
             .insert("grpc-timeout", "5m".parse().expect("header value"));
         let err = images.pull_image(req).await.expect_err("a 5 ms pull");
-        assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+        // tonic's client keeps the deadline too and may give up first (Cancelled, "Timeout
+        // expired"); grpc-go's (critest's 1 ms case) reports DeadlineExceeded either way. What
+        // the server did is in its log.
+        assert!(
+            matches!(
+                err.code(),
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            ),
+            "{err:?}"
+        );
         // Had the pull gone on behind the client's back it would be done well within this.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let status = images
@@ -369,6 +378,13 @@ fn a_pull_past_its_deadline_fails_and_records_nothing() {
             .into_inner();
         assert!(status.image.is_none(), "{status:?}");
     });
+    assert!(
+        cri.daemon
+            .log()
+            .contains("deadline passed: the pull was cancelled"),
+        "the CRI did not cancel the pull at its deadline:\n{}",
+        tail(&cri.daemon.log(), 40)
+    );
     assert!(cri.records().is_empty(), "{:?}", cri.records());
     // The same pull with time to run completes.
     cri.pull(BUSYBOX);
