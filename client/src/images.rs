@@ -201,10 +201,21 @@ impl Images {
     pub async fn tag(&self, source: &str, target: &str) -> Result<ImageInfo> {
         let src = self.get(source).await?;
         let name = normalize(target);
+        self.put(&name, &src.target, &src.labels).await
+    }
+
+    /// Create or update the record named exactly `name` (no normalisation: a CRI's
+    /// `name@digest` and `sha256:<id>` references are names too) for `target`.
+    pub async fn put(
+        &self,
+        name: &str,
+        target: &Descriptor,
+        labels: &HashMap<String, String>,
+    ) -> Result<ImageInfo> {
         let image = Image {
-            name: name.clone(),
-            labels: src.labels.clone(),
-            target: Some(src.target.clone()),
+            name: name.to_string(),
+            labels: labels.clone(),
+            target: Some(target.clone()),
             ..Default::default()
         };
         let req = CreateImageRequest {
@@ -223,6 +234,17 @@ impl Images {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Remove the record named exactly `name`; `sync` waits for garbage collection.
+    pub async fn delete_exact(&self, name: &str, sync: bool) -> Result<()> {
+        let req = DeleteImageRequest {
+            name: name.to_string(),
+            sync,
+            target: None,
+        };
+        self.api().delete(self.client.request(req)).await?;
+        Ok(())
     }
 
     /// Remove the image record named by `reference` (its content goes with garbage collection;

@@ -8,8 +8,9 @@ use crate::api::services::streaming::v1::StreamInit;
 use crate::api::services::transfer::v1::transfer_client::TransferClient;
 use crate::api::services::transfer::v1::{TransferOptions, TransferRequest};
 use crate::api::types::transfer::{
-    Data, ImageExportStream, ImageImportStream, ImageReference, ImageStore, OciRegistry,
-    Progress as ApiProgress, RegistryResolver, UnpackConfiguration, WindowUpdate,
+    AuthRequest, AuthResponse, AuthType, Data, ImageExportStream, ImageImportStream,
+    ImageReference, ImageStore, OciRegistry, Progress as ApiProgress, RegistryResolver,
+    UnpackConfiguration, WindowUpdate,
 };
 use crate::api::types::Platform;
 use crate::containers::DEFAULT_SNAPSHOTTER;
@@ -64,6 +65,12 @@ pub struct Transfer<T> {
 }
 
 impl<T> Transfer<T> {
+    /// A handle that cancels the transfer (its RPC to the daemon is dropped, so the daemon
+    /// stops it and records nothing), e.g. when the caller's own deadline passes.
+    pub fn abort_handle(&self) -> tokio::task::AbortHandle {
+        self.done.abort_handle()
+    }
+
     /// The next progress event; None once the daemon closed the progress stream.
     pub async fn next_event(&mut self) -> Option<ProgressEvent> {
         self.events.next().await
@@ -86,6 +93,79 @@ pub struct RegistryOptions {
     pub plain_http: bool,
     /// A directory of containerd `hosts.toml` files (`certs.d`) the daemon reads.
     pub hosts_dir: Option<String>,
+    /// Credentials the daemon gets over the transfer's auth stream when a registry asks.
+    pub auth: Option<RegistryAuth>,
+}
+
+/// Credentials a client hands a pull, answered on the daemon's auth stream; never printed.
+#[derive(Clone)]
+pub struct RegistryAuth {
+    /// Only for this registry host (`host[:port]`); None: whichever host asks.
+    pub host: Option<String>,
+    pub secret: RegistrySecret,
+}
+
+/// What the daemon is told when it asks (containerd's AuthResponse kinds).
+#[derive(Clone)]
+pub enum RegistrySecret {
+    /// A username and password (basic auth, or a token realm's password grant).
+    Basic { username: String, password: String },
+    /// A refresh token (docker's `identitytoken`) for the realm's refresh_token grant.
+    IdentityToken { username: String, token: String },
+    /// A registry bearer token, sent as an `Authorization: Bearer` header answer.
+    BearerToken(String),
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.secret {
+            RegistrySecret::Basic { .. } => "basic",
+            RegistrySecret::IdentityToken { .. } => "identity token",
+            RegistrySecret::BearerToken(_) => "bearer token",
+        };
+        f.debug_struct("RegistryAuth")
+            .field("host", &self.host)
+            .field("secret", &format_args!("<{kind}, redacted>"))
+            .finish()
+    }
+}
+
+impl RegistryAuth {
+    fn answer(&self, host: &str) -> AuthResponse {
+        if self.host.as_deref().is_some_and(|h| h != host) {
+            return AuthResponse::default();
+        }
+        let (auth_type, username, secret) = match &self.secret {
+            RegistrySecret::Basic { username, password } => {
+                (AuthType::Credentials, username.clone(), password.clone())
+            }
+            RegistrySecret::IdentityToken { username, token } => {
+                (AuthType::Refresh, username.clone(), token.clone())
+            }
+            RegistrySecret::BearerToken(token) => {
+                (AuthType::Header, String::new(), format!("Bearer {token}"))
+            }
+        };
+        AuthResponse {
+            auth_type: auth_type as i32,
+            secret,
+            username,
+            expire_at: None,
+        }
+    }
+}
+
+/// Answer the daemon's credential questions on an auth stream until it closes it.
+async fn answer_auth(stream: OpenStream, auth: RegistryAuth) {
+    let OpenStream { tx, mut rx, .. } = stream;
+    while let Ok(Some(any)) = rx.message().await {
+        let Ok(ask) = unpack_any::<AuthRequest>(&any) else {
+            continue;
+        };
+        if tx.send(pack_any(&auth.answer(&ask.host))).await.is_err() {
+            return;
+        }
+    }
 }
 
 fn host_platform() -> Platform {
@@ -220,11 +300,18 @@ impl Client {
 impl crate::images::Images {
     /// Pull `reference` (docker's short forms accepted) into the image store, unpacked into
     /// the default snapshotter for this host's platform, like `ctr images pull`.
+    /// With `opts.auth`, the daemon asks for credentials over an auth stream.
     pub async fn pull(&self, reference: &str, opts: &RegistryOptions) -> Result<Transfer<()>> {
         let reference = crate::images::normalize(reference);
+        let mut resolver = resolver(&reference, opts);
+        if let Some(auth) = &opts.auth {
+            let stream = open_stream(self.client(), "auth").await?;
+            resolver.auth_stream = stream.id.clone();
+            tokio::spawn(answer_auth(stream, auth.clone()));
+        }
         let source = OciRegistry {
             reference: reference.clone(),
-            resolver: Some(resolver(&reference, opts)),
+            resolver: Some(resolver),
         };
         let destination = ImageStore {
             name: reference,

@@ -22,6 +22,9 @@ pub struct CriConfig {
     pub cni_bin_dirs: Vec<PathBuf>,
     /// Pod state (hostname, resolv.conf, network attachments); empty: `<state>/cri`.
     pub state_dir: PathBuf,
+    /// Registry hosts for PullImage in containerd's `hosts.toml` layout
+    /// (`<dir>/<host>/hosts.toml`: mirrors, TLS, plain HTTP), read again at every pull.
+    pub registry_config_path: PathBuf,
 }
 
 impl Default for CriConfig {
@@ -34,6 +37,7 @@ impl Default for CriConfig {
             cni_conf_dir: "/etc/cni/net.d".into(),
             cni_bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
             state_dir: PathBuf::new(),
+            registry_config_path: "/etc/berth/certs.d".into(),
         }
     }
 }
@@ -58,6 +62,9 @@ impl CriConfig {
         }
         if !self.state_dir.as_os_str().is_empty() {
             absolute("state_dir", &self.state_dir)?;
+        }
+        if !self.registry_config_path.as_os_str().is_empty() {
+            absolute("registry_config_path", &self.registry_config_path)?;
         }
         self.stream_address
             .parse::<std::net::SocketAddr>()
@@ -99,7 +106,7 @@ mod tests {
     fn defaults_validate_and_bad_values_name_their_key() {
         CriConfig::default().validate().unwrap();
         type Change = fn(&mut CriConfig);
-        let cases: [(Change, &str); 4] = [
+        let cases: [(Change, &str); 5] = [
             (|c| c.address = "cri.sock".into(), "cri.address"),
             (
                 |c| c.stream_address = "localhost".into(),
@@ -107,6 +114,10 @@ mod tests {
             ),
             (|c| c.namespace = "a/b".into(), "cri.namespace"),
             (|c| c.cni_bin_dirs = vec!["bin".into()], "cri.cni_bin_dirs"),
+            (
+                |c| c.registry_config_path = "certs.d".into(),
+                "cri.registry_config_path",
+            ),
         ];
         for (change, key) in cases {
             let mut c = CriConfig::default();

@@ -12,6 +12,7 @@ mod container;
 mod exec_sync;
 pub mod holder;
 mod pod;
+mod images;
 mod service;
 mod spec;
 mod store;

@@ -20,20 +20,20 @@ const RUNTIME_NAME: &str = "berth";
 pub(crate) fn router(cri: Arc<Cri>) -> tonic::transport::server::Router {
     tonic::transport::Server::builder()
         .add_service(
-            RuntimeServiceServer::new(Runtime(cri))
+            RuntimeServiceServer::new(Runtime(cri.clone()))
                 .max_decoding_message_size(berth::MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(berth::MAX_MESSAGE_SIZE),
         )
         .add_service(
-            ImageServiceServer::new(Images)
+            ImageServiceServer::new(Images(cri.clone()))
                 .max_decoding_message_size(berth::MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(berth::MAX_MESSAGE_SIZE),
         )
 }
 
 pub(crate) struct Runtime(Arc<Cri>);
-/// Images are not served yet; the service answers so rather than being absent.
-pub(crate) struct Images;
+/// The ImageService: each method delegates to `crate::images`.
+pub(crate) struct Images(Arc<Cri>);
 
 fn not_yet(what: &str) -> Status {
     Status::unimplemented(format!(
@@ -490,47 +490,69 @@ impl RuntimeService for Runtime {
 
 #[tonic::async_trait]
 impl ImageService for Images {
+    #[tracing::instrument(name = "cri.ListImages", skip_all)]
     async fn list_images(
         &self,
-        _: Request<cri::ListImagesRequest>,
+        req: Request<cri::ListImagesRequest>,
     ) -> RpcResult<cri::ListImagesResponse> {
-        Err(not_yet("ListImages"))
+        let images = self.0.list_images(req.into_inner().filter).await?;
+        Ok(Response::new(cri::ListImagesResponse { images }))
     }
 
     type StreamImagesStream = Stream<cri::StreamImagesResponse>;
+    #[tracing::instrument(name = "cri.StreamImages", skip_all)]
     async fn stream_images(
         &self,
-        _: Request<cri::StreamImagesRequest>,
+        req: Request<cri::StreamImagesRequest>,
     ) -> RpcResult<Self::StreamImagesStream> {
-        Err(not_yet("StreamImages"))
+        let images = self.0.list_images(req.into_inner().filter).await?;
+        let reply = Ok(cri::StreamImagesResponse { images });
+        Ok(Response::new(Box::pin(tokio_stream::iter([reply]))))
     }
 
+    #[tracing::instrument(name = "cri.ImageStatus", skip_all)]
     async fn image_status(
         &self,
-        _: Request<cri::ImageStatusRequest>,
+        req: Request<cri::ImageStatusRequest>,
     ) -> RpcResult<cri::ImageStatusResponse> {
-        Err(not_yet("ImageStatus"))
+        let req = req.into_inner();
+        Ok(Response::new(
+            self.0.image_status(req.image, req.verbose).await?,
+        ))
     }
 
+    // The request carries registry secrets: it is never logged, only its image.
+    #[tracing::instrument(name = "cri.PullImage", skip_all)]
     async fn pull_image(
         &self,
-        _: Request<cri::PullImageRequest>,
+        req: Request<cri::PullImageRequest>,
     ) -> RpcResult<cri::PullImageResponse> {
-        Err(not_yet("PullImage"))
+        let deadline = req
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::images::grpc_timeout)
+            .map(|t| (tokio::time::Instant::now(), t));
+        let req = req.into_inner();
+        let image_ref = self.0.pull_image(req.image, req.auth, deadline).await?;
+        Ok(Response::new(cri::PullImageResponse { image_ref }))
     }
 
+    #[tracing::instrument(name = "cri.RemoveImage", skip_all)]
     async fn remove_image(
         &self,
-        _: Request<cri::RemoveImageRequest>,
+        req: Request<cri::RemoveImageRequest>,
     ) -> RpcResult<cri::RemoveImageResponse> {
-        Err(not_yet("RemoveImage"))
+        self.0.remove_image(req.into_inner().image).await?;
+        Ok(Response::new(cri::RemoveImageResponse {}))
     }
 
+    #[tracing::instrument(name = "cri.ImageFsInfo", skip_all)]
     async fn image_fs_info(
         &self,
         _: Request<cri::ImageFsInfoRequest>,
     ) -> RpcResult<cri::ImageFsInfoResponse> {
-        Err(not_yet("ImageFsInfo"))
+        Ok(Response::new(self.0.image_fs_info().await?))
     }
 }
 
