@@ -42,6 +42,8 @@ const FOLLOW_POLL: Duration = Duration::from_millis(100);
 /// After the container exited, attach keeps reading until the log is quiet this long (the
 /// shim's writer thread may still be flushing the last records).
 const FOLLOW_QUIET: Duration = Duration::from_millis(300);
+/// How long a tty exec waits for the client's first terminal size before starting.
+const FIRST_SIZE: Duration = Duration::from_secs(2);
 /// Bound on connecting inside the pod.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -364,6 +366,18 @@ impl Backend for StreamBackend {
         if let Some(p) = process.as_object_mut() {
             p.remove("consoleSize");
         }
+        // The client's terminal size, set before the process starts (runc sizes the pty from
+        // consoleSize), so even its first output sees it; later sizes go to ResizePty.
+        let mut first_size = None;
+        if req.tty {
+            if let Some(sizes) = io.resize.as_mut() {
+                if let Ok(Some(s)) = tokio::time::timeout(FIRST_SIZE, sizes.recv()).await {
+                    process["consoleSize"] =
+                        serde_json::json!({"height": s.height, "width": s.width});
+                    first_size = Some(s);
+                }
+            }
+        }
         let exec_id = format!("stream-{}", berth::names::short_id(&berth::names::new_id()));
         let fifos = Fifos::new(
             &exec_id,
@@ -405,6 +419,15 @@ impl Backend for StreamBackend {
             armed: true,
         };
 
+        // Not every runc sizes an exec's pty from consoleSize: the first size again, at once.
+        if let Some(s) = first_size {
+            let r = tasks
+                .resize(id, &exec_id, u32::from(s.width), u32::from(s.height))
+                .await;
+            if let Err(e) = r {
+                tracing::debug!(%id, %exec_id, "first resize: {e}");
+            }
+        }
         let _resize = io.resize.take().map(|mut sizes| {
             let (client, id, exec_id) = (self.client.clone(), id.to_string(), exec_id.clone());
             Aborting(tokio::spawn(async move {
@@ -422,6 +445,7 @@ impl Backend for StreamBackend {
         let _stdin = match (inp, io.stdin.take()) {
             (Some(open), Some(mut from)) => {
                 let (client, id, exec_id) = (self.client.clone(), id.to_string(), exec_id.clone());
+                let tty = req.tty;
                 Some(Aborting(tokio::spawn(async move {
                     if let Ok(Ok(file)) = open.await {
                         if let Ok(mut fifo) = pipe::Sender::from_file(file) {
@@ -429,7 +453,10 @@ impl Backend for StreamBackend {
                         }
                     }
                     // The shim keeps a spare writer: the process sees EOF only after CloseIO.
-                    let _ = client.tasks().close_stdin(&id, &exec_id).await;
+                    // A terminal stays open until the process ends (CloseIO would hang it up).
+                    if !tty {
+                        let _ = client.tasks().close_stdin(&id, &exec_id).await;
+                    }
                 })))
             }
             _ => None,

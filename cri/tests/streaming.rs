@@ -6,7 +6,7 @@
 mod support;
 
 use berth_api::runtime::v1 as cri;
-use support::{run_client, text, Env};
+use support::{run_client, stream_client, text, Env};
 use tonic::Code;
 
 fn exec(id: &str, cmd: &[&str], tty: bool, stdin: bool) -> cri::ExecRequest {
@@ -22,6 +22,8 @@ fn exec(id: &str, cmd: &[&str], tty: bool, stdin: bool) -> cri::ExecRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_and_attach_through_the_cri_socket() {
+    // Built before any URL is asked for: a URL lives one minute.
+    tokio::task::spawn_blocking(stream_client).await.unwrap();
     let env = Env::start().await;
     let mut rt = env.cri.clone();
     env.pod("pod-s", &[], false).await;
@@ -90,10 +92,16 @@ async fn exec_and_attach_through_the_cri_socket() {
     assert_eq!(text(&out.stdout), "piped in\n", "{}", text(&out.stderr));
     assert_eq!(out.status.code(), Some(0));
 
-    // exec -it: the process's terminal has the client's size.
+    // exec -it: the process's terminal has the client's size (given a moment: with runc 1.1
+    // the size reaches an exec's pty through ResizePty just after it started).
     for proto in ["spdy", "websocket"] {
         let url = rt
-            .exec(exec("c-exec", &["stty", "size"], true, true))
+            .exec(exec(
+                "c-exec",
+                &["sh", "-c", "sleep 1; stty size"],
+                true,
+                true,
+            ))
             .await
             .unwrap()
             .into_inner()
@@ -176,6 +184,7 @@ async fn exec_and_attach_through_the_cri_socket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_forward_reaches_httpd_in_the_pods_netns() {
+    tokio::task::spawn_blocking(stream_client).await.unwrap();
     let env = Env::start().await;
     let mut rt = env.cri.clone();
     let netns = env.pod("pod-pf", &[], true).await.unwrap();
