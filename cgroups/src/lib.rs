@@ -68,6 +68,25 @@ impl Cgroup {
         Ok(locate_path(&parse_mountinfo(&mountinfo), path))
     }
 
+    /// [`Cgroup::of_path`] for many paths, reading the mount table once.
+    pub fn of_paths<S: AsRef<str>>(paths: &[S]) -> io::Result<Vec<io::Result<Cgroup>>> {
+        let mountinfo = read_to_string(Path::new("/proc/self/mountinfo"))?;
+        let mounts = parse_mountinfo(&mountinfo);
+        Ok(paths
+            .iter()
+            .map(|p| {
+                let path = p.as_ref();
+                if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+                    return Err(io::Error::new(
+                        ErrorKind::InvalidInput,
+                        format!("cgroup path {path:?} is not an absolute cgroupfs path"),
+                    ));
+                }
+                Ok(locate_path(&mounts, path))
+            })
+            .collect())
+    }
+
     /// The few numbers a stats reader needs, read from as few files as give them (cheaper
     /// than [`Cgroup::metrics`]). A missing controller gives zeros; a removed cgroup NotFound.
     pub fn usage(&self) -> io::Result<Usage> {

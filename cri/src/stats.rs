@@ -125,9 +125,17 @@ impl StatsCache {
             }
         }
         let mut fresh = Vec::new();
-        for p in stale {
+        // One read of the mount table for the lot.
+        let cgroups = match Cgroup::of_paths(&stale) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("stats: the cgroup mounts: {e}");
+                return out;
+            }
+        };
+        for (p, cgroup) in stale.into_iter().zip(cgroups) {
             self.reads.fetch_add(1, Ordering::Relaxed);
-            match Cgroup::of_path(&p).and_then(|c| c.usage()) {
+            match cgroup.and_then(|c| c.usage()) {
                 Ok(usage) => fresh.push((p, usage, Instant::now(), now_nanos())),
                 Err(e) => tracing::debug!(cgroup = %p, "stats: {e}"),
             }

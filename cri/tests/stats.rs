@@ -248,3 +248,55 @@ async fn stats_come_from_the_cgroups_cached_and_filtered() {
     assert!(ws.value.as_ref().unwrap().value > 0);
     assert_eq!(ws.label_values.len(), descriptors[0].label_keys.len());
 }
+
+/// The bench figure of issue 14, never run by CI (ignored, and it times nothing it asserts):
+/// `cargo test -p berth-cri --test stats -- --ignored --nocapture` prints ListContainerStats
+/// latency with `BENCH_CRI_CONTAINERS` (default 100) running containers, each call reading
+/// every cgroup afresh (the cache expired) and within the cache interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by hand"]
+async fn bench_list_container_stats() {
+    let n: usize = std::env::var("BENCH_CRI_CONTAINERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let env = Env::start().await;
+    for p in 0..n.div_ceil(10) {
+        env.pod(&format!("bench-pod-{p}"), &[], false).await;
+    }
+    for i in 0..n {
+        env.container(
+            &format!("bench-c-{i}"),
+            &format!("bench-pod-{}", i / 10),
+            &["sleep", "3600"],
+            false,
+            None,
+            &[],
+        )
+        .await;
+    }
+    let time = |fresh: bool| {
+        let env = &env;
+        async move {
+            let mut ms = Vec::new();
+            for _ in 0..20 {
+                if fresh {
+                    tokio::time::sleep(Duration::from_millis(1100)).await;
+                }
+                let t = std::time::Instant::now();
+                let stats = list(env, None).await;
+                ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                assert_eq!(stats.len(), n);
+            }
+            ms.sort_by(f64::total_cmp);
+            (ms[ms.len() / 2], ms[ms.len() - 1])
+        }
+    };
+    let (fresh_med, fresh_max) = time(true).await;
+    let (cached_med, cached_max) = time(false).await;
+    println!(
+        "ListContainerStats, {n} running containers, 20 calls: cgroups read afresh median \
+         {fresh_med:.1} ms (max {fresh_max:.1}); within the cache interval median \
+         {cached_med:.1} ms (max {cached_max:.1})"
+    );
+}
