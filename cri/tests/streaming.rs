@@ -92,16 +92,10 @@ async fn exec_and_attach_through_the_cri_socket() {
     assert_eq!(text(&out.stdout), "piped in\n", "{}", text(&out.stderr));
     assert_eq!(out.status.code(), Some(0));
 
-    // exec -it: the process's terminal has the client's size (given a moment: with runc 1.1
-    // the size reaches an exec's pty through ResizePty just after it started).
+    // exec -it: the process's terminal has the client's size from its start.
     for proto in ["spdy", "websocket"] {
         let url = rt
-            .exec(exec(
-                "c-exec",
-                &["sh", "-c", "sleep 1; stty size"],
-                true,
-                true,
-            ))
+            .exec(exec("c-exec", &["stty", "size"], true, true))
             .await
             .unwrap()
             .into_inner()
