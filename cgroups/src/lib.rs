@@ -54,6 +54,48 @@ impl Cgroup {
             .map_err(|e| context(e, format_args!("cgroup of pid {pid}")))
     }
 
+    /// Resolve a cgroup by its path in the hierarchies (an OCI `linux.cgroupsPath` of the
+    /// cgroupfs driver, e.g. `/k8s.io/<id>`), without a process in it: each mounted v1
+    /// controller's directory, or the unified one when no v1 controller is mounted.
+    pub fn of_path(path: &str) -> io::Result<Cgroup> {
+        if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                format!("cgroup path {path:?} is not an absolute cgroupfs path"),
+            ));
+        }
+        let mountinfo = read_to_string(Path::new("/proc/self/mountinfo"))?;
+        Ok(locate_path(&parse_mountinfo(&mountinfo), path))
+    }
+
+    /// [`Cgroup::of_path`] for many paths, reading the mount table once.
+    pub fn of_paths<S: AsRef<str>>(paths: &[S]) -> io::Result<Vec<io::Result<Cgroup>>> {
+        let mountinfo = read_to_string(Path::new("/proc/self/mountinfo"))?;
+        let mounts = parse_mountinfo(&mountinfo);
+        Ok(paths
+            .iter()
+            .map(|p| {
+                let path = p.as_ref();
+                if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+                    return Err(io::Error::new(
+                        ErrorKind::InvalidInput,
+                        format!("cgroup path {path:?} is not an absolute cgroupfs path"),
+                    ));
+                }
+                Ok(locate_path(&mounts, path))
+            })
+            .collect())
+    }
+
+    /// The few numbers a stats reader needs, read from as few files as give them (cheaper
+    /// than [`Cgroup::metrics`]). A missing controller gives zeros; a removed cgroup NotFound.
+    pub fn usage(&self) -> io::Result<Usage> {
+        match &self.layout {
+            Layout::V1(dirs) => v1_usage(dirs),
+            Layout::V2(dir) => v2_usage(dir),
+        }
+    }
+
     /// containerd's task metrics payload: `io.containerd.cgroups.v1.Metrics`
     /// (v1/hybrid) or `io.containerd.cgroups.v2.Metrics` (unified), packed
     /// with [`berth_api::pack_any`].
@@ -118,6 +160,23 @@ impl Cgroup {
             ended: false,
         })
     }
+}
+
+/// A cgroup's usage at one moment, as the CRI's stats report it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time used by all its tasks since it was made, nanoseconds.
+    pub cpu_usage_ns: u64,
+    /// Memory charged, bytes (v1 `memory.usage_in_bytes`, v2 `memory.current`).
+    pub memory_usage: u64,
+    /// usage − inactive file pages (never below 0): what the kubelet evicts on.
+    pub working_set: u64,
+    /// Anonymous memory and swap cache (v1 `total_rss`, v2 `anon`).
+    pub rss: u64,
+    pub page_faults: u64,
+    pub major_page_faults: u64,
+    /// Tasks in the cgroup.
+    pub pids: u64,
 }
 
 /// Waits for OOM kills in one cgroup; see [`Cgroup::oom_monitor`].
@@ -468,6 +527,98 @@ fn resolve(proc_cgroup: &str, mountinfo: &str) -> io::Result<Cgroup> {
         ));
     };
     Ok(Cgroup { layout })
+}
+
+/// The directories of cgroup `path` in the mounted hierarchies: v1 controllers when any
+/// is mounted (hybrid hosts put resources there), else the unified hierarchy.
+fn locate_path(mounts: &[CgroupMount], path: &str) -> Cgroup {
+    let mut v1 = BTreeMap::new();
+    for m in mounts {
+        let Some(opts) = &m.v1_options else { continue };
+        let Some(dir) = m.locate(path) else { continue };
+        for o in opts {
+            if [
+                "cpu", "cpuacct", "memory", "pids", "blkio", "hugetlb", "rdma",
+            ]
+            .contains(&o.as_str())
+            {
+                v1.entry(o.clone()).or_insert_with(|| dir.clone());
+            }
+        }
+    }
+    if !v1.is_empty() {
+        return Cgroup {
+            layout: Layout::V1(v1),
+        };
+    }
+    let unified = mounts
+        .iter()
+        .filter(|m| m.v1_options.is_none())
+        .find_map(|m| m.locate(path))
+        .unwrap_or_else(|| Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/')));
+    Cgroup {
+        layout: Layout::V2(unified),
+    }
+}
+
+fn v1_usage(dirs: &BTreeMap<String, PathBuf>) -> io::Result<Usage> {
+    let dir = |c: &str| dirs.get(c).map(PathBuf::as_path);
+    let mut u = Usage::default();
+    let mut seen = false;
+    if let Some(d) = dir("cpuacct") {
+        if let Some(v) = read_u64(&d.join("cpuacct.usage"))? {
+            u.cpu_usage_ns = v;
+            seen = true;
+        }
+    }
+    if let Some(d) = dir("memory") {
+        if let Some(v) = read_u64(&d.join("memory.usage_in_bytes"))? {
+            u.memory_usage = v;
+            seen = true;
+        }
+        let stat = read_kv(&d.join("memory.stat"))?.unwrap_or_default();
+        let get = |k: &str| stat.get(k).copied().unwrap_or(0);
+        u.working_set = u.memory_usage.saturating_sub(get("total_inactive_file"));
+        u.rss = get("total_rss");
+        u.page_faults = get("total_pgfault");
+        u.major_page_faults = get("total_pgmajfault");
+    }
+    if let Some(d) = dir("pids") {
+        u.pids = read_u64(&d.join("pids.current"))?.unwrap_or(0);
+    }
+    if !seen {
+        return Err(io::Error::new(
+            ErrorKind::NotFound,
+            format!("no cpuacct or memory cgroup at {dirs:?}"),
+        ));
+    }
+    Ok(u)
+}
+
+fn v2_usage(dir: &Path) -> io::Result<Usage> {
+    let Some(cpu) = read_kv(&dir.join("cpu.stat"))? else {
+        return Err(io::Error::new(
+            ErrorKind::NotFound,
+            format!("no cgroup at {}", dir.display()),
+        ));
+    };
+    let mut u = Usage {
+        cpu_usage_ns: cpu
+            .get("usage_usec")
+            .copied()
+            .unwrap_or(0)
+            .saturating_mul(1000),
+        memory_usage: read_u64(&dir.join("memory.current"))?.unwrap_or(0),
+        pids: read_u64(&dir.join("pids.current"))?.unwrap_or(0),
+        ..Usage::default()
+    };
+    let stat = read_kv(&dir.join("memory.stat"))?.unwrap_or_default();
+    let get = |k: &str| stat.get(k).copied().unwrap_or(0);
+    u.working_set = u.memory_usage.saturating_sub(get("inactive_file"));
+    u.rss = get("anon");
+    u.page_faults = get("pgfault");
+    u.major_page_faults = get("pgmajfault");
+    Ok(u)
 }
 
 // ---------------------------------------------------------------------------
@@ -1116,6 +1267,31 @@ mod tests {
                 ("pids", "/sys/fs/cgroup/pids/default/c1"),
             ])
         );
+    }
+
+    #[test]
+    fn a_cgroups_path_resolves_without_a_process() {
+        let cg = locate_path(&parse_mountinfo(HYBRID_MOUNTINFO), "/k8s.io/c1");
+        assert_eq!(
+            cg.layout,
+            v1_of(&[
+                ("cpu", "/sys/fs/cgroup/cpu/k8s.io/c1"),
+                ("cpuacct", "/sys/fs/cgroup/cpuacct/k8s.io/c1"),
+                ("memory", "/sys/fs/cgroup/memory/k8s.io/c1"),
+                ("pids", "/sys/fs/cgroup/pids/k8s.io/c1"),
+            ])
+        );
+        let v2 = "29 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let cg = locate_path(&parse_mountinfo(v2), "/k8s.io/c1");
+        assert_eq!(
+            cg.layout,
+            Layout::V2(PathBuf::from("/sys/fs/cgroup/k8s.io/c1"))
+        );
+        assert!(Cgroup::of_path("k8s.io/c1").is_err());
+        assert!(Cgroup::of_path("/a/../b").is_err());
+        // A cgroup that does not exist reads as NotFound, not as zeros.
+        let gone = Cgroup::of_path("/berth-no-such-cgroup-here").unwrap();
+        assert_eq!(gone.usage().unwrap_err().kind(), ErrorKind::NotFound);
     }
 
     #[test]

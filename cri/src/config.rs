@@ -12,8 +12,12 @@ pub struct CriConfig {
     pub enabled: bool,
     /// The CRI socket the kubelet and crictl dial (0660; its parent 0711 like the API socket's).
     pub address: PathBuf,
-    /// Reserved for the streaming server (Exec, Attach, PortForward): loopback by default.
+    /// The streaming server's listen address (Exec, Attach, PortForward URLs): loopback and
+    /// any free port by default.
     pub stream_address: String,
+    /// The host put in streaming URLs when `stream_address` is unspecified (0.0.0.0 or ::);
+    /// empty: the address the host routes from.
+    pub stream_advertise_host: String,
     /// The berth namespace CRI objects live in (containerd's CRI uses `k8s.io`).
     pub namespace: String,
     /// Pod networks: the first config list here (by name) is the pods' network.
@@ -33,6 +37,7 @@ impl Default for CriConfig {
             enabled: true,
             address: "/run/berth/cri.sock".into(),
             stream_address: "127.0.0.1:0".into(),
+            stream_advertise_host: String::new(),
             namespace: "k8s.io".into(),
             cni_conf_dir: "/etc/cni/net.d".into(),
             cni_bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
@@ -74,6 +79,16 @@ impl CriConfig {
                     self.stream_address
                 ))
             })?;
+        if !self.stream_advertise_host.is_empty() {
+            self.stream_advertise_host
+                .parse::<std::net::IpAddr>()
+                .map_err(|e| {
+                    Error::invalid(format!(
+                        "cri.stream_advertise_host {:?} is not an IP address: {e}",
+                        self.stream_advertise_host
+                    ))
+                })?;
+        }
         let ns = &self.namespace;
         let valid_ns = !ns.is_empty()
             && ns.len() <= 76
@@ -106,7 +121,11 @@ mod tests {
     fn defaults_validate_and_bad_values_name_their_key() {
         CriConfig::default().validate().unwrap();
         type Change = fn(&mut CriConfig);
-        let cases: [(Change, &str); 5] = [
+        let cases: [(Change, &str); 6] = [
+            (
+                |c| c.stream_advertise_host = "node-1".into(),
+                "cri.stream_advertise_host",
+            ),
             (|c| c.address = "cri.sock".into(), "cri.address"),
             (
                 |c| c.stream_address = "localhost".into(),

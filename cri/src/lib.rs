@@ -16,6 +16,8 @@ mod images;
 mod service;
 mod spec;
 mod store;
+mod stats;
+mod streaming;
 
 pub use config::CriConfig;
 pub use exec_sync::MAX_OUTPUT as EXEC_SYNC_MAX_OUTPUT;
@@ -27,8 +29,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::UnixListener;
 
-/// The message Exec, Attach and PortForward answer until the streaming server is served.
-pub const STREAMING_NOT_SERVED: &str = "the CRI streaming server is not served yet (issue 14)";
+/// The label that says what a CRI record is (containerd's CRI uses the same).
+pub const CRI_KIND_LABEL: &str = "io.cri-containerd.kind";
+/// [`CRI_KIND_LABEL`]'s value on a pod sandbox's record.
+pub const CRI_KIND_SANDBOX: &str = "sandbox";
+/// [`CRI_KIND_LABEL`]'s value on a container's record.
+pub const CRI_KIND_CONTAINER: &str = "container";
 
 /// What berthd hands the CRI when it starts it.
 #[derive(Debug, Clone)]
@@ -49,6 +55,10 @@ pub(crate) struct Cri {
     pub client: berth::Client,
     pub settings: Settings,
     pub net: Arc<berth_net::Net>,
+    /// The streaming server whose URLs Exec, Attach and PortForward answer.
+    pub stream: berth_cri_stream::StreamServer,
+    /// Cgroup samples and layer usages shared by every stats call.
+    pub stats: Arc<stats::StatsCache>,
 }
 
 /// Serve the CRI on `[cri] address` until `shutdown` completes, then remove the socket.
@@ -64,11 +74,16 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .map_err(berth_errdefs::Error::from)?;
     let channel = berth::connect(&settings.api_socket).await?;
     let client = berth::Client::from_channel(channel, &settings.config.namespace);
+    let net = Arc::new(net);
+    let stream = start_streaming(&settings, &client, &net, &state_dir).await?;
     let listener = bind(&settings.config.address)?;
     let address = settings.config.address.clone();
+    tracing::info!(stream = %stream.local_addr(), "CRI streaming server listening");
     let cri = Arc::new(Cri {
         client,
-        net: Arc::new(net),
+        net,
+        stream,
+        stats: Arc::default(),
         settings,
     });
     tracing::info!(address = %address.display(), "CRI ready");
@@ -80,6 +95,45 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
         .await;
     let _ = std::fs::remove_file(&address);
     result.map_err(|e| Error::internal(format!("CRI server: {e}")))
+}
+
+/// The streaming server on `[cri] stream_address` (port 0: any free port; an unspecified
+/// address: the URLs name the host's primary address, or `[cri] stream_advertise_host`).
+async fn start_streaming(
+    settings: &Settings,
+    client: &berth::Client,
+    net: &Arc<berth_net::Net>,
+    state_dir: &Path,
+) -> Result<berth_cri_stream::StreamServer> {
+    let config = &settings.config;
+    let address = config.stream_address.parse().map_err(|e| {
+        Error::invalid(format!(
+            "cri.stream_address {:?}: {e}",
+            config.stream_address
+        ))
+    })?;
+    let advertise_host = match config.stream_advertise_host.as_str() {
+        "" => None,
+        h => Some(
+            h.parse()
+                .map_err(|e| Error::invalid(format!("cri.stream_advertise_host {h:?}: {e}")))?,
+        ),
+    };
+    let backend = streaming::StreamBackend {
+        client: client.clone(),
+        net: net.clone(),
+        io_dir: state_dir.join("io"),
+    };
+    berth_cri_stream::StreamServer::start(
+        berth_cri_stream::Config {
+            address,
+            advertise_host,
+            ..Default::default()
+        },
+        Arc::new(backend),
+    )
+    .await
+    .map_err(|e| Error::io(format!("listen for CRI streams on {address}"), e))
 }
 
 fn make_dir(dir: &Path, mode: u32) -> Result<()> {

@@ -1,7 +1,7 @@
 //! The gRPC faces: `runtime.v1` RuntimeService and ImageService over [`Cri`]. Handlers are thin;
 //! errors become statuses only through berth-errdefs' one mapping.
 
-use crate::{Cri, STREAMING_NOT_SERVED};
+use crate::Cri;
 use berth_api::runtime::v1 as cri;
 use berth_api::runtime::v1::image_service_server::{ImageService, ImageServiceServer};
 use berth_api::runtime::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
@@ -370,33 +370,45 @@ impl RuntimeService for Runtime {
         ))
     }
 
-    async fn exec(&self, _: Request<cri::ExecRequest>) -> RpcResult<cri::ExecResponse> {
-        Err(Status::unimplemented(STREAMING_NOT_SERVED))
+    #[tracing::instrument(skip_all, fields(id = %req.get_ref().container_id))]
+    async fn exec(&self, req: Request<cri::ExecRequest>) -> RpcResult<cri::ExecResponse> {
+        let url = self.0.exec_url(req.into_inner()).await?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
-    async fn attach(&self, _: Request<cri::AttachRequest>) -> RpcResult<cri::AttachResponse> {
-        Err(Status::unimplemented(STREAMING_NOT_SERVED))
+    #[tracing::instrument(skip_all, fields(id = %req.get_ref().container_id))]
+    async fn attach(&self, req: Request<cri::AttachRequest>) -> RpcResult<cri::AttachResponse> {
+        let url = self.0.attach_url(req.into_inner()).await?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
+    #[tracing::instrument(skip_all, fields(id = %req.get_ref().pod_sandbox_id))]
     async fn port_forward(
         &self,
-        _: Request<cri::PortForwardRequest>,
+        req: Request<cri::PortForwardRequest>,
     ) -> RpcResult<cri::PortForwardResponse> {
-        Err(Status::unimplemented(STREAMING_NOT_SERVED))
+        let url = self.0.port_forward_url(req.into_inner()).await?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
+    #[tracing::instrument(skip_all, fields(id = %req.get_ref().container_id))]
     async fn container_stats(
         &self,
-        _: Request<cri::ContainerStatsRequest>,
+        req: Request<cri::ContainerStatsRequest>,
     ) -> RpcResult<cri::ContainerStatsResponse> {
-        Err(not_yet("ContainerStats"))
+        let stats = self.0.container_stats(&req.get_ref().container_id).await?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_container_stats(
         &self,
-        _: Request<cri::ListContainerStatsRequest>,
+        req: Request<cri::ListContainerStatsRequest>,
     ) -> RpcResult<cri::ListContainerStatsResponse> {
-        Err(not_yet("ListContainerStats"))
+        let stats = self.0.list_container_stats(req.into_inner().filter).await?;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
     type StreamContainerStatsStream = Stream<cri::StreamContainerStatsResponse>;
@@ -407,18 +419,30 @@ impl RuntimeService for Runtime {
         Err(not_yet("StreamContainerStats"))
     }
 
+    #[tracing::instrument(skip_all, fields(id = %req.get_ref().pod_sandbox_id))]
     async fn pod_sandbox_stats(
         &self,
-        _: Request<cri::PodSandboxStatsRequest>,
+        req: Request<cri::PodSandboxStatsRequest>,
     ) -> RpcResult<cri::PodSandboxStatsResponse> {
-        Err(not_yet("PodSandboxStats"))
+        let stats = self
+            .0
+            .pod_sandbox_stats(&req.get_ref().pod_sandbox_id)
+            .await?;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<cri::ListPodSandboxStatsRequest>,
+        req: Request<cri::ListPodSandboxStatsRequest>,
     ) -> RpcResult<cri::ListPodSandboxStatsResponse> {
-        Err(not_yet("ListPodSandboxStats"))
+        let stats = self
+            .0
+            .list_pod_sandbox_stats(req.into_inner().filter)
+            .await?;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 
     type StreamPodSandboxStatsStream = Stream<cri::StreamPodSandboxStatsResponse>;
@@ -458,18 +482,24 @@ impl RuntimeService for Runtime {
         Err(not_yet("GetContainerEvents"))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_metric_descriptors(
         &self,
         _: Request<cri::ListMetricDescriptorsRequest>,
     ) -> RpcResult<cri::ListMetricDescriptorsResponse> {
-        Ok(Response::new(cri::ListMetricDescriptorsResponse::default()))
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: self.0.metric_descriptors(),
+        }))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_pod_sandbox_metrics(
         &self,
         _: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> RpcResult<cri::ListPodSandboxMetricsResponse> {
-        Ok(Response::new(cri::ListPodSandboxMetricsResponse::default()))
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+            pod_metrics: self.0.pod_sandbox_metrics().await?,
+        }))
     }
 
     type StreamPodSandboxMetricsStream = Stream<cri::StreamPodSandboxMetricsResponse>;

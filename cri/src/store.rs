@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
-/// containerd's label for what a record is to the CRI.
-pub const KIND_LABEL: &str = "io.cri-containerd.kind";
-pub const KIND_SANDBOX: &str = "sandbox";
-pub const KIND_CONTAINER: &str = "container";
+pub use crate::{
+    CRI_KIND_CONTAINER as KIND_CONTAINER, CRI_KIND_LABEL as KIND_LABEL,
+    CRI_KIND_SANDBOX as KIND_SANDBOX,
+};
 /// The CRI name key (`name_namespace_uid_attempt` for pods, `name_pod…_attempt` for
 /// containers), unique among records of one kind.
 pub const NAME_LABEL: &str = "io.berth.cri.name";

@@ -1,0 +1,686 @@
+//! ContainerStats, PodSandboxStats and the cAdvisor-named metrics, read centrally: each
+//! container's cgroup (its spec's `linux.cgroupsPath`) is read here through berth-cgroups,
+//! at most once per [`SAMPLE_INTERVAL`] whatever the number of callers, and no shim is asked.
+//! Nano cores come from the last two samples of a cgroup; the writable layer's usage from
+//! the snapshotter (Snapshots.Usage, which walks the upper dir) is cached longer.
+
+use crate::{Cri, CRI_KIND_CONTAINER, CRI_KIND_LABEL, CRI_KIND_SANDBOX};
+use berth::api::services::containers::v1::containers_client::ContainersClient;
+use berth::api::services::containers::v1::{Container, ListContainersRequest};
+use berth::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
+use berth::api::services::snapshots::v1::UsageRequest;
+use berth_api::runtime::v1 as cri;
+use berth_cgroups::{Cgroup, Usage};
+use berth_errdefs::{Error, Result};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long one read of a cgroup answers every stats call.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a writable layer's usage is reused (it costs a walk of the layer).
+pub const LAYER_INTERVAL: Duration = Duration::from_secs(10);
+
+/// cAdvisor's label keys, in the order every metric's values follow.
+const LABEL_KEYS: [&str; 6] = ["container", "id", "image", "name", "namespace", "pod"];
+
+/// The metrics ListPodSandboxMetrics answers, with cAdvisor's names and help.
+const METRICS: &[(&str, &str, cri::MetricType)] = &[
+    (
+        "container_cpu_usage_seconds_total",
+        "Cumulative cpu time consumed in seconds.",
+        cri::MetricType::Counter,
+    ),
+    (
+        "container_memory_usage_bytes",
+        "Current memory usage in bytes, including all memory regardless of when it was accessed",
+        cri::MetricType::Gauge,
+    ),
+    (
+        "container_memory_working_set_bytes",
+        "Current working set in bytes.",
+        cri::MetricType::Gauge,
+    ),
+    (
+        "container_memory_rss",
+        "Size of RSS in bytes.",
+        cri::MetricType::Gauge,
+    ),
+    (
+        "container_memory_failures_total",
+        "Cumulative count of memory allocation failures.",
+        cri::MetricType::Counter,
+    ),
+    (
+        "container_processes",
+        "Number of processes running inside the container.",
+        cri::MetricType::Gauge,
+    ),
+    (
+        "container_fs_usage_bytes",
+        "Number of bytes that are consumed by the container on this filesystem.",
+        cri::MetricType::Gauge,
+    ),
+    (
+        "container_network_receive_bytes_total",
+        "Cumulative count of bytes received",
+        cri::MetricType::Counter,
+    ),
+    (
+        "container_network_transmit_bytes_total",
+        "Cumulative count of bytes transmitted",
+        cri::MetricType::Counter,
+    ),
+];
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sample {
+    read_at: Instant,
+    /// Unix nanoseconds of the read.
+    timestamp: i64,
+    usage: Usage,
+    nano_cores: Option<u64>,
+}
+
+/// The shared cache of cgroup samples and layer usages.
+#[derive(Default)]
+pub(crate) struct StatsCache {
+    samples: Mutex<HashMap<String, Sample>>,
+    layers: Mutex<HashMap<String, (Instant, i64, u64, u64)>>,
+    /// Cgroup reads done, for tests and logs.
+    pub reads: AtomicU64,
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl StatsCache {
+    /// The sample of each cgroup path, reading only those older than the interval (on one
+    /// blocking thread for the lot). A cgroup that cannot be read is left out.
+    pub(crate) async fn samples(
+        self: &Arc<Self>,
+        paths: Vec<String>,
+    ) -> Result<HashMap<String, Sample>> {
+        let me = self.clone();
+        crate::blocking(move || Ok(me.samples_blocking(&paths))).await
+    }
+
+    fn samples_blocking(&self, paths: &[String]) -> HashMap<String, Sample> {
+        let mut out = HashMap::new();
+        let mut stale = Vec::new();
+        {
+            let cache = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+            for p in paths {
+                match cache.get(p) {
+                    Some(s) if s.read_at.elapsed() < SAMPLE_INTERVAL => {
+                        out.insert(p.clone(), *s);
+                    }
+                    _ => stale.push(p.clone()),
+                }
+            }
+        }
+        let mut fresh = Vec::new();
+        // One read of the mount table for the lot.
+        let cgroups = match Cgroup::of_paths(&stale) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("stats: the cgroup mounts: {e}");
+                return out;
+            }
+        };
+        for (p, cgroup) in stale.into_iter().zip(cgroups) {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            match cgroup.and_then(|c| c.usage()) {
+                Ok(usage) => fresh.push((p, usage, Instant::now(), now_nanos())),
+                Err(e) => tracing::debug!(cgroup = %p, "stats: {e}"),
+            }
+        }
+        let mut cache = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        for (p, usage, read_at, timestamp) in fresh {
+            let nano_cores = cache.get(&p).and_then(|prev| {
+                let dt = u64::try_from(timestamp.checked_sub(prev.timestamp)?).ok()?;
+                let dcpu = usage.cpu_usage_ns.checked_sub(prev.usage.cpu_usage_ns)?;
+                (dt > 0).then(|| {
+                    u64::try_from(u128::from(dcpu) * 1_000_000_000 / u128::from(dt))
+                        .unwrap_or(u64::MAX)
+                })
+            });
+            let s = Sample {
+                read_at,
+                timestamp,
+                usage,
+                nano_cores,
+            };
+            cache.insert(p.clone(), s);
+            out.insert(p, s);
+        }
+        // Forget cgroups nobody asked about for a while (removed containers).
+        cache.retain(|_, s| s.read_at.elapsed() < SAMPLE_INTERVAL * 60);
+        out
+    }
+
+    /// (timestamp, bytes, inodes) of the container's writable layer, if it has one.
+    async fn layer(&self, client: &berth::Client, c: &Container) -> Option<(i64, u64, u64)> {
+        if c.snapshot_key.is_empty() {
+            return None;
+        }
+        if let Some((at, ts, b, i)) = self
+            .layers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&c.id)
+        {
+            if at.elapsed() < LAYER_INTERVAL {
+                return Some((*ts, *b, *i));
+            }
+        }
+        let req = UsageRequest {
+            snapshotter: c.snapshotter.clone(),
+            key: c.snapshot_key.clone(),
+        };
+        let u = SnapshotsClient::new(client.channel().clone())
+            .usage(berth::with_namespace(client.namespace(), req))
+            .await
+            .map_err(|e| tracing::debug!(id = %c.id, "layer usage: {e}"))
+            .ok()?
+            .into_inner();
+        let (bytes, inodes) = (
+            u64::try_from(u.size).unwrap_or(0),
+            u64::try_from(u.inodes).unwrap_or(0),
+        );
+        let ts = now_nanos();
+        let mut layers = self.layers.lock().unwrap_or_else(|p| p.into_inner());
+        layers.insert(c.id.clone(), (Instant::now(), ts, bytes, inodes));
+        layers.retain(|_, (at, ..)| at.elapsed() < LAYER_INTERVAL * 30);
+        Some((ts, bytes, inodes))
+    }
+}
+
+fn spec_of(c: &Container) -> Option<serde_json::Value> {
+    c.spec
+        .as_ref()
+        .and_then(|s| serde_json::from_slice(&s.value).ok())
+}
+
+fn cgroup_path(c: &Container) -> Option<String> {
+    spec_of(c)?["linux"]["cgroupsPath"]
+        .as_str()
+        .filter(|p| p.starts_with('/'))
+        .map(str::to_string)
+}
+
+fn annotations(c: &Container) -> HashMap<String, String> {
+    spec_of(c)
+        .and_then(|s| serde_json::from_value(s["annotations"].clone()).ok())
+        .unwrap_or_default()
+}
+
+fn label<'a>(c: &'a Container, key: &str) -> &'a str {
+    c.labels.get(key).map_or("", String::as_str)
+}
+
+fn matches(c: &Container, id: &str, selector: &HashMap<String, String>) -> bool {
+    (id.is_empty() || c.id.starts_with(id))
+        && selector.iter().all(|(k, v)| c.labels.get(k) == Some(v))
+}
+
+fn u64v(v: u64) -> Option<cri::UInt64Value> {
+    Some(cri::UInt64Value { value: v })
+}
+
+fn container_stats(
+    c: &Container,
+    s: Option<&Sample>,
+    layer: Option<(i64, u64, u64)>,
+    fs_mount: &str,
+) -> cri::ContainerStats {
+    let name = match label(c, "io.kubernetes.container.name") {
+        "" => c.id.clone(),
+        n => n.to_string(),
+    };
+    let attempt = label(c, "io.kubernetes.container.restartCount")
+        .parse()
+        .unwrap_or(0);
+    cri::ContainerStats {
+        attributes: Some(cri::ContainerAttributes {
+            id: c.id.clone(),
+            metadata: Some(cri::ContainerMetadata { name, attempt }),
+            labels: c.labels.clone(),
+            annotations: annotations(c),
+        }),
+        cpu: s.map(|s| cri::CpuUsage {
+            timestamp: s.timestamp,
+            usage_core_nano_seconds: u64v(s.usage.cpu_usage_ns),
+            usage_nano_cores: u64v(s.nano_cores.unwrap_or(0)),
+            psi: None,
+        }),
+        memory: s.map(|s| cri::MemoryUsage {
+            timestamp: s.timestamp,
+            working_set_bytes: u64v(s.usage.working_set),
+            available_bytes: None,
+            usage_bytes: u64v(s.usage.memory_usage),
+            rss_bytes: u64v(s.usage.rss),
+            page_faults: u64v(s.usage.page_faults),
+            major_page_faults: u64v(s.usage.major_page_faults),
+            psi: None,
+        }),
+        writable_layer: layer.map(|(ts, bytes, inodes)| cri::FilesystemUsage {
+            timestamp: ts,
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: fs_mount.to_string(),
+            }),
+            used_bytes: u64v(bytes),
+            inodes_used: u64v(inodes),
+        }),
+        swap: None,
+        io: None,
+    }
+}
+
+/// Bytes and errors of each interface of a netns, from `/proc/thread-self/net/dev` of a
+/// thread that entered it (and ends right after).
+async fn net_dev(netns: std::path::PathBuf) -> Option<Vec<cri::NetworkInterfaceUsage>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("cri-netstats".into())
+        .spawn(move || {
+            let text = (|| -> std::io::Result<String> {
+                let f = std::fs::File::open(&netns)?;
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)?;
+                std::fs::read_to_string("/proc/thread-self/net/dev")
+            })();
+            let _ = tx.send(text);
+        })
+        .ok()?;
+    let text = rx.await.ok()?.ok()?;
+    Some(parse_net_dev(&text))
+}
+
+fn parse_net_dev(text: &str) -> Vec<cri::NetworkInterfaceUsage> {
+    text.lines()
+        .skip(2)
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let v: Vec<u64> = rest
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (v.len() >= 11 && name.trim() != "lo").then(|| cri::NetworkInterfaceUsage {
+                name: name.trim().to_string(),
+                rx_bytes: u64v(v[0]),
+                rx_errors: u64v(v[2]),
+                tx_bytes: u64v(v[8]),
+                tx_errors: u64v(v[10]),
+            })
+        })
+        .collect()
+}
+
+impl Cri {
+    async fn records(&self, kind: &str) -> Result<Vec<Container>> {
+        let req = ListContainersRequest {
+            filters: vec![format!("labels.\"{CRI_KIND_LABEL}\"=={kind}")],
+        };
+        Ok(ContainersClient::new(self.client.channel().clone())
+            .list(berth::with_namespace(self.client.namespace(), req))
+            .await
+            .map_err(Error::from)?
+            .into_inner()
+            .containers)
+    }
+
+    fn fs_mount(&self) -> String {
+        self.settings
+            .root
+            .join("io.containerd.snapshotter.v1.overlayfs")
+            .display()
+            .to_string()
+    }
+
+    async fn stats_of(&self, containers: &[Container]) -> Result<Vec<cri::ContainerStats>> {
+        // No task is asked: a container without a cgroup (not started, or deleted) simply
+        // has no CPU and memory numbers.
+        let paths: Vec<String> = containers.iter().filter_map(cgroup_path).collect();
+        let samples = self.stats.samples(paths).await?;
+        let fs_mount = self.fs_mount();
+        let mut out = Vec::with_capacity(containers.len());
+        for c in containers {
+            let sample = cgroup_path(c).and_then(|p| samples.get(&p));
+            let layer = self.stats.layer(&self.client, c).await;
+            out.push(container_stats(c, sample, layer, &fs_mount));
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
+        let c = crate::streaming::container(&self.client, id).await?;
+        let mut stats = self.stats_of(std::slice::from_ref(&c)).await?;
+        stats
+            .pop()
+            .ok_or_else(|| Error::internal(format!("no stats for {id}")))
+    }
+
+    pub(crate) async fn list_container_stats(
+        &self,
+        filter: Option<cri::ContainerStatsFilter>,
+    ) -> Result<Vec<cri::ContainerStats>> {
+        let f = filter.unwrap_or_default();
+        let containers: Vec<Container> = self
+            .records(CRI_KIND_CONTAINER)
+            .await?
+            .into_iter()
+            .filter(|c| matches(c, &f.id, &f.label_selector))
+            .filter(|c| f.pod_sandbox_id.is_empty() || c.sandbox.starts_with(&f.pod_sandbox_id))
+            .collect();
+        self.stats_of(&containers).await
+    }
+
+    async fn pod_stats(
+        &self,
+        pod: &Container,
+        containers: &[Container],
+    ) -> Result<cri::PodSandboxStats> {
+        let mine: Vec<Container> = containers
+            .iter()
+            .filter(|c| c.sandbox == pod.id)
+            .cloned()
+            .collect();
+        let stats = self.stats_of(&mine).await?;
+        let ts = now_nanos();
+        let sum = |f: &dyn Fn(&cri::ContainerStats) -> Option<u64>| -> u64 {
+            stats.iter().filter_map(f).sum()
+        };
+        let cpu = cri::CpuUsage {
+            timestamp: ts,
+            usage_core_nano_seconds: u64v(sum(&|s| {
+                s.cpu
+                    .as_ref()?
+                    .usage_core_nano_seconds
+                    .as_ref()
+                    .map(|v| v.value)
+            })),
+            usage_nano_cores: u64v(sum(&|s| {
+                s.cpu.as_ref()?.usage_nano_cores.as_ref().map(|v| v.value)
+            })),
+            psi: None,
+        };
+        let mem = |pick: fn(&cri::MemoryUsage) -> &Option<cri::UInt64Value>| {
+            u64v(sum(&|s| pick(s.memory.as_ref()?).as_ref().map(|v| v.value)))
+        };
+        let memory = cri::MemoryUsage {
+            timestamp: ts,
+            working_set_bytes: mem(|m| &m.working_set_bytes),
+            available_bytes: None,
+            usage_bytes: mem(|m| &m.usage_bytes),
+            rss_bytes: mem(|m| &m.rss_bytes),
+            page_faults: mem(|m| &m.page_faults),
+            major_page_faults: mem(|m| &m.major_page_faults),
+            psi: None,
+        };
+        let pids: u64 = {
+            let paths: Vec<String> = mine.iter().filter_map(cgroup_path).collect();
+            let samples = self.stats.samples(paths).await?;
+            samples.values().map(|s| s.usage.pids).sum()
+        };
+        let key = berth_net::AttachmentKey::new(self.client.namespace(), pod.id.as_str());
+        let net = self.net.clone();
+        let netns = crate::blocking(move || Ok(net.inspect(&key).ok().map(|a| a.netns))).await?;
+        let network = match netns {
+            Some(ns) => net_dev(ns).await.map(|ifs| cri::NetworkUsage {
+                timestamp: ts,
+                default_interface: ifs
+                    .iter()
+                    .find(|i| i.name == "eth0")
+                    .or(ifs.first())
+                    .cloned(),
+                interfaces: ifs,
+            }),
+            None => None,
+        };
+        Ok(cri::PodSandboxStats {
+            attributes: Some(cri::PodSandboxAttributes {
+                id: pod.id.clone(),
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: label(pod, "io.kubernetes.pod.name").to_string(),
+                    uid: label(pod, "io.kubernetes.pod.uid").to_string(),
+                    namespace: label(pod, "io.kubernetes.pod.namespace").to_string(),
+                    attempt: 0,
+                }),
+                labels: pod.labels.clone(),
+                annotations: annotations(pod),
+            }),
+            linux: Some(cri::LinuxPodSandboxStats {
+                cpu: Some(cpu),
+                memory: Some(memory),
+                network,
+                process: Some(cri::ProcessUsage {
+                    timestamp: ts,
+                    process_count: u64v(pids),
+                }),
+                containers: stats,
+                io: None,
+            }),
+            windows: None,
+        })
+    }
+
+    pub(crate) async fn pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats> {
+        let pod = crate::streaming::sandbox(&self.client, id).await?;
+        let containers = self.records(CRI_KIND_CONTAINER).await?;
+        self.pod_stats(&pod, &containers).await
+    }
+
+    pub(crate) async fn list_pod_sandbox_stats(
+        &self,
+        filter: Option<cri::PodSandboxStatsFilter>,
+    ) -> Result<Vec<cri::PodSandboxStats>> {
+        let f = filter.unwrap_or_default();
+        let pods: Vec<Container> = self
+            .records(CRI_KIND_SANDBOX)
+            .await?
+            .into_iter()
+            .filter(|p| matches(p, &f.id, &f.label_selector))
+            .collect();
+        let containers = self.records(CRI_KIND_CONTAINER).await?;
+        let mut out = Vec::with_capacity(pods.len());
+        for p in &pods {
+            out.push(self.pod_stats(p, &containers).await?);
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn metric_descriptors(&self) -> Vec<cri::MetricDescriptor> {
+        METRICS
+            .iter()
+            .map(|(name, help, _)| cri::MetricDescriptor {
+                name: name.to_string(),
+                help: help.to_string(),
+                label_keys: LABEL_KEYS.iter().map(|k| k.to_string()).collect(),
+            })
+            .collect()
+    }
+
+    pub(crate) async fn pod_sandbox_metrics(&self) -> Result<Vec<cri::PodSandboxMetrics>> {
+        let pods = self.records(CRI_KIND_SANDBOX).await?;
+        let containers = self.records(CRI_KIND_CONTAINER).await?;
+        let mut out = Vec::with_capacity(pods.len());
+        for pod in &pods {
+            let stats = self.pod_stats(pod, &containers).await?;
+            let linux = stats.linux.unwrap_or_default();
+            let pod_name = label(pod, "io.kubernetes.pod.name");
+            let pod_ns = label(pod, "io.kubernetes.pod.namespace");
+            let metric = |name: &str, ts: i64, labels: &[String], v: u64| cri::Metric {
+                name: name.to_string(),
+                timestamp: ts,
+                metric_type: METRICS
+                    .iter()
+                    .find(|m| m.0 == name)
+                    .map_or(cri::MetricType::Gauge, |m| m.2) as i32,
+                label_values: labels.to_vec(),
+                value: u64v(v),
+            };
+            let mut container_metrics = Vec::new();
+            for cs in &linux.containers {
+                let attrs = cs.attributes.clone().unwrap_or_default();
+                let image = containers
+                    .iter()
+                    .find(|c| c.id == attrs.id)
+                    .map(|c| c.image.clone())
+                    .unwrap_or_default();
+                let name = attrs.metadata.map(|m| m.name).unwrap_or_default();
+                let labels = [
+                    name.clone(),
+                    attrs.id.clone(),
+                    image,
+                    attrs.id.clone(),
+                    pod_ns.to_string(),
+                    pod_name.to_string(),
+                ];
+                let mut m = Vec::new();
+                if let Some(cpu) = &cs.cpu {
+                    let ns = cpu.usage_core_nano_seconds.as_ref().map_or(0, |v| v.value);
+                    m.push(metric(
+                        "container_cpu_usage_seconds_total",
+                        cpu.timestamp,
+                        &labels,
+                        ns / 1_000_000_000,
+                    ));
+                }
+                if let Some(mem) = &cs.memory {
+                    let v = |o: &Option<cri::UInt64Value>| o.as_ref().map_or(0, |v| v.value);
+                    let ts = mem.timestamp;
+                    m.push(metric(
+                        "container_memory_usage_bytes",
+                        ts,
+                        &labels,
+                        v(&mem.usage_bytes),
+                    ));
+                    m.push(metric(
+                        "container_memory_working_set_bytes",
+                        ts,
+                        &labels,
+                        v(&mem.working_set_bytes),
+                    ));
+                    m.push(metric(
+                        "container_memory_rss",
+                        ts,
+                        &labels,
+                        v(&mem.rss_bytes),
+                    ));
+                    m.push(metric(
+                        "container_memory_failures_total",
+                        ts,
+                        &labels,
+                        v(&mem.page_faults),
+                    ));
+                }
+                if let Some(fs) = &cs.writable_layer {
+                    m.push(metric(
+                        "container_fs_usage_bytes",
+                        fs.timestamp,
+                        &labels,
+                        fs.used_bytes.as_ref().map_or(0, |v| v.value),
+                    ));
+                }
+                container_metrics.push(cri::ContainerMetrics {
+                    container_id: attrs.id,
+                    metrics: m,
+                });
+            }
+            let pod_labels = [
+                "POD".to_string(),
+                pod.id.clone(),
+                String::new(),
+                pod.id.clone(),
+                pod_ns.to_string(),
+                pod_name.to_string(),
+            ];
+            let mut metrics = Vec::new();
+            if let Some(p) = &linux.process {
+                let v = p.process_count.as_ref().map_or(0, |v| v.value);
+                metrics.push(metric("container_processes", p.timestamp, &pod_labels, v));
+            }
+            if let Some(n) = &linux.network {
+                for i in &n.interfaces {
+                    let v = |o: &Option<cri::UInt64Value>| o.as_ref().map_or(0, |v| v.value);
+                    metrics.push(metric(
+                        "container_network_receive_bytes_total",
+                        n.timestamp,
+                        &pod_labels,
+                        v(&i.rx_bytes),
+                    ));
+                    metrics.push(metric(
+                        "container_network_transmit_bytes_total",
+                        n.timestamp,
+                        &pod_labels,
+                        v(&i.tx_bytes),
+                    ));
+                }
+            }
+            out.push(cri::PodSandboxMetrics {
+                pod_sandbox_id: pod.id.clone(),
+                metrics,
+                container_metrics,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_dev_parses() {
+        let text = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0\n  eth0:    1234      10    2    0    0     0          0         0     5678      20    3    0    0     0       0          0\n";
+        let ifs = parse_net_dev(text);
+        assert_eq!(ifs.len(), 1);
+        assert_eq!(ifs[0].name, "eth0");
+        assert_eq!(ifs[0].rx_bytes.as_ref().unwrap().value, 1234);
+        assert_eq!(ifs[0].rx_errors.as_ref().unwrap().value, 2);
+        assert_eq!(ifs[0].tx_bytes.as_ref().unwrap().value, 5678);
+        assert_eq!(ifs[0].tx_errors.as_ref().unwrap().value, 3);
+    }
+
+    /// A real cgroup made for the test: read once per interval however often asked.
+    #[test]
+    fn the_cache_reads_a_cgroup_once_per_interval() {
+        let name = format!("/berth-stats-test-{}", std::process::id());
+        let memory = format!("/sys/fs/cgroup/memory{name}");
+        let unified = format!("/sys/fs/cgroup{name}");
+        let dir = if std::path::Path::new("/sys/fs/cgroup/memory").exists() {
+            memory
+        } else {
+            unified
+        };
+        if let Err(e) = std::fs::create_dir(&dir) {
+            berth_testkit::skip::skip_unless_ci(
+                "the_cache_reads_a_cgroup_once_per_interval",
+                &format!("cannot make a cgroup ({e}); needs root"),
+            );
+            return;
+        }
+        let cache = StatsCache::default();
+        let paths = vec![name.clone()];
+        let a = cache.samples_blocking(&paths);
+        for _ in 0..50 {
+            let b = cache.samples_blocking(&paths);
+            assert_eq!(b[&name].timestamp, a[&name].timestamp);
+        }
+        assert_eq!(cache.reads.load(Ordering::Relaxed), 1);
+        std::thread::sleep(SAMPLE_INTERVAL + Duration::from_millis(50));
+        let c = cache.samples_blocking(&paths);
+        assert_eq!(cache.reads.load(Ordering::Relaxed), 2);
+        assert!(c[&name].timestamp > a[&name].timestamp);
+        // Two samples give a rate.
+        assert!(c[&name].nano_cores.is_some());
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
