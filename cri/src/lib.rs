@@ -11,12 +11,12 @@ pub mod config;
 mod container;
 mod exec_sync;
 pub mod holder;
-mod pod;
 mod images;
+mod pod;
 mod service;
 mod spec;
-mod store;
 mod stats;
+mod store;
 mod streaming;
 
 pub use config::CriConfig;

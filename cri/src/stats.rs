@@ -323,7 +323,7 @@ fn parse_net_dev(text: &str) -> Vec<cri::NetworkInterfaceUsage> {
 }
 
 impl Cri {
-    async fn records(&self, kind: &str) -> Result<Vec<Container>> {
+    async fn raw_records(&self, kind: &str) -> Result<Vec<Container>> {
         let req = ListContainersRequest {
             filters: vec![format!("labels.\"{CRI_KIND_LABEL}\"=={kind}")],
         };
@@ -338,7 +338,8 @@ impl Cri {
     fn fs_mount(&self) -> String {
         self.settings
             .root
-            .join("io.containerd.snapshotter.v1.overlayfs")
+            .join("snapshots")
+            .join("overlayfs")
             .display()
             .to_string()
     }
@@ -372,7 +373,7 @@ impl Cri {
     ) -> Result<Vec<cri::ContainerStats>> {
         let f = filter.unwrap_or_default();
         let containers: Vec<Container> = self
-            .records(CRI_KIND_CONTAINER)
+            .raw_records(CRI_KIND_CONTAINER)
             .await?
             .into_iter()
             .filter(|c| matches(c, &f.id, &f.label_selector))
@@ -472,7 +473,7 @@ impl Cri {
 
     pub(crate) async fn pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats> {
         let pod = crate::streaming::sandbox(&self.client, id).await?;
-        let containers = self.records(CRI_KIND_CONTAINER).await?;
+        let containers = self.raw_records(CRI_KIND_CONTAINER).await?;
         self.pod_stats(&pod, &containers).await
     }
 
@@ -482,12 +483,12 @@ impl Cri {
     ) -> Result<Vec<cri::PodSandboxStats>> {
         let f = filter.unwrap_or_default();
         let pods: Vec<Container> = self
-            .records(CRI_KIND_SANDBOX)
+            .raw_records(CRI_KIND_SANDBOX)
             .await?
             .into_iter()
             .filter(|p| matches(p, &f.id, &f.label_selector))
             .collect();
-        let containers = self.records(CRI_KIND_CONTAINER).await?;
+        let containers = self.raw_records(CRI_KIND_CONTAINER).await?;
         let mut out = Vec::with_capacity(pods.len());
         for p in &pods {
             out.push(self.pod_stats(p, &containers).await?);
@@ -507,8 +508,8 @@ impl Cri {
     }
 
     pub(crate) async fn pod_sandbox_metrics(&self) -> Result<Vec<cri::PodSandboxMetrics>> {
-        let pods = self.records(CRI_KIND_SANDBOX).await?;
-        let containers = self.records(CRI_KIND_CONTAINER).await?;
+        let pods = self.raw_records(CRI_KIND_SANDBOX).await?;
+        let containers = self.raw_records(CRI_KIND_CONTAINER).await?;
         let mut out = Vec::with_capacity(pods.len());
         for pod in &pods {
             let stats = self.pod_stats(pod, &containers).await?;
