@@ -6,6 +6,7 @@ use crate::filters::{label_field, Adaptor, Filter};
 use crate::validate;
 use berth_api::containerd::services::leases::v1::{Lease, Resource};
 use berth_errdefs::{Error, Result};
+use std::collections::HashSet;
 use std::time::SystemTime;
 
 /// The label that gives a lease its end of life, an RFC 3339 time.
@@ -84,6 +85,38 @@ impl Metadata {
             Ok(())
         })
         .await
+    }
+
+    /// Held shared by whoever finds a committed snapshot and relies on it (an unpack that keeps
+    /// an existing chain): from before it leases the snapshot until it has looked that it is
+    /// there. The collector removes snapshots only under `snapshot_sweep_lock`, after reading the
+    /// leases once more (`leased_snapshots`), so a snapshot found and leased after marking is
+    /// never removed under its finder.
+    pub async fn snapshot_use_lock(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.snapshot_lock.clone().read_owned().await
+    }
+
+    /// The collector's side of `snapshot_use_lock`, held while it removes snapshots.
+    pub async fn snapshot_sweep_lock(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.snapshot_lock.clone().write_owned().await
+    }
+
+    /// Every snapshot a lease of `ns` holds now, as (snapshotter, key).
+    pub fn leased_snapshots(&self, ns: &str) -> Result<HashSet<(String, String)>> {
+        let mut held = HashSet::new();
+        for lease in self.list_leases(ns, &Filter::parse_all::<&str>(&[])?)? {
+            let resources = match self.list_lease_resources(ns, &lease.id) {
+                Ok(r) => r,
+                Err(e) if e.is_not_found() => continue, // ended meanwhile
+                Err(e) => return Err(e),
+            };
+            for r in resources {
+                if let Some(snapshotter) = r.r#type.strip_prefix("snapshots/") {
+                    held.insert((snapshotter.to_string(), r.id));
+                }
+            }
+        }
+        Ok(held)
     }
 
     pub fn list_lease_resources(&self, ns: &str, lease: &str) -> Result<Vec<Resource>> {

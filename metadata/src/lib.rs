@@ -37,6 +37,8 @@ pub struct Metadata {
     sync_lock: tokio::sync::Mutex<()>,
     /// containerd's `wlock`, for blobs: see `content_commit_lock`.
     content_lock: Arc<tokio::sync::RwLock<()>>,
+    /// The same for snapshots: see `snapshot_use_lock`.
+    snapshot_lock: Arc<tokio::sync::RwLock<()>>,
     server_uuid: String,
 }
 
@@ -128,6 +130,7 @@ impl Metadata {
             durable: AtomicU64::new(0),
             sync_lock: tokio::sync::Mutex::new(()),
             content_lock: Arc::new(tokio::sync::RwLock::new(())),
+            snapshot_lock: Arc::new(tokio::sync::RwLock::new(())),
             server_uuid,
         })
     }

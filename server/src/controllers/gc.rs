@@ -226,9 +226,19 @@ impl Collector {
                 (name.clone(), dead)
             })
             .collect();
+        // A snapshot leased since marking (an unpack keeping a chain it found) is spared: the
+        // leases are read again under the sweep lock, which such an unpack holds shared from
+        // before its lease until its look.
+        let _no_new_users = self.meta.snapshot_sweep_lock().await;
+        let meta = self.meta.clone();
         blocking(move || {
+            let leased = meta.leased_snapshots(&ns)?;
             let mut removed = 0;
-            for (name, mut dead) in candidates {
+            for (name, dead) in candidates {
+                let mut dead: Vec<_> = dead
+                    .into_iter()
+                    .filter(|i| !leased.contains(&(name.clone(), i.name.clone())))
+                    .collect();
                 let scoped = snapshotters.scoped(&name, &ns)?;
                 // Removing leaves first; a snapshot whose children are still there waits a round.
                 while !dead.is_empty() {

@@ -136,16 +136,10 @@ pub(super) async fn unpack(
         };
         let chain_lock = t.unpacking.lock_for(&ctx.ns, snapshotter, &chain);
         let _unpacking = chain_lock.lock().await;
-        let s = scoped.clone();
-        let c = chain.clone();
-        if blocking(move || s.stat(&c)).await.is_ok() {
-            // The blob must be stored all the same: the image needs it.
+        if lease_if_present(f, &scoped, &resource(&chain)).await? {
+            // Already unpacked (this image before, or another sharing the chain), and now held
+            // by the transfer's lease. The blob must be stored all the same: the image needs it.
             downloaded(done.await)?;
-            // Already unpacked (this image before, or another sharing the chain): keep it.
-            t.meta
-                .stage_lease_resource(&ctx.ns, &ctx.lease, &resource(&chain))?
-                .durable()
-                .await?;
             continue;
         }
         let api = api_descriptor(layer);
@@ -259,6 +253,21 @@ pub(super) async fn unpack(
     finish(f, snapshotter, config_desc, &chains).await
 }
 
+/// Whether the committed snapshot `chain` (a snapshot `Resource`) is there; leased to the
+/// transfer first, under the metadata's snapshot use lock, so a collection that marked before
+/// cannot remove it once it was seen (its sweep reads the leases again under that lock). A lease
+/// naming a snapshot that turns out absent is harmless: the unpack is about to make it.
+async fn lease_if_present(f: &Fetcher<'_>, scoped: &Arc<Scoped>, chain: &Resource) -> Result<bool> {
+    let (t, ctx) = (f.t, f.ctx);
+    let _in_use = t.meta.snapshot_use_lock().await;
+    t.meta
+        .stage_lease_resource(&ctx.ns, &ctx.lease, chain)?
+        .durable()
+        .await?;
+    let (s, c) = (scoped.clone(), chain.id.clone());
+    Ok(blocking(move || s.stat(&c)).await.is_ok())
+}
+
 /// Label the config with the top chain ID (`gc.ref.snapshot.<snapshotter>`); returns it.
 async fn finish(
     f: &Fetcher<'_>,
@@ -320,8 +329,11 @@ async fn unpack_parallel(f: &Fetcher<'_>, plan: &Plan<'_>, stored: Vec<LayerSour
     }
     let mut present = Vec::with_capacity(chains.len());
     for chain in chains {
-        let (s, c) = (scoped.clone(), chain.clone());
-        present.push(blocking(move || s.stat(&c)).await.is_ok());
+        let resource = Resource {
+            id: chain.clone(),
+            r#type: format!("snapshots/{}", plan.snapshotter),
+        };
+        present.push(lease_if_present(f, scoped, &resource).await?);
     }
     // Applies in flight: each takes a decompression thread and an extraction thread.
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
