@@ -25,6 +25,9 @@ fn name_key(c: &cri::ContainerMetadata, pod: &cri::PodSandboxMetadata) -> String
     )
 }
 
+/// The bound of the CRI log kept for a container the kubelet gave no log path (bytes).
+const UNLOGGED_OUTPUT_MAX: u64 = 1 << 20;
+
 /// `cri-log:///path` as the shim parses it (no rotation: the kubelet rotates).
 fn cri_log_uri(path: &str) -> String {
     let escaped: String = path
@@ -321,17 +324,29 @@ impl Cri {
             stdin: c.state.stdin_fifo.clone().unwrap_or_default(),
             ..Default::default()
         };
-        if !c.state.log_path.is_empty() {
-            let path = PathBuf::from(&c.state.log_path);
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-            }
-            let uri = cri_log_uri(&c.state.log_path);
-            io.stdout = uri.clone();
-            if !c.state.tty {
-                io.stderr = uri;
-            }
+        // With no log path from the kubelet the output still goes to a CRI log of our own,
+        // bounded (nobody rotates it), so Attach has something to follow.
+        let uri = if c.state.log_path.is_empty() {
+            let path = self.io_dir(&id).join("output.log");
+            format!(
+                "{}?max-size={UNLOGGED_OUTPUT_MAX}&max-files=1",
+                cri_log_uri(&path.to_string_lossy())
+            )
+        } else {
+            cri_log_uri(&c.state.log_path)
+        };
+        let log_file = if c.state.log_path.is_empty() {
+            self.io_dir(&id).join("output.log")
+        } else {
+            PathBuf::from(&c.state.log_path)
+        };
+        if let Some(dir) = log_file.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        }
+        io.stdout = uri.clone();
+        if !c.state.tty {
+            io.stderr = uri;
         }
         let tasks = self.client.tasks();
         let mut before = store::now_ns();

@@ -10,6 +10,9 @@ use berth_errdefs::{Error, Result};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// Linux's limit on a hostname's length.
+const HOST_NAME_MAX: usize = 64;
+
 fn ns_mode(config: &cri::PodSandboxConfig) -> cri::NamespaceOption {
     config
         .linux
@@ -115,23 +118,28 @@ impl Cri {
         dir: &std::path::Path,
         state: &mut PodState,
     ) -> Result<()> {
+        // The kernel takes at most 64 bytes (sethostname fails with EINVAL past it).
+        if config.hostname.len() > HOST_NAME_MAX {
+            return Err(Error::invalid(format!(
+                "pod hostname {:?} is longer than {HOST_NAME_MAX} bytes",
+                config.hostname
+            )));
+        }
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         let ns = ns_mode(config);
         let host_net = ns.network == cri::NamespaceMode::Node as i32;
-        let hostname = if config.hostname.is_empty() {
-            config
-                .metadata
-                .as_ref()
-                .map(|m| m.name.clone())
-                .unwrap_or_default()
-        } else {
-            config.hostname.clone()
-        };
         let host_name_of_node = nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_default();
+        // As containerd: a pod given no hostname takes the node's (the kubelet always gives one;
+        // a pod's name may be longer than a hostname can be).
+        let hostname = if config.hostname.is_empty() {
+            host_name_of_node.clone()
+        } else {
+            config.hostname.clone()
+        };
         let hostname_file = dir.join("hostname");
         write(
             &hostname_file,

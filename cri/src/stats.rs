@@ -215,9 +215,54 @@ fn cgroup_path(c: &Container) -> Option<String> {
 }
 
 fn annotations(c: &Container) -> HashMap<String, String> {
+    if let Some(cfg) = container_config(c) {
+        return cfg.annotations;
+    }
+    if let Some(cfg) = pod_config(c) {
+        return cfg.annotations;
+    }
     spec_of(c)
         .and_then(|s| serde_json::from_value(s["annotations"].clone()).ok())
         .unwrap_or_default()
+}
+
+/// The CRI config the store keeps in a container's record (`store::CONFIG_EXT`).
+fn container_config(c: &Container) -> Option<cri::ContainerConfig> {
+    (label(c, CRI_KIND_LABEL) == CRI_KIND_CONTAINER)
+        .then(|| c.extensions.get(crate::store::CONFIG_EXT))
+        .flatten()
+        .and_then(|a| prost::Message::decode(a.value.as_slice()).ok())
+}
+
+/// The same for a pod's record.
+fn pod_config(c: &Container) -> Option<cri::PodSandboxConfig> {
+    (label(c, CRI_KIND_LABEL) == CRI_KIND_SANDBOX)
+        .then(|| c.extensions.get(crate::store::CONFIG_EXT))
+        .flatten()
+        .and_then(|a| prost::Message::decode(a.value.as_slice()).ok())
+}
+
+/// The CRI labels: the config's, else the record's (records made by other clients).
+fn cri_labels(c: &Container) -> HashMap<String, String> {
+    if let Some(cfg) = container_config(c) {
+        return cfg.labels;
+    }
+    if let Some(cfg) = pod_config(c) {
+        return cfg.labels;
+    }
+    c.labels.clone()
+}
+
+/// A pod's metadata: its config's, else the kubelet's `io.kubernetes.pod.*` labels.
+fn pod_metadata(pod: &Container) -> cri::PodSandboxMetadata {
+    pod_config(pod)
+        .and_then(|cfg| cfg.metadata)
+        .unwrap_or_else(|| cri::PodSandboxMetadata {
+            name: label(pod, "io.kubernetes.pod.name").to_string(),
+            uid: label(pod, "io.kubernetes.pod.uid").to_string(),
+            namespace: label(pod, "io.kubernetes.pod.namespace").to_string(),
+            attempt: 0,
+        })
 }
 
 fn label<'a>(c: &'a Container, key: &str) -> &'a str {
@@ -225,8 +270,9 @@ fn label<'a>(c: &'a Container, key: &str) -> &'a str {
 }
 
 fn matches(c: &Container, id: &str, selector: &HashMap<String, String>) -> bool {
+    let labels = cri_labels(c);
     (id.is_empty() || c.id.starts_with(id))
-        && selector.iter().all(|(k, v)| c.labels.get(k) == Some(v))
+        && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 fn u64v(v: u64) -> Option<cri::UInt64Value> {
@@ -239,18 +285,23 @@ fn container_stats(
     layer: Option<(i64, u64, u64)>,
     fs_mount: &str,
 ) -> cri::ContainerStats {
-    let name = match label(c, "io.kubernetes.container.name") {
-        "" => c.id.clone(),
-        n => n.to_string(),
-    };
-    let attempt = label(c, "io.kubernetes.container.restartCount")
-        .parse()
-        .unwrap_or(0);
+    let metadata = container_config(c)
+        .and_then(|cfg| cfg.metadata)
+        .unwrap_or_else(|| {
+            let name = match label(c, "io.kubernetes.container.name") {
+                "" => c.id.clone(),
+                n => n.to_string(),
+            };
+            let attempt = label(c, "io.kubernetes.container.restartCount")
+                .parse()
+                .unwrap_or(0);
+            cri::ContainerMetadata { name, attempt }
+        });
     cri::ContainerStats {
         attributes: Some(cri::ContainerAttributes {
             id: c.id.clone(),
-            metadata: Some(cri::ContainerMetadata { name, attempt }),
-            labels: c.labels.clone(),
+            metadata: Some(metadata),
+            labels: cri_labels(c),
             annotations: annotations(c),
         }),
         cpu: s.map(|s| cri::CpuUsage {
@@ -447,13 +498,8 @@ impl Cri {
         Ok(cri::PodSandboxStats {
             attributes: Some(cri::PodSandboxAttributes {
                 id: pod.id.clone(),
-                metadata: Some(cri::PodSandboxMetadata {
-                    name: label(pod, "io.kubernetes.pod.name").to_string(),
-                    uid: label(pod, "io.kubernetes.pod.uid").to_string(),
-                    namespace: label(pod, "io.kubernetes.pod.namespace").to_string(),
-                    attempt: 0,
-                }),
-                labels: pod.labels.clone(),
+                metadata: Some(pod_metadata(pod)),
+                labels: cri_labels(pod),
                 annotations: annotations(pod),
             }),
             linux: Some(cri::LinuxPodSandboxStats {
@@ -514,8 +560,8 @@ impl Cri {
         for pod in &pods {
             let stats = self.pod_stats(pod, &containers).await?;
             let linux = stats.linux.unwrap_or_default();
-            let pod_name = label(pod, "io.kubernetes.pod.name");
-            let pod_ns = label(pod, "io.kubernetes.pod.namespace");
+            let meta = pod_metadata(pod);
+            let (pod_name, pod_ns) = (meta.name.as_str(), meta.namespace.as_str());
             let metric = |name: &str, ts: i64, labels: &[String], v: u64| cri::Metric {
                 name: name.to_string(),
                 timestamp: ts,
