@@ -12,15 +12,10 @@ use crate::api::services::containers::v1::{
     Container, CreateContainerRequest, DeleteContainerRequest,
 };
 use crate::api::services::content::v1::content_client::ContentClient;
-use crate::api::services::content::v1::{InfoRequest, WriteAction, WriteContentRequest};
-use crate::api::services::diff::v1::diff_client::DiffClient;
-use crate::api::services::diff::v1::DiffRequest;
-use crate::api::services::images::v1::images_client::ImagesClient;
-use crate::api::services::images::v1::{CreateImageRequest, Image, UpdateImageRequest};
+use crate::api::services::content::v1::InfoRequest;
 use crate::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use crate::api::services::snapshots::v1::{
-    CommitSnapshotRequest, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
-    ViewSnapshotRequest,
+    CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, ViewSnapshotRequest,
 };
 use crate::api::types::{Descriptor, Mount};
 use crate::containers::{DEFAULT_RUNTIME, DEFAULT_SNAPSHOTTER, SPEC_TYPE_URL};
@@ -35,7 +30,6 @@ use berth_build::dockerfile::{
 };
 use berth_build::dockerignore::DockerIgnore;
 use berth_build::image::{manifest, Blob, ImageDocument};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -44,12 +38,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
-const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+use crate::layers::GZIP_LAYER;
 const ZSTD_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 const PLAIN_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-const UNCOMPRESSED: &str = "containerd.io/uncompressed";
 /// Marks the build's own containers, so an interrupted build's leftovers can be told apart.
 pub const BUILD_LABEL: &str = "io.berth.build";
 
@@ -171,16 +164,6 @@ pub async fn prune(client: &Client) -> Result<()> {
 
 fn build_err(e: berth_build::Error) -> Error {
     Error::invalid(e.to_string())
-}
-
-fn next_chain(parent: Option<&str>, diff_id: &str) -> String {
-    match parent {
-        None => diff_id.to_string(),
-        Some(p) => format!(
-            "sha256:{}",
-            hex::encode(Sha256::digest(format!("{p} {diff_id}").as_bytes()))
-        ),
-    }
 }
 
 /// Runs a Dockerfile build against berthd; progress lines go to `progress`, RUN output to
@@ -626,67 +609,17 @@ impl Run<'_> {
     /// Diff.Diff of the active snapshot `key` against its parent, then the commit under the
     /// new chain ID (an existing one, from an earlier build of the same layer, is kept).
     async fn layer(&self, parent: Option<&str>, key: &str) -> Result<(Blob, String, String)> {
-        let lower = match parent {
-            Some(p) => {
-                let view_key = format!("berth-build-view-{}", crate::names::new_id());
-                let req = ViewSnapshotRequest {
-                    snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
-                    key: view_key.clone(),
-                    parent: p.to_string(),
-                    labels: HashMap::new(),
-                };
-                let mounts = self
-                    .snapshots()
-                    .view(self.lease.request(req))
-                    .await?
-                    .into_inner()
-                    .mounts;
-                Some((view_key, mounts))
-            }
-            None => None,
-        };
-        let upper = self
-            .snapshots()
-            .mounts(self.client.request(MountsRequest {
-                snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
-                key: key.to_string(),
-            }))
-            .await?
-            .into_inner()
-            .mounts;
-        let req = DiffRequest {
-            left: lower.as_ref().map(|(_, m)| m.clone()).unwrap_or_default(),
-            right: upper,
-            media_type: self.compression.media_type().to_string(),
-            r#ref: String::new(),
-            labels: HashMap::new(),
-            source_date_epoch: None,
-        };
-        let diffed = DiffClient::new(self.client.channel().clone())
-            .diff(self.lease.request(req))
-            .await;
-        if let Some((view_key, _)) = &lower {
-            self.remove_snapshot(view_key).await;
-        }
-        let desc = diffed?
-            .into_inner()
-            .diff
-            .ok_or_else(|| Error::local(Code::Internal, "Diff answered no descriptor"))?;
-        let info = ContentClient::new(self.client.channel().clone())
-            .info(self.client.request(InfoRequest {
-                digest: desc.digest.clone(),
-            }))
-            .await?
-            .into_inner()
-            .info
-            .ok_or_else(|| Error::local(Code::Internal, "Content.Info answered nothing"))?;
-        let diff_id = info.labels.get(UNCOMPRESSED).cloned().ok_or_else(|| {
-            Error::local(
-                Code::Internal,
-                format!("layer {} has no diff ID label", desc.digest),
-            )
-        })?;
-        let chain = next_chain(parent, &diff_id);
+        let (blob, diff_id) = crate::layers::diff_snapshot(
+            self.client,
+            self.lease.id(),
+            DEFAULT_SNAPSHOTTER,
+            key,
+            parent,
+            self.compression.media_type(),
+            "berth-build-view-",
+        )
+        .await?;
+        let chain = crate::images::next_chain_id(parent, &diff_id);
         let commit = CommitSnapshotRequest {
             snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
             name: chain.clone(),
@@ -700,15 +633,7 @@ impl Run<'_> {
             Err(e) => return Err(e.into()),
         }
         self.layers_written.fetch_add(1, Ordering::Relaxed);
-        Ok((
-            Blob {
-                media_type: desc.media_type,
-                digest: desc.digest,
-                size: desc.size,
-            },
-            diff_id,
-            chain,
-        ))
+        Ok((blob, diff_id, chain))
     }
 
     async fn run_step(
@@ -1063,47 +988,16 @@ impl Run<'_> {
         labels: HashMap<String, String>,
         lease: Option<&str>,
     ) -> Result<Blob> {
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        let size = bytes.len() as i64;
-        let req = WriteContentRequest {
-            action: WriteAction::Commit as i32,
-            r#ref: format!("berth-build-{digest}"),
-            total: size,
-            expected: digest.clone(),
-            offset: 0,
-            data: bytes,
+        let lease = lease.unwrap_or(self.lease.id());
+        crate::layers::write_blob(
+            self.client,
+            lease,
+            "berth-build-",
+            media_type,
+            bytes,
             labels,
-        };
-        let stream = tokio_stream::iter(vec![req]);
-        let request = match lease {
-            Some(l) => crate::with_lease(self.client.namespace(), l, stream),
-            None => self.lease.request(stream),
-        };
-        match ContentClient::new(self.client.channel().clone())
-            .write(request)
-            .await
-        {
-            Ok(resp) => {
-                let mut resp = resp.into_inner();
-                loop {
-                    match resp.message().await {
-                        Ok(Some(_)) => {}
-                        Ok(None) => break,
-                        // The same bytes are already stored (a record or config written
-                        // before): nothing to add.
-                        Err(e) if e.code() == Code::AlreadyExists => break,
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
-            Err(e) if e.code() == Code::AlreadyExists => {}
-            Err(e) => return Err(e.into()),
-        }
-        Ok(Blob {
-            media_type: media_type.to_string(),
-            digest,
-            size,
-        })
+        )
+        .await
     }
 
     async fn write_image(
@@ -1143,34 +1037,18 @@ impl Run<'_> {
             .write_blob(MANIFEST_TYPE, manifest_bytes, manifest_labels)
             .await?;
         let mut names = Vec::new();
-        let mut images = ImagesClient::new(self.client.channel().clone());
+        let target = Descriptor {
+            media_type: MANIFEST_TYPE.to_string(),
+            digest: manifest_blob.digest.clone(),
+            size: manifest_blob.size,
+            annotations: HashMap::new(),
+        };
         for tag in &opts.tags {
             let name = crate::images::normalize(tag);
-            let image = Image {
-                name: name.clone(),
-                target: Some(Descriptor {
-                    media_type: MANIFEST_TYPE.to_string(),
-                    digest: manifest_blob.digest.clone(),
-                    size: manifest_blob.size,
-                    annotations: HashMap::new(),
-                }),
-                ..Default::default()
-            };
-            let req = CreateImageRequest {
-                image: Some(image.clone()),
-                source_date_epoch: None,
-            };
-            match images.create(self.client.request(req)).await {
-                Ok(_) => {}
-                Err(e) if e.code() == Code::AlreadyExists => {
-                    let update = UpdateImageRequest {
-                        image: Some(image),
-                        ..Default::default()
-                    };
-                    images.update(self.client.request(update)).await?;
-                }
-                Err(e) => return Err(e.into()),
-            }
+            self.client
+                .images()
+                .put(&name, &target, &HashMap::new())
+                .await?;
             say(progress, format_args!("naming to {name}"));
             names.push(name);
         }

@@ -5,32 +5,25 @@
 //! and the `-c` changes, and the manifest over it is named. Everything is written under one
 //! lease until the image record holds it.
 
-use crate::api::services::content::v1::content_client::ContentClient;
-use crate::api::services::content::v1::{InfoRequest, WriteAction, WriteContentRequest};
 use crate::api::services::diff::v1::diff_client::DiffClient;
-use crate::api::services::diff::v1::{ApplyRequest, DiffRequest};
-use crate::api::services::images::v1::images_client::ImagesClient;
-use crate::api::services::images::v1::{CreateImageRequest, Image, UpdateImageRequest};
+use crate::api::services::diff::v1::ApplyRequest;
 use crate::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use crate::api::services::snapshots::v1::{
-    CommitSnapshotRequest, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
-    ViewSnapshotRequest,
+    CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
 };
 use crate::api::types::Descriptor;
 use crate::containers::ContainerInfo;
+use crate::layers::GZIP_LAYER;
 use crate::leases::LeaseGuard;
 use crate::lifecycle::ContainerStatus;
 use crate::{Client, Error, Result};
 use berth_build::dockerfile::ImageConfig;
 use berth_build::image::{manifest, Blob, HistoryEntry, ImageDocument};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use tonic::Code;
 
-const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-const UNCOMPRESSED: &str = "containerd.io/uncompressed";
 
 /// docker's `commit` options.
 #[derive(Debug, Clone, Default)]
@@ -103,21 +96,22 @@ impl Client {
             .await?;
         let result = async {
             let paused = opts.pause && self.pause_if_running(container).await?;
-            let diffed = self
-                .container_layer(&lease, container, &details.chain_id)
-                .await;
+            let parent = (!details.chain_id.is_empty()).then_some(details.chain_id.as_str());
+            let diffed = crate::layers::diff_snapshot(
+                self,
+                lease.id(),
+                &container.snapshotter,
+                &container.snapshot_key,
+                parent,
+                GZIP_LAYER,
+                "berth-commit-view-",
+            )
+            .await;
             if paused {
                 self.tasks().resume(&container.id).await?;
             }
             let (layer, diff_id) = diffed?;
-            let parent = (!details.chain_id.is_empty()).then_some(details.chain_id.as_str());
-            let chain = match parent {
-                None => diff_id.clone(),
-                Some(p) => format!(
-                    "sha256:{}",
-                    hex::encode(Sha256::digest(format!("{p} {diff_id}").as_bytes()))
-                ),
-            };
+            let chain = crate::images::next_chain_id(parent, &diff_id);
             self.unpack_layer(&lease, &container.snapshotter, parent, &layer, &chain)
                 .await?;
             let now = crate::clock::rfc3339(std::time::SystemTime::now());
@@ -200,83 +194,6 @@ impl Client {
         }
     }
 
-    /// The container's changes as a gzip layer, and its diff ID.
-    async fn container_layer(
-        &self,
-        lease: &LeaseGuard,
-        c: &ContainerInfo,
-        parent: &str,
-    ) -> Result<(Blob, String)> {
-        let mut snapshots = SnapshotsClient::new(self.channel.clone());
-        let right = snapshots
-            .mounts(self.request(MountsRequest {
-                snapshotter: c.snapshotter.clone(),
-                key: c.snapshot_key.clone(),
-            }))
-            .await?
-            .into_inner()
-            .mounts;
-        let view_key = format!("berth-commit-view-{}", crate::names::new_id());
-        let left = if parent.is_empty() {
-            Vec::new()
-        } else {
-            snapshots
-                .view(lease.request(ViewSnapshotRequest {
-                    snapshotter: c.snapshotter.clone(),
-                    key: view_key.clone(),
-                    parent: parent.to_string(),
-                    labels: HashMap::new(),
-                }))
-                .await?
-                .into_inner()
-                .mounts
-        };
-        let diffed = DiffClient::new(self.channel.clone())
-            .diff(lease.request(DiffRequest {
-                left,
-                right,
-                media_type: GZIP_LAYER.to_string(),
-                r#ref: String::new(),
-                labels: HashMap::new(),
-                source_date_epoch: None,
-            }))
-            .await;
-        if !parent.is_empty() {
-            let _ = snapshots
-                .remove(self.request(RemoveSnapshotRequest {
-                    snapshotter: c.snapshotter.clone(),
-                    key: view_key,
-                }))
-                .await;
-        }
-        let desc = diffed?
-            .into_inner()
-            .diff
-            .ok_or_else(|| Error::local(Code::Internal, "Diff answered no descriptor"))?;
-        let info = ContentClient::new(self.channel.clone())
-            .info(self.request(InfoRequest {
-                digest: desc.digest.clone(),
-            }))
-            .await?
-            .into_inner()
-            .info
-            .ok_or_else(|| Error::local(Code::Internal, "Content.Info answered nothing"))?;
-        let diff_id = info.labels.get(UNCOMPRESSED).cloned().ok_or_else(|| {
-            Error::local(
-                Code::Internal,
-                format!("layer {} has no diff ID label", desc.digest),
-            )
-        })?;
-        Ok((
-            Blob {
-                media_type: desc.media_type,
-                digest: desc.digest,
-                size: desc.size,
-            },
-            diff_id,
-        ))
-    }
-
     /// The layer applied onto `parent` and committed as `chain` (kept if it exists already).
     async fn unpack_layer(
         &self,
@@ -353,74 +270,20 @@ impl Client {
         bytes: Vec<u8>,
         labels: HashMap<String, String>,
     ) -> Result<Blob> {
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        let size = bytes.len() as i64;
-        let req = WriteContentRequest {
-            action: WriteAction::Commit as i32,
-            r#ref: format!("berth-commit-{digest}"),
-            total: size,
-            expected: digest.clone(),
-            offset: 0,
-            data: bytes,
-            labels,
-        };
-        match ContentClient::new(self.channel.clone())
-            .write(lease.request(tokio_stream::iter(vec![req])))
+        crate::layers::write_blob(self, lease.id(), "berth-commit-", media_type, bytes, labels)
             .await
-        {
-            Ok(resp) => {
-                let mut resp = resp.into_inner();
-                loop {
-                    match resp.message().await {
-                        Ok(Some(_)) => {}
-                        Ok(None) => break,
-                        Err(e) if e.code() == Code::AlreadyExists => break,
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
-            Err(e) if e.code() == Code::AlreadyExists => {}
-            Err(e) => return Err(e.into()),
-        }
-        Ok(Blob {
-            media_type: media_type.to_string(),
-            digest,
-            size,
-        })
     }
 
     /// Point `name` at the manifest (created, or moved from an older image).
     async fn name_image(&self, name: &str, m: &Blob) -> Result<()> {
-        let image = Image {
-            name: name.to_string(),
-            target: Some(Descriptor {
-                media_type: MANIFEST_TYPE.to_string(),
-                digest: m.digest.clone(),
-                size: m.size,
-                annotations: HashMap::new(),
-            }),
-            ..Default::default()
+        let target = Descriptor {
+            media_type: MANIFEST_TYPE.to_string(),
+            digest: m.digest.clone(),
+            size: m.size,
+            annotations: HashMap::new(),
         };
-        let mut images = ImagesClient::new(self.channel.clone());
-        match images
-            .create(self.request(CreateImageRequest {
-                image: Some(image.clone()),
-                source_date_epoch: None,
-            }))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Code::AlreadyExists => {
-                images
-                    .update(self.request(UpdateImageRequest {
-                        image: Some(image),
-                        ..Default::default()
-                    }))
-                    .await?;
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
+        self.images().put(name, &target, &HashMap::new()).await?;
+        Ok(())
     }
 }
 

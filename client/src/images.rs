@@ -87,16 +87,21 @@ pub fn normalize(reference: &str) -> String {
 pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     let mut chain: Vec<String> = Vec::with_capacity(diff_ids.len());
     for d in diff_ids {
-        let next = match chain.last() {
-            None => d.clone(),
-            Some(below) => format!(
-                "sha256:{}",
-                hex::encode(Sha256::digest(format!("{below} {d}")))
-            ),
-        };
+        let next = next_chain_id(chain.last().map(String::as_str), d);
         chain.push(next);
     }
     chain
+}
+
+/// The chain ID of a layer with diff ID `diff_id` on the chain `parent` (none: the first layer).
+pub fn next_chain_id(parent: Option<&str>, diff_id: &str) -> String {
+    match parent {
+        None => diff_id.to_string(),
+        Some(p) => format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(format!("{p} {diff_id}")))
+        ),
+    }
 }
 
 /// The architecture in OCI's vocabulary (GOARCH).

@@ -84,6 +84,7 @@ mod error;
 pub mod events;
 pub mod fscopy;
 pub mod images;
+mod layers;
 pub mod leases;
 pub mod lifecycle;
 pub mod logs;

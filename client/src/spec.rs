@@ -168,8 +168,32 @@ pub const DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// Every capability Linux defines up to 5.9, for `--privileged` and `--cap-add ALL`.
-const ALL_CAPS: &[&str] = &[
+/// containerd's masked paths for an unprivileged container.
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
+];
+
+/// containerd's read-only paths for an unprivileged container.
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Every capability Linux defines up to 5.9 (without `CAP_`), for `--privileged` and
+/// `--cap-add ALL`.
+pub const ALL_CAPS: &[&str] = &[
     "CHOWN",
     "DAC_OVERRIDE",
     "DAC_READ_SEARCH",
@@ -219,8 +243,15 @@ fn parse_cap(name: &str) -> Result<Capability> {
         .map_err(|_| Error::invalid(format!("unknown capability {name:?}")))
 }
 
-fn canonical_cap(name: &str) -> String {
-    format!("CAP_{}", name.to_uppercase().trim_start_matches("CAP_"))
+/// `CAP_<NAME>` for a capability named with or without `CAP_`, in any case; an unknown one is
+/// InvalidArgument.
+pub fn canonical_capability(name: &str) -> Result<String> {
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    if !ALL_CAPS.contains(&bare) {
+        return Err(Error::invalid(format!("unknown capability {name:?}")));
+    }
+    Ok(format!("CAP_{bare}"))
 }
 
 /// The capability set after docker's rules: ALL in add or drop, then adds, then drops.
@@ -235,16 +266,14 @@ pub fn capabilities(privileged: bool, add: &[String], drop: &[String]) -> Result
         if a.eq_ignore_ascii_case("ALL") {
             set.extend(all());
         } else {
-            parse_cap(a)?;
-            set.insert(canonical_cap(a));
+            set.insert(canonical_capability(a)?);
         }
     }
     for d in drop {
         if d.eq_ignore_ascii_case("ALL") {
             set.clear();
         } else {
-            parse_cap(d)?;
-            set.remove(&canonical_cap(d));
+            set.remove(&canonical_capability(d)?);
         }
     }
     Ok(set.into_iter().collect())
@@ -510,33 +539,18 @@ pub fn generate(
     if !config.privileged {
         linux = linux
             .masked_paths(
-                [
-                    "/proc/acpi",
-                    "/proc/asound",
-                    "/proc/kcore",
-                    "/proc/keys",
-                    "/proc/latency_stats",
-                    "/proc/timer_list",
-                    "/proc/timer_stats",
-                    "/proc/sched_debug",
-                    "/sys/firmware",
-                    "/proc/scsi",
+                MASKED_PATHS
+                    .iter()
                     // RAPL power counters, a side channel (GHSA-7ww5-4wqc-m92c).
-                    "/sys/devices/virtual/powercap",
-                ]
-                .map(String::from)
-                .to_vec(),
+                    .chain(&["/sys/devices/virtual/powercap"])
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>(),
             )
             .readonly_paths(
-                [
-                    "/proc/bus",
-                    "/proc/fs",
-                    "/proc/irq",
-                    "/proc/sys",
-                    "/proc/sysrq-trigger",
-                ]
-                .map(String::from)
-                .to_vec(),
+                READONLY_PATHS
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>(),
             );
     }
     SpecBuilder::default()

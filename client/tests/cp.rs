@@ -4,50 +4,19 @@
 //! new `run` sees the change in.
 //! Needs root, berthd and berth-shim built in this target dir.
 
-use berth_testkit::berthd::{process_token, Daemon};
-use berth_testkit::image::busybox_oci_archive_with;
+use berth_testkit::berthd::process_token;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 mod common;
-use common::Cli;
+use common::BusyboxEnv;
 
 const IMAGE: &str = "docker.io/berth/busybox:cp";
 const APPLETS: &[&str] = &[
     "sh", "echo", "true", "cat", "ls", "mkdir", "chown", "ln", "sleep", "stat", "touch",
 ];
 
-struct Env {
-    cli: Cli,
-    dir: tempfile::TempDir,
-}
-
-impl std::ops::Deref for Env {
-    type Target = Cli;
-    fn deref(&self) -> &Cli {
-        &self.cli
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        self.cli.remove_all();
-    }
-}
-
-impl Env {
-    fn start() -> Env {
-        berth_testkit::berthd::require_root();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let archive = busybox_oci_archive_with(dir.path(), IMAGE, APPLETS).expect("busybox image");
-        let env = Env {
-            cli: Cli::new(Daemon::start(), format!("cp-{}", process_token())),
-            dir,
-        };
-        env.ok(&["load", "-q", "-i", &archive.path.to_string_lossy()]);
-        env
-    }
-
+impl BusyboxEnv {
     fn host(&self, p: &str) -> String {
         self.dir.path().join(p).to_string_lossy().into_owned()
     }
@@ -59,7 +28,7 @@ fn read(p: &str) -> String {
 
 #[test]
 fn cp_in_and_out_with_docker_rules_and_no_escape() {
-    let env = Env::start();
+    let env = BusyboxEnv::start("cp", IMAGE, APPLETS);
     env.ok(&["run", "-d", "--name", "c", IMAGE, "sleep", "600"]);
     env.ok(&[
         "exec",
@@ -161,7 +130,7 @@ fn cp_in_and_out_with_docker_rules_and_no_escape() {
 
 #[test]
 fn commit_then_run_sees_the_change() {
-    let env = Env::start();
+    let env = BusyboxEnv::start("cp", IMAGE, APPLETS);
     env.ok(&["run", "-d", "--name", "src", IMAGE, "sleep", "600"]);
     env.ok(&["exec", "src", "sh", "-c", "echo committed > /etc/motd"]);
     let id = env.ok(&[

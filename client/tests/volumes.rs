@@ -4,49 +4,17 @@
 //! volume refused, `rm -v`.
 //! Needs root, berthd and berth-shim built in this target dir.
 
-use berth_testkit::berthd::{process_token, Daemon};
-use berth_testkit::image::busybox_oci_archive_with;
 use std::os::unix::fs::MetadataExt;
 
 mod common;
-use common::Cli;
+use common::BusyboxEnv;
 
 const IMAGE: &str = "docker.io/berth/busybox:vol";
 const APPLETS: &[&str] = &[
     "sh", "echo", "true", "cat", "ls", "mkdir", "chown", "chmod", "stat", "sleep", "rm",
 ];
 
-struct Env {
-    cli: Cli,
-    dir: tempfile::TempDir,
-}
-
-impl std::ops::Deref for Env {
-    type Target = Cli;
-    fn deref(&self) -> &Cli {
-        &self.cli
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        self.cli.remove_all();
-    }
-}
-
-impl Env {
-    fn start() -> Env {
-        berth_testkit::berthd::require_root();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let archive = busybox_oci_archive_with(dir.path(), IMAGE, APPLETS).expect("busybox image");
-        let env = Env {
-            cli: Cli::new(Daemon::start(), format!("vol-{}", process_token())),
-            dir,
-        };
-        env.ok(&["load", "-q", "-i", &archive.path.to_string_lossy()]);
-        env
-    }
-
+impl BusyboxEnv {
     fn volume_names(&self) -> Vec<String> {
         self.ok(&["volume", "ls", "-q"])
             .lines()
@@ -57,7 +25,7 @@ impl Env {
 
 #[test]
 fn named_volume_data_outlives_containers_and_in_use_removal_is_refused() {
-    let env = Env::start();
+    let env = BusyboxEnv::start("vol", IMAGE, APPLETS);
     assert_eq!(
         env.ok(&["volume", "create", "--label", "team=web", "data"]),
         "data\n"
@@ -191,7 +159,7 @@ fn named_volume_data_outlives_containers_and_in_use_removal_is_refused() {
 
 #[test]
 fn anonymous_volumes_go_with_rm_v_and_prune() {
-    let env = Env::start();
+    let env = BusyboxEnv::start("vol", IMAGE, APPLETS);
     env.ok(&["create", "--name", "a1", "-v", "/scratch", IMAGE, "true"]);
     let names = env.volume_names();
     assert_eq!(names.len(), 1, "{names:?}");
@@ -237,7 +205,7 @@ fn anonymous_volumes_go_with_rm_v_and_prune() {
 
 #[test]
 fn an_empty_volume_is_filled_from_the_image() {
-    let env = Env::start();
+    let env = BusyboxEnv::start("vol", IMAGE, APPLETS);
     // An image with a directory of its own owners and modes, built by berth build.
     let ctx = env.dir.path().join("ctx");
     std::fs::create_dir(&ctx).expect("context");
@@ -317,7 +285,7 @@ fn an_empty_volume_is_filled_from_the_image() {
 
 #[test]
 fn rename_and_system_df() {
-    let env = Env::start();
+    let env = BusyboxEnv::start("vol", IMAGE, APPLETS);
     env.ok(&["create", "--name", "first", "-v", "dfvol:/d", IMAGE, "true"]);
     env.ok(&["create", "--name", "other", IMAGE, "true"]);
     env.ok(&["rename", "first", "second"]);

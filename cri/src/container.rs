@@ -3,9 +3,7 @@
 //! `cri-log://` writer and, with `stdin`, a FIFO at `<state>/io/<id>/stdin`.
 
 use crate::spec::{self, Inputs, User};
-use crate::store::{
-    self, Container, ContainerState, KIND_CONTAINER, KIND_LABEL, NAME_LABEL, SANDBOX_ID_LABEL,
-};
+use crate::store::{self, Container, ContainerState, KIND_CONTAINER, SANDBOX_ID_LABEL};
 use crate::Cri;
 use berth::api::v1::types::Status as TaskStatus;
 use berth_api::runtime::v1 as cri;
@@ -198,16 +196,9 @@ impl Cri {
             resources: spec_json["linux"].get("resources").cloned(),
             ..Default::default()
         };
-        let mut labels = HashMap::new();
-        labels.insert(KIND_LABEL.to_string(), KIND_CONTAINER.to_string());
-        labels.insert(NAME_LABEL.to_string(), key);
+        let (mut labels, extensions) =
+            store::new_record_parts(KIND_CONTAINER, key, "ContainerConfig", &config, &state)?;
         labels.insert(SANDBOX_ID_LABEL.to_string(), pod_id.clone());
-        let mut extensions = HashMap::new();
-        extensions.insert(
-            store::CONFIG_EXT.to_string(),
-            store::config_any("ContainerConfig", &config),
-        );
-        extensions.insert(store::STATE_EXT.to_string(), store::state_any(&state)?);
         let created = self
             .client
             .containers()

@@ -3,7 +3,7 @@
 //! the pod's /etc/hosts, /etc/resolv.conf and /etc/hostname in `<state>/pods/<id>/`, and a
 //! container record (see [`crate::store`]) holding the config and that state.
 
-use crate::store::{self, Pod, PodState, KIND_LABEL, KIND_SANDBOX, NAME_LABEL};
+use crate::store::{self, Pod, PodState, KIND_SANDBOX};
 use crate::Cri;
 use berth_api::runtime::v1 as cri;
 use berth_errdefs::{Error, Result};
@@ -82,15 +82,8 @@ impl Cri {
             }
         }
         state.ready = true;
-        let mut labels = HashMap::new();
-        labels.insert(KIND_LABEL.to_string(), KIND_SANDBOX.to_string());
-        labels.insert(NAME_LABEL.to_string(), key);
-        let mut extensions = HashMap::new();
-        extensions.insert(
-            store::CONFIG_EXT.to_string(),
-            store::config_any("PodSandboxConfig", &config),
-        );
-        extensions.insert(store::STATE_EXT.to_string(), store::state_any(&state)?);
+        let (labels, extensions) =
+            store::new_record_parts(KIND_SANDBOX, key, "PodSandboxConfig", &config, &state)?;
         let created = self
             .client
             .containers()

@@ -4,6 +4,7 @@
 //! by `/proc/<holder>/ns/*`), with the pod's /etc/hosts, /etc/resolv.conf and /etc/hostname.
 
 use crate::store::PodState;
+use berth::spec::{canonical_capability, ALL_CAPS, DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS};
 use berth_api::runtime::v1 as cri;
 use berth_errdefs::{Error, Result};
 use oci_spec::image::ImageConfiguration;
@@ -12,89 +13,6 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// containerd's default capability set.
-const DEFAULT_CAPS: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FSETID",
-    "FOWNER",
-    "MKNOD",
-    "NET_RAW",
-    "SETGID",
-    "SETUID",
-    "SETFCAP",
-    "SETPCAP",
-    "NET_BIND_SERVICE",
-    "SYS_CHROOT",
-    "KILL",
-    "AUDIT_WRITE",
-];
-
-const ALL_CAPS: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-];
-
-const MASKED_PATHS: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/sys/firmware",
-    "/proc/scsi",
-];
-
-const READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
 
 /// Syscalls the RuntimeDefault profile refuses (EPERM): what docker's and containerd's default
 /// profiles leave out of their allow lists for an unprivileged container — kernel modules and
@@ -173,22 +91,13 @@ pub struct Inputs<'a> {
     pub target_pid: Option<u32>,
 }
 
-fn canonical_cap(c: &str) -> Result<String> {
-    let upper = c.to_ascii_uppercase();
-    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
-    if !ALL_CAPS.contains(&bare) {
-        return Err(Error::invalid(format!("unknown capability {c:?}")));
-    }
-    Ok(format!("CAP_{bare}"))
-}
-
 /// containerd's order: drop ALL empties the set, add ALL fills it, then the named adds and drops.
 pub fn capabilities(privileged: bool, caps: Option<&cri::Capability>) -> Result<Vec<String>> {
     let all = || ALL_CAPS.iter().map(|c| format!("CAP_{c}"));
     let mut set: BTreeSet<String> = if privileged {
         all().collect()
     } else {
-        DEFAULT_CAPS.iter().map(|c| format!("CAP_{c}")).collect()
+        DEFAULT_CAPS.iter().map(|c| c.to_string()).collect()
     };
     let Some(caps) = caps else {
         return Ok(set.into_iter().collect());
@@ -201,10 +110,10 @@ pub fn capabilities(privileged: bool, caps: Option<&cri::Capability>) -> Result<
         set.extend(all());
     }
     for a in caps.add_capabilities.iter().filter(|c| !is_all(c)) {
-        set.insert(canonical_cap(a)?);
+        set.insert(canonical_capability(a)?);
     }
     for d in caps.drop_capabilities.iter().filter(|c| !is_all(c)) {
-        set.remove(&canonical_cap(d)?);
+        set.remove(&canonical_capability(d)?);
     }
     Ok(set.into_iter().collect())
 }
@@ -470,7 +379,7 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
         .iter()
         .flat_map(|c| c.add_ambient_capabilities.iter())
     {
-        let c = canonical_cap(amb)?;
+        let c = canonical_capability(amb)?;
         for set in ["ambient", "inheritable"] {
             let list = process["capabilities"][set]
                 .as_array_mut()

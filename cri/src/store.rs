@@ -100,6 +100,26 @@ pub fn nanos(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
+/// The labels and extensions of a new pod or container record: its kind, its CRI name key,
+/// its CRI config (of protobuf type `config_type`) and its state.
+pub fn new_record_parts<M: Message, S: Serialize>(
+    kind: &str,
+    name_key: String,
+    config_type: &str,
+    config: &M,
+    state: &S,
+) -> Result<(HashMap<String, String>, HashMap<String, prost_types::Any>)> {
+    let labels = HashMap::from([
+        (KIND_LABEL.to_string(), kind.to_string()),
+        (NAME_LABEL.to_string(), name_key),
+    ]);
+    let extensions = HashMap::from([
+        (CONFIG_EXT.to_string(), config_any(config_type, config)),
+        (STATE_EXT.to_string(), state_any(state)?),
+    ]);
+    Ok((labels, extensions))
+}
+
 pub fn config_any<M: Message>(type_name: &str, m: &M) -> prost_types::Any {
     prost_types::Any {
         type_url: format!("type.googleapis.com/runtime.v1.{type_name}"),

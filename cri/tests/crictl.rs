@@ -5,38 +5,11 @@
 
 use berth_testkit::berthd::{tail, Daemon};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn crictl_binary() -> PathBuf {
-    let dir = std::env::var_os("BERTH_TEST_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/local/lib/berth-test/bin"));
-    let path = dir.join("crictl");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/deps-cri-tools.sh",
-        path.display()
-    );
-    path
-}
-
 fn crictl(socket: &Path, args: &[&str]) -> std::process::Output {
-    let endpoint = format!("unix://{}", socket.display());
-    Command::new(crictl_binary())
-        .args([
-            "--runtime-endpoint",
-            &endpoint,
-            "--image-endpoint",
-            &endpoint,
-        ])
-        .args(["--timeout", "20s"])
-        // No /etc/crictl.yaml of the host's may point elsewhere.
-        .args(["--config", "/dev/null"])
-        .args(args)
-        .output()
-        .expect("run crictl")
+    berth_testkit::crictl::run(socket, "20s", args)
 }
 
 fn crictl_ok(daemon: &Daemon, args: &[&str]) -> String {

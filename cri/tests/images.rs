@@ -74,19 +74,6 @@ fn fixtures() -> &'static Fixtures {
     })
 }
 
-fn crictl_binary() -> PathBuf {
-    let dir = std::env::var_os("BERTH_TEST_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/local/lib/berth-test/bin"));
-    let path = dir.join("crictl");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/deps-cri-tools.sh",
-        path.display()
-    );
-    path
-}
-
 /// A berthd whose CRI takes its mirrors from its own certs.d, sending critest's three
 /// registries to the fixture registry.
 struct Cri {
@@ -137,18 +124,7 @@ impl Cri {
     }
 
     fn crictl(&self, args: &[&str]) -> std::process::Output {
-        let endpoint = format!("unix://{}", self.socket().display());
-        Command::new(crictl_binary())
-            .args([
-                "--runtime-endpoint",
-                &endpoint,
-                "--image-endpoint",
-                &endpoint,
-            ])
-            .args(["--timeout", "60s", "--config", "/dev/null"])
-            .args(args)
-            .output()
-            .expect("run crictl")
+        berth_testkit::crictl::run(&self.socket(), "60s", args)
     }
 
     fn ok(&self, args: &[&str]) -> String {

@@ -24,19 +24,6 @@ const APPLETS: &[&str] = &[
     "sh", "echo", "true", "cat", "sleep", "hostname", "id", "ip", "head", "yes", "ls",
 ];
 
-fn crictl_binary() -> PathBuf {
-    let dir = std::env::var_os("BERTH_TEST_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/local/lib/berth-test/bin"));
-    let path = dir.join("crictl");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/deps-cri-tools.sh",
-        path.display()
-    );
-    path
-}
-
 /// A berthd with its CRI, a CNI conflist of its own and the busybox fixture in k8s.io; every
 /// pod is removed through the CRI when dropped (containers, network, holders).
 struct Env {
@@ -88,18 +75,7 @@ impl Env {
     }
 
     fn crictl(&self, args: &[&str]) -> Output {
-        let endpoint = format!("unix://{}", self.daemon.cri_socket().display());
-        Command::new(crictl_binary())
-            .args([
-                "--runtime-endpoint",
-                &endpoint,
-                "--image-endpoint",
-                &endpoint,
-            ])
-            .args(["--timeout", "60s", "--config", "/dev/null"])
-            .args(args)
-            .output()
-            .expect("run crictl")
+        berth_testkit::crictl::run(&self.daemon.cri_socket(), "60s", args)
     }
 
     fn ok(&self, args: &[&str]) -> String {

@@ -8,6 +8,7 @@
 
 pub mod berthd;
 pub mod cri_images;
+pub mod crictl;
 pub mod image;
 pub mod skip;
 

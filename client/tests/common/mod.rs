@@ -109,3 +109,40 @@ impl Cli {
         }
     }
 }
+
+/// A [`Cli`] in a namespace of its own (`<prefix>-<token>`) with a busybox image of `applets`
+/// loaded as `image`, and a temp dir for the test's files; every container goes on drop.
+pub struct BusyboxEnv {
+    pub cli: Cli,
+    pub dir: tempfile::TempDir,
+}
+
+impl BusyboxEnv {
+    pub fn start(prefix: &str, image: &str, applets: &[&str]) -> BusyboxEnv {
+        berth_testkit::berthd::require_root();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let archive = berth_testkit::image::busybox_oci_archive_with(dir.path(), image, applets)
+            .expect("busybox image");
+        let ns = format!("{prefix}-{}", berth_testkit::berthd::process_token());
+        let env = BusyboxEnv {
+            cli: Cli::new(Daemon::start(), ns),
+            dir,
+        };
+        env.cli
+            .ok(&["load", "-q", "-i", &archive.path.to_string_lossy()]);
+        env
+    }
+}
+
+impl std::ops::Deref for BusyboxEnv {
+    type Target = Cli;
+    fn deref(&self) -> &Cli {
+        &self.cli
+    }
+}
+
+impl Drop for BusyboxEnv {
+    fn drop(&mut self) {
+        self.cli.remove_all();
+    }
+}

@@ -226,6 +226,9 @@ impl Collector {
                 (name.clone(), dead)
             })
             .collect();
+        if candidates.iter().all(|(_, dead)| dead.is_empty()) {
+            return Ok(0);
+        }
         // A snapshot leased since marking (an unpack keeping a chain it found) is spared: the
         // leases are read again under the sweep lock, which such an unpack holds shared from
         // before its lease until its look.
