@@ -195,7 +195,7 @@ impl Client {
     }
 
     /// The layer applied onto `parent` and committed as `chain` (kept if it exists already).
-    async fn unpack_layer(
+    pub(crate) async fn unpack_layer(
         &self,
         lease: &LeaseGuard,
         snapshotter: &str,
@@ -275,7 +275,7 @@ impl Client {
     }
 
     /// Point `name` at the manifest (created, or moved from an older image).
-    async fn name_image(&self, name: &str, m: &Blob) -> Result<()> {
+    pub(crate) async fn name_image(&self, name: &str, m: &Blob) -> Result<()> {
         let target = Descriptor {
             media_type: MANIFEST_TYPE.to_string(),
             digest: m.digest.clone(),
@@ -314,7 +314,7 @@ fn pairs(rest: &str, what: &str) -> Result<Vec<(String, String)>> {
 }
 
 /// One `-c` instruction applied to `config`.
-fn apply_change(config: &mut ImageConfig, change: &str) -> Result<()> {
+pub(crate) fn apply_change(config: &mut ImageConfig, change: &str) -> Result<()> {
     let change = change.trim();
     let (word, rest) = change
         .split_once(char::is_whitespace)

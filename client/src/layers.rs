@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use tonic::Code;
 
+/// The most bytes one Content.Write message carries.
+const WRITE_CHUNK: usize = 4 << 20;
 pub(crate) const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// The label Diff puts on a layer it writes: the layer's diff ID.
 const UNCOMPRESSED: &str = "containerd.io/uncompressed";
@@ -117,16 +119,37 @@ pub(crate) async fn write_blob(
 ) -> Result<Blob> {
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
     let size = bytes.len() as i64;
-    let req = WriteContentRequest {
+    // One message while it fits well within the 16 MiB message limit; a larger blob (an
+    // imported tarball) goes as writes at increasing offsets, the last one committing.
+    let r#ref = format!("{ref_prefix}{digest}");
+    let mut reqs = Vec::new();
+    let mut offset = 0usize;
+    let mut rest = bytes;
+    while rest.len() > WRITE_CHUNK {
+        let tail = rest.split_off(WRITE_CHUNK);
+        let chunk = std::mem::replace(&mut rest, tail);
+        let len = chunk.len();
+        reqs.push(WriteContentRequest {
+            action: WriteAction::Write as i32,
+            r#ref: r#ref.clone(),
+            total: size,
+            expected: String::new(),
+            offset: offset as i64,
+            data: chunk,
+            labels: HashMap::new(),
+        });
+        offset += len;
+    }
+    reqs.push(WriteContentRequest {
         action: WriteAction::Commit as i32,
-        r#ref: format!("{ref_prefix}{digest}"),
+        r#ref,
         total: size,
         expected: digest.clone(),
-        offset: 0,
-        data: bytes,
+        offset: offset as i64,
+        data: rest,
         labels,
-    };
-    let request = with_lease(client.namespace(), lease, tokio_stream::iter(vec![req]));
+    });
+    let request = with_lease(client.namespace(), lease, tokio_stream::iter(reqs));
     match ContentClient::new(client.channel().clone())
         .write(request)
         .await

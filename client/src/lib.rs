@@ -73,6 +73,7 @@
 //!
 #![doc = concat!("```no_run\n", include_str!("../examples/run_container.rs"), "\n```")]
 
+pub mod attach;
 pub mod build;
 pub mod changes;
 mod client;
@@ -84,6 +85,7 @@ mod error;
 pub mod events;
 pub mod fscopy;
 pub mod images;
+pub mod import;
 mod layers;
 pub mod leases;
 pub mod lifecycle;
@@ -91,10 +93,13 @@ pub mod logs;
 pub mod mounts;
 pub mod names;
 pub mod networks;
+pub mod prune;
 pub mod spec;
+pub mod stats;
 pub mod stdio;
 pub mod tasks;
 pub mod transfer;
+pub mod update;
 pub mod usage;
 pub mod user;
 pub mod volumes;

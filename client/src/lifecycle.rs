@@ -32,6 +32,12 @@ pub enum ContainerStatus {
         code: u32,
         at: Option<SystemTime>,
     },
+    /// Exited, and berthd's restart monitor will start it again at its next round (docker's
+    /// restart back-off): `code` and `at` are the last exit's.
+    Restarting {
+        code: u32,
+        at: Option<SystemTime>,
+    },
     Unknown,
 }
 
@@ -43,6 +49,7 @@ impl ContainerStatus {
             ContainerStatus::Running { .. } => "running",
             ContainerStatus::Paused { .. } => "paused",
             ContainerStatus::Exited { .. } => "exited",
+            ContainerStatus::Restarting { .. } => "restarting",
             ContainerStatus::Unknown => "unknown",
         }
     }
@@ -73,6 +80,10 @@ impl ContainerStatus {
             ContainerStatus::Exited { code, at } => match since(at) {
                 Some(d) => format!("Exited ({code}) {d} ago"),
                 None => format!("Exited ({code})"),
+            },
+            ContainerStatus::Restarting { code, at } => match since(at) {
+                Some(d) => format!("Restarting ({code}) {d} ago"),
+                None => format!("Restarting ({code})"),
             },
             ContainerStatus::Unknown => "Unknown".to_string(),
         }
@@ -203,10 +214,63 @@ fn close_stdin_when_done(
     }
 }
 
+/// Whether berthd's restart monitor will start a container with these labels again after an
+/// exit with `code`: it watches the container (status label `running`) and the policy says so
+/// (the monitor's own rules: `always`, `on-failure[:N]` after a non-zero exit while the count
+/// is below N, `unless-stopped` unless explicitly stopped).
+pub fn will_restart(labels: &std::collections::HashMap<String, String>, code: u32) -> bool {
+    use crate::logs::{RESTART_POLICY_LABEL, RESTART_STATUS_LABEL};
+    if labels.get(RESTART_STATUS_LABEL).map(String::as_str) != Some("running") {
+        return false;
+    }
+    let Some(policy) = labels.get(RESTART_POLICY_LABEL) else {
+        return true;
+    };
+    let (name, max) = policy.split_once(':').unwrap_or((policy, ""));
+    match name {
+        "" | "always" => true,
+        "on-failure" => {
+            let max: u64 = max.parse().unwrap_or(0);
+            let count: u64 = labels
+                .get(crate::logs::RESTART_COUNT_LABEL)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            code != 0 && (max == 0 || count < max)
+        }
+        "unless-stopped" => !labels
+            .get(crate::logs::RESTART_EXPLICITLY_STOPPED_LABEL)
+            .is_some_and(|v| matches!(v.as_str(), "true" | "1" | "TRUE" | "True" | "t" | "T")),
+        _ => false,
+    }
+}
+
+/// The status of `container` with this task, as `ps` shows it: an exit the restart monitor
+/// will undo reads `restarting`.
+pub fn status_of_container(
+    container: &ContainerInfo,
+    task: Option<&crate::tasks::ProcessState>,
+) -> ContainerStatus {
+    let status = match task {
+        None => ContainerStatus::Created,
+        Some(t) => status_of_task(t),
+    };
+    match status {
+        ContainerStatus::Exited { code, at } if will_restart(&container.labels, code) => {
+            ContainerStatus::Restarting { code, at }
+        }
+        // The monitor deletes the old task before it makes the new one.
+        ContainerStatus::Created if task.is_none() && will_restart(&container.labels, 0) => {
+            ContainerStatus::Restarting { code: 0, at: None }
+        }
+        other => other,
+    }
+}
+
 impl Client {
     /// The container's status as `ps` shows it.
     pub async fn status(&self, container: &ContainerInfo) -> Result<ContainerStatus> {
-        Ok(status_of(self.tasks().get(&container.id).await?))
+        let task = self.tasks().get(&container.id).await?;
+        Ok(status_of_container(container, task.as_ref()))
     }
 
     /// Start the container's task with the caller's stdio attached as `stdio` says (None:
@@ -270,6 +334,10 @@ impl Client {
             if fifos.is_none() {
                 io.stdout = uri.clone();
                 io.stderr = uri;
+                // A container made with -i keeps a stdin `berth attach` can write into.
+                if let Some(stdin) = crate::attach::prepare_stdin(container)? {
+                    io.stdin = stdin.to_string_lossy().into_owned();
+                }
             } else {
                 for s in [&mut io.stdout, &mut io.stderr] {
                     if !s.is_empty() {
@@ -406,18 +474,21 @@ impl Client {
     pub async fn remove_container(&self, container: &ContainerInfo, force: bool) -> Result<()> {
         let tasks = self.tasks();
         if let Some(task) = tasks.get(&container.id).await? {
-            if task.status != Status::Stopped && task.status != Status::Created {
-                if !force {
-                    return Err(Error::local(
-                        Code::FailedPrecondition,
-                        format!(
-                            "cannot remove container {}: it is {}; stop it first (berth stop {}) or force removal (berth rm -f)",
-                            container.name,
-                            status_of(Some(task)).state(),
-                            container.name
-                        ),
-                    ));
-                }
+            let active = task.status != Status::Stopped && task.status != Status::Created;
+            if active && !force {
+                return Err(Error::local(
+                    Code::FailedPrecondition,
+                    format!(
+                        "cannot remove container {}: it is {}; stop it first (berth stop {}) or force removal (berth rm -f)",
+                        container.name,
+                        status_of(Some(task)).state(),
+                        container.name
+                    ),
+                ));
+            }
+            // The restart monitor must not bring back what is being removed.
+            self.set_restart_status(container, None).await?;
+            if active {
                 let waiter = {
                     let tasks = self.tasks();
                     let id = container.id.clone();

@@ -22,6 +22,10 @@ pub const MAX_FILE_LABEL: &str = "io.berth.log.max-file";
 pub const RESTART_STATUS_LABEL: &str = "containerd.io/restart.status";
 pub const RESTART_POLICY_LABEL: &str = "containerd.io/restart.policy";
 pub const RESTART_LOG_URI_LABEL: &str = "containerd.io/restart.loguri";
+/// How often the monitor restarted the container (it raises it).
+pub const RESTART_COUNT_LABEL: &str = "containerd.io/restart.count";
+/// nerdctl's mark of a container stopped by hand (`unless-stopped` then leaves it).
+pub const RESTART_EXPLICITLY_STOPPED_LABEL: &str = "containerd.io/restart.explicitly-stopped";
 
 /// `--restart POLICY` as the monitor's labels (none for `no`).
 pub fn restart_labels(policy: &str) -> Result<Vec<(String, String)>, String> {
@@ -302,5 +306,97 @@ mod tests {
             "2024-01-02T03:04:05.000000000Z"
         );
         assert!(parse_time("yesterday", now).is_none());
+    }
+}
+
+/// Follows a log as records come, handing each line to `on_line`: from the open file (at its
+/// position) to its end, and when PATH is another file (rotated), the rest of the old one and
+/// then the new one from its start. Returns once the container no longer runs and its last
+/// output was read, or when `stop` fires (attach's detach keys).
+pub async fn follow(
+    client: &crate::Client,
+    c: &crate::containers::ContainerInfo,
+    path: &Path,
+    position: Option<(std::fs::Metadata, std::fs::File)>,
+    on_line: &mut (dyn FnMut(&LogLine) -> io::Result<()> + Send),
+    mut stop: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> crate::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::MetadataExt;
+    let io_err = |e: io::Error| crate::Error::io(format!("follow {}", path.display()), e);
+    let mut parser = Parser::default();
+    let mut partial: Vec<u8> = Vec::new();
+    let mut current = position.map(|(m, mut f)| {
+        let _ = f.seek(SeekFrom::Start(m.len()));
+        (m.ino(), f)
+    });
+    let (mut checks, mut stopped) = (0u32, false);
+    loop {
+        if stop.as_mut().is_some_and(|rx| rx.try_recv().is_ok()) {
+            return Ok(());
+        }
+        let mut got = false;
+        if let Some((_, f)) = current.as_mut() {
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf).map_err(io_err)?;
+            got = !buf.is_empty();
+            partial.extend_from_slice(&buf);
+        }
+        let complete = partial
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        for rec in partial[..complete]
+            .split(|b| *b == b'\n')
+            .filter(|r| !r.is_empty())
+        {
+            if let Some(l) = parser.record(rec) {
+                on_line(&l).map_err(io_err)?;
+            }
+        }
+        partial.drain(..complete);
+        // Rotated (or created): finish the old file, whose records the top of the loop then
+        // hands on (the shim never splits a record across files), and go on in the new one.
+        let ino = std::fs::metadata(path).map(|m| m.ino()).ok();
+        if ino.is_some() && ino != current.as_ref().map(|(i, _)| *i) {
+            if let Some((_, f)) = current.as_mut() {
+                f.read_to_end(&mut partial).map_err(io_err)?;
+            }
+            current = std::fs::File::open(path)
+                .ok()
+                .and_then(|f| Some((f.metadata().ok()?.ino(), f)));
+            continue;
+        }
+        if !got {
+            if stopped {
+                for l in parser.finish() {
+                    on_line(&l).map_err(io_err)?;
+                }
+                return Ok(());
+            }
+            checks += 1;
+            // Every second: once the container no longer runs, one more pass reads what its
+            // shim wrote last, then done.
+            if checks % 5 == 0 && !client.status(c).await?.is_running() {
+                stopped = true;
+            }
+            let pause = tokio::time::sleep(std::time::Duration::from_millis(200));
+            let told = match stop.as_mut() {
+                Some(rx) => tokio::select! {
+                    _ = pause => None,
+                    r = rx => Some(r.is_ok()),
+                },
+                None => {
+                    pause.await;
+                    None
+                }
+            };
+            match told {
+                Some(true) => return Ok(()),
+                // The sender went away without a word: nothing will tell us to stop.
+                Some(false) => stop = None,
+                None => {}
+            }
+        }
     }
 }

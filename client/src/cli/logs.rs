@@ -2,14 +2,13 @@
 //! asked only where they are and, with `-f`, whether the container still runs.
 
 use super::CliResult;
-use crate::logs::{self, LogLine, Parser, Stream};
+use crate::logs::{self, LogLine, Stream};
 use crate::Client;
 use clap::Args;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
+use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 #[derive(Args, Debug)]
 pub struct LogsArgs {
@@ -93,77 +92,12 @@ pub async fn logs(client: &Client, a: LogsArgs) -> CliResult {
     if !a.follow {
         return Ok(0);
     }
-    follow(client, &c, &path, position, a.timestamps, &in_range).await
-}
-
-/// Reads new records as they come: from the open file to its end, and when PATH is another
-/// file (rotated), the rest of the old one and then the new one from its start.
-async fn follow(
-    client: &Client,
-    c: &crate::containers::ContainerInfo,
-    path: &Path,
-    position: Option<(std::fs::Metadata, File)>,
-    timestamps: bool,
-    in_range: &dyn Fn(&LogLine) -> bool,
-) -> CliResult {
-    let mut parser = Parser::default();
-    let mut partial: Vec<u8> = Vec::new();
-    let mut current = position.map(|(m, mut f)| {
-        let _ = f.seek(SeekFrom::Start(m.len()));
-        (m.ino(), f)
-    });
-    let (mut checks, mut stopped) = (0u32, false);
-    loop {
-        let mut got = false;
-        if let Some((_, f)) = current.as_mut() {
-            let mut buf = Vec::new();
-            f.read_to_end(&mut buf).map_err(|e| e.to_string())?;
-            got = !buf.is_empty();
-            partial.extend_from_slice(&buf);
+    let mut printer = |l: &LogLine| {
+        if in_range(l) {
+            print(l, a.timestamps)?;
         }
-        let complete = partial
-            .iter()
-            .rposition(|b| *b == b'\n')
-            .map_or(0, |i| i + 1);
-        for rec in partial[..complete]
-            .split(|b| *b == b'\n')
-            .filter(|r| !r.is_empty())
-        {
-            if let Some(l) = parser.record(rec) {
-                if in_range(&l) {
-                    print(&l, timestamps).map_err(|e| e.to_string())?;
-                }
-            }
-        }
-        partial.drain(..complete);
-        // Rotated (or created): finish the old file, whose records the top of the loop then
-        // prints (the shim never splits a record across files), and go on in the new one.
-        let ino = std::fs::metadata(path).map(|m| m.ino()).ok();
-        if ino.is_some() && ino != current.as_ref().map(|(i, _)| *i) {
-            if let Some((_, f)) = current.as_mut() {
-                f.read_to_end(&mut partial).map_err(|e| e.to_string())?;
-            }
-            current = File::open(path)
-                .ok()
-                .and_then(|f| Some((f.metadata().ok()?.ino(), f)));
-            continue;
-        }
-        if !got {
-            if stopped {
-                for l in parser.finish() {
-                    if in_range(&l) {
-                        print(&l, timestamps).map_err(|e| e.to_string())?;
-                    }
-                }
-                return Ok(0);
-            }
-            checks += 1;
-            // Every second: once the container no longer runs, one more pass reads what its
-            // shim wrote last, then done.
-            if checks % 5 == 0 && !client.status(c).await?.is_running() {
-                stopped = true;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+        Ok(())
+    };
+    logs::follow(client, &c, &path, position, &mut printer, None).await?;
+    Ok(0)
 }
