@@ -153,6 +153,9 @@ impl ContainerOptions {
         if let Some(p) = &self.restart {
             labels.extend(crate::logs::restart_labels(p)?);
         }
+        if self.interactive {
+            labels.insert(crate::attach::STDIN_LABEL.to_string(), "true".to_string());
+        }
         for o in &self.log_opts {
             let (k, v) = crate::logs::log_opt_label(o)?;
             labels.insert(k, v);
@@ -654,10 +657,7 @@ pub async fn ps(client: &Client, a: PsArgs) -> CliResult {
     let mut rows: Vec<(ContainerInfo, ContainerStatus)> = containers
         .into_iter()
         .map(|c| {
-            let status = match tasks.get(&c.id) {
-                None => ContainerStatus::Created,
-                Some(t) => crate::lifecycle::status_of_task(t),
-            };
+            let status = crate::lifecycle::status_of_container(&c, tasks.get(&c.id));
             (c, status)
         })
         .collect();
@@ -670,7 +670,8 @@ pub async fn ps(client: &Client, a: PsArgs) -> CliResult {
         a.all || a.last.is_some() || a.latest || a.filters.iter().any(|f| f.starts_with("status="));
     let mut kept = Vec::new();
     for (c, s) in rows {
-        if !all && !s.is_running() {
+        // docker lists a restarting container among the running ones.
+        if !all && !s.is_running() && !matches!(s, ContainerStatus::Restarting { .. }) {
             continue;
         }
         let mut ok = true;
@@ -862,7 +863,9 @@ pub async fn inspect_value(client: &Client, c: &ContainerInfo) -> CliResult<Valu
         ContainerStatus::Running { pid, .. } | ContainerStatus::Paused { pid, .. } => {
             (*pid, 0, None)
         }
-        ContainerStatus::Exited { code, at } => (0, *code, *at),
+        ContainerStatus::Exited { code, at } | ContainerStatus::Restarting { code, at } => {
+            (0, *code, *at)
+        }
         _ => (0, 0, None),
     };
     let started = match &status {
@@ -880,6 +883,8 @@ pub async fn inspect_value(client: &Client, c: &ContainerInfo) -> CliResult<Valu
             "Status": status.state(),
             "Running": matches!(status, ContainerStatus::Running { .. }),
             "Paused": matches!(status, ContainerStatus::Paused { .. }),
+            "Restarting": matches!(status, ContainerStatus::Restarting { .. }),
+            "RestartCount": c.labels.get(crate::logs::RESTART_COUNT_LABEL).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0),
             "Pid": pid,
             "ExitCode": exit_code,
             "StartedAt": started.map(crate::events::rfc3339),
@@ -969,4 +974,274 @@ pub async fn rename(client: &Client, a: RenameArgs) -> CliResult {
     let c = client.containers().find(&a.container).await?;
     client.containers().rename(&c, &a.new_name).await?;
     Ok(0)
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Every container, not only running ones (stopped ones show zeros).
+    #[arg(short = 'a', long)]
+    all: bool,
+    /// Print one sample and exit.
+    #[arg(long = "no-stream")]
+    no_stream: bool,
+    /// json, or a template such as '{{.Name}} {{.CPUPerc}} {{.MemUsage}}'.
+    #[arg(long)]
+    format: Option<String>,
+    /// Do not truncate ids.
+    #[arg(long = "no-trunc")]
+    no_trunc: bool,
+    /// The containers (default: every running one).
+    #[arg(value_name = "CONTAINER")]
+    containers: Vec<String>,
+}
+
+/// One `stats` row with docker's field names.
+fn stats_value(
+    c: &ContainerInfo,
+    before: Option<&crate::stats::Sample>,
+    now: Option<&crate::stats::Sample>,
+    no_trunc: bool,
+) -> Value {
+    let size = |b: u64| format::human_size(b.min(i64::MAX as u64) as i64);
+    let (cpu, mem, limit, net, block, pids) = match now {
+        Some(s) => {
+            let cpu = before.map_or(0.0, |b| crate::stats::cpu_percent(b, s));
+            let limit = s.memory_limit.unwrap_or_else(host_memory);
+            (
+                cpu,
+                s.memory_usage,
+                limit,
+                format!("{} / {}", size(s.net_rx), size(s.net_tx)),
+                format!("{} / {}", size(s.block_read), size(s.block_write)),
+                s.pids,
+            )
+        }
+        None => (0.0, 0, 0, "0B / 0B".into(), "0B / 0B".into(), 0),
+    };
+    let mem_perc = if limit > 0 {
+        mem as f64 * 100.0 / limit as f64
+    } else {
+        0.0
+    };
+    json!({
+        "ID": if no_trunc { c.id.clone() } else { crate::names::short_id(&c.id).to_string() },
+        "Container": c.name,
+        "Name": c.name,
+        "CPUPerc": format!("{cpu:.2}%"),
+        "MemUsage": format!("{} / {}", size(mem), size(limit)),
+        "MemPerc": format!("{mem_perc:.2}%"),
+        "NetIO": net,
+        "BlockIO": block,
+        "PIDs": pids.to_string(),
+        "CPUPercent": cpu,
+        "MemoryUsageBytes": mem,
+        "MemoryLimitBytes": limit,
+    })
+}
+
+/// docker shows the host's memory as the limit of an unlimited container.
+fn host_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// docker's `stats`: CPU % over the interval between two samples (a second apart), memory in
+/// use and its limit, network and block I/O, pids; live (redrawn each second) unless
+/// `--no-stream`.
+pub async fn stats(client: &Client, a: StatsArgs) -> CliResult {
+    let named = !a.containers.is_empty();
+    let mut containers = Vec::new();
+    for name in &a.containers {
+        containers.push(client.containers().find(name).await?);
+    }
+    let format = Format::parse(a.format.as_deref());
+    let live = !a.no_stream && std::io::stdout().is_terminal();
+    let mut before: HashMap<String, crate::stats::Sample> = HashMap::new();
+    let first = |ids: &[String]| {
+        let ids = ids.to_vec();
+        async move { client.stats(&ids).await }
+    };
+    loop {
+        if !named {
+            let tasks = client.tasks().list().await?;
+            containers = client
+                .containers()
+                .list(&[])
+                .await?
+                .into_iter()
+                .filter(|c| {
+                    a.all || crate::lifecycle::status_of_container(c, tasks.get(&c.id)).is_running()
+                })
+                .collect();
+            containers.sort_by(|x, y| x.name.cmp(&y.name));
+        }
+        let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
+        if before.is_empty() && !ids.is_empty() {
+            // CPU % needs a first sample to measure from.
+            for s in first(&ids).await? {
+                before.insert(s.container_id.clone(), s);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let now: HashMap<String, crate::stats::Sample> = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            client
+                .stats(&ids)
+                .await?
+                .into_iter()
+                .map(|s| (s.container_id.clone(), s))
+                .collect()
+        };
+        let values: Vec<Value> = containers
+            .iter()
+            .map(|c| stats_value(c, before.get(&c.id), now.get(&c.id), a.no_trunc))
+            .collect();
+        if live {
+            // Clear the screen and home the cursor, as docker redraws.
+            print!("\x1b[2J\x1b[H");
+        }
+        format::print_list(&format, &values, |vs| {
+            let rows: Vec<Vec<String>> = vs
+                .iter()
+                .map(|v| {
+                    [
+                        "ID", "Name", "CPUPerc", "MemUsage", "MemPerc", "NetIO", "BlockIO", "PIDs",
+                    ]
+                    .iter()
+                    .map(|k| v[*k].as_str().unwrap_or("").to_string())
+                    .collect()
+                })
+                .collect();
+            format::print_table(
+                &[
+                    "CONTAINER ID",
+                    "NAME",
+                    "CPU %",
+                    "MEM USAGE / LIMIT",
+                    "MEM %",
+                    "NET I/O",
+                    "BLOCK I/O",
+                    "PIDS",
+                ],
+                &rows,
+            );
+        })?;
+        if a.no_stream {
+            return Ok(0);
+        }
+        before = now;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// Do not attach stdin.
+    #[arg(long = "no-stdin")]
+    no_stdin: bool,
+    /// Keys that detach and leave the container running (docker's form: ctrl-p,ctrl-q).
+    #[arg(long = "detach-keys", value_name = "KEYS")]
+    detach_keys: Option<String>,
+    /// Send the signals berth receives (INT, TERM, HUP) to the container.
+    #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    sig_proxy: bool,
+    #[arg(value_name = "CONTAINER")]
+    container: String,
+}
+
+/// docker's `attach`: output from now on, input into the container's stdin (`-i` containers),
+/// signals proxied; the container's exit code, or 0 when detached with the keys.
+pub async fn attach(client: &Client, a: AttachArgs) -> CliResult {
+    let c = client.containers().find(&a.container).await?;
+    let keys = match &a.detach_keys {
+        Some(k) => crate::attach::parse_detach_keys(k)?,
+        None => crate::attach::DEFAULT_DETACH_KEYS.to_vec(),
+    };
+    let tty = c
+        .process_spec()
+        .and_then(|p| p["terminal"].as_bool())
+        .unwrap_or(false);
+    let _raw = (tty && !a.no_stdin && std::io::stdin().is_terminal()).then(RawTerminal::enter);
+    let input = (!a.no_stdin).then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>);
+    let forward = (a.sig_proxy && !tty).then(|| forward_signals(client.clone(), c.id.clone()));
+    let mut print = |l: &crate::logs::LogLine| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut buf = l.content.clone();
+        if l.complete {
+            buf.push(b'\n');
+        }
+        match l.stream {
+            crate::logs::Stream::Stdout => {
+                let mut o = std::io::stdout().lock();
+                o.write_all(&buf)?;
+                o.flush()
+            }
+            crate::logs::Stream::Stderr => std::io::stderr().lock().write_all(&buf),
+        }
+    };
+    let outcome = client.attach_container(&c, input, keys, &mut print).await;
+    if let Some(f) = forward {
+        f.abort();
+    }
+    match outcome? {
+        crate::attach::Attachment::Exited(s) => Ok(s.code as i32),
+        crate::attach::Attachment::Detached => {
+            eprintln!("read escape sequence");
+            Ok(0)
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// Memory limit (e.g. 64m, 1g).
+    #[arg(short = 'm', long)]
+    memory: Option<String>,
+    /// CPUs the container may use (e.g. 0.5).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Most processes the container may have.
+    #[arg(long = "pids-limit")]
+    pids_limit: Option<i64>,
+    /// Restart policy: no, on-failure[:N], always, unless-stopped.
+    #[arg(long = "restart", value_name = "POLICY")]
+    restart: Option<String>,
+    #[arg(required = true, value_name = "CONTAINER")]
+    containers: Vec<String>,
+}
+
+/// docker's `update`: the running task's cgroup limits and the record, for each container.
+pub async fn update(client: &Client, a: UpdateArgs) -> CliResult {
+    let update = crate::update::Update {
+        memory: a.memory.as_deref().map(format::parse_bytes).transpose()?,
+        cpus: a.cpus,
+        pids_limit: a.pids_limit,
+        restart: a.restart.clone(),
+    };
+    if update.memory.is_none()
+        && update.cpus.is_none()
+        && update.pids_limit.is_none()
+        && update.restart.is_none()
+    {
+        return Err(
+            "update needs at least one of --memory, --cpus, --pids-limit, --restart"
+                .to_string()
+                .into(),
+        );
+    }
+    // Checked once, before any container changes.
+    update.resources()?;
+    let update = &update;
+    each(&a.containers, |name| async move {
+        let c = client.containers().find(&name).await?;
+        client.update_container(&c, update).await
+    })
+    .await
 }

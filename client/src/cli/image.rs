@@ -52,6 +52,48 @@ pub enum ImageCommand {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// Remove dangling (untagged) images, or with -a every image no container uses.
+    #[command(after_help = "Examples:\n  berth image prune -f\n  berth image prune -a -f")]
+    Prune(super::prune::ImagePruneArgs),
+    /// Make an image of one layer from a filesystem tarball.
+    Import(ImportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// Apply a Dockerfile instruction to the image's config (CMD, ENTRYPOINT, ENV, ...).
+    #[arg(short = 'c', long = "change", value_name = "INSTRUCTION")]
+    changes: Vec<String>,
+    /// The history entry's comment.
+    #[arg(short = 'm', long)]
+    message: Option<String>,
+    /// The tarball (plain or gzip), or - for stdin.
+    #[arg(value_name = "FILE|-")]
+    source: String,
+    /// The image's name (default: untagged, named by its digest).
+    #[arg(value_name = "REPOSITORY[:TAG]")]
+    reference: Option<String>,
+}
+
+/// docker's `import`: prints the new image's id (its config digest).
+pub async fn import(client: &Client, a: ImportArgs) -> CliResult {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    if a.source == "-" {
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("read stdin: {e}"))?;
+    } else {
+        bytes = std::fs::read(&a.source).map_err(|e| format!("read {}: {e}", a.source))?;
+    }
+    let opts = crate::import::ImportOptions {
+        reference: a.reference,
+        message: a.message,
+        changes: a.changes,
+    };
+    let imported = client.import_rootfs(bytes, &opts).await?;
+    println!("{}", imported.config_digest);
+    Ok(0)
 }
 
 /// `docker.io/library/busybox:latest` → (`docker.io/library/busybox`, `latest`).
@@ -172,6 +214,8 @@ pub async fn image_command(client: &Client, c: ImageCommand) -> CliResult {
         ImageCommand::Ls(a) => images(client, a).await,
         ImageCommand::Rm(a) => rmi(client, a).await,
         ImageCommand::Tag(a) => tag(client, a).await,
+        ImageCommand::Prune(a) => super::prune::image_prune(client, a).await,
+        ImageCommand::Import(a) => import(client, a).await,
         ImageCommand::Inspect { format, images } => {
             let mut out = Vec::new();
             for i in &images {

@@ -11,6 +11,7 @@ mod fs;
 mod image;
 mod logs;
 mod network;
+mod prune;
 mod system;
 mod volume;
 
@@ -112,6 +113,26 @@ enum Command {
     Exec(container::ExecArgs),
     /// Show the processes of a running container.
     Top(container::TopArgs),
+    /// Show containers' resource usage: CPU %, memory, network and block I/O, pids.
+    #[command(
+        after_help = "Examples:\n  berth stats\n  berth stats --no-stream app\n  berth stats --no-stream --format '{{.Name}} {{.CPUPerc}} {{.MemUsage}}'"
+    )]
+    Stats(container::StatsArgs),
+    /// Attach to a running container's output (and stdin, for one created with -i).
+    #[command(
+        after_help = "Examples:\n  berth attach app\n  berth attach --detach-keys ctrl-x,x app\n  berth attach --no-stdin --sig-proxy=false app"
+    )]
+    Attach(container::AttachArgs),
+    /// Change containers' limits and restart policy (running ones at once).
+    #[command(
+        after_help = "Examples:\n  berth update --memory 256m --cpus 1.5 app\n  berth update --restart on-failure:3 app"
+    )]
+    Update(container::UpdateArgs),
+    /// Make an image of one layer from a filesystem tarball.
+    #[command(
+        after_help = "Examples:\n  berth import rootfs.tar app:v1\n  tar -C rootfs -c . | berth import -c 'CMD [\"/bin/sh\"]' - app:v1"
+    )]
+    Import(image::ImportArgs),
     /// Show a container's output (from its log files; berthd is not in the data path).
     #[command(
         after_help = "Examples:\n  berth logs app\n  berth logs -f --tail 10 -t app\n  berth logs --since 5m app"
@@ -225,6 +246,15 @@ enum ContainerCommand {
     Pause(container::Names),
     Unpause(container::Names),
     Rename(container::RenameArgs),
+    /// Remove every stopped container.
+    #[command(after_help = "Example:\n  berth container prune -f")]
+    Prune(prune::PruneArgs),
+    Stats(container::StatsArgs),
+    Attach(container::AttachArgs),
+    Update(container::UpdateArgs),
+    Top(container::TopArgs),
+    Wait(container::Names),
+    Restart(container::StopArgs),
 }
 
 #[derive(Args, Debug)]
@@ -350,7 +380,6 @@ async fn run(cli: Cli) -> CliResult {
         Command::Stop(a) | Command::Container(ContainerCommand::Stop(a)) => {
             container::stop(&client, a, false).await
         }
-        Command::Restart(a) => container::stop(&client, a, true).await,
         Command::Kill(a) | Command::Container(ContainerCommand::Kill(a)) => {
             container::kill(&client, a).await
         }
@@ -366,12 +395,30 @@ async fn run(cli: Cli) -> CliResult {
         Command::Ps(a) | Command::Container(ContainerCommand::Ls(a)) => {
             container::ps(&client, a).await
         }
-        Command::Wait(a) => container::wait(&client, a).await,
+        Command::Wait(a) | Command::Container(ContainerCommand::Wait(a)) => {
+            container::wait(&client, a).await
+        }
+        Command::Restart(a) | Command::Container(ContainerCommand::Restart(a)) => {
+            container::stop(&client, a, true).await
+        }
+        Command::Stats(a) | Command::Container(ContainerCommand::Stats(a)) => {
+            container::stats(&client, a).await
+        }
+        Command::Attach(a) | Command::Container(ContainerCommand::Attach(a)) => {
+            container::attach(&client, a).await
+        }
+        Command::Update(a) | Command::Container(ContainerCommand::Update(a)) => {
+            container::update(&client, a).await
+        }
+        Command::Container(ContainerCommand::Prune(a)) => prune::container_prune(&client, a).await,
+        Command::Import(a) => image::import(&client, a).await,
         Command::Rename(a) | Command::Container(ContainerCommand::Rename(a)) => {
             container::rename(&client, a).await
         }
         Command::Exec(a) => container::exec(&client, a).await,
-        Command::Top(a) => container::top(&client, a).await,
+        Command::Top(a) | Command::Container(ContainerCommand::Top(a)) => {
+            container::top(&client, a).await
+        }
         Command::Logs(a) => logs::logs(&client, a).await,
         Command::Inspect(a) | Command::Container(ContainerCommand::Inspect(a)) => {
             inspect(&client, a).await
@@ -401,6 +448,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::System(system::SystemCommand::Df { format }) => system::df(&client, format).await,
         Command::System(system::SystemCommand::Info(a)) => system::info(&client, a, &host).await,
         Command::System(system::SystemCommand::Events(a)) => system::events(&client, a).await,
+        Command::System(system::SystemCommand::Prune(a)) => prune::system_prune(&client, a).await,
         Command::Completion { .. } => Ok(0),
         Command::Login(a) => image::login(a),
         Command::Logout(a) => image::logout(a),

@@ -31,6 +31,9 @@ pub enum NetworkCommand {
         #[arg(required = true)]
         networks: Vec<String>,
     },
+    /// Remove every network no container uses (the default network stays).
+    #[command(after_help = "Example:\n  berth network prune -f")]
+    Prune(super::prune::PruneArgs),
 }
 
 #[derive(Args, Debug)]
@@ -105,6 +108,7 @@ pub async fn network_command(client: &Client, c: NetworkCommand) -> CliResult {
                 return Err(e.into());
             }
         }
+        NetworkCommand::Prune(a) => return super::prune::network_prune(client, a).await,
         NetworkCommand::Rm { networks: names } => {
             let mut failed = None;
             for name in &names {

@@ -133,7 +133,7 @@ pub async fn info(client: &Client, a: InfoArgs, host: &str) -> CliResult {
     let namespaces = client.namespaces().await?;
     let (mut running, mut paused, mut stopped) = (0, 0, 0);
     for c in &containers {
-        match tasks.get(&c.id).map(crate::lifecycle::status_of_task) {
+        match Some(crate::lifecycle::status_of_container(c, tasks.get(&c.id))) {
             Some(crate::lifecycle::ContainerStatus::Running { .. }) => running += 1,
             Some(crate::lifecycle::ContainerStatus::Paused { .. }) => paused += 1,
             _ => stopped += 1,
@@ -278,6 +278,12 @@ pub enum SystemCommand {
     Info(InfoArgs),
     /// Show the daemon's events (as `berth events`).
     Events(EventsArgs),
+    /// Remove stopped containers, unused networks, dangling images and the build cache
+    /// (-a: every unused image; --volumes: unused anonymous volumes).
+    #[command(
+        after_help = "Examples:\n  berth system prune -f\n  berth system prune -a --volumes -f"
+    )]
+    Prune(super::prune::SystemPruneArgs),
 }
 
 /// One row of `system df`.
