@@ -269,7 +269,13 @@ pub fn status_of_container(
 impl Client {
     /// The container's status as `ps` shows it.
     pub async fn status(&self, container: &ContainerInfo) -> Result<ContainerStatus> {
-        let task = self.tasks().get(&container.id).await?;
+        let task = match self.tasks().get(&container.id).await {
+            Ok(t) => t,
+            // The task is being created or cleaned up (the restart monitor's restart, a racing
+            // client): for the moment it has none.
+            Err(e) if e.code() == Code::Unavailable => None,
+            Err(e) => return Err(e),
+        };
         Ok(status_of_container(container, task.as_ref()))
     }
 

@@ -181,7 +181,7 @@ enum Command {
     Builder(build::BuilderCommand),
     /// Show an image's history: one line per Dockerfile instruction.
     History(build::HistoryArgs),
-    /// Network commands (create, ls, inspect, rm).
+    /// Network commands (create, ls, inspect, rm, prune).
     #[command(subcommand)]
     Network(network::NetworkCommand),
     /// Volume commands (create, ls, inspect, rm, prune).
@@ -208,10 +208,10 @@ enum Command {
     /// List a container's published ports.
     #[command(after_help = "Example:\n  berth port web 80/tcp")]
     Port(container::PortArgs),
-    /// Image commands (ls, rm, tag, inspect).
+    /// Image commands (ls, rm, tag, inspect, prune, import).
     #[command(subcommand)]
     Image(image::ImageCommand),
-    /// Container commands (ls, rm, inspect, ...).
+    /// Container commands (ls, rm, inspect, prune, stats, attach, update, ...).
     #[command(subcommand)]
     Container(ContainerCommand),
     /// Stream the daemon's events.
@@ -223,7 +223,7 @@ enum Command {
     Info(system::InfoArgs),
     /// Show the client's and the daemon's versions.
     Version(system::VersionArgs),
-    /// System commands (df, info, events).
+    /// System commands (df, info, events, prune).
     #[command(subcommand)]
     System(system::SystemCommand),
     /// Namespace commands.
