@@ -263,52 +263,6 @@ pub fn parse_time(s: &str, now: std::time::SystemTime) -> Option<String> {
 
 pub use crate::clock::rfc3339_nano;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pieces_join_per_stream() {
-        let mut p = Parser::default();
-        assert_eq!(p.record(b"T1 stdout P ab"), None);
-        let e = p.record(b"T2 stderr F err").unwrap();
-        assert_eq!(
-            (e.stream, e.content.as_slice()),
-            (Stream::Stderr, &b"err"[..])
-        );
-        let o = p.record(b"T3 stdout F c d").unwrap();
-        assert_eq!(
-            (o.time.as_str(), o.content.as_slice()),
-            ("T1", &b"abc d"[..])
-        );
-        assert!(o.complete);
-        assert_eq!(p.record(b"T4 stdout F ").unwrap().content, b"");
-        assert_eq!(p.record(b"garbage"), None);
-        p.record(b"T5 stdout P tail");
-        let rest = p.finish();
-        assert_eq!(rest.len(), 1);
-        assert!(!rest[0].complete);
-    }
-
-    #[test]
-    fn times() {
-        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(3600);
-        assert_eq!(
-            parse_time("30m", now).unwrap(),
-            "1970-01-01T00:30:00.000000000Z"
-        );
-        assert_eq!(
-            parse_time("2024-01-02T03:04:05.5Z", now).unwrap(),
-            "2024-01-02T03:04:05.500000000Z"
-        );
-        assert_eq!(
-            parse_time("2024-01-02T03:04:05Z", now).unwrap(),
-            "2024-01-02T03:04:05.000000000Z"
-        );
-        assert!(parse_time("yesterday", now).is_none());
-    }
-}
-
 /// Follows a log as records come, handing each line to `on_line`: from the open file (at its
 /// position) to its end, and when PATH is another file (rotated), the rest of the old one and
 /// then the new one from its start. Returns once the container no longer runs and its last
@@ -398,5 +352,51 @@ pub async fn follow(
                 None => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_join_per_stream() {
+        let mut p = Parser::default();
+        assert_eq!(p.record(b"T1 stdout P ab"), None);
+        let e = p.record(b"T2 stderr F err").unwrap();
+        assert_eq!(
+            (e.stream, e.content.as_slice()),
+            (Stream::Stderr, &b"err"[..])
+        );
+        let o = p.record(b"T3 stdout F c d").unwrap();
+        assert_eq!(
+            (o.time.as_str(), o.content.as_slice()),
+            ("T1", &b"abc d"[..])
+        );
+        assert!(o.complete);
+        assert_eq!(p.record(b"T4 stdout F ").unwrap().content, b"");
+        assert_eq!(p.record(b"garbage"), None);
+        p.record(b"T5 stdout P tail");
+        let rest = p.finish();
+        assert_eq!(rest.len(), 1);
+        assert!(!rest[0].complete);
+    }
+
+    #[test]
+    fn times() {
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(3600);
+        assert_eq!(
+            parse_time("30m", now).unwrap(),
+            "1970-01-01T00:30:00.000000000Z"
+        );
+        assert_eq!(
+            parse_time("2024-01-02T03:04:05.5Z", now).unwrap(),
+            "2024-01-02T03:04:05.500000000Z"
+        );
+        assert_eq!(
+            parse_time("2024-01-02T03:04:05Z", now).unwrap(),
+            "2024-01-02T03:04:05.000000000Z"
+        );
+        assert!(parse_time("yesterday", now).is_none());
     }
 }
