@@ -27,6 +27,7 @@ fi
 "$(dirname "$0")/deps-cni.sh"  # CNI plugins, iproute2, iptables for berth-net's networks
 "$(dirname "$0")/deps-go-tools.sh"  # containerd v2: ctr 2.x, its API .proto files, the Go client test module
 "$(dirname "$0")/deps-cri-tools.sh"  # critest and crictl v1.37.0, the CRI's validation suite and client (scripts/critest.sh)
+"$(dirname "$0")/deps-nerdctl.sh"  # nerdctl v2.3.5, the docker-compatible CLI that client/tests/nerdctl.rs drives berthd with
 "$(dirname "$0")/deps-cri-stream.sh"  # client-go for the CRI streaming server tests
 command -v cargo >/dev/null || { echo "berth needs a Rust toolchain (cargo): install it with rustup" >&2; exit 1; }
 "$(dirname "$0")/deps-grpc-peers.sh"   # grpcio and @grpc/grpc-js for the :authority e2e test

@@ -27,6 +27,14 @@ use std::time::Instant;
 
 type Reply = Result<serde_json::Value, ShimError>;
 
+/// Where a process's stderr goes. A terminal has one output stream, so the stderr a client names
+/// beside `terminal` is left unopened, as containerd's shim leaves it: containerd's Go client
+/// (`cio`, which ctr 2.x and nerdctl use) names all three FIFOs for `-t`. It must still parse.
+fn stderr_target(stderr: &str, terminal: bool) -> Result<io::Target, String> {
+    let target = io::parse_target(stderr)?;
+    Ok(if terminal { io::Target::None } else { target })
+}
+
 fn ok<T: Serialize>(t: T) -> Reply {
     Ok(serde_json::to_value(t).unwrap_or_default())
 }
@@ -612,12 +620,9 @@ impl Server {
             return Err(err(ErrorKind::AlreadyExists, op, m));
         }
         let invalid = |m: String| err(ErrorKind::InvalidArgument, op, m);
-        if c.terminal && !c.stderr.is_empty() {
-            return Err(invalid("a terminal has no separate stderr".into()));
-        }
         let stdin = io::parse_target(&c.stdin).map_err(invalid)?;
         let stdout = io::parse_target(&c.stdout).map_err(invalid)?;
-        let stderr = io::parse_target(&c.stderr).map_err(invalid)?;
+        let stderr = stderr_target(&c.stderr, c.terminal).map_err(invalid)?;
         let config = self.read_config(op)?;
         let owner = config
             .get("process")
@@ -719,7 +724,7 @@ impl Server {
         let invalid = |m: String| err(ErrorKind::InvalidArgument, op, m);
         let stdin = io::parse_target(&p.stdio.stdin).map_err(invalid)?;
         let stdout = io::parse_target(&p.stdio.stdout).map_err(invalid)?;
-        let stderr = io::parse_target(&p.stdio.stderr).map_err(invalid)?;
+        let stderr = stderr_target(&p.stdio.stderr, p.stdio.terminal).map_err(invalid)?;
         let terminal = p.stdio.terminal;
         let spec = p.spec.clone().unwrap_or_default();
         let config = self.read_config(op)?;
@@ -793,9 +798,6 @@ impl Server {
         process::validate_exec_id(&e.exec_id).map_err(invalid)?;
         if !e.spec.is_object() {
             return Err(invalid("spec must be an OCI process object".into()));
-        }
-        if e.terminal && !e.stderr.is_empty() {
-            return Err(invalid("a terminal has no separate stderr".into()));
         }
         for s in [&e.stdin, &e.stdout, &e.stderr] {
             io::parse_target(s).map_err(invalid)?;

@@ -295,7 +295,9 @@ fn terminal_through_pty() {
     let b = Bundle::new("tty", &["sh", "-c", "tty; stty size; echo term-ok"], true);
     let out = b.fifo("out");
     let rx = read_fifo(&out);
-    b.create("", out.to_str().unwrap(), "", true);
+    // A stderr FIFO beside the terminal, as containerd's Go client names it: left unopened.
+    let err = b.fifo("err");
+    b.create("", out.to_str().unwrap(), err.to_str().unwrap(), true);
     let _: Empty = b
         .call(Request::ResizePty {
             exec_id: "".into(),
@@ -329,19 +331,25 @@ fn exec_with_terminal() {
             terminal: true,
         }))
         .unwrap();
-    let e = shim_error(b.call::<Empty>(Request::Exec(ExecRequest {
-        exec_id: "t2".into(),
-        spec: exec_spec(&["true"], true),
-        stdin: String::new(),
-        stdout: String::new(),
-        stderr: "/x".into(),
-        terminal: true,
-    })));
-    assert_eq!(
-        e.kind,
-        ErrorKind::InvalidArgument,
-        "a terminal has no stderr"
-    );
+    // A stderr FIFO named beside a terminal (containerd's Go client names all three) is left
+    // alone: the exec runs, its output comes through the pty on stdout.
+    let out2 = b.fifo("t2-out");
+    let rx2 = read_fifo(&out2);
+    let err2 = b.fifo("t2-err");
+    let _: Empty = b
+        .call(Request::Exec(ExecRequest {
+            exec_id: "t2".into(),
+            spec: exec_spec(&["sh", "-c", "echo to-stderr >&2"], true),
+            stdin: String::new(),
+            stdout: out2.to_str().unwrap().into(),
+            stderr: err2.to_str().unwrap().into(),
+            terminal: true,
+        }))
+        .unwrap();
+    b.start("t2");
+    let text = String::from_utf8(recv(&rx2, "exec pty output with a stderr FIFO")).unwrap();
+    assert!(text.contains("to-stderr"), "{text:?}");
+    assert_eq!(b.wait("t2").exit_status, 0);
     b.start("t1");
     let text = String::from_utf8(recv(&rx, "exec pty output")).unwrap();
     assert!(text.contains("/dev/pts/"), "{text:?}");

@@ -113,7 +113,12 @@ pub struct TaskManager {
     connect_timeout: Duration,
     events: Exchange,
     tasks: Mutex<HashMap<(String, String), Slot>>,
+    /// Woken whenever a Busy slot settles (the task is created, or the slot is released).
+    settled: tokio::sync::Notify,
 }
+
+/// How long a Get or CloseIO waits for a task being created or cleaned up to settle.
+const SETTLE_WITHIN: Duration = Duration::from_secs(30);
 
 /// An id's slot held Busy until this is dropped (released on every path, errors included): what
 /// a caller does between reserving and creating, and undoes after a failed create (attaching the
@@ -125,10 +130,13 @@ pub struct Reservation<'a> {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        let mut tasks = self.manager.lock();
-        if matches!(tasks.get(&self.key), Some(Slot::Busy)) {
-            tasks.remove(&self.key);
+        {
+            let mut tasks = self.manager.lock();
+            if matches!(tasks.get(&self.key), Some(Slot::Busy)) {
+                tasks.remove(&self.key);
+            }
         }
+        self.manager.settled.notify_waiters();
     }
 }
 
@@ -147,6 +155,7 @@ impl TaskManager {
             connect_timeout,
             events,
             tasks: Mutex::new(HashMap::new()),
+            settled: tokio::sync::Notify::new(),
         };
         let probe = manager.socket_dir("n", "i");
         if probe.as_os_str().len() > MAX_SOCKET_DIR_LEN {
@@ -207,6 +216,29 @@ impl TaskManager {
                 "task {id} is being created or cleaned up; retry"
             ))),
             None => Err(Error::not_found(format!("no task for container {id}"))),
+        }
+    }
+
+    /// Waits (at most SETTLE_WITHIN) until `ns/id`'s slot is not Busy. A client may ask about a
+    /// task while its create is still under way: nerdctl's `run -i` closes stdin as soon as its
+    /// input ends, which can be while runc create runs, since the shim opens the stdin FIFO
+    /// first. containerd's shim opens it after runc create, so there the window is tiny; here
+    /// the answer waits for the create rather than telling the client to retry, which it does
+    /// not.
+    pub async fn settled(&self, ns: &str, id: &str) {
+        let key = (ns.to_string(), id.to_string());
+        let deadline = tokio::time::Instant::now() + SETTLE_WITHIN;
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            // Registered before the look, so a settle between the look and the wait is seen.
+            notified.as_mut().enable();
+            if !matches!(self.lock().get(&key), Some(Slot::Busy)) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -390,6 +422,7 @@ impl TaskManager {
         // The caller's reservation now finds the slot Ready and leaves it.
         self.lock()
             .insert((ns.clone(), id.clone()), Slot::Ready(task.clone()));
+        self.settled.notify_waiters();
         self.watch_exit(task.clone(), String::new());
         // From create, not start: runc has put init in its cgroup, and a process that runs out
         // of memory at once must not slip past the monitor.

@@ -175,6 +175,13 @@ pub fn plugin_list(
         ),
         plugin("io.containerd.gc.v1", "collector", deps),
         plugin("io.containerd.runtime.v2", "task", deps),
+        // The restart monitor (controllers/restart.rs) under containerd's name: nerdctl looks
+        // for it (`id==restart`) before it accepts `--restart`.
+        plugin(
+            "io.containerd.internal.v1",
+            "restart",
+            &["io.containerd.event.v1"],
+        ),
         plugin(grpc, "containers", deps),
         plugin(grpc, "content", deps),
         plugin(grpc, "diff", &["io.containerd.differ.v1"]),

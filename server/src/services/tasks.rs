@@ -240,6 +240,8 @@ impl Tasks for TasksService {
         let ns = namespace(&req)?;
         let r = req.get_ref();
         let id = container_id(&r.container_id)?;
+        // A task whose create is under way is answered once it settles (see `settled`).
+        self.tasks.settled(&ns, id).await;
         let state = self.tasks.state(&ns, id, exec_id(&r.exec_id)?).await?;
         reply(GetResponse {
             process: Some(process(id, state)),
@@ -324,6 +326,7 @@ impl Tasks for TasksService {
         let r = req.get_ref();
         let id = container_id(&r.container_id)?;
         let exec = exec_id(&r.exec_id)?;
+        self.tasks.settled(&ns, id).await;
         if r.stdin {
             self.tasks.close_stdin(&ns, id, exec).await?;
         } else {
