@@ -236,22 +236,22 @@ fn seccomp(profile: Option<&cri::SecurityProfile>, privileged: bool) -> Result<O
         // No profile asked for: unconfined, as the CRI's default is.
         return Ok(None);
     };
+    // A privileged container runs unconfined whatever profile it names, localhost ones
+    // included (containerd's and the kubelet's contract; critest checks it).
+    if privileged {
+        return Ok(None);
+    }
     match cri::security_profile::ProfileType::try_from(p.profile_type) {
         Ok(cri::security_profile::ProfileType::Unconfined) => Ok(None),
-        Ok(cri::security_profile::ProfileType::RuntimeDefault) => {
-            if privileged {
-                return Ok(None);
-            }
-            Ok(Some(json!({
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64"],
-                "syscalls": [{
-                    "names": RUNTIME_DEFAULT_DENIED,
-                    "action": "SCMP_ACT_ERRNO",
-                    "errnoRet": 1,
-                }],
-            })))
-        }
+        Ok(cri::security_profile::ProfileType::RuntimeDefault) => Ok(Some(json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64"],
+            "syscalls": [{
+                "names": RUNTIME_DEFAULT_DENIED,
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": 1,
+            }],
+        }))),
         Ok(cri::security_profile::ProfileType::Localhost) => {
             let path = p
                 .localhost_ref
