@@ -393,7 +393,7 @@ fn from_v1(m: &v1::Metrics, n: &mut Numbers) {
         }
     }
     if let Some(mem) = &m.memory {
-        let usage = mem.usage.clone().unwrap_or_default();
+        let usage = mem.usage.unwrap_or_default();
         n.mem_usage = usage.usage;
         n.mem_max_usage = usage.max;
         n.mem_failcnt = usage.failcnt;
