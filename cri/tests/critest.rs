@@ -106,12 +106,20 @@ fn critest_whole_suite_passes() {
 
     let output_path = dir.path().join("critest.out");
     let output = std::fs::File::create(&output_path).expect("create the output file");
-    let status = Command::new("timeout")
+    let mut script = Command::new("timeout");
+    script
         .args(["--kill-after=30", TIMEOUT_SECS, "bash"])
         .arg(repo.join("scripts/critest.sh"))
         .arg(format!("unix://{}", socket.display()))
         .env("BERTH_CRITEST_CACHE", &cache)
-        .current_dir(&repo)
+        .current_dir(&repo);
+    // The workspace build (scripts/test.sh) made critest-images beside berthd: the fixtures use
+    // it rather than build it alone, which would rebuild its dependencies with other features.
+    let images = berth_testkit::berthd::berthd_binary().with_file_name("critest-images");
+    if images.is_file() {
+        script.env("BERTH_CRITEST_IMAGES_BIN", &images);
+    }
+    let status = script
         .stdout(output.try_clone().expect("dup the output file"))
         .stderr(output)
         .status()
