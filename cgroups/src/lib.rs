@@ -96,6 +96,23 @@ impl Cgroup {
         }
     }
 
+    /// The processes in the cgroup (`cgroup.procs` of the pids controller, else of any v1
+    /// controller, or of the unified directory): what per-process numbers (open files,
+    /// threads) are summed over. A removed cgroup is NotFound.
+    pub fn processes(&self) -> io::Result<Vec<u32>> {
+        let dir = match &self.layout {
+            Layout::V1(dirs) => dirs
+                .get("pids")
+                .or_else(|| dirs.values().next())
+                .ok_or_else(|| io::Error::new(ErrorKind::NotFound, "no v1 controller"))?,
+            Layout::V2(dir) => dir,
+        };
+        Ok(read_to_string(&dir.join("cgroup.procs"))?
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect())
+    }
+
     /// containerd's task metrics payload: `io.containerd.cgroups.v1.Metrics`
     /// (v1/hybrid) or `io.containerd.cgroups.v2.Metrics` (unified), packed
     /// with [`berth_api::pack_any`].

@@ -168,7 +168,7 @@ pub const DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// containerd's masked paths for an unprivileged container.
+/// The masked paths of an unprivileged container (containerd's, and the CRI's default).
 pub const MASKED_PATHS: &[&str] = &[
     "/proc/acpi",
     "/proc/asound",
@@ -180,6 +180,8 @@ pub const MASKED_PATHS: &[&str] = &[
     "/proc/sched_debug",
     "/sys/firmware",
     "/proc/scsi",
+    // RAPL power counters, a side channel (GHSA-7ww5-4wqc-m92c).
+    "/sys/devices/virtual/powercap",
 ];
 
 /// containerd's read-only paths for an unprivileged container.
@@ -541,8 +543,6 @@ pub fn generate(
             .masked_paths(
                 MASKED_PATHS
                     .iter()
-                    // RAPL power counters, a side channel (GHSA-7ww5-4wqc-m92c).
-                    .chain(&["/sys/devices/virtual/powercap"])
                     .map(|p| p.to_string())
                     .collect::<Vec<_>>(),
             )

@@ -635,7 +635,11 @@ impl Cri {
                 linux: Some(cri::LinuxContainerUser {
                     uid: c.state.uid,
                     gid: c.state.gid,
-                    supplemental_groups: c.state.groups.clone(),
+                    // The primary group first, then the others, as containerd reports them
+                    // (critest compares the whole list).
+                    supplemental_groups: std::iter::once(c.state.gid)
+                        .chain(c.state.groups.iter().copied().filter(|g| *g != c.state.gid))
+                        .collect(),
                 }),
             }),
             stop_signal: c.config.stop_signal,

@@ -9,6 +9,7 @@ use berth::api::v1::types::Status as TaskStatus;
 use berth_api::runtime::v1 as cri;
 use berth_errdefs::{Error, Result};
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,10 +18,8 @@ use std::time::Duration;
 /// crictl and the kubelet accept.
 pub const MAX_OUTPUT: usize = 4 << 20;
 
-/// Read the FIFO at `path` to its end, keeping the first `limit` bytes.
-fn drain(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
-    // Blocks until the shim opens the write end (or [`unblock`] does).
-    let mut f = std::fs::File::open(path)?;
+/// Read `f` (a FIFO's read end) to its end, keeping the first `limit` bytes.
+fn drain(mut f: std::fs::File, limit: usize) -> std::io::Result<Vec<u8>> {
     let mut kept = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
     loop {
@@ -35,12 +34,26 @@ fn drain(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
     }
 }
 
-/// Let a reader blocked in open() go: open the write end once and close it.
-fn unblock(path: &Path) {
-    let _ = std::fs::OpenOptions::new()
+/// Both ends of the FIFO at `path`, opened before the shim gets it. Were the reader to open
+/// it only once the exec runs, a process that ends at once (`pgrep`) could have come and gone
+/// with the shim's writer before that open, which would then wait forever for a writer. The
+/// write end returned keeps the FIFO from reading EOF until it is dropped, which is done once
+/// the shim holds its own writer (after Start) or the exec failed to start.
+fn open_fifo(path: &Path) -> std::io::Result<(std::fs::File, std::fs::File)> {
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let writer = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(nix::libc::O_NONBLOCK)
-        .open(path);
+        .open(path)?;
+    // The reader blocks from now on: drain runs on a blocking thread.
+    let fd = reader.as_raw_fd();
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    Ok((reader, writer))
 }
 
 /// The exec's FIFO dir, removed when dropped.
@@ -104,13 +117,14 @@ impl Cri {
                 .map_err(|e| Error::io(format!("mkfifo {}", p.display()), e.into()))?;
             paths.push(p);
         }
-        let readers: Vec<_> = paths
-            .iter()
-            .map(|p| {
-                let p = p.clone();
-                tokio::task::spawn_blocking(move || drain(&p, limit))
-            })
-            .collect();
+        let mut holders = Vec::new();
+        let mut readers = Vec::new();
+        for p in &paths {
+            let (reader, writer) =
+                open_fifo(p).map_err(|e| Error::io(format!("open {}", p.display()), e))?;
+            holders.push(writer);
+            readers.push(tokio::task::spawn_blocking(move || drain(reader, limit)));
+        }
         let io = berth::tasks::TaskIo {
             stdout: paths[0].to_string_lossy().into_owned(),
             stderr: paths[1].to_string_lossy().into_owned(),
@@ -121,11 +135,11 @@ impl Cri {
             tasks.start(&id, &exec_id).await
         }
         .await;
+        // The shim holds its writers now (or never will): ours go, so the output ends with
+        // the process's.
+        drop(holders);
         if let Err(e) = started {
             let _ = tasks.delete_process(&id, &exec_id).await;
-            for p in &paths {
-                unblock(p);
-            }
             for r in readers {
                 let _ = r.await;
             }
@@ -141,9 +155,6 @@ impl Cri {
                         tokio::time::timeout(Duration::from_secs(10), tasks.wait(&id, &exec_id))
                             .await;
                     let _ = tasks.delete_process(&id, &exec_id).await;
-                    for p in &paths {
-                        unblock(p);
-                    }
                     return Err(Error::deadline_exceeded(format!(
                         "command {:?} timed out after {}s",
                         req.cmd, req.timeout

@@ -12,6 +12,7 @@ mod container;
 mod exec_sync;
 pub mod holder;
 mod images;
+mod metrics;
 mod pod;
 mod service;
 mod spec;

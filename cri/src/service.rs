@@ -79,6 +79,7 @@ impl RuntimeService for Runtime {
                 reason,
                 message,
             };
+        let rro = crate::blocking(|| Ok(crate::spec::runtime_supports_rro())).await?;
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus {
                 conditions: vec![
@@ -89,10 +90,17 @@ impl RuntimeService for Runtime {
             runtime_handlers: vec![cri::RuntimeHandler {
                 name: String::new(),
                 features: Some(cri::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
+                    recursive_read_only_mounts: rro,
                     user_namespaces: false,
                 }),
             }],
+            // CreateContainer honours SupplementalGroupsPolicy=Strict (no groups from the
+            // image's /etc/group) and ContainerStatus reports the user the process runs as.
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: true,
+                user_namespaces_host_network: false,
+                mount_options: false,
+            }),
             ..Default::default()
         }))
     }

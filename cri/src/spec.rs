@@ -91,9 +91,50 @@ pub struct Inputs<'a> {
     pub target_pid: Option<u32>,
 }
 
+/// "All capabilities" for a privileged container or an add of ALL: those in berthd's own
+/// bounding set, as containerd does. A capability berthd lacks (a sandboxed host without
+/// CAP_SYS_RESOURCE, an older kernel without CAP_BPF) cannot be granted: runc would fail the
+/// start with "unable to apply caps".
+fn all_caps() -> &'static [String] {
+    static ALL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| {
+        let bounding = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let hex = s.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+                u64::from_str_radix(hex.trim(), 16).ok()
+            })
+            .unwrap_or(u64::MAX);
+        // ALL_CAPS is in the kernel's numbering order: index i is capability bit i.
+        ALL_CAPS
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
+            .map(|(_, c)| format!("CAP_{c}"))
+            .collect()
+    })
+}
+
+/// Whether the OCI runtime (runc on PATH, the default runtime's binary) takes the `rro`
+/// mount option (runc >= 1.1 on a kernel with mount_setattr): asked once with `runc features`.
+/// Blocking: it runs runc the first time.
+pub fn runtime_supports_rro() -> bool {
+    static RRO: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *RRO.get_or_init(|| {
+        let Ok(out) = std::process::Command::new("runc").arg("features").output() else {
+            return false;
+        };
+        serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|f| {
+            f["mountOptions"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|v| v == "rro"))
+        })
+    })
+}
+
 /// containerd's order: drop ALL empties the set, add ALL fills it, then the named adds and drops.
 pub fn capabilities(privileged: bool, caps: Option<&cri::Capability>) -> Result<Vec<String>> {
-    let all = || ALL_CAPS.iter().map(|c| format!("CAP_{c}"));
+    let all = || all_caps().iter().cloned();
     let mut set: BTreeSet<String> = if privileged {
         all().collect()
     } else {
@@ -195,22 +236,22 @@ fn seccomp(profile: Option<&cri::SecurityProfile>, privileged: bool) -> Result<O
         // No profile asked for: unconfined, as the CRI's default is.
         return Ok(None);
     };
+    // A privileged container runs unconfined whatever profile it names, localhost ones
+    // included (containerd's and the kubelet's contract; critest checks it).
+    if privileged {
+        return Ok(None);
+    }
     match cri::security_profile::ProfileType::try_from(p.profile_type) {
         Ok(cri::security_profile::ProfileType::Unconfined) => Ok(None),
-        Ok(cri::security_profile::ProfileType::RuntimeDefault) => {
-            if privileged {
-                return Ok(None);
-            }
-            Ok(Some(json!({
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64"],
-                "syscalls": [{
-                    "names": RUNTIME_DEFAULT_DENIED,
-                    "action": "SCMP_ACT_ERRNO",
-                    "errnoRet": 1,
-                }],
-            })))
-        }
+        Ok(cri::security_profile::ProfileType::RuntimeDefault) => Ok(Some(json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64"],
+            "syscalls": [{
+                "names": RUNTIME_DEFAULT_DENIED,
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": 1,
+            }],
+        }))),
         Ok(cri::security_profile::ProfileType::Localhost) => {
             let path = p
                 .localhost_ref
@@ -467,8 +508,10 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
                 m.container_path
             )));
         }
+        // Unimplemented, not InvalidArgument: the kubelet and critest read that code as "the
+        // runtime lacks the feature" rather than "the request is wrong".
         if m.image.is_some() && m.host_path.is_empty() {
-            return Err(Error::invalid(
+            return Err(Error::unimplemented(
                 "image volumes are not supported by berth's CRI yet (issue 14)",
             ));
         }
@@ -499,6 +542,16 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
                 }
             }
             _ => options.push("rprivate".into()),
+        }
+        // A recursive read-only mount must stay private: a submount propagated in later
+        // would not be read-only (the kubelet's and containerd's rule too).
+        if m.recursive_read_only
+            && m.propagation != cri::MountPropagation::PropagationPrivate as i32
+        {
+            return Err(Error::invalid(format!(
+                "recursive read-only mount {:?} needs private propagation",
+                m.container_path
+            )));
         }
         if m.readonly {
             options.push(if m.recursive_read_only { "rro" } else { "ro" }.into());
@@ -657,7 +710,7 @@ mod tests {
             ["CAP_NET_ADMIN"]
         );
         let all_but = capabilities(false, Some(&c(&["ALL"], &["CHOWN"]))).unwrap();
-        assert_eq!(all_but.len(), ALL_CAPS.len() - 1);
+        assert_eq!(all_but.len(), all_caps().len() - 1);
         assert!(!all_but.contains(&"CAP_CHOWN".to_string()));
         assert!(capabilities(false, Some(&c(&["NOPE"], &[]))).is_err());
         assert_eq!(capabilities(false, None).unwrap().len(), DEFAULT_CAPS.len());

@@ -22,58 +22,6 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a writable layer's usage is reused (it costs a walk of the layer).
 pub const LAYER_INTERVAL: Duration = Duration::from_secs(10);
 
-/// cAdvisor's label keys, in the order every metric's values follow.
-const LABEL_KEYS: [&str; 6] = ["container", "id", "image", "name", "namespace", "pod"];
-
-/// The metrics ListPodSandboxMetrics answers, with cAdvisor's names and help.
-const METRICS: &[(&str, &str, cri::MetricType)] = &[
-    (
-        "container_cpu_usage_seconds_total",
-        "Cumulative cpu time consumed in seconds.",
-        cri::MetricType::Counter,
-    ),
-    (
-        "container_memory_usage_bytes",
-        "Current memory usage in bytes, including all memory regardless of when it was accessed",
-        cri::MetricType::Gauge,
-    ),
-    (
-        "container_memory_working_set_bytes",
-        "Current working set in bytes.",
-        cri::MetricType::Gauge,
-    ),
-    (
-        "container_memory_rss",
-        "Size of RSS in bytes.",
-        cri::MetricType::Gauge,
-    ),
-    (
-        "container_memory_failures_total",
-        "Cumulative count of memory allocation failures.",
-        cri::MetricType::Counter,
-    ),
-    (
-        "container_processes",
-        "Number of processes running inside the container.",
-        cri::MetricType::Gauge,
-    ),
-    (
-        "container_fs_usage_bytes",
-        "Number of bytes that are consumed by the container on this filesystem.",
-        cri::MetricType::Gauge,
-    ),
-    (
-        "container_network_receive_bytes_total",
-        "Cumulative count of bytes received",
-        cri::MetricType::Counter,
-    ),
-    (
-        "container_network_transmit_bytes_total",
-        "Cumulative count of bytes transmitted",
-        cri::MetricType::Counter,
-    ),
-];
-
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Sample {
     read_at: Instant,
@@ -165,7 +113,11 @@ impl StatsCache {
     }
 
     /// (timestamp, bytes, inodes) of the container's writable layer, if it has one.
-    async fn layer(&self, client: &berth::Client, c: &Container) -> Option<(i64, u64, u64)> {
+    pub(crate) async fn layer(
+        &self,
+        client: &berth::Client,
+        c: &Container,
+    ) -> Option<(i64, u64, u64)> {
         if c.snapshot_key.is_empty() {
             return None;
         }
@@ -201,13 +153,13 @@ impl StatsCache {
     }
 }
 
-fn spec_of(c: &Container) -> Option<serde_json::Value> {
+pub(crate) fn spec_of(c: &Container) -> Option<serde_json::Value> {
     c.spec
         .as_ref()
         .and_then(|s| serde_json::from_slice(&s.value).ok())
 }
 
-fn cgroup_path(c: &Container) -> Option<String> {
+pub(crate) fn cgroup_path(c: &Container) -> Option<String> {
     spec_of(c)?["linux"]["cgroupsPath"]
         .as_str()
         .filter(|p| p.starts_with('/'))
@@ -254,7 +206,7 @@ fn cri_labels(c: &Container) -> HashMap<String, String> {
 }
 
 /// A pod's metadata: its config's, else the kubelet's `io.kubernetes.pod.*` labels.
-fn pod_metadata(pod: &Container) -> cri::PodSandboxMetadata {
+pub(crate) fn pod_metadata(pod: &Container) -> cri::PodSandboxMetadata {
     pod_config(pod)
         .and_then(|cfg| cfg.metadata)
         .unwrap_or_else(|| cri::PodSandboxMetadata {
@@ -333,9 +285,9 @@ fn container_stats(
     }
 }
 
-/// Bytes and errors of each interface of a netns, from `/proc/thread-self/net/dev` of a
-/// thread that entered it (and ends right after).
-async fn net_dev(netns: std::path::PathBuf) -> Option<Vec<cri::NetworkInterfaceUsage>> {
+/// Each interface of a netns from `/proc/thread-self/net/dev` of a thread that entered it
+/// (and ends right after).
+async fn net_dev(netns: std::path::PathBuf) -> Option<Vec<NetDevRow>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("cri-netstats".into())
@@ -353,7 +305,22 @@ async fn net_dev(netns: std::path::PathBuf) -> Option<Vec<cri::NetworkInterfaceU
     Some(parse_net_dev(&text))
 }
 
-fn parse_net_dev(text: &str) -> Vec<cri::NetworkInterfaceUsage> {
+/// One interface's counters from `/proc/net/dev`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct NetDevRow {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+    pub tx_dropped: u64,
+}
+
+/// The interfaces but loopback (the kubelet counts pod traffic, not lo's).
+fn parse_net_dev(text: &str) -> Vec<NetDevRow> {
     text.lines()
         .skip(2)
         .filter_map(|l| {
@@ -362,19 +329,45 @@ fn parse_net_dev(text: &str) -> Vec<cri::NetworkInterfaceUsage> {
                 .split_whitespace()
                 .filter_map(|x| x.parse().ok())
                 .collect();
-            (v.len() >= 11 && name.trim() != "lo").then(|| cri::NetworkInterfaceUsage {
+            (v.len() >= 12 && name.trim() != "lo").then(|| NetDevRow {
                 name: name.trim().to_string(),
-                rx_bytes: u64v(v[0]),
-                rx_errors: u64v(v[2]),
-                tx_bytes: u64v(v[8]),
-                tx_errors: u64v(v[10]),
+                rx_bytes: v[0],
+                rx_packets: v[1],
+                rx_errors: v[2],
+                rx_dropped: v[3],
+                tx_bytes: v[8],
+                tx_packets: v[9],
+                tx_errors: v[10],
+                tx_dropped: v[11],
             })
         })
         .collect()
 }
 
+fn interface_usage(r: &NetDevRow) -> cri::NetworkInterfaceUsage {
+    cri::NetworkInterfaceUsage {
+        name: r.name.clone(),
+        rx_bytes: u64v(r.rx_bytes),
+        rx_errors: u64v(r.rx_errors),
+        tx_bytes: u64v(r.tx_bytes),
+        tx_errors: u64v(r.tx_errors),
+    }
+}
+
+/// A container's name for metric labels: its CRI metadata's, else its record id.
+pub(crate) fn label_of(c: &Container) -> String {
+    container_config(c)
+        .and_then(|cfg| cfg.metadata)
+        .map(|m| m.name)
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| match label(c, "io.kubernetes.container.name") {
+            "" => c.id.clone(),
+            n => n.to_string(),
+        })
+}
+
 impl Cri {
-    async fn raw_records(&self, kind: &str) -> Result<Vec<Container>> {
+    pub(crate) async fn raw_records(&self, kind: &str) -> Result<Vec<Container>> {
         let req = ListContainersRequest {
             filters: vec![format!("labels.\"{CRI_KIND_LABEL}\"=={kind}")],
         };
@@ -386,7 +379,7 @@ impl Cri {
             .containers)
     }
 
-    fn fs_mount(&self) -> String {
+    pub(crate) fn fs_mount(&self) -> String {
         self.settings
             .root
             .join("snapshots")
@@ -480,11 +473,9 @@ impl Cri {
             let samples = self.stats.samples(paths).await?;
             samples.values().map(|s| s.usage.pids).sum()
         };
-        let key = berth_net::AttachmentKey::new(self.client.namespace(), pod.id.as_str());
-        let net = self.net.clone();
-        let netns = crate::blocking(move || Ok(net.inspect(&key).ok().map(|a| a.netns))).await?;
-        let network = match netns {
-            Some(ns) => net_dev(ns).await.map(|ifs| cri::NetworkUsage {
+        let network = self.pod_net_dev(pod).await.map(|rows| {
+            let ifs: Vec<cri::NetworkInterfaceUsage> = rows.iter().map(interface_usage).collect();
+            cri::NetworkUsage {
                 timestamp: ts,
                 default_interface: ifs
                     .iter()
@@ -492,9 +483,8 @@ impl Cri {
                     .or(ifs.first())
                     .cloned(),
                 interfaces: ifs,
-            }),
-            None => None,
-        };
+            }
+        });
         Ok(cri::PodSandboxStats {
             attributes: Some(cri::PodSandboxAttributes {
                 id: pod.id.clone(),
@@ -515,6 +505,16 @@ impl Cri {
             }),
             windows: None,
         })
+    }
+
+    /// The pod's interfaces, when it has a network namespace of its own.
+    pub(crate) async fn pod_net_dev(&self, pod: &Container) -> Option<Vec<NetDevRow>> {
+        let key = berth_net::AttachmentKey::new(self.client.namespace(), pod.id.as_str());
+        let net = self.net.clone();
+        let netns = crate::blocking(move || Ok(net.inspect(&key).ok().map(|a| a.netns)))
+            .await
+            .ok()??;
+        net_dev(netns).await
     }
 
     pub(crate) async fn pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats> {
@@ -541,143 +541,6 @@ impl Cri {
         }
         Ok(out)
     }
-
-    pub(crate) fn metric_descriptors(&self) -> Vec<cri::MetricDescriptor> {
-        METRICS
-            .iter()
-            .map(|(name, help, _)| cri::MetricDescriptor {
-                name: name.to_string(),
-                help: help.to_string(),
-                label_keys: LABEL_KEYS.iter().map(|k| k.to_string()).collect(),
-            })
-            .collect()
-    }
-
-    pub(crate) async fn pod_sandbox_metrics(&self) -> Result<Vec<cri::PodSandboxMetrics>> {
-        let pods = self.raw_records(CRI_KIND_SANDBOX).await?;
-        let containers = self.raw_records(CRI_KIND_CONTAINER).await?;
-        let mut out = Vec::with_capacity(pods.len());
-        for pod in &pods {
-            let stats = self.pod_stats(pod, &containers).await?;
-            let linux = stats.linux.unwrap_or_default();
-            let meta = pod_metadata(pod);
-            let (pod_name, pod_ns) = (meta.name.as_str(), meta.namespace.as_str());
-            let metric = |name: &str, ts: i64, labels: &[String], v: u64| cri::Metric {
-                name: name.to_string(),
-                timestamp: ts,
-                metric_type: METRICS
-                    .iter()
-                    .find(|m| m.0 == name)
-                    .map_or(cri::MetricType::Gauge, |m| m.2) as i32,
-                label_values: labels.to_vec(),
-                value: u64v(v),
-            };
-            let mut container_metrics = Vec::new();
-            for cs in &linux.containers {
-                let attrs = cs.attributes.clone().unwrap_or_default();
-                let image = containers
-                    .iter()
-                    .find(|c| c.id == attrs.id)
-                    .map(|c| c.image.clone())
-                    .unwrap_or_default();
-                let name = attrs.metadata.map(|m| m.name).unwrap_or_default();
-                let labels = [
-                    name.clone(),
-                    attrs.id.clone(),
-                    image,
-                    attrs.id.clone(),
-                    pod_ns.to_string(),
-                    pod_name.to_string(),
-                ];
-                let mut m = Vec::new();
-                if let Some(cpu) = &cs.cpu {
-                    let ns = cpu.usage_core_nano_seconds.as_ref().map_or(0, |v| v.value);
-                    m.push(metric(
-                        "container_cpu_usage_seconds_total",
-                        cpu.timestamp,
-                        &labels,
-                        ns / 1_000_000_000,
-                    ));
-                }
-                if let Some(mem) = &cs.memory {
-                    let v = |o: &Option<cri::UInt64Value>| o.as_ref().map_or(0, |v| v.value);
-                    let ts = mem.timestamp;
-                    m.push(metric(
-                        "container_memory_usage_bytes",
-                        ts,
-                        &labels,
-                        v(&mem.usage_bytes),
-                    ));
-                    m.push(metric(
-                        "container_memory_working_set_bytes",
-                        ts,
-                        &labels,
-                        v(&mem.working_set_bytes),
-                    ));
-                    m.push(metric(
-                        "container_memory_rss",
-                        ts,
-                        &labels,
-                        v(&mem.rss_bytes),
-                    ));
-                    m.push(metric(
-                        "container_memory_failures_total",
-                        ts,
-                        &labels,
-                        v(&mem.page_faults),
-                    ));
-                }
-                if let Some(fs) = &cs.writable_layer {
-                    m.push(metric(
-                        "container_fs_usage_bytes",
-                        fs.timestamp,
-                        &labels,
-                        fs.used_bytes.as_ref().map_or(0, |v| v.value),
-                    ));
-                }
-                container_metrics.push(cri::ContainerMetrics {
-                    container_id: attrs.id,
-                    metrics: m,
-                });
-            }
-            let pod_labels = [
-                "POD".to_string(),
-                pod.id.clone(),
-                String::new(),
-                pod.id.clone(),
-                pod_ns.to_string(),
-                pod_name.to_string(),
-            ];
-            let mut metrics = Vec::new();
-            if let Some(p) = &linux.process {
-                let v = p.process_count.as_ref().map_or(0, |v| v.value);
-                metrics.push(metric("container_processes", p.timestamp, &pod_labels, v));
-            }
-            if let Some(n) = &linux.network {
-                for i in &n.interfaces {
-                    let v = |o: &Option<cri::UInt64Value>| o.as_ref().map_or(0, |v| v.value);
-                    metrics.push(metric(
-                        "container_network_receive_bytes_total",
-                        n.timestamp,
-                        &pod_labels,
-                        v(&i.rx_bytes),
-                    ));
-                    metrics.push(metric(
-                        "container_network_transmit_bytes_total",
-                        n.timestamp,
-                        &pod_labels,
-                        v(&i.tx_bytes),
-                    ));
-                }
-            }
-            out.push(cri::PodSandboxMetrics {
-                pod_sandbox_id: pod.id.clone(),
-                metrics,
-                container_metrics,
-            });
-        }
-        Ok(out)
-    }
 }
 
 #[cfg(test)]
@@ -690,10 +553,23 @@ mod tests {
         let ifs = parse_net_dev(text);
         assert_eq!(ifs.len(), 1);
         assert_eq!(ifs[0].name, "eth0");
-        assert_eq!(ifs[0].rx_bytes.as_ref().unwrap().value, 1234);
-        assert_eq!(ifs[0].rx_errors.as_ref().unwrap().value, 2);
-        assert_eq!(ifs[0].tx_bytes.as_ref().unwrap().value, 5678);
-        assert_eq!(ifs[0].tx_errors.as_ref().unwrap().value, 3);
+        assert_eq!(
+            ifs[0],
+            NetDevRow {
+                name: "eth0".into(),
+                rx_bytes: 1234,
+                rx_packets: 10,
+                rx_errors: 2,
+                rx_dropped: 0,
+                tx_bytes: 5678,
+                tx_packets: 20,
+                tx_errors: 3,
+                tx_dropped: 0,
+            }
+        );
+        let usage = interface_usage(&ifs[0]);
+        assert_eq!(usage.rx_bytes.map(|v| v.value), Some(1234));
+        assert_eq!(usage.tx_errors.map(|v| v.value), Some(3));
     }
 
     /// A real cgroup made for the test: read once per interval however often asked.

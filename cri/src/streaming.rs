@@ -518,8 +518,18 @@ impl Backend for StreamBackend {
                     })?;
                 let mut fifo = pipe::Sender::from_file(file)
                     .map_err(|e| StreamError::Internal(format!("stdin of {id}: {e}")))?;
+                // `stdin_once`: the first attacher's end of input is the container's, so the
+                // shim closes its writer too and the process reads EOF.
+                let once = stdin_once(&self.client, id).await;
+                let (client, cid) = (self.client.clone(), id.to_string());
                 Some(Aborting(tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut from, &mut fifo).await;
+                    let copied = tokio::io::copy(&mut from, &mut fifo).await;
+                    drop(fifo);
+                    if once && copied.is_ok() {
+                        if let Err(e) = client.tasks().close_stdin(&cid, "").await {
+                            tracing::debug!(id = %cid, "close stdin after attach: {e}");
+                        }
+                    }
                 })))
             }
             None => None,
@@ -555,6 +565,20 @@ impl Backend for StreamBackend {
             Err(e) => Err(StreamError::Internal(e.to_string())),
         }
     }
+}
+
+/// Whether the container was created with `stdin_once` (its CRI config in the record).
+async fn stdin_once(client: &berth::Client, id: &str) -> bool {
+    container(client, id)
+        .await
+        .ok()
+        .and_then(|c| {
+            let cfg = c.extensions.get(crate::store::CONFIG_EXT)?;
+            prost::Message::decode(cfg.value.as_slice())
+                .ok()
+                .map(|cfg: berth_api::runtime::v1::ContainerConfig| cfg.stdin_once)
+        })
+        .unwrap_or(false)
 }
 
 /// The file of a `cri-log:///path?query` stdout URI.

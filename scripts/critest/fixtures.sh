@@ -27,12 +27,17 @@ _fixtures_build() {
       echo "$sum" >"$CRITEST_CACHE/bin/$program.sum"
     fi
   done
-  (cd "$_fixtures_root" && cargo build -q -p berth-testkit --bin critest-images)
-  local target
-  target=$(cd "$_fixtures_root" && cargo metadata --format-version 1 --no-deps |
-    sed -E 's/.*"target_directory":"([^"]*)".*/\1/')
-  "$target/debug/critest-images" "$CRITEST_CACHE/layout" "$CRITEST_CACHE/bin" \
-    >"$CRITEST_CACHE/images.txt"
+  # $BERTH_CRITEST_IMAGES_BIN: a critest-images already built (cri/tests/critest.rs passes the
+  # workspace build's); building it alone here would rebuild its dependencies with other features.
+  local images=${BERTH_CRITEST_IMAGES_BIN:-}
+  if [ -z "$images" ]; then
+    (cd "$_fixtures_root" && cargo build -q -p berth-testkit --bin critest-images)
+    local target
+    target=$(cd "$_fixtures_root" && cargo metadata --format-version 1 --no-deps |
+      sed -E 's/.*"target_directory":"([^"]*)".*/\1/')
+    images=$target/debug/critest-images
+  fi
+  "$images" "$CRITEST_CACHE/layout" "$CRITEST_CACHE/bin" >"$CRITEST_CACHE/images.txt"
 }
 
 # A registry on a free loopback port: like the Rust e2e harness, each start sends a header of its

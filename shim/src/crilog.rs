@@ -174,6 +174,15 @@ impl Framer {
         }
     }
 
+    /// What the last read left unterminated, written now as a partial record (the reader
+    /// joins partials up to the next full one). CRI Attach follows this log, so output without
+    /// a newline (a prompt, `echo -n`) must reach it without waiting for one.
+    pub fn flush(&mut self, ts: &str, out: &mut Vec<u8>) {
+        if !self.pending.is_empty() {
+            self.emit(out, ts, "P");
+        }
+    }
+
     /// The stream ended: an unfinished line is written as a partial record.
     pub fn finish(&mut self, ts: &str, out: &mut Vec<u8>) {
         if !self.pending.is_empty() {
@@ -249,6 +258,7 @@ impl Sink {
         let ts = rfc3339_nano(SystemTime::now());
         let mut out = Vec::with_capacity(data.len() + 64);
         self.framer.feed(data, &ts, &mut out);
+        self.framer.flush(&ts, &mut out);
         self.log.borrow().send(out);
     }
 }
@@ -441,6 +451,20 @@ mod tests {
             format!("{TS} stderr F x\n{TS} stderr P last\n")
         );
         assert_eq!(frame(Stream::Stdout, &[b""], true), "");
+    }
+
+    #[test]
+    fn a_flushed_tail_is_a_partial_record() {
+        let mut f = Framer::new(Stream::Stdout);
+        let mut out = Vec::new();
+        f.feed(b"a\nhel", TS, &mut out);
+        f.flush(TS, &mut out);
+        f.feed(b"lo\n", TS, &mut out);
+        f.flush(TS, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("{TS} stdout F a\n{TS} stdout P hel\n{TS} stdout F lo\n")
+        );
     }
 
     #[test]
