@@ -509,7 +509,7 @@ fn crictl_drives_every_rpc() {
     ];
     for filter in filters {
         let args = [&["pods", "-o", "json"][..], filter].concat();
-        assert_eq!(ids(&env.json(&args), "items"), [pod.clone()], "{filter:?}");
+        assert_eq!(ids(&env.json(&args), "items"), [pod.as_str()], "{filter:?}");
     }
     assert!(ids(
         &env.json(&["pods", "-o", "json", "--label", "app=other"]),
@@ -578,21 +578,21 @@ fn crictl_drives_every_rpc() {
             &env.json(&["ps", "-o", "json", "--name", "^web$"]),
             "containers"
         ),
-        [web.clone()]
+        [web.as_str()]
     );
     assert_eq!(
         ids(
             &env.json(&["ps", "-o", "json", "--label", "role=app"]),
             "containers"
         ),
-        [app.clone()]
+        [app.as_str()]
     );
     assert_eq!(
         ids(
             &env.json(&["ps", "-o", "json", "--id", &app[..13]]),
             "containers"
         ),
-        [app.clone()]
+        [app.as_str()]
     );
     assert!(ids(
         &env.json(&["ps", "-o", "json", "--state", "exited"]),
