@@ -18,6 +18,11 @@ pub struct CriConfig {
     /// The host put in streaming URLs when `stream_address` is unspecified (0.0.0.0 or ::);
     /// empty: the address the host routes from.
     pub stream_advertise_host: String,
+    /// How long a streaming URL stays redeemable, in seconds (the kubelet's clients use theirs
+    /// at once; tests shorten it to see a token expire).
+    pub stream_token_ttl_seconds: u64,
+    /// How many streaming URLs may wait to be redeemed at once; more is ResourceExhausted.
+    pub stream_max_in_flight: usize,
     /// The berth namespace CRI objects live in (containerd's CRI uses `k8s.io`).
     pub namespace: String,
     /// Pod networks: the first config list here (by name) is the pods' network.
@@ -38,6 +43,8 @@ impl Default for CriConfig {
             address: "/run/berth/cri.sock".into(),
             stream_address: "127.0.0.1:0".into(),
             stream_advertise_host: String::new(),
+            stream_token_ttl_seconds: 60,
+            stream_max_in_flight: 1000,
             namespace: "k8s.io".into(),
             cni_conf_dir: "/etc/cni/net.d".into(),
             cni_bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
@@ -89,6 +96,16 @@ impl CriConfig {
                     ))
                 })?;
         }
+        if self.stream_token_ttl_seconds == 0 {
+            return Err(Error::invalid(
+                "cri.stream_token_ttl_seconds must be at least 1",
+            ));
+        }
+        if self.stream_max_in_flight == 0 {
+            return Err(Error::invalid(
+                "cri.stream_max_in_flight must be at least 1",
+            ));
+        }
         let ns = &self.namespace;
         let valid_ns = !ns.is_empty()
             && ns.len() <= 76
@@ -121,7 +138,12 @@ mod tests {
     fn defaults_validate_and_bad_values_name_their_key() {
         CriConfig::default().validate().unwrap();
         type Change = fn(&mut CriConfig);
-        let cases: [(Change, &str); 6] = [
+        let cases: [(Change, &str); 8] = [
+            (
+                |c| c.stream_token_ttl_seconds = 0,
+                "cri.stream_token_ttl_seconds",
+            ),
+            (|c| c.stream_max_in_flight = 0, "cri.stream_max_in_flight"),
             (
                 |c| c.stream_advertise_host = "node-1".into(),
                 "cri.stream_advertise_host",

@@ -129,7 +129,8 @@ async fn start_streaming(
         berth_cri_stream::Config {
             address,
             advertise_host,
-            ..Default::default()
+            token_ttl: std::time::Duration::from_secs(config.stream_token_ttl_seconds),
+            max_in_flight: config.stream_max_in_flight,
         },
         Arc::new(backend),
     )

@@ -188,7 +188,7 @@ impl Cri {
     }
 
     /// The record of `kind` named by `id` or a unique prefix of it.
-    async fn find(&self, kind: &str, id: &str, what: &str) -> Result<ContainerInfo> {
+    pub(crate) async fn find(&self, kind: &str, id: &str, what: &str) -> Result<ContainerInfo> {
         check_id(id, what)?;
         if id.len() == 64 {
             return match self.client.containers().get_by_id(id).await {

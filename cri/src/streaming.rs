@@ -137,16 +137,31 @@ fn stream_error(e: StreamError) -> Error {
 }
 
 impl Cri {
+    /// The full id of the container (or sandbox) `id` names, exactly or (as crictl users type
+    /// them, from `crictl ps`) by a unique prefix.
+    async fn full_id(&self, kind: &str, id: &str) -> Result<String> {
+        let exact = record(&self.client, id).await?;
+        if exact.as_ref().is_some_and(|c| kind_of(c) == kind) {
+            return Ok(id.to_string());
+        }
+        let what = if kind == CRI_KIND_SANDBOX {
+            "pod sandbox"
+        } else {
+            "container"
+        };
+        Ok(self.find(kind, id, what).await?.id)
+    }
+
     pub(crate) async fn exec_url(&self, r: berth_api::runtime::v1::ExecRequest) -> Result<String> {
         if r.cmd.is_empty() || r.cmd[0].is_empty() {
             return Err(Error::invalid("cmd must not be empty"));
         }
         check_streams(r.stdin, r.stdout, r.stderr, r.tty)?;
-        container(&self.client, &r.container_id).await?;
-        require_running(&self.client, &r.container_id).await?;
+        let container_id = self.full_id(CRI_KIND_CONTAINER, &r.container_id).await?;
+        require_running(&self.client, &container_id).await?;
         self.stream
             .get_exec(ExecRequest {
-                container_id: r.container_id,
+                container_id,
                 cmd: r.cmd,
                 tty: r.tty,
                 stdin: r.stdin,
@@ -161,11 +176,11 @@ impl Cri {
         r: berth_api::runtime::v1::AttachRequest,
     ) -> Result<String> {
         check_streams(r.stdin, r.stdout, r.stderr, r.tty)?;
-        container(&self.client, &r.container_id).await?;
-        require_running(&self.client, &r.container_id).await?;
+        let container_id = self.full_id(CRI_KIND_CONTAINER, &r.container_id).await?;
+        require_running(&self.client, &container_id).await?;
         self.stream
             .get_attach(AttachRequest {
-                container_id: r.container_id,
+                container_id,
                 tty: r.tty,
                 stdin: r.stdin,
                 stdout: r.stdout,
@@ -181,11 +196,9 @@ impl Cri {
         if let Some(p) = r.port.iter().find(|p| !(1..=65535).contains(*p)) {
             return Err(Error::invalid(format!("port {p} is not a TCP port")));
         }
-        sandbox(&self.client, &r.pod_sandbox_id).await?;
+        let pod_sandbox_id = self.full_id(CRI_KIND_SANDBOX, &r.pod_sandbox_id).await?;
         self.stream
-            .get_port_forward(PortForwardRequest {
-                pod_sandbox_id: r.pod_sandbox_id,
-            })
+            .get_port_forward(PortForwardRequest { pod_sandbox_id })
             .map_err(stream_error)
     }
 }
@@ -497,12 +510,23 @@ impl Backend for StreamBackend {
         mut io: StreamIo,
     ) -> std::result::Result<(), StreamError> {
         let id = req.container_id.as_str();
-        let stdout_uri = self.running(id).await?;
+        let record = container(&self.client, id)
+            .await
+            .map_err(|e| lookup_error(format!("container {id}"), e))?;
+        let stdout_uri = require_running(&self.client, id)
+            .await
+            .map_err(|e| StreamError::Internal(e.to_string()))?;
         let log = cri_log_path(&stdout_uri).ok_or_else(|| {
             StreamError::Internal(format!(
                 "container {id} does not write a CRI log (its stdout is {stdout_uri:?})"
             ))
         })?;
+        // The log's end is taken before any input reaches the container, so what it answers
+        // to that input is after the point the client follows from.
+        let log_file = open_log_at_end(&log)
+            .await
+            .map_err(|e| StreamError::Internal(format!("log of {id}: {e}")))?;
+        let stdin_once = stdin_once(&record);
         let _stdin = match io.stdin.take() {
             Some(mut from) => {
                 let path = self.io_dir.join(id).join("stdin");
@@ -518,24 +542,26 @@ impl Backend for StreamBackend {
                     })?;
                 let mut fifo = pipe::Sender::from_file(file)
                     .map_err(|e| StreamError::Internal(format!("stdin of {id}: {e}")))?;
-                // `stdin_once`: the first attacher's end of input is the container's, so the
-                // shim closes its writer too and the process reads EOF.
-                let once = stdin_once(&self.client, id).await;
-                let (client, cid) = (self.client.clone(), id.to_string());
+                let (client, id) = (self.client.clone(), id.to_string());
                 Some(Aborting(tokio::spawn(async move {
-                    let copied = tokio::io::copy(&mut from, &mut fifo).await;
-                    drop(fifo);
-                    if once && copied.is_ok() {
-                        if let Err(e) = client.tasks().close_stdin(&cid, "").await {
-                            tracing::debug!(id = %cid, "close stdin after attach: {e}");
-                        }
+                    let _ = tokio::io::copy(&mut from, &mut fifo).await;
+                    // stdin_once: the client's end of input is the container's (the shim
+                    // holds a writer of its own, so only CloseIO makes the process see EOF).
+                    if stdin_once {
+                        drop(fifo);
+                        let _ = client.tasks().close_stdin(&id, "").await;
                     }
                 })))
             }
             None => None,
         };
         let (stdout, stderr) = (io.stdout.take(), io.stderr.take());
-        let result = follow(&self.client, id, &log, req.tty, stdout, stderr).await;
+        let result = follow(&self.client, id, &log, log_file, req.tty, stdout, stderr).await;
+        if stdin_once && req.stdin {
+            // The first attach detaching without closing its input closes it all the same:
+            // a later attach never gets the container's stdin again.
+            let _ = self.client.tasks().close_stdin(id, "").await;
+        }
         result.map_err(|e| StreamError::Internal(format!("attach to {id}: {e}")))
     }
 
@@ -565,20 +591,6 @@ impl Backend for StreamBackend {
             Err(e) => Err(StreamError::Internal(e.to_string())),
         }
     }
-}
-
-/// Whether the container was created with `stdin_once` (its CRI config in the record).
-async fn stdin_once(client: &berth::Client, id: &str) -> bool {
-    container(client, id)
-        .await
-        .ok()
-        .and_then(|c| {
-            let cfg = c.extensions.get(crate::store::CONFIG_EXT)?;
-            prost::Message::decode(cfg.value.as_slice())
-                .ok()
-                .map(|cfg: berth_api::runtime::v1::ContainerConfig| cfg.stdin_once)
-        })
-        .unwrap_or(false)
 }
 
 /// The file of a `cri-log:///path?query` stdout URI.
@@ -634,23 +646,45 @@ fn parse_record(line: &[u8]) -> Option<(bool, bool, &[u8])> {
     Some((stderr, full, content))
 }
 
-/// Streams the log at `path` from its current end into `stdout`/`stderr` until the task
+/// Whether the container's CRI config (the store's record extension) asks for stdin_once.
+fn stdin_once(record: &Container) -> bool {
+    record
+        .extensions
+        .get(crate::store::CONFIG_EXT)
+        .and_then(|a| {
+            <berth_api::runtime::v1::ContainerConfig as prost::Message>::decode(a.value.as_slice())
+                .ok()
+        })
+        .is_some_and(|c| c.stdin_once)
+}
+
+/// A log file and its inode.
+fn open_log(path: &Path) -> std::io::Result<(tokio::fs::File, u64)> {
+    let f = std::fs::File::open(path)?;
+    let ino = f.metadata()?.ino();
+    Ok((tokio::fs::File::from_std(f), ino))
+}
+
+/// The log at `path` positioned at its current end.
+async fn open_log_at_end(path: &Path) -> std::io::Result<(tokio::fs::File, u64)> {
+    let (mut file, ino) = open_log(path)?;
+    file.seek(SeekFrom::End(0)).await?;
+    Ok((file, ino))
+}
+
+/// Streams the log at `path` from where `opened` stands into `stdout`/`stderr` until the task
 /// exits (and the log went quiet) or a writer fails (the client left).
 async fn follow(
     client: &berth::Client,
     id: &str,
     path: &Path,
+    opened: (tokio::fs::File, u64),
     tty: bool,
     mut stdout: Option<BoxWrite>,
     mut stderr: Option<BoxWrite>,
 ) -> std::io::Result<()> {
-    let open = |path: &Path| -> std::io::Result<(tokio::fs::File, u64)> {
-        let f = std::fs::File::open(path)?;
-        let ino = f.metadata()?.ino();
-        Ok((tokio::fs::File::from_std(f), ino))
-    };
-    let (mut file, mut ino) = open(path)?;
-    file.seek(SeekFrom::End(0)).await?;
+    let open = open_log;
+    let (file, mut ino) = opened;
     let mut reader = tokio::io::BufReader::new(file);
     let mut line = Vec::new();
     let mut exited_at: Option<tokio::time::Instant> = None;

@@ -6,14 +6,16 @@
 //! deadline that fails with DeadlineExceeded and records nothing. Needs root, berthd built in
 //! this target dir, docker-registry and skopeo.
 
+#[path = "support/fixtures.rs"]
+mod fixtures;
+
 use berth_api::runtime::v1 as cri;
 use berth_api::runtime::v1::image_service_client::ImageServiceClient;
 use berth_testkit::berthd::{tail, Daemon};
+use fixtures::fixtures;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
@@ -25,55 +27,6 @@ const TAGS: [&str; 3] = [
     "gcr.io/k8s-staging-cri-tools/test-image-tags:3",
 ];
 
-/// critest's fixture registry, up for the life of this test process: the script waits on its
-/// stdin, which closes when the process ends, and then stops the registry.
-struct Fixtures {
-    registry: String,
-    cache: PathBuf,
-    _script: Mutex<(Child, ChildStdin)>,
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn fixtures() -> &'static Fixtures {
-    static FIXTURES: OnceLock<Fixtures> = OnceLock::new();
-    FIXTURES.get_or_init(|| {
-        let script = repo_root().join("scripts/critest/fixtures.sh");
-        let mut child = Command::new("bash")
-            .arg("-c")
-            .arg(
-                r#"set -e; source "$0"; trap fixtures_down EXIT; fixtures_up >&2
-                echo "$CRITEST_REGISTRY $CRITEST_CACHE"; read -r _ || true"#,
-            )
-            .arg(&script)
-            .current_dir(repo_root())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("run scripts/critest/fixtures.sh");
-        let stdin = child.stdin.take().expect("fixture stdin");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("fixture stdout"))
-            .read_line(&mut line)
-            .expect("read the fixture registry's address");
-        let (registry, cache) = line
-            .trim()
-            .split_once(' ')
-            .unwrap_or_else(|| panic!("fixtures.sh did not come up (said {line:?})"));
-        Fixtures {
-            registry: registry.to_string(),
-            cache: PathBuf::from(cache),
-            _script: Mutex::new((child, stdin)),
-        }
-    })
-}
-
 /// A berthd whose CRI takes its mirrors from its own certs.d, sending critest's three
 /// registries to the fixture registry.
 struct Cri {
@@ -83,23 +36,11 @@ struct Cri {
 
 impl Cri {
     fn start() -> Cri {
-        let f = fixtures();
         let dir = tempfile::Builder::new()
             .prefix("berth-cri-images-")
             .tempdir()
             .expect("temp dir");
-        let certs = dir.path().join("certs.d");
-        for host in ["registry.k8s.io", "gcr.io", "k8s.gcr.io"] {
-            std::fs::create_dir_all(certs.join(host)).expect("certs.d");
-            std::fs::write(
-                certs.join(host).join("hosts.toml"),
-                format!(
-                    "server = \"https://{host}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-                    f.registry
-                ),
-            )
-            .expect("write hosts.toml");
-        }
+        let certs = fixtures::certs_d(dir.path());
         let daemon = Daemon::start_with_config(&format!(
             "[cri]\naddress = {:?}\ncni_conf_dir = {:?}\nregistry_config_path = {:?}\n",
             dir.path().join("cri.sock"),
