@@ -6,7 +6,8 @@
 # root, the two tools interleaved step by step (which one goes first alternates by round) so both
 # see the same machine load; it reports per-step medians, the worst sample, and the median of the
 # per-round ratios. Needs root, docker-registry, skopeo, buildah (apt-get install buildah), and
-# berthd, berth-shim, berth and busybox-oci built (PROFILE=debug by default, or release). buildah
+# berthd, berth-shim and berth built (PROFILE=debug by default, or release), busybox-oci too for
+# a busybox base (else the Debian fixture is the base). buildah
 # runs RUN with runc: its default crun refuses this hosts' hybrid cgroup layout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,9 +36,17 @@ http:
 YML
 docker-registry serve "$work/registry.yml" >/dev/null 2>&1 & pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
-archive=$("$bin/busybox-oci" "$work" busybox:latest id pwd mkdir chown chmod ls)
-base=127.0.0.1:$port/bench/busybox:latest
-skopeo copy -q --dest-tls-verify=false "oci-archive:$archive" "docker://$base"
+# The base: busybox from busybox-oci when built, else the pull group's cached Debian image
+# fixture (`berth-bench pull` builds it; the Dockerfile needs only sh and coreutils).
+if [ -x "$bin/busybox-oci" ]; then
+    archive=$("$bin/busybox-oci" "$work" busybox:latest id pwd mkdir chown chmod ls)
+    base=127.0.0.1:$port/bench/busybox:latest
+    skopeo copy -q --dest-tls-verify=false "oci-archive:$archive" "docker://$base"
+else
+    base=127.0.0.1:$port/bench/debian:v1
+    skopeo copy -q --dest-tls-verify=false \
+        "oci:/var/tmp/berth-bench-fixtures/debian-bookworm-v1/oci:v1" "docker://$base"
+fi
 
 ctx=$work/ctx
 mkdir -p "$ctx"
