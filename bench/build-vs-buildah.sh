@@ -2,8 +2,12 @@
 # berth build beside Debian's buildah (`buildah bud`, vfs storage), same multi-stage Dockerfile,
 # same busybox base served by a docker-registry on loopback (issue 16's figures). A script, never
 # a test: it prints seconds for a cold build, a no-change rebuild and a one-file-change rebuild,
-# and the image sizes. Needs root, docker-registry, skopeo, buildah (apt-get install buildah), and
-# berthd, berth-shim, berth and busybox-oci built (PROFILE=debug by default, or release). buildah
+# and the image sizes. $ROUNDS rounds (default 5), each on a fresh berthd root and a fresh buildah
+# root, the two tools interleaved step by step (which one goes first alternates by round) so both
+# see the same machine load; it reports per-step medians, the worst sample, and the median of the
+# per-round ratios. Needs root, docker-registry, skopeo, buildah (apt-get install buildah), and
+# berthd, berth-shim and berth built (PROFILE=debug by default, or release), busybox-oci too for
+# a busybox base (else the Debian fixture is the base). buildah
 # runs RUN with runc: its default crun refuses this hosts' hybrid cgroup layout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,15 +36,17 @@ http:
 YML
 docker-registry serve "$work/registry.yml" >/dev/null 2>&1 & pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
-archive=$("$bin/busybox-oci" "$work" busybox:latest id pwd mkdir chown chmod ls)
-base=127.0.0.1:$port/bench/busybox:latest
-skopeo copy -q --dest-tls-verify=false "oci-archive:$archive" "docker://$base"
-
-"$bin/berthd" --root "$work/berthd/root" --state "$work/berthd/state" \
-    --address "$work/berthd.sock" --log-level warn 2>"$work/berthd.log" & pids+=($!)
-for _ in $(seq 100); do [ -S "$work/berthd.sock" ] && break; sleep 0.1; done
-berth() { "$bin/berth" -H "unix://$work/berthd.sock" -n bench "$@"; }
-bah() { buildah --root "$work/buildah" --runroot "$work/buildah-run" --storage-driver vfs "$@"; }
+# The base: busybox from busybox-oci when built, else the pull group's cached Debian image
+# fixture (`berth-bench pull` builds it; the Dockerfile needs only sh and coreutils).
+if [ -x "$bin/busybox-oci" ]; then
+    archive=$("$bin/busybox-oci" "$work" busybox:latest id pwd mkdir chown chmod ls)
+    base=127.0.0.1:$port/bench/busybox:latest
+    skopeo copy -q --dest-tls-verify=false "oci-archive:$archive" "docker://$base"
+else
+    base=127.0.0.1:$port/bench/debian:v1
+    skopeo copy -q --dest-tls-verify=false \
+        "oci:/var/tmp/berth-bench-fixtures/debian-bookworm-v1/oci:v1" "docker://$base"
+fi
 
 ctx=$work/ctx
 mkdir -p "$ctx"
@@ -60,7 +66,24 @@ WORKDIR /app
 CMD ["/usr/local/bin/hello"]
 DF
 printf "echo '#!/bin/sh' > hello\necho \"echo hello from \$1\" >> hello\nchmod 755 hello\n" > "$ctx/gen.sh"
-echo "# data 1" > "$ctx/data.txt"
+
+rounds=${ROUNDS:-5}
+berthd_pid=
+start_berthd() { # ROUND
+    "$bin/berthd" --root "$work/r$1/berthd/root" --state "$work/r$1/berthd/state" \
+        --address "$work/r$1/berthd.sock" --log-level warn 2>"$work/r$1/berthd.log" &
+    berthd_pid=$!
+    pids+=("$berthd_pid")
+    for _ in $(seq 100); do [ -S "$work/r$1/berthd.sock" ] && break; sleep 0.1; done
+}
+stop_berthd() {
+    kill "$berthd_pid" 2>/dev/null || true
+    wait "$berthd_pid" 2>/dev/null || true
+}
+berth() { "$bin/berth" -H "unix://$work/r$round/berthd.sock" -n bench "$@"; }
+bah() { buildah --root "$work/r$round/buildah" --runroot "$work/r$round/buildah-run" --storage-driver vfs "$@"; }
+bah_build() { bah bud --runtime runc --layers --tls-verify=false --network none -t bench:v1 "$ctx"; }
+berth_build() { berth build -q -t bench:v1 "$ctx"; }
 
 # Seconds of one command; its output goes to the log, and a failure stops the bench with it.
 t() {
@@ -74,20 +97,48 @@ t() {
     e=$(date +%s.%N)
     echo "$e - $s" | bc
 }
-b_cold=$(t berth build -q -t bench:v1 "$ctx")
-h_cold=$(t bah bud --runtime runc --layers --tls-verify=false --network none -t bench:v1 "$ctx")
-b_same=$(t berth build -q -t bench:v1 "$ctx")
-h_same=$(t bah bud --runtime runc --layers --tls-verify=false --network none -t bench:v1 "$ctx")
-echo "# data 2" > "$ctx/data.txt"
-b_one=$(t berth build -q -t bench:v1 "$ctx")
-h_one=$(t bah bud --runtime runc --layers --tls-verify=false --network none -t bench:v1 "$ctx")
+# One step of both tools, in this round's order; appends "berth buildah" seconds to $work/STEP.
+step() { # STEP
+    local b h
+    if ((round % 2)); then
+        h=$(t bah_build); b=$(t berth_build)
+    else
+        b=$(t berth_build); h=$(t bah_build)
+    fi
+    echo "$b $h" >>"$work/$1"
+}
+for round in $(seq "$rounds"); do
+    mkdir -p "$work/r$round"
+    echo "# data 1" > "$ctx/data.txt"
+    start_berthd "$round"
+    step cold
+    step same
+    echo "# data 2 of round $round" > "$ctx/data.txt"
+    step one
+    if ((round == rounds)); then
+        b_size=$(berth images --format '{{.Size}}' bench:v1 2>/dev/null || echo "?")
+        h_size=$(bah images --format '{{.Size}}' localhost/bench:v1)
+        check=$(berth run --rm bench:v1)
+    fi
+    stop_berthd
+    bah rm -a >/dev/null 2>&1 || true
+    bah rmi -af >/dev/null 2>&1 || true
+    umount -R "$work/r$round" 2>/dev/null || true
+    rm -rf "$work/r$round"
+done
 
-b_size=$(berth images --format '{{.Size}}' bench:v1 2>/dev/null || echo "?")
-h_size=$(bah images --format '{{.Size}}' localhost/bench:v1)
-ratio() { echo "scale=2; $1 / $2" | bc; }
-printf "%-22s %10s %10s %8s\n" step "berth(s)" "buildah(s)" ratio
-printf "%-22s %10.2f %10.2f %8s\n" "cold build" "$b_cold" "$h_cold" "$(ratio "$b_cold" "$h_cold")"
-printf "%-22s %10.2f %10.2f %8s\n" "no-change rebuild" "$b_same" "$h_same" "$(ratio "$b_same" "$h_same")"
-printf "%-22s %10.2f %10.2f %8s\n" "one-file rebuild" "$b_one" "$h_one" "$(ratio "$b_one" "$h_one")"
+# "median max" of column COL (1 berth, 2 buildah) of FILE; "median" of the per-line ratios.
+col() { awk -v c="$2" '{ print $c }' "$1" | sort -g | awk '{ v[NR] = $1 } END {
+    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f %.2f", m, v[NR] }'; }
+ratio() { awk '{ print $1 / $2 }' "$1" | sort -g | awk '{ v[NR] = $1 } END {
+    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f", m }'; }
+echo "$rounds rounds, interleaved; load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf "%-20s %16s %16s %12s %7s\n" step "berth med/max s" "buildah med/max" "ratio(med)" target
+for s in cold:"cold build":0.8 same:"no-change rebuild":0.5 one:"one-file rebuild":0.5; do
+    IFS=: read -r f name target <<<"$s"
+    read -r bm bx < <(col "$work/$f" 1; echo)
+    read -r hm hx < <(col "$work/$f" 2; echo)
+    printf "%-20s %8s/%-7s %8s/%-7s %12s %7s\n" "$name" "$bm" "$bx" "$hm" "$hx" "$(ratio "$work/$f")" "<= $target"
+done
 echo "image size: berth $b_size (compressed, as berth images shows), buildah $h_size (vfs, uncompressed)"
-echo "output check: $(berth run --rm bench:v1)"
+echo "output check: $check"

@@ -11,7 +11,8 @@
 # containerd 2.4. Memory needs the daemon's pid in $BERTH_CRI_DAEMON_PID and a `pgrep -f` pattern
 # of its shims in $BERTH_CRI_SHIM_PATTERN (peer.sh sets both); without them it is not reported.
 # The busybox image comes from the critest fixtures' registry. A benchmark, never run by CI.
-# Everything it creates is removed on exit.
+# Everything it creates is removed on exit. With $BENCH_CRI_SAMPLES set, the pod-start and stats
+# samples are also copied to $BENCH_CRI_SAMPLES.seq.ms and .stats.ms.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 TEST_BIN=${BERTH_TEST_BIN:-/usr/local/lib/berth-test/bin}
@@ -82,6 +83,8 @@ for i in $(seq "$RUNS"); do
   crictl run "$ctr" "$pod" >/dev/null
   echo $(($(now_ms) - t))
 done >"$work/seq.ms"
+# The raw samples, for a driver that pools rounds (bench/cri-ab.sh).
+[ -z "${BENCH_CRI_SAMPLES:-}" ] || cp "$work/seq.ms" "$BENCH_CRI_SAMPLES.seq.ms"
 read -r m p < <(stats <"$work/seq.ms")
 echo "pod start (runp+create+start, $RUNS sequential): median ${m} ms, p99 ${p} ms"
 rm_pods
@@ -123,5 +126,6 @@ running=$(crictl ps -q --state Running | wc -l)
 for i in $(seq 20); do
   t=$(now_ms); crictl stats -o json >/dev/null; echo $(($(now_ms) - t))
 done >"$work/stats.ms"
+[ -z "${BENCH_CRI_SAMPLES:-}" ] || cp "$work/stats.ms" "$BENCH_CRI_SAMPLES.stats.ms"
 read -r m p < <(stats <"$work/stats.ms")
 echo "ListContainerStats with $running running containers (20 calls): median ${m} ms, p99 ${p} ms"
