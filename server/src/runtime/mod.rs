@@ -98,8 +98,10 @@ pub struct CreateTask {
     pub options: Option<prost_types::Any>,
 }
 
-/// A table slot: `Busy` while a create or a cleanup owns the id, so nothing else races it.
+/// A table slot: `Creating` while a reservation holds the id for a create, `Busy` while a
+/// cleanup or recovery owns it, so nothing else races either.
 enum Slot {
+    Creating,
     Busy,
     Ready(Arc<Task>),
 }
@@ -132,7 +134,7 @@ impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         {
             let mut tasks = self.manager.lock();
-            if matches!(tasks.get(&self.key), Some(Slot::Busy)) {
+            if matches!(tasks.get(&self.key), Some(Slot::Busy | Slot::Creating)) {
                 tasks.remove(&self.key);
             }
         }
@@ -196,11 +198,11 @@ impl TaskManager {
         let mut tasks = self.lock();
         match tasks.get(&key) {
             Some(Slot::Ready(_)) => Err(Error::exists(format!("task {id} already exists"))),
-            Some(Slot::Busy) => Err(Error::unavailable(format!(
+            Some(Slot::Busy | Slot::Creating) => Err(Error::unavailable(format!(
                 "task {id} is being created or cleaned up; retry"
             ))),
             None => {
-                tasks.insert(key.clone(), Slot::Busy);
+                tasks.insert(key.clone(), Slot::Creating);
                 Ok(Reservation { manager: self, key })
             }
         }
@@ -212,19 +214,20 @@ impl TaskManager {
     pub fn get(&self, ns: &str, id: &str) -> Result<Arc<Task>> {
         match self.lock().get(&(ns.to_string(), id.to_string())) {
             Some(Slot::Ready(t)) => Ok(t.clone()),
-            Some(Slot::Busy) => Err(Error::unavailable(format!(
+            Some(Slot::Busy | Slot::Creating) => Err(Error::unavailable(format!(
                 "task {id} is being created or cleaned up; retry"
             ))),
             None => Err(Error::not_found(format!("no task for container {id}"))),
         }
     }
 
-    /// Waits (at most SETTLE_WITHIN) until `ns/id`'s slot is not Busy. A client may ask about a
-    /// task while its create is still under way: nerdctl's `run -i` closes stdin as soon as its
-    /// input ends, which can be while runc create runs, since the shim opens the stdin FIFO
-    /// first. containerd's shim opens it after runc create, so there the window is tiny; here
-    /// the answer waits for the create rather than telling the client to retry, which it does
-    /// not.
+    /// Waits (at most SETTLE_WITHIN) while `ns/id`'s slot is held for a create. A client may
+    /// ask about a task while its create is still under way: nerdctl's `run -i` closes stdin as
+    /// soon as its input ends, which can be while runc create runs, since the shim opens the
+    /// stdin FIFO first (containerd's shim opens it after runc create, so there the window is
+    /// tiny); the answer waits for the create rather than telling the client to retry, which it
+    /// does not. A slot Busy with a cleanup or a recovery is not waited for: a stopped shim is
+    /// probed until it answers, and the caller gets Unavailable at once.
     pub async fn settled(&self, ns: &str, id: &str) {
         let key = (ns.to_string(), id.to_string());
         let deadline = tokio::time::Instant::now() + SETTLE_WITHIN;
@@ -233,7 +236,7 @@ impl TaskManager {
             tokio::pin!(notified);
             // Registered before the look, so a settle between the look and the wait is seen.
             notified.as_mut().enable();
-            if !matches!(self.lock().get(&key), Some(Slot::Busy)) {
+            if !matches!(self.lock().get(&key), Some(Slot::Creating)) {
                 return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
