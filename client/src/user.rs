@@ -3,9 +3,7 @@
 //! snapshot of the image mounted read-only in a temp dir (never from the host's files).
 
 use crate::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
-use crate::api::services::snapshots::v1::{
-    MountsRequest, RemoveSnapshotRequest, ViewSnapshotRequest,
-};
+use crate::api::services::snapshots::v1::{RemoveSnapshotRequest, ViewSnapshotRequest};
 use crate::api::types::Mount;
 use crate::{Client, Error, Result};
 use std::collections::HashMap;
@@ -213,104 +211,6 @@ pub async fn read_image_files(
     Ok(files)
 }
 
-/// One id range of a user namespace: container ids `container..container+length` are host ids
-/// `host..`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdRange {
-    pub container: u32,
-    pub host: u32,
-    pub length: u32,
-}
-
-impl IdRange {
-    /// The host id of container id `id`, or `id` itself when the range does not hold it.
-    pub fn host_id(&self, id: u32) -> u32 {
-        match id.checked_sub(self.container) {
-            Some(off) if off < self.length => self.host + off,
-            _ => id,
-        }
-    }
-}
-
-/// Give every file of the active snapshot `key` the owner it has under `uid`/`gid`, so a
-/// container in a user namespace with those ranges owns its root as the image says (what an
-/// idmapped rootfs would show; runc before 1.2 cannot idmap one). The snapshot must be fresh:
-/// owners are shifted, not set, so shifting twice shifts twice.
-pub async fn remap_snapshot_owners(
-    client: &Client,
-    snapshotter: &str,
-    key: &str,
-    uid: IdRange,
-    gid: IdRange,
-) -> Result<()> {
-    let mut snapshots = SnapshotsClient::new(client.channel.clone());
-    let mounts = snapshots
-        .mounts(client.request(MountsRequest {
-            snapshotter: snapshotter.to_string(),
-            key: key.to_string(),
-        }))
-        .await?
-        .into_inner()
-        .mounts;
-    tokio::task::spawn_blocking(move || {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-remap-")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .tempdir()
-            .map_err(|e| Error::io("create a temp dir for the rootfs", e))?;
-        mount_one(&mounts, dir.path(), false)?;
-        let result = remap_tree(dir.path(), uid, gid);
-        let _ = nix::mount::umount2(dir.path(), nix::mount::MntFlags::MNT_DETACH);
-        result
-    })
-    .await
-    .map_err(|e| Error::local(Code::Internal, format!("remapping the rootfs owners: {e}")))?
-}
-
-/// Every owner under `root` first, then every lchown: a hard link seen twice (or an overlay
-/// copy-up changing inode numbers) still gets the owner of the original, shifted once.
-fn remap_tree(root: &Path, uid: IdRange, gid: IdRange) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let mut owners = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    let md = std::fs::symlink_metadata(root).map_err(|e| Error::io("stat the rootfs", e))?;
-    owners.push((root.to_path_buf(), md.uid(), md.gid()));
-    while let Some(dir) = dirs.pop() {
-        let entries =
-            std::fs::read_dir(&dir).map_err(|e| Error::io(format!("read {}", dir.display()), e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(format!("read {}", dir.display()), e))?;
-            let path = entry.path();
-            let md = std::fs::symlink_metadata(&path)
-                .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
-            // Never through a symlink: it may point anywhere on the host.
-            if md.file_type().is_dir() {
-                dirs.push(path.clone());
-            }
-            owners.push((path, md.uid(), md.gid()));
-        }
-    }
-    for (path, u, g) in owners {
-        let (nu, ng) = (uid.host_id(u), gid.host_id(g));
-        if (nu, ng) == (u, g) {
-            continue;
-        }
-        let md = std::fs::symlink_metadata(&path)
-            .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
-        std::os::unix::fs::lchown(&path, Some(nu), Some(ng))
-            .map_err(|e| Error::io(format!("chown {}", path.display()), e))?;
-        // chown drops set-id bits; the image's are kept (not on symlinks, which have none).
-        if !md.file_type().is_symlink() && md.mode() & 0o6000 != 0 {
-            std::fs::set_permissions(
-                &path,
-                std::os::unix::fs::PermissionsExt::from_mode(md.mode() & 0o7777),
-            )
-            .map_err(|e| Error::io(format!("chmod {}", path.display()), e))?;
-        }
-    }
-    Ok(())
-}
-
 fn read_through_mounts(mounts: &[Mount]) -> Result<(Option<String>, Option<String>)> {
     let dir = tempfile::Builder::new()
         .prefix("berth-rootfs-")
@@ -353,11 +253,6 @@ fn read_in_root(root: &std::fs::File, path: &str) -> Result<Option<String>> {
 }
 
 pub(crate) fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
-    mount_one(mounts, target, true)
-}
-
-/// Mount a snapshot's single mount at `target`, read-only or not.
-pub(crate) fn mount_one(mounts: &[Mount], target: &Path, readonly: bool) -> Result<()> {
     use nix::mount::{mount, MsFlags};
     let m = match mounts {
         [m] => m,
@@ -368,11 +263,7 @@ pub(crate) fn mount_one(mounts: &[Mount], target: &Path, readonly: bool) -> Resu
             ))
         }
     };
-    let mut flags = if readonly {
-        MsFlags::MS_RDONLY
-    } else {
-        MsFlags::empty()
-    };
+    let mut flags = MsFlags::MS_RDONLY;
     let mut data = Vec::new();
     for o in &m.options {
         match o.as_str() {
@@ -399,9 +290,6 @@ pub(crate) fn mount_one(mounts: &[Mount], target: &Path, readonly: bool) -> Resu
             None::<&str>,
         )
         .map_err(fail)?;
-        if !readonly {
-            return Ok(());
-        }
         // A bind mount ignores MS_RDONLY until it is remounted.
         mount(
             None::<&str>,

@@ -212,29 +212,9 @@ impl Cri {
                 sandbox: pod_id.clone(),
             })
             .await;
-        let info = match created {
-            Ok(info) => info,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(self.io_dir(&id));
-                return Err(e.into());
-            }
-        };
-        // In a pod user namespace the rootfs is owned as mapped (what the container's root
-        // must own to write it); a failure leaves no half-remapped container behind.
-        if let Some(userns) = spec::pod_userns(&pod.config)? {
-            let remapped = berth::user::remap_snapshot_owners(
-                &self.client,
-                berth::containers::DEFAULT_SNAPSHOTTER,
-                &info.id,
-                userns.uid_range(),
-                userns.gid_range(),
-            )
-            .await;
-            if let Err(e) = remapped {
-                let _ = self.client.containers().remove(&info).await;
-                let _ = std::fs::remove_dir_all(self.io_dir(&id));
-                return Err(e.into());
-            }
+        if let Err(e) = created {
+            let _ = std::fs::remove_dir_all(self.io_dir(&id));
+            return Err(e.into());
         }
         tracing::info!(container = %id, pod = %pod_id, "container created");
         Ok(id)

@@ -48,8 +48,6 @@ impl Cri {
             .as_ref()
             .filter(|m| !m.name.is_empty())
             .ok_or_else(|| Error::invalid("the pod sandbox config needs metadata with a name"))?;
-        // Refused before anything is set up: a bad user namespace must leave nothing behind.
-        crate::spec::pod_userns(&config)?;
         if !req.runtime_handler.is_empty() {
             return Err(Error::not_found(format!(
                 "no runtime handler {:?} (berth has only the default one)",

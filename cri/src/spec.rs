@@ -231,87 +231,6 @@ pub fn pod_security(pod: &cri::PodSandboxConfig) -> cri::LinuxSandboxSecurityCon
         .unwrap_or_default()
 }
 
-/// A pod's user namespace: one uid and one gid range, container id 0 included.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Userns {
-    pub uid: cri::IdMapping,
-    pub gid: cri::IdMapping,
-}
-
-impl Userns {
-    fn range(m: cri::IdMapping) -> berth::user::IdRange {
-        berth::user::IdRange {
-            container: m.container_id,
-            host: m.host_id,
-            length: m.length,
-        }
-    }
-    pub fn uid_range(&self) -> berth::user::IdRange {
-        Self::range(self.uid)
-    }
-    pub fn gid_range(&self) -> berth::user::IdRange {
-        Self::range(self.gid)
-    }
-}
-
-/// The pod's user namespace mode checked: `None` for the host's (NODE), the mappings for POD.
-/// Each container gets its own user namespace with these mappings (they join the pod's netns
-/// and the holder's IPC/UTS, owned by the host's user namespace, before runc unshares the user
-/// namespace — joining those after a pod-wide user namespace is not allowed).
-pub fn pod_userns(pod: &cri::PodSandboxConfig) -> Result<Option<Userns>> {
-    let ns = pod_security(pod).namespace_options.unwrap_or_default();
-    let Some(u) = ns.userns_options else {
-        return Ok(None);
-    };
-    match cri::NamespaceMode::try_from(u.mode) {
-        Ok(cri::NamespaceMode::Node) => return Ok(None),
-        Ok(cri::NamespaceMode::Pod) => {}
-        _ => {
-            return Err(Error::invalid(format!(
-                "user namespace mode {} is not supported (only NODE and POD are)",
-                u.mode
-            )))
-        }
-    }
-    let one = |kind: &str, maps: &[cri::IdMapping]| -> Result<cri::IdMapping> {
-        let [m] = maps else {
-            return Err(Error::invalid(format!(
-                "a pod user namespace needs exactly one {kind} mapping, got {}",
-                maps.len()
-            )));
-        };
-        if m.container_id != 0 {
-            return Err(Error::invalid(format!(
-                "the {kind} mapping must map container id 0 (it starts at {})",
-                m.container_id
-            )));
-        }
-        if m.length == 0 || m.host_id.checked_add(m.length - 1).is_none() {
-            return Err(Error::invalid(format!(
-                "the {kind} mapping {}+{} is empty or past the id range",
-                m.host_id, m.length
-            )));
-        }
-        Ok(*m)
-    };
-    let userns = Userns {
-        uid: one("uid", &u.uids)?,
-        gid: one("gid", &u.gids)?,
-    };
-    // No user namespace with the host's network (RuntimeStatus says so). A container's /proc
-    // can only be mounted for a PID namespace of its own user namespace: not the host's, nor
-    // the holder's pod-wide one (that would need the holder, and the pod's netns, inside a
-    // user namespace that containers join: not done yet).
-    if ns.network == cri::NamespaceMode::Node as i32
-        || ns.pid != cri::NamespaceMode::Container as i32
-    {
-        return Err(Error::invalid(
-            "a pod user namespace needs the pod's own network and per-container PID namespaces",
-        ));
-    }
-    Ok(Some(userns))
-}
-
 fn seccomp(profile: Option<&cri::SecurityProfile>, privileged: bool) -> Result<Option<Value>> {
     let Some(p) = profile else {
         // No profile asked for: unconfined, as the CRI's default is.
@@ -518,7 +437,6 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
     } else {
         &["nosuid", "noexec", "nodev", "ro"]
     };
-    let userns = pod_userns(i.pod)?;
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         mount(
@@ -560,16 +478,6 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
             &["nosuid", "noexec", "nodev", "relatime", "ro"],
         ),
     ];
-    if userns.is_some() {
-        // In its own user namespace the container cannot mount a sysfs of the pod's netns nor
-        // an mqueue of the holder's IPC namespace (both belong to the host's user namespace):
-        // the host's /sys read-only instead, and no /dev/mqueue (POSIX queues still work).
-        mounts.retain(|m| m["type"] != json!("mqueue"));
-        for m in mounts.iter_mut().filter(|m| m["type"] == json!("sysfs")) {
-            *m = json!({"destination": "/sys", "type": "bind", "source": "/sys",
-                "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]});
-        }
-    }
     // The pod's files, unless the container mounts its own there.
     let user_dests: BTreeSet<&str> = i
         .config
@@ -698,12 +606,6 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
     } else {
         cri::NamespaceMode::Container as i32
     };
-    if userns.is_some() && pid_mode != cri::NamespaceMode::Container as i32 {
-        // Only a PID namespace of the container's own user namespace can get its /proc.
-        return Err(Error::invalid(
-            "a container of a pod user namespace needs its own PID namespace",
-        ));
-    }
     match pid_mode {
         m if m == cri::NamespaceMode::Node as i32 => {}
         m if m == cri::NamespaceMode::Pod as i32 => {
@@ -749,9 +651,6 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
         .unwrap_or_else(|| json!({}));
     res["devices"] = Value::Array(device_rules);
 
-    if userns.is_some() {
-        namespaces.push(json!({"type": "user"}));
-    }
     let mut linux = json!({
         "cgroupsPath": cgroups_path(i.pod_state, i.id),
         "namespaces": namespaces,
@@ -760,11 +659,6 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
     });
     if !devices.is_empty() {
         linux["devices"] = Value::Array(devices);
-    }
-    if let Some(u) = userns {
-        let map = |m: cri::IdMapping| json!([{"containerID": m.container_id, "hostID": m.host_id, "size": m.length}]);
-        linux["uidMappings"] = map(u.uid);
-        linux["gidMappings"] = map(u.gid);
     }
     if !privileged {
         let masked: Vec<String> = if sc.masked_paths.is_empty() {
