@@ -22,6 +22,29 @@ fn ns_mode(config: &cri::PodSandboxConfig) -> cri::NamespaceOption {
         .unwrap_or_default()
 }
 
+/// Only the host's user namespace (NODE, the default) is supported: RuntimeStatus does not
+/// claim user namespaces. POD mode would need the holder's namespaces and the pod's netns to
+/// be created inside the pod's user namespace (runc joins a container's user namespace before
+/// its others, and may not join a namespace of the host's user namespace after it).
+fn check_userns(config: &cri::PodSandboxConfig) -> Result<()> {
+    let Some(u) = ns_mode(config).userns_options else {
+        return Ok(());
+    };
+    match cri::NamespaceMode::try_from(u.mode) {
+        Ok(cri::NamespaceMode::Node) if u.uids.is_empty() && u.gids.is_empty() => Ok(()),
+        Ok(cri::NamespaceMode::Node) => Err(Error::invalid(
+            "the host's user namespace (NODE) takes no id mappings",
+        )),
+        Ok(cri::NamespaceMode::Pod) => Err(Error::unimplemented(
+            "pod user namespaces (POD) are not supported yet",
+        )),
+        _ => Err(Error::invalid(format!(
+            "user namespace mode {} is not one a pod can have (NODE or POD)",
+            u.mode
+        ))),
+    }
+}
+
 fn name_key(m: &cri::PodSandboxMetadata) -> String {
     format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
 }
@@ -48,6 +71,9 @@ impl Cri {
             .as_ref()
             .filter(|m| !m.name.is_empty())
             .ok_or_else(|| Error::invalid("the pod sandbox config needs metadata with a name"))?;
+        // Refused before anything is set up, rather than running the pod in the host's user
+        // namespace while it asked for its own.
+        check_userns(&config)?;
         if !req.runtime_handler.is_empty() {
             return Err(Error::not_found(format!(
                 "no runtime handler {:?} (berth has only the default one)",

@@ -522,6 +522,54 @@ fn bad_requests_change_nothing() {
         .crictl(&["runp", &env.pod_config("lonely")])
         .status
         .success());
+    // User namespaces other than the host's are refused, not silently ignored.
+    let map = serde_json::json!([{"container_id": 0, "host_id": 100000, "length": 65536}]);
+    for (name, userns, code) in [
+        (
+            "userns-pod",
+            serde_json::json!({"mode": 0, "uids": map, "gids": map}),
+            "Unimplemented",
+        ),
+        (
+            "userns-ctr",
+            serde_json::json!({"mode": 1}),
+            "InvalidArgument",
+        ),
+        (
+            "userns-target",
+            serde_json::json!({"mode": 3}),
+            "InvalidArgument",
+        ),
+        (
+            "userns-node-mapped",
+            serde_json::json!({"mode": 2, "uids": map}),
+            "InvalidArgument",
+        ),
+    ] {
+        let cfg = env.write(
+            &format!("{name}-pod.json"),
+            &serde_json::json!({
+                "metadata": {"name": name, "namespace": "test", "uid": name, "attempt": 0},
+                "linux": {"security_context": {"namespace_options": {"userns_options": userns}}},
+            }),
+        );
+        let out = env.crictl(&["runp", &cfg]);
+        assert!(!out.status.success(), "{name} was accepted");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(code),
+            "{name}: {out:?}"
+        );
+    }
+    let node = env.write(
+        "userns-node-pod.json",
+        &serde_json::json!({
+            "metadata": {"name": "userns-node", "namespace": "test", "uid": "userns-node", "attempt": 0},
+            "log_directory": env.logs_dir().join("userns-node"),
+            "linux": {"security_context": {"namespace_options": {"userns_options": {"mode": 2}}}},
+        }),
+    );
+    let node_pod = env.ok(&["runp", &node]);
+    env.ok(&["rmp", "-f", &node_pod]);
     let pods = env.json(&["pods", "-o", "json"]);
     assert_eq!(pods["items"].as_array().map(Vec::len), Some(1), "{pods}");
 }
