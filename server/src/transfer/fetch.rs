@@ -495,9 +495,12 @@ impl Read for GrowingReader {
     }
 }
 
-/// How many times one fetch stores a blob again after the collector took it: a collection per
-/// attempt would have to land in a window of microseconds each time.
-const MAX_COLLECTED: u32 = 3;
+/// How many times one fetch stores a blob again after the collector took it. A sweep whose
+/// candidates were marked before the download (the blob of an image removed just before, as
+/// critest removes then pulls) unlinks the fresh copy between download and record; each
+/// RemoveImage may queue one, so three retries were seen to run out. The lasting fix is for
+/// the sweep to spare blobs a live lease's fetch is writing.
+const MAX_COLLECTED: u32 = 16;
 
 /// Record a stored blob in `ns` under `lease` (a `/content/create` event when it is new), merging
 /// `labels` into the record the namespace already has: pulls and archive imports alike.
