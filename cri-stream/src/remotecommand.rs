@@ -161,16 +161,29 @@ pub(crate) async fn serve_spdy(
         // Dropping the backend's future is how it learns the client left.
         _ = closed.wait_for(|c| *c) => return,
     };
-    if let Some(msg) = error_message(version >= 4, &result) {
-        let _ = error_io.write_all(&msg).await;
-    }
+    let failed = match error_message(version >= 4, &result) {
+        Some(msg) => {
+            let _ = error_io.write_all(&msg).await;
+            true
+        }
+        None => false,
+    };
     // The error stream ends first: a v1 client stops listening once stdout and stderr end.
     drop(error_io);
     drain(vec![error_sent]).await;
+    if failed && version == 1 {
+        // A v1 client reads the error stream in a goroutine of its own and returns success as
+        // soon as its stdout and stderr copies finish: even an error sent first can lose that
+        // race under load. Holding stdout's end a moment lets the failure be seen.
+        tokio::time::sleep(V1_ERROR_GRACE).await;
+    }
     drop(holds);
     drain(sent).await;
     session.close().await;
 }
+
+/// How long a failed v1 exec keeps stdout open after its error stream ended (see above).
+const V1_ERROR_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 async fn drain(sent: Vec<JoinHandle<()>>) {
     for s in sent {
