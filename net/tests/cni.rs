@@ -716,11 +716,19 @@ fn parallel_attachments_get_distinct_addresses_and_all_detach() {
     let bridge = f.net().inspect_network(&network).unwrap().bridge.unwrap();
     let keys: Vec<AttachmentKey> = (0..N).map(|i| f.key(&format!("p{i}"))).collect();
     let net = f.net();
+    // Distinct host ports, chosen before the threads start: free_port() called from each
+    // thread could hand two of them the same just-released port.
+    let mut ports = HashSet::new();
+    while ports.len() < N {
+        ports.insert(free_port());
+    }
+    let ports: Vec<u16> = ports.into_iter().collect();
     let addresses: Vec<Ipv4Addr> = std::thread::scope(|s| {
         let handles: Vec<_> = keys
             .iter()
+            .zip(&ports)
             .enumerate()
-            .map(|(i, key)| {
+            .map(|(i, (key, &port))| {
                 let network = network.clone();
                 s.spawn(move || {
                     let a = net
@@ -728,7 +736,7 @@ fn parallel_attachments_get_distinct_addresses_and_all_detach() {
                             key,
                             &AttachOptions {
                                 networks: vec![network],
-                                ports: vec![PortMapping::tcp(free_port(), 80)],
+                                ports: vec![PortMapping::tcp(port, 80)],
                                 hostname: format!("p{i}"),
                                 ..Default::default()
                             },
