@@ -29,7 +29,7 @@ use berth_build::dockerfile::{
     self, parse_trigger, Action, Base, BuildArgs, Dockerfile, RunAction, StageEval, Step,
 };
 use berth_build::dockerignore::DockerIgnore;
-use berth_build::image::{manifest, Blob, ImageDocument};
+use berth_build::image::{Blob, ImageDocument};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -41,8 +41,6 @@ use tonic::Code;
 use crate::layers::GZIP_LAYER;
 const ZSTD_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 const PLAIN_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
-const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 /// Marks the build's own containers, so an interrupted build's leftovers can be told apart.
 pub const BUILD_LABEL: &str = "io.berth.build";
 
@@ -966,38 +964,16 @@ impl Run<'_> {
                 chain.clone(),
             ),
         ]);
-        self.write_blob_in("application/json", bytes, labels, Some(CACHE_LEASE))
-            .await
-            .map(|_| ())
-    }
-
-    async fn write_blob(
-        &self,
-        media_type: &str,
-        bytes: Vec<u8>,
-        labels: HashMap<String, String>,
-    ) -> Result<Blob> {
-        self.write_blob_in(media_type, bytes, labels, None).await
-    }
-
-    /// Writes a blob under the build's lease, or under `lease` when given.
-    async fn write_blob_in(
-        &self,
-        media_type: &str,
-        bytes: Vec<u8>,
-        labels: HashMap<String, String>,
-        lease: Option<&str>,
-    ) -> Result<Blob> {
-        let lease = lease.unwrap_or(self.lease.id());
         crate::layers::write_blob(
             self.client,
-            lease,
+            CACHE_LEASE,
             "berth-build-",
-            media_type,
+            "application/json",
             bytes,
             labels,
         )
         .await
+        .map(|_| ())
     }
 
     async fn write_image(
@@ -1010,45 +986,23 @@ impl Run<'_> {
             state.doc.config.labels.insert(k.clone(), v.clone());
         }
         state.doc.created = Some(crate::clock::rfc3339(std::time::SystemTime::now()));
-        let config_bytes = serde_json::to_vec(&state.doc)
-            .map_err(|e| Error::invalid(format!("encode the image config: {e}")))?;
-        let mut config_labels = HashMap::new();
-        if let Some(chain) = &state.chain {
-            config_labels.insert(
-                format!("containerd.io/gc.ref.snapshot.{DEFAULT_SNAPSHOTTER}"),
-                chain.clone(),
-            );
-        }
-        let config = self
-            .write_blob(CONFIG_TYPE, config_bytes, config_labels)
-            .await?;
-        let mut manifest_labels = HashMap::from([(
-            "containerd.io/gc.ref.content.config".to_string(),
-            config.digest.clone(),
-        )]);
-        for (i, l) in state.layers.iter().enumerate() {
-            manifest_labels.insert(
-                format!("containerd.io/gc.ref.content.l.{i}"),
-                l.digest.clone(),
-            );
-        }
-        let manifest_bytes = manifest(&config, &state.layers);
-        let manifest_blob = self
-            .write_blob(MANIFEST_TYPE, manifest_bytes, manifest_labels)
-            .await?;
+        let snapshot = state
+            .chain
+            .as_deref()
+            .map(|chain| (DEFAULT_SNAPSHOTTER, chain));
+        let (config, manifest_blob) = crate::layers::write_image(
+            self.client,
+            self.lease.id(),
+            "berth-build-",
+            &state.doc,
+            &state.layers,
+            snapshot,
+        )
+        .await?;
         let mut names = Vec::new();
-        let target = Descriptor {
-            media_type: MANIFEST_TYPE.to_string(),
-            digest: manifest_blob.digest.clone(),
-            size: manifest_blob.size,
-            annotations: HashMap::new(),
-        };
         for tag in &opts.tags {
             let name = crate::images::normalize(tag);
-            self.client
-                .images()
-                .put(&name, &target, &HashMap::new())
-                .await?;
+            self.client.name_image(&name, &manifest_blob).await?;
             say(progress, format_args!("naming to {name}"));
             names.push(name);
         }

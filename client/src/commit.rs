@@ -18,12 +18,9 @@ use crate::leases::LeaseGuard;
 use crate::lifecycle::ContainerStatus;
 use crate::{Client, Error, Result};
 use berth_build::dockerfile::ImageConfig;
-use berth_build::image::{manifest, Blob, HistoryEntry, ImageDocument};
+use berth_build::image::{Blob, HistoryEntry, ImageDocument};
 use std::collections::HashMap;
 use tonic::Code;
-
-const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
-const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// docker's `commit` options.
 #[derive(Debug, Clone, Default)]
@@ -132,42 +129,20 @@ impl Client {
                 empty_layer: false,
             });
             layers.push(layer);
-            let config_bytes = serde_json::to_vec(&doc)
-                .map_err(|e| Error::invalid(format!("encode the image config: {e}")))?;
             let snapshotter = if container.snapshotter.is_empty() {
                 crate::containers::DEFAULT_SNAPSHOTTER
             } else {
                 &container.snapshotter
             };
-            let config = self
-                .write_blob(
-                    &lease,
-                    CONFIG_TYPE,
-                    config_bytes,
-                    HashMap::from([(
-                        format!("containerd.io/gc.ref.snapshot.{snapshotter}"),
-                        chain,
-                    )]),
-                )
-                .await?;
-            let mut manifest_labels = HashMap::from([(
-                "containerd.io/gc.ref.content.config".to_string(),
-                config.digest.clone(),
-            )]);
-            for (i, l) in layers.iter().enumerate() {
-                manifest_labels.insert(
-                    format!("containerd.io/gc.ref.content.l.{i}"),
-                    l.digest.clone(),
-                );
-            }
-            let m = self
-                .write_blob(
-                    &lease,
-                    MANIFEST_TYPE,
-                    manifest(&config, &layers),
-                    manifest_labels,
-                )
-                .await?;
+            let (config, m) = crate::layers::write_image(
+                self,
+                lease.id(),
+                "berth-commit-",
+                &doc,
+                &layers,
+                Some((snapshotter, &chain)),
+            )
+            .await?;
             let name = crate::images::normalize(&opts.reference);
             self.name_image(&name, &m).await?;
             Ok::<_, Error>(Committed {
@@ -263,21 +238,10 @@ impl Client {
         }
     }
 
-    async fn write_blob(
-        &self,
-        lease: &LeaseGuard,
-        media_type: &str,
-        bytes: Vec<u8>,
-        labels: HashMap<String, String>,
-    ) -> Result<Blob> {
-        crate::layers::write_blob(self, lease.id(), "berth-commit-", media_type, bytes, labels)
-            .await
-    }
-
     /// Point `name` at the manifest (created, or moved from an older image).
     pub(crate) async fn name_image(&self, name: &str, m: &Blob) -> Result<()> {
         let target = Descriptor {
-            media_type: MANIFEST_TYPE.to_string(),
+            media_type: crate::layers::MANIFEST_TYPE.to_string(),
             digest: m.digest.clone(),
             size: m.size,
             annotations: HashMap::new(),

@@ -6,13 +6,11 @@
 
 use crate::commit::apply_change;
 use crate::{Client, Error, Result};
-use berth_build::image::{manifest, Blob, HistoryEntry, ImageDocument};
+use berth_build::image::{HistoryEntry, ImageDocument};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Read;
 
-const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
-const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const TAR_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 
 /// docker's `import` options.
@@ -112,38 +110,13 @@ impl Client {
             .await?;
             self.unpack_layer(&lease, snapshotter, None, &blob, &chain)
                 .await?;
-            let config_bytes = serde_json::to_vec(&doc)
-                .map_err(|e| Error::invalid(format!("encode the image config: {e}")))?;
-            let config = crate::layers::write_blob(
+            let (config, m) = crate::layers::write_image(
                 self,
                 lease.id(),
                 "berth-import-",
-                CONFIG_TYPE,
-                config_bytes,
-                HashMap::from([(
-                    format!("containerd.io/gc.ref.snapshot.{snapshotter}"),
-                    chain.clone(),
-                )]),
-            )
-            .await?;
-            let layers = [blob];
-            let manifest_labels = HashMap::from([
-                (
-                    "containerd.io/gc.ref.content.config".to_string(),
-                    config.digest.clone(),
-                ),
-                (
-                    "containerd.io/gc.ref.content.l.0".to_string(),
-                    layers[0].digest.clone(),
-                ),
-            ]);
-            let m: Blob = crate::layers::write_blob(
-                self,
-                lease.id(),
-                "berth-import-",
-                MANIFEST_TYPE,
-                manifest(&config, &layers),
-                manifest_labels,
+                &doc,
+                &[blob],
+                Some((snapshotter, &chain)),
             )
             .await?;
             let name = match &opts.reference {

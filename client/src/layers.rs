@@ -1,5 +1,6 @@
-//! What `build` and `commit` both do to make an image out of snapshots: a snapshot's changes as a
-//! layer through the Diff service, and small blobs (configs, manifests) written whole.
+//! What `build`, `commit` and `import` all do to make an image out of snapshots: a snapshot's
+//! changes as a layer through the Diff service, small blobs written whole, and an image's config
+//! and manifest with the labels that keep them and their layers from the collector.
 
 use crate::api::services::content::v1::content_client::ContentClient;
 use crate::api::services::content::v1::{InfoRequest, WriteAction, WriteContentRequest};
@@ -10,7 +11,7 @@ use crate::api::services::snapshots::v1::{
     MountsRequest, RemoveSnapshotRequest, ViewSnapshotRequest,
 };
 use crate::{with_lease, Client, Error, Result};
-use berth_build::image::Blob;
+use berth_build::image::{manifest, Blob, ImageDocument};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use tonic::Code;
@@ -18,8 +19,62 @@ use tonic::Code;
 /// The most bytes one Content.Write message carries.
 const WRITE_CHUNK: usize = 4 << 20;
 pub(crate) const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub(crate) const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+pub(crate) const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 /// The label Diff puts on a layer it writes: the layer's diff ID.
 const UNCOMPRESSED: &str = "containerd.io/uncompressed";
+
+/// Writes `doc` as an image config and a manifest over `layers`, under `lease` (blob refs
+/// `<ref_prefix><digest>`): the config keeps the unpacked snapshot `chain` of `snapshotter` when
+/// there is one, the manifest keeps the config and every layer. Returns (config, manifest).
+pub(crate) async fn write_image(
+    client: &Client,
+    lease: &str,
+    ref_prefix: &str,
+    doc: &ImageDocument,
+    layers: &[Blob],
+    snapshot: Option<(&str, &str)>,
+) -> Result<(Blob, Blob)> {
+    let config_bytes = serde_json::to_vec(doc)
+        .map_err(|e| Error::invalid(format!("encode the image config: {e}")))?;
+    let config_labels = snapshot
+        .map(|(snapshotter, chain)| {
+            HashMap::from([(
+                format!("containerd.io/gc.ref.snapshot.{snapshotter}"),
+                chain.to_string(),
+            )])
+        })
+        .unwrap_or_default();
+    let config = write_blob(
+        client,
+        lease,
+        ref_prefix,
+        CONFIG_TYPE,
+        config_bytes,
+        config_labels,
+    )
+    .await?;
+    let mut manifest_labels = HashMap::from([(
+        "containerd.io/gc.ref.content.config".to_string(),
+        config.digest.clone(),
+    )]);
+    for (i, l) in layers.iter().enumerate() {
+        manifest_labels.insert(
+            format!("containerd.io/gc.ref.content.l.{i}"),
+            l.digest.clone(),
+        );
+    }
+    let m = write_blob(
+        client,
+        lease,
+        ref_prefix,
+        MANIFEST_TYPE,
+        manifest(&config, layers),
+        manifest_labels,
+    )
+    .await?;
+    Ok((config, m))
+}
 
 /// The changes of the snapshot `key` against `parent` (none: against nothing) as a layer of
 /// `media_type` in the content store, under `lease`; returns the layer and its diff ID. The

@@ -61,8 +61,8 @@ fn lines_of(cmd: &str, args: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// Regular files under `dir` whose name is an IPv4 address (host-local's leases).
-fn leases(dir: &Path) -> usize {
+/// Files (recursively) under `dir` whose name passes `keep`.
+fn count_files(dir: &Path, keep: &dyn Fn(&str) -> bool) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -71,30 +71,22 @@ fn leases(dir: &Path) -> usize {
         .map(|e| {
             let p = e.path();
             if p.is_dir() {
-                leases(&p)
+                count_files(&p, keep)
             } else {
-                usize::from(e.file_name().to_string_lossy().parse::<Ipv4Addr>().is_ok())
+                usize::from(keep(&e.file_name().to_string_lossy()))
             }
         })
         .sum()
 }
 
-/// Entries (recursively, files only) under `dir`.
+/// Files under `dir` named by an IPv4 address (host-local's leases).
+fn leases(dir: &Path) -> usize {
+    count_files(dir, &|name| name.parse::<Ipv4Addr>().is_ok())
+}
+
+/// Files (recursively) under `dir`.
 fn files(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| {
-            let p = e.path();
-            if p.is_dir() {
-                files(&p)
-            } else {
-                1
-            }
-        })
-        .sum()
+    count_files(dir, &|_| true)
 }
 
 impl Env {
