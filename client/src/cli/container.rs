@@ -706,18 +706,18 @@ pub async fn ps(client: &Client, a: PsArgs) -> CliResult {
         let rows: Vec<Vec<String>> = vs
             .iter()
             .map(|v| {
-                [
-                    "ID",
-                    "Image",
-                    "Command",
-                    "RunningFor",
-                    "Status",
-                    "Ports",
-                    "Names",
-                ]
-                .iter()
-                .map(|k| v[*k].as_str().unwrap_or("").to_string())
-                .collect()
+                format::cells(
+                    v,
+                    &[
+                        "ID",
+                        "Image",
+                        "Command",
+                        "RunningFor",
+                        "Status",
+                        "Ports",
+                        "Names",
+                    ],
+                )
             })
             .collect();
         format::print_table(
@@ -1111,12 +1111,13 @@ pub async fn stats(client: &Client, a: StatsArgs) -> CliResult {
             let rows: Vec<Vec<String>> = vs
                 .iter()
                 .map(|v| {
-                    [
-                        "ID", "Name", "CPUPerc", "MemUsage", "MemPerc", "NetIO", "BlockIO", "PIDs",
-                    ]
-                    .iter()
-                    .map(|k| v[*k].as_str().unwrap_or("").to_string())
-                    .collect()
+                    format::cells(
+                        v,
+                        &[
+                            "ID", "Name", "CPUPerc", "MemUsage", "MemPerc", "NetIO", "BlockIO",
+                            "PIDs",
+                        ],
+                    )
                 })
                 .collect();
             format::print_table(

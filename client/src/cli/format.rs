@@ -132,6 +132,13 @@ fn upper_words(name: &str) -> String {
     out
 }
 
+/// The string fields `keys` of `v`, in order (empty where absent): one table row.
+pub fn cells(v: &Value, keys: &[&str]) -> Vec<String> {
+    keys.iter()
+        .map(|k| v[*k].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
 /// Print rows as a table whose columns are padded to their widest cell (3 spaces apart).
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();

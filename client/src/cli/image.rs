@@ -160,12 +160,7 @@ pub async fn images(client: &Client, a: ImagesArgs) -> CliResult {
     format::print_list(&Format::parse(a.format.as_deref()), &values, |vs| {
         let rows: Vec<Vec<String>> = vs
             .iter()
-            .map(|v| {
-                ["Repository", "Tag", "ID", "CreatedSince", "Size"]
-                    .iter()
-                    .map(|k| v[*k].as_str().unwrap_or("").to_string())
-                    .collect()
-            })
+            .map(|v| format::cells(v, &["Repository", "Tag", "ID", "CreatedSince", "Size"]))
             .collect();
         format::print_table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows);
     })?;

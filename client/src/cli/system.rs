@@ -319,12 +319,7 @@ pub async fn df(client: &Client, fmt: Option<String>) -> CliResult {
     format::print_list(&Format::parse(fmt.as_deref()), &rows, |vs| {
         let rows: Vec<Vec<String>> = vs
             .iter()
-            .map(|v| {
-                ["Type", "TotalCount", "Active", "Size", "Reclaimable"]
-                    .iter()
-                    .map(|k| v[*k].as_str().unwrap_or("").to_string())
-                    .collect()
-            })
+            .map(|v| format::cells(v, &["Type", "TotalCount", "Active", "Size", "Reclaimable"]))
             .collect();
         format::print_table(&["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], &rows);
     })?;

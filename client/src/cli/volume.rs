@@ -196,12 +196,7 @@ pub async fn volume_command(client: &Client, c: VolumeCommand) -> CliResult {
             format::print_list(&Format::parse(a.format.as_deref()), &values, |vs| {
                 let rows: Vec<Vec<String>> = vs
                     .iter()
-                    .map(|v| {
-                        ["Driver", "Name"]
-                            .iter()
-                            .map(|k| v[*k].as_str().unwrap_or("").to_string())
-                            .collect()
-                    })
+                    .map(|v| format::cells(v, &["Driver", "Name"]))
                     .collect();
                 format::print_table(&["DRIVER", "VOLUME NAME"], &rows);
             })?;
