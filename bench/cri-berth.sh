@@ -46,27 +46,7 @@ trap cleanup EXIT
 fixtures_up
 
 mkdir -p "$root/net.d"
-cat >"$root/net.d/10-berth-cri-bench.conflist" <<JSON
-{
-  "cniVersion": "1.0.0",
-  "name": "berth-cri-bench",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": "$BRIDGE",
-      "isGateway": true,
-      "ipMasq": true,
-      "hairpinMode": true,
-      "ipam": {
-        "type": "host-local",
-        "ranges": [[{ "subnet": "$SUBNET" }]],
-        "routes": [{ "dst": "0.0.0.0/0" }]
-      }
-    },
-    { "type": "portmap", "capabilities": { "portMappings": true } }
-  ]
-}
-JSON
+fixtures_conflist "$root/net.d/10-berth-cri-bench.conflist" berth-cri-bench "$BRIDGE" "$SUBNET"
 cat >"$root/config.toml" <<TOML
 root = "$root/root"
 state = "$root/state"

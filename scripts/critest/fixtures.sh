@@ -126,3 +126,29 @@ fixtures_down() {
     _registry_pid=
   fi
 }
+
+# `fixtures_conflist FILE NAME BRIDGE SUBNET`: the one network berthd and the containerd peer are
+# measured and tested on: Debian's bridge + host-local + portmap plugins.
+fixtures_conflist() {
+  cat >"$1" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "$2",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$3",
+      "isGateway": true,
+      "ipMasq": true,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{ "subnet": "$4" }]],
+        "routes": [{ "dst": "0.0.0.0/0" }]
+      }
+    },
+    { "type": "portmap", "capabilities": { "portMappings": true } }
+  ]
+}
+EOF
+}

@@ -52,27 +52,7 @@ trap cleanup EXIT
 fixtures_up
 
 mkdir -p "$root/net.d"
-cat >"$root/net.d/10-berth-cri-peer.conflist" <<EOF
-{
-  "cniVersion": "1.0.0",
-  "name": "berth-cri-peer",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": "$BRIDGE",
-      "isGateway": true,
-      "ipMasq": true,
-      "hairpinMode": true,
-      "ipam": {
-        "type": "host-local",
-        "ranges": [[{ "subnet": "$SUBNET" }]],
-        "routes": [{ "dst": "0.0.0.0/0" }]
-      }
-    },
-    { "type": "portmap", "capabilities": { "portMappings": true } }
-  ]
-}
-EOF
+fixtures_conflist "$root/net.d/10-berth-cri-peer.conflist" berth-cri-peer "$BRIDGE" "$SUBNET"
 cat >"$root/config.toml" <<EOF
 version = 3
 root = "$root/root"
