@@ -8,6 +8,7 @@ use berth_api::containerd::services::content::v1::Info;
 use berth_errdefs::{Error, Result};
 use berth_oci::Digest;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 impl Metadata {
     pub fn content_info(&self, ns: &str, digest: &Digest) -> Result<Info> {
@@ -143,8 +144,26 @@ impl Metadata {
         self.content_lock.clone().write_owned().await
     }
 
-    /// Whether any namespace records `digest`: the last look before its bytes are unlinked.
+    /// Spare `digest`'s bytes from the collector until the guard drops. A download holds it
+    /// from before it looks for the blob until it has recorded it: the commit lock cannot be held
+    /// that long (recording takes it again), and without the pin a collection whose candidates
+    /// were marked before the download (the blob of an image removed just before) may unlink the
+    /// fresh bytes before they are recorded, again at every retry.
+    pub fn pin_content(&self, digest: &Digest) -> ContentPin {
+        let mut pins = self.content_pins.lock();
+        *pins.entry(digest.to_string()).or_default() += 1;
+        ContentPin {
+            pins: self.content_pins.clone(),
+            digest: digest.to_string(),
+        }
+    }
+
+    /// Whether any namespace records `digest`, or a writer pinned it: the last look before its
+    /// bytes are unlinked.
     pub fn content_referenced(&self, digest: &Digest) -> Result<bool> {
+        if self.content_pins.lock().contains_key(digest.as_str()) {
+            return Ok(true);
+        }
         for ns in self.list_namespaces()? {
             if self.has_content(&ns.name, digest)? {
                 return Ok(true);
@@ -248,5 +267,75 @@ impl Adaptor for InfoFields<'_> {
             ["labels", ..] => label_field(&self.0.labels, path),
             _ => None,
         }
+    }
+}
+
+/// Pinned digests and their number of holders.
+#[derive(Default, Clone)]
+pub(crate) struct Pins(Arc<std::sync::Mutex<HashMap<String, usize>>>);
+
+impl Pins {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// See `Metadata::pin_content`.
+pub struct ContentPin {
+    pins: Pins,
+    digest: String,
+}
+
+impl Drop for ContentPin {
+    fn drop(&mut self) {
+        let mut pins = self.pins.lock();
+        if let Some(n) = pins.get_mut(&self.digest) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.digest);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_blob_counts_as_referenced_until_its_last_pin_drops() {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(pins_hold());
+    }
+
+    async fn pins_hold() {
+        let dir = std::env::temp_dir().join(format!("berth-meta-pins-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let m = Metadata::open(&dir).expect("metadata");
+        let d = Digest::parse(&format!("sha256:{}", "ab".repeat(32))).expect("digest");
+        let other = Digest::parse(&format!("sha256:{}", "cd".repeat(32))).expect("digest");
+        assert!(!m.content_referenced(&d).expect("look"));
+
+        let first = m.pin_content(&d);
+        let second = m.pin_content(&d);
+        assert!(m.content_referenced(&d).expect("look"));
+        assert!(
+            !m.content_referenced(&other).expect("look"),
+            "pins are per digest"
+        );
+        drop(first);
+        assert!(m.content_referenced(&d).expect("look"), "one holder left");
+        drop(second);
+        assert!(!m.content_referenced(&d).expect("look"));
+
+        // A record keeps it referenced with no pin, as before.
+        m.add_content("ns", &d, 1, HashMap::new(), None)
+            .await
+            .expect("record");
+        assert!(m.content_referenced(&d).expect("look"));
+        drop(m);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -39,6 +39,8 @@ pub struct Metadata {
     content_lock: Arc<tokio::sync::RwLock<()>>,
     /// The same for snapshots: see `snapshot_use_lock`.
     snapshot_lock: Arc<tokio::sync::RwLock<()>>,
+    /// Blobs a writer is storing and has yet to record: see `pin_content`.
+    content_pins: content::Pins,
     server_uuid: String,
 }
 
@@ -131,6 +133,7 @@ impl Metadata {
             sync_lock: tokio::sync::Mutex::new(()),
             content_lock: Arc::new(tokio::sync::RwLock::new(())),
             snapshot_lock: Arc::new(tokio::sync::RwLock::new(())),
+            content_pins: content::Pins::default(),
             server_uuid,
         })
     }

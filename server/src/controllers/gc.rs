@@ -392,3 +392,32 @@ impl Live {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The unlink after a sweep spares a blob a writer pinned (a download between its look and
+    /// its record), and takes it once the pin is gone and nothing records it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_unlink_spares_a_pinned_blob_until_its_pin_drops() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = Arc::new(Metadata::open(&dir.path().join("meta")).expect("metadata"));
+        let content = Arc::new(ContentStore::open(&dir.path().join("content")).expect("store"));
+        let mut w = content.writer("pinned", 5, None).expect("writer");
+        w.write_at(0, b"bytes").expect("write");
+        let digest = w.commit(5, None).expect("commit").digest;
+
+        let pin = meta.pin_content(&digest);
+        unlink_unrecorded(&meta, &content, vec![digest.clone()])
+            .await
+            .expect("unlink");
+        assert_eq!(content.blob_size(&digest).expect("look"), Some(5), "pinned");
+
+        drop(pin);
+        unlink_unrecorded(&meta, &content, vec![digest.clone()])
+            .await
+            .expect("unlink");
+        assert_eq!(content.blob_size(&digest).expect("look"), None, "unpinned");
+    }
+}

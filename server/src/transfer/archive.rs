@@ -44,6 +44,10 @@ struct NamespaceContent {
     ns: String,
     lease: String,
     runtime: Handle,
+    /// Digests of the blobs this import writes, spared from the collector until it ends (see
+    /// `Metadata::pin_content`): a blob whose bytes were already stored, unrecorded, must not be
+    /// unlinked between its commit and its record.
+    pins: std::sync::Mutex<Vec<berth_metadata::content::ContentPin>>,
 }
 
 impl NamespaceContent {
@@ -74,6 +78,13 @@ impl ContentSink for NamespaceContent {
     fn writer(&self, key: &str, size: u64, expected: Option<Digest>) -> Result<Writer> {
         let total = i64::try_from(size)
             .map_err(|_| Error::invalid(format!("blob size {size} out of range")))?;
+        if let Some(d) = &expected {
+            let pin = self.meta.pin_content(d);
+            self.pins
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(pin);
+        }
         self.content.writer(key, total, expected)
     }
 
@@ -144,6 +155,7 @@ fn namespace_content(t: &Transferrer, ctx: &Ctx) -> NamespaceContent {
         ns: ctx.ns.clone(),
         lease: ctx.lease.clone(),
         runtime: Handle::current(),
+        pins: Default::default(),
     }
 }
 

@@ -201,8 +201,10 @@ impl Fetcher<'_> {
         let api = api_descriptor(desc);
         let size = desc.size as i64;
         let progress = &self.ctx.progress;
-        // A blob the collector takes between our look and our record is fetched again: the
-        // look below finds it gone.
+        // No collection that starts unlinking from now on takes this blob before it is recorded.
+        // One already unlinking may still take it between our look and our record: the record
+        // then fails as collected and the blob is fetched again, once at most.
+        let _pin = self.t.meta.pin_content(&digest);
         if self.t.meta.has_content(&self.ctx.ns, &digest)? {
             match self.record(&digest, size, &desc.media_type, labels).await {
                 Ok(()) => {
@@ -495,12 +497,10 @@ impl Read for GrowingReader {
     }
 }
 
-/// How many times one fetch stores a blob again after the collector took it. A sweep whose
-/// candidates were marked before the download (the blob of an image removed just before, as
-/// critest removes then pulls) unlinks the fresh copy between download and record; each
-/// RemoveImage may queue one, so three retries were seen to run out. The lasting fix is for
-/// the sweep to spare blobs a live lease's fetch is writing.
-const MAX_COLLECTED: u32 = 16;
+/// How many times one fetch stores a blob again after the collector took it. The fetch pins its
+/// digest first, so only a collection already unlinking at that moment can take it: one retry
+/// is all a fetch needs; the second is slack.
+const MAX_COLLECTED: u32 = 2;
 
 /// Record a stored blob in `ns` under `lease` (a `/content/create` event when it is new), merging
 /// `labels` into the record the namespace already has: pulls and archive imports alike.

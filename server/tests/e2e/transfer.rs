@@ -211,6 +211,48 @@ fn two_concurrent_pulls_fetch_each_blob_once() {
     }
 }
 
+/// critest's order: remove every tag of an image, then pull it again at once. Each removal
+/// queues a collection that may drop the blobs' records and unlink them while the pull looks
+/// for, fetches and records them; each round must end with every blob and the unpacked chain
+/// there. (Which interleaving a round hits is up to timing: `controllers::gc`'s unit test pins
+/// the mechanism down.)
+#[test]
+fn pulls_right_after_removing_every_tag_keep_their_blobs() {
+    let d = Daemon::start().using(Ctr::V2);
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let served = registry.push_busybox(work.path());
+    let reference = registry.reference();
+    let tags: Vec<String> = (1..=3)
+        .map(|i| format!("{}/copies/busybox:t{i}", registry.host()))
+        .collect();
+    d.ctr("default", &["images", "pull", "--plain-http", &reference]);
+    for round in 0..8 {
+        for tag in &tags {
+            d.ctr("default", &["images", "tag", "--force", &reference, tag]);
+        }
+        let mut names = vec!["images", "rm"];
+        names.extend(tags.iter().map(String::as_str));
+        names.push(&reference);
+        d.ctr("default", &names);
+        // The removals' collection starts at least 100 ms later: pull before it, while it
+        // marks, and after it swept, across the rounds.
+        std::thread::sleep(std::time::Duration::from_millis(40 * round));
+        let out = d.ctr("default", &["images", "pull", "--plain-http", &reference]);
+        assert!(out.contains("saved"), "round {round}: {out}");
+        assert_eq!(
+            content_digests(&d, "default"),
+            sorted(served.blobs()),
+            "round {round}"
+        );
+        assert_eq!(
+            snapshot_keys(&d, "default"),
+            [served.chain_id()],
+            "round {round}"
+        );
+    }
+}
+
 /// A TCP relay in front of a registry that, while `cut` is set, closes a connection once it
 /// has relayed `limit` bytes of the answer to a request naming `path`; it records what clients
 /// sent, to see their Range headers.
