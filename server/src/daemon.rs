@@ -367,6 +367,7 @@ fn transferrer(
         settings: crate::transfer::Settings {
             config_path: path(&t.config_path),
             max_concurrent_downloads: t.max_concurrent_downloads,
+            max_concurrent_uploads: t.max_concurrent_uploads,
             progress_timeout: Duration::from_secs(t.progress_timeout_secs),
             max_manifest_bytes: t.max_manifest_bytes,
             max_layers: t.max_layers,

@@ -100,6 +100,7 @@ mod tests {
         let settings = Settings {
             config_path: None,
             max_concurrent_downloads: 1,
+            max_concurrent_uploads: 1,
             progress_timeout: std::time::Duration::from_secs(1),
             max_manifest_bytes: 1,
             max_layers: 1,

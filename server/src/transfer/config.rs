@@ -18,6 +18,8 @@ pub struct TransferConfig {
     pub max_concurrent_downloads: usize,
     /// Blob downloads in flight in the whole daemon, all transfers together.
     pub max_concurrent_downloads_total: usize,
+    /// Blob uploads in flight per push (containerd's `max_concurrent_uploaded_layers`).
+    pub max_concurrent_uploads: usize,
     /// A registry request fails after this long without a byte moving (not a wall-clock bound).
     pub progress_timeout_secs: u64,
     /// Largest manifest or index accepted.
@@ -41,6 +43,7 @@ impl Default for TransferConfig {
             config_path: "/etc/berth/certs.d".into(),
             max_concurrent_downloads: 3,
             max_concurrent_downloads_total: 16,
+            max_concurrent_uploads: 3,
             progress_timeout_secs: 30,
             max_manifest_bytes: 4 << 20,
             max_layers: 512,
@@ -62,6 +65,10 @@ impl TransferConfig {
             (
                 "transfer.max_concurrent_downloads_total",
                 self.max_concurrent_downloads_total as u64,
+            ),
+            (
+                "transfer.max_concurrent_uploads",
+                self.max_concurrent_uploads as u64,
             ),
             ("transfer.progress_timeout_secs", self.progress_timeout_secs),
             ("transfer.max_manifest_bytes", self.max_manifest_bytes),

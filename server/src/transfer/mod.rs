@@ -51,6 +51,8 @@ pub struct Settings {
     pub config_path: Option<PathBuf>,
     /// Blob downloads in flight per transfer.
     pub max_concurrent_downloads: usize,
+    /// Blob uploads in flight per push.
+    pub max_concurrent_uploads: usize,
     /// No byte moving for this long fails a registry request (not a wall-clock bound).
     pub progress_timeout: Duration,
     /// Largest manifest or index read.

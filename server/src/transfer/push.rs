@@ -115,10 +115,24 @@ impl Pusher<'_> {
         let doc = parse_document(&desc.digest, &desc.media_type, bytes, usize::MAX)?;
         match doc {
             Document::Manifest(m) => {
-                self.push_blob(&m.config).await?;
-                for l in &m.layers {
-                    self.push_blob(l).await?;
-                }
+                // The config and layers go up side by side, bounded (containerd pushes them
+                // concurrently too); the manifest only after all of them.
+                let uploads =
+                    tokio::sync::Semaphore::new(self.t.settings.max_concurrent_uploads.max(1));
+                let pushes: Vec<_> = std::iter::once(&m.config)
+                    .chain(&m.layers)
+                    .map(|d| {
+                        let uploads = &uploads;
+                        async move {
+                            let _slot = uploads
+                                .acquire()
+                                .await
+                                .map_err(|_| Error::internal("the upload bound closed"))?;
+                            self.push_blob(d).await
+                        }
+                    })
+                    .collect();
+                futures_util::future::try_join_all(pushes).await?;
             }
             Document::Index(index) => {
                 for d in &index.manifests {
