@@ -11,11 +11,14 @@
 //! are called here with the generated runtime.v1 client over the same socket (a real gRPC
 //! client, no mock); every other step is crictl.
 
+#[path = "support/crictl_files.rs"]
+mod crictl_files;
+
 use berth_api::runtime::v1 as cri;
 use berth_api::runtime::v1::runtime_service_client::RuntimeServiceClient;
 use berth_testkit::berthd::{tail, Daemon};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -28,7 +31,9 @@ const APPLETS: &[&str] = &[
 /// pod is removed through the CRI when dropped (containers, network, holders).
 struct Env {
     daemon: Daemon,
-    dir: tempfile::TempDir,
+    /// Held for its removal at drop: the image archive and the crictl files live in it.
+    _dir: tempfile::TempDir,
+    files: crictl_files::CrictlFiles,
     subnet_prefix: String,
     bridge: String,
 }
@@ -68,7 +73,8 @@ impl Env {
         );
         Env {
             daemon,
-            dir,
+            files: crictl_files::CrictlFiles::new(dir.path()),
+            _dir: dir,
             subnet_prefix: subnet_prefix.to_string(),
             bridge: bridge.to_string(),
         }
@@ -94,23 +100,12 @@ impl Env {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("crictl {args:?}: {e}: {text}"))
     }
 
-    fn write(&self, name: &str, v: &Value) -> String {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, v.to_string()).expect("write a config");
-        p.to_string_lossy().into_owned()
-    }
-
-    fn logs_dir(&self) -> PathBuf {
-        self.dir.path().join("logs")
-    }
-
     fn pod_config(&self, name: &str) -> String {
-        self.write(
-            &format!("{name}-pod.json"),
-            &serde_json::json!({
-                "metadata": {"name": name, "namespace": "test", "uid": format!("uid-{name}"), "attempt": 0},
+        self.files.pod_config(
+            name,
+            "test",
+            serde_json::json!({
                 "hostname": format!("{name}-host"),
-                "log_directory": self.logs_dir().join(name),
                 "dns_config": {"servers": ["10.96.0.10"], "searches": ["svc.example"], "options": ["ndots:3"]},
                 "linux": {"sysctls": {"net.ipv4.ip_unprivileged_port_start": "100"}},
             }),
@@ -118,17 +113,11 @@ impl Env {
     }
 
     fn container_config(&self, name: &str, command: &[&str], extra: Value) -> String {
-        let mut v = serde_json::json!({
-            "metadata": {"name": name},
-            "image": {"image": IMAGE},
-            "command": command,
-            "envs": [{"key": "GREETING", "value": "hi there"}],
-            "log_path": format!("{name}.log"),
-        });
+        let mut v = serde_json::json!({"envs": [{"key": "GREETING", "value": "hi there"}],});
         if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
             o.extend(e);
         }
-        self.write(&format!("{name}-ctr.json"), &v)
+        self.files.container_config(name, IMAGE, command, v)
     }
 
     /// One RPC on the generated runtime.v1 client.
@@ -333,7 +322,7 @@ fn crictl_runs_a_pod_and_its_containers() {
     assert!(big.stdout.starts_with(b"y\ny\n"));
 
     // The CRI log.
-    let log = env.logs_dir().join("web").join("app.log");
+    let log = env.files.logs_dir().join("web").join("app.log");
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -499,14 +488,14 @@ fn bad_requests_change_nothing() {
     })
     .expect("RemoveContainer of a missing container");
     // A pod without a name, a container of an unknown image: refused, nothing created.
-    let nameless = env.write(
+    let nameless = env.files.write(
         "nameless.json",
         &serde_json::json!({"metadata": {"namespace": "test", "uid": "x"}}),
     );
     let out = env.crictl(&["runp", &nameless]);
     assert!(!out.status.success());
     let pod = env.ok(&["runp", &env.pod_config("lonely")]);
-    let missing = env.write(
+    let missing = env.files.write(
         "missing.json",
         &serde_json::json!({"metadata": {"name": "m"}, "image": {"image": "example.com/none:1"}, "command": ["true"]}),
     );
@@ -546,7 +535,7 @@ fn bad_requests_change_nothing() {
             "InvalidArgument",
         ),
     ] {
-        let cfg = env.write(
+        let cfg = env.files.write(
             &format!("{name}-pod.json"),
             &serde_json::json!({
                 "metadata": {"name": name, "namespace": "test", "uid": name, "attempt": 0},
@@ -560,11 +549,11 @@ fn bad_requests_change_nothing() {
             "{name}: {out:?}"
         );
     }
-    let node = env.write(
+    let node = env.files.write(
         "userns-node-pod.json",
         &serde_json::json!({
             "metadata": {"name": "userns-node", "namespace": "test", "uid": "userns-node", "attempt": 0},
-            "log_directory": env.logs_dir().join("userns-node"),
+            "log_directory": env.files.logs_dir().join("userns-node"),
             "linux": {"security_context": {"namespace_options": {"userns_options": {"mode": 2}}}},
         }),
     );
