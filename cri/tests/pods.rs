@@ -598,3 +598,144 @@ fn pods_survive_a_berthd_kill_9() {
     env.ok(&["stopp", &pod]);
     env.ok(&["rmp", &pod]);
 }
+
+/// Whether anything is mounted at `path` on the host.
+fn mounted(path: &Path) -> bool {
+    let want = path.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// Image volumes (the CRI's `Mount.image`): a pulled image mounted read-only, whole or one
+/// path of it; refused when writable, unpulled or with a sub path the image lacks (nothing left
+/// behind); reported with the image's id; kept across a berthd kill -9; unmounted and its view
+/// removed with the container; and a mount left by a container that is gone swept at start.
+#[test]
+fn crictl_mounts_an_image_volume_read_only() {
+    let mut env = Env::new("bcricore3", "10.233.43");
+    let image_id = env.json(&["inspecti", "-o", "json", IMAGE])["status"]["id"]
+        .as_str()
+        .expect("the image's id")
+        .to_string();
+    let pod_json = env.pod_config("vols");
+    let pod = env.ok(&["runp", &pod_json]);
+    let volume = |path: &str, readonly: bool, sub: &str| {
+        serde_json::json!({"container_path": path, "readonly": readonly,
+            "image": {"image": IMAGE}, "image_sub_path": sub})
+    };
+    let ctr_json = env.container_config(
+        "reader",
+        &["sleep", "3600"],
+        serde_json::json!({"mounts": [volume("/mnt/image", true, ""), volume("/mnt/etc", true, "etc")]}),
+    );
+    let ctr = env.ok(&["create", &pod, &ctr_json, &pod_json]);
+    env.ok(&["start", &ctr]);
+    env.wait_state(&ctr, cri::ContainerState::ContainerRunning);
+
+    assert_eq!(
+        env.exec(&ctr, &["cat", "/mnt/image/etc/passwd"]),
+        "root:x:0:0:root:/root:/bin/sh"
+    );
+    assert_eq!(
+        env.exec(&ctr, &["cat", "/mnt/etc/passwd"]),
+        "root:x:0:0:root:/root:/bin/sh"
+    );
+    // Read-only, and not noexec: the image's own busybox runs from the volume.
+    let w = env
+        .exec_sync(&ctr, &["sh", "-c", "echo x > /mnt/image/new"], 0)
+        .expect("ExecSync");
+    assert_ne!(w.exit_code, 0, "a write to the image volume succeeded");
+    assert!(
+        String::from_utf8_lossy(&w.stderr).contains("Read-only"),
+        "{w:?}"
+    );
+    assert_eq!(
+        env.exec(&ctr, &["/mnt/image/bin/busybox", "echo", "ran"]),
+        "ran"
+    );
+    let status = env.status(&ctr).expect("ContainerStatus");
+    let m = status
+        .mounts
+        .iter()
+        .find(|m| m.container_path == "/mnt/image")
+        .expect("the image volume in the status");
+    assert_eq!(
+        m.image.as_ref().map(|i| i.image_ref.as_str()),
+        Some(image_id.as_str())
+    );
+    assert!(m.readonly);
+
+    // On the host: mounted under the CRI's state, the views held by the record.
+    let dir = env.daemon.state().join("cri/image-volumes").join(&ctr);
+    assert!(
+        mounted(&dir.join("0")) && mounted(&dir.join("1")),
+        "{dir:?}"
+    );
+    let snapshots = env.daemon.ctr("k8s.io", &["snapshots", "ls"]);
+    assert!(
+        snapshots.contains(&format!("{ctr}-image-volume-0")),
+        "{snapshots}"
+    );
+
+    // Refused: writable, unpulled, a sub path the image lacks. Nothing is left of them.
+    for (name, mount, code) in [
+        ("rw", volume("/mnt/v", false, ""), "InvalidArgument"),
+        (
+            "unpulled",
+            serde_json::json!({"container_path": "/mnt/v", "readonly": true,
+                "image": {"image": "registry.example/none:1"}}),
+            "NotFound",
+        ),
+        ("nosub", volume("/mnt/v", true, "not-there"), "NotFound"),
+    ] {
+        let json = env.container_config(name, &["true"], serde_json::json!({"mounts": [mount]}));
+        let out = env.crictl(&["create", &pod, &json, &pod_json]);
+        assert!(!out.status.success(), "{name}: created");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(code),
+            "{name}: {out:?}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(env.daemon.state().join("cri/image-volumes"))
+        .expect("the image volumes dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from(&ctr)], "left behind");
+
+    // A mount of a container that is gone (berthd died before its record was made): swept
+    // at the next start. The running container keeps its volumes.
+    let stale = env
+        .daemon
+        .state()
+        .join("cri/image-volumes")
+        .join("5a".repeat(32))
+        .join("0");
+    std::fs::create_dir_all(&stale).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&stale)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    env.daemon.kill9();
+    env.daemon.spawn();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !env.daemon.cri_socket().exists() || !env.crictl(&["version"]).status.success() {
+        assert!(Instant::now() < deadline, "no CRI after the restart");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!mounted(&stale) && !stale.exists(), "stale mount kept");
+    assert_eq!(env.exec(&ctr, &["cat", "/mnt/etc/group"]), "root:x:0:");
+
+    // Removed with the container: unmounted, the dir and the views gone.
+    env.ok(&["stop", &ctr]);
+    env.ok(&["rm", &ctr]);
+    assert!(!mounted(&dir.join("0")) && !dir.exists(), "{dir:?} left");
+    let snapshots = env.daemon.ctr("k8s.io", &["snapshots", "ls"]);
+    assert!(!snapshots.contains("-image-volume-"), "{snapshots}");
+    env.ok(&["stopp", &pod]);
+    env.ok(&["rmp", &pod]);
+}
