@@ -209,7 +209,7 @@ fn classify(mut layer: std::fs::File, parent: &[Mount]) -> Result<Vec<Change>> {
         .map_err(|e| Error::io("create a temp dir for the parent", e))?;
     let empty_parent = parent.is_empty();
     if !empty_parent {
-        crate::user::mount_all(parent, dir.path())?;
+        crate::mounts::mount_read_only(parent, dir.path())?;
     }
     let result = (|| {
         let root =

@@ -3,6 +3,7 @@
 //! (named or anonymous) are resolved through berthd's Volumes service into binds of their
 //! directories by `volumes.rs` when the container is created.
 
+use crate::api::types::Mount;
 use crate::{Error, Result};
 use std::path::{Component, Path};
 
@@ -298,6 +299,74 @@ fn validate_volume_name(name: &str) -> std::result::Result<(), String> {
             "{name:?} is not a volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]*) nor an absolute host path"
         ))
     }
+}
+
+/// Mount a snapshot's mounts (one bind or one overlay, as a View of berth's snapshotters
+/// answers) read-only at `target`, which must exist. Needs root.
+pub fn mount_read_only(mounts: &[Mount], target: &Path) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let m = match mounts {
+        [m] => m,
+        _ => {
+            return Err(Error::local(
+                tonic::Code::Unimplemented,
+                format!("a view of {} mounts cannot be read here", mounts.len()),
+            ))
+        }
+    };
+    let mut flags = MsFlags::MS_RDONLY;
+    let mut data = Vec::new();
+    for o in &m.options {
+        match o.as_str() {
+            "ro" => {}
+            "rw" => {}
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            other => data.push(other),
+        }
+    }
+    let data = data.join(",");
+    let fail = |e: nix::errno::Errno| {
+        Error::io(
+            format!(
+                "mount a snapshot read-only at {} (this needs root)",
+                target.display()
+            ),
+            e.into(),
+        )
+    };
+    if flags.contains(MsFlags::MS_BIND) {
+        mount(
+            Some(m.source.as_str()),
+            target,
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .map_err(fail)?;
+        // A bind mount ignores MS_RDONLY until it is remounted.
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+            fail(e)
+        })?;
+    } else {
+        mount(
+            Some(m.source.as_str()),
+            target,
+            Some(m.r#type.as_str()),
+            flags,
+            Some(data.as_str()),
+        )
+        .map_err(fail)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ use crate::{Client, Error, Result};
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::path::Path;
 use tonic::Code;
 
 /// uid, gid and supplementary gids of a process.
@@ -217,7 +216,7 @@ fn read_through_mounts(mounts: &[Mount]) -> Result<(Option<String>, Option<Strin
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .map_err(|e| Error::io("create a temp dir for the image's rootfs", e))?;
-    mount_all(mounts, dir.path())?;
+    crate::mounts::mount_read_only(mounts, dir.path())?;
     let result = (|| {
         let root =
             std::fs::File::open(dir.path()).map_err(|e| Error::io("open the mounted rootfs", e))?;
@@ -250,69 +249,6 @@ fn read_in_root(root: &std::fs::File, path: &str) -> Result<Option<String>> {
         .read_to_string(&mut text)
         .map_err(|e| Error::io(format!("read /{path} of the image"), e))?;
     Ok(Some(text))
-}
-
-pub(crate) fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
-    use nix::mount::{mount, MsFlags};
-    let m = match mounts {
-        [m] => m,
-        _ => {
-            return Err(Error::local(
-                Code::Unimplemented,
-                format!("a view of {} mounts cannot be read here", mounts.len()),
-            ))
-        }
-    };
-    let mut flags = MsFlags::MS_RDONLY;
-    let mut data = Vec::new();
-    for o in &m.options {
-        match o.as_str() {
-            "ro" => {}
-            "rw" => {}
-            "bind" => flags |= MsFlags::MS_BIND,
-            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
-            other => data.push(other),
-        }
-    }
-    let data = data.join(",");
-    let fail = |e: nix::errno::Errno| {
-        Error::io(
-            "mount the image's rootfs (resolving a user needs root)",
-            e.into(),
-        )
-    };
-    if flags.contains(MsFlags::MS_BIND) {
-        mount(
-            Some(m.source.as_str()),
-            target,
-            None::<&str>,
-            flags,
-            None::<&str>,
-        )
-        .map_err(fail)?;
-        // A bind mount ignores MS_RDONLY until it is remounted.
-        mount(
-            None::<&str>,
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
-        .map_err(|e| {
-            let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
-            fail(e)
-        })?;
-    } else {
-        mount(
-            Some(m.source.as_str()),
-            target,
-            Some(m.r#type.as_str()),
-            flags,
-            Some(data.as_str()),
-        )
-        .map_err(fail)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

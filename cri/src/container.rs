@@ -84,7 +84,7 @@ impl Cri {
     }
 
     pub async fn create_container(&self, req: cri::CreateContainerRequest) -> Result<String> {
-        let config = req
+        let mut config = req
             .config
             .ok_or_else(|| Error::invalid("CreateContainer needs a config"))?;
         let meta = config
@@ -139,15 +139,54 @@ impl Cri {
             _ => None,
         };
         let id = store::new_id();
+        let volumes = self.prepare_image_volumes(&id, &mut config).await?;
+        let created = self
+            .create_record(&id, &config, &pod, &details, &user, target_pid, &volumes)
+            .await;
+        match created {
+            Ok(()) => {
+                // The record holds the views now; a lease left behind expires on its own.
+                if let Err(e) = self.commit_image_volumes(volumes).await {
+                    tracing::warn!(container = %id, error = %e, "image volume lease not released");
+                }
+                tracing::info!(container = %id, pod = %pod_id, "container created");
+                Ok(id)
+            }
+            Err(e) => {
+                self.abandon_image_volumes(&id, volumes).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The spec, state and record of a new container (the part of CreateContainer that its
+    /// image volumes are undone after when it fails).
+    #[allow(clippy::too_many_arguments)]
+    async fn create_record(
+        &self,
+        id: &str,
+        config: &cri::ContainerConfig,
+        pod: &store::Pod,
+        details: &berth::images::ImageDetails,
+        user: &User,
+        target_pid: Option<u32>,
+        volumes: &crate::image_volume::Prepared,
+    ) -> Result<()> {
+        let id = id.to_string();
+        let pod_id = pod.info.id.clone();
+        let pod_meta = pod.config.metadata.clone().unwrap_or_default();
+        let meta = config.metadata.clone().unwrap_or_default();
+        let key = name_key(&meta, &pod_meta);
         let spec_json = spec::generate(&Inputs {
             id: &id,
             pod_id: &pod_id,
             pod: &pod.config,
             pod_state: &pod.state,
-            config: &config,
+            config,
             image: &details.config,
-            user: &user,
+            user,
             target_pid,
+            image_volumes: &volumes.sources,
         })?;
         let log_path = if pod.config.log_directory.is_empty() || config.log_path.is_empty() {
             String::new()
@@ -197,8 +236,9 @@ impl Cri {
             ..Default::default()
         };
         let (mut labels, extensions) =
-            store::new_record_parts(KIND_CONTAINER, key, "ContainerConfig", &config, &state)?;
+            store::new_record_parts(KIND_CONTAINER, key, "ContainerConfig", config, &state)?;
         labels.insert(SANDBOX_ID_LABEL.to_string(), pod_id.clone());
+        labels.extend(volumes.labels.clone());
         let created = self
             .client
             .containers()
@@ -216,8 +256,7 @@ impl Cri {
             let _ = std::fs::remove_dir_all(self.io_dir(&id));
             return Err(e.into());
         }
-        tracing::info!(container = %id, pod = %pod_id, "container created");
-        Ok(id)
+        Ok(())
     }
 
     /// The user from the security context (uid, or a name from the image's /etc/passwd) or the
@@ -310,6 +349,7 @@ impl Cri {
                 pod.info.id
             )));
         }
+        self.ensure_image_volumes(&id, &c.info.labels).await?;
         let mut io = berth::tasks::TaskIo {
             terminal: c.state.tty,
             stdin: c.state.stdin_fifo.clone().unwrap_or_default(),
@@ -516,6 +556,9 @@ impl Cri {
         let id = c.info.id.clone();
         self.stop_container_id(&id, 0).await?;
         let _guard = store::lock(&id).await;
+        // Unmounted before the record goes, so a failure leaves the record for a retry.
+        self.remove_image_volumes(&id, &crate::image_volume::of_record(&c.info.labels))
+            .await?;
         match self.client.containers().remove(&c.info).await {
             Ok(()) => {}
             Err(e) if e.code() == tonic::Code::NotFound => {}

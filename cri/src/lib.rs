@@ -11,6 +11,7 @@ pub mod config;
 mod container;
 mod exec_sync;
 pub mod holder;
+mod image_volume;
 mod images;
 mod metrics;
 mod pod;
@@ -87,6 +88,9 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
         stats: Arc::default(),
         settings,
     });
+    if let Err(e) = cri.sweep_image_volumes().await {
+        tracing::warn!(error = %e, "image volumes of removed containers not swept");
+    }
     tracing::info!(address = %address.display(), "CRI ready");
     let result = service::router(cri)
         .serve_with_incoming_shutdown(

@@ -89,6 +89,9 @@ pub struct Inputs<'a> {
     pub user: &'a User,
     /// The running task pid of the container a TARGET PID namespace names.
     pub target_pid: Option<u32>,
+    /// The host path each image mount binds (by its index in `config.mounts`): its view,
+    /// mounted read-only by `image_volume`, or the sub path inside it.
+    pub image_volumes: &'a std::collections::HashMap<usize, std::path::PathBuf>,
 }
 
 /// "All capabilities" for a privileged container or an add of ALL: those in berthd's own
@@ -501,19 +504,31 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
         }
     }
     let mut rootfs_propagation: Option<&str> = None;
-    for m in &i.config.mounts {
+    for (index, m) in i.config.mounts.iter().enumerate() {
         if m.container_path.is_empty() || !m.container_path.starts_with('/') {
             return Err(Error::invalid(format!(
                 "mount destination {:?} is not an absolute path",
                 m.container_path
             )));
         }
-        // Unimplemented, not InvalidArgument: the kubelet and critest read that code as "the
-        // runtime lacks the feature" rather than "the request is wrong".
-        if m.image.is_some() && m.host_path.is_empty() {
-            return Err(Error::unimplemented(
-                "image volumes are not supported by berth's CRI yet (issue 14)",
-            ));
+        if m.image.is_some() {
+            let source = i.image_volumes.get(&index).ok_or_else(|| {
+                Error::internal(format!(
+                    "the image volume at {:?} was not mounted",
+                    m.container_path
+                ))
+            })?;
+            // Read-only and private always (the image is shared by every user of it); not
+            // noexec: the kubelet's API lets the container run what the image holds.
+            let ro = if m.recursive_read_only { "rro" } else { "ro" };
+            mounts.retain(|x| x["destination"] != json!(m.container_path));
+            mounts.push(json!({
+                "destination": m.container_path,
+                "type": "bind",
+                "source": source,
+                "options": ["rbind", "rprivate", ro],
+            }));
+            continue;
         }
         let mut source = std::path::PathBuf::from(&m.host_path);
         if !source.is_absolute() {

@@ -9,6 +9,8 @@
 //! built in this target dir, crictl (scripts/deps-cri-tools.sh), Debian's CNI plugins,
 //! docker-registry, skopeo and busybox-static.
 
+#[path = "support/crictl_files.rs"]
+mod crictl_files;
 #[path = "support/fixtures.rs"]
 mod fixtures;
 
@@ -31,6 +33,7 @@ const IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 struct Env {
     daemon: Daemon,
     dir: tempfile::TempDir,
+    files: crictl_files::CrictlFiles,
     bridge: String,
 }
 
@@ -62,6 +65,7 @@ impl Env {
         ));
         let env = Env {
             daemon,
+            files: crictl_files::CrictlFiles::new(dir.path()),
             dir,
             bridge: bridge.to_string(),
         };
@@ -131,40 +135,20 @@ impl Env {
         wait_bounded(child, Duration::from_secs(60), args)
     }
 
-    fn write(&self, name: &str, v: &Value) -> String {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, v.to_string()).expect("write a config");
-        p.to_string_lossy().into_owned()
-    }
-
-    fn logs_dir(&self) -> PathBuf {
-        self.dir.path().join("logs")
-    }
-
     fn pod_config(&self, name: &str) -> String {
-        self.write(
-            &format!("{name}-pod.json"),
-            &serde_json::json!({
-                "metadata": {"name": name, "namespace": "cli", "uid": format!("uid-{name}"), "attempt": 0},
-                "labels": {"app": name, "tier": "test"},
-                "log_directory": self.logs_dir().join(name),
-                "linux": {},
-            }),
+        self.files.pod_config(
+            name,
+            "cli",
+            serde_json::json!({"labels": {"app": name, "tier": "test"}}),
         )
     }
 
     fn container_config(&self, name: &str, command: &[&str], extra: Value) -> String {
-        let mut v = serde_json::json!({
-            "metadata": {"name": name},
-            "image": {"image": IMAGE},
-            "command": command,
-            "labels": {"role": name},
-            "log_path": format!("{name}.log"),
-        });
+        let mut v = serde_json::json!({"labels": {"role": name},});
         if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
             o.extend(e);
         }
-        self.write(&format!("{name}-ctr.json"), &v)
+        self.files.container_config(name, IMAGE, command, v)
     }
 
     /// create + start; the container's id.

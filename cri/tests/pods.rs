@@ -11,11 +11,14 @@
 //! are called here with the generated runtime.v1 client over the same socket (a real gRPC
 //! client, no mock); every other step is crictl.
 
+#[path = "support/crictl_files.rs"]
+mod crictl_files;
+
 use berth_api::runtime::v1 as cri;
 use berth_api::runtime::v1::runtime_service_client::RuntimeServiceClient;
 use berth_testkit::berthd::{tail, Daemon};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -28,7 +31,9 @@ const APPLETS: &[&str] = &[
 /// pod is removed through the CRI when dropped (containers, network, holders).
 struct Env {
     daemon: Daemon,
-    dir: tempfile::TempDir,
+    /// Held for its removal at drop: the image archive and the crictl files live in it.
+    _dir: tempfile::TempDir,
+    files: crictl_files::CrictlFiles,
     subnet_prefix: String,
     bridge: String,
 }
@@ -68,7 +73,8 @@ impl Env {
         );
         Env {
             daemon,
-            dir,
+            files: crictl_files::CrictlFiles::new(dir.path()),
+            _dir: dir,
             subnet_prefix: subnet_prefix.to_string(),
             bridge: bridge.to_string(),
         }
@@ -94,23 +100,12 @@ impl Env {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("crictl {args:?}: {e}: {text}"))
     }
 
-    fn write(&self, name: &str, v: &Value) -> String {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, v.to_string()).expect("write a config");
-        p.to_string_lossy().into_owned()
-    }
-
-    fn logs_dir(&self) -> PathBuf {
-        self.dir.path().join("logs")
-    }
-
     fn pod_config(&self, name: &str) -> String {
-        self.write(
-            &format!("{name}-pod.json"),
-            &serde_json::json!({
-                "metadata": {"name": name, "namespace": "test", "uid": format!("uid-{name}"), "attempt": 0},
+        self.files.pod_config(
+            name,
+            "test",
+            serde_json::json!({
                 "hostname": format!("{name}-host"),
-                "log_directory": self.logs_dir().join(name),
                 "dns_config": {"servers": ["10.96.0.10"], "searches": ["svc.example"], "options": ["ndots:3"]},
                 "linux": {"sysctls": {"net.ipv4.ip_unprivileged_port_start": "100"}},
             }),
@@ -118,17 +113,11 @@ impl Env {
     }
 
     fn container_config(&self, name: &str, command: &[&str], extra: Value) -> String {
-        let mut v = serde_json::json!({
-            "metadata": {"name": name},
-            "image": {"image": IMAGE},
-            "command": command,
-            "envs": [{"key": "GREETING", "value": "hi there"}],
-            "log_path": format!("{name}.log"),
-        });
+        let mut v = serde_json::json!({"envs": [{"key": "GREETING", "value": "hi there"}],});
         if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
             o.extend(e);
         }
-        self.write(&format!("{name}-ctr.json"), &v)
+        self.files.container_config(name, IMAGE, command, v)
     }
 
     /// One RPC on the generated runtime.v1 client.
@@ -333,7 +322,7 @@ fn crictl_runs_a_pod_and_its_containers() {
     assert!(big.stdout.starts_with(b"y\ny\n"));
 
     // The CRI log.
-    let log = env.logs_dir().join("web").join("app.log");
+    let log = env.files.logs_dir().join("web").join("app.log");
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -499,14 +488,14 @@ fn bad_requests_change_nothing() {
     })
     .expect("RemoveContainer of a missing container");
     // A pod without a name, a container of an unknown image: refused, nothing created.
-    let nameless = env.write(
+    let nameless = env.files.write(
         "nameless.json",
         &serde_json::json!({"metadata": {"namespace": "test", "uid": "x"}}),
     );
     let out = env.crictl(&["runp", &nameless]);
     assert!(!out.status.success());
     let pod = env.ok(&["runp", &env.pod_config("lonely")]);
-    let missing = env.write(
+    let missing = env.files.write(
         "missing.json",
         &serde_json::json!({"metadata": {"name": "m"}, "image": {"image": "example.com/none:1"}, "command": ["true"]}),
     );
@@ -546,7 +535,7 @@ fn bad_requests_change_nothing() {
             "InvalidArgument",
         ),
     ] {
-        let cfg = env.write(
+        let cfg = env.files.write(
             &format!("{name}-pod.json"),
             &serde_json::json!({
                 "metadata": {"name": name, "namespace": "test", "uid": name, "attempt": 0},
@@ -560,11 +549,11 @@ fn bad_requests_change_nothing() {
             "{name}: {out:?}"
         );
     }
-    let node = env.write(
+    let node = env.files.write(
         "userns-node-pod.json",
         &serde_json::json!({
             "metadata": {"name": "userns-node", "namespace": "test", "uid": "userns-node", "attempt": 0},
-            "log_directory": env.logs_dir().join("userns-node"),
+            "log_directory": env.files.logs_dir().join("userns-node"),
             "linux": {"security_context": {"namespace_options": {"userns_options": {"mode": 2}}}},
         }),
     );
@@ -606,6 +595,147 @@ fn pods_survive_a_berthd_kill_9() {
     // The pod keeps its network: the address is still on its interface.
     let addr = env.exec(&ctr, &["ip", "-4", "addr", "show", "eth0"]);
     assert!(addr.contains(&format!("inet {ip}/")), "{addr}");
+    env.ok(&["stopp", &pod]);
+    env.ok(&["rmp", &pod]);
+}
+
+/// Whether anything is mounted at `path` on the host.
+fn mounted(path: &Path) -> bool {
+    let want = path.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// Image volumes (the CRI's `Mount.image`): a pulled image mounted read-only, whole or one
+/// path of it; refused when writable, unpulled or with a sub path the image lacks (nothing left
+/// behind); reported with the image's id; kept across a berthd kill -9; unmounted and its view
+/// removed with the container; and a mount left by a container that is gone swept at start.
+#[test]
+fn crictl_mounts_an_image_volume_read_only() {
+    let mut env = Env::new("bcricore3", "10.233.43");
+    let image_id = env.json(&["inspecti", "-o", "json", IMAGE])["status"]["id"]
+        .as_str()
+        .expect("the image's id")
+        .to_string();
+    let pod_json = env.pod_config("vols");
+    let pod = env.ok(&["runp", &pod_json]);
+    let volume = |path: &str, readonly: bool, sub: &str| {
+        serde_json::json!({"container_path": path, "readonly": readonly,
+            "image": {"image": IMAGE}, "image_sub_path": sub})
+    };
+    let ctr_json = env.container_config(
+        "reader",
+        &["sleep", "3600"],
+        serde_json::json!({"mounts": [volume("/mnt/image", true, ""), volume("/mnt/etc", true, "etc")]}),
+    );
+    let ctr = env.ok(&["create", &pod, &ctr_json, &pod_json]);
+    env.ok(&["start", &ctr]);
+    env.wait_state(&ctr, cri::ContainerState::ContainerRunning);
+
+    assert_eq!(
+        env.exec(&ctr, &["cat", "/mnt/image/etc/passwd"]),
+        "root:x:0:0:root:/root:/bin/sh"
+    );
+    assert_eq!(
+        env.exec(&ctr, &["cat", "/mnt/etc/passwd"]),
+        "root:x:0:0:root:/root:/bin/sh"
+    );
+    // Read-only, and not noexec: the image's own busybox runs from the volume.
+    let w = env
+        .exec_sync(&ctr, &["sh", "-c", "echo x > /mnt/image/new"], 0)
+        .expect("ExecSync");
+    assert_ne!(w.exit_code, 0, "a write to the image volume succeeded");
+    assert!(
+        String::from_utf8_lossy(&w.stderr).contains("Read-only"),
+        "{w:?}"
+    );
+    assert_eq!(
+        env.exec(&ctr, &["/mnt/image/bin/busybox", "echo", "ran"]),
+        "ran"
+    );
+    let status = env.status(&ctr).expect("ContainerStatus");
+    let m = status
+        .mounts
+        .iter()
+        .find(|m| m.container_path == "/mnt/image")
+        .expect("the image volume in the status");
+    assert_eq!(
+        m.image.as_ref().map(|i| i.image_ref.as_str()),
+        Some(image_id.as_str())
+    );
+    assert!(m.readonly);
+
+    // On the host: mounted under the CRI's state, the views held by the record.
+    let dir = env.daemon.state().join("cri/image-volumes").join(&ctr);
+    assert!(
+        mounted(&dir.join("0")) && mounted(&dir.join("1")),
+        "{dir:?}"
+    );
+    let snapshots = env.daemon.ctr("k8s.io", &["snapshots", "ls"]);
+    assert!(
+        snapshots.contains(&format!("{ctr}-image-volume-0")),
+        "{snapshots}"
+    );
+
+    // Refused: writable, unpulled, a sub path the image lacks. Nothing is left of them.
+    for (name, mount, code) in [
+        ("rw", volume("/mnt/v", false, ""), "InvalidArgument"),
+        (
+            "unpulled",
+            serde_json::json!({"container_path": "/mnt/v", "readonly": true,
+                "image": {"image": "registry.example/none:1"}}),
+            "NotFound",
+        ),
+        ("nosub", volume("/mnt/v", true, "not-there"), "NotFound"),
+    ] {
+        let json = env.container_config(name, &["true"], serde_json::json!({"mounts": [mount]}));
+        let out = env.crictl(&["create", &pod, &json, &pod_json]);
+        assert!(!out.status.success(), "{name}: created");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(code),
+            "{name}: {out:?}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(env.daemon.state().join("cri/image-volumes"))
+        .expect("the image volumes dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from(&ctr)], "left behind");
+
+    // A mount of a container that is gone (berthd died before its record was made): swept
+    // at the next start. The running container keeps its volumes.
+    let stale = env
+        .daemon
+        .state()
+        .join("cri/image-volumes")
+        .join("5a".repeat(32))
+        .join("0");
+    std::fs::create_dir_all(&stale).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&stale)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    env.daemon.kill9();
+    env.daemon.spawn();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !env.daemon.cri_socket().exists() || !env.crictl(&["version"]).status.success() {
+        assert!(Instant::now() < deadline, "no CRI after the restart");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!mounted(&stale) && !stale.exists(), "stale mount kept");
+    assert_eq!(env.exec(&ctr, &["cat", "/mnt/etc/group"]), "root:x:0:");
+
+    // Removed with the container: unmounted, the dir and the views gone.
+    env.ok(&["stop", &ctr]);
+    env.ok(&["rm", &ctr]);
+    assert!(!mounted(&dir.join("0")) && !dir.exists(), "{dir:?} left");
+    let snapshots = env.daemon.ctr("k8s.io", &["snapshots", "ls"]);
+    assert!(!snapshots.contains("-image-volume-"), "{snapshots}");
     env.ok(&["stopp", &pod]);
     env.ok(&["rmp", &pod]);
 }
