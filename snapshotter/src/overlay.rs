@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::at;
 use crate::fsutil::mkdir_mode;
+use crate::idmap::IdMap;
 use crate::store::{MetaStore, Snapshot};
 use crate::{unmount, Kind, Mount, Result, Snapshotter};
 
@@ -51,7 +52,14 @@ impl OverlaySnapshotter {
         if let Some(&parent) = snap.parent_ids.first() {
             let p = self.store.fs_dir(parent);
             let md = fs::metadata(&p).map_err(at("stat", &p))?;
-            lchown(&fs_dir, Some(md.uid()), Some(md.gid())).map_err(at("chown", &fs_dir))?;
+            let (mut uid, mut gid) = (md.uid(), md.gid());
+            // The upper is not idmapped (see idmap.rs): it holds host ids from the start.
+            if let Some((u, g)) = &snap.idmap {
+                let (umap, gmap) = (IdMap::parse(u)?, IdMap::parse(g)?);
+                uid = umap.host_id(uid).unwrap_or(uid);
+                gid = gmap.host_id(gid).unwrap_or(gid);
+            }
+            lchown(&fs_dir, Some(uid), Some(gid)).map_err(at("chown", &fs_dir))?;
             fs::set_permissions(&fs_dir, fs::Permissions::from_mode(md.mode() & 0o7777))
                 .map_err(at("chmod", &fs_dir))?;
         }
@@ -90,6 +98,11 @@ impl OverlaySnapshotter {
         }
         let lower: Vec<String> = snap.parent_ids.iter().map(|&id| path(id)).collect();
         options.push(format!("lowerdir={}", lower.join(":")));
+        // containerd 2's option names; Mount::mount turns them into idmapped lowers.
+        if let (Kind::Active, Some((u, g))) = (snap.kind, &snap.idmap) {
+            options.push(format!("uidmap={u}"));
+            options.push(format!("gidmap={g}"));
+        }
         vec![Mount {
             r#type: "overlay".into(),
             source: "overlay".into(),
