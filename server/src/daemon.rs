@@ -82,6 +82,7 @@ pub async fn run(config: Config) -> Result<()> {
     let meta = Arc::new(Metadata::open(&config.root.join("meta"))?);
     let content = Arc::new(ContentStore::open(&config.root.join("content"))?);
     let (snapshotters, snapshotter_errors) = open_snapshotters(&config)?;
+    let remap = crate::userns::resolve(&config.userns, &config.root.join("snapshots"))?;
     let gc = Arc::new(Collector::new(
         meta.clone(),
         content.clone(),
@@ -197,6 +198,7 @@ pub async fn run(config: Config) -> Result<()> {
         network,
         volumes,
         &snapshotter_errors,
+        remap.as_ref(),
         metrics,
     )
     .serve_with_incoming_shutdown(
@@ -231,6 +233,7 @@ fn router(
     network: Arc<crate::network::Networking>,
     volumes: Arc<crate::volumes::Volumes>,
     snapshotter_errors: &[(String, String)],
+    remap: Option<&crate::userns::Remap>,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> tonic::transport::server::Router<
     tower::layer::util::Stack<crate::metrics::MetricsLayer, tower::layer::util::Identity>,
@@ -274,6 +277,7 @@ fn router(
                         .map(str::to_string)
                         .collect::<Vec<_>>(),
                     snapshotter_errors,
+                    remap,
                 ),
                 runtimes: config.runtimes.clone(),
             }
