@@ -96,12 +96,18 @@ impl Remap {
     }
 }
 
-/// The mapping `config` asks for, or none when remap is off; `snapshots` is where idmapped
-/// layers are tried.
-pub fn resolve(config: &UsernsConfig, snapshots: &Path) -> Result<Option<Remap>> {
+/// The mapping `config` asks for, or none when remap is off. `root` and `state` are berthd's
+/// dirs: idmapped layers are tried under `root/snapshots`, and both must be reachable by the
+/// mapped root (runc mounts a bundle's rootfs and volumes from inside the user namespace).
+pub fn resolve(config: &UsernsConfig, root: &Path, state: &Path) -> Result<Option<Remap>> {
     if config.remap.is_empty() {
         return Ok(None);
     }
+    for dir in [root, state] {
+        searchable_by_others(dir)?;
+    }
+    let snapshots = root.join("snapshots");
+    let snapshots = snapshots.as_path();
     let (user, group) = match config.remap.as_str() {
         "default" => {
             ensure_entry(&config.subuid_file, DEFAULT_USER)?;
@@ -132,6 +138,26 @@ pub fn resolve(config: &UsernsConfig, snapshots: &Path) -> Result<Option<Remap>>
         gid,
         idmap,
     }))
+}
+
+/// Every existing directory from `dir` up must let others through (o+x): a remapped container's
+/// root is "others" to them, and a 0700 parent fails every container with EACCES from runc.
+fn searchable_by_others(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for d in dir.ancestors() {
+        let Ok(md) = std::fs::metadata(d) else {
+            continue;
+        };
+        if md.permissions().mode() & 0o001 == 0 {
+            return Err(Error::precondition(format!(
+                "userns.remap: {} (mode {:o}) does not let others through, so remapped containers cannot reach {}: chmod o+x it",
+                d.display(),
+                md.permissions().mode() & 0o7777,
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `(name, start, length)` of every well-formed line of a subordinate id file.
@@ -224,6 +250,11 @@ mod tests {
     #[test]
     fn default_adds_an_entry_past_the_others_once() {
         let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
         let (su, sg) = (dir.path().join("subuid"), dir.path().join("subgid"));
         std::fs::write(&su, "alice:100000:65536\nbob:165536:65536\n").expect("write");
         let config = UsernsConfig {
@@ -232,10 +263,19 @@ mod tests {
             subgid_file: sg.clone(),
             idmap: false,
         };
-        let r = resolve(&config, dir.path()).expect("resolves").expect("on");
+        let r = resolve(&config, dir.path(), dir.path())
+            .expect("resolves")
+            .expect("on");
         assert_eq!(r.uid.to_string(), "0:262144:65536");
         assert_eq!(r.gid.to_string(), "0:131072:65536");
-        resolve(&config, dir.path()).expect("resolves again");
+        resolve(&config, dir.path(), dir.path()).expect("resolves again");
+        // A 0700 dir on the way to the state dir fails at startup, not in every container.
+        let closed = dir.path().join("closed");
+        std::fs::create_dir(&closed).expect("mkdir");
+        std::fs::set_permissions(&closed, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .expect("chmod");
+        let err = resolve(&config, dir.path(), &closed.join("state")).unwrap_err();
+        assert!(err.to_string().contains("chmod o+x"), "{err}");
         let text = std::fs::read_to_string(&su).expect("read");
         assert_eq!(text.matches("berth:").count(), 1, "{text}");
         assert_eq!(r.exports()["idmap"], "false");
