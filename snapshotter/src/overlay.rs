@@ -305,6 +305,53 @@ mod tests {
         assert_eq!(fs::read_dir(tmp.path()).expect("ls").count(), 0);
     }
 
+    #[test]
+    fn idmap_labels_show_the_layers_with_the_mapped_owners() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: overlay and idmapped mounts need root");
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let sn = OverlaySnapshotter::open(tmp.path()).expect("open");
+        sn.prepare("base-a", "", HashMap::new()).expect("prepare");
+        let dir = sn.active_dir("base-a").expect("dir");
+        fs::write(dir.join("f"), b"image\n").expect("write");
+        lchown(dir.join("f"), Some(0), Some(0)).expect("chown");
+        sn.commit("base", "base-a", HashMap::new()).expect("commit");
+        let labels: HashMap<String, String> = [
+            (crate::idmap::UIDMAP_LABEL.into(), "0:300000:65536".into()),
+            (crate::idmap::GIDMAP_LABEL.into(), "0:400000:65536".into()),
+        ]
+        .into();
+        let mounts = sn.prepare("ctr", "base", labels).expect("prepare");
+        let opts = &mounts[0].options;
+        assert!(
+            opts.contains(&"uidmap=0:300000:65536".to_string()),
+            "{opts:?}"
+        );
+        assert!(
+            opts.contains(&"gidmap=0:400000:65536".to_string()),
+            "{opts:?}"
+        );
+        let upper = sn.active_dir("ctr").expect("dir");
+        let md = fs::metadata(&upper).expect("stat");
+        assert_eq!((md.uid(), md.gid()), (300000, 400000), "the upper's root");
+        let target = tmp.path().join("merged");
+        fs::create_dir(&target).expect("mkdir");
+        crate::mount_all(&mounts, &target).expect("mount");
+        let seen = fs::metadata(target.join("f")).map(|m| (m.uid(), m.gid()));
+        let _ = crate::unmount(&target);
+        assert_eq!(seen.expect("stat"), (300000, 400000));
+        // The layer itself keeps the image's owners; the mount left nothing behind.
+        let layer = fs::metadata(dir.join("f")).expect("stat");
+        assert_eq!(layer.uid(), 0);
+        let mounts = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        assert!(
+            !mounts.contains(&tmp.path().display().to_string()),
+            "{mounts}"
+        );
+    }
+
     /// Prepare+Commit pairs per second (run: `cargo test --release -p berth-snapshotter
     /// prepare_commit_rate -- --ignored --nocapture`); timings, not assertions.
     #[test]
