@@ -188,6 +188,37 @@ fn remap_default_with_idmapped_layers() {
     check_remapped(&env, uid, gid);
     // Idmapped layers: no copy of the image was made.
     assert_eq!(snapshots(&env), before, "idmapped layers made a copy");
+
+    // diff and commit see the container's changes only, with the container's owners.
+    env.ok(&[
+        "run",
+        "--name",
+        "changed",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo x > /etc/newf",
+    ]);
+    let diff = env.ok(&["diff", "changed"]);
+    assert!(diff.contains("A /etc/newf"), "{diff}");
+    assert!(
+        !diff.contains("/bin/sh"),
+        "unchanged files in the diff:\n{diff}"
+    );
+    env.ok(&["commit", "changed", "docker.io/berth/committed:userns"]);
+    env.ok(&["rm", "changed"]);
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "--userns",
+        "host",
+        "docker.io/berth/committed:userns",
+        "ls",
+        "-ln",
+        "/etc/newf",
+    ]);
+    let owner: Vec<&str> = out.split_whitespace().skip(2).take(2).collect();
+    assert_eq!(owner, ["0", "0"], "committed with host ids: {out}");
 }
 
 #[test]

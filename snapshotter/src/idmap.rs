@@ -242,24 +242,41 @@ pub fn supported(root: &Path) -> Result<()> {
     result
 }
 
-/// Replaces `uidmap=`/`gidmap=` in an overlay's options by idmapped lowers: the options to mount
-/// with, and the fds that must stay open until the mount is made.
+/// Mount options of berth's read-only diff view (see [`unmapped_view`]): the maps its top lower
+/// is shown through.
+const TOP_UIDMAP: &str = "x-berth.top-uidmap=";
+const TOP_GIDMAP: &str = "x-berth.top-gidmap=";
+
+/// Replaces `uidmap=`/`gidmap=` in an overlay's options by idmapped lowers (or the diff view's
+/// top-lower maps by an idmapped top lower): the options to mount with, and the fds that must
+/// stay open until the mount is made.
 pub(crate) fn apply_to_overlay(options: &[String]) -> Result<(Vec<String>, Vec<OwnedFd>)> {
     let find = |p: &str| options.iter().find_map(|o| o.strip_prefix(p));
-    let (Some(u), Some(g)) = (find("uidmap="), find("gidmap=")) else {
-        return Err(Error::invalid("uidmap= and gidmap= go together"));
+    let (maps, top_only) = match (
+        find("uidmap="),
+        find("gidmap="),
+        find(TOP_UIDMAP),
+        find(TOP_GIDMAP),
+    ) {
+        (Some(u), Some(g), None, None) => ((u, g), false),
+        (None, None, Some(u), Some(g)) => ((u, g), true),
+        _ => return Err(Error::invalid("uidmap= and gidmap= go together")),
     };
-    let ns = userns_fd(&IdMap::parse(u)?, &IdMap::parse(g)?)?;
+    let ns = userns_fd(&IdMap::parse(maps.0)?, &IdMap::parse(maps.1)?)?;
     let mut fds = Vec::new();
     let mut out = Vec::new();
     for o in options {
-        if o.starts_with("uidmap=") || o.starts_with("gidmap=") {
+        if is_map_option(o) {
             continue;
         }
         match o.strip_prefix("lowerdir=") {
             Some(dirs) => {
                 let mut named = Vec::new();
-                for d in dirs.split(':') {
+                for (i, d) in dirs.split(':').enumerate() {
+                    if top_only && i > 0 {
+                        named.push(d.to_string());
+                        continue;
+                    }
                     let fd = idmapped_tree(Path::new(d), std::os::fd::AsFd::as_fd(&ns))?;
                     named.push(format!("/proc/self/fd/{}", fd.as_raw_fd()));
                     fds.push(fd);
@@ -272,11 +289,65 @@ pub(crate) fn apply_to_overlay(options: &[String]) -> Result<(Vec<String>, Vec<O
     Ok((out, fds))
 }
 
-/// Whether these mount options ask for idmapped lowers.
-pub(crate) fn wanted(options: &[String]) -> bool {
-    options
+fn is_map_option(o: &str) -> bool {
+    ["uidmap=", "gidmap=", TOP_UIDMAP, TOP_GIDMAP]
         .iter()
-        .any(|o| o.starts_with("uidmap=") || o.starts_with("gidmap="))
+        .any(|p| o.starts_with(p))
+}
+
+/// Whether these mount options ask for idmapped layers.
+pub(crate) fn wanted(options: &[String]) -> bool {
+    options.iter().any(|o| is_map_option(o))
+}
+
+/// For a Diff of an idmapped active snapshot: a read-only overlay of its upper, shown through
+/// the inverse maps (the host ids the container wrote, back to the container's), over its plain
+/// lowers. Unchanged files then compare equal with the parent's view and the layer carries the
+/// image's owners, not the host's. None for any other mount.
+pub fn unmapped_view(m: &crate::Mount) -> Result<Option<crate::Mount>> {
+    if m.r#type != "overlay" {
+        return Ok(None);
+    }
+    let find = |p: &str| m.options.iter().find_map(|o| o.strip_prefix(p));
+    let (Some(u), Some(g), Some(upper), Some(lower)) = (
+        find("uidmap="),
+        find("gidmap="),
+        find("upperdir="),
+        find("lowerdir="),
+    ) else {
+        return Ok(None);
+    };
+    let inverse = |s: &str| -> Result<IdMap> {
+        Ok(IdMap(
+            IdMap::parse(s)?
+                .0
+                .into_iter()
+                .map(|r| IdRange {
+                    container: r.host,
+                    host: r.container,
+                    length: r.length,
+                })
+                .collect(),
+        ))
+    };
+    let mut options: Vec<String> = m
+        .options
+        .iter()
+        .filter(|o| {
+            !is_map_option(o)
+                && !o.starts_with("upperdir=")
+                && !o.starts_with("workdir=")
+                && !o.starts_with("lowerdir=")
+        })
+        .cloned()
+        .collect();
+    options.push(format!("lowerdir={upper}:{lower}"));
+    options.push(format!("{TOP_UIDMAP}{}", inverse(u)?));
+    options.push(format!("{TOP_GIDMAP}{}", inverse(g)?));
+    Ok(Some(crate::Mount {
+        options,
+        ..m.clone()
+    }))
 }
 
 #[cfg(test)]

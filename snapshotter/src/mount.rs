@@ -122,7 +122,7 @@ impl Mount {
                 (options, _idmapped) = crate::idmap::apply_to_overlay(&options)?;
             } else {
                 // A bind of a base layer has no lowers to show through a map.
-                options.retain(|o| !o.starts_with("uidmap=") && !o.starts_with("gidmap="));
+                options.retain(|o| !crate::idmap::wanted(std::slice::from_ref(o)));
             }
         }
         let mut chdir = None;
