@@ -271,6 +271,19 @@ impl Containers {
                 ),
             ));
         }
+        let remapped;
+        let config = match config.userns_host || config.remap.is_some() {
+            true => config,
+            false => match self.client.userns_remap().await? {
+                Some(remap) => {
+                    let mut c = config.clone();
+                    c.remap = Some(remap);
+                    remapped = c;
+                    &remapped
+                }
+                None => config,
+            },
+        };
         let snapshotter = DEFAULT_SNAPSHOTTER;
         let user = match config.user.as_deref() {
             Some(u) if crate::user::needs_image_files(u) => {
@@ -299,7 +312,12 @@ impl Containers {
         // container names them; anonymous ones made here go again if the create fails.
         let volumes = self
             .client
-            .resolve_volumes(&config.mounts, snapshotter, &details.chain_id)
+            .resolve_volumes(
+                &config.mounts,
+                snapshotter,
+                &details.chain_id,
+                config.remap.as_ref(),
+            )
             .await?;
         let result = self
             .create_with(&details, name, config, &user, &volumes)
@@ -413,11 +431,31 @@ impl Containers {
             .leases()
             .create(Duration::from_secs(600))
             .await?;
+        let (parent, snapshot_labels) = match &config.remap {
+            None => (details.chain_id.clone(), HashMap::new()),
+            Some(remap) => match self
+                .client
+                .remapped_rootfs(
+                    remap,
+                    snapshotter,
+                    &details.image.name,
+                    &details.chain_id,
+                    &lease,
+                )
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = lease.release().await;
+                    return Err(e);
+                }
+            },
+        };
         let prepare = PrepareSnapshotRequest {
             snapshotter: snapshotter.to_string(),
             key: id.clone(),
-            parent: details.chain_id.clone(),
-            labels: HashMap::new(),
+            parent,
+            labels: snapshot_labels,
         };
         let mut snapshots = SnapshotsClient::new(self.client.channel.clone());
         if let Err(e) = snapshots.prepare(lease.request(prepare)).await {

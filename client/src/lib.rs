@@ -102,6 +102,7 @@ pub mod transfer;
 pub mod update;
 pub mod usage;
 pub mod user;
+pub mod userns;
 pub mod volumes;
 
 #[doc(hidden)]

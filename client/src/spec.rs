@@ -8,9 +8,9 @@ use crate::{Error, Result};
 use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use std::collections::{BTreeSet, HashMap};
 
@@ -63,6 +63,11 @@ pub struct ContainerConfig {
     /// Bind mounts and tmpfs (`-v`, `--mount`, `--tmpfs`), after the defaults; one on a
     /// default's destination replaces it.
     pub mounts: Vec<crate::mounts::MountRequest>,
+    /// docker's `--userns=host`: no user namespace although the daemon remaps.
+    pub userns_host: bool,
+    /// The user namespace maps the container runs with; [`crate::containers::Containers::create`]
+    /// sets the daemon's (berthd's `[userns] remap`) unless `userns_host`.
+    pub remap: Option<crate::userns::Remap>,
 }
 
 /// docker's `-p [IP:]HOST:CONTAINER[/PROTO]`, in the shape berthd's `berth/ports` label takes.
@@ -469,6 +474,18 @@ pub fn generate(
         )?,
         mount("/sys", "sysfs", "sysfs", sys_options)?,
     ];
+    let network_owned_elsewhere = config.network != Network::None;
+    if config.remap.is_some() && network_owned_elsewhere {
+        // A sysfs mount needs the network namespace to belong to the container's user
+        // namespace; the host's and berthd's CNI ones do not: the host's /sys, read-only.
+        mounts.pop();
+        mounts.push(mount(
+            "/sys",
+            "bind",
+            "/sys",
+            &["rbind", "nosuid", "noexec", "nodev", "ro"],
+        )?);
+    }
     let mut namespaces = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
@@ -490,6 +507,9 @@ pub fn generate(
     for request in &config.mounts {
         mounts.retain(|m| m.destination().to_str() != Some(request.destination()));
         mounts.push(request.oci_mount()?);
+    }
+    if config.remap.is_some() {
+        namespaces.push(LinuxNamespaceType::User);
     }
     let namespaces = namespaces
         .into_iter()
@@ -538,6 +558,23 @@ pub fn generate(
         .cgroups_path(format!("/{ns}/{id}"))
         .namespaces(namespaces)
         .resources(resources.build().map_err(spec_error)?);
+    if let Some(remap) = &config.remap {
+        let ids = |map: &[crate::userns::IdRange]| {
+            map.iter()
+                .map(|r| {
+                    LinuxIdMappingBuilder::default()
+                        .container_id(r.container)
+                        .host_id(r.host)
+                        .size(r.length)
+                        .build()
+                        .map_err(spec_error)
+                })
+                .collect::<Result<Vec<_>>>()
+        };
+        linux = linux
+            .uid_mappings(ids(&remap.uid)?)
+            .gid_mappings(ids(&remap.gid)?);
+    }
     if !config.privileged {
         linux = linux
             .masked_paths(
@@ -666,6 +703,54 @@ mod tests {
         ] {
             assert!(masked.contains(&path.into()), "{path} is not masked");
         }
+    }
+
+    #[test]
+    fn a_remapped_container_gets_a_user_namespace_and_a_bound_sys() {
+        let img = image(Some(&["sh"]), None, &[]);
+        let remap = crate::userns::Remap {
+            user: "berth".into(),
+            uid: crate::userns::parse_map("0:100000:65536").unwrap(),
+            gid: crate::userns::parse_map("0:200000:65536").unwrap(),
+            idmap: true,
+        };
+        for (network, sys_type) in [(Network::None, "sysfs"), (Network::Host, "bind")] {
+            let c = ContainerConfig {
+                network,
+                remap: Some(remap.clone()),
+                ..Default::default()
+            };
+            let spec = generate("ns", "0123456789abcdef", &img, &c, &Default::default()).unwrap();
+            let v = serde_json::to_value(&spec).unwrap();
+            let l = &v["linux"];
+            assert!(l["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["type"] == "user"));
+            assert_eq!(
+                l["uidMappings"],
+                serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}])
+            );
+            assert_eq!(l["gidMappings"][0]["hostID"], 200000);
+            let sys = v["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["destination"] == "/sys")
+                .unwrap();
+            assert_eq!(sys["type"], sys_type, "{network:?}");
+        }
+        let plain = generate(
+            "ns",
+            "0123456789abcdef",
+            &img,
+            &ContainerConfig::default(),
+            &Default::default(),
+        )
+        .unwrap();
+        let v = serde_json::to_value(&plain).unwrap();
+        assert!(v["linux"]["uidMappings"].is_null());
     }
 
     #[test]

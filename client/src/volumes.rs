@@ -122,6 +122,7 @@ impl Client {
         requests: &[MountRequest],
         snapshotter: &str,
         chain_id: &str,
+        remap: Option<&crate::userns::Remap>,
     ) -> Result<ResolvedVolumes> {
         let mut out = ResolvedVolumes {
             mounts: Vec::new(),
@@ -162,7 +163,19 @@ impl Client {
             });
         }
         if !fill.is_empty() && !chain_id.is_empty() {
-            self.copy_up(snapshotter, chain_id, fill).await?;
+            self.copy_up(snapshotter, chain_id, fill.clone()).await?;
+        }
+        if let Some(remap) = remap {
+            // A new volume belongs to the container's root, as docker's under userns-remap:
+            // its directory and what the image put in it, shifted into the maps.
+            let (uid, gid) = (remap.uid.clone(), remap.gid.clone());
+            tokio::task::spawn_blocking(move || {
+                fill.iter().try_for_each(|(_, dir)| {
+                    crate::userns::shift_owners(std::path::Path::new(dir), &uid, &gid)
+                })
+            })
+            .await
+            .map_err(|e| Error::local(Code::Internal, format!("chowning a volume: {e}")))??;
         }
         Ok(out)
     }

@@ -2,7 +2,7 @@
 //! This module only composes: each section's type, default and validation live with the module
 //! that uses it (`[grpc]` daemon, `[leases]` controllers::leases, `[tasks]` and `[runtimes]`
 //! runtime, `[events]` events, `[diff]` berth-layer, `[proxy_plugins]` remote_snapshotter,
-//! `[transfer]` transfer, `[cni]` network, `[cri]` berth-cri); the top-level keys and `[debug]` (the process's
+//! `[transfer]` transfer, `[cni]` network, `[cri]` berth-cri, `[userns]` userns); the top-level keys and `[debug]` (the process's
 //! logging) are the daemon's own, here.
 
 use crate::fsutil::require_absolute;
@@ -51,6 +51,9 @@ pub struct Config {
     pub metrics: crate::metrics::MetricsConfig,
     /// Kubernetes' CRI socket and pods (owned by berth-cri).
     pub cri: berth_cri::CriConfig,
+    /// User namespaces for every container berth's clients make (owned by `userns.rs`); off by
+    /// default.
+    pub userns: crate::userns::UsernsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +81,7 @@ impl Default for Config {
             cni: Default::default(),
             metrics: Default::default(),
             cri: Default::default(),
+            userns: Default::default(),
         }
     }
 }
@@ -147,6 +151,7 @@ impl Config {
         }
         self.cni.validate()?;
         self.cri.validate()?;
+        self.userns.validate()?;
         Ok(())
     }
 

@@ -82,6 +82,7 @@ pub async fn run(config: Config) -> Result<()> {
     let meta = Arc::new(Metadata::open(&config.root.join("meta"))?);
     let content = Arc::new(ContentStore::open(&config.root.join("content"))?);
     let (snapshotters, snapshotter_errors) = open_snapshotters(&config)?;
+    let remap = crate::userns::resolve(&config.userns, &config.root, &config.state)?;
     let gc = Arc::new(Collector::new(
         meta.clone(),
         content.clone(),
@@ -190,13 +191,23 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
     tokio::spawn(dump_on_sigusr1(metrics.clone(), tasks.clone()));
+    let plugins = crate::services::introspection::plugin_list(
+        &config.root,
+        &state
+            .snapshotters
+            .names()
+            .map(str::to_string)
+            .collect::<Vec<_>>(),
+        &snapshotter_errors,
+        remap.as_ref(),
+    );
     let serve = router(
         &config,
         state.clone(),
         tasks,
         network,
         volumes,
-        &snapshotter_errors,
+        plugins,
         metrics,
     )
     .serve_with_incoming_shutdown(
@@ -230,7 +241,7 @@ fn router(
     tasks: Arc<TaskManager>,
     network: Arc<crate::network::Networking>,
     volumes: Arc<crate::volumes::Volumes>,
-    snapshotter_errors: &[(String, String)],
+    plugins: Vec<berth_api::containerd::services::introspection::v1::Plugin>,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> tonic::transport::server::Router<
     tower::layer::util::Stack<crate::metrics::MetricsLayer, tower::layer::util::Identity>,
@@ -266,15 +277,7 @@ fn router(
             api::introspection::v1::introspection_server::IntrospectionServer,
             introspection::IntrospectionService {
                 state: state.clone(),
-                plugins: introspection::plugin_list(
-                    &config.root,
-                    &state
-                        .snapshotters
-                        .names()
-                        .map(str::to_string)
-                        .collect::<Vec<_>>(),
-                    snapshotter_errors,
-                ),
+                plugins,
                 runtimes: config.runtimes.clone(),
             }
         ))

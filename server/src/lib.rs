@@ -22,6 +22,7 @@ pub mod services;
 pub mod snapshots;
 pub mod streams;
 pub mod transfer;
+pub mod userns;
 pub mod volumes;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -90,6 +90,7 @@ macro_rules! delegate_to_store {
 mod copy;
 mod error;
 mod fsutil;
+pub mod idmap;
 mod journal;
 mod mount;
 mod native;

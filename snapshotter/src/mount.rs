@@ -115,6 +115,16 @@ impl Mount {
     /// Mounts this at `target`, as containerd's `Mount.Mount` does.
     pub fn mount(&self, target: &Path) -> Result<()> {
         let mut options = self.options.clone();
+        // Held open until the mount is made: overlayfs names the idmapped lowers by fd.
+        let mut _idmapped = Vec::new();
+        if crate::idmap::wanted(&options) {
+            if self.r#type == "overlay" {
+                (options, _idmapped) = crate::idmap::apply_to_overlay(&options)?;
+            } else {
+                // A bind of a base layer has no lowers to show through a map.
+                options.retain(|o| !crate::idmap::wanted(std::slice::from_ref(o)));
+            }
+        }
         let mut chdir = None;
         let size: usize = options.iter().map(|o| o.len() + 1).sum();
         if self.r#type == "overlay" && size >= PAGE_SIZE - 512 {

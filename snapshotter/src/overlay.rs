@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::at;
 use crate::fsutil::mkdir_mode;
+use crate::idmap::IdMap;
 use crate::store::{MetaStore, Snapshot};
 use crate::{unmount, Kind, Mount, Result, Snapshotter};
 
@@ -51,7 +52,14 @@ impl OverlaySnapshotter {
         if let Some(&parent) = snap.parent_ids.first() {
             let p = self.store.fs_dir(parent);
             let md = fs::metadata(&p).map_err(at("stat", &p))?;
-            lchown(&fs_dir, Some(md.uid()), Some(md.gid())).map_err(at("chown", &fs_dir))?;
+            let (mut uid, mut gid) = (md.uid(), md.gid());
+            // The upper is not idmapped (see idmap.rs): it holds host ids from the start.
+            if let Some((u, g)) = &snap.idmap {
+                let (umap, gmap) = (IdMap::parse(u)?, IdMap::parse(g)?);
+                uid = umap.host_id(uid).unwrap_or(uid);
+                gid = gmap.host_id(gid).unwrap_or(gid);
+            }
+            lchown(&fs_dir, Some(uid), Some(gid)).map_err(at("chown", &fs_dir))?;
             fs::set_permissions(&fs_dir, fs::Permissions::from_mode(md.mode() & 0o7777))
                 .map_err(at("chmod", &fs_dir))?;
         }
@@ -90,6 +98,11 @@ impl OverlaySnapshotter {
         }
         let lower: Vec<String> = snap.parent_ids.iter().map(|&id| path(id)).collect();
         options.push(format!("lowerdir={}", lower.join(":")));
+        // containerd 2's option names; Mount::mount turns them into idmapped lowers.
+        if let (Kind::Active, Some((u, g))) = (snap.kind, &snap.idmap) {
+            options.push(format!("uidmap={u}"));
+            options.push(format!("gidmap={g}"));
+        }
         vec![Mount {
             r#type: "overlay".into(),
             source: "overlay".into(),
@@ -290,6 +303,53 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         supported(tmp.path()).expect("overlay works on the test filesystem");
         assert_eq!(fs::read_dir(tmp.path()).expect("ls").count(), 0);
+    }
+
+    #[test]
+    fn idmap_labels_show_the_layers_with_the_mapped_owners() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: overlay and idmapped mounts need root");
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let sn = OverlaySnapshotter::open(tmp.path()).expect("open");
+        sn.prepare("base-a", "", HashMap::new()).expect("prepare");
+        let dir = sn.active_dir("base-a").expect("dir");
+        fs::write(dir.join("f"), b"image\n").expect("write");
+        lchown(dir.join("f"), Some(0), Some(0)).expect("chown");
+        sn.commit("base", "base-a", HashMap::new()).expect("commit");
+        let labels: HashMap<String, String> = [
+            (crate::idmap::UIDMAP_LABEL.into(), "0:300000:65536".into()),
+            (crate::idmap::GIDMAP_LABEL.into(), "0:400000:65536".into()),
+        ]
+        .into();
+        let mounts = sn.prepare("ctr", "base", labels).expect("prepare");
+        let opts = &mounts[0].options;
+        assert!(
+            opts.contains(&"uidmap=0:300000:65536".to_string()),
+            "{opts:?}"
+        );
+        assert!(
+            opts.contains(&"gidmap=0:400000:65536".to_string()),
+            "{opts:?}"
+        );
+        let upper = sn.active_dir("ctr").expect("dir");
+        let md = fs::metadata(&upper).expect("stat");
+        assert_eq!((md.uid(), md.gid()), (300000, 400000), "the upper's root");
+        let target = tmp.path().join("merged");
+        fs::create_dir(&target).expect("mkdir");
+        crate::mount_all(&mounts, &target).expect("mount");
+        let seen = fs::metadata(target.join("f")).map(|m| (m.uid(), m.gid()));
+        let _ = crate::unmount(&target);
+        assert_eq!(seen.expect("stat"), (300000, 400000));
+        // The layer itself keeps the image's owners; the mount left nothing behind.
+        let layer = fs::metadata(dir.join("f")).expect("stat");
+        assert_eq!(layer.uid(), 0);
+        let mounts = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        assert!(
+            !mounts.contains(&tmp.path().display().to_string()),
+            "{mounts}"
+        );
     }
 
     /// Prepare+Commit pairs per second (run: `cargo test --release -p berth-snapshotter

@@ -39,6 +39,15 @@ pub(crate) struct Snapshot {
     pub id: u64,
     pub kind: Kind,
     pub parent_ids: Vec<u64>,
+    /// The snapshot's `uidmapping`/`gidmapping` labels (see `idmap.rs`), when it has both.
+    pub idmap: Option<(String, String)>,
+}
+
+fn idmap_of(labels: &HashMap<String, String>) -> Option<(String, String)> {
+    Some((
+        labels.get(crate::idmap::UIDMAP_LABEL)?.clone(),
+        labels.get(crate::idmap::GIDMAP_LABEL)?.clone(),
+    ))
 }
 
 /// Fills a new snapshot directory (which exists, empty): the implementation's part of a create.
@@ -304,6 +313,7 @@ impl MetaStore {
                         kind => kind,
                     },
                     parent_ids: Self::chain(&g, &e.info.parent)?,
+                    idmap: idmap_of(&e.info.labels),
                 }
             };
             let dir = self.snapshot_dir(id);
@@ -383,6 +393,7 @@ impl MetaStore {
             id: e.id,
             kind: e.info.kind,
             parent_ids: Self::chain(&g, &e.info.parent)?,
+            idmap: idmap_of(&e.info.labels),
         })
     }
 
@@ -456,6 +467,7 @@ impl MetaStore {
                     id,
                     kind,
                     parent_ids,
+                    idmap: idmap_of(&info.labels),
                 },
                 info,
             )

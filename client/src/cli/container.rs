@@ -97,6 +97,9 @@ pub struct ContainerOptions {
     /// Every capability, every device, no masked paths.
     #[arg(long)]
     privileged: bool,
+    /// `host`: no user namespace although berthd remaps users (`[userns] remap`).
+    #[arg(long, value_name = "MODE", value_parser = ["host", ""])]
+    userns: Option<String>,
     /// The signal `stop` sends first (default SIGTERM).
     #[arg(long = "stop-signal", value_name = "SIGNAL")]
     stop_signal: Option<String>,
@@ -203,6 +206,8 @@ impl ContainerOptions {
                 .map(|p| crate::spec::PublishedPort::parse(p))
                 .collect::<crate::Result<_>>()?,
             mounts: self.mounts()?,
+            userns_host: self.userns.as_deref() == Some("host"),
+            remap: None,
         })
     }
 }

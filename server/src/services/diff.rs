@@ -95,7 +95,15 @@ impl Diff for DiffService {
             req.r#ref.clone()
         };
         let (content, ingest) = (self.state.content.clone(), format!("{ns}/{ref}"));
-        let (left, right) = (from_api_mounts(req.left), from_api_mounts(req.right));
+        let (left, mut right) = (from_api_mounts(req.left), from_api_mounts(req.right));
+        // A remapped container's snapshot holds host ids: compared through the inverse maps.
+        for m in &mut right {
+            if let Some(view) =
+                berth_snapshotter::idmap::unmapped_view(m).map_err(berth_errdefs::Error::from)?
+            {
+                *m = view;
+            }
+        }
         let mounts_dir = self.applier.mounts_dir.clone();
         let epoch = req.source_date_epoch.map(|t| t.seconds);
         let (digest, size, diff_id) = blocking(move || {

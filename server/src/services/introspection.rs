@@ -104,6 +104,7 @@ pub fn plugin_list(
     root: &std::path::Path,
     snapshotters: &[String],
     snapshotter_errors: &[(String, String)],
+    remap: Option<&crate::userns::Remap>,
 ) -> Vec<Plugin> {
     let platform = Platform {
         os: "linux".into(),
@@ -194,6 +195,12 @@ pub fn plugin_list(
         plugin(grpc, "tasks", &["io.containerd.runtime.v2"]),
         plugin(grpc, "version", &[]),
     ]);
+    // Only a remapping daemon lists it: its absence is what tells clients remap is off.
+    if let Some(remap) = remap {
+        let mut p = plugin(crate::userns::PLUGIN_TYPE, crate::userns::PLUGIN_ID, &[]);
+        p.exports = remap.exports();
+        plugins.push(p);
+    }
     plugins
 }
 

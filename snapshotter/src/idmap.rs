@@ -1,0 +1,384 @@
+//! Idmapped layers: a snapshot prepared with containerd's `containerd.io/snapshot/uidmapping` and
+//! `gidmapping` labels is mounted with its lower layers shown through an idmapped mount, so a
+//! container in a user namespace with those mappings sees the image's owners (its root owns what
+//! the image's root owns) without a chowned copy of the image.
+//!
+//! overlayfs refuses to idmap the overlay mount itself (EINVAL from mount_setattr), and an
+//! idmapped upper layer breaks the workdir (the mounter's uid 0 has no mapping there), so only the
+//! lowers are idmapped; the upper stays plain and holds host ids, its root chowned to the mapped
+//! owner when the snapshot is prepared (containerd's overlay snapshotter does the same).
+//!
+//! The idmapped lowers are detached mounts (open_tree + mount_setattr) named to overlayfs as
+//! `/proc/self/fd/N`: nothing is attached anywhere, so nothing is left behind, and the lowerdir
+//! option stays short. nix has none of these three syscalls, hence `libc::syscall`.
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::libc;
+
+use crate::error::at;
+use crate::{Error, Result};
+
+/// containerd's snapshot label: the uid mapping (`container:host:length`, comma-separated ranges)
+/// the snapshot's lowers are shown with.
+pub const UIDMAP_LABEL: &str = "containerd.io/snapshot/uidmapping";
+/// The gid counterpart of [`UIDMAP_LABEL`].
+pub const GIDMAP_LABEL: &str = "containerd.io/snapshot/gidmapping";
+
+/// One range of a user namespace's id map: container ids `container..container+length` are host
+/// ids `host..host+length`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub container: u32,
+    pub host: u32,
+    pub length: u32,
+}
+
+/// An id map: one or more [`IdRange`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdMap(pub Vec<IdRange>);
+
+impl IdMap {
+    /// Parses `container:host:length[,…]`, the labels' and the mount options' form.
+    pub fn parse(s: &str) -> Result<IdMap> {
+        let bad = || {
+            Error::invalid(format!(
+                "invalid id mapping {s:?} (want container:host:length)"
+            ))
+        };
+        let ranges = s
+            .split(',')
+            .map(|r| {
+                let mut it = r.split(':').map(|n| n.trim().parse::<u32>());
+                match (it.next(), it.next(), it.next(), it.next()) {
+                    (Some(Ok(container)), Some(Ok(host)), Some(Ok(length)), None)
+                        if length > 0
+                            && container.checked_add(length).is_some()
+                            && host.checked_add(length).is_some() =>
+                    {
+                        Ok(IdRange {
+                            container,
+                            host,
+                            length,
+                        })
+                    }
+                    _ => Err(bad()),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(IdMap(ranges))
+    }
+
+    /// The host id of container id `id`, if the map holds it.
+    pub fn host_id(&self, id: u32) -> Option<u32> {
+        self.0.iter().find_map(|r| {
+            id.checked_sub(r.container)
+                .filter(|off| *off < r.length)
+                .map(|off| r.host + off)
+        })
+    }
+
+    /// The container id of host id `id`, if the map holds it.
+    pub fn container_id(&self, id: u32) -> Option<u32> {
+        self.0.iter().find_map(|r| {
+            id.checked_sub(r.host)
+                .filter(|off| *off < r.length)
+                .map(|off| r.container + off)
+        })
+    }
+
+    /// The `/proc/PID/uid_map` form.
+    fn proc_form(&self) -> String {
+        self.0
+            .iter()
+            .map(|r| format!("{} {} {}\n", r.container, r.host, r.length))
+            .collect()
+    }
+}
+
+impl std::fmt::Display for IdMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|r| format!("{}:{}:{}", r.container, r.host, r.length))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// A user namespace with these maps, as an fd: a child is cloned into a new user namespace, its
+/// maps written from here, its namespace opened, and the child killed (the fd keeps the
+/// namespace alive).
+pub fn userns_fd(uid: &IdMap, gid: &IdMap) -> Result<OwnedFd> {
+    use nix::sched::{clone, CloneFlags};
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::waitpid;
+    let mut stack = vec![0u8; 64 * 1024];
+    // SAFETY: the child runs only pause(), async-signal-safe, on its own stack, until killed;
+    // it touches no memory shared with the parent's threads.
+    let pid = unsafe {
+        clone(
+            Box::new(|| loop {
+                nix::unistd::pause();
+            }),
+            &mut stack,
+            CloneFlags::CLONE_NEWUSER,
+            Some(libc::SIGCHLD),
+        )
+    }
+    .map_err(|e| Error::io("clone a user namespace", std::io::Error::from(e)))?;
+    let opened = (|| {
+        let proc = format!("/proc/{pid}");
+        std::fs::write(format!("{proc}/uid_map"), uid.proc_form())
+            .map_err(|e| Error::io("write uid_map", e))?;
+        std::fs::write(format!("{proc}/gid_map"), gid.proc_form())
+            .map_err(|e| Error::io("write gid_map", e))?;
+        std::fs::File::open(format!("{proc}/ns/user"))
+            .map(OwnedFd::from)
+            .map_err(|e| Error::io("open the user namespace", e))
+    })();
+    let _ = kill(pid, Signal::SIGKILL);
+    let _ = waitpid(pid, None);
+    opened
+}
+
+/// A detached copy of the mount tree at `path` that shows its owners through `userns`'s maps.
+pub fn idmapped_tree(path: &Path, userns: BorrowedFd<'_>) -> Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::invalid(format!("path {} has a NUL byte", path.display())))?;
+    // SAFETY: open_tree reads a NUL-terminated path; the returned fd is owned here.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            cpath.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(at("open_tree", path)(Errno::last()));
+    }
+    // SAFETY: fd was just returned by open_tree and nothing else owns it.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    let empty = c"";
+    // SAFETY: mount_setattr reads `attr` (its size given) and the empty path; both outlive the
+    // call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(at("idmap (mount_setattr)", path)(Errno::last()));
+    }
+    Ok(tree)
+}
+
+/// Whether idmapped lowers under an overlay work on the filesystem holding `root`: a file owned
+/// by 0 in an idmapped lower must show the mapped owner through the overlay. Leaves nothing.
+pub fn supported(root: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::create_dir_all(root).map_err(|e| Error::io("create the snapshot root", e))?;
+    let dir = root.join(format!("idmap-check-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let result = (|| {
+        for d in ["lower", "upper", "work", "merged"] {
+            std::fs::create_dir_all(dir.join(d)).map_err(|e| Error::io("mkdir", e))?;
+        }
+        std::fs::write(dir.join("lower/f"), b"").map_err(|e| Error::io("write", e))?;
+        let map = IdMap(vec![IdRange {
+            container: 0,
+            host: 1_000_000,
+            length: 1,
+        }]);
+        let ns = userns_fd(&map, &map)?;
+        let lower = idmapped_tree(&dir.join("lower"), std::os::fd::AsFd::as_fd(&ns))?;
+        let m = crate::Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options: vec![
+                format!("lowerdir=/proc/self/fd/{}", lower.as_raw_fd()),
+                format!("upperdir={}", dir.join("upper").display()),
+                format!("workdir={}", dir.join("work").display()),
+            ],
+        };
+        m.mount(&dir.join("merged"))?;
+        let md = std::fs::metadata(dir.join("merged/f"));
+        let _ = crate::unmount(&dir.join("merged"));
+        match md {
+            Ok(md) if md.uid() == 1_000_000 => Ok(()),
+            Ok(md) => Err(Error::invalid(format!(
+                "an idmapped lower shows uid {} instead of 1000000",
+                md.uid()
+            ))),
+            Err(e) => Err(Error::io("stat through the overlay", e)),
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Mount options of berth's read-only diff view (see [`unmapped_view`]): the maps its top lower
+/// is shown through.
+const TOP_UIDMAP: &str = "x-berth.top-uidmap=";
+const TOP_GIDMAP: &str = "x-berth.top-gidmap=";
+
+/// Replaces `uidmap=`/`gidmap=` in an overlay's options by idmapped lowers (or the diff view's
+/// top-lower maps by an idmapped top lower): the options to mount with, and the fds that must
+/// stay open until the mount is made.
+pub(crate) fn apply_to_overlay(options: &[String]) -> Result<(Vec<String>, Vec<OwnedFd>)> {
+    let find = |p: &str| options.iter().find_map(|o| o.strip_prefix(p));
+    let (maps, top_only) = match (
+        find("uidmap="),
+        find("gidmap="),
+        find(TOP_UIDMAP),
+        find(TOP_GIDMAP),
+    ) {
+        (Some(u), Some(g), None, None) => ((u, g), false),
+        (None, None, Some(u), Some(g)) => ((u, g), true),
+        _ => return Err(Error::invalid("uidmap= and gidmap= go together")),
+    };
+    let ns = userns_fd(&IdMap::parse(maps.0)?, &IdMap::parse(maps.1)?)?;
+    let mut fds = Vec::new();
+    let mut out = Vec::new();
+    for o in options {
+        if is_map_option(o) {
+            continue;
+        }
+        match o.strip_prefix("lowerdir=") {
+            Some(dirs) => {
+                let mut named = Vec::new();
+                for (i, d) in dirs.split(':').enumerate() {
+                    if top_only && i > 0 {
+                        named.push(d.to_string());
+                        continue;
+                    }
+                    let fd = idmapped_tree(Path::new(d), std::os::fd::AsFd::as_fd(&ns))?;
+                    named.push(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+                    fds.push(fd);
+                }
+                out.push(format!("lowerdir={}", named.join(":")));
+            }
+            None => out.push(o.clone()),
+        }
+    }
+    Ok((out, fds))
+}
+
+fn is_map_option(o: &str) -> bool {
+    ["uidmap=", "gidmap=", TOP_UIDMAP, TOP_GIDMAP]
+        .iter()
+        .any(|p| o.starts_with(p))
+}
+
+/// Whether these mount options ask for idmapped layers.
+pub(crate) fn wanted(options: &[String]) -> bool {
+    options.iter().any(|o| is_map_option(o))
+}
+
+/// For a Diff of an idmapped active snapshot: a read-only overlay of its upper, shown through
+/// the inverse maps (the host ids the container wrote, back to the container's), over its plain
+/// lowers. Unchanged files then compare equal with the parent's view and the layer carries the
+/// image's owners, not the host's. None for any other mount.
+pub fn unmapped_view(m: &crate::Mount) -> Result<Option<crate::Mount>> {
+    if m.r#type != "overlay" {
+        return Ok(None);
+    }
+    let find = |p: &str| m.options.iter().find_map(|o| o.strip_prefix(p));
+    let (Some(u), Some(g), Some(upper), Some(lower)) = (
+        find("uidmap="),
+        find("gidmap="),
+        find("upperdir="),
+        find("lowerdir="),
+    ) else {
+        return Ok(None);
+    };
+    let inverse = |s: &str| -> Result<IdMap> {
+        Ok(IdMap(
+            IdMap::parse(s)?
+                .0
+                .into_iter()
+                .map(|r| IdRange {
+                    container: r.host,
+                    host: r.container,
+                    length: r.length,
+                })
+                .collect(),
+        ))
+    };
+    let mut options: Vec<String> = m
+        .options
+        .iter()
+        .filter(|o| {
+            !is_map_option(o)
+                && !o.starts_with("upperdir=")
+                && !o.starts_with("workdir=")
+                && !o.starts_with("lowerdir=")
+        })
+        .cloned()
+        .collect();
+    options.push(format!("lowerdir={upper}:{lower}"));
+    options.push(format!("{TOP_UIDMAP}{}", inverse(u)?));
+    options.push(format!("{TOP_GIDMAP}{}", inverse(g)?));
+    Ok(Some(crate::Mount {
+        options,
+        ..m.clone()
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_parse_and_translate() {
+        let m = IdMap::parse("0:100000:65536").expect("parses");
+        assert_eq!(m.host_id(0), Some(100000));
+        assert_eq!(m.host_id(65535), Some(165535));
+        assert_eq!(m.host_id(65536), None);
+        assert_eq!(m.container_id(100001), Some(1));
+        assert_eq!(m.to_string(), "0:100000:65536");
+        let two = IdMap::parse("0:1000:1,1:100000:100").expect("parses");
+        assert_eq!(two.host_id(1), Some(100000));
+        assert_eq!(two.proc_form(), "0 1000 1\n1 100000 100\n");
+        for bad in ["", "0:1", "0:1:0", "a:b:c", "0:1:2:3", "4294967295:0:2"] {
+            assert!(IdMap::parse(bad).is_err(), "{bad:?} must not parse");
+        }
+    }
+
+    #[test]
+    fn idmapped_lowers_work_here_and_leave_nothing() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: idmapped mounts need root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        supported(dir.path()).expect("idmapped lowers under overlayfs");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("read").collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}
