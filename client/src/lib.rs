@@ -111,7 +111,7 @@ pub use berth_api::containerd as api;
 /// Decode an `Any` (an event, runtime options) whose type URL is containerd's bare message name.
 pub use berth_api::unpack_any;
 pub use berth_api::{LEASE_HEADER, NAMESPACE_HEADER};
-pub use client::{Client, Host, DEFAULT_SOCKET, HOST_ENV};
+pub use client::{Client, Host, ServerVersion, DEFAULT_SOCKET, HOST_ENV};
 pub use error::{Error, ExecFailure, Result};
 use std::path::Path;
 use std::time::Duration;
