@@ -95,6 +95,13 @@ impl ContainerInfo {
     pub fn process_spec(&self) -> Option<&serde_json::Value> {
         self.spec.as_ref().map(|s| &s["process"])
     }
+
+    /// Whether the container's init process gets a terminal (`-t`).
+    pub fn terminal(&self) -> bool {
+        self.process_spec()
+            .and_then(|p| p["terminal"].as_bool())
+            .unwrap_or(false)
+    }
 }
 
 /// A record for [`Containers::create_record`].
