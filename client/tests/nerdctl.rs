@@ -364,15 +364,13 @@ fn nerdctl_pulls_runs_and_moves_images() {
         transfers() > before,
         "nerdctl pull made no Transfer call (before: {before})"
     );
-    // And pushed by berthd the same way.
+    // A push is client-side whatever the version (nerdctl 2.3.5 takes Transfer for it only
+    // with --allow-nondistributable-artifacts), over berthd's content and images.
     let pushed = format!("{}:pushed", image.rsplit_once(':').expect("a tag").0);
     n.ok(&["tag", image, &pushed]);
-    let before = transfers();
     n.ok(&["push", "--insecure-registry", &pushed]);
-    assert!(
-        transfers() > before,
-        "nerdctl push made no Transfer call (before: {before})"
-    );
+    n.ok(&["rmi", &pushed]);
+    n.ok(&["pull", "--insecure-registry", "--quiet", &pushed]);
     n.ok(&["rmi", &pushed]);
     let images = n.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
     assert!(images.lines().any(|l| l == image), "{images}");
