@@ -406,6 +406,8 @@ fn ps_formats_rm_and_the_messages_people_act_on() {
     assert_eq!(fresh["Status"], "Created");
     assert_eq!(fresh["State"], "created");
     assert_eq!(fresh["Image"], IMAGE);
+    // From the listing's cut-down spec: process.args.
+    assert_eq!(fresh["Command"], "\"true\"");
     let table = env.ok(&["ps", "-a", "--format", "table {{.Names}}\t{{.State}}"]);
     assert!(table.starts_with("NAMES\tSTATE\n"), "{table}");
     assert_eq!(

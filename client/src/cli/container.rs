@@ -650,7 +650,7 @@ fn matches_filter(c: &ContainerInfo, status: &ContainerStatus, filter: &str) -> 
 pub async fn ps(client: &Client, a: PsArgs) -> CliResult {
     let now = SystemTime::now();
     let (containers_api, tasks_api) = (client.containers(), client.tasks());
-    let (containers, tasks) = tokio::try_join!(containers_api.list(&[]), tasks_api.list())?;
+    let (containers, tasks) = tokio::try_join!(containers_api.list_brief(&[]), tasks_api.list())?;
     let mut rows: Vec<(ContainerInfo, ContainerStatus)> = containers
         .into_iter()
         .map(|c| {

@@ -127,7 +127,7 @@ pub struct InfoArgs {
 pub async fn info(client: &Client, a: InfoArgs, host: &str) -> CliResult {
     let version = client.server_version().await?;
     let server = client.server_info().await?;
-    let containers = client.containers().list(&[]).await?;
+    let containers = client.containers().list_brief(&[]).await?;
     let tasks = client.tasks().list().await?;
     let images = client.images().list(&[]).await?;
     let namespaces = client.namespaces().await?;
