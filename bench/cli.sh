@@ -207,16 +207,16 @@ JSON
   for _ in $(seq 100); do [ -S "$work/c2/containerd.sock" ] && break; sleep 0.1; done
   nerd load -i "$archive" >/dev/null
   echo "versions: $("$PEER_BIN/containerd" --version | cut -d' ' -f2-3), nerdctl $("$NERDCTL" --version | cut -d' ' -f3)"
-  berth run --rm "$IMAGE" true >/dev/null
+  berth run --rm --network bridge "$IMAGE" true >/dev/null
   nerd run --rm "$IMAGE" true >/dev/null
   : >"$work/bridge.pairs"
   for i in $(seq "$RUNS"); do
     if ((i % 2)); then
-      b=$(ms berth run --rm "$IMAGE" true)
+      b=$(ms berth run --rm --network bridge "$IMAGE" true)
       c=$(ms nerd run --rm "$IMAGE" true)
     else
       c=$(ms nerd run --rm "$IMAGE" true)
-      b=$(ms berth run --rm "$IMAGE" true)
+      b=$(ms berth run --rm --network bridge "$IMAGE" true)
     fi
     echo "$b $c" >>"$work/bridge.pairs"
   done
@@ -237,7 +237,7 @@ for i in $(seq "$HTTP_RUNS"); do
   mkdir -p "$work/www"
   echo ok >"$work/www/index.html"
   s=$(now_ns)
-  berth run -d --name "web$i" -p "127.0.0.1:$port:80" -v "$work/www:/www:ro" "$IMAGE" \
+  berth run -d --network bridge --name "web$i" -p "127.0.0.1:$port:80" -v "$work/www:/www:ro" "$IMAGE" \
     httpd -f -p 80 -h /www >/dev/null
   until curl -sf -o /dev/null "http://127.0.0.1:$port/"; do sleep 0.005; done
   e=$(now_ns)
