@@ -5,6 +5,12 @@
 #    container gets a fresh netns with loopback only, like --network none): $RUNS runs each
 #    (default 30), interleaved one by one (which goes first alternates), after one warm-up each;
 #    median, p99 (nearest rank), and the median of the per-pair ratios;
+#  - `berth run --rm busybox true` on berth's default bridge network vs `nerdctl run --rm` on
+#    containerd 2.4.2 (bench/peers.sh builds it; nerdctl from there or scripts/deps-nerdctl.sh)
+#    on nerdctl's default bridge network: $RUNS each, interleaved the same way (skipped, and
+#    said so, when containerd 2.4.2 or nerdctl is missing);
+#  - `berth run -d -p PORT:80 busybox httpd` until curl gets a first successful response,
+#    $HTTP_RUNS times (default 10);
 #  - `berth ps -a` with 1,000 containers (created with `berth create`), 20 calls;
 #  - the CLI's binary size (as built, and stripped), `berth --version` (no daemon) and
 #    `berth version` (one Version RPC) start-up times, 20 calls each.
@@ -16,6 +22,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=$here/../target/${PROFILE:-release}
 RUNS=${RUNS:-30}
+HTTP_RUNS=${HTTP_RUNS:-10}
+PEER_BIN=${BERTH_BENCH_BIN:-/usr/local/lib/berth-bench/bin}
+NERDCTL=$PEER_BIN/nerdctl
+[ -x "$NERDCTL" ] || NERDCTL=${BERTH_TEST_BIN:-/usr/local/lib/berth-test/bin}/nerdctl
 CONTAINERS=${CONTAINERS:-1000}
 for b in berthd berth-shim berth; do
   [ -x "$bin/$b" ] || { echo "cli.sh: build $b first ($bin/$b)" >&2; exit 1; }
@@ -26,6 +36,9 @@ cleanup() {
   set +e
   berth rm -f $(berth ps -aq 2>/dev/null) >/dev/null 2>&1
   ctr1 tasks ls -q 2>/dev/null | xargs -r -n1 ctr1 tasks kill -s KILL >/dev/null 2>&1
+  if [ -S "$work/c2/containerd.sock" ]; then
+    nerd rm -f $(nerd ps -aq 2>/dev/null) >/dev/null 2>&1
+  fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   local pid
   for pid in $(pgrep -f "berth-shim .*$work/" || true) $(pgrep -f "containerd-shim.*$work/" || true); do
@@ -33,11 +46,28 @@ cleanup() {
   done
   awk -v r="$work" 'index($2, r) == 1 { print $2 }' /proc/self/mounts | sort -r |
     while read -r m; do umount -l "$m"; done
+  for dev in "$bbridge" "$nbridge"; do ip link del "$dev" 2>/dev/null; done
+  rm -rf "/var/lib/cni/networks/bench-$$"
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 berth() { "$bin/berth" -H "unix://$work/berthd.sock" -n bench "$@"; }
+nerd() { NERDCTL_TOML="$work/nerdctl.toml" "$NERDCTL" "$@"; }
+# The default bridges of both daemons get names and /24s of this run's own, so other daemons
+# (and other engineers' tests) on the host are not touched.
+free_24() { # PREFIX (a.b): the first a.b.X.0/24, X from $2 up, that no route of the host is in
+  local taken x
+  taken=$(ip -4 route show table all)
+  for x in $(seq "$2" 250); do
+    [[ "$taken" == *"$1.$x."* ]] || { echo "$1.$x"; return; }
+  done
+  echo "cli.sh: no free $1.X.0/24" >&2; exit 1
+}
+bbridge=bbr$(($$ % 100000))
+nbridge=nbr$(($$ % 100000))
+bnet=$(free_24 10.48 $(($$ % 200)))
+nnet=$(free_24 10.4 $(($$ % 200 + 1)))
 ctr1() { /usr/bin/ctr -a "$work/c16/containerd.sock" -n bench "$@"; }
 now_ns() { date +%s%N; }
 # "median p99" of the numbers on stdin (nearest rank).
@@ -55,7 +85,14 @@ ms() { # COMMAND…: milliseconds it took (its output dropped; a failure stops t
   awk -v d=$((e - s)) 'BEGIN { printf "%.2f\n", d / 1e6 }'
 }
 
-printf '[cri]\nenabled = false\n' >"$work/berthd.toml"
+cat >"$work/berthd.toml" <<TOML
+[cri]
+enabled = false
+[cni]
+conf_dir = "$work/berth-net.d"
+default_bridge = "$bbridge"
+default_subnet = "$bnet.0/24"
+TOML
 PATH="$bin:$PATH" "$bin/berthd" --config "$work/berthd.toml" --root "$work/berthd/root" \
   --state "$work/berthd/state" --address "$work/berthd.sock" --log-level warn \
   2>"$work/berthd.log" &
@@ -84,7 +121,7 @@ done
 
 if [ -x "$bin/busybox-oci" ]; then
   IMAGE=docker.io/library/busybox:latest
-  archive=$("$bin/busybox-oci" "$work" "$IMAGE")
+  archive=$("$bin/busybox-oci" "$work" "$IMAGE" httpd)
 else
   # The Debian fixture's index names it "v1" only: give it a full name both importers take.
   IMAGE=docker.io/bench/debian:v1
@@ -127,6 +164,88 @@ read -r rm _ < <(awk '{ print $1 / $2 }' "$work/run.pairs" | stats)
 echo "run --rm true, $RUNS each interleaved: berth run --rm --network none median $bm ms p99 $bp ms;" \
   "ctr 1.6 run --rm median $cm ms p99 $cp ms; ratio (median of pairs) $rm (target <= 0.8)"
 echo "load average after the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# berth on its default bridge vs nerdctl on containerd 2.4.2's default bridge.
+if [ -x "$PEER_BIN/containerd" ] && [ -x "$PEER_BIN/containerd-shim-runc-v2" ] && [ -x "$NERDCTL" ]; then
+  mkdir -p "$work/c2" "$work/nerdctl-net.d"
+  cat >"$work/c2/config.toml" <<TOML
+version = 3
+root = "$work/c2/root"
+state = "$work/c2/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.nri.v1.nri", "io.containerd.podsandbox.controller.v1.podsandbox"]
+[grpc]
+  address = "$work/c2/containerd.sock"
+[ttrpc]
+  address = "$work/c2/containerd.sock.ttrpc"
+[debug]
+  level = "warn"
+TOML
+  PATH="$PEER_BIN:$PATH" "$PEER_BIN/containerd" --config "$work/c2/config.toml" \
+    2>"$work/c2/containerd.log" &
+  pids+=($!)
+  cat >"$work/nerdctl.toml" <<TOML
+address = "$work/c2/containerd.sock"
+namespace = "bench"
+snapshotter = "overlayfs"
+data_root = "$work/nerdctl"
+cni_path = "$( [ -x /usr/lib/cni/bridge ] && echo /usr/lib/cni || echo /opt/cni/bin )"
+cni_netconfpath = "$work/nerdctl-net.d"
+TOML
+  # nerdctl's own default network as it writes it (bridge, portmap, firewall, tuning), on this
+  # run's bridge and /24 rather than nerdctl0 and 10.4.0.0/24.
+  cat >"$work/nerdctl-net.d/nerdctl-bridge.conflist" <<JSON
+{"cniVersion": "1.0.0", "name": "bridge", "nerdctlID": "$(printf '%064x' $$)",
+ "nerdctlLabels": {"nerdctl/default-network": "true"},
+ "plugins": [
+  {"type": "bridge", "bridge": "$nbridge", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$nnet.0/24", "gateway": "$nnet.1"}]],
+            "routes": [{"dst": "0.0.0.0/0"}]}},
+  {"type": "portmap", "capabilities": {"portMappings": true}},
+  {"type": "firewall", "ingressPolicy": "same-bridge"},
+  {"type": "tuning"}]}
+JSON
+  for _ in $(seq 100); do [ -S "$work/c2/containerd.sock" ] && break; sleep 0.1; done
+  nerd load -i "$archive" >/dev/null
+  echo "versions: $("$PEER_BIN/containerd" --version | cut -d' ' -f2-3), nerdctl $("$NERDCTL" --version | cut -d' ' -f3)"
+  berth run --rm --network bridge "$IMAGE" true >/dev/null
+  nerd run --rm "$IMAGE" true >/dev/null
+  : >"$work/bridge.pairs"
+  for i in $(seq "$RUNS"); do
+    if ((i % 2)); then
+      b=$(ms berth run --rm --network bridge "$IMAGE" true)
+      c=$(ms nerd run --rm "$IMAGE" true)
+    else
+      c=$(ms nerd run --rm "$IMAGE" true)
+      b=$(ms berth run --rm --network bridge "$IMAGE" true)
+    fi
+    echo "$b $c" >>"$work/bridge.pairs"
+  done
+  read -r bm bp < <(awk '{ print $1 }' "$work/bridge.pairs" | stats)
+  read -r cm cp < <(awk '{ print $2 }' "$work/bridge.pairs" | stats)
+  read -r rm _ < <(awk '{ print $1 / $2 }' "$work/bridge.pairs" | stats)
+  echo "run --rm true on the default bridge, $RUNS each interleaved: berth median $bm ms p99 $bp ms;" \
+    "nerdctl on containerd 2.4.2 median $cm ms p99 $cp ms; ratio (median of pairs) $rm (target <= 0.5)"
+  echo "load average after the bridge runs: $(cut -d' ' -f1-3 /proc/loadavg)"
+else
+  echo "bridge figure skipped: no containerd 2.4.2 in $PEER_BIN (bench/peers.sh) or no nerdctl ($NERDCTL)"
+fi
+
+# `run -d -p` until the first successful HTTP response (curl retrying every 5 ms).
+: >"$work/http"
+for i in $(seq "$HTTP_RUNS"); do
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  mkdir -p "$work/www"
+  echo ok >"$work/www/index.html"
+  s=$(now_ns)
+  berth run -d --network bridge --name "web$i" -p "127.0.0.1:$port:80" -v "$work/www:/www:ro" "$IMAGE" \
+    httpd -f -p 80 -h /www >/dev/null
+  until curl -sf -o /dev/null "http://127.0.0.1:$port/"; do sleep 0.005; done
+  e=$(now_ns)
+  awk -v d=$((e - s)) 'BEGIN { printf "%.2f\n", d / 1e6 }' >>"$work/http"
+  berth rm -f "web$i" >/dev/null
+done
+read -r m p < <(stats <"$work/http")
+echo "berth run -d -p until the first HTTP 200 ($HTTP_RUNS runs): median $m ms, p99 $p ms"
 
 for i in $(seq 20); do ms "$bin/berth" --version; done >"$work/v0"
 for i in $(seq 20); do ms berth version; done >"$work/v1"

@@ -1,10 +1,17 @@
-//! `berth attach`: the caller's stdio joined to a container that already runs. A detached
-//! task's output goes only to its log file (the shim writes it; berthd is not in the data
-//! path), so attaching follows that file from its current end until the task exits, as the
-//! CRI's attach does. Input goes into the stdin FIFO a container created with `-i` gets at
-//! start (`<log dir>/stdin`, beside its log; the shim holds a spare writer, so the process never
-//! sees EOF from an attach leaving). docker's detach keys (default ctrl-p ctrl-q) end the
-//! attachment and leave the container running.
+//! `berth attach`: the caller's stdio joined to a container that already runs. berthd is not
+//! in the data path; the container's shim is.
+//! - With a terminal (`run -dt`): the shim keeps the pty master and joins it to a socket
+//!   beside the log (`<log dir>/attach.sock`, named to the shim as stdin `attach://PATH`), as
+//!   docker's shim keeps the pty for its attach. The attachment reads the terminal's bytes
+//!   live (prompts, echo, escape sequences, nothing framed) and writes the caller's keys into
+//!   it; the size follows the caller's terminal through ResizePty.
+//! - Without: the output goes only to the log file, so attaching follows that file from its
+//!   current end until the task exits, as the CRI's attach does. Input goes into the stdin
+//!   FIFO a container created with `-i` gets at start (`<log dir>/stdin`, beside its log; the
+//!   shim holds a spare writer, so the process never sees EOF from an attach leaving).
+//!
+//! docker's detach keys (default ctrl-p ctrl-q) end the attachment and leave the container
+//! running.
 
 use crate::containers::ContainerInfo;
 use crate::logs::LogLine;
@@ -60,6 +67,34 @@ pub fn stdin_fifo(log_path: &Path) -> PathBuf {
     log_path.with_file_name("stdin")
 }
 
+/// The socket the shim joins to the pty of a `-t` container whose log is at `log_path`.
+pub fn attach_socket(log_path: &Path) -> PathBuf {
+    log_path.with_file_name("attach.sock")
+}
+
+/// The stdin a detached start of a `-t` container names to the shim.
+pub(crate) fn attach_uri(log_path: &Path) -> String {
+    format!("attach://{}", attach_socket(log_path).display())
+}
+
+/// Connect to a unix socket whose path may be longer than a sockaddr_un holds (a log
+/// directory has a 64-character container id in it): through its directory's descriptor.
+fn connect_socket(path: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a socket path",
+        ));
+    };
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_PATH)
+        .open(dir)?;
+    use std::os::fd::AsRawFd;
+    let short = Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+    std::os::unix::net::UnixStream::connect(short)
+}
+
 /// Make the stdin FIFO for a detached start of `container`, if it was created with `-i`;
 /// its path for Tasks.Create.
 pub(crate) fn prepare_stdin(container: &ContainerInfo) -> Result<Option<PathBuf>> {
@@ -83,11 +118,7 @@ pub(crate) fn prepare_stdin(container: &ContainerInfo) -> Result<Option<PathBuf>
 
 /// Copies `input` into `fifo` until it ends (false) or the detach keys come (true). Bytes
 /// that start the key sequence are held back until it is clear they are not it.
-fn copy_stdin(
-    mut input: Box<dyn Read + Send>,
-    mut fifo: Option<std::fs::File>,
-    keys: &[u8],
-) -> bool {
+fn copy_stdin<W: Write>(mut input: Box<dyn Read + Send>, mut fifo: Option<W>, keys: &[u8]) -> bool {
     let mut held: Vec<u8> = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -126,16 +157,8 @@ fn copy_stdin(
 }
 
 impl Client {
-    /// Join a running container: every line of output it writes from now on goes to `on_line`
-    /// and, when `input` is given and the container was created with `-i`, `input` goes to its
-    /// stdin. Ends when the process exits or `detach_keys` (empty: none) are read from `input`.
-    pub async fn attach_container(
-        &self,
-        container: &ContainerInfo,
-        input: Option<Box<dyn Read + Send>>,
-        detach_keys: Vec<u8>,
-        on_line: &mut (dyn FnMut(&LogLine) -> std::io::Result<()> + Send),
-    ) -> Result<Attachment> {
+    /// The log of `container`, which must be running.
+    async fn running_log(&self, container: &ContainerInfo) -> Result<PathBuf> {
         if !self.status(container).await?.is_running() {
             return Err(Error::local(
                 Code::FailedPrecondition,
@@ -145,7 +168,7 @@ impl Client {
                 ),
             ));
         }
-        let log = container
+        container
             .labels
             .get(crate::logs::LOG_PATH_LABEL)
             .map(PathBuf::from)
@@ -157,7 +180,96 @@ impl Client {
                         container.name
                     ),
                 )
-            })?;
+            })
+    }
+
+    /// Join the terminal of a running `-t` container: its pty's bytes from now on go to `out`
+    /// and, when the container was created with `-i`, `input` goes to the pty (the keys are
+    /// read either way, for `detach_keys`). None when its shim holds no attach socket (started
+    /// by another client or by the restart monitor): [`Client::attach_container`] follows
+    /// the log instead. Ends when the process exits or the detach keys are read.
+    pub async fn attach_terminal(
+        &self,
+        container: &ContainerInfo,
+        input: Option<Box<dyn Read + Send>>,
+        detach_keys: Vec<u8>,
+        mut out: Box<dyn Write + Send>,
+    ) -> Result<Option<Attachment>> {
+        let log = self.running_log(container).await?;
+        let socket = attach_socket(&log);
+        let conn = match connect_socket(&socket) {
+            Ok(c) => c,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(Error::io(format!("connect {}", socket.display()), e)),
+        };
+        let io_err = |e| Error::io(format!("attach {}", socket.display()), e);
+        let mut reader = conn.try_clone().map_err(io_err)?;
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = ended_tx.send(());
+        });
+        let (detach_tx, detach_rx) = tokio::sync::oneshot::channel::<()>();
+        if let Some(input) = input {
+            let stdin_open = container.labels.get(STDIN_LABEL).map(String::as_str) == Some("true");
+            let writer = if stdin_open {
+                Some(conn.try_clone().map_err(io_err)?)
+            } else {
+                None
+            };
+            std::thread::spawn(move || {
+                if copy_stdin(input, writer, &detach_keys) {
+                    let _ = detach_tx.send(());
+                }
+            });
+        }
+        // A sender gone without a word (no input, or input that ended) never detaches.
+        let keys_read = async {
+            if detach_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let detached = tokio::select! {
+            _ = ended_rx => false,
+            () = keys_read => true,
+        };
+        if detached {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+            return Ok(Some(Attachment::Detached));
+        }
+        Ok(Some(Attachment::Exited(
+            self.tasks().wait(&container.id, "").await?,
+        )))
+    }
+
+    /// Join a running container: every line of output it writes from now on goes to `on_line`
+    /// and, when `input` is given and the container was created with `-i`, `input` goes to its
+    /// stdin. Ends when the process exits or `detach_keys` (empty: none) are read from `input`.
+    pub async fn attach_container(
+        &self,
+        container: &ContainerInfo,
+        input: Option<Box<dyn Read + Send>>,
+        detach_keys: Vec<u8>,
+        on_line: &mut (dyn FnMut(&LogLine) -> std::io::Result<()> + Send),
+    ) -> Result<Attachment> {
+        let log = self.running_log(container).await?;
         // Taken before stdin flows, so the answer to the first input is not missed.
         let position = std::fs::File::open(&log)
             .and_then(|f| Ok((f.metadata()?, f)))

@@ -148,6 +148,12 @@ impl Client {
             .into_inner())
     }
 
+    /// The daemon's version as berth reads it: berth's own and the containerd API level it
+    /// serves (see [`ServerVersion`]).
+    pub async fn server_version(&self) -> Result<ServerVersion> {
+        Ok(ServerVersion::parse(self.version().await?))
+    }
+
     /// The daemon's uuid and plugins (Introspection.Server and Plugins).
     pub async fn server_info(&self) -> Result<ServerInfo> {
         let mut intro = IntrospectionClient::new(self.channel.clone());
@@ -192,4 +198,57 @@ pub struct ServerInfo {
     pub pid: u64,
     /// (type, id, initialised) of each plugin.
     pub plugins: Vec<(String, String, bool)>,
+}
+
+/// A daemon's Version answer, split. berthd reports containerd's version scheme with its own
+/// version as build metadata (`2.4.0+berth.0.1.0`), because containerd clients pick their code
+/// paths by that version; containerd itself reports just its release (`v2.4.2`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerVersion {
+    /// berth's version, when the daemon is berthd.
+    pub berth: Option<String>,
+    /// The containerd release (berthd: the API level) the daemon answers as.
+    pub containerd: String,
+    pub revision: String,
+}
+
+impl ServerVersion {
+    pub fn parse(v: VersionResponse) -> ServerVersion {
+        let (containerd, berth) = match v.version.split_once("+berth.") {
+            Some((c, b)) => (c.to_string(), Some(b.to_string())),
+            None => (v.version.clone(), None),
+        };
+        ServerVersion {
+            berth,
+            containerd,
+            revision: v.revision,
+        }
+    }
+
+    /// What a person asks for first: berth's version, or the daemon's own when it is not berthd.
+    pub fn version(&self) -> &str {
+        self.berth.as_deref().unwrap_or(&self.containerd)
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn berthd_and_containerd_versions_split() {
+        let v = ServerVersion::parse(VersionResponse {
+            version: "2.4.0+berth.0.1.0".into(),
+            revision: "abc".into(),
+        });
+        assert_eq!(v.berth.as_deref(), Some("0.1.0"));
+        assert_eq!(v.containerd, "2.4.0");
+        assert_eq!(v.version(), "0.1.0");
+        let v = ServerVersion::parse(VersionResponse {
+            version: "v2.4.2".into(),
+            revision: String::new(),
+        });
+        assert_eq!(v.berth, None);
+        assert_eq!(v.version(), "v2.4.2");
+    }
 }

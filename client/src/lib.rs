@@ -112,7 +112,7 @@ pub use berth_api::containerd as api;
 /// Decode an `Any` (an event, runtime options) whose type URL is containerd's bare message name.
 pub use berth_api::unpack_any;
 pub use berth_api::{LEASE_HEADER, NAMESPACE_HEADER};
-pub use client::{Client, Host, DEFAULT_SOCKET, HOST_ENV};
+pub use client::{Client, Host, ServerVersion, DEFAULT_SOCKET, HOST_ENV};
 pub use error::{Error, ExecFailure, Result};
 use std::path::Path;
 use std::time::Duration;
@@ -120,6 +120,12 @@ use tonic::transport::{Channel, Endpoint};
 
 /// containerd's clients send and accept messages up to this size.
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+
+/// HTTP/2 receive windows (per stream and per connection) of berth's connections. h2's default
+/// of 64 KiB made a large answer, such as Containers.List of 1,000 containers (about 10 KB of
+/// spec each), wait for a window update from this side every 64 KiB: a hundred round trips
+/// through two busy processes' schedulers.
+const RECEIVE_WINDOW: u32 = 16 << 20;
 
 /// How long [`connect`] waits for the socket to accept a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -136,6 +142,8 @@ pub async fn connect_with_timeout(socket: impl AsRef<Path>, timeout: Duration) -
     // The URI is required by tonic but unused: every connection goes to the unix socket.
     Endpoint::from_static("http://localhost")
         .connect_timeout(timeout)
+        .initial_stream_window_size(RECEIVE_WINDOW)
+        .initial_connection_window_size(RECEIVE_WINDOW)
         .connect_with_connector(tower::service_fn(move |_| {
             let dial = dial.clone();
             async move {

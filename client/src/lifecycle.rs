@@ -156,24 +156,34 @@ impl Process {
     /// Keep the terminal size of the process's pty in step with ours (SIGWINCH), until the
     /// returned task is aborted.
     pub fn follow_terminal_size(&self) -> tokio::task::JoinHandle<()> {
-        let tasks = self.client.tasks();
-        let (id, exec) = (self.container_id.clone(), self.exec_id.clone());
-        tokio::spawn(async move {
-            let Ok(mut winch) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
-            else {
-                return;
-            };
-            loop {
-                if let Some((w, h)) = crate::stdio::terminal_size() {
-                    let _ = tasks.resize(&id, &exec, w, h).await;
-                }
-                if winch.recv().await.is_none() {
-                    return;
-                }
-            }
-        })
+        follow_terminal_size(&self.client, &self.container_id, &self.exec_id)
     }
+}
+
+/// Keep the terminal size of a process's pty (`exec_id` empty: the container's init) in step
+/// with ours (SIGWINCH), until the returned task is aborted.
+pub fn follow_terminal_size(
+    client: &Client,
+    container_id: &str,
+    exec_id: &str,
+) -> tokio::task::JoinHandle<()> {
+    let tasks = client.tasks();
+    let (id, exec) = (container_id.to_string(), exec_id.to_string());
+    tokio::spawn(async move {
+        let Ok(mut winch) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+        else {
+            return;
+        };
+        loop {
+            if let Some((w, h)) = crate::stdio::terminal_size() {
+                let _ = tasks.resize(&id, &exec, w, h).await;
+            }
+            if winch.recv().await.is_none() {
+                return;
+            }
+        }
+    })
 }
 
 /// Attach the caller's stdio to the FIFOs; the receiver fires when the caller's stdin ended
@@ -340,8 +350,14 @@ impl Client {
             if fifos.is_none() {
                 io.stdout = uri.clone();
                 io.stderr = uri;
-                // A container made with -i keeps a stdin `berth attach` can write into.
-                if let Some(stdin) = crate::attach::prepare_stdin(container)? {
+                if container.terminal() {
+                    // The pty carries both streams; the shim joins its master to a socket
+                    // `berth attach` connects to.
+                    io.terminal = true;
+                    io.stderr = String::new();
+                    io.stdin = crate::attach::attach_uri(std::path::Path::new(path));
+                } else if let Some(stdin) = crate::attach::prepare_stdin(container)? {
+                    // A container made with -i keeps a stdin `berth attach` can write into.
                     io.stdin = stdin.to_string_lossy().into_owned();
                 }
             } else {

@@ -406,6 +406,8 @@ fn ps_formats_rm_and_the_messages_people_act_on() {
     assert_eq!(fresh["Status"], "Created");
     assert_eq!(fresh["State"], "created");
     assert_eq!(fresh["Image"], IMAGE);
+    // From the listing's cut-down spec: process.args.
+    assert_eq!(fresh["Command"], "\"true\"");
     let table = env.ok(&["ps", "-a", "--format", "table {{.Names}}\t{{.State}}"]);
     assert!(table.starts_with("NAMES\tSTATE\n"), "{table}");
     assert_eq!(
@@ -525,10 +527,17 @@ fn ps_formats_rm_and_the_messages_people_act_on() {
         .ok(&["namespace", "ls", "-q"])
         .lines()
         .any(|l| l == env.ns));
-    assert!(!env
-        .ok(&["version", "--format", "{{.Server.Version}}"])
-        .trim()
-        .is_empty());
+    // berthd answers Version as containerd 2.4's API level with its own version beside it;
+    // `berth version` shows both.
+    assert_eq!(
+        env.ok(&[
+            "version",
+            "--format",
+            "{{.Server.Version}} {{.Server.Containerd}}"
+        ])
+        .trim(),
+        format!("{} 2.4.0", env!("CARGO_PKG_VERSION"))
+    );
     assert!(env.ok(&["info"]).contains("Images: 1"));
     // A daemon that is not there: 125 and a hint.
     let out = Command::new(env!("CARGO_BIN_EXE_berth"))

@@ -300,6 +300,27 @@ fn write_default_network(dir: &Path) -> String {
     bridge
 }
 
+/// Transfer/Transfer calls berthd has completed, from its Prometheus text.
+fn transfer_calls(metrics_port: u16) -> u64 {
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            &format!("http://127.0.0.1:{metrics_port}/v1/metrics"),
+        ])
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "scrape berthd's metrics");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_handled_total{")
+                && l.contains("grpc_service=\"containerd.services.transfer.v1.Transfer\"")
+                && l.contains("grpc_method=\"Transfer\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
@@ -309,8 +330,13 @@ fn free_port() -> u16 {
 
 #[test]
 fn nerdctl_pulls_runs_and_moves_images() {
-    // The restart monitor looks every 300 ms rather than containerd's 10 s.
-    let config = "[tasks]\nrestart_interval_ms = 300\n";
+    // The restart monitor looks every 300 ms rather than containerd's 10 s; the metrics
+    // listener counts the RPCs nerdctl makes.
+    let metrics_port = free_port();
+    let config = format!(
+        "[tasks]\nrestart_interval_ms = 300\n[metrics]\naddress = \"127.0.0.1:{metrics_port}\"\n"
+    );
+    let config = config.as_str();
     let Some(n) = Nerdctl::start("nerdctl::nerdctl_pulls_runs_and_moves_images", config) else {
         return;
     };
@@ -318,15 +344,34 @@ fn nerdctl_pulls_runs_and_moves_images() {
 
     let version = n.ok(&["version"]);
     assert!(version.contains("Server:"), "{version}");
+    // containerd's version scheme, so nerdctl takes its containerd 2 paths, with berth's own.
     assert!(
-        version.contains(&format!("Version:\t{}", env!("CARGO_PKG_VERSION"))),
+        version.contains(&format!(
+            "Version:\t2.4.0+berth.{}",
+            env!("CARGO_PKG_VERSION")
+        )),
         "berthd's version in nerdctl version: {version}"
     );
     let info = n.ok(&["info"]);
     assert!(info.contains("Storage Driver: overlayfs"), "{info}");
     assert!(info.contains(&format!("Namespace:\t{}", n.ns)), "{info}");
 
+    let transfers = || transfer_calls(metrics_port);
+    let before = transfers();
     n.ok(&["pull", "--insecure-registry", "--quiet", image]);
+    // Pulled by berthd through the Transfer service, not client-side.
+    assert!(
+        transfers() > before,
+        "nerdctl pull made no Transfer call (before: {before})"
+    );
+    // A push is client-side whatever the version (nerdctl 2.3.5 takes Transfer for it only
+    // with --allow-nondistributable-artifacts), over berthd's content and images.
+    let pushed = format!("{}:pushed", image.rsplit_once(':').expect("a tag").0);
+    n.ok(&["tag", image, &pushed]);
+    n.ok(&["push", "--insecure-registry", &pushed]);
+    n.ok(&["rmi", &pushed]);
+    n.ok(&["pull", "--insecure-registry", "--quiet", &pushed]);
+    n.ok(&["rmi", &pushed]);
     let images = n.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
     assert!(images.lines().any(|l| l == image), "{images}");
     assert!(n.ok(&["namespace", "ls", "-q"]).lines().any(|l| l == n.ns));

@@ -281,6 +281,119 @@ fn attach_sees_output_sends_input_detaches_and_returns_the_exit_code() {
     env.fails(125, &["attach", "--detach-keys", "ctrl-", "talker"]);
 }
 
+/// `berth ARGS` on a pseudo-terminal of `rows`x`cols`, as a person at a terminal runs it: what
+/// it writes piles up in the returned buffer; write to the master to type.
+struct OnPty {
+    child: std::process::Child,
+    master: std::fs::File,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl OnPty {
+    fn spawn(cli: &Cli, args: &[&str], rows: u16, cols: u16) -> OnPty {
+        let size = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+        let slave = std::fs::File::from(pty.slave);
+        let child = cli
+            .command(args)
+            .stdin(slave.try_clone().expect("dup"))
+            .stdout(slave.try_clone().expect("dup"))
+            .stderr(slave)
+            .spawn()
+            .expect("spawn berth on the pty");
+        let master = std::fs::File::from(pty.master);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut reader, sink) = (master.try_clone().expect("dup"), seen.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // EIO once berth (every slave fd) is gone.
+            while let Ok(n @ 1..) = std::io::Read::read(&mut reader, &mut buf) {
+                sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        });
+        OnPty {
+            child,
+            master,
+            seen,
+        }
+    }
+
+    fn output(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().expect("lock")).into_owned()
+    }
+
+    fn type_keys(&mut self, keys: &[u8]) {
+        self.master.write_all(keys).expect("type on the pty");
+    }
+
+    /// Type `keys` (again every 2 s) until `text` shows up.
+    fn until(&mut self, keys: &[u8], text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            self.type_keys(keys);
+            let retry = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < retry {
+                if self.output().contains(text) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("no {text:?} on the terminal; it shows {:?}", self.output());
+    }
+
+    fn exit_code(mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("berth did not exit; the terminal shows {:?}", self.output());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn attach_to_a_detached_tty_container_reaches_its_terminal() {
+    let env = BusyboxEnv::start(
+        "attach-tty",
+        "docker.io/berth/busybox:tty",
+        &["sh", "echo", "stty", "sleep"],
+    );
+    let image = "docker.io/berth/busybox:tty";
+    env.ok(&["run", "-dit", "--name", "term", image, "sh"]);
+
+    let mut a = OnPty::spawn(&env, &["attach", "term"], 33, 111);
+    // The shell's prompt has no newline: only the terminal's own bytes show it.
+    a.until(b"\r", "# ");
+    // Typed keys reach the shell through its pty and its answer comes back.
+    a.until(b"echo $((6*7))x\r", "42x");
+    // The container's terminal took the size of ours.
+    a.until(b"stty size\r", "33 111");
+    // ctrl-p ctrl-q: attach ends, the shell keeps running.
+    a.type_keys(&[0x10, 0x11]);
+    let shown = a.output();
+    assert_eq!(a.exit_code(), Some(0), "{shown}");
+    assert_eq!(env.status_of("term"), "running");
+
+    // Attach again: the shell's exit code is attach's.
+    let mut a = OnPty::spawn(&env, &["attach", "term"], 24, 80);
+    a.until(b"\r", "# ");
+    a.type_keys(b"exit 5\r");
+    let code = a.exit_code();
+    assert_eq!(code, Some(5));
+    assert_eq!(env.status_of("term"), "exited");
+}
+
 #[test]
 fn ps_shows_restarting_in_back_off_and_exited_with_code_and_age() {
     // A long interval: the back-off between an exit and the monitor's restart.

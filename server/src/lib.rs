@@ -26,3 +26,14 @@ pub mod userns;
 pub mod volumes;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The containerd release whose API berthd serves (the API module of containerd 2.4; patch 0
+/// because berthd claims that release's API, not any patch release's fixes).
+pub const CONTAINERD_API_VERSION: &str = "2.4.0";
+
+/// What Version/Version answers: containerd's version scheme, since clients choose their code
+/// paths by it (nerdctl uses the Transfer service only from 2.0), with berth's own version as
+/// semver build metadata, which version comparisons ignore: `2.4.0+berth.0.1.0`.
+pub fn reported_version() -> String {
+    format!("{CONTAINERD_API_VERSION}+berth.{VERSION}")
+}

@@ -12,10 +12,12 @@
 //!   them. So when the process exits the shim can flush and then close every FIFO writer it
 //!   holds, even if a daemonised grandchild still has the pipe: ctr waits for that EOF.
 //! - With a terminal, the pty master (received from runc over the console socket) replaces
-//!   the pipes: stdin FIFO -> master, master -> stdout FIFO.
+//!   the pipes: stdin FIFO -> master, master -> stdout FIFO. Or stdin is `attach://PATH`: a
+//!   socket `berth attach` connects to, joined to the master (`attach.rs`).
 //!
 //! Every fd is O_CLOEXEC (std and pipe2 flags), so nothing but the pipes reaches runc.
 
+use crate::attach::AttachPoint;
 use crate::crilog;
 use crate::logger;
 use crate::runc::ProcStdio;
@@ -51,6 +53,8 @@ pub enum Target {
     /// `fifo:///path?tee=<escaped cri-log:// URI>` (stdout/stderr only): the FIFO, and the
     /// same output logged too (an attached client sees it live, and it is in the log).
     Tee(PathBuf, crilog::Spec),
+    /// `attach:///path` (stdin, with a terminal only): a socket joined to the pty master.
+    Attach(PathBuf),
 }
 
 pub fn parse_target(s: &str) -> Result<Target, String> {
@@ -58,6 +62,12 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
         return Ok(Target::None);
     } else if s.starts_with("binary://") {
         return logger::Command::parse(s).map(Target::Binary);
+    } else if let Some(p) = s.strip_prefix("attach://") {
+        let path = PathBuf::from(p);
+        if !path.is_absolute() {
+            return Err(format!("stdio path {s:?} is not absolute"));
+        }
+        return Ok(Target::Attach(path));
     } else if s.starts_with("cri-log://") {
         return crilog::Spec::parse(s).map(Target::CriLog);
     } else if let Some(p) = s.strip_prefix("file://") {
@@ -77,7 +87,7 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
         (p, false)
     } else if s.contains("://") {
         return Err(format!(
-            "unsupported stdio URI {s:?} (only FIFO paths, file://, binary:// and cri-log://)"
+            "unsupported stdio URI {s:?} (only FIFO paths, file://, binary://, cri-log:// and attach://)"
         ));
     } else {
         (s, false)
@@ -164,6 +174,8 @@ pub struct Copier {
     tee: Option<crilog::Sink>,
     /// Held open only to keep the FIFO readable (stdout/stderr spare reader).
     _spare: Option<File>,
+    /// Attachments that get a copy of everything read (the pty's output); they end with it.
+    attach: Option<AttachPoint>,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -187,6 +199,7 @@ impl Copier {
             dst,
             tee: None,
             _spare: spare,
+            attach: None,
             buf: Vec::new(),
             start: 0,
             end: 0,
@@ -237,6 +250,9 @@ impl Copier {
                     if let Some(tee) = &mut self.tee {
                         tee.write(&self.buf[..n]);
                     }
+                    if let Some(a) = &self.attach {
+                        a.send(&self.buf[..n]);
+                    }
                     self.start = 0;
                     self.end = n;
                 }
@@ -268,6 +284,8 @@ pub struct Prepared {
     pub proc_stdio: ProcStdio,
     pty_stdin: Option<File>,
     pty_stdout: Option<(Dst, Option<File>, Option<crilog::Sink>)>,
+    /// `attach://`: where to bind the socket once the master is there.
+    pty_attach: Option<PathBuf>,
 }
 
 /// Open the FIFOs/files for a process. For terminal mode, runc gets /dev/null and the
@@ -284,9 +302,20 @@ pub fn prepare(
     let mut proc_stdio = ProcStdio::null();
     let mut pty_stdin = None;
     let mut pty_stdout = None;
+    let mut pty_attach = None;
 
     match stdin {
         Target::None => {}
+        Target::Attach(p) => {
+            // The attachment's output is a copy of the pty's: something must read the pty.
+            if !terminal || matches!(stdout, Target::None) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "attach:// is for a terminal whose output goes somewhere (stdout)",
+                ));
+            }
+            pty_attach = Some(p.clone());
+        }
         Target::File(_) | Target::Binary(_) | Target::CriLog(_) | Target::Tee(..) => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -341,6 +370,7 @@ pub fn prepare(
             proc_stdio,
             pty_stdin,
             pty_stdout,
+            pty_attach,
         });
     }
 
@@ -366,6 +396,12 @@ pub fn prepare(
         let mut tee = None;
         let (dst, spare) = match target {
             Target::None | Target::Binary(_) => continue,
+            Target::Attach(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "attach:// is for stdin only",
+                ))
+            }
             Target::Fifo(p) => {
                 let spare = open_fifo(p, true)?;
                 (Dst::File(open_fifo(p, false)?), Some(spare))
@@ -408,6 +444,7 @@ pub fn prepare(
         proc_stdio,
         pty_stdin,
         pty_stdout,
+        pty_attach,
     })
 }
 
@@ -434,6 +471,9 @@ impl Prepared {
             let m = master.try_clone()?;
             let mut c = Copier::new(Direction::Output, m, dst, spare, true);
             c.tee = tee;
+            if let Some(path) = self.pty_attach.take() {
+                c.attach = Some(AttachPoint::bind(&path, &master)?);
+            }
             self.io.copiers.push(c);
         }
         self.io.console = Some(master);
@@ -541,6 +581,11 @@ mod tests {
             Ok(Target::Tee(p, s)) if p == Path::new("/f") && s.max_size == 1024
         ));
         assert!(parse_target("fifo:///f?x=1").is_err());
+        assert_eq!(
+            parse_target("attach:///l/attach.sock").unwrap(),
+            Target::Attach("/l/attach.sock".into())
+        );
+        assert!(parse_target("attach://rel").is_err());
         assert!(parse_target("tcp://host:1").is_err());
         assert!(parse_target("rel/path").is_err());
     }

@@ -3,6 +3,7 @@
 //! process.rs (state machine, exit records), io.rs (stdio), crilog.rs (cri-log://), runc.rs,
 //! reaper.rs.
 
+mod attach;
 mod crilog;
 mod detach;
 mod io;

@@ -394,10 +394,7 @@ pub async fn start(client: &Client, a: StartArgs) -> CliResult {
                 .into());
         }
         let c = client.containers().find(&a.containers[0]).await?;
-        let terminal = c
-            .process_spec()
-            .and_then(|p| p["terminal"].as_bool())
-            .unwrap_or(false);
+        let terminal = c.terminal();
         let stdio = StdioConfig {
             stdin: a.interactive,
             stdout: true,
@@ -658,7 +655,7 @@ fn matches_filter(c: &ContainerInfo, status: &ContainerStatus, filter: &str) -> 
 pub async fn ps(client: &Client, a: PsArgs) -> CliResult {
     let now = SystemTime::now();
     let (containers_api, tasks_api) = (client.containers(), client.tasks());
-    let (containers, tasks) = tokio::try_join!(containers_api.list(&[]), tasks_api.list())?;
+    let (containers, tasks) = tokio::try_join!(containers_api.list_brief(&[]), tasks_api.list())?;
     let mut rows: Vec<(ContainerInfo, ContainerStatus)> = containers
         .into_iter()
         .map(|c| {
@@ -1170,11 +1167,25 @@ pub async fn attach(client: &Client, a: AttachArgs) -> CliResult {
         Some(k) => crate::attach::parse_detach_keys(k)?,
         None => crate::attach::DEFAULT_DETACH_KEYS.to_vec(),
     };
-    let tty = c
-        .process_spec()
-        .and_then(|p| p["terminal"].as_bool())
-        .unwrap_or(false);
+    let tty = c.terminal();
     let _raw = (tty && !a.no_stdin && std::io::stdin().is_terminal()).then(RawTerminal::enter);
+    let input = (!a.no_stdin).then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>);
+    if tty {
+        let resize = crate::lifecycle::follow_terminal_size(client, &c.id, "");
+        let outcome = client
+            .attach_terminal(&c, input, keys.clone(), Box::new(std::io::stdout()))
+            .await;
+        resize.abort();
+        match outcome? {
+            Some(crate::attach::Attachment::Exited(s)) => return Ok(s.code as i32),
+            Some(crate::attach::Attachment::Detached) => {
+                eprintln!("read escape sequence");
+                return Ok(0);
+            }
+            // Started without the shim's attach socket: follow its log below.
+            None => {}
+        }
+    }
     let input = (!a.no_stdin).then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>);
     let forward = (a.sig_proxy && !tty).then(|| forward_signals(client.clone(), c.id.clone()));
     let mut print = |l: &crate::logs::LogLine| -> std::io::Result<()> {

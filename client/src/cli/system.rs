@@ -125,9 +125,9 @@ pub struct InfoArgs {
 }
 
 pub async fn info(client: &Client, a: InfoArgs, host: &str) -> CliResult {
-    let version = client.version().await?;
+    let version = client.server_version().await?;
     let server = client.server_info().await?;
-    let containers = client.containers().list(&[]).await?;
+    let containers = client.containers().list_brief(&[]).await?;
     let tasks = client.tasks().list().await?;
     let images = client.images().list(&[]).await?;
     let namespaces = client.namespaces().await?;
@@ -146,7 +146,8 @@ pub async fn info(client: &Client, a: InfoArgs, host: &str) -> CliResult {
         .collect();
     let v = json!({
         "Host": if host.is_empty() { crate::Host::default_host().map(|h| h.to_string()).unwrap_or_default() } else { host.to_string() },
-        "ServerVersion": version.version,
+        "ServerVersion": version.version(),
+        "ContainerdVersion": version.containerd,
         "Revision": version.revision,
         "UUID": server.uuid,
         "Pid": server.pid,
@@ -166,6 +167,10 @@ pub async fn info(client: &Client, a: InfoArgs, host: &str) -> CliResult {
             println!(
                 "Server Version: {}",
                 v["ServerVersion"].as_str().unwrap_or("")
+            );
+            println!(
+                "Containerd API: {}",
+                v["ContainerdVersion"].as_str().unwrap_or("")
             );
             println!("Revision: {}", v["Revision"].as_str().unwrap_or(""));
             println!(
@@ -204,10 +209,10 @@ pub struct VersionArgs {
 }
 
 pub async fn version(client: &Client, a: VersionArgs) -> CliResult {
-    let server = client.version().await?;
+    let server = client.server_version().await?;
     let v = json!({
         "Client": {"Version": env!("CARGO_PKG_VERSION"), "Os": std::env::consts::OS, "Arch": crate::images::oci_arch()},
-        "Server": {"Version": server.version, "Revision": server.revision},
+        "Server": {"Version": server.version(), "Containerd": server.containerd, "Revision": server.revision},
     });
     match Format::parse(a.format.as_deref()) {
         Format::Json => println!("{v}"),
@@ -220,8 +225,10 @@ pub async fn version(client: &Client, a: VersionArgs) -> CliResult {
                 crate::images::oci_arch()
             );
             println!(
-                "\nServer:\n Version: {}\n Revision: {}",
-                server.version, server.revision
+                "\nServer:\n Version: {}\n Containerd API: {}\n Revision: {}",
+                server.version(),
+                server.containerd,
+                server.revision
             );
         }
     }
