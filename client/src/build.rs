@@ -1430,3 +1430,81 @@ pub(crate) fn with_mounted<T>(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(kind: &str, source: &str, options: &[&str]) -> Mount {
+        Mount {
+            r#type: kind.to_string(),
+            source: source.to_string(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+            ..Mount::default()
+        }
+    }
+
+    #[test]
+    fn the_upper_dir_is_where_a_run_writes() {
+        let overlay = mount(
+            "overlay",
+            "overlay",
+            &["workdir=/s/1/work", "upperdir=/s/1/fs", "lowerdir=/s/0/fs"],
+        );
+        assert_eq!(upper_dir(&[overlay]), Some(PathBuf::from("/s/1/fs")));
+        let first = mount("bind", "/s/2/fs", &["rw", "rbind"]);
+        assert_eq!(upper_dir(&[first]), Some(PathBuf::from("/s/2/fs")));
+        // A read-only view, or mounts this cannot read, have nothing to watch.
+        assert_eq!(
+            upper_dir(&[mount("overlay", "overlay", &["lowerdir=/a:/b"])]),
+            None
+        );
+        assert_eq!(upper_dir(&[]), None);
+    }
+
+    #[test]
+    fn sizes_in_the_units_the_flag_takes() {
+        assert_eq!(binary_size(64 << 20), "64MiB");
+        assert_eq!(binary_size(10 << 30), "10GiB");
+        assert_eq!(binary_size(1536), "1.5KiB");
+        assert_eq!(binary_size(12), "12B");
+    }
+
+    #[test]
+    fn a_stage_of_another_architecture_needs_an_emulator() {
+        let host = Platform::host();
+        let mut doc = ImageDocument::scratch(&host.architecture);
+        assert_eq!(can_execute(&doc), Ok(()));
+        doc.architecture = String::new();
+        assert_eq!(
+            can_execute(&doc),
+            Ok(()),
+            "no architecture: nothing to refuse"
+        );
+        doc.architecture = "s390x".to_string();
+        if !Path::new("/proc/sys/fs/binfmt_misc/qemu-s390x").exists() {
+            let why = can_execute(&doc).unwrap_err();
+            assert!(
+                why.contains("linux/s390x") && why.contains("binfmt_misc"),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_file_size_limit_goes_into_the_spec() {
+        let mut spec = oci_spec::runtime::Spec::default();
+        LayerBound {
+            upper: None,
+            limit: 64 << 20,
+        }
+        .limit_file_size(&mut spec);
+        let rlimits = spec.process().as_ref().unwrap().rlimits().clone().unwrap();
+        let fsize: Vec<_> = rlimits
+            .iter()
+            .filter(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitFsize)
+            .collect();
+        assert_eq!(fsize.len(), 1);
+        assert_eq!((fsize[0].hard(), fsize[0].soft()), (64 << 20, 64 << 20));
+    }
+}
