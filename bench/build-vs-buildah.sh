@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
-# berth build beside Debian's buildah (`buildah bud`, vfs storage), same multi-stage Dockerfile,
+# berth build beside Debian's buildah (`buildah bud`, overlay storage, else vfs), same multi-stage Dockerfile,
 # same busybox base served by a docker-registry on loopback (issue 16's figures). A script, never
 # a test: it prints seconds for a cold build, a no-change rebuild and a one-file-change rebuild,
-# and the image sizes. $ROUNDS rounds (default 5), each on a fresh berthd root and a fresh buildah
+# and the image sizes (both pushed to the registry: the sum of their compressed layers).
+# $ROUNDS rounds (default 5), each on a fresh berthd root and a fresh buildah
 # root, the two tools interleaved step by step (which one goes first alternates by round) so both
 # see the same machine load; it reports per-step medians, the worst sample, and the median of the
 # per-round ratios. Needs root, docker-registry, skopeo, buildah (apt-get install buildah), and
-# berthd, berth-shim and berth built (PROFILE=debug by default, or release), busybox-oci too for
-# a busybox base (else the Debian fixture is the base). buildah
+# berthd, berth-shim and berth built (PROFILE=debug by default, or release; BIN=DIR takes them
+# from DIR), busybox-oci (in BIN or target/debug: cargo build -p berth-testkit --bin busybox-oci)
+# for a busybox base (else the Debian fixture is the base). STORAGE=vfs forces buildah's vfs
+# driver; overlay is tried first and vfs used, and said, when it does not work here. buildah
 # runs RUN with runc: its default crun refuses this hosts' hybrid cgroup layout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${PROFILE:-debug}
-bin=target/$profile
-work=$(mktemp -d /tmp/berth-bbench.XXXXXX)
+bin=${BIN:-target/$profile}
+work=$(mktemp -d /var/tmp/berth-bbench.XXXXXX)
+driver=${STORAGE:-overlay}
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     umount -R "$work" 2>/dev/null || true
-    buildah --root "$work/buildah" --runroot "$work/buildah-run" --storage-driver vfs rm -a >/dev/null 2>&1 || true
+    for r in "$work"/r*; do
+        [ -d "$r/buildah" ] || continue
+        buildah --root "$r/buildah" --runroot "$r/buildah-run" --storage-driver "$driver" rm -a >/dev/null 2>&1 || true
+        buildah --root "$r/buildah" --runroot "$r/buildah-run" --storage-driver "$driver" rmi -af >/dev/null 2>&1 || true
+    done
+    umount -R "$work" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -38,8 +47,10 @@ docker-registry serve "$work/registry.yml" >/dev/null 2>&1 & pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
 # The base: busybox from busybox-oci when built, else the pull group's cached Debian image
 # fixture (`berth-bench pull` builds it; the Dockerfile needs only sh and coreutils).
-if [ -x "$bin/busybox-oci" ]; then
-    archive=$("$bin/busybox-oci" "$work" busybox:latest id pwd mkdir chown chmod ls)
+bboci=$bin/busybox-oci
+[ -x "$bboci" ] || bboci=target/debug/busybox-oci
+if [ -x "$bboci" ]; then
+    archive=$("$bboci" "$work" busybox:latest id pwd mkdir chown chmod ls)
     base=127.0.0.1:$port/bench/busybox:latest
     skopeo copy -q --dest-tls-verify=false "oci-archive:$archive" "docker://$base"
 else
@@ -67,7 +78,19 @@ CMD ["/usr/local/bin/hello"]
 DF
 printf "echo '#!/bin/sh' > hello\necho \"echo hello from \$1\" >> hello\nchmod 755 hello\n" > "$ctx/gen.sh"
 
+# buildah's overlay driver needs overlay mounts on its root's file system; probe it once.
+if [ "$driver" = overlay ] && ! buildah --root "$work/probe" --runroot "$work/probe-run" \
+    --storage-driver overlay from --tls-verify=false "$base" >/dev/null 2>"$work/probe.log"; then
+    echo "buildah's overlay driver does not work here ($(tail -1 "$work/probe.log")); using vfs" >&2
+    driver=vfs
+fi
+buildah --root "$work/probe" --runroot "$work/probe-run" --storage-driver "$driver" rm -a >/dev/null 2>&1 || true
+buildah --root "$work/probe" --runroot "$work/probe-run" --storage-driver "$driver" rmi -af >/dev/null 2>&1 || true
+umount -R "$work/probe" 2>/dev/null || true
+rm -rf "$work/probe" "$work/probe-run"
+
 rounds=${ROUNDS:-5}
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 berthd_pid=
 start_berthd() { # ROUND
     "$bin/berthd" --root "$work/r$1/berthd/root" --state "$work/r$1/berthd/state" \
@@ -81,7 +104,7 @@ stop_berthd() {
     wait "$berthd_pid" 2>/dev/null || true
 }
 berth() { "$bin/berth" -H "unix://$work/r$round/berthd.sock" -n bench "$@"; }
-bah() { buildah --root "$work/r$round/buildah" --runroot "$work/r$round/buildah-run" --storage-driver vfs "$@"; }
+bah() { buildah --root "$work/r$round/buildah" --runroot "$work/r$round/buildah-run" --storage-driver "$driver" "$@"; }
 bah_build() { bah bud --runtime runc --layers --tls-verify=false --network none -t bench:v1 "$ctx"; }
 berth_build() { berth build -q -t bench:v1 "$ctx"; }
 
@@ -116,8 +139,16 @@ for round in $(seq "$rounds"); do
     echo "# data 2 of round $round" > "$ctx/data.txt"
     step one
     if ((round == rounds)); then
-        b_size=$(berth images --format '{{.Size}}' bench:v1 2>/dev/null || echo "?")
-        h_size=$(bah images --format '{{.Size}}' localhost/bench:v1)
+        # Sizes as a registry holds them: config and compressed layers of each pushed manifest.
+        berth tag bench:v1 "127.0.0.1:$port/out/berth:v1" >/dev/null
+        berth push "127.0.0.1:$port/out/berth:v1" >/dev/null 2>&1
+        bah push -q --tls-verify=false bench:v1 "docker://127.0.0.1:$port/out/buildah:v1" >/dev/null 2>&1
+        size() { skopeo inspect --raw --tls-verify=false "docker://127.0.0.1:$port/out/$1:v1" |
+            jq '[.config.size] + [.layers[].size] | add'; }
+        layers() { skopeo inspect --raw --tls-verify=false "docker://127.0.0.1:$port/out/$1:v1" |
+            jq '.layers | length'; }
+        b_size="$(size berth) bytes in $(layers berth) layers"
+        h_size="$(size buildah) bytes in $(layers buildah) layers"
         check=$(berth run --rm bench:v1)
     fi
     stop_berthd
@@ -132,7 +163,7 @@ col() { awk -v c="$2" '{ print $c }' "$1" | sort -g | awk '{ v[NR] = $1 } END {
     m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f %.2f", m, v[NR] }'; }
 ratio() { awk '{ print $1 / $2 }' "$1" | sort -g | awk '{ v[NR] = $1 } END {
     m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f", m }'; }
-echo "$rounds rounds, interleaved; load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$rounds rounds, interleaved; buildah storage: $driver; load average at start: $load_start, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf "%-20s %16s %16s %12s %7s\n" step "berth med/max s" "buildah med/max" "ratio(med)" target
 for s in cold:"cold build":0.8 same:"no-change rebuild":0.5 one:"one-file rebuild":0.5; do
     IFS=: read -r f name target <<<"$s"
@@ -140,5 +171,5 @@ for s in cold:"cold build":0.8 same:"no-change rebuild":0.5 one:"one-file rebuil
     read -r hm hx < <(col "$work/$f" 2; echo)
     printf "%-20s %8s/%-7s %8s/%-7s %12s %7s\n" "$name" "$bm" "$bx" "$hm" "$hx" "$(ratio "$work/$f")" "<= $target"
 done
-echo "image size: berth $b_size (compressed, as berth images shows), buildah $h_size (vfs, uncompressed)"
+echo "image size in the registry (config + compressed layers): berth $b_size, buildah $h_size"
 echo "output check: $check"

@@ -30,6 +30,7 @@ use berth_build::dockerfile::{
 };
 use berth_build::dockerignore::DockerIgnore;
 use berth_build::image::{Blob, ImageDocument};
+use berth_registry::Platform;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -100,7 +101,21 @@ pub struct BuildOptions {
     pub pull: bool,
     /// How the build's own layers are compressed.
     pub compression: Compression,
+    /// The target platform, `os/arch[/variant]` (default: this host's): FROM takes its
+    /// manifest from an index, and a RUN this host cannot execute fails saying so.
+    pub platform: Option<String>,
+    /// The most one RUN may write into its layer (default [`DEFAULT_MAX_LAYER_BYTES`]).
+    pub max_layer_bytes: Option<u64>,
 }
+
+/// A RUN's writable layer is bounded by this unless `--max-layer-size` says otherwise: a RUN
+/// that fills the disk is stopped long before the snapshotter's filesystem is full.
+pub const DEFAULT_MAX_LAYER_BYTES: u64 = 10 << 30;
+/// A RUN is also stopped when the snapshots' filesystem has less than this free, whatever the
+/// limit: other builds and containers share it.
+const MIN_FREE_BYTES: u64 = 512 << 20;
+/// How often a RUN's upper directory is measured.
+const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// What a build made.
 #[derive(Debug, Clone)]
@@ -177,8 +192,23 @@ pub async fn build(
     for note in &df.directives.notes {
         let _ = writeln!(progress, "note: {note}");
     }
+    let host = Platform::host();
+    let target = match &opts.platform {
+        None => host.clone(),
+        Some(p) => {
+            Platform::parse(p).map_err(|e| Error::invalid(format!("--platform {p:?}: {e}")))?
+        }
+    };
+    let variant = |p: &Platform| Some(p.variant.clone()).filter(|v| !v.is_empty());
     let mut build_args = BuildArgs::new();
-    build_args.set_platform("linux", crate::images::oci_arch(), None);
+    build_args.set_platform(
+        &target.os,
+        &target.architecture,
+        variant(&target).as_deref(),
+    );
+    if target != host {
+        build_args.set_build_platform(&host.os, &host.architecture, variant(&host).as_deref());
+    }
     for a in &opts.build_args {
         build_args
             .add(a, |n| std::env::var(n).ok())
@@ -224,6 +254,8 @@ pub async fn build(
         pull: opts.pull,
         compression: opts.compression,
         pulled: Mutex::new(Vec::new()),
+        platform: target,
+        max_layer_bytes: opts.max_layer_bytes.unwrap_or(DEFAULT_MAX_LAYER_BYTES),
     };
     let progress: Progress<'_> = Mutex::new(progress);
     let result = run.stages(&plan, &build_args, &progress).await;
@@ -304,6 +336,9 @@ struct Run<'a> {
     compression: Compression,
     /// Images `--pull` already pulled in this build (a base named twice is pulled once).
     pulled: Mutex<Vec<String>>,
+    /// `--platform` (this host's by default); a stage's `FROM --platform=` overrides it.
+    platform: Platform,
+    max_layer_bytes: u64,
 }
 
 impl Run<'_> {
@@ -353,18 +388,53 @@ impl Run<'_> {
         progress: &Progress<'_>,
     ) -> Result<StageState> {
         let stage = &self.df.stages[planned.index];
+        let platform = match &planned.platform {
+            None => self.platform.clone(),
+            Some(p) => Platform::parse(p).map_err(|e| {
+                Error::invalid(format!(
+                    "Dockerfile line {}: FROM --platform={p}: {e}",
+                    stage.line
+                ))
+            })?,
+        };
         let mut state = match &planned.base {
-            Base::Scratch => StageState {
-                doc: ImageDocument::scratch(crate::images::oci_arch()),
-                chain: None,
-                layers: Vec::new(),
-                key: "scratch".to_string(),
-            },
+            Base::Scratch => {
+                let mut doc = ImageDocument::scratch(&platform.architecture);
+                doc.os = platform.os.clone();
+                doc.variant = Some(platform.variant.clone()).filter(|v| !v.is_empty());
+                // The host's scratch keeps the key earlier builds cached under.
+                let key = if platform == Platform::host() {
+                    "scratch".to_string()
+                } else {
+                    format!("scratch:{platform}")
+                };
+                StageState {
+                    doc,
+                    chain: None,
+                    layers: Vec::new(),
+                    key,
+                }
+            }
             Base::Stage(i) => done
                 .get(i)
                 .cloned()
                 .ok_or_else(|| Error::local(Code::Internal, format!("stage {i} not built")))?,
-            Base::Image(name) => self.base_image(name, progress).await?,
+            Base::Image(name) => {
+                let base = self.base_image(name, &platform, progress).await?;
+                // A single-manifest image has no other platform to offer: built on, as docker
+                // does, with a warning; its config keeps its own architecture.
+                let arch = Platform::new(&base.doc.os, &base.doc.architecture, "").normalized();
+                if !base.doc.architecture.is_empty() && arch.architecture != platform.architecture {
+                    say(
+                        progress,
+                        format_args!(
+                            "warning: {name} is {}/{}, not {platform}",
+                            base.doc.os, base.doc.architecture
+                        ),
+                    );
+                }
+                base
+            }
         };
         let (mut eval, triggers) = StageEval::new(
             self.df,
@@ -426,7 +496,7 @@ impl Run<'_> {
                     Some((s.chain.clone(), s.key.clone()))
                 }
                 Some(Base::Image(name)) => {
-                    let s = self.base_image(&name, progress).await?;
+                    let s = self.base_image(&name, &platform, progress).await?;
                     Some((s.chain, s.key))
                 }
             };
@@ -515,8 +585,15 @@ impl Run<'_> {
         Ok(state)
     }
 
-    /// The base image's config and layers, pulled through the daemon when absent.
-    async fn base_image(&self, name: &str, progress: &Progress<'_>) -> Result<StageState> {
+    /// The base image's config and layers for `platform`, pulled through the daemon when
+    /// absent (or when an index's manifest for `platform` was never pulled).
+    async fn base_image(
+        &self,
+        name: &str,
+        platform: &Platform,
+        progress: &Progress<'_>,
+    ) -> Result<StageState> {
+        let host = *platform == Platform::host();
         let images = self.client.images();
         let pull_now = self.pull
             && self
@@ -533,7 +610,12 @@ impl Run<'_> {
         let present = if pull_now {
             None
         } else {
-            match images.inspect(name).await {
+            let found = if host {
+                images.inspect(name).await
+            } else {
+                images.inspect_for(name, Some(platform)).await
+            };
+            match found {
                 Err(e) if e.code() == Code::NotFound => None,
                 other => Some(other?),
             }
@@ -541,13 +623,20 @@ impl Run<'_> {
         let details = match present {
             Some(d) => d,
             None => {
-                say(progress, format_args!("pulling {name}"));
-                images
-                    .pull(name, &crate::transfer::RegistryOptions::default())
-                    .await?
-                    .finish()
-                    .await?;
-                images.inspect(name).await?
+                let opts = crate::transfer::RegistryOptions::default();
+                if host {
+                    say(progress, format_args!("pulling {name}"));
+                    images.pull(name, &opts).await?.finish().await?;
+                    images.inspect(name).await?
+                } else {
+                    say(progress, format_args!("pulling {name} for {platform}"));
+                    images
+                        .pull_for(name, &opts, platform)
+                        .await?
+                        .finish()
+                        .await?;
+                    images.inspect_for(name, Some(platform)).await?
+                }
             }
         };
         let config_desc = details.manifest.config();
@@ -641,6 +730,7 @@ impl Run<'_> {
         run: &RunAction,
         text: &str,
     ) -> Result<(Blob, String, String)> {
+        can_execute(&state.doc).map_err(|why| Error::invalid(format!("{text}: {why}")))?;
         let parent = state.chain.as_deref();
         let user = if run.user.is_empty() {
             crate::user::ResolvedUser::default()
@@ -682,10 +772,29 @@ impl Run<'_> {
             network,
             ..ContainerConfig::default()
         };
-        let (key, _) = self.prepare(parent).await?;
+        let (key, mounts) = self.prepare(parent).await?;
         let id = crate::names::new_id();
-        let ran = self.run_container(&id, &key, &image, &config, &user).await;
-        match ran {
+        let bound = LayerBound {
+            upper: upper_dir(&mounts),
+            limit: self.max_layer_bytes,
+        };
+        let ran = self
+            .run_container(&id, &key, &image, &config, &user, &bound)
+            .await;
+        // Over the limit, whatever the exit code: the layer is not kept.
+        let over = match &ran {
+            Ok((_, Some(over))) => Some(over.clone()),
+            Ok((code, None)) if *code != 0 => bound.exceeded().await,
+            _ => None,
+        };
+        if let Some(over) = over {
+            self.remove_snapshot(&key).await;
+            return Err(Error::local(
+                Code::ResourceExhausted,
+                format!("{text}: {over}; the RUN was stopped and its changes discarded"),
+            ));
+        }
+        match ran.map(|(code, _)| code) {
             Ok(0) => {}
             Ok(code) => {
                 self.remove_snapshot(&key).await;
@@ -724,8 +833,10 @@ impl Run<'_> {
         image: &oci_spec::image::ImageConfiguration,
         config: &ContainerConfig,
         user: &crate::user::ResolvedUser,
-    ) -> Result<u32> {
-        let spec = crate::spec::generate(self.client.namespace(), id, image, config, user)?;
+        bound: &LayerBound,
+    ) -> Result<(u32, Option<String>)> {
+        let mut spec = crate::spec::generate(self.client.namespace(), id, image, config, user)?;
+        bound.limit_file_size(&mut spec);
         let spec_json = serde_json::to_vec(&spec)
             .map_err(|e| Error::invalid(format!("encode the runtime spec: {e}")))?;
         let mut labels = HashMap::from([(BUILD_LABEL.to_string(), "run".to_string())]);
@@ -760,7 +871,7 @@ impl Run<'_> {
             }))
             .await?;
         self.containers_run.fetch_add(1, Ordering::Relaxed);
-        let result = self.run_task(id).await;
+        let result = self.run_task(id, bound).await;
         let _ = ContainersClient::new(self.client.channel().clone())
             .delete(
                 self.client
@@ -770,7 +881,9 @@ impl Run<'_> {
         result
     }
 
-    async fn run_task(&self, id: &str) -> Result<u32> {
+    /// Runs the RUN's task to its end; the second value says why it was killed when `bound`
+    /// stopped it.
+    async fn run_task(&self, id: &str, bound: &LayerBound) -> Result<(u32, Option<String>)> {
         let info = self.client.containers().get_by_id(id).await?;
         let fifos = Fifos::new(
             id,
@@ -791,13 +904,26 @@ impl Run<'_> {
             attached.cancel();
             return Err(e.classify_start());
         }
+        let mut over = None;
         let exit = match tasks.start(id, "").await {
-            Ok(_) => tasks.wait(id, "").await,
+            Ok(_) => {
+                let wait = tasks.wait(id, "");
+                tokio::pin!(wait);
+                tokio::select! {
+                    exit = &mut wait => exit,
+                    why = bound.watch() => {
+                        // SIGKILL to every process of the RUN: nothing more is written.
+                        let _ = tasks.kill(id, "", 9, true).await;
+                        over = Some(why);
+                        wait.await
+                    }
+                }
+            }
             Err(e) => Err(e.classify_start()),
         };
         attached.wait_output(Duration::from_secs(5)).await;
         let _ = tasks.delete(id).await;
-        Ok(exit?.code)
+        Ok((exit?.code, over))
     }
 
     async fn copy_step(
@@ -1018,6 +1144,190 @@ impl Run<'_> {
     }
 }
 
+/// The bound on what one RUN writes. Two parts, because berthd's overlay snapshotter keeps
+/// every upper directory on its own filesystem (no per-snapshot quota there, no project quotas
+/// on ext4 as mounted here, and a tmpfs or loop upper would need the snapshotter to make one
+/// filesystem per snapshot): RLIMIT_FSIZE stops any one file at the limit exactly (the kernel
+/// refuses the write), and a watcher measures the upper directory every [`WATCH_INTERVAL`] and
+/// kills the task once its files add up to more (or the filesystem runs low), so many small
+/// files overshoot by at most what the RUN writes in one interval. The snapshot is then
+/// removed: nothing the RUN wrote stays.
+struct LayerBound {
+    /// The RUN's upper directory, when the snapshot's mounts name one.
+    upper: Option<PathBuf>,
+    limit: u64,
+}
+
+impl LayerBound {
+    fn limit_file_size(&self, spec: &mut oci_spec::runtime::Spec) {
+        use oci_spec::runtime::{PosixRlimitBuilder, PosixRlimitType};
+        let Some(process) = spec.process_mut() else {
+            return;
+        };
+        let Ok(fsize) = PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitFsize)
+            .hard(self.limit)
+            .soft(self.limit)
+            .build()
+        else {
+            return;
+        };
+        let mut rlimits = process.rlimits().clone().unwrap_or_default();
+        rlimits.retain(|r| r.typ() != PosixRlimitType::RlimitFsize);
+        rlimits.push(fsize);
+        process.set_rlimits(Some(rlimits));
+    }
+
+    /// Why the RUN is over its bound now, if it is.
+    async fn exceeded(&self) -> Option<String> {
+        let upper = self.upper.clone()?;
+        let limit = self.limit;
+        tokio::task::spawn_blocking(move || {
+            let written = tree_size(&upper);
+            if written >= limit {
+                return Some(format!(
+                    "the RUN wrote {} into its layer and the limit is {} (--max-layer-size)",
+                    binary_size(written as i64),
+                    binary_size(limit as i64)
+                ));
+            }
+            let free = nix::sys::statvfs::statvfs(&upper)
+                .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+                .ok()?;
+            (free < MIN_FREE_BYTES).then(|| {
+                format!(
+                    "the filesystem of berthd's snapshots has {} free, under the {} a build \
+                     leaves",
+                    binary_size(free as i64),
+                    binary_size(MIN_FREE_BYTES as i64)
+                )
+            })
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Resolves once the RUN is over its bound; never without an upper directory to watch.
+    async fn watch(&self) -> String {
+        if self.upper.is_none() {
+            return std::future::pending().await;
+        }
+        // A large tree takes a while to walk: the watcher keeps to about a fifth of a core.
+        let mut pause = WATCH_INTERVAL;
+        loop {
+            tokio::time::sleep(pause).await;
+            let started = Instant::now();
+            if let Some(why) = self.exceeded().await {
+                return why;
+            }
+            pause = WATCH_INTERVAL.max(started.elapsed() * 4);
+        }
+    }
+}
+
+/// Sizes in the binary units `--max-layer-size` takes (64m is 64MiB).
+fn binary_size(bytes: i64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    let n = format!("{v:.1}");
+    format!("{}{}", n.trim_end_matches(".0"), units[i])
+}
+
+/// The directory a snapshot's writes land in: overlay's `upperdir=`, or a bind mount's source
+/// (a first layer, which the snapshotter hands out as a plain directory).
+fn upper_dir(mounts: &[Mount]) -> Option<PathBuf> {
+    let [m] = mounts else { return None };
+    if m.r#type == "overlay" {
+        return m
+            .options
+            .iter()
+            .find_map(|o| o.strip_prefix("upperdir="))
+            .map(PathBuf::from);
+    }
+    m.options
+        .iter()
+        .any(|o| o == "bind" || o == "rbind")
+        .then(|| PathBuf::from(&m.source))
+}
+
+/// The apparent size of the files under `root` (what the layer's tar would hold; a sparse
+/// file counts whole), not following symlinks or leaving its filesystem. Entries that vanish
+/// while it walks are skipped.
+fn tree_size(root: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = std::fs::symlink_metadata(root) else {
+        return 0;
+    };
+    let dev = top.dev();
+    let mut total = 0u64;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                if meta.dev() == dev {
+                    dirs.push(entry.path());
+                }
+            } else if meta.is_file() {
+                total = total.saturating_add(meta.size());
+            }
+        }
+    }
+    total
+}
+
+/// Whether this host runs the programs of a stage whose config says `doc`'s platform: its own
+/// architecture, or one a registered and enabled binfmt_misc handler emulates. berth brings
+/// no emulator, so without one a cross-platform RUN is refused before a container is made.
+fn can_execute(doc: &ImageDocument) -> std::result::Result<(), String> {
+    let host = Platform::host();
+    if doc.architecture.is_empty() {
+        return Ok(());
+    }
+    let stage = Platform::new(
+        if doc.os.is_empty() { "linux" } else { &doc.os },
+        &doc.architecture,
+        doc.variant.as_deref().unwrap_or(""),
+    )
+    .normalized();
+    if host.matches(&stage) || (stage.architecture == "386" && host.architecture == "amd64") {
+        return Ok(());
+    }
+    if stage.os != host.os {
+        return Err(format!(
+            "this stage is {stage} and this host runs {}: a RUN cannot execute here",
+            host.os
+        ));
+    }
+    // binfmt_misc names its entries after the emulator, as qemu-user-static registers them.
+    let qemu = match stage.architecture.as_str() {
+        "arm64" => "aarch64",
+        "386" => "i386",
+        "amd64" => "x86_64",
+        "ppc64le" => "ppc64le",
+        other => other,
+    };
+    let entry = format!("/proc/sys/fs/binfmt_misc/qemu-{qemu}");
+    match std::fs::read_to_string(&entry) {
+        Ok(text) if text.lines().next() == Some("enabled") => Ok(()),
+        _ => Err(format!(
+            "this stage is {stage} and this host ({host}) cannot execute its programs: no \
+             binfmt_misc emulator is registered for {} ({entry}); berth build brings none \
+             (COPY and metadata steps build for any platform)",
+            stage.architecture
+        )),
+    }
+}
+
 fn write_copy(
     context: &Context,
     root: &Path,
@@ -1119,4 +1429,82 @@ pub(crate) fn with_mounted<T>(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(kind: &str, source: &str, options: &[&str]) -> Mount {
+        Mount {
+            r#type: kind.to_string(),
+            source: source.to_string(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+            ..Mount::default()
+        }
+    }
+
+    #[test]
+    fn the_upper_dir_is_where_a_run_writes() {
+        let overlay = mount(
+            "overlay",
+            "overlay",
+            &["workdir=/s/1/work", "upperdir=/s/1/fs", "lowerdir=/s/0/fs"],
+        );
+        assert_eq!(upper_dir(&[overlay]), Some(PathBuf::from("/s/1/fs")));
+        let first = mount("bind", "/s/2/fs", &["rw", "rbind"]);
+        assert_eq!(upper_dir(&[first]), Some(PathBuf::from("/s/2/fs")));
+        // A read-only view, or mounts this cannot read, have nothing to watch.
+        assert_eq!(
+            upper_dir(&[mount("overlay", "overlay", &["lowerdir=/a:/b"])]),
+            None
+        );
+        assert_eq!(upper_dir(&[]), None);
+    }
+
+    #[test]
+    fn sizes_in_the_units_the_flag_takes() {
+        assert_eq!(binary_size(64 << 20), "64MiB");
+        assert_eq!(binary_size(10 << 30), "10GiB");
+        assert_eq!(binary_size(1536), "1.5KiB");
+        assert_eq!(binary_size(12), "12B");
+    }
+
+    #[test]
+    fn a_stage_of_another_architecture_needs_an_emulator() {
+        let host = Platform::host();
+        let mut doc = ImageDocument::scratch(&host.architecture);
+        assert_eq!(can_execute(&doc), Ok(()));
+        doc.architecture = String::new();
+        assert_eq!(
+            can_execute(&doc),
+            Ok(()),
+            "no architecture: nothing to refuse"
+        );
+        doc.architecture = "s390x".to_string();
+        if !Path::new("/proc/sys/fs/binfmt_misc/qemu-s390x").exists() {
+            let why = can_execute(&doc).unwrap_err();
+            assert!(
+                why.contains("linux/s390x") && why.contains("binfmt_misc"),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_file_size_limit_goes_into_the_spec() {
+        let mut spec = oci_spec::runtime::Spec::default();
+        LayerBound {
+            upper: None,
+            limit: 64 << 20,
+        }
+        .limit_file_size(&mut spec);
+        let rlimits = spec.process().as_ref().unwrap().rlimits().clone().unwrap();
+        let fsize: Vec<_> = rlimits
+            .iter()
+            .filter(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitFsize)
+            .collect();
+        assert_eq!(fsize.len(), 1);
+        assert_eq!((fsize[0].hard(), fsize[0].soft()), (64 << 20, 64 << 20));
+    }
 }

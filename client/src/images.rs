@@ -301,6 +301,16 @@ impl Images {
 
     /// The image's manifest for this platform and its config.
     pub async fn inspect(&self, reference: &str) -> Result<ImageDetails> {
+        self.inspect_for(reference, None).await
+    }
+
+    /// [`Images::inspect`] of `platform`'s manifest when the image is an index (None: this
+    /// host's); NotFound when that manifest is listed but its content was never pulled.
+    pub async fn inspect_for(
+        &self,
+        reference: &str,
+        platform: Option<&berth_registry::Platform>,
+    ) -> Result<ImageDetails> {
         let image = self.get(reference).await?;
         let mut desc = image.target.clone();
         let mut size = 0;
@@ -313,16 +323,23 @@ impl Images {
                 .manifests()
                 .iter()
                 .find(|m| {
-                    m.platform().as_ref().is_none_or(|p| {
-                        p.os().to_string() == "linux" && p.architecture().to_string() == oci_arch()
+                    m.platform().as_ref().is_none_or(|p| match platform {
+                        None => {
+                            p.os().to_string() == "linux"
+                                && p.architecture().to_string() == oci_arch()
+                        }
+                        Some(want) => want.matches(&berth_registry::Platform::new(
+                            &p.os().to_string(),
+                            &p.architecture().to_string(),
+                            p.variant().as_deref().unwrap_or(""),
+                        )),
                     })
                 })
                 .ok_or_else(|| {
-                    Error::not_found(format!(
-                        "image {} has no manifest for linux/{}",
-                        image.name,
-                        oci_arch()
-                    ))
+                    let wanted = platform
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| format!("linux/{}", oci_arch()));
+                    Error::not_found(format!("image {} has no manifest for {wanted}", image.name))
                 })?;
             desc = Descriptor {
                 media_type: chosen.media_type().to_string(),

@@ -302,6 +302,34 @@ impl crate::images::Images {
     /// the default snapshotter for this host's platform, like `ctr images pull`.
     /// With `opts.auth`, the daemon asks for credentials over an auth stream.
     pub async fn pull(&self, reference: &str, opts: &RegistryOptions) -> Result<Transfer<()>> {
+        self.pull_platform(reference, opts, host_platform()).await
+    }
+
+    /// [`Images::pull`] of `platform`'s manifest from an index, unpacked for that platform
+    /// (`berth build --platform`: a base of another architecture is still files to copy).
+    ///
+    /// [`Images::pull`]: crate::images::Images::pull
+    pub async fn pull_for(
+        &self,
+        reference: &str,
+        opts: &RegistryOptions,
+        platform: &berth_registry::Platform,
+    ) -> Result<Transfer<()>> {
+        let platform = Platform {
+            os: platform.os.clone(),
+            architecture: platform.architecture.clone(),
+            variant: platform.variant.clone(),
+            ..Platform::default()
+        };
+        self.pull_platform(reference, opts, platform).await
+    }
+
+    async fn pull_platform(
+        &self,
+        reference: &str,
+        opts: &RegistryOptions,
+        platform: Platform,
+    ) -> Result<Transfer<()>> {
         let reference = crate::images::normalize(reference);
         let mut resolver = resolver(&reference, opts);
         if let Some(auth) = &opts.auth {
@@ -315,8 +343,11 @@ impl crate::images::Images {
         };
         let destination = ImageStore {
             name: reference,
-            platforms: vec![host_platform()],
-            unpacks: unpack_here(),
+            platforms: vec![platform.clone()],
+            unpacks: vec![UnpackConfiguration {
+                platform: Some(platform),
+                snapshotter: DEFAULT_SNAPSHOTTER.into(),
+            }],
             ..ImageStore::default()
         };
         self.client()

@@ -56,7 +56,7 @@ impl Env {
         let applets: Vec<&str> = DEFAULT_APPLETS
             .iter()
             .copied()
-            .chain(["id", "pwd", "mkdir", "chown", "chmod", "ls"])
+            .chain(["id", "pwd", "mkdir", "chown", "chmod", "ls", "dd"])
             .collect();
         let archive = busybox_oci_archive_with_etc(dir.path(), BASE, &applets, ETC).unwrap();
         let ns = format!("build-{case}-{}", process_token());
@@ -621,5 +621,419 @@ async fn zstd_layers_build_and_run() {
     assert_eq!(
         env.berth(&["run", "--rm", "zstd:v1", "cat", "/made", "/f"]),
         "zstd\ncopied\n"
+    );
+}
+
+/// A gzip layer holding `files` (path, text), and its diff ID.
+fn small_layer(files: &[(&str, &str)]) -> (Vec<u8>, String) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, text) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_577_836_800);
+        b.append_data(&mut h, name, text.as_bytes()).unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let diff_id = berth_testkit::image::sha256(&tar);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    (gz.finish().unwrap(), diff_id)
+}
+
+/// An index entry to push: architecture, variant, and its one layer's files (path, text).
+type PlatformImage<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+/// Pushes with berth-registry's client an image whose index lists one manifest per
+/// [`PlatformImage`]; returns each platform's layer diff ID.
+async fn push_index(reference: &str, platforms: &[PlatformImage<'_>]) -> Vec<String> {
+    use berth_registry::{BlobSource, Client, ClientConfig, Descriptor, PushOptions, Reference};
+    let client = Client::new(ClientConfig::default());
+    let target = Reference::parse(reference).unwrap();
+    let repo = reference.rsplit_once(':').unwrap().0;
+    let push = |media_type: &'static str, bytes: Vec<u8>| {
+        let client = client.clone();
+        let target = target.clone();
+        async move {
+            let desc = Descriptor::new(
+                media_type,
+                &berth_testkit::image::sha256(&bytes),
+                bytes.len() as u64,
+            );
+            client
+                .push_blob(
+                    &target,
+                    &desc,
+                    BlobSource::Bytes(bytes::Bytes::from(bytes)),
+                    &PushOptions::default(),
+                )
+                .await
+                .unwrap();
+            desc
+        }
+    };
+    let mut entries = Vec::new();
+    let mut diff_ids = Vec::new();
+    for (arch, variant, files) in platforms {
+        let (layer, diff_id) = small_layer(files);
+        let layer = push(berth_testkit::image::LAYER_MEDIA_TYPE, layer).await;
+        let config = serde_json::json!({
+            "architecture": arch, "os": "linux", "variant": variant,
+            "config": {"Env": ["PATH=/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        });
+        let config = push(
+            berth_testkit::image::CONFIG_MEDIA_TYPE,
+            serde_json::to_vec(&config).unwrap(),
+        )
+        .await;
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": berth_testkit::image::MANIFEST_MEDIA_TYPE,
+            "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.size},
+            "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}],
+        }))
+        .unwrap();
+        let digest = berth_testkit::image::sha256(&manifest);
+        let by_digest = Reference::parse(&format!("{repo}@{digest}")).unwrap();
+        client
+            .push_manifest(
+                &by_digest,
+                berth_testkit::image::MANIFEST_MEDIA_TYPE,
+                bytes::Bytes::from(manifest.clone()),
+            )
+            .await
+            .unwrap();
+        entries.push(serde_json::json!({
+            "mediaType": berth_testkit::image::MANIFEST_MEDIA_TYPE,
+            "digest": digest, "size": manifest.len(),
+            "platform": {"architecture": arch, "os": "linux", "variant": variant},
+        }));
+        diff_ids.push(diff_id);
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": berth_testkit::image::INDEX_MEDIA_TYPE,
+        "manifests": entries,
+    }))
+    .unwrap();
+    client
+        .push_manifest(
+            &target,
+            berth_testkit::image::INDEX_MEDIA_TYPE,
+            bytes::Bytes::from(index),
+        )
+        .await
+        .unwrap();
+    diff_ids
+}
+
+/// `--platform linux/arm64` on an amd64 host: FROM takes the arm64 manifest of a
+/// multi-platform index from the loopback registry, COPY and metadata steps build, the config
+/// says arm64, and a RUN is refused saying why (no emulator here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_platform_builds_without_run() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("platform");
+    let registry = Registry::start();
+    let host = berth_registry::Platform::host();
+    let foreign = if host.architecture == "arm64" {
+        ("amd64", "")
+    } else {
+        ("arm64", "v8")
+    };
+    let remote = format!("127.0.0.1:{}/berth/multi:v1", registry.port);
+    let diff_ids = push_index(
+        &remote,
+        &[
+            (&host.architecture, &host.variant, &[("etc/arch", "host\n")]),
+            (foreign.0, foreign.1, &[("etc/arch", "foreign\n")]),
+        ],
+    )
+    .await;
+    let ctx = env.context(
+        &format!(
+            "ARG TARGETARCH\nFROM {remote}\nARG TARGETARCH\nCOPY note /note\nLABEL built=for-$TARGETARCH\nENV STAGE=copy-only\n"
+        ),
+        &[("note", "copied\n")],
+    );
+    let client = env.client().await;
+    let platform = format!("linux/{}", foreign.0);
+    let mut progress = Vec::new();
+    let opts = BuildOptions {
+        context: ctx.clone(),
+        tags: vec!["multi:foreign".into()],
+        platform: Some(platform.clone()),
+        ..BuildOptions::default()
+    };
+    build(&client, &opts, &mut progress)
+        .await
+        .unwrap_or_else(|e| panic!("build: {e}\n{}", String::from_utf8_lossy(&progress)));
+    let details = client.images().inspect("multi:foreign").await.unwrap();
+    assert_eq!(details.config.architecture().to_string(), foreign.0);
+    let ids = details.config.rootfs().diff_ids();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(
+        ids[0], diff_ids[1],
+        "the foreign manifest's layer is the base"
+    );
+    let labels = details
+        .config
+        .config()
+        .clone()
+        .unwrap()
+        .labels()
+        .clone()
+        .unwrap();
+    assert_eq!(labels["built"], format!("for-{}", foreign.0));
+
+    // Without --platform the same FROM is the host's manifest.
+    let opts = BuildOptions {
+        context: ctx.clone(),
+        tags: vec!["multi:host".into()],
+        ..BuildOptions::default()
+    };
+    build(&client, &opts, &mut progress).await.unwrap();
+    let details = client.images().inspect("multi:host").await.unwrap();
+    assert_eq!(details.config.architecture().to_string(), host.architecture);
+    assert_eq!(details.config.rootfs().diff_ids()[0], diff_ids[0]);
+
+    // A RUN for the foreign platform: refused before any container, with the reason.
+    let emulated = std::path::Path::new("/proc/sys/fs/binfmt_misc")
+        .join(format!(
+            "qemu-{}",
+            if foreign.0 == "arm64" {
+                "aarch64"
+            } else {
+                "x86_64"
+            }
+        ))
+        .exists();
+    if !emulated {
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM {remote}\nRUN echo never\n"),
+        )
+        .unwrap();
+        let opts = BuildOptions {
+            context: ctx,
+            tags: vec!["multi:run".into()],
+            platform: Some(platform.clone()),
+            ..BuildOptions::default()
+        };
+        let err = build(&client, &opts, &mut progress)
+            .await
+            .expect_err("a foreign RUN built")
+            .to_string();
+        assert!(
+            err.contains("RUN echo never")
+                && err.contains("cannot execute")
+                && err.contains("binfmt_misc"),
+            "{err}"
+        );
+    }
+    let err = build(
+        &client,
+        &BuildOptions {
+            context: env.dir.path().join("ctx"),
+            platform: Some("linux/".into()),
+            ..BuildOptions::default()
+        },
+        &mut progress,
+    )
+    .await
+    .expect_err("an empty architecture")
+    .to_string();
+    assert!(err.contains("--platform"), "{err}");
+}
+
+fn berth_search(args: &[&str], login_store: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("search")
+        .args(args)
+        .env("BERTH_LOGIN_STORE", login_store)
+        // docker's own config must not answer for the test's registry.
+        .env("DOCKER_CONFIG", login_store.with_extension("docker"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `berth search` reads the loopback registry's catalog page by page (Link headers, one name a
+/// page here), anonymously and with `berth login`'s credentials, and says plainly when the
+/// registry refuses the catalog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_reads_a_registry_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("auth.json");
+    let registry = Registry::start();
+    let host = format!("127.0.0.1:{}", registry.port);
+    for repo in ["berth/alpha", "berth/alpine-tools", "other/beta"] {
+        push_index(
+            &format!("{host}/{repo}:v1"),
+            &[("amd64", "", &[("etc/name", repo)])],
+        )
+        .await;
+    }
+    let out = berth_search(&["--page-size", "1", &format!("{host}/alp")], &store);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout,
+        format!("NAME\n{host}/berth/alpha\n{host}/berth/alpine-tools\n")
+    );
+    let out = berth_search(&["--limit", "1", &format!("{host}/a")], &store);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        2,
+        "--limit 1: a header and one name"
+    );
+
+    // A registry that wants credentials: refused anonymously, listed after berth login.
+    let htpasswd = dir.path().join("htpasswd");
+    let hash = bcrypt::hash("s3cret", 5).unwrap();
+    std::fs::write(&htpasswd, format!("tester:{hash}\n")).unwrap();
+    let private = Registry::start_with(&format!(
+        "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+        htpasswd.display()
+    ));
+    let host = format!("127.0.0.1:{}", private.port);
+    let out = berth_search(&[&format!("{host}/x")], &store);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("refused to list its repositories")
+            && stderr.contains("401")
+            && stderr.contains(&format!("berth login {host}")),
+        "{stderr}"
+    );
+    let mut login = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["login", "-u", "tester", "--password-stdin", &host])
+        .env("BERTH_LOGIN_STORE", &store)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut login.stdin.take().unwrap(), b"s3cret\n").unwrap();
+    assert!(login.wait().unwrap().success());
+    let out = berth_search(&[&format!("{host}/x")], &store);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "NAME\n");
+}
+
+/// A RUN that would fill the disk: one huge file stops at the limit (RLIMIT_FSIZE), many
+/// small ones are killed by the watcher; each build fails saying so and leaves no snapshot,
+/// container or layer behind.
+#[test]
+fn a_run_that_fills_the_disk_is_bounded() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("disk");
+    let snapshots_before = env.daemon.ctr(&env.ns, &["snapshots", "ls"]);
+    let many: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    for (tag, run) in [
+        (
+            "one",
+            "dd if=/dev/zero of=/big bs=1M count=100000".to_string(),
+        ),
+        (
+            "many",
+            format!(
+                "for i in {}; do dd if=/dev/zero of=/f$i bs=1M count=4 2>/dev/null || exit 1; done",
+                many.join(" ")
+            ),
+        ),
+    ] {
+        let ctx = env.context(&format!("FROM {BASE}\nRUN {run}\n"), &[]);
+        let started = std::time::Instant::now();
+        let err = env.berth_fails(&[
+            "build",
+            "--max-layer-size",
+            "64m",
+            "-t",
+            &format!("disk:{tag}"),
+            &ctx.to_string_lossy(),
+        ]);
+        assert!(
+            err.contains("the limit is 64MiB") && err.contains("changes discarded"),
+            "{tag}: {err}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(120));
+    }
+    assert_eq!(
+        env.daemon.ctr(&env.ns, &["snapshots", "ls"]),
+        snapshots_before,
+        "the failed RUNs' snapshots are removed"
+    );
+    let containers = env.daemon.ctr(&env.ns, &["containers", "ls", "-q"]);
+    assert!(containers.trim().is_empty(), "{containers}");
+    assert!(!env.berth(&["images"]).contains("disk"));
+}
+
+/// `--progress plain`: a line per step with its timing, CACHED on a rebuild; `auto` on a
+/// terminal (a pty from script(1)) draws the live view.
+#[test]
+fn progress_lines_and_the_live_view() {
+    berth_testkit::berthd::require_root();
+    let env = Env::new("progress");
+    let ctx = env.context(
+        &format!("FROM {BASE}\nCOPY note /note\nRUN cat /note > /copy\n"),
+        &[("note", "n\n")],
+    );
+    let ctx = ctx.to_string_lossy().into_owned();
+    let plain = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("-H")
+            .arg(format!("unix://{}", env.daemon.socket.display()))
+            .args(["-n", &env.ns, "build", "-t", "progress:v1"])
+            .args(extra)
+            .arg(&ctx)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let first = plain(&["--progress", "plain"]);
+    for want in [
+        "#0 [stage 0 1/2] COPY note /note",
+        "#0 [stage 0 2/2] RUN cat /note > /copy",
+        "#0 DONE ",
+        "naming to docker.io/library/progress:v1",
+    ] {
+        assert!(first.contains(want), "{want} missing from\n{first}");
+    }
+    assert!(!first.contains("CACHED"), "{first}");
+    assert!(!first.contains('\x1b'), "plain has no escapes: {first}");
+    let again = plain(&["--progress", "plain"]);
+    assert_eq!(again.matches("#0 CACHED").count(), 2, "{again}");
+    // auto without a terminal is plain.
+    assert!(plain(&[]).contains("#0 CACHED"));
+    assert!(plain(&["--progress", "quiet"]).is_empty());
+
+    let command = format!(
+        "{} -H unix://{} -n {} build --progress auto -t progress:v2 {ctx}",
+        env!("CARGO_BIN_EXE_berth"),
+        env.daemon.socket.display(),
+        env.ns
+    );
+    let out = Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) (bsdutils)");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains('\x1b') && screen.contains("COPY note /note") && screen.contains("CACHED"),
+        "no live view:\n{screen}"
     );
 }

@@ -1444,6 +1444,102 @@ impl Client {
     }
 }
 
+/// The repositories a registry lists at `/v2/_catalog`, page by page.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Catalog {
+    pub repositories: Vec<String>,
+    /// Pages read (the registry's Link headers chain them).
+    pub pages: usize,
+}
+
+impl Client {
+    /// `GET /v2/_catalog?n=page_size` on `domain`'s registry (not its mirrors: a mirror's
+    /// catalog is not the registry's), authorised as pulls are (scope `registry:catalog:*`),
+    /// following `Link: <…>; rel="next"` until the registry stops or `max_repositories` are
+    /// read. A refusal is the registry's answer as an error: Unauthorized (401), Denied (403),
+    /// NotFound (404: no catalog API).
+    pub async fn catalog(
+        &self,
+        domain: &str,
+        page_size: usize,
+        max_repositories: usize,
+    ) -> Result<Catalog, Error> {
+        let hosts = self.inner.config.hosts.hosts(domain)?;
+        let host = hosts
+            .iter()
+            .find(|h| h.is_server)
+            .or(hosts.first())
+            .ok_or_else(|| Error::NotFound(format!("{domain}: no host for its catalog")))?;
+        let scopes = vec!["registry:catalog:*".to_string()];
+        let mut out = Catalog::default();
+        let mut req = self.req(
+            host,
+            Method::GET,
+            format!("/_catalog?n={}", page_size.max(1)),
+            scopes.clone(),
+        );
+        loop {
+            let resp = self.send(req).await?;
+            let status = resp.status();
+            if !status.is_success() {
+                return Err(status_error(&resp, status));
+            }
+            let next = next_link(&resp);
+            let shown = shown_url(resp.url());
+            let limits = &self.inner.config.limits;
+            let body = read_bounded(
+                resp,
+                &shown,
+                limits.max_manifest_size,
+                limits.progress_timeout,
+            )
+            .await?;
+            #[derive(serde::Deserialize)]
+            struct Page {
+                #[serde(default)]
+                repositories: Vec<String>,
+            }
+            let page: Page = serde_json::from_slice(&body).map_err(|e| Error::Protocol {
+                url: shown.clone(),
+                message: format!("catalog page: {e}"),
+            })?;
+            out.pages += 1;
+            let empty = page.repositories.is_empty();
+            out.repositories.extend(page.repositories);
+            // An empty page with a next link would loop forever on a broken registry.
+            match next {
+                Some(url) if !empty && out.repositories.len() < max_repositories => {
+                    req = self.req(host, Method::GET, String::new(), scopes.clone());
+                    req.target = Target::Absolute(url);
+                }
+                _ => break,
+            }
+        }
+        out.repositories.truncate(max_repositories);
+        Ok(out)
+    }
+}
+
+/// The `rel="next"` target of a Link header, resolved against the answer's URL; only on the
+/// same origin (credentials go with it).
+fn next_link(resp: &reqwest::Response) -> Option<url::Url> {
+    let base = resp.url();
+    resp.headers()
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|link| {
+            let (target, params) = link.trim().split_once(';')?;
+            let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+            let next = params
+                .split(';')
+                .any(|p| matches!(p.trim(), "rel=\"next\"" | "rel=next"));
+            next.then(|| base.join(target).ok()).flatten()
+        })
+        .filter(|u| u.origin() == base.origin())
+}
+
 fn pull_scope(repo: &str) -> String {
     format!("repository:{repo}:pull")
 }

@@ -15,10 +15,10 @@ pub mod reference;
 pub mod verify;
 
 pub use client::{
-    BlobSource, Client, ClientConfig, Limits, PulledManifest, PushOptions, PushOutcome,
+    BlobSource, Catalog, Client, ClientConfig, Limits, PulledManifest, PushOptions, PushOutcome,
 };
 pub use credentials::{
-    Anonymous, CredentialProvider, Credentials, DockerConfig, LoginStore, StaticCredentials,
+    Anonymous, Chain, CredentialProvider, Credentials, DockerConfig, LoginStore, StaticCredentials,
 };
 pub use error::Error;
 pub use hosts::{Capabilities, HostsConfig, RegistryHost, TlsSettings};

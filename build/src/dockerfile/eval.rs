@@ -40,7 +40,8 @@ impl BuildArgs {
     }
 
     /// Sets `TARGETPLATFORM`, `TARGETOS`, `TARGETARCH`, `TARGETVARIANT` and their `BUILD*`
-    /// twins (berth builds for the host, so both name it), in the global scope as BuildKit
+    /// twins (both name the target; [`BuildArgs::set_build_platform`] then sets the host's),
+    /// in the global scope as BuildKit
     /// does: usable in FROM, and in a stage after `ARG TARGETARCH`.
     pub fn set_platform(&mut self, os: &str, arch: &str, variant: Option<&str>) {
         let platform = match variant {
@@ -57,6 +58,24 @@ impl BuildArgs {
                 self.automatic
                     .insert(format!("{prefix}{name}"), value.to_string());
             }
+        }
+    }
+
+    /// Sets only the `BUILD*` twins: the platform the build runs on, when `--platform` asks
+    /// for another target.
+    pub fn set_build_platform(&mut self, os: &str, arch: &str, variant: Option<&str>) {
+        let platform = match variant {
+            Some(v) => format!("{os}/{arch}/{v}"),
+            None => format!("{os}/{arch}"),
+        };
+        for (name, value) in [
+            ("PLATFORM", platform.as_str()),
+            ("OS", os),
+            ("ARCH", arch),
+            ("VARIANT", variant.unwrap_or("")),
+        ] {
+            self.automatic
+                .insert(format!("BUILD{name}"), value.to_string());
         }
     }
 

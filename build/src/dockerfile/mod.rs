@@ -54,6 +54,8 @@ pub enum Base {
 pub struct PlannedStage {
     pub index: usize,
     pub base: Base,
+    /// `FROM --platform=` after global ARG substitution (`$BUILDPLATFORM` as BuildKit's).
+    pub platform: Option<String>,
     /// Stages this one needs built first (its base, `COPY --from`), without repeats.
     pub needs: Vec<usize>,
     /// `COPY --from=` values resolved: by step index, the stage or the image copied from.
@@ -211,6 +213,12 @@ impl Dockerfile {
             let base_name = expand_word(&stage.base, escape, &global_args)
                 .map_err(|e| e.or_line(stage.line))?;
             let base = self.resolve(&base_name, index, stage.line)?;
+            let platform = match &stage.platform {
+                Some(p) => {
+                    Some(expand_word(p, escape, &global_args).map_err(|e| e.or_line(stage.line))?)
+                }
+                None => None,
+            };
             let mut needs = Vec::new();
             if let Base::Stage(i) = base {
                 needs.push(i);
@@ -270,6 +278,7 @@ impl Dockerfile {
             planned[index] = Some(PlannedStage {
                 index,
                 base,
+                platform,
                 needs,
                 copy_from,
             });

@@ -458,3 +458,21 @@ fn mutated_inputs_never_panic() {
         exercise(&text.into_iter().collect::<String>());
     }
 }
+
+#[test]
+fn a_cross_platform_target_keeps_the_build_platform() {
+    let text =
+        "FROM --platform=$BUILDPLATFORM tool AS t\nFROM img-$TARGETARCH\nCOPY --from=t /x /x\n";
+    let df = parse(text).unwrap();
+    let mut build = BuildArgs::new();
+    build.set_platform("linux", "arm64", Some("v8"));
+    build.set_build_platform("linux", "amd64", None);
+    let plan = df.plan(None, &build).unwrap();
+    assert_eq!(plan.stages[0].platform.as_deref(), Some("linux/amd64"));
+    assert_eq!(plan.stages[1].platform, None);
+    assert_eq!(plan.stages[1].base, Base::Image("img-arm64".into()));
+    assert_eq!(
+        plan.global_args.get("TARGETPLATFORM").map(String::as_str),
+        Some("linux/arm64/v8")
+    );
+}

@@ -7,6 +7,7 @@ use crate::spec::Network;
 use crate::Client;
 use clap::Args;
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -50,6 +51,14 @@ pub struct BuildArgs {
     /// (the same as -o …,compression=).
     #[arg(long)]
     compression: Option<String>,
+    /// Build for this platform, os/arch[/variant] (default: this host's). FROM takes the
+    /// platform's manifest from an index; RUN needs a host that can execute its programs.
+    #[arg(long)]
+    platform: Option<String>,
+    /// The most one RUN may write into its layer, e.g. 512m or 20g (default 10g); a RUN
+    /// over it is killed and its changes discarded.
+    #[arg(long = "max-layer-size")]
+    max_layer_size: Option<String>,
     /// A directory, or - for a tar on stdin.
     context: PathBuf,
 }
@@ -107,13 +116,24 @@ pub async fn build(client: &Client, a: BuildArgs) -> CliResult {
         no_cache: a.no_cache,
         pull: a.pull,
         compression,
+        platform: a.platform,
+        max_layer_bytes: match &a.max_layer_size {
+            None => None,
+            Some(s) => Some(format::parse_bytes(s)?.max(1) as u64),
+        },
     };
+    let live = !quiet && a.progress == "auto" && std::io::stderr().is_terminal();
     let mut progress: Box<dyn std::io::Write + Send> = if quiet {
         Box::new(std::io::sink())
+    } else if live {
+        Box::new(LiveView::new())
     } else {
         Box::new(std::io::stderr())
     };
-    let outcome = run_build(client, &opts, &mut *progress).await?;
+    let outcome = run_build(client, &opts, &mut *progress).await;
+    // The live view's spinners are cleared before the image id or an error is printed.
+    drop(progress);
+    let outcome = outcome?;
     if let Some(dest) = oci_dest {
         let exported = export(client, &outcome.names, &dest).await;
         if let Some(name) = &temporary {
@@ -124,6 +144,91 @@ pub async fn build(client: &Client, a: BuildArgs) -> CliResult {
     // The image id berth images shows: the manifest's digest.
     println!("{}", outcome.manifest_digest);
     Ok(0)
+}
+
+/// `--progress auto` on a terminal: a spinner per stage showing its running step and how
+/// long it has taken, each finished step printed above them with its time or CACHED. It reads
+/// the same lines `plain` prints (`#STAGE [stage …] STEP`, `#STAGE CACHED`, `#STAGE DONE 1.2s`),
+/// so both show the same build.
+struct LiveView {
+    multi: indicatif::MultiProgress,
+    style: indicatif::ProgressStyle,
+    /// By stage: its spinner, the step it runs, and whether the cache answered it.
+    stages: HashMap<String, (indicatif::ProgressBar, String, bool)>,
+    partial: Vec<u8>,
+}
+
+impl LiveView {
+    fn new() -> LiveView {
+        let style = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+        LiveView {
+            multi: indicatif::MultiProgress::new(),
+            style,
+            stages: HashMap::new(),
+            partial: Vec::new(),
+        }
+    }
+
+    fn line(&mut self, line: &str) {
+        let Some((stage, rest)) = line
+            .strip_prefix('#')
+            .and_then(|l| l.split_once(' '))
+            .filter(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
+        else {
+            let _ = self.multi.println(line);
+            return;
+        };
+        if rest.starts_with('[') {
+            let bar = self.multi.add(indicatif::ProgressBar::new_spinner());
+            bar.set_style(self.style.clone());
+            bar.set_message(line.to_string());
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            if let Some((old, _, _)) = self
+                .stages
+                .insert(stage.to_string(), (bar, line.to_string(), false))
+            {
+                old.finish_and_clear();
+            }
+        } else if rest == "CACHED" {
+            if let Some(s) = self.stages.get_mut(stage) {
+                s.2 = true;
+            }
+        } else if let Some(took) = rest.strip_prefix("DONE ") {
+            if let Some((bar, step, cached)) = self.stages.remove(stage) {
+                bar.finish_and_clear();
+                self.multi.remove(&bar);
+                let how = if cached { "CACHED" } else { took };
+                let _ = self.multi.println(format!("{step}  {how}"));
+            }
+        } else {
+            let _ = self.multi.println(line);
+        }
+    }
+}
+
+impl std::io::Write for LiveView {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.partial.extend_from_slice(buf);
+        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            self.line(String::from_utf8_lossy(&line[..end]).as_ref());
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LiveView {
+    fn drop(&mut self) {
+        for (bar, _, _) in self.stages.values() {
+            bar.finish_and_clear();
+        }
+        let _ = self.multi.clear();
+    }
 }
 
 /// What `-o` asks for.

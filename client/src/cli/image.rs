@@ -491,7 +491,7 @@ pub struct LogoutArgs {
     server: Option<String>,
 }
 
-fn login_store() -> berth_registry::LoginStore {
+pub(super) fn login_store() -> berth_registry::LoginStore {
     let path = std::env::var_os(LOGIN_STORE_ENV)
         .filter(|p| !p.is_empty())
         .map(std::path::PathBuf::from)

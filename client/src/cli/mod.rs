@@ -12,6 +12,7 @@ mod image;
 mod logs;
 mod network;
 mod prune;
+mod search;
 mod system;
 mod volume;
 
@@ -171,6 +172,11 @@ enum Command {
     Login(image::LoginArgs),
     /// Forget a registry's credentials.
     Logout(image::LogoutArgs),
+    /// List a registry's repositories matching a term, from its catalog (/v2/_catalog).
+    #[command(
+        after_help = "Examples:\n  berth search 127.0.0.1:5000/busy\n  berth search --limit 100 registry.local:5000/team/"
+    )]
+    Search(search::SearchArgs),
     /// Build an image from a Dockerfile with berthd's snapshots, tasks and Diff.
     #[command(
         after_help = "Examples:\n  berth build -t app:v1 .\n  berth build --target build --build-arg VERSION=2 -f ci/Dockerfile .\n  tar -c . | berth build -t app:v1 -"
@@ -362,10 +368,12 @@ async fn connect(host: Option<&str>, namespace: &str) -> CliResult<Client> {
 
 async fn run(cli: Cli) -> CliResult {
     // Credentials are a local file: no daemon needed.
-    if let Command::Login(_) | Command::Logout(_) = &cli.command {
+    if let Command::Login(_) | Command::Logout(_) | Command::Search(_) = &cli.command {
         return match cli.command {
             Command::Login(a) => image::login(a),
             Command::Logout(a) => image::logout(a),
+            // A registry's catalog is read from here, without the daemon.
+            Command::Search(a) => search::search(a).await,
             _ => Ok(0),
         };
     }
@@ -452,6 +460,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Completion { .. } => Ok(0),
         Command::Login(a) => image::login(a),
         Command::Logout(a) => image::logout(a),
+        Command::Search(a) => search::search(a).await,
     }
 }
 
