@@ -1,8 +1,8 @@
 //! The crash-trials harness in CI: a short run of a few trials (the 1,000-trial run is a
 //! benchmark, docs/reliability.md). Each trial kills berthd with SIGKILL under a mixed workload,
 //! restarts it and checks every acknowledged write; the run fails if any trial does. One more
-//! adds ctr's images and tasks (`--tasks`). `--kill-shims` is not run here: it finds a leak
-//! not fixed yet (docs/reliability.md §1).
+//! adds ctr's images and tasks (`--tasks`). `--kill-shims` is not run here: it still finds a
+//! leak now and then (docs/reliability.md §1).
 
 use std::process::Command;
 

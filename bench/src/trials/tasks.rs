@@ -396,6 +396,9 @@ pub fn force_clean(dir: &Path, ns: &str) {
     for m in mounts_under(dir) {
         let _ = Command::new("umount").arg("-l").arg(&m).status();
     }
+    // The next trial reuses the namespace, so the cgroup paths: none may carry over.
+    std::thread::sleep(Duration::from_millis(200));
+    remove_cgroups(ns);
 }
 
 /// Remove this run's (empty) container cgroups at the end, in every v1 hierarchy.
@@ -531,6 +534,14 @@ pub async fn collect_and_check(
         Ok(leaks) => failures.extend(leaks),
         Err(e) => failures.push(e),
     }
+    // berthd cleans up a task whose shim died in the background (`runc delete`, unmount), and a
+    // container whose shim died is reaped by init a moment after it ends: 5 s before calling a
+    // mount, a cgroup or a process leaked.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (!mounts_under(dir).is_empty() || !cgroups_of(ns).is_empty()) && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mounts = mounts_under(dir);
     if !mounts.is_empty() {
         failures.push(format!("mounts left after the cleanup: {mounts:?}"));
@@ -538,12 +549,6 @@ pub async fn collect_and_check(
     let shims = shims(dir);
     if !shims.is_empty() {
         failures.push(format!("shims left after the cleanup: pids {shims:?}"));
-    }
-    // A container whose shim was killed is reparented to init, which reaps it a moment after it
-    // ends: give the processes a few seconds to go before calling them leaked.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while cgroups_of(ns).iter().any(|(_, p)| !p.is_empty()) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for (cg, procs) in cgroups_of(ns) {
         if !procs.is_empty() {
