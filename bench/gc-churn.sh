@@ -29,31 +29,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A one-layer OCI archive: static busybox as /bin/sh and /bin/true.
-image_archive() {
-	local d=$work/image
-	mkdir -p "$d/rootfs/bin" "$d/oci/blobs/sha256"
-	cp /bin/busybox "$d/rootfs/bin/busybox"
-	ln -s busybox "$d/rootfs/bin/sh"
-	ln -s busybox "$d/rootfs/bin/true"
-	tar -C "$d/rootfs" --owner=0 --group=0 --mtime=@0 --sort=name -cf "$d/layer.tar" bin
-	local layer diff config manifest
-	diff=$(sha256sum "$d/layer.tar" | cut -d' ' -f1)
-	gzip -n -c "$d/layer.tar" >"$d/layer.tgz"
-	layer=$(sha256sum "$d/layer.tgz" | cut -d' ' -f1)
-	cp "$d/layer.tgz" "$d/oci/blobs/sha256/$layer"
-	printf '{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$diff" >"$d/config.json"
-	config=$(sha256sum "$d/config.json" | cut -d' ' -f1)
-	cp "$d/config.json" "$d/oci/blobs/sha256/$config"
-	printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%d}]}' \
-		"$config" "$(stat -c %s "$d/config.json")" "$layer" "$(stat -c %s "$d/layer.tgz")" >"$d/manifest.json"
-	manifest=$(sha256sum "$d/manifest.json" | cut -d' ' -f1)
-	cp "$d/manifest.json" "$d/oci/blobs/sha256/$manifest"
-	printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%d,"annotations":{"org.opencontainers.image.ref.name":"%s"}}]}' \
-		"$manifest" "$(stat -c %s "$d/manifest.json")" "$IMAGE" >"$d/oci/index.json"
-	echo '{"imageLayoutVersion":"1.0.0"}' >"$d/oci/oci-layout"
-	tar -C "$d/oci" -cf "$work/image.tar" .
-}
+# shellcheck source=bench/one-binary-image.sh
+. "$here/bench/one-binary-image.sh"
 
 cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 
@@ -87,7 +64,7 @@ measure() { # name socket
 	daemon_pid=
 }
 
-image_archive
+one_binary_image "$work/image" "$IMAGE" "$work/image.tar"
 if [ "$WHICH" = both ] || [ "$WHICH" = berthd ]; then
 	[ -n "$BERTHD" ] || { echo "gc-churn: no berthd built (cargo build -p berthd -p berth-shim)" >&2; exit 1; }
 	d=$work/berthd

@@ -195,8 +195,11 @@ impl Daemon {
         // CRI off: it is not what these figures compare, and it would take /run/berth/cri.sock.
         let socket = berth_testkit::berthd::berthd_socket(dir);
         let config = dir.join("config.toml");
+        // BERTH_BENCH_BERTHD_TOML: more of berthd's config for a run, e.g. `[tracing]` to
+        // measure the cost of exporting spans.
+        let extra = std::env::var("BERTH_BENCH_BERTHD_TOML").unwrap_or_default();
         fs::create_dir_all(dir)
-            .and_then(|()| fs::write(&config, "[cri]\nenabled = false\n"))
+            .and_then(|()| fs::write(&config, format!("[cri]\nenabled = false\n{extra}\n")))
             .map_err(|e| format!("writing {}: {e}", config.display()))?;
         let args = berth_testkit::berthd::berthd_args(dir, Some(&config), "warn");
         Ok(Daemon {

@@ -162,6 +162,23 @@ fn not_found(key: &str) -> Error {
 /// Read the ingest in `dir`, expecting it to belong to `key` (None: accept whatever key is
 /// recorded, for listing). NotFound when the directory, key or data is missing or belongs to
 /// another key; Internal when the meta file is unreadable.
+/// Remove the ingest directories under `ingest` that a crash left dead: without meta (killed
+/// while a fresh ingest was being made: meta is written before any byte) or without data (killed
+/// after a commit renamed the data into blobs/, before the directory went). Neither is listed nor
+/// holds a byte to resume, and unless a client happens to reuse the key nothing else would ever
+/// remove them (the crash trials found both). Called when the store opens, before any writer.
+pub(crate) fn remove_dead(ingest: &Path) {
+    let Ok(entries) = fs::read_dir(ingest) else {
+        return;
+    };
+    for dir in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+        if !dir.join(META).exists() || !dir.join(DATA).exists() {
+            // Best effort: one left behind is what happened before, nothing worse.
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+}
+
 pub(crate) fn read_status(dir: &Path, key: Option<&str>) -> Result<IngestStatus> {
     let not_found_or = |e: io::Error, what: &str| {
         let shown = key.unwrap_or("?");
@@ -518,8 +535,9 @@ impl Writer {
         })
     }
 
-    /// Best-effort: a leftover directory without data is invisible to status/list and is
-    /// recreated by the next writer() for the key, so failure here loses nothing.
+    /// Best-effort: a leftover directory without data is invisible to status/list, recreated by
+    /// the next writer() for the key and removed when the store next opens, so failure here
+    /// loses nothing.
     fn remove_ingest(&mut self) {
         self.finished = true;
         let _ = fs::remove_dir_all(&self.dir);

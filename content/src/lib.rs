@@ -48,8 +48,9 @@ struct Inner {
 }
 
 impl ContentStore {
-    /// Open the store at `root`, creating its directories (0700) if needed. Nothing is cleaned:
-    /// leftover ingests stay resumable, and garbage collection belongs to the layer above.
+    /// Open the store at `root`, creating its directories (0700) if needed. Leftover ingests stay
+    /// resumable; only ingest directories a crash left without their data or meta file are
+    /// removed (see `ingest::remove_dead`), and garbage collection belongs to the layer above.
     pub fn open(root: &Path) -> Result<ContentStore> {
         let blobs = root.join("blobs").join("sha256");
         let ingest = root.join("ingest");
@@ -65,6 +66,7 @@ impl ContentStore {
         for dir in [root.join("blobs").as_path(), root] {
             sync_dir(dir).map_err(|e| Error::io(format!("fsync {}", dir.display()), e))?;
         }
+        ingest::remove_dead(&ingest);
         Ok(ContentStore {
             inner: Arc::new(Inner {
                 blobs,

@@ -527,3 +527,24 @@ fn reopen_keeps_blobs() {
     let cs = ContentStore::open(&root).unwrap();
     assert_eq!(cs.blob_size(&d).unwrap(), Some(7));
 }
+
+#[test]
+fn ingests_a_crash_left_without_data_or_meta_go_when_the_store_opens() {
+    let (tmp, cs) = store();
+    // A live ingest with bytes: kept.
+    let mut w = cs.writer("kept", 0, None).unwrap();
+    w.write_at(0, b"half").unwrap();
+    drop(w);
+    // Killed after a commit's rename (key and meta, no data), and while a fresh ingest was being
+    // made (key and data, no meta).
+    for (key, gone) in [("committed", "data"), ("half-made", "meta")] {
+        let w = cs.writer(key, 0, None).unwrap();
+        drop(w);
+        let dir = cs.ingest_dir(key);
+        fs::remove_file(dir.join(gone)).unwrap();
+    }
+    assert_eq!(ingest_entries(&tmp), 3);
+    let cs = ContentStore::open(&tmp.path().join("content")).unwrap();
+    assert_eq!(ingest_entries(&tmp), 1);
+    assert_eq!(cs.status("kept").unwrap().offset, 4);
+}

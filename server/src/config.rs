@@ -2,7 +2,8 @@
 //! This module only composes: each section's type, default and validation live with the module
 //! that uses it (`[grpc]` daemon, `[leases]` controllers::leases, `[tasks]` and `[runtimes]`
 //! runtime, `[events]` events, `[diff]` berth-layer, `[proxy_plugins]` remote_snapshotter,
-//! `[transfer]` transfer, `[cni]` network, `[cri]` berth-cri, `[userns]` userns); the top-level keys and `[debug]` (the process's
+//! `[transfer]` transfer, `[cni]` network, `[cri]` berth-cri, `[userns]` userns,
+//! `[metrics]` metrics, `[tracing]` telemetry); the top-level keys and `[debug]` (the process's
 //! logging) are the daemon's own, here.
 
 use crate::fsutil::require_absolute;
@@ -49,6 +50,8 @@ pub struct Config {
     pub cni: crate::network::CniConfig,
     /// Prometheus metrics over HTTP (owned by `metrics.rs`); off by default.
     pub metrics: crate::metrics::MetricsConfig,
+    /// OpenTelemetry traces over OTLP (owned by `telemetry.rs`); off by default.
+    pub tracing: crate::telemetry::TracingConfig,
     /// Kubernetes' CRI socket and pods (owned by berth-cri).
     pub cri: berth_cri::CriConfig,
     /// User namespaces for every container berth's clients make (owned by `userns.rs`); off by
@@ -80,6 +83,7 @@ impl Default for Config {
             runtimes: [(DEFAULT_RUNTIME.to_string(), RuntimeConfig::default())].into(),
             cni: Default::default(),
             metrics: Default::default(),
+            tracing: Default::default(),
             cri: Default::default(),
             userns: Default::default(),
         }
@@ -152,6 +156,7 @@ impl Config {
         self.cni.validate()?;
         self.cri.validate()?;
         self.userns.validate()?;
+        self.tracing.validate()?;
         Ok(())
     }
 

@@ -257,17 +257,33 @@ fn router(
         }};
     }
     let streams = crate::streams::Streams::default();
+    // Spans only carry the OTLP fields and the client's trace context when they are exported.
+    let traced = config.tracing.enabled();
     let transferrer = Arc::new(transferrer(config, &state, streams.clone()));
     tonic::transport::Server::builder()
         // Every RPC counted and timed by one layer, not by each handler.
         .layer(crate::metrics::MetricsLayer(metrics))
-        .trace_fn(|req| {
+        .trace_fn(move |req| {
             let ns = req
                 .headers()
                 .get(berth_api::NAMESPACE_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            tracing::info_span!("rpc", method = %req.uri().path(), namespace = %ns)
+            let method = req.uri().path();
+            if !traced {
+                return tracing::info_span!("rpc", method = %method, namespace = %ns);
+            }
+            // The OTLP names: a gRPC server span is called `package.Service/Method`.
+            let span = tracing::info_span!(
+                "rpc",
+                method = %method,
+                namespace = %ns,
+                otel.name = %method.trim_start_matches('/'),
+                otel.kind = "server",
+                rpc.system = "grpc",
+            );
+            crate::telemetry::continue_trace(&span, req.headers());
+            span
         })
         .add_service(svc!(
             api::version::v1::version_server::VersionServer,

@@ -21,6 +21,7 @@ pub mod runtime;
 pub mod services;
 pub mod snapshots;
 pub mod streams;
+pub mod telemetry;
 pub mod transfer;
 pub mod userns;
 pub mod volumes;

@@ -106,7 +106,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logging(&config.debug.level);
+    let exporter = match init_logging(&config) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("berthd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berthd")
@@ -118,14 +124,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(berthd::daemon::run(config)) {
+    let code = match runtime.block_on(berthd::daemon::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "berthd failed");
             eprintln!("berthd: {e}");
             ExitCode::FAILURE
         }
+    };
+    // After the server stopped: the spans of its last calls are batched, not yet sent.
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
     }
+    code
 }
 
 fn load_config(cli: &Cli) -> berth_errdefs::Result<Config> {
@@ -153,14 +164,26 @@ fn load_config(cli: &Cli) -> berth_errdefs::Result<Config> {
     Ok(config)
 }
 
-fn init_logging(level: &str) {
-    use tracing_subscriber::EnvFilter;
+/// The log on stderr, and the OTLP exporter when `[tracing]` names an endpoint (its own filter:
+/// `--log-level` and RUST_LOG are about the log, not about which RPCs are traced).
+fn init_logging(config: &Config) -> berth_errdefs::Result<Option<berthd::telemetry::Exporter>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     // The transport crates are chatty at debug level; --log-level is about berthd itself.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn,sled=warn"))
+        EnvFilter::new(format!(
+            "{},h2=warn,hyper=warn,tower=warn,sled=warn",
+            config.debug.level
+        ))
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .init();
+        .with_filter(filter);
+    let (otel, exporter) = match berthd::telemetry::layer(&config.tracing)? {
+        Some((layer, exporter)) => (Some(layer), Some(exporter)),
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(log).with(otel).init();
+    Ok(exporter)
 }

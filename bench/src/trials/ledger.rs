@@ -20,12 +20,26 @@ pub enum Key {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum State {
     Gone,
-    Namespace { labels: BTreeMap<String, String> },
-    Container { labels: BTreeMap<String, String> },
-    Blob { size: i64 },
+    Namespace {
+        labels: BTreeMap<String, String>,
+    },
+    Container {
+        labels: BTreeMap<String, String>,
+    },
+    Blob {
+        size: i64,
+    },
     Lease,
-    Snapshot { committed: bool, parent: String },
-    Image { target: String },
+    Snapshot {
+        committed: bool,
+        parent: String,
+    },
+    Image {
+        target: String,
+    },
+    /// A container whatever its labels: the state of one whose `ctr run --rm` got no answer
+    /// (ctr writes the labels).
+    AnyContainer,
 }
 
 #[derive(Default, Clone, Debug)]
@@ -42,7 +56,10 @@ impl Entry {
     }
     /// Whether `seen` is a state the key may be in after the crash.
     pub fn allows(&self, seen: &State) -> bool {
-        *seen == self.acked() || self.pending.as_ref() == Some(seen)
+        *seen == self.acked()
+            || self.pending.as_ref() == Some(seen)
+            || (self.pending == Some(State::AnyContainer)
+                && matches!(seen, State::Container { .. }))
     }
 }
 

@@ -14,11 +14,18 @@
 //!   the content store; every snapshot's parent exists;
 //! - the daemon starts every time.
 //!
+//! With `--tasks` one more client drives berthd through Debian's `ctr` (image import and pulls
+//! with unpack from a loopback registry, `ctr run --rm` cycles), and after every trial a
+//! collection runs and the disk is checked for anything unreferenced and the host for leaked
+//! mounts, shims, container processes and cgroups (`tasks.rs`); `--kill-shims` kills random
+//! shims instead of berthd.
+//!
 //! A benchmark, not a test: `cargo run --release -p berth-bench --bin berth-trials -- --trials
 //! 1000`. bench/tests/trials_smoke.rs runs three trials in CI.
 
 mod dead_tasks;
 mod ledger;
+mod tasks;
 mod verify;
 mod workload;
 
@@ -64,6 +71,17 @@ pub struct Opts {
     /// every trial that had one must then fail
     #[arg(long)]
     sabotage: bool,
+    /// Add the ctr client (image import and pulls with unpack, `ctr run --rm` cycles) and, after
+    /// each trial, the collection and the check for unreferenced files and leaks
+    #[arg(long)]
+    tasks: bool,
+    /// Kill random shims (SIGKILL) of a running berthd instead of berthd itself (implies --tasks;
+    /// only the ctr client runs)
+    #[arg(long)]
+    kill_shims: bool,
+    /// With --tasks: no registry, no pulls
+    #[arg(long)]
+    no_pull: bool,
 }
 
 /// Small, seedable, dependency-free randomness (xorshift64*).
@@ -151,6 +169,25 @@ fn main() -> ExitCode {
     if opts.dead_tasks > 0 {
         return dead_tasks::run(&berthd, &opts, &rt);
     }
+    let with_tasks = opts.tasks || opts.kill_shims;
+    let work = match tempfile::Builder::new().prefix("berth-trials-").tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("berth-trials: temp dir: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let fixture = if with_tasks {
+        match tasks::fixture(work.path(), !opts.no_pull) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("berth-trials: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let mut rng = Rng::new(seed);
     let t0 = Instant::now();
     let (mut failed, mut acked, mut unsure) = (0usize, 0usize, 0usize);
@@ -171,7 +208,12 @@ fn main() -> ExitCode {
                 continue;
             }
         };
-        let out = rt.block_on(trial(&mut daemon, &opts, trng, kill_at));
+        let out = rt.block_on(trial(&mut daemon, &opts, trng, kill_at, fixture.as_ref()));
+        if with_tasks {
+            // Whatever a failed check left on the host goes before the next trial.
+            daemon.kill9();
+            tasks::force_clean(daemon.dir.path(), &tasks::namespace());
+        }
         acked += out.acked;
         unsure += out.unsure;
         let ms = t.elapsed().as_millis();
@@ -209,6 +251,10 @@ fn main() -> ExitCode {
         // (snapshots are only prepared, never mounted), so nothing else needs undoing.
         drop(daemon);
     }
+    if with_tasks {
+        tasks::remove_cgroups(&tasks::namespace());
+    }
+    drop(fixture);
     println!(
         "berth-trials: {} trials, {failed} failed, {acked} acknowledged operations checked ({unsure} unanswered), {:.1} s",
         opts.trials,
@@ -221,7 +267,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn trial(daemon: &mut Daemon, opts: &Opts, mut rng: Rng, kill_at: KillAt) -> TrialOutcome {
+async fn trial(
+    daemon: &mut Daemon,
+    opts: &Opts,
+    mut rng: Rng,
+    kill_at: KillAt,
+    fixture: Option<&tasks::Fixture>,
+) -> TrialOutcome {
     let ledger = Arc::new(ledger::Ledger::default());
     let mut failures = vec![];
     let channel = match berth::connect(&daemon.socket).await {
@@ -237,8 +289,30 @@ async fn trial(daemon: &mut Daemon, opts: &Opts, mut rng: Rng, kill_at: KillAt) 
     let commit_sent = Arc::new(tokio::sync::Notify::new());
     let arm = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ns = tasks::namespace();
     let mut clients = vec![];
-    for k in 0..opts.clients {
+    let imported = Arc::new(tokio::sync::Notify::new());
+    if let Some(f) = fixture {
+        let c = tasks::CtrClient {
+            socket: daemon.socket.clone(),
+            ch: channel.clone(),
+            ns: ns.clone(),
+            ledger: ledger.clone(),
+            rng: Rng::new(rng.next_u64()),
+            killed: killed.clone(),
+            stop: stop.clone(),
+            archive: f.archive.clone(),
+            target: f.target.clone(),
+            pull: f.registry.as_ref().map(|r| r.reference.clone()),
+            imported: imported.clone(),
+        };
+        clients.push(tokio::spawn(c.run()));
+        let _ = tokio::time::timeout(Duration::from_secs(30), imported.notified()).await;
+    }
+    // With --kill-shims the daemon stays up: the API clients would never stop.
+    let api_clients = if opts.kill_shims { 0 } else { opts.clients };
+    for k in 0..api_clients {
         let w = workload::Client::new(
             k,
             channel.clone(),
@@ -249,6 +323,12 @@ async fn trial(daemon: &mut Daemon, opts: &Opts, mut rng: Rng, kill_at: KillAt) 
             killed.clone(),
         );
         clients.push(tokio::spawn(w.run()));
+    }
+    if opts.kill_shims {
+        return shim_trial(
+            daemon, &ledger, rng, kill_at, clients, killed, stop, fixture,
+        )
+        .await;
     }
     match kill_at {
         KillAt::Delay(d) => tokio::time::sleep(d).await,
@@ -285,11 +365,119 @@ async fn trial(daemon: &mut Daemon, opts: &Opts, mut rng: Rng, kill_at: KillAt) 
         failures.push(format!("berthd did not restart: {e}"));
     } else {
         match berth::connect(&daemon.socket).await {
-            Ok(ch) => failures.extend(verify::verify(ch, &ledger).await),
+            Ok(ch) => {
+                let unledgered = fixture.map(|_| ns.as_str());
+                failures.extend(verify::verify(ch.clone(), &ledger, unledgered).await);
+                if let Some(f) = fixture {
+                    failures.extend(
+                        tasks::collect_and_check(
+                            ch,
+                            daemon.dir.path(),
+                            &daemon.root(),
+                            &daemon.socket,
+                            &ns,
+                            &f.chain_id,
+                            &ledger,
+                        )
+                        .await,
+                    );
+                }
+            }
             Err(e) => failures.push(format!("connect after restart: {e}")),
         }
     }
     let (acked, unsure) = ledger.counts();
+    TrialOutcome {
+        acked,
+        unsure,
+        failures,
+    }
+}
+
+/// A `--kill-shims` trial: the ctr client runs; after the delay random shims of the daemon are
+/// SIGKILLed for a while; then the daemon must still serve (a fresh `ctr run --rm` works), keep
+/// every acknowledged effect, and clean up after the killed tasks without leaks.
+#[allow(clippy::too_many_arguments)]
+async fn shim_trial(
+    daemon: &mut Daemon,
+    ledger: &Arc<ledger::Ledger>,
+    mut rng: Rng,
+    kill_at: KillAt,
+    clients: Vec<tokio::task::JoinHandle<Vec<String>>>,
+    killed: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    fixture: Option<&tasks::Fixture>,
+) -> TrialOutcome {
+    use std::sync::atomic::Ordering;
+    let mut failures = vec![];
+    let (KillAt::Delay(d) | KillAt::MidCommit(d)) = kill_at;
+    // Give the import (and the first runs) time: shims exist only once tasks do.
+    tokio::time::sleep(d + Duration::from_millis(500)).await;
+    let mut kills = 0;
+    let window = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < window {
+        killed.store(true, Ordering::SeqCst);
+        if tasks::kill_a_shim(daemon.dir.path(), &mut rng).is_some() {
+            kills += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.range(50, 300))).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        match tokio::time::timeout(Duration::from_secs(60), c).await {
+            Ok(Ok(errs)) => failures.extend(errs),
+            Ok(Err(e)) => failures.push(format!("client panicked: {e}")),
+            Err(_) => failures.push("the ctr client did not stop within 60 s".into()),
+        }
+    }
+    let ns = tasks::namespace();
+    // The daemon serves on: a new container runs.
+    let out = tokio::process::Command::new("ctr")
+        .arg("-a")
+        .arg(&daemon.socket)
+        .args([
+            "-n",
+            &ns,
+            "run",
+            "--rm",
+            tasks::IMAGE,
+            "after-kills",
+            "true",
+        ])
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => failures.push(format!(
+            "after {kills} shim kills, ctr run fails: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => failures.push(format!("run ctr: {e}")),
+    }
+    match berth::connect(&daemon.socket).await {
+        Ok(ch) => {
+            failures.extend(verify::verify(ch.clone(), ledger, Some(&ns)).await);
+            if let Some(f) = fixture {
+                failures.extend(
+                    tasks::collect_and_check(
+                        ch,
+                        daemon.dir.path(),
+                        &daemon.root(),
+                        &daemon.socket,
+                        &ns,
+                        &f.chain_id,
+                        ledger,
+                    )
+                    .await,
+                );
+            }
+        }
+        Err(e) => failures.push(format!("connect after the shim kills: {e}")),
+    }
+    let (acked, unsure) = ledger.counts();
+    if kills == 0 {
+        println!("    (no shim was alive to kill in this trial)");
+    }
     TrialOutcome {
         acked,
         unsure,

@@ -46,6 +46,9 @@ pub struct Collector {
     deletions: std::sync::atomic::AtomicU64,
     /// When the last collection ended and how long collections take (a moving average).
     timing: std::sync::Mutex<Timing>,
+    /// Whether this process's collections have looked at every blob file on disk yet (see
+    /// `collect`).
+    disk_swept: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -74,6 +77,7 @@ impl Collector {
             wake: tokio::sync::Notify::new(),
             deletions: std::sync::atomic::AtomicU64::new(0),
             timing: std::sync::Mutex::new(Timing::default()),
+            disk_swept: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -185,6 +189,18 @@ impl Collector {
             stats.snapshots_removed += self
                 .sweep_snapshots(&ns.name, &live, &seen, marked_at)
                 .await?;
+        }
+        // A crash can leave a blob file no record names: killed after a collection dropped the
+        // records but before it unlinked the bytes, or after a commit renamed the file into
+        // place but before it recorded it. Only a crash makes them, so the first collection of
+        // each process looks at every file once (crash trials found both).
+        if !self.disk_swept.load(std::sync::atomic::Ordering::Relaxed) {
+            let content = self.content.clone();
+            let on_disk = blocking(move || content.walk_blobs()).await?;
+            let digests = on_disk.into_iter().map(|(d, _)| d).collect();
+            unlink_unrecorded(&self.meta, &self.content, digests).await?;
+            self.disk_swept
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         if stats != Stats::default() {
             tracing::info!(

@@ -570,8 +570,12 @@ impl TaskManager {
         task.state(exec_id).await
     }
 
-    /// Init's state of every task of a namespace, asked of all shims at once.
-    pub async fn list(&self, ns: &str) -> Vec<(Arc<Task>, ProcessState)> {
+    /// Init's state of every task of a namespace, asked of all shims at once. A task whose shim
+    /// does not answer and whose process is gone (SIGKILLed, OOM-killed) is cleaned up as
+    /// recovery cleans a dead task at start (`runc delete --force`, unmount, bundle removed):
+    /// hidden from the listing, nothing else would ever reach it while berthd runs, and its
+    /// cgroup and rootfs mount would stay (the crash trials' `--kill-shims` found both).
+    pub async fn list(self: &Arc<Self>, ns: &str) -> Vec<(Arc<Task>, ProcessState)> {
         let mut set = tokio::task::JoinSet::new();
         for (i, task) in self.in_namespace(ns).into_iter().enumerate() {
             set.spawn(async move {
@@ -585,13 +589,35 @@ impl TaskManager {
                 Ok((i, task, Ok(state))) => out.push((i, task, state)),
                 // Deleted meanwhile, or its shim is gone: not a task to show.
                 Ok((_, task, Err(e))) => {
-                    tracing::debug!(task = %task.record.id, error = %e, "not listed")
+                    tracing::debug!(task = %task.record.id, error = %e, "not listed");
+                    self.clean_up_if_shim_died(&task, &e);
                 }
                 Err(e) => tracing::warn!(error = %e, "listing a task failed"),
             }
         }
         out.sort_by_key(|(i, ..)| *i);
         out.into_iter().map(|(_, t, s)| (t, s)).collect()
+    }
+
+    /// When `task`'s shim process is gone, clean the task up in the background (its slot is
+    /// held meanwhile); a shim that is only slow keeps its task.
+    fn clean_up_if_shim_died(self: &Arc<Self>, task: &Arc<Task>, error: &Error) {
+        let TaskBackend::Shim(_) = &task.backend;
+        if shim::shim_process_alive(&task.bundle) {
+            return;
+        }
+        let key = (task.record.namespace.clone(), task.record.id.clone());
+        // Only the task still in its slot: a delete or another cleanup may have taken it.
+        match self.lock().get(&key) {
+            Some(Slot::Ready(t)) if Arc::ptr_eq(t, task) => {}
+            _ => return,
+        }
+        self.clean_up_dead(
+            task.bundle.clone(),
+            task.socket_dir.clone(),
+            Some(task.record.clone()),
+            format!("shim gone while berthd runs: {error}"),
+        );
     }
 
     pub async fn kill(

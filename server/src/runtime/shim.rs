@@ -489,7 +489,7 @@ pub(super) async fn clean_up_dead(r: &super::TaskRecord) {
 }
 
 /// Whether the shim recorded in `<bundle>/shim.pid` is still a running berth-shim.
-fn shim_process_alive(bundle: &Path) -> bool {
+pub(super) fn shim_process_alive(bundle: &Path) -> bool {
     let Some(pid) = std::fs::read_to_string(bundle.join("shim.pid"))
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
