@@ -121,11 +121,13 @@ use tonic::transport::{Channel, Endpoint};
 /// containerd's clients send and accept messages up to this size.
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 
-/// HTTP/2 receive windows (per stream and per connection) of berth's connections. h2's default
-/// of 64 KiB made a large answer, such as Containers.List of 1,000 containers (about 10 KB of
-/// spec each), wait for a window update from this side every 64 KiB: a hundred round trips
-/// through two busy processes' schedulers.
-const RECEIVE_WINDOW: u32 = 16 << 20;
+/// HTTP/2 receive windows of berth's connections, per stream and for the whole connection.
+/// Large enough that a large answer, such as Containers.List of 1,000 containers (about 10 KB
+/// of spec each), needs few window updates through two busy processes' schedulers; the
+/// connection's is four times a stream's, so a stream its reader stopped reading (an events
+/// subscriber that stalls) cannot take the whole connection's window and stall the others.
+const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
+const CONNECTION_RECEIVE_WINDOW: u32 = 16 << 20;
 
 /// How long [`connect`] waits for the socket to accept a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,8 +144,8 @@ pub async fn connect_with_timeout(socket: impl AsRef<Path>, timeout: Duration) -
     // The URI is required by tonic but unused: every connection goes to the unix socket.
     Endpoint::from_static("http://localhost")
         .connect_timeout(timeout)
-        .initial_stream_window_size(RECEIVE_WINDOW)
-        .initial_connection_window_size(RECEIVE_WINDOW)
+        .initial_stream_window_size(STREAM_RECEIVE_WINDOW)
+        .initial_connection_window_size(CONNECTION_RECEIVE_WINDOW)
         .connect_with_connector(tower::service_fn(move |_| {
             let dial = dial.clone();
             async move {
