@@ -145,23 +145,32 @@ impl Fetcher<'_> {
     ) -> Result<()> {
         let digest = Digest::parse(&desc.digest)?;
         let size = desc.size as i64;
-        if !self.t.meta.has_content(&self.ctx.ns, &digest)?
-            && self.t.content.blob_size(&digest)? != Some(desc.size)
-        {
-            let key = format!(
-                "{}/{}",
-                self.ctx.ns,
-                ref_key(&desc.media_type, &desc.digest)
-            );
-            let (content, d) = (self.t.content.clone(), digest.clone());
-            blocking(move || {
-                let mut w = content.writer(&key, size, Some(d.clone()))?;
-                w.write_at(0, &bytes)?;
-                w.commit(size, Some(&d)).map(|_| ())
-            })
-            .await?;
+        // Pinned as a download is (see `fetch_inner`): a collection already unlinking may still
+        // take the stored bytes before the record, and then they are written again.
+        let _pin = self.t.meta.pin_content(&digest);
+        let mut collected = 0;
+        loop {
+            if !self.t.meta.has_content(&self.ctx.ns, &digest)?
+                && self.t.content.blob_size(&digest)? != Some(desc.size)
+            {
+                let key = format!(
+                    "{}/{}",
+                    self.ctx.ns,
+                    ref_key(&desc.media_type, &desc.digest)
+                );
+                let (content, d, bytes) = (self.t.content.clone(), digest.clone(), bytes.clone());
+                blocking(move || {
+                    let mut w = content.writer(&key, size, Some(d.clone()))?;
+                    w.write_at(0, &bytes)?;
+                    w.commit(size, Some(&d)).map(|_| ())
+                })
+                .await?;
+            }
+            match self.record(&digest, size, &desc.media_type, labels).await {
+                Err(e) if is_collected(&e) && collected < MAX_COLLECTED => collected += 1,
+                other => return other,
+            }
         }
-        self.record(&digest, size, &desc.media_type, labels).await
     }
 
     /// Bring one blob into the store (downloading it, waiting for another transfer's download
