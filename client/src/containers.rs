@@ -175,23 +175,20 @@ impl Containers {
 
     /// Every container matching any of `filters` (none: all).
     pub async fn list(&self, filters: &[String]) -> Result<Vec<ContainerInfo>> {
-        let req = ListContainersRequest {
-            filters: filters.to_vec(),
-        };
-        Ok(self
-            .api()
-            .list(self.client.request(req))
-            .await?
-            .into_inner()
-            .containers
-            .into_iter()
-            .map(ContainerInfo::from_api)
-            .collect())
+        self.list_as(filters, ContainerInfo::from_api).await
     }
 
     /// Like [`Containers::list`], for listings: each [`ContainerInfo::spec`] holds only
     /// `process.args` and `process.terminal` (enough for `ps`, its filters and statuses).
     pub async fn list_brief(&self, filters: &[String]) -> Result<Vec<ContainerInfo>> {
+        self.list_as(filters, ContainerInfo::from_api_brief).await
+    }
+
+    async fn list_as(
+        &self,
+        filters: &[String],
+        read: fn(Container) -> ContainerInfo,
+    ) -> Result<Vec<ContainerInfo>> {
         let req = ListContainersRequest {
             filters: filters.to_vec(),
         };
@@ -202,7 +199,7 @@ impl Containers {
             .into_inner()
             .containers
             .into_iter()
-            .map(ContainerInfo::from_api_brief)
+            .map(read)
             .collect())
     }
 

@@ -45,18 +45,7 @@ impl Env {
             .expect("temp dir");
         let certs = fixtures::certs_d(dir.path());
         let net_d = dir.path().join("net.d");
-        std::fs::create_dir_all(&net_d).expect("create the CNI conf dir");
-        std::fs::write(
-            net_d.join("10-pods.conflist"),
-            format!(
-                r#"{{"cniVersion":"1.0.0","name":"pods","plugins":[
-                {{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":false,
-                 "ipam":{{"type":"host-local","ranges":[[{{"subnet":"{subnet_prefix}.0/24"}}]]}}}},
-                {{"type":"portmap","capabilities":{{"portMappings":true}}}},
-                {{"type":"loopback"}}]}}"#
-            ),
-        )
-        .expect("write the conflist");
+        crictl_files::write_pods_conflist(&net_d, bridge, subnet_prefix);
         let daemon = Daemon::start_with_config(&format!(
             "[cri]\naddress = {:?}\ncni_conf_dir = {:?}\nregistry_config_path = {:?}\n{extra}",
             dir.path().join("cri.sock"),

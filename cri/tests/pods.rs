@@ -51,18 +51,7 @@ impl Env {
             std::thread::sleep(Duration::from_millis(20));
         }
         let conf_dir = daemon.cri_socket().with_file_name("cri-net.d");
-        std::fs::create_dir_all(&conf_dir).expect("create the CNI conf dir");
-        std::fs::write(
-            conf_dir.join("10-pods.conflist"),
-            format!(
-                r#"{{"cniVersion":"1.0.0","name":"pods","plugins":[
-                {{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":false,
-                 "ipam":{{"type":"host-local","ranges":[[{{"subnet":"{subnet_prefix}.0/24"}}]]}}}},
-                {{"type":"portmap","capabilities":{{"portMappings":true}}}},
-                {{"type":"loopback"}}]}}"#
-            ),
-        )
-        .expect("write the conflist");
+        crictl_files::write_pods_conflist(&conf_dir, bridge, subnet_prefix);
         let dir = tempfile::tempdir().expect("temp dir");
         let applets: Vec<&str> = APPLETS.to_vec();
         let archive = berth_testkit::image::busybox_oci_archive_with(dir.path(), IMAGE, &applets)

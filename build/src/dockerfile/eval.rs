@@ -44,11 +44,28 @@ impl BuildArgs {
     /// in the global scope as BuildKit
     /// does: usable in FROM, and in a stage after `ARG TARGETARCH`.
     pub fn set_platform(&mut self, os: &str, arch: &str, variant: Option<&str>) {
+        self.set_platform_args(&["TARGET", "BUILD"], os, arch, variant);
+    }
+
+    /// Sets only the `BUILD*` twins: the platform the build runs on, when `--platform` asks
+    /// for another target.
+    pub fn set_build_platform(&mut self, os: &str, arch: &str, variant: Option<&str>) {
+        self.set_platform_args(&["BUILD"], os, arch, variant);
+    }
+
+    /// `<prefix>PLATFORM`, `OS`, `ARCH` and `VARIANT` for each prefix.
+    fn set_platform_args(
+        &mut self,
+        prefixes: &[&str],
+        os: &str,
+        arch: &str,
+        variant: Option<&str>,
+    ) {
         let platform = match variant {
             Some(v) => format!("{os}/{arch}/{v}"),
             None => format!("{os}/{arch}"),
         };
-        for prefix in ["TARGET", "BUILD"] {
+        for prefix in prefixes {
             for (name, value) in [
                 ("PLATFORM", platform.as_str()),
                 ("OS", os),
@@ -58,24 +75,6 @@ impl BuildArgs {
                 self.automatic
                     .insert(format!("{prefix}{name}"), value.to_string());
             }
-        }
-    }
-
-    /// Sets only the `BUILD*` twins: the platform the build runs on, when `--platform` asks
-    /// for another target.
-    pub fn set_build_platform(&mut self, os: &str, arch: &str, variant: Option<&str>) {
-        let platform = match variant {
-            Some(v) => format!("{os}/{arch}/{v}"),
-            None => format!("{os}/{arch}"),
-        };
-        for (name, value) in [
-            ("PLATFORM", platform.as_str()),
-            ("OS", os),
-            ("ARCH", arch),
-            ("VARIANT", variant.unwrap_or("")),
-        ] {
-            self.automatic
-                .insert(format!("BUILD{name}"), value.to_string());
         }
     }
 

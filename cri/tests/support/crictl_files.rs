@@ -1,5 +1,6 @@
 //! The JSON files crictl reads (`runp POD.json`, `create POD CTR.json POD.json`), written into a
-//! test's temp dir: the one copy every crictl test uses.
+//! test's temp dir, and the CNI conflist the CRI gives its pods: the one copy every crictl test
+//! uses.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -63,4 +64,21 @@ fn merge(v: &mut Value, extra: Value) {
     if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
         o.extend(e);
     }
+}
+
+/// `dir/10-pods.conflist`: a network `pods` of bridge `bridge` on `SUBNET_PREFIX.0/24` with
+/// host-local addresses, portmap and loopback (`dir` is made if missing).
+pub fn write_pods_conflist(dir: &Path, bridge: &str, subnet_prefix: &str) {
+    std::fs::create_dir_all(dir).expect("create the CNI conf dir");
+    std::fs::write(
+        dir.join("10-pods.conflist"),
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"pods","plugins":[
+            {{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":false,
+             "ipam":{{"type":"host-local","ranges":[[{{"subnet":"{subnet_prefix}.0/24"}}]]}}}},
+            {{"type":"portmap","capabilities":{{"portMappings":true}}}},
+            {{"type":"loopback"}}]}}"#
+        ),
+    )
+    .expect("write the conflist");
 }
