@@ -149,6 +149,21 @@ impl ContentStore {
         Ok(out)
     }
 
+    /// Blobs whose bytes were last written before `t`: files a crash may have left unrecorded,
+    /// as opposed to ones a writer of this process may be about to record.
+    pub fn blobs_written_before(&self, t: std::time::SystemTime) -> Result<Vec<Digest>> {
+        let mut out = Vec::new();
+        for (d, _) in self.walk_blobs()? {
+            match fs::metadata(self.blob_path(&d)).and_then(|m| m.modified()) {
+                Ok(modified) if modified < t => out.push(d),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(blob_err(&d, "stat", e)),
+            }
+        }
+        Ok(out)
+    }
+
     /// Open (or resume) the ingest for `key`.
     ///
     /// - Only one live Writer per key: otherwise Unavailable("ref KEY locked for …"), after

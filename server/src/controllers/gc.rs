@@ -49,6 +49,8 @@ pub struct Collector {
     /// Whether this process's collections have looked at every blob file on disk yet (see
     /// `collect`).
     disk_swept: std::sync::atomic::AtomicBool,
+    /// When this collector was made: blob files written since are this process's own.
+    started: SystemTime,
 }
 
 #[derive(Default)]
@@ -78,6 +80,7 @@ impl Collector {
             deletions: std::sync::atomic::AtomicU64::new(0),
             timing: std::sync::Mutex::new(Timing::default()),
             disk_swept: std::sync::atomic::AtomicBool::new(false),
+            started: SystemTime::now(),
         }
     }
 
@@ -193,11 +196,11 @@ impl Collector {
         // A crash can leave a blob file no record names: killed after a collection dropped the
         // records but before it unlinked the bytes, or after a commit renamed the file into
         // place but before it recorded it. Only a crash makes them, so the first collection of
-        // each process looks at every file once (crash trials found both).
+        // each process looks at every file once (crash trials found both). Only at files written
+        // before this process started: a newer one may be a commit on its way to its record.
         if !self.disk_swept.load(std::sync::atomic::Ordering::Relaxed) {
-            let content = self.content.clone();
-            let on_disk = blocking(move || content.walk_blobs()).await?;
-            let digests = on_disk.into_iter().map(|(d, _)| d).collect();
+            let (content, started) = (self.content.clone(), self.started);
+            let digests = blocking(move || content.blobs_written_before(started)).await?;
             unlink_unrecorded(&self.meta, &self.content, digests).await?;
             self.disk_swept
                 .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -435,5 +438,36 @@ mod tests {
             .await
             .expect("unlink");
         assert_eq!(content.blob_size(&digest).expect("look"), None, "unpinned");
+    }
+
+    /// The first collection removes blob files no record names that were written before the
+    /// process started (a crash's leftovers), and spares ones written since: those may be
+    /// commits on their way to their records (Diff.Compare lost its layer to this once).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_first_collection_takes_only_blob_files_older_than_the_process() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = Arc::new(Metadata::open(&dir.path().join("meta")).expect("metadata"));
+        let content = Arc::new(ContentStore::open(&dir.path().join("content")).expect("store"));
+        let store = |key: &str, bytes: &[u8]| {
+            let mut w = content
+                .writer(key, bytes.len() as i64, None)
+                .expect("writer");
+            w.write_at(0, bytes).expect("write");
+            w.commit(bytes.len() as i64, None).expect("commit").digest
+        };
+        let leftover = store("leftover", b"from before a crash");
+        // File times have the kernel's tick as their grain: step past it.
+        std::thread::sleep(Duration::from_millis(50));
+        let collector = Collector::new(meta.clone(), content.clone(), Snapshotters::default());
+        std::thread::sleep(Duration::from_millis(50));
+        let fresh = store("fresh", b"committed, not yet recorded");
+
+        collector.collect().await.expect("collect");
+        assert_eq!(
+            content.blob_size(&leftover).expect("look"),
+            None,
+            "leftover"
+        );
+        assert!(content.blob_size(&fresh).expect("look").is_some(), "fresh");
     }
 }

@@ -106,7 +106,7 @@ impl Diff for DiffService {
         }
         let mounts_dir = self.applier.mounts_dir.clone();
         let epoch = req.source_date_epoch.map(|t| t.seconds);
-        let (digest, size, diff_id) = blocking(move || {
+        let (writer, digest, size, diff_id) = blocking(move || {
             // Opening the ingest may wait out another writer's lock and re-hash a resumed one.
             let writer = content.writer(&ingest, 0, None)?;
             with_mounted(&mounts_dir, &left, |lower| {
@@ -118,23 +118,19 @@ impl Diff for DiffService {
                         }
                         None => compute_layer(lower, upper, compression, &mut sink)?,
                     };
-                    let committed = sink.writer.commit(size as i64, Some(&digest))?;
-                    Ok((committed.digest, size, diff_id))
+                    Ok((sink.writer, digest, size, diff_id))
                 })
             })
         })
         .await?;
         let mut labels = req.labels;
         labels.insert(UNCOMPRESSED_LABEL.into(), diff_id.to_string());
-        // Not held while the diff is computed (that would stall every commit behind a waiting
-        // collector): a blob the collector unlinked since our commit is reported, not recorded.
+        // Held from the commit to the record, as the content service's commit holds it, so the
+        // collector cannot unlink the blob in between; not while the diff was computed (that
+        // would stall every commit behind a waiting collector).
         let _recording = self.state.meta.content_commit_lock().await;
-        if self.state.content.blob_size(&digest)? != Some(size) {
-            return Err(Error::unavailable(format!(
-                "diff {digest}: collected as it was committed; compare again"
-            ))
-            .into());
-        }
+        let committed = blocking(move || writer.commit(size as i64, Some(&digest))).await?;
+        let digest = committed.digest;
         match self
             .state
             .meta
