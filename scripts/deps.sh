@@ -10,6 +10,8 @@ packages=(
   busybox-static        # the tests build a busybox OCI image from it
   docker-registry       # a real registry on loopback for the pull tests
   skopeo                # pushes the test images into that registry and makes docker-archives
+  debootstrap           # scripts/debian-gcc-image.sh: the Debian gcc image of client/tests/build.rs
+  umoci                 # packs that rootfs as an OCI image
   protobuf-compiler     # protoc, for the containerd-client crate's build script (berth itself needs none)
   libprotobuf-dev       # the well-known .proto files protoc includes
   golang-github-containerd-containerd-dev  # upstream .proto files the wire-compatibility test compares against

@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "the end-to-end tests mount, lock and chown: run as root" >&2; exit 1; }
 scripts/deps.sh
+# The Debian gcc image of client/tests/build.rs: debootstrapped once per machine (~3.5 min, ~80 MB
+# of packages from the apt sources' mirror), before the tests so that no test thread waits on it.
+scripts/debian-gcc-image.sh >/dev/null
 cargo build --workspace --all-targets --locked
 log=$(mktemp)
 # A case a test cannot run here is recorded as one line `SKIPPED: <case>: <reason>` in this file
