@@ -239,6 +239,15 @@ impl Cri {
             store::new_record_parts(KIND_CONTAINER, key, "ContainerConfig", config, &state)?;
         labels.insert(SANDBOX_ID_LABEL.to_string(), pod_id.clone());
         labels.extend(volumes.labels.clone());
+        // In a pod user namespace the image's files are shown through the pod's maps (idmapped
+        // lower layers), so its root owns what the image's root owns, with no chowned copy.
+        let snapshot_labels = match spec::pod_userns(&pod.config)? {
+            Some(u) => HashMap::from([
+                (berth::userns::UIDMAP_LABEL.to_string(), u.uid_map()),
+                (berth::userns::GIDMAP_LABEL.to_string(), u.gid_map()),
+            ]),
+            None => HashMap::new(),
+        };
         let created = self
             .client
             .containers()
@@ -246,6 +255,7 @@ impl Cri {
                 id: id.clone(),
                 image: details.image.name.clone(),
                 snapshot_parent: Some(details.chain_id.clone()),
+                snapshot_labels,
                 spec: spec_json,
                 labels,
                 extensions,

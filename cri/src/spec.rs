@@ -234,6 +234,91 @@ pub fn pod_security(pod: &cri::PodSandboxConfig) -> cri::LinuxSandboxSecurityCon
         .unwrap_or_default()
 }
 
+/// A pod's own user namespace (NamespaceMode POD): one uid and one gid range, each mapping
+/// container id 0, as the kubelet gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Userns {
+    pub uid: cri::IdMapping,
+    pub gid: cri::IdMapping,
+}
+
+impl Userns {
+    /// `container:host:length`, the holder's arguments' and the snapshot labels' form.
+    pub fn uid_map(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.uid.container_id, self.uid.host_id, self.uid.length
+        )
+    }
+
+    pub fn gid_map(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.gid.container_id, self.gid.host_id, self.gid.length
+        )
+    }
+}
+
+/// The pod's user namespace, checked: `None` for the host's (NODE, no mappings), the mappings
+/// for POD. Anything else is refused (InvalidArgument) before the pod is set up, so a pod never
+/// runs in the host's user namespace when it asked for its own.
+pub fn pod_userns(pod: &cri::PodSandboxConfig) -> Result<Option<Userns>> {
+    let ns = pod_security(pod).namespace_options.unwrap_or_default();
+    let Some(u) = ns.userns_options else {
+        return Ok(None);
+    };
+    match cri::NamespaceMode::try_from(u.mode) {
+        Ok(cri::NamespaceMode::Node) if u.uids.is_empty() && u.gids.is_empty() => return Ok(None),
+        Ok(cri::NamespaceMode::Node) => {
+            return Err(Error::invalid(
+                "the host's user namespace (NODE) takes no id mappings",
+            ))
+        }
+        Ok(cri::NamespaceMode::Pod) => {}
+        _ => {
+            return Err(Error::invalid(format!(
+                "user namespace mode {} is not one a pod can have (NODE or POD)",
+                u.mode
+            )))
+        }
+    }
+    let one = |kind: &str, maps: &[cri::IdMapping]| -> Result<cri::IdMapping> {
+        let [m] = maps else {
+            return Err(Error::invalid(format!(
+                "a pod user namespace needs exactly one {kind} mapping, got {}",
+                maps.len()
+            )));
+        };
+        if m.container_id != 0 {
+            return Err(Error::invalid(format!(
+                "the {kind} mapping must map container id 0 (it starts at {})",
+                m.container_id
+            )));
+        }
+        if m.length == 0 || m.host_id.checked_add(m.length - 1).is_none() {
+            return Err(Error::invalid(format!(
+                "the {kind} mapping {}+{} is empty or past the id range",
+                m.host_id, m.length
+            )));
+        }
+        Ok(*m)
+    };
+    let userns = Userns {
+        uid: one("uid", &u.uids)?,
+        gid: one("gid", &u.gids)?,
+    };
+    // A process in the pod's user namespace cannot join a namespace of the host's (the kubelet
+    // refuses hostUsers: false with hostNetwork, hostIPC or hostPID for the same reason).
+    for (what, mode) in [("network", ns.network), ("IPC", ns.ipc), ("PID", ns.pid)] {
+        if mode == cri::NamespaceMode::Node as i32 {
+            return Err(Error::invalid(format!(
+                "a pod with its own user namespace cannot use the host's {what} namespace"
+            )));
+        }
+    }
+    Ok(Some(userns))
+}
+
 fn seccomp(profile: Option<&cri::SecurityProfile>, privileged: bool) -> Result<Option<Value>> {
     let Some(p) = profile else {
         // No profile asked for: unconfined, as the CRI's default is.
@@ -666,6 +751,17 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
         .unwrap_or_else(|| json!({}));
     res["devices"] = Value::Array(device_rules);
 
+    // The pod's user namespace, held by the holder; every other namespace the container joins
+    // or makes is owned by it. runc wants the maps beside the path (it chowns what it makes for
+    // the container's root by them).
+    let userns = pod_userns(i.pod)?;
+    if userns.is_some() {
+        let path = i
+            .pod_state
+            .holder_ns("user")
+            .ok_or_else(|| Error::precondition("the pod sandbox's namespace holder is gone"))?;
+        namespaces.insert(0, json!({"type": "user", "path": path}));
+    }
     let mut linux = json!({
         "cgroupsPath": cgroups_path(i.pod_state, i.id),
         "namespaces": namespaces,
@@ -674,6 +770,11 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
     });
     if !devices.is_empty() {
         linux["devices"] = Value::Array(devices);
+    }
+    if let Some(u) = userns {
+        let map = |m: cri::IdMapping| json!([{"containerID": m.container_id, "hostID": m.host_id, "size": m.length}]);
+        linux["uidMappings"] = map(u.uid);
+        linux["gidMappings"] = map(u.gid);
     }
     if !privileged {
         let masked: Vec<String> = if sc.masked_paths.is_empty() {
