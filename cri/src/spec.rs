@@ -596,6 +596,16 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
                 m.container_path
             )));
         }
+        // An idmapped bind mount (what the kubelet asks for a volume of a pod with its own user
+        // namespace, when the runtime says it can) needs runc's `idmap` mount option, which
+        // runc 1.1 lacks: refused rather than bound with the host's owners unmapped.
+        if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+            return Err(Error::unimplemented(format!(
+                "the mount at {:?} asks for id mappings: berth makes no idmapped bind mounts \
+                 (runc 1.1 has no idmap mount option); mount it without mappings",
+                m.container_path
+            )));
+        }
         if m.image.is_some() {
             let source = i.image_volumes.get(&index).ok_or_else(|| {
                 Error::internal(format!(

@@ -659,6 +659,20 @@ fn crictl_runs_a_pod_in_its_own_user_namespace() {
     );
     assert!(mounted(Path::new(&netns)), "{netns} is not mounted");
 
+    // An idmapped bind mount cannot be made here (runc 1.1): refused, not bound unmapped.
+    let host_dir = tempfile::tempdir().expect("temp dir");
+    let idmapped = env.container_config(
+        "idmapped",
+        &["true"],
+        serde_json::json!({"mounts": [{"container_path": "/data",
+            "host_path": host_dir.path(), "uidMappings": map, "gidMappings": map}]}),
+    );
+    let out = env.crictl(&["create", &pod, &idmapped, &pod_json]);
+    assert!(!out.status.success(), "an idmapped mount was accepted");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unimplemented"),
+        "{out:?}"
+    );
     let ctr_json = env.container_config("rooted", &["sleep", "3600"], Value::Null);
     let ctr = env.ok(&["create", &pod, &ctr_json, &pod_json]);
     env.ok(&["start", &ctr]);
