@@ -11,6 +11,7 @@ pub mod config;
 mod container;
 mod exec_sync;
 pub mod holder;
+mod idmap_mount;
 mod image_volume;
 mod images;
 mod metrics;
@@ -102,6 +103,9 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
     });
     if let Err(e) = cri.sweep_image_volumes().await {
         tracing::warn!(error = %e, "image volumes of removed containers not swept");
+    }
+    if let Err(e) = cri.sweep_idmapped_mounts().await {
+        tracing::warn!(error = %e, "idmapped mounts of removed containers not swept");
     }
     tracing::info!(address = %address.display(), "CRI ready");
     let result = service::router(cri)

@@ -92,6 +92,9 @@ pub struct Inputs<'a> {
     /// The host path each image mount binds (by its index in `config.mounts`): its view,
     /// mounted read-only by `image_volume`, or the sub path inside it.
     pub image_volumes: &'a std::collections::HashMap<usize, std::path::PathBuf>,
+    /// The staged idmapped mount each mount with id mappings binds (by its index), made by
+    /// `idmap_mount`.
+    pub idmapped_mounts: &'a std::collections::HashMap<usize, std::path::PathBuf>,
 }
 
 /// "All capabilities" for a privileged container or an add of ALL: those in berthd's own
@@ -596,16 +599,6 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
                 m.container_path
             )));
         }
-        // An idmapped bind mount (what the kubelet asks for a volume of a pod with its own user
-        // namespace, when the runtime says it can) needs runc's `idmap` mount option, which
-        // runc 1.1 lacks: refused rather than bound with the host's owners unmapped.
-        if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
-            return Err(Error::unimplemented(format!(
-                "the mount at {:?} asks for id mappings: berth makes no idmapped bind mounts \
-                 (runc 1.1 has no idmap mount option); mount it without mappings",
-                m.container_path
-            )));
-        }
         if m.image.is_some() {
             let source = i.image_volumes.get(&index).ok_or_else(|| {
                 Error::internal(format!(
@@ -626,7 +619,14 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
             continue;
         }
         let mut source = std::path::PathBuf::from(&m.host_path);
-        if !source.is_absolute() {
+        if let Some(staged) = i.idmapped_mounts.get(&index) {
+            source = staged.clone();
+        } else if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+            return Err(Error::internal(format!(
+                "the idmapped mount at {:?} was not staged",
+                m.container_path
+            )));
+        } else if !source.is_absolute() {
             return Err(Error::invalid(format!(
                 "mount source {:?} is not an absolute path",
                 m.host_path
@@ -637,8 +637,10 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
             std::fs::create_dir_all(&source)
                 .map_err(|e| Error::io(format!("create {}", source.display()), e))?;
         }
-        source = std::fs::canonicalize(&source)
-            .map_err(|e| Error::io(format!("resolve {}", source.display()), e))?;
+        if !i.idmapped_mounts.contains_key(&index) {
+            source = std::fs::canonicalize(&source)
+                .map_err(|e| Error::io(format!("resolve {}", source.display()), e))?;
+        }
         let mut options = vec!["rbind".to_string()];
         match cri::MountPropagation::try_from(m.propagation) {
             Ok(cri::MountPropagation::PropagationBidirectional) => {

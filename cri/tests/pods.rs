@@ -494,6 +494,23 @@ fn bad_requests_change_nothing() {
         String::from_utf8_lossy(&out.stderr).contains("NotFound"),
         "{out:?}"
     );
+    // Id mappings on a mount of a pod in the host's user namespace are refused.
+    let map = serde_json::json!([{"container_id": 0, "host_id": 100000, "length": 65536}]);
+    let mapped = env.container_config(
+        "mapped",
+        &["true"],
+        serde_json::json!({"mounts": [{"container_path": "/data", "host_path": "/tmp",
+            "uidMappings": map, "gidMappings": map}]}),
+    );
+    let out = env.crictl(&["create", &pod, &mapped, &env.pod_config("lonely")]);
+    assert!(
+        !out.status.success(),
+        "a mapped mount outside a user namespace was accepted"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("InvalidArgument"),
+        "{out:?}"
+    );
     assert!(env.list(cri::ContainerFilter::default()).is_empty());
     // The same pod name again is refused.
     assert!(!env
@@ -659,21 +676,20 @@ fn crictl_runs_a_pod_in_its_own_user_namespace() {
     );
     assert!(mounted(Path::new(&netns)), "{netns} is not mounted");
 
-    // An idmapped bind mount cannot be made here (runc 1.1): refused, not bound unmapped.
+    // A host directory mounted with the pod's maps (an idmapped bind mount, staged by berthd
+    // since runc 1.1 has no idmap option): its root-owned file is root's inside, and what the
+    // pod's root writes there is root's on the host. Another without maps shows host root's
+    // files as nobody's.
     let host_dir = tempfile::tempdir().expect("temp dir");
-    let idmapped = env.container_config(
-        "idmapped",
-        &["true"],
-        serde_json::json!({"mounts": [{"container_path": "/data",
-            "host_path": host_dir.path(), "uidMappings": map, "gidMappings": map}]}),
+    std::fs::write(host_dir.path().join("from-host"), "h").expect("write a host file");
+    let ctr_json = env.container_config(
+        "rooted",
+        &["sleep", "3600"],
+        serde_json::json!({"mounts": [
+            {"container_path": "/data", "host_path": host_dir.path(),
+             "uidMappings": map, "gidMappings": map},
+            {"container_path": "/plain", "host_path": host_dir.path(), "readonly": true}]}),
     );
-    let out = env.crictl(&["create", &pod, &idmapped, &pod_json]);
-    assert!(!out.status.success(), "an idmapped mount was accepted");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Unimplemented"),
-        "{out:?}"
-    );
-    let ctr_json = env.container_config("rooted", &["sleep", "3600"], Value::Null);
     let ctr = env.ok(&["create", &pod, &ctr_json, &pod_json]);
     env.ok(&["start", &ctr]);
     env.wait_state(&ctr, cri::ContainerState::ContainerRunning);
@@ -702,6 +718,20 @@ fn crictl_runs_a_pod_in_its_own_user_namespace() {
         let addr = env.exec(&ctr, &["ip", "-4", "addr", "show", "eth0"]);
         assert!(addr.contains(&format!("inet {ip}/")), "{addr}");
         assert_eq!(env.exec(&ctr, &["hostname"]), "users-host");
+        let owner = |path: &str| {
+            let ls = env.exec(&ctr, &["ls", "-ln", path]);
+            ls.split_whitespace()
+                .skip(2)
+                .take(2)
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(owner("/data/from-host"), ["0", "0"]);
+        assert_eq!(owner("/plain/from-host"), ["65534", "65534"]);
+        env.exec(&ctr, &["sh", "-c", "echo c > /data/from-pod"]);
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(host_dir.path().join("from-pod")).expect("the pod's file");
+        assert_eq!((md.uid(), md.gid()), (0, 0), "the pod's file on the host");
     };
     check(&env);
     // On the host, the container's process runs as the mapping's first id.
@@ -741,6 +771,13 @@ fn crictl_runs_a_pod_in_its_own_user_namespace() {
         "the holder {holder} outlived its pod"
     );
     env.ok(&["rmp", &pod]);
+    let staged = env
+        .daemon
+        .state()
+        .join("cri/idmapped-mounts")
+        .join(&ctr)
+        .join("0");
+    assert!(!mounted(&staged), "{} is still mounted", staged.display());
 }
 
 /// Whether anything is mounted at `path` on the host.
