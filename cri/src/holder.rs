@@ -273,3 +273,17 @@ pub fn start_time(pid: u32) -> Option<u64> {
 pub fn alive(pid: u32, start: u64) -> bool {
     pid > 0 && start_time(pid) == Some(start)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn maps_are_written_one_range_a_line() {
+        assert_eq!(
+            super::proc_map("0:1000:65536,65536:200000:1").as_deref(),
+            Some("0 1000 65536\n65536 200000 1\n")
+        );
+        for bad in ["", "0:1", "0:1:0", "a:1:1", "0:1:1:1"] {
+            assert_eq!(super::proc_map(bad), None, "{bad:?}");
+        }
+    }
+}

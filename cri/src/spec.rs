@@ -826,6 +826,72 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
 mod tests {
     use super::*;
 
+    fn pod_with(ns: cri::NamespaceOption) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(ns),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pod_user_namespaces_are_checked() {
+        let m = |c, h, l| cri::IdMapping {
+            container_id: c,
+            host_id: h,
+            length: l,
+        };
+        let userns = |mode: cri::NamespaceMode, uids: Vec<cri::IdMapping>| {
+            Some(cri::UserNamespace {
+                mode: mode as i32,
+                gids: uids.clone(),
+                uids,
+            })
+        };
+        let ok = pod_with(cri::NamespaceOption {
+            userns_options: userns(cri::NamespaceMode::Pod, vec![m(0, 1000, 65536)]),
+            ..Default::default()
+        });
+        let u = pod_userns(&ok).unwrap().expect("a pod user namespace");
+        assert_eq!(
+            (u.uid_map(), u.gid_map()),
+            ("0:1000:65536".into(), "0:1000:65536".into())
+        );
+        assert_eq!(pod_userns(&pod_with(Default::default())).unwrap(), None);
+        let node = pod_with(cri::NamespaceOption {
+            userns_options: userns(cri::NamespaceMode::Node, vec![]),
+            ..Default::default()
+        });
+        assert_eq!(pod_userns(&node).unwrap(), None);
+        for (uids, mode, network) in [
+            (
+                vec![m(0, 1000, 1), m(1, 2000, 1)],
+                cri::NamespaceMode::Pod,
+                0,
+            ),
+            (vec![m(1, 1000, 65536)], cri::NamespaceMode::Pod, 0),
+            (vec![m(0, 1000, 0)], cri::NamespaceMode::Pod, 0),
+            (vec![m(0, u32::MAX, 2)], cri::NamespaceMode::Pod, 0),
+            (vec![m(0, 1000, 65536)], cri::NamespaceMode::Pod, 2),
+            (vec![m(0, 1000, 65536)], cri::NamespaceMode::Node, 0),
+            (vec![], cri::NamespaceMode::Container, 0),
+            (vec![], cri::NamespaceMode::Target, 0),
+        ] {
+            let pod = pod_with(cri::NamespaceOption {
+                network,
+                userns_options: userns(mode, uids.clone()),
+                ..Default::default()
+            });
+            let err = pod_userns(&pod).expect_err(&format!("{uids:?} {mode:?} accepted"));
+            assert_eq!(err.kind(), berth_errdefs::Kind::InvalidArgument, "{err}");
+        }
+    }
+
     #[test]
     fn capabilities_follow_containerd_order() {
         let c = |add: &[&str], drop: &[&str]| cri::Capability {
