@@ -144,6 +144,8 @@ pub struct NewContainer {
     pub image: String,
     /// The chain ID the rootfs snapshot (keyed by `id`) is prepared from; none: no rootfs.
     pub snapshot_parent: Option<String>,
+    /// Labels of that snapshot when it is prepared (e.g. containerd's idmap labels).
+    pub snapshot_labels: HashMap<String, String>,
     /// The OCI runtime spec, stored as JSON.
     pub spec: serde_json::Value,
     pub labels: HashMap<String, String>,
@@ -606,7 +608,7 @@ impl Containers {
                 snapshotter: snapshotter.to_string(),
                 key: new.id.clone(),
                 parent: parent.clone(),
-                labels: HashMap::new(),
+                labels: new.snapshot_labels.clone(),
             };
             if let Err(e) = snapshots.prepare(lease.request(prepare)).await {
                 return Err(e.into());

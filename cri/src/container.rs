@@ -139,9 +139,33 @@ impl Cri {
             _ => None,
         };
         let id = store::new_id();
-        let volumes = self.prepare_image_volumes(&id, &mut config).await?;
+        // Id mappings on a mount only mean something in the pod's own user namespace.
+        if spec::pod_userns(&pod.config)?.is_none()
+            && config
+                .mounts
+                .iter()
+                .any(|m| !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty())
+        {
+            return Err(Error::invalid(
+                "a mount with id mappings needs a pod with its own user namespace",
+            ));
+        }
+        let staging = self.idmapped_mounts_dir(&id);
+        let idmapped = {
+            let (dir, config) = (staging.clone(), config.clone());
+            crate::blocking(move || crate::idmap_mount::stage_all(&dir, &config)).await?
+        };
+        let volumes = match self.prepare_image_volumes(&id, &mut config).await {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = crate::blocking(move || crate::idmap_mount::unstage_all(&staging)).await;
+                return Err(e);
+            }
+        };
         let created = self
-            .create_record(&id, &config, &pod, &details, &user, target_pid, &volumes)
+            .create_record(
+                &id, &config, &pod, &details, &user, target_pid, &volumes, &idmapped,
+            )
             .await;
         match created {
             Ok(()) => {
@@ -154,6 +178,7 @@ impl Cri {
             }
             Err(e) => {
                 self.abandon_image_volumes(&id, volumes).await;
+                let _ = crate::blocking(move || crate::idmap_mount::unstage_all(&staging)).await;
                 Err(e)
             }
         }
@@ -171,6 +196,7 @@ impl Cri {
         user: &User,
         target_pid: Option<u32>,
         volumes: &crate::image_volume::Prepared,
+        idmapped: &HashMap<usize, PathBuf>,
     ) -> Result<()> {
         let id = id.to_string();
         let pod_id = pod.info.id.clone();
@@ -187,6 +213,7 @@ impl Cri {
             user,
             target_pid,
             image_volumes: &volumes.sources,
+            idmapped_mounts: idmapped,
         })?;
         let log_path = if pod.config.log_directory.is_empty() || config.log_path.is_empty() {
             String::new()
@@ -239,6 +266,15 @@ impl Cri {
             store::new_record_parts(KIND_CONTAINER, key, "ContainerConfig", config, &state)?;
         labels.insert(SANDBOX_ID_LABEL.to_string(), pod_id.clone());
         labels.extend(volumes.labels.clone());
+        // In a pod user namespace the image's files are shown through the pod's maps (idmapped
+        // lower layers), so its root owns what the image's root owns, with no chowned copy.
+        let snapshot_labels = match spec::pod_userns(&pod.config)? {
+            Some(u) => HashMap::from([
+                (berth::userns::UIDMAP_LABEL.to_string(), u.uid_map()),
+                (berth::userns::GIDMAP_LABEL.to_string(), u.gid_map()),
+            ]),
+            None => HashMap::new(),
+        };
         let created = self
             .client
             .containers()
@@ -246,6 +282,7 @@ impl Cri {
                 id: id.clone(),
                 image: details.image.name.clone(),
                 snapshot_parent: Some(details.chain_id.clone()),
+                snapshot_labels,
                 spec: spec_json,
                 labels,
                 extensions,
@@ -559,6 +596,8 @@ impl Cri {
         // Unmounted before the record goes, so a failure leaves the record for a retry.
         self.remove_image_volumes(&id, &crate::image_volume::of_record(&c.info.labels))
             .await?;
+        let staging = self.idmapped_mounts_dir(&id);
+        crate::blocking(move || crate::idmap_mount::unstage_all(&staging)).await?;
         match self.client.containers().remove(&c.info).await {
             Ok(()) => {}
             Err(e) if e.code() == tonic::Code::NotFound => {}

@@ -6,12 +6,21 @@
 //! pod's hostname, forks the holder and prints the holder's pid and start time (`PID START`) on
 //! stdout, then exits. The holder is then nobody's child but init's, so it survives berthd's
 //! restarts and crashes; with a PID namespace it is that namespace's PID 1, reaping orphans.
+//!
+//! A pod with a user namespace of its own (CRI NamespaceMode POD) gets it from the holder too:
+//! the launcher forks a child that unshares the user namespace, writes the child's
+//! `/proc/PID/uid_map` and `gid_map` from outside (only a writer in the parent namespace may
+//! write more than its own id), and the child then becomes the namespace's root and makes the
+//! IPC/UTS/PID and network namespaces inside it, so they are owned by the pod's user namespace.
+//! runc joins a container's user namespace before its others and may then only join namespaces
+//! that user namespace owns.
 
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, setsid, ForkResult, Pid};
+use nix::unistd::{fork, setsid, ForkResult, Gid, Pid, Uid};
 use std::io::Write;
+use std::os::fd::OwnedFd;
 
 /// What the holder's namespaces are.
 #[derive(Debug, Clone, Default)]
@@ -19,7 +28,11 @@ pub struct HolderOptions {
     pub ipc: bool,
     pub uts: bool,
     pub pid: bool,
+    /// A network namespace of the holder's own (the pod's netns when it has a user namespace).
+    pub net: bool,
     pub hostname: Option<String>,
+    /// The pod's user namespace: uid and gid maps as `container:host:length[,…]`.
+    pub userns: Option<(String, String)>,
 }
 
 /// The command line berthd's sub-mode takes (after `cri-holder`).
@@ -29,6 +42,7 @@ pub fn args(opts: &HolderOptions) -> Vec<String> {
         (opts.ipc, "--ipc"),
         (opts.uts, "--uts"),
         (opts.pid, "--pid"),
+        (opts.net, "--net"),
     ] {
         if on {
             a.push(flag.to_string());
@@ -38,11 +52,134 @@ pub fn args(opts: &HolderOptions) -> Vec<String> {
         a.push("--hostname".into());
         a.push(h.clone());
     }
+    if let Some((uid, gid)) = &opts.userns {
+        a.extend([
+            "--uidmap".into(),
+            uid.clone(),
+            "--gidmap".into(),
+            gid.clone(),
+        ]);
+    }
     a
 }
 
-/// Unshare, fork the holder, print `PID START`, return the launcher's exit code.
+/// `container:host:length[,…]` as `/proc/PID/uid_map` takes it (one range a line).
+pub fn proc_map(map: &str) -> Option<String> {
+    let mut out = String::new();
+    for range in map.split(',') {
+        let n: Vec<u32> = range
+            .split(':')
+            .map(|n| n.parse().ok())
+            .collect::<Option<_>>()?;
+        let [container, host, length] = n[..] else {
+            return None;
+        };
+        if length == 0 {
+            return None;
+        }
+        out.push_str(&format!("{container} {host} {length}\n"));
+    }
+    Some(out)
+}
+
+/// Unshare, fork the holder, print `PID START`, return the launcher's exit code; with a user
+/// namespace, first fork the child that makes it and map it from here.
 pub fn run(opts: &HolderOptions) -> i32 {
+    let Some((uid, gid)) = &opts.userns else {
+        return make_holder(opts);
+    };
+    let (Some(uid_map), Some(gid_map)) = (proc_map(uid), proc_map(gid)) else {
+        eprintln!("cri-holder: invalid id maps {uid:?} / {gid:?}");
+        return 1;
+    };
+    let pipes = nix::unistd::pipe().and_then(|a| Ok((a, nix::unistd::pipe()?)));
+    let ((ready_r, ready_w), (go_r, go_w)) = match pipes {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cri-holder: pipe: {e}");
+            return 1;
+        }
+    };
+    // SAFETY: single-threaded, as in make_holder.
+    match unsafe { fork() } {
+        Err(e) => {
+            eprintln!("cri-holder: fork: {e}");
+            1
+        }
+        Ok(ForkResult::Child) => {
+            drop((ready_r, go_w));
+            std::process::exit(in_userns(opts, ready_w, go_r))
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop((ready_w, go_r));
+            let mapped = wait_byte(&ready_r, b'u').and_then(|()| {
+                for (file, map) in [("uid_map", &uid_map), ("gid_map", &gid_map)] {
+                    let path = format!("/proc/{}/{file}", child.as_raw());
+                    std::fs::write(&path, map.as_bytes())
+                        .map_err(|e| format!("write {path}: {e}"))?;
+                }
+                nix::unistd::write(&go_w, b"g").map_err(|e| format!("signal the child: {e}"))?;
+                Ok(())
+            });
+            if let Err(e) = mapped {
+                eprintln!("cri-holder: map the pod's user namespace: {e}");
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return 1;
+            }
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, code)) => code,
+                _ => 1,
+            }
+        }
+    }
+}
+
+/// Reads one byte from `fd` and checks it is `want`.
+fn wait_byte(fd: &OwnedFd, want: u8) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 1];
+    loop {
+        match nix::unistd::read(fd.as_raw_fd(), &mut b) {
+            Ok(1) if b[0] == want => return Ok(()),
+            Ok(_) => return Err("the other side went away".into()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+/// The launcher's child: a new user namespace, mapped by the launcher, whose root it becomes
+/// before making the holder's namespaces in it.
+fn in_userns(opts: &HolderOptions, ready: OwnedFd, go: OwnedFd) -> i32 {
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER) {
+        eprintln!("cri-holder: unshare(CLONE_NEWUSER): {e}");
+        return 1;
+    }
+    if let Err(e) = nix::unistd::write(&ready, b"u") {
+        eprintln!("cri-holder: signal the launcher: {e}");
+        return 1;
+    }
+    if let Err(e) = wait_byte(&go, b'g') {
+        eprintln!("cri-holder: the launcher did not map the user namespace: {e}");
+        return 1;
+    }
+    drop((ready, go));
+    // The host's groups mean nothing here; setgroups stays allowed (the maps were written by a
+    // privileged process) so the pod's processes can take their supplementary groups.
+    let root = (Gid::from_raw(0), Uid::from_raw(0));
+    let creds = nix::unistd::setgroups(&[])
+        .and_then(|()| nix::unistd::setresgid(root.0, root.0, root.0))
+        .and_then(|()| nix::unistd::setresuid(root.1, root.1, root.1));
+    if let Err(e) = creds {
+        eprintln!("cri-holder: become the user namespace's root: {e}");
+        return 1;
+    }
+    make_holder(opts)
+}
+
+/// Unshare, fork the holder, print `PID START`, return the exit code.
+fn make_holder(opts: &HolderOptions) -> i32 {
     let mut flags = CloneFlags::empty();
     if opts.ipc {
         flags |= CloneFlags::CLONE_NEWIPC;
@@ -52,6 +189,9 @@ pub fn run(opts: &HolderOptions) -> i32 {
     }
     if opts.pid {
         flags |= CloneFlags::CLONE_NEWPID;
+    }
+    if opts.net {
+        flags |= CloneFlags::CLONE_NEWNET;
     }
     if let Err(e) = unshare(flags) {
         eprintln!("cri-holder: unshare: {e}");
@@ -132,4 +272,18 @@ pub fn start_time(pid: u32) -> Option<u64> {
 /// Whether the holder `pid` started at `start` is still alive.
 pub fn alive(pid: u32, start: u64) -> bool {
     pid > 0 && start_time(pid) == Some(start)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn maps_are_written_one_range_a_line() {
+        assert_eq!(
+            super::proc_map("0:1000:65536,65536:200000:1").as_deref(),
+            Some("0 1000 65536\n65536 200000 1\n")
+        );
+        for bad in ["", "0:1", "0:1:0", "a:1:1", "0:1:1:1"] {
+            assert_eq!(super::proc_map(bad), None, "{bad:?}");
+        }
+    }
 }

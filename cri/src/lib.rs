@@ -11,6 +11,7 @@ pub mod config;
 mod container;
 mod exec_sync;
 pub mod holder;
+mod idmap_mount;
 mod image_volume;
 mod images;
 mod metrics;
@@ -20,6 +21,7 @@ mod spec;
 mod stats;
 mod store;
 mod streaming;
+mod userns;
 
 pub use config::CriConfig;
 pub use exec_sync::MAX_OUTPUT as EXEC_SYNC_MAX_OUTPUT;
@@ -61,6 +63,8 @@ pub(crate) struct Cri {
     pub stream: berth_cri_stream::StreamServer,
     /// Cgroup samples and layer usages shared by every stats call.
     pub stats: Arc<stats::StatsCache>,
+    /// Whether pods can have user namespaces of their own here (else why not), probed once.
+    pub userns: std::result::Result<(), String>,
 }
 
 /// Serve the CRI on `[cri] address` until `shutdown` completes, then remove the socket.
@@ -78,6 +82,14 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
     let client = berth::Client::from_channel(channel, &settings.config.namespace);
     let net = Arc::new(net);
     let stream = start_streaming(&settings, &client, &net, &state_dir).await?;
+    let probed = settings.clone();
+    let userns = tokio::task::spawn_blocking(move || userns::probe(&probed))
+        .await
+        .unwrap_or_else(|e| Err(format!("the probe panicked: {e}")));
+    match &userns {
+        Ok(()) => tracing::info!("pod user namespaces available"),
+        Err(e) => tracing::warn!(reason = %e, "pod user namespaces unavailable"),
+    }
     let listener = bind(&settings.config.address)?;
     let address = settings.config.address.clone();
     tracing::info!(stream = %stream.local_addr(), "CRI streaming server listening");
@@ -86,10 +98,14 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
         net,
         stream,
         stats: Arc::default(),
+        userns,
         settings,
     });
     if let Err(e) = cri.sweep_image_volumes().await {
         tracing::warn!(error = %e, "image volumes of removed containers not swept");
+    }
+    if let Err(e) = cri.sweep_idmapped_mounts().await {
+        tracing::warn!(error = %e, "idmapped mounts of removed containers not swept");
     }
     tracing::info!(address = %address.display(), "CRI ready");
     let result = service::router(cri)

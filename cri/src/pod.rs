@@ -22,29 +22,6 @@ fn ns_mode(config: &cri::PodSandboxConfig) -> cri::NamespaceOption {
         .unwrap_or_default()
 }
 
-/// Only the host's user namespace (NODE, the default) is supported: RuntimeStatus does not
-/// claim user namespaces. POD mode would need the holder's namespaces and the pod's netns to
-/// be created inside the pod's user namespace (runc joins a container's user namespace before
-/// its others, and may not join a namespace of the host's user namespace after it).
-fn check_userns(config: &cri::PodSandboxConfig) -> Result<()> {
-    let Some(u) = ns_mode(config).userns_options else {
-        return Ok(());
-    };
-    match cri::NamespaceMode::try_from(u.mode) {
-        Ok(cri::NamespaceMode::Node) if u.uids.is_empty() && u.gids.is_empty() => Ok(()),
-        Ok(cri::NamespaceMode::Node) => Err(Error::invalid(
-            "the host's user namespace (NODE) takes no id mappings",
-        )),
-        Ok(cri::NamespaceMode::Pod) => Err(Error::unimplemented(
-            "pod user namespaces (POD) are not supported yet",
-        )),
-        _ => Err(Error::invalid(format!(
-            "user namespace mode {} is not one a pod can have (NODE or POD)",
-            u.mode
-        ))),
-    }
-}
-
 fn name_key(m: &cri::PodSandboxMetadata) -> String {
     format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
 }
@@ -73,7 +50,13 @@ impl Cri {
             .ok_or_else(|| Error::invalid("the pod sandbox config needs metadata with a name"))?;
         // Refused before anything is set up, rather than running the pod in the host's user
         // namespace while it asked for its own.
-        check_userns(&config)?;
+        if crate::spec::pod_userns(&config)?.is_some() {
+            if let Err(why) = &self.userns {
+                return Err(Error::precondition(format!(
+                    "pod user namespaces (POD) do not work on this host: {why}"
+                )));
+            }
+        }
         if !req.runtime_handler.is_empty() {
             return Err(Error::not_found(format!(
                 "no runtime handler {:?} (berth has only the default one)",
@@ -174,14 +157,19 @@ impl Cri {
         state.hostname_file = hostname_file.to_string_lossy().into_owned();
 
         // The holder: IPC unless the host's, UTS unless the host network's, PID for a pod-wide
-        // PID namespace.
+        // PID namespace. A pod user namespace is the holder's too, with the pod's netns made
+        // inside it (CNI then attaches that netns): runc joins a container's user namespace
+        // first and may then join only namespaces it owns.
+        let userns = crate::spec::pod_userns(config)?;
         let opts = crate::holder::HolderOptions {
             ipc: ns.ipc != cri::NamespaceMode::Node as i32,
             uts: !host_net,
             pid: ns.pid == cri::NamespaceMode::Pod as i32,
+            net: userns.is_some(),
             hostname: (!host_net).then(|| hostname.clone()),
+            userns: userns.map(|u| (u.uid_map(), u.gid_map())),
         };
-        if opts.ipc || opts.uts || opts.pid {
+        if opts.ipc || opts.uts || opts.pid || opts.userns.is_some() {
             state.holder = Some(self.start_holder(&opts).await?);
         }
 
@@ -251,7 +239,23 @@ impl Cri {
         };
         let net = self.net.clone();
         let key = self.attachment_key(id);
-        let attachment = crate::blocking(move || Ok(net.setup(&key, &opts)?)).await?;
+        let holder_netns = match (userns, state.holder) {
+            (Some(_), Some((pid, _))) => Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
+            _ => None,
+        };
+        let attachment = match holder_netns {
+            None => crate::blocking(move || Ok(net.setup(&key, &opts)?)).await?,
+            Some(source) => {
+                // Named under /run/netns as berth-net names its own, and kept by the bind
+                // (not by the holder) until the pod's network is torn down.
+                let name = net.netns_name(&key);
+                let path =
+                    crate::blocking(move || Ok(berth_net::netns::bind(&name, &source)?)).await?;
+                state.netns = Some(path.to_string_lossy().into_owned());
+                state.netns_bound = true;
+                crate::blocking(move || Ok(net.attach(&key, &path, &opts)?)).await?
+            }
+        };
         state.netns = Some(attachment.netns.to_string_lossy().into_owned());
         state.ips = attachment
             .networks
@@ -309,6 +313,12 @@ impl Cri {
         let net = self.net.clone();
         let key = self.attachment_key(id);
         crate::blocking(move || Ok(net.teardown(&key)?)).await?;
+        if state.netns_bound {
+            if let Some(path) = state.netns.clone() {
+                crate::blocking(move || Ok(berth_net::netns::remove(path.as_ref())?)).await?;
+            }
+            state.netns_bound = false;
+        }
         state.netns = None;
         Ok(())
     }
@@ -383,7 +393,7 @@ impl Cri {
                         pid: ns.pid,
                         ipc: ns.ipc,
                         target_id: ns.target_id,
-                        userns_options: None,
+                        userns_options: ns.userns_options.clone(),
                     }),
                 }),
             }),

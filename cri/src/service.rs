@@ -91,7 +91,7 @@ impl RuntimeService for Runtime {
                 name: String::new(),
                 features: Some(cri::RuntimeHandlerFeatures {
                     recursive_read_only_mounts: rro,
-                    user_namespaces: false,
+                    user_namespaces: self.0.userns.is_ok(),
                 }),
             }],
             // CreateContainer honours SupplementalGroupsPolicy=Strict (no groups from the

@@ -92,6 +92,9 @@ pub struct Inputs<'a> {
     /// The host path each image mount binds (by its index in `config.mounts`): its view,
     /// mounted read-only by `image_volume`, or the sub path inside it.
     pub image_volumes: &'a std::collections::HashMap<usize, std::path::PathBuf>,
+    /// The staged idmapped mount each mount with id mappings binds (by its index), made by
+    /// `idmap_mount`.
+    pub idmapped_mounts: &'a std::collections::HashMap<usize, std::path::PathBuf>,
 }
 
 /// "All capabilities" for a privileged container or an add of ALL: those in berthd's own
@@ -232,6 +235,91 @@ pub fn pod_security(pod: &cri::PodSandboxConfig) -> cri::LinuxSandboxSecurityCon
         .as_ref()
         .and_then(|l| l.security_context.clone())
         .unwrap_or_default()
+}
+
+/// A pod's own user namespace (NamespaceMode POD): one uid and one gid range, each mapping
+/// container id 0, as the kubelet gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Userns {
+    pub uid: cri::IdMapping,
+    pub gid: cri::IdMapping,
+}
+
+impl Userns {
+    /// `container:host:length`, the holder's arguments' and the snapshot labels' form.
+    pub fn uid_map(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.uid.container_id, self.uid.host_id, self.uid.length
+        )
+    }
+
+    pub fn gid_map(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.gid.container_id, self.gid.host_id, self.gid.length
+        )
+    }
+}
+
+/// The pod's user namespace, checked: `None` for the host's (NODE, no mappings), the mappings
+/// for POD. Anything else is refused (InvalidArgument) before the pod is set up, so a pod never
+/// runs in the host's user namespace when it asked for its own.
+pub fn pod_userns(pod: &cri::PodSandboxConfig) -> Result<Option<Userns>> {
+    let ns = pod_security(pod).namespace_options.unwrap_or_default();
+    let Some(u) = ns.userns_options else {
+        return Ok(None);
+    };
+    match cri::NamespaceMode::try_from(u.mode) {
+        Ok(cri::NamespaceMode::Node) if u.uids.is_empty() && u.gids.is_empty() => return Ok(None),
+        Ok(cri::NamespaceMode::Node) => {
+            return Err(Error::invalid(
+                "the host's user namespace (NODE) takes no id mappings",
+            ))
+        }
+        Ok(cri::NamespaceMode::Pod) => {}
+        _ => {
+            return Err(Error::invalid(format!(
+                "user namespace mode {} is not one a pod can have (NODE or POD)",
+                u.mode
+            )))
+        }
+    }
+    let one = |kind: &str, maps: &[cri::IdMapping]| -> Result<cri::IdMapping> {
+        let [m] = maps else {
+            return Err(Error::invalid(format!(
+                "a pod user namespace needs exactly one {kind} mapping, got {}",
+                maps.len()
+            )));
+        };
+        if m.container_id != 0 {
+            return Err(Error::invalid(format!(
+                "the {kind} mapping must map container id 0 (it starts at {})",
+                m.container_id
+            )));
+        }
+        if m.length == 0 || m.host_id.checked_add(m.length - 1).is_none() {
+            return Err(Error::invalid(format!(
+                "the {kind} mapping {}+{} is empty or past the id range",
+                m.host_id, m.length
+            )));
+        }
+        Ok(*m)
+    };
+    let userns = Userns {
+        uid: one("uid", &u.uids)?,
+        gid: one("gid", &u.gids)?,
+    };
+    // A process in the pod's user namespace cannot join a namespace of the host's (the kubelet
+    // refuses hostUsers: false with hostNetwork, hostIPC or hostPID for the same reason).
+    for (what, mode) in [("network", ns.network), ("IPC", ns.ipc), ("PID", ns.pid)] {
+        if mode == cri::NamespaceMode::Node as i32 {
+            return Err(Error::invalid(format!(
+                "a pod with its own user namespace cannot use the host's {what} namespace"
+            )));
+        }
+    }
+    Ok(Some(userns))
 }
 
 fn seccomp(profile: Option<&cri::SecurityProfile>, privileged: bool) -> Result<Option<Value>> {
@@ -531,7 +619,14 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
             continue;
         }
         let mut source = std::path::PathBuf::from(&m.host_path);
-        if !source.is_absolute() {
+        if let Some(staged) = i.idmapped_mounts.get(&index) {
+            source = staged.clone();
+        } else if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+            return Err(Error::internal(format!(
+                "the idmapped mount at {:?} was not staged",
+                m.container_path
+            )));
+        } else if !source.is_absolute() {
             return Err(Error::invalid(format!(
                 "mount source {:?} is not an absolute path",
                 m.host_path
@@ -542,8 +637,10 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
             std::fs::create_dir_all(&source)
                 .map_err(|e| Error::io(format!("create {}", source.display()), e))?;
         }
-        source = std::fs::canonicalize(&source)
-            .map_err(|e| Error::io(format!("resolve {}", source.display()), e))?;
+        if !i.idmapped_mounts.contains_key(&index) {
+            source = std::fs::canonicalize(&source)
+                .map_err(|e| Error::io(format!("resolve {}", source.display()), e))?;
+        }
         let mut options = vec!["rbind".to_string()];
         match cri::MountPropagation::try_from(m.propagation) {
             Ok(cri::MountPropagation::PropagationBidirectional) => {
@@ -666,6 +763,17 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
         .unwrap_or_else(|| json!({}));
     res["devices"] = Value::Array(device_rules);
 
+    // The pod's user namespace, held by the holder; every other namespace the container joins
+    // or makes is owned by it. runc wants the maps beside the path (it chowns what it makes for
+    // the container's root by them).
+    let userns = pod_userns(i.pod)?;
+    if userns.is_some() {
+        let path = i
+            .pod_state
+            .holder_ns("user")
+            .ok_or_else(|| Error::precondition("the pod sandbox's namespace holder is gone"))?;
+        namespaces.insert(0, json!({"type": "user", "path": path}));
+    }
     let mut linux = json!({
         "cgroupsPath": cgroups_path(i.pod_state, i.id),
         "namespaces": namespaces,
@@ -674,6 +782,11 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
     });
     if !devices.is_empty() {
         linux["devices"] = Value::Array(devices);
+    }
+    if let Some(u) = userns {
+        let map = |m: cri::IdMapping| json!([{"containerID": m.container_id, "hostID": m.host_id, "size": m.length}]);
+        linux["uidMappings"] = map(u.uid);
+        linux["gidMappings"] = map(u.gid);
     }
     if !privileged {
         let masked: Vec<String> = if sc.masked_paths.is_empty() {
@@ -712,6 +825,72 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod_with(ns: cri::NamespaceOption) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(ns),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pod_user_namespaces_are_checked() {
+        let m = |c, h, l| cri::IdMapping {
+            container_id: c,
+            host_id: h,
+            length: l,
+        };
+        let userns = |mode: cri::NamespaceMode, uids: Vec<cri::IdMapping>| {
+            Some(cri::UserNamespace {
+                mode: mode as i32,
+                gids: uids.clone(),
+                uids,
+            })
+        };
+        let ok = pod_with(cri::NamespaceOption {
+            userns_options: userns(cri::NamespaceMode::Pod, vec![m(0, 1000, 65536)]),
+            ..Default::default()
+        });
+        let u = pod_userns(&ok).unwrap().expect("a pod user namespace");
+        assert_eq!(
+            (u.uid_map(), u.gid_map()),
+            ("0:1000:65536".into(), "0:1000:65536".into())
+        );
+        assert_eq!(pod_userns(&pod_with(Default::default())).unwrap(), None);
+        let node = pod_with(cri::NamespaceOption {
+            userns_options: userns(cri::NamespaceMode::Node, vec![]),
+            ..Default::default()
+        });
+        assert_eq!(pod_userns(&node).unwrap(), None);
+        for (uids, mode, network) in [
+            (
+                vec![m(0, 1000, 1), m(1, 2000, 1)],
+                cri::NamespaceMode::Pod,
+                0,
+            ),
+            (vec![m(1, 1000, 65536)], cri::NamespaceMode::Pod, 0),
+            (vec![m(0, 1000, 0)], cri::NamespaceMode::Pod, 0),
+            (vec![m(0, u32::MAX, 2)], cri::NamespaceMode::Pod, 0),
+            (vec![m(0, 1000, 65536)], cri::NamespaceMode::Pod, 2),
+            (vec![m(0, 1000, 65536)], cri::NamespaceMode::Node, 0),
+            (vec![], cri::NamespaceMode::Container, 0),
+            (vec![], cri::NamespaceMode::Target, 0),
+        ] {
+            let pod = pod_with(cri::NamespaceOption {
+                network,
+                userns_options: userns(mode, uids.clone()),
+                ..Default::default()
+            });
+            let err = pod_userns(&pod).expect_err(&format!("{uids:?} {mode:?} accepted"));
+            assert_eq!(err.kind(), berth_errdefs::Kind::InvalidArgument, "{err}");
+        }
+    }
 
     #[test]
     fn capabilities_follow_containerd_order() {

@@ -34,6 +34,10 @@ pub struct PodState {
     pub created_at: i64,
     /// The netns path (none: host network).
     pub netns: Option<String>,
+    /// The netns is the holder's, bound at `netns` by the CRI (a pod user namespace's), not
+    /// one berth-net made: the CRI unmounts it.
+    #[serde(default)]
+    pub netns_bound: bool,
     /// Addresses, the first being the pod's IP.
     pub ips: Vec<String>,
     /// The namespace holder's pid and start time.

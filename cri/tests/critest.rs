@@ -6,7 +6,8 @@
 //! Needs root, critest (scripts/deps-cri-tools.sh), Debian's docker-registry and skopeo and the
 //! CNI plugins (scripts/deps.sh): missing, the case is skipped on a developer's machine and fails
 //! under CI=true. The fixtures' cache is this target dir's own (`target/tmp/critest-cache`), so
-//! two worktrees never rewrite each other's mirrors.
+//! two worktrees never rewrite each other's mirrors. `BERTH_CRITEST_ARGS` (whitespace-separated)
+//! goes to critest, e.g. `-ginkgo.focus=UserNamespaces` while developing.
 
 use berth_testkit::berthd::{tail, Daemon};
 use berth_testkit::skip::skip_unless_ci;
@@ -111,6 +112,13 @@ fn critest_whole_suite_passes() {
         .args(["--kill-after=30", TIMEOUT_SECS, "bash"])
         .arg(repo.join("scripts/critest.sh"))
         .arg(format!("unix://{}", socket.display()))
+        // A developer's focus, e.g. BERTH_CRITEST_ARGS=-ginkgo.focus=UserNamespaces (CI sets
+        // none: the whole suite runs).
+        .args(
+            std::env::var("BERTH_CRITEST_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .env("BERTH_CRITEST_CACHE", &cache)
         .current_dir(&repo);
     // The workspace build (scripts/test.sh) made critest-images beside berthd: the fixtures use

@@ -494,19 +494,51 @@ fn bad_requests_change_nothing() {
         String::from_utf8_lossy(&out.stderr).contains("NotFound"),
         "{out:?}"
     );
+    // Id mappings on a mount of a pod in the host's user namespace are refused.
+    let map = serde_json::json!([{"container_id": 0, "host_id": 100000, "length": 65536}]);
+    let mapped = env.container_config(
+        "mapped",
+        &["true"],
+        serde_json::json!({"mounts": [{"container_path": "/data", "host_path": "/tmp",
+            "uidMappings": map, "gidMappings": map}]}),
+    );
+    let out = env.crictl(&["create", &pod, &mapped, &env.pod_config("lonely")]);
+    assert!(
+        !out.status.success(),
+        "a mapped mount outside a user namespace was accepted"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("InvalidArgument"),
+        "{out:?}"
+    );
     assert!(env.list(cri::ContainerFilter::default()).is_empty());
     // The same pod name again is refused.
     assert!(!env
         .crictl(&["runp", &env.pod_config("lonely")])
         .status
         .success());
-    // User namespaces other than the host's are refused, not silently ignored.
+    // User namespaces a pod cannot have are refused, not silently ignored: several or
+    // root-less mappings, CONTAINER and TARGET modes, mappings with NODE, and a pod user
+    // namespace with the host's network.
     let map = serde_json::json!([{"container_id": 0, "host_id": 100000, "length": 65536}]);
+    let two = serde_json::json!([{"container_id": 0, "host_id": 100000, "length": 65536},
+        {"container_id": 0, "host_id": 200000, "length": 65536}]);
+    let rootless = serde_json::json!([{"container_id": 1, "host_id": 100000, "length": 65536}]);
     for (name, userns, code) in [
         (
-            "userns-pod",
+            "userns-two",
+            serde_json::json!({"mode": 0, "uids": two, "gids": two}),
+            "InvalidArgument",
+        ),
+        (
+            "userns-rootless",
+            serde_json::json!({"mode": 0, "uids": rootless, "gids": rootless}),
+            "InvalidArgument",
+        ),
+        (
+            "userns-hostnet",
             serde_json::json!({"mode": 0, "uids": map, "gids": map}),
-            "Unimplemented",
+            "InvalidArgument",
         ),
         (
             "userns-ctr",
@@ -524,11 +556,13 @@ fn bad_requests_change_nothing() {
             "InvalidArgument",
         ),
     ] {
+        let network = if name == "userns-hostnet" { 2 } else { 0 };
         let cfg = env.files.write(
             &format!("{name}-pod.json"),
             &serde_json::json!({
                 "metadata": {"name": name, "namespace": "test", "uid": name, "attempt": 0},
-                "linux": {"security_context": {"namespace_options": {"userns_options": userns}}},
+                "linux": {"security_context": {"namespace_options":
+                    {"network": network, "userns_options": userns}}},
             }),
         );
         let out = env.crictl(&["runp", &cfg]);
@@ -586,6 +620,170 @@ fn pods_survive_a_berthd_kill_9() {
     assert!(addr.contains(&format!("inet {ip}/")), "{addr}");
     env.ok(&["stopp", &pod]);
     env.ok(&["rmp", &pod]);
+}
+
+/// A pod with a user namespace of its own (NamespaceMode POD): its root is the mapping's first
+/// host id, the image's files are owned by its root (idmapped layers), it writes its rootfs, runs
+/// in the pod's network with an IP, ExecSync works, and all of it survives a berthd kill -9;
+/// RuntimeStatus claims user namespaces; the pod's namespaces go with it. The container has a
+/// PID namespace of its own (the kubelet's default; critest's POD spec uses the pod's).
+#[test]
+fn crictl_runs_a_pod_in_its_own_user_namespace() {
+    const HOST_ID: u32 = 2_000_000;
+    let mut env = Env::new("bcricore4", "10.233.44");
+    let info = env.json(&["info", "-o", "json"]);
+    assert_eq!(
+        info["runtimeHandlers"][0]["features"]["user_namespaces"],
+        true,
+        "{info}\nberthd log:\n{}",
+        tail(&env.daemon.log(), 40)
+    );
+    let map = serde_json::json!([{"container_id": 0, "host_id": HOST_ID, "length": 65536}]);
+    let pod_json = env.files.pod_config(
+        "users",
+        "test",
+        serde_json::json!({
+            "hostname": "users-host",
+            "linux": {"security_context": {"namespace_options": {
+                "network": 0, "pid": 1, "ipc": 0,
+                "userns_options": {"mode": 0, "uids": map, "gids": map}}}},
+        }),
+    );
+    let pod = env.ok(&["runp", &pod_json]);
+    let status = env.json(&["inspectp", "-o", "json", &pod]);
+    let ip = status["status"]["network"]["ip"]
+        .as_str()
+        .expect("an IP")
+        .to_string();
+    assert!(ip.starts_with(&env.subnet_prefix), "{status}");
+    // crictl puts the verbose info's "info" entry, parsed, at "info".
+    let verbose = &status["info"];
+    let holder = verbose["holder"][0]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no holder pid in {status}"));
+    let netns = verbose["netns"]
+        .as_str()
+        .expect("the pod's netns")
+        .to_string();
+    // The holder is the pod's root, in a user namespace of its own that owns the pod's netns.
+    let uid_map = std::fs::read_to_string(format!("/proc/{holder}/uid_map")).expect("uid_map");
+    assert_eq!(
+        uid_map.split_whitespace().collect::<Vec<_>>(),
+        ["0", &HOST_ID.to_string(), "65536"]
+    );
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{holder}/ns/user")).unwrap(),
+        std::fs::read_link("/proc/self/ns/user").unwrap()
+    );
+    assert!(mounted(Path::new(&netns)), "{netns} is not mounted");
+
+    // A host directory mounted with the pod's maps (an idmapped bind mount, staged by berthd
+    // since runc 1.1 has no idmap option): its root-owned file is root's inside, and what the
+    // pod's root writes there is root's on the host. Another without maps shows host root's
+    // files as nobody's.
+    let host_dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(host_dir.path().join("from-host"), "h").expect("write a host file");
+    let ctr_json = env.container_config(
+        "rooted",
+        &["sleep", "3600"],
+        serde_json::json!({"mounts": [
+            {"container_path": "/data", "host_path": host_dir.path(),
+             "uidMappings": map, "gidMappings": map},
+            {"container_path": "/plain", "host_path": host_dir.path(), "readonly": true}]}),
+    );
+    let ctr = env.ok(&["create", &pod, &ctr_json, &pod_json]);
+    env.ok(&["start", &ctr]);
+    env.wait_state(&ctr, cri::ContainerState::ContainerRunning);
+    let check = |env: &Env| {
+        assert_eq!(env.exec(&ctr, &["id", "-u"]), "0");
+        assert_eq!(env.ok(&["exec", "-s", &ctr, "id", "-g"]), "0");
+        let m = env.exec(&ctr, &["cat", "/proc/self/uid_map"]);
+        assert_eq!(
+            m.split_whitespace().collect::<Vec<_>>(),
+            ["0", &HOST_ID.to_string(), "65536"],
+            "{m}"
+        );
+        // The image's files show their owner, root, through the pod's maps.
+        let ls = env.exec(&ctr, &["ls", "-ln", "/bin/busybox"]);
+        let owners: Vec<&str> = ls.split_whitespace().skip(2).take(2).collect();
+        assert_eq!(owners, ["0", "0"], "{ls}");
+        // Its root writes the rootfs (the upper layer is owned by the mapped root).
+        let w = env.exec(
+            &ctr,
+            &["sh", "-c", "echo hi > /root-file && ls -ln /root-file"],
+        );
+        assert_eq!(
+            w.split_whitespace().skip(2).take(2).collect::<Vec<_>>(),
+            ["0", "0"],
+            "{w}"
+        );
+        let addr = env.exec(&ctr, &["ip", "-4", "addr", "show", "eth0"]);
+        assert!(addr.contains(&format!("inet {ip}/")), "{addr}");
+        assert_eq!(env.exec(&ctr, &["hostname"]), "users-host");
+        let owner = |path: &str| {
+            let ls = env.exec(&ctr, &["ls", "-ln", path]);
+            ls.split_whitespace()
+                .skip(2)
+                .take(2)
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(owner("/data/from-host"), ["0", "0"]);
+        assert_eq!(owner("/plain/from-host"), ["65534", "65534"]);
+        env.exec(&ctr, &["sh", "-c", "echo c > /data/from-pod"]);
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(host_dir.path().join("from-pod")).expect("the pod's file");
+        assert_eq!((md.uid(), md.gid()), (0, 0), "the pod's file on the host");
+    };
+    check(&env);
+    // On the host, the container's process runs as the mapping's first id.
+    let inspect = env.json(&["inspect", "-o", "json", &ctr]);
+    let pid = inspect["info"]["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no pid in {inspect}"));
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process status");
+    let uid = st
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap_or_default();
+    assert_eq!(
+        uid.split_whitespace().nth(1),
+        Some(HOST_ID.to_string().as_str()),
+        "{st}"
+    );
+
+    env.daemon.kill9();
+    env.daemon.spawn();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !env.daemon.cri_socket().exists() || !env.crictl(&["version"]).status.success() {
+        assert!(Instant::now() < deadline, "no CRI after the restart");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = env.json(&["inspectp", "-o", "json", &pod]);
+    assert_eq!(status["status"]["state"], "SANDBOX_READY", "{status}");
+    env.wait_state(&ctr, cri::ContainerState::ContainerRunning);
+    check(&env);
+
+    env.ok(&["stopp", &pod]);
+    assert!(!mounted(Path::new(&netns)), "{netns} is still mounted");
+    // SIGKILLed by StopPodSandbox; gone (or a zombie init has yet to reap) soon after.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{holder}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the holder {holder} outlived its pod"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    env.ok(&["rmp", &pod]);
+    let staged = env
+        .daemon
+        .state()
+        .join("cri/idmapped-mounts")
+        .join(&ctr)
+        .join("0");
+    assert!(!mounted(&staged), "{} is still mounted", staged.display());
 }
 
 /// Whether anything is mounted at `path` on the host.

@@ -65,9 +65,9 @@ fn prepare_dir() -> Result<()> {
     }
 }
 
-/// Creates the named network namespace `name` (AlreadyExists if the name is taken) and returns
-/// its path. Only `lo` is in it, down.
-pub fn create(name: &str) -> Result<PathBuf> {
+/// The empty file `name` under /run/netns, for a namespace to be bound on (AlreadyExists if the
+/// name is taken).
+fn placeholder(name: &str) -> Result<PathBuf> {
     validate(name)?;
     prepare_dir()?;
     let path = path_of(name);
@@ -80,6 +80,34 @@ pub fn create(name: &str) -> Result<PathBuf> {
             std::io::ErrorKind::AlreadyExists => Error::AlreadyExists(format!("netns {name}")),
             _ => Error::io_at("create", &path, e),
         })?;
+    Ok(path)
+}
+
+/// Names the existing network namespace at `source` (`/proc/PID/ns/net` of the process that
+/// made it, e.g. one made inside a pod's user namespace) `name`, as [`create`] names a new one,
+/// and returns its path. The bind keeps the namespace alive after that process ends.
+pub fn bind(name: &str, source: &Path) -> Result<PathBuf> {
+    let path = placeholder(name)?;
+    if let Err(e) = mount(
+        Some(source),
+        &path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
+        let _ = std::fs::remove_file(&path);
+        return Err(Error::sys(
+            format!("bind {} onto {}", source.display(), path.display()),
+            e,
+        ));
+    }
+    Ok(path)
+}
+
+/// Creates the named network namespace `name` (AlreadyExists if the name is taken) and returns
+/// its path. Only `lo` is in it, down.
+pub fn create(name: &str) -> Result<PathBuf> {
+    let path = placeholder(name)?;
     // A thread of its own enters the new namespace and pins it with the bind mount, then ends:
     // no thread that runs anything else ever changes namespace.
     let target = path.clone();

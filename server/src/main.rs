@@ -48,7 +48,14 @@ enum Command {
         #[arg(long)]
         pid: bool,
         #[arg(long)]
+        net: bool,
+        #[arg(long)]
         hostname: Option<String>,
+        /// The pod's user namespace maps, `container:host:length[,…]` (both or neither)
+        #[arg(long, requires = "gidmap")]
+        uidmap: Option<String>,
+        #[arg(long, requires = "uidmap")]
+        gidmap: Option<String>,
     },
 }
 
@@ -87,13 +94,18 @@ fn main() -> ExitCode {
             ipc,
             uts,
             pid,
+            net,
             hostname,
+            uidmap,
+            gidmap,
         }) => {
             let opts = berth_cri::holder::HolderOptions {
                 ipc: *ipc,
                 uts: *uts,
                 pid: *pid,
+                net: *net,
                 hostname: hostname.clone(),
+                userns: uidmap.clone().zip(gidmap.clone()),
             };
             return ExitCode::from(berth_cri::holder::run(&opts) as u8);
         }
