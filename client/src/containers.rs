@@ -460,6 +460,12 @@ impl Containers {
             let uri = crate::logs::log_uri(&log_path, &labels)
                 .map_err(|e| Error::invalid(format!("log directory: {e}")))?;
             labels.insert(crate::logs::RESTART_LOG_URI_LABEL.to_string(), uri);
+            if config.tty {
+                labels.insert(
+                    crate::logs::RESTART_STDIN_LABEL.to_string(),
+                    crate::attach::attach_uri(&log_path),
+                );
+            }
         }
         labels.insert(
             crate::logs::LOG_PATH_LABEL.to_string(),
