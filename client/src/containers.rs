@@ -400,7 +400,7 @@ impl Containers {
             if config.network == Network::Default {
                 Error::local(
                     e.code(),
-                    format!("the default network: {e} (--network none runs without one)"),
+                    format!("{e} (--network none runs a container without a network)"),
                 )
             } else {
                 e
@@ -411,7 +411,7 @@ impl Containers {
                 Some(n) => Ok(Some(vec![n.name.clone()])),
                 None => Err(Error::local(
                     Code::FailedPrecondition,
-                    "berthd has no default network (--network none runs without one)",
+                    "berthd has no default network (--network none runs a container without a network)",
                 )),
             };
         }

@@ -405,6 +405,7 @@ fn a_default_subnet_on_a_host_route_fails_clearly_and_none_still_runs() {
         "{err}"
     );
     assert!(err.contains("--network none"), "{err}");
+    eprintln!("a run on a default subnet a host route has: {}", err.trim());
     assert_eq!(
         env.ok(&["ps", "-a", "-q"]),
         "",

@@ -225,7 +225,7 @@ impl NetworkStore {
         .map_err(|e| match e {
             // Said so that the one who runs the daemon can act: the subnet is configuration.
             Error::FailedPrecondition(m) => Error::FailedPrecondition(format!(
-                "cannot create the default network {}: {m}; configure a free subnet for it (berthd's [cni] default_subnet)",
+                "default network {}: {m}: configure a free one with berthd's [cni] default_subnet",
                 default.name
             )),
             other => other,
