@@ -146,6 +146,7 @@ pub fn with_cni_defaults(toml: &str, conf_dir: &Path) -> (String, Option<TestNet
         ));
     }
     let out = match toml.lines().position(|l| l.trim() == "[cni]") {
+        _ if keys.is_empty() => toml.to_string(),
         Some(at) => {
             let mut lines: Vec<&str> = toml.lines().collect();
             lines.insert(at + 1, keys.trim_end());
@@ -164,12 +165,12 @@ mod tests {
     fn rules_split_with_quoted_comments() {
         let rule = r#"-A CNI-ISOLATION-STAGE-2 -o btk7 -m comment --comment "CNI firewall plugin rules (ingressPolicy: same-bridge)" -j DROP"#;
         let words = split_rule(rule);
-        assert_eq!(words.len(), 9, "{words:?}");
+        assert_eq!(words.len(), 10, "{words:?}");
         assert_eq!(
-            words[6],
+            words[7],
             "CNI firewall plugin rules (ingressPolicy: same-bridge)"
         );
-        assert_eq!(words[8], "DROP");
+        assert_eq!(words[9], "DROP");
     }
 
     #[test]
