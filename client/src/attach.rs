@@ -186,8 +186,8 @@ impl Client {
     /// Join the terminal of a running `-t` container: its pty's bytes from now on go to `out`
     /// and, when the container was created with `-i`, `input` goes to the pty (the keys are
     /// read either way, for `detach_keys`). None when its shim holds no attach socket (started
-    /// by another client or by the restart monitor): [`Client::attach_container`] follows
-    /// the log instead. Ends when the process exits or the detach keys are read.
+    /// by another client, or restarted by the monitor without `berth/restart.stdin`):
+    /// [`Client::attach_container`] follows the log instead. Ends when the process exits or the detach keys are read.
     pub async fn attach_terminal(
         &self,
         container: &ContainerInfo,

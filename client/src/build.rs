@@ -245,7 +245,12 @@ pub async fn build(
         lease: &lease,
         df: &df,
         context: &context,
-        network: opts.network,
+        // A build's RUN is isolated unless the build names a network (`BuildOptions`' rule),
+        // so the library's default network mode means none here.
+        network: match opts.network {
+            Network::Default => Network::None,
+            other => other,
+        },
         networks: opts.networks.clone(),
         containers_run: AtomicUsize::new(0),
         layers_written: AtomicUsize::new(0),

@@ -326,19 +326,19 @@ impl Containers {
                 ),
             ));
         }
-        let remapped;
-        let config = match config.userns_host || config.remap.is_some() {
-            true => config,
-            false => match self.client.userns_remap().await? {
-                Some(remap) => {
-                    let mut c = config.clone();
-                    c.remap = Some(remap);
-                    remapped = c;
-                    &remapped
-                }
-                None => config,
-            },
-        };
+        let mut config = std::borrow::Cow::Borrowed(config);
+        if !config.userns_host && config.remap.is_none() {
+            if let Some(remap) = self.client.userns_remap().await? {
+                config.to_mut().remap = Some(remap);
+            }
+        }
+        // Before volumes are made, so a network that is not there leaves nothing behind.
+        if let Some(networks) = self.resolve_networks(&config).await? {
+            let c = config.to_mut();
+            c.network = Network::Named;
+            c.networks = networks;
+        }
+        let config = config.as_ref();
         let snapshotter = DEFAULT_SNAPSHOTTER;
         let user = match config.user.as_deref() {
             Some(u) if crate::user::needs_image_files(u) => {
@@ -385,6 +385,46 @@ impl Containers {
         result
     }
 
+    /// The networks a container of `config` joins, when it joins any: the daemon's default
+    /// network for [`Network::Default`] (berthd makes it on first use), else the names given,
+    /// each checked to exist before anything is created, as docker does (the daemon would only
+    /// notice when the task starts, leaving a container behind).
+    async fn resolve_networks(&self, config: &ContainerConfig) -> Result<Option<Vec<String>>> {
+        let wanted = match config.network {
+            Network::None | Network::Host => return Ok(None),
+            Network::Named if config.networks.is_empty() => {
+                return Err(Error::invalid("a named network mode needs a network name"))
+            }
+            Network::Named => &config.networks,
+            Network::Default => &Vec::new(),
+        };
+        let known = self.client.networks().list().await.map_err(|e| {
+            if config.network == Network::Default {
+                Error::local(
+                    e.code(),
+                    format!("{e} (--network none runs a container without a network)"),
+                )
+            } else {
+                e
+            }
+        })?;
+        if config.network == Network::Default {
+            return match known.iter().find(|n| n.is_default) {
+                Some(n) => Ok(Some(vec![n.name.clone()])),
+                None => Err(Error::local(
+                    Code::FailedPrecondition,
+                    "berthd has no default network (--network none runs a container without a network)",
+                )),
+            };
+        }
+        if let Some(missing) = wanted.iter().find(|n| !known.iter().any(|k| &k.name == *n)) {
+            return Err(Error::not_found(format!(
+                "network {missing} not found (berth network ls lists them)"
+            )));
+        }
+        Ok(Some(wanted.clone()))
+    }
+
     async fn create_with(
         &self,
         details: &crate::images::ImageDetails,
@@ -422,6 +462,12 @@ impl Containers {
             let uri = crate::logs::log_uri(&log_path, &labels)
                 .map_err(|e| Error::invalid(format!("log directory: {e}")))?;
             labels.insert(crate::logs::RESTART_LOG_URI_LABEL.to_string(), uri);
+            if config.tty {
+                labels.insert(
+                    crate::logs::RESTART_STDIN_LABEL.to_string(),
+                    crate::attach::attach_uri(&log_path),
+                );
+            }
         }
         labels.insert(
             crate::logs::LOG_PATH_LABEL.to_string(),
@@ -435,22 +481,8 @@ impl Containers {
             },
         );
         match config.network {
-            Network::Named if config.networks.is_empty() => {
-                return Err(Error::invalid("a named network mode needs a network name"))
-            }
+            // `create` resolved the default network and checked the names.
             Network::Named => {
-                // Checked before anything is created, as docker does: the daemon would only
-                // notice when the task starts, leaving a container behind.
-                let known = self.client.networks().list().await?;
-                if let Some(missing) = config
-                    .networks
-                    .iter()
-                    .find(|n| !known.iter().any(|k| &k.name == *n))
-                {
-                    return Err(Error::not_found(format!(
-                        "network {missing} not found (berth network ls lists them)"
-                    )));
-                }
                 let names = serde_json::to_string(&config.networks)
                     .map_err(|e| Error::invalid(format!("encode the networks: {e}")))?;
                 labels.insert(NETWORKS_LABEL.to_string(), names);
@@ -462,7 +494,7 @@ impl Containers {
             }
             _ if !config.ports.is_empty() => {
                 return Err(Error::invalid(format!(
-                    "ports are published on a network: -p needs --network NAME, not {}",
+                    "ports are published on a network, not with --network {}: leave --network out (the default network) or name one",
                     config.network.as_str()
                 )))
             }

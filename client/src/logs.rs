@@ -22,6 +22,9 @@ pub const MAX_FILE_LABEL: &str = "io.berth.log.max-file";
 pub const RESTART_STATUS_LABEL: &str = "containerd.io/restart.status";
 pub const RESTART_POLICY_LABEL: &str = "containerd.io/restart.policy";
 pub const RESTART_LOG_URI_LABEL: &str = "containerd.io/restart.loguri";
+/// berth's addition: the stdin the monitor gives a restarted `-t` task, which it starts on a
+/// terminal again; the attach socket of a detached start, so `berth attach` reaches it.
+pub const RESTART_STDIN_LABEL: &str = "berth/restart.stdin";
 /// How often the monitor restarted the container (it raises it).
 pub const RESTART_COUNT_LABEL: &str = "containerd.io/restart.count";
 /// nerdctl's mark of a container stopped by hand (`unless-stopped` then leaves it).

@@ -116,8 +116,12 @@ impl PublishedPort {
 /// The network a container joins.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Network {
-    /// A network namespace of its own with only `lo`.
+    /// berthd's default network (`bridge`, as docker's and nerdctl's), whichever network the
+    /// daemon marks as its default: what a container gets when it asks for nothing, as in
+    /// docker. [`crate::containers::Containers::create`] turns it into [`Network::Named`].
     #[default]
+    Default,
+    /// A network namespace of its own with only `lo`.
     None,
     /// The host's network namespace.
     Host,
@@ -127,9 +131,11 @@ pub enum Network {
 }
 
 impl Network {
-    /// Parse `--network`: none, host, or a network's name (the daemon says whether it exists).
+    /// Parse `--network`: default (docker's word for the default network), none, host, or a
+    /// network's name (the daemon says whether it exists).
     pub fn parse(s: &str) -> Result<Network> {
         match s {
+            "default" => Ok(Network::Default),
             "none" => Ok(Network::None),
             "host" => Ok(Network::Host),
             other
@@ -148,6 +154,7 @@ impl Network {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Network::Default => "default",
             Network::None => "none",
             Network::Host => "host",
             Network::Named => "named",
@@ -379,7 +386,9 @@ pub fn generate(
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| crate::names::short_id(id).to_string()),
-        (None, Network::None | Network::Named) => crate::names::short_id(id).to_string(),
+        (None, Network::Default | Network::None | Network::Named) => {
+            crate::names::short_id(id).to_string()
+        }
     };
     let cwd = config
         .workdir
@@ -494,7 +503,9 @@ pub fn generate(
     ];
     match config.network {
         // berthd's network hook puts a named network's namespace path in the spec it runs.
-        Network::None | Network::Named => namespaces.push(LinuxNamespaceType::Network),
+        Network::Default | Network::None | Network::Named => {
+            namespaces.push(LinuxNamespaceType::Network)
+        }
         Network::Host => {
             // The host's name resolution, read-only, as docker gives a host-network container.
             for file in ["/etc/hosts", "/etc/resolv.conf"] {
@@ -776,5 +787,7 @@ mod tests {
             assert!(PublishedPort::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Network::parse("host").unwrap(), Network::Host);
+        assert_eq!(Network::parse("default").unwrap(), Network::Default);
+        assert_eq!(ContainerConfig::default().network, Network::Default);
     }
 }

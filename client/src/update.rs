@@ -9,7 +9,9 @@ use crate::api::services::tasks::v1::tasks_client::TasksClient;
 use crate::api::services::tasks::v1::UpdateTaskRequest;
 use crate::api::v1::types::Status;
 use crate::containers::{ContainerInfo, SPEC_TYPE_URL};
-use crate::logs::{RESTART_LOG_URI_LABEL, RESTART_POLICY_LABEL, RESTART_STATUS_LABEL};
+use crate::logs::{
+    RESTART_LOG_URI_LABEL, RESTART_POLICY_LABEL, RESTART_STATUS_LABEL, RESTART_STDIN_LABEL,
+};
 use crate::{Client, Error, Result};
 use serde_json::{json, Value};
 
@@ -143,6 +145,12 @@ impl Client {
                         let uri = crate::logs::log_uri(std::path::Path::new(path), &labels)
                             .map_err(|e| Error::invalid(format!("log directory: {e}")))?;
                         labels.insert(RESTART_LOG_URI_LABEL.to_string(), uri);
+                    }
+                }
+                if current.terminal() && !labels.contains_key(RESTART_STDIN_LABEL) {
+                    if let Some(path) = labels.get(crate::logs::LOG_PATH_LABEL) {
+                        let uri = crate::attach::attach_uri(std::path::Path::new(path));
+                        labels.insert(RESTART_STDIN_LABEL.to_string(), uri);
                     }
                 }
                 // A running container is watched from now on; a stopped one once started.

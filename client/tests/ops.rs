@@ -395,6 +395,70 @@ fn attach_to_a_detached_tty_container_reaches_its_terminal() {
 }
 
 #[test]
+fn a_tty_container_restarted_by_the_monitor_gets_a_terminal_again() {
+    let env = BusyboxEnv {
+        cli: Cli::new(
+            Daemon::start_with_config("[tasks]\nrestart_interval_ms = 100\n"),
+            format!("restart-tty-{}", berth_testkit::berthd::process_token()),
+        ),
+        dir: tempfile::tempdir().expect("temp dir"),
+    };
+    let applets = ["sh", "echo", "stty", "tty", "sleep"];
+    let archive = berth_testkit::image::busybox_oci_archive_with(env.dir.path(), IMAGE, &applets)
+        .expect("busybox image");
+    env.ok(&["load", "-q", "-i", &archive.path.to_string_lossy()]);
+    env.ok(&[
+        "run",
+        "-dit",
+        "--restart",
+        "always",
+        "--name",
+        "term",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+    ]);
+    let mut a = OnPty::spawn(&env, &["attach", "term"], 24, 80);
+    a.until(b"\r", "# ");
+    a.type_keys(b"exit 3\r");
+    assert_eq!(a.exit_code(), Some(3));
+
+    // The monitor starts it again: a shell on a terminal once more, which attach reaches (not
+    // the log it would follow were there no terminal) with typed keys and the window size.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = env.ok(&[
+            "inspect",
+            "--format",
+            "{{.State.RestartCount}}|{{.State.Status}}",
+            "term",
+        ]);
+        if state.trim() == "1|running" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not restarted: {state}\nberthd log:\n{}",
+            berth_testkit::berthd::tail(&env.daemon.log(), 20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut a = OnPty::spawn(&env, &["attach", "term"], 31, 97);
+    a.until(b"\r", "# ");
+    a.until(b"tty; echo $((6*7))x\r", "42x");
+    assert!(a.output().contains("/dev/pts/"), "{}", a.output());
+    a.until(b"stty size\r", "31 97");
+    a.type_keys(&[0x10, 0x11]);
+    let shown = a.output();
+    assert_eq!(a.exit_code(), Some(0), "{shown}");
+    assert_eq!(env.status_of("term"), "running");
+    // Its output is still logged, as the first task's was.
+    let logs = env.ok(&["logs", "term"]);
+    assert!(logs.contains("42x"), "{logs}");
+}
+
+#[test]
 fn ps_shows_restarting_in_back_off_and_exited_with_code_and_age() {
     // A long interval: the back-off between an exit and the monitor's restart.
     let env = env_with("psr", "[tasks]\nrestart_interval_ms = 4000\n");

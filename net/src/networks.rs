@@ -222,6 +222,14 @@ impl NetworkStore {
             &BTreeMap::new(),
             Some(&default.bridge),
         )
+        .map_err(|e| match e {
+            // Said so that the one who runs the daemon can act: the subnet is configuration.
+            Error::FailedPrecondition(m) => Error::FailedPrecondition(format!(
+                "default network {}: {m}: configure a free one with berthd's [cni] default_subnet",
+                default.name
+            )),
+            other => other,
+        })
     }
 
     fn create_locked(

@@ -23,6 +23,9 @@ pub struct Daemon {
     pub socket: PathBuf,
     /// The `ctr` that `ctr`, `ctr_raw` and `ctr_err` run.
     pub ctr: Ctr,
+    /// This daemon's default network (bridge, subnet), unless the test chose its own; its
+    /// bridge goes after the daemon (fields drop after `Drop::drop`).
+    pub network: Option<crate::net::TestNetwork>,
 }
 
 /// Which `ctr` drives berthd: Debian's containerd 1.6 package, or containerd v2's, built by
@@ -151,10 +154,12 @@ impl Daemon {
             .tempdir()
             .expect("create temp dir");
         let socket = berthd_socket(dir.path());
-        // Unless the test configures `[cri]` itself, the CRI socket and CNI config dir are the
-        // daemon's own, never the host's /run/berth/cri.sock.
+        // Unless the test configures them itself, berth's network config dir and default
+        // network (see `net`), the CRI socket and the CRI's CNI config dir are the daemon's own,
+        // never the host's /etc/berth/cni/net.d, berth0 or /run/berth/cri.sock.
+        let (toml, network) = crate::net::with_cni_defaults(toml, &dir.path().join("net.d"));
         let toml = if toml.contains("[cri]") {
-            toml.to_string()
+            toml
         } else {
             format!(
                 "{toml}\n[cri]\naddress = {:?}\ncni_conf_dir = {:?}\n",
@@ -174,6 +179,7 @@ impl Daemon {
             dir,
             socket,
             ctr: Ctr::V1_6,
+            network,
         };
         d.spawn();
         d

@@ -10,6 +10,7 @@ pub mod berthd;
 pub mod cri_images;
 pub mod crictl;
 pub mod image;
+pub mod net;
 pub mod skip;
 
 /// A `ctr run` spec of a service, ~9.5 KiB: the size and shape of what containerd's clients store

@@ -106,12 +106,12 @@ pub struct ContainerOptions {
     /// Seconds `stop` waits before SIGKILL (default 10).
     #[arg(long = "stop-timeout", value_name = "SECONDS")]
     stop_timeout: Option<u32>,
-    /// The network: none (loopback only, the default), host, or a network's name (bridge is
-    /// berthd's default network).
-    #[arg(long, default_value = "none")]
-    network: String,
+    /// The network: a network's name, none (loopback only) or host; without it, berthd's
+    /// default network (bridge, made on first use), as docker does.
+    #[arg(long, value_name = "NETWORK")]
+    network: Option<String>,
     /// Publish a container port on the host: [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]
-    /// (needs --network NAME).
+    /// (on the default network or the one --network names).
     #[arg(short = 'p', long = "publish", value_name = "PORTS")]
     publish: Vec<String>,
     /// A volume or bind mount: NAME:/path[:ro] (a named volume, made when absent), /path (an
@@ -173,6 +173,10 @@ impl ContainerOptions {
                 vec![e.clone()]
             }
         });
+        let network = match &self.network {
+            Some(n) => Network::parse(n)?,
+            None => Network::Default,
+        };
         Ok(ContainerConfig {
             command: command.to_vec(),
             entrypoint,
@@ -195,9 +199,9 @@ impl ContainerOptions {
             stop_signal: self.stop_signal.clone(),
             stop_timeout: self.stop_timeout,
             tty: self.tty,
-            network: Network::parse(&self.network)?,
-            networks: match Network::parse(&self.network)? {
-                Network::Named => vec![self.network.clone()],
+            network,
+            networks: match network {
+                Network::Named => self.network.iter().cloned().collect(),
                 _ => Vec::new(),
             },
             ports: self

@@ -8,7 +8,10 @@
 //!   counted in `containerd.io/restart.count`), `unless-stopped` (unless
 //!   `containerd.io/restart.explicitly-stopped` is true). The old task is deleted, the count
 //!   label raised, and the new task logs to `containerd.io/restart.loguri` (or the file
-//!   `containerd.io/restart.logpath`), else nowhere.
+//!   `containerd.io/restart.logpath`), else nowhere. A container whose spec asks for a
+//!   terminal gets one again (runc refuses a terminal spec without one): the log takes the pty's
+//!   output and stdin is berth's `berth/restart.stdin` (the `attach://` socket the berth client
+//!   names at its own detached starts, so `berth attach` reaches the new terminal too).
 //! - `stopped`: a running task is killed (SIGKILL, all processes) and deleted.
 //!
 //! A paused task counts as running: unlike containerd, the monitor leaves it alone. A task being
@@ -38,6 +41,8 @@ pub const COUNT_LABEL: &str = "containerd.io/restart.count";
 pub const EXPLICITLY_STOPPED_LABEL: &str = "containerd.io/restart.explicitly-stopped";
 pub const LOG_URI_LABEL: &str = "containerd.io/restart.loguri";
 pub const LOG_PATH_LABEL: &str = "containerd.io/restart.logpath";
+/// berth's addition: the stdin a restarted terminal task gets.
+pub const STDIN_LABEL: &str = "berth/restart.stdin";
 
 const SIGKILL: u32 = 9;
 
@@ -266,6 +271,7 @@ impl RestartMonitor {
             (_, Some(path)) if !path.is_empty() => format!("file://{path}"),
             _ => String::new(),
         };
+        let stdio = restart_stdio(&c, log);
         let mut c = c;
         // As Tasks.Create: the slot is held across attach, create and a failed create's detach.
         let reservation = self.tasks.reserve(ns, &id)?;
@@ -278,12 +284,7 @@ impl RestartMonitor {
                     namespace: ns.to_string(),
                     container: c,
                     rootfs,
-                    stdio: Stdio {
-                        stdin: String::new(),
-                        stdout: log.clone(),
-                        stderr: log,
-                        terminal: false,
-                    },
+                    stdio,
                     options: None,
                 },
             )
@@ -320,6 +321,36 @@ impl RestartMonitor {
         }
         self.tasks.start(ns, &id, "").await?;
         Ok(())
+    }
+}
+
+/// The stdio of a restarted task: its log for both streams, or for a terminal (one stream) the
+/// pty's output, with the stdin the container's label names when there is somewhere for the
+/// output to go (an `attach://` socket copies it and needs a reader of the pty).
+fn restart_stdio(c: &Container, log: String) -> Stdio {
+    let terminal = c
+        .spec
+        .as_ref()
+        .and_then(|s| serde_json::from_slice::<serde_json::Value>(&s.value).ok())
+        .and_then(|spec| spec["process"]["terminal"].as_bool())
+        .unwrap_or(false);
+    if !terminal {
+        return Stdio {
+            stdin: String::new(),
+            stdout: log.clone(),
+            stderr: log,
+            terminal: false,
+        };
+    }
+    let stdin = match c.labels.get(STDIN_LABEL) {
+        Some(s) if !log.is_empty() => s.clone(),
+        _ => String::new(),
+    };
+    Stdio {
+        stdin,
+        stdout: log,
+        stderr: String::new(),
+        terminal: true,
     }
 }
 
@@ -474,5 +505,41 @@ mod tests {
         let web = m.meta.get_container("ns", "web").expect("web");
         assert!(!web.labels.contains_key(COUNT_LABEL), "{:?}", web.labels);
         assert!(m.tasks.get("ns", "web").is_err());
+    }
+
+    #[test]
+    fn a_terminal_spec_is_restarted_on_a_terminal_with_the_labelled_stdin() {
+        let container = |terminal: bool, stdin: Option<&str>| Container {
+            id: "c".into(),
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                value: serde_json::to_vec(&serde_json::json!({"process": {"terminal": terminal}}))
+                    .unwrap(),
+            }),
+            labels: stdin
+                .map(|s| labels(&[(STDIN_LABEL, s)]))
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        let log = "file:///l/c.log".to_string();
+        let plain = restart_stdio(&container(false, Some("attach:///l/a.sock")), log.clone());
+        assert_eq!(
+            (plain.stdin.as_str(), plain.stderr.as_str(), plain.terminal),
+            ("", log.as_str(), false)
+        );
+        let tty = restart_stdio(&container(true, Some("attach:///l/a.sock")), log.clone());
+        assert_eq!(
+            (
+                tty.stdin.as_str(),
+                tty.stdout.as_str(),
+                tty.stderr.as_str(),
+                tty.terminal
+            ),
+            ("attach:///l/a.sock", log.as_str(), "", true)
+        );
+        // Without a log nothing would read the pty for an attach socket to copy.
+        let unlogged = restart_stdio(&container(true, Some("attach:///l/a.sock")), String::new());
+        assert_eq!((unlogged.stdin.as_str(), unlogged.terminal), ("", true));
+        assert_eq!(restart_stdio(&container(true, None), log).stdin, "");
     }
 }
