@@ -138,6 +138,9 @@ struct StageState {
     layers: Vec<Blob>,
     /// The cache key of the last step (the base's identity before the first).
     key: String,
+    /// Whether a step of this stage (or of the stage it is built on) ran rather than being
+    /// answered by the cache: its history then takes new times.
+    ran: bool,
 }
 
 /// The lease that holds the layer cache's records (no expiry; `berth builder prune` deletes it).
@@ -155,6 +158,11 @@ struct CacheRecord {
     size: i64,
     diff_id: String,
     chain: String,
+    /// When the step first ran (RFC 3339): its history entry keeps that time on every cache hit,
+    /// so a rebuild that changes nothing yields the same image, as docker's builders do. Empty
+    /// in records written before it was kept.
+    #[serde(default)]
+    created: String,
 }
 
 /// `berth builder prune`: drops the cache lease and collects what only it held.
@@ -418,6 +426,7 @@ impl Run<'_> {
                     chain: None,
                     layers: Vec::new(),
                     key,
+                    ran: false,
                 }
             }
             Base::Stage(i) => done
@@ -541,28 +550,44 @@ impl Run<'_> {
                 Action::Run(_) | Action::Copy(_) if !self.no_cache => self.cached(&key).await?,
                 _ => None,
             };
-            let layer = match (&outcome.action, cached) {
-                (Action::Config | Action::Workdir(_), _) => None,
-                (_, Some(hit)) => {
+            let now = || crate::clock::rfc3339(std::time::SystemTime::now());
+            // A step's history time: when it ran; for a cache hit, when it first ran; for a
+            // metadata step, the time of the entry before it unless a step of this stage ran.
+            let (layer, created) = match (&outcome.action, cached) {
+                (Action::Config | Action::Workdir(_), _) => {
+                    let created = match state.doc.history.last() {
+                        Some(h) if !state.ran => h.created.clone().unwrap_or_else(now),
+                        _ => now(),
+                    };
+                    (None, created)
+                }
+                (_, Some((hit, first_ran))) => {
                     say(progress, format_args!("#{} CACHED", planned.index));
                     self.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    Some(hit)
+                    let created = first_ran.unwrap_or_else(|| {
+                        state.ran = true;
+                        now()
+                    });
+                    (Some(hit), created)
                 }
                 (Action::Run(r), None) => {
                     let layer = self.run_step(&state, &eval, r, &step.text).await?;
-                    self.remember(&key, &layer).await?;
-                    Some(layer)
+                    let created = now();
+                    self.remember(&key, &layer, &created).await?;
+                    state.ran = true;
+                    (Some(layer), created)
                 }
                 (Action::Copy(c), None) => {
                     let layer = self
                         .copy_step(&state, c, source.map(|(chain, _)| chain))
                         .await?;
-                    self.remember(&key, &layer).await?;
-                    Some(layer)
+                    let created = now();
+                    self.remember(&key, &layer, &created).await?;
+                    state.ran = true;
+                    (Some(layer), created)
                 }
             };
             state.key = key;
-            let created = crate::clock::rfc3339(std::time::SystemTime::now());
             state.doc.config = eval.config.clone();
             match layer {
                 Some((blob, diff_id, chain)) => {
@@ -670,6 +695,7 @@ impl Run<'_> {
             chain: Some(details.chain_id),
             layers,
             key: config_desc.digest().to_string(),
+            ran: false,
         })
     }
 
@@ -993,7 +1019,8 @@ impl Run<'_> {
     }
 
     /// The cached layer of `key`, if its record, blob and snapshot are all still there.
-    async fn cached(&self, key: &str) -> Result<Option<(Blob, String, String)>> {
+    /// The layer cached under `key`, with when its step first ran (if the record says).
+    async fn cached(&self, key: &str) -> Result<Option<((Blob, String, String), Option<String>)>> {
         use crate::api::services::content::v1::ListContentRequest;
         use crate::api::services::snapshots::v1::StatSnapshotRequest;
         let filter = format!("labels.\"{CACHE_LABEL}\"==\"{key}\"");
@@ -1046,19 +1073,28 @@ impl Run<'_> {
             Err(e) if e.code() == Code::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         }
+        let first_ran = Some(record.created).filter(|c| !c.is_empty());
         Ok(Some((
-            Blob {
-                media_type: record.media_type,
-                digest: record.digest,
-                size: record.size,
-            },
-            record.diff_id,
-            record.chain,
+            (
+                Blob {
+                    media_type: record.media_type,
+                    digest: record.digest,
+                    size: record.size,
+                },
+                record.diff_id,
+                record.chain,
+            ),
+            first_ran,
         )))
     }
 
     /// Records a step's layer under [`CACHE_LEASE`].
-    async fn remember(&self, key: &str, layer: &(Blob, String, String)) -> Result<()> {
+    async fn remember(
+        &self,
+        key: &str,
+        layer: &(Blob, String, String),
+        created: &str,
+    ) -> Result<()> {
         use crate::api::services::leases::v1::leases_client::LeasesClient;
         use crate::api::services::leases::v1::CreateRequest;
         let create = CreateRequest {
@@ -1081,6 +1117,7 @@ impl Run<'_> {
             size: blob.size,
             diff_id: diff_id.clone(),
             chain: chain.clone(),
+            created: created.to_string(),
         };
         let bytes = serde_json::to_vec(&record)
             .map_err(|e| Error::invalid(format!("encode a cache record: {e}")))?;
@@ -1116,7 +1153,14 @@ impl Run<'_> {
         for (k, v) in &opts.labels {
             state.doc.config.labels.insert(k.clone(), v.clone());
         }
-        state.doc.created = Some(crate::clock::rfc3339(std::time::SystemTime::now()));
+        // The last step's time: a rebuild whose every step was cached makes the same image.
+        state.doc.created = Some(
+            match state.doc.history.last() {
+                Some(h) if !state.ran => h.created.clone(),
+                _ => None,
+            }
+            .unwrap_or_else(|| crate::clock::rfc3339(std::time::SystemTime::now())),
+        );
         let snapshot = state
             .chain
             .as_deref()

@@ -352,11 +352,18 @@ async fn the_layer_cache() {
         (3, 5, 0)
     );
 
-    // Nothing changed: every step from the cache, no container, no layer.
+    // Nothing changed: every step from the cache, no container, no layer, and the same image
+    // (history keeps the times the steps first ran), even a second later.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let again = build(&client, &opts, &mut progress).await.unwrap();
     assert_eq!(
         (again.containers_run, again.layers_written, again.cache_hits),
         (0, 0, 5)
+    );
+    assert_eq!(
+        (&again.manifest_digest, &again.config_digest),
+        (&first.manifest_digest, &first.config_digest),
+        "a rebuild from the cache made another image"
     );
     assert_eq!(
         env.berth(&["run", "--rm", "cache:v1", "cat", "/copy-of-b"]),
@@ -1113,8 +1120,7 @@ async fn a_c_program_compiled_in_a_debian_stage_runs_on_busybox() {
         "hello from C, gcc 12\n"
     );
 
-    // Nothing changed: COPY, RUN and COPY --from all come from the cache, the same layers (the
-    // config differs when the second falls in another second: history times are the build's).
+    // Nothing changed: COPY, RUN and COPY --from all come from the cache: the same image.
     let client = env.client().await;
     let chain = client
         .images()
@@ -1145,6 +1151,11 @@ async fn a_c_program_compiled_in_a_debian_stage_runs_on_busybox() {
             .unwrap()
             .chain_id,
         chain
+    );
+    assert_eq!(
+        again.manifest_digest,
+        id.trim(),
+        "a rebuild from the cache made another image"
     );
     assert_eq!(
         env.berth(&["run", "--rm", "hello-c:v1"]),
