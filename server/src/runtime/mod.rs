@@ -693,14 +693,25 @@ impl TaskManager {
     pub async fn delete(&self, ns: &str, id: &str) -> Result<Exit> {
         let task = self.get(ns, id)?;
         let exit = task.backend.delete("").await?;
-        {
+        let key = (ns.to_string(), id.to_string());
+        let claimed = {
             let mut tasks = self.lock();
-            tasks.insert((ns.to_string(), id.to_string()), Slot::Busy);
-        }
-        let reservation = Reservation {
-            manager: self,
-            key: (ns.to_string(), id.to_string()),
+            match tasks.get(&key) {
+                Some(Slot::Ready(t)) if Arc::ptr_eq(t, &task) => {
+                    tasks.insert(key.clone(), Slot::Busy);
+                    true
+                }
+                _ => false,
+            }
         };
+        if !claimed {
+            // The shim died right after it deleted init, and the dead-task cleanup holds the
+            // slot: the bundle is that cleanup's to remove, and releasing its slot here would
+            // let a new create of the id run into it.
+            self.publish_delete(ns, id, "", &exit);
+            return Ok(exit);
+        }
+        let reservation = Reservation { manager: self, key };
         if let Err(e) = task.backend.shutdown().await {
             tracing::warn!(task = %id, error = %e, "shim shutdown");
         }
