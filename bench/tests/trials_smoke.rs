@@ -71,7 +71,7 @@ fn crash_trials_with_pulls_and_runs_leave_nothing_behind() {
 
 /// Shims SIGKILLed at random moments of ctr's pulls and `run --rm` cycles (while berthd runs):
 /// berthd keeps serving, keeps every acknowledged effect, and cleans up the killed tasks (no
-/// mount, shim, container process or cgroup left). 215 trials in a row passed before it joined
+/// mount, shim, container process or cgroup left). 315 trials in a row passed before it joined
 /// CI (docs/reliability.md §1).
 #[test]
 fn shims_killed_under_ctr_leave_nothing_behind() {
