@@ -15,6 +15,9 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for the output of an exited process to drain.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
 const SIGKILL: u32 = 9;
+/// How long a forced removal keeps killing and deleting the tasks it finds (see
+/// `kill_and_delete_tasks`).
+const TASK_SETTLE: Duration = Duration::from_secs(30);
 
 /// A container's state as `ps` shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -495,40 +498,87 @@ impl Client {
     /// container is refused unless `force`, which kills it first.
     pub async fn remove_container(&self, container: &ContainerInfo, force: bool) -> Result<()> {
         let tasks = self.tasks();
-        if let Some(task) = tasks.get(&container.id).await? {
-            let active = task.status != Status::Stopped && task.status != Status::Created;
+        let found = match tasks.get(&container.id).await {
+            // Held by a create or a cleanup in the daemon (the restart monitor's, say): a forced
+            // removal deals with whatever task settles there.
+            Err(e) if force && e.code() == Code::Unavailable => Some(None),
+            found => found?.map(Some),
+        };
+        if let Some(task) = found {
+            let active = task
+                .as_ref()
+                .is_some_and(|t| t.status != Status::Stopped && t.status != Status::Created);
             if active && !force {
                 return Err(Error::local(
                     Code::FailedPrecondition,
                     format!(
                         "cannot remove container {}: it is {}; stop it first (berth stop {}) or force removal (berth rm -f)",
                         container.name,
-                        status_of(Some(task)).state(),
+                        status_of(task).state(),
                         container.name
                     ),
                 ));
             }
             // The restart monitor must not bring back what is being removed.
             self.set_restart_status(container, None).await?;
-            if active {
-                let waiter = {
-                    let tasks = self.tasks();
-                    let id = container.id.clone();
-                    tokio::spawn(async move { tasks.wait(&id, "").await })
-                };
-                ignore_gone(tasks.kill(&container.id, "", SIGKILL, true).await)?;
-                if task.status != Status::Running {
-                    ignore_gone(tasks.resume(&container.id).await)?;
-                }
-                join(waiter.await)?;
-            } else if task.status == Status::Created {
-                ignore_gone(tasks.kill(&container.id, "", SIGKILL, true).await)?;
-            }
-            ignore_gone(tasks.delete(&container.id).await.map(|_| ()))?;
+            self.kill_and_delete_tasks(container).await?;
         }
         self.containers().remove(container).await?;
         remove_logs(container);
         Ok(())
+    }
+
+    /// Kill and delete the container's task, and any the restart monitor brought in meanwhile:
+    /// a restart that read the container before its restart label went may still create and
+    /// start a task after the one found first is gone. Until the daemon says there is none (or
+    /// TASK_SETTLE passes), each task found is killed, waited for and deleted. Removing the
+    /// record while a task lives would orphan the task, its shim and its rootfs mount
+    /// (issue 15: `rm -f` of a flapping `--restart always` container left one).
+    async fn kill_and_delete_tasks(&self, container: &ContainerInfo) -> Result<()> {
+        let tasks = self.tasks();
+        let id = container.id.as_str();
+        let deadline = tokio::time::Instant::now() + TASK_SETTLE;
+        loop {
+            let round = async {
+                let Some(task) = tasks.get(id).await? else {
+                    return Ok(true);
+                };
+                if task.status != Status::Stopped {
+                    // Created too: the monitor may start it between the kill and the delete.
+                    let waiter = {
+                        let tasks = self.tasks();
+                        let id = id.to_string();
+                        tokio::spawn(async move { tasks.wait(&id, "").await })
+                    };
+                    ignore_gone(tasks.kill(id, "", SIGKILL, true).await)?;
+                    if matches!(task.status, Status::Paused | Status::Pausing) {
+                        ignore_gone(tasks.resume(id).await)?;
+                    }
+                    match join(waiter.await) {
+                        Err(e) if e.code() != Code::NotFound => return Err(e),
+                        _ => {}
+                    }
+                }
+                match tasks.delete(id).await {
+                    Err(e) if e.code() != Code::NotFound => Err(e),
+                    _ => Ok(false),
+                }
+            }
+            .await;
+            match round {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                // Running again (started by the monitor after the look), or held by a create
+                // or a cleanup in the daemon: look again.
+                Err(e)
+                    if matches!(e.code(), Code::FailedPrecondition | Code::Unavailable)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Run `process` (an OCI process spec) in the running container with stdio attached as

@@ -524,6 +524,59 @@ fn ps_shows_restarting_in_back_off_and_exited_with_code_and_age() {
     assert!(!pruned.contains(&id_of(&env, "flappy")), "{pruned}");
 }
 
+/// `rm -f` of a `--restart always` container the monitor keeps bringing back leaves no task,
+/// shim or rootfs mount behind (issue 15: after a CI run an overlay mount of a `psr-` task, the
+/// test above, stayed on the host). A restart that read the container before rm took its label
+/// off still creates and starts a task; `rm -f` used to delete the task it found, take the
+/// refusal to delete the next one (running) for "gone" and remove the record, orphaning it.
+#[test]
+fn rm_force_of_a_container_the_restart_monitor_brings_back_leaves_no_task() {
+    // The shortest interval the daemon takes, so that rounds fall among the removals.
+    let env = env_with("rmflap", "[tasks]\nrestart_interval_ms = 100\n");
+    let dir = env.daemon.dir.path().to_path_buf();
+    for i in 0..12 {
+        let name = format!("flap{i}");
+        env.ok(&[
+            "run",
+            "-d",
+            "--restart",
+            "always",
+            "--name",
+            &name,
+            IMAGE,
+            "sh",
+            "-c",
+            "exit 3",
+        ]);
+        // Into the monitor's rounds by a varying amount.
+        std::thread::sleep(Duration::from_millis(40 * (i % 6)));
+        env.ok(&["rm", "-f", &name]);
+    }
+    // A restart under way when the record went deletes its own task (it looks at the record
+    // before starting): a few seconds for that, then nothing of the daemon is left mounted and
+    // no shim of it runs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .expect("mountinfo")
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| std::path::Path::new(p).starts_with(&dir))
+            .map(str::to_string)
+            .collect();
+        let (_, tasks, _) = env.berth(&["ps", "-a", "-q"]);
+        if mounts.is_empty() && tasks.trim().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: mounts {mounts:?}, containers {tasks:?}\nberthd log:\n{}",
+            berth_testkit::berthd::tail(&env.daemon.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn id_of(cli: &Cli, name: &str) -> String {
     cli.ok(&["inspect", "--format", "{{.Id}}", name])
         .trim()

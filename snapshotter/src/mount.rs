@@ -224,6 +224,68 @@ pub fn unmount(target: &Path) -> Result<()> {
     }
 }
 
+/// Unmounts every mount at or below `dir` as /proc/self/mountinfo lists them, deepest first;
+/// none is fine, so it can be run again. A mount that is busy is detached (`MNT_DETACH`)
+/// instead: a process of this mount namespace may still hold a file or working directory in it
+/// (`runc init` starts in the rootfs before it enters the container's namespace, and a runtime
+/// orphaned by a killed shim may still run), and a detached mount is no longer reachable through
+/// `dir`, so removing `dir` afterwards cannot reach the files it mounted.
+pub fn unmount_under(dir: &Path) -> Result<()> {
+    // mountinfo names the resolved path.
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let table = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("read /proc/self/mountinfo", e))?;
+    let mut points = mount_points_at_or_below(&table, &dir);
+    // Deepest first; a point mounted twice is listed twice and unmounted twice.
+    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for point in points {
+        match umount2(&point, MntFlags::empty()) {
+            // EINVAL: not a mount point (any more); ENOENT: its directory went with a parent.
+            Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+            Err(nix::errno::Errno::EBUSY) => match umount2(&point, MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+                Err(e) => return Err(at("detach", &point)(e)),
+            },
+            Err(e) => return Err(at("unmount", &point)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The mount points of a mountinfo table at or below `dir`, in table order.
+fn mount_points_at_or_below(table: &str, dir: &Path) -> Vec<PathBuf> {
+    table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as `\ooo` octal escapes.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        // At most \377: a byte.
+        let octal = bytes.get(i + 1..i + 4).filter(|d| {
+            (b'0'..=b'3').contains(&d[0]) && d[1..].iter().all(|b| (b'0'..=b'7').contains(b))
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +302,35 @@ mod tests {
         let (f, d) = parse_options(&s(&["index=off", "workdir=/w", "rw", "lowerdir=/a:/b"]));
         assert_eq!(f, MsFlags::empty());
         assert_eq!(d, "index=off,workdir=/w,lowerdir=/a:/b");
+    }
+
+    #[test]
+    fn mount_points_below_a_dir_come_from_mountinfo() {
+        let table = "\
+22 1 0:21 / / rw - ext4 /dev/vda rw
+90 22 0:50 / /s/tasks/ns/a/rootfs rw - overlay overlay rw,lowerdir=/x
+91 90 0:51 / /s/tasks/ns/a/rootfs/dev rw - tmpfs tmpfs rw
+92 22 0:52 / /s/tasks/ns/ab/rootfs rw - overlay overlay rw
+93 22 0:53 / /s/tasks/ns/a\\040b/rootfs rw - overlay overlay rw
+94 90 0:50 / /s/tasks/ns/a/rootfs rw - overlay overlay rw
+";
+        let below = |d: &str| mount_points_at_or_below(table, Path::new(d));
+        assert_eq!(
+            below("/s/tasks/ns/a"),
+            [
+                "/s/tasks/ns/a/rootfs",
+                "/s/tasks/ns/a/rootfs/dev",
+                "/s/tasks/ns/a/rootfs"
+            ]
+            .map(PathBuf::from)
+        );
+        assert_eq!(
+            below("/s/tasks/ns/a b"),
+            [PathBuf::from("/s/tasks/ns/a b/rootfs")]
+        );
+        assert!(below("/s/tasks/other").is_empty());
+        assert_eq!(unescape_mountinfo("a\\134b\\011"), "a\\b\t");
+        assert_eq!(unescape_mountinfo("trailing\\04"), "trailing\\04");
     }
 
     #[test]

@@ -467,12 +467,7 @@ impl TaskManager {
                     let record = manager
                         .backends
                         .recorded_exit(Some(&task.record), &task.bundle);
-                    manager.clean_up_dead(
-                        task.bundle.clone(),
-                        task.socket_dir.clone(),
-                        Some(task.record.clone()),
-                        "the shim exited unexpectedly".into(),
-                    );
+                    manager.clean_up_dead_task(&task, "the shim exited unexpectedly".into());
                     Exit {
                         pid: task.pid,
                         exit_status: record.as_ref().map_or(255, |r| r.exit_status),
@@ -606,18 +601,8 @@ impl TaskManager {
         if shim::shim_process_alive(&task.bundle) {
             return;
         }
-        let key = (task.record.namespace.clone(), task.record.id.clone());
         // Only the task still in its slot: a delete or another cleanup may have taken it.
-        match self.lock().get(&key) {
-            Some(Slot::Ready(t)) if Arc::ptr_eq(t, task) => {}
-            _ => return,
-        }
-        self.clean_up_dead(
-            task.bundle.clone(),
-            task.socket_dir.clone(),
-            Some(task.record.clone()),
-            format!("shim gone while berthd runs: {error}"),
-        );
+        self.clean_up_dead_task(task, format!("shim gone while berthd runs: {error}"));
     }
 
     pub async fn kill(
@@ -708,14 +693,25 @@ impl TaskManager {
     pub async fn delete(&self, ns: &str, id: &str) -> Result<Exit> {
         let task = self.get(ns, id)?;
         let exit = task.backend.delete("").await?;
-        {
+        let key = (ns.to_string(), id.to_string());
+        let claimed = {
             let mut tasks = self.lock();
-            tasks.insert((ns.to_string(), id.to_string()), Slot::Busy);
-        }
-        let reservation = Reservation {
-            manager: self,
-            key: (ns.to_string(), id.to_string()),
+            match tasks.get(&key) {
+                Some(Slot::Ready(t)) if Arc::ptr_eq(t, &task) => {
+                    tasks.insert(key.clone(), Slot::Busy);
+                    true
+                }
+                _ => false,
+            }
         };
+        if !claimed {
+            // The shim died right after it deleted init, and the dead-task cleanup holds the
+            // slot: the bundle is that cleanup's to remove, and releasing its slot here would
+            // let a new create of the id run into it.
+            self.publish_delete(ns, id, "", &exit);
+            return Ok(exit);
+        }
+        let reservation = Reservation { manager: self, key };
         if let Err(e) = task.backend.shutdown().await {
             tracing::warn!(task = %id, error = %e, "shim shutdown");
         }
@@ -823,16 +819,17 @@ fn remapped_root_gid(spec: &[u8]) -> Result<Option<u32>> {
         .ok_or_else(|| Error::invalid("spec: the gid mappings do not map the container's gid 0"))
 }
 
-/// Unmount the rootfs and remove the bundle and socket dir; absent is
-/// fine.
+/// Unmount whatever is mounted in the bundle and remove it and the socket dir; absent is fine,
+/// and so is running it again.
 async fn remove_task_dirs(bundle: &Path, socket_dir: &Path) -> Result<()> {
     let (bundle, socket_dir) = (bundle.to_path_buf(), socket_dir.to_path_buf());
     blocking(move || {
-        let rootfs = bundle.join("rootfs");
-        // Unmount even when the record says nothing was mounted: removing a bundle through a
-        // live mount would delete the container's files.
-        if rootfs.exists() {
-            berth_snapshotter::unmount(&rootfs)?;
+        // Every mount the table lists below the bundle, whatever the record says was mounted
+        // (removing a bundle through a live mount would delete the container's files), and a
+        // busy one detached rather than left: the daemon owns the bundle, and after a shim died
+        // in the middle of a create nothing else would ever unmount it (issue 15).
+        if bundle.exists() {
+            berth_snapshotter::unmount_under(&bundle)?;
         }
         for dir in [&bundle, &socket_dir] {
             match std::fs::remove_dir_all(dir) {

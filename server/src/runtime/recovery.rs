@@ -190,13 +190,52 @@ impl TaskManager {
             ),
             _ => return,
         };
+        self.lock().insert((ns.clone(), id.clone()), Slot::Busy);
+        self.spawn_dead_cleanup(ns, id, bundle, socket_dir, record, why);
+    }
+
+    /// [`clean_up_dead`](Self::clean_up_dead) for a task of the table, only while `task` still
+    /// holds its slot. The look and the slot going Busy are one step under the lock, so of the
+    /// finders of one dead task (its exit watcher, a listing) one cleans it up, and a cleanup
+    /// never starts behind a Delete, or runs on into a new create of the same id.
+    pub(super) fn clean_up_dead_task(self: &Arc<Self>, task: &Arc<Task>, why: String) {
+        let key = (task.record.namespace.clone(), task.record.id.clone());
+        {
+            let mut tasks = self.lock();
+            match tasks.get(&key) {
+                Some(Slot::Ready(t)) if Arc::ptr_eq(t, task) => {
+                    tasks.insert(key.clone(), Slot::Busy);
+                }
+                _ => return,
+            }
+        }
+        self.spawn_dead_cleanup(
+            key.0,
+            key.1,
+            task.bundle.clone(),
+            task.socket_dir.clone(),
+            Some(task.record.clone()),
+            why,
+        );
+    }
+
+    /// The cleanup of a dead backend's task whose slot the caller made Busy; the slot is
+    /// released when it is done.
+    fn spawn_dead_cleanup(
+        self: &Arc<Self>,
+        ns: String,
+        id: String,
+        bundle: PathBuf,
+        socket_dir: PathBuf,
+        record: Option<TaskRecord>,
+        why: String,
+    ) {
         let exit = self.backends.recorded_exit(record.as_ref(), &bundle);
         tracing::warn!(
             namespace = %ns, task = %id, reason = %why,
             exit_status = exit.as_ref().map(|e| e.exit_status),
             "cleaning up a task whose shim is gone"
         );
-        self.lock().insert((ns.clone(), id.clone()), Slot::Busy);
         let manager = self.clone();
         tokio::spawn(async move {
             if let Some(r) = &record {

@@ -6,6 +6,7 @@
 use berth_errdefs::{Error, Result};
 use berth_shim::protocol::{encode_request, ErrorKind, Request, Response};
 use serde::de::DeserializeOwned;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -428,10 +429,57 @@ pub(super) async fn create(
         Ok(pid) => Ok((shim, pid)),
         Err(e) => {
             // Nothing was created: the shim may go.
-            let _ = shim.shutdown().await;
+            if shim.shutdown().await.is_err() {
+                // The shim is gone (SIGKILLed mid-create, issue 15): runc may have created the
+                // container with nobody left to report it, or still be creating it. Once no
+                // runtime command of this bundle runs any more, what it made is deleted as a
+                // dead shim's task is; the caller then unmounts and removes the bundle.
+                tracing::warn!(task = %record.id, error = %e, "the shim died during create");
+                runtime_commands_done(t.bundle, settings.runtime_timeout).await;
+                clean_up_dead(record).await;
+            }
             Err(e)
         }
     }
+}
+
+/// Waits (at most `within`) until no process names `bundle` in its arguments: the runtime
+/// commands a killed shim started (the shim gives runc `--bundle` and `--log` in the bundle)
+/// run on without it, and a `runc create` still under way would make its container after a
+/// `runc delete` looked for it.
+async fn runtime_commands_done(bundle: &Path, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let dir = bundle.to_path_buf();
+        let running = crate::blocking::blocking(move || Ok(processes_naming(&dir)))
+            .await
+            .unwrap_or_default();
+        if running.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(bundle = %bundle.display(), ?running, "runtime commands still running");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Pids of the processes with an argument that is `dir` or a path below it.
+fn processes_naming(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.split(|&b| b == 0)
+                    .any(|a| Path::new(std::ffi::OsStr::from_bytes(a)).starts_with(dir))
+            })
+        })
+        .collect()
 }
 
 /// The berth-shim backend's reconnect: one round trip (`list`) within `timeout` tells a live

@@ -116,7 +116,7 @@ fn lease_req<T>(ns: &str, lease: &str, msg: T) -> Request<T> {
     req
 }
 
-mod disk;
+pub(crate) mod disk;
 
 type Rpc<T> = Result<T, Status>;
 

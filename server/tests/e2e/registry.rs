@@ -874,3 +874,123 @@ fn docker_archive_import_finds_a_compressed_layer_by_label() {
         || !content_digests(&d, "default").contains(&fixture.diff_id),
     );
 }
+
+/// A pull that fills the disk (issue 15, part 4; hostile-inputs.md B13): berthd's root is a
+/// 48 MiB ext4 on a loop device, filled until the layer's blob fits and its unpacked files do
+/// not. The pull fails saying the disk is full; after a collection no partial snapshot, ingest
+/// or blob of it is left; an image acknowledged before is whole after a kill -9; with the space
+/// back the same pull works.
+#[test]
+fn a_pull_that_fills_the_disk_fails_cleanly_and_the_next_one_works() {
+    let mut d = Daemon::start();
+    d.stop();
+    let disk_image = d.dir.path().join("disk.img");
+    let disk = crate::api::disk::LoopRoot::mount(&disk_image, 48, &d.root());
+    d.spawn();
+    let ns = "full";
+    // Acknowledged before the disk fills: an image ctr imported and unpacked (its own layer:
+    // other applets, so the pull below has a layer of its own to unpack).
+    let kept_dir = tempfile::tempdir().unwrap();
+    let kept = berth_testkit::image::busybox_oci_archive_with(
+        kept_dir.path(),
+        "docker.io/berth/kept:1",
+        &["sh", "true"],
+    )
+    .expect("kept image");
+    d.ctr(
+        ns,
+        &["images", "import", kept.path.to_str().expect("utf-8")],
+    );
+    assert_complete(&d, ns, "docker.io/berth/kept:1");
+    // A collection, synchronous (a lease deleted with --sync): the import's own leftovers (the
+    // archive's index blob, which no image names) go before the baseline is taken.
+    let collect = |d: &Daemon| {
+        let lease = d.ctr(ns, &["leases", "create"]);
+        let lease = lease
+            .split_whitespace()
+            .next()
+            .expect("lease id")
+            .to_string();
+        d.ctr(ns, &["leases", "delete", "--sync", &lease]);
+    };
+    collect(&d);
+    let kept_snapshots = snapshot_keys(&d, ns);
+    let kept_content = content_digests(&d, ns);
+
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let served = registry.push_busybox(work.path());
+    let reference = registry.reference();
+    let layer_size = std::fs::metadata(registry.blob_path(&served.layer_digest))
+        .expect("the layer's blob in the registry")
+        .len();
+    // Room for the blobs and the metadata (1 MiB), not for the ~2 MiB of files in the layer.
+    let free = nix::sys::statvfs::statvfs(&d.root()).expect("statvfs");
+    let available = free.blocks_available() * free.fragment_size();
+    let filler = d.root().join("filler");
+    let fill = available.saturating_sub(layer_size + (1 << 20));
+    let out = Command::new("fallocate")
+        .args(["-l", &fill.to_string()])
+        .arg(&filler)
+        .output()
+        .expect("run fallocate");
+    assert!(out.status.success(), "fallocate: {out:?}");
+
+    let err = d.ctr_err(ns, &["images", "pull", "--plain-http", &reference]);
+    // Shown with the test's output (on a failure, or --nocapture).
+    println!("the pull on the full disk: {}", err.trim());
+    let msg = err.to_lowercase();
+    assert!(
+        msg.contains("no space") || msg.contains("space left") || msg.contains("full"),
+        "the failed pull does not say the disk is full: {err}"
+    );
+
+    // After a collection nothing of the failed unpack is left: no snapshot but the kept
+    // image's, no layer directory but theirs, no ingest. ctr 1.6 records the image once its
+    // blobs are fetched and unpacks after, so the image and its blobs may stay (acknowledged,
+    // not unpacked); if ctr did not record it, none of its blobs may stay either.
+    collect(&d);
+    assert_eq!(snapshot_keys(&d, ns), kept_snapshots);
+    assert_eq!(
+        layer_dirs(&d).len(),
+        kept_snapshots.len(),
+        "{:?}",
+        layer_dirs(&d)
+    );
+    let recorded = first_column(&d.ctr(ns, &["images", "ls"])).contains(&reference);
+    let mut expected_content = kept_content.clone();
+    if recorded {
+        expected_content.extend(served.blobs().map(str::to_string));
+        expected_content.sort();
+    }
+    println!("the image was recorded before the unpack failed: {recorded}");
+    assert_eq!(
+        content_digests(&d, ns),
+        expected_content,
+        "image recorded: {recorded}"
+    );
+    assert_eq!(d.ctr(ns, &["content", "active"]).lines().skip(1).count(), 0);
+    let ingests: Vec<_> = std::fs::read_dir(d.root().join("content/ingest"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(ingests.is_empty(), "ingests left: {ingests:?}");
+    let blob_files = std::fs::read_dir(d.root().join("content/blobs/sha256"))
+        .map(|rd| rd.count())
+        .unwrap_or(0);
+    assert_eq!(blob_files, expected_content.len(), "blob files on disk");
+
+    // What was acknowledged survives a crash on the full disk.
+    d.kill9();
+    d.spawn();
+    assert_complete(&d, ns, "docker.io/berth/kept:1");
+    assert_eq!(snapshot_keys(&d, ns), kept_snapshots);
+    assert_eq!(content_digests(&d, ns), expected_content);
+
+    // With the space back, the same pull works and unpacks.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    d.ctr(ns, &["images", "pull", "--plain-http", &reference]);
+    assert_complete(&d, ns, &reference);
+    assert_layer_content(&d, ns, served.chain_id());
+    d.kill9();
+    drop(disk);
+}

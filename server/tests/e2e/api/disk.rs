@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The loop device and its mount; unmounted and detached on drop (after the daemon is gone).
-struct LoopRoot {
+pub(crate) struct LoopRoot {
     dev: String,
     at: PathBuf,
 }
 
 impl LoopRoot {
-    fn mount(image: &Path, size_mib: u64, at: &Path) -> LoopRoot {
+    pub(crate) fn mount(image: &Path, size_mib: u64, at: &Path) -> LoopRoot {
         let run = |cmd: &mut Command| {
             let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
             assert!(

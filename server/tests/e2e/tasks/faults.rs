@@ -242,3 +242,71 @@ fn a_shim_killed_mid_exec_fails_the_exec_and_the_daemon_stays_healthy() {
     assert!(f.daemon_serves());
     assert_eq!(f.run_ok("mx-next", &["echo", "ok"]), "ok\n");
 }
+
+/// The shim SIGKILLed in the middle of Tasks.Create, after berthd mounted the rootfs and before
+/// the shim answered `create` (issue 15: `berth-trials --kill-shims` left such a task's rootfs
+/// mounted). A runc wrapper kills its parent, the shim, either before running `runc create` (runc
+/// then creates the container with nobody to tell) or after it (the container exists, the
+/// answer is lost). Either way the create fails, and berthd, which owns the bundle, leaves
+/// nothing: no mount under its directory, no process, no container cgroup; the id works again.
+#[test]
+fn a_shim_killed_during_create_leaves_no_mount_process_or_cgroup() {
+    let tools = tempfile::tempdir().expect("temp dir");
+    let before = faulty_runc(tools.path(), "create", "kill -9 $PPID");
+    let after_dir = tools.path().join("after");
+    std::fs::create_dir(&after_dir).expect("wrapper dir");
+    let after = faulty_runc(
+        &after_dir,
+        "create",
+        "runc \"$@\"; rc=$?; kill -9 $PPID; exit $rc",
+    );
+    let config = format!(
+        "{}{}",
+        runtime_config("killbefore", &before, ""),
+        runtime_config("killafter", &after, "")
+    );
+    let f = Fixture::start_with_config("berth-e2e-fault-shim-create", &config);
+    let dir = f.d.dir.path().to_path_buf();
+    for (runtime, id) in [("killbefore", "kb"), ("killafter", "ka")] {
+        let out = f.run(&["--runtime", runtime], id, &["sleep", "1000"]);
+        assert!(
+            !out.status.success(),
+            "{id}: a task whose shim was killed in create ran: {}",
+            stdout(&out)
+        );
+        wait_for(
+            PATIENCE,
+            &format!("{id}'s mounts, processes and cgroup to go"),
+            || {
+                let mounts = mount_points_under(&dir);
+                let stray: Vec<_> = processes_naming(&dir, f.d.pid());
+                let cgroups: Vec<_> = container_cgroups(f.ns)
+                    .into_iter()
+                    .filter(|c| c == id)
+                    .collect();
+                let pids = cgroup_pids(f.ns);
+                if mounts.is_empty() && stray.is_empty() && cgroups.is_empty() && pids.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                    "mounts under the daemon's dir: {mounts:?}; processes naming it: {stray:?}; \
+                     cgroups: {cgroups:?}; container processes: {pids:?}"
+                ))
+                }
+            },
+        );
+        assert!(
+            f.task(id).is_none(),
+            "{id} is still a task: {:?}",
+            f.task(id)
+        );
+        assert!(
+            !f.d.state().join("tasks").join(f.ns).join(id).exists(),
+            "{id}'s bundle is still there"
+        );
+        let _ = f.try_ctr(&["containers", "rm", id]);
+        // The same id runs once the runtime works.
+        assert_eq!(f.run_ok(id, &["echo", "again"]), "again\n");
+    }
+    assert!(f.daemon_serves());
+}
