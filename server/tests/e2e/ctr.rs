@@ -168,7 +168,7 @@ fn image_names(d: &Daemon, ns: &str) -> Vec<String> {
 }
 
 /// `ctr content ingest REF` fed `data` on stdin; returns the digest of `data`.
-fn ingest(d: &Daemon, ns: &str, reference: &str, data: &[u8]) -> String {
+pub(crate) fn ingest(d: &Daemon, ns: &str, reference: &str, data: &[u8]) -> String {
     let mut child = d
         .ctr_command(ns, &["content", "ingest", reference])
         .stdin(Stdio::piped())

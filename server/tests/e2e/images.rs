@@ -594,6 +594,52 @@ fn a_hung_proxy_snapshotter_is_bounded() {
     d.ctr("default", &["namespaces", "ls"]);
 }
 
+/// While a collection waits on a hung proxy snapshotter's listing, writes go on: the listing is
+/// taken before the collection's lock, so a lease, a content blob and a namespace are written in
+/// a fraction of the proxy's bound while the synchronous deletion that started the collection is
+/// still waiting it out.
+#[test]
+fn writes_go_on_while_a_collection_waits_on_a_hung_proxy() {
+    const BOUND: Duration = Duration::from_secs(5);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hung.sock");
+    let _proxy = hung_proxy::serve(&socket);
+    let d = Daemon::start_with_config(&format!(
+        "[proxy_plugins.hung]\ntype = \"snapshot\"\naddress = {socket:?}\ntimeout_ms = {}\n",
+        BOUND.as_millis()
+    ));
+    let lease = d.ctr("default", &["leases", "create"]).trim().to_string();
+    let started = Instant::now();
+    let collecting = {
+        let socket = d.socket.clone();
+        std::thread::spawn(move || {
+            crate::harness::ctr_command(&socket, "default", &["leases", "rm", "--sync", &lease])
+                .output()
+                .expect("run ctr")
+        })
+    };
+    // Let the deletion reach its collection's listing.
+    std::thread::sleep(Duration::from_millis(300));
+    let writes = Instant::now();
+    d.ctr("default", &["leases", "create"]);
+    crate::ctr::ingest(&d, "default", "during-collection", b"written meanwhile");
+    d.ctr("default", &["namespaces", "create", "made-meanwhile"]);
+    let wrote_in = writes.elapsed();
+    let deletion = collecting.join().expect("ctr thread");
+    let collected_in = started.elapsed();
+    assert!(
+        collected_in >= BOUND - Duration::from_millis(500),
+        "the deletion did not wait on the hung proxy ({collected_in:?}): {deletion:?}"
+    );
+    assert!(
+        wrote_in < BOUND / 2,
+        "writes took {wrote_in:?} while the collection waited {collected_in:?}"
+    );
+    assert!(d
+        .ctr("default", &["content", "ls"])
+        .contains(&crate::fixtures::sha256(b"written meanwhile")));
+}
+
 mod ctr_1_6 {
     use crate::harness::Ctr;
 
