@@ -570,8 +570,9 @@ pub fn generate(
         .namespaces(namespaces)
         .resources(resources.build().map_err(spec_error)?);
     if let Some(remap) = &config.remap {
-        let ids = |map: &[crate::userns::IdRange]| {
-            map.iter()
+        let ids = |map: &crate::userns::IdMap| {
+            map.0
+                .iter()
                 .map(|r| {
                     LinuxIdMappingBuilder::default()
                         .container_id(r.container)
@@ -721,8 +722,8 @@ mod tests {
         let img = image(Some(&["sh"]), None, &[]);
         let remap = crate::userns::Remap {
             user: "berth".into(),
-            uid: crate::userns::parse_map("0:100000:65536").unwrap(),
-            gid: crate::userns::parse_map("0:200000:65536").unwrap(),
+            uid: crate::userns::IdMap::parse("0:100000:65536").unwrap(),
+            gid: crate::userns::IdMap::parse("0:200000:65536").unwrap(),
             idmap: true,
         };
         for (network, sys_type) in [(Network::None, "sysfs"), (Network::Host, "bind")] {

@@ -1,7 +1,8 @@
-//! The OCI image vocabulary every berth crate shares: validated digests, descriptors and the
-//! media types berth recognises. Pure values: no I/O, no async runtime, no gRPC.
+//! The OCI vocabulary every berth crate shares: validated digests, descriptors, the media types
+//! berth recognises and user-namespace id maps. Pure values: no I/O, no async runtime, no gRPC.
 
 mod digest;
+pub mod idmap;
 pub mod media_types;
 
 pub use digest::Digest;
