@@ -91,23 +91,7 @@ fn httpd_published_with_p_and_reached_by_ip_on_a_network() {
 
     // From the host, through the portmap plugin's DNAT on loopback.
     let url = format!("http://127.0.0.1:{port}/");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let body = loop {
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "2", &url])
-            .output()
-            .expect("run curl");
-        if out.status.success() {
-            break String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "curl {url}: {}\nberthd log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            tail(&env.daemon.log(), 30)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let body = curl_until_served(&env, &url);
     assert_eq!(body.trim(), "hello-from-web");
 
     // Another container on the network reaches it by IP (by name: tests/fs.rs).
@@ -245,23 +229,7 @@ fn run_without_network_joins_the_default_bridge_and_publishes_ports() {
         "bridge"
     );
     let url = format!("http://127.0.0.1:{port}/");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let body = loop {
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "2", &url])
-            .output()
-            .expect("run curl");
-        if out.status.success() {
-            break String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "curl {url}: {}\nberthd log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            tail(&env.daemon.log(), 30)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let body = curl_until_served(&env, &url);
     assert_eq!(body.trim(), "hello-from-default");
     assert!(
         std::path::Path::new(&format!("/sys/class/net/{bridge}/bridge")).is_dir(),
@@ -416,4 +384,26 @@ fn a_default_subnet_on_a_host_route_fails_clearly_and_none_still_runs() {
             .trim(),
         "ok"
     );
+}
+
+/// The body `url` serves from the host, asked again until it answers (the container's server
+/// and the portmap rules take a moment), for up to 15 s.
+fn curl_until_served(env: &Env, url: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "2", url])
+            .output()
+            .expect("run curl");
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "curl {url}: {}\nberthd log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            tail(&env.daemon.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -202,24 +202,10 @@ impl Cri {
     /// The staging directories of containers that are gone (a crash between staging and the
     /// record, or a removal berthd did not finish), unmounted and removed.
     pub(crate) async fn sweep_idmapped_mounts(&self) -> Result<()> {
-        let root = self.idmapped_mounts_root();
-        let entries = match std::fs::read_dir(&root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io(format!("read {}", root.display()), e)),
-        };
-        for entry in entries.flatten() {
-            let id = entry.file_name().to_string_lossy().into_owned();
-            match self.client.containers().get_by_id(&id).await {
-                Ok(_) => continue,
-                Err(e)
-                    if matches!(
-                        e.code(),
-                        tonic::Code::NotFound | tonic::Code::InvalidArgument
-                    ) => {}
-                Err(e) => return Err(e.into()),
-            }
-            let path = entry.path();
+        for (id, path) in self
+            .dirs_of_gone_containers(&self.idmapped_mounts_root())
+            .await?
+        {
             crate::blocking(move || unstage_all(&path)).await?;
             tracing::info!(container = %id, "idmapped mounts of a container that is gone unmounted");
         }

@@ -385,26 +385,10 @@ impl Cri {
     /// At start: unmount the image volumes of containers that no longer exist (berthd stopped
     /// between mounting them and creating the record; their views go with their lease).
     pub(crate) async fn sweep_image_volumes(&self) -> Result<()> {
-        let dir = self.image_volumes_dir();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
-        };
-        for entry in entries.flatten() {
-            let id = entry.file_name().to_string_lossy().into_owned();
-            match self.client.containers().get_by_id(&id).await {
-                Ok(_) => continue,
-                // Not a container's id either: nothing of ours would be mounted there, but
-                // nothing else may be (the directory is the CRI's).
-                Err(e)
-                    if matches!(
-                        e.code(),
-                        tonic::Code::NotFound | tonic::Code::InvalidArgument
-                    ) => {}
-                Err(e) => return Err(e.into()),
-            }
-            let path = entry.path();
+        for (id, path) in self
+            .dirs_of_gone_containers(&self.image_volumes_dir())
+            .await?
+        {
             crate::blocking(move || unmount_dir(&path)).await?;
             tracing::info!(container = %id, "image volumes of a container that is gone unmounted");
         }
