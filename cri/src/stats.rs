@@ -153,6 +153,9 @@ impl StatsCache {
     }
 }
 
+/// How many layer usages one stats call asks the snapshotter for at a time.
+const LAYER_USAGE_CONCURRENCY: usize = 8;
+
 pub(crate) fn spec_of(c: &Container) -> Option<serde_json::Value> {
     c.spec
         .as_ref()
@@ -160,10 +163,19 @@ pub(crate) fn spec_of(c: &Container) -> Option<serde_json::Value> {
 }
 
 pub(crate) fn cgroup_path(c: &Container) -> Option<String> {
-    spec_of(c)?["linux"]["cgroupsPath"]
-        .as_str()
-        .filter(|p| p.starts_with('/'))
-        .map(str::to_string)
+    // Only the one field is decoded: a spec is ~10 KiB of JSON, and ListContainerStats asks
+    // this of every container.
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        linux: Option<Linux>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Linux {
+        #[serde(rename = "cgroupsPath")]
+        cgroups_path: Option<String>,
+    }
+    let spec: Spec = serde_json::from_slice(&c.spec.as_ref()?.value).ok()?;
+    spec.linux?.cgroups_path.filter(|p| p.starts_with('/'))
 }
 
 fn annotations(c: &Container) -> HashMap<String, String> {
@@ -391,16 +403,31 @@ impl Cri {
     async fn stats_of(&self, containers: &[Container]) -> Result<Vec<cri::ContainerStats>> {
         // No task is asked: a container without a cgroup (not started, or deleted) simply
         // has no CPU and memory numbers.
-        let paths: Vec<String> = containers.iter().filter_map(cgroup_path).collect();
-        let samples = self.stats.samples(paths).await?;
-        let fs_mount = self.fs_mount();
-        let mut out = Vec::with_capacity(containers.len());
-        for c in containers {
-            let sample = cgroup_path(c).and_then(|p| samples.get(&p));
-            let layer = self.stats.layer(&self.client, c).await;
-            out.push(container_stats(c, sample, layer, &fs_mount));
+        let paths: Vec<Option<String>> = containers.iter().map(cgroup_path).collect();
+        let samples = self
+            .stats
+            .samples(paths.iter().flatten().cloned().collect())
+            .await?;
+        // Cached for a while; when stale, asked of the snapshotter a few containers at a time
+        // rather than one after another (each answer is a walk of the container's upper dir).
+        let mut layers = Vec::with_capacity(containers.len());
+        for some in containers.chunks(LAYER_USAGE_CONCURRENCY) {
+            let asks: Vec<_> = some
+                .iter()
+                .map(|c| self.stats.layer(&self.client, c))
+                .collect();
+            layers.extend(futures_util::future::join_all(asks).await);
         }
-        Ok(out)
+        let fs_mount = self.fs_mount();
+        Ok(containers
+            .iter()
+            .zip(paths)
+            .zip(layers)
+            .map(|((c, path), layer)| {
+                let sample = path.and_then(|p| samples.get(&p));
+                container_stats(c, sample, layer, &fs_mount)
+            })
+            .collect())
     }
 
     pub(crate) async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
