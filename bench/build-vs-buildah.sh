@@ -9,7 +9,8 @@
 # per-round ratios. Needs root, docker-registry, skopeo, buildah (apt-get install buildah), and
 # berthd, berth-shim and berth built (PROFILE=debug by default, or release; BIN=DIR takes them
 # from DIR), busybox-oci (in BIN or target/debug: cargo build -p berth-testkit --bin busybox-oci)
-# for a busybox base (else the Debian fixture is the base). STORAGE=vfs forces buildah's vfs
+# for a busybox base (else the Debian fixture is the base). DOCKERFILE=c builds issue 16's proof
+# instead (gcc in a Debian stage, scripts/debian-gcc-image.sh). STORAGE=vfs forces buildah's vfs
 # driver; overlay is tried first and vfs used, and said, when it does not work here. buildah
 # runs RUN with runc: its default crun refuses this hosts' hybrid cgroup layout.
 set -euo pipefail
@@ -61,6 +62,25 @@ fi
 
 ctx=$work/ctx
 mkdir -p "$ctx"
+if [ "${DOCKERFILE:-shell}" = c ]; then
+    # Issue 16's proof Dockerfile: a C program compiled by gcc in a Debian stage (the test's
+    # image, scripts/debian-gcc-image.sh), its static binary copied into the busybox stage. The
+    # one-file change is data.txt, copied before the compile: gcc runs again.
+    gcc_archive=$(scripts/debian-gcc-image.sh)
+    gcc_base=127.0.0.1:$port/bench/debian-gcc:v1
+    skopeo copy -q --dest-tls-verify=false "oci-archive:$gcc_archive:v1" "docker://$gcc_base"
+    cat > "$ctx/Dockerfile" <<DF
+FROM $gcc_base AS compile
+WORKDIR /src
+COPY hello.c ./
+COPY data.txt ./
+RUN gcc -static -O2 -DDATA="\"\$(head -n1 data.txt)\"" -o hello hello.c
+FROM $base
+COPY --from=compile /src/hello /usr/local/bin/hello
+CMD ["/usr/local/bin/hello"]
+DF
+    printf '#include <stdio.h>\nint main(void) { printf("hello from C: %%s\\n", DATA); return 0; }\n' >"$ctx/hello.c"
+else
 cat > "$ctx/Dockerfile" <<DF
 FROM $base AS compile
 WORKDIR /src
@@ -77,6 +97,7 @@ WORKDIR /app
 CMD ["/usr/local/bin/hello"]
 DF
 printf "echo '#!/bin/sh' > hello\necho \"echo hello from \$1\" >> hello\nchmod 755 hello\n" > "$ctx/gen.sh"
+fi
 
 # buildah's overlay driver needs overlay mounts on its root's file system; probe it once.
 if [ "$driver" = overlay ] && ! buildah --root "$work/probe" --runroot "$work/probe-run" \
