@@ -33,6 +33,8 @@ pub struct HolderOptions {
     pub hostname: Option<String>,
     /// The pod's user namespace: uid and gid maps as `container:host:length[,…]`.
     pub userns: Option<(String, String)>,
+    /// Seconds after which the holder ends by itself (SIGALRM); a pod's holder has none.
+    pub exit_after: Option<u32>,
 }
 
 /// The command line berthd's sub-mode takes (after `cri-holder`).
@@ -59,6 +61,10 @@ pub fn args(opts: &HolderOptions) -> Vec<String> {
             "--gidmap".into(),
             gid.clone(),
         ]);
+    }
+    if let Some(secs) = opts.exit_after {
+        a.push("--exit-after".into());
+        a.push(secs.to_string());
     }
     a
 }
@@ -210,7 +216,7 @@ fn make_holder(opts: &HolderOptions) -> i32 {
             eprintln!("cri-holder: fork: {e}");
             1
         }
-        Ok(ForkResult::Child) => hold(),
+        Ok(ForkResult::Child) => hold(opts.exit_after),
         Ok(ForkResult::Parent { child }) => {
             let start = start_time(child.as_raw() as u32).unwrap_or(0);
             let mut out = std::io::stdout();
@@ -226,8 +232,9 @@ fn make_holder(opts: &HolderOptions) -> i32 {
     }
 }
 
-/// The holder: detached from berthd's session and stdio, reaping children until killed.
-fn hold() -> ! {
+/// The holder: detached from berthd's session and stdio, reaping children until killed (or,
+/// with `exit_after`, until that many seconds have passed).
+fn hold(exit_after: Option<u32>) -> ! {
     let _ = setsid();
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
@@ -246,6 +253,18 @@ fn hold() -> ! {
     let action = SigAction::new(SigHandler::Handler(noop), SaFlags::empty(), SigSet::empty());
     // SAFETY: the handler does nothing.
     let _ = unsafe { sigaction(Signal::SIGCHLD, &action) };
+    if let Some(secs) = exit_after {
+        // Handled rather than left to its default action: a PID namespace's init ignores a
+        // signal it has no handler for.
+        extern "C" fn end(_: i32) {
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { nix::libc::_exit(0) }
+        }
+        let action = SigAction::new(SigHandler::Handler(end), SaFlags::empty(), SigSet::empty());
+        // SAFETY: the handler only calls _exit.
+        let _ = unsafe { sigaction(Signal::SIGALRM, &action) };
+        nix::unistd::alarm::set(secs);
+    }
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None);

@@ -168,6 +168,7 @@ impl Cri {
             net: userns.is_some(),
             hostname: (!host_net).then(|| hostname.clone()),
             userns: userns.map(|u| (u.uid_map(), u.gid_map())),
+            exit_after: None,
         };
         if opts.ipc || opts.uts || opts.pid || opts.userns.is_some() {
             state.holder = Some(self.start_holder(&opts).await?);

@@ -46,6 +46,9 @@ fn searchable_by_others(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// How long the probe's holder may live at most.
+const PROBE_HOLDER_LIFETIME_SECS: u32 = 30;
+
 /// A holder in a user namespace mapped as asked, with its namespaces owned by it.
 fn probe_holder(binary: &Path) -> Result<(), String> {
     let map = format!("0:{PROBE_HOST_ID}:1");
@@ -56,6 +59,8 @@ fn probe_holder(binary: &Path) -> Result<(), String> {
         net: true,
         hostname: Some("berth-userns-probe".into()),
         userns: Some((map.clone(), map)),
+        // Killed below once checked; should this berthd die first, it ends by itself.
+        exit_after: Some(PROBE_HOLDER_LIFETIME_SECS),
     };
     let out = std::process::Command::new(binary)
         .arg("cri-holder")

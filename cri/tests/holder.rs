@@ -196,3 +196,46 @@ fn holder_makes_the_pods_user_namespace_with_its_namespaces_inside() {
         assert!(out.stdout.is_empty(), "{bad:?} made a holder");
     }
 }
+
+/// The startup probe's holder (`--exit-after`) ends by itself, PID 1 of its namespaces and in a
+/// user namespace as the probe makes it, so a berthd killed mid-probe leaves no holder behind.
+#[test]
+fn a_holder_with_exit_after_ends_by_itself() {
+    require_root();
+    let out = Command::new(berthd_binary())
+        .args([
+            "cri-holder",
+            "--ipc",
+            "--uts",
+            "--pid",
+            "--net",
+            "--uidmap",
+            "0:3000000001:1",
+            "--gidmap",
+            "0:3000000001:1",
+            "--exit-after",
+            "1",
+        ])
+        .output()
+        .expect("run berthd cri-holder");
+    assert!(
+        out.status.success(),
+        "cri-holder failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (pid, start) = line.split_once(' ').expect("`PID START` on stdout");
+    let (pid, start): (u32, u64) = (pid.parse().expect("a pid"), start.parse().expect("start"));
+    assert!(
+        berth_cri::holder::alive(pid, start),
+        "holder {pid} is gone at once"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while berth_cri::holder::alive(pid, start) {
+        if std::time::Instant::now() > deadline {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("holder {pid} still alive 10 s after a 1 s --exit-after");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

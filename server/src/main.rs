@@ -56,6 +56,10 @@ enum Command {
         uidmap: Option<String>,
         #[arg(long, requires = "uidmap")]
         gidmap: Option<String>,
+        /// End the holder after this many seconds (the startup probe's, so it cannot outlive a
+        /// berthd killed mid-probe)
+        #[arg(long)]
+        exit_after: Option<u32>,
     },
 }
 
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
             hostname,
             uidmap,
             gidmap,
+            exit_after,
         }) => {
             let opts = berth_cri::holder::HolderOptions {
                 ipc: *ipc,
@@ -106,6 +111,7 @@ fn main() -> ExitCode {
                 net: *net,
                 hostname: hostname.clone(),
                 userns: uidmap.clone().zip(gidmap.clone()),
+                exit_after: *exit_after,
             };
             return ExitCode::from(berth_cri::holder::run(&opts) as u8);
         }
