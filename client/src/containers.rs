@@ -390,39 +390,41 @@ impl Containers {
     /// each checked to exist before anything is created, as docker does (the daemon would only
     /// notice when the task starts, leaving a container behind).
     async fn resolve_networks(&self, config: &ContainerConfig) -> Result<Option<Vec<String>>> {
-        let wanted = match config.network {
-            Network::None | Network::Host => return Ok(None),
+        const WITHOUT: &str = "--network none runs a container without a network";
+        match config.network {
+            Network::None | Network::Host => Ok(None),
             Network::Named if config.networks.is_empty() => {
-                return Err(Error::invalid("a named network mode needs a network name"))
+                Err(Error::invalid("a named network mode needs a network name"))
             }
-            Network::Named => &config.networks,
-            Network::Default => &Vec::new(),
-        };
-        let known = self.client.networks().list().await.map_err(|e| {
-            if config.network == Network::Default {
-                Error::local(
-                    e.code(),
-                    format!("{e} (--network none runs a container without a network)"),
-                )
-            } else {
-                e
+            Network::Default => {
+                let known = self
+                    .client
+                    .networks()
+                    .list()
+                    .await
+                    .map_err(|e| Error::local(e.code(), format!("{e} ({WITHOUT})")))?;
+                match known.into_iter().find(|n| n.is_default) {
+                    Some(n) => Ok(Some(vec![n.name])),
+                    None => Err(Error::local(
+                        Code::FailedPrecondition,
+                        format!("berthd has no default network ({WITHOUT})"),
+                    )),
+                }
             }
-        })?;
-        if config.network == Network::Default {
-            return match known.iter().find(|n| n.is_default) {
-                Some(n) => Ok(Some(vec![n.name.clone()])),
-                None => Err(Error::local(
-                    Code::FailedPrecondition,
-                    "berthd has no default network (--network none runs a container without a network)",
-                )),
-            };
+            Network::Named => {
+                let known = self.client.networks().list().await?;
+                match config
+                    .networks
+                    .iter()
+                    .find(|n| !known.iter().any(|k| &k.name == *n))
+                {
+                    Some(missing) => Err(Error::not_found(format!(
+                        "network {missing} not found (berth network ls lists them)"
+                    ))),
+                    None => Ok(Some(config.networks.clone())),
+                }
+            }
         }
-        if let Some(missing) = wanted.iter().find(|n| !known.iter().any(|k| &k.name == *n)) {
-            return Err(Error::not_found(format!(
-                "network {missing} not found (berth network ls lists them)"
-            )));
-        }
-        Ok(Some(wanted.clone()))
     }
 
     async fn create_with(

@@ -158,7 +158,7 @@ impl Cri {
         let volumes = match self.prepare_image_volumes(&id, &mut config).await {
             Ok(v) => v,
             Err(e) => {
-                let _ = crate::blocking(move || crate::idmap_mount::unstage_all(&staging)).await;
+                let _ = crate::blocking(move || crate::staging::remove_all(&staging)).await;
                 return Err(e);
             }
         };
@@ -178,7 +178,7 @@ impl Cri {
             }
             Err(e) => {
                 self.abandon_image_volumes(&id, volumes).await;
-                let _ = crate::blocking(move || crate::idmap_mount::unstage_all(&staging)).await;
+                let _ = crate::blocking(move || crate::staging::remove_all(&staging)).await;
                 Err(e)
             }
         }
@@ -597,7 +597,7 @@ impl Cri {
         self.remove_image_volumes(&id, &crate::image_volume::of_record(&c.info.labels))
             .await?;
         let staging = self.idmapped_mounts_dir(&id);
-        crate::blocking(move || crate::idmap_mount::unstage_all(&staging)).await?;
+        crate::blocking(move || crate::staging::remove_all(&staging)).await?;
         match self.client.containers().remove(&c.info).await {
             Ok(()) => {}
             Err(e) if e.code() == tonic::Code::NotFound => {}

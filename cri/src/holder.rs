@@ -71,21 +71,9 @@ pub fn args(opts: &HolderOptions) -> Vec<String> {
 
 /// `container:host:length[,…]` as `/proc/PID/uid_map` takes it (one range a line).
 pub fn proc_map(map: &str) -> Option<String> {
-    let mut out = String::new();
-    for range in map.split(',') {
-        let n: Vec<u32> = range
-            .split(':')
-            .map(|n| n.parse().ok())
-            .collect::<Option<_>>()?;
-        let [container, host, length] = n[..] else {
-            return None;
-        };
-        if length == 0 {
-            return None;
-        }
-        out.push_str(&format!("{container} {host} {length}\n"));
-    }
-    Some(out)
+    berth_snapshotter::idmap::IdMap::parse(map)
+        .ok()
+        .map(|m| m.proc_form())
 }
 
 /// Unshare, fork the holder, print `PID START`, return the launcher's exit code; with a user

@@ -24,15 +24,7 @@ fn id_map(kind: &str, maps: &[cri::IdMapping]) -> Result<IdMap> {
     let ranges = maps
         .iter()
         .map(|m| {
-            (m.length > 0
-                && m.container_id.checked_add(m.length).is_some()
-                && m.host_id.checked_add(m.length).is_some())
-            .then_some(IdRange {
-                container: m.container_id,
-                host: m.host_id,
-                length: m.length,
-            })
-            .ok_or_else(|| {
+            IdRange::new(m.container_id, m.host_id, m.length).ok_or_else(|| {
                 Error::invalid(format!(
                     "the {kind} mapping {}:{}:{} of a mount is empty or past the id range",
                     m.container_id, m.host_id, m.length
@@ -83,7 +75,7 @@ pub fn stage_all(dir: &Path, config: &cri::ContainerConfig) -> Result<HashMap<us
                 staged.insert(index, p);
             }
             Err(e) => {
-                let _ = unstage_all(dir);
+                let _ = crate::staging::remove_all(dir);
                 return Err(e);
             }
         }
@@ -140,50 +132,10 @@ fn stage(dir: &Path, index: usize, m: &cri::Mount) -> Result<PathBuf> {
         })
         .and_then(|tree| attach(&tree, &target));
     if let Err(e) = made {
-        let _ = remove(&target);
+        let _ = crate::staging::remove(&target);
         return Err(e);
     }
     Ok(target)
-}
-
-/// Unmounts (every layer) and removes `path`, a staged file or directory.
-fn remove(path: &Path) -> Result<()> {
-    loop {
-        match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
-            Ok(()) => continue,
-            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => break,
-            Err(e) => return Err(Error::io(format!("unmount {}", path.display()), e.into())),
-        }
-    }
-    let removed = if path.is_dir() {
-        std::fs::remove_dir(path)
-    } else {
-        std::fs::remove_file(path)
-    };
-    match removed {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(Error::io(format!("remove {}", path.display()), e))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Unmounts and removes a container's staging directory; a missing one is not an error.
-pub fn unstage_all(dir: &Path) -> Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
-    };
-    for entry in entries.flatten() {
-        remove(&entry.path())?;
-    }
-    match std::fs::remove_dir(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(Error::io(format!("remove {}", dir.display()), e))
-        }
-        _ => Ok(()),
-    }
 }
 
 impl Cri {
@@ -206,7 +158,7 @@ impl Cri {
             .dirs_of_gone_containers(&self.idmapped_mounts_root())
             .await?
         {
-            crate::blocking(move || unstage_all(&path)).await?;
+            crate::blocking(move || crate::staging::remove_all(&path)).await?;
             tracing::info!(container = %id, "idmapped mounts of a container that is gone unmounted");
         }
         Ok(())

@@ -155,36 +155,6 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Unmount (lazily: an exec's process may still hold it) and remove the directories under a
-/// container's image-volume dir, then the dir.
-fn unmount_dir(dir: &Path) -> Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        while is_mount_point(&path) {
-            if let Err(e) = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
-                return Err(Error::io(format!("unmount {}", path.display()), e.into()));
-            }
-        }
-        match std::fs::remove_dir(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::io(format!("remove {}", path.display()), e))
-            }
-            _ => {}
-        }
-    }
-    match std::fs::remove_dir(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(Error::io(format!("remove {}", dir.display()), e))
-        }
-        _ => Ok(()),
-    }
-}
-
 impl Cri {
     fn image_volumes_dir(&self) -> PathBuf {
         self.settings
@@ -327,7 +297,7 @@ impl Cri {
         views: &[(usize, String)],
     ) -> Result<()> {
         let dir = self.image_volumes_dir().join(id);
-        crate::blocking(move || unmount_dir(&dir)).await?;
+        crate::blocking(move || crate::staging::remove_all(&dir)).await?;
         for (_, key) in views {
             let req = RemoveSnapshotRequest {
                 snapshotter: DEFAULT_SNAPSHOTTER.to_string(),
@@ -389,7 +359,7 @@ impl Cri {
             .dirs_of_gone_containers(&self.image_volumes_dir())
             .await?
         {
-            crate::blocking(move || unmount_dir(&path)).await?;
+            crate::blocking(move || crate::staging::remove_all(&path)).await?;
             tracing::info!(container = %id, "image volumes of a container that is gone unmounted");
         }
         Ok(())

@@ -18,6 +18,7 @@ mod metrics;
 mod pod;
 mod service;
 mod spec;
+mod staging;
 mod stats;
 mod store;
 mod streaming;

@@ -7,6 +7,7 @@ use crate::store::PodState;
 use berth::spec::{canonical_capability, ALL_CAPS, DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS};
 use berth_api::runtime::v1 as cri;
 use berth_errdefs::{Error, Result};
+use berth_snapshotter::idmap::{IdMap, IdRange};
 use oci_spec::image::ImageConfiguration;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -241,24 +242,18 @@ pub fn pod_security(pod: &cri::PodSandboxConfig) -> cri::LinuxSandboxSecurityCon
 /// container id 0, as the kubelet gives them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Userns {
-    pub uid: cri::IdMapping,
-    pub gid: cri::IdMapping,
+    pub uid: IdRange,
+    pub gid: IdRange,
 }
 
 impl Userns {
     /// `container:host:length`, the holder's arguments' and the snapshot labels' form.
     pub fn uid_map(&self) -> String {
-        format!(
-            "{}:{}:{}",
-            self.uid.container_id, self.uid.host_id, self.uid.length
-        )
+        IdMap(vec![self.uid]).to_string()
     }
 
     pub fn gid_map(&self) -> String {
-        format!(
-            "{}:{}:{}",
-            self.gid.container_id, self.gid.host_id, self.gid.length
-        )
+        IdMap(vec![self.gid]).to_string()
     }
 }
 
@@ -285,7 +280,7 @@ pub fn pod_userns(pod: &cri::PodSandboxConfig) -> Result<Option<Userns>> {
             )))
         }
     }
-    let one = |kind: &str, maps: &[cri::IdMapping]| -> Result<cri::IdMapping> {
+    let one = |kind: &str, maps: &[cri::IdMapping]| -> Result<IdRange> {
         let [m] = maps else {
             return Err(Error::invalid(format!(
                 "a pod user namespace needs exactly one {kind} mapping, got {}",
@@ -298,13 +293,12 @@ pub fn pod_userns(pod: &cri::PodSandboxConfig) -> Result<Option<Userns>> {
                 m.container_id
             )));
         }
-        if m.length == 0 || m.host_id.checked_add(m.length - 1).is_none() {
-            return Err(Error::invalid(format!(
+        IdRange::new(m.container_id, m.host_id, m.length).ok_or_else(|| {
+            Error::invalid(format!(
                 "the {kind} mapping {}+{} is empty or past the id range",
                 m.host_id, m.length
-            )));
-        }
-        Ok(*m)
+            ))
+        })
     };
     let userns = Userns {
         uid: one("uid", &u.uids)?,
@@ -784,7 +778,8 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
         linux["devices"] = Value::Array(devices);
     }
     if let Some(u) = userns {
-        let map = |m: cri::IdMapping| json!([{"containerID": m.container_id, "hostID": m.host_id, "size": m.length}]);
+        let map =
+            |r: IdRange| json!([{"containerID": r.container, "hostID": r.host, "size": r.length}]);
         linux["uidMappings"] = map(u.uid);
         linux["gidMappings"] = map(u.gid);
     }

@@ -183,36 +183,6 @@ fn check_id(id: &str, what: &str) -> Result<()> {
 }
 
 impl Cri {
-    /// The entries of `root` (one directory per container id, the CRI's own) whose container
-    /// record is gone: what a crash between staging mounts there and the record, or a removal
-    /// berthd did not finish, leaves behind. An entry that is not a container id at all counts
-    /// as gone too: nothing but the CRI writes there.
-    pub(crate) async fn dirs_of_gone_containers(
-        &self,
-        root: &std::path::Path,
-    ) -> Result<Vec<(String, std::path::PathBuf)>> {
-        let entries = match std::fs::read_dir(root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io(format!("read {}", root.display()), e)),
-        };
-        let mut gone = Vec::new();
-        for entry in entries.flatten() {
-            let id = entry.file_name().to_string_lossy().into_owned();
-            match self.client.containers().get_by_id(&id).await {
-                Ok(_) => continue,
-                Err(e)
-                    if matches!(
-                        e.code(),
-                        tonic::Code::NotFound | tonic::Code::InvalidArgument
-                    ) => {}
-                Err(e) => return Err(e.into()),
-            }
-            gone.push((id, entry.path()));
-        }
-        Ok(gone)
-    }
-
     async fn records(&self, kind: &str, extra: Option<String>) -> Result<Vec<ContainerInfo>> {
         let filter = match extra {
             Some(e) => format!("{},{e}", kind_filter(kind)),

@@ -19,6 +19,21 @@ pub struct IdRange {
     pub length: u32,
 }
 
+impl IdRange {
+    /// The range, when it is not empty and ends within u32 on both sides (what the kernel
+    /// takes in a uid_map or gid_map line).
+    pub fn new(container: u32, host: u32, length: u32) -> Option<IdRange> {
+        (length > 0
+            && container.checked_add(length).is_some()
+            && host.checked_add(length).is_some())
+        .then_some(IdRange {
+            container,
+            host,
+            length,
+        })
+    }
+}
+
 /// An id map: one or more [`IdRange`]s.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdMap(pub Vec<IdRange>);
@@ -36,16 +51,8 @@ impl IdMap {
             .map(|r| {
                 let mut it = r.split(':').map(|n| n.trim().parse::<u32>());
                 match (it.next(), it.next(), it.next(), it.next()) {
-                    (Some(Ok(container)), Some(Ok(host)), Some(Ok(length)), None)
-                        if length > 0
-                            && container.checked_add(length).is_some()
-                            && host.checked_add(length).is_some() =>
-                    {
-                        Ok(IdRange {
-                            container,
-                            host,
-                            length,
-                        })
+                    (Some(Ok(container)), Some(Ok(host)), Some(Ok(length)), None) => {
+                        IdRange::new(container, host, length).ok_or_else(bad)
                     }
                     _ => Err(bad()),
                 }

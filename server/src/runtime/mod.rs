@@ -178,6 +178,21 @@ impl TaskManager {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Takes `task`'s slot for a teardown (makes it Busy) if `task` still holds it; false when a
+    /// delete or a dead-task cleanup took it first. The look and the take are one step under the
+    /// lock, so of several finders of one task exactly one tears it down.
+    fn claim_slot(&self, task: &Arc<Task>) -> bool {
+        let key = (task.record.namespace.clone(), task.record.id.clone());
+        let mut tasks = self.lock();
+        match tasks.get(&key) {
+            Some(Slot::Ready(t)) if Arc::ptr_eq(t, task) => {
+                tasks.insert(key, Slot::Busy);
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn tasks_dir(&self) -> PathBuf {
         self.state_dir.join("tasks")
     }
@@ -694,17 +709,7 @@ impl TaskManager {
         let task = self.get(ns, id)?;
         let exit = task.backend.delete("").await?;
         let key = (ns.to_string(), id.to_string());
-        let claimed = {
-            let mut tasks = self.lock();
-            match tasks.get(&key) {
-                Some(Slot::Ready(t)) if Arc::ptr_eq(t, &task) => {
-                    tasks.insert(key.clone(), Slot::Busy);
-                    true
-                }
-                _ => false,
-            }
-        };
-        if !claimed {
+        if !self.claim_slot(&task) {
             // The shim died right after it deleted init, and the dead-task cleanup holds the
             // slot: the bundle is that cleanup's to remove, and releasing its slot here would
             // let a new create of the id run into it.

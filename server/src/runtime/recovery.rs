@@ -199,19 +199,12 @@ impl TaskManager {
     /// finders of one dead task (its exit watcher, a listing) one cleans it up, and a cleanup
     /// never starts behind a Delete, or runs on into a new create of the same id.
     pub(super) fn clean_up_dead_task(self: &Arc<Self>, task: &Arc<Task>, why: String) {
-        let key = (task.record.namespace.clone(), task.record.id.clone());
-        {
-            let mut tasks = self.lock();
-            match tasks.get(&key) {
-                Some(Slot::Ready(t)) if Arc::ptr_eq(t, task) => {
-                    tasks.insert(key.clone(), Slot::Busy);
-                }
-                _ => return,
-            }
+        if !self.claim_slot(task) {
+            return;
         }
         self.spawn_dead_cleanup(
-            key.0,
-            key.1,
+            task.record.namespace.clone(),
+            task.record.id.clone(),
             task.bundle.clone(),
             task.socket_dir.clone(),
             Some(task.record.clone()),
