@@ -14,7 +14,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::fsops::{self, lstat_at, os, path_o, Root};
 use super::tarfmt::{self, WriteHeader, BLOCK};
-use super::LayerCompression;
+use super::{DiffOptions, LayerCompression};
 use berth_errdefs::{Error, Result};
 use berth_oci::Digest;
 
@@ -60,7 +60,7 @@ pub(crate) fn compute<W: Write>(
     lower: &Path,
     upper: &Path,
     compression: LayerCompression,
-    source_date_epoch: Option<i64>,
+    options: &DiffOptions<'_>,
     out: W,
 ) -> Result<(Digest, u64, Digest)> {
     let mut comp = HashCount::new(out);
@@ -68,14 +68,14 @@ pub(crate) fn compute<W: Write>(
         LayerCompression::None => {
             {
                 let mut bw = BufWriter::with_capacity(1 << 20, &mut comp);
-                write_diff(lower, upper, source_date_epoch, &mut bw)?;
+                write_diff(lower, upper, options, &mut bw)?;
                 bw.flush().map_err(werr)?;
             }
             comp.digest()
         }
         LayerCompression::Gzip => {
             let gz = GzEncoder::new(&mut comp, flate2::Compression::default());
-            let (diff_id, gz) = write_through(lower, upper, source_date_epoch, gz)?;
+            let (diff_id, gz) = write_through(lower, upper, options, gz)?;
             gz.finish().map_err(werr)?;
             diff_id
         }
@@ -83,7 +83,7 @@ pub(crate) fn compute<W: Write>(
             // Level 3 is zstd's default, and what containerd's (klauspost) encoder writes by
             // default too.
             let zst = zstd::stream::write::Encoder::new(&mut comp, ZSTD_LEVEL).map_err(werr)?;
-            let (diff_id, zst) = write_through(lower, upper, source_date_epoch, zst)?;
+            let (diff_id, zst) = write_through(lower, upper, options, zst)?;
             zst.finish().map_err(werr)?;
             diff_id
         }
@@ -100,23 +100,32 @@ const ZSTD_LEVEL: i32 = 3;
 fn write_through<E: Write>(
     lower: &Path,
     upper: &Path,
-    source_date_epoch: Option<i64>,
+    options: &DiffOptions<'_>,
     enc: E,
 ) -> Result<(Digest, E)> {
     let mut unc = HashCount::new(enc);
     {
         let mut bw = BufWriter::with_capacity(1 << 20, &mut unc);
-        write_diff(lower, upper, source_date_epoch, &mut bw)?;
+        write_diff(lower, upper, options, &mut bw)?;
         bw.flush().map_err(werr)?;
     }
     Ok((unc.digest(), unc.inner))
 }
 
-/// One directory being merged: both sides' fds and the union of their names, sorted.
+#[cfg(test)]
+thread_local! {
+    /// Names the walk looked at: tests check that a guided walk leaves the unchanged ones alone.
+    pub(crate) static VISITS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// One directory being merged: both sides' fds and the names to visit, sorted — the union of
+/// both sides' names, or, where an overlay upperdir guides, only the names it holds.
 struct Frame {
     rel: Vec<u8>,
     lower: Option<OwnedFd>,
     upper: OwnedFd,
+    /// The upperdir's directory at `rel`, when it alone says what can differ here.
+    guide: Option<OwnedFd>,
     names: Vec<Vec<u8>>,
     idx: usize,
 }
@@ -166,19 +175,84 @@ fn merged_names(lower: Option<&OwnedFd>, upper: &OwnedFd, rel: &[u8]) -> Result<
     Ok(names)
 }
 
+/// overlayfs's marks on an upperdir directory whose merged content is not "the lower directory
+/// plus the names here": an opaque directory hides the lower one, a redirect shows another.
+const OVERLAY_DIR_MARKS: [&[u8]; 4] = [
+    b"trusted.overlay.opaque",
+    b"trusted.overlay.redirect",
+    b"user.overlay.opaque",
+    b"user.overlay.redirect",
+];
+
+/// `name` in the upperdir directory `guide` as a guide for its subtree: a directory carrying
+/// none of overlay's marks. Anything else (missing, not a directory, opaque, redirected) is
+/// walked in full.
+fn guide_into(guide: BorrowedFd<'_>, name: &[u8], path: &[u8]) -> Result<Option<OwnedFd>> {
+    match lstat_at(guide, name).map_err(|e| rerr("lstat upperdir", path, e))? {
+        Some(st) if fsops::is_dir(&st) => {}
+        _ => return Ok(None),
+    }
+    if marked(&fsops::proc_path(guide, Some(name)), path)? {
+        return Ok(None);
+    }
+    rfs::openat(guide, os(name), path_o(), Mode::empty())
+        .map(Some)
+        .map_err(|e| rerr("open upperdir", path, e))
+}
+
+/// Whether overlay marked the upperdir directory at `at` opaque or redirected (`at` names it
+/// by a final component: xattrs are read without following a symlink).
+fn marked(at: &Path, path: &[u8]) -> Result<bool> {
+    for mark in OVERLAY_DIR_MARKS {
+        if fsops::get_xattr(at, mark)
+            .map_err(|e| rerr("getxattr upperdir", path, e))?
+            .is_some()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The names a frame visits: the guide's alone, or both sides' union.
+fn frame_names(
+    guide: Option<&OwnedFd>,
+    lower: Option<&OwnedFd>,
+    upper: &OwnedFd,
+    rel: &[u8],
+) -> Result<Vec<Vec<u8>>> {
+    match guide {
+        Some(g) => {
+            let mut names =
+                fsops::list_dir(g.as_fd()).map_err(|e| rerr("read upperdir", rel, e))?;
+            names.sort_unstable();
+            Ok(names)
+        }
+        None => merged_names(lower, upper, rel),
+    }
+}
+
 fn write_diff(
     lower: &Path,
     upper: &Path,
-    source_date_epoch: Option<i64>,
+    options: &DiffOptions<'_>,
     w: &mut dyn Write,
 ) -> Result<()> {
+    let source_date_epoch = options.source_date_epoch;
     let lower_root = Root::open(lower)?;
     let upper_root = Root::open(upper)?;
     let lfd = lower_root.dir(&[], None)?;
     let ufd = upper_root
         .dir(&[], None)?
         .ok_or_else(|| Error::internal("upper root vanished"))?;
-    let names = merged_names(lfd.as_ref(), &ufd, b"")?;
+    let guide = match (options.overlay_upperdir, &lfd) {
+        (Some(dir), Some(_)) if !marked(dir, b"")? => Some(
+            rfs::open(dir, path_o(), Mode::empty())
+                .map_err(|e| Error::io(format!("open upperdir {}", dir.display()), e.into()))?,
+        ),
+        _ => None,
+    };
+    let names = frame_names(guide.as_ref(), lfd.as_ref(), &ufd, b"")?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
@@ -197,6 +271,7 @@ fn write_diff(
         rel: Vec::new(),
         lower: lfd,
         upper: ufd,
+        guide,
         names,
         idx: 0,
     }];
@@ -207,6 +282,8 @@ fn write_diff(
         }
         let name = std::mem::take(&mut top.names[top.idx]);
         top.idx += 1;
+        #[cfg(test)]
+        VISITS.with(|v| v.set(v.get() + 1));
         let path = join(&top.rel, &name);
         let lst = match &top.lower {
             Some(l) => lstat_at(l.as_fd(), &name).map_err(|e| rerr("lstat lower", &path, e))?,
@@ -244,11 +321,17 @@ fn write_diff(
                 (Some(()), Some(l)) => Some(open(l, "lower")?),
                 _ => None,
             };
-            let names = merged_names(lfd.as_ref(), &ufd, &path)?;
+            // A directory new in this layer has no lower to leave out: walked in full.
+            let guide = match (&lfd, &top.guide) {
+                (Some(_), Some(g)) => guide_into(g.as_fd(), &name, &path)?,
+                _ => None,
+            };
+            let names = frame_names(guide.as_ref(), lfd.as_ref(), &ufd, &path)?;
             stack.push(Frame {
                 rel: path,
                 lower: lfd,
                 upper: ufd,
+                guide,
                 names,
                 idx: 0,
             });

@@ -215,6 +215,18 @@ impl LayerCompression {
     }
 }
 
+/// What a layer computation may know beyond its two trees.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiffOptions<'a> {
+    /// DiffRequest.source_date_epoch, in seconds since the epoch: entries modified later are
+    /// dated this, whiteouts the epoch itself, as containerd 2 writes a reproducible layer.
+    pub source_date_epoch: Option<i64>,
+    /// The overlay upperdir under `upper` when `upper` is an overlay mounted on exactly `lower`'s
+    /// tree: only the paths it names can differ, so the walk visits those and never lists or
+    /// stats the rest of the lower tree. The output is the full double walk's, byte for byte.
+    pub overlay_upperdir: Option<&'a Path>,
+}
+
 /// Write the changes that turn `lower` into `upper` as an OCI layer tar into `out`, compressed
 /// as `compression` says; returns (digest of what was written, its size, diff ID of the uncompressed tar).
 ///
@@ -231,18 +243,17 @@ pub fn compute_layer<W: Write>(
     compression: LayerCompression,
     out: W,
 ) -> Result<(Digest, u64, Digest)> {
-    compute::compute(lower, upper, compression, None, out)
+    compute::compute(lower, upper, compression, &DiffOptions::default(), out)
 }
 
-/// [`compute_layer`] for a reproducible layer (DiffRequest.source_date_epoch, in seconds since
-/// the epoch): entries modified later are dated `source_date_epoch`, whiteouts the epoch itself,
-/// as containerd 2 writes them.
-pub fn compute_layer_with_epoch<W: Write>(
+/// [`compute_layer`] with what else is known: a reproducible date, an overlay upperdir to
+/// guide the walk.
+pub fn compute_layer_with<W: Write>(
     lower: &Path,
     upper: &Path,
     compression: LayerCompression,
-    source_date_epoch: i64,
+    options: &DiffOptions<'_>,
     out: W,
 ) -> Result<(Digest, u64, Digest)> {
-    compute::compute(lower, upper, compression, Some(source_date_epoch), out)
+    compute::compute(lower, upper, compression, options, out)
 }

@@ -2015,6 +2015,183 @@ fn compute_then_apply_reproduces_upper() {
     assert_eq!(blob, vec![0u8; 2 * BLOCK]);
 }
 
+/// The diff of a container made through a real overlay mount: walking only the upperdir gives
+/// the full double walk's tar byte for byte, looks at far fewer names, and applied to a copy
+/// of the lower tree reproduces the merged view.
+#[test]
+fn an_overlay_upperdir_guided_diff_is_the_full_walks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [lower, upper, work, merged] = ["lower", "upper", "work", "merged"].map(|n| {
+        let p = tmp.path().join(n);
+        fs::create_dir(&p).unwrap();
+        p
+    });
+    build_rich_tree(&lower);
+    for dir in [
+        "gone/deep",
+        "opaque/old",
+        "dir-to-file/x",
+        "many",
+        "kept/inner",
+    ] {
+        fs::create_dir_all(lower.join(dir)).unwrap();
+    }
+    for file in [
+        "gone/deep/f",
+        "opaque/old/f",
+        "opaque/same",
+        "file-to-dir",
+        "kept/inner/f",
+        "renamed-from",
+    ] {
+        fs::write(lower.join(file), file.as_bytes()).unwrap();
+    }
+    for i in 0..400 {
+        fs::write(lower.join(format!("many/{i}")), b"unchanged").unwrap();
+    }
+
+    let opts = format!(
+        "index=off,lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let data = std::ffi::CString::new(opts).unwrap();
+    rustix::mount::mount(
+        "overlay",
+        &merged,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        data.as_c_str(),
+    )
+    .expect("mount overlay");
+    let _guard = Mounted(merged.clone());
+    let m = |s: &str| merged.join(s);
+    fs::write(m("d/f"), b"changed: copied up, its links stay below\n").unwrap();
+    fs::write(m("added"), b"new").unwrap();
+    fs::create_dir_all(m("newdir/sub")).unwrap();
+    fs::write(m("newdir/sub/f"), b"nested").unwrap();
+    fs::hard_link(m("bin/su"), m("newdir/su-link")).unwrap();
+    fs::remove_file(m("empty")).unwrap();
+    fs::remove_dir_all(m("gone")).unwrap();
+    // Removed and made again: overlay marks the new directory opaque.
+    fs::remove_dir_all(m("opaque")).unwrap();
+    fs::create_dir(m("opaque")).unwrap();
+    fs::write(m("opaque/same"), b"opaque/same").unwrap();
+    fs::remove_dir_all(m("dir-to-file")).unwrap();
+    fs::write(m("dir-to-file"), b"now a file").unwrap();
+    fs::remove_file(m("file-to-dir")).unwrap();
+    fs::create_dir(m("file-to-dir")).unwrap();
+    fs::rename(m("renamed-from"), m("renamed-to")).unwrap();
+    chmod(&m("bin/ping"), 0o700);
+    chown(&m("kept/inner"), 3000, 3000);
+    setxattr(&m("shared"), "user.note", b"copied up for an xattr");
+    fs::remove_file(m("lnk")).unwrap();
+    symlink("elsewhere", m("lnk")).unwrap();
+    fs::write(m("many/made-and-gone"), b"x").unwrap();
+    fs::remove_file(m("many/made-and-gone")).unwrap();
+    let opq = xattrs(&upper.join("opaque"));
+    assert!(
+        opq.contains_key(&b"trusted.overlay.opaque"[..]),
+        "the remade directory is opaque in the upperdir"
+    );
+
+    // Whiteouts dated by the epoch rule, not the clock, so the two tars can be compared.
+    let layer = |guide: Option<&Path>| {
+        let options = DiffOptions {
+            source_date_epoch: Some(i64::MAX),
+            overlay_upperdir: guide,
+        };
+        let mut blob = Vec::new();
+        compute::VISITS.with(|v| v.set(0));
+        let (digest, _, diff_id) =
+            compute_layer_with(&lower, &merged, LayerCompression::None, &options, &mut blob)
+                .unwrap();
+        assert_eq!(digest, diff_id);
+        (blob, compute::VISITS.with(|v| v.get()))
+    };
+    let (full, full_visits) = layer(None);
+    let (guided, guided_visits) = layer(Some(&upper));
+    let names = |tar: &[u8]| -> Vec<String> {
+        let mut a = tar::Archive::new(tar);
+        a.entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect()
+    };
+    assert_eq!(names(&guided), names(&full));
+    assert!(
+        guided == full,
+        "the guided tar differs from the full walk's"
+    );
+    for expected in [
+        ".wh.gone",
+        ".wh.empty",
+        "opaque/.wh.old",
+        ".wh.renamed-from",
+        "renamed-to",
+    ] {
+        assert!(
+            names(&full).iter().any(|n| n == expected),
+            "{expected} in {:?}",
+            names(&full)
+        );
+    }
+    assert!(
+        guided_visits * 5 < full_visits,
+        "guided {guided_visits} names, full {full_visits}"
+    );
+
+    let target = tmp.path().join("applied");
+    cp_a(&lower, &target);
+    apply_layer(
+        &guided[..],
+        TAR,
+        &target,
+        Whiteouts::Native,
+        &Limits::default(),
+    )
+    .unwrap();
+    let probe = |root: &Path| -> Vec<(String, u32, u32, u32)> {
+        let mut out = Vec::new();
+        for p in [
+            "d/f",
+            "added",
+            "newdir/sub/f",
+            "newdir/su-link",
+            "opaque/same",
+            "dir-to-file",
+            "file-to-dir",
+            "renamed-to",
+            "bin/ping",
+            "kept/inner",
+            "lnk",
+        ] {
+            let md = fs::symlink_metadata(root.join(p)).unwrap();
+            out.push((p.to_string(), md.mode(), md.uid(), md.gid()));
+        }
+        for gone in [
+            "gone",
+            "empty",
+            "opaque/old",
+            "renamed-from",
+            "many/made-and-gone",
+        ] {
+            assert!(
+                fs::symlink_metadata(root.join(gone)).is_err(),
+                "{gone} is gone"
+            );
+        }
+        out
+    };
+    assert_eq!(probe(&target), probe(&merged));
+    assert_eq!(
+        fs::read(target.join("d/f")).unwrap(),
+        fs::read(m("d/f")).unwrap()
+    );
+    assert_eq!(fs::read_dir(target.join("many")).unwrap().count(), 400);
+}
+
 /// `BERTH_BENCH_LAYER=/path/layer.tar.gz cargo test --release -- --ignored bench_apply --nocapture`
 #[test]
 #[ignore = "benchmark; needs BERTH_BENCH_LAYER"]

@@ -104,7 +104,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 pub use error::{Error, Result};
-pub use mount::{mount_all, unmount, unmount_under, Mount};
+pub use mount::{mount_all, overlay_upperdir_over, unmount, unmount_under, Mount};
 pub use native::NativeSnapshotter;
 pub use overlay::{supported as overlay_supported, OverlaySnapshotter};
 

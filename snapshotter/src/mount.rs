@@ -253,6 +253,42 @@ pub fn unmount_under(dir: &Path) -> Result<()> {
 }
 
 /// The mount points of a mountinfo table at or below `dir`, in table order.
+/// The upperdir of `upper` when `upper` is an overlay stacked on exactly the tree `lower`
+/// mounts (a bind of its one lowerdir, or a lowerdir-only overlay of the same list): every path
+/// where the two trees differ is then named in that upperdir, so a differ need walk only it.
+/// `None` for any other pair, idmapped overlays included (their lowers are seen remapped).
+pub fn overlay_upperdir_over(lower: &[Mount], upper: &[Mount]) -> Option<PathBuf> {
+    let [upper] = upper else { return None };
+    let [lower] = lower else { return None };
+    if upper.r#type != "overlay" {
+        return None;
+    }
+    let option = |m: &Mount, key: &str| {
+        let mut found = m.options.iter().filter_map(|o| o.strip_prefix(key));
+        match (found.next(), found.next()) {
+            (Some(v), None) => Some(v.to_string()),
+            _ => None,
+        }
+    };
+    if ["uidmap=", "gidmap="]
+        .iter()
+        .any(|k| upper.options.iter().any(|o| o.starts_with(k)))
+    {
+        return None;
+    }
+    let upperdir = option(upper, "upperdir=")?;
+    let lowerdirs = option(upper, "lowerdir=")?;
+    let same_tree = match lower.r#type.as_str() {
+        "bind" => lower.source == lowerdirs && !lowerdirs.contains(':'),
+        "overlay" => {
+            option(lower, "upperdir=").is_none()
+                && option(lower, "lowerdir=").as_deref() == Some(lowerdirs.as_str())
+        }
+        _ => false,
+    };
+    same_tree.then(|| PathBuf::from(upperdir))
+}
+
 fn mount_points_at_or_below(table: &str, dir: &Path) -> Vec<PathBuf> {
     table
         .lines()
@@ -351,5 +387,65 @@ mod tests {
             (dir.as_path(), out),
             (Path::new("/r/s"), s(&["lowerdir=12/fs:34/fs"]))
         );
+    }
+
+    #[test]
+    fn an_overlay_upperdir_guides_only_over_its_own_lowers() {
+        let m = |t: &str, src: &str, o: &[&str]| Mount {
+            r#type: t.into(),
+            source: src.into(),
+            target: String::new(),
+            options: s(o),
+        };
+        let active = |lowers: &str| {
+            m(
+                "overlay",
+                "overlay",
+                &["index=off", "workdir=/r/3/work", "upperdir=/r/3/fs", lowers],
+            )
+        };
+        let one = active("lowerdir=/r/2/fs");
+        let two = active("lowerdir=/r/2/fs:/r/1/fs");
+        let bind = |src: &str| m("bind", src, &["ro", "rbind"]);
+        let view2 = m(
+            "overlay",
+            "overlay",
+            &["index=off", "lowerdir=/r/2/fs:/r/1/fs"],
+        );
+        let upper = Some(PathBuf::from("/r/3/fs"));
+        assert_eq!(
+            overlay_upperdir_over(&[bind("/r/2/fs")], std::slice::from_ref(&one)),
+            upper
+        );
+        assert_eq!(
+            overlay_upperdir_over(std::slice::from_ref(&view2), std::slice::from_ref(&two)),
+            upper
+        );
+        // Another tree below, another stack, or no tree at all: no guide.
+        assert_eq!(
+            overlay_upperdir_over(&[bind("/r/1/fs")], std::slice::from_ref(&one)),
+            None
+        );
+        assert_eq!(
+            overlay_upperdir_over(&[bind("/r/2/fs")], std::slice::from_ref(&two)),
+            None
+        );
+        assert_eq!(
+            overlay_upperdir_over(std::slice::from_ref(&view2), std::slice::from_ref(&one)),
+            None
+        );
+        assert_eq!(overlay_upperdir_over(&[], std::slice::from_ref(&one)), None);
+        assert_eq!(
+            overlay_upperdir_over(std::slice::from_ref(&two), std::slice::from_ref(&two)),
+            None
+        );
+        // A container with no parent is a bind: nothing to guide by.
+        assert_eq!(
+            overlay_upperdir_over(&[], &[m("bind", "/r/3/fs", &["rw", "rbind"])]),
+            None
+        );
+        let mut mapped = one.clone();
+        mapped.options.push("uidmap=0:100000:65536".into());
+        assert_eq!(overlay_upperdir_over(&[bind("/r/2/fs")], &[mapped]), None);
     }
 }

@@ -11,7 +11,7 @@ use berth_api::containerd::services::diff::v1::{diff_server::Diff, *};
 use berth_api::containerd::types::Descriptor;
 use berth_content::Writer;
 use berth_errdefs::Error;
-use berth_layer::{compute_layer, compute_layer_with_epoch, Applied, LayerCompression};
+use berth_layer::{compute_layer_with, Applied, DiffOptions, LayerCompression};
 use berth_oci::Digest;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -96,6 +96,9 @@ impl Diff for DiffService {
         };
         let (content, ingest) = (self.state.content.clone(), format!("{ns}/{ref}"));
         let (left, mut right) = (from_api_mounts(req.left), from_api_mounts(req.right));
+        // A container's overlay over exactly its parent's tree: the walk visits only what its
+        // upperdir names, instead of every file of the image below.
+        let overlay_upperdir = berth_snapshotter::overlay_upperdir_over(&left, &right);
         // A remapped container's snapshot holds host ids: compared through the inverse maps.
         for m in &mut right {
             if let Some(view) =
@@ -112,12 +115,12 @@ impl Diff for DiffService {
             with_mounted(&mounts_dir, &left, |lower| {
                 with_mounted(&mounts_dir, &right, |upper| {
                     let mut sink = IngestSink { writer, offset: 0 };
-                    let (digest, size, diff_id) = match epoch {
-                        Some(epoch) => {
-                            compute_layer_with_epoch(lower, upper, compression, epoch, &mut sink)?
-                        }
-                        None => compute_layer(lower, upper, compression, &mut sink)?,
+                    let options = DiffOptions {
+                        source_date_epoch: epoch,
+                        overlay_upperdir: overlay_upperdir.as_deref(),
                     };
+                    let (digest, size, diff_id) =
+                        compute_layer_with(lower, upper, compression, &options, &mut sink)?;
                     Ok((sink.writer, digest, size, diff_id))
                 })
             })
