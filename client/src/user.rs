@@ -16,6 +16,7 @@ use tonic::Code;
 pub struct ResolvedUser {
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups, the primary one first (as containerd sets them).
     pub additional_gids: Vec<u32>,
     /// The home directory from passwd (HOME for the process, as docker sets it).
     pub home: Option<String>,
@@ -148,14 +149,18 @@ pub fn resolve(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<
                 })?,
         },
     };
-    let mut additional_gids: Vec<u32> = groups
+    let mut others: Vec<u32> = groups
         .iter()
         .filter(|g| !entry.name.is_empty() && g.members.contains(&entry.name))
         .map(|g| g.gid)
         .filter(|&g| g != gid)
         .collect();
-    additional_gids.sort_unstable();
-    additional_gids.dedup();
+    others.sort_unstable();
+    others.dedup();
+    // The primary group is a supplementary group too (containerd's CVE-2023-25173 fix): a
+    // process that changes its egid (a setgid program) keeps it, so a file that denies that
+    // group stays denied.
+    let additional_gids = std::iter::once(gid).chain(others).collect();
     Ok(ResolvedUser {
         uid: entry.uid,
         gid,
@@ -293,18 +298,18 @@ mod tests {
         let r = resolve("app", Some(PASSWD), Some(GROUP)).unwrap();
         assert_eq!(
             (r.uid, r.gid, r.additional_gids.clone()),
-            (1000, 1000, vec![10, 29])
+            (1000, 1000, vec![1000, 10, 29])
         );
         assert_eq!(r.home.as_deref(), Some("/home/app"));
         let r = resolve("app:wheel", Some(PASSWD), Some(GROUP)).unwrap();
-        assert_eq!((r.gid, r.additional_gids), (10, vec![29]));
+        assert_eq!((r.gid, r.additional_gids), (10, vec![10, 29]));
         let r = resolve("1000:5", Some(PASSWD), Some(GROUP)).unwrap();
         assert_eq!((r.uid, r.gid), (1000, 5));
         // A uid the image does not know runs with gid 0, as docker does.
         let r = resolve("4242", Some(PASSWD), None).unwrap();
-        assert_eq!((r.uid, r.gid), (4242, 0));
+        assert_eq!((r.uid, r.gid, r.additional_gids), (4242, 0, vec![0]));
         let r = resolve("", Some(PASSWD), Some(GROUP)).unwrap();
-        assert_eq!((r.uid, r.gid, r.additional_gids), (0, 0, vec![10]));
+        assert_eq!((r.uid, r.gid, r.additional_gids), (0, 0, vec![0, 10]));
         let e = resolve("ghost", Some(PASSWD), Some(GROUP)).unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
         assert!(e.to_string().contains("ghost"), "{e}");

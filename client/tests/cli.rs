@@ -363,6 +363,24 @@ fn exec_users_and_pause() {
         env.ok(&["run", "--rm", "-u", "app", IMAGE, "id", "-G"]),
         "1000 10\n"
     );
+    // The primary group is among the kernel's supplementary groups too (CVE-2023-25173), so a
+    // setgid program cannot shed it and read what that group is denied.
+    let status = env.ok(&[
+        "run",
+        "--rm",
+        "-u",
+        "app",
+        IMAGE,
+        "cat",
+        "/proc/self/status",
+    ]);
+    let groups: Vec<&str> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(groups, ["10", "1000"], "{status}");
     assert_eq!(
         env.ok(&["run", "--rm", "-u", "4242:7", IMAGE, "id", "-u"]),
         "4242\n"

@@ -350,7 +350,7 @@ impl Cri {
         };
         let strict = sc.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Strict as i32;
         let mut groups: Vec<u32> = if strict {
-            Vec::new()
+            vec![resolved.gid]
         } else {
             resolved.additional_gids.clone()
         };
