@@ -137,7 +137,8 @@ fn user_of(user: &str) -> (Option<i64>, String) {
 
 /// A gRPC `grpc-timeout` value (`<up to 8 digits><H|M|S|m|u|n>`).
 pub(crate) fn grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
+    // ASCII only: the unit is split off as the last byte (found by fuzz target cri_requests).
+    if !value.is_ascii() || value.len() < 2 || value.len() > 9 {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);
@@ -598,6 +599,9 @@ mod tests {
         assert_eq!(grpc_timeout("5x"), None);
         assert_eq!(grpc_timeout("m"), None);
         assert_eq!(grpc_timeout("1234567890S"), None);
+        // A unit that is not one byte is refused, not split inside a character.
+        assert_eq!(grpc_timeout("1\u{5c0}"), None);
+        assert_eq!(grpc_timeout("\n\u{1}C_W\u{5c0}"), None);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 pub mod config;
 mod container;
 mod exec_sync;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod holder;
 mod idmap_mount;
 mod image_volume;
