@@ -297,6 +297,8 @@ pub struct Net {
     state_dir: PathBuf,
     // Record reads that decide something (port clashes, network in use) and hosts rewrites.
     records_lock: Mutex<()>,
+    /// Bridges whose host rules this process has put in place (`host_rules`).
+    ruled_bridges: Mutex<HashSet<String>>,
 }
 
 impl Net {
@@ -314,6 +316,7 @@ impl Net {
             networks,
             state_dir: config.state_dir,
             records_lock: Mutex::new(()),
+            ruled_bridges: Mutex::new(HashSet::new()),
         })
     }
 
@@ -488,11 +491,32 @@ impl Net {
         }
     }
 
+    /// The host rules of berth's networks among `configs`, once per bridge and process: they
+    /// outlive containers, but not a reboot or a flush of the host's tables.
+    fn ensure_host_rules(&self, configs: &[ConfigList]) -> Result<()> {
+        for config in configs {
+            let ruled = config.raw.get(crate::networks::HOST_RULES_KEY) == Some(&Value::Bool(true));
+            let Some(bridge) = config.bridge().filter(|_| ruled) else {
+                continue;
+            };
+            let mut done = self
+                .ruled_bridges
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !done.contains(&bridge) {
+                crate::host_rules::ensure(&bridge, &config.subnets())?;
+                done.insert(bridge);
+            }
+        }
+        Ok(())
+    }
+
     fn add_all(&self, record: &mut Record, configs: &[ConfigList]) -> Result<Attachment> {
+        self.ensure_host_rules(configs)?;
         if record.owns_netns {
+            // With `lo` up: runc does not do it for a netns it is given.
             netns::create(&self.netns_name(&record.key))?;
         }
-        self.loopback_up(record)?;
         let runtime = runtime_args(record);
         for (i, config) in configs.iter().enumerate() {
             record.networks.push(RecordNetwork {
@@ -528,22 +552,6 @@ impl Net {
             Some(record),
         )?;
         Ok(attachment)
-    }
-
-    /// `lo` up in the new netns: runc does not do it for a netns it is given.
-    fn loopback_up(&self, record: &Record) -> Result<()> {
-        if !record.owns_netns {
-            return Ok(());
-        }
-        let config = serde_json::json!({
-            "cniVersion": crate::CNI_VERSION,
-            "name": "berth-loopback",
-            "type": "loopback",
-        });
-        let inv = invocation(record, "lo");
-        self.plugins
-            .exec(Command::Add, &inv, "berth-loopback", &config)
-            .map(|_| ())
     }
 
     fn attachment_of(&self, record: &Record) -> Result<Attachment> {
@@ -665,6 +673,9 @@ impl Net {
             netns::remove(&record.netns)?;
         }
         let dir = self.dir_of(&record.key);
+        // Under the records lock: a peer's refresh reads the records and then writes each one's
+        // hosts file, which must not vanish in between.
+        let _lock = self.lock_records();
         // The record goes first: a crash after it leaves files no one reads, never a record
         // pointing at things already undone twice.
         let file = dir.join("record.json");
@@ -679,7 +690,6 @@ impl Net {
             Err(e) => return Err(Error::io_at("remove", &dir, e)),
         }
         let _ = std::fs::remove_dir(dir.parent().unwrap_or(&dir));
-        let _lock = self.lock_records();
         self.refresh_hosts(
             &record.networks.iter().map(|n| n.name.clone()).collect(),
             None,

@@ -1,6 +1,7 @@
 //! berth's container networking, shared by berthd's task path and the CRI: CNI plugins run as
 //! the CNI spec says (`plugin`), named networks stored as config lists (`networks`), named
-//! network namespaces (`netns`), and attachments of containers to networks (`attach`), each
+//! network namespaces (`netns`), the host's per-network iptables rules (`host_rules`), and
+//! attachments of containers to networks (`attach`), each
 //! recorded before anything is done for it so that a restarted daemon can undo the attachments
 //! of containers that died while it was down. Also the /etc/hosts and /etc/resolv.conf each
 //! attached container gets (`hosts`).
@@ -13,6 +14,7 @@ pub mod attach;
 pub mod cidr;
 pub mod conflist;
 pub mod error;
+pub mod host_rules;
 pub mod hosts;
 pub mod netns;
 pub mod networks;

@@ -105,7 +105,8 @@ pub fn bind(name: &str, source: &Path) -> Result<PathBuf> {
 }
 
 /// Creates the named network namespace `name` (AlreadyExists if the name is taken) and returns
-/// its path. Only `lo` is in it, down.
+/// its path. Only `lo` is in it, up (runc does not bring up the loopback of a netns it is given;
+/// done here by the thread already inside, it needs no loopback plugin process).
 pub fn create(name: &str) -> Result<PathBuf> {
     let path = placeholder(name)?;
     // A thread of its own enters the new namespace and pins it with the bind mount, then ends:
@@ -121,7 +122,8 @@ pub fn create(name: &str) -> Result<PathBuf> {
             MsFlags::MS_BIND,
             None::<&str>,
         )
-        .map_err(|e| Error::sys(format!("bind {own} onto {}", target.display()), e))
+        .map_err(|e| Error::sys(format!("bind {own} onto {}", target.display()), e))?;
+        loopback_up()
     })
     .join()
     .unwrap_or_else(|_| Err(Error::invalid("netns thread panicked")));
@@ -130,6 +132,33 @@ pub fn create(name: &str) -> Result<PathBuf> {
         return Err(e);
     }
     Ok(path)
+}
+
+/// `ip link set lo up` in the calling thread's network namespace.
+fn loopback_up() -> Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let fail = |what: &str| Error::io(format!("{what} of lo"), std::io::Error::last_os_error());
+    // SAFETY: socket(2) returns a new fd (owned below) or -1; the ioctls read and write the
+    // zeroed ifreq, whose name is "lo" and NUL-terminated, and nothing else.
+    unsafe {
+        let raw = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if raw < 0 {
+            return Err(fail("socket for the flags"));
+        }
+        let sock = OwnedFd::from_raw_fd(raw);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(fail("get the flags"));
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(fail("set the flags"));
+        }
+    }
+    Ok(())
 }
 
 /// Unmounts and removes the namespace at `path`; a missing or unmounted one is not an error.

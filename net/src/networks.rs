@@ -1,6 +1,8 @@
 //! Named networks: CNI config lists in a config dir. berth writes its own as
-//! `berth-<name>.conflist` — bridge + host-local + portmap + firewall + tuning, the chain
-//! nerdctl's networks use — and reads every other config in the dir too (a CRI's
+//! `berth-<name>.conflist` — bridge + host-local + portmap + tuning, with masquerade, forwarding
+//! and isolation kept as per-network host rules (`host_rules`, marked `berthHostRules`) rather
+//! than the per-container ones of the bridge plugin's `ipMasq` and the firewall plugin that
+//! nerdctl's chain uses — and reads every other config in the dir too (a CRI's
 //! /etc/cni/net.d), but removes only its own. Subnets are chosen (or checked, when given) so
 //! that they overlap neither another network's nor a route of the host. The default network
 //! (`bridge`) is created when missing, on a fixed subnet, and cannot be removed.
@@ -100,6 +102,10 @@ pub struct NetworkStore {
 }
 
 const FILE_PREFIX: &str = "berth-";
+
+/// Marks a config whose masquerade, forwarding and isolation are berth's per-network host
+/// rules (`host_rules`), to be ensured before its first attachment.
+pub(crate) const HOST_RULES_KEY: &str = "berthHostRules";
 
 impl NetworkStore {
     /// `ipam_dir` is where host-local keeps the leases of berth's networks: beside the
@@ -288,12 +294,13 @@ impl NetworkStore {
             "name": name,
             "berthID": id,
             "berthLabels": labels,
+            HOST_RULES_KEY: true,
             "plugins": [
                 {
                     "type": "bridge",
                     "bridge": bridge,
                     "isGateway": true,
-                    "ipMasq": true,
+                    "ipMasq": false,
                     "hairpinMode": true,
                     "ipam": {
                         "type": "host-local",
@@ -303,7 +310,6 @@ impl NetworkStore {
                     }
                 },
                 {"type": "portmap", "capabilities": {"portMappings": true}},
-                {"type": "firewall", "ingressPolicy": "same-bridge"},
                 {"type": "tuning"}
             ]
         });
@@ -350,7 +356,7 @@ impl NetworkStore {
             .map_err(|e| Error::io_at("remove", &network.path, e))?;
         if let Some(bridge) = &network.bridge {
             delete_link(bridge)?;
-            delete_isolation_rules(bridge)?;
+            crate::host_rules::remove(bridge)?;
         }
         let leases = self.ipam_dir.join(name);
         match std::fs::remove_dir_all(&leases) {
@@ -378,73 +384,6 @@ fn delete_link(name: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// The firewall plugin's `same-bridge` ingress policy adds two rules per bridge and never
-/// removes them; they go with the network.
-fn delete_isolation_rules(bridge: &str) -> Result<()> {
-    for chain in ["CNI-ISOLATION-STAGE-1", "CNI-ISOLATION-STAGE-2"] {
-        let out = std::process::Command::new("iptables")
-            .args(["-w", "-t", "filter", "-S", chain])
-            .output()
-            .map_err(|e| Error::io("run iptables -S", e))?;
-        if !out.status.success() {
-            // No such chain: no network ever used the firewall plugin here.
-            continue;
-        }
-        for rule in String::from_utf8_lossy(&out.stdout).lines() {
-            let words = split_rule(rule);
-            let names_bridge = words
-                .windows(2)
-                .any(|w| matches!(w[0].as_str(), "-i" | "-o") && w[1] == bridge);
-            if words.first().map(String::as_str) != Some("-A") || !names_bridge {
-                continue;
-            }
-            let mut args = vec!["-w".to_string(), "-t".into(), "filter".into(), "-D".into()];
-            args.extend(words.into_iter().skip(1));
-            let status = std::process::Command::new("iptables")
-                .args(&args)
-                .output()
-                .map_err(|e| Error::io("run iptables -D", e))?;
-            if !status.status.success() {
-                return Err(Error::FailedPrecondition(format!(
-                    "delete iptables rule {rule:?}: {}",
-                    String::from_utf8_lossy(&status.stderr).trim()
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Splits an `iptables -S` line into arguments; `-S` double-quotes words with spaces.
-fn split_rule(line: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut any = false;
-    for c in line.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                any = true;
-            }
-            c if c.is_whitespace() && !quoted => {
-                if any {
-                    words.push(std::mem::take(&mut cur));
-                    any = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                any = true;
-            }
-        }
-    }
-    if any {
-        words.push(cur);
-    }
-    words
 }
 
 /// Writes `value` to `path` through a temporary file and a rename, synced: a reader sees the old
@@ -480,26 +419,6 @@ pub(crate) fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn iptables_rules_split_with_quotes() {
-        let rule = r#"-A CNI-ISOLATION-STAGE-2 -o br-1 -m comment --comment "CNI firewall plugin rules" -j DROP"#;
-        assert_eq!(
-            split_rule(rule),
-            vec![
-                "-A",
-                "CNI-ISOLATION-STAGE-2",
-                "-o",
-                "br-1",
-                "-m",
-                "comment",
-                "--comment",
-                "CNI firewall plugin rules",
-                "-j",
-                "DROP"
-            ]
-        );
-    }
 
     #[test]
     fn names() {

@@ -638,6 +638,58 @@ fn a_failed_add_is_undone_completely() {
 }
 
 #[test]
+fn networks_are_isolated_from_each_other_by_per_network_rules() {
+    require_host!("networks_are_isolated_from_each_other_by_per_network_rules");
+    let mut f = Fixture::new("iso");
+    let one = f.network("one", "10.213.9.0/24");
+    let two = f.network("two", "10.213.10.0/24");
+    let bridge_two = f.net().inspect_network(&two).unwrap().bridge.unwrap();
+    let on = |net: &str| AttachOptions {
+        networks: vec![net.to_string()],
+        ..Default::default()
+    };
+    let (ka, kb, kc) = (f.key("a"), f.key("b"), f.key("c"));
+    let a = f.net().setup(&ka, &on(&one)).unwrap();
+    let b = f.net().setup(&kb, &on(&two)).unwrap();
+    let c = f.net().setup(&kc, &on(&one)).unwrap();
+    let ping = |from: &AttachmentKey, to: &berth_net::Attachment| {
+        run_in(
+            &f.netns_name(from),
+            &[
+                busybox(),
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "2",
+                &first_ipv4(to).to_string(),
+            ],
+        )
+        .status
+        .success()
+    };
+    assert!(ping(&ka, &c), "a and c share a network");
+    assert!(!ping(&ka, &b), "a reached b on another network");
+    assert!(!ping(&kb, &a), "b reached a on another network");
+    // The rules are the network's, not the containers': none names an address.
+    let drop_rule = format!("-A BERTH-ISOLATION-2 -o {bridge_two} -j DROP");
+    assert!(
+        iptables_lines(std::slice::from_ref(&drop_rule)).len() == 1,
+        "{drop_rule} once"
+    );
+    let ids: Vec<String> = [&ka, &kb, &kc]
+        .iter()
+        .map(|k| f.net().cni_container_id(k))
+        .collect();
+    for k in [&ka, &kb, &kc] {
+        f.net().teardown(k).unwrap();
+    }
+    assert_eq!(iptables_lines(&ids), Vec::<String>::new());
+    f.net().remove_network(&two).unwrap();
+    assert_eq!(iptables_lines(&[bridge_two]), Vec::<String>::new());
+}
+
+#[test]
 fn attach_detach_cycles_leak_nothing() {
     require_host!("attach_detach_cycles_leak_nothing");
     const CYCLES: usize = 20;
@@ -675,9 +727,13 @@ fn attach_detach_cycles_leak_nothing() {
     );
     assert_eq!(bridge_ports(&bridge), 0, "veths left on {bridge}");
     assert_eq!(iptables_lines(&ids), Vec::<String>::new());
-    assert_eq!(
-        iptables_lines(&["10.213.7.".to_string()]),
-        Vec::<String>::new()
+    // What stays with the network is its own masquerade rule, naming its bridge, no address.
+    let subnet_rules = iptables_lines(&["10.213.7.".to_string()]);
+    assert!(
+        subnet_rules.len() == 1
+            && subnet_rules[0].contains("-A BERTH-POSTROUTING -s 10.213.7.0/24 ! -o ")
+            && subnet_rules[0].contains(&bridge),
+        "{subnet_rules:?}"
     );
     assert!(leases(&f.state_dir, &network).is_empty());
     let netns_after = std::fs::read_dir("/run/netns")
@@ -692,8 +748,12 @@ fn attach_detach_cycles_leak_nothing() {
     assert!(ours.is_empty(), "{ours:?}");
     // Others' namespaces may come and go meanwhile; ours are counted by name above.
     eprintln!("netns entries on the host: {netns_before} before, {netns_after} after");
-    // Removing the network takes its bridge and the firewall plugin's rules for it.
+    // Removing the network takes its bridge and its host rules.
     f.net().remove_network(&network).unwrap();
+    assert_eq!(
+        iptables_lines(&["10.213.7.".to_string()]),
+        Vec::<String>::new()
+    );
     assert!(!Path::new("/sys/class/net").join(&bridge).exists());
     assert_eq!(
         iptables_lines(std::slice::from_ref(&bridge)),

@@ -4,7 +4,7 @@
 //! containers on `berth0` and hand out the same addresses from their separate IP lease dirs. So
 //! each daemon the harness starts gets a /24 of 10.199.0.0/16 and a bridge named after it,
 //! reserved across processes by an exclusive lock on a file per /24 held while the daemon lives,
-//! and its bridge and the firewall plugin's rules for it are removed when the daemon goes.
+//! and its bridge and the host rules for it are removed when the daemon goes.
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
@@ -77,53 +77,15 @@ fn routes() -> String {
         .unwrap_or_default()
 }
 
-/// Removes `bridge` and the rules the firewall plugin's `same-bridge` policy added for it (the
-/// plugin never removes either); what is absent is skipped.
+/// Removes `bridge` and the host rules naming it (berth's per-network rules, and the firewall
+/// plugin's isolation rules of older configs); what is absent is skipped.
 pub fn remove_bridge(bridge: &str) {
     if Path::new("/sys/class/net").join(bridge).exists() {
         let _ = Command::new("ip")
             .args(["link", "delete", "dev", bridge])
             .output();
     }
-    for chain in ["CNI-ISOLATION-STAGE-1", "CNI-ISOLATION-STAGE-2"] {
-        let Ok(out) = Command::new("iptables")
-            .args(["-w", "-t", "filter", "-S", chain])
-            .output()
-        else {
-            return;
-        };
-        for rule in String::from_utf8_lossy(&out.stdout).lines() {
-            let words = split_rule(rule);
-            let names_bridge = words
-                .windows(2)
-                .any(|w| matches!(w[0].as_str(), "-i" | "-o") && w[1] == bridge);
-            if words.first().map(String::as_str) == Some("-A") && names_bridge {
-                let _ = Command::new("iptables")
-                    .args(["-w", "-t", "filter", "-D"])
-                    .args(&words[1..])
-                    .output();
-            }
-        }
-    }
-}
-
-/// An `iptables -S` line as arguments: `-S` double-quotes the words that hold spaces.
-fn split_rule(line: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word: Option<String> = None;
-    let mut quoted = false;
-    for c in line.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                word.get_or_insert_with(String::new);
-            }
-            c if c.is_whitespace() && !quoted => words.extend(word.take()),
-            c => word.get_or_insert_with(String::new).push(c),
-        }
-    }
-    words.extend(word);
-    words
+    let _ = berth_net::host_rules::remove(bridge);
 }
 
 /// `toml` with the `[cni]` keys that give a daemon its own network config dir and, unless the
@@ -160,18 +122,6 @@ pub fn with_cni_defaults(toml: &str, conf_dir: &Path) -> (String, Option<TestNet
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rules_split_with_quoted_comments() {
-        let rule = r#"-A CNI-ISOLATION-STAGE-2 -o btk7 -m comment --comment "CNI firewall plugin rules (ingressPolicy: same-bridge)" -j DROP"#;
-        let words = split_rule(rule);
-        assert_eq!(words.len(), 10, "{words:?}");
-        assert_eq!(
-            words[7],
-            "CNI firewall plugin rules (ingressPolicy: same-bridge)"
-        );
-        assert_eq!(words[9], "DROP");
-    }
 
     #[test]
     fn cni_keys_go_under_the_tests_own_table() {
