@@ -431,7 +431,7 @@ fn a_tty_container_restarted_by_the_monitor_gets_a_terminal_again() {
         let state = env.ok(&[
             "inspect",
             "--format",
-            "{{.State.RestartCount}}|{{.State.Status}}",
+            "{{.RestartCount}}|{{.State.Status}}",
             "term",
         ]);
         if state.trim() == "1|running" {
@@ -511,7 +511,7 @@ fn ps_shows_restarting_in_back_off_and_exited_with_code_and_age() {
     // The monitor does restart it: the count rises.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, out, _) = env.berth(&["inspect", "--format", "{{.State.RestartCount}}", "flappy"]);
+        let (_, out, _) = env.berth(&["inspect", "--format", "{{.RestartCount}}", "flappy"]);
         let n: u64 = out.trim().parse().unwrap_or(0);
         if n >= 1 {
             break;
@@ -575,6 +575,50 @@ fn rm_force_of_a_container_the_restart_monitor_brings_back_leaves_no_task() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A container that keeps failing is restarted less and less often (docker's back-off): the
+/// waits between the monitor's restarts grow, where without back-off each would be about one
+/// interval plus the run.
+#[test]
+fn a_crash_looping_container_is_restarted_with_growing_waits() {
+    let env = env_with("crashloop", "[tasks]\nrestart_interval_ms = 100\n");
+    env.ok(&[
+        "run",
+        "-d",
+        "--restart",
+        "always",
+        "--name",
+        "loop",
+        IMAGE,
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    let count = || -> u64 {
+        let (_, out, _) = env.berth(&["inspect", "--format", "{{.RestartCount}}", "loop"]);
+        out.trim().parse().unwrap_or(0)
+    };
+    // The time each restart was first seen, until the sixth.
+    let mut seen: Vec<(u64, Instant)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < 6 {
+        let n = count();
+        if n > seen.last().map_or(0, |(m, _)| *m) {
+            seen.push((n, Instant::now()));
+        }
+        assert!(Instant::now() < deadline, "restarts seen: {seen:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let gaps: Vec<Duration> = seen.windows(2).map(|w| w[1].1 - w[0].1).collect();
+    // Waits of 0.1, 0.2, 0.4, 0.8 s after the exits: the last gap holds at least 0.8 s more
+    // than the first, whatever the runs themselves took.
+    assert!(
+        gaps[gaps.len() - 1] >= gaps[0] + Duration::from_millis(600),
+        "gaps between restarts {gaps:?} (counts {:?})",
+        seen.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    env.ok(&["rm", "-f", "loop"]);
 }
 
 fn id_of(cli: &Cli, name: &str) -> String {

@@ -144,6 +144,7 @@ pub async fn run(config: Config) -> Result<()> {
             events: state.events.clone(),
             interval: Duration::from_millis(config.tasks.restart_interval_ms),
             network: network.clone(),
+            backoff: Default::default(),
         }
         .run(),
     );

@@ -885,12 +885,13 @@ pub async fn inspect_value(client: &Client, c: &ContainerInfo) -> CliResult<Valu
         "Name": c.name,
         "Created": c.created_at.map(crate::events::rfc3339),
         "Image": c.image,
+        // Where docker has it: beside State, not in it.
+        "RestartCount": c.labels.get(crate::logs::RESTART_COUNT_LABEL).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0),
         "State": {
             "Status": status.state(),
             "Running": matches!(status, ContainerStatus::Running { .. }),
             "Paused": matches!(status, ContainerStatus::Paused { .. }),
             "Restarting": matches!(status, ContainerStatus::Restarting { .. }),
-            "RestartCount": c.labels.get(crate::logs::RESTART_COUNT_LABEL).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0),
             "Pid": pid,
             "ExitCode": exit_code,
             "StartedAt": started.map(crate::events::rfc3339),

@@ -14,6 +14,11 @@
 //!   names at its own detached starts, so `berth attach` reaches the new terminal too).
 //! - `stopped`: a running task is killed (SIGKILL, all processes) and deleted.
 //!
+//! Back-off, as docker's and the kubelet's (containerd's monitor has none): a task that exits
+//! within `QUICK_EXIT` of the restart that started it makes the next restart wait one interval
+//! more, doubling with each such exit up to `MAX_BACKOFF`; a task that lived longer resets it.
+//! The count is this process's (a restarted berthd starts afresh, as docker does).
+//!
 //! A paused task counts as running: unlike containerd, the monitor leaves it alone. A task being
 //! created or cleaned up is left to the next round.
 //!
@@ -32,8 +37,9 @@ use berth_api::containerd::services::containers::v1::Container;
 use berth_errdefs::{Error, Result};
 use berth_metadata::containers::ContainerSummary;
 use berth_metadata::Metadata;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 pub const STATUS_LABEL: &str = "containerd.io/restart.status";
 pub const POLICY_LABEL: &str = "containerd.io/restart.policy";
@@ -54,6 +60,77 @@ pub struct RestartMonitor {
     pub interval: Duration,
     /// A restarted task gets its network again as Tasks.Create gives it.
     pub network: Arc<crate::network::Networking>,
+    pub backoff: Backoffs,
+}
+
+/// A task that exits sooner than this after its restart counts as a quick exit.
+const QUICK_EXIT: Duration = Duration::from_secs(10);
+/// The longest wait between restarts (the kubelet's CrashLoopBackOff cap), or the interval if
+/// that is longer.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The restarts this process made, by (namespace, container).
+#[derive(Default)]
+pub struct Backoffs(Mutex<HashMap<(String, String), Restarted>>);
+
+#[derive(Debug, Clone, Copy)]
+struct Restarted {
+    at: SystemTime,
+    /// Consecutive restarted tasks that exited within `QUICK_EXIT`, this one's exit excluded.
+    quick_exits: u32,
+}
+
+/// How long after a task's exit its next restart waits, with `quick_exits` consecutive quick
+/// exits counted (this one included): none without any, one interval after the first, doubling
+/// with each next.
+fn backoff_wait(quick_exits: u32, interval: Duration) -> Duration {
+    if quick_exits == 0 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32.checked_shl(quick_exits - 1).unwrap_or(u32::MAX);
+    interval
+        .saturating_mul(factor)
+        .min(MAX_BACKOFF.max(interval))
+}
+
+impl Backoffs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Restarted>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The quick exits counting the exit at `exited_at`, and whether the restart may go now.
+    fn check(
+        &self,
+        key: &(String, String),
+        exited_at: Option<SystemTime>,
+        interval: Duration,
+        now: SystemTime,
+    ) -> (u32, bool) {
+        let Some(last) = self.lock().get(key).copied() else {
+            return (0, true);
+        };
+        let Some(exited_at) = exited_at else {
+            return (0, true); // no task at all: not a crash loop
+        };
+        let lived = exited_at.duration_since(last.at).unwrap_or_default();
+        if lived >= QUICK_EXIT {
+            return (0, true);
+        }
+        let quick_exits = last.quick_exits + 1;
+        let due = exited_at + backoff_wait(quick_exits, interval);
+        (quick_exits, now >= due)
+    }
+
+    fn record(&self, key: (String, String), quick_exits: u32, at: SystemTime) {
+        self.lock().insert(key, Restarted { at, quick_exits });
+    }
+
+    /// Forgets the containers not in `labelled`.
+    fn retain(&self, labelled: &std::collections::HashSet<(String, String)>) {
+        self.lock().retain(|k, _| labelled.contains(k));
+    }
 }
 
 /// How long a killed task may take to exit before the monitor gives up on it for this round
@@ -66,6 +143,7 @@ enum Current {
     Running,
     Stopped {
         exit_status: u32,
+        exited_at: Option<SystemTime>,
     },
     /// Being created or cleaned up: next round.
     Busy,
@@ -91,7 +169,9 @@ fn decide(labels: &std::collections::HashMap<String, String>, current: &Current)
         ("running", Current::Absent) if should_restart(labels, 0) => {
             Action::Restart { exit_status: 0 }
         }
-        ("running", Current::Stopped { exit_status }) if should_restart(labels, *exit_status) => {
+        ("running", Current::Stopped { exit_status, .. })
+            if should_restart(labels, *exit_status) =>
+        {
             Action::Restart {
                 exit_status: *exit_status,
             }
@@ -160,6 +240,12 @@ impl RestartMonitor {
             Ok(labelled)
         })
         .await?;
+        self.backoff.retain(
+            &labelled
+                .iter()
+                .map(|(ns, c)| (ns.clone(), c.id.clone()))
+                .collect(),
+        );
         for (ns, c) in labelled {
             if let Err(e) = self.reconcile_one(&ns, &c).await {
                 tracing::warn!(namespace = %ns, container = %c.id, error = %e, "restart monitor");
@@ -173,6 +259,7 @@ impl RestartMonitor {
             Ok(s) => Ok(match s.status {
                 Status::Stopped => Current::Stopped {
                     exit_status: s.exit_status,
+                    exited_at: s.exited_at,
                 },
                 Status::Running | Status::Paused | Status::Created => Current::Running,
             }),
@@ -193,9 +280,25 @@ impl RestartMonitor {
             Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e),
         };
-        match decide(&c.labels, &self.current(ns, &c.id).await?) {
+        let current = self.current(ns, &c.id).await?;
+        match decide(&c.labels, &current) {
             Action::Nothing => Ok(()),
-            Action::Restart { exit_status } => self.restart(ns, c, exit_status).await,
+            Action::Restart { exit_status } => {
+                let exited_at = match current {
+                    Current::Stopped { exited_at, .. } => exited_at,
+                    _ => None,
+                };
+                let key = (ns.to_string(), c.id.clone());
+                let now = SystemTime::now();
+                let (quick_exits, due) = self.backoff.check(&key, exited_at, self.interval, now);
+                if !due {
+                    tracing::debug!(namespace = ns, container = %c.id, quick_exits, "restart monitor: backing off");
+                    return Ok(());
+                }
+                self.restart(ns, c, exit_status).await?;
+                self.backoff.record(key, quick_exits, now);
+                Ok(())
+            }
             Action::Stop => {
                 tracing::info!(namespace = ns, container = %c.id, "restart monitor: stopping");
                 self.kill_task(ns, &c.id).await
@@ -304,7 +407,11 @@ impl RestartMonitor {
                     Some(n) => c.labels.insert(COUNT_LABEL.to_string(), n.clone()),
                     None => c.labels.remove(COUNT_LABEL),
                 };
-                decide(&c.labels, &Current::Stopped { exit_status }) != Action::Nothing
+                let stopped = Current::Stopped {
+                    exit_status,
+                    exited_at: None,
+                };
+                decide(&c.labels, &stopped) != Action::Nothing
             }
             Err(e) if e.is_not_found() => false,
             Err(e) => Err(e)?,
@@ -389,13 +496,51 @@ mod tests {
     }
 
     #[test]
+    fn restarts_back_off_while_tasks_exit_quickly() {
+        let second = Duration::from_secs(1);
+        assert_eq!(backoff_wait(0, second), Duration::ZERO);
+        assert_eq!(backoff_wait(1, second), second);
+        assert_eq!(backoff_wait(4, second), 8 * second);
+        assert_eq!(backoff_wait(40, second), MAX_BACKOFF);
+        assert_eq!(
+            backoff_wait(3, Duration::from_secs(600)),
+            Duration::from_secs(600)
+        );
+
+        let b = Backoffs::default();
+        let key = ("ns".to_string(), "c".to_string());
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Never restarted by this process: at once.
+        assert_eq!(b.check(&key, Some(t0), second, t0), (0, true));
+        b.record(key.clone(), 0, at(0));
+        // Its task exits after 1 s: one quick exit, due one interval after the exit.
+        assert_eq!(b.check(&key, Some(at(1)), second, at(1)), (1, false));
+        assert_eq!(b.check(&key, Some(at(1)), second, at(2)), (1, true));
+        b.record(key.clone(), 1, at(2));
+        // Again quickly: two, due two intervals after.
+        assert_eq!(b.check(&key, Some(at(3)), second, at(4)), (2, false));
+        assert_eq!(b.check(&key, Some(at(3)), second, at(5)), (2, true));
+        b.record(key.clone(), 2, at(5));
+        // A task that lived past QUICK_EXIT resets it; so does a container with no task.
+        assert_eq!(b.check(&key, Some(at(30)), second, at(30)), (0, true));
+        assert_eq!(b.check(&key, None, second, at(6)), (0, true));
+        // Containers no longer labelled are forgotten.
+        b.retain(&std::collections::HashSet::new());
+        assert!(b.lock().is_empty());
+    }
+
+    #[test]
     fn decisions() {
         let running = |extra: &[(&str, &str)]| {
             let mut l = labels(&[(STATUS_LABEL, "running")]);
             l.extend(labels(extra));
             l
         };
-        let stopped = |exit_status| Current::Stopped { exit_status };
+        let stopped = |exit_status| Current::Stopped {
+            exit_status,
+            exited_at: None,
+        };
         assert_eq!(
             decide(&running(&[]), &Current::Absent),
             Action::Restart { exit_status: 0 }
@@ -447,6 +592,7 @@ mod tests {
             events,
             interval: Duration::from_secs(3600),
             network: Arc::new(crate::network::Networking::disabled()),
+            backoff: Backoffs::default(),
         }
     }
 
