@@ -7,8 +7,9 @@
 //! links inside the copied trees are copied as links, never followed.
 
 use crate::containers::ContainerInfo;
-use crate::fscopy::{self, Owner, Resolved};
+use crate::fscopy::{self, Owner, Resolved, Shift};
 use crate::lifecycle::ContainerStatus;
+use crate::userns::{IdMap, IdRange};
 use crate::{Client, Error, Result};
 use nix::errno::Errno;
 use nix::sys::stat::Mode;
@@ -34,16 +35,17 @@ impl Client {
         dest: &Path,
         ownership: Ownership,
     ) -> Result<()> {
-        let owner = match ownership {
-            Ownership::Archive => None,
-            Ownership::Default => Some((
-                nix::unistd::geteuid().as_raw(),
-                nix::unistd::getegid().as_raw(),
-            )),
-        };
+        let shift = shift_of(container, false)?;
         let (src, dest) = (src.to_string(), dest.to_path_buf());
         let id = container.id.clone();
         self.with_container_root(container, false, move |root| {
+            let owner = match ownership {
+                Ownership::Archive => Owner::Source(shift.as_ref()),
+                Ownership::Default => Owner::Fixed(
+                    nix::unistd::geteuid().as_raw(),
+                    nix::unistd::getegid().as_raw(),
+                ),
+            };
             let contents = src.ends_with("/.") || src == ".";
             let want_dir = contents || src.ends_with('/');
             let from = fscopy::resolve_beneath(root, &src, want_dir)?;
@@ -72,12 +74,18 @@ impl Client {
         dest: &str,
         ownership: Ownership,
     ) -> Result<()> {
-        let owner = match ownership {
-            Ownership::Archive => None,
-            Ownership::Default => Some((0, 0)),
+        let shift = shift_of(container, true)?;
+        // The container's root: host ids 0, or those its user namespace maps 0 to.
+        let root_ids = match &shift {
+            Some(s) => (s.uid.host_id(0).unwrap_or(0), s.gid.host_id(0).unwrap_or(0)),
+            None => (0, 0),
         };
         let (src, dest) = (src.to_path_buf(), dest.to_string());
         self.with_container_root(container, true, move |root| {
+            let owner = match ownership {
+                Ownership::Archive => Owner::Source(shift.as_ref()),
+                Ownership::Default => Owner::Fixed(root_ids.0, root_ids.1),
+            };
             let s = src.to_string_lossy().into_owned();
             let contents = s.ends_with("/.") || s == ".";
             let want_dir = contents || s.ends_with('/');
@@ -166,6 +174,43 @@ impl Client {
         }))
         .await
     }
+}
+
+/// The id translation a copy with `container` needs: its spec's user namespace maps, if it has
+/// any (berthd's `[userns] remap`, or a client's own).
+fn shift_of(container: &ContainerInfo, into_container: bool) -> Result<Option<Shift>> {
+    let Some(linux) = container.spec.as_ref().map(|s| &s["linux"]) else {
+        return Ok(None);
+    };
+    let map = |key: &str| -> Result<Option<IdMap>> {
+        let Some(entries) = linux[key].as_array().filter(|a| !a.is_empty()) else {
+            return Ok(None);
+        };
+        let mut ranges = Vec::new();
+        for e in entries {
+            let field = |k: &str| e[k].as_u64().and_then(|v| u32::try_from(v).ok());
+            let range = match (field("containerID"), field("hostID"), field("size")) {
+                (Some(c), Some(h), Some(n)) => IdRange::new(c, h, n),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "container {} has an invalid {key} entry {e}",
+                    container.id
+                ))
+            })?;
+            ranges.push(range);
+        }
+        Ok(Some(IdMap(ranges)))
+    };
+    Ok(match (map("uidMappings")?, map("gidMappings")?) {
+        (Some(uid), Some(gid)) => Some(Shift {
+            uid,
+            gid,
+            into_container,
+        }),
+        _ => None,
+    })
 }
 
 /// The last name of a path (None for a root, `.` or `/.`).

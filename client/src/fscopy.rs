@@ -5,6 +5,7 @@
 //! resolved with openat2's `RESOLVE_BENEATH`: a symlink that would leave the container's root
 //! (absolute, or `..` past it) is refused rather than followed.
 
+use crate::userns::IdMap;
 use crate::{Error, Result};
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, readlinkat, OFlag, OpenHow, ResolveFlag};
@@ -19,8 +20,44 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// Who owns what a copy creates: the source's owners (`None`) or these.
-pub type Owner = Option<(u32, u32)>;
+/// Who owns what a copy creates.
+#[derive(Debug, Clone, Copy)]
+pub enum Owner<'a> {
+    /// These ids, for everything.
+    Fixed(u32, u32),
+    /// The source's own ids, translated when the two sides see ids differently.
+    Source(Option<&'a Shift>),
+}
+
+/// How ids translate between the sides of a copy with a container in a user namespace: its
+/// uid and gid maps, and whether the copy goes into the container (container ids become host
+/// ids) or out of it (host ids become container ids).
+#[derive(Debug, Clone)]
+pub struct Shift {
+    pub uid: IdMap,
+    pub gid: IdMap,
+    pub into_container: bool,
+}
+
+/// What the kernel shows for a host id a user namespace does not map (`overflowuid`).
+const OVERFLOW_ID: u32 = 65534;
+
+impl Shift {
+    fn ids(&self, uid: u32, gid: u32) -> Result<(u32, u32)> {
+        if !self.into_container {
+            let out = |map: &IdMap, id: u32| map.container_id(id).unwrap_or(OVERFLOW_ID);
+            return Ok((out(&self.uid, uid), out(&self.gid, gid)));
+        }
+        let into = |map: &IdMap, id: u32, what: &str| {
+            map.host_id(id).ok_or_else(|| {
+                Error::invalid(format!(
+                    "{what} {id} cannot be mapped into the container's user namespace ({map})"
+                ))
+            })
+        };
+        Ok((into(&self.uid, uid, "uid")?, into(&self.gid, gid, "gid")?))
+    }
+}
 
 fn owned(fd: RawFd) -> OwnedFd {
     // SAFETY: every caller passes a descriptor a syscall just returned and nothing else owns.
@@ -160,9 +197,13 @@ fn times(s: &FileStat) -> (TimeSpec, TimeSpec) {
     )
 }
 
-fn ids(s: &FileStat, owner: Owner) -> (Uid, Gid) {
-    let (u, g) = owner.unwrap_or((s.st_uid, s.st_gid));
-    (Uid::from_raw(u), Gid::from_raw(g))
+fn ids(s: &FileStat, owner: Owner) -> Result<(Uid, Gid)> {
+    let (u, g) = match owner {
+        Owner::Fixed(u, g) => (u, g),
+        Owner::Source(None) => (s.st_uid, s.st_gid),
+        Owner::Source(Some(shift)) => shift.ids(s.st_uid, s.st_gid)?,
+    };
+    Ok((Uid::from_raw(u), Gid::from_raw(g)))
 }
 
 /// The owner, mode and times of the directory `src` given to `dst`.
@@ -172,7 +213,7 @@ pub fn copy_dir_attrs(src: &OwnedFd, dst: &OwnedFd, owner: Owner) -> Result<()> 
 }
 
 fn set_attrs(fd: RawFd, s: &FileStat, owner: Owner) -> Result<()> {
-    let (u, g) = ids(s, owner);
+    let (u, g) = ids(s, owner)?;
     fchown(fd, Some(u), Some(g)).map_err(|e| io_err("set an owner", e))?;
     // After the chown, which clears set-id bits.
     fchmod(fd, Mode::from_bits_truncate(s.st_mode & 0o7777))
@@ -261,7 +302,7 @@ pub fn copy_entry(
                 .map_err(|e| io_err(format!("replace {}", show()), e))?;
         }
     }
-    let (u, g) = ids(&s, owner);
+    let (u, g) = ids(&s, owner)?;
     let (atime, mtime) = times(&s);
     match k {
         SFlag::S_IFREG => {
@@ -361,7 +402,7 @@ mod tests {
         std::fs::create_dir(dst.join("sub")).unwrap();
         symlink(&victim, dst.join("sub/f")).unwrap();
         let (s, d) = (open_host_dir(&src).unwrap(), open_host_dir(&dst).unwrap());
-        copy_dir_contents(&s, &d, None).unwrap();
+        copy_dir_contents(&s, &d, Owner::Source(None)).unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
         assert_eq!(std::fs::read_to_string(dst.join("sub/f")).unwrap(), "x");
         let md = std::fs::symlink_metadata(dst.join("sub/f")).unwrap();

@@ -215,8 +215,12 @@ impl Client {
                         continue;
                     };
                     let dst = crate::fscopy::open_host_dir(std::path::Path::new(dir))?;
-                    crate::fscopy::copy_dir_contents(&src, &dst, None)?;
-                    crate::fscopy::copy_dir_attrs(&src, &dst, None)?;
+                    crate::fscopy::copy_dir_contents(
+                        &src,
+                        &dst,
+                        crate::fscopy::Owner::Source(None),
+                    )?;
+                    crate::fscopy::copy_dir_attrs(&src, &dst, crate::fscopy::Owner::Source(None))?;
                 }
                 Ok(())
             })

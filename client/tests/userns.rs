@@ -125,6 +125,49 @@ fn check_remapped(env: &BusyboxEnv, uid: u32, gid: u32) {
         snaps + 1,
         "a second container made more than its own snapshot"
     );
+    // berth cp shifts owners through the container's maps: in, a file is the container root's
+    // (by default) or keeps its owner as the container sees it (-a); out, -a gives the ids the
+    // container sees.
+    let host_file = env.dir.path().join("to-copy");
+    std::fs::write(&host_file, b"copied").expect("write");
+    std::os::unix::fs::chown(&host_file, Some(1000), Some(1000)).expect("chown");
+    let host_file = host_file.to_string_lossy().into_owned();
+    env.ok(&["cp", &host_file, "remapped:/default"]);
+    env.ok(&["cp", "-a", &host_file, "remapped:/archived"]);
+    let owners = |path: &str| -> Vec<String> {
+        env.ok(&["exec", "remapped", "ls", "-ln", path])
+            .split_whitespace()
+            .skip(2)
+            .take(2)
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(owners("/default"), ["0", "0"]);
+    assert_eq!(owners("/archived"), ["1000", "1000"]);
+    let upper_owner = |pid: u32, name: &str| {
+        let md = std::fs::symlink_metadata(format!("/proc/{pid}/root/{name}")).expect("stat");
+        use std::os::unix::fs::MetadataExt;
+        (md.uid(), md.gid())
+    };
+    assert_eq!(upper_owner(pid, "default"), (uid, gid));
+    assert_eq!(upper_owner(pid, "archived"), (uid + 1000, gid + 1000));
+    env.ok(&["exec", "remapped", "touch", "/made-inside"]);
+    let out_path = env.dir.path().join("copied-out");
+    env.ok(&[
+        "cp",
+        "-a",
+        "remapped:/made-inside",
+        &out_path.to_string_lossy(),
+    ]);
+    let md = std::fs::metadata(&out_path).expect("stat the copy");
+    assert_eq!(
+        (
+            std::os::unix::fs::MetadataExt::uid(&md),
+            std::os::unix::fs::MetadataExt::gid(&md)
+        ),
+        (0, 0),
+        "cp -a out gives the container's ids"
+    );
     env.ok(&["rm", "-f", "remapped", "second"]);
 
     // A new volume belongs to the container's root; its data is the host's mapped uid's.

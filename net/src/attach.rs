@@ -219,6 +219,16 @@ pub struct AttachOptions {
     /// Further runtimeConfig capability arguments, by capability name (portMappings is filled
     /// from `ports`).
     pub capability_args: BTreeMap<String, Value>,
+    /// The container runs in a user namespace of its own with these maps: its netns is made
+    /// inside one (see `netns::create_in_userns`), which the container then joins.
+    pub userns: Option<UsernsMaps>,
+}
+
+/// A user namespace's maps in `/proc/PID/uid_map` form (`inside outside count` lines).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsernsMaps {
+    pub uid_map: String,
+    pub gid_map: String,
 }
 
 /// What an attachment gave the container.
@@ -231,6 +241,8 @@ pub struct Attachment {
     pub resolv_conf_path: PathBuf,
     pub networks: Vec<NetworkAttachment>,
     pub ports: Vec<PortMapping>,
+    /// The user namespace owning `netns`, for the container to join, when one was asked for.
+    pub userns: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -268,6 +280,9 @@ struct Record {
     cni_container_id: String,
     netns: PathBuf,
     owns_netns: bool,
+    /// The bound user namespace that owns `netns`, when the container has its own.
+    #[serde(default)]
+    userns: Option<PathBuf>,
     hostname: String,
     aliases: Vec<String>,
     ports: Vec<PortMapping>,
@@ -447,6 +462,7 @@ impl Net {
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| netns::path_of(&self.netns_name(key))),
             owns_netns: existing_netns.is_none(),
+            userns: (existing_netns.is_none() && opts.userns.is_some()).then(|| dir.join("userns")),
             hostname: opts.hostname.clone(),
             aliases: opts.aliases.clone(),
             ports: opts.ports.clone(),
@@ -478,7 +494,7 @@ impl Net {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io_at("create", &dir, e))?;
             self.write_record(&record)?;
         }
-        match self.add_all(&mut record, &configs) {
+        match self.add_all(&mut record, &configs, opts.userns.as_ref()) {
             Ok(attachment) => Ok(attachment),
             Err(e) => {
                 if let Err(undo) = self.detach_record(&record) {
@@ -511,11 +527,22 @@ impl Net {
         Ok(())
     }
 
-    fn add_all(&self, record: &mut Record, configs: &[ConfigList]) -> Result<Attachment> {
+    fn add_all(
+        &self,
+        record: &mut Record,
+        configs: &[ConfigList],
+        userns: Option<&UsernsMaps>,
+    ) -> Result<Attachment> {
         self.ensure_host_rules(configs)?;
         if record.owns_netns {
             // With `lo` up: runc does not do it for a netns it is given.
-            netns::create(&self.netns_name(&record.key))?;
+            let name = self.netns_name(&record.key);
+            match (&record.userns, userns) {
+                (Some(file), Some(maps)) => {
+                    netns::create_in_userns(&name, file, &maps.uid_map, &maps.gid_map)?
+                }
+                _ => netns::create(&name)?,
+            };
         }
         let runtime = runtime_args(record);
         for (i, config) in configs.iter().enumerate() {
@@ -587,6 +614,7 @@ impl Net {
             resolv_conf_path: dir.join("resolv.conf"),
             networks,
             ports: record.ports.clone(),
+            userns: record.userns.clone(),
         })
     }
 
@@ -671,6 +699,9 @@ impl Net {
         }
         if record.owns_netns {
             netns::remove(&record.netns)?;
+        }
+        if let Some(userns) = &record.userns {
+            netns::remove(userns)?;
         }
         let dir = self.dir_of(&record.key);
         // Under the records lock: a peer's refresh reads the records and then writes each one's

@@ -23,7 +23,7 @@ pub mod result;
 
 pub use attach::{
     AttachOptions, Attachment, AttachmentKey, CleanupReport, Net, NetConfig, NetworkAttachment,
-    PortMapping,
+    PortMapping, UsernsMaps,
 };
 pub use cidr::Subnet;
 pub use error::{Error, Result};

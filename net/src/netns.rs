@@ -161,6 +161,94 @@ fn loopback_up() -> Result<()> {
     Ok(())
 }
 
+/// Creates the named network namespace `name` owned by a new user namespace with the maps
+/// `uid_map` and `gid_map` (`/proc/PID/uid_map` form), and binds that user namespace at
+/// `userns_file` for a container to join. A container in its own user namespace can then enter
+/// its network namespace — `runc exec` joins the user namespace first, and from there one owned
+/// by the host's is out of reach. `lo` is up. Returns the netns path.
+pub fn create_in_userns(
+    name: &str,
+    userns_file: &Path,
+    uid_map: &str,
+    gid_map: &str,
+) -> Result<PathBuf> {
+    let path = placeholder(name)?;
+    let made = bind_new_namespaces(&path, userns_file, uid_map, gid_map).and_then(|()| {
+        let netns = path.clone();
+        // A thread of its own enters the namespace (root of the host's user namespace may
+        // enter one a child user namespace owns) and brings lo up, then ends.
+        std::thread::spawn(move || -> Result<()> {
+            let fd = std::fs::File::open(&netns).map_err(|e| Error::io_at("open", &netns, e))?;
+            nix::sched::setns(fd, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::sys(format!("enter {}", netns.display()), e))?;
+            loopback_up()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(Error::invalid("netns thread panicked")))
+    });
+    if let Err(e) = made {
+        let _ = remove(&path);
+        let _ = remove(userns_file);
+        return Err(e);
+    }
+    Ok(path)
+}
+
+/// A short-lived `sleep` unshares a user and a network namespace; the maps are written from
+/// here and both namespaces bound (on `netns` and `userns_file`, which outlive it) before it is
+/// killed.
+fn bind_new_namespaces(
+    netns: &Path,
+    userns_file: &Path,
+    uid_map: &str,
+    gid_map: &str,
+) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o000)
+        .open(userns_file)
+        .map_err(|e| Error::io_at("create", userns_file, e))?;
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("infinity")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: unshare(2) is async-signal-safe and touches nothing of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET).map_err(Into::into)
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io("start the namespace maker (sleep)", e))?;
+    let pid = child.id();
+    let bound = (|| -> Result<()> {
+        for (file, map) in [("uid_map", uid_map), ("gid_map", gid_map)] {
+            let at = PathBuf::from(format!("/proc/{pid}/{file}"));
+            std::fs::write(&at, map).map_err(|e| Error::io_at("write", &at, e))?;
+        }
+        for (kind, target) in [("user", userns_file), ("net", netns)] {
+            let source = format!("/proc/{pid}/ns/{kind}");
+            mount(
+                Some(source.as_str()),
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| Error::sys(format!("bind {source} onto {}", target.display()), e))?;
+        }
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    bound
+}
+
 /// Unmounts and removes the namespace at `path`; a missing or unmounted one is not an error.
 pub fn remove(path: &Path) -> Result<()> {
     match umount2(path, MntFlags::MNT_DETACH) {

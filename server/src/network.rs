@@ -252,6 +252,7 @@ impl Networking {
             ports,
             hostname,
             aliases,
+            userns: new_user_namespace(&spec),
             ..Default::default()
         };
         let attachment = self
@@ -267,6 +268,9 @@ impl Networking {
             })
             .await?;
         set_network_namespace(&mut spec, Some(&attachment.netns));
+        if let Some(userns) = &attachment.userns {
+            join_user_namespace(&mut spec, userns);
+        }
         add_file_mount(&mut spec, "/etc/hosts", &attachment.hosts_path);
         add_file_mount(&mut spec, "/etc/resolv.conf", &attachment.resolv_conf_path);
         spec_any.value =
@@ -474,6 +478,52 @@ fn set_network_namespace(spec: &mut Value, path: Option<&Path>) {
     list.retain(|ns| ns.get("type").and_then(Value::as_str) != Some("network"));
     if let Some(path) = path {
         list.push(json!({"type": "network", "path": path}));
+    }
+}
+
+/// The maps of the user namespace the spec asks runc to create (a `user` namespace without a
+/// path, and both id maps), in `/proc` form; `None` when it asks for none or joins one.
+fn new_user_namespace(spec: &Value) -> Option<berth_net::UsernsMaps> {
+    let linux = spec.get("linux")?;
+    let asks = linux.get("namespaces")?.as_array()?.iter().any(|ns| {
+        ns.get("type").and_then(Value::as_str) == Some("user") && ns.get("path").is_none()
+    });
+    if !asks {
+        return None;
+    }
+    let proc_form = |key: &str| -> Option<String> {
+        let entries = linux.get(key)?.as_array()?;
+        let mut out = String::new();
+        for e in entries {
+            let field = |k: &str| e.get(k).and_then(Value::as_u64);
+            out.push_str(&format!(
+                "{} {} {}\n",
+                field("containerID")?,
+                field("hostID")?,
+                field("size")?
+            ));
+        }
+        (!out.is_empty()).then_some(out)
+    };
+    Some(berth_net::UsernsMaps {
+        uid_map: proc_form("uidMappings")?,
+        gid_map: proc_form("gidMappings")?,
+    })
+}
+
+/// Makes the spec's user namespace the one at `path` (which owns the container's netns) rather
+/// than a new one; the maps stay in the spec, as runc 1.1 takes them beside a path.
+fn join_user_namespace(spec: &mut Value, path: &Path) {
+    let Some(list) = spec
+        .pointer_mut("/linux/namespaces")
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    for ns in list.iter_mut() {
+        if ns.get("type").and_then(Value::as_str) == Some("user") {
+            *ns = json!({"type": "user", "path": path});
+        }
     }
 }
 
