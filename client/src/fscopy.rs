@@ -224,7 +224,10 @@ fn set_attrs(fd: RawFd, s: &FileStat, owner: Owner) -> Result<()> {
 
 /// Every entry of the directory `src` copied into `dst`.
 pub fn copy_dir_contents(src: &OwnedFd, dst: &OwnedFd, owner: Owner) -> Result<()> {
-    let dup = nix::unistd::dup(src.as_raw_fd()).map_err(|e| io_err("dup a directory", e))?;
+    // Close-on-exec: a process another thread starts meanwhile must not inherit a descriptor
+    // inside a mounted snapshot (it would keep the mount busy; CI saw EBUSY at its unmount).
+    let dup = nix::fcntl::fcntl(src.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(0))
+        .map_err(|e| io_err("dup a directory", e))?;
     let mut dir = nix::dir::Dir::from_fd(dup).map_err(|e| io_err("read a directory", e))?;
     let mut names = Vec::new();
     for entry in dir.iter() {
