@@ -312,6 +312,11 @@ async fn trial(
     }
     // With --kill-shims the daemon stays up: the API clients would never stop.
     let api_clients = if opts.kill_shims { 0 } else { opts.clients };
+    // By client, in `clients`' order: what it is waiting on (the ctr client: its ctr command).
+    let mut doings: Vec<(String, Option<Arc<std::sync::Mutex<String>>>)> = clients
+        .iter()
+        .map(|_| ("the ctr client".to_string(), None))
+        .collect();
     for k in 0..api_clients {
         let w = workload::Client::new(
             k,
@@ -322,6 +327,7 @@ async fn trial(
             arm.clone(),
             killed.clone(),
         );
+        doings.push((format!("API client {k}"), Some(w.doing())));
         clients.push(tokio::spawn(w.run()));
     }
     if opts.kill_shims {
@@ -340,11 +346,19 @@ async fn trial(
     }
     killed.store(true, std::sync::atomic::Ordering::SeqCst);
     daemon.kill9();
-    for c in clients {
+    for (c, (who, doing)) in clients.into_iter().zip(doings) {
         match tokio::time::timeout(Duration::from_secs(30), c).await {
             Ok(Ok(errs)) => failures.extend(errs),
             Ok(Err(e)) => failures.push(format!("client panicked: {e}")),
-            Err(_) => failures.push("a client did not stop within 30 s of the kill".into()),
+            Err(_) => {
+                let doing = doing.map_or_else(
+                    || "a ctr command".to_string(),
+                    |d| d.lock().map(|d| d.clone()).unwrap_or_default(),
+                );
+                failures.push(format!(
+                    "{who} did not stop within 30 s of the kill (waiting on: {doing})"
+                ))
+            }
         }
     }
     drop(channel);

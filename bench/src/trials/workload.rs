@@ -51,6 +51,8 @@ pub struct Client {
     commit_sent: Arc<tokio::sync::Notify>,
     arm: Arc<AtomicBool>,
     killed: Arc<AtomicBool>,
+    /// The call under way, for the report of a client that does not stop after the kill.
+    doing: Arc<std::sync::Mutex<String>>,
     errors: Vec<String>,
     containers: Vec<String>,
     blobs: Vec<(String, i64)>,
@@ -91,6 +93,7 @@ impl Client {
             commit_sent,
             arm,
             killed,
+            doing: Arc::default(),
             errors: vec![],
             containers: vec![],
             blobs: vec![],
@@ -99,6 +102,20 @@ impl Client {
             images: vec![],
             parent: String::new(),
         }
+    }
+
+    /// What the client is waiting on, shared with the trial's report.
+    pub fn doing(&self) -> Arc<std::sync::Mutex<String>> {
+        self.doing.clone()
+    }
+
+    fn set_doing(&self, what: &str) {
+        let mut doing = self
+            .doing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        doing.clear();
+        doing.push_str(what);
     }
 
     /// Record `changes`, send the call, and settle the ledger on its answer. None when it failed
@@ -112,7 +129,10 @@ impl Client {
         for (k, s) in &changes {
             self.ledger.begin(k, s.clone());
         }
-        match call.await {
+        self.set_doing(&what);
+        let answer = call.await;
+        self.set_doing(&format!("nothing (after {what})"));
+        match answer {
             Ok(v) => {
                 for (k, _) in &changes {
                     self.ledger.ack(k);
