@@ -557,6 +557,27 @@ impl Drop for Mounted {
     }
 }
 
+/// `merged` mounted as an overlay of `upper` on `lower` (index off, so an upper can be mounted
+/// again), unmounted when the guard drops.
+fn mount_overlay(lower: &Path, upper: &Path, work: &Path, merged: &Path) -> Mounted {
+    let opts = format!(
+        "index=off,lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let data = std::ffi::CString::new(opts).unwrap();
+    rustix::mount::mount(
+        "overlay",
+        merged,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        data.as_c_str(),
+    )
+    .expect("mount overlay");
+    Mounted(merged.to_path_buf())
+}
+
 #[test]
 fn overlay_whiteouts_hide_lower_files_when_mounted() {
     let tmp = tempfile::tempdir().unwrap();
@@ -579,22 +600,7 @@ fn overlay_whiteouts_hide_lower_files_when_mounted() {
         Some(&b"y"[..])
     );
 
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
-        upper.display(),
-        work.display()
-    );
-    let data = std::ffi::CString::new(opts).unwrap();
-    rustix::mount::mount(
-        "overlay",
-        &merged,
-        "overlay",
-        rustix::mount::MountFlags::empty(),
-        data.as_c_str(),
-    )
-    .expect("mount overlay");
-    let _guard = Mounted(merged.clone());
+    let _guard = mount_overlay(&lower, &upper, &work, &merged);
     assert!(!merged.join("a").exists());
     assert_eq!(fs::read(merged.join("b")).unwrap(), b"b");
     assert!(!merged.join("d/x").exists());
@@ -2050,22 +2056,7 @@ fn an_overlay_upperdir_guided_diff_is_the_full_walks() {
         fs::write(lower.join(format!("many/{i}")), b"unchanged").unwrap();
     }
 
-    let opts = format!(
-        "index=off,lowerdir={},upperdir={},workdir={}",
-        lower.display(),
-        upper.display(),
-        work.display()
-    );
-    let data = std::ffi::CString::new(opts).unwrap();
-    rustix::mount::mount(
-        "overlay",
-        &merged,
-        "overlay",
-        rustix::mount::MountFlags::empty(),
-        data.as_c_str(),
-    )
-    .expect("mount overlay");
-    let _guard = Mounted(merged.clone());
+    let _guard = mount_overlay(&lower, &upper, &work, &merged);
     let m = |s: &str| merged.join(s);
     fs::write(m("d/f"), b"changed: copied up, its links stay below\n").unwrap();
     fs::write(m("added"), b"new").unwrap();
