@@ -292,6 +292,8 @@ async fn trial(
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ns = tasks::namespace();
     let mut clients = vec![];
+    // By client, in `clients`' order: what it is waiting on.
+    let mut doings: Vec<(String, Arc<std::sync::Mutex<String>>)> = Vec::new();
     let imported = Arc::new(tokio::sync::Notify::new());
     if let Some(f) = fixture {
         let c = tasks::CtrClient {
@@ -306,17 +308,15 @@ async fn trial(
             target: f.target.clone(),
             pull: f.registry.as_ref().map(|r| r.reference.clone()),
             imported: imported.clone(),
+            doing: Arc::default(),
+            daemon_killed: !opts.kill_shims,
         };
+        doings.push(("the ctr client".to_string(), c.doing.clone()));
         clients.push(tokio::spawn(c.run()));
         let _ = tokio::time::timeout(Duration::from_secs(30), imported.notified()).await;
     }
     // With --kill-shims the daemon stays up: the API clients would never stop.
     let api_clients = if opts.kill_shims { 0 } else { opts.clients };
-    // By client, in `clients`' order: what it is waiting on (the ctr client: its ctr command).
-    let mut doings: Vec<(String, Option<Arc<std::sync::Mutex<String>>>)> = clients
-        .iter()
-        .map(|_| ("the ctr client".to_string(), None))
-        .collect();
     for k in 0..api_clients {
         let w = workload::Client::new(
             k,
@@ -327,7 +327,7 @@ async fn trial(
             arm.clone(),
             killed.clone(),
         );
-        doings.push((format!("API client {k}"), Some(w.doing())));
+        doings.push((format!("API client {k}"), w.doing()));
         clients.push(tokio::spawn(w.run()));
     }
     if opts.kill_shims {
@@ -346,17 +346,26 @@ async fn trial(
     }
     killed.store(true, std::sync::atomic::Ordering::SeqCst);
     daemon.kill9();
-    for (c, (who, doing)) in clients.into_iter().zip(doings) {
-        match tokio::time::timeout(Duration::from_secs(30), c).await {
+    for (mut c, (who, doing)) in clients.into_iter().zip(doings) {
+        match tokio::time::timeout(Duration::from_secs(30), &mut c).await {
             Ok(Ok(errs)) => failures.extend(errs),
             Ok(Err(e)) => failures.push(format!("client panicked: {e}")),
             Err(_) => {
-                let doing = doing.map_or_else(
-                    || "a ctr command".to_string(),
-                    |d| d.lock().map(|d| d.clone()).unwrap_or_default(),
-                );
+                let read = || doing.lock().map(|d| d.clone()).unwrap_or_default();
+                let waiting = read();
+                // A hung ctr (Go) prints every goroutine's stack on SIGQUIT and exits; its
+                // stderr then lands in `doing`.
+                for pid in tasks::processes_naming(daemon.dir.path()) {
+                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    if cmdline.starts_with(b"ctr\0") {
+                        let _ = tasks::signal(pid, libc::SIGQUIT);
+                    }
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(10), &mut c).await;
+                let mut after = read();
+                after.truncate(8000);
                 failures.push(format!(
-                    "{who} did not stop within 30 s of the kill (waiting on: {doing})"
+                    "{who} did not stop within 30 s of the kill (waiting on: {waiting}); after SIGQUIT to its ctr: {after}"
                 ))
             }
         }

@@ -142,17 +142,45 @@ fn start_registry(dir: &Path, archive: &Path) -> Result<Registry> {
 }
 
 /// `ctr` against the trial's daemon, in the ctr client's namespace.
-async fn ctr(socket: &Path, ns: &str, args: &[&str]) -> std::result::Result<String, String> {
-    let out = tokio::process::Command::new("ctr")
+/// How long a ctr command may outlive the kill of its daemon. ctr 1.6 can never end by itself
+/// then: its pull opens content writers through containerd's `content.OpenWriter`, which retries
+/// an Unavailable answer (a locked ref, to it; here a refused connection) forever, while its
+/// progress loop prints "active check failed". Its operation is unanswered, as any other.
+const CTR_AFTER_KILL: Duration = Duration::from_secs(10);
+
+async fn ctr(
+    socket: &Path,
+    ns: &str,
+    args: &[&str],
+    killed: Option<&AtomicBool>,
+) -> std::result::Result<String, String> {
+    let run = tokio::process::Command::new("ctr")
         .arg("-a")
         .arg(socket)
         .args(["-n", ns])
         .args(args)
         .stdin(Stdio::null())
         .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| format!("run ctr: {e}"))?;
+        .output();
+    tokio::pin!(run);
+    let mut killed_since: Option<Instant> = None;
+    let out = loop {
+        tokio::select! {
+            out = &mut run => break out.map_err(|e| format!("run ctr: {e}"))?,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                if killed.is_some_and(|k| k.load(Ordering::SeqCst)) {
+                    let since = *killed_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > CTR_AFTER_KILL {
+                        // Dropping `run` kills ctr (kill_on_drop).
+                        return Err(format!(
+                            "ctr {} still running {CTR_AFTER_KILL:?} after the daemon's kill: stopped",
+                            args.join(" ")
+                        ));
+                    }
+                }
+            }
+        }
+    };
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Exit status only: ctr logs errors of its own that change nothing (a pull's progress
     // display says "active check failed ... context canceled" when it is done).
@@ -182,9 +210,34 @@ pub struct CtrClient {
     /// Notified once the import is answered (or not): the kill's delay counts from there, so
     /// that it falls among pulls and runs rather than always in the import.
     pub imported: Arc<tokio::sync::Notify>,
+    /// The ctr command under way (or the last one and how it ended), for the report of a client
+    /// that does not stop after the kill.
+    pub doing: Arc<std::sync::Mutex<String>>,
+    /// The daemon itself is killed (not shims): a ctr command still running `CTR_AFTER_KILL`
+    /// after that is stopped.
+    pub daemon_killed: bool,
 }
 
 impl CtrClient {
+    /// `ctr` with `args` in this client's namespace, noted in `doing` while it runs; its
+    /// stderr stays there if it fails (a Go stack dump, when the trial SIGQUITs a hung one).
+    async fn ctr(&self, args: &[&str]) -> std::result::Result<String, String> {
+        let note = |text: String| {
+            *self
+                .doing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = text;
+        };
+        note(format!("ctr {}", args.join(" ")));
+        let killed = self.daemon_killed.then_some(&*self.killed);
+        let out = ctr(&self.socket, &self.ns, args, killed).await;
+        note(match &out {
+            Ok(_) => format!("nothing (after ctr {})", args.join(" ")),
+            Err(e) => format!("nothing (after {e})"),
+        });
+        out
+    }
+
     /// Import the fixture (ctr unpacks it), then pulls, removals and runs until a call fails
     /// after the kill, or `stop`. Returns the failures that were not the kill.
     pub async fn run(mut self) -> Vec<String> {
@@ -244,7 +297,7 @@ impl CtrClient {
                     // Between the start and the answer the container exists; once answered
                     // it must be gone.
                     self.ledger.begin(&key, State::AnyContainer);
-                    match ctr(&self.socket, &ns, &args).await {
+                    match self.ctr(&args).await {
                         // ctr 1.6 defers the container's delete and ignores its error: its
                         // exit status says only how the task ended. Whether the delete was
                         // done is asked of the daemon.
@@ -296,7 +349,7 @@ impl CtrClient {
         args: &[&str],
     ) -> std::result::Result<(), Vec<String>> {
         self.ledger.begin(key, state);
-        match ctr(&self.socket, &self.ns, args).await {
+        match self.ctr(args).await {
             Ok(_) => {
                 self.ledger.ack(key);
                 Ok(())
@@ -418,8 +471,13 @@ pub fn remove_cgroups(ns: &str) {
 }
 
 fn nix_kill(pid: i32) -> std::io::Result<()> {
+    signal(pid, libc::SIGKILL)
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: i32, sig: libc::c_int) -> std::io::Result<()> {
     // SAFETY: kill has no memory preconditions; a gone pid is an error we ignore.
-    if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+    if unsafe { libc::kill(pid, sig) } == 0 {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
@@ -469,36 +527,36 @@ pub async fn collect_and_check(
     }
     // What a trial leaves: tasks (reattached after the restart, or whose shim was killed), their
     // containers (and, through ctr, their snapshots), images.
-    let tasks = ctr(socket, ns, &["tasks", "ls", "-q"]).await;
+    let tasks = ctr(socket, ns, &["tasks", "ls", "-q"], None).await;
     for id in tasks
         .as_deref()
         .unwrap_or("")
         .lines()
         .filter(|l| !l.is_empty())
     {
-        if let Err(e) = ctr(socket, ns, &["tasks", "rm", "-f", id]).await {
+        if let Err(e) = ctr(socket, ns, &["tasks", "rm", "-f", id], None).await {
             failures.push(format!("cleanup: {e}"));
         }
     }
-    let containers = ctr(socket, ns, &["containers", "ls", "-q"]).await;
+    let containers = ctr(socket, ns, &["containers", "ls", "-q"], None).await;
     for id in containers
         .as_deref()
         .unwrap_or("")
         .lines()
         .filter(|l| !l.is_empty())
     {
-        if let Err(e) = ctr(socket, ns, &["containers", "rm", id]).await {
+        if let Err(e) = ctr(socket, ns, &["containers", "rm", id], None).await {
             failures.push(format!("cleanup: {e}"));
         }
     }
-    let images = ctr(socket, ns, &["images", "ls", "-q"]).await;
+    let images = ctr(socket, ns, &["images", "ls", "-q"], None).await;
     for name in images
         .as_deref()
         .unwrap_or("")
         .lines()
         .filter(|l| !l.is_empty())
     {
-        if let Err(e) = ctr(socket, ns, &["images", "rm", name]).await {
+        if let Err(e) = ctr(socket, ns, &["images", "rm", name], None).await {
             failures.push(format!("cleanup: {e}"));
         }
     }
