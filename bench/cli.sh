@@ -46,7 +46,14 @@ cleanup() {
   done
   awk -v r="$work" 'index($2, r) == 1 { print $2 }' /proc/self/mounts | sort -r |
     while read -r m; do umount -l "$m"; done
-  for dev in "$bbridge" "$nbridge"; do ip link del "$dev" 2>/dev/null; done
+  for dev in "$bbridge" "$nbridge"; do
+    ip link del "$dev" 2>/dev/null
+    # The host rules naming the bridge: berthd's per-network ones, nerdctl's firewall plugin's.
+    for table in nat filter; do
+      iptables -w -t "$table" -S | grep -E -- "-[io] $dev( |\$)" | sed 's/^-A /-D /' |
+        while read -r rule; do eval iptables -w -t "$table" "$rule"; done
+    done
+  done
   rm -rf "/var/lib/cni/networks/bench-$$"
   rm -rf "$work"
 }
