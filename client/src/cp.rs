@@ -9,7 +9,6 @@
 use crate::containers::ContainerInfo;
 use crate::fscopy::{self, Owner, Resolved, Shift};
 use crate::lifecycle::ContainerStatus;
-use crate::userns::{IdMap, IdRange};
 use crate::{Client, Error, Result};
 use nix::errno::Errno;
 use nix::sys::stat::Mode;
@@ -179,38 +178,16 @@ impl Client {
 /// The id translation a copy with `container` needs: its spec's user namespace maps, if it has
 /// any (berthd's `[userns] remap`, or a client's own).
 fn shift_of(container: &ContainerInfo, into_container: bool) -> Result<Option<Shift>> {
-    let Some(linux) = container.spec.as_ref().map(|s| &s["linux"]) else {
+    let Some(spec) = &container.spec else {
         return Ok(None);
     };
-    let map = |key: &str| -> Result<Option<IdMap>> {
-        let Some(entries) = linux[key].as_array().filter(|a| !a.is_empty()) else {
-            return Ok(None);
-        };
-        let mut ranges = Vec::new();
-        for e in entries {
-            let field = |k: &str| e[k].as_u64().and_then(|v| u32::try_from(v).ok());
-            let range = match (field("containerID"), field("hostID"), field("size")) {
-                (Some(c), Some(h), Some(n)) => IdRange::new(c, h, n),
-                _ => None,
-            }
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "container {} has an invalid {key} entry {e}",
-                    container.id
-                ))
-            })?;
-            ranges.push(range);
-        }
-        Ok(Some(IdMap(ranges)))
-    };
-    Ok(match (map("uidMappings")?, map("gidMappings")?) {
-        (Some(uid), Some(gid)) => Some(Shift {
-            uid,
-            gid,
-            into_container,
-        }),
-        _ => None,
-    })
+    let maps = crate::userns::spec_maps(spec)
+        .map_err(|e| Error::invalid(format!("container {}: {e}", container.id)))?;
+    Ok(maps.map(|(uid, gid)| Shift {
+        uid,
+        gid,
+        into_container,
+    }))
 }
 
 /// The last name of a path (None for a root, `.` or `/.`).

@@ -20,7 +20,7 @@ use std::path::Path;
 use tonic::Code;
 
 const PLUGIN_FILTER: &str = "type==io.berth.userns.v1,id==remap";
-pub use berth_oci::idmap::{IdMap, IdRange, GIDMAP_LABEL, UIDMAP_LABEL};
+pub use berth_oci::idmap::{spec_maps, IdMap, IdRange, GIDMAP_LABEL, UIDMAP_LABEL};
 
 /// A remapping: the user namespace's maps and how images are shown in it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -112,7 +112,7 @@ pub fn create(name: &str) -> Result<PathBuf> {
     // A thread of its own enters the new namespace and pins it with the bind mount, then ends:
     // no thread that runs anything else ever changes namespace.
     let target = path.clone();
-    let made = std::thread::spawn(move || -> Result<()> {
+    let made = on_own_thread(move || {
         unshare(CloneFlags::CLONE_NEWNET).map_err(|e| Error::sys("unshare(CLONE_NEWNET)", e))?;
         let own = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
         mount(
@@ -124,14 +124,20 @@ pub fn create(name: &str) -> Result<PathBuf> {
         )
         .map_err(|e| Error::sys(format!("bind {own} onto {}", target.display()), e))?;
         loopback_up()
-    })
-    .join()
-    .unwrap_or_else(|_| Err(Error::invalid("netns thread panicked")));
+    });
     if let Err(e) = made {
         let _ = std::fs::remove_file(&path);
         return Err(e);
     }
     Ok(path)
+}
+
+/// Runs `f` on a thread of its own that ends with it: the only threads that change network
+/// namespace are these.
+fn on_own_thread(f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+    std::thread::spawn(f)
+        .join()
+        .unwrap_or_else(|_| Err(Error::invalid("netns thread panicked")))
 }
 
 /// `ip link set lo up` in the calling thread's network namespace.
@@ -177,14 +183,12 @@ pub fn create_in_userns(
         let netns = path.clone();
         // A thread of its own enters the namespace (root of the host's user namespace may
         // enter one a child user namespace owns) and brings lo up, then ends.
-        std::thread::spawn(move || -> Result<()> {
+        on_own_thread(move || {
             let fd = std::fs::File::open(&netns).map_err(|e| Error::io_at("open", &netns, e))?;
             nix::sched::setns(fd, CloneFlags::CLONE_NEWNET)
                 .map_err(|e| Error::sys(format!("enter {}", netns.display()), e))?;
             loopback_up()
         })
-        .join()
-        .unwrap_or_else(|_| Err(Error::invalid("netns thread panicked")))
     });
     if let Err(e) = made {
         let _ = remove(&path);

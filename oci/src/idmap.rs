@@ -88,6 +88,37 @@ impl IdMap {
     }
 }
 
+/// The uid and gid maps an OCI runtime spec gives its user namespace (`linux.uidMappings` and
+/// `gidMappings`, entries `{containerID, hostID, size}`); `None` unless both are there and not
+/// empty, an error for an entry that is not a valid range.
+pub fn spec_maps(spec: &serde_json::Value) -> Result<Option<(IdMap, IdMap)>> {
+    let map = |key: &str| -> Result<Option<IdMap>> {
+        let Some(entries) = spec
+            .pointer(&format!("/linux/{key}"))
+            .and_then(serde_json::Value::as_array)
+            .filter(|a| !a.is_empty())
+        else {
+            return Ok(None);
+        };
+        let ranges = entries
+            .iter()
+            .map(|e| {
+                let field = |k: &str| e[k].as_u64().and_then(|v| u32::try_from(v).ok());
+                match (field("containerID"), field("hostID"), field("size")) {
+                    (Some(c), Some(h), Some(n)) => IdRange::new(c, h, n),
+                    _ => None,
+                }
+                .ok_or_else(|| Error::invalid(format!("invalid {key} entry {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(IdMap(ranges)))
+    };
+    Ok(match (map("uidMappings")?, map("gidMappings")?) {
+        (Some(uid), Some(gid)) => Some((uid, gid)),
+        _ => None,
+    })
+}
+
 impl std::fmt::Display for IdMap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let parts: Vec<String> = self

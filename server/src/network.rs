@@ -491,23 +491,11 @@ fn new_user_namespace(spec: &Value) -> Option<berth_net::UsernsMaps> {
     if !asks {
         return None;
     }
-    let proc_form = |key: &str| -> Option<String> {
-        let entries = linux.get(key)?.as_array()?;
-        let mut out = String::new();
-        for e in entries {
-            let field = |k: &str| e.get(k).and_then(Value::as_u64);
-            out.push_str(&format!(
-                "{} {} {}\n",
-                field("containerID")?,
-                field("hostID")?,
-                field("size")?
-            ));
-        }
-        (!out.is_empty()).then_some(out)
-    };
+    // Maps runc would refuse are runc's to report: no netns of their own here.
+    let (uid, gid) = berth_oci::idmap::spec_maps(spec).ok().flatten()?;
     Some(berth_net::UsernsMaps {
-        uid_map: proc_form("uidMappings")?,
-        gid_map: proc_form("gidMappings")?,
+        uid_map: uid.proc_form(),
+        gid_map: gid.proc_form(),
     })
 }
 
