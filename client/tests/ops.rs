@@ -565,12 +565,14 @@ fn rm_force_of_a_container_the_restart_monitor_brings_back_leaves_no_task() {
             .map(str::to_string)
             .collect();
         let (_, tasks, _) = env.berth(&["ps", "-a", "-q"]);
-        if mounts.is_empty() && tasks.trim().is_empty() {
+        let attached = attachments(&env);
+        if mounts.is_empty() && tasks.trim().is_empty() && attached.is_empty() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "left behind: mounts {mounts:?}, containers {tasks:?}\nberthd log:\n{}",
+            "left behind: mounts {mounts:?}, containers {tasks:?}, network attachments \
+             {attached:?}\nberthd log:\n{}",
             berth_testkit::berthd::tail(&env.daemon.log(), 40)
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -619,6 +621,29 @@ fn a_crash_looping_container_is_restarted_with_growing_waits() {
         seen.iter().map(|(n, _)| n).collect::<Vec<_>>()
     );
     env.ok(&["rm", "-f", "loop"]);
+    // A restart under way during the removal detaches its network when it sees the record gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !attachments(&env).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "network attachments left: {:?}",
+            attachments(&env)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The network attachments berthd has recorded (`<state>/cni/attachments/<namespace>/<id>`):
+/// each stands for a netns, veths and an IP lease on the host.
+fn attachments(env: &BusyboxEnv) -> Vec<String> {
+    let dir = env.daemon.state().join("cni").join("attachments");
+    std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|ns| std::fs::read_dir(ns.path()).into_iter().flatten().flatten())
+        .map(|e| e.path().display().to_string())
+        .collect()
 }
 
 fn id_of(cli: &Cli, name: &str) -> String {

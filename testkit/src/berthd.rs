@@ -355,7 +355,8 @@ impl Drop for Daemon {
         // Tasks outlive a SIGKILLed berthd by design, so whatever task the test left (a removal
         // that failed, issue 15's `psr-` mount) would stay on the host with its shim and its
         // rootfs mount. Only this daemon's: what names or lies under its directory.
-        let left = remove_leftovers(self.dir.path());
+        let mut left = remove_leftovers(self.dir.path());
+        left.extend(remove_attachments(self.dir.path(), &self.state()));
         if !left.is_empty() {
             eprintln!(
                 "warning: berthd at {} left behind (removed): {left:?}",
@@ -363,6 +364,44 @@ impl Drop for Daemon {
             );
         }
     }
+}
+
+/// Detaches the network attachments the killed daemon still had recorded, berth's (`<state>/cni`)
+/// and the CRI's pods' (`<state>/cri/net`): their netns, veths, IP leases and port rules are the
+/// host's and would outlive `dir`. One is left when the kill falls between a task's removal and
+/// its detach (`rm -f` racing a restart, or the test's end right after either). berthd itself
+/// does this at its next start; a test daemon has none. Says what it removed.
+fn remove_attachments(dir: &Path, state: &Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    for (state_dir, conf_dir) in [
+        (state.join("cni"), dir.join("net.d")),
+        (state.join("cri").join("net"), dir.join("cri-net.d")),
+    ] {
+        let recorded = std::fs::read_dir(state_dir.join("attachments"))
+            .map(|mut namespaces| namespaces.next().is_some())
+            .unwrap_or(false);
+        if !recorded {
+            continue;
+        }
+        let net = match berth_net::Net::new(berth_net::NetConfig::new(conf_dir, state_dir.clone()))
+        {
+            Ok(net) => net,
+            Err(e) => {
+                eprintln!("warning: open {}: {e}", state_dir.display());
+                continue;
+            }
+        };
+        match net.cleanup_stale(&std::collections::HashSet::new()) {
+            Ok(report) => {
+                removed.extend(report.removed.iter().map(|k| format!("attachment {k}")));
+                for (key, e) in report.failed {
+                    eprintln!("warning: attachment {key} not removed: {e}");
+                }
+            }
+            Err(e) => eprintln!("warning: attachments in {}: {e}", state_dir.display()),
+        }
+    }
+    removed
 }
 
 /// Kills the berth-shims whose command line names `dir` and every process below them, then
