@@ -170,10 +170,50 @@ impl Cri {
             userns: userns.map(|u| (u.uid_map(), u.gid_map())),
             exit_after: None,
         };
-        if opts.ipc || opts.uts || opts.pid || opts.userns.is_some() {
-            state.holder = Some(self.start_holder(&opts).await?);
+        let wants_holder = opts.ipc || opts.uts || opts.pid || opts.userns.is_some();
+        if host_net || userns.is_some() {
+            // The holder first: with a user namespace its netns is the pod's.
+            if wants_holder {
+                state.holder = Some(self.start_holder(&opts).await?);
+            }
+            let in_userns = userns.is_some();
+            return self
+                .set_up_network(id, config, hostname, host_net, in_userns, state)
+                .await;
         }
+        // Otherwise the holder and the network have nothing to do with each other: started
+        // together, the holder's exec (~10 ms) hides behind the CNI chain. Each part that
+        // succeeded is recorded so a failure of the other undoes it.
+        let holder = async {
+            if wants_holder {
+                self.start_holder(&opts).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let (holder, network) = tokio::join!(
+            holder,
+            self.set_up_network(id, config, hostname, host_net, false, state)
+        );
+        if let Some(holder) = holder? {
+            state.holder = Some(holder);
+        }
+        network
+    }
 
+    /// The pod's hosts and resolv.conf, and unless it is on the host's network its netns
+    /// attached to the CNI network: the holder's, made inside its user namespace, when
+    /// `in_userns`.
+    async fn set_up_network(
+        &self,
+        id: &str,
+        config: &cri::PodSandboxConfig,
+        hostname: String,
+        host_net: bool,
+        in_userns: bool,
+        state: &mut PodState,
+    ) -> Result<()> {
+        let dir = self.pod_dir(id);
         let dns = config.dns_config.as_ref().map(|d| berth_net::DnsConfig {
             servers: d.servers.clone(),
             searches: d.searches.clone(),
@@ -240,8 +280,8 @@ impl Cri {
         };
         let net = self.net.clone();
         let key = self.attachment_key(id);
-        let holder_netns = match (userns, state.holder) {
-            (Some(_), Some((pid, _))) => Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
+        let holder_netns = match (in_userns, state.holder) {
+            (true, Some((pid, _))) => Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
             _ => None,
         };
         let attachment = match holder_netns {

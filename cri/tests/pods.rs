@@ -205,6 +205,91 @@ fn is_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// The pod's namespace holder starts beside its CNI chain: a pod whose network cannot be set up
+/// (the IP range is spent) fails RunPodSandbox with the IPAM plugin's error and leaves neither a
+/// holder (found by the hostname of its UTS namespace) nor a network attachment; the pod that
+/// took the range's one address is untouched.
+#[test]
+fn a_pod_whose_network_fails_leaves_no_holder_or_attachment() {
+    let env = Env::new("bcricore5", "10.233.45");
+    let conflist = env
+        .daemon
+        .cri_socket()
+        .with_file_name("cri-net.d")
+        .join("10-pods.conflist");
+    std::fs::write(
+        &conflist,
+        r#"{"cniVersion":"1.0.0","name":"pods","plugins":[
+        {"type":"bridge","bridge":"bcricore5","isGateway":true,"ipMasq":false,
+         "ipam":{"type":"host-local","ranges":[[{"subnet":"10.233.45.0/24",
+           "rangeStart":"10.233.45.9","rangeEnd":"10.233.45.9"}]]}},
+        {"type":"loopback"}]}"#,
+    )
+    .expect("write the conflist");
+    let first = env.ok(&["runp", &env.pod_config("netfail-ok")]);
+    let out = env.crictl(&["runp", &env.pod_config("netfail-spent")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("no IP addresses available"),
+        "the second pod: {out:?}"
+    );
+    let holders = holder_hostnames();
+    assert!(
+        holders.contains(&"netfail-ok-host".to_string()),
+        "{holders:?}"
+    );
+    assert!(
+        !holders.contains(&"netfail-spent-host".to_string()),
+        "the failed pod's holder is left: {holders:?}"
+    );
+    let attachments: Vec<String> = std::fs::read_dir(
+        env.daemon
+            .state()
+            .join("cri")
+            .join("net")
+            .join("attachments")
+            .join("k8s.io"),
+    )
+    .expect("the attachments")
+    .flatten()
+    .map(|e| e.file_name().to_string_lossy().into_owned())
+    .collect();
+    assert_eq!(attachments, [first.clone()], "attachments");
+    let pods = env.ok(&["pods", "-q"]);
+    assert_eq!(pods.lines().collect::<Vec<_>>(), [first.as_str()]);
+}
+
+/// The hostnames of the pod holders of this build's berthd (any test's), read in each one's UTS
+/// namespace.
+fn holder_hostnames() -> Vec<String> {
+    let binary = berth_testkit::berthd::berthd_binary()
+        .canonicalize()
+        .expect("berthd's path");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let (Ok(exe), Ok(cmdline)) = (
+            std::fs::read_link(format!("/proc/{pid}/exe")),
+            std::fs::read(format!("/proc/{pid}/cmdline")),
+        ) else {
+            continue;
+        };
+        if exe != binary || cmdline.split(|&b| b == 0).nth(1) != Some(b"cri-holder".as_slice()) {
+            continue;
+        }
+        let out = Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-u", "hostname"])
+            .output()
+            .expect("run nsenter");
+        if out.status.success() {
+            names.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        }
+    }
+    names
+}
+
 #[test]
 fn crictl_runs_a_pod_and_its_containers() {
     let env = Env::new("bcricore0", "10.233.40");
