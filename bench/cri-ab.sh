@@ -4,10 +4,12 @@
 # first in even ones) so both see the same machine load; berthd under bench/cri-berth.sh,
 # containerd under scripts/critest/peer.sh, each on a fresh root per round. Prints each run's
 # output, then the pod-start and ListContainerStats samples pooled over the rounds (median, p99
-# nearest rank) and their ratios. A benchmark, never run by CI.
+# nearest rank) and their ratios. BERTH_CRI_PEER=containerd-1.6 takes Debian's containerd 1.6 as
+# the peer instead (see scripts/critest/peer.sh). A benchmark, never run by CI.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 ROUNDS=${ROUNDS:-2}
+PEER=${BERTH_CRI_PEER:-containerd-2.4}
 out=$(mktemp -d /tmp/berth-cri-ab.XXXXXX)
 trap 'rm -rf "$out"' EXIT
 stats() {
@@ -32,7 +34,7 @@ for kind in seq stats; do
   read -r bm bp < <(cat "$out"/berthd-*."$kind".ms | stats)
   read -r cm cp < <(cat "$out"/containerd-*."$kind".ms | stats)
   name=$([ "$kind" = seq ] && echo "pod start" || echo "ListContainerStats (100 running)")
-  echo "$name: berthd median $bm ms p99 $bp ms; containerd 2.4 median $cm ms p99 $cp ms;" \
+  echo "$name: berthd median $bm ms p99 $bp ms; $PEER median $cm ms p99 $cp ms;" \
     "ratio median $(awk -v a="$bm" -v b="$cm" 'BEGIN { printf "%.2f", a / b }')," \
     "p99 $(awk -v a="$bp" -v b="$cp" 'BEGIN { printf "%.2f", a / b }')"
 done

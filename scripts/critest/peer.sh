@@ -2,6 +2,8 @@
 # `scripts/critest/peer.sh COMMAND [ARG…]`: the CRI peer, containerd 2.4.2 with its CRI plugin, on
 # a throwaway root with its own socket, for as long as COMMAND runs; COMMAND gets its endpoint in
 # $CRI_ENDPOINT (e.g. `peer.sh scripts/critest.sh`, `peer.sh bench/cri.sh`).
+# BERTH_CRI_PEER=containerd-1.6 runs Debian's containerd 1.6 (/usr/bin) with its CRI plugin instead,
+# configured the same way in 1.6's config format (version 2).
 #
 # Its images come from the critest fixtures' loopback registry (scripts/critest/fixtures.sh, via
 # `config_path`), its sandbox image is the fixtures' pause:3.10, its network a bridge +
@@ -19,8 +21,18 @@ BRIDGE=${BERTH_CRI_PEER_BRIDGE:-bcripeer0}
 SUBNET=${BERTH_CRI_PEER_SUBNET:-10.251.0.0/22}
 
 [ $# -gt 0 ] || { echo "usage: $0 COMMAND [ARG...]" >&2; exit 2; }
-[ -x "$BENCH_BIN/containerd" ] && [ -x "$BENCH_BIN/containerd-shim-runc-v2" ] ||
-  "$here/../../bench/peers.sh"
+PEER=${BERTH_CRI_PEER:-containerd-2.4}
+case "$PEER" in
+containerd-2.4)
+  [ -x "$BENCH_BIN/containerd" ] && [ -x "$BENCH_BIN/containerd-shim-runc-v2" ] ||
+    "$here/../../bench/peers.sh"
+  ;;
+containerd-1.6) BENCH_BIN=/usr/bin ;;
+*)
+  echo "peer: BERTH_CRI_PEER is containerd-2.4 or containerd-1.6, not $PEER" >&2
+  exit 2
+  ;;
+esac
 [ -x "$TEST_BIN/crictl" ] || "$here/../deps-cri-tools.sh"
 
 # shellcheck source=fixtures.sh
@@ -53,7 +65,38 @@ fixtures_up
 
 mkdir -p "$root/net.d"
 fixtures_conflist "$root/net.d/10-berth-cri-peer.conflist" berth-cri-peer "$BRIDGE" "$SUBNET"
-cat >"$root/config.toml" <<EOF
+if [ "$PEER" = containerd-1.6 ]; then
+  cat >"$root/config.toml" <<EOF
+version = 2
+root = "$root/root"
+state = "$root/state"
+
+[grpc]
+  address = "$root/containerd.sock"
+
+[ttrpc]
+  address = "$root/containerd.sock.ttrpc"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  sandbox_image = "$CRITEST_SANDBOX_IMAGE"
+  # As for 2.4 below: runc cannot lower oom_score_adj below ours here.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$root/net.d"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$CRITEST_HOSTS_DIR"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      SystemdCgroup = false
+      BinaryName = "${BERTH_CRI_PEER_RUNTIME:-runc}"
+EOF
+else
+  cat >"$root/config.toml" <<EOF
 version = 3
 root = "$root/root"
 state = "$root/state"
@@ -88,6 +131,7 @@ state = "$root/state"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
 EOF
+fi
 
 PATH="$BENCH_BIN:$PATH" "$BENCH_BIN/containerd" --config "$root/config.toml" \
   >"$root/containerd.log" 2>&1 &
