@@ -35,6 +35,9 @@ pub struct HolderOptions {
     pub userns: Option<(String, String)>,
     /// Seconds after which the holder ends by itself (SIGALRM); a pod's holder has none.
     pub exit_after: Option<u32>,
+    /// The pod's state directory: only named on the command line, so that `ps` tells whose
+    /// holder a process is (and a test harness finds the holders of a daemon it killed).
+    pub pod_dir: Option<std::path::PathBuf>,
 }
 
 /// The command line berthd's sub-mode takes (after `cri-holder`).
@@ -65,6 +68,10 @@ pub fn args(opts: &HolderOptions) -> Vec<String> {
     if let Some(secs) = opts.exit_after {
         a.push("--exit-after".into());
         a.push(secs.to_string());
+    }
+    if let Some(dir) = &opts.pod_dir {
+        a.push("--pod".into());
+        a.push(dir.to_string_lossy().into_owned());
     }
     a
 }

@@ -169,6 +169,7 @@ impl Cri {
             hostname: (!host_net).then(|| hostname.clone()),
             userns: userns.map(|u| (u.uid_map(), u.gid_map())),
             exit_after: None,
+            pod_dir: Some(dir.to_path_buf()),
         };
         let wants_holder = opts.ipc || opts.uts || opts.pid || opts.userns.is_some();
         if host_net || userns.is_some() {

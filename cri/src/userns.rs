@@ -61,6 +61,7 @@ fn probe_holder(binary: &Path) -> Result<(), String> {
         userns: Some((map.clone(), map)),
         // Killed below once checked; should this berthd die first, it ends by itself.
         exit_after: Some(PROBE_HOLDER_LIFETIME_SECS),
+        pod_dir: None,
     };
     let out = std::process::Command::new(binary)
         .arg("cri-holder")

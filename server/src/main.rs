@@ -60,6 +60,9 @@ enum Command {
         /// berthd killed mid-probe)
         #[arg(long)]
         exit_after: Option<u32>,
+        /// The pod's state directory (for `ps` to show; the holder does not use it)
+        #[arg(long)]
+        pod: Option<PathBuf>,
     },
 }
 
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
             uidmap,
             gidmap,
             exit_after,
+            pod,
         }) => {
             let opts = berth_cri::holder::HolderOptions {
                 ipc: *ipc,
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
                 hostname: hostname.clone(),
                 userns: uidmap.clone().zip(gidmap.clone()),
                 exit_after: *exit_after,
+                pod_dir: pod.clone(),
             };
             return ExitCode::from(berth_cri::holder::run(&opts) as u8);
         }

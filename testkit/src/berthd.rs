@@ -404,8 +404,8 @@ fn remove_attachments(dir: &Path, state: &Path) -> Vec<String> {
     removed
 }
 
-/// Kills the berth-shims whose command line names `dir` and every process below them, then
-/// detaches every mount under `dir` (deepest first); says what it found.
+/// Kills the berth-shims and pod holders whose command line names `dir` and every process below
+/// them, then detaches every mount under `dir` (deepest first); says what it found.
 fn remove_leftovers(dir: &Path) -> Vec<String> {
     // With the slash: another daemon's directory may share this one's name as a prefix.
     let mut needle = dir.as_os_str().as_encoded_bytes().to_vec();
@@ -426,10 +426,11 @@ fn remove_leftovers(dir: &Path) -> Vec<String> {
     let mut doomed: Vec<i32> = procs
         .iter()
         .filter(|(_, _, cmd)| {
-            cmd.split(|&b| b == 0)
-                .next()
-                .is_some_and(|a| a.ends_with(b"berth-shim"))
-                && cmd.windows(needle.len()).any(|w| w == needle.as_slice())
+            let mut args = cmd.split(|&b| b == 0);
+            // Its shims, and its CRI pods' namespace holders (`berthd cri-holder … --pod DIR`).
+            let ours = args.next().is_some_and(|a| a.ends_with(b"berth-shim"))
+                || args.next() == Some(b"cri-holder".as_slice());
+            ours && cmd.windows(needle.len()).any(|w| w == needle.as_slice())
         })
         .map(|(pid, _, _)| *pid)
         .collect();
