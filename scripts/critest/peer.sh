@@ -65,9 +65,9 @@ fixtures_up
 
 mkdir -p "$root/net.d"
 fixtures_conflist "$root/net.d/10-berth-cri-peer.conflist" berth-cri-peer "$BRIDGE" "$SUBNET"
-if [ "$PEER" = containerd-1.6 ]; then
-  cat >"$root/config.toml" <<EOF
-version = 2
+# The parts both versions share, then each version's CRI sections in its own config format.
+cat >"$root/config.toml" <<EOF
+version = $([ "$PEER" = containerd-1.6 ] && echo 2 || echo 3)
 root = "$root/root"
 state = "$root/state"
 
@@ -77,6 +77,9 @@ state = "$root/state"
 [ttrpc]
   address = "$root/containerd.sock.ttrpc"
 
+EOF
+if [ "$PEER" = containerd-1.6 ]; then
+  cat >>"$root/config.toml" <<EOF
 [plugins."io.containerd.grpc.v1.cri"]
   disable_tcp_service = true
   stream_server_address = "127.0.0.1"
@@ -96,17 +99,7 @@ state = "$root/state"
       BinaryName = "${BERTH_CRI_PEER_RUNTIME:-runc}"
 EOF
 else
-  cat >"$root/config.toml" <<EOF
-version = 3
-root = "$root/root"
-state = "$root/state"
-
-[grpc]
-  address = "$root/containerd.sock"
-
-[ttrpc]
-  address = "$root/containerd.sock.ttrpc"
-
+  cat >>"$root/config.toml" <<EOF
 [plugins."io.containerd.cri.v1.images"]
   [plugins."io.containerd.cri.v1.images".pinned_images]
     sandbox = "$CRITEST_SANDBOX_IMAGE"
