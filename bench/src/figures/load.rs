@@ -6,8 +6,10 @@
 //!   the busybox image imported. A cycle is what `ctr run --rm` asks of the daemon: under a lease,
 //!   Snapshots.Prepare of the image's layer and Containers.Create with ctr's own spec (`/bin/true`,
 //!   cgroupsPath `/<ns>/<id>`, runc options {root}); the lease deleted; Tasks.Create, Start, Wait
-//!   (exit status 0), Tasks.Delete, Containers.Delete, Snapshots.Remove. A failed cycle is counted
-//!   and its error kept (never retried, never hidden); what it left is removed before the next.
+//!   (exit status 0), Tasks.Delete, Snapshots.Remove, Containers.Delete (the snapshot first, as
+//!   containerd's client does: once the container is gone, the collector may take it first). A
+//!   failed cycle is counted and its error kept (never retried, never hidden); what it left is
+//!   removed before the next.
 //!   Figures: cycles/s, cycle latency p50/p99, failed cycles; the daemon's RSS before, peak
 //!   (sampled every 250 ms) and after, its open fds before and after. After each run, nothing of
 //!   the run may be left: no shim naming the daemon's dir, no mount under it or under the temp
@@ -272,10 +274,8 @@ async fn cycle(ch: &Channel, s: &Side, spec: &Value, chain_id: &str, id: &str) -
         ))
         .await
         .map_err(rpc_error(s.kind, "Tasks.Delete"))?;
-    ContainersClient::new(ch.clone())
-        .delete(with_namespace(ns, DeleteContainerRequest { id: id.into() }))
-        .await
-        .map_err(rpc_error(s.kind, "Containers.Delete"))?;
+    // The snapshot before the container, as containerd's client deletes with snapshot cleanup:
+    // once neither a lease nor a container holds it, either daemon's collector may take it first.
     SnapshotsClient::new(ch.clone())
         .remove(with_namespace(
             ns,
@@ -286,6 +286,10 @@ async fn cycle(ch: &Channel, s: &Side, spec: &Value, chain_id: &str, id: &str) -
         ))
         .await
         .map_err(rpc_error(s.kind, "Snapshots.Remove"))?;
+    ContainersClient::new(ch.clone())
+        .delete(with_namespace(ns, DeleteContainerRequest { id: id.into() }))
+        .await
+        .map_err(rpc_error(s.kind, "Containers.Delete"))?;
     Ok(())
 }
 
@@ -619,7 +623,7 @@ async fn cycles(
     );
     let n = clients * per;
     let how = format!(
-        "{clients} clients (one connection each) x {per} cycles, started together, one daemon at a time, each first in every other round; a cycle: under a lease Snapshots.Prepare of the busybox layer and Containers.Create with ctr's spec (/bin/true) and runc options {{root}}, Leases.Delete, Tasks.Create, Start, Wait (exit 0), Tasks.Delete, Containers.Delete, Snapshots.Remove; 2 warm-up cycles per daemon; {rounds} round(s)"
+        "{clients} clients (one connection each) x {per} cycles, started together, one daemon at a time, each first in every other round; a cycle: under a lease Snapshots.Prepare of the busybox layer and Containers.Create with ctr's spec (/bin/true) and runc options {{root}}, Leases.Delete, Tasks.Create, Start, Wait (exit 0), Tasks.Delete, Snapshots.Remove, Containers.Delete; 2 warm-up cycles per daemon; {rounds} round(s)"
     );
     let fig = |id: &str, title: String, unit: &'static str, better: Better, s: &Samples| {
         Figure::new(G, id, title, unit, better).with(s.outcome())
