@@ -49,7 +49,8 @@ pub struct Opts {
     /// (bench/peers.sh builds both)
     #[arg(long, default_value = "/usr/local/lib/berth-bench/bin/containerd")]
     containerd2: PathBuf,
-    /// ctr 2.4.2, the pull group's client for berthd and containerd 2.4 (scripts/deps-go-tools.sh)
+    /// ctr 2.4.2, the pull and load groups' client for berthd's pull (and containerd 2.4's)
+    /// (scripts/deps-go-tools.sh)
     #[arg(long, default_value = "/usr/local/lib/berth-test/bin/ctr")]
     ctr2: PathBuf,
     /// Directory under which the temp root of both daemons is made (same filesystem for both)
