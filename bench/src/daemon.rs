@@ -723,7 +723,7 @@ fn runc_containers(root: &Path) -> Vec<(PathBuf, String)> {
 }
 
 /// Mount points under `root` (from /proc/self/mountinfo, octal escapes decoded), deepest first.
-fn mounts_under(root: &Path) -> Vec<String> {
+pub fn mounts_under(root: &Path) -> Vec<String> {
     let prefix = format!("{}/", root.to_string_lossy().trim_end_matches('/'));
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut v: Vec<String> = text

@@ -49,7 +49,8 @@ pub struct Opts {
     /// (bench/peers.sh builds both)
     #[arg(long, default_value = "/usr/local/lib/berth-bench/bin/containerd")]
     containerd2: PathBuf,
-    /// ctr 2.4.2, the pull group's client for berthd and containerd 2.4 (scripts/deps-go-tools.sh)
+    /// ctr 2.4.2, the pull and load groups' client for berthd's pull (and containerd 2.4's)
+    /// (scripts/deps-go-tools.sh)
     #[arg(long, default_value = "/usr/local/lib/berth-test/bin/ctr")]
     ctr2: PathBuf,
     /// Directory under which the temp root of both daemons is made (same filesystem for both)
@@ -61,7 +62,7 @@ pub struct Opts {
     /// Keep the temp root (daemon logs, stores) instead of removing it
     #[arg(long)]
     keep: bool,
-    /// Images, tasks and pull groups: run just the figures whose id contains one of these
+    /// Images, tasks, pull and load groups: run just the figures whose id contains one of these
     /// (comma-separated), e.g. `--only diff.apply`, `--only pull.debian,prepare_commit` or
     /// `--only run_rm,exec` (to profile one of them)
     #[arg(long, value_delimiter = ',')]
@@ -88,17 +89,20 @@ pub enum Group {
     Tasks,
     /// pull/push from a loopback registry: berthd vs containerd 2.4 and 1.6, fresh root per sample
     Pull,
+    /// load: 8 clients x 500 create/start/delete cycles; a pull while 50 clients create containers
+    Load,
 }
 
 impl Group {
     /// Every group, in the order a full run measures them.
-    const EACH: [Group; 6] = [
+    const EACH: [Group; 7] = [
         Group::Footprint,
         Group::Metadata,
         Group::Content,
         Group::Images,
         Group::Tasks,
         Group::Pull,
+        Group::Load,
     ];
 
     pub fn name(self) -> &'static str {
@@ -110,6 +114,7 @@ impl Group {
             Group::Images => "images",
             Group::Tasks => "tasks",
             Group::Pull => "pull",
+            Group::Load => "load",
         }
     }
 }
@@ -184,7 +189,7 @@ async fn run(opts: Opts) -> Result<()> {
     let lab = Lab::start(&berthd, &opts.containerd, &opts.tmp, opts.keep).await?;
     let machine = machine::describe(lab.root());
     let mut versions = machine::versions(&lab).await;
-    if opts.wants(Group::Pull) {
+    if opts.wants(Group::Pull) || opts.wants(Group::Load) {
         machine::pull_peer_versions(&mut versions, &opts.containerd2, &opts.ctr2);
     }
     report::print_header(&machine, &versions, &opts, &command);
@@ -226,6 +231,12 @@ async fn run(opts: Opts) -> Result<()> {
         figs.extend(group(
             "pull",
             figures::pull::run(&lab, &opts, &berthd).await,
+        ));
+    }
+    if opts.wants(Group::Load) {
+        figs.extend(group(
+            "load",
+            figures::load::run(&lab, &opts, &berthd).await,
         ));
     }
     let (mut figs, carried_over) = carry_over(&opts, previous, figs);

@@ -7,6 +7,7 @@ pub mod content;
 pub mod footprint;
 pub mod gc;
 pub mod images;
+pub mod load;
 pub mod metadata;
 pub mod pending;
 pub mod pull;

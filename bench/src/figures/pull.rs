@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 const G: &str = "pull";
 /// Every sample's namespace (each daemon is fresh, so one name serves all).
-const NS: &str = "bench-pull";
+pub(super) const NS: &str = "bench-pull";
 /// Issue 12's targets: berthd at most 0.5x containerd 2.4 and 0.35x containerd 1.6 for the Debian
 /// image, at most 0.4x containerd 2.4 for the many-layer image.
 const DEBIAN_VS_24: f64 = 0.5;
@@ -83,7 +83,7 @@ fn peer_id(kind: Kind) -> &'static str {
     }
 }
 
-fn sync_disks() {
+pub(super) fn sync_disks() {
     // SAFETY: sync(2) takes no arguments and touches no memory of ours.
     unsafe { libc::sync() }
 }
@@ -359,7 +359,7 @@ impl Bench<'_> {
 }
 
 /// Start `ctr --address SOCK --namespace NS ARGS...` (killed if dropped before it is done).
-fn spawn_ctr(ctr: &Path, d: &Daemon, args: &[&str]) -> Result<tokio::process::Child> {
+pub(super) fn spawn_ctr(ctr: &Path, d: &Daemon, args: &[&str]) -> Result<tokio::process::Child> {
     tokio::process::Command::new(ctr)
         .arg("--address")
         .arg(&d.socket)
@@ -376,7 +376,11 @@ fn spawn_ctr(ctr: &Path, d: &Daemon, args: &[&str]) -> Result<tokio::process::Ch
 
 /// Wait for a ctr started by [`spawn_ctr`] (bounded by SAMPLE_TIMEOUT); its stderr's tail if it
 /// failed.
-async fn finish_ctr(child: tokio::process::Child, d: &Daemon, args: &[&str]) -> Result<()> {
+pub(super) async fn finish_ctr(
+    child: tokio::process::Child,
+    d: &Daemon,
+    args: &[&str],
+) -> Result<()> {
     let out = tokio::time::timeout(SAMPLE_TIMEOUT, child.wait_with_output())
         .await
         .map_err(|_| {

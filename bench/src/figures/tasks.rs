@@ -52,10 +52,10 @@ use tonic::transport::Channel;
 
 const G: &str = "tasks";
 /// The busybox fixture's name (the `io.containerd.image.name` annotation of its archive).
-const IMAGE: &str = "docker.io/bench/busybox:v1";
-const RUNTIME: &str = "io.containerd.runc.v2";
-const SNAPSHOTTER: &str = "overlayfs";
-const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+pub(super) const IMAGE: &str = "docker.io/bench/busybox:v1";
+pub(super) const RUNTIME: &str = "io.containerd.runc.v2";
+pub(super) const SNAPSHOTTER: &str = "overlayfs";
+pub(super) const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 use berth::LEASE_HEADER;
 /// Issue 5's targets for berth/containerd.
 const RUN_RM_TARGET: f64 = 0.5;
@@ -72,23 +72,29 @@ type PerKind = [Vec<f64>; 2];
 /// One daemon as these figures drive it: where to reach it and its own namespace, runc root and
 /// FIFO dir.
 #[derive(Clone, Debug)]
-struct Side {
-    kind: Kind,
+pub(super) struct Side {
+    pub(super) kind: Kind,
     socket: PathBuf,
-    dir: PathBuf,
-    ns: String,
+    pub(super) dir: PathBuf,
+    pub(super) ns: String,
     runc_root: PathBuf,
     fifo_dir: PathBuf,
 }
 
 impl Side {
     fn new(lab: &Lab, kind: Kind) -> Result<Side> {
+        Side::named(lab, kind, G)
+    }
+
+    /// A side whose namespace is `<group>-<b|c>-<pid>` (each group its own, so their cleanups
+    /// and leftover checks never see each other's objects).
+    pub(super) fn named(lab: &Lab, kind: Kind, group: &str) -> Result<Side> {
         let d = lab.daemon(kind);
         let tag = match kind {
             Kind::Berth => "b",
             Kind::Containerd | Kind::Containerd2 => "c",
         };
-        let ns = format!("tasks-{tag}-{}", std::process::id());
+        let ns = format!("{group}-{tag}-{}", std::process::id());
         daemon::register_task_namespace(&ns);
         let side = Side {
             kind,
@@ -104,7 +110,7 @@ impl Side {
         Ok(side)
     }
 
-    fn name(&self) -> &'static str {
+    pub(super) fn name(&self) -> &'static str {
         self.kind.name()
     }
 
@@ -125,7 +131,7 @@ impl Side {
     }
 
     /// containerd.runc.v1.Options{root: <runc root>}, as `ctr run --runc-root` sends it.
-    fn runtime_options(&self) -> prost_types::Any {
+    pub(super) fn runtime_options(&self) -> prost_types::Any {
         // Field 7 (root), wire type 2: the only field set, so encoded by hand (no prost dependency).
         let root = self.runc_root.to_string_lossy().into_owned().into_bytes();
         let mut value = vec![(7 << 3) | 2];
@@ -145,7 +151,7 @@ impl Side {
 
 /// `ctr --address SOCK --namespace NS ARGS...` to completion: its wall time and stdout, or an error
 /// with its stderr. Timed around the whole process; killed after [`CTR_TIMEOUT`].
-async fn ctr(s: &Side, args: &[String]) -> Result<(Duration, String)> {
+pub(super) async fn ctr(s: &Side, args: &[String]) -> Result<(Duration, String)> {
     let mut cmd = tokio::process::Command::new("ctr");
     cmd.arg("--address")
         .arg(&s.socket)
@@ -184,17 +190,17 @@ async fn ctr(s: &Side, args: &[String]) -> Result<(Duration, String)> {
     Ok((elapsed, String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
-fn args(a: &[&str]) -> Vec<String> {
+pub(super) fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
 
-fn ms(d: Duration) -> f64 {
+pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
 /// Kill -9 a task (all its processes), wait for it, delete it; then its container and the
 /// container's snapshot. What is already gone is skipped.
-async fn remove_container(ch: &Channel, s: &Side, id: &str) -> Result<()> {
+pub(super) async fn remove_container(ch: &Channel, s: &Side, id: &str) -> Result<()> {
     let ns = s.ns.as_str();
     let mut tasks = TasksClient::new(ch.clone());
     let gone = |e: &tonic::Status| e.code() == tonic::Code::NotFound;
@@ -278,7 +284,7 @@ async fn remove_container(ch: &Channel, s: &Side, id: &str) -> Result<()> {
 }
 
 /// Remove every task, container and active snapshot of the side's namespace (the image stays).
-async fn cleanup(lab: &Lab, s: &Side) -> Result<usize> {
+pub(super) async fn cleanup(lab: &Lab, s: &Side) -> Result<usize> {
     let ch = lab.daemon(s.kind).connect().await?;
     let ns = s.ns.as_str();
     let listed = TasksClient::new(ch.clone())
@@ -330,7 +336,7 @@ async fn cleanup(lab: &Lab, s: &Side) -> Result<usize> {
 
 /// The shims of one daemon: berth-shim / containerd-shim-runc-v2 processes whose command line
 /// names the daemon's dir (berth-shim's `--bundle`, containerd's shim's `-address`).
-fn shim_pids(s: &Side) -> Vec<u32> {
+pub(super) fn shim_pids(s: &Side) -> Vec<u32> {
     let program = match s.kind {
         Kind::Berth => "berth-shim",
         Kind::Containerd | Kind::Containerd2 => "containerd-shim-runc-v2",
@@ -459,7 +465,7 @@ async fn run_rm(lab: &Lab, opts: &Opts, sides: &[Side; 2]) -> Result<Vec<Figure>
 
 /// ctr's own spec for a busybox container running `sleep 1000`: made by `ctr containers create`
 /// and read back (then the container is removed).
-async fn ctr_spec(lab: &Lab, s: &Side) -> Result<Value> {
+pub(super) async fn ctr_spec(lab: &Lab, s: &Side) -> Result<Value> {
     let id = "spec-template";
     ctr(
         s,
@@ -975,7 +981,7 @@ async fn running(lab: &mut Lab, opts: &Opts, sides: &[Side; 2]) -> Result<Vec<Fi
 }
 
 /// After a cleanup, a daemon's shims exit on their own (shortly after Delete).
-async fn wait_no_shims(s: &Side) -> Result<()> {
+pub(super) async fn wait_no_shims(s: &Side) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left = shim_pids(s);
