@@ -254,7 +254,7 @@ fn a_pod_whose_network_fails_leaves_no_holder_or_attachment() {
     .flatten()
     .map(|e| e.file_name().to_string_lossy().into_owned())
     .collect();
-    assert_eq!(attachments, [first.clone()], "attachments");
+    assert_eq!(attachments, [first.as_str()], "attachments");
     let pods = env.ok(&["pods", "-q"]);
     assert_eq!(pods.lines().collect::<Vec<_>>(), [first.as_str()]);
 }
