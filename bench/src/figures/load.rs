@@ -26,8 +26,8 @@
 //! (~3.6 MB) instead of the Debian one, so the smoke run stays under a minute.
 
 use super::pull::{finish_ctr, spawn_ctr, sync_disks, NS as PULL_NS};
-use super::tasks::{self, Side, IMAGE, RUNTIME, SNAPSHOTTER, SPEC_TYPE_URL};
-use super::{create_lease, rpc_error, slot, Better, Figure, Outcome, Samples};
+use super::tasks::{self, Side, RUNTIME, SNAPSHOTTER};
+use super::{rpc_error, slot, Better, Figure, Outcome, Samples};
 use crate::daemon::{self, order, Daemon, Kind, Lab};
 use crate::fixtures::{self, Image, Registry};
 use crate::stats::summarize;
@@ -42,13 +42,13 @@ use berth::api::services::leases::v1::{
 };
 use berth::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use berth::api::services::snapshots::v1::{
-    Kind as SnapshotKind, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+    Kind as SnapshotKind, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use berth::api::services::tasks::v1::tasks_client::TasksClient;
 use berth::api::services::tasks::v1::{
     CreateTaskRequest, DeleteTaskRequest, ListTasksRequest, StartRequest, WaitRequest,
 };
-use berth::{with_lease, with_namespace};
+use berth::with_namespace;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -170,61 +170,8 @@ impl Failures {
 /// One create/start/delete cycle of container `id` (see the module doc).
 async fn cycle(ch: &Channel, s: &Side, spec: &Value, chain_id: &str, id: &str) -> Result<()> {
     let ns = s.ns.as_str();
-    let lease = format!("{id}-lease");
-    create_lease(ch.clone(), s.kind, ns, &lease).await?;
-    let mounts = SnapshotsClient::new(ch.clone())
-        .prepare(with_lease(
-            ns,
-            &lease,
-            PrepareSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key: id.into(),
-                parent: chain_id.into(),
-                labels: Default::default(),
-            },
-        ))
-        .await
-        .map_err(rpc_error(s.kind, "Snapshots.Prepare"))?
-        .into_inner()
-        .mounts;
-    let mut spec = spec.clone();
-    spec["linux"]["cgroupsPath"] = Value::String(format!("/{ns}/{id}"));
-    let spec = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
-    ContainersClient::new(ch.clone())
-        .create(with_lease(
-            ns,
-            &lease,
-            CreateContainerRequest {
-                container: Some(Container {
-                    id: id.into(),
-                    image: IMAGE.into(),
-                    runtime: Some(container::Runtime {
-                        name: RUNTIME.into(),
-                        options: Some(s.runtime_options()),
-                    }),
-                    spec: Some(prost_types::Any {
-                        type_url: SPEC_TYPE_URL.into(),
-                        value: spec,
-                    }),
-                    snapshotter: SNAPSHOTTER.into(),
-                    snapshot_key: id.into(),
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .map_err(rpc_error(s.kind, "Containers.Create"))?;
-    // As ctr does once the container holds the snapshot.
-    LeasesClient::new(ch.clone())
-        .delete(with_namespace(
-            ns,
-            DeleteLeaseRequest {
-                id: lease,
-                sync: false,
-            },
-        ))
-        .await
-        .map_err(rpc_error(s.kind, "Leases.Delete"))?;
+    let mounts =
+        tasks::create_container_as_ctr(ch, s, spec, chain_id, id, &format!("{id}-lease")).await?;
     let mut tasks = TasksClient::new(ch.clone());
     tasks
         .create(with_namespace(

@@ -41,7 +41,7 @@ use berth::api::services::tasks::v1::tasks_client::TasksClient;
 use berth::api::services::tasks::v1::{
     CreateTaskRequest, DeleteTaskRequest, KillRequest, ListTasksRequest, StartRequest, WaitRequest,
 };
-use berth::with_namespace;
+use berth::{with_lease, with_namespace};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -56,7 +56,6 @@ pub(super) const IMAGE: &str = "docker.io/bench/busybox:v1";
 pub(super) const RUNTIME: &str = "io.containerd.runc.v2";
 pub(super) const SNAPSHOTTER: &str = "overlayfs";
 pub(super) const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
-use berth::LEASE_HEADER;
 /// Issue 5's targets for berth/containerd.
 const RUN_RM_TARGET: f64 = 0.5;
 const CYCLES_TARGET: f64 = 1.5;
@@ -485,37 +484,30 @@ pub(super) async fn ctr_spec(lab: &Lab, s: &Side) -> Result<Value> {
     serde_json::from_slice(&spec.value).map_err(|e| format!("ctr's spec is not JSON: {e}"))
 }
 
-/// One task Create+Start over gRPC; only the two calls are timed.
-async fn create_start_once(
+/// Container `id` made as containerd's Go client makes one (ctr run): under lease `lease`, a
+/// snapshot of the image's top layer (`chain_id`) keyed by the container id, then the container
+/// with `spec` (its cgroupsPath set to `/<ns>/<id>`) and the runc options; then the lease goes, as
+/// the container holds the snapshot. Returns the snapshot's mounts, the task's rootfs.
+pub(super) async fn create_container_as_ctr(
     ch: &Channel,
     s: &Side,
     spec: &Value,
     chain_id: &str,
     id: &str,
-) -> Result<Duration> {
+    lease: &str,
+) -> Result<Vec<berth::api::types::Mount>> {
     let ns = s.ns.as_str();
-    // As containerd's Go client creates a container (ctr run): under a lease, a snapshot of the
-    // image's top layer with the container id as key, then the container.
-    let lease = format!("bench-{id}");
-    create_lease(ch.clone(), s.kind, ns, &lease).await?;
-    fn leased<T>(lease: &str, mut r: tonic::Request<T>) -> tonic::Request<T> {
-        if let Ok(v) = lease.parse() {
-            r.metadata_mut().insert(LEASE_HEADER, v);
-        }
-        r
-    }
+    create_lease(ch.clone(), s.kind, ns, lease).await?;
     let mounts = SnapshotsClient::new(ch.clone())
-        .prepare(leased(
-            &lease,
-            with_namespace(
-                ns,
-                PrepareSnapshotRequest {
-                    snapshotter: SNAPSHOTTER.into(),
-                    key: id.into(),
-                    parent: chain_id.into(),
-                    labels: Default::default(),
-                },
-            ),
+        .prepare(with_lease(
+            ns,
+            lease,
+            PrepareSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: id.into(),
+                parent: chain_id.into(),
+                labels: Default::default(),
+            },
         ))
         .await
         .map_err(rpc_error(s.kind, "Snapshots.Prepare"))?
@@ -525,28 +517,26 @@ async fn create_start_once(
     spec["linux"]["cgroupsPath"] = Value::String(format!("/{ns}/{id}"));
     let spec = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
     ContainersClient::new(ch.clone())
-        .create(leased(
-            &lease,
-            with_namespace(
-                ns,
-                CreateContainerRequest {
-                    container: Some(Container {
-                        id: id.into(),
-                        image: IMAGE.into(),
-                        runtime: Some(container::Runtime {
-                            name: RUNTIME.into(),
-                            options: Some(s.runtime_options()),
-                        }),
-                        spec: Some(prost_types::Any {
-                            type_url: SPEC_TYPE_URL.into(),
-                            value: spec,
-                        }),
-                        snapshotter: SNAPSHOTTER.into(),
-                        snapshot_key: id.into(),
-                        ..Default::default()
+        .create(with_lease(
+            ns,
+            lease,
+            CreateContainerRequest {
+                container: Some(Container {
+                    id: id.into(),
+                    image: IMAGE.into(),
+                    runtime: Some(container::Runtime {
+                        name: RUNTIME.into(),
+                        options: Some(s.runtime_options()),
                     }),
-                },
-            ),
+                    spec: Some(prost_types::Any {
+                        type_url: SPEC_TYPE_URL.into(),
+                        value: spec,
+                    }),
+                    snapshotter: SNAPSHOTTER.into(),
+                    snapshot_key: id.into(),
+                    ..Default::default()
+                }),
+            },
         ))
         .await
         .map_err(rpc_error(s.kind, "Containers.Create"))?;
@@ -554,12 +544,25 @@ async fn create_start_once(
         .delete(with_namespace(
             ns,
             DeleteLeaseRequest {
-                id: lease.clone(),
+                id: lease.into(),
                 sync: false,
             },
         ))
         .await
         .map_err(rpc_error(s.kind, "Leases.Delete"))?;
+    Ok(mounts)
+}
+
+/// One task Create+Start over gRPC; only the two calls are timed.
+async fn create_start_once(
+    ch: &Channel,
+    s: &Side,
+    spec: &Value,
+    chain_id: &str,
+    id: &str,
+) -> Result<Duration> {
+    let ns = s.ns.as_str();
+    let mounts = create_container_as_ctr(ch, s, spec, chain_id, id, &format!("bench-{id}")).await?;
     let mut tasks = TasksClient::new(ch.clone());
     let create = with_namespace(
         ns,
