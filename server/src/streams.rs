@@ -130,6 +130,21 @@ impl Stream {
         self.inbound.recv().await
     }
 
+    /// Waits, at most `bound`, until the client's side has taken every message sent so far
+    /// (the Streaming call's response has read them off the channel), or the client went away.
+    /// The call that used the stream answers after this: containerd's clients stop reading a
+    /// transfer's progress once Transfer answers, so an answer that overtook the last "saved"
+    /// event lost it (nerdctl load then did not print the image it loaded).
+    pub async fn flushed(&self, bound: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + bound;
+        while self.out.capacity() < self.out.max_capacity()
+            && !self.out.is_closed()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
     pub fn split(self) -> (StreamSender, mpsc::Receiver<Any>) {
         (
             StreamSender {
@@ -297,6 +312,37 @@ mod tests {
         drop(reg);
         assert!(streams.take("b").unwrap_err().is_not_found());
         assert!(streams.is_empty());
+    }
+
+    /// A transfer's answer waits until the client's side has read its last progress events,
+    /// and no longer than the bound when nobody reads them.
+    #[tokio::test]
+    async fn flushed_waits_for_the_client_side_to_take_every_message() {
+        let streams = Streams::default();
+        let (_reg, mut to_client, _from_client) = pair(&streams, "p");
+        let stream = streams.take("p").unwrap();
+        for _ in 0..3 {
+            stream.send(Any::default()).await.unwrap();
+        }
+        let reader = tokio::spawn(async move {
+            for _ in 0..3 {
+                tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                to_client.recv().await.expect("a message");
+            }
+            to_client
+        });
+        let started = tokio::time::Instant::now();
+        stream.flushed(std::time::Duration::from_secs(10)).await;
+        assert!(started.elapsed() >= std::time::Duration::from_millis(90));
+        let to_client = reader.await.unwrap();
+        assert!(to_client.is_empty());
+
+        // Nobody reads: the bound ends the wait, with the message still queued.
+        stream.send(Any::default()).await.unwrap();
+        let started = tokio::time::Instant::now();
+        stream.flushed(std::time::Duration::from_millis(50)).await;
+        assert!(started.elapsed() >= std::time::Duration::from_millis(50));
+        assert_eq!(to_client.len(), 1);
     }
 
     #[tokio::test]

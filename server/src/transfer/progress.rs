@@ -9,6 +9,9 @@ use berth_api::pack_any;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Mutex;
 
+/// How long a transfer's answer waits for its last progress events to be taken.
+const FLUSH_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct Progress {
     stream: Mutex<Option<Stream>>,
     /// Set once sending failed, so the rest are not even tried.
@@ -91,8 +94,16 @@ impl Progress {
         }
     }
 
-    /// End the stream: the client's progress reader sees its end.
+    /// End the stream once the client has taken every event (see `Stream::flushed`; bounded,
+    /// so a client that stopped reading cannot hold the transfer's answer): the client's
+    /// progress reader sees its end.
     pub async fn close(&self) {
-        self.stream.lock().await.take();
+        let mut guard = self.stream.lock().await;
+        if let Some(s) = guard.as_ref() {
+            if !self.gone.load(Ordering::Relaxed) {
+                s.flushed(FLUSH_BOUND).await;
+            }
+        }
+        guard.take();
     }
 }
