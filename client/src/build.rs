@@ -138,9 +138,6 @@ struct StageState {
     layers: Vec<Blob>,
     /// The cache key of the last step (the base's identity before the first).
     key: String,
-    /// Whether a step of this stage (or of the stage it is built on) ran rather than being
-    /// answered by the cache: its history then takes new times.
-    ran: bool,
 }
 
 /// The lease that holds the layer cache's records (no expiry; `berth builder prune` deletes it).
@@ -426,7 +423,6 @@ impl Run<'_> {
                     chain: None,
                     layers: Vec::new(),
                     key,
-                    ran: false,
                 }
             }
             Base::Stage(i) => done
@@ -552,29 +548,28 @@ impl Run<'_> {
             };
             let now = || crate::clock::rfc3339(std::time::SystemTime::now());
             // A step's history time: when it ran; for a cache hit, when it first ran; for a
-            // metadata step, the time of the entry before it unless a step of this stage ran.
+            // metadata step (no layer), the time of the entry before it. So a rebuild answered
+            // wholly by the cache makes the same image: reading the clock for a metadata step
+            // made the digest depend on whether a second ticked between two steps.
             let (layer, created) = match (&outcome.action, cached) {
                 (Action::Config | Action::Workdir(_), _) => {
-                    let created = match state.doc.history.last() {
-                        Some(h) if !state.ran => h.created.clone().unwrap_or_else(now),
-                        _ => now(),
-                    };
+                    let created = state
+                        .doc
+                        .history
+                        .last()
+                        .and_then(|h| h.created.clone())
+                        .unwrap_or_else(now);
                     (None, created)
                 }
                 (_, Some((hit, first_ran))) => {
                     say(progress, format_args!("#{} CACHED", planned.index));
                     self.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    let created = first_ran.unwrap_or_else(|| {
-                        state.ran = true;
-                        now()
-                    });
-                    (Some(hit), created)
+                    (Some(hit), first_ran.unwrap_or_else(now))
                 }
                 (Action::Run(r), None) => {
                     let layer = self.run_step(&state, &eval, r, &step.text).await?;
                     let created = now();
                     self.remember(&key, &layer, &created).await?;
-                    state.ran = true;
                     (Some(layer), created)
                 }
                 (Action::Copy(c), None) => {
@@ -583,7 +578,6 @@ impl Run<'_> {
                         .await?;
                     let created = now();
                     self.remember(&key, &layer, &created).await?;
-                    state.ran = true;
                     (Some(layer), created)
                 }
             };
@@ -695,7 +689,6 @@ impl Run<'_> {
             chain: Some(details.chain_id),
             layers,
             key: config_desc.digest().to_string(),
-            ran: false,
         })
     }
 
@@ -1155,11 +1148,12 @@ impl Run<'_> {
         }
         // The last step's time: a rebuild whose every step was cached makes the same image.
         state.doc.created = Some(
-            match state.doc.history.last() {
-                Some(h) if !state.ran => h.created.clone(),
-                _ => None,
-            }
-            .unwrap_or_else(|| crate::clock::rfc3339(std::time::SystemTime::now())),
+            state
+                .doc
+                .history
+                .last()
+                .and_then(|h| h.created.clone())
+                .unwrap_or_else(|| crate::clock::rfc3339(std::time::SystemTime::now())),
         );
         let snapshot = state
             .chain

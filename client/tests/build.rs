@@ -1122,12 +1122,21 @@ async fn a_c_program_compiled_in_a_debian_stage_runs_on_busybox() {
 
     // Nothing changed: COPY, RUN and COPY --from all come from the cache: the same image.
     let client = env.client().await;
-    let chain = client
-        .images()
-        .inspect("hello-c:v1")
-        .await
-        .unwrap()
-        .chain_id;
+    let details = client.images().inspect("hello-c:v1").await.unwrap();
+    // CMD makes no layer: it takes the time of COPY --from, and the image the last step's, so
+    // the rebuild below makes the same image whether or not a second ticked between the steps.
+    let times: Vec<Option<String>> = details
+        .config
+        .history()
+        .iter()
+        .flatten()
+        .map(|h| h.created().clone())
+        .collect();
+    let n = times.len();
+    assert!(n >= 2 && times[n - 1].is_some(), "{times:?}");
+    assert_eq!(times[n - 1], times[n - 2], "CMD's time is COPY's");
+    assert_eq!(details.config.created(), &times[n - 1], "{times:?}");
+    let chain = details.chain_id;
     let mut progress = Vec::new();
     let opts = BuildOptions {
         context: ctx,
