@@ -660,16 +660,12 @@ async fn cycles(
             &fds_after,
         ),
     ];
-    for (k, f) in failures.iter().enumerate() {
-        if f.n > 0 {
-            let name = if k == 0 { "berthd" } else { "containerd" };
-            figs.push(failed_fig(
-                &format!("load.cycles.errors.{name}"),
-                &format!("failed cycles on {name}"),
-                format!("{} of {} cycles failed: {}", f.n, n * rounds, f.describe()),
-            ));
-        }
-    }
+    figs.extend(failure_figs(
+        &failures,
+        "load.cycles.errors",
+        "failed cycles on",
+        |f| format!("{} of {} cycles failed: {}", f.n, n * rounds, f.describe()),
+    ));
     if left.is_empty() {
         eprintln!("[load] after every run: no shim, mount, runc container, task, container, lease or active snapshot left");
     } else {
@@ -1060,20 +1056,38 @@ async fn pull_under_create(lab: &Lab, opts: &Opts, berthd: &Path) -> Result<Vec<
             l99,
         ),
     ];
-    for (k, f) in failures.iter().enumerate() {
-        if f.n > 0 {
-            let name = if k == 0 { "berthd" } else { "containerd" };
-            figs.push(failed_fig(
-                &format!("load.pull_under_create.errors.{name}"),
-                &format!("failed creates/deletes beside the pull on {name}"),
-                format!("{} failed: {}", f.n, f.describe()),
-            ));
-        }
-    }
+    figs.extend(failure_figs(
+        &failures,
+        "load.pull_under_create.errors",
+        "failed creates/deletes beside the pull on",
+        |f| format!("{} failed: {}", f.n, f.describe()),
+    ));
     Ok(figs)
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/// A failed row per daemon (berthd's failures first, then containerd's) that had any:
+/// `<id>.<daemon>`, titled `<title> <daemon>`.
+fn failure_figs(
+    failures: &[Failures],
+    id: &str,
+    title: &str,
+    detail: impl Fn(&Failures) -> String,
+) -> Vec<Figure> {
+    failures
+        .iter()
+        .zip(["berthd", "containerd"])
+        .filter(|(f, _)| f.n > 0)
+        .map(|(f, name)| {
+            failed_fig(
+                &format!("{id}.{name}"),
+                &format!("{title} {name}"),
+                detail(f),
+            )
+        })
+        .collect()
+}
 
 fn failed_fig(id: &str, title: &str, error: String) -> Figure {
     Figure::new(G, id, title, "", Better::Lower).with(Outcome::Failed { error })
