@@ -14,6 +14,7 @@ use berth_registry::manifest::{is_index, is_manifest};
 use berth_registry::{
     Client, ClientConfig, Descriptor, Document, HostsConfig, Limits, Manifest, Platform, Reference,
 };
+use bytes::Bytes;
 use futures_util::future::join_all;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -114,7 +115,7 @@ pub(super) async fn pull(
     );
     let wanted: Vec<Platform> = dst.platforms.iter().map(platform).collect();
 
-    let (doc, bytes) = client.fetch_manifest(&reference, &root).await?;
+    let (doc, bytes) = fetch_document(&f, &root).await?;
     match doc {
         Document::Manifest(m) => {
             let unpacks = unpacks_for(&dst.unpacks, None);
@@ -166,7 +167,7 @@ pub(super) async fn pull(
             let parents = [ref_key(&root.media_type, &root.digest)];
             for &i in &metadata {
                 let d = &index.manifests[i];
-                let (doc, mbytes) = client.fetch_manifest(&reference, d).await?;
+                let (doc, mbytes) = fetch_document(&f, d).await?;
                 if let Document::Manifest(m) = doc {
                     let mut labels = manifest_labels(&m, false);
                     labels.insert(source_label.0.clone(), source_label.1.clone());
@@ -184,7 +185,7 @@ pub(super) async fn pull(
                         d.digest
                     )));
                 }
-                let (doc, mbytes) = client.fetch_manifest(&reference, d).await?;
+                let (doc, mbytes) = fetch_document(&f, d).await?;
                 let Document::Manifest(m) = doc else {
                     return Err(Error::invalid(format!(
                         "{name}: the index entry {} is not a manifest",
@@ -211,6 +212,62 @@ pub(super) async fn pull(
         .note(format!("Completed pull from {}", describe(&src)))
         .await;
     Ok(())
+}
+
+/// A manifest or index by its descriptor. One this namespace already holds is read from the
+/// content store, so pulling an image that is there asks the registry only to resolve the tag (a
+/// kubelet's `Always` policy re-pulls at every container start); containerd's fetch skips the
+/// blobs it has too. Anything else, or a stored copy that does not check out, comes from the
+/// registry.
+async fn fetch_document(f: &Fetcher<'_>, desc: &Descriptor) -> Result<(Document, Bytes)> {
+    if let Some(found) = stored_document(f, desc).await? {
+        return Ok(found);
+    }
+    Ok(f.client.fetch_manifest(f.reference, desc).await?)
+}
+
+async fn stored_document(f: &Fetcher<'_>, desc: &Descriptor) -> Result<Option<(Document, Bytes)>> {
+    let s = &f.t.settings;
+    // The media type says how to parse it; a descriptor without one takes the registry's word.
+    if desc.media_type.is_empty()
+        || desc.size > s.max_manifest_bytes
+        || !desc.digest.starts_with("sha256:")
+    {
+        return Ok(None);
+    }
+    let Ok(digest) = berth_oci::Digest::parse(&desc.digest) else {
+        return Ok(None);
+    };
+    if !f.t.meta.has_content(&f.ctx.ns, &digest)? {
+        return Ok(None);
+    }
+    let (content, size) = (f.t.content.clone(), desc.size);
+    let read = crate::blocking::blocking(move || {
+        use std::io::Read;
+        let mut out = Vec::new();
+        match content.open_blob(&digest) {
+            Ok(file) => {
+                file.take(size + 1)
+                    .read_to_end(&mut out)
+                    .map_err(|e| Error::io(format!("read manifest {digest}"), e))?;
+                Ok(Some(out))
+            }
+            Err(_) => Ok(None),
+        }
+    })
+    .await?;
+    let Some(bytes) = read else {
+        return Ok(None);
+    };
+    if bytes.len() as u64 != desc.size || berth_registry::sha256_digest(&bytes) != desc.digest {
+        tracing::warn!(digest = %desc.digest, "stored manifest does not match its digest; fetching it");
+        return Ok(None);
+    }
+    let what = format!("{}@{}", f.reference.name(), desc.digest);
+    match berth_registry::manifest::parse_document(&what, &desc.media_type, &bytes, s.max_layers) {
+        Ok(doc) => Ok(Some((doc, Bytes::from(bytes)))),
+        Err(_) => Ok(None),
+    }
 }
 
 /// containerd's `containerd.io/distribution.source.<host>` key: the registry's host name

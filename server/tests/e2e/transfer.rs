@@ -211,6 +211,43 @@ fn two_concurrent_pulls_fetch_each_blob_once() {
     }
 }
 
+/// Pulling an image the namespace holds asks the registry to resolve the tag and nothing else
+/// (a kubelet's `Always` policy re-pulls at every container start). Another namespace, which does
+/// not hold the manifest, still fetches it: content is not shared across namespaces by digest.
+#[test]
+fn a_repull_reads_the_stored_manifest_and_fetches_nothing() {
+    let d = Daemon::start().using(Ctr::V2);
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let served = registry.push_busybox(work.path());
+    let reference = registry.reference();
+    let manifest = format!("/v2/library/busybox/manifests/{}", served.manifest_digest);
+    let blobs = |r: &Registry| {
+        [&served.layer_digest, &served.config_digest]
+            .map(|b| r.berthd_gets(&format!("/v2/library/busybox/blobs/{b}")))
+    };
+
+    d.ctr("repull", &["images", "pull", "--plain-http", &reference]);
+    assert_eq!(registry.berthd_gets(&manifest), 1, "{}", registry.log());
+    assert_eq!(blobs(&registry), [1, 1]);
+
+    let out = d.ctr("repull", &["images", "pull", "--plain-http", &reference]);
+    assert!(out.contains("saved"), "{out}");
+    assert_eq!(
+        registry.berthd_gets(&manifest),
+        1,
+        "the second pull fetched the manifest again:\n{}",
+        registry.log()
+    );
+    assert_eq!(blobs(&registry), [1, 1]);
+    assert_eq!(content_digests(&d, "repull"), sorted(served.blobs()));
+    assert_eq!(snapshot_keys(&d, "repull"), [served.chain_id()]);
+
+    d.ctr("repull-other", &["images", "pull", "--plain-http", &reference]);
+    assert_eq!(registry.berthd_gets(&manifest), 2, "{}", registry.log());
+    assert_eq!(content_digests(&d, "repull-other"), sorted(served.blobs()));
+}
+
 /// critest's order: remove every tag of an image, then pull it again at once. Each removal
 /// queues a collection that may drop the blobs' records and unlink them while the pull looks
 /// for, fetches and records them; each round must end with every blob and the unpacked chain
