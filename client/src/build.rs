@@ -1394,6 +1394,22 @@ fn write_copy(
     .map_err(build_err)
 }
 
+/// Unmounts `dir`, waiting (at most 2 s) while it is busy: a process another thread of this
+/// one starts holds a copy of every descriptor, close-on-exec ones included, until it execs, and
+/// one inside the mount keeps the mount busy for that moment. containerd's unmount waits too.
+fn unmount_when_free(dir: &Path) -> nix::Result<()> {
+    use nix::mount::{umount2, MntFlags};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match umount2(dir, MntFlags::empty()) {
+            Err(nix::errno::Errno::EBUSY) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Mounts a snapshot's mounts in a private temp dir for `f`, then unmounts.
 pub(crate) fn with_mounted<T>(
     mounts: &[Mount],
@@ -1466,7 +1482,7 @@ pub(crate) fn with_mounted<T>(
         .map_err(fail)?;
     }
     let result = f(dir.path());
-    let unmounted = umount2(dir.path(), MntFlags::empty());
+    let unmounted = unmount_when_free(dir.path());
     if let Err(e) = unmounted {
         let _ = umount2(dir.path(), MntFlags::MNT_DETACH);
         if result.is_ok() {
