@@ -3,7 +3,6 @@
 //! result, CNI's error object with stderr, or nothing within the timeout. Debian's own plugins
 //! answer VERSION. No root needed.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,8 +11,7 @@ use serde_json::json;
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    berth_testkit::write_executable(&path, &format!("#!/bin/sh\n{body}\n"));
     path
 }
 

@@ -16,3 +16,29 @@ pub mod skip;
 /// A `ctr run` spec of a service, ~9.5 KiB: the size and shape of what containerd's clients store
 /// in container records.
 pub const SPEC_JSON: &[u8] = include_bytes!("spec.json");
+
+/// Writes an executable file (a test's stand-in plugin, runtime or shim) through a child
+/// process. Written from this process, the file's write descriptor would be copied into every
+/// process another test thread starts, until that one execs, and running the file meanwhile
+/// fails with ETXTBSY, "Text file busy" (a full-suite run saw it).
+pub fn write_executable(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sh to write an executable");
+    child
+        .stdin
+        .take()
+        .expect("its stdin")
+        .write_all(text.as_bytes())
+        .expect("write to sh");
+    let status = child.wait().expect("wait for sh");
+    assert!(
+        status.success(),
+        "writing {} failed: {status}",
+        path.display()
+    );
+}

@@ -834,7 +834,7 @@ fn run_with_a_binary_logging_program() {
     let f = Fixture::start("berth-e2e-binlog");
     let dir = tempfile::tempdir().expect("temp dir");
     let script = dir.path().join("logger");
-    std::fs::write(
+    berth_testkit::write_executable(
         &script,
         "#!/bin/sh\n\
          out=\"$2\"\n\
@@ -844,10 +844,7 @@ fn run_with_a_binary_logging_program() {
          /bin/cat <&4 > \"$out.stderr\" 5>&- &\n\
          exec 5>&-\n\
          while :; do /bin/sleep 0.05; done\n",
-    )
-    .expect("write logger");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    );
     let base = dir.path().join("binlog-1");
     let uri = format!("binary://{}?file={}", script.display(), base.display());
     let cmd = ["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 4"];
@@ -1301,19 +1298,13 @@ fn a_runtime_named_in_the_config_is_used() {
     let tools = tempfile::tempdir().expect("temp dir");
     let calls = tools.path().join("calls");
     let wrapper = tools.path().join("logging-runc");
-    std::fs::write(
+    berth_testkit::write_executable(
         &wrapper,
-        format!(
+        &format!(
             "#!/bin/sh\necho \"$@\" >> {}\nexec runc \"$@\"\n",
             calls.display()
         ),
-    )
-    .expect("write wrapper");
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod wrapper");
+    );
     let f = Fixture::start_with_config(
         "berth-e2e-runtimes",
         &format!(
@@ -2151,13 +2142,10 @@ fn a_hung_shim_launch_is_bounded_and_frees_the_task() {
     let tools = tempfile::tempdir().expect("temp dir");
     let pids = tools.path().join("pids");
     let shim = tools.path().join("hung-shim");
-    std::fs::write(
+    berth_testkit::write_executable(
         &shim,
-        format!("#!/bin/sh\necho $$ >> {}\nexec sleep 600\n", pids.display()),
-    )
-    .expect("write stand-in shim");
-    std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod stand-in shim");
+        &format!("#!/bin/sh\necho $$ >> {}\nexec sleep 600\n", pids.display()),
+    );
     let f = Fixture::start_with_config(
         "berth-e2e-hung-shim",
         &format!(

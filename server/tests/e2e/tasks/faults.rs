@@ -16,9 +16,7 @@ fn faulty_runc(dir: &Path, fault: &str, action: &str) -> PathBuf {
          create|start|delete|kill|state|exec|ps|pause|resume|update|events) break ;;\n  esac\n\
          done\nexec runc \"$@\"\n"
     );
-    std::fs::write(&path, script).expect("write wrapper");
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod wrapper");
+    berth_testkit::write_executable(&path, &script);
     path
 }
 
