@@ -243,7 +243,10 @@ fn a_repull_reads_the_stored_manifest_and_fetches_nothing() {
     assert_eq!(content_digests(&d, "repull"), sorted(served.blobs()));
     assert_eq!(snapshot_keys(&d, "repull"), [served.chain_id()]);
 
-    d.ctr("repull-other", &["images", "pull", "--plain-http", &reference]);
+    d.ctr(
+        "repull-other",
+        &["images", "pull", "--plain-http", &reference],
+    );
     assert_eq!(registry.berthd_gets(&manifest), 2, "{}", registry.log());
     assert_eq!(content_digests(&d, "repull-other"), sorted(served.blobs()));
 }
