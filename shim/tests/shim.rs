@@ -604,7 +604,7 @@ fn binary_logger_gets_the_output_and_stops_at_delete() {
     let logs = tempfile::tempdir().unwrap();
     let script = logs.path().join("logger");
     // The copies run in the background without fd 5, so closing it says "ready".
-    fs::write(
+    berth_testkit::write_executable(
         &script,
         "#!/bin/sh\n\
          out=\"$2\"\n\
@@ -615,9 +615,7 @@ fn binary_logger_gets_the_output_and_stops_at_delete() {
          /bin/cat <&4 > \"$out.stderr\" 5>&- &\n\
          exec 5>&-\n\
          while :; do /bin/sleep 0.05; done\n",
-    )
-    .unwrap();
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let base = logs.path().join("init");
     let uri = format!("binary://{}?file={}", script.display(), base.display());
     let pid = b.create("", &uri, &uri, false);
@@ -757,15 +755,13 @@ fn a_hung_runtime_is_killed_at_the_bound_and_the_shim_keeps_serving() {
     let tools = tempfile::tempdir().unwrap();
     let hung_pid = tools.path().join("hung.pid");
     let wrapper = tools.path().join("runc-hangs-in-start");
-    fs::write(
+    berth_testkit::write_executable(
         &wrapper,
-        format!(
+        &format!(
             "#!/bin/sh\nfor a; do\n  if [ \"$a\" = start ]; then echo $$ > {}; exec sleep 600; fi\ndone\nexec runc \"$@\"\n",
             hung_pid.display()
         ),
-    )
-    .unwrap();
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let mut args = b.shim_args();
     let runtime = args.iter().position(|a| a == "--runtime-binary").unwrap() + 1;
     args[runtime] = wrapper.display().to_string();
