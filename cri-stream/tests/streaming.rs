@@ -472,21 +472,64 @@ async fn a_client_that_disconnects_takes_its_process_with_it() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
+        let process = Pidfd::open(pid);
         child.kill().await.unwrap();
-        let alive = |pid: u32| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| !s.contains(") Z "))
-                .unwrap_or(false)
-        };
-        let mut waited = 0;
-        while alive(pid) && waited < 100 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            waited += 1;
+        let exited = tokio::task::spawn_blocking(move || process.exits_within(10_000))
+            .await
+            .unwrap();
+        assert!(exited, "{proto}: exec'd process {pid} outlived its client");
+    }
+}
+
+/// One process, followed by a pidfd rather than its pid: this machine's pid_max is 32768 and the
+/// suite starts tens of thousands of processes, so a pid read back from /proc may be another's.
+struct Pidfd(Option<std::os::fd::OwnedFd>);
+
+impl Pidfd {
+    /// `None` inside when the process is already gone.
+    fn open(pid: u32) -> Pidfd {
+        use nix::libc;
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::ESRCH),
+                "pidfd_open({pid}): {e}"
+            );
+            return Pidfd(None);
         }
-        assert!(
-            !alive(pid),
-            "{proto}: exec'd process {pid} outlived its client"
-        );
+        // SAFETY: the descriptor was just made and is owned here alone.
+        Pidfd(Some(unsafe {
+            std::os::fd::OwnedFd::from_raw_fd(fd as i32)
+        }))
+    }
+
+    /// Whether the process ends within `ms` milliseconds (a zombie has ended).
+    fn exits_within(&self, ms: u64) -> bool {
+        use nix::libc;
+        use std::os::fd::AsRawFd;
+        let Some(fd) = &self.0 else {
+            return true;
+        };
+        let deadline = std::time::Instant::now() + Duration::from_millis(ms);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let mut p = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            let n = unsafe { libc::poll(&mut p, 1, left.as_millis() as i32) };
+            // A signal (this process's SIGCHLD handler) interrupts poll: wait on.
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return n == 1;
+        }
     }
 }
 
