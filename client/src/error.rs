@@ -6,7 +6,7 @@ use tonic::Code;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot connect to berthd at {path}: {source}")]
+    #[error("cannot connect to berthd at {path}: {}", root_cause(.source))]
     Connect {
         path: PathBuf,
         #[source]
@@ -28,6 +28,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The innermost error of a chain. tonic's transport error says only "transport error"; its
+/// cause (no such file, connection refused, permission denied) is what a user can act on.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = e;
+    while let Some(inner) = e.source() {
+        e = inner;
+    }
+    e.to_string()
 }
 
 /// Why a process did not start.
@@ -116,3 +126,19 @@ impl From<Error> for berth_errdefs::Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_failed_connect_names_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let absent = dir.path().join("berthd.sock");
+        let msg = crate::connect(&absent).await.unwrap_err().to_string();
+        assert!(msg.contains("No such file or directory"), "{msg}");
+
+        // A socket file nobody listens on: what a daemon killed with -9 leaves.
+        drop(std::os::unix::net::UnixListener::bind(&absent).unwrap());
+        let msg = crate::connect(&absent).await.unwrap_err().to_string();
+        assert!(msg.contains("Connection refused"), "{msg}");
+    }
+}

@@ -322,9 +322,22 @@ impl Daemon {
     /// A gRPC channel to the daemon, made by the `berth` client crate (which the tests thereby
     /// exercise), for any generated client of containerd's API.
     pub async fn channel(&self) -> tonic::transport::Channel {
-        berth::connect(&self.socket)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
+        berth::connect(&self.socket).await.unwrap_or_else(|e| {
+            // Not yet waited for, so the pid is still this child's: exited is a zombie.
+            let running = self.child.as_ref().is_some_and(|c| {
+                std::fs::read_to_string(format!("/proc/{}/stat", c.id()))
+                    .is_ok_and(|stat| !stat.contains(") Z "))
+            });
+            panic!(
+                "{e}\nberthd {}; its log's tail:\n{}",
+                if running {
+                    "is running"
+                } else {
+                    "is not running"
+                },
+                tail(&self.log(), 40)
+            )
+        })
     }
 }
 
