@@ -27,36 +27,63 @@ pub use berth_oci::idmap::{IdMap, IdRange, GIDMAP_LABEL, UIDMAP_LABEL};
 /// maps written from here, its namespace opened, and the child killed (the fd keeps the
 /// namespace alive).
 pub fn userns_fd(uid: &IdMap, gid: &IdMap) -> Result<OwnedFd> {
-    use nix::sched::{clone, CloneFlags};
-    use nix::sys::signal::{kill, Signal};
-    use nix::sys::wait::waitpid;
-    let mut stack = vec![0u8; 64 * 1024];
-    // SAFETY: the child runs only pause(), async-signal-safe, on its own stack, until killed;
-    // it touches no memory shared with the parent's threads.
-    let pid = unsafe {
-        clone(
-            Box::new(|| loop {
-                nix::unistd::pause();
-            }),
-            &mut stack,
-            CloneFlags::CLONE_NEWUSER,
-            Some(libc::SIGCHLD),
-        )
+    let child = PausedChild::in_new_userns()?;
+    let proc = format!("/proc/{}", child.0);
+    std::fs::write(format!("{proc}/uid_map"), uid.proc_form())
+        .map_err(|e| Error::io("write uid_map", e))?;
+    std::fs::write(format!("{proc}/gid_map"), gid.proc_form())
+        .map_err(|e| Error::io("write gid_map", e))?;
+    std::fs::File::open(format!("{proc}/ns/user"))
+        .map(OwnedFd::from)
+        .map_err(|e| Error::io("open the user namespace", e))
+}
+
+/// A cloned child of this process, in a user namespace of its own, pausing until it is dropped
+/// (killed and reaped).
+///
+/// It is cloned without an exec, so it starts with a copy of every descriptor of the daemon: the
+/// API's listening socket, the root's lock, the metadata database. Were the daemon killed before
+/// the drop, a child keeping those would keep the next daemon from locking its root while
+/// clients' connections queue on a socket nobody serves. So the child closes all of them first,
+/// and dies with the thread that made it (PR_SET_PDEATHSIG), which covers a parent already gone
+/// before that by looking at its parent pid.
+struct PausedChild(nix::unistd::Pid);
+
+impl PausedChild {
+    fn in_new_userns() -> Result<PausedChild> {
+        use nix::sched::{clone, CloneFlags};
+        let parent = nix::unistd::getpid();
+        let mut stack = vec![0u8; 64 * 1024];
+        // SAFETY: the child makes only raw syscalls (close_range, prctl, getppid, pause, exit),
+        // async-signal-safe, on its own stack; it touches no memory shared with the parent's
+        // threads.
+        let pid = unsafe {
+            clone(
+                Box::new(move || {
+                    libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    if libc::getppid() != parent.as_raw() {
+                        libc::_exit(0);
+                    }
+                    loop {
+                        libc::pause();
+                    }
+                }),
+                &mut stack,
+                CloneFlags::CLONE_NEWUSER,
+                Some(libc::SIGCHLD),
+            )
+        }
+        .map_err(|e| Error::io("clone a user namespace", std::io::Error::from(e)))?;
+        Ok(PausedChild(pid))
     }
-    .map_err(|e| Error::io("clone a user namespace", std::io::Error::from(e)))?;
-    let opened = (|| {
-        let proc = format!("/proc/{pid}");
-        std::fs::write(format!("{proc}/uid_map"), uid.proc_form())
-            .map_err(|e| Error::io("write uid_map", e))?;
-        std::fs::write(format!("{proc}/gid_map"), gid.proc_form())
-            .map_err(|e| Error::io("write gid_map", e))?;
-        std::fs::File::open(format!("{proc}/ns/user"))
-            .map(OwnedFd::from)
-            .map_err(|e| Error::io("open the user namespace", e))
-    })();
-    let _ = kill(pid, Signal::SIGKILL);
-    let _ = waitpid(pid, None);
-    opened
+}
+
+impl Drop for PausedChild {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(self.0, None);
+    }
 }
 
 /// A detached copy of the mount tree at `path` that shows its owners through `userns`'s maps.
@@ -278,5 +305,57 @@ mod tests {
         supported(dir.path()).expect("idmapped lowers under overlayfs");
         let left: Vec<_> = std::fs::read_dir(dir.path()).expect("read").collect();
         assert!(left.is_empty(), "left behind: {left:?}");
+    }
+
+    /// The clone starts with a copy of every descriptor of this process and keeps none, and it
+    /// dies with the thread that made it: a daemon killed while the child lived left it pausing
+    /// forever with the root's lock and the API socket (a full-suite run's restart failures).
+    #[test]
+    fn the_userns_child_keeps_no_descriptor_and_dies_with_its_thread() {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        use std::time::{Duration, Instant};
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: user namespaces with maps need root");
+            return;
+        }
+        let child = PausedChild::in_new_userns().expect("clone");
+        let fds = format!("/proc/{}/fd", child.0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let open = || std::fs::read_dir(&fds).map(|d| d.count()).unwrap_or(0);
+        while open() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(open(), 0, "the child still holds descriptors");
+        drop(child);
+
+        // Made by a thread that ends without dropping it, as when the daemon dies.
+        let pid = std::thread::spawn(|| {
+            let c = PausedChild::in_new_userns().expect("clone");
+            let pid = c.0;
+            std::mem::forget(c);
+            pid
+        })
+        .join()
+        .expect("thread");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)).expect("waitpid") {
+                WaitStatus::StillAlive if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                other => break other,
+            }
+        };
+        if status == WaitStatus::StillAlive {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+        assert!(
+            matches!(
+                status,
+                WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _)
+            ),
+            "the orphaned child was not killed: {status:?}"
+        );
     }
 }
