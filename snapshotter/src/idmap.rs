@@ -60,11 +60,12 @@ impl PausedChild {
         let pid = unsafe {
             clone(
                 Box::new(move || {
-                    libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+                    // Death signal first: a parent gone before it shows in getppid.
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                     if libc::getppid() != parent.as_raw() {
                         libc::_exit(0);
                     }
+                    libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
                     loop {
                         libc::pause();
                     }
@@ -328,9 +329,19 @@ mod tests {
         assert_eq!(open(), 0, "the child still holds descriptors");
         drop(child);
 
-        // Made by a thread that ends without dropping it, as when the daemon dies.
-        let pid = std::thread::spawn(|| {
+        // Made by a thread that ends without dropping it, as when the daemon dies. The thread
+        // waits for the child's descriptors to go (its death signal is set before that): a
+        // thread gone earlier ends before the signal is asked for, and the process it would
+        // look for in getppid, this one, lives on.
+        let pid = std::thread::spawn(move || {
             let c = PausedChild::in_new_userns().expect("clone");
+            let fds = format!("/proc/{}/fd", c.0);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while std::fs::read_dir(&fds).map(|d| d.count()).unwrap_or(0) > 0
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             let pid = c.0;
             std::mem::forget(c);
             pid
