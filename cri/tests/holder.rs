@@ -72,11 +72,7 @@ fn holder_owns_the_pod_namespaces_and_outlives_its_launcher() {
     .expect("kill the holder");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     // Reparented to init, which reaps it.
-    while berth_cri::holder::alive(pid_n, start)
-        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.contains(") Z "))
-            .unwrap_or(false)
-    {
+    while berth_cri::holder::alive(pid_n, start) && berth_testkit::running(pid_n) {
         assert!(
             std::time::Instant::now() < deadline,
             "holder {pid} survived SIGKILL"

@@ -853,8 +853,7 @@ fn crictl_runs_a_pod_in_its_own_user_namespace() {
     assert!(!mounted(Path::new(&netns)), "{netns} is still mounted");
     // SIGKILLed by StopPodSandbox; gone (or a zombie init has yet to reap) soon after.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(format!("/proc/{holder}/stat")).is_ok_and(|s| !s.contains(") Z "))
-    {
+    while berth_testkit::running(holder as u32) {
         assert!(
             Instant::now() < deadline,
             "the holder {holder} outlived its pod"

@@ -319,14 +319,22 @@ mod tests {
             eprintln!("skipped: user namespaces with maps need root");
             return;
         }
+        // Its descriptors go once it runs; give it up to 5 s to.
+        let descriptors_within = |pid: nix::unistd::Pid| {
+            let fds = format!("/proc/{pid}/fd");
+            let open = || std::fs::read_dir(&fds).map(|d| d.count()).unwrap_or(0);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while open() > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            open()
+        };
         let child = PausedChild::in_new_userns().expect("clone");
-        let fds = format!("/proc/{}/fd", child.0);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let open = || std::fs::read_dir(&fds).map(|d| d.count()).unwrap_or(0);
-        while open() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(open(), 0, "the child still holds descriptors");
+        assert_eq!(
+            descriptors_within(child.0),
+            0,
+            "the child still holds descriptors"
+        );
         drop(child);
 
         // Made by a thread that ends without dropping it, as when the daemon dies. The thread
@@ -335,13 +343,7 @@ mod tests {
         // look for in getppid, this one, lives on.
         let pid = std::thread::spawn(move || {
             let c = PausedChild::in_new_userns().expect("clone");
-            let fds = format!("/proc/{}/fd", c.0);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while std::fs::read_dir(&fds).map(|d| d.count()).unwrap_or(0) > 0
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            descriptors_within(c.0);
             let pid = c.0;
             std::mem::forget(c);
             pid

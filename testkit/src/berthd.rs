@@ -324,10 +324,7 @@ impl Daemon {
     pub async fn channel(&self) -> tonic::transport::Channel {
         berth::connect(&self.socket).await.unwrap_or_else(|e| {
             // Not yet waited for, so the pid is still this child's: exited is a zombie.
-            let running = self.child.as_ref().is_some_and(|c| {
-                std::fs::read_to_string(format!("/proc/{}/stat", c.id()))
-                    .is_ok_and(|stat| !stat.contains(") Z "))
-            });
+            let running = self.child.as_ref().is_some_and(|c| crate::running(c.id()));
             panic!(
                 "{e}\nberthd {}; its log's tail:\n{}",
                 if running {

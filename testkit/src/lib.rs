@@ -17,6 +17,15 @@ pub mod skip;
 /// in container records.
 pub const SPEC_JSON: &[u8] = include_bytes!("spec.json");
 
+/// Whether process `pid` is running: it exists and is not a zombie (a zombie has ended; only
+/// its reaping is left).
+pub fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
 /// Writes an executable file (a test's stand-in plugin, runtime or shim) through a child
 /// process. Written from this process, the file's write descriptor would be copied into every
 /// process another test thread starts, until that one execs, and running the file meanwhile

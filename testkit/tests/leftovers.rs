@@ -19,13 +19,6 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-    })
-}
-
 #[test]
 fn a_daemon_dropped_with_a_running_task_leaves_nothing_on_the_host() {
     berth_testkit::berthd::require_root();
@@ -52,7 +45,7 @@ fn a_daemon_dropped_with_a_running_task_leaves_nothing_on_the_host() {
     drop(d);
     assert!(mounts_under(&dir).is_empty(), "{:?}", mounts_under(&dir));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while alive(pid) {
+    while berth_testkit::running(pid) {
         assert!(
             std::time::Instant::now() < deadline,
             "the container process {pid} outlived its daemon's fixture"

@@ -241,22 +241,8 @@ async fn stored_document(f: &Fetcher<'_>, desc: &Descriptor) -> Result<Option<(D
     if !f.t.meta.has_content(&f.ctx.ns, &digest)? {
         return Ok(None);
     }
-    let (content, size) = (f.t.content.clone(), desc.size);
-    let read = crate::blocking::blocking(move || {
-        use std::io::Read;
-        let mut out = Vec::new();
-        match content.open_blob(&digest) {
-            Ok(file) => {
-                file.take(size + 1)
-                    .read_to_end(&mut out)
-                    .map_err(|e| Error::io(format!("read manifest {digest}"), e))?;
-                Ok(Some(out))
-            }
-            Err(_) => Ok(None),
-        }
-    })
-    .await?;
-    let Some(bytes) = read else {
+    // Gone meanwhile (collected) or unreadable: the registry has it.
+    let Ok(bytes) = read_blob(f.t, digest, desc.size + 1).await else {
         return Ok(None);
     };
     if bytes.len() as u64 != desc.size || berth_registry::sha256_digest(&bytes) != desc.digest {
@@ -413,15 +399,20 @@ async fn read_config(t: &Transferrer, desc: &Descriptor) -> Result<Vec<u8>> {
         )));
     }
     let digest = berth_oci::Digest::parse(&desc.digest)?;
+    read_blob(t, digest, MAX_CONFIG_BYTES).await
+}
+
+/// At most `limit` bytes of a blob in the content store.
+async fn read_blob(t: &Transferrer, digest: berth_oci::Digest, limit: u64) -> Result<Vec<u8>> {
     let content = t.content.clone();
     crate::blocking::blocking(move || {
         use std::io::Read;
         let mut out = Vec::new();
         content
             .open_blob(&digest)?
-            .take(MAX_CONFIG_BYTES)
+            .take(limit)
             .read_to_end(&mut out)
-            .map_err(|e| Error::io(format!("read config {digest}"), e))?;
+            .map_err(|e| Error::io(format!("read blob {digest}"), e))?;
         Ok(out)
     })
     .await

@@ -336,15 +336,7 @@ fn cmdline(pid: u32) -> Option<Vec<String>> {
     )
 }
 
-fn alive(pid: u32) -> bool {
-    // A zombie still has a /proc entry; a reaped process does not.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_none_or(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
-}
+use berth_testkit::running as alive;
 
 /// The berth-shim processes of the daemon living in `dir`, as (pid, argv): their command lines
 /// name its directory (bundle, socket dir, runc root). Another daemon's shims never do.
