@@ -760,7 +760,11 @@ impl Net {
             plugin: String::new(),
             message: format!("encode record: {e}"),
         })?;
-        crate::networks::write_atomic(&self.dir_of(&record.key).join("record.json"), &value)
+        crate::networks::write_atomic(
+            &self.dir_of(&record.key).join("record.json"),
+            &value,
+            crate::networks::Durability::Volatile,
+        )
     }
 
     fn read_record(&self, key: &AttachmentKey) -> Result<Record> {
