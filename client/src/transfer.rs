@@ -17,6 +17,7 @@ use crate::containers::DEFAULT_SNAPSHOTTER;
 use crate::{Client, Error, Result};
 use berth_api::{pack_any, type_url, unpack_any};
 use prost_types::Any;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -302,7 +303,22 @@ impl crate::images::Images {
     /// the default snapshotter for this host's platform, like `ctr images pull`.
     /// With `opts.auth`, the daemon asks for credentials over an auth stream.
     pub async fn pull(&self, reference: &str, opts: &RegistryOptions) -> Result<Transfer<()>> {
-        self.pull_platform(reference, opts, host_platform()).await
+        self.pull_platform(reference, opts, host_platform(), HashMap::new())
+            .await
+    }
+
+    /// [`Images::pull`] whose image record carries `labels` (the daemon sets them with the
+    /// target, in the one write a pull makes, replacing the record's labels).
+    ///
+    /// [`Images::pull`]: crate::images::Images::pull
+    pub async fn pull_labelled(
+        &self,
+        reference: &str,
+        opts: &RegistryOptions,
+        labels: HashMap<String, String>,
+    ) -> Result<Transfer<()>> {
+        self.pull_platform(reference, opts, host_platform(), labels)
+            .await
     }
 
     /// [`Images::pull`] of `platform`'s manifest from an index, unpacked for that platform
@@ -321,7 +337,8 @@ impl crate::images::Images {
             variant: platform.variant.clone(),
             ..Platform::default()
         };
-        self.pull_platform(reference, opts, platform).await
+        self.pull_platform(reference, opts, platform, HashMap::new())
+            .await
     }
 
     async fn pull_platform(
@@ -329,6 +346,7 @@ impl crate::images::Images {
         reference: &str,
         opts: &RegistryOptions,
         platform: Platform,
+        labels: HashMap<String, String>,
     ) -> Result<Transfer<()>> {
         let reference = crate::images::normalize(reference);
         let mut resolver = resolver(&reference, opts);
@@ -343,6 +361,7 @@ impl crate::images::Images {
         };
         let destination = ImageStore {
             name: reference,
+            labels,
             platforms: vec![platform.clone()],
             unpacks: vec![UnpackConfiguration {
                 platform: Some(platform),

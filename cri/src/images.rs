@@ -135,6 +135,11 @@ fn user_of(user: &str) -> (Option<i64>, String) {
     }
 }
 
+/// The labels of every record a PullImage makes (containerd's CRI mark of its images).
+fn managed_labels() -> HashMap<String, String> {
+    HashMap::from([(MANAGED_LABEL.to_string(), "managed".to_string())])
+}
+
 /// A gRPC `grpc-timeout` value (`<up to 8 digits><H|M|S|m|u|n>`).
 pub(crate) fn grpc_timeout(value: &str) -> Option<Duration> {
     // ASCII only: the unit is split off as the last byte (found by fuzz target cri_requests).
@@ -439,7 +444,10 @@ impl Cri {
             ))
         };
         let pull = async {
-            let transfer = images.pull(&name, &opts).await.map_err(Error::from)?;
+            let transfer = images
+                .pull_labelled(&name, &opts, managed_labels())
+                .await
+                .map_err(Error::from)?;
             let abort = transfer.abort_handle();
             Ok::<_, Error>((abort, transfer.finish()))
         };
@@ -464,9 +472,25 @@ impl Cri {
         let record = images.get_exact(&name).await.map_err(Error::from)?;
         let content = self.content(&record.name, &record.target).await?;
         let mut labels = record.labels.clone();
-        labels.insert(MANAGED_LABEL.into(), "managed".into());
+        labels.extend(managed_labels());
         let digest_ref = format!("{}@{}", repository(&name), record.target.digest);
         for n in [name.as_str(), digest_ref.as_str(), content.id.as_str()] {
+            // As containerd's CRI: a name already on this target with these labels is left
+            // alone, so a re-pull (a kubelet's `Always`, every `crictl run`) writes nothing.
+            let unchanged =
+                |c: &berth::images::ImageInfo| c.target == record.target && c.labels == labels;
+            let skip = if n == record.name {
+                unchanged(&record)
+            } else {
+                match images.get_exact(n).await {
+                    Ok(found) => unchanged(&found),
+                    Err(e) if e.code() == tonic::Code::NotFound => false,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            if skip {
+                continue;
+            }
             images
                 .put(n, &record.target, &labels)
                 .await

@@ -232,6 +232,54 @@ fn crictl_pulls_lists_inspects_removes_and_reports_the_image_fs() {
     assert!(cri.inspect(USER_UID).is_some());
 }
 
+/// A kubelet with `Always` (and every `crictl run`) pulls at each container start. When the
+/// registry still names the same manifest, the digest and id references the CRI adds are written
+/// by the first pull only; the tag is the pull's own record, which every pull updates (as
+/// containerd's transfer image store does), with the CRI's mark in that same write.
+#[test]
+fn a_repull_of_an_unchanged_image_rewrites_no_record() {
+    let cri = Cri::start();
+    let id = cri.pull(BUSYBOX);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let records = || {
+        rt.block_on(async {
+            let client = berth::Client::from_channel(cri.daemon.channel().await, "k8s.io");
+            let mut out: Vec<(String, Option<std::time::SystemTime>)> = Vec::new();
+            for image in client.images().list(&[]).await.expect("list images") {
+                assert_eq!(
+                    image
+                        .labels
+                        .get("io.cri-containerd.image")
+                        .map(String::as_str),
+                    Some("managed"),
+                    "{} lacks the CRI's mark: {:?}",
+                    image.name,
+                    image.labels
+                );
+                out.push((image.name, image.updated_at));
+            }
+            out.sort();
+            out
+        })
+    };
+    let first = records();
+    assert_eq!(first.len(), 3, "tag, digest and id references: {first:?}");
+    assert!(first.iter().any(|(name, _)| *name == id), "{first:?}");
+    let added = |all: Vec<(String, Option<std::time::SystemTime>)>| {
+        all.into_iter()
+            .filter(|(name, _)| name != BUSYBOX)
+            .collect::<Vec<_>>()
+    };
+    let first = added(first);
+    for _ in 0..2 {
+        assert_eq!(cri.pull(BUSYBOX), id);
+        assert_eq!(added(records()), first, "a re-pull rewrote a record");
+    }
+}
+
 #[test]
 fn pulling_a_missing_image_fails_with_a_clear_message() {
     let cri = Cri::start();
