@@ -8,6 +8,7 @@ use crate::auth::{parse_challenges, Challenge, TokenCache, TokenResponse};
 use crate::credentials::{Anonymous, CredentialProvider, Credentials};
 use crate::error::Error;
 use crate::hosts::{HostsConfig, RegistryHost, TlsSettings};
+use crate::http::HttpClients;
 use crate::manifest::{self, Descriptor, Document, Manifest, Platform, ACCEPT_MANIFESTS};
 use crate::reference::Reference;
 use crate::verify::{sha256_digest, BlobReader, Resume};
@@ -188,7 +189,7 @@ struct Inner {
     config: ClientConfig,
     credentials: Arc<dyn CredentialProvider>,
     downloads: Arc<Semaphore>,
-    http: Mutex<HashMap<TlsSettings, reqwest::Client>>,
+    http: HttpClients,
     /// The challenge each host answered with, so later requests authorize up front.
     challenges: Mutex<HashMap<String, Challenge>>,
     tokens: TokenCache,
@@ -219,22 +220,29 @@ impl Client {
         let downloads = Arc::new(Semaphore::new(
             config.limits.max_concurrent_downloads.max(1),
         ));
-        Client::with_parts(config, Arc::new(Anonymous), downloads)
+        Client::with_parts(
+            config,
+            Arc::new(Anonymous),
+            downloads,
+            HttpClients::default(),
+        )
     }
 
-    /// A client asking `credentials` when a host challenges, and taking download permits from
-    /// `downloads` (share one semaphore daemon-wide to bound all pulls together).
+    /// A client asking `credentials` when a host challenges, taking download permits from
+    /// `downloads` and its connections from `http`: share both daemon-wide, to bound all pulls
+    /// together and to keep connections (and the cost of setting up TLS) from pull to pull.
     pub fn with_parts(
         config: ClientConfig,
         credentials: Arc<dyn CredentialProvider>,
         downloads: Arc<Semaphore>,
+        http: HttpClients,
     ) -> Client {
         Client {
             inner: Arc::new(Inner {
                 config,
                 credentials,
                 downloads,
-                http: Mutex::new(HashMap::new()),
+                http,
                 challenges: Mutex::new(HashMap::new()),
                 tokens: TokenCache::default(),
                 plain_http: Mutex::new(HashSet::new()),
@@ -249,7 +257,7 @@ impl Client {
         let downloads = Arc::new(Semaphore::new(
             config.limits.max_concurrent_downloads.max(1),
         ));
-        Client::with_parts(config, credentials, downloads)
+        Client::with_parts(config, credentials, downloads, HttpClients::default())
     }
 
     pub fn limits(&self) -> &Limits {
@@ -262,54 +270,10 @@ impl Client {
     }
 
     fn http_client(&self, tls: &TlsSettings) -> Result<reqwest::Client, Error> {
-        if let Some(c) = lock(&self.inner.http).get(tls) {
-            return Ok(c.clone());
-        }
         let cfg = &self.inner.config;
-        let mut b = reqwest::Client::builder()
-            .use_rustls_tls()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(cfg.limits.connect_timeout)
-            .user_agent(cfg.user_agent.clone())
-            .danger_accept_invalid_certs(tls.skip_verify);
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e))
-        };
-        for ca in &tls.ca {
-            let pem = read(ca)?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::HostsConfig {
-                    path: ca.display().to_string(),
-                    message: format!("CA certificates: {e}"),
-                })?;
-            if certs.is_empty() {
-                return Err(Error::HostsConfig {
-                    path: ca.display().to_string(),
-                    message: "no PEM certificate in the CA file".into(),
-                });
-            }
-            for c in certs {
-                b = b.add_root_certificate(c);
-            }
-        }
-        if let Some((cert, key)) = tls.client.first() {
-            let mut pem = read(cert)?;
-            if let Some(k) = key {
-                pem.push(b'\n');
-                pem.extend(read(k)?);
-            }
-            let id = reqwest::Identity::from_pem(&pem).map_err(|e| Error::HostsConfig {
-                path: cert.display().to_string(),
-                message: format!("client certificate: {e}"),
-            })?;
-            b = b.identity(id);
-        }
-        let client = b.build().map_err(|e| Error::Http {
-            url: "(client setup)".into(),
-            source: e,
-        })?;
-        lock(&self.inner.http).insert(tls.clone(), client.clone());
-        Ok(client)
+        self.inner
+            .http
+            .get(tls, cfg.limits.connect_timeout, &cfg.user_agent)
     }
 
     fn scheme_of(&self, host: &RegistryHost) -> &'static str {

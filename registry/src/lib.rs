@@ -10,6 +10,7 @@ pub mod client;
 pub mod credentials;
 pub mod error;
 pub mod hosts;
+pub mod http;
 pub mod manifest;
 pub mod reference;
 pub mod verify;
@@ -22,6 +23,7 @@ pub use credentials::{
 };
 pub use error::Error;
 pub use hosts::{Capabilities, HostsConfig, RegistryHost, TlsSettings};
+pub use http::HttpClients;
 pub use manifest::{Descriptor, Document, Index, Manifest, Platform};
 pub use reference::Reference;
 pub use verify::{sha256_digest, BlobReader, Digester, Resume};

@@ -1123,12 +1123,19 @@ async fn downloads_wait_for_a_permit_of_the_shared_semaphore() {
         hosts: HostsConfig::with_config_path(root.path()),
         ..ClientConfig::default()
     };
+    let http = berth_registry::HttpClients::default();
     let a = Client::with_parts(
         config.clone(),
         Arc::new(berth_registry::Anonymous),
         permits.clone(),
+        http.clone(),
     );
-    let b = Client::with_parts(config, Arc::new(berth_registry::Anonymous), permits.clone());
+    let b = Client::with_parts(
+        config,
+        Arc::new(berth_registry::Anonymous),
+        permits.clone(),
+        http,
+    );
     let r = Reference::parse(&format!("{}/app:v1", standin.host())).unwrap();
     let d = Descriptor::new(OCI_LAYER, &sha256(b"x"), 100);
     let first = a.fetch_blob(&r, &d, None).await.unwrap();

@@ -405,6 +405,7 @@ fn transferrer(
         downloads: Arc::new(tokio::sync::Semaphore::new(
             t.max_concurrent_downloads_total,
         )),
+        http: Default::default(),
         inflight: Default::default(),
         unpacking: Default::default(),
     }

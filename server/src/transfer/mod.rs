@@ -82,6 +82,8 @@ pub struct Transferrer {
     pub settings: Settings,
     /// Daemon-wide bound on blob downloads, shared by every transfer's registry client.
     pub downloads: Arc<Semaphore>,
+    /// Daemon-wide: registry clients' HTTP clients, with their idle connections.
+    pub http: berth_registry::HttpClients,
     pub inflight: InFlight,
     /// Daemon-wide: one unpack of a chain at a time.
     pub unpacking: Unpacking,

@@ -81,7 +81,12 @@ pub(super) fn client(
         ..ClientConfig::default()
     };
     let credentials = auth::provider(s, auth_stream, ctx_reference);
-    Ok(Client::with_parts(config, credentials, t.downloads.clone()))
+    Ok(Client::with_parts(
+        config,
+        credentials,
+        t.downloads.clone(),
+        t.http.clone(),
+    ))
 }
 
 pub(super) async fn pull(

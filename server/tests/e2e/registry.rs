@@ -167,6 +167,23 @@ impl Registry {
             .count()
     }
 
+    /// The client address (`127.0.0.1:port`) of every request berthd made, in order: one port
+    /// per TCP connection.
+    pub(crate) fn berthd_connections(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| {
+                l.contains("msg=\"response completed\"")
+                    && (l.contains("http.request.useragent=berth/")
+                        || l.contains("http.request.useragent=\"berth/"))
+            })
+            .filter_map(|l| {
+                let (_, rest) = l.split_once("http.request.remoteaddr=\"")?;
+                rest.split_once('"').map(|(addr, _)| addr.to_string())
+            })
+            .collect()
+    }
+
     /// Push the busybox fixture as `library/busybox:latest` with skopeo, logging in as CREDS
     /// (`user:password`).
     pub(crate) fn push_busybox_as(&self, work: &Path, creds: &str) {

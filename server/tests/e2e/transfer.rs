@@ -230,9 +230,18 @@ fn a_repull_reads_the_stored_manifest_and_fetches_nothing() {
     d.ctr("repull", &["images", "pull", "--plain-http", &reference]);
     assert_eq!(registry.berthd_gets(&manifest), 1, "{}", registry.log());
     assert_eq!(blobs(&registry), [1, 1]);
+    let first_pull = registry.berthd_connections();
 
     let out = d.ctr("repull", &["images", "pull", "--plain-http", &reference]);
     assert!(out.contains("saved"), "{out}");
+    // Its resolve went over a connection the first pull opened: the daemon keeps its HTTP
+    // clients, and their idle connections, from pull to pull.
+    let second_pull = registry.berthd_connections()[first_pull.len()..].to_vec();
+    assert!(!second_pull.is_empty(), "{}", registry.log());
+    assert!(
+        second_pull.iter().all(|c| first_pull.contains(c)),
+        "the second pull connected anew ({second_pull:?}, not of {first_pull:?})"
+    );
     assert_eq!(
         registry.berthd_gets(&manifest),
         1,
