@@ -234,8 +234,17 @@ fn label<'a>(c: &'a Container, key: &str) -> &'a str {
 }
 
 fn matches(c: &Container, id: &str, selector: &HashMap<String, String>) -> bool {
-    let labels = cri_labels(c);
-    (id.is_empty() || c.id.starts_with(id))
+    selected(&c.id, &cri_labels(c), id, selector)
+}
+
+/// Whether an object with `own_id` and `labels` passes a CRI filter's id prefix and selector.
+fn selected(
+    own_id: &str,
+    labels: &HashMap<String, String>,
+    id: &str,
+    selector: &HashMap<String, String>,
+) -> bool {
+    (id.is_empty() || own_id.starts_with(id))
         && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -243,31 +252,44 @@ fn u64v(v: u64) -> Option<cri::UInt64Value> {
     Some(cri::UInt64Value { value: v })
 }
 
+/// A container's id, CRI metadata, labels and annotations, its CRI config decoded once (a
+/// ListContainerStats asks this of every container); records other clients made fall back to
+/// their labels and spec.
+fn container_attributes(c: &Container) -> cri::ContainerAttributes {
+    let fallback_metadata = || {
+        let name = match label(c, "io.kubernetes.container.name") {
+            "" => c.id.clone(),
+            n => n.to_string(),
+        };
+        let attempt = label(c, "io.kubernetes.container.restartCount")
+            .parse()
+            .unwrap_or(0);
+        cri::ContainerMetadata { name, attempt }
+    };
+    let (metadata, labels, annotations) = match container_config(c) {
+        Some(cfg) => (
+            cfg.metadata.unwrap_or_else(fallback_metadata),
+            cfg.labels,
+            cfg.annotations,
+        ),
+        None => (fallback_metadata(), cri_labels(c), annotations(c)),
+    };
+    cri::ContainerAttributes {
+        id: c.id.clone(),
+        metadata: Some(metadata),
+        labels,
+        annotations,
+    }
+}
+
 fn container_stats(
-    c: &Container,
+    attributes: cri::ContainerAttributes,
     s: Option<&Sample>,
     layer: Option<(i64, u64, u64)>,
     fs_mount: &str,
 ) -> cri::ContainerStats {
-    let metadata = container_config(c)
-        .and_then(|cfg| cfg.metadata)
-        .unwrap_or_else(|| {
-            let name = match label(c, "io.kubernetes.container.name") {
-                "" => c.id.clone(),
-                n => n.to_string(),
-            };
-            let attempt = label(c, "io.kubernetes.container.restartCount")
-                .parse()
-                .unwrap_or(0);
-            cri::ContainerMetadata { name, attempt }
-        });
     cri::ContainerStats {
-        attributes: Some(cri::ContainerAttributes {
-            id: c.id.clone(),
-            metadata: Some(metadata),
-            labels: cri_labels(c),
-            annotations: annotations(c),
-        }),
+        attributes: Some(attributes),
         cpu: s.map(|s| cri::CpuUsage {
             timestamp: s.timestamp,
             usage_core_nano_seconds: u64v(s.usage.cpu_usage_ns),
@@ -401,6 +423,16 @@ impl Cri {
     }
 
     async fn stats_of(&self, containers: &[Container]) -> Result<Vec<cri::ContainerStats>> {
+        let attributes = containers.iter().map(container_attributes).collect();
+        self.stats_with(containers, attributes).await
+    }
+
+    /// The stats of `containers`, each with its `attributes` (in the same order).
+    async fn stats_with(
+        &self,
+        containers: &[Container],
+        attributes: Vec<cri::ContainerAttributes>,
+    ) -> Result<Vec<cri::ContainerStats>> {
         // No task is asked: a container without a cgroup (not started, or deleted) simply
         // has no CPU and memory numbers.
         let paths: Vec<Option<String>> = containers.iter().map(cgroup_path).collect();
@@ -419,13 +451,13 @@ impl Cri {
             layers.extend(futures_util::future::join_all(asks).await);
         }
         let fs_mount = self.fs_mount();
-        Ok(containers
-            .iter()
+        Ok(attributes
+            .into_iter()
             .zip(paths)
             .zip(layers)
-            .map(|((c, path), layer)| {
+            .map(|((attributes, path), layer)| {
                 let sample = path.and_then(|p| samples.get(&p));
-                container_stats(c, sample, layer, &fs_mount)
+                container_stats(attributes, sample, layer, &fs_mount)
             })
             .collect())
     }
@@ -443,14 +475,18 @@ impl Cri {
         filter: Option<cri::ContainerStatsFilter>,
     ) -> Result<Vec<cri::ContainerStats>> {
         let f = filter.unwrap_or_default();
-        let containers: Vec<Container> = self
+        let (containers, attributes): (Vec<Container>, Vec<cri::ContainerAttributes>) = self
             .raw_records(CRI_KIND_CONTAINER)
             .await?
             .into_iter()
-            .filter(|c| matches(c, &f.id, &f.label_selector))
             .filter(|c| f.pod_sandbox_id.is_empty() || c.sandbox.starts_with(&f.pod_sandbox_id))
-            .collect();
-        self.stats_of(&containers).await
+            .map(|c| {
+                let a = container_attributes(&c);
+                (c, a)
+            })
+            .filter(|(c, a)| selected(&c.id, &a.labels, &f.id, &f.label_selector))
+            .unzip();
+        self.stats_with(&containers, attributes).await
     }
 
     async fn pod_stats(
