@@ -113,19 +113,13 @@ impl Cri {
                 "the container name {key:?} is reserved by {other}"
             )));
         }
-        let details = self
-            .client
-            .images()
-            .inspect(&image_ref)
-            .await
-            .map_err(|e| {
-                let e = Error::from(e);
-                if e.is_not_found() {
-                    Error::not_found(format!("image {image_ref:?} not found: pull it first"))
-                } else {
-                    e
-                }
-            })?;
+        let details = self.image_details(&image_ref).await.map_err(|e| {
+            if e.is_not_found() {
+                Error::not_found(format!("image {image_ref:?} not found: pull it first"))
+            } else {
+                e
+            }
+        })?;
         let sc = spec::security(&config);
         let user = self.resolve_user(&details, &sc).await?;
         let target_pid = match sc.namespace_options.as_ref() {

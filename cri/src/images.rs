@@ -42,6 +42,9 @@ struct Content {
     username: String,
     chain_id: String,
     config: serde_json::Value,
+    /// The manifest and config as CreateContainer builds from them; `details.image` is the
+    /// record first read, replaced by the current one on each use.
+    details: berth::images::ImageDetails,
 }
 
 fn cache() -> &'static Mutex<HashMap<String, Arc<Content>>> {
@@ -259,14 +262,34 @@ impl Cri {
             size: u64::try_from(d.size).unwrap_or(0),
             uid,
             username,
-            chain_id: d.chain_id,
+            chain_id: d.chain_id.clone(),
             config,
+            details: d,
         });
         cache()
             .lock()
             .map_err(|_| Error::internal("image cache poisoned"))?
             .insert(target.digest.clone(), content.clone());
         Ok(content)
+    }
+
+    /// What CreateContainer needs of the image `reference` names (as `Images::inspect` finds
+    /// it): the record read now, the manifest and config from the cache when its target was
+    /// seen before (one Get instead of a Get and two content reads and their parsing).
+    pub(crate) async fn image_details(
+        &self,
+        reference: &str,
+    ) -> Result<berth::images::ImageDetails> {
+        let image = self
+            .client
+            .images()
+            .get(reference)
+            .await
+            .map_err(Error::from)?;
+        let content = self.content(&image.name, &image.target).await?;
+        let mut details = content.details.clone();
+        details.image = image;
+        Ok(details)
     }
 
     /// Every image of the namespace, grouped by id. A record whose content cannot be read
