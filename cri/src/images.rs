@@ -40,7 +40,6 @@ struct Content {
     /// The config's User as the CRI reports it: a numeric user is a uid, else a username.
     uid: Option<i64>,
     username: String,
-    chain_id: String,
     config: serde_json::Value,
     /// The manifest and config as CreateContainer builds from them; `details.image` is the
     /// record first read, replaced by the current one on each use.
@@ -262,7 +261,6 @@ impl Cri {
             size: u64::try_from(d.size).unwrap_or(0),
             uid,
             username,
-            chain_id: d.chain_id.clone(),
             config,
             details: d,
         });
@@ -400,7 +398,7 @@ impl Cri {
         let mut info = HashMap::new();
         if verbose {
             let detail = serde_json::json!({
-                "chainID": g.content.chain_id,
+                "chainID": g.content.details.chain_id,
                 "imageSpec": g.content.config,
                 "references": g.names,
             });
