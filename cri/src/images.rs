@@ -495,11 +495,11 @@ impl Cri {
         let mut labels = record.labels.clone();
         labels.extend(managed_labels());
         let digest_ref = format!("{}@{}", repository(&name), record.target.digest);
+        // As containerd's CRI: a name already on this target with these labels is left alone,
+        // so a re-pull (a kubelet's `Always`, every `crictl run`) adds no write to the pull's.
+        let unchanged =
+            |c: &berth::images::ImageInfo| c.target == record.target && c.labels == labels;
         for n in [name.as_str(), digest_ref.as_str(), content.id.as_str()] {
-            // As containerd's CRI: a name already on this target with these labels is left
-            // alone, so a re-pull (a kubelet's `Always`, every `crictl run`) writes nothing.
-            let unchanged =
-                |c: &berth::images::ImageInfo| c.target == record.target && c.labels == labels;
             let skip = if n == record.name {
                 unchanged(&record)
             } else {
