@@ -4,7 +4,7 @@
 //! image's passwd, pause. Needs root, and berthd and berth-shim built in this target dir
 //! (`cargo build -p berthd -p berth-shim`) or BERTHD naming a berthd.
 
-use berth_testkit::berthd::{process_token, Daemon};
+use berth_testkit::berthd::Daemon;
 use berth_testkit::image::{busybox_oci_archive_with_etc, EtcFiles, DEFAULT_APPLETS};
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -47,7 +47,7 @@ impl Env {
         let archive = busybox_oci_archive_with_etc(dir.path(), IMAGE, &applets, ETC)
             .expect("build the busybox image");
         // The container cgroup paths name the namespace: unique to this process and case.
-        let ns = format!("cli-{case}-{}", process_token());
+        let ns = common::namespace(&format!("cli-{case}"));
         let path = archive.path.to_string_lossy().into_owned();
         daemon.ctr(&ns, &["images", "import", &path]);
         Env {

@@ -4,7 +4,7 @@
 //! hosts files berthd writes.
 //! Needs root, berthd and berth-shim built in this target dir, and containernetworking-plugins.
 
-use berth_testkit::berthd::{process_token, tail, Daemon};
+use berth_testkit::berthd::{tail, Daemon};
 use berth_testkit::image::busybox_oci_archive_with;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,7 +35,7 @@ impl Env {
         let dir = tempfile::tempdir().expect("temp dir");
         let archive = busybox_oci_archive_with(dir.path(), IMAGE, APPLETS).expect("busybox image");
         let env = Env {
-            cli: Cli::new(Daemon::start(), format!("fs-{}", process_token())),
+            cli: Cli::new(Daemon::start(), common::namespace("fs")),
             dir,
         };
         env.ok(&["load", "-q", "-i", &archive.path.to_string_lossy()]);

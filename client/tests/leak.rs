@@ -10,7 +10,7 @@
 //! build on a busy 2-core machine; `BERTH_LEAK_CYCLES` sets another count).
 //! Needs root, berthd and berth-shim built in this target dir, containernetworking-plugins.
 
-use berth_testkit::berthd::{process_token, Daemon};
+use berth_testkit::berthd::Daemon;
 use berth_testkit::image::busybox_oci_archive_with;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, TcpListener};
@@ -173,7 +173,7 @@ fn start() -> Env {
         &["sh", "true", "sleep", "httpd", "echo", "mkdir"],
     )
     .expect("busybox image");
-    let cli = Cli::new(Daemon::start(), format!("leak-{}", process_token()));
+    let cli = Cli::new(Daemon::start(), common::namespace("leak"));
     cli.ok(&["load", "-q", "-i", &archive.path.to_string_lossy()]);
     let net = format!("lk{}", std::process::id());
     cli.ok(&["network", "create", &net]);

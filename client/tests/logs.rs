@@ -2,7 +2,7 @@
 //! their shim's cri-log:// writer to a file the CLI reads itself. Needs root, and berthd and
 //! berth-shim built in this target dir (`cargo build -p berthd -p berth-shim`).
 
-use berth_testkit::berthd::{process_token, Daemon};
+use berth_testkit::berthd::Daemon;
 use berth_testkit::image::{busybox_oci_archive_with_etc, EtcFiles, DEFAULT_APPLETS};
 
 mod common;
@@ -41,7 +41,7 @@ impl Env {
         let archive = busybox_oci_archive_with_etc(dir.path(), IMAGE, &applets, ETC)
             .expect("build the busybox image");
         // The container cgroup paths name the namespace: unique to this process and case.
-        let ns = format!("logs-{case}-{}", process_token());
+        let ns = common::namespace(&format!("logs-{case}"));
         let path = archive.path.to_string_lossy().into_owned();
         daemon.ctr(&ns, &["images", "import", &path]);
         let mut cli = Cli::new(daemon, ns);

@@ -79,7 +79,9 @@ impl Nerdctl {
         };
         let dir = tempfile::tempdir().expect("temp dir");
         let daemon = Daemon::start_with_config(config);
-        let ns = format!("nerdctl-{}", process_token());
+        // Its own per test: the namespace's cgroup parent goes when the test ends.
+        let name = case.rsplit("::").next().unwrap_or(case);
+        let ns = format!("nerdctl-{name}-{}", process_token());
         let toml = dir.path().join("nerdctl.toml");
         std::fs::write(
             &toml,

@@ -3,7 +3,7 @@
 //! second container on the same network reaching it by IP.
 //! Needs root, berthd and berth-shim built in this target dir, and containernetworking-plugins.
 
-use berth_testkit::berthd::{process_token, tail, Daemon};
+use berth_testkit::berthd::{tail, Daemon};
 use berth_testkit::image::busybox_oci_archive_with;
 use std::net::{Ipv4Addr, TcpListener};
 use std::process::Command;
@@ -49,7 +49,7 @@ fn httpd_published_with_p_and_reached_by_ip_on_a_network() {
     ];
     let archive = busybox_oci_archive_with(dir.path(), IMAGE, &applets).expect("busybox image");
     let env = Env {
-        cli: Cli::new(Daemon::start(), format!("net-{}", process_token())),
+        cli: Cli::new(Daemon::start(), common::namespace("net")),
         _dir: dir,
     };
     env.ok(&["load", "-q", "-i", &archive.path.to_string_lossy()]);
@@ -159,10 +159,7 @@ fn env_with(case: &str, toml: &str) -> Env {
     ];
     let archive = busybox_oci_archive_with(dir.path(), IMAGE, &applets).expect("busybox image");
     let env = Env {
-        cli: Cli::new(
-            Daemon::start_with_config(toml),
-            format!("{case}-{}", process_token()),
-        ),
+        cli: Cli::new(Daemon::start_with_config(toml), common::namespace(case)),
         _dir: dir,
     };
     env.ok(&["load", "-q", "-i", &archive.path.to_string_lossy()]);

@@ -22,10 +22,7 @@ fn env(prefix: &str) -> BusyboxEnv {
 /// A [`BusyboxEnv`] whose daemon has extra configuration.
 fn env_with(prefix: &str, toml: &str) -> BusyboxEnv {
     let env = BusyboxEnv {
-        cli: Cli::new(
-            Daemon::start_with_config(toml),
-            format!("{prefix}-{}", berth_testkit::berthd::process_token()),
-        ),
+        cli: Cli::new(Daemon::start_with_config(toml), common::namespace(prefix)),
         dir: tempfile::tempdir().expect("temp dir"),
     };
     let archive = berth_testkit::image::busybox_oci_archive_with(env.dir.path(), IMAGE, APPLETS)
@@ -399,7 +396,7 @@ fn a_tty_container_restarted_by_the_monitor_gets_a_terminal_again() {
     let env = BusyboxEnv {
         cli: Cli::new(
             Daemon::start_with_config("[tasks]\nrestart_interval_ms = 100\n"),
-            format!("restart-tty-{}", berth_testkit::berthd::process_token()),
+            common::namespace("restart-tty"),
         ),
         dir: tempfile::tempdir().expect("temp dir"),
     };

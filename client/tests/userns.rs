@@ -27,10 +27,7 @@ fn remapping_env(prefix: &str, idmap: bool) -> (BusyboxEnv, u32, u32) {
         subuid, subgid
     );
     let env = BusyboxEnv {
-        cli: Cli::new(
-            Daemon::start_with_config(&toml),
-            format!("{prefix}-{}", berth_testkit::berthd::process_token()),
-        ),
+        cli: Cli::new(Daemon::start_with_config(&toml), common::namespace(prefix)),
         dir,
     };
     let archive = berth_testkit::image::busybox_oci_archive_with(env.dir.path(), IMAGE, APPLETS)

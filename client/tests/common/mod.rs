@@ -18,8 +18,31 @@ pub struct Cli {
     pub env: Vec<(String, OsString)>,
 }
 
+/// Namespaces this test process has handed out. Two tests in one namespace share its cgroup
+/// parent `/<ns>` (on the host, whatever their daemons), and `remove_all` removes that parent
+/// when one test ends: the other test's next `runc create` then fails to make its cgroup under
+/// it. So a name is given once per process, and a second claim is a bug in the test.
+pub fn claim(ns: &str) {
+    static CLAIMED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut claimed = CLAIMED.lock().unwrap_or_else(|p| p.into_inner());
+    assert!(
+        !claimed.iter().any(|n| n == ns),
+        "namespace {ns:?} is already another test's in this process: give each test its own"
+    );
+    claimed.push(ns.to_string());
+}
+
+/// A namespace name no other test of this process has: `<prefix><n>-<process token>` (one
+/// prefix may serve several tests of a file).
+pub fn namespace(prefix: &str) -> String {
+    static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}{n}-{}", berth_testkit::berthd::process_token())
+}
+
 impl Cli {
     pub fn new(daemon: Daemon, ns: String) -> Cli {
+        claim(&ns);
         Cli {
             daemon,
             ns,
@@ -110,7 +133,7 @@ impl Cli {
     }
 }
 
-/// A [`Cli`] in a namespace of its own (`<prefix>-<token>`) with a busybox image of `applets`
+/// A [`Cli`] in a namespace of its own (`<prefix><n>-<token>`) with a busybox image of `applets`
 /// loaded as `image`, and a temp dir for the test's files; every container goes on drop.
 pub struct BusyboxEnv {
     pub cli: Cli,
@@ -123,7 +146,7 @@ impl BusyboxEnv {
         let dir = tempfile::tempdir().expect("temp dir");
         let archive = berth_testkit::image::busybox_oci_archive_with(dir.path(), image, applets)
             .expect("busybox image");
-        let ns = format!("{prefix}-{}", berth_testkit::berthd::process_token());
+        let ns = namespace(prefix);
         let env = BusyboxEnv {
             cli: Cli::new(Daemon::start(), ns),
             dir,

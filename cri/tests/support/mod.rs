@@ -62,7 +62,9 @@ impl Env {
             client,
             cri,
             dir,
-            cgroup_parent: format!("/berth-cri-test-{}", process_token()),
+            // One per Env: each removes its parent when it goes, which would pull it from
+            // under another test's runc create.
+            cgroup_parent: format!("/berth-cri-test-{}-{}", process_token(), next_env()),
             chain_id: image.diff_id,
             made: Mutex::new(Vec::new()),
             netns: Mutex::new(Vec::new()),
@@ -233,6 +235,12 @@ impl Env {
             .filter_map(|l| l.splitn(4, ' ').nth(3).map(str::to_string))
             .collect()
     }
+}
+
+/// A number per Env of this test process.
+fn next_env() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Drop for Env {
