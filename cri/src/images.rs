@@ -36,13 +36,11 @@ const ANSWER_MARGIN: Duration = Duration::from_millis(50);
 struct Content {
     /// `sha256:<config digest>`: the CRI id.
     id: String,
-    size: u64,
     /// The config's User as the CRI reports it: a numeric user is a uid, else a username.
     uid: Option<i64>,
     username: String,
-    config: serde_json::Value,
-    /// The manifest and config as CreateContainer builds from them; `details.image` is the
-    /// record first read, replaced by the current one on each use.
+    /// The manifest and config (CreateContainer builds from them, ImageStatus reports them);
+    /// `details.image` is the record first read, replaced by the current one on each use.
     details: berth::images::ImageDetails,
 }
 
@@ -78,7 +76,7 @@ impl Grouped {
             id: self.content.id.clone(),
             repo_tags: tags.into_iter().collect(),
             repo_digests: digests.into_iter().collect(),
-            size: self.content.size,
+            size: u64::try_from(self.content.details.size).unwrap_or(0),
             uid: self.content.uid.map(|value| cri::Int64Value { value }),
             username: self.content.username.clone(),
             spec: Some(cri::ImageSpec {
@@ -254,14 +252,10 @@ impl Cri {
             .and_then(|c| c.user().clone())
             .unwrap_or_default();
         let (uid, username) = user_of(&user);
-        let config = serde_json::to_value(&d.config)
-            .map_err(|e| Error::internal(format!("image config of {name}: {e}")))?;
         let content = Arc::new(Content {
             id: d.manifest.config().digest().to_string(),
-            size: u64::try_from(d.size).unwrap_or(0),
             uid,
             username,
-            config,
             details: d,
         });
         cache()
@@ -397,9 +391,11 @@ impl Cri {
         };
         let mut info = HashMap::new();
         if verbose {
+            let spec = serde_json::to_value(&g.content.details.config)
+                .map_err(|e| Error::internal(format!("image config of {id}: {e}")))?;
             let detail = serde_json::json!({
                 "chainID": g.content.details.chain_id,
-                "imageSpec": g.content.config,
+                "imageSpec": spec,
                 "references": g.names,
             });
             info.insert("info".to_string(), detail.to_string());
