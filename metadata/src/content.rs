@@ -88,6 +88,57 @@ impl Metadata {
         added.ok_or_else(|| Error::exists(format!("content {digest}: already exists")))
     }
 
+    /// A transfer's record of a blob it holds, in one transaction: the blob joins `lease`, a new
+    /// record is made with `labels` (returned), or `labels` are merged into the existing one
+    /// (written only if that changes it; an empty value removes the key). Visible at once,
+    /// durable when the returned [`Pending`](crate::Pending) says so: a transfer makes all of
+    /// its records durable together before it answers (see [`Metadata::sync_applied`]).
+    pub fn stage_content_record(
+        &self,
+        ns: &str,
+        digest: &Digest,
+        size: i64,
+        labels: &HashMap<String, String>,
+        lease: &str,
+    ) -> Result<(Option<Info>, crate::Pending<'_>)> {
+        validate::labels(labels)?;
+        self.apply(|tx| {
+            let key = keys::object(ns, keys::CONTENT, digest.as_str());
+            add_to_lease(tx, ns, lease, "content", digest.as_str())?;
+            if let Some(mut current) = tx.get::<Info>(&key)? {
+                let mut merged = current.labels.clone();
+                for (k, v) in labels {
+                    if v.is_empty() {
+                        merged.remove(k);
+                    } else {
+                        merged.insert(k.clone(), v.clone());
+                    }
+                }
+                if merged != current.labels {
+                    current.labels = merged;
+                    current.updated_at = Some(now());
+                    tx.put(key, &current);
+                }
+                return Ok(None);
+            }
+            tx.ensure_namespace(ns)?;
+            let t = now();
+            let info = Info {
+                digest: digest.to_string(),
+                size,
+                created_at: Some(t),
+                updated_at: Some(t),
+                labels: labels
+                    .iter()
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            };
+            tx.put(key, &info);
+            Ok(Some(info))
+        })
+    }
+
     /// Only labels can change (`labels`, `labels.KEY`); no mask replaces all labels.
     pub async fn update_content(&self, ns: &str, info: Info, paths: &[String]) -> Result<Info> {
         let digest = Digest::parse(&info.digest)?;
@@ -335,6 +386,85 @@ mod tests {
             .await
             .expect("record");
         assert!(m.content_referenced(&d).expect("look"));
+        drop(m);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_staged_record_joins_the_lease_and_rewrites_only_changed_labels() {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(staged_records());
+    }
+
+    async fn staged_records() {
+        let dir = std::env::temp_dir().join(format!("berth-meta-stage-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let m = Metadata::open(&dir).expect("metadata");
+        let d = Digest::parse(&format!("sha256:{}", "ef".repeat(32))).expect("digest");
+        let lease = berth_api::containerd::services::leases::v1::Lease {
+            id: "pull".into(),
+            ..Default::default()
+        };
+        m.create_lease("ns", lease).await.expect("lease");
+        let labels = HashMap::from([("a".to_string(), "1".to_string())]);
+
+        let (created, pending) = m
+            .stage_content_record("ns", &d, 7, &labels, "pull")
+            .expect("stage");
+        pending.durable().await.expect("durable");
+        let created = created.expect("a new record");
+        assert_eq!((created.size, created.labels.clone()), (7, labels.clone()));
+        let leased = m.list_lease_resources("ns", "pull").expect("resources");
+        assert!(
+            leased.iter().any(|r| r.id == d.as_str()),
+            "the blob joins the lease: {leased:?}"
+        );
+
+        // The same labels again: the record is left as it is (no new update time).
+        let (again, pending) = m
+            .stage_content_record("ns", &d, 7, &labels, "pull")
+            .expect("stage");
+        pending.durable().await.expect("durable");
+        assert!(again.is_none(), "an existing record is not created again");
+        assert_eq!(m.content_info("ns", &d).expect("info"), created);
+
+        // New and emptied keys merge into it; the others stay.
+        let (_, pending) = m
+            .stage_content_record(
+                "ns",
+                &d,
+                7,
+                &HashMap::from([
+                    ("b".to_string(), "2".to_string()),
+                    ("a".to_string(), String::new()),
+                ]),
+                "pull",
+            )
+            .expect("stage");
+        pending.durable().await.expect("durable");
+        let merged = m.content_info("ns", &d).expect("info");
+        assert_eq!(
+            merged.labels,
+            HashMap::from([("b".to_string(), "2".to_string())])
+        );
+
+        // A lease that is not there refuses the record, and nothing changes.
+        let other = Digest::parse(&format!("sha256:{}", "01".repeat(32))).expect("digest");
+        assert!(m
+            .stage_content_record("ns", &other, 1, &labels, "gone")
+            .is_err());
+        assert!(!m.has_content("ns", &other).expect("look"));
+
+        // Staged writes are durable after one sync.
+        let (_, _pending) = m
+            .stage_content_record("ns", &other, 1, &labels, "pull")
+            .expect("stage");
+        let before = m.sync_stats().syncs;
+        m.sync_applied().await.expect("sync");
+        m.sync_applied().await.expect("nothing left to sync");
+        assert_eq!(m.sync_stats().syncs, before + 1);
         drop(m);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -20,13 +20,20 @@ impl Metadata {
         })
     }
 
-    pub async fn create_lease(&self, ns: &str, mut lease: Lease) -> Result<Lease> {
+    pub async fn create_lease(&self, ns: &str, lease: Lease) -> Result<Lease> {
+        let (lease, pending) = self.stage_lease(ns, lease)?;
+        pending.durable().await?;
+        Ok(lease)
+    }
+
+    /// [`Metadata::create_lease`], visible at once, durable when the returned [`Pending`] says so.
+    pub fn stage_lease(&self, ns: &str, mut lease: Lease) -> Result<(Lease, Pending<'_>)> {
         validate_lease_id(&lease.id)?;
         validate::labels(&lease.labels)?;
         if let Some(expire) = lease.labels.get(EXPIRE_LABEL) {
             parse_expiry(expire)?;
         }
-        self.update(|tx| {
+        self.apply(|tx| {
             let key = keys::object(ns, keys::LEASES, &lease.id);
             if tx.exists(&key)? {
                 return Err(Error::exists(format!(
@@ -39,11 +46,15 @@ impl Metadata {
             tx.put(key, &lease);
             Ok(lease)
         })
-        .await
     }
 
     pub async fn delete_lease(&self, ns: &str, id: &str) -> Result<()> {
-        self.update(|tx| {
+        self.stage_lease_delete(ns, id)?.durable().await
+    }
+
+    /// [`Metadata::delete_lease`], visible at once, durable when the returned [`Pending`] says so.
+    pub fn stage_lease_delete(&self, ns: &str, id: &str) -> Result<Pending<'_>> {
+        let ((), pending) = self.apply(|tx| {
             let key = keys::object(ns, keys::LEASES, id);
             if !tx.exists(&key)? {
                 return Err(Error::not_found(format!("lease {id:?}: not found")));
@@ -53,8 +64,8 @@ impl Metadata {
             }
             tx.delete(key);
             Ok(())
-        })
-        .await
+        })?;
+        Ok(pending)
     }
 
     pub async fn add_lease_resource(&self, ns: &str, lease: &str, r: &Resource) -> Result<()> {

@@ -35,6 +35,9 @@ pub struct Metadata {
     /// Highest batch number known to be durable.
     durable: AtomicU64,
     sync_lock: tokio::sync::Mutex<()>,
+    /// Syncs made by writers, and the time they took (ns): the metrics' `berth_metadata_sync*`.
+    syncs: AtomicU64,
+    sync_nanos: AtomicU64,
     /// containerd's `wlock`, for blobs: see `content_commit_lock`.
     content_lock: Arc<tokio::sync::RwLock<()>>,
     /// The same for snapshots: see `snapshot_use_lock`.
@@ -131,6 +134,8 @@ impl Metadata {
             applied: AtomicU64::new(0),
             durable: AtomicU64::new(0),
             sync_lock: tokio::sync::Mutex::new(()),
+            syncs: AtomicU64::new(0),
+            sync_nanos: AtomicU64::new(0),
             content_lock: Arc::new(tokio::sync::RwLock::new(())),
             snapshot_lock: Arc::new(tokio::sync::RwLock::new(())),
             content_pins: content::Pins::default(),
@@ -224,17 +229,46 @@ impl Metadata {
         }
         let target = self.applied.load(Ordering::SeqCst);
         let backend = self.backend.clone();
+        let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || backend.sync())
             .await
             .map_err(|e| Error::internal(format!("metadata sync task failed: {e}")))??;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.sync_nanos.fetch_add(took, Ordering::Relaxed);
         self.durable.fetch_max(target, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// How many syncs writers have waited for since the store opened, and their total time.
+    pub fn sync_stats(&self) -> SyncStats {
+        SyncStats {
+            syncs: self.syncs.load(Ordering::Relaxed),
+            seconds: self.sync_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+
+    /// Wait until every transaction applied so far is durable: one sync for a run of staged
+    /// changes ([`Metadata::apply`] and the `stage_*` calls) that are acknowledged together.
+    pub async fn sync_applied(&self) -> Result<()> {
+        let seq = self.applied.load(Ordering::SeqCst);
+        if seq == 0 {
+            return Ok(());
+        }
+        self.make_durable(seq).await
     }
 
     /// Flush everything (clean shutdown).
     pub fn sync_blocking(&self) -> Result<()> {
         self.backend.sync()
     }
+}
+
+/// See [`Metadata::sync_stats`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SyncStats {
+    pub syncs: u64,
+    pub seconds: f64,
 }
 
 /// An applied transaction that may not be durable yet; see [`Metadata::apply`]. Nothing may be

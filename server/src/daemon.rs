@@ -180,13 +180,14 @@ pub async fn run(config: Config) -> Result<()> {
     };
     let metrics = Arc::new(crate::metrics::Metrics::default());
     if !config.metrics.address.is_empty() {
-        let (address, metrics, tasks) = (
+        let (address, metrics, tasks, meta) = (
             config.metrics.address.clone(),
             metrics.clone(),
             tasks.clone(),
+            meta.clone(),
         );
         tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(&address, metrics, tasks).await {
+            if let Err(e) = crate::metrics::serve(&address, metrics, tasks, meta).await {
                 tracing::error!(%address, error = %e, "cannot serve metrics");
             }
         });

@@ -6,6 +6,7 @@
 //! collector's `process_*`) so that dashboards written for containerd read berthd unchanged.
 
 use crate::runtime::TaskManager;
+use berth_metadata::Metadata;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -175,9 +176,11 @@ impl Metrics {
         out
     }
 
-    /// `render` plus per-task cgroup metrics under containerd's names.
-    pub async fn render_all(&self, tasks: &TaskManager) -> String {
+    /// `render` plus the metadata store's syncs and per-task cgroup metrics under containerd's
+    /// names.
+    pub async fn render_all(&self, tasks: &TaskManager, meta: &Metadata) -> String {
         let mut out = self.render();
+        render_metadata(&mut out, meta);
         render_tasks(&mut out, tasks).await;
         out
     }
@@ -210,6 +213,14 @@ fn code_name(code: u32) -> &'static str {
         16 => "Unauthenticated",
         _ => "Unknown",
     }
+}
+
+/// The syncs acknowledged writes waited for: what a write costs on this disk, and how well
+/// group commit and staged writes share them.
+fn render_metadata(out: &mut String, meta: &Metadata) {
+    let stats = meta.sync_stats();
+    let _ = writeln!(out, "# HELP berth_metadata_syncs_total Syncs of the metadata store that writers waited for.\n# TYPE berth_metadata_syncs_total counter\nberth_metadata_syncs_total {}", stats.syncs);
+    let _ = writeln!(out, "# HELP berth_metadata_sync_seconds_total Time spent in those syncs.\n# TYPE berth_metadata_sync_seconds_total counter\nberth_metadata_sync_seconds_total {}", stats.seconds);
 }
 
 /// RSS, open fds, threads, CPU and start time of berthd, from /proc/self.
@@ -313,6 +324,7 @@ pub async fn serve(
     address: &str,
     metrics: Arc<Metrics>,
     tasks: Arc<TaskManager>,
+    meta: Arc<Metadata>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(address).await?;
     tracing::info!(address = %listener.local_addr()?, "serving metrics");
@@ -325,7 +337,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let (metrics, tasks) = (metrics.clone(), tasks.clone());
+        let (metrics, tasks, meta) = (metrics.clone(), tasks.clone(), meta.clone());
         tokio::spawn(async move {
             // The request is read up to its blank line (a scrape has no body), within bounds.
             let mut buf = Vec::new();
@@ -343,7 +355,7 @@ pub async fn serve(
             if !matches!(read, Ok(true)) {
                 return;
             }
-            let body = metrics.render_all(&tasks).await;
+            let body = metrics.render_all(&tasks, &meta).await;
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()

@@ -10,7 +10,6 @@ use super::{Ctx, Transferrer};
 use crate::blocking::blocking;
 use crate::events::Exchange;
 use berth_api::containerd::events::ContentCreate;
-use berth_api::containerd::services::content::v1::Info;
 use berth_api::containerd::types::Descriptor as ApiDescriptor;
 use berth_content::ContentStore;
 use berth_errdefs::{Error, Kind, Result};
@@ -512,8 +511,9 @@ impl Read for GrowingReader {
 const MAX_COLLECTED: u32 = 2;
 
 /// Record a stored blob in `ns` under `lease` (a `/content/create` event when it is new), merging
-/// `labels` into the record the namespace already has: pulls and archive imports alike.
-/// NotFound (see `is_collected`) when the collector unlinked the blob before it could be recorded:
+/// `labels` into the record the namespace already has: pulls and archive imports alike. Staged:
+/// the transfer makes its records durable together before it answers (`Transferrer::transfer`),
+/// one sync instead of one per blob. NotFound (see `is_collected`) when the collector unlinked the blob before it could be recorded:
 /// the caller stores it again.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn record_content(
@@ -533,34 +533,20 @@ pub(super) async fn record_content(
     if content.blob_size(digest)? != Some(size as u64) {
         return Err(Error::not_found(format!("{COLLECTED}: {digest}")));
     }
-    match meta
-        .add_content(ns, digest, size, labels.clone(), Some(lease))
-        .await
-    {
-        Ok(_) => {
-            events.publish(
-                ns,
-                "/content/create",
-                &ContentCreate {
-                    digest: digest.to_string(),
-                    size,
-                    media_type: media_type.to_string(),
-                },
-            );
-            Ok(())
-        }
-        Err(e) if e.is_already_exists() && labels.is_empty() => Ok(()),
-        Err(e) if e.is_already_exists() => {
-            let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
-            let info = Info {
+    // Made durable with the transfer's other records before it answers (`sync_applied`).
+    let (created, _pending) = meta.stage_content_record(ns, digest, size, labels, lease)?;
+    if created.is_some() {
+        events.publish(
+            ns,
+            "/content/create",
+            &ContentCreate {
                 digest: digest.to_string(),
-                labels: labels.clone(),
-                ..Info::default()
-            };
-            meta.update_content(ns, info, &paths).await.map(|_| ())
-        }
-        Err(e) => Err(e),
+                size,
+                media_type: media_type.to_string(),
+            },
+        );
     }
+    Ok(())
 }
 
 const COLLECTED: &str = "blob collected before it was recorded";

@@ -171,7 +171,7 @@ impl Transferrer {
         };
         let (lease, temporary) = match &req.lease {
             Some(l) => (l.clone(), false),
-            None => (self.temporary_lease(&req.namespace).await?, true),
+            None => (self.temporary_lease(&req.namespace)?, true),
         };
         let ctx = Ctx {
             ns: req.namespace.clone(),
@@ -185,8 +185,17 @@ impl Transferrer {
             Op::Import(s, d) => archive::import(self, &ctx, s, d).await,
             Op::Export(s, d) => archive::export(self, &ctx, s, d).await,
         };
+        // The transfer's records were staged as it went (content records, lease references):
+        // one sync makes them durable before the answer, instead of one per record (none when
+        // its last write, the image record, already synced them).
+        let result = match result {
+            Ok(()) => self.meta.sync_applied().await,
+            Err(e) => Err(e),
+        };
         if temporary {
-            if let Err(e) = self.meta.delete_lease(&ctx.ns, &ctx.lease).await {
+            // Not waited for: it is durable with the next sync, and a crash before that only
+            // leaves the lease to expire.
+            if let Err(e) = self.meta.stage_lease_delete(&ctx.ns, &ctx.lease) {
                 tracing::warn!(lease = %ctx.lease, error = %e, "could not delete a transfer's lease; it expires");
             }
         }
@@ -196,7 +205,7 @@ impl Transferrer {
 
     /// A lease for a transfer whose caller holds none, removed at its end; it expires on its
     /// own should the daemon die first.
-    async fn temporary_lease(&self, ns: &str) -> Result<String> {
+    fn temporary_lease(&self, ns: &str) -> Result<String> {
         let expire = time::OffsetDateTime::now_utc() + TEMP_LEASE_TTL;
         let expire = expire
             .format(&time::format_description::well_known::Rfc3339)
@@ -206,7 +215,9 @@ impl Transferrer {
             created_at: None,
             labels: [(berth_metadata::leases::EXPIRE_LABEL.to_string(), expire)].into(),
         };
-        Ok(self.meta.create_lease(ns, lease).await?.id)
+        // Staged: the collector sees it at once, and the transfer's closing sync makes it durable.
+        let (lease, _pending) = self.meta.stage_lease(ns, lease)?;
+        Ok(lease.id)
     }
 
     /// Create an image record, or update it if the name exists (containerd's image store

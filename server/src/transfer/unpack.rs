@@ -260,17 +260,14 @@ pub(super) async fn unpack(
 async fn lease_if_present(f: &Fetcher<'_>, scoped: &Arc<Scoped>, chain: &Resource) -> Result<bool> {
     let (t, ctx) = (f.t, f.ctx);
     let _in_use = t.meta.snapshot_use_lock().await;
-    t.meta
-        .stage_lease_resource(&ctx.ns, &ctx.lease, chain)?
-        .durable()
-        .await?;
+    // Visible to the collector at once; durable with the transfer's other records.
+    let _staged = t.meta.stage_lease_resource(&ctx.ns, &ctx.lease, chain)?;
     let (s, c) = (scoped.clone(), chain.id.clone());
     Ok(blocking(move || s.stat(&c)).await.is_ok())
 }
 
 /// [`lease_if_present`] for every chain of an image at once: all leased under one hold of the
-/// snapshot use lock, made durable by one metadata sync (instead of one each, in sequence, before
-/// any layer could start), then looked up.
+/// snapshot use lock, then looked up.
 async fn lease_all_if_present(
     f: &Fetcher<'_>,
     scoped: &Arc<Scoped>,
@@ -278,14 +275,9 @@ async fn lease_all_if_present(
 ) -> Result<Vec<bool>> {
     let (t, ctx) = (f.t, f.ctx);
     let _in_use = t.meta.snapshot_use_lock().await;
-    let mut last = None;
     for chain in chains {
-        let staged = t.meta.stage_lease_resource(&ctx.ns, &ctx.lease, chain)?;
-        // A later transaction's durability covers every earlier one.
-        let _covered_by_the_last = last.replace(staged);
-    }
-    if let Some(last) = last {
-        last.durable().await?;
+        // Visible to the collector at once; durable with the transfer's other records.
+        let _staged = t.meta.stage_lease_resource(&ctx.ns, &ctx.lease, chain)?;
     }
     let (s, ids) = (
         scoped.clone(),

@@ -5,6 +5,7 @@
 //! `containerd_v2.rs`.)
 
 use crate::harness::{process_token, Ctr, Daemon};
+use crate::observe::{free_port, http_get};
 use crate::registry::{
     assert_layer_content, content_digests, pull_and_check, snapshot_keys, sorted, Registry,
 };
@@ -216,7 +217,19 @@ fn two_concurrent_pulls_fetch_each_blob_once() {
 /// not hold the manifest, still fetches it: content is not shared across namespaces by digest.
 #[test]
 fn a_repull_reads_the_stored_manifest_and_fetches_nothing() {
-    let d = Daemon::start().using(Ctr::V2);
+    let metrics_port = free_port();
+    let d = Daemon::start_with_config(&format!(
+        "[metrics]\naddress = \"127.0.0.1:{metrics_port}\"\n"
+    ))
+    .using(Ctr::V2);
+    let syncs = || -> u64 {
+        let scraped = http_get(metrics_port, "/v1/metrics").expect("scrape the metrics");
+        scraped
+            .lines()
+            .find_map(|l| l.strip_prefix("berth_metadata_syncs_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no berth_metadata_syncs_total in:\n{scraped}"))
+    };
     let registry = Registry::start();
     let work = tempfile::tempdir().unwrap();
     let served = registry.push_busybox(work.path());
@@ -232,8 +245,18 @@ fn a_repull_reads_the_stored_manifest_and_fetches_nothing() {
     assert_eq!(blobs(&registry), [1, 1]);
     let first_pull = registry.berthd_connections();
 
+    let before = syncs();
     let out = d.ctr("repull", &["images", "pull", "--plain-http", &reference]);
     assert!(out.contains("saved"), "{out}");
+    // ctr's lease create and delete take a sync each. The transfer's records (the lease's
+    // references to each blob and the chain, the labels) are staged and made durable together
+    // with the image record: one sync, where a sync per record made eight. (One more is
+    // allowed for a write of the daemon's own landing in between.)
+    let repull_syncs = syncs() - before;
+    assert!(
+        (3..=4).contains(&repull_syncs),
+        "the re-pull waited for {repull_syncs} metadata syncs"
+    );
     // Its resolve went over a connection the first pull opened: the daemon keeps its HTTP
     // clients, and their idle connections, from pull to pull.
     let second_pull = registry.berthd_connections()[first_pull.len()..].to_vec();
