@@ -621,33 +621,16 @@ impl Containers {
 
     /// Create a record whose spec the caller built (the CRI builds its own from the pod and
     /// container configs): with `new.snapshot_parent`, a rootfs snapshot keyed by the id is
-    /// prepared from that chain ID under a lease until the record holds it, and removed again
-    /// if the record cannot be created. No name label is added and no name is checked.
+    /// prepared from that chain ID once the record exists, and the record removed again if the
+    /// snapshot cannot be prepared. The record comes first so that it holds the snapshot from
+    /// the moment there is one (a record naming a snapshot not there yet holds nothing): no
+    /// lease is needed in between, two calls fewer than `create`'s lease, prepare and record.
+    /// No name label is added and no name is checked.
     pub async fn create_record(&self, new: NewContainer) -> Result<ContainerInfo> {
         let spec_json = serde_json::to_vec(&new.spec)
             .map_err(|e| Error::invalid(format!("encode the runtime spec: {e}")))?;
         let snapshotter = DEFAULT_SNAPSHOTTER;
-        let lease = match &new.snapshot_parent {
-            Some(_) => Some(
-                self.client
-                    .leases()
-                    .create(Duration::from_secs(600))
-                    .await?,
-            ),
-            None => None,
-        };
-        let mut snapshots = SnapshotsClient::new(self.client.channel.clone());
-        if let (Some(parent), Some(lease)) = (&new.snapshot_parent, &lease) {
-            let prepare = PrepareSnapshotRequest {
-                snapshotter: snapshotter.to_string(),
-                key: new.id.clone(),
-                parent: parent.clone(),
-                labels: new.snapshot_labels.clone(),
-            };
-            if let Err(e) = snapshots.prepare(lease.request(prepare)).await {
-                return Err(e.into());
-            }
-        }
+        let with_snapshot = new.snapshot_parent.is_some();
         let container = Container {
             id: new.id.clone(),
             labels: new.labels,
@@ -660,12 +643,12 @@ impl Containers {
                 type_url: SPEC_TYPE_URL.to_string(),
                 value: spec_json,
             }),
-            snapshotter: if new.snapshot_parent.is_some() {
+            snapshotter: if with_snapshot {
                 snapshotter.to_string()
             } else {
                 String::new()
             },
-            snapshot_key: if new.snapshot_parent.is_some() {
+            snapshot_key: if with_snapshot {
                 new.id.clone()
             } else {
                 String::new()
@@ -674,36 +657,34 @@ impl Containers {
             sandbox: new.sandbox,
             ..Default::default()
         };
-        let created = self
+        let info = self
             .api()
             .create(self.client.request(CreateContainerRequest {
                 container: Some(container),
             }))
-            .await;
-        let result = match created {
-            Ok(r) => r
-                .into_inner()
-                .container
-                .map(ContainerInfo::from_api)
-                .ok_or_else(|| Error::local(Code::Internal, "Containers.Create returned nothing")),
-            Err(e) => {
-                if new.snapshot_parent.is_some() {
-                    let remove = RemoveSnapshotRequest {
-                        snapshotter: snapshotter.to_string(),
-                        key: new.id.clone(),
-                    };
-                    let _ = snapshots.remove(self.client.request(remove)).await;
-                }
-                Err(e.into())
+            .await?
+            .into_inner()
+            .container
+            .map(ContainerInfo::from_api)
+            .ok_or_else(|| Error::local(Code::Internal, "Containers.Create returned nothing"))?;
+        if let Some(parent) = new.snapshot_parent {
+            let prepare = PrepareSnapshotRequest {
+                snapshotter: snapshotter.to_string(),
+                key: new.id.clone(),
+                parent,
+                labels: new.snapshot_labels,
+            };
+            let mut snapshots = SnapshotsClient::new(self.client.channel.clone());
+            if let Err(e) = snapshots.prepare(self.client.request(prepare)).await {
+                // The record only: a snapshot that was there under this key is not ours.
+                let delete = DeleteContainerRequest {
+                    id: info.id.clone(),
+                };
+                let _ = self.api().delete(self.client.request(delete)).await;
+                return Err(e.into());
             }
-        };
-        if let Some(lease) = lease {
-            let released = lease.release().await;
-            let info = result?;
-            released?;
-            return Ok(info);
         }
-        result
+        Ok(info)
     }
 
     /// Set (`Some`) or remove (`None`) one extension of a record, leaving the rest alone.

@@ -40,7 +40,12 @@ struct Env {
 
 impl Env {
     fn new(bridge: &str, subnet_prefix: &str) -> Env {
-        let daemon = Daemon::start();
+        Self::with_config(bridge, subnet_prefix, "")
+    }
+
+    /// [`Env::new`] with extra berthd configuration.
+    fn with_config(bridge: &str, subnet_prefix: &str, toml: &str) -> Env {
+        let daemon = Daemon::start_with_config(toml);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !daemon.cri_socket().exists() {
             assert!(
@@ -669,6 +674,83 @@ fn bad_requests_change_nothing() {
     env.ok(&["rmp", "-f", &node_pod]);
     let pods = env.json(&["pods", "-o", "json"]);
     assert_eq!(pods["items"].as_array().map(Vec::len), Some(1), "{pods}");
+}
+
+/// How many calls of `Service/Method` berthd has answered, from its metrics.
+fn handled(metrics_port: u16, method: &str) -> u64 {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).expect("metrics");
+    std::io::Write::write_all(&mut conn, b"GET /v1/metrics HTTP/1.0\r\n\r\n").expect("ask");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut text).expect("read the metrics");
+    let (service, name) = method.split_once('/').expect("Service/Method");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_handled_total{")
+                && l.contains(&format!(".{service}\",grpc_method=\"{name}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// CreateContainer makes the container's record, then its rootfs snapshot, which the record
+/// holds from the moment it is there: no lease around them. A snapshot that cannot be prepared
+/// (here: the image's layers were removed from under it) fails the create and takes the record
+/// back with it.
+#[test]
+fn create_container_takes_no_lease_and_undoes_its_record_when_the_rootfs_fails() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let env = Env::with_config(
+        "bcricore6",
+        "10.233.46",
+        &format!("[metrics]\naddress = \"127.0.0.1:{port}\"\n"),
+    );
+    let pod_config = env.pod_config("undo");
+    let pod = env.ok(&["runp", &pod_config]);
+    let leases = handled(port, "Leases/Create");
+    let made = env.container_config("made", &["sleep", "60"], serde_json::json!({}));
+    let id = env.ok(&["create", &pod, &made, &pod_config]);
+    assert!(is_id(&id), "{id}");
+    assert_eq!(
+        handled(port, "Leases/Create"),
+        leases,
+        "CreateContainer took a lease"
+    );
+    env.ok(&["rm", &id]);
+
+    // Every committed snapshot of the image goes (top first), so the next rootfs has no parent.
+    let ctr = |args: &[&str]| env.daemon.ctr("k8s.io", args);
+    loop {
+        let keys = ctr(&["snapshots", "ls"]);
+        let keys: Vec<&str> = keys
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        if keys.is_empty() {
+            break;
+        }
+        for key in keys {
+            let _ = env.daemon.ctr_raw("k8s.io", &["snapshots", "rm", key]);
+        }
+    }
+    let records_before = ctr(&["containers", "ls", "-q"]);
+    let orphan = env.container_config("orphan", &["sleep", "60"], serde_json::json!({}));
+    let out = env.crictl(&["create", &pod, &orphan, &pod_config]);
+    assert!(!out.status.success(), "created without a rootfs: {out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NotFound"),
+        "{out:?}"
+    );
+    assert_eq!(
+        ctr(&["containers", "ls", "-q"]),
+        records_before,
+        "a failed CreateContainer left its record"
+    );
+    assert!(env.list(cri::ContainerFilter::default()).is_empty());
+    assert_eq!(ctr(&["snapshots", "ls"]).lines().skip(1).count(), 0);
 }
 
 #[test]
