@@ -22,6 +22,8 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::io::unix::AsyncFd;
 
+pub mod dirs;
+
 /// `USER_HZ`, the unit of `cpuacct.stat`. Fixed at 100 by the Linux ABI on
 /// every architecture containers run on (containerd hard-codes it too).
 const USER_HZ: u64 = 100;
@@ -1796,6 +1798,61 @@ mod tests {
                 .open(path)
                 .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
                 .expect("record the skip in $BERTH_TEST_SKIPS");
+        }
+    }
+
+    /// `dirs::create` makes a pod's cgroup in every hierarchy with a usable cpuset (a process
+    /// can join it), and `dirs::remove` takes that level away again, leaving its parent.
+    #[test]
+    fn a_pod_cgroup_is_made_usable_everywhere_and_removed_again() {
+        let case = "a_pod_cgroup_is_made_usable_everywhere_and_removed_again";
+        if !nix::unistd::Uid::effective().is_root() {
+            skip(case, "needs root to create cgroups", true);
+            return;
+        }
+        let parent = format!("/berth-cgroups-dirs-{}", std::process::id());
+        let pod = format!("{parent}/pod");
+        let mounts = parse_mountinfo(&read_to_string(Path::new("/proc/self/mountinfo")).unwrap());
+        let made: Vec<PathBuf> = mounts.iter().filter_map(|m| m.locate(&pod)).collect();
+        assert!(!made.is_empty(), "no cgroup mount on this host");
+        dirs::create(&pod).expect("create");
+        dirs::create(&pod).expect("create again: already there");
+        for dir in &made {
+            assert!(dir.is_dir(), "{} was not made", dir.display());
+        }
+        let cpuset = mounts
+            .iter()
+            .filter(|m| m.has_controllers(&["cpuset"]))
+            .find_map(|m| m.locate(&pod));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        if let Some(dir) = &cpuset {
+            assert!(!fs::read_to_string(dir.join("cpuset.cpus"))
+                .unwrap()
+                .trim()
+                .is_empty());
+            // The proof a cpuset is usable: the kernel lets a process in.
+            move_into(dir, child.id());
+        }
+        let busy = cpuset.as_ref().map(|_| dirs::remove(&pod));
+        let _ = child.kill();
+        let _ = child.wait();
+        if let Some(busy) = busy {
+            assert!(busy.is_err(), "a cgroup with a process in it was removed");
+        }
+        dirs::remove(&pod).expect("remove");
+        dirs::remove(&pod).expect("remove again: already gone");
+        for dir in &made {
+            assert!(!dir.exists(), "{} is still there", dir.display());
+            let up = dir.parent().unwrap();
+            assert!(up.is_dir(), "the parent {} went too", up.display());
+        }
+        for m in &mounts {
+            if let Some(dir) = m.locate(&parent) {
+                remove_cgroup(&dir);
+            }
         }
     }
 

@@ -35,6 +35,30 @@ impl Cri {
             .join(id)
     }
 
+    /// The cgroup a pod's containers go under when the kubelet gives none: berth's to make and
+    /// to remove (a kubelet-given parent is the kubelet's).
+    fn default_cgroup_parent(&self, id: &str) -> String {
+        format!("/{}/{id}", self.settings.config.namespace)
+    }
+
+    fn owned_cgroup_parent(&self, id: &str, state: &PodState) -> Option<String> {
+        let default = self.default_cgroup_parent(id);
+        (state.cgroup_parent == default).then_some(default)
+    }
+
+    /// Remove the pod's own cgroup parent, once its containers' cgroups are gone (runc makes
+    /// missing parents but never removes them: left alone, each pod would leave one behind in
+    /// every hierarchy).
+    async fn remove_cgroup_parent(&self, id: &str, state: &PodState) {
+        if let Some(parent) = self.owned_cgroup_parent(id, state) {
+            match tokio::task::spawn_blocking(move || berth_cgroups::dirs::remove(&parent)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(pod = %id, "remove the pod's cgroup: {e}"),
+                Err(e) => tracing::warn!(pod = %id, "remove the pod's cgroup: {e}"),
+            }
+        }
+    }
+
     fn attachment_key(&self, id: &str) -> berth_net::AttachmentKey {
         berth_net::AttachmentKey::new(self.settings.config.namespace.clone(), id)
     }
@@ -79,7 +103,7 @@ impl Cri {
                 .as_ref()
                 .map(|l| l.cgroup_parent.clone())
                 .filter(|p| !p.is_empty())
-                .unwrap_or_else(|| format!("/{}/{id}", self.settings.config.namespace)),
+                .unwrap_or_else(|| self.default_cgroup_parent(&id)),
             ..Default::default()
         };
         match self.set_up_pod(&id, &config, &dir, &mut state).await {
@@ -129,6 +153,31 @@ impl Cri {
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        // The pod's own cgroup parent is made now, beside the holder and the network, so that
+        // the first container's runc create finds it (a cgroup made in each hierarchy costs
+        // that create a few ms). Best effort: runc makes what is missing.
+        let cgroup = self.owned_cgroup_parent(id, state).map(|parent| {
+            tokio::task::spawn_blocking(move || berth_cgroups::dirs::create(&parent))
+        });
+        let result = self.set_up_namespaces(id, config, dir, state).await;
+        if let Some(made) = cgroup {
+            match made.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(pod = %id, "make the pod's cgroup: {e}"),
+                Err(e) => tracing::warn!(pod = %id, "make the pod's cgroup: {e}"),
+            }
+        }
+        result
+    }
+
+    /// The pod's holder and network, and its hostname file.
+    async fn set_up_namespaces(
+        &self,
+        id: &str,
+        config: &cri::PodSandboxConfig,
+        dir: &std::path::Path,
+        state: &mut PodState,
+    ) -> Result<()> {
         let ns = ns_mode(config);
         let host_net = ns.network == cri::NamespaceMode::Node as i32;
         let host_name_of_node = nix::unistd::gethostname()
@@ -349,6 +398,7 @@ impl Cri {
                 );
             }
         }
+        self.remove_cgroup_parent(id, state).await;
     }
 
     async fn tear_down_network(&self, id: &str, state: &mut PodState) -> Result<()> {
@@ -406,6 +456,7 @@ impl Cri {
             self.remove_container(&c.info.id).await?;
         }
         let _guard = store::lock(&id).await;
+        self.remove_cgroup_parent(&id, &pod.state).await;
         match self.client.containers().remove(&pod.info).await {
             Ok(()) => {}
             Err(e) if e.code() == tonic::Code::NotFound => {}

@@ -498,7 +498,13 @@ fn crictl_runs_a_pod_and_its_containers() {
     if let Some(ns) = netns {
         assert!(!Path::new(&ns).exists(), "netns {ns} outlived stopp");
     }
+    // The pod's cgroup (berth's default parent, as crictl gives none) is in every hierarchy
+    // until the pod is removed, and then nowhere.
+    let cgroups = pod_cgroup_dirs(&pod);
+    assert!(!cgroups.is_empty(), "no cgroup for pod {pod}");
     env.ok(&["rmp", &pod]);
+    let left: Vec<_> = cgroups.iter().filter(|d| d.exists()).collect();
+    assert!(left.is_empty(), "the pod's cgroup outlived rmp: {left:?}");
     let out = env.crictl(&["inspectp", &pod]);
     assert!(!out.status.success());
     assert!(
@@ -507,6 +513,21 @@ fn crictl_runs_a_pod_and_its_containers() {
     );
     let records = env.daemon.ctr("k8s.io", &["containers", "ls", "-q"]);
     assert!(records.trim().is_empty(), "records left: {records}");
+}
+
+/// Where berth's default cgroup parent of `pod` (`/k8s.io/<pod>`) is, in each hierarchy that
+/// has it now (v1 controllers, the unified one of a hybrid host, or the root of a v2 one).
+fn pod_cgroup_dirs(pod: &str) -> Vec<std::path::PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut hierarchies = vec![root.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        hierarchies.extend(entries.flatten().map(|e| e.path()));
+    }
+    hierarchies
+        .into_iter()
+        .map(|h| h.join("k8s.io").join(pod))
+        .filter(|d| d.is_dir())
+        .collect()
 }
 
 /// The pod's netns path, from its verbose status.
