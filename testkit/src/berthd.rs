@@ -275,6 +275,25 @@ impl Daemon {
         c.wait().expect("wait for berthd")
     }
 
+    /// The namespaces the daemon has, if it runs and answers (within ctr's connect timeout).
+    fn namespaces(&self) -> Vec<String> {
+        if self.child.is_none() {
+            return Vec::new();
+        }
+        let args = ["--connect-timeout", "2s", "namespaces", "ls", "-q"];
+        match ctr_command_for(self.ctr, &self.socket, "default", &args)
+            .stderr(std::process::Stdio::null())
+            .output()
+        {
+            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Run `ctr -a SOCKET -n NS ARGS…` and return its output, whatever the exit status.
     pub fn ctr_raw(&self, ns: &str, args: &[&str]) -> Output {
         ctr_command_for(self.ctr, &self.socket, ns, args)
@@ -361,17 +380,72 @@ pub fn tail(s: &str, n: usize) -> String {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // Asked while it still answers (a test may have stopped it already: then none).
+        let namespaces = self.namespaces();
         self.kill9();
         // Tasks outlive a SIGKILLed berthd by design, so whatever task the test left (a removal
         // that failed, issue 15's `psr-` mount) would stay on the host with its shim and its
         // rootfs mount. Only this daemon's: what names or lies under its directory.
         let mut left = remove_leftovers(self.dir.path());
         left.extend(remove_attachments(self.dir.path(), &self.state()));
+        remove_namespace_cgroups(&namespaces);
         if !left.is_empty() {
             eprintln!(
                 "warning: berthd at {} left behind (removed): {left:?}",
                 self.dir.path().display()
             );
+        }
+    }
+}
+
+/// Removes the cgroup parents (`/<ns>`, and any container cgroup left in them) of the daemon's
+/// namespaces: runc makes them and nothing removes them, as in containerd, so each test's
+/// namespace would leave one in every hierarchy. A test's namespace is its own
+/// (`client/tests/common::claim`, the e2e fixtures); `default` and `k8s.io`, which concurrent
+/// tests share, are left alone.
+fn remove_namespace_cgroups(namespaces: &[String]) {
+    let namespaces: Vec<&String> = namespaces
+        .iter()
+        .filter(|ns| *ns != "default" && *ns != "k8s.io")
+        .filter(|ns| !ns.is_empty() && !ns.contains('/') && !ns.starts_with('.'))
+        .collect();
+    if namespaces.is_empty() {
+        return;
+    }
+    let hierarchies: Vec<std::path::PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (before, after) = l.split_once(" - ")?;
+            let fstype = after.split(' ').next()?;
+            let mount_point = before.split(' ').nth(4)?;
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| mount_point.into())
+        })
+        .collect();
+    for ns in namespaces {
+        for h in &hierarchies {
+            remove_cgroup_tree(&h.join(ns));
+        }
+    }
+}
+
+/// rmdir `dir` and the cgroups below it, deepest first, waiting a moment for ones the kernel
+/// still holds (their processes were just killed); whatever stays busy is left.
+fn remove_cgroup_tree(dir: &Path) {
+    let Ok(children) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for child in children.flatten() {
+        if child.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&child.path());
+        }
+    }
+    for _ in 0..50 {
+        match std::fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            _ => return,
         }
     }
 }

@@ -803,6 +803,28 @@ fn run_rm_prints_output_and_propagates_the_exit_status_with_ctr_2() {
     run_rm_scenario("berth-e2e-run2", Ctr::V2);
 }
 
+/// runc makes a namespace's cgroup parent `/<ns>` and nothing removes it: a test daemon,
+/// dropped, takes those of the namespaces it ran tasks in with it (berth-testkit), so the suite
+/// does not leave one per test in every hierarchy.
+#[test]
+fn a_dropped_test_daemon_leaves_no_namespace_cgroup() {
+    let ns = claim_namespace("berth-e2e-cgdrop");
+    let images = tempfile::tempdir().expect("temp dir");
+    let image = busybox_oci_archive(images.path(), IMAGE);
+    let d = Daemon::start();
+    d.ctr(
+        ns,
+        &["images", "import", image.path.to_str().expect("utf-8 path")],
+    );
+    d.ctr(ns, &["run", "--rm", IMAGE, "cgdrop", "true"]);
+    assert!(
+        !namespace_cgroups(ns).is_empty(),
+        "runc made no cgroup parent for {ns}"
+    );
+    drop(d);
+    assert_eq!(namespace_cgroups(ns), Vec::<PathBuf>::new());
+}
+
 fn run_rm_scenario(ns: &'static str, ctr: Ctr) {
     let mut f = Fixture::start(ns);
     f.d.ctr = ctr;
