@@ -268,8 +268,16 @@ impl Client {
         destination: Any,
         extra: Option<JoinHandle<Result<T>>>,
         fallback: T,
+        progress: bool,
     ) -> Result<Transfer<T>> {
-        let (progress_id, events) = progress_stream(self).await?;
+        // Without progress, no stream is opened (a round trip before the transfer starts) and
+        // the events are an empty stream.
+        let (progress_id, events) = if progress {
+            progress_stream(self).await?
+        } else {
+            let (_none, rx) = tokio::sync::mpsc::channel(1);
+            (String::new(), ReceiverStream::new(rx))
+        };
         let client = self.clone();
         let done = tokio::spawn(async move {
             let req = TransferRequest {
@@ -303,12 +311,13 @@ impl crate::images::Images {
     /// the default snapshotter for this host's platform, like `ctr images pull`.
     /// With `opts.auth`, the daemon asks for credentials over an auth stream.
     pub async fn pull(&self, reference: &str, opts: &RegistryOptions) -> Result<Transfer<()>> {
-        self.pull_platform(reference, opts, host_platform(), HashMap::new())
+        self.pull_platform(reference, opts, host_platform(), HashMap::new(), true)
             .await
     }
 
     /// [`Images::pull`] whose image record carries `labels` (the daemon sets them with the
-    /// target, in the one write a pull makes, replacing the record's labels).
+    /// target, in the one write a pull makes, replacing the record's labels), for a caller
+    /// that only waits for the end (the CRI): no progress events.
     ///
     /// [`Images::pull`]: crate::images::Images::pull
     pub async fn pull_labelled(
@@ -317,7 +326,7 @@ impl crate::images::Images {
         opts: &RegistryOptions,
         labels: HashMap<String, String>,
     ) -> Result<Transfer<()>> {
-        self.pull_platform(reference, opts, host_platform(), labels)
+        self.pull_platform(reference, opts, host_platform(), labels, false)
             .await
     }
 
@@ -337,7 +346,7 @@ impl crate::images::Images {
             variant: platform.variant.clone(),
             ..Platform::default()
         };
-        self.pull_platform(reference, opts, platform, HashMap::new())
+        self.pull_platform(reference, opts, platform, HashMap::new(), true)
             .await
     }
 
@@ -347,6 +356,7 @@ impl crate::images::Images {
         opts: &RegistryOptions,
         platform: Platform,
         labels: HashMap<String, String>,
+        progress: bool,
     ) -> Result<Transfer<()>> {
         let reference = crate::images::normalize(reference);
         let mut resolver = resolver(&reference, opts);
@@ -370,7 +380,13 @@ impl crate::images::Images {
             ..ImageStore::default()
         };
         self.client()
-            .run_transfer(pack_any(&source), pack_any(&destination), None, ())
+            .run_transfer(
+                pack_any(&source),
+                pack_any(&destination),
+                None,
+                (),
+                progress,
+            )
             .await
     }
 
@@ -387,7 +403,7 @@ impl crate::images::Images {
             resolver: Some(resolver(&image.name, opts)),
         };
         self.client()
-            .run_transfer(pack_any(&source), pack_any(&destination), None, ())
+            .run_transfer(pack_any(&source), pack_any(&destination), None, (), true)
             .await
     }
 
@@ -417,7 +433,13 @@ impl crate::images::Images {
         };
         let sender = tokio::spawn(send_bytes(stream, reader));
         self.client()
-            .run_transfer(pack_any(&source), pack_any(&destination), Some(sender), 0)
+            .run_transfer(
+                pack_any(&source),
+                pack_any(&destination),
+                Some(sender),
+                0,
+                true,
+            )
             .await
     }
 
@@ -454,7 +476,13 @@ impl crate::images::Images {
         };
         let receiver = tokio::spawn(receive_bytes(stream, writer));
         self.client()
-            .run_transfer(pack_any(&source), pack_any(&destination), Some(receiver), 0)
+            .run_transfer(
+                pack_any(&source),
+                pack_any(&destination),
+                Some(receiver),
+                0,
+                true,
+            )
             .await
     }
 }

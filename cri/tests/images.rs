@@ -32,6 +32,8 @@ const TAGS: [&str; 3] = [
 struct Cri {
     daemon: Daemon,
     dir: tempfile::TempDir,
+    /// berthd's `[metrics]` listener on loopback.
+    metrics_port: u16,
 }
 
 impl Cri {
@@ -41,13 +43,22 @@ impl Cri {
             .tempdir()
             .expect("temp dir");
         let certs = fixtures::certs_d(dir.path());
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
         let daemon = Daemon::start_with_config(&format!(
-            "[cri]\naddress = {:?}\ncni_conf_dir = {:?}\nregistry_config_path = {:?}\n",
+            "[metrics]\naddress = \"127.0.0.1:{metrics_port}\"\n\
+             [cri]\naddress = {:?}\ncni_conf_dir = {:?}\nregistry_config_path = {:?}\n",
             dir.path().join("cri.sock"),
             dir.path().join("net.d"),
             certs,
         ));
-        let cri = Cri { daemon, dir };
+        let cri = Cri {
+            daemon,
+            dir,
+            metrics_port,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !cri.socket().exists() {
             assert!(
@@ -58,6 +69,19 @@ impl Cri {
             std::thread::sleep(Duration::from_millis(20));
         }
         cri
+    }
+
+    /// The sum of the metrics series whose line starts with `prefix` (and a value).
+    fn metric(&self, prefix: &str) -> u64 {
+        let mut conn =
+            std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics");
+        std::io::Write::write_all(&mut conn, b"GET /v1/metrics HTTP/1.0\r\n\r\n").expect("ask");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut conn, &mut text).expect("read the metrics");
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
     }
 
     fn socket(&self) -> PathBuf {
@@ -274,9 +298,28 @@ fn a_repull_of_an_unchanged_image_rewrites_no_record() {
             .collect::<Vec<_>>()
     };
     let first = added(first);
+    let streams =
+        "grpc_server_handled_total{grpc_service=\"containerd.services.streaming.v1.Streaming\"";
     for _ in 0..2 {
+        let (syncs, opened) = (
+            cri.metric("berth_metadata_syncs_total "),
+            cri.metric(streams),
+        );
         assert_eq!(cri.pull(BUSYBOX), id);
         assert_eq!(added(records()), first, "a re-pull rewrote a record");
+        // Its records (lease references, content labels) durable in one sync (a second is
+        // allowed for a write of the daemon's own landing in between), and no progress stream
+        // opened for a pull nobody watches.
+        let pull_syncs = cri.metric("berth_metadata_syncs_total ") - syncs;
+        assert!(
+            (1..=2).contains(&pull_syncs),
+            "a re-pull took {pull_syncs} syncs"
+        );
+        assert_eq!(
+            cri.metric(streams),
+            opened,
+            "PullImage opened a progress stream"
+        );
     }
 }
 
