@@ -51,11 +51,8 @@ impl Cri {
     /// every hierarchy).
     async fn remove_cgroup_parent(&self, id: &str, state: &PodState) {
         if let Some(parent) = self.owned_cgroup_parent(id, state) {
-            match tokio::task::spawn_blocking(move || berth_cgroups::dirs::remove(&parent)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(pod = %id, "remove the pod's cgroup: {e}"),
-                Err(e) => tracing::warn!(pod = %id, "remove the pod's cgroup: {e}"),
-            }
+            let removal = tokio::task::spawn_blocking(move || berth_cgroups::dirs::remove(&parent));
+            best_effort(id, "remove the pod's cgroup", removal).await;
         }
     }
 
@@ -161,11 +158,7 @@ impl Cri {
         });
         let result = self.set_up_namespaces(id, config, dir, state).await;
         if let Some(made) = cgroup {
-            match made.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(pod = %id, "make the pod's cgroup: {e}"),
-                Err(e) => tracing::warn!(pod = %id, "make the pod's cgroup: {e}"),
-            }
+            best_effort(id, "make the pod's cgroup", made).await;
         }
         result
     }
@@ -563,6 +556,15 @@ fn state_of(pod: &Pod) -> cri::PodSandboxState {
         cri::PodSandboxState::SandboxReady
     } else {
         cri::PodSandboxState::SandboxNotready
+    }
+}
+
+/// Wait for a cgroup change that runc does not depend on; a failure is only logged.
+async fn best_effort(pod: &str, what: &str, task: tokio::task::JoinHandle<std::io::Result<()>>) {
+    match task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(pod, "{what}: {e}"),
+        Err(e) => tracing::warn!(pod, "{what}: {e}"),
     }
 }
 

@@ -73,14 +73,7 @@ impl Metadata {
                 if let Some(lease) = lease {
                     add_to_lease(tx, ns, lease, "content", digest.as_str())?;
                 }
-                let t = now();
-                let info = Info {
-                    digest: digest.to_string(),
-                    size,
-                    created_at: Some(t),
-                    updated_at: Some(t),
-                    labels: labels.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
-                };
+                let info = new_record(digest, size, labels);
                 tx.put(key, &info);
                 Ok(Some(info))
             })
@@ -122,18 +115,7 @@ impl Metadata {
                 return Ok(None);
             }
             tx.ensure_namespace(ns)?;
-            let t = now();
-            let info = Info {
-                digest: digest.to_string(),
-                size,
-                created_at: Some(t),
-                updated_at: Some(t),
-                labels: labels
-                    .iter()
-                    .filter(|(_, v)| !v.is_empty())
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            };
+            let info = new_record(digest, size, labels.clone());
             tx.put(key, &info);
             Ok(Some(info))
         })
@@ -300,6 +282,18 @@ fn held_by_any(tx: &Tx<'_>, namespaces: &[String], digest: &Digest) -> Result<bo
     Ok(false)
 }
 
+/// A blob's first record in a namespace, created now; an empty label value is no label.
+fn new_record(digest: &Digest, size: i64, labels: HashMap<String, String>) -> Info {
+    let t = now();
+    Info {
+        digest: digest.to_string(),
+        size,
+        created_at: Some(t),
+        updated_at: Some(t),
+        labels: labels.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
+    }
+}
+
 fn add_to_lease(tx: &mut Tx<'_>, ns: &str, lease: &str, kind: &str, id: &str) -> Result<()> {
     if !tx.exists(&keys::object(ns, keys::LEASES, lease))? {
         return Err(Error::not_found(format!("lease {lease:?} does not exist")));
@@ -353,18 +347,27 @@ impl Drop for ContentPin {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_pinned_blob_counts_as_referenced_until_its_last_pin_drops() {
+    /// Run `test` on a store of its own in a temp dir, removed afterwards.
+    fn with_store<F: std::future::Future<Output = ()>>(
+        name: &str,
+        test: impl FnOnce(Metadata) -> F,
+    ) {
+        let dir = std::env::temp_dir().join(format!("berth-meta-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let m = Metadata::open(&dir).expect("metadata");
         tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime")
-            .block_on(pins_hold());
+            .block_on(test(m));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
-    async fn pins_hold() {
-        let dir = std::env::temp_dir().join(format!("berth-meta-pins-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let m = Metadata::open(&dir).expect("metadata");
+    #[test]
+    fn a_pinned_blob_counts_as_referenced_until_its_last_pin_drops() {
+        with_store("pins", pins_hold);
+    }
+
+    async fn pins_hold(m: Metadata) {
         let d = Digest::parse(&format!("sha256:{}", "ab".repeat(32))).expect("digest");
         let other = Digest::parse(&format!("sha256:{}", "cd".repeat(32))).expect("digest");
         assert!(!m.content_referenced(&d).expect("look"));
@@ -386,22 +389,14 @@ mod tests {
             .await
             .expect("record");
         assert!(m.content_referenced(&d).expect("look"));
-        drop(m);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_staged_record_joins_the_lease_and_rewrites_only_changed_labels() {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime")
-            .block_on(staged_records());
+        with_store("stage", staged_records);
     }
 
-    async fn staged_records() {
-        let dir = std::env::temp_dir().join(format!("berth-meta-stage-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let m = Metadata::open(&dir).expect("metadata");
+    async fn staged_records(m: Metadata) {
         let d = Digest::parse(&format!("sha256:{}", "ef".repeat(32))).expect("digest");
         let lease = berth_api::containerd::services::leases::v1::Lease {
             id: "pull".into(),
@@ -465,7 +460,5 @@ mod tests {
         m.sync_applied().await.expect("sync");
         m.sync_applied().await.expect("nothing left to sync");
         assert_eq!(m.sync_stats().syncs, before + 1);
-        drop(m);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
