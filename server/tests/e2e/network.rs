@@ -107,6 +107,11 @@ impl Drop for Fixture {
             }
             self.d.stop();
         }
+        // runc leaves the namespace level `/<ns>` of the cgroups behind, and the daemon is
+        // stopped now (berth-testkit removes it only for a daemon still running): this test's.
+        for dir in crate::tasks::namespace_cgroups(&self.ns) {
+            let _ = std::fs::remove_dir(dir);
+        }
         // The default network's bridge and the host rules for it are this test's.
         let _ = Command::new("ip")
             .args(["link", "delete", &self.bridge])

@@ -399,7 +399,7 @@ fn processes_naming(dir: &Path, except: u32) -> Vec<(u32, Vec<String>)> {
 /// ctr gives a container the cgroup `/<ns>/<id>`: its directories in every mounted hierarchy
 /// (cgroup v1 controllers, the v1 "unified" mount, or a pure v2 host). For the tests' checks
 /// only: the namespace is the test's own, but cleanup goes by what the daemon's bundles name.
-fn namespace_cgroups(ns: &str) -> Vec<PathBuf> {
+pub(crate) fn namespace_cgroups(ns: &str) -> Vec<PathBuf> {
     let root = Path::new("/sys/fs/cgroup");
     let mut dirs = vec![root.join(ns)];
     if let Ok(entries) = std::fs::read_dir(root) {
