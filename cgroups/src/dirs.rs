@@ -8,7 +8,7 @@ use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::{parse_mountinfo, read_to_string, CgroupMount};
+use crate::{cgroup_mounts, check_path, context, read_to_string, CgroupMount};
 
 /// The v1 controllers runc's cgroupfs driver makes directories in, and the systemd named
 /// hierarchy it joins; a hierarchy with none of them is not runc's to use.
@@ -34,11 +34,13 @@ const RUNC_V1: &[&str] = &[
 /// cgroup a moment after the last process in it was reaped.
 const BUSY_FOR: Duration = Duration::from_secs(2);
 
+/// A cgroup path below the root: the root's directories are never berth's to make or remove.
 fn check(path: &str) -> io::Result<()> {
-    if !path.starts_with('/') || path == "/" || path.split('/').any(|c| c == "..") {
+    check_path(path)?;
+    if path.trim_end_matches('/').is_empty() {
         return Err(io::Error::new(
             ErrorKind::InvalidInput,
-            format!("cgroup path {path:?} is not an absolute cgroupfs path below the root"),
+            "the root cgroup is not made or removed",
         ));
     }
     Ok(())
@@ -71,13 +73,12 @@ fn directories(mounts: &[CgroupMount], path: &str) -> Vec<(PathBuf, bool)> {
 /// `cpuset.cpus` and `cpuset.mems` (empty ones refuse every process).
 pub fn create(path: &str) -> io::Result<()> {
     check(path)?;
-    let mounts = parse_mountinfo(&read_to_string(Path::new("/proc/self/mountinfo"))?);
-    for (dir, cpuset) in directories(&mounts, path) {
+    for (dir, cpuset) in directories(&cgroup_mounts()?, path) {
         if cpuset {
             create_cpuset(&dir)?;
         } else {
             fs::create_dir_all(&dir)
-                .map_err(|e| io::Error::new(e.kind(), format!("mkdir {}: {e}", dir.display())))?;
+                .map_err(|e| context(e, format_args!("mkdir {}", dir.display())))?;
         }
     }
     Ok(())
@@ -94,12 +95,7 @@ fn create_cpuset(dir: &Path) -> io::Result<()> {
     match fs::create_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => {
-            return Err(io::Error::new(
-                e.kind(),
-                format!("mkdir {}: {e}", dir.display()),
-            ))
-        }
+        Err(e) => return Err(context(e, format_args!("mkdir {}", dir.display()))),
     }
     for file in ["cpuset.cpus", "cpuset.mems"] {
         let mine = dir.join(file);
@@ -108,24 +104,57 @@ fn create_cpuset(dir: &Path) -> io::Result<()> {
         }
         let value = read_to_string(&parent.join(file))?;
         fs::write(&mine, value.trim())
-            .map_err(|e| io::Error::new(e.kind(), format!("write {}: {e}", mine.display())))?;
+            .map_err(|e| context(e, format_args!("write {}", mine.display())))?;
     }
     Ok(())
+}
+
+/// Where the cgroup `path` is now: its directories, in the hierarchies that have one.
+pub fn existing(path: &str) -> io::Result<Vec<PathBuf>> {
+    check(path)?;
+    Ok(directories(&cgroup_mounts()?, path)
+        .into_iter()
+        .map(|(dir, _)| dir)
+        .filter(|dir| dir.is_dir())
+        .collect())
 }
 
 /// Remove the cgroup `path` from every hierarchy (only that level: its parents may be
 /// shared). A directory already gone is fine; one with a cgroup still in it is an error, as
 /// is one still busy after a short wait.
 pub fn remove(path: &str) -> io::Result<()> {
+    remove_each(path, remove_dir)
+}
+
+/// [`remove`] with every cgroup below `path` too, deepest first: what runc left of containers
+/// that were never deleted, under a parent that is going.
+pub fn remove_tree(path: &str) -> io::Result<()> {
+    remove_each(path, remove_dir_tree)
+}
+
+fn remove_each(path: &str, remove: fn(&Path) -> io::Result<()>) -> io::Result<()> {
     check(path)?;
-    let mounts = parse_mountinfo(&read_to_string(Path::new("/proc/self/mountinfo"))?);
     let mut first_error = None;
-    for (dir, _) in directories(&mounts, path) {
-        if let Err(e) = remove_dir(&dir) {
+    for (dir, _) in directories(&cgroup_mounts()?, path) {
+        if let Err(e) = remove(&dir) {
             first_error.get_or_insert(e);
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+fn remove_dir_tree(dir: &Path) -> io::Result<()> {
+    let children = match fs::read_dir(dir) {
+        Ok(children) => children,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(context(e, format_args!("list {}", dir.display()))),
+    };
+    for child in children.flatten() {
+        if child.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_dir_tree(&child.path())?;
+        }
+    }
+    remove_dir(dir)
 }
 
 fn remove_dir(dir: &Path) -> io::Result<()> {
@@ -137,12 +166,7 @@ fn remove_dir(dir: &Path) -> io::Result<()> {
             Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("rmdir {}: {e}", dir.display()),
-                ))
-            }
+            Err(e) => return Err(context(e, format_args!("rmdir {}", dir.display()))),
         }
     }
 }
@@ -150,6 +174,7 @@ fn remove_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::parse_mountinfo;
 
     const HYBRID: &str = "\
 30 24 0:26 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:5 - cgroup2 cgroup2 rw

@@ -60,30 +60,18 @@ impl Cgroup {
     /// cgroupfs driver, e.g. `/k8s.io/<id>`), without a process in it: each mounted v1
     /// controller's directory, or the unified one when no v1 controller is mounted.
     pub fn of_path(path: &str) -> io::Result<Cgroup> {
-        if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
-            return Err(io::Error::new(
-                ErrorKind::InvalidInput,
-                format!("cgroup path {path:?} is not an absolute cgroupfs path"),
-            ));
-        }
-        let mountinfo = read_to_string(Path::new("/proc/self/mountinfo"))?;
-        Ok(locate_path(&parse_mountinfo(&mountinfo), path))
+        check_path(path)?;
+        Ok(locate_path(&cgroup_mounts()?, path))
     }
 
     /// [`Cgroup::of_path`] for many paths, reading the mount table once.
     pub fn of_paths<S: AsRef<str>>(paths: &[S]) -> io::Result<Vec<io::Result<Cgroup>>> {
-        let mountinfo = read_to_string(Path::new("/proc/self/mountinfo"))?;
-        let mounts = parse_mountinfo(&mountinfo);
+        let mounts = cgroup_mounts()?;
         Ok(paths
             .iter()
             .map(|p| {
                 let path = p.as_ref();
-                if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
-                    return Err(io::Error::new(
-                        ErrorKind::InvalidInput,
-                        format!("cgroup path {path:?} is not an absolute cgroupfs path"),
-                    ));
-                }
+                check_path(path)?;
                 Ok(locate_path(&mounts, path))
             })
             .collect())
@@ -464,6 +452,24 @@ fn unescape_mountinfo(field: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An OCI `linux.cgroupsPath` of the cgroupfs driver: absolute, and never climbing out.
+fn check_path(path: &str) -> io::Result<()> {
+    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            format!("cgroup path {path:?} is not an absolute cgroupfs path"),
+        ));
+    }
+    Ok(())
+}
+
+/// The cgroup mounts berthd sees now.
+fn cgroup_mounts() -> io::Result<Vec<CgroupMount>> {
+    Ok(parse_mountinfo(&read_to_string(Path::new(
+        "/proc/self/mountinfo",
+    ))?))
 }
 
 fn parse_mountinfo(mountinfo: &str) -> Vec<CgroupMount> {
@@ -1812,7 +1818,7 @@ mod tests {
         }
         let parent = format!("/berth-cgroups-dirs-{}", std::process::id());
         let pod = format!("{parent}/pod");
-        let mounts = parse_mountinfo(&read_to_string(Path::new("/proc/self/mountinfo")).unwrap());
+        let mounts = cgroup_mounts().unwrap();
         let made: Vec<PathBuf> = mounts.iter().filter_map(|m| m.locate(&pod)).collect();
         assert!(!made.is_empty(), "no cgroup mount on this host");
         dirs::create(&pod).expect("create");

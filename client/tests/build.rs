@@ -505,11 +505,7 @@ fn the_built_image_runs_on_containerd_1_6() {
     let ran = containerd.ctr(&ns, &["run", "--rm", &remote, &id, "cat", "/home/app/uid"]);
     assert_eq!(String::from_utf8_lossy(&ran.stdout), "1000\n");
     // containerd's runc left the namespace level `/<ns>` in every cgroup hierarchy: this test's.
-    let root = std::path::Path::new("/sys/fs/cgroup");
-    let _ = std::fs::remove_dir(root.join(&ns));
-    for hierarchy in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        let _ = std::fs::remove_dir(hierarchy.path().join(&ns));
-    }
+    let _ = berth_testkit::cgroups::remove(&format!("/{ns}"));
     // FROM the pushed image with --pull: fetched through the daemon even though present; its
     // USER and WORKDIR carry into the new stage's RUN.
     let ctx = env.context(&format!("FROM {remote}\nRUN hello > said\n"), &[]);

@@ -73,15 +73,10 @@ impl Cri {
 
     /// The sum of the metrics series whose line starts with `prefix` (and a value).
     fn metric(&self, prefix: &str) -> u64 {
-        let mut conn =
-            std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics");
-        std::io::Write::write_all(&mut conn, b"GET /v1/metrics HTTP/1.0\r\n\r\n").expect("ask");
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut conn, &mut text).expect("read the metrics");
-        text.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+        berth_testkit::berthd::metric_sum(
+            &berth_testkit::berthd::scrape_metrics(self.metrics_port),
+            prefix,
+        )
     }
 
     fn socket(&self) -> PathBuf {

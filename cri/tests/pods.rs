@@ -516,18 +516,9 @@ fn crictl_runs_a_pod_and_its_containers() {
 }
 
 /// Where berth's default cgroup parent of `pod` (`/k8s.io/<pod>`) is, in each hierarchy that
-/// has it now (v1 controllers, the unified one of a hybrid host, or the root of a v2 one).
+/// has it now.
 fn pod_cgroup_dirs(pod: &str) -> Vec<std::path::PathBuf> {
-    let root = Path::new("/sys/fs/cgroup");
-    let mut hierarchies = vec![root.to_path_buf()];
-    if let Ok(entries) = std::fs::read_dir(root) {
-        hierarchies.extend(entries.flatten().map(|e| e.path()));
-    }
-    hierarchies
-        .into_iter()
-        .map(|h| h.join("k8s.io").join(pod))
-        .filter(|d| d.is_dir())
-        .collect()
+    berth_testkit::cgroups::existing(&format!("/k8s.io/{pod}")).expect("read the cgroup mounts")
 }
 
 /// The pod's netns path, from its verbose status.
@@ -699,18 +690,15 @@ fn bad_requests_change_nothing() {
 
 /// How many calls of `Service/Method` berthd has answered, from its metrics.
 fn handled(metrics_port: u16, method: &str) -> u64 {
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).expect("metrics");
-    std::io::Write::write_all(&mut conn, b"GET /v1/metrics HTTP/1.0\r\n\r\n").expect("ask");
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut conn, &mut text).expect("read the metrics");
     let (service, name) = method.split_once('/').expect("Service/Method");
-    text.lines()
-        .filter(|l| {
-            l.starts_with("grpc_server_handled_total{")
-                && l.contains(&format!(".{service}\",grpc_method=\"{name}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    let prefix = format!(
+        "grpc_server_handled_total{{grpc_service=\"containerd.services.{}.v1.{service}\",grpc_method=\"{name}\"",
+        service.to_lowercase()
+    );
+    berth_testkit::berthd::metric_sum(
+        &berth_testkit::berthd::scrape_metrics(metrics_port),
+        &prefix,
+    )
 }
 
 /// CreateContainer makes the container's record, then its rootfs snapshot, which the record

@@ -101,11 +101,7 @@ impl Metadata {
             if let Some(mut current) = tx.get::<Info>(&key)? {
                 let mut merged = current.labels.clone();
                 for (k, v) in labels {
-                    if v.is_empty() {
-                        merged.remove(k);
-                    } else {
-                        merged.insert(k.clone(), v.clone());
-                    }
+                    validate::set_label(&mut merged, k, v);
                 }
                 if merged != current.labels {
                     current.labels = merged;

@@ -252,10 +252,7 @@ impl Metadata {
     /// changes ([`Metadata::apply`] and the `stage_*` calls) that are acknowledged together.
     pub async fn sync_applied(&self) -> Result<()> {
         let seq = self.applied.load(Ordering::SeqCst);
-        if seq == 0 {
-            return Ok(());
-        }
-        self.make_durable(seq).await
+        Pending { meta: self, seq }.durable().await
     }
 
     /// Flush everything (clean shutdown).

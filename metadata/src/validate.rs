@@ -61,6 +61,15 @@ pub fn labels(labels: &HashMap<String, String>) -> Result<()> {
 
 /// Apply a label field-mask path (`labels` or `labels.KEY`) from `from` onto `to`.
 /// Returns false when `path` is not a label path. An empty value removes the label, as in containerd.
+/// One label of an update: set to `value`, or removed when `value` is empty.
+pub fn set_label(to: &mut HashMap<String, String>, key: &str, value: &str) {
+    if value.is_empty() {
+        to.remove(key);
+    } else {
+        to.insert(key.to_string(), value.to_string());
+    }
+}
+
 pub fn apply_label_path(
     path: &str,
     to: &mut HashMap<String, String>,
@@ -69,14 +78,11 @@ pub fn apply_label_path(
     if path == "labels" {
         *to = from.clone();
     } else if let Some(key) = path.strip_prefix("labels.") {
-        match from.get(key) {
-            Some(v) if !v.is_empty() => {
-                to.insert(key.to_string(), v.clone());
-            }
-            _ => {
-                to.remove(key);
-            }
-        }
+        set_label(
+            to,
+            key,
+            from.get(key).map(String::as_str).unwrap_or_default(),
+        );
     } else {
         return false;
     }

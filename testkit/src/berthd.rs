@@ -398,55 +398,37 @@ impl Drop for Daemon {
     }
 }
 
+/// The Prometheus text of a daemon's `[metrics]` listener on loopback `port`.
+pub fn scrape_metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+    conn.write_all(b"GET /v1/metrics HTTP/1.0\r\n\r\n")
+        .expect("ask for the metrics");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).expect("read the metrics");
+    text
+}
+
+/// The sum of the values of the series in `text` whose line starts with `prefix`.
+pub fn metric_sum(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Removes the cgroup parents (`/<ns>`, and any container cgroup left in them) of the daemon's
 /// namespaces: runc makes them and nothing removes them, as in containerd, so each test's
 /// namespace would leave one in every hierarchy. A test's namespace is its own
 /// (`client/tests/common::claim`, the e2e fixtures); `default` and `k8s.io`, which concurrent
 /// tests share, are left alone.
 fn remove_namespace_cgroups(namespaces: &[String]) {
-    let namespaces: Vec<&String> = namespaces
-        .iter()
-        .filter(|ns| *ns != "default" && *ns != "k8s.io")
-        .filter(|ns| !ns.is_empty() && !ns.contains('/') && !ns.starts_with('.'))
-        .collect();
-    if namespaces.is_empty() {
-        return;
-    }
-    let hierarchies: Vec<std::path::PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (before, after) = l.split_once(" - ")?;
-            let fstype = after.split(' ').next()?;
-            let mount_point = before.split(' ').nth(4)?;
-            (fstype == "cgroup" || fstype == "cgroup2").then(|| mount_point.into())
-        })
-        .collect();
     for ns in namespaces {
-        for h in &hierarchies {
-            remove_cgroup_tree(&h.join(ns));
+        if ns == "default" || ns == "k8s.io" || ns.is_empty() || ns.contains('/') {
+            continue;
         }
-    }
-}
-
-/// rmdir `dir` and the cgroups below it, deepest first, waiting a moment for ones the kernel
-/// still holds (their processes were just killed); whatever stays busy is left.
-fn remove_cgroup_tree(dir: &Path) {
-    let Ok(children) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for child in children.flatten() {
-        if child.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_cgroup_tree(&child.path());
-        }
-    }
-    for _ in 0..50 {
-        match std::fs::remove_dir(dir) {
-            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            _ => return,
-        }
+        // Whatever stays busy (a process the kernel has yet to let go of) is left.
+        let _ = berth_cgroups::dirs::remove_tree(&format!("/{ns}"));
     }
 }
 

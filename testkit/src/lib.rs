@@ -7,6 +7,9 @@
 //! tests exercise that crate as well.
 
 pub mod berthd;
+/// Making, finding and removing a cgroup in every hierarchy, for tests that check or clean up
+/// what runc made (berth's own code, not a copy).
+pub use berth_cgroups::dirs as cgroups;
 pub mod cri_images;
 pub mod crictl;
 pub mod image;

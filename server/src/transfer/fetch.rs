@@ -513,8 +513,8 @@ const MAX_COLLECTED: u32 = 2;
 /// Record a stored blob in `ns` under `lease` (a `/content/create` event when it is new), merging
 /// `labels` into the record the namespace already has: pulls and archive imports alike. Staged:
 /// the transfer makes its records durable together before it answers (`Transferrer::transfer`),
-/// one sync instead of one per blob. NotFound (see `is_collected`) when the collector unlinked the blob before it could be recorded:
-/// the caller stores it again.
+/// one sync instead of one per blob. NotFound (see `is_collected`) when the collector unlinked
+/// the blob before it could be recorded: the caller stores it again.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn record_content(
     meta: &Metadata,

@@ -258,12 +258,8 @@ pub(super) async fn unpack(
 /// cannot remove it once it was seen (its sweep reads the leases again under that lock). A lease
 /// naming a snapshot that turns out absent is harmless: the unpack is about to make it.
 async fn lease_if_present(f: &Fetcher<'_>, scoped: &Arc<Scoped>, chain: &Resource) -> Result<bool> {
-    let (t, ctx) = (f.t, f.ctx);
-    let _in_use = t.meta.snapshot_use_lock().await;
-    // Visible to the collector at once; durable with the transfer's other records.
-    let _staged = t.meta.stage_lease_resource(&ctx.ns, &ctx.lease, chain)?;
-    let (s, c) = (scoped.clone(), chain.id.clone());
-    Ok(blocking(move || s.stat(&c)).await.is_ok())
+    let present = lease_all_if_present(f, scoped, std::slice::from_ref(chain)).await?;
+    Ok(present.first().copied().unwrap_or(false))
 }
 
 /// [`lease_if_present`] for every chain of an image at once: all leased under one hold of the
