@@ -70,18 +70,20 @@ fn directories(mounts: &[CgroupMount], path: &str) -> Vec<(PathBuf, bool)> {
 
 /// Make the cgroup `path` (`/k8s.io/<pod>`) and its missing parents in every hierarchy, as
 /// runc would on the first container's create: a new cpuset level gets its parent's
-/// `cpuset.cpus` and `cpuset.mems` (empty ones refuse every process).
-pub fn create(path: &str) -> io::Result<()> {
+/// `cpuset.cpus` and `cpuset.mems` (empty ones refuse every process). Returns the
+/// directories, one per hierarchy.
+pub fn create(path: &str) -> io::Result<Vec<PathBuf>> {
     check(path)?;
-    for (dir, cpuset) in directories(&cgroup_mounts()?, path) {
-        if cpuset {
-            create_cpuset(&dir)?;
+    let dirs = directories(&cgroup_mounts()?, path);
+    for (dir, cpuset) in &dirs {
+        if *cpuset {
+            create_cpuset(dir)?;
         } else {
-            fs::create_dir_all(&dir)
+            fs::create_dir_all(dir)
                 .map_err(|e| context(e, format_args!("mkdir {}", dir.display())))?;
         }
     }
-    Ok(())
+    Ok(dirs.into_iter().map(|(dir, _)| dir).collect())
 }
 
 fn create_cpuset(dir: &Path) -> io::Result<()> {

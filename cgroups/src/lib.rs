@@ -455,7 +455,7 @@ fn unescape_mountinfo(field: &str) -> String {
 }
 
 /// An OCI `linux.cgroupsPath` of the cgroupfs driver: absolute, and never climbing out.
-fn check_path(path: &str) -> io::Result<()> {
+pub fn check_path(path: &str) -> io::Result<()> {
     if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
         return Err(io::Error::new(
             ErrorKind::InvalidInput,
@@ -1821,7 +1821,11 @@ mod tests {
         let mounts = cgroup_mounts().unwrap();
         let made: Vec<PathBuf> = mounts.iter().filter_map(|m| m.locate(&pod)).collect();
         assert!(!made.is_empty(), "no cgroup mount on this host");
-        dirs::create(&pod).expect("create");
+        let returned = dirs::create(&pod).expect("create");
+        assert!(
+            !returned.is_empty() && returned.iter().all(|d| made.contains(d) && d.is_dir()),
+            "create returns the directories it made: {returned:?}"
+        );
         dirs::create(&pod).expect("create again: already there");
         for dir in &made {
             assert!(dir.is_dir(), "{} was not made", dir.display());

@@ -152,6 +152,8 @@ pub struct NewContainer {
     pub extensions: HashMap<String, prost_types::Any>,
     /// The sandbox (pod) id the record belongs to, or empty.
     pub sandbox: String,
+    /// The runtime's options for the container's tasks (`containerd.runc.v1.Options`), if any.
+    pub runtime_options: Option<prost_types::Any>,
 }
 
 /// Label filter for one name, in containerd's filter language.
@@ -637,7 +639,7 @@ impl Containers {
             image: new.image,
             runtime: Some(Runtime {
                 name: DEFAULT_RUNTIME.to_string(),
-                options: None,
+                options: new.runtime_options,
             }),
             spec: Some(prost_types::Any {
                 type_url: SPEC_TYPE_URL.to_string(),

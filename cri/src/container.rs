@@ -6,6 +6,7 @@ use crate::spec::{self, Inputs, User};
 use crate::store::{self, Container, ContainerState, KIND_CONTAINER, SANDBOX_ID_LABEL};
 use crate::Cri;
 use berth::api::v1::types::Status as TaskStatus;
+use berth_api::containerd::runc::v1::Options as RuncOptions;
 use berth_api::runtime::v1 as cri;
 use berth_errdefs::{Error, Result};
 use std::collections::HashMap;
@@ -281,6 +282,15 @@ impl Cri {
                 labels,
                 extensions,
                 sandbox: pod_id.clone(),
+                // Each container's shim goes in its pod's cgroup: the pod is charged for it (as
+                // CRI-O charges conmon), and its move shares the kernel's wait with runc's. A
+                // parent that is no cgroupfs path (a systemd slice name) is left to runc.
+                runtime_options: pod.state.cgroup_parent.starts_with('/').then(|| {
+                    berth_api::pack_any(&RuncOptions {
+                        shim_cgroup: pod.state.cgroup_parent.clone(),
+                        ..Default::default()
+                    })
+                }),
             })
             .await;
         if let Err(e) = created {

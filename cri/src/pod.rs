@@ -154,7 +154,7 @@ impl Cri {
         // the first container's runc create finds it (a cgroup made in each hierarchy costs
         // that create a few ms). Best effort: runc makes what is missing.
         let cgroup = self.owned_cgroup_parent(id, state).map(|parent| {
-            tokio::task::spawn_blocking(move || berth_cgroups::dirs::create(&parent))
+            tokio::task::spawn_blocking(move || berth_cgroups::dirs::create(&parent).map(drop))
         });
         let result = self.set_up_namespaces(id, config, dir, state).await;
         if let Some(made) = cgroup {

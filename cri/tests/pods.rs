@@ -417,6 +417,16 @@ fn crictl_runs_a_pod_and_its_containers() {
     env.ok(&["logs", "--reopen", &ctr]);
     assert!(log.exists(), "ReopenContainerLog left no file");
 
+    // The container's shim is charged to its pod: it is in the pod's cgroup everywhere.
+    for dir in pod_cgroup_dirs(&pod) {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).expect("cgroup.procs");
+        assert!(
+            procs.lines().any(|pid| is_shim_of(pid, &ctr)),
+            "no shim of {ctr} in {}: {procs:?}",
+            dir.display()
+        );
+    }
+
     // UpdateContainerResources reaches the cgroup.
     env.ok(&["update", "--memory", "104857600", &ctr]);
     let status = env.status(&ctr).expect("ContainerStatus");
@@ -519,6 +529,16 @@ fn crictl_runs_a_pod_and_its_containers() {
 /// has it now.
 fn pod_cgroup_dirs(pod: &str) -> Vec<std::path::PathBuf> {
     berth_testkit::cgroups::existing(&format!("/k8s.io/{pod}")).expect("read the cgroup mounts")
+}
+
+/// Whether process `pid` is the berth-shim serving container `id` (`--id ID` on its command line).
+fn is_shim_of(pid: &str, id: &str) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.first().is_some_and(|a| a.ends_with(b"berth-shim"))
+        && args
+            .windows(2)
+            .any(|w| w[0] == b"--id" && w[1] == id.as_bytes())
 }
 
 /// The pod's netns path, from its verbose status.

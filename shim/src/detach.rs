@@ -79,6 +79,8 @@ fn fail(msg: &str) -> ! {
 }
 
 fn setup(opts: &Options, sock: &Path) -> Result<Server, String> {
+    // First of all, so that it overlaps the rest of the start and the container's create.
+    let cgroup_join = crate::cgroup::spawn_join(opts.cgroup_dirs.clone())?;
     // Let go of the daemon's pipes: it reads our stdout until EOF.
     let null = File::options()
         .read(true)
@@ -143,6 +145,7 @@ fn setup(opts: &Options, sock: &Path) -> Result<Server, String> {
         listener,
         reaper,
     )
+    .map(|server| server.joining_cgroup(cgroup_join))
     .map_err(|e| format!("exits dir: {e}"))
 }
 

@@ -4,6 +4,7 @@
 //! reaper.rs.
 
 mod attach;
+mod cgroup;
 mod crilog;
 mod detach;
 mod io;
@@ -34,7 +35,8 @@ macro_rules! log {
 
 const USAGE: &str = "usage: berth-shim start --namespace NS --id ID --bundle DIR \
 [--socket-dir DIR] [--runtime-binary runc] --runtime-root DIR [--systemd-cgroup] \
-[--no-pivot-root] [--no-new-keyring] [--runtime-timeout-ms MS] [--log FILE]
+[--no-pivot-root] [--no-new-keyring] [--runtime-timeout-ms MS] [--log FILE] \
+[--cgroup-dir DIR]...
        berth-shim --version";
 
 pub struct Options {
@@ -52,6 +54,9 @@ pub struct Options {
     /// How long one runtime command may run before it is killed and its call fails.
     pub runtime_timeout: std::time::Duration,
     pub log: Option<PathBuf>,
+    /// The shim's own cgroup, one directory per hierarchy (`/sys/fs/cgroup/memory/k8s.io/pod`):
+    /// the shim moves itself there (see cgroup.rs). berthd resolves the cgroup path.
+    pub cgroup_dirs: Vec<PathBuf>,
 }
 
 /// Without `--runtime-timeout-ms`: long enough for slow hooks, short enough to come back.
@@ -69,6 +74,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
     let mut no_new_keyring = false;
     let mut runtime_timeout_ms = DEFAULT_RUNTIME_TIMEOUT_MS;
     let mut log = None;
+    let mut cgroup_dirs = Vec::new();
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or_else(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -89,6 +95,13 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
                 };
             }
             "--log" => log = Some(PathBuf::from(val()?)),
+            "--cgroup-dir" => {
+                let dir = PathBuf::from(val()?);
+                if !dir.is_absolute() {
+                    return Err(format!("--cgroup-dir {}: not absolute", dir.display()));
+                }
+                cgroup_dirs.push(dir);
+            }
             _ => return Err(format!("unknown argument {a:?}")),
         }
     }
@@ -132,6 +145,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         no_new_keyring,
         runtime_timeout: std::time::Duration::from_millis(runtime_timeout_ms),
         log,
+        cgroup_dirs,
     })
 }
 

@@ -2,6 +2,7 @@
 //! run from one `poll(2)`. Requests are handled one at a time, to completion — except
 //! `wait`, which parks its connection until the process is finished.
 
+use crate::cgroup;
 use crate::io::{self, ConsoleSocket, Interest};
 use crate::log;
 use crate::logger;
@@ -119,6 +120,8 @@ pub struct Server {
     /// loop, never from inside another request's handler.
     resume: Vec<u64>,
     shutting_down: bool,
+    /// The move into the shim's own cgroup, until `create` has waited for it.
+    cgroup_join: Option<cgroup::Joining>,
 }
 
 impl Server {
@@ -151,7 +154,14 @@ impl Server {
             unknown_exits: HashMap::new(),
             resume: Vec::new(),
             shutting_down: false,
+            cgroup_join: None,
         })
+    }
+
+    /// The shim's move into its own cgroup, which `create` waits for.
+    pub fn joining_cgroup(mut self, joining: Option<cgroup::Joining>) -> Self {
+        self.cgroup_join = joining;
+        self
     }
 
     /// Serve until a successful `shutdown`.
@@ -649,7 +659,13 @@ impl Server {
             .runc
             .create(&id, &pid_file, console.as_ref().map(|c| c.path()), stdio);
         self.after_runc();
+        let joining = self.cgroup_join.take();
         let setup = created.and_then(|()| {
+            // The shim's move into its cgroup ran beside runc; a shim outside the cgroup asked
+            // for fails the create, as containerd's fails its start.
+            if let Some(joining) = joining {
+                cgroup::finish(joining)?;
+            }
             let pid = read_pid_file(&pid_file)?;
             let io = match &console {
                 Some(cs) => cs

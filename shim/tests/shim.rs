@@ -813,3 +813,44 @@ fn a_hung_runtime_is_killed_at_the_bound_and_the_shim_keeps_serving() {
     let state = b.state("").expect("state after the timeout");
     assert_eq!(state.status, Status::Created, "{state:?}");
 }
+
+/// `--cgroup-dir`: the shim moves itself into its own cgroup (the CRI's pod cgroup) beside the
+/// container's create, which fails, leaving no container, when the move cannot be made.
+#[test]
+fn the_shim_joins_its_cgroup_and_a_create_fails_without_it() {
+    let cgroup = format!("/berth-shim-test-{}", std::process::id());
+    let dirs = berth_testkit::cgroups::create(&cgroup).expect("make the test cgroup");
+    let mut with_cgroup = Bundle::prepare("shimcg", &["sleep", "30"], false);
+    with_cgroup.extra_shim_args = dirs
+        .iter()
+        .flat_map(|d| ["--cgroup-dir".to_string(), d.display().to_string()])
+        .collect();
+    let b = with_cgroup.start_shim_with(&[SHIM]);
+    b.create("", "", "", false);
+    let shim_pid = b.shim_pid.to_string();
+    for dir in &dirs {
+        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|p| p == shim_pid),
+            "shim {shim_pid} is not in {}: {procs:?}",
+            dir.display()
+        );
+    }
+    b.finish();
+    // The shim has exited: its cgroup can go.
+    berth_testkit::cgroups::remove(&cgroup).expect("remove the test cgroup");
+
+    let mut missing = Bundle::prepare("shimcg-missing", &["sleep", "30"], false);
+    let gone = dirs[0].join("not-there");
+    missing.extra_shim_args = vec!["--cgroup-dir".into(), gone.display().to_string()];
+    let b = missing.start_shim_with(&[SHIM]);
+    let err = shim_error(b.call::<PidReply>(Request::Create(CreateRequest::default())));
+    assert!(
+        err.message.contains(&gone.display().to_string()),
+        "{}",
+        err.message
+    );
+    assert_eq!(shim_error(b.state("")).kind, ErrorKind::NotFound);
+    let _: Empty = b.call(Request::Shutdown).unwrap();
+    b.assert_clean();
+}

@@ -23,6 +23,8 @@ pub struct NewTask<'a> {
     pub bundle: &'a Path,
     pub socket_dir: &'a Path,
     pub stdio: &'a Stdio,
+    /// The shim's own cgroup, one directory per hierarchy; empty: berthd's.
+    pub shim_cgroup_dirs: &'a [PathBuf],
 }
 
 /// What reconnecting to a task's backend after a restart found.

@@ -25,6 +25,9 @@ pub struct RuntimeConfig {
     pub no_pivot_root: bool,
     /// `runc create --no-new-keyring`.
     pub no_new_keyring: bool,
+    /// The cgroup the shim moves itself into (`/k8s.io/<pod>`); empty: it stays in berthd's.
+    /// Made in every hierarchy if missing, as runc makes a container's.
+    pub shim_cgroup: String,
 }
 
 impl RuntimeConfig {
@@ -40,6 +43,10 @@ impl RuntimeConfig {
                 "runtimes.{name}.binary_name must not be empty"
             )));
         }
+        if !self.shim_cgroup.is_empty() {
+            berth_cgroups::check_path(&self.shim_cgroup)
+                .map_err(|e| Error::invalid(format!("runtimes.{name}.shim_cgroup: {e}")))?;
+        }
         Ok(())
     }
 }
@@ -53,6 +60,7 @@ impl Default for RuntimeConfig {
             systemd_cgroup: false,
             no_pivot_root: false,
             no_new_keyring: false,
+            shim_cgroup: String::new(),
         }
     }
 }

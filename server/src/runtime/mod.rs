@@ -331,6 +331,9 @@ impl TaskManager {
             rt.systemd_cgroup |= o.systemd_cgroup;
             rt.no_pivot_root |= o.no_pivot_root;
             rt.no_new_keyring |= o.no_new_keyring;
+            if !o.shim_cgroup.is_empty() {
+                rt.shim_cgroup = o.shim_cgroup;
+            }
         }
         if rt.root.as_os_str().is_empty() {
             rt.root = self.state_dir.join("runc");
@@ -398,17 +401,24 @@ impl TaskManager {
         let prepared = {
             let (bundle, socket_dir, record) = (bundle.clone(), socket_dir.clone(), record.clone());
             let rootfs = crate::snapshots::from_api_mounts(req.rootfs.clone());
-            blocking(move || prepare_bundle(&bundle, &socket_dir, &record, &spec, &rootfs)).await
+            let shim_cgroup = rt.shim_cgroup.clone();
+            blocking(move || {
+                let dirs = shim_cgroup_dirs(&shim_cgroup)?;
+                prepare_bundle(&bundle, &socket_dir, &record, &spec, &rootfs)?;
+                Ok(dirs)
+            })
+            .await
         };
         let bundle_ready = started.elapsed();
         let launched = match prepared {
-            Ok(()) => {
+            Ok(shim_cgroup_dirs) => {
                 self.backends
                     .create(NewTask {
                         record: &record,
                         bundle: &bundle,
                         socket_dir: &socket_dir,
                         stdio: &req.stdio,
+                        shim_cgroup_dirs: &shim_cgroup_dirs,
                     })
                     .await
             }
@@ -748,6 +758,21 @@ impl Task {
     }
 }
 
+/// The directories of the cgroup the shim is to join (`shim_cgroup`), made where missing; none
+/// for "".
+fn shim_cgroup_dirs(path: &str) -> Result<Vec<PathBuf>> {
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    berth_cgroups::dirs::create(path).map_err(|e| {
+        let msg = format!("shim cgroup {path:?}: {e}");
+        match e.kind() {
+            std::io::ErrorKind::InvalidInput => Error::invalid(msg),
+            _ => Error::internal(msg),
+        }
+    })
+}
+
 /// Bundle (0700) with config.json, task.json and the mounted rootfs; the socket dir (0700).
 fn prepare_bundle(
     bundle: &Path,
@@ -906,5 +931,25 @@ mod tests {
                 panic!("task {id}: {e}");
             }
         }
+    }
+
+    /// A task's shim cgroup that could climb out of the cgroup tree is refused before anything
+    /// is made; none asked for, none made.
+    #[test]
+    fn a_shim_cgroup_must_be_an_absolute_cgroupfs_path() {
+        for bad in ["relative/pod", "/k8s.io/../escape"] {
+            let err = shim_cgroup_dirs(bad).expect_err(bad);
+            assert_eq!(
+                err.kind(),
+                berth_errdefs::Kind::InvalidArgument,
+                "{bad}: {err}"
+            );
+        }
+        assert!(shim_cgroup_dirs("").expect("no cgroup").is_empty());
+        let cfg = RuntimeConfig {
+            shim_cgroup: "pods/x".into(),
+            ..Default::default()
+        };
+        assert!(cfg.validate("r").is_err());
     }
 }

@@ -109,6 +109,7 @@ struct Launch<'a> {
     pub systemd_cgroup: bool,
     pub no_pivot_root: bool,
     pub no_new_keyring: bool,
+    pub cgroup_dirs: &'a [PathBuf],
     /// The bound on `berth-shim start` itself.
     pub timeout: Duration,
     /// Passed to the shim: the bound on each runtime command it runs.
@@ -142,6 +143,9 @@ async fn launch(l: &Launch<'_>) -> Result<PathBuf> {
         // Its own group, so that on timeout whatever it started and did not detach goes too.
         .process_group(0)
         .kill_on_drop(true);
+    for dir in l.cgroup_dirs {
+        cmd.arg("--cgroup-dir").arg(dir);
+    }
     for (set, flag) in [
         (l.systemd_cgroup, "--systemd-cgroup"),
         (l.no_pivot_root, "--no-pivot-root"),
@@ -410,6 +414,7 @@ pub(super) async fn create(
         systemd_cgroup: record.systemd_cgroup,
         no_pivot_root: record.no_pivot_root,
         no_new_keyring: record.no_new_keyring,
+        cgroup_dirs: t.shim_cgroup_dirs,
         timeout: settings.start_timeout,
         runtime_timeout: settings.runtime_timeout,
     })

@@ -1354,6 +1354,32 @@ fn a_runtime_named_in_the_config_is_used() {
 }
 
 #[test]
+fn a_runtime_with_a_shim_cgroup_puts_each_shim_there() {
+    // containerd's runc option shim_cgroup (the CRI's pod cgroup): the shim moves itself there,
+    // the cgroup made if missing; the container's own cgroup is runc's, as before.
+    let cgroup = format!("/berth-e2e-shimcg-{}", std::process::id());
+    let f = Fixture::start_with_config(
+        "berth-e2e-shimcg",
+        &format!("[runtimes.incg]\nshim_cgroup = \"{cgroup}\"\n"),
+    );
+    f.run_d_with(&["--runtime", "incg"], "shimcg-d", &["sleep", "1000"]);
+    let shim = shim_of(f.d.dir.path(), "shimcg-d").expect("the shim of shimcg-d");
+    let dirs = berth_testkit::cgroups::existing(&cgroup).expect("the shim cgroup");
+    assert!(!dirs.is_empty(), "{cgroup} was not made");
+    for dir in &dirs {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        assert!(
+            procs.lines().any(|p| p == shim.to_string()),
+            "shim {shim} is not in {}: {procs:?}",
+            dir.display()
+        );
+    }
+    f.remove("shimcg-d");
+    // The shim is gone, so its cgroup can go.
+    berth_testkit::cgroups::remove(&cgroup).expect("remove the shim cgroup");
+}
+
+#[test]
 fn runc_options_reach_runc() {
     // ctr run --no-pivot sends containerd.runc.v1.Options{no_pivot_root} with the task; the
     // shim runs `runc create --no-pivot`, and the container still runs.

@@ -30,6 +30,8 @@ pub struct Bundle {
     pub runc_root: tempfile::TempDir,
     pub sock: PathBuf,
     pub shim_pid: u32,
+    /// Appended to the shim's arguments by [`Bundle::shim_args`].
+    pub extra_shim_args: Vec<String>,
 }
 
 /// The OCI spec `runc spec` generates, for busybox, with a /tmp tmpfs.
@@ -129,6 +131,7 @@ impl Bundle {
             runc_root,
             sock,
             shim_pid: 0,
+            extra_shim_args: Vec::new(),
         }
     }
 
@@ -167,6 +170,9 @@ impl Bundle {
             "--log".into(),
             self.bundle().join("shim.log").display().to_string(),
         ]
+        .into_iter()
+        .chain(self.extra_shim_args.iter().cloned())
+        .collect()
     }
 
     pub fn bundle(&self) -> &Path {
