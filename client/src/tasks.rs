@@ -77,6 +77,21 @@ impl Tasks {
 
     /// Create the container's task (runc create): its rootfs mounts come from the snapshot.
     pub async fn create(&self, container: &ContainerInfo, io: &TaskIo) -> Result<u32> {
+        self.create_with(container, io, false).await
+    }
+
+    /// Create the task and start it, in one call and one runtime command (`runc run
+    /// --detach`): berth's `berth-start-on-create` header, which berthd alone understands.
+    pub async fn create_started(&self, container: &ContainerInfo, io: &TaskIo) -> Result<u32> {
+        self.create_with(container, io, true).await
+    }
+
+    async fn create_with(
+        &self,
+        container: &ContainerInfo,
+        io: &TaskIo,
+        start: bool,
+    ) -> Result<u32> {
         let mounts = MountsRequest {
             snapshotter: container.snapshotter.clone(),
             key: container.snapshot_key.clone(),
@@ -95,12 +110,14 @@ impl Tasks {
             terminal: io.terminal,
             ..Default::default()
         };
-        Ok(self
-            .api()
-            .create(self.client.request(req))
-            .await?
-            .into_inner()
-            .pid)
+        let mut req = self.client.request(req);
+        if start {
+            req.metadata_mut().insert(
+                berth_api::START_ON_CREATE_HEADER,
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+        }
+        Ok(self.api().create(req).await?.into_inner().pid)
     }
 
     /// Start the init process (`exec_id` empty) or an exec.

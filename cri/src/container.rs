@@ -421,18 +421,14 @@ impl Cri {
             io.stderr = uri;
         }
         let tasks = self.client.tasks();
-        let mut before = store::now_ns();
-        let started = async {
-            tasks.create(&c.info, &io).await?;
-            before = store::now_ns();
-            tasks.start(&id, "").await
-        }
-        .await;
+        // Created and started by one runtime command (runc run --detach), one call.
+        let before = store::now_ns();
+        let started = tasks.create_started(&c.info, &io).await;
         let mut state = c.state.clone();
         match started {
             Ok(pid) => {
-                // Taken here, not from /proc's boot-relative start time, which can read earlier
-                // than the creation it follows.
+                // Taken just before the call that started it, not from /proc's boot-relative
+                // start time, which can read earlier than the creation it follows.
                 state.started_at = before;
                 self.save_state(&id, &state).await?;
                 tracing::info!(container = %id, pid, "container started");

@@ -36,6 +36,11 @@ macro_rules! generated {
 pub const NAMESPACE_HEADER: &str = "containerd-namespace";
 /// The gRPC metadata header naming the lease a call's new resources join.
 pub const LEASE_HEADER: &str = "containerd-lease";
+/// berth's own header on Tasks.Create: with the value `true` the task is started too, by one
+/// runtime command (`runc run --detach`) instead of Create's `runc create` and Start's `runc
+/// start`; /tasks/create and /tasks/start are published as for the two calls. containerd
+/// ignores the header (its task is only created), so a client sends it only to berthd.
+pub const START_ON_CREATE_HEADER: &str = "berth-start-on-create";
 
 /// Encoded `google.protobuf.FileDescriptorSet` for every file in this crate
 /// (including imported well-known types), e.g. for gRPC server reflection.

@@ -27,6 +27,7 @@ pub enum Request {
     /// Protocol version, shim version and pid.
     Version,
     /// `runc create` of the bundle's config.json; reply [`PidReply`] (status becomes created).
+    /// With `start`, `runc run --detach`: the reply comes once init runs (status running).
     Create(CreateRequest),
     /// `runc start` for init, `runc exec --detach` for an exec; reply [`PidReply`].
     Start {
@@ -127,6 +128,10 @@ pub struct CreateRequest {
     pub stderr: String,
     #[serde(default)]
     pub terminal: bool,
+    /// Start init too, in the same runtime command (one `runc run --detach` instead of
+    /// `runc create` and `runc start`).
+    #[serde(default)]
+    pub start: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

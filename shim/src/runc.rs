@@ -182,21 +182,26 @@ impl Runc {
         self.spawn_wait(cmd, None)
     }
 
+    /// `runc create`, or with `start` `runc run --detach` (created and started at once).
     pub fn create(
         &mut self,
         id: &str,
         pid_file: &Path,
         console_socket: Option<&Path>,
         stdio: ProcStdio,
+        start: bool,
     ) -> Result<(), String> {
         let bundle = self.bundle.clone();
-        let mut args: Vec<&OsStr> = vec![
-            "create".as_ref(),
+        let mut args: Vec<&OsStr> = match start {
+            true => vec!["run".as_ref(), "--detach".as_ref()],
+            false => vec!["create".as_ref()],
+        };
+        args.extend::<[&OsStr; 4]>([
             "--bundle".as_ref(),
             bundle.as_os_str(),
             "--pid-file".as_ref(),
             pid_file.as_os_str(),
-        ];
+        ]);
         if let Some(s) = console_socket {
             args.extend(["--console-socket".as_ref(), s.as_os_str()]);
         }

@@ -655,9 +655,13 @@ impl Server {
         let _ = std::fs::remove_file(&pid_file);
         let stdio = prepared.take_proc_stdio();
         let id = self.id.clone();
-        let created = self
-            .runc
-            .create(&id, &pid_file, console.as_ref().map(|c| c.path()), stdio);
+        let created = self.runc.create(
+            &id,
+            &pid_file,
+            console.as_ref().map(|c| c.path()),
+            stdio,
+            c.start,
+        );
         self.after_runc();
         let joining = self.cgroup_join.take();
         let setup = created.and_then(|()| {
@@ -697,8 +701,18 @@ impl Server {
         );
         p.pid = pid;
         p.io = io;
+        if c.start {
+            p.status = Status::Running;
+        }
         self.procs.insert(String::new(), p);
-        log!("created, init pid {pid}");
+        // Started, init may have exited before its pid was known (see reaper.rs).
+        if let Some(status) = self.unknown_exits.remove(&pid) {
+            self.record_exit("", status);
+        }
+        log!(
+            "{}, init pid {pid}",
+            if c.start { "started" } else { "created" }
+        );
         ok(PidReply { pid })
     }
 

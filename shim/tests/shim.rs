@@ -693,6 +693,7 @@ fn binary_logger_errors() {
             stdout: uri.into(),
             stderr: uri.into(),
             terminal: false,
+            start: false,
         })));
         assert!(
             matches!(e.kind, ErrorKind::InvalidArgument | ErrorKind::Internal),
@@ -709,6 +710,7 @@ fn binary_logger_errors() {
         stdout: "binary:///bin/true".into(),
         stderr: "file:///tmp/x".into(),
         terminal: false,
+        start: false,
     })));
     assert!(e.message.contains("stdout and stderr together"), "{e:?}");
     assert_eq!(shim_error(b.state("")).kind, ErrorKind::NotFound);
@@ -851,6 +853,45 @@ fn the_shim_joins_its_cgroup_and_a_create_fails_without_it() {
         err.message
     );
     assert_eq!(shim_error(b.state("")).kind, ErrorKind::NotFound);
+    let _: Empty = b.call(Request::Shutdown).unwrap();
+    b.assert_clean();
+}
+
+/// `create` with `start`: one `runc run --detach`; init runs when the reply comes, and an init
+/// that exits at once still has its exit recorded.
+#[test]
+fn create_with_start_runs_init_at_once() {
+    let b = Bundle::new("runnow", &["sleep", "30"], false);
+    let r: PidReply = b
+        .call(Request::Create(CreateRequest {
+            start: true,
+            ..Default::default()
+        }))
+        .unwrap();
+    let st = b.state("").unwrap();
+    assert_eq!((st.status, st.pid), (Status::Running, r.pid));
+    assert!(process_alive(r.pid));
+    // Already started: a start is a wrong transition.
+    assert_eq!(
+        shim_error(b.call::<PidReply>(Request::Start {
+            exec_id: String::new()
+        }))
+        .kind,
+        ErrorKind::FailedPrecondition
+    );
+    b.finish();
+
+    let b = Bundle::new("runexit", &["sh", "-c", "exit 5"], false);
+    let r: PidReply = b
+        .call(Request::Create(CreateRequest {
+            start: true,
+            ..Default::default()
+        }))
+        .unwrap();
+    let exit = b.wait("");
+    assert_eq!((exit.pid, exit.exit_status), (r.pid, 5));
+    let del = b.delete("", false).unwrap();
+    assert_eq!(del.exit_status, 5);
     let _: Empty = b.call(Request::Shutdown).unwrap();
     b.assert_clean();
 }

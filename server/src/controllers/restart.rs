@@ -389,6 +389,7 @@ impl RestartMonitor {
                     rootfs,
                     stdio,
                     options: None,
+                    start: false,
                 },
             )
             .await;

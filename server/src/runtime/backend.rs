@@ -25,6 +25,8 @@ pub struct NewTask<'a> {
     pub stdio: &'a Stdio,
     /// The shim's own cgroup, one directory per hierarchy; empty: berthd's.
     pub shim_cgroup_dirs: &'a [PathBuf],
+    /// Start init as well (one runtime command).
+    pub start: bool,
 }
 
 /// What reconnecting to a task's backend after a restart found.

@@ -96,6 +96,8 @@ pub struct CreateTask {
     pub stdio: Stdio,
     /// `containerd.runc.v1.Options` for this task; overrides the container's.
     pub options: Option<prost_types::Any>,
+    /// Start the task too ([`berth_api::START_ON_CREATE_HEADER`]).
+    pub start: bool,
 }
 
 /// A table slot: `Creating` while a reservation holds the id for a create, `Busy` while a
@@ -419,6 +421,7 @@ impl TaskManager {
                         socket_dir: &socket_dir,
                         stdio: &req.stdio,
                         shim_cgroup_dirs: &shim_cgroup_dirs,
+                        start: req.start,
                     })
                     .await
             }
@@ -447,6 +450,11 @@ impl TaskManager {
             pid,
             lifecycle: Default::default(),
         });
+        // Started already: its exit, if it comes at once, is published after /tasks/start.
+        let started = match req.start {
+            true => Some(task.lifecycle.lock().await),
+            false => None,
+        };
         // The caller's reservation now finds the slot Ready and leaves it.
         self.lock()
             .insert((ns.clone(), id.clone()), Slot::Ready(task.clone()));
@@ -472,6 +480,17 @@ impl TaskManager {
                 pid,
             },
         );
+        if started.is_some() {
+            self.events.publish(
+                &ns,
+                "/tasks/start",
+                &TaskStart {
+                    container_id: task.record.id.clone(),
+                    pid,
+                },
+            );
+        }
+        drop(started);
         Ok(task)
     }
 

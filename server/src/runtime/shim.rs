@@ -365,13 +365,15 @@ impl ShimSocket {
 }
 
 impl ShimSocket {
-    /// `runc create` the task's init through a freshly launched shim; its pid.
-    pub async fn create(&self, stdio: &Stdio) -> Result<u32> {
+    /// `runc create` the task's init through a freshly launched shim (`runc run --detach`
+    /// with `start`); its pid.
+    pub async fn create(&self, stdio: &Stdio, start: bool) -> Result<u32> {
         let req = Request::Create(wire::CreateRequest {
             stdin: stdio.stdin.clone(),
             stdout: stdio.stdout.clone(),
             stderr: stdio.stderr.clone(),
             terminal: stdio.terminal,
+            start,
         });
         let r: wire::PidReply = self.call(&req, Some(SLOW_CALL)).await?;
         Ok(r.pid)
@@ -424,7 +426,7 @@ pub(super) async fn create(
         task: record.id.clone(),
         path,
     };
-    let created = shim.create(t.stdio).await;
+    let created = shim.create(t.stdio, t.start).await;
     tracing::debug!(
         task = %record.id,
         runc_create_ms = launched.elapsed().as_secs_f64() * 1e3,

@@ -7,6 +7,7 @@ use berth_api::containerd::runc::v1::ProcessDetails;
 use berth_api::containerd::services::tasks::v1::{tasks_server::Tasks, *};
 use berth_api::containerd::types::Metric;
 use berth_api::containerd::v1::types::{Process, ProcessInfo, Status as ApiStatus};
+use berth_api::START_ON_CREATE_HEADER;
 use berth_cgroups::Cgroup;
 use berth_errdefs::{Error, Result};
 use berth_metadata::filters::{Adaptor, Filter};
@@ -128,6 +129,7 @@ impl Tasks for TasksService {
         req: tonic::Request<CreateTaskRequest>,
     ) -> RpcResult<CreateTaskResponse> {
         let ns = namespace(&req)?;
+        let start = start_on_create(&req)?;
         let r = req.into_inner();
         let id = container_id(&r.container_id)?;
         if r.checkpoint.is_some() {
@@ -168,6 +170,7 @@ impl Tasks for TasksService {
                         terminal: r.terminal,
                     },
                     options: r.options,
+                    start,
                 },
             )
             .await;
@@ -425,5 +428,19 @@ impl Tasks for TasksService {
             exit_status: exit.exit_status,
             exited_at: exit.exited_at.map(timestamp),
         })
+    }
+}
+
+/// Whether a Tasks.Create asks to start the task too (berth's `berth-start-on-create: true`).
+fn start_on_create<T>(req: &tonic::Request<T>) -> Result<bool> {
+    match req.metadata().get(START_ON_CREATE_HEADER) {
+        None => Ok(false),
+        Some(v) => match v.to_str() {
+            Ok("true") => Ok(true),
+            Ok("false") => Ok(false),
+            _ => Err(Error::invalid(format!(
+                "{START_ON_CREATE_HEADER}: {v:?} is neither true nor false"
+            ))),
+        },
     }
 }

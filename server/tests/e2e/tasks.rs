@@ -1633,6 +1633,49 @@ fn task_events_are_published() {
 }
 
 #[test]
+fn a_create_with_the_start_header_runs_the_task_in_one_call() {
+    // berth's `berth-start-on-create: true`: created and started by one runc command; the
+    // events are those of Create and Start, in that order; a bad value changes nothing.
+    let f = Fixture::start("berth-e2e-startcreate");
+    let ns = f.ns;
+    let g = Grpc::connect(&f);
+    let mut ev = Events::start(&f.d);
+    f.ctr(&["containers", "create", IMAGE, "sc-run", "sleep", "1000"]);
+    let with_header = |value: &'static str| {
+        let mut c = g.tasks.clone();
+        let mut req = g.req(CreateTaskRequest {
+            container_id: "sc-run".into(),
+            rootfs: g.mounts("sc-run"),
+            ..Default::default()
+        });
+        req.metadata_mut()
+            .insert(berth_api::START_ON_CREATE_HEADER, value.parse().unwrap());
+        g.block("Tasks.Create", async move { c.create(req).await })
+    };
+    let err = with_header("yes").expect_err("a header value that is not a bool");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(f.tasks().is_empty(), "{:?}", f.tasks());
+
+    let pid = with_header("true").expect("create and start").pid;
+    let p = g.get("sc-run", "").expect("Tasks.Get");
+    assert_eq!((p.pid, p.status), (pid, ProcessStatus::Running as i32));
+    let created = ev.expect("/tasks/create of sc-run", |e| {
+        e.is(ns, "/tasks/create", "sc-run")
+    });
+    let started = ev.expect("/tasks/start of sc-run", |e| {
+        e.is(ns, "/tasks/start", "sc-run") && e.body["pid"] == pid
+    });
+    assert!(created < started, "{:?}", ev.seen);
+    // Already running: a Start is a wrong transition.
+    let err = g.start("sc-run", "").expect_err("start of a running task");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    g.kill("sc-run", 9).expect("kill");
+    assert_eq!(g.wait("sc-run", "").expect("wait").exit_status, 137);
+    g.delete("sc-run").expect("delete");
+    f.ctr(&["containers", "rm", "sc-run"]);
+}
+
+#[test]
 fn out_of_memory_is_published() {
     let f = Fixture::start("berth-e2e-oom");
     let ns = f.ns;

@@ -203,6 +203,7 @@ impl Bundle {
                 stdout: stdout.into(),
                 stderr: stderr.into(),
                 terminal,
+                start: false,
             }))
             .expect("create");
         r.pid
