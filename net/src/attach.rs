@@ -477,7 +477,12 @@ impl Net {
             if dir.join("record.json").exists() {
                 return Err(Error::AlreadyExists(format!("network attachment of {key}")));
             }
-            for other in self.records()? {
+            // Every other attachment's record is read only when there are ports to check.
+            let others = match opts.ports.is_empty() {
+                true => Vec::new(),
+                false => self.records()?,
+            };
+            for other in others {
                 for mine in &opts.ports {
                     if let Some(theirs) = other.ports.iter().find(|p| p.clashes(mine)) {
                         return Err(Error::AlreadyExists(format!(
