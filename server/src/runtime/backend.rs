@@ -58,12 +58,18 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// Start what runs the task and create its init process: the backend and init's pid. On
-    /// failure nothing of the backend is left running (the bundle is the caller's).
-    pub async fn create(&self, t: NewTask<'_>) -> Result<(TaskBackend, u32)> {
+    /// Start what runs the task and create its init process: the backend and init's pid. The
+    /// backend starts while `bundle_filled` (the rootfs mount, the spec) completes; init is
+    /// created once it has. On failure nothing of the backend is left running (the bundle is
+    /// the caller's).
+    pub async fn create(
+        &self,
+        t: NewTask<'_>,
+        bundle_filled: impl std::future::Future<Output = Result<()>>,
+    ) -> Result<(TaskBackend, u32)> {
         match t.record.runtime_type.as_str() {
             DEFAULT_RUNTIME => {
-                let (socket, pid) = shim::create(&self.shim, &t).await?;
+                let (socket, pid) = shim::create(&self.shim, &t, bundle_filled).await?;
                 Ok((TaskBackend::Shim(socket), pid))
             }
             other => Err(unsupported(other)),

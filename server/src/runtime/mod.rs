@@ -400,13 +400,15 @@ impl TaskManager {
         let started = std::time::Instant::now();
         // Leftovers of a create that died with an earlier daemon go first.
         remove_task_dirs(&bundle, &socket_dir).await?;
+        // The directories first: the shim starts in them while the rootfs is mounted and the
+        // spec written beside its start (it reads neither before `create`).
         let prepared = {
             let (bundle, socket_dir, record) = (bundle.clone(), socket_dir.clone(), record.clone());
-            let rootfs = crate::snapshots::from_api_mounts(req.rootfs.clone());
             let shim_cgroup = rt.shim_cgroup.clone();
+            let spec = spec.clone();
             blocking(move || {
                 let dirs = shim_cgroup_dirs(&shim_cgroup)?;
-                prepare_bundle(&bundle, &socket_dir, &record, &spec, &rootfs)?;
+                prepare_bundle_dirs(&bundle, &socket_dir, &record, &spec)?;
                 Ok(dirs)
             })
             .await
@@ -414,15 +416,23 @@ impl TaskManager {
         let bundle_ready = started.elapsed();
         let launched = match prepared {
             Ok(shim_cgroup_dirs) => {
+                let filled = {
+                    let bundle = bundle.clone();
+                    let rootfs = crate::snapshots::from_api_mounts(req.rootfs.clone());
+                    blocking(move || fill_bundle(&bundle, &spec, &rootfs))
+                };
                 self.backends
-                    .create(NewTask {
-                        record: &record,
-                        bundle: &bundle,
-                        socket_dir: &socket_dir,
-                        stdio: &req.stdio,
-                        shim_cgroup_dirs: &shim_cgroup_dirs,
-                        start: req.start,
-                    })
+                    .create(
+                        NewTask {
+                            record: &record,
+                            bundle: &bundle,
+                            socket_dir: &socket_dir,
+                            stdio: &req.stdio,
+                            shim_cgroup_dirs: &shim_cgroup_dirs,
+                            start: req.start,
+                        },
+                        filled,
+                    )
                     .await
             }
             Err(e) => Err(e),
@@ -792,20 +802,15 @@ fn shim_cgroup_dirs(path: &str) -> Result<Vec<PathBuf>> {
     })
 }
 
-/// Bundle (0700) with config.json, task.json and the mounted rootfs; the socket dir (0700).
-fn prepare_bundle(
+/// The bundle (0700) with task.json, and the socket dir (0700): what the shim starts in.
+fn prepare_bundle_dirs(
     bundle: &Path,
     socket_dir: &Path,
     record: &TaskRecord,
     spec: &[u8],
-    rootfs: &[berth_snapshotter::Mount],
 ) -> Result<()> {
     make_bundle_dir(bundle)?;
     mkdir_private(socket_dir)?;
-    let write = |name: &str, bytes: &[u8]| {
-        let path = bundle.join(name);
-        std::fs::write(&path, bytes).map_err(|e| Error::io(format!("write {}", path.display()), e))
-    };
     if let Some(gid) = remapped_root_gid(spec)? {
         // With a user namespace, runc's container root must reach the rootfs through the bundle
         // (as containerd does): group of the remapped root, 0710; others still get nothing.
@@ -816,8 +821,17 @@ fn prepare_bundle(
     }
     let record_json = serde_json::to_vec(record)
         .map_err(|e| Error::internal(format!("encoding task record: {e}")))?;
-    write("task.json", &record_json)?;
-    write("config.json", spec)?;
+    write_in_bundle(bundle, "task.json", &record_json)
+}
+
+fn write_in_bundle(bundle: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let path = bundle.join(name);
+    std::fs::write(&path, bytes).map_err(|e| Error::io(format!("write {}", path.display()), e))
+}
+
+/// The rest of the bundle, which runc reads: config.json and the mounted rootfs.
+fn fill_bundle(bundle: &Path, spec: &[u8], rootfs: &[berth_snapshotter::Mount]) -> Result<()> {
+    write_in_bundle(bundle, "config.json", spec)?;
     if !rootfs.is_empty() {
         let target = bundle.join("rootfs");
         mkdir_private(&target)?;

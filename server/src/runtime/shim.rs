@@ -398,14 +398,15 @@ impl ShimSocket {
     }
 }
 
-/// The berth-shim backend's create: launch a shim for the prepared bundle and `runc create` init
-/// through it. A shim whose create failed is shut down.
+/// The berth-shim backend's create: launch a shim for the bundle while `bundle_filled` completes
+/// it, then `runc create` init through the shim. A shim whose create failed is shut down.
 pub(super) async fn create(
     settings: &super::backend::ShimSettings,
     t: &super::backend::NewTask<'_>,
+    bundle_filled: impl std::future::Future<Output = Result<()>>,
 ) -> Result<(ShimSocket, u32)> {
     let record = t.record;
-    let path = launch(&Launch {
+    let launch_args = Launch {
         shim: &settings.binary,
         namespace: &record.namespace,
         id: &record.id,
@@ -419,13 +420,18 @@ pub(super) async fn create(
         cgroup_dirs: t.shim_cgroup_dirs,
         timeout: settings.start_timeout,
         runtime_timeout: settings.runtime_timeout,
-    })
-    .await?;
-    let launched = std::time::Instant::now();
+    };
+    let (launched, filled) = tokio::join!(launch(&launch_args), bundle_filled);
     let shim = ShimSocket {
         task: record.id.clone(),
-        path,
+        path: launched?,
     };
+    if let Err(e) = filled {
+        // Nothing was created: the shim may go.
+        let _ = shim.shutdown().await;
+        return Err(e);
+    }
+    let launched = std::time::Instant::now();
     let created = shim.create(t.stdio, t.start).await;
     tracing::debug!(
         task = %record.id,
