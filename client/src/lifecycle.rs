@@ -378,7 +378,8 @@ impl Client {
             }
             _ => (None, None),
         };
-        let pid = match tasks.create(container, &io).await {
+        // Created and started by one call and one runtime command; a failure leaves no task.
+        let pid = match tasks.create_started(container, &io).await {
             Ok(pid) => pid,
             Err(e) => {
                 if let Some(a) = attached {
@@ -387,13 +388,6 @@ impl Client {
                 return Err(e.classify_start());
             }
         };
-        if let Err(e) = tasks.start(&container.id, "").await {
-            if let Some(a) = attached {
-                a.cancel();
-            }
-            let _ = tasks.delete(&container.id).await;
-            return Err(e.classify_start());
-        }
         close_stdin_when_done(self, &container.id, "", stdin_done);
         self.set_restart_status(container, Some("running")).await?;
         Ok(Process {
