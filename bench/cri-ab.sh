@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `bench/cri-ab.sh`: issue 14's CRI figures for berthd and containerd 2.4.2 side by side: bench/cri.sh
 # run $ROUNDS times (default 2) against each, alternating (berthd first in odd rounds, containerd
-# first in even ones) so both see the same machine load; berthd under bench/cri-berth.sh,
-# containerd under scripts/critest/peer.sh, each on a fresh root per round. Prints each run's
+# first in even ones) so both see the same machine load, each once the machine has settled;
+# berthd under bench/cri-berth.sh, containerd under scripts/critest/peer.sh, each on a fresh root
+# per round. Prints each run's
 # output, then the pod-start and ListContainerStats samples pooled over the rounds (median, p99
 # nearest rank) and their ratios. BERTH_CRI_PEER=containerd-1.6 takes Debian's containerd 1.6 as
 # the peer instead (see scripts/critest/peer.sh). A benchmark, never run by CI.
@@ -18,7 +19,25 @@ stats() {
     p = int(NR * 0.99); if (p < NR * 0.99) p++; if (p < 1) p = 1
     printf "%s %s\n", m, v[p] }'
 }
+# The previous run's teardown (a hundred pods: netns destroyed by the kernel's workqueues, CNI
+# DEL, shims exiting) goes on after it returns; each run starts on a quiet machine, one second at
+# least 90% idle (at most 30 s of waiting), so neither side inherits the other's cleanup.
+settle() {
+  local i a b
+  for i in $(seq 30); do
+    a=$(awk '/^cpu / { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat)
+    sleep 1
+    b=$(awk '/^cpu / { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat)
+    if awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
+      exit !((y[1] - x[1]) >= 0.9 * (y[2] - x[2])) }'; then
+      echo "(settled after ${i} s)"
+      return
+    fi
+  done
+  echo "(not settled after 30 s)"
+}
 run() { # SIDE ROUND
+  settle
   echo "== $1, round $2 (load $(cut -d' ' -f1-3 /proc/loadavg))"
   if [ "$1" = berthd ]; then
     BENCH_CRI_SAMPLES=$out/$1-$2 "$here/cri-berth.sh" "$here/cri.sh"

@@ -461,7 +461,7 @@ impl TaskManager {
             lifecycle: Default::default(),
         });
         // Started already: its exit, if it comes at once, is published after /tasks/start.
-        let started = match req.start {
+        let starting = match req.start {
             true => Some(task.lifecycle.lock().await),
             false => None,
         };
@@ -490,7 +490,7 @@ impl TaskManager {
                 pid,
             },
         );
-        if started.is_some() {
+        if starting.is_some() {
             self.events.publish(
                 &ns,
                 "/tasks/start",
@@ -500,7 +500,7 @@ impl TaskManager {
                 },
             );
         }
-        drop(started);
+        drop(starting);
         Ok(task)
     }
 
