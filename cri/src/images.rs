@@ -16,10 +16,9 @@ use berth::transfer::{RegistryAuth, RegistryOptions, RegistrySecret};
 use berth_api::runtime::v1 as cri;
 use berth_errdefs::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// containerd's CRI labels the images it pulls so; berth does the same.
@@ -446,7 +445,7 @@ impl Cri {
     }
 
     async fn pull_detached(
-        &self,
+        self: &Arc<Self>,
         reference: String,
         auth: Option<RegistryAuth>,
         deadline: Option<(Instant, Duration)>,
@@ -514,12 +513,13 @@ impl Cri {
                 .map_err(Error::from)?;
         }
         tracing::info!(image = %name, id = %content.id, "pulled");
+        self.image_fs_changed();
         Ok(content.id.clone())
     }
 
     /// Remove every record of the image `reference` names (all its tags, digests and its id
     /// reference). A missing image is no error.
-    pub(crate) async fn remove_image(&self, spec: Option<cri::ImageSpec>) -> Result<()> {
+    pub(crate) async fn remove_image(self: &Arc<Self>, spec: Option<cri::ImageSpec>) -> Result<()> {
         let reference = spec.map(|s| s.image).unwrap_or_default();
         let Some((id, all)) = self.resolve(&reference).await? else {
             return Ok(());
@@ -539,69 +539,30 @@ impl Cri {
             }
         }
         tracing::info!(image = %reference, id = %id, removed = names.len(), "removed");
+        self.image_fs_changed();
         Ok(())
     }
 
     /// The snapshotter's filesystem (image layers and container layers alike, as with
-    /// containerd's overlayfs) and the content store's: bytes and inodes used under each.
+    /// containerd's overlayfs) and the content store's: bytes and inodes used under each, from
+    /// the last walk while it is fresh (see image_fs.rs).
     pub(crate) async fn image_fs_info(&self) -> Result<cri::ImageFsInfoResponse> {
         let root = self.settings.root.clone();
-        crate::blocking(move || {
-            let snapshots = usage(&root.join("snapshots").join("overlayfs"))?;
-            let content = usage(&root.join("content"))?;
-            Ok(cri::ImageFsInfoResponse {
-                image_filesystems: vec![snapshots.clone(), content],
-                container_filesystems: vec![snapshots],
-            })
-        })
-        .await
+        self.image_fs
+            .get(|| crate::blocking(move || crate::image_fs::walk(&root)))
+            .await
     }
-}
 
-/// du's count of a directory tree on its own filesystem: apparent blocks and inodes, each
-/// hard-linked inode once; mounts below it (a container's rootfs) are not entered.
-fn usage(dir: &Path) -> Result<cri::FilesystemUsage> {
-    let timestamp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
-    let (bytes, inodes) = match std::fs::symlink_metadata(dir) {
-        Ok(top) => {
-            let mut seen = BTreeSet::new();
-            let mut bytes = 0u64;
-            let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
-            seen.insert(top.ino());
-            bytes += top.blocks() * 512;
-            while let Some(d) = stack.pop() {
-                let entries = match std::fs::read_dir(&d) {
-                    Ok(e) => e,
-                    // Removed while walking, or unreadable: counted as gone.
-                    Err(_) => continue,
-                };
-                for entry in entries.flatten() {
-                    let Ok(m) = entry.metadata() else { continue };
-                    if m.dev() != top.dev() || !seen.insert(m.ino()) {
-                        continue;
-                    }
-                    bytes += m.blocks() * 512;
-                    if m.is_dir() {
-                        stack.push(entry.path());
-                    }
-                }
+    /// The CRI changed the images: the next walk starts now, and ImageFsInfo waits for it.
+    fn image_fs_changed(self: &Arc<Self>) {
+        self.image_fs.changed();
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.image_fs_info().await {
+                tracing::debug!(error = %e, "walking the image filesystems");
             }
-            (bytes, seen.len() as u64)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, 0),
-        Err(e) => return Err(Error::io(format!("stat {}", dir.display()), e)),
-    };
-    Ok(cri::FilesystemUsage {
-        timestamp,
-        fs_id: Some(cri::FilesystemIdentifier {
-            mountpoint: dir.display().to_string(),
-        }),
-        used_bytes: Some(cri::UInt64Value { value: bytes }),
-        inodes_used: Some(cri::UInt64Value { value: inodes }),
-    })
+        });
+    }
 }
 
 #[cfg(test)]

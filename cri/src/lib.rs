@@ -14,6 +14,7 @@ mod exec_sync;
 pub mod fuzzing;
 pub mod holder;
 mod idmap_mount;
+mod image_fs;
 mod image_volume;
 mod images;
 mod metrics;
@@ -66,6 +67,8 @@ pub(crate) struct Cri {
     pub stream: berth_cri_stream::StreamServer,
     /// Cgroup samples and layer usages shared by every stats call.
     pub stats: Arc<stats::StatsCache>,
+    /// ImageFsInfo's last walk.
+    pub image_fs: image_fs::FsUsageCache,
     /// Whether pods can have user namespaces of their own here (else why not), probed once.
     pub userns: std::result::Result<(), String>,
 }
@@ -101,6 +104,7 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
         net,
         stream,
         stats: Arc::default(),
+        image_fs: Default::default(),
         userns,
         settings,
     });
