@@ -56,6 +56,9 @@ struct Nerdctl {
     /// The image, as pushed to the registry: `127.0.0.1:PORT/berth/busybox:nerdctl`.
     image: String,
     networks: Vec<String>,
+    /// The host bridges of the networks the test made, read when each was made (a test may
+    /// remove its network before the end).
+    bridges: Vec<String>,
     volumes: Vec<String>,
     /// The host bridge of this test's default network.
     bridge: String,
@@ -121,6 +124,7 @@ impl Nerdctl {
             _registry: registry,
             image,
             networks: Vec::new(),
+            bridges: Vec::new(),
             volumes: Vec::new(),
             bridge,
             dir,
@@ -232,6 +236,10 @@ impl Drop for Nerdctl {
         for id in ids.split_whitespace() {
             let _ = self.raw(&["rm", "-f", id]);
         }
+        // Read before `network rm` takes the configs away: the firewall plugin's isolation rules
+        // name each bridge, and no CNI DEL removes them.
+        let mut bridges = bridges_in(&self.dir.path().join("net.d"));
+        bridges.extend(self.bridges.iter().cloned());
         for net in &self.networks {
             let _ = self.raw(&["network", "rm", net]);
             // host-local's reservations dir, which `network rm` leaves behind.
@@ -244,6 +252,7 @@ impl Drop for Nerdctl {
             .args(["link", "del", &self.bridge])
             .stderr(Stdio::null())
             .status();
+        remove_isolation_rules(&bridges);
         // runc removes each container's cgroup, not the namespace's parent, which is ours.
         if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
             for h in hierarchies.flatten() {
@@ -251,6 +260,52 @@ impl Drop for Nerdctl {
             }
         }
         let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&self.ns));
+    }
+}
+
+/// The host bridges the CNI configs in `dir` name (nerdctl keeps a namespace's own networks in
+/// a subdirectory).
+fn bridges_in(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(bridges_in(&entry.path()));
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let Ok(config) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        for plugin in config["plugins"].as_array().into_iter().flatten() {
+            if let Some(bridge) = plugin["bridge"].as_str() {
+                out.push(bridge.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The CNI firewall plugin's `ingressPolicy: same-bridge` rules for `bridges`
+/// (CNI-ISOLATION-STAGE-1 and -2 of the filter table), which outlive the bridges.
+fn remove_isolation_rules(bridges: &[String]) {
+    for chain in ["CNI-ISOLATION-STAGE-1", "CNI-ISOLATION-STAGE-2"] {
+        let Ok(out) = Command::new("iptables").args(["-w", "-S", chain]).output() else {
+            continue;
+        };
+        for rule in String::from_utf8_lossy(&out.stdout).lines() {
+            let names_ours = bridges
+                .iter()
+                .any(|b| rule.contains(&format!("-i {b} ")) || rule.contains(&format!("-o {b} ")));
+            if let (true, Some(spec)) = (names_ours, rule.strip_prefix("-A ")) {
+                // The rule's comment is quoted as iptables -S prints it: let sh split it.
+                let _ = Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("iptables -w -D {spec}"))
+                    .status();
+            }
+        }
     }
 }
 
@@ -513,6 +568,8 @@ fn nerdctl_networks_ports_and_volumes() {
     let net = format!("nt{}", std::process::id());
     n.networks.push(net.clone());
     n.ok(&["network", "create", &net]);
+    let made = bridges_in(&n.dir.path().join("net.d"));
+    n.bridges.extend(made);
     let ls = n.ok(&["network", "ls", "--format", "{{.Name}}"]);
     assert!(ls.lines().any(|l| l == net), "{ls}");
 
