@@ -285,12 +285,14 @@ impl Cri {
                 // Each container's shim goes in its pod's cgroup: the pod is charged for it (as
                 // CRI-O charges conmon), and its move shares the kernel's wait with runc's. A
                 // parent that is no cgroupfs path (a systemd slice name) is left to runc.
-                runtime_options: pod.state.cgroup_parent.starts_with('/').then(|| {
-                    berth_api::pack_any(&RuncOptions {
-                        shim_cgroup: pod.state.cgroup_parent.clone(),
-                        ..Default::default()
-                    })
-                }),
+                runtime_options: berth_cgroups::check_path(&pod.state.cgroup_parent)
+                    .is_ok()
+                    .then(|| {
+                        berth_api::pack_any(&RuncOptions {
+                            shim_cgroup: pod.state.cgroup_parent.clone(),
+                            ..Default::default()
+                        })
+                    }),
             })
             .await;
         if let Err(e) = created {

@@ -16,7 +16,6 @@ use berth::transfer::{RegistryAuth, RegistryOptions, RegistrySecret};
 use berth_api::runtime::v1 as cri;
 use berth_errdefs::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;

@@ -84,6 +84,13 @@ impl Cri {
                 req.runtime_handler
             )));
         }
+        // The kernel takes at most 64 bytes (sethostname fails with EINVAL past it).
+        if config.hostname.len() > HOST_NAME_MAX {
+            return Err(Error::invalid(format!(
+                "pod hostname {:?} is longer than {HOST_NAME_MAX} bytes",
+                config.hostname
+            )));
+        }
         let key = name_key(meta);
         if let Some(other) = self.name_taken(KIND_SANDBOX, &key).await? {
             return Err(Error::exists(format!(
@@ -103,7 +110,17 @@ impl Cri {
                 .unwrap_or_else(|| self.default_cgroup_parent(&id)),
             ..Default::default()
         };
-        match self.set_up_pod(&id, &config, &dir, &mut state).await {
+        // The pod's own cgroup parent is made now, beside the holder and the network, so that
+        // the first container's create finds it rather than making it on its way (a cgroup
+        // made in each hierarchy). Best effort: that create makes what is missing (shim_cgroup).
+        let cgroup = self.owned_cgroup_parent(&id, &state).map(|parent| {
+            tokio::task::spawn_blocking(move || berth_cgroups::dirs::create(&parent).map(drop))
+        });
+        let set_up = self.set_up_pod(&id, &config, &dir, &mut state).await;
+        if let Some(made) = cgroup {
+            best_effort(&id, "make the pod's cgroup", made).await;
+        }
+        match set_up {
             Ok(()) => {}
             Err(e) => {
                 self.tear_down_pod(&id, &mut state).await;
@@ -134,6 +151,7 @@ impl Cri {
         Ok(id)
     }
 
+    /// The pod's directory, holder and network, and its hostname file.
     async fn set_up_pod(
         &self,
         id: &str,
@@ -141,36 +159,8 @@ impl Cri {
         dir: &std::path::Path,
         state: &mut PodState,
     ) -> Result<()> {
-        // The kernel takes at most 64 bytes (sethostname fails with EINVAL past it).
-        if config.hostname.len() > HOST_NAME_MAX {
-            return Err(Error::invalid(format!(
-                "pod hostname {:?} is longer than {HOST_NAME_MAX} bytes",
-                config.hostname
-            )));
-        }
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-        // The pod's own cgroup parent is made now, beside the holder and the network, so that
-        // the first container's runc create finds it (a cgroup made in each hierarchy costs
-        // that create a few ms). Best effort: runc makes what is missing.
-        let cgroup = self.owned_cgroup_parent(id, state).map(|parent| {
-            tokio::task::spawn_blocking(move || berth_cgroups::dirs::create(&parent).map(drop))
-        });
-        let result = self.set_up_namespaces(id, config, dir, state).await;
-        if let Some(made) = cgroup {
-            best_effort(id, "make the pod's cgroup", made).await;
-        }
-        result
-    }
-
-    /// The pod's holder and network, and its hostname file.
-    async fn set_up_namespaces(
-        &self,
-        id: &str,
-        config: &cri::PodSandboxConfig,
-        dir: &std::path::Path,
-        state: &mut PodState,
-    ) -> Result<()> {
         let ns = ns_mode(config);
         let host_net = ns.network == cri::NamespaceMode::Node as i32;
         let host_name_of_node = nix::unistd::gethostname()

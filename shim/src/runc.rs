@@ -196,10 +196,10 @@ impl Runc {
             true => vec!["run".as_ref(), "--detach".as_ref()],
             false => vec!["create".as_ref()],
         };
-        args.extend::<[&OsStr; 4]>([
-            "--bundle".as_ref(),
+        args.extend([
+            OsStr::new("--bundle"),
             bundle.as_os_str(),
-            "--pid-file".as_ref(),
+            OsStr::new("--pid-file"),
             pid_file.as_os_str(),
         ]);
         if let Some(s) = console_socket {
