@@ -4,7 +4,7 @@
 //! by `/proc/<holder>/ns/*`), with the pod's /etc/hosts, /etc/resolv.conf and /etc/hostname.
 
 use crate::store::PodState;
-use berth::spec::{canonical_capability, ALL_CAPS, DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS};
+use berth::spec::{canonical_capability, ALL_CAPS, DEFAULT_CAPS};
 use berth_api::runtime::v1 as cri;
 use berth_errdefs::{Error, Result};
 use berth_snapshotter::idmap::{IdMap, IdRange};
@@ -783,19 +783,12 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
         linux["uidMappings"] = map(u.uid);
         linux["gidMappings"] = map(u.gid);
     }
+    // Exactly the paths the request names, as containerd since its issue 5029: the kubelet sends
+    // its defaults for a `procMount: Default` container and none for `Unmasked`, which a default
+    // filled in here would undo.
     if !privileged {
-        let masked: Vec<String> = if sc.masked_paths.is_empty() {
-            MASKED_PATHS.iter().map(|s| s.to_string()).collect()
-        } else {
-            sc.masked_paths.clone()
-        };
-        let readonly: Vec<String> = if sc.readonly_paths.is_empty() {
-            READONLY_PATHS.iter().map(|s| s.to_string()).collect()
-        } else {
-            sc.readonly_paths.clone()
-        };
-        linux["maskedPaths"] = json!(masked);
-        linux["readonlyPaths"] = json!(readonly);
+        linux["maskedPaths"] = json!(sc.masked_paths);
+        linux["readonlyPaths"] = json!(sc.readonly_paths);
     }
     if let Some(s) = seccomp(sc.seccomp.as_ref(), privileged)? {
         linux["seccomp"] = s;
@@ -903,6 +896,89 @@ mod tests {
         assert!(!all_but.contains(&"CAP_CHOWN".to_string()));
         assert!(capabilities(false, Some(&c(&["NOPE"], &[]))).is_err());
         assert_eq!(capabilities(false, None).unwrap().len(), DEFAULT_CAPS.len());
+    }
+
+    /// The spec of a `sleep` container, with `sc` as its security context, in a pod whose state
+    /// is `pod_state`.
+    fn spec_of(sc: cri::LinuxContainerSecurityContext, pod_state: &PodState) -> Value {
+        let image: ImageConfiguration = serde_json::from_value(json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": []},
+        }))
+        .unwrap();
+        let config = cri::ContainerConfig {
+            command: vec!["sleep".into(), "1".into()],
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(sc),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pod = cri::PodSandboxConfig {
+            linux: Some(cri::LinuxPodSandboxConfig {
+                // On the host's namespaces: nothing to hold them for the spec to name.
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    privileged: true,
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: cri::NamespaceMode::Node as i32,
+                        pid: cri::NamespaceMode::Node as i32,
+                        ipc: cri::NamespaceMode::Node as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let none = std::collections::HashMap::new();
+        generate(&Inputs {
+            id: "c",
+            pod_id: "p",
+            pod: &pod,
+            pod_state,
+            config: &config,
+            image: &image,
+            user: &User {
+                uid: 0,
+                gid: 0,
+                groups: vec![],
+                home: None,
+            },
+            target_pid: None,
+            image_volumes: &none,
+            idmapped_mounts: &none,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn masked_and_read_only_paths_are_exactly_the_requested_ones() {
+        let paths = |spec: &Value, key: &str| spec["linux"][key].clone();
+        // The kubelet's `procMount: Unmasked`: nothing masked, nothing made read-only.
+        let unmasked = spec_of(Default::default(), &PodState::default());
+        assert_eq!(paths(&unmasked, "maskedPaths"), json!([]));
+        assert_eq!(paths(&unmasked, "readonlyPaths"), json!([]));
+        let given = spec_of(
+            cri::LinuxContainerSecurityContext {
+                masked_paths: vec!["/proc/kcore".into()],
+                readonly_paths: vec!["/proc/sys".into()],
+                ..Default::default()
+            },
+            &PodState::default(),
+        );
+        assert_eq!(paths(&given, "maskedPaths"), json!(["/proc/kcore"]));
+        assert_eq!(paths(&given, "readonlyPaths"), json!(["/proc/sys"]));
+        // A privileged container has neither, whatever it asks.
+        let privileged = spec_of(
+            cri::LinuxContainerSecurityContext {
+                privileged: true,
+                masked_paths: vec!["/proc/kcore".into()],
+                ..Default::default()
+            },
+            &PodState::default(),
+        );
+        assert_eq!(paths(&privileged, "maskedPaths"), Value::Null);
     }
 
     #[test]
