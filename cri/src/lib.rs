@@ -19,6 +19,7 @@ mod image_volume;
 mod images;
 mod metrics;
 mod pod;
+mod pod_shm;
 mod service;
 mod spec;
 mod staging;
@@ -113,6 +114,9 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
     }
     if let Err(e) = cri.sweep_idmapped_mounts().await {
         tracing::warn!(error = %e, "idmapped mounts of removed containers not swept");
+    }
+    if let Err(e) = cri.sweep_pod_dirs().await {
+        tracing::warn!(error = %e, "directories of removed pods not swept");
     }
     tracing::info!(address = %address.display(), "CRI ready");
     let result = service::router(cri)

@@ -1,7 +1,8 @@
 //! Pod sandboxes without a pause container: a netns attached by berth-net's CNI code (none for
 //! hostNetwork), a `berthd cri-holder` process owning the shared IPC/UTS (and PID) namespaces,
-//! the pod's /etc/hosts, /etc/resolv.conf and /etc/hostname in `<state>/pods/<id>/`, and a
-//! container record (see [`crate::store`]) holding the config and that state.
+//! the pod's /etc/hosts, /etc/resolv.conf and /etc/hostname and its /dev/shm (see
+//! [`crate::pod_shm`]) in `<state>/pods/<id>/`, and a container record (see [`crate::store`])
+//! holding the config and that state.
 
 use crate::store::{self, Pod, PodState, KIND_SANDBOX};
 use crate::Cri;
@@ -27,12 +28,30 @@ fn name_key(m: &cri::PodSandboxMetadata) -> String {
 }
 
 impl Cri {
-    fn pod_dir(&self, id: &str) -> PathBuf {
+    fn pods_dir(&self) -> PathBuf {
         self.settings
             .config
             .state_dir(&self.settings.state)
             .join("pods")
-            .join(id)
+    }
+
+    fn pod_dir(&self, id: &str) -> PathBuf {
+        self.pods_dir().join(id)
+    }
+
+    /// At start: the directories of pods whose record is gone (berthd stopped between making
+    /// one and recording its pod, or in the middle of a removal), their shm unmounted first.
+    pub(crate) async fn sweep_pod_dirs(&self) -> Result<()> {
+        for (id, dir) in self.dirs_of_gone_containers(&self.pods_dir()).await? {
+            crate::blocking(move || {
+                crate::pod_shm::tear_down(&dir)?;
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| Error::io(format!("remove {}", dir.display()), e))
+            })
+            .await?;
+            tracing::info!(pod = %id, "directory of a pod that is gone removed");
+        }
+        Ok(())
     }
 
     /// The cgroup a pod's containers go under when the kubelet gives none: berth's to make and
@@ -187,6 +206,7 @@ impl Cri {
             ),
         )?;
         state.hostname_file = hostname_file.to_string_lossy().into_owned();
+        state.shm = crate::pod_shm::set_up(dir, ns.ipc == cri::NamespaceMode::Node as i32)?;
 
         // The holder: IPC unless the host's, UTS unless the host network's, PID for a pod-wide
         // PID namespace. A pod user namespace is the holder's too, with the pod's netns made
@@ -381,7 +401,17 @@ impl Cri {
                 );
             }
         }
+        self.tear_down_shm(id, state);
         self.remove_cgroup_parent(id, state).await;
+    }
+
+    /// Unmounts the pod's shm; its containers are stopped (their binds of it go with their
+    /// mount namespaces), and a container made in the stopped pod gets a tmpfs of its own.
+    fn tear_down_shm(&self, id: &str, state: &mut PodState) {
+        match crate::pod_shm::tear_down(&self.pod_dir(id)) {
+            Ok(()) => state.shm.clear(),
+            Err(e) => tracing::warn!(pod = %id, "unmount the pod's shm: {e}"),
+        }
     }
 
     async fn tear_down_network(&self, id: &str, state: &mut PodState) -> Result<()> {
@@ -419,7 +449,8 @@ impl Cri {
                 );
             }
         }
-        if state.ready || pod.state.holder.is_some() {
+        self.tear_down_shm(&id, &mut state);
+        if state.ready || pod.state.holder.is_some() || !pod.state.shm.is_empty() {
             state.ready = false;
             self.save_state(&id, &state).await?;
         }
@@ -445,7 +476,14 @@ impl Cri {
             Err(e) if e.code() == tonic::Code::NotFound => {}
             Err(e) => return Err(e.into()),
         }
-        let _ = std::fs::remove_dir_all(self.pod_dir(&id));
+        // Unmounted first: removing the directory would empty a shm still mounted there.
+        let dir = self.pod_dir(&id);
+        match crate::pod_shm::tear_down(&dir) {
+            Ok(()) => {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            Err(e) => tracing::warn!(pod = %id, "unmount the pod's shm: {e}"),
+        }
         tracing::info!(pod = %id, "pod sandbox removed");
         Ok(())
     }

@@ -543,12 +543,22 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
                 "gid=5",
             ],
         ),
-        mount(
-            "/dev/shm",
-            "tmpfs",
-            "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        ),
+        // The pod's, shared by its containers (see `pod_shm`).
+        if i.pod_state.shm.is_empty() {
+            mount(
+                "/dev/shm",
+                "tmpfs",
+                "shm",
+                &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            )
+        } else {
+            mount(
+                "/dev/shm",
+                "bind",
+                &i.pod_state.shm,
+                &["rbind", "rprivate", "rw"],
+            )
+        },
         mount(
             "/dev/mqueue",
             "mqueue",
@@ -979,6 +989,32 @@ mod tests {
             &PodState::default(),
         );
         assert_eq!(paths(&privileged, "maskedPaths"), Value::Null);
+    }
+
+    #[test]
+    fn a_container_binds_its_pods_shm() {
+        let shm = |spec: &Value| {
+            let mounts = spec["mounts"].as_array().unwrap();
+            let found: Vec<&Value> = mounts
+                .iter()
+                .filter(|m| m["destination"] == "/dev/shm")
+                .collect();
+            assert_eq!(found.len(), 1, "{mounts:?}");
+            (found[0]["type"].clone(), found[0]["source"].clone())
+        };
+        let shared = PodState {
+            shm: "/run/berth/pods/p/shm".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            shm(&spec_of(Default::default(), &shared)),
+            (json!("bind"), json!("/run/berth/pods/p/shm"))
+        );
+        // A pod recorded before pods had a shm (or stopped since): a tmpfs of the container's.
+        assert_eq!(
+            shm(&spec_of(Default::default(), &PodState::default())),
+            (json!("tmpfs"), json!("shm"))
+        );
     }
 
     #[test]

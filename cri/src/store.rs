@@ -48,6 +48,11 @@ pub struct PodState {
     pub hostname_file: String,
     /// The cgroup parent of the pod's containers.
     pub cgroup_parent: String,
+    /// The pod's /dev/shm, bound into each of its containers: a tmpfs in the pod's directory
+    /// (see [`crate::pod_shm`]) or, for a pod on the host's IPC namespace, the host's. Empty in
+    /// records from before pods shared one; their containers get a tmpfs each.
+    #[serde(default)]
+    pub shm: String,
 }
 
 impl PodState {

@@ -472,6 +472,11 @@ fn crictl_runs_a_pod_and_its_containers() {
     let stubborn = env.ok(&["create", &pod, &stubborn_json, &pod_json]);
     env.ok(&["start", &stubborn]);
     env.wait_state(&stubborn, cri::ContainerState::ContainerRunning);
+    // The pod's containers share its /dev/shm (as its IPC namespace), a tmpfs of the pod's.
+    let pod_shm = env.daemon.state().join("cri/pods").join(&pod).join("shm");
+    assert!(mounted(&pod_shm), "no shm at {}", pod_shm.display());
+    env.exec(&ctr, &["sh", "-c", "echo shared > /dev/shm/segment"]);
+    assert_eq!(env.exec(&stubborn, &["cat", "/dev/shm/segment"]), "shared");
     env.ok(&["stop", "--timeout", "10", &ctr]);
     let stopped = env.status(&ctr).expect("ContainerStatus");
     assert_eq!(stopped.state, cri::ContainerState::ContainerExited as i32);
@@ -508,6 +513,7 @@ fn crictl_runs_a_pod_and_its_containers() {
     if let Some(ns) = netns {
         assert!(!Path::new(&ns).exists(), "netns {ns} outlived stopp");
     }
+    assert!(!mounted(&pod_shm), "the pod's shm outlived stopp");
     // The pod's cgroup (berth's default parent, as crictl gives none) is in every hierarchy
     // until the pod is removed, and then nowhere.
     let cgroups = pod_cgroup_dirs(&pod);
