@@ -81,6 +81,8 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
     let mut net_config =
         berth_net::NetConfig::new(settings.config.cni_conf_dir.clone(), state_dir.join("net"));
     net_config.bin_dirs = settings.config.cni_bin_dirs.clone();
+    // A pod's /etc/hosts names the pod alone, as containerd's and the kubelet's do.
+    net_config.peer_hosts = false;
     let net = tokio::task::spawn_blocking(move || berth_net::Net::new(net_config))
         .await
         .map_err(|e| Error::internal(format!("open the pods' networking: {e}")))?

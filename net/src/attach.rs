@@ -39,6 +39,11 @@ pub struct NetConfig {
     /// Bound on one plugin run.
     pub plugin_timeout: Duration,
     pub default_network: DefaultNetwork,
+    /// Whether each attachment's hosts file also names the other attachments on its networks,
+    /// as docker's user-defined networks let containers reach each other by name. Every attach
+    /// and detach then rewrites the hosts file of each attachment on the network. Off for the
+    /// CRI: a pod's file names the pod only (peers are found through the cluster's DNS).
+    pub peer_hosts: bool,
 }
 
 impl NetConfig {
@@ -54,6 +59,7 @@ impl NetConfig {
             state_dir,
             plugin_timeout: Duration::from_secs(30),
             default_network: DefaultNetwork::default(),
+            peer_hosts: true,
         }
     }
 }
@@ -314,6 +320,7 @@ pub struct Net {
     records_lock: Mutex<()>,
     /// Bridges whose host rules this process has put in place (`host_rules`).
     ruled_bridges: Mutex<HashSet<String>>,
+    peer_hosts: bool,
 }
 
 impl Net {
@@ -332,6 +339,7 @@ impl Net {
             state_dir: config.state_dir,
             records_lock: Mutex::new(()),
             ruled_bridges: Mutex::new(HashSet::new()),
+            peer_hosts: config.peer_hosts,
         })
     }
 
@@ -578,11 +586,19 @@ impl Net {
         self.write_record(record)?;
         let attachment = self.attachment_of(record)?;
         self.write_resolv_conf(record)?;
-        let _lock = self.lock_records();
-        self.refresh_hosts(
-            &record.networks.iter().map(|n| n.name.clone()).collect(),
-            Some(record),
-        )?;
+        if self.peer_hosts {
+            let _lock = self.lock_records();
+            self.refresh_hosts(
+                &record.networks.iter().map(|n| n.name.clone()).collect(),
+                Some(record),
+            )?;
+        } else {
+            let path = self.dir_of(&record.key).join("hosts");
+            write_in_place(
+                &path,
+                hosts::hosts_file(&entries_of(record, None), &[]).as_bytes(),
+            )?;
+        }
         Ok(attachment)
     }
 
@@ -726,6 +742,9 @@ impl Net {
             Err(e) => return Err(Error::io_at("remove", &dir, e)),
         }
         let _ = std::fs::remove_dir(dir.parent().unwrap_or(&dir));
+        if !self.peer_hosts {
+            return Ok(());
+        }
         self.refresh_hosts(
             &record.networks.iter().map(|n| n.name.clone()).collect(),
             None,

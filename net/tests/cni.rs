@@ -349,6 +349,43 @@ fn two_containers_on_one_network_reach_each_other_by_ip_and_name() {
     assert!(!hosts_a.contains("beta"), "{hosts_a}");
 }
 
+/// The CRI's way: with `peer_hosts` off, a hosts file names its own attachment alone, and an
+/// attach or detach leaves the other attachments' files as they were.
+#[test]
+fn without_peer_hosts_a_hosts_file_names_its_own_attachment_only() {
+    require_host!("without_peer_hosts_a_hosts_file_names_its_own_attachment_only");
+    let mut f = Fixture::new("own");
+    f.net = Some(
+        Net::new(NetConfig {
+            peer_hosts: false,
+            ..f.config()
+        })
+        .unwrap(),
+    );
+    let network = f.network("n", "10.213.11.0/24");
+    let (ka, kb) = (f.key("a"), f.key("b"));
+    let opts = |name: &str| AttachOptions {
+        networks: vec![network.clone()],
+        hostname: name.into(),
+        ..Default::default()
+    };
+    let a = f.net().setup(&ka, &opts("alpha")).unwrap();
+    let hosts_a = std::fs::read_to_string(&a.hosts_path).unwrap();
+    let b = f.net().setup(&kb, &opts("beta")).unwrap();
+    let (ip_a, ip_b) = (first_ipv4(&a), first_ipv4(&b));
+    assert!(hosts_a.contains(&format!("{ip_a}\talpha")), "{hosts_a}");
+    assert!(hosts_a.contains("localhost"), "{hosts_a}");
+    assert_eq!(std::fs::read_to_string(&a.hosts_path).unwrap(), hosts_a);
+    let hosts_b = std::fs::read_to_string(&b.hosts_path).unwrap();
+    assert!(hosts_b.contains(&format!("{ip_b}\tbeta")), "{hosts_b}");
+    assert!(
+        !hosts_b.contains("alpha") && !hosts_b.contains(&ip_a.to_string()),
+        "{hosts_b}"
+    );
+    f.net().teardown(&kb).unwrap();
+    assert_eq!(std::fs::read_to_string(&a.hosts_path).unwrap(), hosts_a);
+}
+
 /// The host's first global IPv4 address (not loopback, not one of the test's bridges).
 fn host_address() -> Option<Ipv4Addr> {
     let out = Command::new("ip")

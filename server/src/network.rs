@@ -174,6 +174,8 @@ impl Networking {
                     .map_err(|e: berth_net::Error| Error::from(e))?,
                 bridge: config.default_bridge.clone(),
             },
+            // docker's user-defined networks: containers reach each other by name.
+            peer_hosts: true,
         })?;
         Ok(Networking {
             net: Some(Arc::new(net)),

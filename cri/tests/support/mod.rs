@@ -83,6 +83,7 @@ impl Env {
         let mut config =
             berth_net::NetConfig::new(self.dir.path().join("no-cni"), self.cri_state().join("net"));
         config.bin_dirs = berth_net::NetConfig::default_bin_dirs();
+        config.peer_hosts = false;
         berth_net::Net::new(config).expect("open berth-net")
     }
 
