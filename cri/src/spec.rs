@@ -490,7 +490,9 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
         "cwd": cwd,
         "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
         "noNewPrivileges": sc.no_new_privs,
-        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024u64, "soft": 1024u64}],
+        // No rlimits: the container keeps the ones berthd runs with (its unit sets them), as
+        // under containerd since its CRI issue 515. A fixed 1024 hard limit on open files left
+        // a server no way to raise its own.
     });
     if !i.user.groups.is_empty() {
         process["user"]["additionalGids"] = json!(i.user.groups);
@@ -989,6 +991,12 @@ mod tests {
             &PodState::default(),
         );
         assert_eq!(paths(&privileged, "maskedPaths"), Value::Null);
+    }
+
+    #[test]
+    fn a_container_keeps_the_daemons_rlimits() {
+        let spec = spec_of(Default::default(), &PodState::default());
+        assert_eq!(spec["process"].get("rlimits"), None, "{spec}");
     }
 
     #[test]

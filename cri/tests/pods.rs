@@ -376,6 +376,14 @@ fn crictl_runs_a_pod_and_its_containers() {
         .split_whitespace()
         .any(|g| g == "4242"));
     assert_eq!(env.exec(&ctr, &["sh", "-c", "echo $GREETING"]), "hi there");
+    // The open-files limit is the daemon's (it inherits this test's), not a fixed 1024.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("getrlimit");
+    let want = match hard {
+        nix::sys::resource::RLIM_INFINITY => "unlimited".to_string(),
+        n => n.to_string(),
+    };
+    assert_eq!(env.exec(&ctr, &["sh", "-c", "ulimit -Hn"]), want);
 
     // ExecSync: exit codes, stderr apart, a timeout, output bounded.
     let r = env
