@@ -808,6 +808,19 @@ fn pods_survive_a_berthd_kill_9() {
     let ctr = env.ok(&["create", &pod, &ctr_json, &env.pod_config("keep")]);
     env.ok(&["start", &ctr]);
     env.wait_state(&ctr, cri::ContainerState::ContainerRunning);
+    env.exec(&ctr, &["sh", "-c", "echo kept > /dev/shm/segment"]);
+    // The directory of a pod that is gone (berthd died between making it and recording the
+    // pod), its shm mounted: swept at the next start, the live pod's left alone.
+    let pods = env.daemon.state().join("cri/pods");
+    let stale = pods.join("5b".repeat(32));
+    std::fs::create_dir_all(stale.join("shm")).unwrap();
+    std::fs::write(stale.join("hostname"), "gone\n").unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "shm"])
+        .arg(stale.join("shm"))
+        .status()
+        .unwrap();
+    assert!(status.success());
 
     env.daemon.kill9();
     env.daemon.spawn();
@@ -816,6 +829,15 @@ fn pods_survive_a_berthd_kill_9() {
         assert!(Instant::now() < deadline, "no CRI after the restart");
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(
+        !mounted(&stale.join("shm")) && !stale.exists(),
+        "the gone pod's directory was kept"
+    );
+    assert!(
+        mounted(&pods.join(&pod).join("shm")),
+        "the live pod lost its shm"
+    );
+    assert_eq!(env.exec(&ctr, &["cat", "/dev/shm/segment"]), "kept");
     let status = env.json(&["inspectp", "-o", "json", &pod]);
     assert_eq!(status["status"]["state"], "SANDBOX_READY", "{status}");
     assert_eq!(status["status"]["network"]["ip"], ip.as_str(), "{status}");
