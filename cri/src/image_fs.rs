@@ -2,9 +2,11 @@
 //! inodes, as du counts them), kept while fresh. crictl asks before every command and the
 //! kubelet every few seconds, and a walk of a large image store takes tens of ms (1 ms with one
 //! busybox container here, 3-4.6 ms with thirty), so one walk answers for up to
-//! [`FRESH`]. A pull or removal through the CRI starts the next walk at once and every call
-//! waits for it: what the CRI changed is always in the answer; other changes (containers'
-//! writes, another client's pulls, the collector's removals) within [`FRESH`].
+//! [`FRESH`]. A pull that moves a name to new content, or a removal, through the CRI starts the
+//! next walk at once and every call waits for it: what the CRI changed is always in the answer;
+//! other changes (containers' writes, another client's pulls, the collector's removals) within
+//! [`FRESH`]. A re-pull that finds the name's target unchanged (every `crictl run`, a kubelet's
+//! `Always`) starts no walk.
 
 use berth_api::runtime::v1 as cri;
 use berth_errdefs::{Error, Result};

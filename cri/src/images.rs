@@ -458,6 +458,9 @@ impl Cri {
                 "pulling {reference}: the request's deadline passed; nothing was recorded"
             ))
         };
+        // What the name pointed at before: a re-pull that finds the same target changed no
+        // image, and starts no walk of the image filesystems on a pod start's path.
+        let before = images.get_exact(&name).await.ok().map(|r| r.target.digest);
         let pull = async {
             let transfer = images
                 .pull_labelled(&name, &opts, managed_labels())
@@ -512,7 +515,9 @@ impl Cri {
                 .map_err(Error::from)?;
         }
         tracing::info!(image = %name, id = %content.id, "pulled");
-        self.image_fs_changed();
+        if before.as_ref() != Some(&record.target.digest) {
+            self.image_fs_changed();
+        }
         Ok(content.id.clone())
     }
 
@@ -552,7 +557,8 @@ impl Cri {
             .await
     }
 
-    /// The CRI changed the images: the next walk starts now, and ImageFsInfo waits for it.
+    /// The CRI changed the images (a pull that moved a name to new content, a removal): the
+    /// next walk starts now, and ImageFsInfo waits for it.
     fn image_fs_changed(self: &Arc<Self>) {
         self.image_fs.changed();
         let this = self.clone();

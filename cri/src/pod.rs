@@ -393,6 +393,14 @@ impl Cri {
         if let Err(e) = self.tear_down_network(id, state).await {
             tracing::warn!(pod = %id, "tear down the pod network: {e}");
         }
+        self.end_holder_and_shm(id, state);
+        self.remove_cgroup_parent(id, state).await;
+    }
+
+    /// Kills the pod's holder and unmounts its shm. Its containers are stopped (their binds of
+    /// the shm go with their mount namespaces); a container made in the stopped pod gets a
+    /// tmpfs of its own.
+    fn end_holder_and_shm(&self, id: &str, state: &mut PodState) {
         if let Some((pid, start)) = state.holder.take() {
             if crate::holder::alive(pid, start) {
                 let _ = nix::sys::signal::kill(
@@ -401,13 +409,6 @@ impl Cri {
                 );
             }
         }
-        self.tear_down_shm(id, state);
-        self.remove_cgroup_parent(id, state).await;
-    }
-
-    /// Unmounts the pod's shm; its containers are stopped (their binds of it go with their
-    /// mount namespaces), and a container made in the stopped pod gets a tmpfs of its own.
-    fn tear_down_shm(&self, id: &str, state: &mut PodState) {
         match crate::pod_shm::tear_down(&self.pod_dir(id)) {
             Ok(()) => state.shm.clear(),
             Err(e) => tracing::warn!(pod = %id, "unmount the pod's shm: {e}"),
@@ -441,15 +442,7 @@ impl Cri {
         let _guard = store::lock(&id).await;
         let mut state = self.pod(&id).await?.state;
         self.tear_down_network(&id, &mut state).await?;
-        if let Some((pid, start)) = state.holder.take() {
-            if crate::holder::alive(pid, start) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        self.tear_down_shm(&id, &mut state);
+        self.end_holder_and_shm(&id, &mut state);
         if state.ready || pod.state.holder.is_some() || !pod.state.shm.is_empty() {
             state.ready = false;
             self.save_state(&id, &state).await?;

@@ -8,8 +8,9 @@ use std::path::Path;
 
 /// What a pod on the host's IPC namespace binds.
 const HOST_SHM: &str = "/dev/shm";
-/// tmpfs options of a pod's own shm: containerd's size, writable by every user of the pod.
-const OPTIONS: &str = "mode=1777,size=65536k";
+/// tmpfs options of a pod's own shm (and of a container's own, in a pod without one):
+/// containerd's size, writable by every user of the pod.
+pub const TMPFS_OPTIONS: [&str; 2] = ["mode=1777", "size=65536k"];
 
 /// The shm of a pod whose directory is `pod_dir`: the host's when `host_ipc`, else a tmpfs
 /// mounted at `<pod_dir>/shm` now. Returns the path its containers bind.
@@ -25,7 +26,7 @@ pub fn set_up(pod_dir: &Path, host_ipc: bool) -> Result<String> {
         &path,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
-        Some(OPTIONS),
+        Some(TMPFS_OPTIONS.join(",").as_str()),
     )
     .map_err(|e| {
         Error::io(

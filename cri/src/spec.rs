@@ -547,12 +547,11 @@ pub fn generate(i: &Inputs<'_>) -> Result<Value> {
         ),
         // The pod's, shared by its containers (see `pod_shm`).
         if i.pod_state.shm.is_empty() {
-            mount(
-                "/dev/shm",
-                "tmpfs",
-                "shm",
-                &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-            )
+            let options: Vec<&str> = ["nosuid", "noexec", "nodev"]
+                .into_iter()
+                .chain(crate::pod_shm::TMPFS_OPTIONS)
+                .collect();
+            mount("/dev/shm", "tmpfs", "shm", &options)
         } else {
             mount(
                 "/dev/shm",

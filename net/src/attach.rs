@@ -586,19 +586,11 @@ impl Net {
         self.write_record(record)?;
         let attachment = self.attachment_of(record)?;
         self.write_resolv_conf(record)?;
-        if self.peer_hosts {
-            let _lock = self.lock_records();
-            self.refresh_hosts(
-                &record.networks.iter().map(|n| n.name.clone()).collect(),
-                Some(record),
-            )?;
-        } else {
-            let path = self.dir_of(&record.key).join("hosts");
-            write_in_place(
-                &path,
-                hosts::hosts_file(&entries_of(record, None), &[]).as_bytes(),
-            )?;
-        }
+        let _lock = self.lock_records();
+        self.refresh_hosts(
+            &record.networks.iter().map(|n| n.name.clone()).collect(),
+            Some(record),
+        )?;
         Ok(attachment)
     }
 
@@ -742,9 +734,6 @@ impl Net {
             Err(e) => return Err(Error::io_at("remove", &dir, e)),
         }
         let _ = std::fs::remove_dir(dir.parent().unwrap_or(&dir));
-        if !self.peer_hosts {
-            return Ok(());
-        }
         self.refresh_hosts(
             &record.networks.iter().map(|n| n.name.clone()).collect(),
             None,
@@ -832,8 +821,16 @@ impl Net {
     }
 
     /// Rewrites the hosts file of every attachment on one of `networks` (and `new`'s, which is
-    /// not yet among the complete ones when it is being added).
+    /// not yet among the complete ones when it is being added); without `peer_hosts`, only
+    /// `new`'s.
     fn refresh_hosts(&self, networks: &BTreeSet<String>, new: Option<&Record>) -> Result<()> {
+        if !self.peer_hosts {
+            // A file names its own attachment only: the new one's is written, no other changes.
+            return match new {
+                Some(new) => self.write_hosts(new, &[]),
+                None => Ok(()),
+            };
+        }
         let records: Vec<Record> = self.records()?.into_iter().filter(|r| r.complete).collect();
         let mut targets: Vec<&Record> = records
             .iter()
@@ -845,7 +842,6 @@ impl Net {
             }
         }
         for target in targets {
-            let own = entries_of(target, None);
             let mut peers = Vec::new();
             for other in &records {
                 if other.key == target.key {
@@ -861,10 +857,18 @@ impl Net {
                     peers.extend(entries_of(other, Some(&shared)));
                 }
             }
-            let path = self.dir_of(&target.key).join("hosts");
-            write_in_place(&path, hosts::hosts_file(&own, &peers).as_bytes())?;
+            self.write_hosts(target, &peers)?;
         }
         Ok(())
+    }
+
+    /// `record`'s hosts file: its own names, then `peers`.
+    fn write_hosts(&self, record: &Record, peers: &[HostEntry]) -> Result<()> {
+        let path = self.dir_of(&record.key).join("hosts");
+        write_in_place(
+            &path,
+            hosts::hosts_file(&entries_of(record, None), peers).as_bytes(),
+        )
     }
 }
 
