@@ -30,6 +30,12 @@ use tokio_stream::StreamExt;
 /// How long in-flight calls may run after SIGTERM before berthd stops regardless.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a start waits for the root's lock. A daemon killed with -9 while it was spawning a
+/// child leaves that child holding every descriptor it had, the lock and the listening socket
+/// included, until the child's exec closes them: a restart right after must wait that moment
+/// out rather than take the dead daemon for a live one.
+const ROOT_LOCK_WAIT: Duration = Duration::from_secs(2);
+
 /// `[grpc]`: the API socket this module serves and the message sizes it allows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -76,7 +82,7 @@ pub async fn run(config: Config) -> Result<()> {
     make_dir(&config.root, 0o711)?;
     make_dir(&config.state, 0o711)?;
     make_dir(&config.state.join("mounts"), 0o700)?;
-    let _root_lock = lock_root(&config.root)?;
+    let _root_lock = lock_root(&config.root).await?;
 
     make_dir(&config.root.join("meta"), 0o700)?;
     let meta = Arc::new(Metadata::open(&config.root.join("meta"))?);
@@ -470,20 +476,30 @@ fn shim_binary(config: &Config) -> Result<PathBuf> {
 }
 
 /// One daemon per root: a second berthd on the same root would corrupt the stores.
-fn lock_root(root: &Path) -> Result<Flock<File>> {
+async fn lock_root(root: &Path) -> Result<Flock<File>> {
     let path = root.join("berthd.lock");
-    let file = fs::OpenOptions::new()
+    let mut file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
         .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        Error::precondition(format!(
-            "another berthd holds the root {} ({errno}); stop it first or use another --root",
-            root.display()
-        ))
-    })
+    let deadline = std::time::Instant::now() + ROOT_LOCK_WAIT;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((_, errno)) if std::time::Instant::now() >= deadline => {
+                return Err(Error::precondition(format!(
+                    "another berthd holds the root {} ({errno}); stop it first or use another --root",
+                    root.display()
+                )));
+            }
+            Err((unlocked, _)) => {
+                file = unlocked;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 /// Bind under a temporary name and rename into place, so the socket appears only with its final
@@ -567,5 +583,35 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_root_lock_waits_out_a_moment_but_not_a_live_daemon() {
+        let root = tempfile::tempdir().expect("temp root");
+        let held = lock_root(root.path()).await.expect("first lock");
+        let started = std::time::Instant::now();
+        let err = lock_root(root.path())
+            .await
+            .expect_err("a held root was locked twice");
+        assert!(
+            err.to_string().contains("another berthd holds the root"),
+            "{err}"
+        );
+        assert!(started.elapsed() >= ROOT_LOCK_WAIT, "gave up early");
+
+        // A holder that lets go within the wait (a dead daemon's child reaching its exec).
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(held);
+        });
+        lock_root(root.path())
+            .await
+            .expect("the lock once its holder let go");
+        release.await.expect("release task");
     }
 }

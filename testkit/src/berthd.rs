@@ -234,7 +234,7 @@ impl Daemon {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_WITHIN;
         while Instant::now() < deadline {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            if self.serves_on_its_socket() {
                 return;
             }
             if let Some(status) = self
@@ -250,6 +250,20 @@ impl Daemon {
             "berthd did not serve within {READY_WITHIN:?}:\n{}",
             self.log()
         );
+    }
+
+    /// Whether the socket's listener is this child's. A connection alone does not say so: after
+    /// a kill -9 the old listener lives on in any child the old daemon was spawning (between
+    /// fork and exec it holds every descriptor), so the stale path accepts for a moment.
+    fn serves_on_its_socket(&self) -> bool {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        let Some(child) = self.child.as_ref() else {
+            return false;
+        };
+        std::os::unix::net::UnixStream::connect(&self.socket)
+            .ok()
+            .and_then(|conn| getsockopt(&conn, PeerCredentials).ok())
+            .is_some_and(|peer| peer.pid() as u32 == child.id())
     }
 
     pub fn log(&self) -> String {
@@ -380,6 +394,20 @@ pub fn tail(s: &str, n: usize) -> String {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failed test says what the daemon did; its log goes with the temp dir.
+            let state = match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(None)) => "running".to_string(),
+                Some(Ok(Some(status))) => format!("exited: {status}"),
+                Some(Err(e)) => format!("unknown: {e}"),
+                None => "not running".to_string(),
+            };
+            eprintln!(
+                "---- berthd at {} ({state}), its log's tail ----\n{}\n---- end of berthd log ----",
+                self.dir.path().display(),
+                tail(&self.log(), 80)
+            );
+        }
         // Asked while it still answers (a test may have stopped it already: then none).
         let namespaces = self.namespaces();
         self.kill9();

@@ -86,14 +86,7 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.d.log();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("---- berthd log tail ----");
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
+        // A failed test's berthd log is printed by the daemon's own drop.
         if std::os::unix::net::UnixStream::connect(&self.d.socket).is_ok() {
             if let Ok(out) = self.try_ctr(&["tasks", "ls", "-q"]) {
                 for id in out.split_whitespace() {

@@ -255,13 +255,7 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "---- berthd log tail ({}) ----\n{}\n---- end of berthd log ----",
-                self.d.dir.path().display(),
-                tail(&self.d.log(), 80)
-            );
-        }
+        // A failed test's berthd log is printed by the daemon's own drop.
         if self.daemon_serves() {
             self.cleanup_through_daemon();
         }
@@ -297,11 +291,6 @@ fn parse_tasks(out: &str) -> BTreeMap<String, TaskRow> {
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<_> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
