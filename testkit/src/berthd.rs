@@ -234,7 +234,7 @@ impl Daemon {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_WITHIN;
         while Instant::now() < deadline {
-            if self.serves_on_its_socket() {
+            if self.serves() {
                 return;
             }
             if let Some(status) = self
@@ -242,20 +242,19 @@ impl Daemon {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("berthd exited before serving ({status}):\n{}", self.log());
+                // Its log follows, from the daemon's drop.
+                panic!("berthd exited before serving ({status})");
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!(
-            "berthd did not serve within {READY_WITHIN:?}:\n{}",
-            self.log()
-        );
+        panic!("berthd did not serve within {READY_WITHIN:?}");
     }
 
-    /// Whether the socket's listener is this child's. A connection alone does not say so: after
-    /// a kill -9 the old listener lives on in any child the old daemon was spawning (between
-    /// fork and exec it holds every descriptor), so the stale path accepts for a moment.
-    fn serves_on_its_socket(&self) -> bool {
+    /// Whether this daemon serves: the socket's listener is this child's. A connection alone
+    /// does not say so: after a kill -9 the old listener lives on in any child the old daemon
+    /// was spawning (between fork and exec it holds every descriptor), so the stale path
+    /// accepts for a moment.
+    pub fn serves(&self) -> bool {
         use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
         let Some(child) = self.child.as_ref() else {
             return false;
@@ -331,11 +330,10 @@ impl Daemon {
         let out = self.ctr_raw(ns, args);
         assert!(
             out.status.success(),
-            "ctr -n {ns} {} failed: {}\nstdout: {}\nberthd log tail:\n{}",
+            "ctr -n {ns} {} failed: {}\nstdout: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr),
             String::from_utf8_lossy(&out.stdout),
-            tail(&self.log(), 30)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -353,21 +351,12 @@ impl Daemon {
     }
 
     /// A gRPC channel to the daemon, made by the `berth` client crate (which the tests thereby
-    /// exercise), for any generated client of containerd's API.
+    /// exercise), for any generated client of containerd's API. On failure the daemon's state
+    /// and log follow, from its drop.
     pub async fn channel(&self) -> tonic::transport::Channel {
-        berth::connect(&self.socket).await.unwrap_or_else(|e| {
-            // Not yet waited for, so the pid is still this child's: exited is a zombie.
-            let running = self.child.as_ref().is_some_and(|c| crate::running(c.id()));
-            panic!(
-                "{e}\nberthd {}; its log's tail:\n{}",
-                if running {
-                    "is running"
-                } else {
-                    "is not running"
-                },
-                tail(&self.log(), 40)
-            )
-        })
+        berth::connect(&self.socket)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -395,7 +384,8 @@ pub fn tail(s: &str, n: usize) -> String {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            // A failed test says what the daemon did; its log goes with the temp dir.
+            // A failed test (the readiness and ctr helpers' panics included) says here, once,
+            // what the daemon did; its log goes with the temp dir.
             let state = match self.child.as_mut().map(|c| c.try_wait()) {
                 Some(Ok(None)) => "running".to_string(),
                 Some(Ok(Some(status))) => format!("exited: {status}"),

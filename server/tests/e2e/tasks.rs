@@ -201,10 +201,6 @@ impl Fixture {
         self.ctr(&["containers", "rm", id]);
     }
 
-    fn daemon_serves(&self) -> bool {
-        std::os::unix::net::UnixStream::connect(&self.d.socket).is_ok()
-    }
-
     /// Best effort, through the daemon: every task killed and deleted, every container removed.
     fn cleanup_through_daemon(&self) {
         let Ok(out) = self.try_ctr(&["tasks", "ls"]) else {
@@ -256,7 +252,7 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         // A failed test's berthd log is printed by the daemon's own drop.
-        if self.daemon_serves() {
+        if self.d.serves() {
             self.cleanup_through_daemon();
         }
         let leftovers = force_clean(self.d.dir.path(), &self.d.state());

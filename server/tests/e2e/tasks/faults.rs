@@ -237,7 +237,7 @@ fn a_shim_killed_mid_exec_fails_the_exec_and_the_daemon_stays_healthy() {
         f.ctr(&["tasks", "delete", "-f", "mx"]);
     }
     f.ctr(&["containers", "rm", "mx"]);
-    assert!(f.daemon_serves());
+    assert!(f.d.serves());
     assert_eq!(f.run_ok("mx-next", &["echo", "ok"]), "ok\n");
 }
 
@@ -306,5 +306,5 @@ fn a_shim_killed_during_create_leaves_no_mount_process_or_cgroup() {
         // The same id runs once the runtime works.
         assert_eq!(f.run_ok(id, &["echo", "again"]), "again\n");
     }
-    assert!(f.daemon_serves());
+    assert!(f.d.serves());
 }
