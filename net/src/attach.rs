@@ -11,7 +11,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,7 @@ use crate::conflist::ConfigList;
 use crate::error::{Error, Result};
 use crate::hosts::{self, DnsConfig, HostEntry};
 use crate::netns;
+use crate::netns_pool::NetnsPool;
 use crate::networks::{CreateOptions, DefaultNetwork, Network, NetworkStore};
 use crate::plugin::{Command, Invocation, Plugins};
 use crate::result::CniResult;
@@ -321,6 +322,8 @@ pub struct Net {
     /// Bridges whose host rules this process has put in place (`host_rules`).
     ruled_bridges: Mutex<HashSet<String>>,
     peer_hosts: bool,
+    /// Namespaces made ahead for the attachments that own theirs; filled after the first.
+    netns_pool: Arc<NetnsPool>,
 }
 
 impl Net {
@@ -340,6 +343,7 @@ impl Net {
             records_lock: Mutex::new(()),
             ruled_bridges: Mutex::new(HashSet::new()),
             peer_hosts: config.peer_hosts,
+            netns_pool: NetnsPool::new(),
         })
     }
 
@@ -507,7 +511,13 @@ impl Net {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io_at("create", &dir, e))?;
             self.write_record(&record)?;
         }
-        match self.add_all(&mut record, &configs, opts.userns.as_ref()) {
+        let added = self.add_all(&mut record, &configs, opts.userns.as_ref());
+        // The next attachment's namespace is made now, off its critical path and past this
+        // one's plugins.
+        if record.owns_netns && record.userns.is_none() {
+            self.netns_pool.refill();
+        }
+        match added {
             Ok(attachment) => Ok(attachment),
             Err(e) => {
                 if let Err(undo) = self.detach_record(&record) {
@@ -554,7 +564,7 @@ impl Net {
                 (Some(file), Some(maps)) => {
                     netns::create_in_userns(&name, file, &maps.uid_map, &maps.gid_map)?
                 }
-                _ => netns::create(&name)?,
+                _ => self.netns_pool.create(&name)?,
             };
         }
         let runtime = runtime_args(record);

@@ -17,6 +17,7 @@ pub mod error;
 pub mod host_rules;
 pub mod hosts;
 pub mod netns;
+pub mod netns_pool;
 pub mod networks;
 pub mod plugin;
 pub mod result;

@@ -67,7 +67,7 @@ fn prepare_dir() -> Result<()> {
 
 /// The empty file `name` under /run/netns, for a namespace to be bound on (AlreadyExists if the
 /// name is taken).
-fn placeholder(name: &str) -> Result<PathBuf> {
+pub(crate) fn placeholder(name: &str) -> Result<PathBuf> {
     validate(name)?;
     prepare_dir()?;
     let path = path_of(name);
@@ -141,7 +141,7 @@ fn on_own_thread(f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> 
 }
 
 /// `ip link set lo up` in the calling thread's network namespace.
-fn loopback_up() -> Result<()> {
+pub(crate) fn loopback_up() -> Result<()> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let fail = |what: &str| Error::io(format!("{what} of lo"), std::io::Error::last_os_error());
     // SAFETY: socket(2) returns a new fd (owned below) or -1; the ioctls read and write the
