@@ -3,10 +3,10 @@
 # run $ROUNDS times (default 2) against each, alternating (berthd first in odd rounds, containerd
 # first in even ones) so both see the same machine load, each once the machine has settled;
 # berthd under bench/cri-berth.sh, containerd under scripts/critest/peer.sh, each on a fresh root
-# per round. Prints each run's
-# output, then the pod-start and ListContainerStats samples pooled over the rounds (median, p99
-# nearest rank) and their ratios. BERTH_CRI_PEER=containerd-1.6 takes Debian's containerd 1.6 as
-# the peer instead (see scripts/critest/peer.sh). A benchmark, never run by CI.
+# per round. Prints each run's output, then the pod-start (both measures) and ListContainerStats
+# samples pooled over the rounds (median, p99 nearest rank) and their ratios.
+# BERTH_CRI_PEER=containerd-1.6 takes Debian's containerd 1.6 as the peer instead (see
+# scripts/critest/peer.sh). A benchmark, never run by CI.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 ROUNDS=${ROUNDS:-2}
@@ -49,10 +49,14 @@ for r in $(seq "$ROUNDS"); do
   if ((r % 2)); then run berthd "$r"; run containerd "$r"; else run containerd "$r"; run berthd "$r"; fi
 done
 echo "== pooled over $ROUNDS rounds (load at end $(cut -d' ' -f1-3 /proc/loadavg))"
-for kind in seq stats; do
+for kind in seq rpc stats; do
   read -r bm bp < <(cat "$out"/berthd-*."$kind".ms | stats)
   read -r cm cp < <(cat "$out"/containerd-*."$kind".ms | stats)
-  name=$([ "$kind" = seq ] && echo "pod start" || echo "ListContainerStats (100 running)")
+  case $kind in
+  seq) name="pod start (crictl run)" ;;
+  rpc) name="pod start (the three RPCs, one connection)" ;;
+  *) name="ListContainerStats (100 running)" ;;
+  esac
   echo "$name: berthd median $bm ms p99 $bp ms; $PEER median $cm ms p99 $cp ms;" \
     "ratio median $(awk -v a="$bm" -v b="$cm" 'BEGIN { printf "%.2f", a / b }')," \
     "p99 $(awk -v a="$bp" -v b="$cp" 'BEGIN { printf "%.2f", a / b }')"

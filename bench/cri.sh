@@ -3,6 +3,9 @@
 # (each figure includes one crictl start, reported on its own as "crictl version"):
 #  - pod start: RunPodSandbox + CreateContainer + StartContainer of busybox (`crictl run`),
 #    $BENCH_CRI_RUNS sequential runs (default 40), median and p99 (nearest rank);
+#  - the same pod start as the issue defines it, the three RPCs alone: bench/cri-podstart (grpc-go
+#    with its defaults, one connection, as the kubelet sends them; no crictl start, no pull),
+#    $BENCH_CRI_RUNS sequential starts after one untimed, median and p99;
 #  - 30 pods in parallel: wall time of 30 concurrent `crictl run`;
 #  - daemon + shims memory (PSS) with those 30 pods running;
 #  - ListContainerStats (`crictl stats -o json`, one RPC) with 100 running containers
@@ -12,10 +15,13 @@
 # of its shims in $BERTH_CRI_SHIM_PATTERN (peer.sh sets both); without them it is not reported.
 # The busybox image comes from the critest fixtures' registry. A benchmark, never run by CI.
 # Everything it creates is removed on exit. With $BENCH_CRI_SAMPLES set, the pod-start and stats
-# samples are also copied to $BENCH_CRI_SAMPLES.seq.ms and .stats.ms.
+# samples are also copied to $BENCH_CRI_SAMPLES.seq.ms, .rpc.ms and .stats.ms. cri-podstart is
+# built by bench/peers.sh into $BERTH_BENCH_BIN.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 TEST_BIN=${BERTH_TEST_BIN:-/usr/local/lib/berth-test/bin}
+BENCH_BIN=${BERTH_BENCH_BIN:-/usr/local/lib/berth-bench/bin}
+[ -x "$BENCH_BIN/cri-podstart" ] || { echo "run bench/peers.sh first (cri-podstart)" >&2; exit 1; }
 endpoint=${1:-${CRI_ENDPOINT:-}}
 [ -n "$endpoint" ] || { echo "usage: $0 ENDPOINT (or CRI_ENDPOINT set)" >&2; exit 2; }
 RUNS=${BENCH_CRI_RUNS:-40}
@@ -88,6 +94,12 @@ done >"$work/seq.ms"
 read -r m p < <(stats <"$work/seq.ms")
 echo "pod start (runp+create+start, $RUNS sequential): median ${m} ms, p99 ${p} ms"
 rm_pods
+
+"$BENCH_BIN/cri-podstart" -endpoint "$endpoint" -image "$IMAGE" -runs "$RUNS" \
+  -prefix "bench-cri-$$-rpc" -logs "$work/logs" >"$work/rpc.ms"
+[ -z "${BENCH_CRI_SAMPLES:-}" ] || cp "$work/rpc.ms" "$BENCH_CRI_SAMPLES.rpc.ms"
+read -r m p < <(stats <"$work/rpc.ms")
+echo "pod start, the three RPCs on one connection ($RUNS sequential): median ${m} ms, p99 ${p} ms"
 
 t=$(now_ms)
 pids=()

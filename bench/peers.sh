@@ -4,7 +4,8 @@
 #  - containerd v2.4.2: `containerd` and `containerd-shim-runc-v2` (the shim has to be on PATH
 #    when containerd starts a task; berth-bench puts this dir first on containerd 2.4's PATH);
 #  - nerdctl, the CLI peer of issue 13's figures, by scripts/deps-nerdctl.sh (v2.3.5 when Go is
-#    1.26.3 or newer, else v2.0.3; why `go install` cannot build it is said there).
+#    1.26.3 or newer, else v2.0.3; why `go install` cannot build it is said there);
+#  - cri-podstart, bench/cri.sh's timer of the three pod-start RPCs (bench/cri-podstart).
 # Bench-only: not called from scripts/deps.sh (CI never times anything). ctr 2.4.2 comes from
 # scripts/deps-go-tools.sh.
 set -euo pipefail
@@ -44,6 +45,9 @@ if ! prints "${CONTAINERD#v}" "$BIN/containerd-shim-runc-v2" -v; then
     -ldflags "-X github.com/containerd/containerd/v2/version.Version=${CONTAINERD#v}" \
     github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@"$CONTAINERD"
 fi
+
+# bench/cri.sh's pod-start driver (a module of the project's own; go build is incremental).
+(cd "$(dirname "$0")/cri-podstart" && CGO_ENABLED=0 go build -o "$BIN/cri-podstart" .)
 
 # nerdctl, built as the tests build it (one recipe), into this bench bin dir.
 BERTH_TEST_BIN="$BIN" "$(dirname "$0")/../scripts/deps-nerdctl.sh"
