@@ -19,23 +19,9 @@ stats() {
     p = int(NR * 0.99); if (p < NR * 0.99) p++; if (p < 1) p = 1
     printf "%s %s\n", m, v[p] }'
 }
-# The previous run's teardown (a hundred pods: netns destroyed by the kernel's workqueues, CNI
-# DEL, shims exiting) goes on after it returns; each run starts on a quiet machine, one second at
-# least 90% idle (at most 30 s of waiting), so neither side inherits the other's cleanup.
-settle() {
-  local i a b
-  for i in $(seq 30); do
-    a=$(awk '/^cpu / { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat)
-    sleep 1
-    b=$(awk '/^cpu / { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat)
-    if awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
-      exit !((y[1] - x[1]) >= 0.9 * (y[2] - x[2])) }'; then
-      echo "(settled after ${i} s)"
-      return
-    fi
-  done
-  echo "(not settled after 30 s)"
-}
+# Each run starts on a quiet machine, so neither side inherits the other's cleanup.
+# shellcheck source=settle.sh
+source "$here/settle.sh"
 run() { # SIDE ROUND
   settle
   echo "== $1, round $2 (load $(cut -d' ' -f1-3 /proc/loadavg))"

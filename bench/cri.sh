@@ -10,6 +10,8 @@
 #  - daemon + shims memory (PSS) with those 30 pods running;
 #  - ListContainerStats (`crictl stats -o json`, one RPC) with 100 running containers
 #    (10 pods x 10), median of 20 calls.
+# Each timed phase starts once the machine is quiet again (bench/settle.sh): the kernel tears
+# the previous phase's netns down after `crictl rmp` returns.
 # ENDPOINT defaults to $CRI_ENDPOINT, so `scripts/critest/peer.sh bench/cri.sh` measures
 # containerd 2.4. Memory needs the daemon's pid in $BERTH_CRI_DAEMON_PID and a `pgrep -f` pattern
 # of its shims in $BERTH_CRI_SHIM_PATTERN (peer.sh sets both); without them it is not reported.
@@ -21,6 +23,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 TEST_BIN=${BERTH_TEST_BIN:-/usr/local/lib/berth-test/bin}
 BENCH_BIN=${BERTH_BENCH_BIN:-/usr/local/lib/berth-bench/bin}
+# shellcheck source=settle.sh
+source "$here/settle.sh"
 [ -x "$BENCH_BIN/cri-podstart" ] || { echo "run bench/peers.sh first (cri-podstart)" >&2; exit 1; }
 endpoint=${1:-${CRI_ENDPOINT:-}}
 [ -n "$endpoint" ] || { echo "usage: $0 ENDPOINT (or CRI_ENDPOINT set)" >&2; exit 2; }
@@ -82,6 +86,8 @@ done | stats | { read -r m p; echo "crictl version (one crictl start + Version R
 crictl run "$(ctr_json c-warm)" "$(pod_json "bench-cri-$$-warm")" >/dev/null
 rm_pods
 
+# Each timed phase starts once the previous one's teardown is over.
+settle
 for i in $(seq "$RUNS"); do
   pod=$(pod_json "bench-cri-$$-seq-$i")
   ctr=$(ctr_json "c-seq-$i")
@@ -95,12 +101,14 @@ read -r m p < <(stats <"$work/seq.ms")
 echo "pod start (runp+create+start, $RUNS sequential): median ${m} ms, p99 ${p} ms"
 rm_pods
 
+settle
 "$BENCH_BIN/cri-podstart" -endpoint "$endpoint" -image "$IMAGE" -runs "$RUNS" \
   -prefix "bench-cri-$$-rpc" -logs "$work/logs" >"$work/rpc.ms"
 [ -z "${BENCH_CRI_SAMPLES:-}" ] || cp "$work/rpc.ms" "$BENCH_CRI_SAMPLES.rpc.ms"
 read -r m p < <(stats <"$work/rpc.ms")
 echo "pod start, the three RPCs on one connection ($RUNS sequential): median ${m} ms, p99 ${p} ms"
 
+settle
 t=$(now_ms)
 pids=()
 for i in $(seq 30); do
@@ -135,6 +143,7 @@ for p in $(seq 10); do
   done
 done
 running=$(crictl ps -q --state Running | wc -l)
+settle
 for i in $(seq 20); do
   t=$(now_ms); crictl stats -o json >/dev/null; echo $(($(now_ms) - t))
 done >"$work/stats.ms"
