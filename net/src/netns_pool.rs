@@ -17,7 +17,7 @@ use nix::sched::{unshare, CloneFlags};
 use crate::error::{Error, Result};
 use crate::netns;
 
-/// Spares kept ready: one covers back-to-back starts; a burst beyond it makes its own.
+/// Spares kept ready: back-to-back starts use one at a time; a burst beyond them makes its own.
 const SPARES: usize = 2;
 
 #[derive(Debug, Default)]
@@ -37,7 +37,14 @@ impl NetnsPool {
         let Some(spare) = self.take() else {
             return netns::create(name);
         };
-        let path = netns::placeholder(name)?;
+        let path = match netns::placeholder(name) {
+            Ok(path) => path,
+            Err(e) => {
+                // Still fresh: nothing was bound on it.
+                self.put(spare);
+                return Err(e);
+            }
+        };
         let source = format!("/proc/self/fd/{}", spare.as_raw_fd());
         if let Err(e) = mount(
             Some(source.as_str()),

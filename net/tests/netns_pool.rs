@@ -29,6 +29,19 @@ fn netns_fds(pid: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// This process's spares once the pool holds its two (within 5 s).
+fn full_pool() -> Vec<(String, u64)> {
+    let started = Instant::now();
+    loop {
+        let held = netns_fds("self");
+        if held.len() == 2 || started.elapsed() > Duration::from_secs(5) {
+            assert_eq!(held.len(), 2, "spares held: {held:?}");
+            return held;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn close_on_exec(fd: &str) -> bool {
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
     let flags = info
@@ -99,15 +112,7 @@ fn an_attachment_gets_a_fresh_spare_namespace_that_no_one_else_holds() {
 
     // The first attachment makes its own namespace; the pool fills after it.
     net.setup(&keys[0], &opts).unwrap();
-    let started = Instant::now();
-    let spares = loop {
-        let held = netns_fds("self");
-        if held.len() == 2 || started.elapsed() > Duration::from_secs(5) {
-            break held;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert_eq!(spares.len(), 2, "spares held after the first attach");
+    let spares = full_pool();
     for (fd, _) in &spares {
         assert!(close_on_exec(fd), "spare fd {fd} would be inherited");
     }
@@ -118,14 +123,33 @@ fn an_attachment_gets_a_fresh_spare_namespace_that_no_one_else_holds() {
     let _ = child.wait();
     assert!(inherited.is_empty(), "{inherited:?}");
 
-    // The next attachments are named from those spares, each one a different namespace.
+    // A name already taken is refused, and the spare it would have used stays in the pool.
+    let clash = AttachmentKey::new("berthnet-test", format!("pool{tag}-clash"));
+    let clash_path = Path::new("/run/netns").join(net.netns_name(&clash));
+    std::fs::write(&clash_path, b"").unwrap();
+    let refused = net.setup(&clash, &opts);
+    let _ = std::fs::remove_file(&clash_path);
+    assert!(
+        matches!(refused, Err(berth_net::Error::AlreadyExists(_))),
+        "{refused:?}"
+    );
     let spare_inodes: HashSet<u64> = spares.iter().map(|(_, i)| *i).collect();
-    net.setup(&keys[1], &opts).unwrap();
-    net.setup(&keys[2], &opts).unwrap();
+    let kept: HashSet<u64> = netns_fds("self").iter().map(|(_, i)| *i).collect();
+    assert_eq!(kept, spare_inodes);
+
+    // The next attachments are named from spares, each one a different namespace. Each waits
+    // for the refill after the one before, so it takes a spare seen beforehand.
+    let mut inodes = vec![inode_of(&keys[0])];
+    for key in &keys[1..] {
+        let ready: HashSet<u64> = full_pool().iter().map(|(_, i)| *i).collect();
+        net.setup(key, &opts).unwrap();
+        inodes.push(inode_of(key));
+        assert!(
+            ready.contains(inodes.last().unwrap()),
+            "{inodes:?} {ready:?}"
+        );
+    }
     let host = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
-    let inodes: Vec<u64> = keys.iter().map(inode_of).collect();
-    assert!(spare_inodes.contains(&inodes[1]), "{inodes:?} {spares:?}");
-    assert!(spare_inodes.contains(&inodes[2]), "{inodes:?} {spares:?}");
     let distinct: HashSet<u64> = inodes.iter().copied().chain([host]).collect();
     assert_eq!(distinct.len(), 4, "{inodes:?}, host {host}");
     // A named spare is held by its bind alone: the pool let go of it.
