@@ -84,8 +84,8 @@ pub(crate) fn placeholder(name: &str) -> Result<PathBuf> {
 }
 
 /// Names the existing network namespace at `source` (`/proc/PID/ns/net` of the process that
-/// made it, e.g. one made inside a pod's user namespace) `name`, as [`create`] names a new one,
-/// and returns its path. The bind keeps the namespace alive after that process ends.
+/// made it, e.g. one made inside a pod's user namespace, or `/proc/self/fd/N` of a spare held
+/// by [`crate::netns_pool`]) `name`, as [`create`] names a new one, and returns its path. The bind keeps the namespace alive after that process ends.
 pub fn bind(name: &str, source: &Path) -> Result<PathBuf> {
     let path = placeholder(name)?;
     if let Err(e) = mount(

@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
 use crate::error::{Error, Result};
@@ -37,29 +36,9 @@ impl NetnsPool {
         let Some(spare) = self.take() else {
             return netns::create(name);
         };
-        let path = match netns::placeholder(name) {
-            Ok(path) => path,
-            Err(e) => {
-                // Still fresh: nothing was bound on it.
-                self.put(spare);
-                return Err(e);
-            }
-        };
-        let source = format!("/proc/self/fd/{}", spare.as_raw_fd());
-        if let Err(e) = mount(
-            Some(source.as_str()),
-            &path,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        ) {
-            let _ = std::fs::remove_file(&path);
-            return Err(Error::sys(
-                format!("bind a spare netns onto {}", path.display()),
-                e,
-            ));
-        }
-        Ok(path)
+        let source = PathBuf::from(format!("/proc/self/fd/{}", spare.as_raw_fd()));
+        // A refused name or bind leaves the spare fresh: nothing was bound on it.
+        netns::bind(name, &source).inspect_err(|_| self.put(spare))
     }
 
     /// Makes spares up to the pool's size on a thread of its own, unless one is at it. Called
