@@ -91,11 +91,10 @@ impl Env {
             .unwrap();
         assert!(
             out.status.success(),
-            "berth {args:?}: {:?}\n{}\n{}\nberthd:\n{}",
+            "berth {args:?}: {:?}\n{}\n{}",
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
-            tail(&self.daemon.log(), 30)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -115,13 +114,7 @@ async fn a_multi_stage_build_runs() {
     };
     let outcome = build(&client, &opts, &mut progress)
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "build: {e}\n{}\nberthd:\n{}",
-                String::from_utf8_lossy(&progress),
-                tail(&env.daemon.log(), 30)
-            )
-        });
+        .unwrap_or_else(|e| panic!("build: {e}\n{}", String::from_utf8_lossy(&progress),));
     assert_eq!(outcome.names, ["docker.io/library/app:v1"]);
     assert_eq!(outcome.containers_run, 3);
     assert_eq!(env.berth(&["run", "--rm", "app:v1"]), "hello from berth\n");

@@ -7,7 +7,7 @@
 //! Needs root, berthd and berth-shim built in this target dir, containernetworking-plugins,
 //! docker-registry, skopeo and curl. docs/nerdctl.md lists what works and what does not.
 
-use berth_testkit::berthd::{process_token, tail, Daemon};
+use berth_testkit::berthd::{process_token, Daemon};
 use berth_testkit::image::busybox_oci_archive_with;
 use berth_testkit::skip::skip_unless_ci;
 use std::io::Write;
@@ -50,7 +50,8 @@ struct Nerdctl {
     bin: PathBuf,
     toml: PathBuf,
     ns: String,
-    daemon: Daemon,
+    /// Held for the test: its drop stops berthd (and prints its log when the test failed).
+    _daemon: Daemon,
     /// Serves the image until the test ends.
     _registry: Registry,
     /// The image, as pushed to the registry: `127.0.0.1:PORT/berth/busybox:nerdctl`.
@@ -120,7 +121,7 @@ impl Nerdctl {
             bin,
             toml,
             ns,
-            daemon,
+            _daemon: daemon,
             _registry: registry,
             image,
             networks: Vec::new(),
@@ -168,10 +169,7 @@ impl Nerdctl {
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
-                panic!(
-                    "{what} did not finish within {COMMAND_TIMEOUT:?}\nberthd log:\n{}",
-                    tail(&self.daemon.log(), 30)
-                );
+                panic!("{what} did not finish within {COMMAND_TIMEOUT:?}");
             }
         };
         Run {
@@ -195,12 +193,9 @@ impl Nerdctl {
         let what = format!("nerdctl {}", args.join(" "));
         let r = self.run_command(self.command(args), &what, input);
         assert_eq!(
-            r.code,
-            0,
-            "{what}\nstdout: {}\nstderr: {}\nberthd log:\n{}",
-            r.stdout,
-            r.stderr,
-            tail(&self.daemon.log(), 30)
+            r.code, 0,
+            "{what}\nstdout: {}\nstderr: {}",
+            r.stdout, r.stderr,
         );
         r.stdout
     }

@@ -3,7 +3,7 @@
 //! second container on the same network reaching it by IP.
 //! Needs root, berthd and berth-shim built in this target dir, and containernetworking-plugins.
 
-use berth_testkit::berthd::{tail, Daemon};
+use berth_testkit::berthd::Daemon;
 use berth_testkit::image::busybox_oci_archive_with;
 use std::net::{Ipv4Addr, TcpListener};
 use std::process::Command;
@@ -91,7 +91,7 @@ fn httpd_published_with_p_and_reached_by_ip_on_a_network() {
 
     // From the host, through the portmap plugin's DNAT on loopback.
     let url = format!("http://127.0.0.1:{port}/");
-    let body = curl_until_served(&env, &url);
+    let body = curl_until_served(&url);
     assert_eq!(body.trim(), "hello-from-web");
 
     // Another container on the network reaches it by IP (by name: tests/fs.rs).
@@ -226,7 +226,7 @@ fn run_without_network_joins_the_default_bridge_and_publishes_ports() {
         "bridge"
     );
     let url = format!("http://127.0.0.1:{port}/");
-    let body = curl_until_served(&env, &url);
+    let body = curl_until_served(&url);
     assert_eq!(body.trim(), "hello-from-default");
     assert!(
         std::path::Path::new(&format!("/sys/class/net/{bridge}/bridge")).is_dir(),
@@ -385,7 +385,7 @@ fn a_default_subnet_on_a_host_route_fails_clearly_and_none_still_runs() {
 
 /// The body `url` serves from the host, asked again until it answers (the container's server
 /// and the portmap rules take a moment), for up to 15 s.
-fn curl_until_served(env: &Env, url: &str) -> String {
+fn curl_until_served(url: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let out = Command::new("curl")
@@ -397,9 +397,8 @@ fn curl_until_served(env: &Env, url: &str) -> String {
         }
         assert!(
             Instant::now() < deadline,
-            "curl {url}: {}\nberthd log:\n{}",
+            "curl {url}: {}",
             String::from_utf8_lossy(&out.stderr),
-            tail(&env.daemon.log(), 30)
         );
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -3,7 +3,7 @@
 //! service, with the archive bytes and progress on Streaming streams. Needs root, berthd and
 //! berth-shim built in this target dir, and docker-registry installed (scripts/deps.sh).
 
-use berth_testkit::berthd::{process_token, tail, Daemon};
+use berth_testkit::berthd::{process_token, Daemon};
 use berth_testkit::image::busybox_oci_archive;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -48,12 +48,11 @@ impl Env {
         assert_eq!(
             out.status.code(),
             Some(code),
-            "berth {} exited {:?}\nstdout: {}\nstderr: {}\nberthd log:\n{}",
+            "berth {} exited {:?}\nstdout: {}\nstderr: {}",
             args.join(" "),
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
-            tail(&self.daemon.log(), 30)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }

@@ -3,7 +3,7 @@
 //! Version and Status as the kubelet reads them (NetworkReady only once a CNI config exists),
 //! off when `[cri] enabled = false`. Needs root and berthd built in this target dir.
 
-use berth_testkit::berthd::{tail, Daemon};
+use berth_testkit::berthd::Daemon;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,9 +16,8 @@ fn crictl_ok(daemon: &Daemon, args: &[&str]) -> String {
     let out = crictl(&daemon.cri_socket(), args);
     assert!(
         out.status.success(),
-        "crictl {args:?} failed: {}\nberthd log:\n{}",
+        "crictl {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr),
-        tail(&daemon.log(), 30)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -29,9 +28,8 @@ fn wait_for_socket(daemon: &Daemon) {
     while !daemon.cri_socket().exists() {
         assert!(
             Instant::now() < deadline,
-            "no CRI socket at {}; berthd log:\n{}",
+            "no CRI socket at {}",
             daemon.cri_socket().display(),
-            tail(&daemon.log(), 30)
         );
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -16,7 +16,7 @@ mod fixtures;
 
 use berth_api::runtime::v1 as cri;
 use berth_api::runtime::v1::runtime_service_client::RuntimeServiceClient;
-use berth_testkit::berthd::{tail, Daemon};
+use berth_testkit::berthd::Daemon;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -31,7 +31,8 @@ const IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 /// A berthd with its CRI, mirrors to the fixture registry and a CNI conflist of its own;
 /// every pod is removed through the CRI when dropped.
 struct Env {
-    daemon: Daemon,
+    /// Held for the test: its drop stops berthd (and prints its log when the test failed).
+    _daemon: Daemon,
     dir: tempfile::TempDir,
     files: crictl_files::CrictlFiles,
     bridge: String,
@@ -53,18 +54,14 @@ impl Env {
             certs,
         ));
         let env = Env {
-            daemon,
+            _daemon: daemon,
             files: crictl_files::CrictlFiles::new(dir.path()),
             dir,
             bridge: bridge.to_string(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !env.socket().exists() {
-            assert!(
-                Instant::now() < deadline,
-                "no CRI socket; berthd log:\n{}",
-                tail(&env.daemon.log(), 30)
-            );
+            assert!(Instant::now() < deadline, "no CRI socket");
             std::thread::sleep(Duration::from_millis(20));
         }
         env
@@ -96,10 +93,9 @@ impl Env {
         let out = self.crictl(args);
         assert!(
             out.status.success(),
-            "crictl {args:?} failed ({}): {}\nberthd log:\n{}",
+            "crictl {args:?} failed ({}): {}",
             out.status,
             text(&out.stderr),
-            tail(&self.daemon.log(), 40)
         );
         text(&out.stdout).trim().to_string()
     }

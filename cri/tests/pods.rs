@@ -16,7 +16,7 @@ mod crictl_files;
 
 use berth_api::runtime::v1 as cri;
 use berth_api::runtime::v1::runtime_service_client::RuntimeServiceClient;
-use berth_testkit::berthd::{tail, Daemon};
+use berth_testkit::berthd::Daemon;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -48,11 +48,7 @@ impl Env {
         let daemon = Daemon::start_with_config(toml);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !daemon.cri_socket().exists() {
-            assert!(
-                Instant::now() < deadline,
-                "no CRI socket; berthd log:\n{}",
-                tail(&daemon.log(), 30)
-            );
+            assert!(Instant::now() < deadline, "no CRI socket");
             std::thread::sleep(Duration::from_millis(20));
         }
         let conf_dir = daemon.cri_socket().with_file_name("cri-net.d");
@@ -82,9 +78,8 @@ impl Env {
         let out = self.crictl(args);
         assert!(
             out.status.success(),
-            "crictl {args:?} failed: {}\nberthd log:\n{}",
+            "crictl {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr),
-            tail(&self.daemon.log(), 40)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
@@ -865,10 +860,8 @@ fn crictl_runs_a_pod_in_its_own_user_namespace() {
     let mut env = Env::new("bcricore4", "10.233.44");
     let info = env.json(&["info", "-o", "json"]);
     assert_eq!(
-        info["runtimeHandlers"][0]["features"]["user_namespaces"],
-        true,
-        "{info}\nberthd log:\n{}",
-        tail(&env.daemon.log(), 40)
+        info["runtimeHandlers"][0]["features"]["user_namespaces"], true,
+        "{info}",
     );
     let map = serde_json::json!([{"container_id": 0, "host_id": HOST_ID, "length": 65536}]);
     let pod_json = env.files.pod_config(

@@ -5,6 +5,7 @@
 //! the namespace, its veth end and its addresses alive).
 
 use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -67,7 +68,7 @@ fn prepare_dir() -> Result<()> {
 
 /// The empty file `name` under /run/netns, for a namespace to be bound on (AlreadyExists if the
 /// name is taken).
-pub(crate) fn placeholder(name: &str) -> Result<PathBuf> {
+fn placeholder(name: &str) -> Result<PathBuf> {
     validate(name)?;
     prepare_dir()?;
     let path = path_of(name);
@@ -88,20 +89,26 @@ pub(crate) fn placeholder(name: &str) -> Result<PathBuf> {
 /// by [`crate::netns_pool`]) `name`, as [`create`] names a new one, and returns its path. The bind keeps the namespace alive after that process ends.
 pub fn bind(name: &str, source: &Path) -> Result<PathBuf> {
     let path = placeholder(name)?;
-    if let Err(e) = mount(
+    bind_onto(&path, source)?;
+    Ok(path)
+}
+
+/// Binds the namespace at `source` onto the placeholder `path`, which goes if that fails.
+fn bind_onto(path: &Path, source: &Path) -> Result<()> {
+    mount(
         Some(source),
-        &path,
+        path,
         None::<&str>,
         MsFlags::MS_BIND,
         None::<&str>,
-    ) {
-        let _ = std::fs::remove_file(&path);
-        return Err(Error::sys(
+    )
+    .map_err(|e| {
+        let _ = std::fs::remove_file(path);
+        Error::sys(
             format!("bind {} onto {}", source.display(), path.display()),
             e,
-        ));
-    }
-    Ok(path)
+        )
+    })
 }
 
 /// Creates the named network namespace `name` (AlreadyExists if the name is taken) and returns
@@ -109,39 +116,45 @@ pub fn bind(name: &str, source: &Path) -> Result<PathBuf> {
 /// done here by the thread already inside, it needs no loopback plugin process).
 pub fn create(name: &str) -> Result<PathBuf> {
     let path = placeholder(name)?;
-    // A thread of its own enters the new namespace and pins it with the bind mount, then ends:
-    // no thread that runs anything else ever changes namespace.
-    let target = path.clone();
-    let made = on_own_thread(move || {
-        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| Error::sys("unshare(CLONE_NEWNET)", e))?;
-        let own = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
-        mount(
-            Some(own.as_str()),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|e| Error::sys(format!("bind {own} onto {}", target.display()), e))?;
-        loopback_up()
-    });
-    if let Err(e) = made {
-        let _ = std::fs::remove_file(&path);
-        return Err(e);
-    }
+    // A thread of its own enters the new namespace, then ends: no thread that runs anything
+    // else ever changes namespace.
+    let held = match on_own_thread(enter_new) {
+        Ok(held) => held,
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+    };
+    bind_onto(&path, &fd_path(&held))?;
     Ok(path)
+}
+
+/// Moves the calling thread into a new network namespace with `lo` up, and returns a
+/// close-on-exec fd that holds the namespace after the thread has left it.
+pub(crate) fn enter_new() -> Result<OwnedFd> {
+    unshare(CloneFlags::CLONE_NEWNET).map_err(|e| Error::sys("unshare(CLONE_NEWNET)", e))?;
+    let own = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
+    // std opens close-on-exec.
+    let file = std::fs::File::open(&own).map_err(|e| Error::io(format!("open {own}"), e))?;
+    loopback_up()?;
+    Ok(OwnedFd::from(file))
+}
+
+/// The path through which this process reaches what `fd` refers to.
+pub(crate) fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 /// Runs `f` on a thread of its own that ends with it: the only threads that change network
 /// namespace are these.
-fn on_own_thread(f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+fn on_own_thread<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     std::thread::spawn(f)
         .join()
         .unwrap_or_else(|_| Err(Error::invalid("netns thread panicked")))
 }
 
 /// `ip link set lo up` in the calling thread's network namespace.
-pub(crate) fn loopback_up() -> Result<()> {
+fn loopback_up() -> Result<()> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let fail = |what: &str| Error::io(format!("{what} of lo"), std::io::Error::last_os_error());
     // SAFETY: socket(2) returns a new fd (owned below) or -1; the ioctls read and write the

@@ -6,14 +6,12 @@
 //! leaves nothing behind (the kernel frees a namespace with its last reference). The fds are
 //! close-on-exec, so no plugin, holder or shim inherits one.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use nix::sched::{unshare, CloneFlags};
-
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::netns;
 
 /// Spares kept ready: back-to-back starts use one at a time; a burst beyond them makes its own.
@@ -36,16 +34,15 @@ impl NetnsPool {
         let Some(spare) = self.take() else {
             return netns::create(name);
         };
-        let source = PathBuf::from(format!("/proc/self/fd/{}", spare.as_raw_fd()));
         // A refused name or bind leaves the spare fresh: nothing was bound on it.
-        netns::bind(name, &source).inspect_err(|_| self.put(spare))
+        netns::bind(name, &netns::fd_path(&spare)).inspect_err(|_| self.put(spare))
     }
 
     /// Makes spares up to the pool's size on a thread of its own, unless one is at it. Called
     /// after an attach rather than in [`NetnsPool::create`], so the making does not compete
     /// with that attach's plugins for a CPU.
     pub fn refill(self: &Arc<Self>) {
-        if self.filling.swap(true, Ordering::AcqRel) {
+        if self.len() >= SPARES || self.filling.swap(true, Ordering::AcqRel) {
             return;
         }
         let pool = Arc::clone(self);
@@ -54,7 +51,7 @@ impl NetnsPool {
             .name("netns-pool".into())
             .spawn(move || {
                 while pool.len() < SPARES {
-                    match make_spare() {
+                    match netns::enter_new() {
                         Ok(fd) => pool.put(fd),
                         Err(e) => {
                             // Each attach then makes its own, and reports what fails.
@@ -71,13 +68,8 @@ impl NetnsPool {
         }
     }
 
-    /// Spares ready now.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn take(&self) -> Option<OwnedFd> {
@@ -93,15 +85,4 @@ impl NetnsPool {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-/// A new network namespace with `lo` up, held by the returned fd only. The calling thread is
-/// left in it.
-fn make_spare() -> Result<OwnedFd> {
-    unshare(CloneFlags::CLONE_NEWNET).map_err(|e| Error::sys("unshare(CLONE_NEWNET)", e))?;
-    let own = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
-    // std opens close-on-exec.
-    let file = std::fs::File::open(&own).map_err(|e| Error::io(format!("open {own}"), e))?;
-    netns::loopback_up()?;
-    Ok(OwnedFd::from(file))
 }

@@ -5,7 +5,7 @@
 
 pub mod registry;
 
-use berth_testkit::berthd::{tail, Daemon};
+use berth_testkit::berthd::Daemon;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -87,9 +87,8 @@ impl Cli {
         assert_eq!(
             got,
             code,
-            "berth {}\nstdout: {stdout}\nstderr: {stderr}\nberthd log:\n{}",
+            "berth {}\nstdout: {stdout}\nstderr: {stderr}",
             args.join(" "),
-            tail(&self.daemon.log(), 30)
         );
         stdout
     }

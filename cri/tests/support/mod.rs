@@ -14,7 +14,7 @@ use berth::containers::{DEFAULT_RUNTIME, SPEC_TYPE_URL};
 use berth::spec::{ContainerConfig, Network};
 use berth::tasks::TaskIo;
 use berth_api::runtime::v1::runtime_service_client::RuntimeServiceClient;
-use berth_testkit::berthd::{process_token, tail, Daemon};
+use berth_testkit::berthd::{process_token, Daemon};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -45,11 +45,7 @@ impl Env {
         let daemon = Daemon::start();
         let deadline = Instant::now() + Duration::from_secs(20);
         while !daemon.cri_socket().exists() {
-            assert!(
-                Instant::now() < deadline,
-                "no CRI socket; berthd log:\n{}",
-                tail(&daemon.log(), 30)
-            );
+            assert!(Instant::now() < deadline, "no CRI socket");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let image = berth_testkit::image::busybox_oci_archive_with(dir.path(), IMAGE, APPLETS)

@@ -75,10 +75,9 @@ fn run_client(mut cmd: Command, what: &str, d: &Daemon) -> HashMap<String, Vec<u
         .unwrap_or_else(|e| panic!("run the {what} client ({e}): run scripts/deps-grpc-peers.sh"));
     assert!(
         out.status.success(),
-        "the {what} client failed: {}\nstdout: {}\nberthd log tail:\n{}",
+        "the {what} client failed: {}\nstdout: {}",
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout),
-        tail(&d.log()),
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -88,11 +87,6 @@ fn run_client(mut cmd: Command, what: &str, d: &Daemon) -> HashMap<String, Vec<u
             (call.to_string(), bytes)
         })
         .collect()
-}
-
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 fn check(replies: &HashMap<String, Vec<u8>>, created: &Container, version: &VersionResponse) {
